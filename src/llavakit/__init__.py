@@ -1,0 +1,1 @@
+"""llavakit: the LLaVA family in PyTorch."""

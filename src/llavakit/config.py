@@ -1,0 +1,264 @@
+"""Configuration dataclasses for the LLaVA family, and their translation to and from HF ``config.json``.
+
+One ``LlavaConfig`` holds a ``VisionConfig`` (CLIP or SigLIP ViT), a ``TextConfig`` (Llama / Mistral / Qwen2
+decoder) and the multimodal glue settings. ``model_type`` picks the family:
+
+- ``llava``            LLaVA-1.5: one base view per image;
+- ``llava_next``       LLaVA-1.6: AnyRes tiles + ``spatial_unpad`` + ``image_newline``;
+- ``llava_onevision``  OneVision: ``anyres_max_N`` downsampling, multi-image, video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+FAMILIES = ("llava", "llava_next", "llava_onevision")
+VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
+TEXT_TYPES = ("llama", "mistral", "qwen2")
+
+V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def onevision_pinpoints(tile: int = 384, max_side: int = 6) -> list[list[int]]:
+    """Every (i*tile, j*tile) for i, j in 1..max_side, as (height, width)."""
+    return [[i * tile, j * tile] for i in range(1, max_side + 1) for j in range(1, max_side + 1)]
+
+
+@dataclass
+class VisionConfig:
+    """A ViT: CLIP (pre-LN, CLS token, quick_gelu) or SigLIP (no CLS, gelu tanh)."""
+
+    model_type: str = "clip_vision_model"
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    num_channels: int = 3
+    image_size: int = 336
+    patch_size: int = 14
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.model_type not in VISION_TYPES:
+            raise ValueError(f"unknown vision model_type {self.model_type!r}; supported: {', '.join(VISION_TYPES)}")
+
+    @property
+    def has_cls(self) -> bool:
+        return self.model_type == "clip_vision_model"
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of one tile: 336 // 14 = 24."""
+        return self.image_size // self.patch_size
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> VisionConfig:
+        mt = d.get("model_type", "clip_vision_model")
+        defaults = {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6} if "siglip" in mt else {}
+        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        return cls(**{**defaults, **kw, "model_type": mt})
+
+    def to_hf(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if self.model_type == "siglip_vision_model":
+            d["vision_use_head"] = False
+        return d
+
+
+@dataclass
+class TextConfig:
+    """A decoder-only LM covering Llama/Vicuna/Yi, Mistral (sliding window) and Qwen2 (qkv bias)."""
+
+    model_type: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None -> num_attention_heads (MHA)
+    head_dim: int | None = None  # None -> hidden_size // num_attention_heads
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # None or {"rope_type": "linear"|"dynamic"|"llama3", "factor": float, ...} (HF names)
+    rope_scaling: dict[str, Any] | None = None
+    qkv_bias: bool | None = None  # None -> True for Qwen2, else False
+    o_bias: bool = False  # Llama attention_bias=True sets both
+    mlp_bias: bool = False
+    sliding_window: int | None = None  # Mistral; Qwen2 only with use_sliding_window
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_type not in TEXT_TYPES:
+            raise ValueError(f"unknown text model_type {self.model_type!r}; supported: {', '.join(TEXT_TYPES)}")
+        if self.qkv_bias is None:
+            self.qkv_bias = self.model_type == "qwen2"
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> TextConfig:
+        mt = d.get("model_type", "llama")
+        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        # rope: transformers >= 5 writes rope_parameters {rope_theta, rope_type, ...}; older configs write
+        # rope_theta and rope_scaling {type|rope_type, factor, ...}.
+        rope = dict(d.get("rope_parameters") or {})
+        scaling = dict(d.get("rope_scaling") or {})
+        if "rope_theta" in rope:
+            kw["rope_theta"] = rope.pop("rope_theta")
+        scaling = {**scaling, **rope}
+        if "type" in scaling and "rope_type" not in scaling:
+            scaling["rope_type"] = scaling.pop("type")
+        scaling.pop("type", None)
+        kw["rope_scaling"] = scaling if scaling.get("rope_type", "default") != "default" else None
+        if mt == "qwen2":
+            kw["qkv_bias"] = True
+            kw["o_bias"] = False
+            if not d.get("use_sliding_window", False):
+                kw["sliding_window"] = None
+        elif d.get("attention_bias"):
+            kw["qkv_bias"] = kw["o_bias"] = True
+        return cls(**{**kw, "model_type": mt})
+
+    def to_hf(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("qkv_bias")
+        d.pop("o_bias")
+        d.pop("rope_scaling")
+        d.pop("rope_theta")
+        rope: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
+        rope.update(self.rope_scaling or {})
+        d["rope_parameters"] = rope
+        if self.model_type == "qwen2":
+            d["use_sliding_window"] = self.sliding_window is not None
+        elif self.model_type == "llama":
+            d["attention_bias"] = self.qkv_bias
+        if self.model_type != "llama":
+            d.pop("mlp_bias")
+        return d
+
+
+_MLP_RE = re.compile(r"^mlp(\d+)x_gelu$")
+
+
+@dataclass
+class LlavaConfig:
+    """The whole model: vision tower, projector, language model and how image features are merged."""
+
+    model_type: str = "llava"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    image_token_id: int = 32000
+    video_token_id: int | None = None
+    projector_type: str = "mlp2x_gelu"  # "linear" or "mlp{N}x_gelu"
+    projector_hidden_act: str = "gelu"
+    projector_bias: bool = True
+    vision_feature_layer: int | list[int] = -2
+    vision_feature_select_strategy: str = "default"  # "default" drops CLS, "full" keeps every token
+    image_grid_pinpoints: list[list[int]] | None = None  # (height, width) pairs
+    vision_aspect_ratio: str | None = None  # OneVision: "anyres_max_9"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model_type not in FAMILIES:
+            raise ValueError(f"unknown model_type {self.model_type!r}; llavakit supports {', '.join(FAMILIES)}")
+        if self.vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(
+                f"vision_feature_select_strategy must be 'default' or 'full', got {self.vision_feature_select_strategy!r}"
+            )
+        if self.projector_type != "linear" and not _MLP_RE.match(self.projector_type):
+            raise ValueError(f"projector_type must be 'linear' or 'mlp<N>x_gelu', got {self.projector_type!r}")
+        if self.model_type != "llava" and not self.image_grid_pinpoints:
+            self.image_grid_pinpoints = (
+                onevision_pinpoints(self.vision.image_size) if self.model_type == "llava_onevision" else V16_PINPOINTS
+            )
+        if self.model_type == "llava_onevision" and self.vision_aspect_ratio is None:
+            self.vision_aspect_ratio = "anyres_max_9"
+        if self.model_type == "llava_onevision" and self.video_token_id is None:
+            self.video_token_id = self.image_token_id + 1
+        self.tie_word_embeddings = self.tie_word_embeddings or self.text.tie_word_embeddings
+
+    @property
+    def projector_depth(self) -> int:
+        """Number of Linear layers in the projector: 1 for ``linear``, N for ``mlpNx_gelu``."""
+        m = _MLP_RE.match(self.projector_type)
+        return int(m.group(1)) if m else 1
+
+    @property
+    def feature_layers(self) -> list[int]:
+        v = self.vision_feature_layer
+        return [v] if isinstance(v, int) else list(v)
+
+    @property
+    def max_tiles(self) -> int | None:
+        """``anyres_max_9`` -> 9; None when features are never downsampled."""
+        r = self.vision_aspect_ratio
+        return int(r[len("anyres_max_") :]) if r and r.startswith("anyres_max_") else None
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> LlavaConfig:
+        mt = d.get("model_type")
+        if mt not in FAMILIES:
+            raise ValueError(
+                f"config.json has model_type {mt!r}; llavakit supports {', '.join(FAMILIES)} "
+                "(original-format LLaVA checkpoints are read by llavakit.checkpoint and `llava convert`)"
+            )
+        text = TextConfig.from_hf(d.get("text_config") or {})
+        depth = 2
+        return cls(
+            model_type=mt,
+            vision=VisionConfig.from_hf(d.get("vision_config") or {}),
+            text=text,
+            image_token_id=d.get("image_token_id", d.get("image_token_index", 32000)),
+            video_token_id=d.get("video_token_id", d.get("video_token_index")),
+            projector_type=d.get("projector_type", f"mlp{depth}x_gelu"),
+            projector_hidden_act=d.get("projector_hidden_act", "gelu"),
+            projector_bias=d.get("multimodal_projector_bias", True),
+            vision_feature_layer=d.get("vision_feature_layer", -2),
+            vision_feature_select_strategy=d.get("vision_feature_select_strategy", "default"),
+            image_grid_pinpoints=d.get("image_grid_pinpoints"),
+            vision_aspect_ratio=d.get("vision_aspect_ratio"),
+            tie_word_embeddings=d.get("tie_word_embeddings", False) or text.tie_word_embeddings,
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        arch = {
+            "llava": "LlavaForConditionalGeneration",
+            "llava_next": "LlavaNextForConditionalGeneration",
+            "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+        }[self.model_type]
+        d: dict[str, Any] = {
+            "architectures": [arch],
+            "model_type": self.model_type,
+            "vision_config": self.vision.to_hf(),
+            "text_config": self.text.to_hf(),
+            "image_token_index": self.image_token_id,
+            "projector_hidden_act": self.projector_hidden_act,
+            "multimodal_projector_bias": self.projector_bias,
+            "vision_feature_layer": self.vision_feature_layer,
+            "vision_feature_select_strategy": self.vision_feature_select_strategy,
+            "tie_word_embeddings": self.tie_word_embeddings,
+        }
+        if self.projector_type != "mlp2x_gelu":
+            d["projector_type"] = self.projector_type  # not read by transformers: only mlp2x_gelu loads there
+        if self.model_type != "llava":
+            d["image_grid_pinpoints"] = self.image_grid_pinpoints
+        if self.model_type == "llava_onevision":
+            d["vision_aspect_ratio"] = self.vision_aspect_ratio
+            d["video_token_index"] = self.video_token_id
+        return d

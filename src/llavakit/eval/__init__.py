@@ -1,0 +1,1 @@
+"""Evaluation of the LLaVA benchmarks. Metrics (pure functions) live in :mod:`llavakit.eval.metrics`."""

@@ -1,0 +1,195 @@
+"""Multiple-choice metrics: MMBench (option letters, circular evaluation) and ScienceQA-IMG.
+
+Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, TypedDict
+
+__all__ = [
+    "MMBenchResult",
+    "extract_option_letter",
+    "mmbench_circular_accuracy",
+    "extract_scienceqa_letter",
+    "scienceqa_accuracy",
+]
+
+
+class MMBenchResult(TypedDict):
+    overall: float  # circular accuracy: a question counts only if every rotation is right
+    vanilla: float  # plain accuracy over all rotations (each record counted on its own)
+    num_questions: int  # number of circular groups (original questions)
+    per_category: dict[str, float]  # circular accuracy per category; empty when records carry no category
+
+
+_ANSWER_IS = re.compile(r"(?i:\banswer\s*(?:is\s*:?|:))\s*\(?([A-Z])\)?(?!\w)")
+_LABEL_MARKS = ".()[],:;!*#{}"  # marks that may surround an option label: replaced by spaces before splitting
+
+
+def extract_option_letter(text: str, options: Mapping[str, str]) -> str | None:
+    """Find which option of ``options`` (letter -> option text) a free-text answer picks, or ``None``.
+
+    The rules, tried in order (the first that gives exactly one option wins):
+
+    1. the whole answer is a letter, after stripping spaces, periods and brackets (LLaVA's
+       ``auto_parse_answer`` takes ``"b"`` as ``"B"`` too): ``"B"``, ``"B."``, ``"(B)"``;
+    2. an explicit ``"answer is X"`` / ``"Answer: X"`` with an upper-case letter;
+    3. VLMEvalKit's ``can_infer_option``: after turning ``.()[],:;!*#{}`` into spaces, exactly one option
+       letter stands alone as a word, e.g. ``"(B) cat"``. A lone ``"A"`` in an answer of more than 3 words
+       may be the article, so then the rule gives up;
+    4. VLMEvalKit's ``can_infer_text``: exactly one option text occurs in the answer (case-insensitive);
+    5. LLaVA's last rule: the answer occurs in exactly one option text (case-insensitive).
+
+    >>> opts = {"A": "dog", "B": "black cat", "C": "bird"}
+    >>> answers = ["B.", "(B) black cat", "The answer is B", "I see a black cat in it."]
+    >>> [extract_option_letter(t, opts) for t in answers]
+    ['B', 'B', 'B', 'B']
+    """
+    letters = list(options)
+    for letter in letters:
+        if len(letter) != 1 or not "A" <= letter <= "Z":
+            raise ValueError(f"option labels must be single upper-case letters, got {letter!r}")
+    stripped = text.strip()
+    if not stripped:
+        return None
+
+    bare = stripped.strip(" .()[]").upper()
+    if bare in options:
+        return bare
+
+    for match in _ANSWER_IS.finditer(stripped):
+        if match.group(1) in options:
+            return match.group(1)
+
+    spaced = stripped
+    for mark in _LABEL_MARKS:
+        spaced = spaced.replace(mark, " ")
+    words = spaced.split()
+    found = [letter for letter in letters if letter in words]
+    if len(found) == 1 and not ("A" in words and len(words) > 3):
+        return found[0]
+
+    lowered = stripped.lower()
+    texts = {letter: str(option).strip().lower() for letter, option in options.items()}
+    contained = [letter for letter, option in texts.items() if option and option in lowered]
+    if len(contained) == 1:
+        return contained[0]
+
+    answer = lowered.rstrip(".").strip()
+    containing = [letter for letter, option in texts.items() if answer and answer in option]
+    if len(containing) == 1:
+        return containing[0]
+    return None
+
+
+def mmbench_circular_accuracy(
+    records: Iterable[Mapping[str, Any]], *, index_modulo: int | None = 1_000_000
+) -> MMBenchResult:
+    """MMBench circular evaluation: a question is right only if every rotation of its options is right.
+
+    Each record is one rotation: ``{"index", "prediction", "answer"}`` and optionally ``"category"``.
+    ``prediction`` is the extracted letter (see :func:`extract_option_letter`) or ``None``; ``answer`` is the
+    correct letter *for that rotation*. Records are grouped by ``index``; MMBench numbers the rotations of
+    question ``i`` as ``i``, ``i + 1e6``, ``i + 2e6``..., so integer indices are taken modulo ``index_modulo``
+    (pass ``None`` when you already give the original index).
+
+    Example: question 7 has 2 rotations, one right and one wrong; question 8 has 1 right rotation:
+    circular = 1/2 (only question 8 counts), vanilla = 2/3.
+    """
+    groups: dict[Hashable, list[bool]] = {}
+    categories: dict[Hashable, str | None] = {}
+    for record in records:
+        index = record["index"]
+        if index_modulo is not None and isinstance(index, int):
+            index = index % index_modulo
+        prediction, answer = record["prediction"], str(record["answer"]).strip().upper()
+        right = prediction is not None and str(prediction).strip().upper() == answer
+        groups.setdefault(index, []).append(right)
+        category = record.get("category")
+        if index in categories and categories[index] != category:
+            raise ValueError(
+                f"MMBench question {index!r}: its rotations disagree on the category "
+                f"({categories[index]!r} vs {category!r}); give every rotation the category of the question"
+            )
+        categories[index] = category
+    if not groups:
+        raise ValueError("MMBench: no records to score")
+
+    passed = {index: all(rights) for index, rights in groups.items()}
+    per_category: dict[str, list[bool]] = {}
+    for index, ok in passed.items():
+        category = categories[index]
+        if category is not None:
+            per_category.setdefault(str(category), []).append(ok)
+    num_records = sum(len(rights) for rights in groups.values())
+    return MMBenchResult(
+        overall=sum(passed.values()) / len(passed),
+        vanilla=sum(sum(rights) for rights in groups.values()) / num_records,
+        num_questions=len(passed),
+        per_category={name: sum(oks) / len(oks) for name, oks in sorted(per_category.items())},
+    )
+
+
+# LLaVA's eval_science_qa.py accepts A-E; ScienceQA questions have at most 5 choices.
+_SQA_LETTERS = ("A", "B", "C", "D", "E")
+_SQA_ANSWER_IS = re.compile(r"The answer is ([A-E])")
+
+
+def extract_scienceqa_letter(text: str, num_choices: int, *, lenient: bool = False) -> str | None:
+    """LLaVA's ScienceQA answer parsing (``llava/eval/eval_science_qa.py``); ``None`` means a failed parse.
+
+    Newlines become ``". "``, then the answer is: the whole stripped text if it is a letter A-E; else the
+    first character if the text starts with a letter then ``". "``; else the letter of the first
+    ``"The answer is X"`` (case-sensitive, X in A-E). A letter beyond the question's ``num_choices`` counts
+    as a failed parse.
+
+    LLaVA's rule rejects a bare ``"A."`` (no space after the period) and ``"(A)"``; ``lenient=True`` also
+    accepts those (strip periods, spaces and brackets), which changes scores relative to the published ones.
+
+    >>> [extract_scienceqa_letter(text, 3) for text in ["B", "B. cat", "The answer is C.", "B.", "D"]]
+    ['B', 'B', 'C', None, None]
+    """
+    if not 1 <= num_choices <= len(_SQA_LETTERS):
+        raise ValueError(f"ScienceQA questions have 1 to 5 choices, got num_choices={num_choices}")
+    text = text.replace("\n", ". ")
+    letter: str | None = None
+    if text.strip() in _SQA_LETTERS:
+        letter = text.strip()
+    elif len(text) >= 3 and text[0] in _SQA_LETTERS and text[1:3] == ". ":
+        letter = text[0]
+    elif (match := _SQA_ANSWER_IS.search(text)) is not None:
+        letter = match.group(1)
+    elif lenient:
+        bare = text.strip(" .()[]")
+        letter = bare if bare in _SQA_LETTERS else None
+    if letter is None or letter not in _SQA_LETTERS[:num_choices]:
+        return None
+    return letter
+
+
+def scienceqa_accuracy(
+    records: Iterable[Mapping[str, Any]], *, image_only: bool = True, lenient: bool = False
+) -> float:
+    """ScienceQA accuracy; with ``image_only`` (the default) over the questions with an image (SQA-IMG).
+
+    Each record: ``{"prediction": str, "answer": int | str, "num_choices": int, "has_image": bool}``;
+    ``answer`` is the index of the right choice (as in ScienceQA's ``problems.json``) or its letter. A
+    prediction that cannot be parsed (see :func:`extract_scienceqa_letter`) is wrong.
+    """
+    right = total = 0
+    for record in records:
+        if image_only and not record["has_image"]:
+            continue
+        answer = record["answer"]
+        gold = _SQA_LETTERS[answer] if isinstance(answer, int) else str(answer).strip().upper()
+        num_choices = int(record["num_choices"])
+        letter = extract_scienceqa_letter(str(record["prediction"]), num_choices, lenient=lenient)
+        right += letter == gold
+        total += 1
+    if total == 0:
+        which = "with an image (has_image=True)" if image_only else "at all"
+        raise ValueError(f"ScienceQA: no questions {which} to score")
+    return right / total
