@@ -179,7 +179,8 @@ class LlavaConfig:
             raise ValueError(f"unknown model_type {self.model_type!r}; llavakit supports {', '.join(FAMILIES)}")
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
-                f"vision_feature_select_strategy must be 'default' or 'full', got {self.vision_feature_select_strategy!r}"
+                "vision_feature_select_strategy must be 'default' or 'full', "
+                f"got {self.vision_feature_select_strategy!r}"
             )
         if self.projector_type != "linear" and not _MLP_RE.match(self.projector_type):
             raise ValueError(f"projector_type must be 'linear' or 'mlp<N>x_gelu', got {self.projector_type!r}")

@@ -1,0 +1,50 @@
+"""Checkpoint IO: key layouts (keymaps), original-format configs (original), reading (load), writing (save).
+
+Library code imports the submodules directly; the names below are the public surface.
+"""
+
+from __future__ import annotations
+
+from .keymaps import detect_layout, rename_tensors, to_hf_keys, trim_vision_layers
+from .load import (
+    CheckpointMismatchError,
+    HubUnreachableError,
+    checkpoint_keys,
+    iter_checkpoint_tensors,
+    load_into,
+    read_config_dict,
+    resolve_model_path,
+)
+from .original import (
+    OriginalConfig,
+    OriginalProcessing,
+    add_image_tokens,
+    config_from_original,
+    is_original_config,
+    original_tensors,
+    read_vision_tower_config,
+)
+from .save import save_config, save_state_dict
+
+__all__ = [
+    "CheckpointMismatchError",
+    "HubUnreachableError",
+    "OriginalConfig",
+    "OriginalProcessing",
+    "add_image_tokens",
+    "checkpoint_keys",
+    "config_from_original",
+    "detect_layout",
+    "iter_checkpoint_tensors",
+    "load_into",
+    "is_original_config",
+    "original_tensors",
+    "read_vision_tower_config",
+    "read_config_dict",
+    "rename_tensors",
+    "resolve_model_path",
+    "save_config",
+    "save_state_dict",
+    "to_hf_keys",
+    "trim_vision_layers",
+]

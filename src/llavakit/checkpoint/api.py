@@ -1,0 +1,87 @@
+"""``LlavaModel.from_pretrained`` / ``save_pretrained``: directory or hub id in, current HF layout out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..config import FAMILIES, LlavaConfig
+
+if TYPE_CHECKING:
+    from ..model.llava import LlavaModel
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_config(path: Path, vision_tower: str | Path | None = None) -> tuple[LlavaConfig, str]:
+    """The model config of a checkpoint directory and its format: "hf" or "original"."""
+    from .load import read_config_dict
+    from .original import config_from_original, is_original_config, read_vision_tower_config
+
+    d = read_config_dict(path)
+    if d.get("model_type") in FAMILIES:
+        return LlavaConfig.from_hf(d), "hf"
+    if is_original_config(d):
+        vision = read_vision_tower_config(d, path, vision_tower)
+        return config_from_original(d, vision).config, "original"
+    raise ValueError(
+        f"{path / 'config.json'} has model_type {d.get('model_type')!r}, which is not a LLaVA model; llavakit loads "
+        f"HF checkpoints of type {', '.join(FAMILIES)} and original LLaVA checkpoints (configs with mm_vision_tower)"
+    )
+
+
+def load_model(
+    path_or_id: str | Path,
+    *,
+    dtype: torch.dtype | str | None = torch.float32,
+    device: torch.device | str = "cpu",
+    vision_tower: str | Path | None = None,
+    revision: str | None = None,
+) -> LlavaModel:
+    """Build the model on the meta device and fill it tensor by tensor (no second full copy in memory)."""
+    from ..model.llava import LlavaModel
+    from .load import load_into, resolve_model_path
+    from .original import original_tensors
+
+    path = resolve_model_path(path_or_id, revision=revision)
+    config, fmt = load_config(path, vision_tower)
+    with torch.device("meta"):
+        model = LlavaModel(config)
+    tensors = original_tensors(path, config, vision_tower) if fmt == "original" else hf_tensors(path)
+    load_into(model, tensors, dtype=parse_dtype(dtype), device=torch.device(device), strict=True)
+    model.tie_weights()
+    return model.eval()
+
+
+def hf_tensors(path: Path):  # noqa: ANN201
+    """(name, tensor) pairs of an HF checkpoint in the current layout, whatever layout it was saved in."""
+    from .keymaps import detect_layout, to_hf_keys
+    from .load import checkpoint_keys, iter_checkpoint_tensors
+
+    layout = detect_layout(checkpoint_keys(path))
+    return to_hf_keys(iter_checkpoint_tensors(path), layout)
+
+
+def save_model(model: LlavaModel, out_dir: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write config.json + (sharded) safetensors in the current HF layout."""
+    from .save import save_config, save_state_dict
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_state_dict(
+        model.state_dict(), out, max_shard_bytes=max_shard_bytes, tied=model.config.tie_word_embeddings
+    )
+    save_config(model.config, out)
+    return out

@@ -1,0 +1,1 @@
+"""Model components: vision towers, projector, decoder and the LLaVA glue."""

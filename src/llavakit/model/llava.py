@@ -1,0 +1,290 @@
+"""The multimodal glue: vision tower -> projector -> image features written into the LM's input embeddings.
+
+Module tree (and so state-dict keys) equals transformers' current layout for llava / llava_next / llava_onevision:
+
+    model.vision_tower.vision_model.*        VisionTower (CLIP or SigLIP)
+    model.multi_modal_projector.linear_k.*   Projector
+    model.image_newline                      (llava_next, llava_onevision)
+    model.language_model.*                   TextModel (Llama / Mistral / Qwen2)
+    lm_head.weight                           (absent when the embeddings are tied)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import LlavaConfig
+from ..engine.kv_cache import KVCache
+from ..processing.anyres import (
+    ImageGeometry,
+    downsampled_size,
+    grid_shape,
+    num_image_tokens,
+    num_tiles,
+    unpadded_size,
+)
+from .projector import build_projector
+from .text import TextModel
+from .vision import VisionTower
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LlavaOutput:
+    logits: torch.Tensor  # (B, T, V)
+    loss: torch.Tensor | None = None
+
+
+class LlavaBackbone(nn.Module):
+    """Everything but the LM head (HF's ``LlavaModel``); sits at ``model.`` in the state dict."""
+
+    def __init__(self, config: LlavaConfig) -> None:
+        super().__init__()
+        self.vision_tower = VisionTower(config.vision)
+        self.multi_modal_projector = build_projector(config)
+        if config.model_type != "llava":
+            self.image_newline = nn.Parameter(torch.empty(config.text.hidden_size))
+            nn.init.normal_(self.image_newline, std=config.text.hidden_size**-0.5)
+        self.language_model = TextModel(config.text)
+
+
+class LlavaModel(nn.Module):
+    """A LLaVA-1.5 / 1.6 (NeXT) / OneVision model. Build with ``LlavaModel(config)`` or ``from_pretrained``."""
+
+    def __init__(self, config: LlavaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.geometry = ImageGeometry.from_config(config)
+        self.model = LlavaBackbone(config)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        self.tie_weights()
+
+    # -- bookkeeping -------------------------------------------------------------------------------------------
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.language_model.embed_tokens.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    # -- vision ------------------------------------------------------------------------------------------------
+
+    def tile_features(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) tiles -> (N, L, D) projected features (CLS dropped with strategy "default")."""
+        feats = self.model.vision_tower(tiles, self.config.feature_layers)  # (N, L, Dv * k)
+        if self.config.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]
+        return self.model.multi_modal_projector(feats)  # (N, L', D)
+
+    def image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        batch_num_images: torch.Tensor | list[int] | None = None,
+    ) -> list[torch.Tensor]:
+        """Encode every image of a batch in one vision pass and pack each into its token sequence.
+
+        pixel_values: llava (N, 3, S, S); next / onevision (N, max_tiles, 3, S, S) with zero-padded tile slots.
+        image_sizes:  (N, 2) original (height, width), required for next / onevision.
+        Returns one (tokens_i, D) tensor per image, tokens_i == num_image_tokens(h_i, w_i, ...).
+        """
+        geom = self.geometry
+        if geom.pinpoints is None:
+            if pixel_values.dim() == 5:
+                pixel_values = pixel_values[:, 0]
+            return list(self.tile_features(pixel_values).unbind(0))
+        if image_sizes is None:
+            raise ValueError(f"{self.config.model_type} needs image_sizes (N, 2) = (height, width) of each image")
+        if pixel_values.dim() != 5:
+            raise ValueError(f"pixel_values must be (N, tiles, 3, H, W) for {self.config.model_type}")
+        sizes = [(int(h), int(w)) for h, w in image_sizes.tolist()]
+        if len(sizes) != pixel_values.shape[0]:
+            raise ValueError(f"got {pixel_values.shape[0]} images in pixel_values but {len(sizes)} image_sizes")
+        multi = _multi_image_flags(batch_num_images, len(sizes), self.config.model_type)
+        counts = [num_tiles(h, w, geom, multi_image=m) for (h, w), m in zip(sizes, multi)]
+        if max(counts) > pixel_values.shape[1]:
+            raise ValueError(
+                f"an image needs {max(counts)} tiles but pixel_values holds {pixel_values.shape[1]} per image; "
+                "were the images preprocessed with this model's processor (same pinpoints)?"
+            )
+        tiles = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])  # (sum tiles, 3, S, S)
+        feats = self.tile_features(tiles).split(counts)
+        newline = self.model.image_newline
+        out = []
+        for f, (h, w), m in zip(feats, sizes, multi):
+            packed = self._pack(f, h, w, newline) if not m else torch.cat([f[0], newline[None].to(f)])
+            expected = num_image_tokens(h, w, geom, multi_image=m)
+            if packed.shape[0] != expected:  # an internal invariant: the single count function must agree
+                raise RuntimeError(f"packed {packed.shape[0]} features for a {h}x{w} image, expected {expected}")
+            out.append(packed)
+        return out
+
+    def _pack(self, f: torch.Tensor, h: int, w: int, newline: torch.Tensor) -> torch.Tensor:
+        """Base view + the tile grid re-assembled, unpadded, (downsampled), one newline per row.
+
+        f: (1 + rows*cols, g*g, D) -> (g*g + rows' * (cols' + 1), D).
+        """
+        g = self.geometry.grid
+        rows, cols = grid_shape(h, w, self.geometry)
+        base, tiles = f[0], f[1:]
+        d = f.shape[-1]
+        grid = tiles.view(rows, cols, g, g, d).permute(4, 0, 2, 1, 3).reshape(d, rows * g, cols * g)
+        fh, fw = unpadded_size(h, w, rows * g, cols * g)
+        top, left = (rows * g - fh) // 2, (cols * g - fw) // 2
+        grid = grid[:, top : top + fh, left : left + fw]  # (D, fh, fw)
+        target = downsampled_size(fh, fw, self.geometry)
+        if target is not None:
+            grid = F.interpolate(grid[None], size=list(target), mode="bilinear")[0]
+        nl = newline.to(grid).view(d, 1, 1).expand(d, grid.shape[1], 1)
+        grid = torch.cat([grid, nl], dim=2)  # (D, rows', cols' + 1)
+        return torch.cat([base, grid.flatten(1).transpose(0, 1)])
+
+    def video_features(self, pixel_values_videos: torch.Tensor) -> list[torch.Tensor]:
+        """OneVision video: (B, F, 3, S, S) -> per video (F * ceil(g/2)^2 + 1, D): frames pooled, one newline."""
+        if self.config.model_type != "llava_onevision":
+            raise ValueError(f"video input needs a llava_onevision model, this one is {self.config.model_type}")
+        b, nf = pixel_values_videos.shape[:2]
+        g = self.geometry.grid
+        feats = self.tile_features(pixel_values_videos.flatten(0, 1))  # (B*F, g*g, D)
+        d = feats.shape[-1]
+        maps = feats.view(b * nf, g, g, d).permute(0, 3, 1, 2)
+        pooled = F.interpolate(maps, size=[(g + 1) // 2, (g + 1) // 2], mode="bilinear")
+        pooled = pooled.permute(0, 2, 3, 1).reshape(b, -1, d)  # (B, F * p * p, D)
+        newline = self.model.image_newline.to(pooled)
+        return [torch.cat([v, newline[None]]) for v in pooled]
+
+    # -- embeddings and forward --------------------------------------------------------------------------------
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        batch_num_images: torch.Tensor | list[int] | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T) ids (image tokens already expanded) -> (B, T, D) embeddings with image features written in."""
+        cfg = self.config
+        embed_tokens = self.model.language_model.embed_tokens
+        special = input_ids == cfg.image_token_id
+        if cfg.video_token_id is not None:
+            special |= input_ids == cfg.video_token_id
+        ids = input_ids.masked_fill(special, 0) if cfg.image_token_id >= embed_tokens.num_embeddings else input_ids
+        if (ids >= embed_tokens.num_embeddings).any() or (ids < 0).any():
+            raise ValueError(f"input_ids hold ids outside the vocabulary [0, {embed_tokens.num_embeddings})")
+        x = embed_tokens(ids)  # (B, T, D)
+        x = self._scatter(x, input_ids, cfg.image_token_id, "image", pixel_values, image_sizes, batch_num_images)
+        if cfg.video_token_id is not None:
+            x = self._scatter(x, input_ids, cfg.video_token_id, "video", pixel_values_videos)
+        return x
+
+    def _scatter(self, x, input_ids, token_id, kind, pixels, sizes=None, num_images=None) -> torch.Tensor:
+        mask = input_ids == token_id
+        n_tokens = int(mask.sum())
+        if pixels is None:
+            if n_tokens:
+                raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but no {kind} pixels were given")
+            return x
+        feats = self.image_features(pixels, sizes, num_images) if kind == "image" else self.video_features(pixels)
+        flat = torch.cat(feats).to(x.dtype)
+        if flat.shape[0] != n_tokens:
+            per = ", ".join(str(f.shape[0]) for f in feats)
+            raise ValueError(
+                f"{kind} features and {kind} tokens do not match: input_ids hold {n_tokens} {kind} tokens but the "
+                f"{len(feats)} {kind}(s) give {flat.shape[0]} features ({per}); build inputs with this model's "
+                "processor so every placeholder is expanded to num_image_tokens()"
+            )
+        return x.masked_scatter(mask.unsqueeze(-1), flat)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        batch_num_images: torch.Tensor | list[int] | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        logits_to_keep: int = 0,
+    ) -> LlavaOutput:
+        """Logits (B, T, V) for ids (with expanded image tokens) or precomputed embeddings.
+
+        ``logits_to_keep=k`` computes logits for the last k positions only (generation needs 1).
+        ``labels`` (B, T) with IGNORE_INDEX outside the supervised spans give ``loss`` (shifted by one).
+        """
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids (or inputs_embeds)")
+            inputs_embeds = self.embed(input_ids, pixel_values, image_sizes, batch_num_images, pixel_values_videos)
+        b, t, _ = inputs_embeds.shape
+        past = cache.length if cache is not None else 0
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, b, t, past, inputs_embeds.device)
+        h = self.model.language_model(inputs_embeds, position_ids, attention_mask, cache)  # (B, T, D)
+        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+            )
+        return LlavaOutput(logits=logits, loss=loss)
+
+    # -- conveniences (defined in other modules to keep this file about the model) ------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, **kwargs) -> LlavaModel:  # noqa: ANN001
+        """Load an HF-format (current or pre-4.52 layout) or original-format checkpoint; see checkpoint.api."""
+        from ..checkpoint.api import load_model
+
+        return load_model(path_or_id, **kwargs)
+
+    def save_pretrained(self, out_dir, **kwargs) -> None:  # noqa: ANN001
+        """Write the current HF layout (config.json + sharded safetensors) that transformers and vLLM load."""
+        from ..checkpoint.api import save_model
+
+        save_model(self, out_dir, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:  # noqa: ANN003
+        """Greedy (or sampled, with ``do_sample=True``) continuation; returns (B, T + new) ids like HF."""
+        from ..engine.generate import generate
+
+        return generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def positions_from_mask(
+    attention_mask: torch.Tensor | None, b: int, t: int, past: int, device: torch.device
+) -> torch.Tensor:
+    """Position ids (B, T): count of real tokens before each slot; left padding does not shift positions.
+
+    mask [[0, 0, 1, 1, 1]] -> positions [[1, 1, 0, 1, 2]] (pads get a harmless 1, as in HF generate).
+    """
+    if attention_mask is None:
+        return torch.arange(past, past + t, device=device).expand(b, t)
+    pos = attention_mask.long().cumsum(-1) - 1
+    pos = pos.masked_fill(attention_mask == 0, 1)
+    return pos[:, -t:]
+
+
+def _multi_image_flags(batch_num_images, n: int, family: str) -> list[bool]:  # noqa: ANN001
+    """OneVision treats images of a multi-image prompt as base views only; which images are those."""
+    if family != "llava_onevision" or batch_num_images is None:
+        return [False] * n
+    counts = [int(c) for c in batch_num_images]
+    if sum(counts) != n:
+        raise ValueError(f"batch_num_images {counts} sums to {sum(counts)} but {n} images were given")
+    return [c > 1 for c in counts for _ in range(c)]
