@@ -1,0 +1,152 @@
+"""from_pretrained / save_pretrained / convert at the model level: logits survive every round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_model_io_helpers import image_batch
+
+from llavakit import LlavaModel
+from llavakit.checkpoint.load import CheckpointMismatchError
+from tiny_models import hf_model, ours_from_hf
+
+FAMILIES = [("llava", "llama"), ("llava_next", "mistral"), ("llava_onevision", "qwen2")]
+
+
+def _logits(model, batch):
+    """Logits of the real (non-padding) positions."""
+    with torch.no_grad():
+        out = model(**batch).logits
+    return out[batch["attention_mask"].bool()] if "attention_mask" in batch else out
+
+
+@pytest.mark.parametrize("family,text", FAMILIES)
+def test_transformers_checkpoint_loads_with_equal_logits(tmp_path, family, text):
+    hf = hf_model(family, text)
+    hf.save_pretrained(tmp_path / "hf")  # transformers 5 writes its own on-disk layout
+    ours = LlavaModel.from_pretrained(tmp_path / "hf")
+    batch = image_batch(ours)
+    torch.testing.assert_close(_logits(ours, batch), _logits(hf, batch), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family,text", FAMILIES)
+def test_our_checkpoint_loads_in_transformers_identically(tmp_path, family, text):
+    from transformers import AutoModelForImageTextToText
+
+    hf = hf_model(family, text)
+    ours = ours_from_hf(hf)
+    ours.save_pretrained(tmp_path / "ours", max_shard_bytes=40_000)
+    assert len(list((tmp_path / "ours").glob("*.safetensors"))) > 1
+    back = AutoModelForImageTextToText.from_pretrained(tmp_path / "ours").eval()
+    ref = hf.state_dict()
+    for k, v in back.state_dict().items():  # HF -> ours -> HF is an identity of tensors
+        assert torch.equal(v, ref[k]), k
+    batch = image_batch(ours)
+    torch.testing.assert_close(_logits(back, batch), _logits(hf, batch), atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_identity_and_dtype(tmp_path):
+    ours = ours_from_hf(hf_model("llava_next"))
+    ours.save_pretrained(tmp_path / "m")
+    again = LlavaModel.from_pretrained(tmp_path / "m")
+    for (k, a), (k2, b) in zip(ours.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    bf = LlavaModel.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    assert {p.dtype for p in bf.parameters()} == {torch.bfloat16}
+    assert not any(p.is_meta for p in bf.parameters())
+
+
+def test_missing_weights_are_listed(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    ours = ours_from_hf(hf_model("llava"))
+    ours.save_pretrained(tmp_path / "m")
+    f = tmp_path / "m" / "model.safetensors"
+    sd = load_file(f)
+    del sd["model.multi_modal_projector.linear_2.weight"]
+    save_file(sd, f, metadata={"format": "pt"})
+    with pytest.raises(CheckpointMismatchError, match="linear_2.weight"):
+        LlavaModel.from_pretrained(tmp_path / "m")
+
+
+def test_unknown_model_type_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "blip_2"}))
+    with pytest.raises(ValueError, match="blip_2.*not a LLaVA model"):
+        LlavaModel.from_pretrained(tmp_path)
+
+
+def test_original_checkpoint_converts_to_the_same_logits(tmp_path):
+    """A synthetic liuhaotian-style checkpoint (separate CLIP tower, original keys and config) converts with
+    `llava convert` and gives the logits of the HF model holding the same weights."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from llavakit.cli import main
+    from llavakit.processing.anyres import num_image_tokens
+    from tiny_models import vision_config
+
+    hf = hf_model("llava")
+    torch.manual_seed(1)
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config={
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "vocab_size": 50,
+                "projection_dim": 16,
+            },
+            vision_config=vision_config("clip").to_dict(),
+        )
+    )
+    clip.save_pretrained(tmp_path / "clip")
+    with torch.no_grad():  # the tower in the HF model = the separate CLIP checkpoint
+        hf.model.vision_tower.load_state_dict(
+            {k.removeprefix("vision_model."): v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
+        )
+    t = hf.config.text_config
+    src = tmp_path / "llava-v1.5-tiny"
+    src.mkdir()
+    (src / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlavaLlamaForCausalLM"],
+                "model_type": "llava_llama",
+                "hidden_size": t.hidden_size,
+                "intermediate_size": t.intermediate_size,
+                "num_hidden_layers": t.num_hidden_layers,
+                "num_attention_heads": t.num_attention_heads,
+                "num_key_value_heads": t.num_key_value_heads,
+                "vocab_size": t.vocab_size,
+                "rms_norm_eps": t.rms_norm_eps,
+                "max_position_embeddings": 4096,
+                "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+                "mm_hidden_size": 32,
+                "mm_projector_type": "mlp2x_gelu",
+                "mm_vision_select_layer": -2,
+                "mm_vision_select_feature": "patch",
+                "image_aspect_ratio": "pad",
+                "mm_patch_merge_type": "flat",
+            }
+        )
+    )
+    state = {}
+    for k, v in hf.state_dict().items():
+        if k.startswith("model.vision_tower."):
+            continue
+        k = k.replace("model.multi_modal_projector.linear_1.", "model.mm_projector.0.")
+        k = k.replace("model.multi_modal_projector.linear_2.", "model.mm_projector.2.")
+        state[k.replace("model.language_model.", "model.")] = v.clone()
+    torch.save(state, src / "pytorch_model.bin")
+
+    assert main(["convert", str(src), str(tmp_path / "out"), "--vision-tower", str(tmp_path / "clip")]) == 0
+    ours = LlavaModel.from_pretrained(tmp_path / "out")
+    assert ours.config.image_token_id == 128 and ours.config.text.vocab_size == 192
+    n = num_image_tokens(56, 56, ours.geometry)
+    ids = torch.tensor([[1, 5, 6] + [120] * n + [7, 8, 9]])
+    px = torch.randn(1, 3, 56, 56)
+    ref = _logits(hf, {"input_ids": ids, "pixel_values": px})
+    out = _logits(ours, {"input_ids": ids.masked_fill(ids == 120, 128), "pixel_values": px})
+    torch.testing.assert_close(out[..., :128], ref, atol=1e-4, rtol=1e-4)
