@@ -18,11 +18,81 @@ if TYPE_CHECKING:
     from ..model.llava import LlavaModel
 
 
-def _eos_set(model: LlavaModel, eos_token_id: int | list[int] | None) -> list[int]:
+def eos_ids(model: LlavaModel, eos_token_id: int | list[int] | None) -> list[int]:
     eos = model.config.text.eos_token_id if eos_token_id is None else eos_token_id
     if eos is None:
         return []
     return [eos] if isinstance(eos, int) else list(eos)
+
+
+def check_context(model: LlavaModel, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse requests that cannot fit the model's context, naming both numbers."""
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    limit = model.config.text.max_position_embeddings
+    if prompt_tokens + max_new_tokens > limit and model.config.text.rope_scaling is None:
+        raise ValueError(
+            f"prompt of {prompt_tokens} tokens + max_new_tokens {max_new_tokens} exceeds the model's context of "
+            f"{limit} tokens; shorten the prompt (or use fewer/smaller images) or lower max_new_tokens"
+        )
+
+
+@torch.no_grad()
+def decode(
+    model: LlavaModel,
+    embeds: torch.Tensor,
+    positions: torch.Tensor,
+    cache: KVCache,
+    *,
+    max_new_tokens: int,
+    params: SamplingParams,
+    eos: list[int],
+    slot_mask: torch.Tensor | None = None,
+    prompt_ids: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor]:
+    """Prefill ``embeds`` (B, T, D) after what ``cache`` holds, then decode; yield (B,) ids per step.
+
+    positions (B, T) are the RoPE positions of the new slots. slot_mask (B, >= cache.length + T + max_new_tokens)
+    marks real slots (left padding = 0) or is None when no row is padded. A row that has finished (EOS) yields -1.
+    The token yielded last is never fed back, so afterwards ``cache.length`` == slots fed.
+    """
+    b, t, _ = embeds.shape
+    device = embeds.device
+    gen = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
+    eos_t = torch.tensor(eos, device=device, dtype=torch.long)
+    start = cache.length
+    logits = model(
+        inputs_embeds=embeds,
+        attention_mask=None if slot_mask is None else slot_mask[:, : start + t],
+        position_ids=positions,
+        cache=cache,
+        logits_to_keep=1,
+    ).logits[:, -1]  # (B, V)
+    next_pos = positions[:, -1:] + 1  # (B, 1)
+    seen = None
+    if params.repetition_penalty != 1.0 and prompt_ids is not None:
+        seen = torch.zeros(b, logits.shape[-1], dtype=torch.bool, device=device)
+        seen.scatter_(1, prompt_ids.to(device).clamp(0, logits.shape[-1] - 1), True)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    embed_tokens = model.model.language_model.embed_tokens
+    for step in range(max_new_tokens):
+        if seen is not None:
+            logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+        tok = sample(logits, params, gen).masked_fill(done, -1)  # (B,)
+        yield tok
+        if eos_t.numel():
+            done |= torch.isin(tok, eos_t)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            return
+        if seen is not None:
+            seen.scatter_(1, tok.clamp_min(0)[:, None], True)
+        logits = model(
+            inputs_embeds=embed_tokens(tok.clamp_min(0)[:, None]),
+            attention_mask=None if slot_mask is None else slot_mask[:, : cache.length + 1],
+            position_ids=next_pos,
+            cache=cache,
+        ).logits[:, -1]
+        next_pos = next_pos + 1
 
 
 @torch.no_grad()
@@ -36,65 +106,34 @@ def stream_tokens(
     eos_token_id: int | list[int] | None = None,
     **vision_inputs: torch.Tensor | None,
 ) -> Iterator[torch.Tensor]:
-    """Yield (B,) next-token ids step by step; a row that has finished (EOS) keeps yielding -1.
+    """Yield (B,) next-token ids step by step for a (left-padded) batch; finished rows yield -1.
 
-    input_ids (B, T) carry expanded image tokens; left padding is marked by ``attention_mask`` (B, T).
+    input_ids (B, T) carry expanded image tokens; left padding is marked by ``attention_mask`` (B, T). Every row
+    gets its own positions (padding does not shift them) and stops on its own EOS.
     """
-    if max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    params = params or SamplingParams()
     b, t = input_ids.shape
-    limit = model.config.text.max_position_embeddings
-    if t + max_new_tokens > limit and model.config.text.rope_scaling is None:
-        raise ValueError(
-            f"prompt of {t} tokens + max_new_tokens {max_new_tokens} exceeds the model's context of {limit} "
-            "tokens; shorten the prompt (or use fewer/smaller images) or lower max_new_tokens"
-        )
+    check_context(model, t, max_new_tokens)
     device = model.device
-    gen = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
-    eos = torch.tensor(_eos_set(model, eos_token_id), device=device, dtype=torch.long)
-
-    mask = torch.ones(b, t + max_new_tokens, dtype=torch.long, device=device)
-    if attention_mask is not None:
-        mask[:, :t] = attention_mask
-    padded = attention_mask is not None and bool((attention_mask == 0).any())
-    pos = (mask[:, :t].cumsum(-1) - 1).clamp_min(0)  # (B, T)
+    slot_mask = None
+    if attention_mask is not None and bool((attention_mask == 0).any()):
+        slot_mask = torch.ones(b, t + max_new_tokens, dtype=torch.long, device=device)
+        slot_mask[:, :t] = attention_mask
+        pos = (slot_mask[:, :t].cumsum(-1) - 1).clamp_min(0)  # (B, T)
+    else:
+        pos = torch.arange(t, device=device).expand(b, t)
     cache = KVCache(model.config.text, b, t + max_new_tokens, dtype=model.dtype, device=device)
-
     embeds = model.embed(input_ids.to(device), **vision_inputs)
-    logits = model(
-        inputs_embeds=embeds,
-        attention_mask=mask[:, :t] if padded else None,
-        position_ids=pos,
-        cache=cache,
-        logits_to_keep=1,
-    ).logits[:, -1]  # (B, V)
-    next_pos = pos[:, -1:] + 1  # (B, 1)
-    seen = None
-    if params.repetition_penalty != 1.0:
-        seen = torch.zeros(b, logits.shape[-1], dtype=torch.bool, device=device)
-        seen.scatter_(1, input_ids.to(device).clamp(0, logits.shape[-1] - 1), True)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    embed_tokens = model.model.language_model.embed_tokens
-    for step in range(max_new_tokens):
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-        tok = sample(logits, params, gen)  # (B,)
-        tok = tok.masked_fill(done, -1)
-        yield tok
-        done |= torch.isin(tok, eos) if eos.numel() else torch.zeros_like(done)
-        if bool(done.all()) or step == max_new_tokens - 1:
-            return
-        if seen is not None:
-            seen.scatter_(1, tok.clamp_min(0)[:, None], True)
-        s = t + step + 1
-        logits = model(
-            inputs_embeds=embed_tokens(tok.clamp_min(0)[:, None]),
-            attention_mask=mask[:, :s] if padded else None,
-            position_ids=next_pos,
-            cache=cache,
-        ).logits[:, -1]
-        next_pos = next_pos + 1
+    yield from decode(
+        model,
+        embeds,
+        pos,
+        cache,
+        max_new_tokens=max_new_tokens,
+        params=params or SamplingParams(),
+        eos=eos_ids(model, eos_token_id),
+        slot_mask=slot_mask,
+        prompt_ids=input_ids,
+    )
 
 
 def generate(
@@ -122,11 +161,10 @@ def generate(
         seed=seed,
     )
     pad = pad_token_id if pad_token_id is not None else model.config.text.pad_token_id
-    eos = _eos_set(model, eos_token_id)
+    eos = eos_ids(model, eos_token_id)
     fill = pad if pad is not None else (eos[0] if eos else 0)
-    steps = [
-        tok
-        for tok in stream_tokens(
+    steps = list(
+        stream_tokens(
             model,
             input_ids,
             attention_mask=attention_mask,
@@ -135,6 +173,6 @@ def generate(
             eos_token_id=eos_token_id,
             **vision_inputs,
         )
-    ]
-    new = torch.stack(steps, dim=1).masked_fill(torch.stack(steps, dim=1) < 0, fill)
-    return torch.cat([input_ids.to(new.device), new], dim=1)
+    )
+    new = torch.stack(steps, dim=1)
+    return torch.cat([input_ids.to(new.device), new.masked_fill(new < 0, fill)], dim=1)

@@ -92,11 +92,14 @@ class LlavaModel(nn.Module):
         pixel_values: torch.Tensor,
         image_sizes: torch.Tensor | None = None,
         batch_num_images: torch.Tensor | list[int] | None = None,
+        multi_image: list[bool] | None = None,
     ) -> list[torch.Tensor]:
         """Encode every image of a batch in one vision pass and pack each into its token sequence.
 
         pixel_values: llava (N, 3, S, S); next / onevision (N, max_tiles, 3, S, S) with zero-padded tile slots.
         image_sizes:  (N, 2) original (height, width), required for next / onevision.
+        batch_num_images: images per prompt (OneVision: images of multi-image prompts get their base view only);
+        ``multi_image`` gives that per-image flag directly (a chat turn encoding only its new images).
         Returns one (tokens_i, D) tensor per image, tokens_i == num_image_tokens(h_i, w_i, ...).
         """
         geom = self.geometry
@@ -111,7 +114,7 @@ class LlavaModel(nn.Module):
         sizes = [(int(h), int(w)) for h, w in image_sizes.tolist()]
         if len(sizes) != pixel_values.shape[0]:
             raise ValueError(f"got {pixel_values.shape[0]} images in pixel_values but {len(sizes)} image_sizes")
-        multi = _multi_image_flags(batch_num_images, len(sizes), self.config.model_type)
+        multi = multi_image or _multi_image_flags(batch_num_images, len(sizes), self.config.model_type)
         counts = [num_tiles(h, w, geom, multi_image=m) for (h, w), m in zip(sizes, multi)]
         if max(counts) > pixel_values.shape[1]:
             raise ValueError(
@@ -173,6 +176,7 @@ class LlavaModel(nn.Module):
         image_sizes: torch.Tensor | None = None,
         batch_num_images: torch.Tensor | list[int] | None = None,
         pixel_values_videos: torch.Tensor | None = None,
+        multi_image: list[bool] | None = None,
     ) -> torch.Tensor:
         """(B, T) ids (image tokens already expanded) -> (B, T, D) embeddings with image features written in."""
         cfg = self.config
@@ -184,19 +188,23 @@ class LlavaModel(nn.Module):
         if (ids >= embed_tokens.num_embeddings).any() or (ids < 0).any():
             raise ValueError(f"input_ids hold ids outside the vocabulary [0, {embed_tokens.num_embeddings})")
         x = embed_tokens(ids)  # (B, T, D)
-        x = self._scatter(x, input_ids, cfg.image_token_id, "image", pixel_values, image_sizes, batch_num_images)
+        x = self._scatter(
+            x, input_ids, cfg.image_token_id, "image", pixel_values, image_sizes, batch_num_images, multi_image
+        )
         if cfg.video_token_id is not None:
             x = self._scatter(x, input_ids, cfg.video_token_id, "video", pixel_values_videos)
         return x
 
-    def _scatter(self, x, input_ids, token_id, kind, pixels, sizes=None, num_images=None) -> torch.Tensor:
+    def _scatter(self, x, input_ids, token_id, kind, pixels, sizes=None, num_images=None, multi=None) -> torch.Tensor:
         mask = input_ids == token_id
         n_tokens = int(mask.sum())
         if pixels is None:
             if n_tokens:
                 raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but no {kind} pixels were given")
             return x
-        feats = self.image_features(pixels, sizes, num_images) if kind == "image" else self.video_features(pixels)
+        feats = (
+            self.image_features(pixels, sizes, num_images, multi) if kind == "image" else self.video_features(pixels)
+        )
         flat = torch.cat(feats).to(x.dtype)
         if flat.shape[0] != n_tokens:
             per = ", ".join(str(f.shape[0]) for f in feats)
