@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one clear line, exit code 2, no traceback."""
+from typing import Any
 
 
 def cmd_convert(src: str, dst: str, vision_tower: str | None = None, dtype: str | None = None) -> int:
@@ -27,18 +25,65 @@ def cmd_demo(model: str | None = None, seed: int = 0) -> int:
     return run_demo(model=model, seed=seed)
 
 
+def cmd_generate(model: str | None, images: list[str], prompt: str, dtype: str, quantize: str | None, **s: Any) -> int:
+    from .commands import generate, open_pipeline
+
+    generate(open_pipeline(model, dtype, quantize), prompt, images, **s)
+    return 0
+
+
+def cmd_chat(model: str | None, images: list[str], dtype: str, quantize: str | None, **s: Any) -> int:
+    from .commands import chat, open_pipeline
+
+    return chat(open_pipeline(model, dtype, quantize), images, sys.stdin, **s)
+
+
+def cmd_caption(
+    model: str | None, pattern: str, out: str, prompt: str, batch_size: int, dtype: str, quantize: str | None, **s: Any
+) -> int:
+    from .commands import caption, open_pipeline
+
+    counts = caption(open_pipeline(model, dtype, quantize), pattern, out, prompt=prompt, batch_size=batch_size, **s)
+    print(json.dumps(counts))
+    return 1 if counts["failed"] else 0
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model directory or hub id (default: the bundled model)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the decoder")
+
+
+def _sampling_flags(p: argparse.ArgumentParser, max_new: int = 256) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+
+def _sampling(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "max_new_tokens": a.max_new_tokens,
+        "temperature": a.temperature,
+        "top_p": a.top_p,
+        "top_k": a.top_k,
+        "repetition_penalty": a.repetition_penalty,
+        "seed": a.seed,
+        "stop": a.stop,
+    }
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="llava", description="LLaVA models: run, convert, train, serve, evaluate."
-    )
+    p = argparse.ArgumentParser(prog="llava", description="LLaVA models: run, convert, train, serve, evaluate.")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="original / old-layout checkpoint -> current HF layout")
     c.add_argument("src", help="checkpoint directory (or hub id)")
     c.add_argument("dst", help="output directory")
-    c.add_argument(
-        "--vision-tower", help="local CLIP/SigLIP directory for original checkpoints (mm_vision_tower)"
-    )
+    c.add_argument("--vision-tower", help="local CLIP/SigLIP directory for original checkpoints (mm_vision_tower)")
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="store weights in this dtype")
     c.set_defaults(func=lambda a: cmd_convert(a.src, a.dst, a.vision_tower, a.dtype))
 
@@ -46,6 +91,32 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help="model directory or hub id (default: the bundled model)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=lambda a: cmd_demo(a.model, a.seed))
+
+    g = sub.add_parser("generate", help="answer one prompt about one or more images")
+    _model_flags(g)
+    g.add_argument("--image", action="append", default=[], help="image path (repeatable)")
+    g.add_argument("--prompt", required=True)
+    _sampling_flags(g)
+    g.set_defaults(func=lambda a: cmd_generate(a.model, a.image, a.prompt, a.dtype, a.quantize, **_sampling(a)))
+
+    ch = sub.add_parser("chat", help="interactive multi-turn chat (/image PATH, /reset, /exit)")
+    _model_flags(ch)
+    ch.add_argument("--image", action="append", default=[], help="image for the first message (repeatable)")
+    _sampling_flags(ch)
+    ch.set_defaults(func=lambda a: cmd_chat(a.model, a.image, a.dtype, a.quantize, **_sampling(a)))
+
+    cp = sub.add_parser("caption", help="batch inference over many images to JSONL (resumable)")
+    _model_flags(cp)
+    cp.add_argument("images", help="a directory or a glob of images")
+    cp.add_argument("--out", required=True, help="results .jsonl (images already in it are skipped)")
+    cp.add_argument("--prompt", default="Describe the image briefly.")
+    cp.add_argument("--batch-size", type=int, default=4)
+    _sampling_flags(cp, max_new=64)
+    cp.set_defaults(
+        func=lambda a: cmd_caption(
+            a.model, a.images, a.out, a.prompt, a.batch_size, a.dtype, a.quantize, **_sampling(a)
+        )
+    )
     return p
 
 
@@ -54,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (UserError, ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, OSError) as e:  # bad input: one clear line, no traceback
         print(f"llava {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

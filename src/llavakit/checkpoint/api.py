@@ -80,8 +80,6 @@ def save_model(model: LlavaModel, out_dir: str | Path, *, max_shard_bytes: int =
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_state_dict(
-        model.state_dict(), out, max_shard_bytes=max_shard_bytes, tied=model.config.tie_word_embeddings
-    )
+    save_state_dict(model.state_dict(), out, max_shard_bytes=max_shard_bytes, tied=model.config.tie_word_embeddings)
     save_config(model.config, out)
     return out

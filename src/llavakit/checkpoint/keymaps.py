@@ -80,9 +80,7 @@ def detect_layout(keys: Iterable[str]) -> Layout:
 
 
 def _layout_of(k: str) -> str | None:
-    if k.startswith(
-        ("model.vision_tower.vision_tower.", "model.mm_projector", "model.layers.", "model.norm.")
-    ):
+    if k.startswith(("model.vision_tower.vision_tower.", "model.mm_projector", "model.layers.", "model.norm.")):
         return "original"
     if k.startswith(("model.embed_tokens.", "vision_model.")):
         return "original"

@@ -96,9 +96,7 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
         raise FileNotFoundError(f"{repo_id} is neither a local directory nor a valid hub model id") from e
     except Exception as e:
         # offline mode (LocalEntryNotFoundError), DNS / connection failures, timeouts, 5xx answers
-        if not isinstance(
-            e, (LocalEntryNotFoundError, ConnectionError, TimeoutError)
-        ) and not _is_network_error(e):
+        if not isinstance(e, (LocalEntryNotFoundError, ConnectionError, TimeoutError)) and not _is_network_error(e):
             raise  # e.g. a full disk or an unwritable cache: not the hub's fault, keep the original error
         raise HubUnreachableError(
             f"could not reach the Hugging Face hub to fetch {repo_id} ({type(e).__name__}); "
@@ -153,9 +151,7 @@ def _locate(root: Path) -> tuple[list[Path], dict[str, str] | None]:
             f"{root} has weight files ({', '.join(stray[:4])}) but neither {SAFE_SINGLE} nor {SAFE_INDEX} / "
             f"{BIN_INDEX}: the download is incomplete or the save was interrupted; re-download the checkpoint"
         )
-    raise FileNotFoundError(
-        f"{root} holds no weights ({SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX})"
-    )
+    raise FileNotFoundError(f"{root} holds no weights ({SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX})")
 
 
 def _read_index(index: Path) -> dict[str, str]:
@@ -203,9 +199,7 @@ def iter_checkpoint_tensors(path: str | Path) -> Iterator[tuple[str, torch.Tenso
             )
 
 
-def iter_file_tensors(
-    file: str | Path, *, keys_only: bool = False
-) -> Iterator[tuple[str, torch.Tensor | None]]:
+def iter_file_tensors(file: str | Path, *, keys_only: bool = False) -> Iterator[tuple[str, torch.Tensor | None]]:
     """``(name, tensor)`` pairs of one ``.safetensors`` or ``.bin`` file (e.g. ``mm_projector.bin``)."""
     file = Path(file)
     if not file.is_file():
@@ -310,9 +304,7 @@ def load_into(
         owner, attr, is_param = slots[name]
         current = getattr(owner, attr)
         if tuple(tensor.shape) != tuple(current.shape):
-            result.mismatched.append(
-                f"{name}: checkpoint {tuple(tensor.shape)} vs model {tuple(current.shape)}"
-            )
+            result.mismatched.append(f"{name}: checkpoint {tuple(tensor.shape)} vs model {tuple(current.shape)}")
             loaded.add(name)  # reported as mismatched, not again as missing
             continue
         cast = dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype
@@ -348,12 +340,9 @@ def _mismatch_message(r: LoadResult, show: int = 20) -> str:
 def _likely_cause(r: LoadResult) -> str:
     unexpected = r.unexpected
     if any(k.startswith(("language_model.", "vision_tower.", "multi_modal_projector.")) for k in unexpected):
-        return (
-            "the checkpoint is in the pre-4.52 HF layout; rename with keymaps.rename_tensors(..., 'hf_old')"
-        )
+        return "the checkpoint is in the pre-4.52 HF layout; rename with keymaps.rename_tensors(..., 'hf_old')"
     if any(
-        k.startswith(("model.layers.", "model.mm_projector", "model.vision_tower.vision_tower."))
-        for k in unexpected
+        k.startswith(("model.layers.", "model.mm_projector", "model.vision_tower.vision_tower.")) for k in unexpected
     ):
         return "the checkpoint is in the original LLaVA layout; convert it first (`llava convert SRC DST`)"
     if r.mismatched:
@@ -366,7 +355,5 @@ def _likely_cause(r: LoadResult) -> str:
     if r.missing and not unexpected:
         return "a truncated download or a missing shard (or a config with more layers than the checkpoint)"
     if unexpected and not r.missing:
-        return (
-            "the config describes a smaller model than the checkpoint (layers / model_type / tied embeddings)"
-        )
+        return "the config describes a smaller model than the checkpoint (layers / model_type / tied embeddings)"
     return "wrong model_type or key layout for this checkpoint"

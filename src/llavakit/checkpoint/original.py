@@ -235,9 +235,7 @@ def pinpoints_to_hf(value: str | list | None, vision: VisionConfig | int) -> lis
     """
     tile = vision if isinstance(vision, int) else vision.image_size
     if value is None:
-        raise ValueError(
-            "image_grid_pinpoints is required for anyres checkpoints but missing from config.json"
-        )
+        raise ValueError("image_grid_pinpoints is required for anyres checkpoints but missing from config.json")
     pairs: list
     if isinstance(value, str) and "x" in value:
         found = re.findall(r"\((\d+)x(\d+)\)", value)

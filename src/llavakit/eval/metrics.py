@@ -244,9 +244,7 @@ def relaxed_accuracy(
         targets = [reference] if isinstance(reference, str) else list(reference)
         if not targets:
             raise ValueError("ChartQA: a question has no target answer")
-        scores.append(
-            any(relaxed_correctness(prediction, t, max_relative_change=max_relative_change) for t in targets)
-        )
+        scores.append(any(relaxed_correctness(prediction, t, max_relative_change=max_relative_change) for t in targets))
     return sum(scores) / len(scores)
 
 

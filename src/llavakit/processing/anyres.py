@@ -30,7 +30,7 @@ class ImageGeometry:
     family:      "llava" | "llava_next" | "llava_onevision"
     tile:        vision input side in pixels (336 CLIP-L, 384 SigLIP)
     patch:       ViT patch side (14)
-    extra:       tokens per tile beyond the patch grid: 1 for CLIP's CLS with strategy "full", else 0
+    extra:       tokens per tile beyond the patch grid: +1 for CLIP's CLS kept ("full"), -1 for SigLIP + "default"
     pinpoints:   candidate (height, width) resolutions for AnyRes (None for llava-1.5)
     max_tiles:   OneVision "anyres_max_N" -> N (None: never downsample)
     """
@@ -54,13 +54,15 @@ class ImageGeometry:
     @classmethod
     def from_config(cls, config: LlavaConfig) -> ImageGeometry:
         v = config.vision
-        full = config.vision_feature_select_strategy == "full"
+        # tokens kept per tile: the CLS token (CLIP) is dropped by strategy "default" (which drops the first
+        # token even for SigLIP, as transformers does)
+        extra = (1 if v.has_cls else 0) - (1 if config.vision_feature_select_strategy == "default" else 0)
         pins = config.image_grid_pinpoints if config.model_type != "llava" else None
         return cls(
             family=config.model_type,
             tile=v.image_size,
             patch=v.patch_size,
-            extra=1 if (full and v.has_cls) else 0,
+            extra=extra,
             pinpoints=tuple((int(h), int(w)) for h, w in pins) if pins else None,
             max_tiles=config.max_tiles,
         )

@@ -1,0 +1,218 @@
+"""The high-level API: ``llavakit.load(path)`` -> a pipeline that answers OpenAI-style messages.
+
+    pipe = llavakit.load("llava-hf/llava-v1.6-mistral-7b-hf", dtype="bfloat16")
+    pipe.chat([{"role": "user", "content": [{"type": "image", "image": "cat.jpg"},
+                                            {"type": "text", "text": "What is this?"}]}])
+    for delta in pipe.stream(messages, temperature=0.7, seed=0): print(delta, end="")
+
+Images in content parts may be paths, PIL images, raw bytes, or ``image_url`` parts with a path or a
+``data:`` URL (remote URLs are the server's business, with its own limits).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .engine.generate import eos_ids
+from .engine.sampling import SamplingParams
+from .engine.session import ChatSession
+from .engine.text import StopMatcher
+
+Messages = list[dict[str, Any]]
+
+
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    image_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def split_messages(messages: Messages) -> tuple[Messages, list[Any]]:
+    """Messages with image parts normalised to ``{"type": "image"}`` plus the images in order of appearance."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    out, images = [], []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or "role" not in msg:
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content'")
+        content = msg.get("content")
+        if isinstance(content, str) or content is None:
+            out.append({"role": msg["role"], "content": content or ""})
+            continue
+        parts = []
+        for part in content:
+            kind = part.get("type")
+            if kind == "text":
+                parts.append({"type": "text", "text": part.get("text", "")})
+            elif kind in ("image", "image_url"):
+                images.append(_image_source(part))
+                parts.append({"type": "image"})
+            else:
+                raise ValueError(f"message {i}: unsupported content part type {kind!r} (use text, image, image_url)")
+        out.append({"role": msg["role"], "content": parts})
+    return out, images
+
+
+def _image_source(part: dict[str, Any]) -> Any:
+    if part.get("type") == "image":
+        src = part.get("image", part.get("path", part.get("url")))
+    else:
+        url = part.get("image_url")
+        src = url.get("url") if isinstance(url, dict) else url
+    if src is None:
+        raise ValueError(f"image part without an image: {part!r}")
+    if isinstance(src, str) and src.startswith("data:"):
+        try:
+            return base64.b64decode(src.split(",", 1)[1], validate=True)
+        except (IndexError, ValueError) as e:
+            raise ValueError("image data: URL is not valid base64 (expected data:image/...;base64,...)") from e
+    if isinstance(src, str) and src.startswith(("http://", "https://")):
+        raise ValueError("remote image URLs are not fetched by the library; download the image and pass its path")
+    return src
+
+
+class Pipeline:
+    """A model + its processor, answering messages. One conversation cache is kept for follow-up turns."""
+
+    def __init__(self, model, processor) -> None:  # noqa: ANN001
+        self.model = model
+        self.processor = processor
+        self.session = ChatSession(model)
+
+    def _inputs(self, messages: Messages) -> tuple[dict[str, torch.Tensor], int]:
+        msgs, images = split_messages(messages)
+        prompt = self.processor.apply_chat_template(msgs, add_generation_prompt=True)
+        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt")
+        n_img = int((inputs["input_ids"] == self.model.config.image_token_id).sum())
+        return inputs, n_img
+
+    def stream(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: list[str] | str | None = None,
+        answer: Answer | None = None,
+    ) -> Iterator[str]:
+        """Yield text deltas of the answer. Pass an ``Answer`` to have it filled with the totals at the end."""
+        inputs, n_img = self._inputs(messages)
+        params = SamplingParams(temperature, top_p, top_k, repetition_penalty, seed)
+        ids = inputs["input_ids"]
+        vision = {k: inputs[k] for k in ("pixel_values", "image_sizes") if k in inputs}
+        tok = self.processor.tokenizer
+        decoder = tok.decode_stream(skip_special_tokens=True)
+        stops = StopMatcher([stop] if isinstance(stop, str) else stop)
+        eos = set(eos_ids(self.model, getattr(tok, "eos_token_ids", None) or None))
+        n, reason, parts = 0, "length", []
+        for t in self.session.generate(ids, max_new_tokens=max_new_tokens, params=params, **vision):
+            n += 1
+            if t in eos:
+                reason = "stop"
+                break
+            delta = stops.push(decoder.push(t))
+            if delta:
+                parts.append(delta)
+                yield delta
+            if stops.stopped:
+                reason = "stop"
+                break
+        if not stops.stopped:
+            tail = stops.push(decoder.flush())
+            tail += stops.flush()
+            if tail:
+                parts.append(tail)
+                yield tail
+        if answer is not None:
+            answer.text, answer.finish_reason = "".join(parts), reason
+            answer.prompt_tokens, answer.completion_tokens, answer.image_tokens = ids.shape[1], n, n_img
+
+    def chat(self, messages: Messages, **sampling: Any) -> str:
+        """The whole answer as a string (same arguments as ``stream``)."""
+        return "".join(self.stream(messages, **sampling))
+
+    def reply(self, messages: Messages, **sampling: Any) -> Answer:
+        """The answer with its finish reason and token counts."""
+        ans = Answer("", "length", 0, 0)
+        for _ in self.stream(messages, answer=ans, **sampling):
+            pass
+        return ans
+
+    def batch(self, conversations: list[Messages], *, max_new_tokens: int = 256, **sampling: Any) -> list[Answer]:
+        """Answer several independent conversations in one batched pass (greedy results equal one-by-one)."""
+        from .engine.generate import stream_tokens
+
+        prompts, images = [], []
+        for messages in conversations:
+            msgs, imgs = split_messages(messages)
+            prompts.append(self.processor.apply_chat_template(msgs, add_generation_prompt=True))
+            images.extend(imgs)
+        inputs = self.processor(text=prompts, images=images or None, return_tensors="pt", padding_side="left")
+        vision = {k: inputs[k] for k in ("pixel_values", "image_sizes", "batch_num_images") if k in inputs}
+        params = SamplingParams(**{k: sampling[k] for k in sampling if k != "stop"})
+        b = len(prompts)
+        out: list[list[int]] = [[] for _ in range(b)]
+        finished = [False] * b
+        for step in stream_tokens(
+            self.model,
+            inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            max_new_tokens=max_new_tokens,
+            params=params,
+            **vision,
+        ):
+            for r, t in enumerate(step.tolist()):
+                if t >= 0 and not finished[r]:
+                    out[r].append(t)
+                elif t < 0:
+                    finished[r] = True
+        eos = set(eos_ids(self.model, None))
+        mask = inputs["attention_mask"]
+        answers = []
+        for r, toks in enumerate(out):
+            ended = bool(toks) and toks[-1] in eos
+            text = self.processor.tokenizer.decode(toks[:-1] if ended else toks, skip_special_tokens=True)
+            stops = StopMatcher(
+                sampling.get("stop")
+                if isinstance(sampling.get("stop"), list)
+                else ([sampling["stop"]] if sampling.get("stop") else None)
+            )
+            cut = stops.push(text) + stops.flush()
+            answers.append(Answer(cut, "stop" if ended or stops.stopped else "length", int(mask[r].sum()), len(toks)))
+        return answers
+
+    def reset(self) -> None:
+        self.session.reset()
+
+
+def load(
+    path_or_id: str | Path,
+    *,
+    dtype: torch.dtype | str | None = "float32",
+    device: str = "cpu",
+    quantize: str | None = None,
+) -> Pipeline:
+    """Load a checkpoint and its processor into a ready pipeline (``quantize``: None, "int8" or "int4")."""
+    from .checkpoint.api import load_model
+    from .processing.processor import LlavaProcessor
+
+    model = load_model(path_or_id, dtype=dtype, device=device)
+    if quantize is not None:
+        from .engine.quantize import quantize_model
+
+        quantize_model(model.model.language_model, quantize)
+    return Pipeline(model, LlavaProcessor.from_pretrained(path_or_id))

@@ -1,0 +1,310 @@
+"""``LlavaProcessor``: text + images -> model inputs, reading and writing HF processor files.
+
+Every ``<image>`` placeholder is expanded to ``num_image_tokens(...)`` image tokens (the single count function),
+so ``input_ids`` line up position for position with transformers' processors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import LlavaConfig
+from .anyres import ImageGeometry, num_image_tokens, num_video_tokens
+from .image import CLIP_MEAN, CLIP_STD, ImageConfig, ImageSource, load_image, preprocess, video_frames
+from .templates import IMAGE, VIDEO, render, render_chat_template
+from .tokenizer import Tokenizer
+
+DEFAULT_TEMPLATE = {"llava": "llava_1_5_hf", "llava_next": "vicuna_v1", "llava_onevision": "qwen_1_5"}
+FAMILY_BY_PROCESSOR = {
+    "LlavaProcessor": "llava",
+    "LlavaNextProcessor": "llava_next",
+    "LlavaOnevisionProcessor": "llava_onevision",
+}
+PROCESSOR_CLASS = {v: k for k, v in FAMILY_BY_PROCESSOR.items()}
+IMAGE_PROCESSOR = {
+    "llava": "LlavaImageProcessor",
+    "llava_next": "LlavaNextImageProcessor",
+    "llava_onevision": "LlavaOnevisionImageProcessor",
+}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+
+
+def _side(d: dict[str, Any] | None) -> int | None:
+    if not d:
+        return None
+    return d.get("height") or d.get("shortest_edge")
+
+
+class LlavaProcessor:
+    """Tokenizer + image preprocessing + placeholder expansion for one model family."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        image_config: ImageConfig,
+        geometry: ImageGeometry,
+        *,
+        chat_template: str | None = None,
+        template: str | None = None,
+        vision_feature_select_strategy: str = "default",
+        num_additional_image_tokens: int = 1,
+    ) -> None:
+        if geometry.family not in DEFAULT_TEMPLATE:
+            raise ValueError(f"unknown model family {geometry.family!r}; expected one of {', '.join(DEFAULT_TEMPLATE)}")
+        self.tokenizer = tokenizer
+        self.image_config = image_config
+        self.geometry = geometry
+        self.family = geometry.family
+        self.chat_template = chat_template
+        self.template = template or DEFAULT_TEMPLATE[self.family]
+        self.strategy = vision_feature_select_strategy
+        self.num_additional_image_tokens = num_additional_image_tokens
+        self.image_token_id = tokenizer.image_token_id
+        self.video_token_id = tokenizer.video_token_id
+        if self.image_token_id is None:
+            raise ValueError("the tokenizer has no <image> token; add it (ids follow the checkpoint's config)")
+
+    # -- construction ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_parts(
+        cls,
+        tokenizer: Tokenizer,
+        config: LlavaConfig,
+        *,
+        template: str | None = None,
+        image_config: ImageConfig | None = None,
+        chat_template: str | None = None,
+    ) -> LlavaProcessor:
+        """For a model config (e.g. one converted from the original format)."""
+        v = config.vision
+        siglip = v.model_type == "siglip_vision_model"
+        if image_config is None:
+            image_config = ImageConfig(
+                tile=v.image_size,
+                mean=(0.5, 0.5, 0.5) if siglip else CLIP_MEAN,
+                std=(0.5, 0.5, 0.5) if siglip else CLIP_STD,
+                resize_shortest=not siglip,
+                center_crop=not siglip,
+                pad_square=config.model_type == "llava",
+                pinpoints=ImageGeometry.from_config(config).pinpoints,
+            )
+        return cls(
+            tokenizer,
+            image_config,
+            ImageGeometry.from_config(config),
+            chat_template=chat_template,
+            template=template,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            num_additional_image_tokens=1 if v.has_cls else 0,
+        )
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path, *, template: str | None = None) -> LlavaProcessor:
+        from ..checkpoint.load import resolve_model_path
+
+        path = resolve_model_path(path_or_id)
+        proc = _read_json(path / "processor_config.json")
+        img = proc.get("image_processor") or _read_json(path / "preprocessor_config.json")
+        model_cfg = _read_json(path / "config.json")
+        family = model_cfg.get("model_type") if model_cfg.get("model_type") in DEFAULT_TEMPLATE else None
+        family = family or FAMILY_BY_PROCESSOR.get(proc.get("processor_class") or img.get("processor_class", ""))
+        if family is None:
+            kind = img.get("image_processor_type", "")
+            family = "llava_onevision" if "Onevision" in kind else "llava_next" if "Next" in kind else "llava"
+        if not img:
+            raise FileNotFoundError(f"{path} has no preprocessor_config.json (nor an image_processor section)")
+        tile = _side(img.get("crop_size")) if img.get("do_center_crop") else None
+        tile = tile or _side(img.get("size")) or 336
+        pins = img.get("image_grid_pinpoints") if family != "llava" else None
+        pins_t = tuple((int(h), int(w)) for h, w in pins) if pins else None
+        image_config = ImageConfig(
+            tile=tile,
+            mean=tuple(img.get("image_mean", CLIP_MEAN)),
+            std=tuple(img.get("image_std", CLIP_STD)),
+            resize_shortest="shortest_edge" in (img.get("size") or {}),
+            center_crop=bool(img.get("do_center_crop")),
+            pad_square=family == "llava" and bool(img.get("do_pad")),
+            pinpoints=pins_t,
+            rescale=img.get("rescale_factor", 1 / 255),
+        )
+        strategy = proc.get(
+            "vision_feature_select_strategy", model_cfg.get("vision_feature_select_strategy", "default")
+        )
+        if family == "llava_onevision":
+            n = proc.get("num_image_tokens", 729)
+            grid = math.isqrt(n)
+            patch, extra = tile // grid, -1 if strategy == "default" else 0
+            aspect = proc.get("vision_aspect_ratio", model_cfg.get("vision_aspect_ratio", "anyres_max_9"))
+            max_tiles = int(aspect[len("anyres_max_") :]) if aspect.startswith("anyres_max_") else None
+            additional = 0
+        else:
+            patch = proc.get("patch_size") or model_cfg.get("vision_config", {}).get("patch_size", 14)
+            additional = proc.get("num_additional_image_tokens", 1)
+            extra, max_tiles = additional - (1 if strategy == "default" else 0), None
+        geometry = ImageGeometry(family, tile, patch, extra, pins_t, max_tiles)
+        tokenizer = Tokenizer.from_dir(path)
+        chat = None
+        if (path / "chat_template.jinja").exists():
+            chat = (path / "chat_template.jinja").read_text()
+        elif (path / "chat_template.json").exists():
+            chat = _read_json(path / "chat_template.json").get("chat_template")
+        chat = chat or tokenizer.chat_template
+        return cls(
+            tokenizer,
+            image_config,
+            geometry,
+            chat_template=chat,
+            template=template,
+            vision_feature_select_strategy=strategy,
+            num_additional_image_tokens=additional,
+        )
+
+    def save_pretrained(self, out: str | Path) -> None:
+        """Tokenizer files, preprocessor_config.json, processor_config.json and the chat template, as HF writes them."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(out)
+        c = self.image_config
+        size = {"shortest_edge": c.tile} if c.resize_shortest else {"height": c.tile, "width": c.tile}
+        img: dict[str, Any] = {
+            "image_processor_type": IMAGE_PROCESSOR[self.family],
+            "processor_class": PROCESSOR_CLASS[self.family],
+            "do_resize": True,
+            "size": size,
+            "resample": 3,
+            "do_center_crop": c.center_crop,
+            "crop_size": {"height": c.tile, "width": c.tile},
+            "do_rescale": True,
+            "rescale_factor": c.rescale,
+            "do_normalize": True,
+            "image_mean": list(c.mean),
+            "image_std": list(c.std),
+            "do_convert_rgb": True,
+            "do_pad": c.pad_square if self.family == "llava" else True,
+        }
+        if c.pinpoints:
+            img["image_grid_pinpoints"] = [list(p) for p in c.pinpoints]
+        (out / "preprocessor_config.json").write_text(json.dumps(img, indent=2) + "\n")
+        proc: dict[str, Any] = {
+            "processor_class": img.pop("processor_class"),
+            "image_token": IMAGE,
+            "vision_feature_select_strategy": self.strategy,
+        }
+        if self.family == "llava_onevision":
+            proc.update(
+                num_image_tokens=self.geometry.grid**2,
+                vision_aspect_ratio=f"anyres_max_{self.geometry.max_tiles}",
+                video_token=VIDEO,
+            )
+        else:
+            proc.update(patch_size=self.geometry.patch, num_additional_image_tokens=self.num_additional_image_tokens)
+        (out / "processor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
+        if self.chat_template:
+            (out / "chat_template.jinja").write_text(self.chat_template)
+
+    # -- text --------------------------------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt for OpenAI-style messages: the checkpoint's Jinja template if it ships one, else ours."""
+        if self.chat_template:
+            return render_chat_template(
+                self.chat_template,
+                messages,
+                add_generation_prompt,
+                bos_token=self.tokenizer.config.get("bos_token", ""),
+            )
+        return render(messages, self.template, add_generation_prompt)
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, rows: Any, skip_special_tokens: bool = True) -> list[str]:
+        return [self.decode(r, skip_special_tokens) for r in rows]
+
+    # -- the call ----------------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        text: str | list[str],
+        images: list[ImageSource] | ImageSource | None = None,
+        videos: list[list[ImageSource]] | None = None,
+        return_tensors: str = "pt",
+        padding: bool = True,
+        padding_side: str = "left",
+    ) -> dict[str, torch.Tensor]:
+        texts = [text] if isinstance(text, str) else list(text)
+        if images is not None and not isinstance(images, (list, tuple)):
+            images = [images]
+        images = list(images or [])
+        per_text = [t.count(IMAGE) for t in texts]
+        if sum(per_text) != len(images):
+            raise ValueError(
+                f"the prompt(s) hold {sum(per_text)} {IMAGE} placeholder(s) but {len(images)} image(s) were given; "
+                "put one placeholder per image (apply_chat_template does this for image content parts)"
+            )
+        vids = list(videos or [])
+        if sum(t.count(VIDEO) for t in texts) != len(vids):
+            raise ValueError(
+                f"the prompt(s) hold {sum(t.count(VIDEO) for t in texts)} {VIDEO} placeholder(s) "
+                f"but {len(vids)} video(s) were given"
+            )
+        multi = [self.family == "llava_onevision" and n > 1 for n in per_text for _ in range(n)]
+        pil = [load_image(im, name=f"{i + 1} of {len(images)}") for i, im in enumerate(images)]
+        counts = [num_image_tokens(im.height, im.width, self.geometry, multi_image=m) for im, m in zip(pil, multi)]
+        frames = [video_frames(v, self.image_config) for v in vids]
+        vcounts = [num_video_tokens(f.shape[0], self.geometry) for f in frames]
+        ids = []
+        img_i, vid_i = iter(counts), iter(vcounts)
+        for t in texts:
+            expanded = _expand(t, IMAGE, img_i)
+            expanded = _expand(expanded, VIDEO, vid_i) if vids else expanded
+            ids.append(self.tokenizer.encode(expanded))
+        out = self._pad(ids, padding_side) if padding else {"input_ids": ids}
+        if pil:
+            tiles = [preprocess(im, self.image_config, multi_image=m) for im, m in zip(pil, multi)]
+            if self.geometry.pinpoints is None:
+                out["pixel_values"] = torch.cat(tiles)
+            else:
+                most = max(t.shape[0] for t in tiles)
+                out["pixel_values"] = torch.stack(
+                    [torch.cat([t, t.new_zeros(most - t.shape[0], *t.shape[1:])]) for t in tiles]
+                )
+                out["image_sizes"] = torch.tensor([[im.height, im.width] for im in pil])
+            if self.family == "llava_onevision":
+                out["batch_num_images"] = torch.tensor([n for n in per_text if n])
+        if frames:
+            if len({f.shape[0] for f in frames}) > 1:
+                raise ValueError("videos in one batch must have the same number of frames; sample them to one count")
+            out["pixel_values_videos"] = torch.stack(frames)
+        return out
+
+    def _pad(self, ids: list[list[int]], side: str) -> dict[str, torch.Tensor]:
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else (self.tokenizer.eos_token_ids or [0])[0]
+        t = max(map(len, ids))
+        input_ids = torch.full((len(ids), t), pad, dtype=torch.long)
+        mask = torch.zeros(len(ids), t, dtype=torch.long)
+        for i, row in enumerate(ids):
+            sl = slice(t - len(row), t) if side == "left" else slice(0, len(row))
+            input_ids[i, sl] = torch.tensor(row, dtype=torch.long)
+            mask[i, sl] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _expand(text: str, mark: str, counts) -> str:  # noqa: ANN001
+    parts = text.split(mark)
+    return parts[0] + "".join(mark * next(counts) + p for p in parts[1:])
