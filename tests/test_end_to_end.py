@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import hf_model
 
 from llavakit import LlavaModel, LlavaProcessor
+from tiny_models import hf_model
 
 
 def _checkpoint(tmp_path, family):

@@ -28,7 +28,9 @@ def char_tokenizer(chat_template: str | None = None) -> Tokenizer:
         n = len(vocab)
         vocab[{IMAGE_ID: "<image>", VIDEO_ID: "<video>"}.get(n, f"<extra_{n}>")] = n
     tok = _Tok(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.add_special_tokens(["<pad>", "<s>", "</s>", "<image>", "<video>"] + [t for t in vocab if t.startswith("<extra_")])
+    tok.add_special_tokens(
+        ["<pad>", "<s>", "</s>", "<image>", "<video>"] + [t for t in vocab if t.startswith("<extra_")]
+    )
     tok.decoder = decoders.Fuse()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
     cfg = {

@@ -144,17 +144,13 @@ def test_separate_siglip_tower_loses_head_and_last_layer():
 
     torch.manual_seed(0)
     siglip = SiglipModel(
-        SiglipConfig(
-            text_config=TINY_TEXT, vision_config=vision_config("siglip", vision_use_head=True).to_dict()
-        )
+        SiglipConfig(text_config=TINY_TEXT, vision_config=vision_config("siglip", vision_use_head=True).to_dict())
     )
     sd = siglip.state_dict()
     assert any(k.startswith("vision_model.head.") for k in sd) and "logit_bias" in sd
     got = dict(trim_vision_layers(to_hf_keys(sd, "original").items(), num_layers=2))
     want = {k for k in current(hf_model("llava_onevision")) if k.startswith("model.vision_tower.")}
-    want = {
-        k for k in want if ".encoder.layers.2." not in k
-    }  # the tiny tower has 3 layers; originals drop one
+    want = {k for k in want if ".encoder.layers.2." not in k}  # the tiny tower has 3 layers; originals drop one
     assert set(got) == want
     for k, v in got.items():
         assert torch.equal(v, sd["vision_model." + k.removeprefix("model.vision_tower.vision_model.")])

@@ -84,9 +84,7 @@ def test_sharded_layout_matches_transformers_index(tmp_path):
             assert f.metadata() == {"format": "pt"}
             assert set(f.keys()) == {k for k, s in index["weight_map"].items() if s == shard}
     # the same grouping as huggingface_hub's splitter, which transformers' save_pretrained uses
-    ref = split_torch_state_dict_into_shards(
-        sd, filename_pattern="model{suffix}.safetensors", max_shard_size=60_000
-    )
+    ref = split_torch_state_dict_into_shards(sd, filename_pattern="model{suffix}.safetensors", max_shard_size=60_000)
     assert ref.tensor_to_filename == index["weight_map"]
     assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
 
@@ -296,9 +294,7 @@ def test_bin_checkpoints(tmp_path):
     for file, keys in parts.items():
         torch.save({k: sd[k] for k in keys}, sharded / file)
     weight_map = {k: f for f, keys in parts.items() for k in keys}
-    (sharded / "pytorch_model.bin.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map})
-    )
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     assert sorted(checkpoint_keys(sharded)) == names
     back = dict(iter_checkpoint_tensors(sharded))
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)

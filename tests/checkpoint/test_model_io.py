@@ -140,6 +140,11 @@ def test_original_checkpoint_converts_to_the_same_logits(tmp_path):
         k = k.replace("model.multi_modal_projector.linear_2.", "model.mm_projector.2.")
         state[k.replace("model.language_model.", "model.")] = v.clone()
     torch.save(state, src / "pytorch_model.bin")
+    from llavakit.tiny import char_tokenizer
+
+    char_tokenizer().save(src)  # the original vocabulary has no <image>: rename ours away
+    tj = src / "tokenizer.json"
+    tj.write_text(tj.read_text().replace('"<image>"', '"<extra_120>"').replace('"<video>"', '"<extra_121>"'))
 
     assert main(["convert", str(src), str(tmp_path / "out"), "--vision-tower", str(tmp_path / "clip")]) == 0
     ours = LlavaModel.from_pretrained(tmp_path / "out")
@@ -150,3 +155,13 @@ def test_original_checkpoint_converts_to_the_same_logits(tmp_path):
     ref = _logits(hf, {"input_ids": ids, "pixel_values": px})
     out = _logits(ours, {"input_ids": ids.masked_fill(ids == 120, 128), "pixel_values": px})
     torch.testing.assert_close(out[..., :128], ref, atol=1e-4, rtol=1e-4)
+
+    from PIL import Image
+
+    from llavakit import LlavaProcessor
+
+    proc = LlavaProcessor.from_pretrained(tmp_path / "out")  # the converted processor: <image> at 128, `pad`
+    assert proc.image_token_id == 128 and proc.image_config.pad_square
+    inputs = proc(text="USER: <image>\nhi ASSISTANT:", images=[Image.new("RGB", (90, 40), (9, 99, 199))])
+    assert int((inputs["input_ids"] == 128).sum()) == n
+    assert ours(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]

@@ -326,9 +326,7 @@ def test_llava15_checkpoint_with_separate_clip_tower(tmp_path):
     hf = hf_model("llava")
     ckpt = tmp_path / "llava-v1.5-tiny"
     ckpt.mkdir()
-    (ckpt / "config.json").write_text(
-        json.dumps(tiny_original_config(hf, str(tower_dir), image_aspect_ratio="pad"))
-    )
+    (ckpt / "config.json").write_text(json.dumps(tiny_original_config(hf, str(tower_dir), image_aspect_ratio="pad")))
     torch.save(original_state(hf, with_tower=False), ckpt / "pytorch_model.bin")
 
     cfg = read_config_dict(ckpt)
@@ -337,9 +335,7 @@ def test_llava15_checkpoint_with_separate_clip_tower(tmp_path):
     module = hf_meta_from(orig.config, tmp_path)
     load_into(module, flat(original_tensors(ckpt, orig.config)))
     tower_sd = {
-        k.removeprefix("vision_model."): v
-        for k, v in clip.state_dict().items()
-        if k.startswith("vision_model.")
+        k.removeprefix("vision_model."): v for k, v in clip.state_dict().items() if k.startswith("vision_model.")
     }
     check_loaded(module, hf, tower_sd, vocab=192)
 

@@ -18,8 +18,14 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 def llava(*args: str, stdin: str | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "llavakit.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "llavakit.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +44,16 @@ def images(tmp_path_factory) -> Path:
 def test_generate_prints_the_greedy_answer(model, images):
     from llavakit.pipeline import load
 
-    r = llava("generate", "--model", model, "--image", str(images / "img1.png"), "--prompt", "What?",
-              "--max-new-tokens", "8")
+    r = llava(
+        "generate", "--model", model, "--image", str(images / "img1.png"), "--prompt", "What?", "--max-new-tokens", "8"
+    )
     assert r.returncode == 0, r.stderr
-    msgs = [{"role": "user", "content": [{"type": "image", "image": str(images / "img1.png")},
-                                         {"type": "text", "text": "What?"}]}]
+    msgs = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": str(images / "img1.png")}, {"type": "text", "text": "What?"}],
+        }
+    ]
     assert r.stdout.rstrip("\n") == load(model).chat(msgs, max_new_tokens=8)
 
 
@@ -56,8 +67,7 @@ def test_chat_multi_turn_with_commands(model, images):
 
 def test_caption_writes_jsonl_and_resumes(model, images, tmp_path):
     out = tmp_path / "caps.jsonl"
-    r = llava("caption", "--model", model, str(images), "--out", str(out), "--batch-size", "2",
-              "--max-new-tokens", "5")
+    r = llava("caption", "--model", model, str(images), "--out", str(out), "--batch-size", "2", "--max-new-tokens", "5")
     assert r.returncode == 0, r.stderr
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert sorted(Path(x["image"]).name for x in recs) == ["img0.png", "img1.png", "img2.png"]

@@ -76,8 +76,14 @@ GOLDEN = {
     "<|im_start|>assistant\n",
     "llava_1_5_hf": "USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Color? ASSISTANT:",
 }
-ANSWER = {"vicuna_v1": "A cat.</s>", "llava_v1": "A cat.</s>", "mistral_instruct": "A cat.</s>",
-          "chatml_direct": "A cat.<|im_end|>", "qwen_1_5": "A cat.<|im_end|>\n", "llava_1_5_hf": "A cat.</s>"}
+ANSWER = {
+    "vicuna_v1": "A cat.</s>",
+    "llava_v1": "A cat.</s>",
+    "mistral_instruct": "A cat.</s>",
+    "chatml_direct": "A cat.<|im_end|>",
+    "qwen_1_5": "A cat.<|im_end|>\n",
+    "llava_1_5_hf": "A cat.</s>",
+}
 
 
 @pytest.mark.parametrize("name", list(GOLDEN))
@@ -117,17 +123,18 @@ def test_hf_chat_template_renders_like_transformers(tmp_path):
 
 
 def test_tokenizer_matches_transformers_and_streams_whole_characters(tmp_path):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer as Tok
     from tokenizers import decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     ours = char_tokenizer()
     ours.save(tmp_path / "c")
     ref = PreTrainedTokenizerFast.from_pretrained(tmp_path / "c")
     for s in ["USER: <image>\nHi there?", "a  b\n\nc", "x</s>y"]:
         assert ours.encode(s) == ref(s).input_ids
-        assert ours.decode(ours.encode(s), skip_special_tokens=True) == ref.decode(ref(s).input_ids,
-                                                                                    skip_special_tokens=True)
+        assert ours.decode(ours.encode(s), skip_special_tokens=True) == ref.decode(
+            ref(s).input_ids, skip_special_tokens=True
+        )
     # byte-level tokens: an emoji is 4 byte tokens; streaming must emit it whole, once
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     bl = Tok(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))

@@ -44,7 +44,9 @@ def convert(
     _, fmt = load_config(path, vision_tower)
     model = load_model(path, dtype=parse_dtype(dtype) if dtype else _stored_dtype(path), vision_tower=vision_tower)
     model.save_pretrained(out, max_shard_bytes=max_shard_bytes)
-    write_processor(path, out, model, fmt)
+    note = write_processor(path, out, model, fmt, vision_tower)
+    if note:
+        print(f"note: {note}")
     return out
 
 
@@ -58,17 +60,82 @@ def _stored_dtype(path: Path) -> torch.dtype:
     return torch.float32
 
 
-def write_processor(src: Path, out: Path, model, fmt: str) -> None:  # noqa: ANN001
-    """Processor files for the converted checkpoint: rebuilt by LlavaProcessor where possible."""
+def write_processor(src: Path, out: Path, model, fmt: str, vision_tower=None) -> str | None:  # noqa: ANN001
+    """Processor files for the converted checkpoint; returns a note when they could not all be written."""
     from ..processing.processor import LlavaProcessor
 
     if fmt == "hf":
         try:
             LlavaProcessor.from_pretrained(src).save_pretrained(out)
-            return
-        except (FileNotFoundError, ValueError, OSError):
+            return None
+        except (FileNotFoundError, ValueError, OSError) as e:
             for name in PROCESSOR_FILES:  # a weights-only conversion: keep whatever processor files exist
                 if (src / name).exists():
                     shutil.copy2(src / name, out / name)
-            return
-    LlavaProcessor.from_original(src, model.config).save_pretrained(out)
+            return f"processor not rebuilt ({e}); copied the processor files that exist"
+    from .load import read_config_dict
+    from .original import config_from_original, read_vision_tower_config
+
+    cfg = read_config_dict(src)
+    facts = config_from_original(cfg, read_vision_tower_config(cfg, src, vision_tower)).processing
+    try:
+        tokenizer = original_tokenizer(src, model.config)
+    except (FileNotFoundError, ValueError) as e:
+        return f"weights converted, but no processor written: {e}"
+    from ..processing.image import ImageConfig
+
+    image_config = ImageConfig(
+        tile=facts.image_size,
+        mean=tuple(facts.image_mean),
+        std=tuple(facts.image_std),
+        resize_shortest=facts.image_aspect_ratio in ("pad", "square", "anyres"),
+        center_crop=facts.image_aspect_ratio in ("pad", "square", "anyres"),
+        pad_square=facts.image_aspect_ratio == "pad",
+        pinpoints=tuple(tuple(p) for p in facts.image_grid_pinpoints) if facts.image_grid_pinpoints else None,
+    )
+    LlavaProcessor.from_parts(
+        tokenizer, model.config, template=facts.template, image_config=image_config
+    ).save_pretrained(out)
+    return None
+
+
+def original_tokenizer(src: Path, config):  # noqa: ANN001, ANN201
+    """The checkpoint's tokenizer with ``<image>`` (and ``<pad>`` / ``<video>``) added at the converted ids.
+
+    Original checkpoints often ship only a sentencepiece ``tokenizer.model``: transformers (with sentencepiece)
+    turns it into a ``tokenizer.json`` when installed.
+    """
+    from ..processing.tokenizer import Tokenizer
+
+    if not (src / "tokenizer.json").exists():
+        if not (src / "tokenizer.model").exists():
+            raise FileNotFoundError(f"{src} has no tokenizer.json or tokenizer.model")
+        try:
+            import tempfile
+
+            from transformers import AutoTokenizer  # optional: only for converting sentencepiece tokenizers
+
+            tmp = Path(tempfile.mkdtemp())
+            AutoTokenizer.from_pretrained(src, use_fast=True).save_pretrained(tmp)
+            src = tmp
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(
+                f"cannot turn {src}/tokenizer.model into tokenizer.json ({e}); install transformers and sentencepiece "
+                "(pip install transformers sentencepiece) and run the conversion again"
+            ) from e
+    tok = Tokenizer.from_dir(src)
+    wanted = [("<image>", config.image_token_id)]
+    if config.video_token_id is not None:
+        wanted.append(("<video>", config.video_token_id))
+    elif tok.pad_token_id is None:
+        wanted.append(("<pad>", config.image_token_id + 1))
+    for token, want in wanted:
+        if tok.token_to_id(token) is None:
+            tok.tok.add_special_tokens([token])
+        got = tok.token_to_id(token)
+        if got != want:
+            raise ValueError(f"{token} got id {got} in the tokenizer but the converted model uses {want}")
+    if tok.pad_token_id is None and config.video_token_id is None:
+        tok.config["pad_token"] = "<pad>"
+    tok.config.setdefault("image_token", "<image>")
+    return tok
