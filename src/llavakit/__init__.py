@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["LlavaConfig", "LlavaModel", "LlavaProcessor", "__version__"]
+__all__ = ["LlavaConfig", "LlavaModel", "LlavaProcessor", "__version__", "load"]
 
 if TYPE_CHECKING:
     from .config import LlavaConfig
     from .model.llava import LlavaModel
+    from .pipeline import load
     from .processing.processor import LlavaProcessor
 
 
@@ -22,6 +23,10 @@ def __getattr__(name: str):  # lazy: `import llavakit` stays cheap for the CLI
         from .processing.processor import LlavaProcessor
 
         return LlavaProcessor
+    if name == "load":
+        from .pipeline import load
+
+        return load
     if name == "LlavaConfig":
         from .config import LlavaConfig
 

@@ -1,7 +1,8 @@
 """Image loading and the reference preprocessing (CLIP / SigLIP normalisation, LLaVA ``pad``, AnyRes tiling).
 
-Every step follows transformers' PIL image processors so that pixel values match theirs: resampling in PIL
-(bicubic), uint8 until rescaling, then ``x * (1/255)`` in float64 cast to float32, then ``(x - mean) / std``.
+Every step follows transformers' PIL image processors so that pixel values match theirs: geometry in PIL
+(bicubic resampling, crops and pads on uint8), then ``x.astype(float64) * (1/255)`` cast to float32, then
+``(x - mean) / std`` in float32. All sizes in signatures are (height, width); PIL's ``img.size`` is (w, h).
 """
 
 from __future__ import annotations
@@ -20,19 +21,28 @@ from .anyres import select_best_resolution
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 MAX_PIXELS = 64_000_000  # larger images are refused (decompression bombs)
+BICUBIC = Image.Resampling.BICUBIC
 
 ImageSource = str | Path | bytes | Image.Image
 
 
-def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
-    """Open a path, bytes or PIL image as RGB with EXIF orientation applied; clear errors for bad input.
+# -- loading -------------------------------------------------------------------------------------------------
 
-    Transparency is composited onto white (as the reference processors do); L, P, CMYK, I;16 ... become RGB.
+
+def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Open a path, bytes or PIL image as RGB with the EXIF orientation applied.
+
+    Transparency (RGBA, LA, P with a transparent index) is composited onto white and every other mode
+    (L, P, CMYK, I;16, 1, ...) is converted with PIL, as transformers' ``convert_rgb`` does. Errors name the
+    image (``name`` or the path) and the problem: missing file, undecodable / truncated bytes, zero size, or
+    more than ``max_pixels`` pixels (checked from the header, before decoding).
     """
     what = name or (str(src) if isinstance(src, (str, Path)) else type(src).__name__)
     if isinstance(src, Image.Image):
         img = src
+        _check_size(img, what, max_pixels)
     else:
         if isinstance(src, (str, Path)):
             path = Path(src)
@@ -44,20 +54,18 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
         else:
             raise TypeError(f"image must be a path, bytes or PIL.Image, got {type(src).__name__}")
         if not data:
-            raise ValueError(f"image {what}: empty file / no bytes")
+            raise ValueError(f"image {what}: cannot decode image: empty file (no bytes)")
         try:
             img = Image.open(io.BytesIO(data))
-            _check_size(img, what, max_pixels)
+            _check_size(img, what, max_pixels)  # from the header: nothing decoded yet
             img.load()
         except Image.DecompressionBombError as e:
-            raise ValueError(f"image {what}: too many pixels ({e}); downscale it first") from e
+            raise ValueError(f"image {what}: {e}; the limit here is {max_pixels} pixels, downscale it first") from e
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            hint = "is it a complete PNG/JPEG/WebP/GIF file?"
-            raise ValueError(f"image {what}: cannot decode image ({e}); {hint}") from e
-    _check_size(img, what, max_pixels)
+            raise ValueError(f"image {what}: cannot decode image: {e} (truncated or unsupported format?)") from e
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block should not make the image unusable
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the pixels unusable
         pass
     return to_rgb(img)
 
@@ -65,18 +73,22 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
 def _check_size(img: Image.Image, what: str, max_pixels: int) -> None:
     w, h = img.size
     if w <= 0 or h <= 0:
-        raise ValueError(f"image {what}: zero-size image ({w}x{h})")
+        raise ValueError(f"image {what}: zero-size image ({w}x{h} w x h)")
     if w * h > max_pixels:
         raise ValueError(
-            f"image {what}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels}; downscale it first"
+            f"image {what}: {w}x{h} (w x h) = {w * h} pixels is over the limit of {max_pixels}; downscale it first"
         )
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB; any transparency composited onto a white background."""
     if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return img.convert("RGB") if img.mode != "RGB" else img
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -84,40 +96,56 @@ class ImageConfig:
     """The preprocessing of one checkpoint (read from / written to ``preprocessor_config.json``)."""
 
     tile: int = 336  # side of one vision-tower input
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    mean: tuple[float, ...] = CLIP_MEAN
+    std: tuple[float, ...] = CLIP_STD
     resize_shortest: bool = True  # CLIP: shortest edge -> tile then centre crop; SigLIP / OneVision: squash
     center_crop: bool = True
     pad_square: bool = False  # LLaVA-1.5 `pad`: expand to a square with the mean colour first
-    pinpoints: tuple[tuple[int, int], ...] | None = None
+    pinpoints: tuple[tuple[int, int], ...] | None = None  # AnyRes candidates (h, w)
     rescale: float = 1 / 255
 
     @property
     def pad_colour(self) -> tuple[int, ...]:
+        """The mean as a uint8 colour: CLIP -> (122, 116, 104), SigLIP -> (127, 127, 127)."""
         return tuple(int(m * 255) for m in self.mean)
 
 
-def resize_shortest_edge(img: Image.Image, size: int) -> Image.Image:
-    """Shortest side -> ``size``, the other ``int(size * long / short)`` (the reference rounding)."""
-    w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
+# -- pure geometry on PIL images ---------------------------------------------------------------------------------
+
+
+def shortest_edge_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) with the shortest side at ``size`` and the other ``int(size * long / short)`` (truncated).
+
+    >>> shortest_edge_size(480, 640, 336)   # 336 * 640 / 480 = 448.0
+    (336, 448)
+    >>> shortest_edge_size(7, 5, 56)        # 56 * 7 / 5 = 78.4 -> 78
+    (78, 56)
+    """
+    short, long = min(height, width), max(height, width)
     new_long = int(size * long / short)
-    new = (size, new_long) if w <= h else (new_long, size)
-    return img.resize(new, Image.Resampling.BICUBIC)
+    return (size, new_long) if height <= width else (new_long, size)
+
+
+def resize_shortest_edge(img: Image.Image, size: int) -> Image.Image:
+    """Bicubic resize of the shortest side to ``size``, keeping the aspect ratio (see ``shortest_edge_size``)."""
+    h, w = shortest_edge_size(img.height, img.width, size)
+    return img.resize((w, h), BICUBIC)
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Crop the centre ``size x size`` (zero-padding a side that is shorter, as the reference does)."""
+    """The centre ``size x size`` (top/left offsets rounded down); a shorter side is zero-padded first."""
     w, h = img.size
+    if w < size or h < size:
+        cw, ch = max(w, size), max(h, size)
+        canvas = Image.new("RGB", (cw, ch))
+        canvas.paste(img, ((cw - w) // 2, (ch - h) // 2))
+        img, w, h = canvas, cw, ch
     top, left = (h - size) // 2, (w - size) // 2
-    if top >= 0 and left >= 0:
-        return img.crop((left, top, left + size, top + size))
-    canvas = Image.new("RGB", (max(w, size), max(h, size)))
-    canvas.paste(img, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
-    return center_crop(canvas, size)
+    return img.crop((left, top, left + size, top + size))
 
 
 def expand_to_square(img: Image.Image, colour: tuple[int, ...]) -> Image.Image:
+    """LLaVA-1.5 ``pad``: centre the image on a square of its longest side filled with ``colour``."""
     w, h = img.size
     if w == h:
         return img
@@ -127,29 +155,15 @@ def expand_to_square(img: Image.Image, colour: tuple[int, ...]) -> Image.Image:
     return canvas
 
 
-def normalize(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
-    """uint8 HWC -> float32 CHW: ``(x * rescale - mean) / std``."""
-    x = (np.asarray(img, dtype=np.uint8).astype(np.float64) * cfg.rescale).astype(np.float32)
-    x = (x - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-def to_tile(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
-    """One vision input (3, tile, tile) from an image: resize (shortest edge or squash), centre crop, normalise."""
-    if cfg.resize_shortest:
-        img = resize_shortest_edge(img, cfg.tile)
-    elif img.size != (cfg.tile, cfg.tile):
-        img = img.resize((cfg.tile, cfg.tile), Image.Resampling.BICUBIC)
-    if cfg.center_crop:
-        img = center_crop(img, cfg.tile)
-    return normalize(img, cfg)
-
-
 def fit_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int]:
-    """(h, w) of an image scaled to fit inside the target keeping its aspect (the side that binds is exact).
+    """(h, w) of an image scaled to fit inside the target keeping its aspect (the binding side is exact).
 
-    >>> fit_size(768, 1024, 672, 672)
+    The free side is rounded up (and capped at the target), as in the reference ``get_patch_output_size``.
+
+    >>> fit_size(768, 1024, 672, 672)   # scale 0.65625: 768 * 0.65625 = 504
     (504, 672)
+    >>> fit_size(5, 7, 56, 112)         # scale 8 binds on the height: ceil(7 * 8) = 56
+    (56, 56)
     """
     sw, sh = target_w / width, target_h / height
     if sw < sh:
@@ -157,49 +171,99 @@ def fit_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int
     return target_h, min(math.ceil(width * sh), target_w)
 
 
-def anyres_tiles(img: Image.Image, cfg: ImageConfig) -> list[Image.Image]:
-    """[base view squashed to tile x tile] + the row-major tiles of the image fitted and centred on its pinpoint.
+def anyres_views(img: Image.Image, tile: int, pinpoints: tuple[tuple[int, int], ...]) -> list[Image.Image]:
+    """[base view squashed to tile x tile] + the tiles of the image fitted on its best pinpoint, row-major.
 
-    Example: a 1024x768 (w x h) photo on v1.6 pinpoints picks 672x672, is resized to 672x504, pasted at y = 84
-    on a black 672x672 canvas and cut into 2 x 2 tiles of 336: 5 vision inputs.
+    Example: a 1024x768 (w x h) photo on v1.6 pinpoints (tile 336) picks 672x672, is resized to 672x504 (w x h),
+    pasted at y = 84 on a black 672x672 canvas and cut into 2 x 2 tiles: [base, top-left, top-right,
+    bottom-left, bottom-right].
     """
-    assert cfg.pinpoints is not None
-    w, h = img.size
-    ph, pw = select_best_resolution(h, w, cfg.pinpoints)
-    nh, nw = fit_size(h, w, ph, pw)
+    ph, pw = select_best_resolution(img.height, img.width, pinpoints)
+    nh, nw = fit_size(img.height, img.width, ph, pw)
     canvas = Image.new("RGB", (pw, ph))
-    canvas.paste(img.resize((nw, nh), Image.Resampling.BICUBIC), ((pw - nw) // 2, (ph - nh) // 2))
-    t = cfg.tile
-    tiles = [canvas.crop((x, y, x + t, y + t)) for y in range(0, ph, t) for x in range(0, pw, t)]
-    return [img.resize((t, t), Image.Resampling.BICUBIC)] + tiles
+    canvas.paste(img.resize((nw, nh), BICUBIC), ((pw - nw) // 2, (ph - nh) // 2))
+    tiles = [canvas.crop((x, y, x + tile, y + tile)) for y in range(0, ph, tile) for x in range(0, pw, tile)]
+    return [img.resize((tile, tile), BICUBIC)] + tiles
+
+
+# -- numbers -----------------------------------------------------------------------------------------------------
+
+
+def rescale(img: Image.Image | np.ndarray, factor: float = 1 / 255) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 ``x * factor`` (computed in float64 like the reference, then cast)."""
+    return (np.asarray(img).astype(np.float64) * factor).astype(np.float32)
+
+
+def normalize(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """float32 (H, W, 3) -> float32 (3, H, W): ``(x - mean) / std`` per channel."""
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def to_array(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
+    """(3, H, W) float32 of an RGB image: rescale then normalise."""
+    return normalize(rescale(img, cfg.rescale), cfg.mean, cfg.std)
+
+
+def to_tile(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
+    """One vision input (3, tile, tile): resize (shortest edge or squash), centre crop, rescale, normalise."""
+    if cfg.resize_shortest:
+        img = resize_shortest_edge(img, cfg.tile)
+    elif img.size != (cfg.tile, cfg.tile):
+        img = img.resize((cfg.tile, cfg.tile), BICUBIC)
+    if cfg.center_crop:
+        img = center_crop(img, cfg.tile)
+    return to_array(img, cfg)
 
 
 def preprocess(img: Image.Image, cfg: ImageConfig, *, multi_image: bool = False) -> torch.Tensor:
-    """(tiles, 3, tile, tile) float32 for one RGB image: 1 tile for LLaVA-1.5 (and OneVision multi-image)."""
-    if cfg.pinpoints is None:
-        if cfg.pad_square:
+    """(views, 3, tile, tile) float32 for one RGB image.
+
+    - llava-1.5 (no pinpoints): 1 view, optionally expanded to a square with the mean colour first;
+    - AnyRes: 1 base view + rows * cols tiles (see ``anyres_views``);
+    - OneVision images of a multi-image prompt: 1 view, expanded to a square with the mean colour, squashed.
+    """
+    if cfg.pinpoints is None or multi_image:
+        if cfg.pad_square or multi_image:
             img = expand_to_square(img, cfg.pad_colour)
         return torch.from_numpy(to_tile(img, cfg))[None]
-    if multi_image:  # OneVision: images of a multi-image prompt are padded to a square and squashed
-        return torch.from_numpy(to_tile(expand_to_square(img, cfg.pad_colour), cfg))[None]
-    return torch.from_numpy(np.stack([to_tile(t, cfg) for t in anyres_tiles(img, cfg)]))
+    return torch.from_numpy(np.stack([to_tile(v, cfg) for v in anyres_views(img, cfg.tile, cfg.pinpoints)]))
+
+
+# -- video -------------------------------------------------------------------------------------------------------
 
 
 def video_frames(frames: list[Any], cfg: ImageConfig) -> torch.Tensor:
-    """(F, 3, tile, tile) for a list of frames (paths, bytes or PIL): each squashed to the tile and normalised."""
+    """(F, 3, tile, tile) for a list of frames (paths, bytes or PIL): each squashed to tile x tile, normalised.
+
+    This is OneVision's video preprocessing (no crop, no pad, no AnyRes); frame sampling happens before
+    (``sample_frames``).
+    """
     if not frames:
         raise ValueError("a video needs at least one frame")
     out = []
     for i, f in enumerate(frames):
-        img = load_image(f, name=f"frame {i}").resize((cfg.tile, cfg.tile), Image.Resampling.BICUBIC)
-        out.append(normalize(img, cfg))
+        img = load_image(f, name=f"frame {i}")
+        if img.size != (cfg.tile, cfg.tile):
+            img = img.resize((cfg.tile, cfg.tile), BICUBIC)
+        out.append(to_array(img, cfg))
     return torch.from_numpy(np.stack(out))
 
 
 def sample_frames(n_total: int, k: int) -> list[int]:
-    """``k`` frame indices spread uniformly over ``n_total`` frames (all of them when there are fewer)."""
+    """``k`` frame indices spread uniformly over ``n_total`` frames, first and last included (all if fewer).
+
+    As LLaVA-NeXT's ``np.linspace(0, n - 1, k, dtype=int)`` (truncation, not rounding):
+
+    >>> sample_frames(10, 4)   # linspace 0, 3, 6, 9
+    [0, 3, 6, 9]
+    >>> sample_frames(100, 3)  # 0, 49.5, 99 -> 49
+    [0, 49, 99]
+    """
     if n_total <= 0:
-        raise ValueError("the video has no frames")
+        raise ValueError(f"the video has no frames (n_total={n_total})")
+    if k <= 0:
+        raise ValueError(f"the number of frames to sample must be positive, got {k}")
     if n_total <= k:
         return list(range(n_total))
-    return np.linspace(0, n_total - 1, k).round().astype(int).tolist()
+    return np.linspace(0, n_total - 1, k, dtype=int).tolist()
