@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from test_model_io_helpers import image_batch
 
 from llavakit import LlavaModel
 from llavakit.checkpoint.load import CheckpointMismatchError
+from test_model_io_helpers import image_batch
 from tiny_models import hf_model, ours_from_hf
 
 FAMILIES = [("llava", "llama"), ("llava_next", "mistral"), ("llava_onevision", "qwen2")]
