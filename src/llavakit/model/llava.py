@@ -72,11 +72,11 @@ class LlavaModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.model.language_model.embed_tokens.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.model.language_model.embed_tokens.weight.dtype
 
     # -- vision ------------------------------------------------------------------------------------------------
 
