@@ -46,3 +46,18 @@ def test_quantized_model_stays_close(mode, max_rel):
     ids = torch.randint(3, 100, (1, 12))
     stats = quantization_error(ref, q, {"input_ids": ids})
     assert stats["rel"] < max_rel and 0 <= stats["top1_agreement"] <= 1
+
+
+def test_packed_linears_give_the_same_logits():
+    from llavakit.engine.linear import PackedLinear, pack_linears, packing_available
+
+    if not packing_available():
+        pytest.skip("oneDNN linear packing is not available in this torch build")
+    hf = hf_model("llava", "qwen2", seed=4, tie_word_embeddings=True)
+    ref = ours_from_hf(hf)
+    packed = ours_from_hf(hf)
+    n = pack_linears(packed)
+    assert n > 0 and not isinstance(packed.lm_head, PackedLinear)  # the tied head is left alone by default
+    ids = torch.randint(3, 100, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(packed(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-4, rtol=1e-4)

@@ -1,16 +1,110 @@
-"""Our processor against transformers' processors on the same files: input_ids, pixel_values, image_sizes."""
+"""LlavaProcessor against transformers' processors (PIL image processors) on the same saved files.
+
+The tokenizer is a tiny byte-level BPE with the ids of tests/tiny_models.py (<pad>=0, <s>=1, </s>=2, <image>=120,
+<video>=121, vocab 128); image sizes follow the tiny models too (CLIP tile 56 / patch 14, SigLIP tile 70).
+"""
 
 from __future__ import annotations
+
+import io
+import json
 
 import numpy as np
 import pytest
 import torch
-from hf_processors import hf_processor
 from PIL import Image
+from tokenizers import Tokenizer as HfTok
+from tokenizers import decoders, models, pre_tokenizers, processors
 
-from llavakit import LlavaProcessor
+from llavakit.config import LlavaConfig
+from llavakit.processing.anyres import ImageGeometry, num_image_tokens, num_video_tokens
+from llavakit.processing.image import ImageConfig
+from llavakit.processing.processor import LlavaProcessor
+from tiny_models import IMAGE_TOKEN, VIDEO_TOKEN, hf_config
 
-SIZES = [(56, 56), (30, 120), (120, 30), (7, 5), (1500, 2000), (113, 57), (333, 251)]
+CLIP_PINS = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]
+OV_PINS = [[i * 70, j * 70] for i in range(1, 7) for j in range(1, 7)]
+FAMILIES = ["llava", "llava_next", "llava_onevision"]
+# square, 1:4, 4:1, tiny, large, odd, extreme
+SIZES = [(56, 56), (300, 300), (50, 200), (200, 50), (5, 7), (7, 5), (1500, 2000), (113, 57), (333, 251), (3, 170)]
+LLAVA15_HF_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', "
+    "'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | "
+    "selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}"
+    "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def byte_bpe() -> HfTok:
+    """Byte-level BPE: the 96 byte symbols of printable ASCII + "\\n" (ids 4..99), 20 merges (100..119)."""
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for ch in [chr(c) for c in range(33, 127)] + ["Ġ", "Ċ"]:  # "Ġ" is the space byte, "Ċ" the newline
+        vocab[ch] = len(vocab)
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("i", "s"), ("Ġ", "i"), ("Ġi", "s"), ("e", "r"),
+              ("i", "n"), ("o", "n"), ("a", "t"), ("Ġ", "c"), ("Ġc", "at"), ("Ġ", "w"), ("h", "at"), ("Ġw", "hat"),
+              ("?", "Ċ"), (">", "Ċ"), ("U", "S"), ("E", "R")]  # fmt: skip
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    assert len(vocab) == IMAGE_TOKEN
+    tok = HfTok(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    extra = [f"<extra_{i}>" for i in range(VIDEO_TOKEN + 1, 128)]
+    tok.add_special_tokens(["<pad>", "<s>", "</s>", "<unk>", "<image>", "<video>", *extra])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    assert tok.token_to_id("<image>") == IMAGE_TOKEN and tok.get_vocab_size() == 128
+    return tok
+
+
+def hf_processor(family: str, out, *, do_pad: bool = True, chat_template: str | None = None):
+    """transformers' processor of ``family`` over the tiny tokenizer, saved to ``out`` (returned, not reloaded)."""
+    from transformers import LlavaNextProcessor, LlavaOnevisionProcessor, LlavaProcessor, PreTrainedTokenizerFast
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    (out / "tok").mkdir(parents=True, exist_ok=True)
+    byte_bpe().save(str(out / "tok" / "tokenizer.json"))
+    cfg = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+           "image_token": "<image>", "video_token": "<video>", "padding_side": "left",
+           "tokenizer_class": "PreTrainedTokenizerFast"}  # fmt: skip
+    (out / "tok" / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = PreTrainedTokenizerFast.from_pretrained(out / "tok")
+    clip = dict(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    common = dict(patch_size=14, num_additional_image_tokens=1, vision_feature_select_strategy="default")
+    if family == "llava":
+        proc = LlavaProcessor(LlavaImageProcessorPil(do_pad=do_pad, **clip), tok, chat_template=chat_template, **common)
+    elif family == "llava_next":
+        ip = LlavaNextImageProcessorPil(image_grid_pinpoints=CLIP_PINS, **clip)
+        proc = LlavaNextProcessor(ip, tok, chat_template=chat_template, **common)
+    else:
+        ip = LlavaOnevisionImageProcessorPil(
+            size={"height": 70, "width": 70}, image_grid_pinpoints=OV_PINS, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+
+        class ImagesOnly(LlavaOnevisionProcessor):  # the HF video processor needs torchvision (not installed)
+            attributes = ["image_processor", "tokenizer"]
+
+            def __init__(self, image_processor, tokenizer):
+                self.num_image_tokens, self.vision_feature_select_strategy = 25, "full"
+                self.image_token, self.video_token = "<image>", "<video>"
+                self.image_token_id, self.video_token_id = IMAGE_TOKEN, VIDEO_TOKEN
+                self.vision_aspect_ratio = "anyres_max_9"
+                super(LlavaOnevisionProcessor, self).__init__(image_processor, tokenizer, chat_template=chat_template)
+
+        proc = ImagesOnly(ip, tok)
+    proc.save_pretrained(out / family)
+    if family == "llava_onevision":  # what real OneVision checkpoints carry (the subclass above does not save it)
+        f = out / family / "processor_config.json"
+        saved = json.loads(f.read_text()) if f.exists() else {}
+        saved.update(num_image_tokens=25, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+                     processor_class="LlavaOnevisionProcessor")  # fmt: skip
+        f.write_text(json.dumps(saved))
+    return proc
 
 
 def _image(h: int, w: int, seed: int) -> Image.Image:
@@ -22,62 +116,171 @@ def _check(ours, ref):
     assert ours["input_ids"].tolist() == ref["input_ids"].tolist()
     assert ours["attention_mask"].tolist() == ref["attention_mask"].tolist()
     torch.testing.assert_close(ours["pixel_values"], torch.as_tensor(ref["pixel_values"]), atol=1e-5, rtol=0)
+    assert ("image_sizes" in ours) == ("image_sizes" in ref)
     if "image_sizes" in ref:
         assert ours["image_sizes"].tolist() == torch.as_tensor(ref["image_sizes"]).tolist()
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision"])
-def test_single_images_of_many_sizes(tmp_path, family):
-    hf = hf_processor(family, tmp_path)
-    ours = LlavaProcessor.from_pretrained(tmp_path / family)
-    for i, (h, w) in enumerate(SIZES):
+@pytest.fixture(scope="module")
+def procs(tmp_path_factory):
+    """{family: (hf, ours)} built once for the module."""
+    out = tmp_path_factory.mktemp("procs")
+    return {f: (hf_processor(f, out), LlavaProcessor.from_pretrained(out / f)) for f in FAMILIES}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_single_images_of_many_sizes_match_transformers(procs, family):
+    hf, ours = procs[family]
+    assert ours.family == family and ours.image_token_id == IMAGE_TOKEN
+    rng = np.random.default_rng(0)
+    sizes = SIZES + [tuple(int(x) for x in rng.integers(1, 400, 2)) for _ in range(6)]
+    for i, (h, w) in enumerate(sizes):
         img = _image(h, w, i)
-        prompt = "USER: <image>\nWhat is it? ASSISTANT:"
-        _check(ours(text=prompt, images=[img]), hf(text=prompt, images=[img], return_tensors="pt"))
+        prompt = "USER: <image>\nWhat is the cat? ASSISTANT:"
+        out = ours(text=prompt, images=[img])
+        _check(out, hf(text=prompt, images=[img], return_tensors="pt"))
+        assert (out["input_ids"] == IMAGE_TOKEN).sum() == num_image_tokens(h, w, ours.geometry)
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision"])
-def test_batch_mixing_sizes_left_padded(tmp_path, family):
-    hf = hf_processor(family, tmp_path)
-    ours = LlavaProcessor.from_pretrained(tmp_path / family)
-    imgs = [_image(h, w, i) for i, (h, w) in enumerate(SIZES[:4])]
-    texts = [f"<image>\nQ{i}" + "?" * i for i in range(4)]
-    _check(ours(text=texts, images=imgs), hf(text=texts, images=imgs, return_tensors="pt", padding=True))
-
-
-def test_llava15_without_pad(tmp_path):
-    hf = hf_processor("llava", tmp_path, do_pad=False)
-    ours = LlavaProcessor.from_pretrained(tmp_path / "llava")
-    assert not ours.image_config.pad_square
-    img = _image(40, 130, 3)
-    _check(ours(text="<image>\nx", images=[img]), hf(text="<image>\nx", images=[img], return_tensors="pt"))
-
-
-def test_onevision_multi_image_prompt(tmp_path):
-    hf = hf_processor("llava_onevision", tmp_path)
-    ours = LlavaProcessor.from_pretrained(tmp_path / "llava_onevision")
-    imgs = [_image(90, 200, 1), _image(300, 120, 2), _image(150, 150, 3)]
-    texts = ["<image><image>\ncompare", "<image>\none"]
-    out = ours(text=texts, images=imgs)
-    ref = hf(text=texts, images=[imgs[:2], imgs[2:]], return_tensors="pt", padding=True)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batches_mixing_sizes_and_padding_sides(procs, family, side):
+    hf, ours = procs[family]
+    imgs = [_image(h, w, i) for i, (h, w) in enumerate([(40, 160), (300, 90), (5, 7), (111, 111)])]
+    texts = [f"<image>\nQ{i} what is" + " the cat?" * i for i in range(4)]
+    hf.tokenizer.padding_side = side
+    try:
+        ref = hf(text=texts, images=imgs, return_tensors="pt", padding=True)
+    finally:
+        hf.tokenizer.padding_side = "left"
+    out = ours(text=texts, images=imgs, padding_side=side)
     _check(out, ref)
-    assert out["batch_num_images"].tolist() == [2, 1]
+    assert out["input_ids"].shape[0] == 4 and (out["attention_mask"] == 0).any()
 
 
-def test_wrong_number_of_images_names_both_counts(tmp_path):
-    hf_processor("llava_next", tmp_path)
-    ours = LlavaProcessor.from_pretrained(tmp_path / "llava_next")
+def test_llava15_with_and_without_pad(tmp_path):
+    img = _image(40, 130, 3)
+    results = []
+    for do_pad in (True, False):
+        hf = hf_processor("llava", tmp_path / str(do_pad), do_pad=do_pad)
+        ours = LlavaProcessor.from_pretrained(tmp_path / str(do_pad) / "llava")
+        assert ours.image_config.pad_square is do_pad
+        out = ours(text="<image>\nx", images=[img])
+        _check(out, hf(text="<image>\nx", images=[img], return_tensors="pt"))
+        results.append(out["pixel_values"])
+    assert not torch.allclose(results[0], results[1])  # padding with the mean colour really changed the input
+
+
+def test_onevision_multi_image_prompts(procs):
+    hf, ours = procs["llava_onevision"]
+    imgs = [_image(90, 200, 1), _image(300, 120, 2), _image(150, 150, 3), _image(20, 300, 4)]
+    texts = ["<image><image>\ncompare", "<image>\none", "text only", "<image>\nwide"]
+    out = ours(text=texts, images=imgs)
+    ref = hf(text=texts, images=[imgs[:2], imgs[2:3], imgs[3:]], return_tensors="pt", padding=True)
+    _check(out, ref)
+    assert out["batch_num_images"].tolist() == torch.as_tensor(ref["batch_num_images"]).tolist() == [2, 1, 1]
+    # nested lists (HF style) are accepted too
+    again = ours(text=texts, images=[imgs[:2], imgs[2:3], imgs[3:]])
+    assert torch.equal(again["input_ids"], out["input_ids"])
+
+
+def test_images_from_paths_and_bytes_equal_pil(procs, tmp_path):
+    _, ours = procs["llava_next"]
+    img = _image(77, 190, 5)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    (tmp_path / "a.png").write_bytes(buf.getvalue())
+    a = ours(text="<image>\nhi", images=img)
+    for src in (tmp_path / "a.png", str(tmp_path / "a.png"), buf.getvalue()):
+        b = ours(text="<image>\nhi", images=[src])
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_onevision_video_matches_hand_reference(procs):
+    _, ours = procs["llava_onevision"]
+    frames = [_image(48, 64, i) for i in range(3)]
+    out = ours(text=["<video>\nwhat happens?"], videos=[frames])
+    ref = []
+    for f in frames:  # squash to 70 x 70 (bicubic), rescale, normalise with mean = std = 0.5
+        x = np.asarray(f.resize((70, 70), Image.Resampling.BICUBIC)).astype(np.float64) / 255
+        ref.append(((x - 0.5) / 0.5).transpose(2, 0, 1))
+    expected = torch.tensor(np.stack(ref)[None], dtype=torch.float32)
+    torch.testing.assert_close(out["pixel_values_videos"], expected, atol=1e-5, rtol=0)
+    assert (out["input_ids"] == VIDEO_TOKEN).sum() == num_video_tokens(3, ours.geometry) == 3 * 9 + 1
+    assert "pixel_values" not in out
+    with pytest.raises(ValueError, match="same frame count"):
+        ours(text=["<video>a", "<video>b"], videos=[frames, frames[:2]])
+
+
+def test_wrong_counts_and_unknown_family_are_clear_errors(procs):
+    _, ours = procs["llava_next"]
     with pytest.raises(ValueError, match=r"hold 2 <image> placeholder\(s\) but 1 image"):
         ours(text="<image><image> hi", images=[_image(10, 10, 0)])
+    with pytest.raises(ValueError, match=r"hold 0 <image> placeholder\(s\) but 1 image"):
+        ours(text="hi", images=[_image(10, 10, 0)])
+    with pytest.raises(ValueError, match="videos are supported by llava_onevision"):
+        ours(text="<video>", videos=[[_image(10, 10, 0)]])
+    with pytest.raises(ValueError, match="unknown model family 'gemma'"):
+        LlavaProcessor(ours.tokenizer, ImageConfig(tile=56), ImageGeometry("gemma", 56, 14))
 
 
-def test_save_roundtrip_loads_in_transformers(tmp_path):
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def test_save_pretrained_loads_in_transformers_and_back(procs, tmp_path, family):
     from transformers import AutoProcessor
 
-    hf_processor("llava_next", tmp_path)
-    ours = LlavaProcessor.from_pretrained(tmp_path / "llava_next")
+    _, ours = procs[family]
     ours.save_pretrained(tmp_path / "again")
     again = LlavaProcessor.from_pretrained(tmp_path / "again")
+    assert again.geometry == ours.geometry and again.image_config == ours.image_config
     ref = AutoProcessor.from_pretrained(tmp_path / "again")
     img = _image(77, 190, 5)
     _check(again(text="<image>\nhi", images=[img]), ref(text="<image>\nhi", images=[img], return_tensors="pt"))
+
+
+def test_onevision_save_roundtrip(procs, tmp_path):
+    _, ours = procs["llava_onevision"]
+    ours.save_pretrained(tmp_path)
+    again = LlavaProcessor.from_pretrained(tmp_path)
+    assert again.geometry == ours.geometry and again.image_config == ours.image_config
+    assert again.video_config == ours.video_config
+    imgs = [_image(90, 200, 1), _image(30, 40, 2)]
+    a, b = ours(text="<image><image>x", images=imgs), again(text="<image><image>x", images=imgs)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_from_parts_matches_the_processor_files(procs, family):
+    _, ours = procs[family]
+    config = LlavaConfig.from_hf(hf_config(family).to_dict())
+    parts = LlavaProcessor.from_parts(ours.tokenizer, config)
+    assert parts.geometry == ours.geometry
+    assert parts.image_config == ours.image_config
+    img = _image(123, 45, 9)
+    a, b = parts(text="<image>\nhi", images=[img]), ours(text="<image>\nhi", images=[img])
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+
+
+def test_chat_template_shipped_with_the_checkpoint(tmp_path):
+    hf = hf_processor("llava", tmp_path, chat_template=LLAVA15_HF_TEMPLATE)
+    ours = LlavaProcessor.from_pretrained(tmp_path / "llava")
+    msgs = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Color?"}]},
+    ]
+    text = ours.apply_chat_template(msgs)
+    assert text == hf.apply_chat_template(msgs, add_generation_prompt=True)
+    assert text == "USER: <image>\nWhat is it? ASSISTANT: A cat. USER: Color? ASSISTANT:"
+    # without a shipped template the named one is used
+    plain = LlavaProcessor.from_pretrained(tmp_path / "llava", template="vicuna_v1")
+    plain.chat_template = None
+    assert plain.apply_chat_template(msgs[:1]).endswith("USER: <image>\nWhat is it? ASSISTANT:")
+
+
+def test_decode_and_batch_decode(procs):
+    _, ours = procs["llava"]
+    out = ours(text=["what is the cat?", "hi"])
+    rows = out["input_ids"]
+    assert ours.batch_decode(rows) == ["what is the cat?", "hi"]
+    assert ours.decode(rows[1], skip_special_tokens=False).endswith("<s>hi")
+    assert ours(text="hi", return_tensors=None)["input_ids"] == [[1, *[ours.tokenizer.token_to_id(c) for c in "hi"]]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
         if not data:
             raise ValueError(f"image {what}: cannot decode image: empty file (no bytes)")
         try:
-            img = Image.open(io.BytesIO(data))
+            with warnings.catch_warnings():  # our own limit is checked right below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
             _check_size(img, what, max_pixels)  # from the header: nothing decoded yet
             img.load()
         except Image.DecompressionBombError as e:

@@ -6,8 +6,10 @@ so ``input_ids`` line up position for position with transformers' processors.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +61,17 @@ class LlavaProcessor:
         template: str | None = None,
         vision_feature_select_strategy: str = "default",
         num_additional_image_tokens: int = 1,
+        video_config: ImageConfig | None = None,
     ) -> None:
         if geometry.family not in DEFAULT_TEMPLATE:
             raise ValueError(f"unknown model family {geometry.family!r}; expected one of {', '.join(DEFAULT_TEMPLATE)}")
         self.tokenizer = tokenizer
         self.image_config = image_config
+        # OneVision videos: frames squashed to the tile, normalised like the images unless a
+        # video_preprocessor_config.json says otherwise
+        self.video_config = video_config or dataclasses.replace(
+            image_config, resize_shortest=False, center_crop=False, pad_square=False, pinpoints=None
+        )
         self.geometry = geometry
         self.family = geometry.family
         self.chat_template = chat_template
@@ -155,6 +163,17 @@ class LlavaProcessor:
             extra, max_tiles = additional - (1 if strategy == "default" else 0), None
         geometry = ImageGeometry(family, tile, patch, extra, pins_t, max_tiles)
         tokenizer = Tokenizer.from_dir(path)
+        vid = _read_json(path / "video_preprocessor_config.json") or proc.get("video_processor") or {}
+        video_config = None
+        if vid:
+            video_config = ImageConfig(
+                tile=_side(vid.get("size")) or tile,
+                mean=tuple(vid.get("image_mean", image_config.mean)),
+                std=tuple(vid.get("image_std", image_config.std)),
+                resize_shortest=False,
+                center_crop=False,
+                rescale=vid.get("rescale_factor", 1 / 255),
+            )
         chat = None
         if (path / "chat_template.jinja").exists():
             chat = (path / "chat_template.jinja").read_text()
@@ -169,6 +188,7 @@ class LlavaProcessor:
             template=template,
             vision_feature_select_strategy=strategy,
             num_additional_image_tokens=additional,
+            video_config=video_config,
         )
 
     def save_pretrained(self, out: str | Path) -> None:
@@ -211,6 +231,22 @@ class LlavaProcessor:
         else:
             proc.update(patch_size=self.geometry.patch, num_additional_image_tokens=self.num_additional_image_tokens)
         (out / "processor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
+        if self.family == "llava_onevision":
+            v = self.video_config
+            video = {
+                "video_processor_type": "LlavaOnevisionVideoProcessor",
+                "processor_class": PROCESSOR_CLASS[self.family],
+                "size": {"height": v.tile, "width": v.tile},
+                "resample": 3,
+                "do_resize": True,
+                "do_rescale": True,
+                "rescale_factor": v.rescale,
+                "do_normalize": True,
+                "image_mean": list(v.mean),
+                "image_std": list(v.std),
+                "do_convert_rgb": True,
+            }
+            (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2) + "\n")
         if self.chat_template:
             (out / "chat_template.jinja").write_text(self.chat_template)
 
@@ -220,10 +256,7 @@ class LlavaProcessor:
         """The prompt for OpenAI-style messages: the checkpoint's Jinja template if it ships one, else ours."""
         if self.chat_template:
             return render_chat_template(
-                self.chat_template,
-                messages,
-                add_generation_prompt,
-                bos_token=self.tokenizer.config.get("bos_token", ""),
+                self.chat_template, messages, add_generation_prompt, **self.tokenizer.special_tokens
             )
         return render(messages, self.template, add_generation_prompt)
 
@@ -238,16 +271,24 @@ class LlavaProcessor:
     def __call__(
         self,
         text: str | list[str],
-        images: list[ImageSource] | ImageSource | None = None,
+        images: Any = None,
         videos: list[list[ImageSource]] | None = None,
-        return_tensors: str = "pt",
+        return_tensors: str | None = "pt",
         padding: bool = True,
         padding_side: str = "left",
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
+        """Model inputs for a batch of prompts holding ``<image>`` / ``<video>`` placeholders.
+
+        ``images``: one image, a flat list in prompt order, or one list per prompt (paths, bytes or PIL).
+        ``videos``: one list of frames per ``<video>``. Returns ``input_ids`` / ``attention_mask`` (B, T),
+        ``pixel_values`` (N, 3, S, S) for llava or (N, max_views, 3, S, S) zero padded for AnyRes families,
+        ``image_sizes`` (N, 2) (h, w), ``batch_num_images`` (B',) for onevision (prompts with images) and
+        ``pixel_values_videos`` (V, F, 3, S, S).
+        """
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
         texts = [text] if isinstance(text, str) else list(text)
-        if images is not None and not isinstance(images, (list, tuple)):
-            images = [images]
-        images = list(images or [])
+        images = _flatten(images)
         per_text = [t.count(IMAGE) for t in texts]
         if sum(per_text) != len(images):
             raise ValueError(
@@ -255,39 +296,42 @@ class LlavaProcessor:
                 "put one placeholder per image (apply_chat_template does this for image content parts)"
             )
         vids = list(videos or [])
-        if sum(t.count(VIDEO) for t in texts) != len(vids):
-            raise ValueError(
-                f"the prompt(s) hold {sum(t.count(VIDEO) for t in texts)} {VIDEO} placeholder(s) "
-                f"but {len(vids)} video(s) were given"
-            )
+        n_vid = sum(t.count(VIDEO) for t in texts)
+        if n_vid != len(vids):
+            raise ValueError(f"the prompt(s) hold {n_vid} {VIDEO} placeholder(s) but {len(vids)} video(s) were given")
+        if vids and self.family != "llava_onevision":
+            raise ValueError(f"videos are supported by llava_onevision models only, this is {self.family}")
+        # OneVision: the images of a prompt with several images skip AnyRes (one view + one newline each)
         multi = [self.family == "llava_onevision" and n > 1 for n in per_text for _ in range(n)]
         pil = [load_image(im, name=f"{i + 1} of {len(images)}") for i, im in enumerate(images)]
         counts = [num_image_tokens(im.height, im.width, self.geometry, multi_image=m) for im, m in zip(pil, multi)]
-        frames = [video_frames(v, self.image_config) for v in vids]
+        frames = [video_frames(v, self.video_config) for v in vids]  # each (F, 3, S, S)
         vcounts = [num_video_tokens(f.shape[0], self.geometry) for f in frames]
+        img_counts, vid_counts = iter(counts), iter(vcounts)
         ids = []
-        img_i, vid_i = iter(counts), iter(vcounts)
         for t in texts:
-            expanded = _expand(t, IMAGE, img_i)
-            expanded = _expand(expanded, VIDEO, vid_i) if vids else expanded
+            expanded = _expand(_expand(t, IMAGE, img_counts), VIDEO, vid_counts)
             ids.append(self.tokenizer.encode(expanded))
-        out = self._pad(ids, padding_side) if padding else {"input_ids": ids}
+        out: dict[str, Any] = self._pad(ids, padding_side) if padding else _unpadded(ids, return_tensors)
         if pil:
-            tiles = [preprocess(im, self.image_config, multi_image=m) for im, m in zip(pil, multi)]
+            views = [preprocess(im, self.image_config, multi_image=m) for im, m in zip(pil, multi)]
             if self.geometry.pinpoints is None:
-                out["pixel_values"] = torch.cat(tiles)
+                out["pixel_values"] = torch.cat(views)  # (N, 3, S, S)
             else:
-                most = max(t.shape[0] for t in tiles)
-                out["pixel_values"] = torch.stack(
-                    [torch.cat([t, t.new_zeros(most - t.shape[0], *t.shape[1:])]) for t in tiles]
+                most = max(v.shape[0] for v in views)
+                out["pixel_values"] = torch.stack(  # (N, most, 3, S, S), missing views are zeros
+                    [torch.cat([v, v.new_zeros(most - v.shape[0], *v.shape[1:])]) for v in views]
                 )
                 out["image_sizes"] = torch.tensor([[im.height, im.width] for im in pil])
             if self.family == "llava_onevision":
                 out["batch_num_images"] = torch.tensor([n for n in per_text if n])
         if frames:
             if len({f.shape[0] for f in frames}) > 1:
-                raise ValueError("videos in one batch must have the same number of frames; sample them to one count")
-            out["pixel_values_videos"] = torch.stack(frames)
+                got = [f.shape[0] for f in frames]
+                raise ValueError(f"videos in one batch must have the same frame count, got {got}; use sample_frames")
+            out["pixel_values_videos"] = torch.stack(frames)  # (V, F, 3, S, S)
+        if return_tensors is None:
+            out = {k: v.tolist() if isinstance(v, torch.Tensor) and k != "pixel_values" else v for k, v in out.items()}
         return out
 
     def _pad(self, ids: list[list[int]], side: str) -> dict[str, torch.Tensor]:
@@ -296,8 +340,8 @@ class LlavaProcessor:
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else (self.tokenizer.eos_token_ids or [0])[0]
         t = max(map(len, ids))
-        input_ids = torch.full((len(ids), t), pad, dtype=torch.long)
-        mask = torch.zeros(len(ids), t, dtype=torch.long)
+        input_ids = torch.full((len(ids), t), pad, dtype=torch.long)  # (B, T)
+        mask = torch.zeros(len(ids), t, dtype=torch.long)  # (B, T)
         for i, row in enumerate(ids):
             sl = slice(t - len(row), t) if side == "left" else slice(0, len(row))
             input_ids[i, sl] = torch.tensor(row, dtype=torch.long)
@@ -305,6 +349,28 @@ class LlavaProcessor:
         return {"input_ids": input_ids, "attention_mask": mask}
 
 
-def _expand(text: str, mark: str, counts) -> str:  # noqa: ANN001
+def _flatten(images: Any) -> list[Any]:
+    """None, one image, a flat list or a list of lists (one per prompt, as HF accepts) -> flat list."""
+    if images is None:
+        return []
+    if not isinstance(images, (list, tuple)):
+        return [images]
+    flat: list[Any] = []
+    for im in images:
+        flat.extend(im if isinstance(im, (list, tuple)) else [im])
+    return flat
+
+
+def _unpadded(ids: list[list[int]], return_tensors: str | None) -> dict[str, Any]:
+    if return_tensors is None:
+        return {"input_ids": ids, "attention_mask": [[1] * len(r) for r in ids]}
+    if len({len(r) for r in ids}) > 1:
+        raise ValueError("prompts of different lengths need padding=True to become one tensor")
+    input_ids = torch.tensor(ids, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def _expand(text: str, mark: str, counts: Iterator[int]) -> str:
+    """Repeat each ``mark`` in ``text`` by the next count: ("a<image>b", 3) -> "a<image><image><image>b"."""
     parts = text.split(mark)
     return parts[0] + "".join(mark * next(counts) + p for p in parts[1:])

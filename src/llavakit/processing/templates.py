@@ -3,15 +3,20 @@
 ``render_with_spans`` returns the prompt text and the character spans of every assistant answer (including the
 end-of-answer marker the model learns to emit), so training labels come from the rendering itself.
 
-Example (``vicuna_v1``, one image, one question)::
+Example (``vicuna_v1``, one image, one question, one answer, a follow-up)::
 
     A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful,
-    detailed, and polite answers to the user's questions. USER: <image>\\nWhat is it? ASSISTANT:
+    detailed, and polite answers to the user's questions. USER: <image>\\nWhat is it? ASSISTANT: A cat.</s>USER:
+    Color? ASSISTANT:
+
+with one span covering ``A cat.</s>``. BOS is not part of any template text: the tokenizer adds it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 IMAGE = "<image>"
@@ -32,25 +37,45 @@ LLAMA3_SYSTEM = (
 
 @dataclass(frozen=True)
 class Template:
-    """How turns are laid out: ``system_fmt`` wraps the system text; user/assistant formats wrap one turn."""
+    """How turns are laid out. ``{system}`` / ``{content}`` are the placeholders.
+
+    system_fmt:      wraps the system text at the very start ("" when the template has no system slot there)
+    first_user_fmt:  wraps the system text into the first user turn instead (LLaMA-2 style ``<<SYS>>``)
+    user_fmt:        one user turn
+    answer_prefix:   text before an answer; the generation prompt is this prefix without its trailing space
+    answer_suffix:   end-of-answer marker, supervised together with the answer
+    strip:           strip whitespace around message texts (Llama-3's chat template trims)
+    images_only:     ``plain``: a user turn is only its placeholders, without newline
+    """
 
     name: str
     system: str
-    system_fmt: str  # "{system}" placeholder
-    user_fmt: str  # "{content}" placeholder
-    answer_prefix: str  # text before an answer (the generation prompt ends with it)
-    answer_suffix: str  # end-of-answer marker, supervised together with the answer
-    images_only_user: bool = False  # `plain`: a user turn is just its image placeholders
+    system_fmt: str
+    user_fmt: str
+    answer_prefix: str
+    answer_suffix: str
+    first_user_fmt: str = ""
+    strip: bool = False
+    images_only: bool = False
 
 
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in [
-        Template("plain", "", "", "{content}", "", "\n", images_only_user=True),
+        Template("plain", "", "", "{content}", "", "\n", images_only=True),
         Template("vicuna_v1", VICUNA_SYSTEM, "{system} ", "USER: {content} ", "ASSISTANT: ", "</s>"),
         Template("llava_v1", LLAVA_V1_SYSTEM, "{system} ", "USER: {content} ", "ASSISTANT: ", "</s>"),
-        Template("llava_1_5_hf", "", "", "USER: {content} ", "ASSISTANT: ", "</s>"),
-        Template("mistral_instruct", "", "", "[INST] {content} [/INST]", " ", "</s>"),
+        Template("llava_1_5_hf", "", "{system} ", "USER: {content} ", "ASSISTANT: ", "</s>"),
+        # as llava-compat.md writes it: " {a}</s>" (LLaVA's LLAMA_2 style code itself renders " {a} </s>")
+        Template(
+            "mistral_instruct",
+            "",
+            "",
+            "[INST] {content} [/INST]",
+            " ",
+            "</s>",
+            first_user_fmt="<<SYS>>\n{system}\n<</SYS>>\n\n",
+        ),
         Template(
             "chatml_direct",
             "Answer the questions.",
@@ -67,6 +92,7 @@ TEMPLATES: dict[str, Template] = {
             "<|im_start|>assistant\n",
             "<|im_end|>\n",
         ),
+        # LLaVA-NeXT conv_llava_llama_3 as its training code renders it (Llama-3-Instruct's chat template)
         Template(
             "llama3",
             LLAMA3_SYSTEM,
@@ -74,6 +100,7 @@ TEMPLATES: dict[str, Template] = {
             "<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
             "<|start_header_id|>assistant<|end_header_id|>\n\n",
             "<|eot_id|>",
+            strip=True,
         ),
     ]
 }
@@ -86,7 +113,11 @@ def get_template(name: str) -> Template:
 
 
 def message_text(content: Any) -> tuple[str, int, int]:
-    """(text, images, videos) of a message's content: a string or a list of OpenAI-style parts."""
+    """(text, images, videos) of a message's content: a string or a list of OpenAI-style parts.
+
+    Text parts are joined with a space; ``image`` / ``image_url`` parts count as images, ``video`` /
+    ``video_url`` parts as videos. In a plain string, ``<image>`` / ``<video>`` placeholders are counted.
+    """
     if content is None:
         return "", 0, 0
     if isinstance(content, str):
@@ -95,7 +126,7 @@ def message_text(content: Any) -> tuple[str, int, int]:
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            texts.append(part.get("text", ""))
+            texts.append(part.get("text") or "")
         elif kind in ("image", "image_url"):
             n_img += 1
         elif kind in ("video", "video_url"):
@@ -106,68 +137,135 @@ def message_text(content: Any) -> tuple[str, int, int]:
 
 
 def _user_content(content: Any, tpl: Template) -> str:
-    """Placeholders first, each followed by a newline, then the text (the original LLaVA layout)."""
+    """Placeholders first, each followed by "\\n", then the text (the original LLaVA layout).
+
+    A string content keeps its placeholders where the caller wrote them.
+    """
     text, n_img, n_vid = message_text(content)
-    if isinstance(content, str):  # placeholders already written by the caller: keep them where they are
-        return IMAGE * n_img if tpl.images_only_user else text
-    marks = (IMAGE + "\n") * n_img + (VIDEO + "\n") * n_vid
-    if tpl.images_only_user:
+    if tpl.images_only:
         return IMAGE * n_img + VIDEO * n_vid
-    return marks + text
+    if tpl.strip:
+        text = text.strip()
+    if isinstance(content, str):
+        return text
+    return (IMAGE + "\n") * n_img + (VIDEO + "\n") * n_vid + text
 
 
 def render_with_spans(
     messages: list[dict[str, Any]], template: str, add_generation_prompt: bool = True
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The prompt text and the [start, end) character spans of each assistant answer (with its end marker)."""
+    """The prompt text and the [start, end) character spans of each assistant answer (with its end marker).
+
+    A leading ``system`` message replaces the template's default system text. With
+    ``add_generation_prompt`` the text ends where the model's next answer starts (e.g. "ASSISTANT:"),
+    unless the last message is already an assistant answer.
+    """
     tpl = get_template(template)
-    system = tpl.system
-    body = list(messages)
+    system, body = tpl.system, list(messages)
     if body and body[0].get("role") == "system":
         system = message_text(body.pop(0).get("content"))[0]
-    out = tpl.system_fmt.format(system=system) if tpl.system_fmt else ""
+    out = tpl.system_fmt.format(system=system) if tpl.system_fmt and system else ""
     spans: list[tuple[int, int]] = []
+    first_user = True
     for i, msg in enumerate(body):
         role = msg.get("role")
         if role == "user":
-            out += tpl.user_fmt.format(content=_user_content(msg.get("content"), tpl))
+            content = _user_content(msg.get("content"), tpl)
+            if first_user and tpl.first_user_fmt and system:
+                content = tpl.first_user_fmt.format(system=system) + content
+            out += tpl.user_fmt.format(content=content)
+            first_user = False
         elif role == "assistant":
+            answer = message_text(msg.get("content"))[0]
             out += tpl.answer_prefix
             start = len(out)
-            out += message_text(msg.get("content"))[0] + tpl.answer_suffix
+            out += (answer.strip() if tpl.strip else answer) + tpl.answer_suffix
             spans.append((start, len(out)))
         else:
-            raise ValueError(f"message {i}: role must be user or assistant (a system message goes first), got {role!r}")
+            raise ValueError(
+                f"message {i}: role must be 'user' or 'assistant' (one 'system' message may come first), got {role!r}"
+            )
     if add_generation_prompt and (not body or body[-1].get("role") != "assistant"):
         out += tpl.answer_prefix.rstrip(" ")
     return out, spans
 
 
 def render(messages: list[dict[str, Any]], template: str, add_generation_prompt: bool = True) -> str:
+    """The prompt text of ``messages`` in a named template (see ``render_with_spans``)."""
     return render_with_spans(messages, template, add_generation_prompt)[0]
+
+
+# -- HF chat templates ---------------------------------------------------------------------------------------------
+
+
+def _jinja_env() -> Any:
+    """A sandboxed Jinja environment with what HF chat templates expect (as transformers sets it up)."""
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        """``{% generation %}...{% endgeneration %}`` marks assistant text; we record its character spans."""
+
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_mark"), [], [], body).set_lineno(lineno)
+
+        def _mark(self, caller: Any) -> str:
+            text = caller()
+            self.environment.generation_marks.append(text)  # type: ignore[attr-defined]
+            return f"\x00gen{len(self.environment.generation_marks) - 1}\x00"  # type: ignore[attr-defined]
+
+    class Namespace(jinja2.utils.Namespace):
+        def __setitem__(self, name: str, value: Any) -> None:
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(f"chat templates cannot set {name!r} on a namespace")
+            super().__setitem__(name, value)
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.generation_marks = []  # type: ignore[attr-defined]
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.globals["namespace"] = Namespace
+    env.globals["dict"] = dict
+    return env
+
+
+def render_chat_template_with_spans(
+    source: str, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render an HF chat template; spans are the ``{% generation %}`` blocks (empty if the template has none)."""
+    from jinja2 import TemplateError
+
+    env = _jinja_env()
+    try:
+        raw = env.from_string(source).render(messages=messages, add_generation_prompt=add_generation_prompt, **extra)
+    except TemplateError as e:
+        raise ValueError(f"the checkpoint's chat template failed to render: {e}") from e
+    out, spans, rest = "", [], raw
+    while "\x00gen" in rest:  # replace each marker by its text, remembering where it landed
+        head, _, tail = rest.partition("\x00gen")
+        idx, _, rest = tail.partition("\x00")
+        out += head
+        text = env.generation_marks[int(idx)]
+        spans.append((len(out), len(out) + len(text)))
+        out += text
+    return out + rest, spans
 
 
 def render_chat_template(
     source: str, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any
 ) -> str:
-    """Render an HF chat template (Jinja) the way transformers does: sandboxed, trim_blocks and lstrip_blocks."""
-    import json
-    from datetime import datetime
-
-    from jinja2 import StrictUndefined, TemplateError  # noqa: F401
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise ValueError(f"chat template error: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(
-        x, indent=indent, ensure_ascii=ensure_ascii
-    )
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return env.from_string(source).render(messages=messages, add_generation_prompt=add_generation_prompt, **extra)
-    except TemplateError as e:
-        raise ValueError(f"the checkpoint's chat template failed to render: {e}") from e
+    """Render an HF chat template (Jinja) the way transformers does: sandboxed, trim_blocks and lstrip_blocks,
+    ``raise_exception`` / ``strftime_now`` globals and a ``tojson`` that keeps non-ASCII characters."""
+    return render_chat_template_with_spans(source, messages, add_generation_prompt, **extra)[0]

@@ -1,4 +1,9 @@
-"""A thin tokenizer over the ``tokenizers`` library, reading the files HF checkpoints ship."""
+"""A thin tokenizer over the ``tokenizers`` library, reading the files HF checkpoints ship.
+
+``tokenizer.json`` holds the whole pipeline (normalizer, pre-tokenizer, model, post-processor adding BOS,
+decoder); ``tokenizer_config.json`` names the special tokens (bos / eos / pad / image / video) and may carry the
+chat template; ``generation_config.json`` may add end-of-turn ids (Llama-3's ``<|eot_id|>``).
+"""
 
 from __future__ import annotations
 
@@ -7,70 +12,101 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer as _Tok
-from tokenizers.decoders import DecodeStream
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
+SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token", "image_token", "video_token")
 
 
 def _token_str(v: Any) -> str | None:
     return v.get("content") if isinstance(v, dict) else v
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+
+
 class Tokenizer:
     """``tokenizer.json`` + the special tokens of ``tokenizer_config.json``; encode / decode / stream-decode."""
 
-    def __init__(self, tok: _Tok, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, tok: _Tok, config: dict[str, Any] | None = None, extra_eos_ids: list[int] | None = None) -> None:
         self.tok = tok
         self.config = dict(config or {})
-        self.chat_template: str | None = (
-            self.config.get("chat_template") if isinstance(self.config.get("chat_template"), str) else None
-        )
+        template = self.config.get("chat_template")
+        self.chat_template: str | None = template if isinstance(template, str) else None
+        self.extra_eos_ids = list(extra_eos_ids or [])
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
+        """Read ``tokenizer.json`` (+ ``tokenizer_config.json``, ``generation_config.json``) from a directory."""
         path = Path(path)
         file = path / "tokenizer.json"
         if not file.exists():
-            extra = (
-                " It has a sentencepiece tokenizer.model only (original LLaVA checkpoints): convert the checkpoint "
-                "with `llava convert SRC DST`, which writes tokenizer.json."
-                if (path / "tokenizer.model").exists()
-                else ""
-            )
-            raise FileNotFoundError(f"{path} has no tokenizer.json.{extra}")
-        cfg_file = path / "tokenizer_config.json"
-        cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-        return cls(_Tok.from_file(str(file)), cfg)
+            if (path / "tokenizer.model").exists():
+                raise FileNotFoundError(
+                    f"{path} has no tokenizer.json, only a sentencepiece tokenizer.model (original LLaVA "
+                    "checkpoints ship it that way): convert the checkpoint with `llava convert SRC DST`, which "
+                    "writes tokenizer.json"
+                )
+            raise FileNotFoundError(f"{path} has no tokenizer.json; is it a model / processor directory?")
+        gen = _read_json(path / "generation_config.json").get("eos_token_id")
+        extra = [gen] if isinstance(gen, int) else list(gen or [])
+        return cls(_Tok.from_file(str(file)), _read_json(path / "tokenizer_config.json"), extra)
+
+    from_pretrained = from_dir
 
     # -- special tokens --------------------------------------------------------------------------------------
 
     def token_to_id(self, token: str | None) -> int | None:
         return None if token is None else self.tok.token_to_id(token)
 
-    def _special(self, name: str) -> int | None:
-        return self.token_to_id(_token_str(self.config.get(name)))
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.tok.id_to_token(int(token_id))
+
+    def special_token(self, name: str) -> str | None:
+        """The text of a special token named in tokenizer_config.json ("bos_token", "eos_token", ...)."""
+        value = _token_str(self.config.get(name))
+        if value is None and name in ("image_token", "video_token"):
+            default = IMAGE_TOKEN if name == "image_token" else VIDEO_TOKEN
+            value = default if self.tok.token_to_id(default) is not None else None
+        return value
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """{"bos_token": "<s>", ...}: what HF passes to chat templates."""
+        return {n: t for n in SPECIAL_NAMES if (t := self.special_token(n)) is not None}
 
     @property
     def bos_token_id(self) -> int | None:
-        return self._special("bos_token")
+        return self.token_to_id(self.special_token("bos_token"))
 
     @property
     def pad_token_id(self) -> int | None:
-        return self._special("pad_token")
+        return self.token_to_id(self.special_token("pad_token"))
 
     @property
     def eos_token_ids(self) -> list[int]:
-        ids = [self._special("eos_token")]
-        return [i for i in ids if i is not None]
+        """The eos token of tokenizer_config.json, then generation_config.json's ids (deduplicated)."""
+        ids = [self.token_to_id(self.special_token("eos_token")), *self.extra_eos_ids]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+    @property
+    def eos_token_id(self) -> int | None:
+        ids = self.eos_token_ids
+        return ids[0] if ids else None
 
     @property
     def image_token_id(self) -> int | None:
-        return self.token_to_id(_token_str(self.config.get("image_token")) or IMAGE_TOKEN)
+        return self.token_to_id(self.special_token("image_token"))
 
     @property
     def video_token_id(self) -> int | None:
-        return self.token_to_id(_token_str(self.config.get("video_token")) or VIDEO_TOKEN)
+        return self.token_to_id(self.special_token("video_token"))
 
     @property
     def vocab_size(self) -> int:
@@ -81,7 +117,11 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def decode(self, ids: list[int] | Any, skip_special_tokens: bool = False) -> str:
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
+        """Text of ``ids`` (a list, tensor or array); negative ids (e.g. -100 / -200 markers) are dropped."""
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
         return self.tok.decode([int(i) for i in ids if int(i) >= 0], skip_special_tokens=skip_special_tokens)
@@ -90,23 +130,51 @@ class Tokenizer:
         return StreamDecoder(self, skip_special_tokens)
 
     def save(self, out: str | Path) -> None:
+        """Write tokenizer.json and tokenizer_config.json (transformers' AutoTokenizer loads them back)."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.tok.save(str(out / "tokenizer.json"))
         cfg = {k: v for k, v in self.config.items() if k != "chat_template"}
         cfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+        for name in ("image_token", "video_token"):  # keep the multimodal tokens discoverable
+            if name not in cfg and (t := self.special_token(name)) is not None:
+                cfg[name] = t
         (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 
 class StreamDecoder:
-    """Token-by-token text: ``push(id)`` returns only complete characters; nothing is ever cut mid-character."""
+    """Token-by-token text: ``push(id)`` returns only complete characters, ``flush()`` whatever is left.
+
+    Decoding each token on its own breaks multi-byte characters (an emoji may be 4 byte-level tokens) and
+    word-initial spaces (sentencepiece's "▁"). So we keep a small window: the text of ``ids[prefix:]`` minus the
+    text of ``ids[prefix:read]`` is the new text, emitted once it does not end in an incomplete character
+    (U+FFFD). Example with a byte-level tokenizer and "ok 🙂": push("ok") -> "ok", push(" ") -> " ",
+    push(F0) -> "", push(9F) -> "", push(99) -> "", push(82) -> "🙂".
+    """
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
-        self.stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the decoding window
+        self.read = 0  # tokens before this index have been emitted
+
+    def _delta(self, allow_partial: bool) -> str:
+        decode = self.tokenizer.tok.decode
+        before = decode(self.ids[self.prefix : self.read], skip_special_tokens=self.skip)
+        now = decode(self.ids[self.prefix :], skip_special_tokens=self.skip)
+        if len(now) <= len(before) or (now.endswith("\ufffd") and not allow_partial):
+            return ""
+        # drop the window's head once text was emitted: later decodes stay short
+        self.prefix, self.read = self.read, len(self.ids)
+        return now[len(before) :]
 
     def push(self, token_id: int) -> str:
-        return self.stream.step(self.tokenizer.tok, int(token_id)) or ""
+        self.ids.append(int(token_id))
+        return self._delta(allow_partial=False)
 
     def flush(self) -> str:
-        return ""  # an incomplete trailing byte sequence is not valid text: it is dropped, never half-emitted
+        """The text still held back (an incomplete character at the very end decodes to U+FFFD)."""
+        out = self._delta(allow_partial=True) if self.read < len(self.ids) else ""
+        self.ids, self.prefix, self.read = [], 0, 0
+        return out
