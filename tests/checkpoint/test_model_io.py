@@ -165,3 +165,33 @@ def test_original_checkpoint_converts_to_the_same_logits(tmp_path):
     inputs = proc(text="USER: <image>\nhi ASSISTANT:", images=[Image.new("RGB", (90, 40), (9, 99, 199))])
     assert int((inputs["input_ids"] == 128).sum()) == n
     assert ours(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def test_convert_hf_checkpoint_to_current_layout(tmp_path):
+    """`llava convert` on a transformers-written directory (weights + processor) rewrites it in the current layout."""
+    import sys
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "processing"))
+    from hf_processors import hf_processor
+    from llavakit.cli import main
+
+    hf_processor("llava_next", tmp_path)
+    hf = hf_model("llava_next", "llama")
+    hf.save_pretrained(tmp_path / "llava_next")
+    assert main(["convert", str(tmp_path / "llava_next"), str(tmp_path / "out")]) == 0
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "model.image_newline" in keys and any(k.startswith("model.vision_tower.vision_model.") for k in keys)
+    assert any(k.startswith("model.language_model.layers.") for k in keys)
+    ours = LlavaModel.from_pretrained(tmp_path / "out")
+    batch = image_batch(ours)
+    torch.testing.assert_close(_logits(ours, batch), _logits(hf, batch), atol=1e-4, rtol=1e-4)
+    from llavakit import LlavaProcessor
+
+    assert (
+        LlavaProcessor.from_pretrained(tmp_path / "out").geometry
+        == LlavaProcessor.from_pretrained(tmp_path / "llava_next").geometry
+    )
