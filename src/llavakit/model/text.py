@@ -55,6 +55,11 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, KV, S, d)
         gqa = self.heads != self.kv_heads
+        if t == 1 and gqa:
+            # one new token: fold each KV group's query heads into the query-length axis, so attention runs as
+            # plain (non-GQA) SDPA over (B, KV, heads/KV, d) queries without repeating K/V (~10x faster on CPU)
+            out = F.scaled_dot_product_attention(q.view(b, self.kv_heads, -1, self.head_dim), k, v, attn_mask=mask)
+            return self.o_proj(out.reshape(b, 1, -1))
         if mask is None:
             causal = t > 1  # a single new token sees every cached slot
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
