@@ -25,6 +25,13 @@ def cmd_demo(model: str | None = None, seed: int = 0) -> int:
     return run_demo(model=model, seed=seed)
 
 
+def cmd_data_synth(out: str, n: int, seed: int, kind: str) -> int:
+    """Deterministic synthetic scenes + questions (the data of the bundled model's recipe)."""
+    from .data.synth import synth_command
+
+    return synth_command(out, n, seed, kind)
+
+
 def cmd_generate(model: str | None, images: list[str], prompt: str, dtype: str, quantize: str | None, **s: Any) -> int:
     from .commands import generate, open_pipeline
 
@@ -91,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--model", help="model directory or hub id (default: the bundled model)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=lambda a: cmd_demo(a.model, a.seed))
+
+    data = sub.add_parser("data", help="datasets: synthetic scenes in the LLaVA format")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    sy = dsub.add_parser("synth", help="write N synthetic scenes (PNG) with LLaVA-format JSON")
+    sy.add_argument("--out", required=True)
+    sy.add_argument("--n", type=int, required=True)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--kind", default="instruct", choices=["caption", "instruct", "eval"])
+    sy.set_defaults(func=lambda a: cmd_data_synth(a.out, a.n, a.seed, a.kind))
 
     g = sub.add_parser("generate", help="answer one prompt about one or more images")
     _model_flags(g)

@@ -112,3 +112,11 @@ def test_demo_runs_and_says_when_weights_are_random():
     assert r.returncode == 0, r.stderr
     assert "Q: What color is the shape?" in r.stdout and "A: " in r.stdout
     assert "RANDOM-WEIGHT" in r.stdout
+
+
+def test_data_synth_writes_llava_format(tmp_path):
+    r = llava("data", "synth", "--out", str(tmp_path / "d"), "--n", "4", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    recs = json.loads((tmp_path / "d" / "instruct.json").read_text())
+    assert len(recs) == 4 and recs[0]["conversations"][0]["value"].startswith("<image>\n")
+    assert all((tmp_path / "d" / rec["image"]).is_file() for rec in recs)

@@ -1,0 +1,245 @@
+"""Questions, captions and conversations derived from a `Scene`, always consistent with it.
+
+Each question generator takes (scene, rng) and returns a `QA` or None when the scene cannot support an
+unambiguous question of that type (e.g. a colour question needs a shape kind that occurs exactly once).
+Sets are never iterated (their order depends on PYTHONHASHSEED); ordered lists keep output deterministic.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .synth_scene import COLORS, KINDS, Scene, Shape
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+CAPTION_PROMPT = "Describe the image briefly."
+QTYPES: tuple[str, ...] = ("color", "shape", "count", "position", "existence", "reading", "mc")
+PLURALS = {"cross": "crosses"}
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
+MAX_COUNT = 5  # per-kind count answers stay in 0..5
+
+
+class QA(NamedTuple):
+    question: str
+    answer: str
+    qtype: str
+
+
+def _short(question: str, answer: str, qtype: str) -> QA:
+    return QA(f"{question}\n{SHORT_ANSWER}", answer, qtype)
+
+
+def _plural(kind: str) -> str:
+    return PLURALS.get(kind, kind + "s")
+
+
+def _unique(values: list[str]) -> list[str]:
+    """Values occurring exactly once, in order of first appearance."""
+    counts = Counter(values)
+    return [v for v in values if counts[v] == 1]
+
+
+def describe(scene: Scene, shape: Shape) -> str | None:
+    """Shortest unambiguous noun phrase for ``shape`` ("the star", "the red star"), or None if there is none."""
+    if [s.kind for s in scene.shapes].count(shape.kind) == 1:
+        return f"the {shape.kind}"
+    if [(s.color, s.kind) for s in scene.shapes].count((shape.color, shape.kind)) == 1:
+        return f"the {shape.color} {shape.kind}"
+    return None
+
+
+def color_question(scene: Scene, rng: random.Random) -> QA | None:
+    kinds = _unique([s.kind for s in scene.shapes])
+    if not kinds:
+        return None
+    kind = rng.choice(kinds)
+    color = next(s.color for s in scene.shapes if s.kind == kind)
+    return _short(f"What color is the {kind}?", color, "color")
+
+
+def shape_question(scene: Scene, rng: random.Random) -> QA | None:
+    colors = _unique([s.color for s in scene.shapes])
+    if not colors:
+        return None
+    color = rng.choice(colors)
+    kind = next(s.kind for s in scene.shapes if s.color == color)
+    return _short(f"What shape is the {color} object?", kind, "shape")
+
+
+def count_question(scene: Scene, rng: random.Random) -> QA | None:
+    if rng.random() < 0.25:
+        return _short("How many objects are there?", str(len(scene.shapes)), "count")
+    present = list(dict.fromkeys(s.kind for s in scene.shapes))
+    absent = [k for k in KINDS if k not in present]
+    kind = rng.choice(present if rng.random() < 0.8 or not absent else absent)
+    n = sum(s.kind == kind for s in scene.shapes)
+    return None if n > MAX_COUNT else _short(f"How many {_plural(kind)} are there?", str(n), "count")
+
+
+def side(scene: Scene, shape: Shape, axis: str) -> str | None:
+    """Side of ``shape``: "left"/"right" for axis "x", "top"/"bottom" for "y"; None within 10% of the centre."""
+    pos, extent, names = (
+        (shape.cx, scene.width, ("left", "right")) if axis == "x" else (shape.cy, scene.height, ("top", "bottom"))
+    )
+    offset = pos - extent / 2
+    if abs(offset) <= 0.1 * extent:
+        return None
+    return names[offset > 0]
+
+
+def position_question(scene: Scene, rng: random.Random) -> QA | None:
+    options = []
+    for s in scene.shapes:
+        phrase = describe(scene, s)
+        for axis in ("x", "y"):
+            answer = side(scene, s, axis)
+            if phrase and answer:
+                options.append((phrase, axis, answer))
+    if not options:
+        return None
+    phrase, axis, answer = rng.choice(options)
+    if axis == "x":
+        return _short(f"Is {phrase} on the left or the right side of the image?", answer, "position")
+    return _short(f"Is {phrase} in the top or the bottom part of the image?", answer, "position")
+
+
+def _negative(scene: Scene, rng: random.Random) -> tuple[str, str | None]:
+    """An absent (kind, colour-or-None), POPE-style: mostly adversarial (a present kind in another colour,
+    or a present colour on another kind), sometimes random (any absent pair, or an absent kind)."""
+    pairs = [(s.kind, s.color) for s in scene.shapes]
+    kinds = list(dict.fromkeys(k for k, _ in pairs))
+    colors = list(dict.fromkeys(c for _, c in pairs))
+    absent_kinds = [k for k in KINDS if k not in kinds]
+    strategy = rng.choice(("kind", "kind", "color", "color", "random", "absent_kind"))
+    if strategy == "absent_kind" and absent_kinds:
+        return rng.choice(absent_kinds), None
+    if strategy == "kind":
+        kind = rng.choice(kinds)
+        choices = [(kind, c) for c in COLORS if (kind, c) not in pairs]
+    elif strategy == "color":
+        color = rng.choice(colors)
+        choices = [(k, color) for k in KINDS if (k, color) not in pairs]
+    else:
+        choices = []
+    if not choices:
+        choices = [(k, c) for k in KINDS for c in COLORS if (k, c) not in pairs]
+    return rng.choice(choices)
+
+
+def existence_question(scene: Scene, rng: random.Random, answer: bool | None = None) -> QA:
+    """A yes/no existence question ("Is there a green triangle in the image?"), yes with probability 1/2
+    unless ``answer`` is given; negatives are mostly POPE-style adversarial (see `_negative`)."""
+    if answer is None:
+        answer = rng.random() < 0.5
+    if answer:
+        s = rng.choice(scene.shapes)
+        kind, color = s.kind, (s.color if rng.random() < 0.7 else None)
+    else:
+        kind, color = _negative(scene, rng)
+    noun = f"{color} {kind}" if color else kind
+    article = "an" if noun[0] in "aeiou" else "a"
+    return _short(f"Is there {article} {noun} in the image?", "yes" if answer else "no", "existence")
+
+
+def reading_question(scene: Scene, rng: random.Random) -> QA | None:
+    if scene.text is None:
+        return None
+    what = "number" if scene.text.is_number else "word"
+    return _short(f"What {what} is written in the image?", scene.text.value, "reading")
+
+
+def multiple_choice(question: str, correct: str, distractors: list[str], rng: random.Random) -> QA:
+    """Lettered options with ``correct`` at a uniformly random position; the answer is its letter."""
+    options = list(distractors)
+    at = rng.randrange(len(options) + 1)
+    options.insert(at, correct)
+    lines = [f"{'ABCD'[i]}. {o}" for i, o in enumerate(options)]
+    return QA("\n".join([question, *lines, LETTER_ANSWER]), "ABCD"[at], "mc")
+
+
+def mc_question(scene: Scene, rng: random.Random) -> QA | None:
+    present = list(dict.fromkeys(s.kind for s in scene.shapes))
+    absent = [k for k in KINDS if k not in present]
+    unique_kinds = _unique([s.kind for s in scene.shapes])
+    if unique_kinds and (rng.random() < 0.5 or len(absent) < 3):
+        kind = rng.choice(unique_kinds)
+        color = next(s.color for s in scene.shapes if s.kind == kind)
+        others = rng.sample([c for c in COLORS if c != color], 3)
+        return multiple_choice(f"What color is the {kind}?", color, others, rng)
+    if len(absent) < 3:
+        return None
+    return multiple_choice("Which shape is in the image?", rng.choice(present), rng.sample(absent, 3), rng)
+
+
+GENERATORS: dict[str, Callable[[Scene, random.Random], QA | None]] = {
+    "color": color_question,
+    "shape": shape_question,
+    "count": count_question,
+    "position": position_question,
+    "existence": existence_question,
+    "reading": reading_question,
+    "mc": mc_question,
+}
+
+
+def caption(scene: Scene) -> str:
+    """Deterministic one-sentence caption, shapes left to right, identical ones grouped:
+    "A large red circle, two small blue stars and the word 'apple' in small text." """
+    order = sorted(scene.shapes, key=lambda s: (s.cx, s.cy))
+    groups = Counter((s.size, s.color, s.kind) for s in order)
+    parts = []
+    for (size, color, kind), n in groups.items():  # Counter keeps first-seen order
+        parts.append(f"a {size} {color} {kind}" if n == 1 else f"{NUMBER_WORDS[n]} {size} {color} {_plural(kind)}")
+    if scene.text is not None:
+        what = "number" if scene.text.is_number else "word"
+        parts.append(f"the {what} '{scene.text.value}' in {scene.text.bucket} text")
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def conversation(scene: Scene, rng: random.Random, max_turns: int = 4) -> list[dict[str, str]]:
+    """1..max_turns question/answer turns of distinct types (sometimes a caption request), LLaVA format,
+    with ``<image>\\n`` at the start of the first human turn only."""
+    qas: list[QA] = []
+    if rng.random() < 0.15:
+        qas.append(QA(CAPTION_PROMPT, caption(scene), "caption"))
+    want = rng.randint(1, max_turns)
+    for qtype in rng.sample(QTYPES, len(QTYPES)):
+        if len(qas) >= want:
+            break
+        qa = GENERATORS[qtype](scene, rng)
+        if qa is not None:
+            qas.append(qa)
+    turns: list[dict[str, str]] = []
+    for i, qa in enumerate(qas):
+        turns.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + qa.question})
+        turns.append({"from": "gpt", "value": qa.answer})
+    return turns
+
+
+def eval_questions(scene: Scene, rng: random.Random) -> list[QA]:
+    """One question of every type the scene supports, and two existence questions (one yes, one no),
+    so the yes-ratio of an eval set is exactly 0.5."""
+    out: list[QA] = []
+    for qtype in QTYPES:
+        if qtype == "existence":
+            out += [existence_question(scene, rng, answer=True), existence_question(scene, rng, answer=False)]
+        elif (qa := GENERATORS[qtype](scene, rng)) is not None:
+            out.append(qa)
+    return out
+
+
+def eval_record(scene: Scene, qa: QA, record_id: str, image: str) -> dict[str, Any]:
+    bucket = scene.text.bucket if qa.qtype == "reading" and scene.text is not None else None
+    return {
+        "id": record_id,
+        "image": image,
+        "question": qa.question,
+        "answer": qa.answer,
+        "qtype": qa.qtype,
+        "font_bucket": bucket,
+    }
