@@ -134,3 +134,27 @@ def ours_from_hf(hf) -> torch.nn.Module:
     # transformers 5 keeps the vision tower without its `vision_model.` level in memory; files carry it
     model.load_state_dict(to_hf_keys(hf.state_dict(), "hf"), strict=True)
     return model
+
+
+# the text half of a tiny CLIP checkpoint (original LLaVA keeps its tower in a separate CLIP repository)
+TINY_CLIP_TEXT = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    vocab_size=50,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=1,
+    projection_dim=16,
+)
+
+
+def current(hf) -> dict[str, torch.Tensor]:
+    """Current HF layout (``model.vision_tower.vision_model.*``) of a transformers-5 model's state dict."""
+    out = {}
+    for k, v in hf.state_dict().items():
+        if k.startswith("model.vision_tower."):
+            k = "model.vision_tower.vision_model." + k.removeprefix("model.vision_tower.")
+        out[k] = v
+    return out

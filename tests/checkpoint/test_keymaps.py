@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llavakit.checkpoint.keymaps import detect_layout, rename_key, to_hf_keys, trim_vision_layers
-from tiny_models import hf_model, vision_config
+from tiny_models import TINY_CLIP_TEXT, current, hf_model, vision_config
 
 FAMILIES = ["llava", "llava_next", "llava_onevision"]
 
@@ -30,29 +30,6 @@ ORIGINAL = [
     ("model.language_model.", "model."),
     ("lm_head.", "lm_head."),
 ]
-
-
-TINY_TEXT = dict(
-    hidden_size=16,
-    intermediate_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    vocab_size=50,
-    bos_token_id=0,
-    eos_token_id=1,
-    pad_token_id=1,
-    projection_dim=16,
-)
-
-
-def current(hf) -> dict[str, torch.Tensor]:
-    """Current HF layout of a transformers-5 model (its in-memory vision tower lacks ``vision_model.``)."""
-    out = {}
-    for k, v in hf.state_dict().items():
-        if k.startswith("model.vision_tower."):
-            k = "model.vision_tower.vision_model." + k.removeprefix("model.vision_tower.")
-        out[k] = v
-    return out
 
 
 def relabel(sd: dict[str, torch.Tensor], table: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
@@ -126,7 +103,7 @@ def test_separate_clip_tower_keeps_only_vision_model():
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
-    clip = CLIPModel(CLIPConfig(text_config=TINY_TEXT, vision_config=vision_config("clip").to_dict()))
+    clip = CLIPModel(CLIPConfig(text_config=TINY_CLIP_TEXT, vision_config=vision_config("clip").to_dict()))
     sd = clip.state_dict()
     assert any(k.startswith("text_model.") for k in sd) and "logit_scale" in sd
     assert detect_layout(sd) == "original"
@@ -144,7 +121,7 @@ def test_separate_siglip_tower_loses_head_and_last_layer():
 
     torch.manual_seed(0)
     siglip = SiglipModel(
-        SiglipConfig(text_config=TINY_TEXT, vision_config=vision_config("siglip", vision_use_head=True).to_dict())
+        SiglipConfig(text_config=TINY_CLIP_TEXT, vision_config=vision_config("siglip", vision_use_head=True).to_dict())
     )
     sd = siglip.state_dict()
     assert any(k.startswith("vision_model.head.") for k in sd) and "logit_bias" in sd

@@ -24,19 +24,9 @@ from llavakit.checkpoint.load import (
 )
 from llavakit.checkpoint.save import save_config, save_state_dict
 from llavakit.config import LlavaConfig
-from tiny_models import hf_model
+from tiny_models import current, hf_model
 
 FAMILIES = ["llava", "llava_next", "llava_onevision"]
-
-
-def current(hf) -> dict[str, torch.Tensor]:
-    """Current HF layout (``model.vision_tower.vision_model.*``) of a transformers-5 model's state dict."""
-    out = {}
-    for k, v in hf.state_dict().items():
-        if k.startswith("model.vision_tower."):
-            k = "model.vision_tower.vision_model." + k.removeprefix("model.vision_tower.")
-        out[k] = v
-    return out
 
 
 def as_hf_module_names(pairs):

@@ -20,7 +20,7 @@ from llavakit.checkpoint.original import (
     read_vision_tower_config,
 )
 from llavakit.checkpoint.save import save_config, save_state_dict
-from tiny_models import hf_model, vision_config
+from tiny_models import TINY_CLIP_TEXT, hf_model, vision_config
 
 # Modelled on the published config.json files of liuhaotian/llava-v1.5-7b, llava-v1.6-mistral-7b,
 # llava-v1.6-34b and lmms-lab/llava-onevision-qwen2-0.5b-ov (training-only fields left out). The mm_* field
@@ -233,18 +233,6 @@ def test_vocab_growth():
 
 # -- whole original checkpoints ------------------------------------------------------------------------------
 
-TINY_TEXT = dict(
-    hidden_size=16,
-    intermediate_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    vocab_size=50,
-    bos_token_id=0,
-    eos_token_id=1,
-    pad_token_id=1,
-    projection_dim=16,
-)
-
 
 def tiny_original_config(hf, tower: str, **mm) -> dict:
     t = hf.config.text_config
@@ -320,7 +308,7 @@ def test_llava15_checkpoint_with_separate_clip_tower(tmp_path):
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
-    clip = CLIPModel(CLIPConfig(text_config=TINY_TEXT, vision_config=vision_config("clip").to_dict()))
+    clip = CLIPModel(CLIPConfig(text_config=TINY_CLIP_TEXT, vision_config=vision_config("clip").to_dict()))
     tower_dir = tmp_path / "clip"
     clip.save_pretrained(tower_dir)
     hf = hf_model("llava")
