@@ -54,10 +54,12 @@ def test_packed_linears_give_the_same_logits():
     if not packing_available():
         pytest.skip("oneDNN linear packing is not available in this torch build")
     hf = hf_model("llava", "qwen2", seed=4, tie_word_embeddings=True)
-    ref = ours_from_hf(hf)
-    packed = ours_from_hf(hf)
+    ref = ours_from_hf(hf).to(torch.bfloat16)
+    packed = ours_from_hf(hf).to(torch.bfloat16)
+    assert pack_linears(ours_from_hf(hf)) == 0  # float32 stays on the plain path
     n = pack_linears(packed)
     assert n > 0 and not isinstance(packed.lm_head, PackedLinear)  # the tied head is left alone by default
     ids = torch.randint(3, 100, (2, 9))
     with torch.no_grad():
-        torch.testing.assert_close(packed(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+        a, b = packed(input_ids=ids).logits.float(), ref(input_ids=ids).logits.float()
+    assert (a - b).abs().max() < 0.05 * b.abs().max()  # same maths, bf16 accumulation order may differ
