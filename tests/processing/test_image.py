@@ -59,12 +59,33 @@ def test_every_mode_converts_like_transformers(mode):
     np.testing.assert_array_equal(np.asarray(out), convert_to_rgb(img, return_numpy=True))
 
 
-def test_transparent_png_and_palette_transparency_become_white():
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1", "RGB"])
+def test_files_convert_like_transformers_load_image(tmp_path, mode):
+    from transformers.image_utils import load_image as hf_load_image
+
+    rgba = np.random.default_rng(2).integers(0, 256, (7, 5, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(rgba[..., 3] > 128, 255, 0)  # half the pixels fully transparent
+    img = Image.fromarray(rgba, "RGBA").convert(mode)
+    file = tmp_path / "x.tiff"
+    img.save(file)
+    expected = np.asarray(hf_load_image(str(file)))
+    for src in (file, str(file), file.read_bytes()):
+        out = load_image(src)
+        assert out.mode == "RGB" and out.size == (5, 7)
+        np.testing.assert_array_equal(np.asarray(out), expected)
+
+
+def test_transparency_of_files_is_dropped_and_of_pil_images_composited_on_white():
+    # files: .convert("RGB") keeps the colour under the alpha (transformers' load_image, original LLaVA);
+    # PIL images: white background (transformers' image processors' convert_to_rgb)
     img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
-    assert load_image(_bytes(img)).getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(_bytes(img)).getpixel((0, 0)) == (255, 0, 0)
+    assert load_image(img).getpixel((0, 0)) == (255, 255, 255)
     pal = Image.new("P", (4, 4), 0)
     pal.putpalette([10, 20, 30] + [0] * 765)
-    assert load_image(_bytes(pal, transparency=0)).getpixel((1, 1)) == (255, 255, 255)
+    data = _bytes(pal, transparency=0)
+    assert load_image(data).getpixel((1, 1)) == (10, 20, 30)
+    assert load_image(Image.open(io.BytesIO(data))).getpixel((1, 1)) == (255, 255, 255)
 
 
 def test_exif_rotated_jpeg_comes_out_rotated(tmp_path):
@@ -73,10 +94,10 @@ def test_exif_rotated_jpeg_comes_out_rotated(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     (tmp_path / "r.jpg").write_bytes(_bytes(img, "JPEG", exif=exif.tobytes(), quality=95))
-    out = load_image(tmp_path / "r.jpg")
-    assert out.size == (10, 30)
-    arr = np.asarray(out).astype(float)
-    assert arr[:10].mean() > 200 and arr[15:].mean() < 50  # the white block is now at the top
+    for out in (load_image(tmp_path / "r.jpg"), load_image(Image.open(tmp_path / "r.jpg"))):
+        assert out.size == (10, 30)
+        arr = np.asarray(out).astype(float)
+        assert arr[:10].mean() > 200 and arr[15:].mean() < 50  # the white block is now at the top
 
 
 def test_bad_images_give_clear_errors(tmp_path):
@@ -178,3 +199,20 @@ def test_video_frames_and_sampling(tmp_path):
     assert len(idx) == 32 and idx[0] == 0 and idx[-1] == 999 and idx == sorted(set(idx))
     with pytest.raises(ValueError, match="no frames"):
         sample_frames(0, 4)
+
+
+def test_resize_and_fit_arithmetic_match_transformers_on_many_sizes():
+    from transformers.image_processing_utils import get_patch_output_size
+    from transformers.image_transforms import get_resize_output_image_size
+
+    from llavakit.processing.image import shortest_edge_size
+
+    rng = np.random.default_rng(7)
+    sizes = [tuple(int(x) for x in rng.integers(1, 5000, 2)) for _ in range(1500)] + [(3, 3), (1, 4000), (4000, 1)]
+    for h, w in sizes:
+        view = np.broadcast_to(np.zeros(1, np.uint8), (h, w, 3))  # no memory: only the shape is read
+        for side in (56, 336, 384):
+            ref = get_resize_output_image_size(view, side, default_to_square=False, input_data_format="channels_last")
+            assert shortest_edge_size(h, w, side) == tuple(ref), (h, w, side)
+        for target in ((336, 672), (672, 336), (1152, 768), (384, 2304)):
+            assert fit_size(h, w, *target) == get_patch_output_size(view, target, "channels_last"), (h, w, target)

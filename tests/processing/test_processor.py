@@ -58,7 +58,9 @@ def byte_bpe() -> HfTok:
     return tok
 
 
-def hf_processor(family: str, out, *, do_pad: bool = True, chat_template: str | None = None):
+def hf_processor(
+    family: str, out, *, do_pad: bool = True, chat_template: str | None = None, padding_side: str | None = "left"
+):
     """transformers' processor of ``family`` over the tiny tokenizer, saved to ``out`` (returned, not reloaded)."""
     from transformers import LlavaNextProcessor, LlavaOnevisionProcessor, LlavaProcessor, PreTrainedTokenizerFast
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
@@ -70,8 +72,10 @@ def hf_processor(family: str, out, *, do_pad: bool = True, chat_template: str | 
     (out / "tok").mkdir(parents=True, exist_ok=True)
     byte_bpe().save(str(out / "tok" / "tokenizer.json"))
     cfg = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-           "image_token": "<image>", "video_token": "<video>", "padding_side": "left",
+           "image_token": "<image>", "video_token": "<video>", "padding_side": padding_side,
            "tokenizer_class": "PreTrainedTokenizerFast"}  # fmt: skip
+    if padding_side is None:  # the class default applies
+        del cfg["padding_side"]
     (out / "tok" / "tokenizer_config.json").write_text(json.dumps(cfg))
     tok = PreTrainedTokenizerFast.from_pretrained(out / "tok")
     clip = dict(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
@@ -212,7 +216,7 @@ def test_onevision_video_matches_hand_reference(procs):
         ours(text=["<video>a", "<video>b"], videos=[frames, frames[:2]])
 
 
-def test_wrong_counts_and_unknown_family_are_clear_errors(procs):
+def test_wrong_counts_and_unknown_family_are_clear_errors(procs, tmp_path):
     _, ours = procs["llava_next"]
     with pytest.raises(ValueError, match=r"hold 2 <image> placeholder\(s\) but 1 image"):
         ours(text="<image><image> hi", images=[_image(10, 10, 0)])
@@ -220,6 +224,10 @@ def test_wrong_counts_and_unknown_family_are_clear_errors(procs):
         ours(text="hi", images=[_image(10, 10, 0)])
     with pytest.raises(ValueError, match="videos are supported by llava_onevision"):
         ours(text="<video>", videos=[[_image(10, 10, 0)]])
+    with pytest.raises(ValueError, match=r"image 2 of 2 \(.*bad.png\): cannot decode image"):
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        ours(text="<image><image>", images=[_image(10, 10, 0), str(bad)])
     with pytest.raises(ValueError, match="unknown model family 'gemma'"):
         LlavaProcessor(ours.tokenizer, ImageConfig(tile=56), ImageGeometry("gemma", 56, 14))
 
@@ -284,3 +292,77 @@ def test_decode_and_batch_decode(procs):
     assert ours.batch_decode(rows) == ["what is the cat?", "hi"]
     assert ours.decode(rows[1], skip_special_tokens=False).endswith("<s>hi")
     assert ours(text="hi", return_tensors=None)["input_ids"] == [[1, *[ours.tokenizer.token_to_id(c) for c in "hi"]]]
+
+
+def test_padding_side_defaults_to_the_tokenizers(tmp_path):
+    hf = hf_processor("llava_next", tmp_path, padding_side=None)
+    ours = LlavaProcessor.from_pretrained(tmp_path / "llava_next")
+    assert ours.tokenizer.padding_side == hf.tokenizer.padding_side == "right"
+    imgs = [_image(40, 90, 1), _image(90, 40, 2)]
+    texts = ["<image>\nshort", "<image>\na much longer question about the cat"]
+    _check(ours(text=texts, images=imgs), hf(text=texts, images=imgs, return_tensors="pt", padding=True))
+    left = ours(text=texts, images=imgs, padding_side="left")["attention_mask"]
+    assert left[0, 0] == 0 and left[0, -1] == 1  # the engine asks for left padding explicitly
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def test_transparent_images_from_files_and_pil_match_transformers(procs, tmp_path, family):
+    """A path goes through transformers' load_image (alpha dropped); a PIL image through convert_to_rgb (white)."""
+    hf, ours = procs[family]
+    rgba = np.random.default_rng(4).integers(0, 256, (60, 130, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(rgba[..., 3] > 100, 255, 0)
+    img = Image.fromarray(rgba, "RGBA")
+    img.save(tmp_path / "t.png")
+    for src in (str(tmp_path / "t.png"), img, img.convert("LA"), img.convert("P")):
+        _check(ours(text="<image>\nx", images=[src]), hf(text="<image>\nx", images=[src], return_tensors="pt"))
+    a = ours(text="<image>\nx", images=[str(tmp_path / "t.png")])["pixel_values"]
+    assert not torch.equal(a, ours(text="<image>\nx", images=[img])["pixel_values"])
+
+
+def test_chat_template_with_openai_parts_renders_like_transformers(tmp_path):
+    hf = hf_processor("llava", tmp_path, chat_template=LLAVA15_HF_TEMPLATE)
+    ours = LlavaProcessor.from_pretrained(tmp_path / "llava")
+    msgs = [
+        {"role": "user", "name": None, "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "text", "text": "What is it?"},
+        ]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A cat."}], "tool_calls": None},
+        {"role": "user", "content": [{"type": "image", "image": _image(8, 8, 0)}, {"type": "text", "text": "And?"}]},
+    ]  # fmt: skip
+    for gen in (True, False):
+        text = ours.apply_chat_template(msgs, add_generation_prompt=gen)
+        assert text == hf.apply_chat_template(msgs, add_generation_prompt=gen)
+    assert text == "USER: <image>\nWhat is it? ASSISTANT: A cat. USER: <image>\nAnd? "
+    assert msgs[0]["content"][0]["type"] == "image_url"  # the caller's messages are left alone
+
+
+def test_chat_template_files_are_found_where_transformers_looks(tmp_path):
+    from transformers import AutoProcessor
+
+    hf_processor("llava", tmp_path)
+    d = tmp_path / "llava"
+    (d / "chat_template.jinja").write_text("{{ 'from jinja' }}")
+    assert LlavaProcessor.from_pretrained(d).chat_template == AutoProcessor.from_pretrained(d).chat_template
+    (d / "chat_template.json").write_text(json.dumps({"chat_template": "{{ 'from json' }}"}))
+    ours = LlavaProcessor.from_pretrained(d)
+    assert ours.chat_template == AutoProcessor.from_pretrained(d).chat_template == "{{ 'from json' }}"
+    assert ours.apply_chat_template([{"role": "user", "content": "hi"}]) == "from json"
+
+
+def test_directories_of_other_families_are_refused(tmp_path):
+    hf_processor("llava", tmp_path)
+    d = tmp_path / "llava"
+    (d / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    with pytest.raises(ValueError, match="unknown model family 'qwen2_vl'"):
+        LlavaProcessor.from_pretrained(d)
+    (d / "config.json").write_text(json.dumps({"model_type": "llava_llama"}))
+    with pytest.raises(ValueError, match="original-format LLaVA checkpoint .*llava convert"):
+        LlavaProcessor.from_pretrained(d)
+    (d / "config.json").unlink()
+    cfg = json.loads((d / "processor_config.json").read_text())
+    (d / "processor_config.json").write_text(json.dumps({**cfg, "processor_class": "Blip2Processor"}))
+    with pytest.raises(ValueError, match="unknown processor class 'Blip2Processor'"):
+        LlavaProcessor.from_pretrained(d)
+    (d / "processor_config.json").write_text(json.dumps({**cfg, "processor_class": "LlavaNextProcessor"}))
+    assert LlavaProcessor.from_pretrained(d).family == "llava_next"

@@ -131,3 +131,89 @@ def test_missing_tokenizer_json_is_a_clear_error(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(b"\x00")
     with pytest.raises(FileNotFoundError, match="sentencepiece tokenizer.model.*llava convert"):
         Tokenizer.from_dir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # legacy defaults to False: "▁" only at the very start
+        {"legacy": True},  # "▁" after every special token too
+        {"legacy": False, "add_prefix_space": False},  # no "▁" at all
+        {"add_bos_token": False, "add_eos_token": True},  # ignored: tokenizer.json's post-processor stays
+    ],
+)
+@pytest.mark.parametrize("model_type", [None, "llava", "llava_next", "llava_onevision"])
+def test_llama_tokenizer_class_is_rebuilt_like_transformers(tmp_path, extra, model_type):
+    """tokenizer_class LlamaTokenizer: transformers rebuilds the pre-tokenizer (not for llava / llava_next models)."""
+    from transformers import AutoTokenizer
+
+    _save(sentencepiece_like(), tmp_path, tokenizer_class="LlamaTokenizer", **extra)
+    if model_type is not None:
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    ours, ref = Tokenizer.from_dir(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    texts = TEXTS + [" lead space", "USER: <image>\nwhat?</s>a", "<s>b"]
+    for text in texts:
+        for special in (True, False):
+            ids = ours.encode(text, add_special_tokens=special)
+            assert ids == ref(text, add_special_tokens=special).input_ids, (text, special)
+            assert ours.decode(ids) == ref.decode(ids) and ours.decode(ids, True) == ref.decode(ids, True)
+    assert ours.padding_side == ref.padding_side
+    # the legacy file prepends "▁" after <image>; transformers' rebuilt LlamaTokenizer does only with legacy=True
+    raw = sentencepiece_like().encode("a<image>\nb").ids
+    same = model_type in ("llava", "llava_next") or extra.get("legacy", False)
+    assert (ours.encode("a<image>\nb") == raw) is bool(same)
+    # saving keeps the behaviour for both (next to the same config.json)
+    ours.save(tmp_path / "again")
+    if model_type is not None:
+        (tmp_path / "again" / "config.json").write_text(json.dumps({"model_type": model_type}))
+    again, ref2 = Tokenizer.from_dir(tmp_path / "again"), AutoTokenizer.from_pretrained(tmp_path / "again")
+    for text in texts:
+        assert again.encode(text) == ours.encode(text) == ref2(text).input_ids
+
+
+def test_padding_and_truncation_stored_in_tokenizer_json_are_ignored(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = byte_level_bpe()
+    tok.enable_padding(pad_id=0, pad_token="<pad>", length=64)
+    tok.enable_truncation(max_length=5)
+    _save(tok, tmp_path)
+    ours, ref = Tokenizer.from_dir(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    for text in TEXTS:
+        assert ours.encode(text) == ref(text).input_ids
+    assert ours.encode_batch(TEXTS[:2]) == [ref(t).input_ids for t in TEXTS[:2]]
+    assert len(ours.encode(TEXTS[0])) > 5
+
+
+def test_clean_up_tokenization_spaces_for_word_level_models(tmp_path):
+    from transformers import AutoTokenizer
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "hello", ",", "world", "!", "it", "?"])}
+    tok = HfTok(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.WordPiece(cleanup=False)  # joins with spaces
+    for clean in (True, False):
+        _save(tok, tmp_path / str(clean), clean_up_tokenization_spaces=clean)
+        ours, ref = Tokenizer.from_dir(tmp_path / str(clean)), AutoTokenizer.from_pretrained(tmp_path / str(clean))
+        ids = ours.encode("hello , world ! it ?", add_special_tokens=False)
+        assert ours.decode(ids) == ref.decode(ids)
+        assert ("hello, world" in ours.decode(ids)) is clean
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"image_token": "<image>"},
+        {"image_token": {"content": "<image>", "special": True, "__type": "AddedToken"}},
+        {"model_specific_special_tokens": {"video_token": "<video>"}},
+        {"extra_special_tokens": {"video_token": "<video>"}},
+        {"extra_special_tokens": ["<video>"]},
+    ],
+)
+def test_special_tokens_for_templates_are_the_named_ones(tmp_path, extra):
+    from transformers import AutoTokenizer
+
+    _save(byte_level_bpe(), tmp_path, **extra)
+    ours, ref = Tokenizer.from_dir(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    assert ours.special_tokens == ref.special_tokens_map
+    assert (ours.image_token_id, ours.video_token_id) == (4, 5)  # found in the vocabulary when not named

@@ -35,42 +35,52 @@ ImageSource = str | Path | bytes | Image.Image
 def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Open a path, bytes or PIL image as RGB with the EXIF orientation applied.
 
-    Transparency (RGBA, LA, P with a transparent index) is composited onto white and every other mode
-    (L, P, CMYK, I;16, 1, ...) is converted with PIL, as transformers' ``convert_rgb`` does. Errors name the
-    image (``name`` or the path) and the problem: missing file, undecodable / truncated bytes, zero size, or
-    more than ``max_pixels`` pixels (checked from the header, before decoding).
+    RGB conversion follows transformers, which treats the two kinds of input differently:
+
+    - a file (path or bytes) is opened and converted with ``.convert("RGB")``, as transformers' ``load_image``
+      (and the original LLaVA code) do: an alpha channel is dropped, the colour under it kept;
+    - a PIL image is converted like the image processors' ``convert_to_rgb``: transparency (RGBA, LA, PA, P with
+      a transparent index) is composited onto white, every other mode (L, P, CMYK, I;16, 1, ...) converted.
+
+    The EXIF orientation is applied to both (transformers applies it to files only). Errors name the image
+    (``name`` or the path) and the problem: missing file, undecodable / truncated bytes, zero size, or more
+    than ``max_pixels`` pixels (checked from the header, before decoding).
     """
     what = name or (str(src) if isinstance(src, (str, Path)) else type(src).__name__)
     if isinstance(src, Image.Image):
-        img = src
-        _check_size(img, what, max_pixels)
+        _check_size(src, what, max_pixels)
+        return to_rgb(_upright(src))
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        data = path.read_bytes()
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
     else:
-        if isinstance(src, (str, Path)):
-            path = Path(src)
-            if not path.is_file():
-                raise FileNotFoundError(f"image file not found: {path}")
-            data = path.read_bytes()
-        elif isinstance(src, (bytes, bytearray, memoryview)):
-            data = bytes(src)
-        else:
-            raise TypeError(f"image must be a path, bytes or PIL.Image, got {type(src).__name__}")
-        if not data:
-            raise ValueError(f"image {what}: cannot decode image: empty file (no bytes)")
-        try:
-            with warnings.catch_warnings():  # our own limit is checked right below
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-            _check_size(img, what, max_pixels)  # from the header: nothing decoded yet
-            img.load()
-        except Image.DecompressionBombError as e:
-            raise ValueError(f"image {what}: {e}; the limit here is {max_pixels} pixels, downscale it first") from e
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise ValueError(f"image {what}: cannot decode image: {e} (truncated or unsupported format?)") from e
+        raise TypeError(f"image must be a path, bytes or PIL.Image, got {type(src).__name__}")
+    if not data:
+        raise ValueError(f"image {what}: cannot decode image: empty file (no bytes)")
     try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the pixels unusable
-        pass
-    return to_rgb(img)
+        with warnings.catch_warnings():  # our own limit is checked right below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        _check_size(img, what, max_pixels)  # from the header: nothing decoded yet
+        img.load()
+        img = _upright(img)
+        return img if img.mode == "RGB" else img.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {what}: {e}; the limit here is {max_pixels} pixels, downscale it first") from e
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"image {what}: cannot decode image: {e} (truncated or unsupported format?)") from e
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as displayed: EXIF orientation applied (a broken EXIF block leaves it as it is)."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - unreadable EXIF must not make the pixels unusable
+        return img
 
 
 def _check_size(img: Image.Image, what: str, max_pixels: int) -> None:
@@ -84,7 +94,7 @@ def _check_size(img: Image.Image, what: str, max_pixels: int) -> None:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB; any transparency composited onto a white background."""
+    """RGB; any transparency composited onto a white background (transformers' ``convert_to_rgb``)."""
     if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba).convert("RGB")

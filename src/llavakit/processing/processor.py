@@ -17,35 +17,12 @@ import torch
 
 from ..config import LlavaConfig
 from .anyres import ImageGeometry, num_image_tokens, num_video_tokens
+from .hf_files import IMAGE_PROCESSOR, PROCESSOR_CLASS, chat_template_of, family_of, read_json, side_of
 from .image import CLIP_MEAN, CLIP_STD, ImageConfig, ImageSource, load_image, preprocess, video_frames
 from .templates import IMAGE, VIDEO, render, render_chat_template
 from .tokenizer import Tokenizer
 
 DEFAULT_TEMPLATE = {"llava": "llava_1_5_hf", "llava_next": "vicuna_v1", "llava_onevision": "qwen_1_5"}
-FAMILY_BY_PROCESSOR = {
-    "LlavaProcessor": "llava",
-    "LlavaNextProcessor": "llava_next",
-    "LlavaOnevisionProcessor": "llava_onevision",
-}
-PROCESSOR_CLASS = {v: k for k, v in FAMILY_BY_PROCESSOR.items()}
-IMAGE_PROCESSOR = {
-    "llava": "LlavaImageProcessor",
-    "llava_next": "LlavaNextImageProcessor",
-    "llava_onevision": "LlavaOnevisionImageProcessor",
-}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from e
-
-
-def _side(d: dict[str, Any] | None) -> int | None:
-    if not d:
-        return None
-    return d.get("height") or d.get("shortest_edge")
 
 
 class LlavaProcessor:
@@ -123,25 +100,21 @@ class LlavaProcessor:
         from ..checkpoint.load import resolve_model_path
 
         path = resolve_model_path(path_or_id)
-        proc = _read_json(path / "processor_config.json")
-        img = proc.get("image_processor") or _read_json(path / "preprocessor_config.json")
-        model_cfg = _read_json(path / "config.json")
-        family = model_cfg.get("model_type") if model_cfg.get("model_type") in DEFAULT_TEMPLATE else None
-        family = family or FAMILY_BY_PROCESSOR.get(proc.get("processor_class") or img.get("processor_class", ""))
-        if family is None:
-            kind = img.get("image_processor_type", "")
-            family = "llava_onevision" if "Onevision" in kind else "llava_next" if "Next" in kind else "llava"
+        proc = read_json(path / "processor_config.json")
+        img = proc.get("image_processor") or read_json(path / "preprocessor_config.json")
+        model_cfg = read_json(path / "config.json")
+        family = family_of(path, model_cfg, proc, img)
         if not img:
             raise FileNotFoundError(f"{path} has no preprocessor_config.json (nor an image_processor section)")
-        tile = _side(img.get("crop_size")) if img.get("do_center_crop") else None
-        tile = tile or _side(img.get("size")) or 336
+        tile = side_of(img.get("crop_size")) if img.get("do_center_crop") else None
+        tile = tile or side_of(img.get("size")) or 336
         pins = img.get("image_grid_pinpoints") if family != "llava" else None
         pins_t = tuple((int(h), int(w)) for h, w in pins) if pins else None
         image_config = ImageConfig(
             tile=tile,
             mean=tuple(img.get("image_mean", CLIP_MEAN)),
             std=tuple(img.get("image_std", CLIP_STD)),
-            resize_shortest="shortest_edge" in (img.get("size") or {}),
+            resize_shortest=isinstance(img.get("size"), int) or "shortest_edge" in (img.get("size") or {}),
             center_crop=bool(img.get("do_center_crop")),
             pad_square=family == "llava" and bool(img.get("do_pad")),
             pinpoints=pins_t,
@@ -163,23 +136,18 @@ class LlavaProcessor:
             extra, max_tiles = additional - (1 if strategy == "default" else 0), None
         geometry = ImageGeometry(family, tile, patch, extra, pins_t, max_tiles)
         tokenizer = Tokenizer.from_dir(path)
-        vid = _read_json(path / "video_preprocessor_config.json") or proc.get("video_processor") or {}
+        vid = read_json(path / "video_preprocessor_config.json") or proc.get("video_processor") or {}
         video_config = None
         if vid:
             video_config = ImageConfig(
-                tile=_side(vid.get("size")) or tile,
+                tile=side_of(vid.get("size")) or tile,
                 mean=tuple(vid.get("image_mean", image_config.mean)),
                 std=tuple(vid.get("image_std", image_config.std)),
                 resize_shortest=False,
                 center_crop=False,
                 rescale=vid.get("rescale_factor", 1 / 255),
             )
-        chat = None
-        if (path / "chat_template.jinja").exists():
-            chat = (path / "chat_template.jinja").read_text()
-        elif (path / "chat_template.json").exists():
-            chat = _read_json(path / "chat_template.json").get("chat_template")
-        chat = chat or tokenizer.chat_template
+        chat = chat_template_of(path, proc) or tokenizer.chat_template
         return cls(
             tokenizer,
             image_config,
@@ -252,12 +220,19 @@ class LlavaProcessor:
 
     # -- text --------------------------------------------------------------------------------------------------
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The prompt for OpenAI-style messages: the checkpoint's Jinja template if it ships one, else ours."""
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **template_vars: Any
+    ) -> str:
+        """The prompt for OpenAI-style messages: the checkpoint's Jinja template if it ships one, else ours.
+
+        The Jinja path prepares messages as transformers' processors do: keys whose value is None are dropped
+        and OpenAI ``{"type": "image_url", "image_url": {"url": u}}`` parts become ``{"type": "image", "url":
+        u}`` (llava-hf templates only place ``<image>`` for ``image`` parts). ``template_vars`` (e.g. ``tools``)
+        reach the template next to the special tokens.
+        """
         if self.chat_template:
-            return render_chat_template(
-                self.chat_template, messages, add_generation_prompt, **self.tokenizer.special_tokens
-            )
+            variables = {**self.tokenizer.special_tokens, **template_vars}
+            return render_chat_template(self.chat_template, _hf_messages(messages), add_generation_prompt, **variables)
         return render(messages, self.template, add_generation_prompt)
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
@@ -275,7 +250,7 @@ class LlavaProcessor:
         videos: list[list[ImageSource]] | None = None,
         return_tensors: str | None = "pt",
         padding: bool = True,
-        padding_side: str = "left",
+        padding_side: str | None = None,
     ) -> dict[str, Any]:
         """Model inputs for a batch of prompts holding ``<image>`` / ``<video>`` placeholders.
 
@@ -283,7 +258,8 @@ class LlavaProcessor:
         ``videos``: one list of frames per ``<video>``. Returns ``input_ids`` / ``attention_mask`` (B, T),
         ``pixel_values`` (N, 3, S, S) for llava or (N, max_views, 3, S, S) zero padded for AnyRes families,
         ``image_sizes`` (N, 2) (h, w), ``batch_num_images`` (B',) for onevision (prompts with images) and
-        ``pixel_values_videos`` (V, F, 3, S, S).
+        ``pixel_values_videos`` (V, F, 3, S, S). Rows are padded on ``padding_side``, by default the tokenizer's
+        (as transformers does; pass "left" for batched generation).
         """
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
@@ -303,7 +279,7 @@ class LlavaProcessor:
             raise ValueError(f"videos are supported by llava_onevision models only, this is {self.family}")
         # OneVision: the images of a prompt with several images skip AnyRes (one view + one newline each)
         multi = [self.family == "llava_onevision" and n > 1 for n in per_text for _ in range(n)]
-        pil = [load_image(im, name=f"{i + 1} of {len(images)}") for i, im in enumerate(images)]
+        pil = [load_image(im, name=_image_name(i, len(images), im)) for i, im in enumerate(images)]
         counts = [num_image_tokens(im.height, im.width, self.geometry, multi_image=m) for im, m in zip(pil, multi)]
         frames = [video_frames(v, self.video_config) for v in vids]  # each (F, 3, S, S)
         vcounts = [num_video_tokens(f.shape[0], self.geometry) for f in frames]
@@ -312,7 +288,8 @@ class LlavaProcessor:
         for t in texts:
             expanded = _expand(_expand(t, IMAGE, img_counts), VIDEO, vid_counts)
             ids.append(self.tokenizer.encode(expanded))
-        out: dict[str, Any] = self._pad(ids, padding_side) if padding else _unpadded(ids, return_tensors)
+        side = padding_side or self.tokenizer.padding_side
+        out: dict[str, Any] = self._pad(ids, side) if padding else _unpadded(ids, return_tensors)
         if pil:
             views = [preprocess(im, self.image_config, multi_image=m) for im, m in zip(pil, multi)]
             if self.geometry.pinpoints is None:
@@ -347,6 +324,29 @@ class LlavaProcessor:
             input_ids[i, sl] = torch.tensor(row, dtype=torch.long)
             mask[i, sl] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _hf_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as transformers' processors hand them to a chat template (see ``apply_chat_template``)."""
+    out = []
+    for msg in messages:
+        msg = {k: v for k, v in msg.items() if v is not None}
+        if isinstance(msg.get("content"), list):
+            parts = []
+            for part in msg["content"]:
+                if isinstance(part, dict) and part.get("type") == "image_url" and "image_url" in part:
+                    url = part["image_url"]
+                    parts.append({"type": "image", "url": url.get("url", "") if isinstance(url, dict) else url})
+                else:
+                    parts.append(part)
+            msg["content"] = parts
+        out.append(msg)
+    return out
+
+
+def _image_name(i: int, n: int, src: Any) -> str:
+    """How errors name an image: "2 of 3", with its path when it has one."""
+    return f"{i + 1} of {n}" + (f" ({src})" if isinstance(src, (str, Path)) else "")
 
 
 def _flatten(images: Any) -> list[Any]:

@@ -14,7 +14,9 @@ with one span covering ``A cat.</s>``. BOS is not part of any template text: the
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -198,6 +200,35 @@ def render(messages: list[dict[str, Any]], template: str, add_generation_prompt:
 # -- HF chat templates ---------------------------------------------------------------------------------------------
 
 
+def plain_data(value: Any) -> Any:
+    """``value`` rebuilt from JSON-like types only, as transformers hands data to chat templates.
+
+    Templates come from checkpoints (untrusted) and the sandbox lets them call methods of whatever they are
+    given: a PIL image inside a content part has a ``save``. So anything that is not a str / number / bool /
+    None / dict / list / tuple (numpy scalars, dataclasses and pydantic models are unwrapped) becomes an inert
+    placeholder naming its type: ``{"type": "image", "image": <PIL image>}`` -> ``{"type": "image", "image":
+    "<PngImageFile>"}``.
+    """
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    for base in (bool, str, int, float):  # subclasses (enums, numpy scalars) back to the base type
+        if isinstance(value, base):
+            return base(value)
+    if isinstance(value, Mapping):
+        return {plain_data(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_data(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(plain_data(v) for v in value)
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # numpy / torch scalar
+        return plain_data(value.item())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if callable(getattr(value, "model_dump", None)):
+        return plain_data(value.model_dump())
+    return f"<{type(value).__name__}>"
+
+
 def _jinja_env() -> Any:
     """A sandboxed Jinja environment with what HF chat templates expect (as transformers sets it up)."""
     import jinja2
@@ -219,11 +250,32 @@ def _jinja_env() -> Any:
             self.environment.generation_marks.append(text)  # type: ignore[attr-defined]
             return f"\x00gen{len(self.environment.generation_marks) - 1}\x00"  # type: ignore[attr-defined]
 
+    def check_name(name: Any) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"chat templates cannot set {name!r} on a namespace")
+
     class Namespace(jinja2.utils.Namespace):
+        """``namespace(...)`` that refuses underscore names (no way to reach Python internals)."""
+
+        def __init__(*args: Any, **kwargs: Any) -> None:
+            self, args = args[0], args[1:]
+            attrs = dict(*args, **kwargs)
+            for name in attrs:
+                check_name(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
         def __setitem__(self, name: str, value: Any) -> None:
-            if isinstance(name, str) and name.startswith("_"):
-                raise jinja2.exceptions.SecurityError(f"chat templates cannot set {name!r} on a namespace")
+            check_name(name)
             super().__setitem__(name, value)
+
+    class Dict:
+        """``dict(...)`` and ``dict.fromkeys(...)`` without exposing the dict type itself."""
+
+        def __call__(self, *args: Any, **kwargs: Any) -> dict:
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args: Any, **kwargs: Any) -> dict:
+            return dict.fromkeys(*args, **kwargs)
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
@@ -237,19 +289,34 @@ def _jinja_env() -> Any:
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.globals["namespace"] = Namespace
-    env.globals["dict"] = dict
+    env.globals["dict"] = Dict()
     return env
 
 
 def render_chat_template_with_spans(
-    source: str, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any
+    source: str,
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool = True,
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    documents: list[dict[str, Any]] | None = None,
+    **extra: Any,
 ) -> tuple[str, list[tuple[int, int]]]:
-    """Render an HF chat template; spans are the ``{% generation %}`` blocks (empty if the template has none)."""
+    """Render an HF chat template; spans are the ``{% generation %}`` blocks (empty if the template has none).
+
+    Like transformers, the template sees ``messages``, ``tools`` and ``documents`` (None unless given),
+    ``add_generation_prompt`` and the ``extra`` variables (special tokens such as ``bos_token``), all as plain
+    data (see ``plain_data``).
+    """
     from jinja2 import TemplateError
 
     env = _jinja_env()
+    variables = plain_data({**extra, "tools": tools, "documents": documents, "messages": messages})
+    for i, msg in enumerate(variables["messages"]):
+        if not isinstance(msg, dict):
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {msg!r}")
     try:
-        raw = env.from_string(source).render(messages=messages, add_generation_prompt=add_generation_prompt, **extra)
+        raw = env.from_string(source).render(add_generation_prompt=add_generation_prompt, **variables)
     except TemplateError as e:
         raise ValueError(f"the checkpoint's chat template failed to render: {e}") from e
     out, spans, rest = "", [], raw
@@ -267,5 +334,6 @@ def render_chat_template(
     source: str, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any
 ) -> str:
     """Render an HF chat template (Jinja) the way transformers does: sandboxed, trim_blocks and lstrip_blocks,
-    ``raise_exception`` / ``strftime_now`` globals and a ``tojson`` that keeps non-ASCII characters."""
+    ``raise_exception`` / ``strftime_now`` / ``namespace`` / ``dict`` globals and a ``tojson`` that keeps
+    non-ASCII characters; ``extra`` may hold ``tools`` / ``documents`` and the special tokens."""
     return render_chat_template_with_spans(source, messages, add_generation_prompt, **extra)[0]

@@ -3,6 +3,15 @@
 ``tokenizer.json`` holds the whole pipeline (normalizer, pre-tokenizer, model, post-processor adding BOS,
 decoder); ``tokenizer_config.json`` names the special tokens (bos / eos / pad / image / video) and may carry the
 chat template; ``generation_config.json`` may add end-of-turn ids (Llama-3's ``<|eot_id|>``).
+
+transformers (5.x) does not always use ``tokenizer.json`` as it is; ``as_transformers_loads`` applies the same
+adjustments so that ids match ``AutoTokenizer`` / ``AutoProcessor`` on the same directory:
+
+- ``tokenizer_class: LlamaTokenizer`` rebuilds the pre-tokenizer as ``Metaspace(split=False)`` with the prepend
+  scheme of ``legacy`` / ``add_prefix_space`` (legacy tokenizer.json files prepend "▁" after every special token,
+  transformers then does not), unless ``config.json`` beside it says ``llava`` / ``llava_next``, for which
+  transformers loads tokenizer.json unchanged;
+- padding / truncation stored in tokenizer.json are switched off (transformers disables them per call).
 """
 
 from __future__ import annotations
@@ -12,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer as _Tok
+from tokenizers import decoders, pre_tokenizers
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
-SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token", "image_token", "video_token")
+# the named special tokens transformers passes to chat templates (plus any "*_token" key of the config)
+NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# model types whose tokenizer transformers loads from tokenizer.json unchanged whatever tokenizer_class says
+AS_IS_MODEL_TYPES = ("llava", "llava_next")
 
 
 def _token_str(v: Any) -> str | None:
@@ -31,19 +44,65 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({e})") from e
 
 
-class Tokenizer:
-    """``tokenizer.json`` + the special tokens of ``tokenizer_config.json``; encode / decode / stream-decode."""
+def _is_byte_level(tok: _Tok) -> bool:
+    """Does the pipeline use byte-level pre-tokenization or decoding (GPT-2 / Llama-3 / Qwen style)?"""
+    data = json.loads(tok.to_str())
+    return "ByteLevel" in json.dumps([data.get("pre_tokenizer"), data.get("decoder")])
 
-    def __init__(self, tok: _Tok, config: dict[str, Any] | None = None, extra_eos_ids: list[int] | None = None) -> None:
+
+def as_transformers_loads(tok: _Tok, config: dict[str, Any], model_type: str | None = None) -> str:
+    """Adjust ``tok`` (in place) the way transformers' AutoTokenizer does; returns the default padding side.
+
+    See the module docstring. Example: a legacy Llama tokenizer.json (normalizer ``Prepend("▁")``) with
+    ``tokenizer_class: LlamaTokenizer`` encodes "a<image>\\nb" as [▁a, <image>, ▁, \\n, b] by itself, but as
+    [▁a, <image>, \\n, b] once rebuilt like transformers' LlamaTokenizer (prepend scheme "first").
+    """
+    tok.no_padding()
+    tok.no_truncation()
+    side = "right"
+    cls = str(config.get("tokenizer_class") or "").removesuffix("Fast")
+    if cls == "LlamaTokenizer" and model_type not in AS_IS_MODEL_TYPES and not _is_byte_level(tok):
+        prefix = config.get("add_prefix_space")
+        prefix = True if prefix is None else bool(prefix)
+        scheme = ("always" if config.get("legacy", False) else "first") if prefix else "never"
+        tok.normalizer = None
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        tok.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+        side = "left"  # LlamaTokenizer's class default
+    return config.get("padding_side") or side
+
+
+class Tokenizer:
+    """``tokenizer.json`` + the special tokens of ``tokenizer_config.json``; encode / decode / stream-decode.
+
+    ``padding_side`` is what transformers would use for these files (tokenizer_config.json's, else the class
+    default: "left" for LlamaTokenizer, "right" otherwise).
+    """
+
+    def __init__(
+        self,
+        tok: _Tok,
+        config: dict[str, Any] | None = None,
+        extra_eos_ids: list[int] | None = None,
+        padding_side: str | None = None,
+    ) -> None:
         self.tok = tok
         self.config = dict(config or {})
         template = self.config.get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": "..."}, ...]
+            template = {t.get("name"): t.get("template") for t in template}.get("default")
         self.chat_template: str | None = template if isinstance(template, str) else None
         self.extra_eos_ids = list(extra_eos_ids or [])
+        self.padding_side = padding_side or self.config.get("padding_side") or "right"
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
-        """Read ``tokenizer.json`` (+ ``tokenizer_config.json``, ``generation_config.json``) from a directory."""
+        """Read ``tokenizer.json`` (+ ``tokenizer_config.json``, ``generation_config.json``) from a directory.
+
+        ``config.json`` beside them, if any, only decides how transformers would treat the files (see
+        ``as_transformers_loads``).
+        """
         path = Path(path)
         file = path / "tokenizer.json"
         if not file.exists():
@@ -56,7 +115,10 @@ class Tokenizer:
             raise FileNotFoundError(f"{path} has no tokenizer.json; is it a model / processor directory?")
         gen = _read_json(path / "generation_config.json").get("eos_token_id")
         extra = [gen] if isinstance(gen, int) else list(gen or [])
-        return cls(_Tok.from_file(str(file)), _read_json(path / "tokenizer_config.json"), extra)
+        config = _read_json(path / "tokenizer_config.json")
+        tok = _Tok.from_file(str(file))
+        side = as_transformers_loads(tok, config, _read_json(path / "config.json").get("model_type"))
+        return cls(tok, config, extra, padding_side=side)
 
     from_pretrained = from_dir
 
@@ -68,9 +130,23 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self.tok.id_to_token(int(token_id))
 
+    def _named(self) -> dict[str, str]:
+        """Named special tokens of the config: top-level "*_token" keys, then the model-specific groups."""
+        out: dict[str, str] = {}
+        for group in ("extra_special_tokens", "model_specific_special_tokens"):
+            if isinstance(self.config.get(group), dict):
+                out.update({k: v for k, v in self.config[group].items() if isinstance(_token_str(v), str)})
+        for key, value in self.config.items():
+            if (key in NAMED_SPECIALS or key.endswith("_token")) and isinstance(_token_str(value), str):
+                out[key] = value
+        return {k: str(_token_str(v)) for k, v in out.items()}
+
     def special_token(self, name: str) -> str | None:
-        """The text of a special token named in tokenizer_config.json ("bos_token", "eos_token", ...)."""
-        value = _token_str(self.config.get(name))
+        """The text of a special token named in tokenizer_config.json ("bos_token", "eos_token", ...).
+
+        ``image_token`` / ``video_token`` default to "<image>" / "<video>" when the vocabulary has them.
+        """
+        value = self._named().get(name)
         if value is None and name in ("image_token", "video_token"):
             default = IMAGE_TOKEN if name == "image_token" else VIDEO_TOKEN
             value = default if self.tok.token_to_id(default) is not None else None
@@ -78,8 +154,9 @@ class Tokenizer:
 
     @property
     def special_tokens(self) -> dict[str, str]:
-        """{"bos_token": "<s>", ...}: what HF passes to chat templates."""
-        return {n: t for n in SPECIAL_NAMES if (t := self.special_token(n)) is not None}
+        """{"bos_token": "<s>", ...}: what transformers passes to chat templates (the named tokens of the config)."""
+        named = self._named()
+        return {k: named[k] for k in [*NAMED_SPECIALS, *named] if k in named}
 
     @property
     def bos_token_id(self) -> int | None:
@@ -121,10 +198,19 @@ class Tokenizer:
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
-        """Text of ``ids`` (a list, tensor or array); negative ids (e.g. -100 / -200 markers) are dropped."""
+        """Text of ``ids`` (a list, tensor or array); negative ids (e.g. -100 / -200 markers) are dropped.
+
+        ``clean_up_tokenization_spaces`` of the config is honoured as transformers does: never for BPE models.
+        """
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
-        return self.tok.decode([int(i) for i in ids if int(i) >= 0], skip_special_tokens=skip_special_tokens)
+        text = self.tok.decode([int(i) for i in ids if int(i) >= 0], skip_special_tokens=skip_special_tokens)
+        if self.config.get("clean_up_tokenization_spaces") and type(self.tok.model).__name__ != "BPE":
+            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't")):
+                text = text.replace(a, b)
+            for a, b in ((" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+                text = text.replace(a, b)
+        return text
 
     def decode_stream(self, skip_special_tokens: bool = True) -> StreamDecoder:
         return StreamDecoder(self, skip_special_tokens)
@@ -136,6 +222,7 @@ class Tokenizer:
         self.tok.save(str(out / "tokenizer.json"))
         cfg = {k: v for k, v in self.config.items() if k != "chat_template"}
         cfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+        cfg["padding_side"] = self.padding_side
         for name in ("image_token", "video_token"):  # keep the multimodal tokens discoverable
             if name not in cfg and (t := self.special_token(name)) is not None:
                 cfg[name] = t

@@ -1,0 +1,82 @@
+"""Where transformers keeps things in a processor / checkpoint directory, and how to tell the model family.
+
+A processor directory holds ``processor_config.json`` (transformers >= 5 nests the image processor in it as
+``image_processor``), ``preprocessor_config.json`` (older layout), ``video_preprocessor_config.json``
+(OneVision), the tokenizer files, a chat template (``chat_template.jinja``, legacy ``chat_template.json``, or
+``chat_template`` inside processor_config.json / tokenizer_config.json) and, in a checkpoint, ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FAMILIES = ("llava", "llava_next", "llava_onevision")
+FAMILY_BY_PROCESSOR = {
+    "LlavaProcessor": "llava",
+    "LlavaNextProcessor": "llava_next",
+    "LlavaOnevisionProcessor": "llava_onevision",
+}
+PROCESSOR_CLASS = {v: k for k, v in FAMILY_BY_PROCESSOR.items()}
+IMAGE_PROCESSOR = {
+    "llava": "LlavaImageProcessor",
+    "llava_next": "LlavaNextImageProcessor",
+    "llava_onevision": "LlavaOnevisionImageProcessor",
+}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+
+
+def side_of(d: dict[str, Any] | int | None) -> int | None:
+    """A square side from a ``size`` / ``crop_size`` entry: {"height": h, ...}, {"shortest_edge": s} or an int."""
+    if isinstance(d, int):
+        return d
+    if not d:
+        return None
+    return d.get("height") or d.get("shortest_edge")
+
+
+def family_of(path: Path, model_cfg: dict[str, Any], proc: dict[str, Any], img: dict[str, Any]) -> str:
+    """The model family of a processor directory: config.json's model_type, else the processor class, else
+    the image processor type (a bare CLIP image processor means llava-1.5)."""
+    supported = ", ".join(FAMILIES)
+    model_type = model_cfg.get("model_type")
+    if model_type in FAMILIES:
+        return model_type
+    if isinstance(model_type, str) and model_type.startswith("llava"):
+        raise ValueError(
+            f"{path} holds an original-format LLaVA checkpoint (model_type {model_type!r}): convert it with "
+            "`llava convert SRC DST`, which writes the HF processor files"
+        )
+    if model_type:
+        raise ValueError(f"unknown model family {model_type!r} in {path}/config.json; supported: {supported}")
+    name = proc.get("processor_class") or img.get("processor_class")
+    if name:
+        if name not in FAMILY_BY_PROCESSOR:
+            raise ValueError(f"unknown processor class {name!r} in {path}; supported: {', '.join(FAMILY_BY_PROCESSOR)}")
+        return FAMILY_BY_PROCESSOR[name]
+    kind = img.get("image_processor_type", "")
+    return "llava_onevision" if "Onevision" in kind else "llava_next" if "Next" in kind else "llava"
+
+
+def chat_template_of(path: Path, proc: dict[str, Any]) -> str | None:
+    """The processor's chat template, found where transformers looks: processor_config.json's
+    ``chat_template``, then chat_template.json, then chat_template.jinja (a set of named templates -> "default")."""
+    found: Any = proc.get("chat_template")
+    if found is None and (path / "chat_template.json").exists():
+        found = read_json(path / "chat_template.json").get("chat_template")
+    if found is None and (path / "chat_template.jinja").exists():
+        found = (path / "chat_template.jinja").read_text(encoding="utf-8")
+    if found is None and (path / "additional_chat_templates" / "default.jinja").exists():
+        found = (path / "additional_chat_templates" / "default.jinja").read_text(encoding="utf-8")
+    if isinstance(found, list):  # [{"name": ..., "template": ...}]
+        found = {t.get("name"): t.get("template") for t in found if isinstance(t, dict)}
+    if isinstance(found, dict):
+        found = found.get("default")
+    return found if isinstance(found, str) else None
