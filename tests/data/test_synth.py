@@ -1,22 +1,33 @@
-"""The synthetic scene generator: determinism, answers consistent with scenes, rendering, LLaVA record format."""
+"""Synthetic scenes: determinism, answers consistent with scenes, rendering, the LLaVA record format."""
 
+import hashlib
 import json
 import math
+import os
 import random
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
+import llavakit
 from llavakit.data.synth import (
     COLORS,
+    EVAL_SEED_BASE,
     KINDS,
+    LETTER_ANSWER,
     QTYPES,
+    SHORT_ANSWER,
+    WORDS,
     Scene,
     caption,
+    conversation,
+    eval_questions,
     existence_question,
     generate_scene,
     render_scene,
@@ -24,18 +35,31 @@ from llavakit.data.synth import (
     synth_command,
     write_dataset,
 )
-from llavakit.data.synth_questions import GENERATORS, LETTER_ANSWER, SHORT_ANSWER, eval_questions
-from llavakit.data.synth_scene import FONT_BUCKETS, TEXT_COLOR, TINY_MIN_LONG_SIDE, font_bucket
+from llavakit.data.synth_questions import GENERATORS, aspect_label, multiple_choice
+from llavakit.data.synth_render import draw_shape
+from llavakit.data.synth_scene import (
+    BACKGROUNDS,
+    EXTENT,
+    FONT_BUCKETS,
+    TEXT_COLOR,
+    TINY_MIN_LONG_SIDE,
+    font_bucket,
+)
 
 SCENES = [generate_scene(scene_seed(0, i)) for i in range(200)]
+SCENE_3_0 = generate_scene(scene_seed(3, 0))  # the first scene of a dataset with seed 3
 PLURAL_TO_KIND = {("crosses" if k == "cross" else k + "s"): k for k in KINDS}
+EVAL_KEYS = set("id image question answer qtype font_bucket font_px negative width height".split())
 
 
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("kind", ["instruct", "eval"])
+# --- determinism and seeds ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["caption", "instruct", "eval"])
 def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path: Path, kind: str) -> None:
     a = _files(write_dataset(tmp_path / "a", 5, seed=7, kind=kind).parent)
     b = _files(write_dataset(tmp_path / "b", 5, seed=7, kind=kind).parent)
@@ -45,39 +69,146 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path: Path
     assert all(a[name] != c[name] for name in a)
 
 
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for name, data in _files(root).items():
+        h.update(name.encode() + data)
+    return h.hexdigest()
+
+
+def test_output_does_not_depend_on_python_hash_seed(tmp_path: Path) -> None:
+    code = (
+        "import sys; from llavakit.data.synth import write_dataset as w; "
+        "[w(sys.argv[1], 6, 3, k) for k in ('caption', 'instruct', 'eval')]"
+    )
+    src = str(Path(llavakit.__file__).parents[1])
+    digests = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": src}
+        out = tmp_path / hash_seed
+        subprocess.run([sys.executable, "-c", code, str(out)], env=env, check=True, timeout=120)
+        digests.append(_digest(out))
+    for kind in ("caption", "instruct", "eval"):
+        write_dataset(tmp_path / "here", 6, 3, kind)  # type: ignore[arg-type]
+    assert digests[0] == digests[1] == _digest(tmp_path / "here")
+
+
 def test_dataset_seeds_never_share_scenes() -> None:
-    seeds = [{scene_seed(s, i) for i in range(2000)} for s in range(3)]
+    seeds = [{scene_seed(s, i) for i in range(2000)} for s in (0, 1, EVAL_SEED_BASE)]
     assert all(len(x) == 2000 for x in seeds)
-    assert not (seeds[0] & seeds[1]) and not (seeds[1] & seeds[2])
+    assert not (seeds[0] & seeds[1]) and not (seeds[0] & seeds[2]) and not (seeds[1] & seeds[2])
+    train = set(SCENES)  # Scene equality ignores the seed: this compares content
+    assert not any(generate_scene(scene_seed(EVAL_SEED_BASE, i)) in train for i in range(100))
+
+
+def test_scene_round_trips_through_json() -> None:
+    for scene in SCENES[:30]:
+        again = Scene.from_dict(json.loads(json.dumps(scene.to_dict())))
+        assert again == scene and again.seed == scene.seed
+
+
+# --- geometry -----------------------------------------------------------------------------------------------
 
 
 def test_scene_geometry() -> None:
     scenes = SCENES + [generate_scene(scene_seed(1, i)) for i in range(200)]
     ratios = [s.width / s.height for s in scenes]
-    assert all(1 / 3 - 0.01 <= r <= 3 + 0.01 for r in ratios)
-    assert min(ratios) < 0.4 and max(ratios) > 2.5 and any(0.8 < r < 1.25 for r in ratios)
+    assert all(1 / 3 <= r <= 3 for r in ratios)
+    assert min(ratios) < 0.34 and max(ratios) > 2.95 and any(0.9 < r < 1.1 for r in ratios)
     for s in scenes:
-        assert max(s.width, s.height) <= 1008 and min(s.width, s.height) >= 112
+        assert 336 <= max(s.width, s.height) <= 1008
         assert 1 <= len(s.shapes) <= 8
-        for i, a in enumerate(s.shapes):
-            assert a.radius <= a.cx <= s.width - a.radius and a.radius <= a.cy <= s.height - a.radius
-            assert all(math.hypot(a.cx - b.cx, a.cy - b.cy) > a.radius + b.radius for b in s.shapes[i + 1 :])
+        assert s.background in BACKGROUNDS
+        for a in s.shapes:
+            assert a.kind in KINDS and a.color in COLORS and a.size in ("small", "large")
+            assert a.radius < a.cx < s.width - a.radius and a.radius < a.cy < s.height - a.radius
+            assert a.radius * 336 / max(s.width, s.height) >= 7  # still visible in a 336 px view
         if s.text is not None:
             x0, y0, x1, y1 = s.text.box
             assert 0 <= x0 < x1 <= s.width and 0 <= y0 < y1 <= s.height
             assert s.text.bucket == font_bucket(s.text.font_px)
-            if s.text.bucket == "tiny":
-                assert max(s.width, s.height) >= TINY_MIN_LONG_SIDE
-    assert {s.text.bucket for s in scenes if s.text} == set(FONT_BUCKETS)
-    assert Counter(len({(x.kind) for x in s.shapes}) < len(s.shapes) for s in scenes)[True] > 50  # repeats exist
+            assert s.text.value in WORDS or re.fullmatch(r"0|[1-9]\d{0,2}", s.text.value)
+    buckets = Counter(s.text.bucket for s in scenes if s.text)
+    assert set(buckets) == set(FONT_BUCKETS) and min(buckets.values()) > 30
+    assert sum(len({x.kind for x in s.shapes}) < len(s.shapes) for s in scenes) > 50  # repeated kinds
+    assert {len(s.shapes) for s in scenes} == set(range(1, 9))
 
 
-def test_bundled_font_scales() -> None:
-    heights = [ImageFont.load_default(size=n).getbbox("Hg")[3] for n in (9, 12, 22, 38, 60)]
+def test_side_bounds_are_respected_and_checked() -> None:
+    for i in range(100):
+        s = generate_scene(scene_seed(2, i), min_side=200, max_side=400)
+        assert 200 <= max(s.width, s.height) <= 400 and 1 / 3 <= s.width / s.height <= 3
+    with pytest.raises(ValueError, match="min_side <= max_side"):
+        generate_scene(0, min_side=500, max_side=400)
+    with pytest.raises(ValueError, match="112 <= min_side"):
+        generate_scene(0, min_side=50, max_side=400)
+
+
+def test_font_sizes_hard_at_336_and_readable_at_full_resolution() -> None:
+    heights = [ImageFont.load_default(size=n).getbbox("Hg")[3] for n in (10, 13, 22, 38, 60)]
     assert heights == sorted(heights) and heights[-1] > 4 * heights[0]
+    for s in SCENES:
+        if s.text is None:
+            continue
+        at_336 = s.text.font_px * 336 / max(s.width, s.height)
+        if s.text.bucket == "tiny":
+            assert s.text.font_px >= 10 and max(s.width, s.height) >= TINY_MIN_LONG_SIDE and at_336 <= 6
+        if s.text.bucket == "large":
+            assert at_336 >= 14
+
+
+def _shape_mask(scene: Scene, index: int) -> np.ndarray:
+    img = Image.new("RGB", (scene.width, scene.height), (0, 0, 0))
+    draw_shape(ImageDraw.Draw(img), scene.shapes[index])
+    return np.asarray(img).any(axis=-1)  # (H, W); every named colour is nonzero
+
+
+def test_shapes_do_not_overlap_stay_in_their_extent_and_are_large_enough() -> None:
+    for scene in SCENES[:40]:
+        total = np.zeros((scene.height, scene.width), dtype=int)
+        ys, xs = np.mgrid[: scene.height, : scene.width]
+        for i, s in enumerate(scene.shapes):
+            mask = _shape_mask(scene, i)
+            assert mask.sum() >= s.radius**2  # the thinnest kind (triangle) covers ~1.17 r^2
+            reach = np.hypot(xs[mask] - s.cx, ys[mask] - s.cy).max()
+            assert reach <= EXTENT * s.radius + 2  # + rasterisation
+            total += mask
+        assert total.max() == 1, scene.seed
+        if scene.text is not None:
+            x0, y0, x1, y1 = scene.text.box
+            assert total[y0:y1, x0:x1].sum() == 0
+
+
+def test_colours_are_distinct_from_backgrounds_and_each_other() -> None:
+    assert min(math.dist(c, b) for c in COLORS.values() for b in BACKGROUNDS) > 100
+    rgb = list(COLORS.values())
+    assert min(math.dist(a, b) for i, a in enumerate(rgb) for b in rgb[i + 1 :]) > 60
+    assert len(COLORS) >= 8
+
+
+# --- rendering ----------------------------------------------------------------------------------------------
+
+
+def test_render_shape_colours_at_centres_and_text_ink_in_its_box() -> None:
+    with_text = [s for s in SCENES if s.text is not None][:12]
+    for scene in with_text + [s for s in SCENES if s.text is None][:4]:
+        img = render_scene(scene)
+        assert img.size == (scene.width, scene.height) and img.mode == "RGB"
+        assert img.getpixel((0, 0)) == scene.background  # shapes and text keep a margin
+        for x in scene.shapes:
+            assert img.getpixel((x.cx, x.cy)) == COLORS[x.color], (scene.seed, x)
+        if scene.text is not None:
+            box = np.asarray(img.crop(scene.text.box)).astype(int)  # (h, w, 3)
+            ink = (np.abs(box - np.array(TEXT_COLOR)).max(axis=-1) < 60).sum()
+            assert ink > 5, (scene.seed, scene.text)
+            assert box.max() > 150  # background shows between glyphs
+
+
+# --- questions ----------------------------------------------------------------------------------------------
 
 
 def _check(scene: Scene, question: str, answer: str, qtype: str) -> None:
+    """Re-derive the answer of ``question`` from the scene alone."""
     shapes = scene.shapes
     body, suffix = question.rsplit("\n", 1)
     if qtype == "mc":
@@ -85,6 +216,7 @@ def _check(scene: Scene, question: str, answer: str, qtype: str) -> None:
         first, *options = body.split("\n")
         assert [o[:3] for o in options] == ["A. ", "B. ", "C. ", "D. "]
         options = [o[3:] for o in options]
+        assert len(set(options)) == 4
         chosen = options["ABCD".index(answer)]
         if first == "Which shape is in the image?":
             assert [o in {x.kind for x in shapes} for o in options].count(True) == 1
@@ -92,9 +224,10 @@ def _check(scene: Scene, question: str, answer: str, qtype: str) -> None:
         else:
             kind = re.fullmatch(r"What color is the (\w+)\?", first).group(1)
             (target,) = [x for x in shapes if x.kind == kind]
-            assert chosen == target.color and options.count(chosen) == 1
+            assert chosen == target.color
         return
     assert suffix == SHORT_ANSWER
+    position = r"Is the (?:(\w+) )?(\w+) (?:on|in) the (left or the right|top or the bottom) .*\?"
     if m := re.fullmatch(r"What color is the (\w+)\?", body):
         (target,) = [x for x in shapes if x.kind == m.group(1)]
         assert answer == target.color
@@ -106,7 +239,7 @@ def _check(scene: Scene, question: str, answer: str, qtype: str) -> None:
     elif m := re.fullmatch(r"How many (\w+) are there\?", body):
         n = sum(x.kind == PLURAL_TO_KIND[m.group(1)] for x in shapes)
         assert answer == str(n) and 0 <= n <= 5
-    elif m := re.fullmatch(r"Is the (?:(\w+) )?(\w+) (?:on|in) the (left or the right|top or the bottom) .*\?", body):
+    elif m := re.fullmatch(position, body):
         color, kind, axis = m.groups()
         (target,) = [x for x in shapes if x.kind == kind and color in (None, x.color)]
         pos, extent = (target.cx, scene.width) if axis.startswith("left") else (target.cy, scene.height)
@@ -133,56 +266,62 @@ def test_answers_are_consistent_with_scenes() -> None:
                 qa = make(scene, rng)
                 if qa is not None:
                     assert qa.qtype == qtype
-                    _check(scene, *qa)
+                    _check(scene, qa.question, qa.answer, qa.qtype)
                     seen[qtype] += 1
     assert set(seen) == set(QTYPES) and min(seen.values()) > 100
 
 
-def test_yes_no_balance_and_adversarial_negatives() -> None:
+def test_yes_no_balance_and_pope_style_negatives() -> None:
     rng = random.Random(0)
-    qas = [existence_question(s, rng) for s in SCENES for _ in range(2)]
-    yes = sum(qa.answer == "yes" for qa in qas) / len(qas)
-    assert 0.4 <= yes <= 0.6
-    adversarial = 0
-    for scene, qa in zip([s for s in SCENES for _ in range(2)], qas):
-        m = re.match(r"Is there an? (\w+) (\w+) in", qa.question)
-        if qa.answer == "no" and m:
-            adversarial += m.group(2) in {x.kind for x in scene.shapes} or m.group(1) in {x.color for x in scene.shapes}
-    assert adversarial > 0.5 * sum(qa.answer == "no" for qa in qas)
-    eval_answers = Counter(qa.answer for s in SCENES[:50] for qa in eval_questions(s, rng) if qa.qtype == "existence")
-    assert eval_answers["yes"] == eval_answers["no"] == 50
+    pairs = [(s, existence_question(s, rng)) for s in SCENES for _ in range(2)]
+    assert 0.4 <= sum(qa.answer == "yes" for _, qa in pairs) / len(pairs) <= 0.6
+    negatives = Counter()
+    for scene, qa in pairs:
+        m = re.match(r"Is there an? (?:(\w+) )?(\w+) in", qa.question)
+        color, kind = m.groups()
+        hard = any(x.kind == kind or x.color == color for x in scene.shapes)
+        assert qa.negative == (None if qa.answer == "yes" else "adversarial" if hard else "random")
+        negatives[qa.negative] += 1
+    assert negatives["adversarial"] > 0.5 * (negatives["adversarial"] + negatives["random"])
+    assert negatives["random"] > 10
+    # over an instruct dataset (existence questions mixed into conversations) and an eval set
+    turns = [t for i in range(600) for t in conversation(SCENES[i % 200], random.Random(i))]
+    answers = [t["value"] for t in turns if t["value"] in ("yes", "no")]
+    assert len(answers) > 150 and 0.4 <= answers.count("yes") / len(answers) <= 0.6
+    evals = [qa.answer for s in SCENES[:50] for qa in eval_questions(s, rng) if qa.qtype == "existence"]
+    assert evals.count("yes") == evals.count("no") == 50
 
 
-def test_mc_letters_are_uniform() -> None:
+def test_mc_letters_are_uniform_and_bad_options_rejected() -> None:
     rng = random.Random(1)
     letters = Counter(qa.answer for s in SCENES for _ in range(3) if (qa := GENERATORS["mc"](s, rng)))
     total = sum(letters.values())
     assert set(letters) == set("ABCD") and all(0.18 < n / total < 0.32 for n in letters.values())
+    with pytest.raises(ValueError, match="distinct distractors"):
+        multiple_choice("Which?", "red", ["red", "blue", "green"], rng)
 
 
-def test_caption_names_every_shape_and_the_text() -> None:
+def test_caption_names_the_aspect_every_shape_and_the_text() -> None:
+    sizes = [(1000, 500), (336, 1008), (500, 500), (700, 520)]
+    assert [aspect_label(w, h) for w, h in sizes] == ["2:1", "1:3", "1:1", "4:3"]
     for scene in SCENES[:50]:
         text = caption(scene)
-        assert text[0].isupper() and text.endswith(".")
+        assert text.startswith(f"A {aspect_label(scene.width, scene.height)} image with ")
+        assert text.endswith(".")
         for x in scene.shapes:
-            assert x.color in text and x.kind in text  # plurals contain the kind
+            assert f"{x.size} {x.color} {x.kind}" in text  # plurals contain the kind
         if scene.text is not None:
-            assert f"'{scene.text.value}' in {scene.text.bucket} text" in text
+            assert f"'{scene.text.value}' written in {scene.text.bucket} text" in text
 
 
-def test_render_shape_colours_at_centres_and_text_ink_in_its_box() -> None:
-    with_text = [s for s in SCENES if s.text is not None][:12]
-    for scene in with_text + [s for s in SCENES if s.text is None][:4]:
-        img = render_scene(scene)
-        assert img.size == (scene.width, scene.height) and img.mode == "RGB"
-        assert img.getpixel((0, 0)) == scene.background  # shapes and text keep a margin
-        for x in scene.shapes:
-            assert img.getpixel((x.cx, x.cy)) == COLORS[x.color], (scene.seed, x)
-        if scene.text is not None:
-            box = np.asarray(img.crop(scene.text.box)).astype(int)  # (h, w, 3)
-            ink = (np.abs(box - np.array(TEXT_COLOR)).max(axis=-1) < 60).sum()
-            assert ink > 5, (scene.seed, scene.text)
-            assert box.max() > 150  # background shows between glyphs
+def test_conversations_never_repeat_a_question() -> None:
+    for i, scene in enumerate(SCENES):
+        turns = conversation(scene, random.Random(i), max_turns=4)
+        firsts = [t["value"].removeprefix("<image>\n").split("\n")[0] for t in turns[::2]]
+        assert 1 <= len(firsts) <= 4 and len(set(firsts)) == len(firsts)
+
+
+# --- files --------------------------------------------------------------------------------------------------
 
 
 def test_llava_record_format(tmp_path: Path) -> None:
@@ -193,19 +332,26 @@ def test_llava_record_format(tmp_path: Path) -> None:
     for rec in instruct + captions:
         assert set(rec) == {"id", "image", "conversations"} and (out / rec["image"]).is_file()
         turns = rec["conversations"]
-        assert 2 <= len(turns) <= 10 and len(turns) % 2 == 0
+        assert 2 <= len(turns) <= 8 and len(turns) % 2 == 0
         assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
         assert turns[0]["value"].startswith("<image>\n")
         assert sum("<image>" in t["value"] for t in turns) == 1
         assert all(t["value"].strip() for t in turns)
     assert [r["image"] for r in instruct] == [f"images/{i:06d}.png" for i in range(8)]
+    assert [r["id"] for r in instruct] == [f"s3_{i:06d}" for i in range(8)]
+    assert Image.open(out / "images/000000.png").size == (SCENE_3_0.width, SCENE_3_0.height)
     assert len({r["id"] for r in evals}) == len(evals)
+    assert {r["qtype"] for r in evals} >= {"existence", "count", "color"}
     for rec in evals:
-        assert set(rec) == {"id", "image", "question", "answer", "qtype", "font_bucket"}
+        assert set(rec) == EVAL_KEYS
         assert rec["qtype"] in QTYPES and "<image>" not in rec["question"]
-        assert (rec["font_bucket"] in FONT_BUCKETS) == (rec["qtype"] == "reading")
-    scenes = [json.loads(line) for line in (out / "scenes.jsonl").read_text().splitlines()]
+        reading = rec["qtype"] == "reading"
+        assert (rec["font_bucket"] in FONT_BUCKETS) == reading == (rec["font_px"] is not None)
+        assert (rec["negative"] is not None) == (rec["qtype"] == "existence" and rec["answer"] == "no")
+    lines = (out / "scenes.jsonl").read_text().splitlines()
+    scenes = [json.loads(line) for line in lines]
     assert [s["image"] for s in scenes] == [f"images/{i:06d}.png" for i in range(8)]
+    assert Scene.from_dict(scenes[0]["scene"]) == SCENE_3_0
 
 
 def test_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,5 +359,7 @@ def test_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "wrote 2 caption" in capsys.readouterr().out
     assert (tmp_path / "captions.json").is_file() and (tmp_path / "images" / "000001.png").is_file()
     assert synth_command(str(tmp_path), 2, 0, "bogus") == 2
+    assert "unknown dataset kind 'bogus'" in capsys.readouterr().out
+    assert synth_command(str(tmp_path), -1, 0) == 2
     with pytest.raises(ValueError, match="unknown dataset kind"):
         write_dataset(tmp_path, 1, 0, kind="bogus")  # type: ignore[arg-type]

@@ -1,12 +1,18 @@
-"""Deterministic synthetic scenes in LLaVA format: captions (stage 1), conversations (stage 2), eval questions.
+"""Deterministic synthetic scenes in LLaVA format: captions (stage 1), conversations (stage 2), eval sets.
 
-``write_dataset(out, n, seed, kind)`` renders scene ``i`` from ``scene_seed(seed, i)`` (a sha256 of both), so a
-dataset is reproducible byte for byte and datasets with different seeds share no scene. Layout of ``out``::
+``write_dataset(out, n, seed, kind)`` renders scene ``i`` from ``scene_seed(seed, i)``, a sha256 of both (not
+Python's salted ``hash()``), so a dataset is reproducible byte for byte on the same Pillow version, and
+datasets with different seeds share no scene. Convention: training sets use seeds below `EVAL_SEED_BASE`
+(stage 1 and stage 2 may share a seed: same images, different annotations), held-out evaluation sets use
+seeds from `EVAL_SEED_BASE` up. Layout of ``out``::
 
     images/000000.png ...
     captions.json | instruct.json   LLaVA records {"id", "image", "conversations": [{"from", "value"}, ...]}
-    eval.jsonl                      {"id", "image", "question", "answer", "qtype", "font_bucket"}
-    scenes.jsonl                    the ground truth of every image: {"image", "scene": Scene.to_dict()}
+    eval.jsonl                      {"id", "image", "question", "answer", "qtype", "font_bucket", ...}
+    scenes.jsonl                    ground truth of every image: {"image", "scene": Scene.to_dict()}
+
+Example: ``write_dataset("data/train", 20000, seed=0)`` then ``write_dataset("data/test", 500,
+seed=EVAL_SEED_BASE, kind="eval")``.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from typing import Any, Literal
 from .synth_questions import (
     CAPTION_PROMPT,
     GENERATORS,
+    LETTER_ANSWER,
     QA,
     QTYPES,
+    SHORT_ANSWER,
     caption,
     conversation,
     eval_questions,
@@ -28,23 +36,39 @@ from .synth_questions import (
     existence_question,
 )
 from .synth_render import render_scene
-from .synth_scene import COLORS, FONT_BUCKETS, KINDS, WORDS, Scene, Shape, Text, generate_scene, scene_seed, sub_rng
+from .synth_scene import (
+    COLORS,
+    FONT_BUCKETS,
+    KINDS,
+    MAX_SIDE,
+    MIN_SIDE,
+    WORDS,
+    Scene,
+    Shape,
+    Text,
+    generate_scene,
+    scene_seed,
+    sub_rng,
+)
 
 __all__ = [
-    "COLORS", "FONT_BUCKETS", "KINDS", "QA", "QTYPES", "WORDS", "GENERATORS", "Scene", "Shape", "Text",
-    "caption", "conversation", "eval_questions", "existence_question", "generate_scene", "render_scene",
-    "scene_seed", "synth_command", "write_dataset",
+    "COLORS", "EVAL_SEED_BASE", "FONT_BUCKETS", "GENERATORS", "KINDS", "LETTER_ANSWER", "QA", "QTYPES",
+    "SHORT_ANSWER", "WORDS", "Scene", "Shape", "Text", "caption", "conversation", "eval_questions",
+    "existence_question", "generate_scene", "render_scene", "scene_seed", "synth_command", "write_dataset",
 ]  # fmt: skip
 
 Kind = Literal["caption", "instruct", "eval"]
 FILENAMES: dict[str, str] = {"caption": "captions.json", "instruct": "instruct.json", "eval": "eval.jsonl"}
+EVAL_SEED_BASE = 1_000_000  # held-out eval sets use seeds >= this, training sets seeds below it
 
 
-def _records(scene: Scene, index: int, image: str, kind: str, max_turns: int) -> list[dict[str, Any]]:
+def _records(scene: Scene, rid: str, image: str, kind: str, max_turns: int) -> list[dict[str, Any]]:
     rng = sub_rng(scene.seed, kind)
-    rid = f"{index:06d}"
     if kind == "caption":
-        turns = [{"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": caption(scene)}]
+        turns = [
+            {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
+            {"from": "gpt", "value": caption(scene)},
+        ]
         return [{"id": rid, "image": image, "conversations": turns}]
     if kind == "instruct":
         return [{"id": rid, "image": image, "conversations": conversation(scene, rng, max_turns)}]
@@ -57,42 +81,51 @@ def write_dataset(
     seed: int,
     kind: Kind = "instruct",
     *,
+    min_side: int = MIN_SIDE,
+    max_side: int = MAX_SIDE,
     text_prob: float = 0.6,
     max_turns: int = 4,
 ) -> Path:
-    """Render ``n`` scenes into ``out_dir`` and write the annotation file for ``kind``; returns its path.
+    """Render ``n`` scenes into ``out_dir``/images, write the annotation file for ``kind``, return its path.
 
-    Deterministic in (n, seed, kind, text_prob, max_turns); the images depend only on (seed, index, text_prob),
+    ``min_side``/``max_side`` bound the long side of every image (pixels; aspect ratios span 1:3 to 3:1),
+    ``text_prob`` is the share of scenes with a word or number, ``max_turns`` caps the question/answer
+    turns of an instruct record. Record ids are ``s{seed}_{index:06d}`` (eval: ``..._{question}``).
+    Deterministic in all arguments; the images depend only on (seed, index, min_side, max_side, text_prob),
     so caption, instruct and eval sets with the same seed show the same scenes."""
     if kind not in FILENAMES:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(FILENAMES)}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if max_turns < 1:
+        raise ValueError(f"max_turns must be >= 1, got {max_turns}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     scene_lines: list[str] = []
     for i in range(n):
-        scene = generate_scene(scene_seed(seed, i), text_prob=text_prob)
+        scene = generate_scene(scene_seed(seed, i), text_prob, min_side=min_side, max_side=max_side)
         image = f"images/{i:06d}.png"
         render_scene(scene).save(out / image, format="PNG")
-        records += _records(scene, i, image, kind, max_turns)
-        scene_lines.append(json.dumps({"image": image, "scene": scene.to_dict()}))
+        records += _records(scene, f"s{seed}_{i:06d}", image, kind, max_turns)
+        scene_lines.append(json.dumps({"image": image, "scene": scene.to_dict()}) + "\n")
     path = out / FILENAMES[kind]
     if kind == "eval":
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
     else:
         path.write_text(json.dumps(records, indent=1) + "\n")
-    (out / "scenes.jsonl").write_text("".join(line + "\n" for line in scene_lines))
+    (out / "scenes.jsonl").write_text("".join(scene_lines))
     return path
 
 
 def synth_command(out: str, n: int, seed: int, kind: str = "instruct") -> int:
     """``llava data synth --out DIR --n N --seed S --kind K``: write a dataset, print a one-line summary."""
-    if kind not in FILENAMES:
-        print(f"error: unknown --kind {kind!r}; choose one of {', '.join(FILENAMES)}")
-        return 2
     start = time.perf_counter()
-    path = write_dataset(out, n, seed, kind)  # type: ignore[arg-type]
-    print(f"wrote {n} {kind} images and {path} (seed {seed}) in {time.perf_counter() - start:.1f}s")
+    try:
+        path = write_dataset(out, n, seed, kind)  # type: ignore[arg-type]  # checked inside
+    except ValueError as e:
+        print(f"error: {e}")
+        return 2
+    seconds = time.perf_counter() - start
+    print(f"wrote {n} {kind} scenes to {out}/images and {path} (seed {seed}) in {seconds:.1f}s")
     return 0

@@ -7,6 +7,7 @@ Sets are never iterated (their order depends on PYTHONHASHSEED); ordered lists k
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -21,12 +22,20 @@ QTYPES: tuple[str, ...] = ("color", "shape", "count", "position", "existence", "
 PLURALS = {"cross": "crosses"}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 MAX_COUNT = 5  # per-kind count answers stay in 0..5
+# Aspect ratios named in captions (the nearest in log space): "A 2:1 image with ...".
+RATIOS: tuple[tuple[int, int], ...] = (
+    (3, 1), (5, 2), (2, 1), (3, 2), (4, 3), (1, 1), (3, 4), (2, 3), (1, 2), (2, 5), (1, 3),
+)  # fmt: skip
 
 
 class QA(NamedTuple):
+    """One question with its answer; ``negative`` is set on "no" existence questions: "adversarial" when
+    the asked kind or colour is in the scene (POPE's hard case), else "random"."""
+
     question: str
     answer: str
     qtype: str
+    negative: str | None = None
 
 
 def _short(question: str, answer: str, qtype: str) -> QA:
@@ -44,7 +53,7 @@ def _unique(values: list[str]) -> list[str]:
 
 
 def describe(scene: Scene, shape: Shape) -> str | None:
-    """Shortest unambiguous noun phrase for ``shape`` ("the star", "the red star"), or None if there is none."""
+    """Shortest unambiguous phrase for ``shape`` ("the star", "the red star"), or None if there is none."""
     if [s.kind for s in scene.shapes].count(shape.kind) == 1:
         return f"the {shape.kind}"
     if [(s.color, s.kind) for s in scene.shapes].count((shape.color, shape.kind)) == 1:
@@ -53,6 +62,7 @@ def describe(scene: Scene, shape: Shape) -> str | None:
 
 
 def color_question(scene: Scene, rng: random.Random) -> QA | None:
+    """Asks "What color is the star?" about a kind that occurs exactly once."""
     kinds = _unique([s.kind for s in scene.shapes])
     if not kinds:
         return None
@@ -62,6 +72,7 @@ def color_question(scene: Scene, rng: random.Random) -> QA | None:
 
 
 def shape_question(scene: Scene, rng: random.Random) -> QA | None:
+    """Asks "What shape is the red object?" about a colour that occurs exactly once."""
     colors = _unique([s.color for s in scene.shapes])
     if not colors:
         return None
@@ -71,6 +82,8 @@ def shape_question(scene: Scene, rng: random.Random) -> QA | None:
 
 
 def count_question(scene: Scene, rng: random.Random) -> QA | None:
+    """Asks "How many circles are there?" (answer 0-5 in digits; None above 5) or, a quarter of the time,
+    "How many objects are there?"."""
     if rng.random() < 0.25:
         return _short("How many objects are there?", str(len(scene.shapes)), "count")
     present = list(dict.fromkeys(s.kind for s in scene.shapes))
@@ -81,10 +94,11 @@ def count_question(scene: Scene, rng: random.Random) -> QA | None:
 
 
 def side(scene: Scene, shape: Shape, axis: str) -> str | None:
-    """Side of ``shape``: "left"/"right" for axis "x", "top"/"bottom" for "y"; None within 10% of the centre."""
-    pos, extent, names = (
-        (shape.cx, scene.width, ("left", "right")) if axis == "x" else (shape.cy, scene.height, ("top", "bottom"))
-    )
+    """Side of ``shape``: left/right (axis "x") or top/bottom (axis "y"); None within 10% of the centre."""
+    if axis == "x":
+        pos, extent, names = shape.cx, scene.width, ("left", "right")
+    else:
+        pos, extent, names = shape.cy, scene.height, ("top", "bottom")
     offset = pos - extent / 2
     if abs(offset) <= 0.1 * extent:
         return None
@@ -92,6 +106,7 @@ def side(scene: Scene, shape: Shape, axis: str) -> str | None:
 
 
 def position_question(scene: Scene, rng: random.Random) -> QA | None:
+    """Left/right or top/bottom of a shape that has an unambiguous name and is off-centre on that axis."""
     options = []
     for s in scene.shapes:
         phrase = describe(scene, s)
@@ -142,10 +157,15 @@ def existence_question(scene: Scene, rng: random.Random, answer: bool | None = N
         kind, color = _negative(scene, rng)
     noun = f"{color} {kind}" if color else kind
     article = "an" if noun[0] in "aeiou" else "a"
-    return _short(f"Is there {article} {noun} in the image?", "yes" if answer else "no", "existence")
+    question = f"Is there {article} {noun} in the image?\n{SHORT_ANSWER}"
+    if answer:
+        return QA(question, "yes", "existence")
+    hard = any(s.kind == kind or s.color == color for s in scene.shapes)
+    return QA(question, "no", "existence", "adversarial" if hard else "random")
 
 
 def reading_question(scene: Scene, rng: random.Random) -> QA | None:
+    """Asks "What word is written in the image?" ("number" for digits); the answer is the exact text."""
     if scene.text is None:
         return None
     what = "number" if scene.text.is_number else "word"
@@ -154,14 +174,18 @@ def reading_question(scene: Scene, rng: random.Random) -> QA | None:
 
 def multiple_choice(question: str, correct: str, distractors: list[str], rng: random.Random) -> QA:
     """Lettered options with ``correct`` at a uniformly random position; the answer is its letter."""
+    if correct in distractors or len(set(distractors)) != len(distractors) or len(distractors) > 7:
+        raise ValueError(f"need up to 7 distinct distractors other than {correct!r}, got {distractors}")
     options = list(distractors)
     at = rng.randrange(len(options) + 1)
     options.insert(at, correct)
-    lines = [f"{'ABCD'[i]}. {o}" for i, o in enumerate(options)]
-    return QA("\n".join([question, *lines, LETTER_ANSWER]), "ABCD"[at], "mc")
+    lines = [f"{chr(65 + i)}. {o}" for i, o in enumerate(options)]
+    return QA("\n".join([question, *lines, LETTER_ANSWER]), chr(65 + at), "mc")
 
 
 def mc_question(scene: Scene, rng: random.Random) -> QA | None:
+    """Four lettered options, exactly one right: the colour of a unique kind, or the one present kind
+    among three absent ones ("Which shape is in the image?")."""
     present = list(dict.fromkeys(s.kind for s in scene.shapes))
     absent = [k for k in KINDS if k not in present]
     unique_kinds = _unique([s.kind for s in scene.shapes])
@@ -186,24 +210,32 @@ GENERATORS: dict[str, Callable[[Scene, random.Random], QA | None]] = {
 }
 
 
+def aspect_label(width: int, height: int) -> str:
+    """Nearest simple ratio from `RATIOS`: 1000x500 -> "2:1", 336x1008 -> "1:3"."""
+    a, b = min(RATIOS, key=lambda r: abs(math.log(width * r[1] / (height * r[0]))))
+    return f"{a}:{b}"
+
+
 def caption(scene: Scene) -> str:
-    """Deterministic one-sentence caption, shapes left to right, identical ones grouped:
-    "A large red circle, two small blue stars and the word 'apple' in small text." """
+    """Deterministic one-sentence caption, shapes left to right, identical ones grouped: "A 2:1 image with
+    a large red circle, two small blue stars and the word 'apple' written in small text." """
     order = sorted(scene.shapes, key=lambda s: (s.cx, s.cy))
     groups = Counter((s.size, s.color, s.kind) for s in order)
     parts = []
     for (size, color, kind), n in groups.items():  # Counter keeps first-seen order
-        parts.append(f"a {size} {color} {kind}" if n == 1 else f"{NUMBER_WORDS[n]} {size} {color} {_plural(kind)}")
+        noun = kind if n == 1 else _plural(kind)
+        parts.append(f"{'a' if n == 1 else NUMBER_WORDS[n]} {size} {color} {noun}")
     if scene.text is not None:
         what = "number" if scene.text.is_number else "word"
-        parts.append(f"the {what} '{scene.text.value}' in {scene.text.bucket} text")
-    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return text[0].upper() + text[1:] + "."
+        parts.append(f"the {what} '{scene.text.value}' written in {scene.text.bucket} text")
+    listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"A {aspect_label(scene.width, scene.height)} image with {listing}."
 
 
 def conversation(scene: Scene, rng: random.Random, max_turns: int = 4) -> list[dict[str, str]]:
     """1..max_turns question/answer turns of distinct types (sometimes a caption request), LLaVA format,
-    with ``<image>\\n`` at the start of the first human turn only."""
+    with ``<image>\\n`` at the start of the first human turn only. No question is asked twice (a multiple
+    choice "What color is the star?" after the short-answer one would give its answer away)."""
     qas: list[QA] = []
     if rng.random() < 0.15:
         qas.append(QA(CAPTION_PROMPT, caption(scene), "caption"))
@@ -212,7 +244,8 @@ def conversation(scene: Scene, rng: random.Random, max_turns: int = 4) -> list[d
         if len(qas) >= want:
             break
         qa = GENERATORS[qtype](scene, rng)
-        if qa is not None:
+        asked = [q.question.split("\n", 1)[0] for q in qas]
+        if qa is not None and qa.question.split("\n", 1)[0] not in asked:
             qas.append(qa)
     turns: list[dict[str, str]] = []
     for i, qa in enumerate(qas):
@@ -234,12 +267,18 @@ def eval_questions(scene: Scene, rng: random.Random) -> list[QA]:
 
 
 def eval_record(scene: Scene, qa: QA, record_id: str, image: str) -> dict[str, Any]:
-    bucket = scene.text.bucket if qa.qtype == "reading" and scene.text is not None else None
+    """Held-out record: ``font_bucket``/``font_px`` are set on reading questions, ``negative`` on "no"
+    existence questions ("adversarial" or "random", for POPE-style breakdowns); otherwise null."""
+    text = scene.text if qa.qtype == "reading" else None
     return {
         "id": record_id,
         "image": image,
         "question": qa.question,
         "answer": qa.answer,
         "qtype": qa.qtype,
-        "font_bucket": bucket,
+        "font_bucket": text.bucket if text else None,
+        "font_px": text.font_px if text else None,
+        "negative": qa.negative,
+        "width": scene.width,
+        "height": scene.height,
     }

@@ -6,13 +6,13 @@ import math
 
 from PIL import Image, ImageDraw
 
-from .synth_scene import COLORS, TEXT_COLOR, Scene, Shape, font
+from .synth_scene import COLORS, EXTENT, KINDS, TEXT_COLOR, Scene, Shape, font
 
 Point = tuple[float, float]
 
 
 def _regular(cx: float, cy: float, r: float, n: int, start_deg: float) -> list[Point]:
-    """Vertices of a regular n-gon of circumradius ``r``, first vertex at ``start_deg`` (0 = right, 90 = up)."""
+    """Vertices of a regular n-gon, circumradius ``r``, first vertex at ``start_deg`` (0 = right, 90 = up)."""
     step = 2 * math.pi / n
     a0 = math.radians(start_deg)
     return [(cx + r * math.cos(a0 + i * step), cy - r * math.sin(a0 + i * step)) for i in range(n)]
@@ -31,10 +31,10 @@ def draw_shape(draw: ImageDraw.ImageDraw, s: Shape) -> None:
     if s.kind == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     elif s.kind == "square":
-        half = r / math.sqrt(2) * 1.1  # a bit larger than inscribed so squares don't look small
+        half = EXTENT * r / math.sqrt(2)  # corners at EXTENT * r, so squares do not look small
         draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=fill)
     elif s.kind == "triangle":
-        # Equilateral, pointing up, centred on its centroid; nudged down so it sits within the disc.
+        # Equilateral, pointing up, centroid 0.1 r below (cx, cy): it fits in the disc of radius r.
         draw.polygon(_regular(cx, cy + 0.1 * r, 0.95 * r, 3, 90), fill=fill)
     elif s.kind == "star":
         draw.polygon(_star(cx, cy, r), fill=fill)
@@ -47,7 +47,7 @@ def draw_shape(draw: ImageDraw.ImageDraw, s: Shape) -> None:
     elif s.kind == "hexagon":
         draw.polygon(_regular(cx, cy, r, 6, 0), fill=fill)
     else:
-        raise ValueError(f"unknown shape kind {s.kind!r}; expected one of circle, square, triangle, star, ...")
+        raise ValueError(f"unknown shape kind {s.kind!r}; expected one of {', '.join(KINDS)}")
 
 
 def render_scene(scene: Scene) -> Image.Image:

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import ImageFont
 
-# Named shape colours (RGB); all clearly distinct from the light backgrounds below.
+# Named shape colours (RGB): far from the light backgrounds below and from each other (no white: invisible).
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "green": (30, 150, 50),
@@ -28,7 +28,12 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "pink": (240, 100, 175),
     "brown": (125, 75, 30),
 }
-BACKGROUNDS: tuple[tuple[int, int, int], ...] = ((250, 250, 250), (245, 240, 228), (232, 238, 248), (236, 246, 236))
+BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
+    (250, 250, 250),
+    (245, 240, 228),
+    (232, 238, 248),
+    (236, 246, 236),
+)
 TEXT_COLOR = (15, 15, 15)
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "cross", "hexagon")
 WORDS: tuple[str, ...] = (
@@ -38,15 +43,24 @@ WORDS: tuple[str, ...] = (
     "plant", "music", "light", "horse", "smile", "tower", "dream", "ghost", "magic", "pizza",
     "rocket", "forest", "garden", "candle", "planet", "bottle", "window", "pencil", "turtle", "moon",
 )  # fmt: skip
-# Font sizes (pixels) per bucket; a rendered size maps back to its bucket with `font_bucket`.
-FONT_BUCKETS: dict[str, tuple[int, int]] = {"tiny": (9, 12), "small": (16, 22), "medium": (28, 38), "large": (44, 60)}
-TINY_MIN_LONG_SIDE = 800  # tiny text only on big images, so a 336x336 downscale makes it unreadable
+# Font sizes (pixels) sampled per bucket; `font_bucket` maps any size back to its bucket. Tiny text (10-13 px)
+# only goes on images whose long side is >= 800 px: readable at full resolution, about 4 px after the 336 px
+# base view of LLaVA, and 7-13 px in AnyRes tiles (the AnyRes vs single-resolution ablation).
+FONT_BUCKETS: dict[str, tuple[int, int]] = {
+    "tiny": (10, 13),
+    "small": (16, 22),
+    "medium": (28, 38),
+    "large": (44, 60),
+}
+TINY_MIN_LONG_SIDE = 800
+MIN_SIDE, MAX_SIDE = 336, 1008  # default bounds of the long side of a scene, pixels
 MAX_SHAPES = 8
+EXTENT = 1.1  # every kind's ink lies within EXTENT * radius of its centre (a square's corners reach 1.1)
 
 
 @dataclass(frozen=True)
 class Shape:
-    """A filled shape; ``radius`` is the half-extent in pixels (the shape fits in a circle of that radius)."""
+    """A filled shape centred at (cx, cy); ``radius`` is its size in pixels (circle radius, star tip)."""
 
     kind: str
     color: str
@@ -72,6 +86,8 @@ class Text:
 
 @dataclass(frozen=True)
 class Scene:
+    """Ground truth of one synthetic image. ``seed`` records where it came from and is ignored by ``==``."""
+
     width: int
     height: int
     background: tuple[int, int, int]
@@ -81,6 +97,14 @@ class Scene:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scene:
+        """Inverse of `to_dict` (also after a JSON round trip, which turns tuples into lists)."""
+        t = d.get("text")
+        text = Text(t["value"], t["font_px"], t["bucket"], tuple(t["box"])) if t else None
+        shapes = tuple(Shape(**s) for s in d["shapes"])
+        return cls(d["width"], d["height"], tuple(d["background"]), shapes, text, d.get("seed", 0))
 
 
 def scene_seed(seed: int, index: int) -> int:
@@ -105,18 +129,20 @@ def font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def font_bucket(font_px: int) -> str:
-    """Bucket name for a font size: <=12 tiny, <=24 small, <=40 medium, else large."""
-    return "tiny" if font_px <= 12 else "small" if font_px <= 24 else "medium" if font_px <= 40 else "large"
+    """Bucket name for a font size: <=13 tiny, <=24 small, <=40 medium, else large."""
+    return "tiny" if font_px <= 13 else "small" if font_px <= 24 else "medium" if font_px <= 40 else "large"
 
 
-def _canvas(rng: random.Random, min_long: int = 336) -> tuple[int, int]:
-    """Width and height: aspect ratio log-uniform in [1/3, 3] (the ends drawn on purpose 10% of the time),
-    long side in [max(min_long, 224 * ratio), 1008], so the short side is at least 224 px."""
+def _canvas(rng: random.Random, min_side: int, max_side: int) -> tuple[int, int]:
+    """Width and height: aspect ratio log-uniform in [1/3, 3] (each end drawn exactly 5% of the time), long
+    side uniform in [min_side, max_side] but at least 2/3 * min_side * ratio when max_side allows, so that
+    a 3:1 scene is not a thin strip. The short side is rounded up, so the ratio never leaves [1/3, 3]."""
     r = rng.random()
     ratio = 3.0 if r < 0.05 else 1 / 3 if r < 0.1 else math.exp(rng.uniform(-math.log(3), math.log(3)))
     stretch = max(ratio, 1 / ratio)
-    long_side = rng.randint(max(min_long, math.ceil(224 * stretch)), 1008)
-    short_side = max(112, round(long_side / stretch))
+    low = min(max_side, max(min_side, math.ceil(2 / 3 * min_side * stretch)))
+    long_side = rng.randint(low, max_side)
+    short_side = math.ceil(long_side / stretch - 1e-9)
     return (long_side, short_side) if ratio >= 1 else (short_side, long_side)
 
 
@@ -140,16 +166,17 @@ def _place_text(rng: random.Random, w: int, h: int, bucket: str) -> Text | None:
     return None
 
 
-def _clear(cx: int, cy: int, r: float, placed: list[Shape], text: Text | None, gap: float) -> bool:
-    """True if a disc of radius ``r`` at (cx, cy) keeps ``gap`` pixels from every shape and the text box."""
+def _clear(cx: int, cy: int, r: int, placed: list[Shape], text: Text | None) -> bool:
+    """True if a shape of radius ``r`` at (cx, cy) keeps a visible gap to every placed shape and the text."""
     for s in placed:
-        if math.hypot(cx - s.cx, cy - s.cy) < r + s.radius + gap:
+        gap = 6 + 0.05 * (r + s.radius)
+        if math.hypot(cx - s.cx, cy - s.cy) < EXTENT * (r + s.radius) + gap:
             return False
     if text is not None:
         x0, y0, x1, y1 = text.box
         dx = max(x0 - cx, 0, cx - x1)
         dy = max(y0 - cy, 0, cy - y1)
-        if math.hypot(dx, dy) < r + gap:
+        if math.hypot(dx, dy) < EXTENT * r + 6 + 0.05 * r:
             return False
     return True
 
@@ -166,27 +193,40 @@ def _shape_specs(rng: random.Random) -> list[tuple[str, str, str]]:
 
 
 def _place_shapes(rng: random.Random, w: int, h: int, text: Text | None) -> list[Shape]:
+    """Rejection sampling, 200 tries per shape; sizes scale with sqrt(area), so they survive a 336 px view."""
     unit = math.sqrt(w * h)
     cap = 0.2 * min(w, h)
     placed: list[Shape] = []
     for kind, color, size in _shape_specs(rng):
         frac = rng.uniform(0.085, 0.1) if size == "large" else rng.uniform(0.04, 0.05)
         r = max(8, round(min(frac * unit, cap if size == "large" else cap / 2)))
-        margin = r + 4
+        margin = math.ceil(EXTENT * r) + 2
         for _ in range(200):
             cx, cy = rng.randint(margin, w - margin), rng.randint(margin, h - margin)
-            if _clear(cx, cy, r, placed, text, gap=0.1 * r + 6):
+            if _clear(cx, cy, r, placed, text):
                 placed.append(Shape(kind, color, size, cx, cy, r))
                 break
     return placed
 
 
-def generate_scene(seed: int, text_prob: float = 0.6) -> Scene:
-    """Sample a scene from ``seed``. Shapes that cannot be placed in 200 tries are dropped; if none fits
-    beside the text (a crowded small canvas), the text is dropped instead."""
+def generate_scene(
+    seed: int,
+    text_prob: float = 0.6,
+    *,
+    min_side: int = MIN_SIDE,
+    max_side: int = MAX_SIDE,
+) -> Scene:
+    """Sample a scene from ``seed``; ``min_side``/``max_side`` bound its long side in pixels.
+
+    Shapes that cannot be placed in 200 tries are dropped; if none fits beside the text (a crowded small
+    canvas), the text is dropped instead, so every scene has at least one shape."""
+    if not 112 <= min_side <= max_side:
+        raise ValueError(f"need 112 <= min_side <= max_side (long side, pixels), got {min_side}, {max_side}")
     rng = random.Random(seed)
     bucket = rng.choice(list(FONT_BUCKETS)) if rng.random() < text_prob else None
-    w, h = _canvas(rng, TINY_MIN_LONG_SIDE if bucket == "tiny" else 336)
+    if bucket == "tiny":
+        min_side = max(min_side, min(TINY_MIN_LONG_SIDE, max_side))
+    w, h = _canvas(rng, min_side, max_side)
     background = rng.choice(BACKGROUNDS)
     text = _place_text(rng, w, h, bucket) if bucket else None
     shapes = _place_shapes(rng, w, h, text)
