@@ -1,0 +1,418 @@
+"""Training data in the LLaVA format: JSON / JSONL records -> tokenized, labelled samples with their images.
+
+A record (one line of a .jsonl file, or one element of the array of a .json file)::
+
+    {"id": "000001", "image": "coco/000001.jpg",               # or a list of paths, or absent (text only)
+     "video": "clips/dance",                                   # optional: a folder of frames (OneVision)
+     "conversations": [{"from": "human", "value": "<image>\\nWhat is it?"},
+                       {"from": "gpt", "value": "A cat."}, ...]}
+
+Paths are relative to the ``image_folder``. One ``<image>`` placeholder per image (a single image's placeholder
+is moved to the front of its turn followed by "\\n", as the original LLaVA code does); a video takes one
+``<video>`` placeholder (or one ``<image>`` when the record has no images, as LLaVA-NeXT's video data writes it).
+
+Records are read and checked cheaply when the dataset is built (JSON, conversation, placeholder counts, image
+files exist); images are opened only in ``__getitem__``. With ``on_error="skip"`` a bad record is counted in
+``.skipped`` under its reason (see ``labels.SampleError``) and left out (or, when found only while loading,
+replaced by the next good sample); with ``on_error="raise"`` the error names the file, line and id.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..processing.image import load_image, preprocess, sample_frames, video_frames
+from ..processing.processor import LlavaProcessor
+from ..processing.templates import IMAGE, VIDEO
+from .labels import SampleError, encode_sample, image_token_counts
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+MAX_SUBSTITUTES = 100  # consecutive failing samples before a skip-mode dataset gives up
+
+
+@dataclass
+class Record:
+    data: dict[str, Any]
+    where: str  # "file.jsonl:12" or "records[3]": how errors name it
+
+    @property
+    def id(self) -> str:
+        return str(self.data.get("id", self.where))
+
+
+# -- reading ---------------------------------------------------------------------------------------------------
+
+
+def read_records(path: str | Path, on_error: str = "raise", skipped: Counter | None = None) -> list[Record]:
+    """Records of a .json (array) or .jsonl (one object per line) file; broken lines name file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".jsonl" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:  # one array: nothing can be skipped
+            raise SampleError("bad_json", f"{path}:{e.lineno}: broken JSON ({e.msg}, column {e.colno})") from e
+        return [Record(r, f"{path}[{i}]") for i, r in enumerate(items)]
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Record(json.loads(line), f"{path}:{n}"))
+        except json.JSONDecodeError as e:
+            err = SampleError("bad_json", f"{path}:{n}: broken JSON line ({e.msg}, column {e.colno})")
+            _fail(err, on_error, skipped)
+    return out
+
+
+def _fail(err: SampleError, on_error: str, skipped: Counter | None) -> None:
+    if on_error == "raise" or skipped is None:
+        raise err
+    skipped[err.reason] += 1
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def image_paths(record: dict[str, Any], image_folder: str | Path | None) -> list[Path]:
+    root = Path(image_folder) if image_folder else Path(".")
+    return [root / p for p in _as_list(record.get("image"))]
+
+
+def video_path(record: dict[str, Any], image_folder: str | Path | None) -> Path | None:
+    v = record.get("video")
+    return None if not v else (Path(image_folder) if image_folder else Path(".")) / str(v)
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The frames of a video folder in name order."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+
+
+def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str, Any]]:
+    """LLaVA ``conversations`` -> messages with placeholder strings (``human`` -> user, ``gpt`` -> assistant).
+
+    Checks: a non-empty conversation with a user turn and a non-empty assistant answer; one ``<image>`` per
+    image and one ``<video>`` per video. A single image's (or video's) placeholder moves to the turn's front.
+    """
+    rid = rid if rid is not None else str(record.get("id"))
+    conv = record.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise SampleError("empty_conversation", "no conversations", rid)
+    messages = []
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict) or "from" not in turn:
+            raise SampleError("bad_record", f"turn {i} must be an object with 'from' and 'value'", rid)
+        role = ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise SampleError("bad_record", f"turn {i}: unknown speaker {turn['from']!r} (use human / gpt)", rid)
+        messages.append({"role": role, "content": str(turn.get("value") or "")})
+    if any(m["role"] == "system" for m in messages[1:]):
+        raise SampleError("bad_record", "a system turn may only come first", rid)
+    body = [m for m in messages if m["role"] != "system"]
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in body) or not any(
+        m["role"] == "user" for m in body
+    ):
+        raise SampleError("empty_conversation", "the conversation needs a human turn and a non-empty gpt answer", rid)
+    n_img, has_video = len(_as_list(record.get("image"))), bool(record.get("video"))
+    text = "".join(m["content"] for m in messages)
+    if has_video and VIDEO not in text and n_img == 0 and text.count(IMAGE) == 1:  # LLaVA-NeXT video records
+        for m in messages:
+            m["content"] = m["content"].replace(IMAGE, VIDEO)
+        text = text.replace(IMAGE, VIDEO)
+    if text.count(IMAGE) != n_img or text.count(VIDEO) != int(has_video):
+        raise SampleError(
+            "placeholder_mismatch",
+            f"{text.count(IMAGE)} {IMAGE} placeholder(s) for {n_img} image(s), {text.count(VIDEO)} {VIDEO} for "
+            f"{int(has_video)} video(s)",
+            rid,
+        )
+    for mark, n in ((IMAGE, n_img), (VIDEO, int(has_video))):
+        if n == 1:
+            for m in messages:
+                if mark in m["content"]:
+                    m["content"] = mark + "\n" + m["content"].replace(mark, "").strip()
+    return messages
+
+
+def check_record(record: Record, image_folder: str | Path | None) -> None:
+    """The cheap checks (no image decoding): conversation, placeholders, files exist. Raises SampleError."""
+    if not isinstance(record.data, dict):
+        raise SampleError("bad_record", f"{record.where}: a record must be a JSON object")
+    to_messages(record.data, record.id)
+    for p in image_paths(record.data, image_folder):
+        if not p.is_file():
+            raise SampleError("missing_image", f"image file not found: {p}", record.id)
+    v = video_path(record.data, image_folder)
+    if v is not None and (not v.is_dir() or not frame_files(v)):
+        raise SampleError("missing_image", f"video folder not found or without frames: {v}", record.id)
+
+
+# -- the dataset -------------------------------------------------------------------------------------------------
+
+
+class SupervisedDataset(torch.utils.data.Dataset):
+    """LLaVA records -> dicts of input_ids, labels, pixel_values, image_sizes (see the training contract).
+
+    records_or_path: a .json / .jsonl path or a list of record dicts. ``lengths`` / ``modalities`` are estimates
+    known without opening images (words + one tile of tokens per image), for length-grouped sampling; each
+    item's ``length`` is exact. ``num_frames`` caps the frames sampled from a video folder.
+    """
+
+    def __init__(
+        self,
+        records_or_path: str | Path | Sequence[dict[str, Any]],
+        image_folder: str | Path | None,
+        processor: LlavaProcessor,
+        template: str | None,
+        max_length: int,
+        on_error: str = "raise",
+        num_frames: int = 32,
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.image_folder = image_folder
+        self.processor = processor
+        self.template = template
+        self.max_length = max_length
+        self.on_error = on_error
+        self.num_frames = num_frames
+        self.skipped: Counter = Counter()
+        if isinstance(records_or_path, (str, Path)):
+            raw = read_records(records_or_path, on_error, self.skipped)
+        else:
+            raw = [Record(r, f"records[{i}]") for i, r in enumerate(records_or_path)]
+        self.records: list[Record] = []
+        for rec in raw:
+            try:
+                check_record(rec, image_folder)
+            except SampleError as e:
+                if on_error == "raise":
+                    raise SampleError(e.reason, f"{rec.where}: {e}") from e
+                self.skipped[e.reason] += 1
+                continue
+            self.records.append(rec)
+        per_image = processor.geometry.tokens_per_tile
+        self.lengths = [_estimate_length(r.data, per_image) for r in self.records]
+        self.modalities = ["image" if r.data.get("image") or r.data.get("video") else "text" for r in self.records]
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.processor.tokenizer
+        pad = tok.pad_token_id
+        return pad if pad is not None else (tok.eos_token_ids or [0])[0]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """The sample at ``i``; in skip mode (and for too-long samples) a failing one is replaced by the next."""
+        first_error: SampleError | None = None
+        for k in range(min(len(self), MAX_SUBSTITUTES)):
+            j = (i + k) % len(self)
+            if j in self._bad:
+                continue
+            try:
+                return self.load(j)
+            except SampleError as e:
+                if self.on_error == "raise" and e.reason != "too_long":
+                    raise SampleError(e.reason, f"{self.records[j].where}: {e}") from e
+                self.skipped[e.reason] += 1
+                self._bad.add(j)
+                first_error = first_error or e
+        raise RuntimeError(
+            f"{MAX_SUBSTITUTES} consecutive samples from index {i} failed ({dict(self.skipped)}); first: {first_error}"
+        )
+
+    def load(self, i: int) -> dict[str, Any]:
+        """Build sample ``i`` (no substitution); raises SampleError."""
+        rec = self.records[i]
+        messages = to_messages(rec.data, rec.id)
+        pil = []
+        for p in image_paths(rec.data, self.image_folder):
+            pil.append(_open(p, rec.id))
+        frames = []
+        v = video_path(rec.data, self.image_folder)
+        if v is not None:
+            if self.processor.family != "llava_onevision":
+                raise SampleError("bad_record", f"videos need a llava_onevision processor, not {self.processor.family}")
+            files = frame_files(v)
+            frames = [files[k] for k in sample_frames(len(files), self.num_frames)]
+        sizes = [(im.height, im.width) for im in pil]
+        enc = encode_sample(
+            messages,
+            self.processor,
+            self.template,
+            sizes,
+            [len(frames)] if frames else [],
+            max_length=self.max_length,
+            sample_id=rec.id,
+        )
+        item: dict[str, Any] = {
+            "input_ids": torch.tensor(enc.input_ids, dtype=torch.long),  # (L,)
+            "labels": torch.tensor(enc.labels, dtype=torch.long),  # (L,)
+            "pixel_values": None,
+            "image_sizes": None,
+            "id": rec.id,
+            "length": len(enc.input_ids),
+            "modality": "image" if pil or frames else "text",
+        }
+        if pil:
+            item["pixel_values"] = pixel_values(pil, self.processor)
+            item["image_sizes"] = torch.tensor(sizes, dtype=torch.long)  # (n_img, 2)
+        if frames:
+            try:
+                item["pixel_values_videos"] = video_frames(frames, self.processor.video_config)[None]  # (1, F, 3, S, S)
+            except (OSError, ValueError) as e:
+                raise SampleError("unreadable_image", str(e), rec.id) from e
+        return item
+
+    def token_counts(self, i: int) -> list[int]:
+        """Image token counts of record ``i`` from the image headers only (no decoding)."""
+        sizes = [image_size(p, self.records[i].id) for p in image_paths(self.records[i].data, self.image_folder)]
+        return image_token_counts(self.processor, sizes)
+
+
+def _open(path: Path, rid: str) -> Any:
+    if not path.is_file():
+        raise SampleError("missing_image", f"image file not found: {path}", rid)
+    try:
+        return load_image(path)
+    except (OSError, ValueError) as e:
+        raise SampleError("unreadable_image", str(e), rid) from e
+
+
+def image_size(path: Path, rid: str) -> tuple[int, int]:
+    """(height, width) from the file header, EXIF rotation applied as load_image does (no pixel decoding)."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise SampleError("missing_image", f"image file not found: {path}", rid)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # orientations that swap the sides
+                w, h = h, w
+    except (OSError, ValueError, SyntaxError) as e:
+        raise SampleError("unreadable_image", f"image {path}: cannot read the header: {e}", rid) from e
+    return h, w
+
+
+def pixel_values(images: list[Any], processor: LlavaProcessor) -> torch.Tensor:
+    """The processor's per-image preprocessing: llava (n, 3, S, S); AnyRes (n, max_views, 3, S, S) zero padded."""
+    multi = processor.family == "llava_onevision" and len(images) > 1
+    views = [preprocess(im, processor.image_config, multi_image=multi) for im in images]
+    if processor.geometry.pinpoints is None:
+        return torch.cat(views)
+    most = max(v.shape[0] for v in views)
+    return torch.stack([torch.cat([v, v.new_zeros(most - v.shape[0], *v.shape[1:])]) for v in views])
+
+
+def _estimate_length(record: dict[str, Any], per_image: int) -> int:
+    turns = [t for t in record.get("conversations") or [] if isinstance(t, dict)]
+    words = sum(len(str(t.get("value") or "").split()) for t in turns)
+    return words + per_image * (len(_as_list(record.get("image"))) + (1 if record.get("video") else 0))
+
+
+# -- mixtures ----------------------------------------------------------------------------------------------------
+
+
+class MixedDataset(torch.utils.data.Dataset):
+    """Several datasets, each taken ``weight`` times per epoch: 1.0 = every record once, 0.5 = a fixed random
+    half, 2.5 = every record twice plus a fixed random half. The choice of the fraction depends only on ``seed``.
+    """
+
+    def __init__(self, parts: list[SupervisedDataset], weights: list[float], seed: int = 0) -> None:
+        if len(parts) != len(weights):
+            raise ValueError(f"{len(parts)} datasets but {len(weights)} weights")
+        self.parts = parts
+        self.index: list[tuple[int, int]] = []
+        rng = random.Random(seed)
+        for d, (part, w) in enumerate(zip(parts, weights)):
+            if w < 0:
+                raise ValueError(f"dataset {d}: weight must be >= 0, got {w}")
+            whole, frac = int(w), w - int(w)
+            chosen = list(range(len(part))) * whole + sorted(rng.sample(range(len(part)), round(frac * len(part))))
+            self.index += [(d, j) for j in chosen]
+        self.lengths = [parts[d].lengths[j] for d, j in self.index]
+        self.modalities = [parts[d].modalities[j] for d, j in self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        d, j = self.index[i]
+        return self.parts[d][j]
+
+    @property
+    def skipped(self) -> Counter:
+        return sum((p.skipped for p in self.parts), Counter())
+
+    @property
+    def pad_id(self) -> int:
+        return self.parts[0].pad_id
+
+    @property
+    def processor(self) -> LlavaProcessor:
+        return self.parts[0].processor
+
+
+def build_dataset(
+    spec: dict[str, Any], processor: LlavaProcessor, template: str | None, max_length: int
+) -> SupervisedDataset | MixedDataset:
+    """One dataset or a weighted mixture from a recipe's ``data:`` section.
+
+    ``{path, image_folder}`` or ``{datasets: [{path, image_folder, weight, template}, ...]}``; optional top-level
+    ``on_error`` ("raise" | "skip"), ``num_frames`` and ``seed`` (for fractional weights). Relative paths are
+    taken as given (relative to the working directory).
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"the data section must be a mapping, got {type(spec).__name__}")
+    on_error = spec.get("on_error", "raise")
+    frames = int(spec.get("num_frames", 32))
+    entries = spec.get("datasets")
+    if entries is None:
+        if "path" not in spec:
+            raise ValueError("the data section needs 'path' (and 'image_folder') or a 'datasets' list")
+        entries, single = [spec], True
+    else:
+        single = False
+        if not isinstance(entries, list) or not entries:
+            raise ValueError("data.datasets must be a non-empty list of {path, image_folder, weight}")
+    parts, weights = [], []
+    for k, e in enumerate(entries):
+        if not isinstance(e, dict) or "path" not in e:
+            raise ValueError(f"data.datasets[{k}] needs a 'path'")
+        unknown = set(e) - {"path", "image_folder", "weight", "template", "on_error", "num_frames", "seed"}
+        if unknown and not single:
+            raise ValueError(f"data.datasets[{k}]: unknown keys {sorted(unknown)}")
+        parts.append(
+            SupervisedDataset(
+                e["path"],
+                e.get("image_folder"),
+                processor,
+                e.get("template", template),
+                max_length,
+                on_error=e.get("on_error", on_error),
+                num_frames=int(e.get("num_frames", frames)),
+            )
+        )
+        weights.append(float(e.get("weight", 1.0)))
+    if single:
+        return parts[0]
+    return MixedDataset(parts, weights, seed=int(spec.get("seed", 0)))

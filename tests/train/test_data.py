@@ -1,0 +1,148 @@
+"""LLaVA-format records: reading JSON / JSONL, conversion to messages, bad data (raise or counted skip), mixtures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from train_helpers import conv, tiny_processor, write_image, write_jsonl
+
+from llavakit.train.data import SupervisedDataset, build_dataset, read_records, to_messages
+from llavakit.train.labels import SampleError
+
+
+@pytest.fixture
+def folder(tmp_path):
+    write_image(tmp_path / "imgs" / "a.png", 30, 40)
+    write_image(tmp_path / "imgs" / "b.png", 50, 20, seed=1)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG not really")
+    return tmp_path
+
+
+def good(i, image="a.png"):
+    return {"id": f"g{i}", "image": image, "conversations": conv("<image>\nWhat?", f"Answer {i}.")}
+
+
+def test_json_and_jsonl_files_give_the_same_samples(folder):
+    proc = tiny_processor("llava")
+    recs = [good(0), {"id": "t", "conversations": conv("Hi", "Hello")}, good(2, "b.png")]
+    (folder / "d.json").write_text(json.dumps(recs, indent=1))
+    write_jsonl(folder / "d.jsonl", recs)
+    a = SupervisedDataset(folder / "d.json", folder / "imgs", proc, None, 512)
+    b = SupervisedDataset(str(folder / "d.jsonl"), folder / "imgs", proc, None, 512)
+    assert len(a) == len(b) == 3 and a.modalities == ["image", "text", "image"]
+    for i in range(3):
+        assert a[i]["input_ids"].tolist() == b[i]["input_ids"].tolist() and a[i]["id"] == recs[i]["id"]
+    assert a[1]["pixel_values"] is None and a[1]["modality"] == "text"
+    assert len(a.lengths) == 3 and a.lengths[0] > a.lengths[1]
+
+
+def test_messages_from_records():
+    rec = {"image": "x", "conversations": [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "What is this?\n<image>"},
+        {"from": "gpt", "value": "A cat."},
+    ]}  # fmt: skip
+    assert to_messages(rec) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "<image>\nWhat is this?"},
+        {"role": "assistant", "content": "A cat."},
+    ]
+    two = {"image": ["x", "y"], "conversations": conv("First <image> then <image>?", "Both.")}
+    assert to_messages(two)[0]["content"] == "First <image> then <image>?"  # several images stay in place
+    video = {"video": "clip", "conversations": conv("<image>\nWhat happens?", "A dance.")}
+    assert to_messages(video)[0]["content"] == "<video>\nWhat happens?"
+
+
+@pytest.mark.parametrize(
+    "record,reason",
+    [
+        ({"id": "e1", "conversations": []}, "empty_conversation"),
+        ({"id": "e2", "conversations": conv("Hi", "  ")}, "empty_conversation"),
+        ({"id": "e3"}, "empty_conversation"),
+        ({"id": "m1", "image": "a.png", "conversations": conv("No placeholder", "x")}, "placeholder_mismatch"),
+        ({"id": "m2", "conversations": conv("<image> two <image>", "x")}, "placeholder_mismatch"),
+        ({"id": "m3", "image": ["a.png", "b.png"], "conversations": conv("<image>", "x")}, "placeholder_mismatch"),
+        ({"id": "f1", "image": "nope.png", "conversations": conv("<image>", "x")}, "missing_image"),
+        ({"id": "r1", "conversations": [{"from": "robot", "value": "x"}]}, "bad_record"),
+    ],
+)
+def test_bad_records_raise_naming_file_line_and_id_or_are_counted(folder, record, reason):
+    proc = tiny_processor("llava")
+    path = write_jsonl(folder / "d.jsonl", [good(0), record, good(1)])
+    with pytest.raises(SampleError, match=rf"d.jsonl:2: sample '{record['id']}'") as e:
+        SupervisedDataset(path, folder / "imgs", proc, None, 512)
+    assert e.value.reason == reason
+    ds = SupervisedDataset(path, folder / "imgs", proc, None, 512, on_error="skip")
+    assert len(ds) == 2 and ds.skipped == {reason: 1}
+    assert [ds[i]["id"] for i in range(2)] == ["g0", "g1"]
+
+
+def test_broken_json_line_names_file_and_line(folder):
+    proc = tiny_processor("llava")
+    path = write_jsonl(folder / "d.jsonl", [good(0), good(1), '{"id": "x", "conversations": [', good(3)])
+    with pytest.raises(SampleError, match=r"d.jsonl:3: broken JSON line"):
+        SupervisedDataset(path, folder / "imgs", proc, None, 512)
+    ds = SupervisedDataset(path, folder / "imgs", proc, None, 512, on_error="skip")
+    assert len(ds) == 3 and ds.skipped == {"bad_json": 1}
+    (folder / "d.json").write_text('[\n{"id": 1},\n{"id": 2,,}\n]')
+    with pytest.raises(SampleError, match=r"d.json:3: broken JSON"):
+        read_records(folder / "d.json")
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        read_records(folder / "missing.json")
+
+
+def test_unreadable_image_is_found_when_loading(folder):
+    proc = tiny_processor("llava")
+    recs = [good(0, "broken.png"), good(1)]
+    ds = SupervisedDataset(recs, folder / "imgs", proc, None, 512)
+    with pytest.raises(SampleError, match="records.0.: sample 'g0'.*cannot decode") as e:
+        ds[0]
+    assert e.value.reason == "unreadable_image"
+    skip = SupervisedDataset(recs, folder / "imgs", proc, None, 512, on_error="skip")
+    assert skip[0]["id"] == "g1" and skip.skipped == {"unreadable_image": 1}  # replaced by the next good sample
+    assert skip[0]["id"] == "g1" and skip.skipped == {"unreadable_image": 1}  # known bad: not counted twice
+    only_bad = SupervisedDataset([good(0, "broken.png")], folder / "imgs", proc, None, 512, on_error="skip")
+    with pytest.raises(RuntimeError, match="consecutive samples"):
+        only_bad[0]
+
+
+def test_video_folder_of_frames(folder):
+    proc = tiny_processor("llava_onevision")
+    for k in range(5):
+        write_image(folder / "imgs" / "clip" / f"{k:03d}.png", 30, 40, seed=k)
+    rec = {"id": "v", "video": "clip", "conversations": conv("<video>\nWhat happens?", "Nothing.")}
+    ds = SupervisedDataset([rec], folder / "imgs", proc, None, 4096, num_frames=3)
+    item = ds[0]
+    assert item["pixel_values_videos"].shape == (1, 3, 3, 70, 70) and item["modality"] == "image"
+    from llavakit.processing.anyres import num_video_tokens
+
+    assert item["input_ids"].eq(proc.video_token_id).sum() == num_video_tokens(3, proc.geometry)
+    with pytest.raises(SampleError, match="missing_image|video folder"):
+        SupervisedDataset([{**rec, "video": "none"}], folder / "imgs", proc, None, 4096)
+
+
+def test_build_dataset_mixes_with_weights(folder):
+    proc = tiny_processor("llava")
+    a = write_jsonl(folder / "a.jsonl", [good(i) for i in range(4)])
+    b = write_jsonl(folder / "b.jsonl", [{"id": f"t{i}", "conversations": conv("Hi", f"Hello {i}")} for i in range(6)])
+    single = build_dataset({"path": str(a), "image_folder": str(folder / "imgs")}, proc, None, 512)
+    assert len(single) == 4
+    spec = {
+        "datasets": [
+            {"path": str(a), "image_folder": str(folder / "imgs"), "weight": 2.0},
+            {"path": str(b), "weight": 0.5, "template": "vicuna_v1"},
+        ],
+        "seed": 1,
+    }
+    mix = build_dataset(spec, proc, None, 512)
+    assert len(mix) == 8 + 3
+    ids = [mix[i]["id"] for i in range(len(mix))]
+    assert ids[:8] == [f"g{i}" for i in range(4)] * 2 and len(set(ids[8:])) == 3
+    assert mix.modalities == ["image"] * 8 + ["text"] * 3
+    assert [mix[i]["id"] for i in range(len(mix))] == [build_dataset(spec, proc, None, 512)[i]["id"] for i in range(11)]
+    assert "A chat between" in proc.tokenizer.decode(mix[8]["input_ids"])  # the per-dataset template
+    with pytest.raises(ValueError, match="unknown keys"):
+        build_dataset({"datasets": [{"path": str(a), "wieght": 1}]}, proc, None, 512)
+    with pytest.raises(ValueError, match="'path'"):
+        build_dataset({"image_folder": "x"}, proc, None, 512)
