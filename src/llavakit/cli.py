@@ -32,6 +32,15 @@ def cmd_data_synth(out: str, n: int, seed: int, kind: str) -> int:
     return synth_command(out, n, seed, kind)
 
 
+def cmd_data_check(
+    data: str, image_folder: str | None, template: str | None, model_or_processor: str | None, max_length: int | None
+) -> int:
+    """Report bad training records (counts and ids); 1 when any are found."""
+    from .train.check import data_check_command
+
+    return data_check_command(data, image_folder, template, model_or_processor, max_length)
+
+
 def cmd_generate(model: str | None, images: list[str], prompt: str, dtype: str, quantize: str | None, **s: Any) -> int:
     from .commands import generate, open_pipeline
 
@@ -99,7 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=lambda a: cmd_demo(a.model, a.seed))
 
-    data = sub.add_parser("data", help="datasets: synthetic scenes in the LLaVA format")
+    from .eval.command import add_parser as add_eval_parser
+
+    add_eval_parser(sub)  # llava eval TASK | score | compare
+
+    data = sub.add_parser("data", help="datasets in the LLaVA format: synthetic scenes, checks")
     dsub = data.add_subparsers(dest="data_command", required=True)
     sy = dsub.add_parser("synth", help="write N synthetic scenes (PNG) with LLaVA-format JSON")
     sy.add_argument("--out", required=True)
@@ -107,6 +120,19 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--kind", default="instruct", choices=["caption", "instruct", "eval"])
     sy.set_defaults(func=lambda a: cmd_data_synth(a.out, a.n, a.seed, a.kind))
+    ck = dsub.add_parser("check", help="find bad records: missing/unreadable images, mismatches, over-length")
+    ck.add_argument("data", help="LLaVA-format .json or .jsonl file")
+    ck.add_argument("--image-folder", help="folder the records' image paths are relative to")
+    ck.add_argument("--template", help="conversation template (default: the processor's)")
+    ck.add_argument("--model-or-processor", help="model / processor directory: enables the label and length checks")
+    ck.add_argument("--max-length", type=int, help="longest training sequence in tokens")
+    ck.set_defaults(
+        func=lambda a: cmd_data_check(a.data, a.image_folder, a.template, a.model_or_processor, a.max_length)
+    )
+
+    from .serve.command import add_parser as add_serve_parser
+
+    add_serve_parser(sub)  # llava serve
 
     g = sub.add_parser("generate", help="answer one prompt about one or more images")
     _model_flags(g)

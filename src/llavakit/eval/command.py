@@ -1,0 +1,172 @@
+"""``llava eval TASK | score | compare``: the command bodies and their argparse wiring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .report import compare, load_run
+from .run import finish, limit_samples, read_predictions, result_object, run
+from .tasks import TASKS, get_task
+from .tasks.base import Sample, Task
+
+
+def _read(task: Task, data: str) -> list[Sample]:
+    path = Path(data)
+    if not path.exists():
+        raise FileNotFoundError(f"{task.name}: --data {data} does not exist; expected {task.data_help}")
+    samples = task.read(path)
+    if not samples:
+        raise ValueError(f"{task.name}: no questions found in {data}; expected {task.data_help}")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"{task.name}: question id {dup!r} occurs more than once in {data}")
+    return samples
+
+
+def synth_data(out: Path, n: int, seed: int) -> Path:
+    """The held-out synthetic eval set for (n, seed) under ``out``, generated once and reused on resume."""
+    from ..data.synth import write_dataset
+
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    data = out / f"data-seed{seed}-n{n}"
+    if not (data / "eval.jsonl").is_file():
+        write_dataset(data, n, seed, kind="eval")
+    return data
+
+
+def eval_task(
+    task_name: str,
+    *,
+    model: str | None,
+    data: str | None,
+    out: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    dtype: str = "float32",
+    quantize: str | None = None,
+    n: int = 200,
+    seed: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run one benchmark end to end (see :mod:`llavakit.eval.run`); returns the result object."""
+    from ..commands import default_model, open_pipeline
+
+    task = get_task(task_name)
+    model_path = model or default_model()
+    model_id = Path(model_path).name or str(model_path)
+    out_dir = Path(out or f"eval_runs/{task.name}-{model_id}")
+    extra: dict[str, Any] = {}
+    if data is None:
+        if task.name != "synth":
+            raise ValueError(f"{task.name}: give --data PATH ({task.data_help})")
+        from ..data.synth import EVAL_SEED_BASE
+
+        seed = EVAL_SEED_BASE if seed is None else seed
+        data = str(synth_data(out_dir, n, seed))
+        extra["seed"] = seed
+    samples = limit_samples(_read(task, data), limit)
+    pipe = open_pipeline(model_path, dtype, quantize)
+    result = run(
+        task,
+        samples,
+        pipe,
+        out_dir,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        model_id=model_id,
+        extra={"data": str(data), **extra},
+        progress=progress,
+    )
+    return finish(result, out_dir)
+
+
+def score_file(task_name: str, *, data: str, predictions: str, out: str | None = None) -> dict[str, Any]:
+    """Score an answer file produced elsewhere (LLaVA's scripts, another engine) with the same rules."""
+    task = get_task(task_name)
+    pred_path = Path(predictions)
+    if not pred_path.is_file():
+        raise FileNotFoundError(f"predictions file not found: {predictions}")
+    samples = _read(task, data)
+    preds = read_predictions(pred_path)
+    if not preds:
+        raise ValueError(f"{predictions}: no predictions in the file")
+    answered = [s for s in samples if s.id in preds]
+    if not answered:
+        example = next(iter(preds))
+        raise ValueError(
+            f"{predictions}: none of its question ids (e.g. {example!r}) is in {data} "
+            f"(e.g. {samples[0].id!r}); score it against the question file it answers"
+        )
+    from .run import missing_images
+
+    missing = [i for i in missing_images(samples) if i not in preds]  # answered elsewhere: their image is no matter
+    extra = {"data": str(data), "predictions_file": str(pred_path), "questions": len(samples)}
+    result = result_object(task, samples, preds, missing=missing, extra=extra)
+    out_dir = Path(out or f"eval_runs/{task.name}-scored-{pred_path.stem}")
+    return finish(result, out_dir)
+
+
+def compare_runs(run_a: str, run_b: str) -> dict[str, Any]:
+    table, summary = compare(load_run(run_a), load_run(run_b))
+    print(table)
+    print(json.dumps(summary))
+    return summary
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``llava eval`` on the top-level subparsers object."""
+    ev = sub.add_parser("eval", help="benchmarks with their official metrics; score answer files; compare runs")
+    esub = ev.add_subparsers(dest="eval_command", required=True)
+    for name, task in TASKS.items():
+        t = esub.add_parser(name, help=task.description)
+        t.add_argument("--model", help="model directory or hub id (default: the bundled model)")
+        t.add_argument("--data", required=name != "synth", help=task.data_help)
+        t.add_argument("--limit", type=int, help="only the first N questions (whole groups kept)")
+        t.add_argument("--batch-size", type=int, default=8)
+        t.add_argument("--out", help="output directory (default eval_runs/TASK-MODEL); reruns resume")
+        t.add_argument("--max-new-tokens", type=int, help=f"default {task.max_new_tokens}")
+        t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        t.add_argument("--quantize", choices=["int8", "int4"])
+        t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+        if name == "synth":
+            t.add_argument("--n", type=int, default=200, help="scenes to generate when --data is not given")
+            t.add_argument("--seed", type=int, help="held-out seed (default llavakit.data.synth.EVAL_SEED_BASE)")
+        t.set_defaults(func=_run_task)
+    sc = esub.add_parser("score", help="score a predictions JSONL made elsewhere (keys question_id, text)")
+    sc.add_argument("task", choices=list(TASKS))
+    sc.add_argument("--data", required=True)
+    sc.add_argument("--predictions", required=True)
+    sc.add_argument("--out")
+    sc.set_defaults(func=lambda a: _ok(score_file(a.task, data=a.data, predictions=a.predictions, out=a.out)))
+    cp = esub.add_parser("compare", help="side-by-side table of two runs' scores")
+    cp.add_argument("run_a", help="eval output directory or scores.json")
+    cp.add_argument("run_b")
+    cp.set_defaults(func=lambda a: _ok(compare_runs(a.run_a, a.run_b)))
+
+
+def _ok(_: Any) -> int:
+    return 0
+
+
+def _run_task(a: argparse.Namespace) -> int:
+    eval_task(
+        a.eval_command,
+        model=a.model,
+        data=a.data,
+        out=a.out,
+        limit=a.limit,
+        batch_size=a.batch_size,
+        max_new_tokens=a.max_new_tokens,
+        dtype=a.dtype,
+        quantize=a.quantize,
+        n=getattr(a, "n", 200),
+        seed=getattr(a, "seed", None),
+        progress=not a.no_progress,
+    )
+    return 0

@@ -1,0 +1,225 @@
+"""Run a benchmark: batched greedy inference through the pipeline, resumable predictions, scores, report.
+
+Output directory layout::
+
+    predictions.jsonl   {"question_id", "prompt", "text", "model_id"} per line: the LLaVA answer-file keys,
+                        so files written here and by LLaVA's own scripts score alike; resumable
+    scores.json         the result object (also printed as the last line of stdout)
+    report.md           the same, as Markdown tables
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .report import write_report
+from .tasks.base import Sample, Task
+
+MAX_IDS = 20  # ids listed in the result object for missing images / failures (the count is exact)
+
+
+def read_predictions(path: Path, *, tolerate_torn_tail: bool = False) -> dict[str, str]:
+    """Predicted texts by question id from a JSONL answer file: ``{"question_id", "text"}`` (LLaVA's and ours),
+    ``"id"`` / ``"prediction"`` / ``"answer"`` also accepted. MMBench answers with a ``round_id`` are keyed
+    ``"<question_id>/<round_id>"``. A torn last line (a crash mid-write) is skipped when resuming."""
+    out: dict[str, str] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            qid = record["question_id"] if "question_id" in record else record["id"]
+            text = next(record[k] for k in ("text", "prediction", "answer") if k in record)
+        except (json.JSONDecodeError, KeyError, TypeError, StopIteration):
+            if tolerate_torn_tail and n == len(lines):
+                break
+            raise ValueError(
+                f"{path}:{n}: not a prediction record (need JSON with 'question_id' and 'text'); fix that line"
+            ) from None
+        key = f"{qid}/{record['round_id']}" if "round_id" in record else str(qid)
+        out[key] = "" if text is None else str(text)
+    return out
+
+
+def _check_same_model(path: Path, model_id: str) -> None:
+    """Refuse to resume a predictions file written by another model (its answers would be mixed in)."""
+    for line in path.read_text(encoding="utf-8").splitlines()[:1]:
+        other = json.loads(line).get("model_id")
+        if other is not None and other != model_id:
+            raise ValueError(
+                f"{path} holds predictions of model {other!r}, not {model_id!r}; pass another --out directory"
+            )
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that is not complete JSON (a crash mid-write) so that appending starts cleanly."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return
+    try:
+        json.loads(lines[-1])
+        torn = False
+    except json.JSONDecodeError:
+        torn = True
+    if torn:
+        path.write_text("".join(lines[:-1]), encoding="utf-8")
+    elif not text.endswith("\n"):
+        path.write_text(text + "\n", encoding="utf-8")
+
+
+def _message(sample: Sample) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = [{"type": "image", "image": sample.image}] if sample.image is not None else []
+    return [{"role": "user", "content": parts + [{"type": "text", "text": sample.prompt}]}]
+
+
+def missing_images(samples: list[Sample]) -> list[str]:
+    """Ids of samples whose image file does not exist."""
+    return [s.id for s in samples if isinstance(s.image, str) and not Path(s.image).is_file()]
+
+
+def limit_samples(samples: list[Sample], limit: int | None) -> list[Sample]:
+    """The first ``limit`` samples, extended to the end of the last group (rotations, image pairs)."""
+    if limit is None or limit >= len(samples):
+        return samples
+    if limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    end = limit
+    while end < len(samples) and samples[end].group is not None and samples[end].group == samples[end - 1].group:
+        end += 1
+    return samples[:end]
+
+
+def predict(
+    pipe: Any,
+    samples: list[Sample],
+    out_path: Path,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    model_id: str,
+    progress: bool = True,
+) -> list[tuple[str, str]]:
+    """Answer ``samples`` in batches, appending to ``out_path``; return (id, error) of samples that failed.
+
+    A batch that fails (e.g. an undecodable image) is retried one by one so one bad sample costs only itself.
+    """
+    from tqdm import tqdm
+
+    failed: list[tuple[str, str]] = []
+    bar = tqdm(total=len(samples), disable=not progress, unit="q", file=sys.stderr)
+    settings = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
+    with out_path.open("a", encoding="utf-8") as f:
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            try:
+                texts: list[str | None] = [a.text for a in pipe.batch([_message(s) for s in chunk], **settings)]
+            except (ValueError, OSError):
+                texts = []
+                for s in chunk:
+                    try:
+                        texts.append(pipe.batch([_message(s)], **settings)[0].text)
+                    except (ValueError, OSError) as e:
+                        texts.append(None)
+                        failed.append((s.id, str(e)))
+            for s, text in zip(chunk, texts):
+                if text is not None:
+                    record = {"question_id": s.id, "prompt": s.prompt, "text": text.strip(), "model_id": model_id}
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            bar.update(len(chunk))
+    bar.close()
+    return failed
+
+
+def result_object(
+    task: Task, samples: list[Sample], predictions: dict[str, str], *, missing: list[str], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Score the answered samples and assemble the result object (the scores JSON)."""
+    missing_set = set(missing)
+    present = [s for s in samples if s.id not in missing_set]
+    known = {s.id for s in samples}
+    unanswered = [s.id for s in present if s.id not in predictions]
+    scored = task.score(present, predictions)
+    result: dict[str, Any] = {"task": task.name, **extra, **scored}
+    result["missing_images"] = {"count": len(missing), "ids": missing[:MAX_IDS]}
+    result["unanswered"] = {"count": len(unanswered), "ids": unanswered[:MAX_IDS]}
+    unknown = [k for k in predictions if k not in known]
+    if unknown:
+        result["unknown_prediction_ids"] = {"count": len(unknown), "ids": unknown[:MAX_IDS]}
+    return result
+
+
+def finish(result: dict[str, Any], out_dir: Path, printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write scores.json and report.md; print a summary and the result as the last line of stdout."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(result, sort_keys=False)
+    (out_dir / "scores.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_report(result, out_dir / "report.md")
+    for name in ("missing_images", "unanswered", "unknown_prediction_ids"):
+        info = result.get(name)
+        if info and info["count"]:
+            print(
+                f"warning: {info['count']} {name.replace('_', ' ')} (e.g. {', '.join(info['ids'][:5])})",
+                file=sys.stderr,
+            )
+    printer(f"wrote {out_dir / 'scores.json'} and {out_dir / 'report.md'}")
+    printer(line)
+    return result
+
+
+def run(
+    task: Task,
+    samples: list[Sample],
+    pipe: Any,
+    out_dir: Path,
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    model_id: str = "",
+    extra: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict what is not yet in ``out_dir/predictions.jsonl``, score everything answered, write outputs."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pred_path = out_dir / "predictions.jsonl"
+    done = read_predictions(pred_path, tolerate_torn_tail=True) if pred_path.exists() else {}
+    if done:
+        _check_same_model(pred_path, model_id)
+    if pred_path.exists():
+        _drop_torn_tail(pred_path)
+    missing = missing_images(samples)
+    missing_set = set(missing)
+    todo = [s for s in samples if s.id not in done and s.id not in missing_set]
+    start = time.perf_counter()
+    failed = predict(
+        pipe,
+        todo,
+        pred_path,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens or task.max_new_tokens,
+        model_id=model_id,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    predictions = read_predictions(pred_path, tolerate_torn_tail=True)
+    info = {
+        **(extra or {}),
+        "model": model_id,
+        "questions": len(samples),
+        "predicted_now": len(todo) - len(failed),
+        "resumed": len([s for s in samples if s.id in done]),
+        "seconds": round(seconds, 2),
+    }
+    result = result_object(task, samples, predictions, missing=missing, extra=info)
+    if failed:
+        result["failed"] = {"count": len(failed), "ids": [i for i, _ in failed[:MAX_IDS]], "first_error": failed[0][1]}
+    return result

@@ -1,0 +1,58 @@
+"""What every benchmark reader produces (`Sample`) and what a task is (`Task`): a reader and a scorer.
+
+A reader turns a local copy of a benchmark into samples, each carrying the exact prompt of the LLaVA-1.5
+evaluation scripts (question + the task's answer-format suffix) and the reference data its scorer needs.
+A scorer is a pure function of the samples and the predicted texts (keyed by sample id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+SINGLE_WORD = "Answer the question with a single word."  # lmms-eval's ChartQA suffix
+UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
+
+Image = str | bytes | None  # a file path, encoded image bytes (TSV base64 / parquet), or no image
+
+
+@dataclass
+class Sample:
+    """One question: ``id`` is unique in the task; ``group`` ties records scored together (MMBench
+    rotations, MME image pairs) so that ``--limit`` never splits them."""
+
+    id: str
+    prompt: str
+    image: Image
+    ref: dict[str, Any] = field(default_factory=dict)
+    group: str | None = None
+
+
+# A scorer returns {"scores": {name: fraction in [0, 1]}, "counts": {name: int}} and optionally more keys
+# (MME adds "points" on its official 0-2000 / 0-800 scales).
+Scorer = Callable[[list[Sample], dict[str, str]], dict[str, Any]]
+Reader = Callable[[Path], list[Sample]]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    read: Reader
+    score: Scorer
+    description: str
+    data_help: str  # the accepted layouts of --data, shown in errors
+    max_new_tokens: int = 128  # LLaVA's model_vqa_loader default
+
+
+def answered(samples: list[Sample], predictions: dict[str, str]) -> list[tuple[Sample, str]]:
+    """The samples that have a prediction, with it, in sample order."""
+    return [(s, predictions[s.id]) for s in samples if s.id in predictions]
+
+
+def suffixed(question: str, *suffixes: str) -> str:
+    """``question`` + ``"\\n" + suffix`` for each suffix, as LLaVA's question files are built."""
+    return "\n".join([question.strip(), *suffixes])

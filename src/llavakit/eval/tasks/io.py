@@ -1,0 +1,130 @@
+"""Readers for the file formats benchmarks ship in: JSON, JSONL, TSV (base64 images), parquet (optional).
+
+Every reader names the file and the line of a malformed record, e.g.
+``ValueError("bad.jsonl:3: not valid JSON (Expecting value); fix or remove that line")``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per non-empty line."""
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+            record["__line__"] = n
+            records.append(record)
+    return records
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    """A tab-separated file with a header row (MMBench / VLMEvalKit layout); each row gets ``__line__``."""
+    csv.field_size_limit(sys.maxsize)  # base64 images are long fields
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(f"{path}: empty file (expected a header row)") from None
+        rows = []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(
+                    f"{path}:{reader.line_num}: {len(row)} fields but the header has {len(header)}; "
+                    "the file is not a valid TSV"
+                )
+            record = dict(zip(header, row))
+            record["__line__"] = str(reader.line_num)
+            rows.append(record)
+    return rows
+
+
+def read_parquet(path: Path) -> list[dict[str, Any]]:
+    """Rows of a parquet file (the lmms-lab releases) as dicts; needs pyarrow (``pip install llavakit[eval]``)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(
+            f"{path}: reading parquet needs pyarrow; install it with `pip install 'llavakit[eval]'`"
+        ) from None
+    rows = []
+    files = sorted(path.glob("**/*.parquet")) if path.is_dir() else [path]
+    for file in files:
+        try:
+            table = pq.read_table(file)
+        except Exception as e:  # pyarrow raises its own ArrowInvalid etc.
+            raise ValueError(f"{file}: cannot read as parquet ({e})") from None
+        for i, row in enumerate(table.to_pylist()):
+            row["__line__"] = f"row {i}"
+            rows.append(row)
+    return rows
+
+
+def parquet_image(value: Any, where: str) -> bytes:
+    """The bytes of a parquet image cell (``{"bytes": ..., "path": ...}`` in the HF datasets layout)."""
+    if isinstance(value, dict) and value.get("bytes"):
+        return bytes(value["bytes"])
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise ValueError(f"{where}: the image cell holds no image bytes")
+
+
+def base64_image(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where}: the image field is not valid base64") from None
+
+
+def require(record: dict[str, Any], keys: Iterable[str], path: Path) -> None:
+    """Refuse a record lacking one of ``keys``, naming the file and line."""
+    missing = [k for k in keys if k not in record]
+    if missing:
+        line = record.get("__line__", "?")
+        raise ValueError(f"{path}:{line}: record lacks {', '.join(repr(k) for k in missing)}")
+
+
+def find(root: Path, patterns: Iterable[str]) -> Path | None:
+    """The first file under ``root`` matching one of the glob ``patterns`` (tried in order), or None."""
+    if root.is_file():
+        return root
+    for pattern in patterns:
+        hits = sorted(p for p in root.glob(pattern) if p.is_file())
+        if hits:
+            return hits[0]
+    return None
+
+
+def image_dir(root: Path, candidates: Iterable[str]) -> Path:
+    """The first existing sub-directory of ``root`` among ``candidates`` (else ``root`` itself)."""
+    base = root if root.is_dir() else root.parent
+    for name in candidates:
+        if (base / name).is_dir():
+            return base / name
+    return base

@@ -1,0 +1,142 @@
+"""`llava eval synth`: end to end on a tiny model, resume, and scoring of hand-written answer files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llavakit.data.synth import write_dataset
+from llavakit.eval.command import eval_task, score_file
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    write_dataset(out, 3, seed=1_000_123, kind="eval", min_side=112, max_side=200, text_prob=1.0)
+    return out
+
+
+def _by_hand(records: list[dict], answers: dict[str, str]) -> dict[str, float]:
+    """An independent reading of the rules for the answers a tiny model gives (and the test files below)."""
+    words = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5"}
+
+    def norm(text: str) -> str:
+        kept = [w for w in text.lower().replace(".", " ").split() if w not in ("a", "an", "the")]
+        return " ".join(words.get(w, w) for w in kept)
+
+    right: dict[str, list[bool]] = {}
+    for r in records:
+        pred = answers[r["id"]]
+        if r["qtype"] == "existence":
+            first = pred.split(".")[0].replace(",", "").split(" ")
+            said = "no" if {"No", "no", "not"} & set(first) else "yes"
+            ok = said == r["answer"]
+        elif r["qtype"] == "mc":
+            ok = pred.strip().rstrip(".") == r["answer"]
+        else:
+            ok = norm(pred) == norm(r["answer"])
+        right.setdefault(r["qtype"], []).append(ok)
+    scores = {q: sum(v) / len(v) for q, v in right.items()}
+    scores["overall"] = sum(sum(v) for v in right.values()) / sum(len(v) for v in right.values())
+    return scores
+
+
+def test_synth_end_to_end_scores_what_was_predicted(tiny_model, synth_data, tmp_path):
+    out = tmp_path / "run"
+    result = eval_task(
+        "synth", model=tiny_model, data=str(synth_data), out=str(out), batch_size=8, max_new_tokens=3, progress=False
+    )
+    records = _lines(synth_data / "eval.jsonl")
+    predictions = {p["question_id"]: p["text"] for p in _lines(out / "predictions.jsonl")}
+    assert set(predictions) == {r["id"] for r in records}
+    expected = _by_hand(records, predictions)
+    for name, value in expected.items():
+        assert result["scores"][name] == pytest.approx(value), name
+    # POPE metrics of the existence questions, counted by hand (label "yes" is the positive class).
+    existence = [r for r in records if r["qtype"] == "existence"]
+    said_yes = [
+        not ({"No", "no", "not"} & set(predictions[r["id"]].split(".")[0].replace(",", "").split(" ")))
+        for r in existence
+    ]
+    assert result["scores"]["existence_yes_ratio"] == pytest.approx(sum(said_yes) / len(existence))
+    assert json.loads((out / "scores.json").read_text()) == result
+    assert "| overall |" in (out / "report.md").read_text()
+
+
+def test_synth_score_file_with_known_answers(synth_data, tmp_path):
+    """Every answer right but written loosely (case, articles, number words, trailing period), then one
+    existence "yes" answered "No, there is not." -> known scores."""
+    records = _lines(synth_data / "eval.jsonl")
+    spelled = {"1": "One", "2": "two.", "3": "Three", "0": "zero"}
+    lines = []
+    flipped = None
+    for r in records:
+        text = r["answer"]
+        if r["qtype"] == "count":
+            text = spelled.get(text, text)
+        elif r["qtype"] in ("color", "shape"):
+            text = f"The {text.capitalize()}."
+        elif r["qtype"] == "existence":
+            if text == "yes" and flipped is None:
+                flipped, text = r["id"], "No, there is not."
+            else:
+                text = "Yes, there is." if text == "yes" else "No."
+        lines.append(json.dumps({"question_id": r["id"], "text": text}))
+    preds = tmp_path / "answers.jsonl"
+    preds.write_text("\n".join(lines) + "\n")
+    result = score_file("synth", data=str(synth_data), predictions=str(preds), out=str(tmp_path / "scored"))
+    n_exist = sum(r["qtype"] == "existence" for r in records)
+    n_yes = n_exist // 2  # eval sets ask one yes and one no existence question per scene
+    assert result["scores"]["overall"] == pytest.approx((len(records) - 1) / len(records))
+    assert result["scores"]["existence"] == pytest.approx((n_exist - 1) / n_exist)
+    assert result["scores"]["existence_recall"] == pytest.approx((n_yes - 1) / n_yes)
+    assert result["scores"]["existence_precision"] == 1.0
+    assert result["scores"]["existence_yes_ratio"] == pytest.approx((n_yes - 1) / n_exist)
+    for q in ("color", "shape", "count", "reading", "mc"):
+        if q in result["scores"]:
+            assert result["scores"][q] == 1.0, q
+    buckets = [k for k in result["scores"] if k.startswith("reading_")]
+    assert buckets and all(result["scores"][k] == 1.0 for k in buckets)
+
+
+def test_synth_generates_held_out_set_and_resumes(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    kwargs = dict(model=tiny_model, data=None, out=str(out), n=1, max_new_tokens=2, progress=False)
+    result = eval_task("synth", limit=3, **kwargs)
+    assert result["seed"] >= 1_000_000 and result["predicted_now"] == 3  # a held-out seed
+    assert all(0.0 <= v <= 1.0 for v in result["scores"].values())
+    again = eval_task("synth", limit=5, **kwargs)  # the first 3 are resumed, 2 more predicted
+    assert (again["resumed"], again["predicted_now"]) == (3, 2)
+    assert len(_lines(out / "predictions.jsonl")) == 5
+    # A torn last line (a crash mid-write) is redone, not an error.
+    with (out / "predictions.jsonl").open("a") as f:
+        f.write('{"question_id": "s1000000_000000_5", "te')
+    third = eval_task("synth", limit=6, **kwargs)
+    assert (third["resumed"], third["predicted_now"]) == (5, 1)
+    assert len(_lines(out / "predictions.jsonl")) == 6
+    assert third["counts"]["questions"] == 6
+
+
+def test_synth_score_cli_prints_the_result_last(synth_data, tmp_path):
+    records = _lines(synth_data / "eval.jsonl")
+    preds = tmp_path / "answers.jsonl"
+    preds.write_text("".join(json.dumps({"question_id": r["id"], "text": r["answer"]}) + "\n" for r in records))
+    env = {**os.environ, "PYTHONPATH": SRC}
+    cmd = [sys.executable, "-m", "llavakit.cli", "eval", "score", "synth", "--data", str(synth_data)]
+    cmd += ["--predictions", str(preds), "--out", str(tmp_path / "s")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["scores"]["overall"] == 1.0
+    assert json.loads((tmp_path / "s" / "scores.json").read_text()) == result
