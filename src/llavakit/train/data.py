@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,21 @@ class Record:
 
 def read_records(path: str | Path, on_error: str = "raise", skipped: Counter | None = None) -> list[Record]:
     """Records of a .json (array) or .jsonl (one object per line) file; broken lines name file and line."""
+    out = []
+    for rec in iter_records(path):
+        if isinstance(rec, SampleError):
+            _fail(rec, on_error, skipped)
+        else:
+            out.append(rec)
+    return out
+
+
+def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
+    """Each record of the file, or a ``bad_json`` SampleError naming the file and line where one is broken.
+
+    A .json file holding one array is parsed whole (a break in it ends the file); .jsonl and any file that does
+    not start with "[" are read line by line.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
@@ -61,19 +76,18 @@ def read_records(path: str | Path, on_error: str = "raise", skipped: Counter | N
     if path.suffix != ".jsonl" and text.lstrip().startswith("["):
         try:
             items = json.loads(text)
-        except json.JSONDecodeError as e:  # one array: nothing can be skipped
-            raise SampleError("bad_json", f"{path}:{e.lineno}: broken JSON ({e.msg}, column {e.colno})") from e
-        return [Record(r, f"{path}[{i}]") for i, r in enumerate(items)]
-    out = []
+        except json.JSONDecodeError as e:
+            yield SampleError("bad_json", f"{path}:{e.lineno}: broken JSON ({e.msg}, column {e.colno})")
+            return
+        yield from (Record(r, f"{path}[{i}]") for i, r in enumerate(items))
+        return
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            out.append(Record(json.loads(line), f"{path}:{n}"))
+            yield Record(json.loads(line), f"{path}:{n}")
         except json.JSONDecodeError as e:
-            err = SampleError("bad_json", f"{path}:{n}: broken JSON line ({e.msg}, column {e.colno})")
-            _fail(err, on_error, skipped)
-    return out
+            yield SampleError("bad_json", f"{path}:{n}: broken JSON line ({e.msg}, column {e.colno})")
 
 
 def _fail(err: SampleError, on_error: str, skipped: Counter | None) -> None:
@@ -206,6 +220,9 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 self.skipped[e.reason] += 1
                 continue
             self.records.append(rec)
+        if not self.records:
+            where = records_or_path if isinstance(records_or_path, (str, Path)) else "the records given"
+            raise ValueError(f"{where}: no usable training records (skipped: {dict(self.skipped) or 'none'})")
         per_image = processor.geometry.tokens_per_tile
         self.lengths = [_estimate_length(r.data, per_image) for r in self.records]
         self.modalities = ["image" if r.data.get("image") or r.data.get("video") else "text" for r in self.records]
@@ -245,7 +262,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         messages = to_messages(rec.data, rec.id)
         pil = []
         for p in image_paths(rec.data, self.image_folder):
-            pil.append(_open(p, rec.id))
+            pil.append(open_image(p, rec.id))
         frames = []
         v = video_path(rec.data, self.image_folder)
         if v is not None:
@@ -288,7 +305,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         return image_token_counts(self.processor, sizes)
 
 
-def _open(path: Path, rid: str) -> Any:
+def open_image(path: Path, rid: str) -> Any:
     if not path.is_file():
         raise SampleError("missing_image", f"image file not found: {path}", rid)
     try:
