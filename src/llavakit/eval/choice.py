@@ -25,64 +25,52 @@ class MMBenchResult(TypedDict):
     per_category: dict[str, float]  # circular accuracy per category; empty when records carry no category
 
 
-_ANSWER_IS = re.compile(r"(?i:\banswer\s*(?:is\s*:?|:))\s*\(?([A-Z])\)?(?!\w)")
 _LABEL_MARKS = ".()[],:;!*#{}"  # marks that may surround an option label: replaced by spaces before splitting
+# Refusals VLMEvalKit maps to its "no answer" option Z.
+_REFUSALS = (
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
+)
 
 
 def extract_option_letter(text: str, options: Mapping[str, str]) -> str | None:
-    """Find which option of ``options`` (letter -> option text) a free-text answer picks, or ``None``.
+    """Which option of ``options`` (letter -> option text) a free-text answer picks, or ``None``.
 
-    The rules, tried in order (the first that gives exactly one option wins):
+    VLMEvalKit's ``can_infer`` (its "exact matching" policy for MMBench, i.e. without the ChatGPT judge):
 
-    1. the whole answer is a letter, after stripping spaces, periods and brackets (LLaVA's
-       ``auto_parse_answer`` takes ``"b"`` as ``"B"`` too): ``"B"``, ``"B."``, ``"(B)"``;
-    2. an explicit ``"answer is X"`` / ``"Answer: X"`` with an upper-case letter;
-    3. VLMEvalKit's ``can_infer_option``: after turning ``.()[],:;!*#{}`` into spaces, exactly one option
-       letter stands alone as a word, e.g. ``"(B) cat"``. A lone ``"A"`` in an answer of more than 3 words
-       may be the article, so then the rule gives up;
-    4. VLMEvalKit's ``can_infer_text``: exactly one option text occurs in the answer (case-insensitive);
-    5. LLaVA's last rule: the answer occurs in exactly one option text (case-insensitive).
+    1. a refusal phrase (e.g. ``"Cannot determine the answer"``) picks nothing;
+    2. ``can_infer_option``: after turning ``.()[],:;!*#{}`` into spaces and splitting on whitespace, if
+       exactly one option letter stands alone as a word, that letter (case-sensitive: ``"b"`` is no letter);
+    3. ``can_infer_text``: if exactly one option text occurs in the lowercased answer, its letter.
+
+    Quirk kept: VLMEvalKit only refuses a lone ``"A"`` in answers of more than 3 words (the article) when its
+    ``VERBOSE`` environment variable is set, so by default ``"A cat is on the mat"`` picks option A.
 
     >>> opts = {"A": "dog", "B": "black cat", "C": "bird"}
-    >>> answers = ["B.", "(B) black cat", "The answer is B", "I see a black cat in it."]
-    >>> [extract_option_letter(t, opts) for t in answers]
+    >>> [extract_option_letter(t, opts) for t in ["B.", "(B) black cat", "The answer is B", "I see a black cat."]]
     ['B', 'B', 'B', 'B']
+    >>> [extract_option_letter(t, opts) for t in ["b", "A or B", "a dog or a bird"]]
+    [None, None, None]
     """
-    letters = list(options)
-    for letter in letters:
+    for letter in options:
         if len(letter) != 1 or not "A" <= letter <= "Z":
             raise ValueError(f"option labels must be single upper-case letters, got {letter!r}")
-    stripped = text.strip()
-    if not stripped:
+    if any(refusal in text for refusal in _REFUSALS):
         return None
-
-    bare = stripped.strip(" .()[]").upper()
-    if bare in options:
-        return bare
-
-    for match in _ANSWER_IS.finditer(stripped):
-        if match.group(1) in options:
-            return match.group(1)
-
-    spaced = stripped
+    spaced = text
     for mark in _LABEL_MARKS:
         spaced = spaced.replace(mark, " ")
     words = spaced.split()
-    found = [letter for letter in letters if letter in words]
-    if len(found) == 1 and not ("A" in words and len(words) > 3):
+    found = [letter for letter in options if letter in words]
+    if len(found) == 1:
         return found[0]
-
-    lowered = stripped.lower()
-    texts = {letter: str(option).strip().lower() for letter, option in options.items()}
-    contained = [letter for letter, option in texts.items() if option and option in lowered]
-    if len(contained) == 1:
-        return contained[0]
-
-    answer = lowered.rstrip(".").strip()
-    containing = [letter for letter, option in texts.items() if answer and answer in option]
-    if len(containing) == 1:
-        return containing[0]
-    return None
+    if found:  # several letters: ambiguous, and VLMEvalKit does not fall back to the option texts then
+        return None
+    lowered = text.lower()
+    contained = [letter for letter, option in options.items() if str(option).lower() in lowered]
+    return contained[0] if len(contained) == 1 else None
 
 
 def mmbench_circular_accuracy(
@@ -133,35 +121,36 @@ def mmbench_circular_accuracy(
     )
 
 
-# LLaVA's eval_science_qa.py accepts A-E; ScienceQA questions have at most 5 choices.
+# LLaVA's eval_science_qa.py options; ScienceQA questions have at most 5 choices.
 _SQA_LETTERS = ("A", "B", "C", "D", "E")
-_SQA_ANSWER_IS = re.compile(r"The answer is ([A-E])")
+_SQA_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 
 
 def extract_scienceqa_letter(text: str, num_choices: int, *, lenient: bool = False) -> str | None:
     """LLaVA's ScienceQA answer parsing (``llava/eval/eval_science_qa.py``); ``None`` means a failed parse.
 
-    Newlines become ``". "``, then the answer is: the whole stripped text if it is a letter A-E; else the
-    first character if the text starts with a letter then ``". "``; else the letter of the first
-    ``"The answer is X"`` (case-sensitive, X in A-E). A letter beyond the question's ``num_choices`` counts
-    as a failed parse.
+    The answer is: the text itself if it is exactly a letter A-E (no stripping: ``" A"`` fails); else its
+    first character if it starts with a letter A-E then ``". "``; else the letter of ``"The answer is X"``
+    followed by any character (the official regex is ``The answer is ([A-Z]).``), only when that pattern
+    occurs exactly once. A letter beyond the question's ``num_choices`` is a failed parse (the official
+    ``get_pred_idx`` returns -1 for it).
 
-    LLaVA's rule rejects a bare ``"A."`` (no space after the period) and ``"(A)"``; ``lenient=True`` also
-    accepts those (strip periods, spaces and brackets), which changes scores relative to the published ones.
+    So ``"A."`` and ``"(A)"`` fail, and ``"The answer is B"`` (nothing after the letter) fails too;
+    ``lenient=True`` also accepts a letter wrapped in spaces, periods or brackets, which changes scores
+    relative to the published ones.
 
     >>> [extract_scienceqa_letter(text, 3) for text in ["B", "B. cat", "The answer is C.", "B.", "D"]]
     ['B', 'B', 'C', None, None]
     """
     if not 1 <= num_choices <= len(_SQA_LETTERS):
         raise ValueError(f"ScienceQA questions have 1 to 5 choices, got num_choices={num_choices}")
-    text = text.replace("\n", ". ")
     letter: str | None = None
-    if text.strip() in _SQA_LETTERS:
-        letter = text.strip()
+    if text in _SQA_LETTERS:
+        letter = text
     elif len(text) >= 3 and text[0] in _SQA_LETTERS and text[1:3] == ". ":
         letter = text[0]
-    elif (match := _SQA_ANSWER_IS.search(text)) is not None:
-        letter = match.group(1)
+    elif len(found := _SQA_ANSWER_IS.findall(text)) == 1:
+        letter = found[0]
     elif lenient:
         bare = text.strip(" .()[]")
         letter = bare if bare in _SQA_LETTERS else None

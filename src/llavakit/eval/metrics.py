@@ -221,11 +221,10 @@ def relaxed_correctness(prediction: str, target: str, *, max_relative_change: fl
     If both parse as numbers and the target is not 0: right when |prediction - target| / |target| is at most
     ``max_relative_change``. Otherwise (text, or a target of 0): case-insensitive exact string match, so
     ``"0.0"`` is wrong against ``"0"``. Percentages are divided by 100 on either side, so ``"5%"`` matches
-    ``"0.05"`` but not ``"5"``. Both strings are stripped of surrounding whitespace first.
+    ``"0.05"`` but not ``"5"``. No stripping (as in lmms-eval): ``"yes "`` is not ``"yes"``.
 
     Example: target 100 -> 95 and 105 are right, 94.9 is wrong (5.1% off).
     """
-    prediction, target = prediction.strip(), target.strip()
     prediction_value, target_value = _to_float(prediction), _to_float(target)
     if prediction_value is not None and target_value:
         return abs(prediction_value - target_value) / abs(target_value) <= max_relative_change
@@ -270,23 +269,25 @@ def _anls_normalize(text: str) -> str:
 
 
 def anls_score(prediction: str, gt_answers: Sequence[str], *, threshold: float = 0.5) -> float:
-    """ANLS of one question: the best over gold answers of 1 - NL when NL < ``threshold``, else 0.
+    """ANLS of one question, as the DocVQA / InfographicVQA evaluation (and lmms-eval) compute it.
 
-    NL = levenshtein / max(len) on strings lowercased, stripped and with runs of spaces collapsed (two empty
-    strings: NL = 0). Example: gold ``"denver broncos"`` (14 chars), prediction ``"denver bronco"``:
-    distance 1, NL = 1/14 ~ 0.071, score ~ 0.929. A prediction with NL = 0.5 exactly scores 0.
+    For each gold answer: NL = levenshtein(normalised gold, normalised prediction) / max(len(gold),
+    len(prediction)), where normalising lowercases, strips and collapses runs of spaces, but the lengths are
+    those of the *raw* strings (an official quirk; two empty strings give NL = 0). The question scores
+    1 - min NL, set to 0 when below ``threshold`` (so 1 - NL = 0.5 exactly is kept).
+
+    Example: gold ``"denver broncos"`` (14 chars), prediction ``"denver bronco"``: distance 1, NL = 1/14,
+    score 1 - 1/14 ~ 0.929. Gold ``"abcd"``, prediction ``"abxy"``: NL = 2/4, score 0.5 (kept).
     """
     if isinstance(gt_answers, str) or not gt_answers:
         raise ValueError("ANLS: give a non-empty list of gold answers for each question")
     predicted = _anls_normalize(prediction)
-    best = 0.0
+    distances = []
     for answer in gt_answers:
-        gold = _anls_normalize(answer)
-        longest = max(len(gold), len(predicted))
-        distance = levenshtein(gold, predicted) / longest if longest else 0.0
-        if distance < threshold:
-            best = max(best, 1.0 - distance)
-    return best
+        length = max(len(answer.upper()), len(prediction.upper()))
+        distances.append(levenshtein(_anls_normalize(answer), predicted) / length if length else 0.0)
+    score = 1.0 - min(distances)
+    return score if score >= threshold else 0.0
 
 
 def anls(
