@@ -71,10 +71,10 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
     Per epoch (order fixed by ``seed`` and the epoch): each modality's indices are shuffled, cut into
     megabatches of ``group`` global batches, sorted by length (longest first) inside each megabatch and cut into
     global batches of ``batch_size * world_size``; the global batches of both modalities are shuffled together;
-    the incomplete leftovers of the two modalities form one mixed last batch. Rank ``r`` takes slice r of every
-    global batch, so ``DataLoader(ds, batch_size=batch_size, sampler=s)`` on each rank sees batches from the same
-    global batch. With ``world_size > 1`` the last global batch is filled up with indices from the start so all
-    ranks take the same number of steps.
+    the incomplete tails of the modalities go last (at most one full mixed batch, then one shorter batch).
+    Rank ``r`` takes slice r of every global batch, so ``DataLoader(ds, batch_size=batch_size, sampler=s)`` on
+    each rank sees batches from the same global batch. With ``world_size > 1`` the last global batch is filled
+    up with indices from the start so all ranks take the same number of steps.
 
     ``lengths`` are sizes to group by; text samples may be given as negative lengths (LLaVA's
     ``modality_lengths`` convention) when ``modalities`` is None.
@@ -124,22 +124,24 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         size = self.batch_size * self.world_size
         batches: list[list[int]] = []
-        leftovers: list[int] = []
+        tails: list[int] = []
         for kind in sorted(set(self.modalities)):
             idx = [i for i, m in enumerate(self.modalities) if m == kind]
             idx = [idx[k] for k in torch.randperm(len(idx), generator=g).tolist()]
             mega = size * self.group
+            rest: list[int] = []  # what the megabatches of this modality leave over: still one modality
             for s in range(0, len(idx), mega):
                 chunk = sorted(idx[s : s + mega], key=lambda i: -self.lengths[i])
                 full = len(chunk) // size * size
                 batches += [chunk[k : k + size] for k in range(0, full, size)]
-                leftovers += chunk[full:]
+                rest += chunk[full:]
+            rest.sort(key=lambda i: -self.lengths[i])
+            full = len(rest) // size * size
+            batches += [rest[k : k + size] for k in range(0, full, size)]
+            tails += rest[full:]
         order = [batches[k] for k in torch.randperm(len(batches), generator=g).tolist()]
-        # leftovers: whole batches of them first (each megabatch leaves some), then the one incomplete tail
-        full = len(leftovers) // size * size
-        order += [leftovers[k : k + size] for k in range(0, full, size)]
-        if full < len(leftovers):
-            order.append(leftovers[full:])
+        # the incomplete tails of the modalities go last: at most one full mixed batch and one shorter one
+        order += [tails[k : k + size] for k in range(0, len(tails), size)]
         return order
 
     def order(self) -> list[int]:
