@@ -93,7 +93,7 @@ def score_file(task_name: str, *, data: str, predictions: str, out: str | None =
     if not pred_path.is_file():
         raise FileNotFoundError(f"predictions file not found: {predictions}")
     samples = _read(task, data)
-    preds = read_predictions(pred_path)
+    preds = read_predictions(pred_path, key_of=task.key_of)
     if not preds:
         raise ValueError(f"{predictions}: no predictions in the file")
     answered = [s for s in samples if s.id in preds]

@@ -23,10 +23,13 @@ from .tasks.base import Sample, Task
 MAX_IDS = 20  # ids listed in the result object for missing images / failures (the count is exact)
 
 
-def read_predictions(path: Path, *, tolerate_torn_tail: bool = False) -> dict[str, str]:
+def read_predictions(
+    path: Path, *, tolerate_torn_tail: bool = False, key_of: Callable[[dict[str, Any]], str] | None = None
+) -> dict[str, str]:
     """Predicted texts by question id from a JSONL answer file: ``{"question_id", "text"}`` (LLaVA's and ours),
     ``"id"`` / ``"prediction"`` / ``"answer"`` also accepted. MMBench answers with a ``round_id`` are keyed
-    ``"<question_id>/<round_id>"``. A torn last line (a crash mid-write) is skipped when resuming."""
+    ``"<question_id>/<round_id>"``; ``key_of`` overrides the key (a task's own rule). A torn last line
+    (a crash mid-write) is skipped when resuming."""
     out: dict[str, str] = {}
     lines = path.read_text(encoding="utf-8").splitlines()
     for n, line in enumerate(lines, 1):
@@ -42,7 +45,10 @@ def read_predictions(path: Path, *, tolerate_torn_tail: bool = False) -> dict[st
             raise ValueError(
                 f"{path}:{n}: not a prediction record (need JSON with 'question_id' and 'text'); fix that line"
             ) from None
-        key = f"{qid}/{record['round_id']}" if "round_id" in record else str(qid)
+        if key_of is not None:
+            key = key_of(record)
+        else:
+            key = f"{qid}/{record['round_id']}" if "round_id" in record else str(qid)
         out[key] = "" if text is None else str(text)
     return out
 

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from . import docs, gqa, mmbench, mme, pope, scienceqa, synth, vqa
 from .base import Sample, Task
-from .synth import TASK as SYNTH
 
-TASKS: dict[str, Task] = {t.name: t for t in [SYNTH]}
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        vqa.VQAV2,
+        vqa.TEXTVQA,
+        gqa.TASK,
+        vqa.VIZWIZ,
+        pope.TASK,
+        scienceqa.TASK,
+        mmbench.TASK,
+        mme.TASK,
+        docs.CHARTQA,
+        docs.DOCVQA,
+        docs.INFOVQA,
+        synth.TASK,
+    ]
+}
 
 __all__ = ["TASKS", "Sample", "Task", "get_task"]
 

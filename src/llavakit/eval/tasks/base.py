@@ -46,11 +46,21 @@ class Task:
     description: str
     data_help: str  # the accepted layouts of --data, shown in errors
     max_new_tokens: int = 128  # LLaVA's model_vqa_loader default
+    # The sample id an answer-file record answers, when LLaVA's own files key it differently (TextVQA).
+    key_of: Callable[[dict[str, Any]], str] | None = None
 
 
 def answered(samples: list[Sample], predictions: dict[str, str]) -> list[tuple[Sample, str]]:
     """The samples that have a prediction, with it, in sample order."""
     return [(s, predictions[s.id]) for s in samples if s.id in predictions]
+
+
+def resolve_image(name: str, dirs: list[Path]) -> str:
+    """The first existing ``dir / name`` among ``dirs``; else the path under the first dir (reported missing)."""
+    for d in dirs:
+        if (d / name).is_file():
+            return str(d / name)
+    return str(dirs[0] / name)
 
 
 def suffixed(question: str, *suffixes: str) -> str:

@@ -1,0 +1,133 @@
+"""MMBench with circular evaluation: every question is asked once per rotation of its options and counts
+as right only if every rotation is answered right.
+
+``--data``: the MMBench TSV (``index, question, hint, A, B, C, D, answer, category, image`` with base64
+images; VLMEvalKit's image-by-reference rows accepted) or the lmms-lab parquet release. The prompt is
+LLaVA's ``model_vqa_mmbench.py`` one: ``hint\\nquestion\\nA. ...\\nB. ...\\n`` + the letter suffix; rotation
+``r`` shows the options shifted by ``r`` (``options[r:] + options[:r]``) under the letters A, B, ...
+
+Answers are matched to a letter with VLMEvalKit's exact-matching rules (no ChatGPT judge):
+:func:`llavakit.eval.choice.extract_option_letter`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..choice import extract_option_letter, mmbench_circular_accuracy
+from .base import LETTER_ANSWER, Sample, Task, answered
+from .io import base64_image, find, parquet_image, read_parquet, read_tsv, require
+
+LETTERS = "ABCDEFGHI"
+
+
+def is_none(value: Any) -> bool:
+    """LLaVA's ``is_none``: a missing cell (None, NaN, empty, 'nan' / 'none' text)."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip().lower() in ("", "nan", "none")
+
+
+def rotations(row: dict[str, Any], where: str) -> list[tuple[str, dict[str, str], str]]:
+    """(prompt, shown options, right letter) for every rotation of one MMBench row.
+
+    Example: options A=cat, B=dog, C=cow with answer B: rotation 1 shows A=dog, B=cow, C=cat, so its
+    right letter is A; rotation 2 shows A=cow, B=cat, C=dog, right letter C.
+    """
+    options = []
+    for letter in LETTERS:
+        if letter not in row or is_none(row[letter]):
+            break
+        options.append(str(row[letter]))
+    if len(options) < 2:
+        raise ValueError(f"{where}: a question needs at least options A and B")
+    answer = str(row["answer"]).strip()
+    if answer not in LETTERS[: len(options)]:
+        raise ValueError(f"{where}: answer {answer!r} is not one of the options {LETTERS[: len(options)]}")
+    k = LETTERS.index(answer)
+    question = str(row["question"])
+    if not is_none(row.get("hint")):
+        question = f"{row['hint']}\n{question}"
+    out = []
+    for r in range(len(options)):
+        shown = options[r:] + options[:r]
+        lines = [f"{LETTERS[i]}. {o}" for i, o in enumerate(shown)]
+        prompt = "\n".join([question, *lines, LETTER_ANSWER])
+        out.append((prompt, dict(zip(LETTERS, shown)), LETTERS[(k - r) % len(options)]))
+    return out
+
+
+def read(root: Path) -> list[Sample]:
+    parquet = find(root, ["*.parquet", "data/*.parquet"])
+    if parquet is not None and parquet.suffix == ".parquet":
+        rows, path = read_parquet(root), root
+    else:
+        path = find(root, ["*.tsv"])
+        if path is None:
+            raise ValueError(f"{root}: no MMBench .tsv or .parquet file")
+        rows = read_tsv(path)
+    by_index = {str(r.get("index")): r for r in rows}
+    samples = []
+    for row in rows:
+        where = f"{path}:{row['__line__']}"
+        require(row, ("index", "question", "A", "B", "image"), path)
+        if "answer" not in row or is_none(row["answer"]):
+            raise ValueError(f"{where}: no answer (MMBench test splits are scored by the official server)")
+        image_cell = row["image"]
+        if isinstance(image_cell, str):
+            if len(image_cell) <= 64 and image_cell.strip().isdigit():  # VLMEvalKit: "same image as row N"
+                ref_row = by_index.get(image_cell.strip())
+                if ref_row is None:
+                    raise ValueError(f"{where}: the image refers to row {image_cell!r}, which is not in the file")
+                image_cell = ref_row["image"]
+            image = base64_image(image_cell, where)
+        else:
+            image = parquet_image(image_cell, where)
+        index = str(row["index"])
+        category = None if is_none(row.get("category")) else str(row["category"])
+        for r, (prompt, shown, right) in enumerate(rotations(row, where)):
+            ref = {"options": shown, "answer": right, "category": category, "round": r}
+            samples.append(Sample(f"{index}/{r}", prompt, image, ref, group=index))
+    return samples
+
+
+def score(samples: list[Sample], predictions: dict[str, str]) -> dict[str, Any]:
+    """``circular`` (all rotations right), ``first_round`` (rotation 0 only, as a single pass would score),
+    ``rotations`` (every rotation on its own) and circular accuracy per category."""
+    pairs = answered(samples, predictions)
+    if not pairs:
+        raise ValueError("MMBench: no predictions to score")
+    records = [
+        {
+            "index": s.group,
+            "prediction": extract_option_letter(p, s.ref["options"]),
+            "answer": s.ref["answer"],
+            "category": s.ref["category"],
+        }
+        for s, p in pairs
+    ]
+    result = mmbench_circular_accuracy(records, index_modulo=None)
+    first = [rec for (s, _), rec in zip(pairs, records) if s.ref["round"] == 0]
+    scores = {"circular": result["overall"], "rotations": result["vanilla"]}
+    if first:
+        scores["first_round"] = sum(r["prediction"] == r["answer"] for r in first) / len(first)
+    scores.update({f"category/{k}": v for k, v in result["per_category"].items()})
+    counts = {
+        "questions": result["num_questions"],
+        "rotations": len(records),
+        "unparsed": sum(r["prediction"] is None for r in records),
+    }
+    return {"scores": scores, "counts": counts}
+
+
+TASK = Task(
+    "mmbench",
+    read,
+    score,
+    "MMBench (dev): circular evaluation over option rotations, VLMEvalKit exact matching",
+    "the MMBench .tsv (base64 images, with an answer column) or the lmms-lab parquet directory",
+)
