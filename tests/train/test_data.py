@@ -146,3 +146,14 @@ def test_build_dataset_mixes_with_weights(folder):
         build_dataset({"datasets": [{"path": str(a), "wieght": 1}]}, proc, None, 512)
     with pytest.raises(ValueError, match="'path'"):
         build_dataset({"image_folder": "x"}, proc, None, 512)
+
+
+def test_non_object_records_are_bad_records(folder):
+    proc = tiny_processor("llava")
+    (folder / "d.json").write_text(json.dumps([good(0), ["not", "a", "record"], good(1)]))
+    with pytest.raises(SampleError, match=r"d.json\[1\]: a record must be a JSON object"):
+        SupervisedDataset(folder / "d.json", folder / "imgs", proc, None, 512)
+    ds = SupervisedDataset(folder / "d.json", folder / "imgs", proc, None, 512, on_error="skip")
+    assert len(ds) == 2 and ds.skipped == {"bad_record": 1}
+    with pytest.raises(ValueError, match="no usable training records"):
+        SupervisedDataset([["x"]], folder / "imgs", proc, None, 512, on_error="skip")

@@ -239,11 +239,13 @@ def test_chat_template_with_generation_marks_gives_labels():
     proc = tiny_processor("llava")
     proc.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'user' %}U: {% for p in m['content'] %}"
-        "{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}{% endfor %}\n"
-        "{% else %}A: {% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}\n{% endif %}{% endfor %}"
+        "{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}{% endfor %}{{ '\\n' }}"
+        "{% else %}A: {% for p in m['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}"
+        "{{ p['text'] }}{{ eos_token }}{% endgeneration %}{% endfor %}{{ '\\n' }}{% endif %}{% endfor %}"
     )
     msgs = to_messages({"image": "a.png", "conversations": conv(f"{IMG}\n{Q1}", A1)})
     enc = encode_sample(msgs, proc, "chat_template", [(30, 30)], sample_id="g")
+    assert proc.tokenizer.decode(enc.input_ids) == "<s>U: " + IMG * 16 + f"{Q1}\nA: {A1}</s>\n"
     assert proc.tokenizer.decode([t for t in enc.labels if t >= 0]) == f"{A1}</s>"
     assert enc.input_ids.count(proc.image_token_id) == 16
 

@@ -46,7 +46,7 @@ class Record:
 
     @property
     def id(self) -> str:
-        return str(self.data.get("id", self.where))
+        return str(self.data.get("id", self.where)) if isinstance(self.data, dict) else self.where
 
 
 # -- reading ---------------------------------------------------------------------------------------------------

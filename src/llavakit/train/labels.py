@@ -66,18 +66,23 @@ def image_token_counts(processor: LlavaProcessor, sizes: list[tuple[int, int]]) 
 
 
 def _hf_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """String contents with placeholders -> HF content parts (``{"type": "image"}`` where ``<image>`` was)."""
+    """String contents with placeholders -> HF content parts, as llava-hf chat templates iterate them.
+
+    "<image>\nWhat?" -> [{"type": "image"}, {"type": "text", "text": "What?"}] (the "\n" after a placeholder is
+    the template's to write); answers and system texts become one text part.
+    """
     out = []
     for msg in messages:
-        content = msg["content"]
-        if msg["role"] == "user" and isinstance(content, str):
-            pieces = re.split(f"({re.escape(IMAGE)}|{re.escape(VIDEO)})", content)
-            content = [
-                {"type": "image"} if p == IMAGE else {"type": "video"} if p == VIDEO else {"type": "text", "text": p}
-                for p in pieces
-                if p
-            ]
-        out.append({**msg, "content": content})
+        parts: list[dict[str, Any]] = []
+        for p in re.split(f"({re.escape(IMAGE)}|{re.escape(VIDEO)})", str(msg["content"])):
+            if p in (IMAGE, VIDEO):
+                parts.append({"type": p[1:-1]})
+                continue
+            if parts and parts[-1]["type"] != "text":
+                p = p.removeprefix("\n")
+            if p:
+                parts.append({"type": "text", "text": p})
+        out.append({**msg, "content": parts})
     return out
 
 
