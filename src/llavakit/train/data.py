@@ -14,7 +14,8 @@ is moved to the front of its turn followed by "\\n", as the original LLaVA code 
 Records are read and checked cheaply when the dataset is built (JSON, conversation, placeholder counts, image
 files exist); images are opened only in ``__getitem__``. With ``on_error="skip"`` a bad record is counted in
 ``.skipped`` under its reason (see ``labels.SampleError``) and left out (or, when found only while loading,
-replaced by the next good sample); with ``on_error="raise"`` the error names the file, line and id.
+replaced by the next good sample); with ``on_error="raise"`` the error names the file, line and id. Samples
+found only while loading are counted in the process that loads them (DataLoader workers keep their own counts).
 """
 
 from __future__ import annotations
