@@ -1,0 +1,314 @@
+"""`llava eval score` on hand-written answer files (LLaVA's keys question_id + text) with known scores;
+`llava eval compare`; malformed inputs; the parquet readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fixtures as fx
+import pytest
+
+from llavakit.eval.command import compare_runs, score_file
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _answers(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _score(task: str, data: Path, tmp_path: Path, answers: dict[str, str] | list[dict]) -> dict:
+    records = answers if isinstance(answers, list) else [{"question_id": k, "text": v} for k, v in answers.items()]
+    preds = _answers(tmp_path / f"{task}_answers.jsonl", records)
+    return score_file(task, data=str(data), predictions=str(preds), out=str(tmp_path / f"{task}_scored"))
+
+
+def test_vqav2(tmp_path):
+    # q1: ten "red", "Red." -> EvalAI "red" -> 1.0; q2: two "2" of ten, "two" -> "2" -> 0.6; q3: 0.
+    result = _score("vqav2", fx.vqav2(tmp_path / "d"), tmp_path, {"1": "Red.", "2": "two", "3": "no"})
+    assert result["scores"]["accuracy"] == pytest.approx((1.0 + 0.6 + 0.0) / 3)
+
+
+def test_textvqa_llava_answer_file(tmp_path):
+    """LLaVA's TextVQA answer files use the image id as question_id; the prompt tells the questions apart."""
+    ocr = "\nReference OCR token: sony, 1000\n" + fx.SHORT
+    records = [
+        {"question_id": "abc1", "prompt": "What brand is it?" + ocr, "text": "Sony"},  # 3 of 10 -> 0.9
+        {"question_id": "abc1", "prompt": "What number is shown?" + ocr, "text": "1000"},  # "1,000" -> 1.0
+        {"question_id": "abc2", "prompt": "What word is there?" + ocr, "text": "go"},  # 0
+    ]
+    result = _score("textvqa", fx.textvqa(tmp_path / "d"), tmp_path, records)
+    assert result["scores"]["accuracy"] == pytest.approx((0.9 + 1.0 + 0.0) / 3)
+    assert result["unanswered"]["count"] == 0
+
+
+def test_gqa(tmp_path):
+    result = _score("gqa", fx.gqa(tmp_path / "d"), tmp_path, {"201": "Yes.", "202": "left side", "203": "Red"})
+    assert result["scores"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_vizwiz(tmp_path):
+    answers = {
+        "VizWiz_val_00000000.jpg": "Soup.",
+        "VizWiz_val_00000001.jpg": "Unanswerable",
+        "VizWiz_val_00000002.jpg": "cat",
+    }
+    result = _score("vizwiz", fx.vizwiz(tmp_path / "d"), tmp_path, answers)
+    assert result["scores"]["accuracy"] == pytest.approx(2 / 3)  # 1.0 + 1.0 (5 of 10 agree) + 0
+
+
+def test_pope(tmp_path):
+    # random: labels yes no yes no, answers yes no no yes -> TP 1, TN 1, FN 1, FP 1
+    # adversarial: labels yes no no, answers yes no no -> all right, yes-ratio 1/3
+    answers = {
+        "1": "Yes, there is.",
+        "2": "No.",
+        "3": "There is no cat.",
+        "4": "Yes",
+        "5": "Yes",
+        "6": "No",
+        "7": "I think not",
+    }
+    s = _score("pope", fx.pope(tmp_path / "d"), tmp_path, answers)["scores"]
+    assert (s["random_accuracy"], s["random_precision"], s["random_recall"], s["random_f1"]) == (0.5, 0.5, 0.5, 0.5)
+    assert s["random_yes_ratio"] == 0.5
+    assert (s["adversarial_accuracy"], s["adversarial_f1"]) == (1.0, 1.0)
+    assert s["adversarial_yes_ratio"] == pytest.approx(1 / 3)
+    assert s["accuracy"] == pytest.approx(0.75) and s["f1"] == pytest.approx(0.75)
+    assert s["overall_accuracy"] == pytest.approx(5 / 7)
+
+
+def test_pope_label_files_alone(tmp_path):
+    data = fx.pope(tmp_path / "d")
+    (data / "llava_pope_test.jsonl").unlink()  # without LLaVA's question file, ids are <split>/<id>
+    answers = {"random/1": "Yes", "random/2": "Yes", "random/3": "Yes", "random/4": "Yes"}
+    result = _score("pope", data, tmp_path, answers)
+    assert result["scores"]["random_precision"] == 0.5 and result["scores"]["random_recall"] == 1.0
+    assert result["unanswered"]["count"] == 3  # the adversarial split was not answered
+
+
+def test_scienceqa_img(tmp_path):
+    # pid 1 (B) right, pid 2 (C) right via "The answer is C.", pid 4 (B) answered "A. a" -> wrong
+    result = _score(
+        "scienceqa_img", fx.scienceqa(tmp_path / "d"), tmp_path, {"1": "B", "2": "The answer is C.", "4": "A. a"}
+    )
+    assert result["scores"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_mmbench_llava_answer_file_with_rounds(tmp_path):
+    """Question 0 (answer B = "dog"): rotation 2 shows cow, cat, dog and is answered B (cow): the question
+    fails circular evaluation although 2 of its 3 rotations are right. Question 1 passes."""
+    records = [
+        {"question_id": 0, "round_id": 0, "text": "B"},
+        {"question_id": 0, "round_id": 1, "text": "A. dog"},
+        {"question_id": 0, "round_id": 2, "text": "B"},
+        {"question_id": 1, "round_id": 0, "text": "A"},
+        {"question_id": 1, "round_id": 1, "text": "The answer is (B) red"},
+    ]
+    result = _score("mmbench", fx.mmbench(tmp_path / "d"), tmp_path, records)
+    assert result["scores"]["circular"] == 0.5
+    assert result["scores"]["rotations"] == pytest.approx(4 / 5)
+    assert result["scores"]["first_round"] == 1.0
+    assert result["scores"]["category/recognition"] == 0.0 and result["scores"]["category/color"] == 1.0
+
+
+def test_mme_points(tmp_path):
+    e1, e2 = "existence/000000000001.jpg", "existence/000000000002.jpg"
+    answers = {
+        f"{e1}/1": "Yes", f"{e1}/2": "No",  # both right
+        f"{e2}/1": "Yes", f"{e2}/2": "Yes, it is",  # one right -> existence acc 3/4, acc+ 1/2 -> 125 points
+        "OCR/ocr1.jpg/1": "No", "OCR/ocr1.jpg/2": "Yes",  # both wrong -> 0 points
+        "code_reasoning/0020.png/1": "yes", "code_reasoning/0020.png/2": "no",  # 200 points
+    }  # fmt: skip
+    result = _score("mme", fx.mme(tmp_path / "d"), tmp_path, answers)
+    assert result["points"]["existence"] == pytest.approx(125.0)
+    assert result["points"]["perception"] == pytest.approx(125.0)
+    assert result["points"]["cognition"] == pytest.approx(200.0)
+    assert result["scores"]["perception"] == pytest.approx(125 / 400)  # two perception subtasks present
+    assert result["scores"]["existence_acc"] == 0.75 and result["scores"]["existence_acc_plus"] == 0.5
+    assert all(0 <= v <= 1 for v in result["scores"].values())
+
+
+def test_mme_incomplete_pair_left_out(tmp_path):
+    e1 = "existence/000000000001.jpg"
+    answers = {f"{e1}/1": "Yes", f"{e1}/2": "No", "existence/000000000002.jpg/1": "Yes"}
+    result = _score("mme", fx.mme(tmp_path / "d"), tmp_path, answers)
+    assert result["counts"]["incomplete_pairs"] == 1
+    assert result["points"]["existence"] == 200.0
+
+
+def test_chartqa(tmp_path):
+    # 104 vs 100: 4% off -> right; "yes" vs "Yes" -> right; 0.22 vs 0.2: 10% off -> wrong
+    result = _score(
+        "chartqa", fx.chartqa(tmp_path / "d"), tmp_path, {"human/0": "104", "human/1": "yes", "augmented/0": "0.22"}
+    )
+    s = result["scores"]
+    assert (s["relaxed_accuracy"], s["relaxed_human"], s["relaxed_augmented"]) == (pytest.approx(2 / 3), 1.0, 0.0)
+
+
+def test_docvqa_anls(tmp_path):
+    # exact -> 1; "Denver Bronco" vs "Denver Broncos" -> 1 - 1/14; "abxy" vs "abcd" -> 0.5 exactly, kept
+    answers = {"301": "1 may 2020", "302": "Denver Bronco", "303": "abxy"}
+    result = _score("docvqa", fx.docvqa(tmp_path / "d"), tmp_path, answers)
+    assert result["scores"]["anls"] == pytest.approx((1 + (1 - 1 / 14) + 0.5) / 3)
+
+
+def test_infovqa_anls(tmp_path):
+    # "France" -> 1; "13" vs golds "12" (NL 1/2 -> 0.5) and "twelve" (NL 1) -> 0.5
+    result = _score("infovqa", fx.infovqa(tmp_path / "d"), tmp_path, {"401": "France", "402": "13"})
+    assert result["scores"]["anls"] == pytest.approx(0.75)
+
+
+def test_compare_two_runs(tmp_path, capsys):
+    data = fx.gqa(tmp_path / "d")
+    _score("gqa", data, tmp_path, {"201": "yes", "202": "left", "203": "blue"})
+    (tmp_path / "gqa_scored").rename(tmp_path / "a")
+    _score("gqa", data, tmp_path, {"201": "yes", "202": "left", "203": "red"})
+    summary = compare_runs(str(tmp_path / "a"), str(tmp_path / "gqa_scored" / "scores.json"))
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "| accuracy | 66.67 | 100.00 | +33.33 |" in out
+    assert json.loads(out[-1]) == summary
+    assert summary["diff"]["accuracy"] == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------- errors through the CLI
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.run(
+        [sys.executable, "-m", "llavakit.cli", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_malformed_files_name_file_and_line(tmp_path):
+    data = fx.vqav2(tmp_path / "d")
+    qfile = data / "llava_vqav2_mscoco_val2014.jsonl"
+    lines = qfile.read_text().splitlines()
+    lines[1] = '{"question_id": 2, "image": '  # broken JSON on line 2
+    qfile.write_text("\n".join(lines) + "\n")
+    preds = _answers(tmp_path / "p.jsonl", [{"question_id": 1, "text": "red"}])
+    done = _cli(
+        "eval", "score", "vqav2", "--data", str(data), "--predictions", str(preds), "--out", str(tmp_path / "o")
+    )
+    assert done.returncode == 2
+    assert f"{qfile}:2: not valid JSON" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_malformed_tsv_prediction_file_and_mme_txt(tmp_path):
+    data = fx.mmbench(tmp_path / "mmb")
+    tsv = data / "mmbench_dev_20230712.tsv"
+    tsv.write_text(tsv.read_text() + "2\tonly three\tfields\n")
+    with pytest.raises(ValueError, match=r"mmbench_dev_20230712.tsv:4: 3 fields but the header has 12"):
+        _score("mmbench", data, tmp_path, {"0/0": "A"})
+    preds = tmp_path / "bad.jsonl"
+    preds.write_text('{"question_id": "201", "text": "yes"}\nnot json\n{"question_id": "202", "text": "left"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a prediction record"):
+        score_file("gqa", data=str(fx.gqa(tmp_path / "g")), predictions=str(preds))
+    mme = fx.mme(tmp_path / "mme")
+    (mme / "MME_Benchmark_release_version" / "OCR" / "questions_answers_YN" / "ocr1.txt").write_text("no tab here\n")
+    with pytest.raises(ValueError, match=r"ocr1.txt:1: expected 'question<TAB>Yes\|No'"):
+        _score("mme", mme, tmp_path, {"x": "yes"})
+
+
+def test_unknown_ids_and_missing_data_are_clear(tmp_path):
+    data = fx.gqa(tmp_path / "d")
+    with pytest.raises(ValueError, match="none of its question ids"):
+        _score("gqa", data, tmp_path, {"999": "yes"})
+    done = _cli("eval", "gqa", "--data", str(tmp_path / "nowhere"), "--model", str(tmp_path))
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+# ---------------------------------------------------------------- parquet (lmms-lab releases)
+
+
+def _parquet(path: Path, rows: list[dict]) -> Path:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path.parent
+
+
+def _img(seed: int) -> dict:
+    return {"bytes": fx.png_bytes(seed), "path": None}
+
+
+def test_parquet_docvqa_pope_gqa(tmp_path):
+    doc = _parquet(
+        tmp_path / "doc" / "data" / "validation-00000-of-00001.parquet",
+        [{"questionId": "7", "question": "Date?", "answers": ["1 may"], "image": _img(1), "docId": 1}],
+    )
+    assert _score("docvqa", doc, tmp_path, {"7": "1 May"})["scores"]["anls"] == 1.0
+    pope = _parquet(
+        tmp_path / "pope" / "data" / "test.parquet",
+        [
+            {
+                "question_id": "1",
+                "question": "Is there a cat?",
+                "answer": "yes",
+                "image": _img(1),
+                "category": "random",
+            },
+            {"question_id": "2", "question": "Is there a dog?", "answer": "no", "image": _img(2), "category": "random"},
+        ],
+    )
+    assert _score("pope", pope, tmp_path, {"1": "Yes", "2": "Yes"})["scores"]["random_precision"] == 0.5
+    gqa = tmp_path / "gqa"
+    _parquet(gqa / "instructions" / "a.parquet", [{"id": "q1", "imageId": "n1", "question": "Red?", "answer": "no"}])
+    _parquet(gqa / "images" / "b.parquet", [{"id": "n1", "image": _img(3)}])
+    assert _score("gqa", gqa, tmp_path, {"q1": "No."})["scores"]["accuracy"] == 1.0
+
+
+def test_parquet_mmbench_mme_scienceqa_chartqa_textvqa(tmp_path):
+    mmb = _parquet(
+        tmp_path / "mmb" / "dev.parquet",
+        [{"index": 5, "question": "Q?", "hint": None, "A": "x", "B": "y", "C": None, "D": None, "answer": "B",
+          "category": "c", "image": _img(1)}],
+    )  # fmt: skip
+    assert _score("mmbench", mmb, tmp_path, {"5/0": "B", "5/1": "A"})["scores"]["circular"] == 1.0
+    mme = _parquet(
+        tmp_path / "mme" / "test.parquet",
+        [{"question_id": "color/1.png", "question": "Red? Answer yes or no.", "answer": "Yes", "category": "color",
+          "image": _img(1)},
+         {"question_id": "color/1.png", "question": "Blue? Answer yes or no.", "answer": "No", "category": "color",
+          "image": _img(1)}],
+    )  # fmt: skip
+    assert (
+        _score("mme", mme, tmp_path, {"color/color/1.png/1": "Yes", "color/color/1.png/2": "No"})["points"]["color"]
+        == 200
+    )
+    sqa = _parquet(
+        tmp_path / "sqa" / "test.parquet",
+        [{"image": _img(1), "question": "Which?", "choices": ["a", "b"], "answer": 1, "hint": "", "id": "s1"},
+         {"image": None, "question": "Text?", "choices": ["a", "b"], "answer": 0, "hint": "", "id": "s2"}],
+    )  # fmt: skip
+    result = _score("scienceqa_img", sqa, tmp_path, {"s1": "B"})
+    assert result["scores"]["accuracy"] == 1.0 and result["questions"] == 1  # the text-only question is not in IMG
+    chart = _parquet(
+        tmp_path / "chart" / "test.parquet",
+        [{"type": "human_test", "question": "Max?", "answer": "50", "image": _img(2)}],
+    )
+    assert _score("chartqa", chart, tmp_path, {"human_test/0": "51"})["scores"]["relaxed_human"] == 1.0
+    tvqa = _parquet(
+        tmp_path / "tvqa" / "val.parquet",
+        [{"question_id": 3, "image_id": "ab", "question": "What brand?", "answers": ["sony"] * 10, "image": _img(4)}],
+    )
+    assert _score("textvqa", tvqa, tmp_path, {"ab|what brand?": "Sony"})["scores"]["accuracy"] == 1.0
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
+    data = tmp_path / "doc"
+    data.mkdir()
+    (data / "x.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ValueError, match=r"needs pyarrow; install it with `pip install 'llavakit\[eval\]'`"):
+        _score("docvqa", data, tmp_path, {"1": "x"})
