@@ -1,0 +1,143 @@
+"""The body of ``llava serve``: load the model, build the app, run uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _require_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ValueError(
+            f"llava serve needs the [serve] extra ({e.name} is missing): pip install 'llavakit[serve]'"
+        ) from None
+
+
+def resolve_model(model: str | None) -> tuple[str, str]:
+    """(path, served name). Without --model: the bundled default, or a tiny random model while it is missing."""
+    from ..commands import default_model
+
+    if model is not None:
+        return model, Path(model.rstrip("/")).name or model
+    try:
+        return default_model(), "llava-default"
+    except FileNotFoundError:
+        from ..tiny import write_tiny_checkpoint
+
+        path = write_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="llava-serve-")) / "tiny-random")
+        print(
+            "NOTE: no --model given and the bundled default model is not installed yet: serving a TINY "
+            "RANDOM-WEIGHT model (its answers are noise). Pass --model DIR to serve a real checkpoint.",
+            file=sys.stderr,
+        )
+        return str(path), "tiny-random"
+
+
+def serve(
+    model: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_concurrency: int = 64,
+    max_batch_size: int = 8,
+    allow_remote_images: bool = False,
+    timeout: float = 300.0,
+    max_tokens: int | None = None,
+    max_images: int = 8,
+    max_image_bytes: int = 20 * 1024 * 1024,
+    max_image_pixels: int = 40_000_000,
+    served_name: str | None = None,
+    dtype: str = "float32",
+    quantize: str | None = None,
+) -> int:
+    _require_extra()
+    import uvicorn
+
+    from ..pipeline import load
+    from .app import ServeConfig, create_app
+    from .images import ImageLimits
+
+    for name, v in [
+        ("--max-concurrency", max_concurrency),
+        ("--max-batch-size", max_batch_size),
+        ("--max-images", max_images),
+        ("--max-image-bytes", max_image_bytes),
+        ("--max-image-pixels", max_image_pixels),
+    ]:
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    if timeout <= 0:
+        raise ValueError(f"--timeout must be > 0 seconds, got {timeout}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {max_tokens}")
+    api_key = api_key or os.environ.get("LLAVA_API_KEY") or None
+    path, name = resolve_model(model)
+    pipe = load(path, dtype=dtype, quantize=quantize)
+    config = ServeConfig(
+        model_name=served_name or name,
+        api_key=api_key,
+        max_batch_size=max_batch_size,
+        max_concurrency=max_concurrency,
+        timeout=timeout,
+        max_tokens=max_tokens,
+        images=ImageLimits(
+            max_bytes=max_image_bytes,
+            max_pixels=max_image_pixels,
+            max_images=max_images,
+            allow_remote=allow_remote_images,
+        ),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(
+        f"serving {config.model_name!r} ({path}) on http://{host}:{port}  (chat page at /, API at /v1)",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(create_app(pipe, config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    return 0
+
+
+def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
+    """Register ``llava serve`` on the CLI's subcommands."""
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP API + web chat page (needs the [serve] extra)")
+    s.add_argument("--model", help="model directory or hub id (default: the bundled model)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $LLAVA_API_KEY, or none)")
+    s.add_argument("--max-concurrency", type=int, default=64, help="requests in flight before 429 (default 64)")
+    s.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (default 8)")
+    s.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
+    s.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included")
+    s.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for (default: the context)")
+    s.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
+    s.add_argument("--max-image-bytes", type=int, default=20 * 1024 * 1024, help="encoded bytes per image (413 above)")
+    s.add_argument("--max-image-pixels", type=int, default=40_000_000, help="width*height per image (413 above)")
+    s.add_argument("--served-model-name", help="the model id clients send (default: the model directory's name)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the decoder")
+    s.set_defaults(
+        func=lambda a: serve(
+            a.model,
+            host=a.host,
+            port=a.port,
+            api_key=a.api_key,
+            max_concurrency=a.max_concurrency,
+            max_batch_size=a.max_batch_size,
+            allow_remote_images=a.allow_remote_images,
+            timeout=a.timeout,
+            max_tokens=a.max_tokens,
+            max_images=a.max_images,
+            max_image_bytes=a.max_image_bytes,
+            max_image_pixels=a.max_image_pixels,
+            served_name=a.served_model_name,
+            dtype=a.dtype,
+            quantize=a.quantize,
+        )
+    )

@@ -1,0 +1,195 @@
+"""Images sent to the server: ``data:`` URLs and (opt-in) remote URLs, checked before any model work.
+
+Every failure is an ``ImageError`` carrying the HTTP status it deserves: 400 for what cannot be decoded or is not
+allowed, 413 for what is too large (bytes, or pixels: a decompression bomb is refused from its header, before
+its pixels are decoded). Remote fetches go only to public addresses (no loopback, private, link-local, multicast
+or reserved ranges, checked again on every redirect and pinned to the checked address against DNS rebinding),
+with limits on bytes, time and redirects.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import ipaddress
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+from PIL import Image, UnidentifiedImageError
+
+FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+MIME_TYPES = set(FORMATS.values()) | {"image/jpg"}
+
+
+class ImageError(ValueError):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024  # encoded size of one image
+    max_pixels: int = 40_000_000  # width * height of one image
+    max_images: int = 8  # per request
+    allow_remote: bool = False
+    fetch_timeout: float = 10.0  # seconds for the whole fetch, redirects included
+    max_redirects: int = 3
+
+
+def decode_data_url(url: str, limits: ImageLimits, what: str) -> bytes:
+    """``data:image/png;base64,iVBOR...`` -> the encoded image bytes."""
+    head, sep, payload = url.partition(",")
+    if not sep:
+        raise ImageError(f"{what}: data: URL without a comma; expected data:image/png;base64,<data>")
+    meta = head[len("data:") :].split(";")
+    mime = meta[0].strip().lower()
+    if mime and mime not in MIME_TYPES:
+        raise ImageError(f"{what}: unsupported image type {mime!r}; send PNG, JPEG, WebP or GIF")
+    if "base64" not in [m.strip().lower() for m in meta[1:]]:
+        raise ImageError(f"{what}: data: URL must be base64 encoded (data:image/png;base64,<data>)")
+    if len(payload) * 3 // 4 > limits.max_bytes:
+        raise ImageError(f"{what}: image is over the limit of {limits.max_bytes} bytes", 413)
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ImageError(f"{what}: data: URL is not valid base64 ({e})") from None
+
+
+def check_image(data: bytes, limits: ImageLimits, what: str) -> tuple[int, int]:
+    """Decode ``data`` fully (truncation shows only then); return its (height, width)."""
+    if not data:
+        raise ImageError(f"{what}: empty image (no bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageError(f"{what}: {len(data)} bytes is over the limit of {limits.max_bytes} bytes", 413)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.format not in FORMATS:
+                raise ImageError(f"{what}: unsupported image format {img.format}; send PNG, JPEG, WebP or GIF")
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageError(f"{what}: zero-size image ({w}x{h})")
+            if w * h > limits.max_pixels:
+                raise ImageError(
+                    f"{what}: {w}x{h} = {w * h} pixels is over the limit of {limits.max_pixels} pixels; downscale it",
+                    413,
+                )
+            img.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{what}: {e}", 413) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{what}: cannot decode image: not a PNG, JPEG, WebP or GIF file (or corrupt)") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds on hostile input; all mean "cannot decode"
+        raise ImageError(f"{what}: cannot decode image ({type(e).__name__}: {e})") from None
+    return h, w
+
+
+def is_public(ip: str) -> bool:
+    """True for a globally routable unicast address; loopback, private, link-local, etc. are refused.
+
+    >>> is_public("93.184.216.34"), is_public("127.0.0.1"), is_public("::ffff:10.0.0.1"), is_public("169.254.169.254")
+    (True, False, False, False)
+    """
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    bad = (
+        addr.is_loopback
+        or addr.is_private
+        or addr.is_link_local
+        or addr.is_multicast
+        or addr.is_reserved
+        or addr.is_unspecified
+    )
+    return addr.is_global and not bad
+
+
+Resolver = Callable[[str, int], list[str]]
+
+
+def resolve(host: str, port: int) -> list[str]:
+    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+
+
+def fetch_image(
+    url: str,
+    limits: ImageLimits,
+    what: str,
+    *,
+    resolver: Resolver = resolve,
+    allow_address: Callable[[str], bool] = is_public,
+) -> bytes:
+    """GET an http(s) image within the limits; every hop's host must resolve only to allowed addresses."""
+    import httpx
+
+    deadline = time.monotonic() + limits.fetch_timeout
+    for _hop in range(limits.max_redirects + 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ImageError(f"{what}: only http(s) image URLs can be fetched, got {url[:100]!r}")
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            addrs = resolver(host, port)
+        except OSError as e:
+            raise ImageError(f"{what}: cannot resolve host {host!r} ({e})") from None
+        if not addrs or not all(allow_address(a) for a in addrs):
+            raise ImageError(f"{what}: refusing to fetch from {host!r}: it resolves to a non-public address")
+        ip = addrs[0]
+        netloc = f"[{ip}]" if ":" in ip else ip
+        pinned = parts._replace(netloc=f"{netloc}:{port}").geturl()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ImageError(f"{what}: fetching the image took longer than {limits.fetch_timeout} s")
+        try:
+            with httpx.Client(timeout=left, follow_redirects=False, trust_env=False) as client:
+                req = client.build_request(
+                    "GET",
+                    pinned,
+                    headers={"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": ", ".join(FORMATS.values())},
+                    extensions={"sni_hostname": host},
+                )
+                with client.send(req, stream=True) as resp:
+                    if resp.is_redirect:
+                        url = urljoin(url, resp.headers.get("location", ""))
+                        continue
+                    if resp.status_code != 200:
+                        raise ImageError(f"{what}: fetching the image returned HTTP {resp.status_code}")
+                    size = int(resp.headers.get("content-length") or 0)
+                    if size > limits.max_bytes:
+                        raise ImageError(f"{what}: image is over the limit of {limits.max_bytes} bytes", 413)
+                    body = bytearray()
+                    for chunk in resp.iter_bytes():
+                        body += chunk
+                        if len(body) > limits.max_bytes:
+                            raise ImageError(f"{what}: image is over the limit of {limits.max_bytes} bytes", 413)
+                        if time.monotonic() > deadline:
+                            raise ImageError(f"{what}: fetching the image took longer than {limits.fetch_timeout} s")
+                    return bytes(body)
+        except httpx.HTTPError as e:
+            raise ImageError(f"{what}: cannot fetch the image ({type(e).__name__}: {e})") from None
+    raise ImageError(f"{what}: more than {limits.max_redirects} redirects")
+
+
+def load_request_image(url: str, limits: ImageLimits, what: str) -> tuple[bytes, tuple[int, int]]:
+    """The bytes of one ``image_url`` part, checked (format, bytes, pixels, decodable), and its (height, width)."""
+    if url.startswith("data:"):
+        data = decode_data_url(url, limits, what)
+    elif url.startswith(("http://", "https://")):
+        if not limits.allow_remote:
+            raise ImageError(
+                f"{what}: remote image URLs are disabled; send a data: URL "
+                "(or start the server with --allow-remote-images)"
+            )
+        data = fetch_image(url, limits, what)
+    else:
+        raise ImageError(f"{what}: image_url.url must be a data: URL (or http(s) with --allow-remote-images)")
+    return data, check_image(data, limits, what)

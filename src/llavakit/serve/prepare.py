@@ -1,0 +1,121 @@
+"""From a validated chat request to model inputs: images checked, prompt rendered, token budget checked.
+
+Runs in the handlers' thread pool (image decoding and preprocessing in parallel with the model worker). Every
+problem becomes an ``ApiError`` with its HTTP status and the request field it concerns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..processing.anyres import num_image_tokens
+from .images import ImageError, load_request_image
+from .schemas import ChatCompletionRequest
+
+if TYPE_CHECKING:
+    from .app import ServeConfig
+
+
+class ApiError(Exception):
+    def __init__(
+        self, message: str, status: int = 400, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.param, self.headers = status, param, headers
+
+
+@dataclass
+class Prepared:
+    input_ids: torch.Tensor  # (T,)
+    vision: dict[str, torch.Tensor]
+    prompt_tokens: int  # T, image tokens included
+    image_tokens: int
+    max_new_tokens: int
+
+
+def _messages(
+    body: ChatCompletionRequest, config: ServeConfig
+) -> tuple[list[dict[str, Any]], list[bytes], list[tuple[int, int]]]:
+    """Messages in the processor's form, the image bytes in order and their (height, width)."""
+    n_images = sum(1 for m in body.messages if isinstance(m.content, list) for p in m.content if p.type == "image_url")
+    if n_images > config.images.max_images:
+        raise ApiError(
+            f"{n_images} images in the request; this server takes at most {config.images.max_images}", 400, "messages"
+        )
+    msgs, images, sizes = [], [], []
+    for i, m in enumerate(body.messages):
+        role = "system" if m.role == "developer" else m.role
+        if not isinstance(m.content, list):
+            msgs.append({"role": role, "content": m.content or ""})
+            continue
+        parts: list[dict[str, Any]] = []
+        for j, part in enumerate(m.content):
+            if part.type == "text":
+                parts.append({"type": "text", "text": part.text})
+                continue
+            where = f"messages[{i}].content[{j}].image_url"
+            try:
+                data, size = load_request_image(part.image_url.url, config.images, where)
+            except ImageError as e:
+                raise ApiError(str(e), e.status, where) from None
+            images.append(data)
+            sizes.append(size)
+            parts.append({"type": "image"})
+        msgs.append({"role": role, "content": parts})
+    return msgs, images, sizes
+
+
+def prepare(body: ChatCompletionRequest, pipe: Any, config: ServeConfig) -> Prepared:
+    model_cfg = pipe.model.config
+    context = model_cfg.text.max_position_embeddings if model_cfg.text.rope_scaling is None else None
+    asked = body.requested_tokens()
+    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    if asked is not None and config.max_tokens is not None and asked > config.max_tokens:
+        raise ApiError(f"{field} {asked} is over this server's limit of {config.max_tokens}", 400, field)
+    msgs, images, sizes = _messages(body, config)
+    proc = pipe.processor
+    # cheap check before any pixel work: the images alone may already overflow the context
+    multi = proc.family == "llava_onevision" and len(sizes) > 1
+    image_tokens = sum(num_image_tokens(h, w, proc.geometry, multi_image=multi) for h, w in sizes)
+    if context is not None and image_tokens + (asked or 1) > context:
+        raise ApiError(
+            f"the {len(sizes)} image(s) alone take {image_tokens} tokens, + {field} {asked or 1} exceeds the model's "
+            f"context of {context} tokens; send fewer or smaller images",
+            400,
+            "messages",
+        )
+    try:
+        prompt = proc.apply_chat_template(msgs, add_generation_prompt=True)
+        inputs = proc(text=prompt, images=images or None, return_tensors="pt")
+    except Exception as e:  # noqa: BLE001 - templates raise their own errors (e.g. roles must alternate)
+        raise ApiError(f"cannot build the prompt from these messages: {e}", 400, "messages") from None
+    ids = inputs["input_ids"][0]  # (T,)
+    t = int(ids.shape[0])
+    if context is not None:
+        if asked is not None and t + asked > context:
+            raise ApiError(
+                f"prompt of {t} tokens ({image_tokens} of them image tokens) + {field} {asked} = {t + asked} "
+                f"exceeds the model's context of {context} tokens; shorten the prompt or lower {field}",
+                400,
+                field,
+            )
+        if asked is None and t >= context:
+            raise ApiError(
+                f"prompt of {t} tokens ({image_tokens} of them image tokens) leaves no room in the "
+                f"model's context of {context} tokens; shorten the prompt",
+                400,
+                "messages",
+            )
+    if asked is None:
+        asked = (
+            config.default_max_tokens
+            if config.max_tokens is None
+            else min(config.default_max_tokens, config.max_tokens)
+        )
+        if context is not None:
+            asked = min(asked, context - t)
+    vision = {k: inputs[k] for k in ("pixel_values", "image_sizes", "batch_num_images") if k in inputs}
+    return Prepared(ids, vision, t, image_tokens, asked)

@@ -1,0 +1,206 @@
+"""Every kind of bad input gets its 4xx status, a message naming the problem, and the server keeps answering."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import zlib
+
+import httpx
+import pytest
+from PIL import Image
+from serve_helpers import API_KEY, data_url, image_bytes
+
+from conftest import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGES, MAX_TOKENS
+
+
+def _bomb_png(w: int, h: int) -> bytes:
+    """A small PNG whose header claims ``w x h`` pixels (IHDR patched, CRC fixed)."""
+    data = bytearray(image_bytes(8, 8))
+    ihdr = 8 + 8  # signature, then length + type of the first chunk
+    data[ihdr : ihdr + 8] = struct.pack(">II", w, h)
+    crc = zlib.crc32(bytes(data[12 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def _solid_png(w: int, h: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 200, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _bmp() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(buf, "BMP")
+    return buf.getvalue()
+
+
+def _img(url: str, text: str = "What is it?") -> dict:
+    return {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}],
+    }
+
+
+def _req(**kw) -> dict:  # noqa: ANN003
+    body = {"model": "tiny-llava", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    body.update(kw)
+    return body
+
+
+PNG = image_bytes(40, 30)
+CASES = {
+    # name: (body or raw bytes, status, text the message must hold, param)
+    "malformed JSON": (b'{"model": "tiny-llava", "messages": [', 400, "malformed JSON", "body"),
+    "not UTF-8": (b"\xff\xfe{\x00", 400, "", None),
+    "deeply nested JSON": (b"[" * 100_000 + b"]" * 100_000, 400, "", None),
+    "JSON array body": (b"[1, 2]", 422, "", None),
+    "missing messages": ({"model": "tiny-llava"}, 422, "messages", "messages"),
+    "missing model": ({"messages": [{"role": "user", "content": "Hi"}]}, 422, "model", "model"),
+    "empty messages": (_req(messages=[]), 422, "messages", "messages"),
+    "unknown role": (_req(messages=[{"role": "tool", "content": "x"}]), 422, "role", "messages[0].role"),
+    "unknown part type": (
+        _req(messages=[{"role": "user", "content": [{"type": "audio", "audio": "x"}]}]),
+        422,
+        "messages[0].content",
+        None,
+    ),
+    "image_url without url": (
+        _req(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+        422,
+        "url",
+        "messages[0].content[0].image_url.url",
+    ),
+    "temperature not a number": (_req(temperature="hot"), 422, "temperature", "temperature"),
+    "temperature negative": (_req(temperature=-1), 422, "temperature", "temperature"),
+    "top_p zero": (_req(top_p=0), 422, "top_p", "top_p"),
+    "max_tokens zero": (_req(max_tokens=0), 422, "max_tokens", "max_tokens"),
+    "n = 2": (_req(n=2), 422, "n", "n"),
+    "seed negative": (_req(seed=-1), 422, "seed", "seed"),
+    "stop not a string": (_req(stop=5), 422, "stop", "stop"),
+    "unknown model": (_req(model="gpt-4o"), 404, "gpt-4o", "model"),
+    "max_tokens over the server limit": (_req(max_tokens=MAX_TOKENS + 1), 400, f"limit of {MAX_TOKENS}", "max_tokens"),
+    "max_completion_tokens over the limit": (
+        _req(max_tokens=None, max_completion_tokens=10_000),
+        400,
+        "10000",
+        "max_completion_tokens",
+    ),
+    "prompt + max_tokens over the context": (
+        _req(messages=[{"role": "user", "content": "a" * 4090}], max_tokens=20),
+        400,
+        "context of 4096 tokens",
+        "max_tokens",
+    ),
+    "bad base64": (
+        _req(messages=[_img("data:image/png;base64,@@@@")]),
+        400,
+        "base64",
+        "messages[0].content[0].image_url",
+    ),
+    "not base64 encoded": (_req(messages=[_img("data:image/png,abc")]), 400, "base64", None),
+    "empty image": (_req(messages=[_img("data:image/png;base64,")]), 400, "empty", None),
+    "not an image": (_req(messages=[_img(data_url(b"hello world" * 10))]), 400, "cannot decode", None),
+    "truncated PNG": (_req(messages=[_img(data_url(image_bytes(64, 64)[:500]))]), 400, "cannot decode", None),
+    "unsupported mime": (_req(messages=[_img(data_url(PNG, "text/plain"))]), 400, "unsupported image type", None),
+    "unsupported format (BMP)": (_req(messages=[_img(data_url(_bmp(), "image/png"))]), 400, "BMP", None),
+    "decompression bomb": (
+        _req(messages=[_img(data_url(_bomb_png(30_000, 30_000)))]),
+        413,
+        "900000000 pixels",
+        "messages[0].content[0].image_url",
+    ),
+    "over the pixel limit": (
+        _req(messages=[_img(data_url(_solid_png(1100, 1000)))]),
+        413,
+        f"limit of {MAX_IMAGE_PIXELS} pixels",
+        None,
+    ),
+    "over the byte limit": (
+        _req(messages=[_img(data_url(image_bytes(400, 400)))]),
+        413,
+        f"limit of {MAX_IMAGE_BYTES} bytes",
+        None,
+    ),
+    "too many images": (
+        _req(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": data_url(PNG)}}] * (MAX_IMAGES + 1),
+                }
+            ]
+        ),
+        400,
+        f"at most {MAX_IMAGES}",
+        "messages",
+    ),
+    "file URL": (_req(messages=[_img("file:///etc/passwd")]), 400, "data: URL", None),
+    "remote URL to loopback": (_req(messages=[_img("http://127.0.0.1:1/x.png")]), 400, "non-public", None),
+    "remote URL to localhost": (_req(messages=[_img("http://localhost/x.png")]), 400, "non-public", None),
+    "remote URL to IPv6 loopback": (_req(messages=[_img("http://[::1]/x.png")]), 400, "non-public", None),
+    "remote URL to cloud metadata": (
+        _req(messages=[_img("http://169.254.169.254/latest/meta-data")]),
+        400,
+        "non-public",
+        None,
+    ),
+    "remote URL to a private network": (_req(messages=[_img("https://10.1.2.3/x.png")]), 400, "non-public", None),
+    "roles out of order for the template": (_req(messages=[{"role": "assistant", "content": "x"}] * 3), None, "", None),
+}
+
+
+def _good(server) -> None:  # noqa: ANN001
+    r = server.post(_req(messages=[_img(data_url(PNG), "ok?")], max_tokens=2, temperature=0))
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_then_good(server, name: str) -> None:  # noqa: ANN001
+    body, status, text, param = CASES[name]
+    r = server.post(body)
+    if status is None:  # whatever the template makes of it, never a 5xx
+        assert r.status_code < 500, r.text
+    else:
+        assert r.status_code == status, r.text
+        err = r.json()["error"]
+        assert text in err["message"], err
+        assert err["type"] in ("invalid_request_error", "not_found_error")
+        if param is not None:
+            assert err["param"] == param, err
+    _good(server)
+
+
+def test_context_error_names_both_numbers(server) -> None:  # noqa: ANN001
+    r = server.post(_req(messages=[{"role": "user", "content": "b" * 4090}], max_tokens=20))
+    msg = r.json()["error"]["message"]
+    prompt = int(msg.split("prompt of ")[1].split()[0])
+    assert prompt > 4090 - 20 and "max_tokens 20" in msg and "4096" in msg, msg
+
+
+def test_http_level_errors(server) -> None:  # noqa: ANN001
+    h = {"Authorization": f"Bearer {API_KEY}"}
+    assert httpx.get(f"{server.url}/v1/chat/completions", headers=h).status_code == 405
+    r = httpx.get(f"{server.url}/v1/nothing-here", headers=h)
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions", content=json.dumps(_req()), headers={**h, "Content-Type": "text/plain"}
+    )
+    assert r.status_code < 500
+    # a body announced over the limit is refused before it is read
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + API_KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{"
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 413")
+    _good(server)

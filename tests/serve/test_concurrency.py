@@ -1,0 +1,154 @@
+"""Many clients at once: all complete, batched answers equal one-at-a-time answers; a full queue answers 429 with
+Retry-After; a client that disconnects stops its generation; a request past its time limit is ended."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from serve_helpers import Server, app_server, image_bytes, user
+
+import llavakit
+from llavakit.serve.app import ServeConfig, create_app
+
+SIZES = [(40, 30), (120, 60), (56, 56), (30, 150), (90, 90), (200, 100), (64, 32), (100, 140)]
+
+
+def _ask(server: Server, i: int, **kw) -> dict:  # noqa: ANN003
+    w, h = SIZES[i % len(SIZES)]
+    body = {
+        "model": server.model,
+        "messages": [user(f"Question {i}?", image_bytes(w, h, seed=i))],
+        "max_tokens": 6 + i % 5,
+        "temperature": 0,
+        **kw,
+    }
+    r = server.post(body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_concurrent_clients_all_complete_and_match_sequential(server: Server) -> None:
+    n = 12
+    alone = [_ask(server, i)["choices"][0]["message"]["content"] for i in range(n)]
+    batches_before = server.metric("llava_batch_size_count")
+    with ThreadPoolExecutor(n) as pool:
+        together = list(pool.map(lambda i: _ask(server, i), range(n)))
+    assert [r["choices"][0]["message"]["content"] for r in together] == alone
+    for i, r in enumerate(together):
+        assert r["usage"]["completion_tokens"] <= 6 + i % 5
+    batches = server.metric("llava_batch_size_count") - batches_before
+    assert batches < n, "concurrent requests were not batched together"
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model):  # noqa: ANN001
+    return llavakit.load(tiny_model)
+
+
+def _stream(url: str, max_tokens: int) -> tuple[httpx.Client, httpx.Response, object]:
+    client = httpx.Client(timeout=60)
+    body = {"model": "m", "messages": [user("Go on")], "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    resp = client.send(client.build_request("POST", f"{url}/v1/chat/completions", json=body), stream=True)
+    assert resp.status_code == 200
+    lines = resp.iter_lines()
+    while not next(lines).startswith("data:"):
+        pass
+    return client, resp, lines  # dropping ``lines`` would close the stream
+
+
+def _endless(app):  # noqa: ANN001, ANN202
+    """The tiny random model may emit EOS early; here it never ends on its own (only max_tokens stops it)."""
+    app.state.batcher.eos = set()
+    return app
+
+
+def _metric(url: str, name: str) -> float:
+    return Server(url, "m", None).metric(name)
+
+
+def test_full_queue_429_and_disconnect_cancels(pipe) -> None:  # noqa: ANN001
+    app = _endless(create_app(pipe, ServeConfig(model_name="m", max_concurrency=2, max_batch_size=1)))
+    with app_server(app) as url:
+        long = 3000
+        a = _stream(url, long)  # generating
+        b = _stream(url, long)  # queued behind it (batch size 1)... or generating: either way in flight
+        r = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": [user("hi")]}, timeout=30)
+        assert r.status_code == 429, r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        assert r.json()["error"]["type"] == "rate_limit_error"
+        for client, resp, _ in (a, b):
+            resp.close()
+            client.close()
+        end = time.monotonic() + 30
+        while _metric(url, "llava_cancelled_requests_total") < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _metric(url, "llava_cancelled_requests_total") == 2
+        # the worker is free again and the cancelled rows stopped early
+        r = httpx.post(
+            f"{url}/v1/chat/completions", json={"model": "m", "messages": [user("hi")], "max_tokens": 3}, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        assert _metric(url, "llava_completion_tokens_total") < 2 * long
+        assert _metric(url, "llava_rejected_requests_total") == 1
+
+
+def test_timeout_ends_the_request(pipe) -> None:  # noqa: ANN001
+    app = _endless(create_app(pipe, ServeConfig(model_name="m", timeout=0.5)))
+    with app_server(app) as url:
+        t0 = time.monotonic()
+        body = {"model": "m", "messages": [user("Tell me everything")], "max_tokens": 3500, "temperature": 0}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 504 and "ran out of time" in r.json()["error"]["message"]
+        assert time.monotonic() - t0 < 10
+        assert _metric(url, "llava_timeout_requests_total") == 1
+        body["max_tokens"] = 2
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+
+
+def test_body_limit(pipe) -> None:  # noqa: ANN001
+    app = create_app(pipe, ServeConfig(model_name="m", max_body_bytes=10_000))
+    with app_server(app) as url:
+        body = {"model": "m", "messages": [user("x" * 20_000)], "max_tokens": 2}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 413 and "10000 bytes" in r.json()["error"]["message"]
+        # chunked upload (no Content-Length) is counted as it arrives
+        r = httpx.post(f"{url}/v1/chat/completions", content=iter([b'{"model": "m", ' + b" " * 20_000]), timeout=30)
+        assert r.status_code == 413
+
+
+def test_auth(server: Server) -> None:
+    body = {"model": server.model, "messages": [user("hi")], "max_tokens": 2}
+    url = f"{server.url}/v1/chat/completions"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": server.key}, {"Authorization": "Basic x"}):
+        r = httpx.post(url, json=body, headers=headers, timeout=30)
+        assert r.status_code == 401, headers
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert r.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{server.url}/v1/models", timeout=10).status_code == 401
+    assert httpx.post(url, content=b"{", timeout=10).status_code == 401  # refused before the body is parsed
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    assert httpx.post(url, json=body, headers=server.headers, timeout=30).status_code == 200
+    import openai
+
+    bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_health_and_metrics(server: Server) -> None:
+    h = httpx.get(f"{server.url}/health", timeout=10).json()
+    assert h["status"] == "ok" and h["model"] == server.model
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    for name in (
+        "llava_requests_total{",
+        "llava_prompt_tokens_total",
+        "llava_completion_tokens_total",
+        "llava_queue_depth",
+        "llava_request_latency_seconds_bucket",
+        "llava_batch_size_count",
+    ):
+        assert name in text, name
+    assert server.metric("llava_prompt_tokens_total") > 0
