@@ -157,3 +157,19 @@ def test_non_object_records_are_bad_records(folder):
     assert len(ds) == 2 and ds.skipped == {"bad_record": 1}
     with pytest.raises(ValueError, match="no usable training records"):
         SupervisedDataset([["x"]], folder / "imgs", proc, None, 512, on_error="skip")
+
+
+def test_mixture_yaml_in_llava_next_form(folder):
+    proc = tiny_processor("llava")
+    a = write_jsonl(folder / "a.jsonl", [good(i) for i in range(10)])
+    b = write_jsonl(folder / "b.jsonl", [{"id": f"t{i}", "conversations": conv("Hi", f"Hello {i}")} for i in range(8)])
+    (folder / "mix.yaml").write_text(
+        f"datasets:\n  - json_path: {a}\n    sampling_strategy: first:30%\n"
+        f"  - json_path: {b}\n    sampling_strategy: end:2\n  - json_path: {b}\n    sampling_strategy: random:3\n"
+    )
+    mix = build_dataset({"path": str(folder / "mix.yaml"), "image_folder": str(folder / "imgs")}, proc, None, 512)
+    ids = [mix[i]["id"] for i in range(len(mix))]
+    assert ids[:5] == ["g0", "g1", "g2", "t6", "t7"] and len(ids) == 8 and len(set(ids[5:])) == 3
+    (folder / "bad.yaml").write_text(f"datasets:\n  - json_path: {a}\n    sampling_strategy: middle:3\n")
+    with pytest.raises(ValueError, match="sampling_strategy 'middle:3'"):
+        build_dataset({"path": str(folder / "bad.yaml")}, proc, None, 512)

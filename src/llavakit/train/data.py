@@ -353,20 +353,25 @@ def _estimate_length(record: dict[str, Any], per_image: int) -> int:
 class MixedDataset(torch.utils.data.Dataset):
     """Several datasets, each taken ``weight`` times per epoch: 1.0 = every record once, 0.5 = a fixed random
     half, 2.5 = every record twice plus a fixed random half. The choice of the fraction depends only on ``seed``.
+
+    A ``strategy`` (LLaVA-NeXT's ``sampling_strategy``) replaces the weight of its dataset: "all", "first:K",
+    "end:K", "random:K", with K a count or a percentage ("first:10%").
     """
 
-    def __init__(self, parts: list[SupervisedDataset], weights: list[float], seed: int = 0) -> None:
+    def __init__(
+        self,
+        parts: list[SupervisedDataset],
+        weights: list[float],
+        seed: int = 0,
+        strategies: list[str | None] | None = None,
+    ) -> None:
         if len(parts) != len(weights):
             raise ValueError(f"{len(parts)} datasets but {len(weights)} weights")
         self.parts = parts
         self.index: list[tuple[int, int]] = []
         rng = random.Random(seed)
-        for d, (part, w) in enumerate(zip(parts, weights)):
-            if w < 0:
-                raise ValueError(f"dataset {d}: weight must be >= 0, got {w}")
-            whole, frac = int(w), w - int(w)
-            chosen = list(range(len(part))) * whole + sorted(rng.sample(range(len(part)), round(frac * len(part))))
-            self.index += [(d, j) for j in chosen]
+        for d, (part, w, how) in enumerate(zip(parts, weights, strategies or [None] * len(parts))):
+            self.index += [(d, j) for j in select(len(part), w, how, rng, f"dataset {d}")]
         self.lengths = [parts[d].lengths[j] for d, j in self.index]
         self.modalities = [parts[d].modalities[j] for d, j in self.index]
 
@@ -390,39 +395,100 @@ class MixedDataset(torch.utils.data.Dataset):
         return self.parts[0].processor
 
 
+def select(n: int, weight: float, strategy: str | None, rng: random.Random, name: str) -> list[int]:
+    """Record indices a mixture takes from a dataset of ``n`` records (see MixedDataset).
+
+    >>> select(10, 1.0, "first:30%", random.Random(0), "d")
+    [0, 1, 2]
+    >>> select(4, 2.0, None, random.Random(0), "d")
+    [0, 1, 2, 3, 0, 1, 2, 3]
+    """
+    if strategy == "all":
+        return list(range(n))
+    if strategy is None:
+        if weight < 0:
+            raise ValueError(f"{name}: weight must be >= 0, got {weight}")
+        whole, frac = int(weight), weight - int(weight)
+        return list(range(n)) * whole + sorted(rng.sample(range(n), round(frac * n)))
+    how, _, amount = str(strategy).partition(":")
+    try:
+        k = round(float(amount[:-1]) / 100 * n) if amount.endswith("%") else int(amount)
+    except ValueError:
+        k = -1
+    if how not in ("first", "end", "random") or k < 0:
+        raise ValueError(f"{name}: sampling_strategy {strategy!r}; use all, first:K, end:K or random:K (K or K%)")
+    k = min(k, n)
+    if how == "first":
+        return list(range(k))
+    if how == "end":
+        return list(range(n - k, n))
+    return sorted(rng.sample(range(n), k))
+
+
+def read_mixture(path: str | Path) -> list[dict[str, Any]]:
+    """The ``datasets`` list of a mixture YAML: ours ({path, image_folder, weight}) or LLaVA-NeXT's
+    ({json_path, sampling_strategy})."""
+    try:
+        import yaml
+    except ImportError as e:
+        raise ImportError("reading a mixture YAML needs pyyaml: pip install 'llavakit[train]'") from e
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mixture file not found: {path}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    entries = data.get("datasets") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: a mixture YAML needs a non-empty 'datasets' list")
+    out = []
+    for k, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise ValueError(f"{path}: datasets[{k}] must be a mapping")
+        e = dict(e)
+        if "json_path" in e:
+            e["path"] = e.pop("json_path")
+        out.append(e)
+    return out
+
+
 def build_dataset(
     spec: dict[str, Any], processor: LlavaProcessor, template: str | None, max_length: int
 ) -> SupervisedDataset | MixedDataset:
     """One dataset or a weighted mixture from a recipe's ``data:`` section.
 
-    ``{path, image_folder}`` or ``{datasets: [{path, image_folder, weight, template}, ...]}``; optional top-level
-    ``on_error`` ("raise" | "skip"), ``num_frames`` and ``seed`` (for fractional weights). Relative paths are
-    taken as given (relative to the working directory).
+    ``{path, image_folder}`` or ``{datasets: [{path, image_folder, weight, template, sampling_strategy}, ...]}``;
+    a ``path`` ending in .yaml / .yml is a mixture file holding such a ``datasets`` list (LLaVA-NeXT's
+    ``json_path`` / ``sampling_strategy`` entries work too; the top-level ``image_folder`` is their default).
+    Optional top-level ``on_error`` ("raise" | "skip"), ``num_frames`` and ``seed`` (fractional weights, random
+    sampling). Relative paths are taken as given (relative to the working directory).
     """
     if not isinstance(spec, dict):
         raise ValueError(f"the data section must be a mapping, got {type(spec).__name__}")
     on_error = spec.get("on_error", "raise")
     frames = int(spec.get("num_frames", 32))
     entries = spec.get("datasets")
-    if entries is None:
+    if not entries and str(spec.get("path", "")).endswith((".yaml", ".yml")):
+        entries = read_mixture(spec["path"])
+    if not entries:
         if "path" not in spec:
             raise ValueError("the data section needs 'path' (and 'image_folder') or a 'datasets' list")
         entries, single = [spec], True
     else:
         single = False
-        if not isinstance(entries, list) or not entries:
+        if not isinstance(entries, list):
             raise ValueError("data.datasets must be a non-empty list of {path, image_folder, weight}")
-    parts, weights = [], []
+    parts, weights, strategies = [], [], []
+    keys = {"path", "image_folder", "weight", "template", "on_error", "num_frames", "sampling_strategy"}
     for k, e in enumerate(entries):
         if not isinstance(e, dict) or "path" not in e:
             raise ValueError(f"data.datasets[{k}] needs a 'path'")
-        unknown = set(e) - {"path", "image_folder", "weight", "template", "on_error", "num_frames", "seed"}
+        unknown = set(e) - keys
         if unknown and not single:
             raise ValueError(f"data.datasets[{k}]: unknown keys {sorted(unknown)}")
+        select(0, float(e.get("weight", 1.0)), e.get("sampling_strategy"), random.Random(), f"data.datasets[{k}]")
         parts.append(
             SupervisedDataset(
                 e["path"],
-                e.get("image_folder"),
+                e.get("image_folder", spec.get("image_folder")),
                 processor,
                 e.get("template", template),
                 max_length,
@@ -431,6 +497,7 @@ def build_dataset(
             )
         )
         weights.append(float(e.get("weight", 1.0)))
+        strategies.append(e.get("sampling_strategy"))
     if single:
         return parts[0]
-    return MixedDataset(parts, weights, seed=int(spec.get("seed", 0)))
+    return MixedDataset(parts, weights, seed=int(spec.get("seed", 0)), strategies=strategies)
