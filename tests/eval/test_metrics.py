@@ -284,6 +284,8 @@ OPTIONS = {"A": "dog", "B": "cat", "C": "bird", "D": "fish"}
         ("A cat is sitting on the mat", "A"),
         ("Cannot determine the answer", None),  # a refusal: VLMEvalKit's "Z"
         ("B or bird", "B"),  # one letter: the option rule wins before the texts are looked at
+        ("A or B. The cat.", "B"),  # two letters: VLMEvalKit falls back to the option texts
+        ("Z", None),  # VLMEvalKit's "no answer" letter
         ("A or B", None),  # two letters: ambiguous
         ("a cat or a dog", None),  # two option texts: ambiguous
         ("E", None),  # not an option

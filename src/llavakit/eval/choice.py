@@ -43,7 +43,9 @@ def extract_option_letter(text: str, options: Mapping[str, str]) -> str | None:
     1. a refusal phrase (e.g. ``"Cannot determine the answer"``) picks nothing;
     2. ``can_infer_option``: after turning ``.()[],:;!*#{}`` into spaces and splitting on whitespace, if
        exactly one option letter stands alone as a word, that letter (case-sensitive: ``"b"`` is no letter);
-    3. ``can_infer_text``: if exactly one option text occurs in the lowercased answer, its letter.
+       if none does but a lone ``"Z"`` does, nothing (VLMEvalKit's "no answer" letter);
+    3. ``can_infer_text`` (also when several letters stand alone): if exactly one option text occurs in the
+       lowercased answer, its letter.
 
     Quirk kept: VLMEvalKit only refuses a lone ``"A"`` in answers of more than 3 words (the article) when its
     ``VERBOSE`` environment variable is set, so by default ``"A cat is on the mat"`` picks option A.
@@ -66,7 +68,7 @@ def extract_option_letter(text: str, options: Mapping[str, str]) -> str | None:
     found = [letter for letter in options if letter in words]
     if len(found) == 1:
         return found[0]
-    if found:  # several letters: ambiguous, and VLMEvalKit does not fall back to the option texts then
+    if not found and "Z" in words:  # VLMEvalKit's explicit "no answer" letter: no fallback to the texts
         return None
     lowered = text.lower()
     contained = [letter for letter, option in options.items() if str(option).lower() in lowered]

@@ -1,0 +1,108 @@
+"""Task-level helpers: prompts, option rotations, keys of LLaVA answer files, --limit groups, synth rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llavakit.eval.run import limit_samples, read_predictions
+from llavakit.eval.tasks import TASKS
+from llavakit.eval.tasks.base import Sample
+from llavakit.eval.tasks.mmbench import is_none, rotations
+from llavakit.eval.tasks.scienceqa import cqm_prompt
+from llavakit.eval.tasks.synth import is_right, options_of
+from llavakit.eval.tasks.synth import score as synth_score
+from llavakit.eval.tasks.vqa import textvqa_key, textvqa_question
+
+
+def test_every_task_is_registered():
+    expected = "vqav2 textvqa gqa vizwiz pope scienceqa_img mmbench mme chartqa docvqa infovqa synth".split()
+    assert sorted(TASKS) == sorted(expected)
+
+
+def test_mmbench_rotations_move_the_right_letter():
+    row = {"question": "Q?", "hint": "nan", "A": "cat", "B": "dog", "C": "cow", "D": float("nan"), "answer": "B"}
+    out = rotations(row, "row 1")
+    assert [right for _, _, right in out] == ["B", "A", "C"]  # dog sits at B, then A, then C
+    assert [shown for _, shown, _ in out][2] == {"A": "cow", "B": "cat", "C": "dog"}
+    assert out[0][0] == "Q?\nA. cat\nB. dog\nC. cow\nAnswer with the option's letter from the given choices directly."
+    with pytest.raises(ValueError, match="row 1: answer 'D'"):
+        rotations({**row, "answer": "D"}, "row 1")
+    assert is_none(None) and is_none("nan") and is_none(float("nan")) and not is_none("0")
+
+
+def test_scienceqa_prompt_is_llava_cqm():
+    assert cqm_prompt("Which?", "", ["a", "b"]) == "Context: N/A\nQuestion: Which?\nOptions: (A) a (B) b"
+    assert cqm_prompt("Which?", "Look  here.", ["x"]) == "Context: Look here.\nQuestion: Which?\nOptions: (A) x"
+
+
+def test_textvqa_keys_of_llava_answer_files():
+    ocr = "What brand?\nReference OCR token: a, b\nAnswer the question using a single word or phrase."
+    assert textvqa_question(ocr) == "what brand?"
+    assert textvqa_question("Reference OCR token: a\nWhat brand?\nAnswer.") == "what brand?"
+    assert textvqa_key({"question_id": "abc", "prompt": ocr, "text": "x"}) == "abc|what brand?"
+    assert textvqa_key({"question_id": "abc|what brand?", "text": "x"}) == "abc|what brand?"  # ours
+
+
+def test_read_predictions_keys(tmp_path):
+    path = tmp_path / "a.jsonl"
+    lines = [
+        {"question_id": 7, "text": "yes"},
+        {"question_id": 3, "round_id": 1, "text": "B"},
+        {"id": "x", "prediction": "no"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"question_id": 9, "te')
+    assert read_predictions(path, tolerate_torn_tail=True) == {"7": "yes", "3/1": "B", "x": "no"}
+    with pytest.raises(ValueError, match="a.jsonl:4"):
+        read_predictions(path)
+
+
+def test_limit_keeps_groups_whole():
+    samples = [Sample(f"{g}/{r}", "q", None, group=str(g)) for g in range(3) for r in range(3)]
+    assert [s.id for s in limit_samples(samples, 4)] == ["0/0", "0/1", "0/2", "1/0", "1/1", "1/2"]
+    assert len(limit_samples(samples, 3)) == 3
+    assert limit_samples(samples, None) == samples
+    with pytest.raises(ValueError, match="--limit"):
+        limit_samples(samples, 0)
+
+
+def _synth(qtype: str, answer: str, prompt: str = "Q?", **ref) -> Sample:
+    return Sample(f"{qtype}{answer}{len(ref)}", prompt, None, {"qtype": qtype, "answer": answer, **ref})
+
+
+@pytest.mark.parametrize(
+    ("qtype", "answer", "prediction", "right"),
+    [
+        ("count", "2", "Two.", True),  # official VQA normalisation: number words, trailing period
+        ("count", "2", "2 circles", False),
+        ("color", "red", "The red", True),  # articles dropped
+        ("color", "red", "RED!", True),
+        ("position", "left", "right", False),
+        ("reading", "apple", "Apple", True),
+        ("existence", "no", "No, there is not.", True),  # LLaVA's POPE rule
+        ("existence", "no", "There is a star.", False),
+        ("existence", "yes", "I do not think so", False),
+    ],
+)
+def test_synth_rules(qtype, answer, prediction, right):
+    assert is_right(_synth(qtype, answer), prediction) is right
+
+
+def test_synth_multiple_choice_and_aggregates():
+    prompt = "What color is the star?\nA. red\nB. blue\nC. green\nAnswer with the option's letter."
+    assert options_of(prompt) == {"A": "red", "B": "blue", "C": "green"}
+    mc = _synth("mc", "B", prompt)
+    assert is_right(mc, "B") and is_right(mc, "blue") and not is_right(mc, "A")
+    samples = [
+        _synth("existence", "yes"),
+        Sample("e2", "Q?", None, {"qtype": "existence", "answer": "no", "negative": "adversarial"}),
+        Sample("r1", "Q?", None, {"qtype": "reading", "answer": "cat", "font_bucket": "tiny"}),
+        Sample("r2", "Q?", None, {"qtype": "reading", "answer": "dog", "font_bucket": "large"}),
+    ]
+    preds = {samples[0].id: "Yes", "e2": "Yes", "r1": "cot", "r2": "dog"}
+    result = synth_score(samples, preds)["scores"]
+    assert result["overall"] == 0.5 and result["existence"] == 0.5 and result["reading"] == 0.5
+    assert result["existence_precision"] == 0.5 and result["existence_recall"] == 1.0
+    assert result["existence_yes_ratio"] == 1.0 and result["existence_no_adversarial"] == 0.0
+    assert (result["reading_tiny"], result["reading_large"]) == (0.0, 1.0)
