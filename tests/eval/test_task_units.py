@@ -10,7 +10,7 @@ from llavakit.eval.run import limit_samples, read_predictions
 from llavakit.eval.tasks import TASKS
 from llavakit.eval.tasks.base import Sample
 from llavakit.eval.tasks.mmbench import is_none, rotations
-from llavakit.eval.tasks.scienceqa import cqm_prompt
+from llavakit.eval.tasks.scienceqa import sqa_prompt
 from llavakit.eval.tasks.synth import is_right, options_of
 from llavakit.eval.tasks.synth import score as synth_score
 from llavakit.eval.tasks.vqa import textvqa_key, textvqa_question
@@ -32,9 +32,9 @@ def test_mmbench_rotations_move_the_right_letter():
     assert is_none(None) and is_none("nan") and is_none(float("nan")) and not is_none("0")
 
 
-def test_scienceqa_prompt_is_llava_cqm():
-    assert cqm_prompt("Which?", "", ["a", "b"]) == "Context: N/A\nQuestion: Which?\nOptions: (A) a (B) b"
-    assert cqm_prompt("Which?", "Look  here.", ["x"]) == "Context: Look here.\nQuestion: Which?\nOptions: (A) x"
+def test_scienceqa_prompt():
+    assert sqa_prompt("Which?", "", ["a", "b"]) == "Which?\nA. a\nB. b"
+    assert sqa_prompt("Which?", "Look here. ", ["x"]) == "Context: Look here.\nWhich?\nA. x"
 
 
 def test_textvqa_keys_of_llava_answer_files():
@@ -106,3 +106,15 @@ def test_synth_multiple_choice_and_aggregates():
     assert result["existence_precision"] == 0.5 and result["existence_recall"] == 1.0
     assert result["existence_yes_ratio"] == 1.0 and result["existence_no_adversarial"] == 0.0
     assert (result["reading_tiny"], result["reading_large"]) == (0.0, 1.0)
+
+
+def test_scienceqa_uses_llava_question_file_when_present(tmp_path):
+    import fixtures as fx
+
+    data = fx.scienceqa(tmp_path / "sqa")
+    value = "Context: N/A\nQuestion: Which is a metal?\nOptions: (A) wood (B) iron\n<image>"
+    fx.dump(data / "llava_test_CQM-A.json", [{"id": "1", "image": "1/image.png", "conversations": [
+        {"from": "human", "value": value}, {"from": "gpt", "value": "B"}]}])  # fmt: skip
+    samples = {s.id: s for s in TASKS["scienceqa_img"].read(data)}
+    assert samples["1"].prompt == value.replace("\n<image>", "") + "\n" + fx.LETTER
+    assert samples["4"].prompt == "Pick B.\nA. a\nB. b\n" + fx.LETTER  # not in LLaVA's file: built

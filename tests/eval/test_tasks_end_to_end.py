@@ -111,9 +111,7 @@ def test_pope(tiny_model, tmp_path):
 def test_scienceqa_img(tiny_model, tmp_path):
     result, preds = _run("scienceqa_img", fx.scienceqa(tmp_path / "d"), tiny_model, tmp_path / "o")
     assert set(preds) == {"1", "2", "4"}  # problem 3 has no image
-    assert preds["2"]["prompt"] == (
-        "Context: Look.\nQuestion: Which animal flies?\nOptions: (A) cat (B) dog (C) bird\n" + fx.LETTER
-    )
+    assert preds["2"]["prompt"] == "Context: Look.\nWhich animal flies?\nA. cat\nB. dog\nC. bird\n" + fx.LETTER
     right = 0
     for pid in ("1", "2", "4"):
         text, p = preds[pid]["text"], fx.SQA_PROBLEMS[pid]

@@ -4,11 +4,14 @@
 ``images/test/<pid>/image.png``; LLaVA's ``llava_test_CQM-A.json`` is used for the prompts when present.
 Or the lmms-lab parquet release (``image, question, choices, answer, hint``).
 
-Prompt (LLaVA's CQM-A format + its ``--single-pred-prompt`` suffix)::
+When LLaVA's question file is absent the prompt is built as lmms-eval's ``scienceqa_img`` builds it (the
+layout of LLaVA-1.5's released question file: a context line only when there is a hint, lettered options),
+plus LLaVA's ``--single-pred-prompt`` suffix::
 
-    Context: <hint or N/A>
-    Question: <question>
-    Options: (A) <choice> (B) <choice>
+    Context: <hint>
+    <question>
+    A. <choice>
+    B. <choice>
     Answer with the option's letter from the given choices directly.
 """
 
@@ -24,12 +27,11 @@ from .io import find, parquet_image, read_json, read_parquet, require
 LETTERS = "ABCDE"
 
 
-def cqm_prompt(question: str, hint: str, choices: list[str]) -> str:
-    """LLaVA's ``Context / Question / Options`` input (convert_sqa_to_llava), without the image token."""
-    context = hint.strip() or "N/A"
-    options = " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
-    text = f"Context: {context}\nQuestion: {question}\nOptions: {options}\n"
-    return text.replace("  ", " ").strip()
+def sqa_prompt(question: str, hint: str, choices: list[str]) -> str:
+    """The question text without the image token or the answer-format suffix (see the module docstring)."""
+    context = f"Context: {hint.strip()}\n" if hint.strip() else ""
+    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    return f"{context}{question}\n{options}"
 
 
 def _check_choices(choices: Any, where: str) -> list[str]:
@@ -47,7 +49,7 @@ def read(root: Path) -> list[Sample]:
                 continue  # a text-only question: not part of SQA-IMG
             where = f"{root}:{r['__line__']}"
             choices = _check_choices(list(r["choices"]), where)
-            prompt = suffixed(cqm_prompt(r["question"], r.get("hint") or "", choices), LETTER_ANSWER)
+            prompt = suffixed(sqa_prompt(r["question"], r.get("hint") or "", choices), LETTER_ANSWER)
             ref = {"answer": int(r["answer"]), "num_choices": len(choices)}
             samples.append(Sample(str(r.get("id", r["__line__"])), prompt, parquet_image(r["image"], where), ref))
         return samples
@@ -76,7 +78,7 @@ def read(root: Path) -> list[Sample]:
         if not p.get("image"):
             continue
         choices = _check_choices(p["choices"], f"{problems_path}: problem {pid!r}")
-        text = llava_prompts.get(str(pid)) or cqm_prompt(p["question"], p.get("hint") or "", choices)
+        text = llava_prompts.get(str(pid)) or sqa_prompt(p["question"], p.get("hint") or "", choices)
         image = str(base / "images" / "test" / str(pid) / p["image"])
         ref = {"answer": int(p["answer"]), "num_choices": len(choices)}
         samples.append(Sample(str(pid), suffixed(text, LETTER_ANSWER), image, ref))
