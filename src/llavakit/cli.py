@@ -33,12 +33,17 @@ def cmd_data_synth(out: str, n: int, seed: int, kind: str) -> int:
 
 
 def cmd_data_check(
-    data: str, image_folder: str | None, template: str | None, model_or_processor: str | None, max_length: int | None
+    data: str,
+    image_folder: str | None,
+    template: str | None,
+    model_or_processor: str | None,
+    max_length: int | None,
+    workers: int = 1,
 ) -> int:
     """Report bad training records (counts and ids); 1 when any are found."""
     from .train.check import data_check_command
 
-    return data_check_command(data, image_folder, template, model_or_processor, max_length)
+    return data_check_command(data, image_folder, template, model_or_processor, max_length, workers)
 
 
 def cmd_generate(model: str | None, images: list[str], prompt: str, dtype: str, quantize: str | None, **s: Any) -> int:
@@ -126,13 +131,18 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--template", help="conversation template (default: the processor's)")
     ck.add_argument("--model-or-processor", help="model / processor directory: enables the label and length checks")
     ck.add_argument("--max-length", type=int, help="longest training sequence in tokens")
+    ck.add_argument("--workers", type=int, default=1, help="processes decoding images in parallel")
     ck.set_defaults(
-        func=lambda a: cmd_data_check(a.data, a.image_folder, a.template, a.model_or_processor, a.max_length)
+        func=lambda a: cmd_data_check(a.data, a.image_folder, a.template, a.model_or_processor, a.max_length, a.workers)
     )
 
     from .serve.command import add_parser as add_serve_parser
 
     add_serve_parser(sub)  # llava serve
+
+    from .train.commands import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)  # llava train | merge-lora
 
     g = sub.add_parser("generate", help="answer one prompt about one or more images")
     _model_flags(g)

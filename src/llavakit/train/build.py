@@ -1,0 +1,119 @@
+"""The model and processor a recipe starts from.
+
+- ``init: DIR``: a full LLaVA checkpoint (HF or original format; processor files from the same directory).
+- ``decoder: DIR`` + ``vision_tower: DIR``: a base decoder (HF Llama / Qwen2 / Mistral) and a separate vision tower
+  (HF CLIP / SigLIP) joined by a freshly initialised projector, as the original stage 1 does. The decoder's
+  tokenizer gains ``<image>`` at the id the llava-hf checkpoints use and the embeddings grow with mean rows
+  (``llavakit.checkpoint.original`` does the arithmetic, the same as for converting original checkpoints).
+- ``init: tiny:<family>``: a random tiny model with a character tokenizer (tests and tiny recipes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .recipe import ModelSpec
+
+if TYPE_CHECKING:
+    from ..model.llava import LlavaModel
+    from ..processing.processor import LlavaProcessor
+
+_LLAVA_ARCH = {"llama": "LlavaLlamaForCausalLM", "mistral": "LlavaMistralForCausalLM", "qwen2": "LlavaQwenForCausalLM"}
+FRESH = ("model.multi_modal_projector.", "model.image_newline")
+
+
+def build_model(spec: ModelSpec) -> tuple[LlavaModel, LlavaProcessor]:
+    """(float32 model, processor) for a recipe's ``model:`` section."""
+    if spec.init and (spec.decoder or spec.vision_tower):
+        raise ValueError("model: give either init (a LLaVA checkpoint) or decoder + vision_tower, not both")
+    if spec.init and spec.init.startswith("tiny:"):
+        return _tiny(spec)
+    if spec.init:
+        from ..checkpoint.api import load_model
+        from ..processing.processor import LlavaProcessor
+
+        model = load_model(spec.init, dtype=torch.float32)
+        return model, LlavaProcessor.from_pretrained(spec.init, template=spec.template)
+    if spec.decoder and spec.vision_tower:
+        return _from_parts(spec)
+    raise ValueError("model: set init (a LLaVA checkpoint directory) or both decoder and vision_tower")
+
+
+def _tiny(spec: ModelSpec) -> tuple[LlavaModel, LlavaProcessor]:
+    from ..config import FAMILIES
+    from ..model.llava import LlavaModel
+    from ..processing.processor import DEFAULT_TEMPLATE, LlavaProcessor
+    from ..tiny import char_tokenizer, tiny_config
+
+    family = spec.init.removeprefix("tiny:")  # type: ignore[union-attr]
+    if family not in FAMILIES:
+        raise ValueError(f"model.init tiny:{family}: family must be one of {', '.join(FAMILIES)}")
+    torch.manual_seed(spec.seed)
+    model = LlavaModel(tiny_config(family))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, p.shape[-1] ** -0.5)
+    template = spec.template or DEFAULT_TEMPLATE[family]
+    return model, LlavaProcessor.from_parts(char_tokenizer(), model.config, template=template)
+
+
+def original_style_config(spec: ModelSpec, decoder_cfg: dict[str, Any], tower_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The decoder's config.json + the ``mm_*`` fields of an original LLaVA config for this recipe."""
+    mt = decoder_cfg.get("model_type")
+    if mt not in _LLAVA_ARCH:
+        raise ValueError(f"model.decoder has model_type {mt!r}; supported decoders: {', '.join(_LLAVA_ARCH)}")
+    vision = tower_cfg.get("vision_config") or tower_cfg
+    aspect = {"llava": "pad", "llava_next": "anyres", "llava_onevision": spec.vision_aspect_ratio or "anyres_max_9"}
+    if spec.family not in aspect:
+        raise ValueError(f"model.family must be one of {', '.join(aspect)}, got {spec.family!r}")
+    cfg = {
+        **decoder_cfg,
+        "architectures": [_LLAVA_ARCH[mt]],
+        "mm_vision_tower": spec.vision_tower,
+        "mm_hidden_size": vision.get("hidden_size", 1024),
+        "mm_projector_type": spec.projector_type,
+        "mm_vision_select_layer": spec.vision_feature_layer,
+        "mm_vision_select_feature": "patch" if spec.vision_feature_select_strategy == "default" else "cls_patch",
+        "image_aspect_ratio": aspect[spec.family],
+        "mm_patch_merge_type": "flat" if spec.family == "llava" else "spatial_unpad",
+    }
+    if spec.family != "llava":
+        tile = vision.get("image_size", 336)
+        pins = spec.image_grid_pinpoints or (
+            [[tile * i, tile * j] for i in range(1, 7) for j in range(1, 7)]
+            if spec.family == "llava_onevision"
+            else [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+        )
+        cfg["image_grid_pinpoints"] = [[w, h] for h, w in pins]  # the original format stores (width, height)
+    return cfg
+
+
+def _from_parts(spec: ModelSpec) -> tuple[LlavaModel, LlavaProcessor]:
+    from ..checkpoint.convert import original_tokenizer
+    from ..checkpoint.load import load_into, read_config_dict, resolve_model_path
+    from ..checkpoint.original import config_from_original, original_tensors
+    from ..model.llava import LlavaModel
+    from ..processing.processor import DEFAULT_TEMPLATE, LlavaProcessor
+
+    decoder = resolve_model_path(spec.decoder)  # type: ignore[arg-type]
+    tower = resolve_model_path(spec.vision_tower)  # type: ignore[arg-type]
+    cfg = original_style_config(spec, read_config_dict(decoder), read_config_dict(tower))
+    config = config_from_original(cfg, read_config_dict(tower)).config
+    torch.manual_seed(spec.seed)
+    model = LlavaModel(config)  # fresh projector and image_newline (nn.Linear's default init)
+    result = load_into(model, original_tensors(decoder, config, vision_tower=tower), strict=False)
+    wrong = [k for k in result.missing if not k.startswith(FRESH)] + result.unexpected + result.mismatched
+    if wrong:
+        raise ValueError(f"decoder {decoder} + vision tower {tower}: these tensors do not fit: {', '.join(wrong[:8])}")
+    model.tie_weights()
+    tokenizer = original_tokenizer(decoder, config)
+    template = spec.template or DEFAULT_TEMPLATE[config.model_type]
+    return model, LlavaProcessor.from_parts(tokenizer, config, template=template)
+
+
+def save_processor(processor: LlavaProcessor, out: str | Path) -> None:
+    processor.save_pretrained(out)

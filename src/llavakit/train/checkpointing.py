@@ -1,0 +1,137 @@
+"""Training checkpoints: ``OUT/checkpoints/step-00000050/`` written atomically (a temporary directory renamed
+into place), the newest ``keep_last`` kept.
+
+A checkpoint directory holds
+    config.json, model.safetensors, processor files    the model in HF format (LoRA runs: the PEFT adapter
+                                                         adapter_config.json + adapter_model.safetensors instead)
+    trainer_state.pt      gathered optimizer state (keyed by parameter name), scheduler, RNG states per process,
+                          step / epoch / data position
+    trainer_state.json    the same counters, readable
+Because model and optimizer states are gathered (full), a run resumes on any number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint.save import save_config, save_state_dict
+from .distributed import Dist, barrier, full_model_state, full_optimizer_state, gather_objects, load_full_state
+
+_STEP = re.compile(r"step-(\d{8})")
+
+
+def rng_state() -> dict[str, Any]:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state()
+    return s
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under ``out_dir/checkpoints``, oldest first."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _STEP.fullmatch(p.name) and (p / "trainer_state.pt").exists()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    processor: Any,
+    counters: dict[str, Any],
+    d: Dist,
+    keep_last: int,
+    lora: Any = None,
+) -> Path:
+    """Every process calls this (the state gathering is collective); the main process writes."""
+    model_sd = full_model_state(model)
+    optim_sd = full_optimizer_state(model, optimizer)
+    rngs = gather_objects(rng_state(), d)
+    root = Path(out_dir) / "checkpoints"
+    final = root / f"step-{step:08d}"
+    if d.main:
+        tmp = root / f".tmp-step-{step:08d}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        write_model(tmp, model_sd, _config(model), processor, lora)
+        state = {"optimizer": optim_sd, "scheduler": scheduler.state_dict(), "rng": rngs, "world": d.world, **counters}
+        torch.save(state, tmp / "trainer_state.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "world": d.world, **counters}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in checkpoint_dirs(out_dir)[: -keep_last if keep_last > 0 else None]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(d)
+    return final
+
+
+def _config(model: nn.Module):  # noqa: ANN202
+    from .distributed import unwrap
+
+    return unwrap(model).config
+
+
+def write_model(out: Path, state: dict[str, torch.Tensor], config: Any, processor: Any, lora: Any = None) -> None:
+    """HF-format model files (or, for LoRA, the PEFT adapter) + processor files into ``out``."""
+    if lora is not None:
+        from .lora import save_adapter
+
+        save_adapter(state, out, lora)
+    else:
+        save_state_dict(state, out, tied=config.tie_word_embeddings)
+        save_config(config, out)
+    if processor is not None:
+        processor.save_pretrained(out)
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, d: Dist, lora: bool
+) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and (same process count) RNG states; returns the counters."""
+    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    if lora:
+        from .lora import read_adapter
+
+        _, model_sd = read_adapter(path)
+    else:
+        from ..checkpoint.api import hf_tensors
+
+        model_sd = dict(hf_tensors(path))
+    load_full_state(model, optimizer, model_sd, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rngs = state["rng"]
+    if len(rngs) == d.world:
+        set_rng_state(rngs[d.rank])
+    else:  # a different process count: per-process RNG streams cannot be mapped; reseed deterministically
+        seed_everything(int(state.get("seed", 0)) + 1000 * int(state["step"]) + d.rank)
+    return {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng")}

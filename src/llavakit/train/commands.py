@@ -1,0 +1,41 @@
+"""``llava train RECIPE.yaml key=value ...`` and ``llava merge-lora``: thin wrappers over recipe/loop/lora."""
+
+from __future__ import annotations
+
+
+def train_command(recipe: str, overrides: list[str], resume: bool = False) -> int:
+    from .loop import train
+    from .recipe import load_recipe
+
+    r = load_recipe(recipe, list(overrides) + (["train.resume=true"] if resume else []))
+    res = train(r)
+    if not res.finished:
+        print(f"stopped after step {res.final_step} (train.stop_after); continue with --resume")
+    else:
+        last = f" (last loss {res.losses[-1]:.4f})" if res.losses else ""
+        print(f"trained to step {res.final_step}{last}; wrote {res.output_dir}")
+    return 0
+
+
+def merge_lora_cli(base: str, adapter: str, out: str, dtype: str | None = None) -> int:
+    from .lora import merge_lora_command
+
+    path = merge_lora_command(base, adapter, out, dtype)
+    print(f"wrote {path}")
+    return 0
+
+
+def add_parsers(sub) -> None:  # noqa: ANN001
+    """Register ``llava train`` and ``llava merge-lora`` on the CLI's subparsers."""
+    t = sub.add_parser("train", help="train from a YAML recipe (stage 1, stage 2, LoRA); key=value overrides")
+    t.add_argument("recipe", help="recipe YAML (see recipes/)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100 stage.lr=1e-4")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
+    t.set_defaults(func=lambda a: train_command(a.recipe, a.overrides, a.resume))
+
+    m = sub.add_parser("merge-lora", help="base checkpoint + LoRA adapter -> a plain HF checkpoint")
+    m.add_argument("--base", required=True, help="the checkpoint the adapter was trained on")
+    m.add_argument("--adapter", required=True, help="adapter directory (adapter_config.json, PEFT format)")
+    m.add_argument("--out", required=True, help="output directory")
+    m.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="store the merged weights in this dtype")
+    m.set_defaults(func=lambda a: merge_lora_cli(a.base, a.adapter, a.out, a.dtype))

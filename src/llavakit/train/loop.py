@@ -1,0 +1,349 @@
+"""The training loop: one function, read top to bottom.
+
+Per optimizer step the process takes its share of one global batch (``global_batch_size`` samples, in
+``accum = global / (micro * processes)`` micro-batches per process). The loss is the token-level cross-entropy
+over every supervised token of the global batch:
+
+    loss = sum over the batch's supervised tokens of -log p(token) / (number of supervised tokens in the batch)
+
+Each process back-propagates ``its sum * processes / global token count``; DDP / FSDP average gradients over
+processes, so the update equals the one-process update on the same global batch, whatever the split.
+Worked example: 2 processes, 30 + 10 supervised tokens with CE sums 60 and 10 -> each scales by 2 / 40;
+the averaged gradient is that of (60 + 10) / 40 = 1.75, the loss one process gets on all 40 tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..model.llava import IGNORE_INDEX
+from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint, seed_everything, write_model
+from .distributed import Dist, all_sum, full_model_state, setup, teardown, unwrap, wrap
+from .recipe import Recipe
+from .stages import apply_stage
+
+FORWARD_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos")
+
+
+class TrainingDiverged(ValueError):
+    """The loss (or gradient norm) became NaN / inf; the run stopped and the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)  # one per optimizer step run by this call
+    steps: list[int] = field(default_factory=list)
+    final_step: int = 0
+    output_dir: Path | None = None
+    resumed_from: Path | None = None
+    finished: bool = False  # False when train.stop_after ended the run early
+
+
+def lr_lambda(total: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
+    """Linear warmup over ceil(ratio * total) steps, then cosine to 0 (HF's get_cosine_schedule_with_warmup).
+
+    total=100, ratio=0.03: warmup 3 steps -> factors 0, 1/3, 2/3, then 1.0 at step 3 falling to ~0 at 100.
+    """
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"train.schedule must be cosine or constant, got {schedule!r}")
+    warmup = math.ceil(warmup_ratio * total)
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return f
+
+
+def epoch_batches(dataset: Any, epoch: int, seed: int, group: bool, size: int) -> list[list[int]]:
+    """The epoch's global batches of ``size`` indices (``len(dataset) // size`` of them; leftovers wait for the
+    next epoch's shuffle): length-grouped, one modality per batch (the data helper's sampler), or a seeded shuffle.
+    """
+    if group and hasattr(dataset, "lengths") and hasattr(dataset, "modalities"):
+        from .collate import LengthGroupedSampler
+
+        sampler = LengthGroupedSampler(dataset.lengths, dataset.modalities, size, seed)
+        sampler.set_epoch(epoch)
+        return [b for b in sampler.global_batches() if len(b) == size]
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(dataset), generator=g).tolist()
+    return [order[k : k + size] for k in range(0, len(order) - size + 1, size)]
+
+
+def supervised_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token CE over positions whose label is not IGNORE_INDEX. logits (B, T, V), labels (B, T)."""
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX  # (B, T-1)
+    picked = logits[:, :-1][keep].float()  # (N, V): only supervised rows go through the softmax
+    return F.cross_entropy(picked, target[keep], reduction="sum")
+
+
+def train(
+    recipe: Recipe,
+    *,
+    model: torch.nn.Module | None = None,
+    processor: Any = None,
+    dataset: Sequence[dict] | None = None,
+    collate_fn: Callable[[list[dict]], dict] | None = None,
+    callbacks: Sequence[Callable[[int, torch.nn.Module], None]] = (),
+) -> TrainResult:
+    """Run (or resume) the recipe. ``model`` / ``processor`` / ``dataset`` / ``collate_fn`` default to the ones
+    the recipe describes; tests pass small ones. Returns the losses of the steps this call ran."""
+    t = recipe.train
+    d = setup(t.device, t.distributed)
+    try:
+        return _train(recipe, d, model, processor, dataset, collate_fn, callbacks)
+    finally:
+        teardown(d)
+
+
+def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) -> TrainResult:  # noqa: ANN001, C901
+    t, out = recipe.train, Path(recipe.train.output_dir)
+    seed_everything(t.seed)  # identical model init on every process
+    if model is None:
+        from .build import build_model
+
+        model, processor = build_model(recipe.model)
+    if dataset is None:
+        dataset, collate_fn = _dataset(recipe, processor)
+    if collate_fn is None:
+        raise ValueError("train() got a dataset but no collate_fn")
+    groups = apply_stage(model, recipe.stage)
+    lora = recipe.stage.lora if recipe.stage.name in ("lora", "qlora") else None
+    if t.gradient_checkpointing:
+        from .grad_ckpt import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model, vision=recipe.stage.vision_lr is not None)
+    model.to(d.device).train()
+    model = wrap(model, d)
+    params = dict(model.named_parameters()) if d.strategy == "fsdp" else dict(unwrap(model).named_parameters())
+    opt_groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [params[n] for n in g["names"]]} for g in groups
+    ]
+    optimizer = torch.optim.AdamW(opt_groups, betas=tuple(t.adam_betas), eps=t.adam_eps)
+    trainable = [p for g in opt_groups for p in g["params"]]
+
+    per_step = t.global_batch_size
+    if per_step % (t.micro_batch_size * d.world):
+        raise ValueError(
+            f"train.global_batch_size {per_step} is not a multiple of micro_batch_size {t.micro_batch_size} x "
+            f"{d.world} process(es); change one of them"
+        )
+    accum = per_step // (t.micro_batch_size * d.world)
+    steps_per_epoch = len(dataset) // per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"the dataset has {len(dataset)} samples, fewer than one global batch ({per_step})")
+    total = t.max_steps if t.max_steps is not None else max(1, int(t.epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, t.warmup_ratio, t.schedule))
+
+    step, resumed = 0, None
+    if t.resume:
+        found = checkpoint_dirs(out)
+        if not found:
+            raise FileNotFoundError(f"train.resume: no checkpoint in {out / 'checkpoints'}; start without resume")
+        resumed = found[-1]
+        step = int(load_checkpoint(resumed, model, optimizer, scheduler, d, lora is not None)["step"])
+    else:
+        seed_everything(t.seed + d.rank)  # per-process streams (dropout)
+    metrics = _Metrics(out / "metrics.jsonl", d.main, keep_until=step if resumed else 0)
+    bar = _Progress(total, step, d.main and t.progress)
+    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=t.bf16)
+    result = TrainResult(output_dir=out, resumed_from=resumed)
+    order_cache: dict[int, list[list[int]]] = {}
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2, default=str))
+
+    while step < total:
+        t0 = time.perf_counter()
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        if epoch not in order_cache:
+            order_cache = {epoch: epoch_batches(dataset, epoch, t.seed, recipe.data.group_by_modality_length, per_step)}
+        chunk = order_cache[epoch][in_epoch]
+        span = t.micro_batch_size * d.world
+        mine = [chunk[m * span + d.rank * t.micro_batch_size :][: t.micro_batch_size] for m in range(accum)]
+        batches = [collate_fn([dataset[i] for i in idx]) for idx in mine]
+        n_sup = all_sum(torch.tensor(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)), d)
+        n_tok = all_sum(torch.tensor(sum(int(b["attention_mask"].sum()) for b in batches)), d)
+        if int(n_sup) == 0:
+            raise ValueError(f"step {step + 1}: the global batch has no supervised tokens (all labels ignored)")
+        loss_sum = torch.zeros((), device=d.device)
+        for m, batch in enumerate(batches):
+            inputs = {k: _to(batch[k], d.device) for k in FORWARD_KEYS if batch.get(k) is not None}
+            labels = batch["labels"].to(d.device)
+            sync = m == accum - 1 or d.strategy != "ddp"
+            with contextlib.nullcontext() if sync else model.no_sync(), autocast:
+                ce = supervised_ce_sum(model(**inputs).logits, labels)
+            (ce * d.world / n_sup.to(d.device)).backward()
+            loss_sum += ce.detach()
+        loss = float(all_sum(loss_sum, d)) / int(n_sup)
+        if not math.isfinite(loss):
+            _stop(f"loss is {loss} at step {step + 1}", out, bar)
+        norm = torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if not math.isfinite(norm):
+            _stop(f"gradient norm is {norm} at step {step + 1}", out, bar)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        dt = time.perf_counter() - t0
+        rec = {
+            "step": step,
+            "epoch": round(step / steps_per_epoch, 4),
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": norm,
+            "tokens_per_s": float(n_tok) / dt,
+            "samples_per_s": per_step / dt,
+            "time_s": dt,
+        }
+        result.losses.append(loss)
+        result.steps.append(step)
+        if step % max(1, t.log_every) == 0 or step == total:
+            metrics.write(rec)
+        bar.update(rec)
+        for cb in callbacks:
+            cb(step, unwrap(model))
+        stopping = t.stop_after is not None and step - (result.steps[0] - 1) >= t.stop_after
+        if t.save_every > 0 and step % t.save_every == 0 and step < total:
+            counters = {"step": step, "epoch": epoch, "position": (in_epoch + 1) * per_step, "seed": t.seed}
+            save_checkpoint(out, step, model, optimizer, scheduler, processor, counters, d, t.keep_last, lora)
+        if stopping:
+            bar.close()
+            result.final_step = step
+            return result
+    bar.close()
+    result.final_step = step
+    _finish(out, model, processor, lora, d, metrics)
+    result.finished = True
+    return result
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
+def _stop(what: str, out: Path, bar: Any) -> None:
+    bar.close()
+    kept = checkpoint_dirs(out)
+    where = f"the last good checkpoint is {kept[-1]} (resume with train.resume=true)" if kept else "no checkpoint yet"
+    raise TrainingDiverged(f"training stopped: {what}; {where}. Lower the learning rate or check the data")
+
+
+def _dataset(recipe: Recipe, processor: Any) -> tuple[Any, Callable]:
+    from functools import partial
+
+    from .collate import collate
+    from .data import build_dataset
+
+    own = ("template", "max_length", "group_by_modality_length")
+    spec = {k: v for k, v in vars(recipe.data).items() if k not in own and v is not None}
+    if not spec.get("datasets"):
+        spec.pop("datasets", None)
+    template = recipe.data.template or processor.template
+    ds = build_dataset(spec, processor, template, recipe.data.max_length)
+    return ds, partial(collate, pad_id=ds.pad_id, family=processor.family)
+
+
+def _finish(out: Path, model: torch.nn.Module, processor: Any, lora: Any, d: Dist, metrics: _Metrics) -> None:
+    """The final output: an HF checkpoint (LoRA merged into it; the adapter also kept in ``adapter/``)."""
+    state = full_model_state(model)
+    if not d.main:
+        return
+    config = unwrap(model).config
+    if lora is not None:
+        from ..model.llava import LlavaModel
+        from .lora import apply_lora, merge_lora
+
+        write_model(out / "adapter", state, config, None, lora)
+        with torch.device("meta"):
+            plain = LlavaModel(config)
+        apply_lora(plain, lora)
+        plain.load_state_dict(state, assign=True)
+        plain.tie_weights()
+        merge_lora(plain)
+        state = plain.state_dict()
+    write_model(out, state, config, processor)
+    metrics.plot(out / "loss.png")
+
+
+class _Metrics:
+    """metrics.jsonl (one record per logged step; a resumed run drops records past its checkpoint)."""
+
+    def __init__(self, path: Path, active: bool, keep_until: int) -> None:
+        self.path, self.active = path, active
+        if active and path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if keep_until and json.loads(ln)["step"] <= keep_until]
+            path.write_text("".join(ln + "\n" for ln in kept))
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if self.active:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def plot(self, png: Path) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("note: matplotlib is not installed (pip install 'llavakit[train]'); no loss.png written")
+            return
+        recs = [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()] if self.path.exists() else []
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r["step"] for r in recs], [r["loss"] for r in recs])
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+
+
+class _Progress:
+    """tqdm when installed (else one plain line per update): loss, learning rate, tokens/s."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.enabled, self.total = enabled, total
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, r: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        text = f"loss {r['loss']:.4f} lr {r['lr']:.2e} {r['tokens_per_s']:.0f} tok/s"
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+        else:
+            print(f"step {r['step']}/{self.total} {text}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

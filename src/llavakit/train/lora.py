@@ -1,0 +1,251 @@
+"""LoRA by module swapping: each targeted ``nn.Linear`` becomes a ``LoRALinear`` (same ``weight``/``bias``, plus
+``lora_A``/``lora_B``); the model's forward is untouched.
+
+    y = x W^T + b + (alpha / r) * dropout(x) A^T B^T        A: (r, in), B: (out, r), B starts at zero
+
+Adapters are saved in PEFT's format so PEFT-based tools load them onto the transformers model::
+
+    adapter_config.json        {"peft_type": "LORA", "r", "lora_alpha", "target_modules": "<regex>", ...}
+    adapter_model.safetensors  base_model.model.<module path>.lora_A.weight / .lora_B.weight
+                               base_model.model.model.multi_modal_projector.linear_k.{weight,bias}  (modules_to_save)
+
+Module paths equal transformers' (``model.language_model.layers.0.self_attn.q_proj``), so the keys line up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .stages import LoraSpec
+
+PEFT_PREFIX = "base_model.model."
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+DECODER = "model.language_model."
+MODULES_TO_SAVE = ["multi_modal_projector"]
+
+
+class LoRALinear(nn.Linear):
+    """An ``nn.Linear`` with a low-rank update; shares the base layer's ``weight`` and ``bias`` Parameters."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        nn.Module.__init__(self)
+        if rank <= 0:
+            raise ValueError(f"LoRA rank must be positive, got {rank}")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias
+        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Linear(self.in_features, rank, bias=False, **kw)
+        self.lora_B = nn.Linear(rank, self.out_features, bias=False, **kw)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # PEFT's default init
+        nn.init.zeros_(self.lora_B.weight)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.rank, self.alpha = rank, alpha
+        self.scaling = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+
+    def merged(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with ``W + scaling * B @ A`` (computed in float32, stored in W's dtype)."""
+        w = self.weight.detach()
+        delta = (self.lora_B.weight.detach().float() @ self.lora_A.weight.detach().float()) * self.scaling
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            out.weight.copy_((w.float() + delta).to(w.dtype))
+            if self.bias is not None:
+                out.bias.copy_(self.bias.detach())
+        return out
+
+
+def target_regex(targets: list[str]) -> str:
+    """PEFT ``target_modules`` as a regex (full match on module names) limited to the decoder.
+
+    >>> target_regex(["q_proj", "v_proj"])
+    'model\\\\.language_model\\\\.layers\\\\.\\\\d+\\\\..*\\\\.(q_proj|v_proj)'
+    """
+    return re.escape(DECODER + "layers.") + r"\d+\..*\.(" + "|".join(re.escape(t) for t in targets) + ")"
+
+
+def apply_lora(model: nn.Module, spec: LoraSpec) -> list[str]:
+    """Swap every decoder Linear whose last name is in ``spec.target_modules`` for a LoRALinear; returns names."""
+    pattern = re.compile(target_regex(spec.target_modules))
+    names = [n for n, m in model.named_modules() if type(m) is nn.Linear and pattern.fullmatch(n)]
+    if not names:
+        raise ValueError(
+            f"LoRA target_modules {spec.target_modules} match no Linear layer of the decoder; "
+            f"decoder linears are named e.g. {', '.join(DEFAULT_EXAMPLES)}"
+        )
+    for n in names:
+        parent, _, attr = n.rpartition(".")
+        owner = model.get_submodule(parent)
+        setattr(owner, attr, LoRALinear(getattr(owner, attr), spec.rank, spec.alpha, spec.dropout))
+    return names
+
+
+DEFAULT_EXAMPLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Replace each LoRALinear by its merged nn.Linear in place; returns how many were merged."""
+    names = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    for n in names:
+        parent, _, attr = n.rpartition(".")
+        owner = model.get_submodule(parent)
+        setattr(owner, attr, getattr(owner, attr).merged())
+    return len(names)
+
+
+def lora_spec_of(model: nn.Module) -> LoraSpec:
+    mods = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    if not mods:
+        raise ValueError("the model has no LoRA layers")
+    first = next(iter(mods.values()))
+    targets = sorted({n.rsplit(".", 1)[-1] for n in mods})
+    drop = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
+    return LoraSpec(rank=first.rank, alpha=first.alpha, dropout=drop, target_modules=targets)
+
+
+def adapter_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PEFT-named adapter tensors (LoRA A/B and the projector) from a full model state dict."""
+    out = {}
+    for k, v in state_dict.items():
+        if ".lora_A." in k or ".lora_B." in k or k.startswith("model.multi_modal_projector."):
+            out[PEFT_PREFIX + k] = v
+    return out
+
+
+def save_adapter(
+    model_or_state: nn.Module | dict[str, torch.Tensor],
+    out_dir: str | Path,
+    spec: LoraSpec | None = None,
+    base_model: str | None = None,
+) -> Path:
+    """Write adapter_config.json + adapter_model.safetensors in PEFT's format."""
+    from safetensors.torch import save_file
+
+    from ..checkpoint.save import write_text_atomic
+
+    if isinstance(model_or_state, nn.Module):
+        spec = spec or lora_spec_of(model_or_state)
+        state = model_or_state.state_dict()
+    else:
+        state = model_or_state
+    if spec is None:
+        raise ValueError("save_adapter needs the LoRA spec when given a state dict")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in adapter_state_dict(state).items()}
+    tmp = out / (ADAPTER_WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / ADAPTER_WEIGHTS)
+    config = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": base_model,
+        "revision": None,
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": spec.dropout,
+        "target_modules": target_regex(spec.target_modules),
+        "modules_to_save": list(MODULES_TO_SAVE),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    write_text_atomic(out / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def read_adapter(adapter_dir: str | Path) -> tuple[LoraSpec, dict[str, torch.Tensor]]:
+    """The LoRA spec and current-layout tensors (``base_model.model.`` stripped) of a PEFT adapter directory."""
+    from safetensors.torch import load_file
+
+    d = Path(adapter_dir)
+    if not (d / ADAPTER_CONFIG).exists():
+        raise FileNotFoundError(f"{d} has no {ADAPTER_CONFIG}: not a LoRA adapter directory")
+    cfg = json.loads((d / ADAPTER_CONFIG).read_text())
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{d}/{ADAPTER_CONFIG}: peft_type {cfg.get('peft_type')!r}, only LORA is supported")
+    if cfg.get("use_dora") or cfg.get("use_rslora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise ValueError(f"{d}: DoRA / rsLoRA / per-layer ranks are not supported by llavakit's LoRA")
+    targets = cfg.get("target_modules") or []
+    if isinstance(targets, str):
+        m = re.search(r"\(([^()]*)\)$", targets)
+        targets = [t.replace("\\", "") for t in m.group(1).split("|")] if m else []
+    if not targets:
+        raise ValueError(f"{d}/{ADAPTER_CONFIG}: cannot read target_modules {cfg.get('target_modules')!r}")
+    spec = LoraSpec(
+        rank=int(cfg["r"]),
+        alpha=float(cfg["lora_alpha"]),
+        dropout=float(cfg.get("lora_dropout", 0)),
+        target_modules=list(targets),
+    )
+    path = d / ADAPTER_WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(f"{d} has no {ADAPTER_WEIGHTS}")
+    tensors = {}
+    for k, v in load_file(str(path)).items():
+        k = k.removeprefix(PEFT_PREFIX)
+        k = k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+        k = k.replace(".modules_to_save.default.", ".")
+        tensors[k] = v
+    return spec, tensors
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoraSpec:
+    """Insert LoRA layers as the adapter describes and load its weights (and projector) into ``model``."""
+    spec, tensors = read_adapter(adapter_dir)
+    if not any(isinstance(m, LoRALinear) for m in model.modules()):
+        apply_lora(model, spec)
+    own = model.state_dict()
+    unknown = [k for k in tensors if k not in own]
+    if unknown:
+        raise ValueError(f"adapter {adapter_dir} holds tensors this model lacks: {', '.join(unknown[:5])}")
+    missing = [k for k in own if (".lora_A." in k or ".lora_B." in k) and k not in tensors]
+    if missing:
+        raise ValueError(f"adapter {adapter_dir} lacks LoRA tensors for: {', '.join(missing[:5])}")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            if own[k].shape != v.shape:
+                raise ValueError(f"adapter tensor {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
+            own[k].copy_(v)
+    return spec
+
+
+def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = None) -> Path:
+    """``llava merge-lora``: base checkpoint + PEFT adapter -> a plain HF checkpoint (weights, config, processor)."""
+    from ..checkpoint.api import load_model
+    from ..checkpoint.convert import write_processor
+    from ..checkpoint.load import resolve_model_path
+
+    base_path = resolve_model_path(base)
+    out_path = Path(out)
+    if out_path.resolve() == base_path.resolve():
+        raise ValueError("merge-lora writes a new directory; --out must differ from --base")
+    model = load_model(base_path, dtype=torch.float32)
+    load_adapter(model, adapter)
+    merge_lora(model)
+    if dtype:
+        from ..checkpoint.api import parse_dtype
+
+        model.to(parse_dtype(dtype))
+    model.save_pretrained(out_path)
+    note = write_processor(base_path, out_path, model, "hf")
+    if note:
+        print(f"note: {note}")
+    return out_path

@@ -1,0 +1,102 @@
+import json
+
+import pytest
+import torch
+from loop_helpers import ColorDataset, collate_fn, tiny_recipe
+
+from llavakit.model.llava import LlavaModel
+from llavakit.train.build import build_model
+from llavakit.train.loop import TrainingDiverged, lr_lambda, train
+
+
+def _run(recipe, **kw):
+    model, processor = build_model(recipe.model)
+    ds = kw.pop("dataset", None) or ColorDataset(processor, 12)
+    return train(recipe, model=model, processor=processor, dataset=ds, collate_fn=collate_fn, **kw), processor
+
+
+def test_overfits_ten_samples(tmp_path):
+    recipe = tiny_recipe(
+        tmp_path,
+        "llava",
+        "train.max_steps=20",
+        "train.global_batch_size=10",
+        "train.micro_batch_size=10",
+        "train.warmup_ratio=0.05",
+        "stage.lr=1e-2",
+    )
+    model, processor = build_model(recipe.model)
+    res = train(recipe, model=model, processor=processor, dataset=ColorDataset(processor, 10), collate_fn=collate_fn)
+    assert res.losses[0] > 2.0
+    assert max(res.losses[-3:]) < 0.15, res.losses  # only the image tells the answer: it must be read
+    out = tmp_path / "run"
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == list(range(1, 21))
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(recs[0])
+    assert (out / "loss.png").stat().st_size > 1000
+    # the output is an HF checkpoint with processor files that reloads to the trained weights
+    again = LlavaModel.from_pretrained(out)
+    for (n, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert (out / "tokenizer.json").exists() and (out / "preprocessor_config.json").exists()
+
+
+def test_resume_gives_the_same_losses(tmp_path):
+    full, _ = _run(tiny_recipe(tmp_path / "a", "llava_next", "train.max_steps=7", "stage.lora.dropout=0.1"))
+    # "killed" after 5 steps; the last checkpoint is at step 4, so step 5 is run again after the resume
+    r = tiny_recipe(
+        tmp_path / "b",
+        "llava_next",
+        "train.max_steps=7",
+        "train.save_every=2",
+        "train.keep_last=1",
+        "train.stop_after=5",
+    )
+    first, _ = _run(r)
+    assert first.steps == [1, 2, 3, 4, 5]
+    ckpts = sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir())
+    assert ckpts == ["step-00000004"]
+    r2 = tiny_recipe(tmp_path / "b", "llava_next", "train.max_steps=7", "train.save_every=2", "train.resume=true")
+    second, _ = _run(r2)
+    assert second.steps == [5, 6, 7]
+    assert first.losses == full.losses[:5]
+    assert second.losses == full.losses[4:]  # bit for bit on CPU float32
+    recs = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == list(range(1, 8))
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def poison(step, model):
+        if step == 3:
+            with torch.no_grad():
+                model.model.multi_modal_projector.linear_1.weight.fill_(float("nan"))
+
+    r = tiny_recipe(tmp_path, "llava", "train.save_every=2")
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 4.*step-00000002"):
+        _run(r, callbacks=[poison])
+    ckpt = tmp_path / "run" / "checkpoints" / "step-00000002"
+    m = LlavaModel.from_pretrained(ckpt)
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_bf16_autocast_and_gradient_checkpointing_match_plain_losses(tmp_path):
+    plain, _ = _run(tiny_recipe(tmp_path / "a", "llava", "train.max_steps=3"))
+    ckpt, _ = _run(tiny_recipe(tmp_path / "b", "llava", "train.max_steps=3", "train.gradient_checkpointing=true"))
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-5)
+    bf16, _ = _run(tiny_recipe(tmp_path / "c", "llava", "train.max_steps=3", "train.bf16=true"))
+    assert bf16.losses == pytest.approx(plain.losses, rel=0.05)
+    assert bf16.losses != plain.losses
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    a, _ = _run(tiny_recipe(tmp_path / "a", "llava", "train.micro_batch_size=4", "train.max_steps=2"))
+    b, _ = _run(tiny_recipe(tmp_path / "b", "llava", "train.micro_batch_size=1", "train.max_steps=2"))
+    assert b.losses == pytest.approx(a.losses, rel=1e-5)
+
+
+def test_cosine_schedule_with_warmup():
+    f = lr_lambda(100, 0.03, "cosine")
+    assert [f(0), f(1), f(2), f(3)] == pytest.approx([0, 1 / 3, 2 / 3, 1.0])
+    assert f(100) == pytest.approx(0.0)
+    assert f(50) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 47 / 97)).item()))

@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llavakit.cli import main
+from llavakit.train.recipe import load_recipe
+
+# recipes for `llava train` (other tools keep their own YAML files in recipes/ too, e.g. tiny-synth-stage0)
+RECIPES = [
+    p
+    for p in sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+    if set(yaml.safe_load(p.read_text())) <= {"model", "stage", "data", "train"}
+]
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_parses(path):
+    r = load_recipe(path)
+    assert r.train.global_batch_size % r.train.micro_batch_size == 0
+    assert r.model.init or (r.model.decoder and r.model.vision_tower)
+
+
+def test_published_hyperparameters():
+    pre = load_recipe(RECIPES[0].parent / "llava-v1.5-pretrain.yaml")
+    ft = load_recipe(RECIPES[0].parent / "llava-v1.5-finetune.yaml")
+    assert (pre.stage.name, pre.stage.lr, pre.train.global_batch_size) == ("stage1", 1e-3, 256)
+    assert (ft.stage.name, ft.stage.lr, ft.train.global_batch_size) == ("stage2", 2e-5, 128)
+    assert pre.train.warmup_ratio == ft.train.warmup_ratio == 0.03 and ft.data.max_length == 2048
+
+
+def test_overrides_are_typed_and_nested():
+    r = load_recipe(
+        None,
+        [
+            "train.max_steps=10",
+            "stage.lr=1e-4",
+            "stage.lora.rank=4",
+            "train.bf16=true",
+            "train.adam_betas=[0.9, 0.95]",
+            "stage.lora.target_modules=[q_proj]",
+            "train.epochs=2",
+        ],
+    )
+    assert r.train.max_steps == 10 and r.stage.lr == 1e-4 and r.stage.lora.rank == 4 and r.train.bf16 is True
+    assert r.train.adam_betas == [0.9, 0.95] and r.stage.lora.target_modules == ["q_proj"]
+    assert r.train.epochs == 2.0 and isinstance(r.train.epochs, float)
+    assert load_recipe(None, ["train.max_steps=null"]).train.max_steps is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_stpes=3", r"unknown recipe key 'train.max_stpes'; did you mean train.max_steps"),
+        ("trian.max_steps=3", r"unknown recipe key 'trian'"),
+        ("train.max_steps=abc", r"train.max_steps must be int, got 'abc'"),
+        ("train.bf16=2", r"train.bf16 must be bool"),
+        ("stage.lora.rank=1.5", r"stage.lora.rank must be int"),
+        ("stage.name=stage3", r"unknown stage 'stage3'"),
+        ("train.max_steps", r"must look like section.key=value"),
+        ("train.adam_betas=0.9", r"train.adam_betas must be a list"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_recipe(None, [override])
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  max_step: 3\n")
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train.max_step" in err and "max_steps" in err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_cli_trains_on_synth_data_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "--out", "data/synth", "--n", "8", "--kind", "instruct"]) == 0
+    recipe = Path(__file__).parents[2] / "recipes" / "tiny-finetune.yaml"
+    common = [
+        str(recipe),
+        "model.init=tiny:llava_next",
+        "train.max_steps=3",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=2",
+        "train.save_every=1",
+        "train.progress=false",
+        "data.max_length=1024",
+    ]
+    assert main(["train", *common, "train.stop_after=2"]) == 0
+    assert "stopped after step 2" in capsys.readouterr().out
+    assert main(["train", *common, "--resume"]) == 0
+    assert "trained to step 3" in capsys.readouterr().out
+    out = tmp_path / "runs" / "tiny-finetune"
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
