@@ -84,3 +84,9 @@ def test_many_offenders_list_the_first_ten(planted, capsys):
 def test_missing_data_file_is_one_line_error(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path / "none.jsonl")]) == 2
     assert "data file not found" in capsys.readouterr().err
+
+
+def test_parallel_check_gives_the_same_report(planted):
+    one = check_data(planted / "d.jsonl", planted / "imgs", tiny_processor("llava"), None, 200)
+    two = check_data(planted / "d.jsonl", planted / "imgs", tiny_processor("llava"), None, 200, workers=2)
+    assert two.counts == one.counts and two.examples == one.examples and two.records == one.records

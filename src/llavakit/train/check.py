@@ -18,7 +18,9 @@ Example::
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..processing.image import sample_frames
@@ -69,54 +71,66 @@ def check_data(
     template: str | None = None,
     max_length: int | None = None,
     num_frames: int = 32,
+    workers: int = 1,
 ) -> CheckReport:
-    """Check every record of a .json / .jsonl file; see the module docstring for the kinds reported."""
+    """Check every record of a .json / .jsonl file; see the module docstring for the kinds reported.
+
+    ``workers`` > 1 checks records in that many processes (decoding every image is the slow part); the report
+    is the same, in file order.
+    """
     report = CheckReport()
     if processor is None:
         report.notes.append("labels and lengths not checked: pass --model-or-processor DIR to count tokens")
     elif max_length is None:
         report.notes.append("lengths not checked: pass --max-length N")
-    for rec in iter_records(data):
-        report.records += 1
-        if isinstance(rec, SampleError):
-            report.add(rec.reason, str(rec).split(": broken")[0])  # "file:line"
-            continue
-        try:
-            _check_one(rec, image_folder, processor, template, max_length, num_frames, report)
-        except SampleError as e:
-            report.add(e.reason, rec.id)
+    records = list(iter_records(data))
+    report.records = len(records)
+    job = partial(check_one, image_folder=image_folder, processor=processor, template=template,
+                  max_length=max_length, num_frames=num_frames)  # fmt: skip
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            found = list(pool.map(job, records, chunksize=max(1, min(256, len(records) // (4 * workers)))))
+    else:
+        found = [job(r) for r in records]
+    for f in found:
+        if f is not None:
+            report.add(*f)
     return report
 
 
-def _check_one(
-    rec: Record,
+def check_one(
+    rec: Record | SampleError,
     image_folder: str | Path | None,
     processor: LlavaProcessor | None,
     template: str | None,
     max_length: int | None,
     num_frames: int,
-    report: CheckReport,
-) -> None:
-    check_record(rec, image_folder)
-    sizes = []
-    for p in image_paths(rec.data, image_folder):
-        im = open_image(p, rec.id)  # decodes the whole image: truncated files fail here, not hours into training
-        sizes.append((im.height, im.width))
-    frames = []
-    v = video_path(rec.data, image_folder)
-    if v is not None:
-        files = frame_files(v)
-        for f in files:
-            image_size(f, rec.id)
-        frames = [len(sample_frames(len(files), num_frames))]
-    if processor is None:
-        return
-    messages = to_messages(rec.data, rec.id)
-    if frames and processor.family != "llava_onevision":
-        raise SampleError("bad_record", f"videos need a llava_onevision processor, not {processor.family}", rec.id)
-    enc = encode_sample(messages, processor, template, sizes, frames, max_length=max_length, sample_id=rec.id)
-    if enc.truncated:
-        report.add("truncated", rec.id)
+) -> tuple[str, str] | None:
+    """(kind, id) of the first problem of one record (the file:line for a broken JSON line), or None."""
+    if isinstance(rec, SampleError):
+        return rec.reason, str(rec).split(": broken")[0]  # "file:line"
+    try:
+        check_record(rec, image_folder)
+        sizes = []
+        for p in image_paths(rec.data, image_folder):
+            im = open_image(p, rec.id)  # decodes the whole image: truncated files fail here, not in training
+            sizes.append((im.height, im.width))
+        frames = []
+        v = video_path(rec.data, image_folder)
+        if v is not None:
+            files = frame_files(v)
+            for f in files:
+                image_size(f, rec.id)
+            frames = [len(sample_frames(len(files), num_frames))]
+        if processor is None:
+            return None
+        messages = to_messages(rec.data, rec.id)
+        if frames and processor.family != "llava_onevision":
+            raise SampleError("bad_record", f"videos need a llava_onevision processor, not {processor.family}")
+        enc = encode_sample(messages, processor, template, sizes, frames, max_length=max_length, sample_id=rec.id)
+    except SampleError as e:
+        return e.reason, rec.id
+    return ("truncated", rec.id) if enc.truncated else None
 
 
 def data_check_command(
@@ -125,10 +139,11 @@ def data_check_command(
     template: str | None = None,
     model_or_processor: str | None = None,
     max_length: int | None = None,
+    workers: int = 1,
 ) -> int:
     """Print the report; 1 when problems were found, 0 on clean data."""
     processor = LlavaProcessor.from_pretrained(model_or_processor) if model_or_processor else None
-    report = check_data(data, image_folder, processor, template, max_length)
+    report = check_data(data, image_folder, processor, template, max_length, workers=workers)
     where = f" (images under {image_folder})" if image_folder else ""
     print(f"checked {report.records} records of {data}{where}")
     for line in report.lines():

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..model.llava import IGNORE_INDEX
 from ..processing.anyres import num_image_tokens, num_video_tokens
 from ..processing.processor import LlavaProcessor
@@ -42,7 +44,11 @@ class SampleError(ValueError):
     def __init__(self, reason: str, message: str, sample_id: str | None = None) -> None:
         self.reason = reason
         self.sample_id = sample_id
+        self.message = message
         super().__init__(f"sample {sample_id!r}: {message}" if sample_id is not None else message)
+
+    def __reduce__(self) -> tuple:  # picklable for DataLoader workers and parallel checks
+        return SampleError, (self.reason, self.message, self.sample_id)
 
 
 @dataclass
@@ -154,11 +160,16 @@ def labels_from_offsets(offsets: list[tuple[int, int]], ids: list[int], spans: l
     Tokens without characters (BOS added by the tokenizer, offsets (0, 0)) are never supervised. A token that
     straddles a span border (rare: merges across the prompt/answer boundary) counts as answer: it holds answer text.
     """
-    labels = [IGNORE_INDEX] * len(ids)
-    for i, (s, e) in enumerate(offsets):
-        if e > s and any(s < b and e > a for a, b in spans):
-            labels[i] = ids[i]
-    return labels
+    keep = _overlaps(offsets, spans).any(axis=0)  # (L,)
+    return np.where(keep, np.asarray(ids, dtype=np.int64), IGNORE_INDEX).tolist()
+
+
+def _overlaps(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> np.ndarray:
+    """(n_spans, L) bool: does token j (with at least one character) overlap span i."""
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)  # (L, 2)
+    sp = np.asarray(spans, dtype=np.int64).reshape(-1, 2)  # (n_spans, 2)
+    s, e = off[None, :, 0], off[None, :, 1]
+    return (e > s) & (s < sp[:, 1:2]) & (e > sp[:, 0:1])
 
 
 def tokenize_with_labels(
@@ -169,11 +180,12 @@ def tokenize_with_labels(
     Every span must be covered by at least one token, else the sample is refused (``no_labels``).
     """
     enc = processor.tokenizer.tok.encode(text, add_special_tokens=True)
-    ids, offsets = list(enc.ids), [tuple(o) for o in enc.offsets]
-    labels = labels_from_offsets(offsets, ids, spans)
-    for a, b in spans:
-        if not any(e > s and s < b and e > a for s, e in offsets):
+    ids, offsets = list(enc.ids), enc.offsets
+    hits = _overlaps(offsets, spans)  # (n_spans, L)
+    for (a, b), covered in zip(spans, hits.any(axis=1)):
+        if not covered:
             raise SampleError("no_labels", f"no token covers the answer {text[a:b]!r}; cannot derive labels", sample_id)
+    labels = np.where(hits.any(axis=0), np.asarray(ids, dtype=np.int64), IGNORE_INDEX).tolist()
     return Encoded(ids, labels)
 
 
