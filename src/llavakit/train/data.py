@@ -167,7 +167,7 @@ def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str
 def check_record(record: Record, image_folder: str | Path | None) -> None:
     """The cheap checks (no image decoding): conversation, placeholders, files exist. Raises SampleError."""
     if not isinstance(record.data, dict):
-        raise SampleError("bad_record", f"{record.where}: a record must be a JSON object")
+        raise SampleError("bad_record", "a record must be a JSON object")
     to_messages(record.data, record.id)
     for p in image_paths(record.data, image_folder):
         if not p.is_file():
