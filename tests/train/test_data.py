@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from train_helpers import conv, tiny_processor, write_image, write_jsonl
 
 from llavakit.train.data import SupervisedDataset, build_dataset, read_records, to_messages
@@ -118,6 +119,10 @@ def test_video_folder_of_frames(folder):
     from llavakit.processing.anyres import num_video_tokens
 
     assert item["input_ids"].eq(proc.video_token_id).sum() == num_video_tokens(3, proc.geometry)
+    frames = [folder / "imgs" / "clip" / f"{k:03d}.png" for k in (0, 2, 4)]  # 3 of 5 frames, first and last kept
+    ref = proc(text=proc.apply_chat_template(to_messages(rec), add_generation_prompt=False), videos=[frames])
+    assert item["input_ids"].tolist() == ref["input_ids"][0].tolist()
+    assert torch.equal(item["pixel_values_videos"], ref["pixel_values_videos"])
     with pytest.raises(SampleError, match="missing_image|video folder"):
         SupervisedDataset([{**rec, "video": "none"}], folder / "imgs", proc, None, 4096)
 
