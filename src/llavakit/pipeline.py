@@ -209,7 +209,9 @@ def load(
 ) -> Pipeline:
     """Load a checkpoint and its processor into a ready pipeline (``quantize``: None, "int8" or "int4").
 
-    ``optimize`` pre-packs the CPU Linear weights for oneDNN (inference only; faster decode and prefill).
+    ``optimize`` swaps in the fastest correct CPU Linears for this machine (``engine.linear.optimize_model``;
+    inference only): in bfloat16 the decoder decodes through fbgemm's fp16 matrix-vector kernel and long
+    prompts multiply in float32 where the CPU has no native bf16. float32 models are left as they are.
     """
     from .checkpoint.api import load_model
     from .processing.processor import LlavaProcessor
@@ -220,7 +222,7 @@ def load(
 
         quantize_model(model.model.language_model, quantize)
     if optimize and model.device.type == "cpu":
-        from .engine.linear import pack_linears
+        from .engine.linear import optimize_model
 
-        pack_linears(model)
+        optimize_model(model)
     return Pipeline(model, LlavaProcessor.from_pretrained(path_or_id))

@@ -1,18 +1,182 @@
-"""``PackedLinear``: a CPU inference Linear whose weight is pre-packed once for oneDNN.
+"""Faster CPU inference Linear layers, swapped in for ``nn.Linear`` (the model code never changes).
 
-torch's stock CPU matrix-vector product (one decode token) reaches only about half of the memory bandwidth on
-these machines; the same oneDNN kernel on a weight reordered ahead of time reads it much faster, and long prompts
-(prefill) run at the same speed as ``F.linear``. Swapping modules keeps the model code free of branches.
+``optimize_model(model)`` picks among them for this machine (``llavakit.load`` calls it):
+
+- ``BF16DecodeLinear`` (bf16/fp16 decoder and LM head): one decode token is a matrix-vector product that only
+  has to stream the weight once. fbgemm's fp16 matrix-vector kernel on a pre-packed fp16 copy of the weight
+  beats torch's bf16 product (which widens every weight with slow code on CPUs without bf16 hardware). A
+  bf16 weight is exact in fp16 (8 significant bits vs 11) for magnitudes in [2^-14, 65504); smaller ones
+  (fp16 subnormals) move by at most 2^-25 ~ 3e-8 and larger ones are refused. Activations go in as fp32 and
+  the sums are fp32 (relative error ~5e-7 against float64), so the result is the bf16 layer's up to the final
+  rounding. The fp16 copy replaces the bf16 weight (no extra memory) unless it is shared with an embedding.
+  Many rows (prefill) go through ``dense_linear``.
+- ``dense_linear`` / ``DenseLinear``: ``F.linear`` that widens bf16 to float32 where bf16 GEMMs are not native
+  (AVX2 CPUs: torch's bf16 GEMM ran at 2.8 GFLOP/s there, float32 at 15, 2 threads); elsewhere plain F.linear.
+- ``PackedLinear``: the weight reordered once for oneDNN (bf16 needs AVX-512 or AVX-NE-CONVERT); used for the
+  vision tower where oneDNN packs bf16. float32 packing measured no faster, so float32 models stay unchanged.
+
+Inference only: the packed copies are made at swap time and do not follow later edits of ``weight``.
 """
 
 from __future__ import annotations
 
+import itertools
+import weakref
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+DECODE_ROWS = 4  # up to this many rows (tokens x batch) per call take the matrix-vector path
+FP16_MAX = 65504.0
 
-def packing_available() -> bool:
-    return hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+
+@cache
+def fp16_decode_available() -> bool:
+    """True when this torch build has fbgemm's fp16 kernels (x86 CPU builds)."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
+    try:
+        packed = torch.ops.quantized.linear_prepack_fp16(torch.ones(8, 8), None)
+        torch.ops.quantized.linear_dynamic_fp16(torch.ones(1, 8), packed)
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
+_PACKED: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()  # handle -> packed weight
+_HANDLES = itertools.count()
+
+
+@torch.library.custom_op("llavakit::fp16_linear", mutates_args=())
+def _fp16_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    """fbgemm's fp16 product as an op that torch.compile keeps in its graph: (M, K) float32 -> (M, N) float32.
+
+    A graph cannot hold fbgemm's packed weight object, so the op finds it by the integer handle of its module.
+    """
+    return torch.ops.quantized.linear_dynamic_fp16(x, _PACKED[handle])
+
+
+@_fp16_linear.register_fake
+def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], out_features)
+
+
+@cache
+def packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """True when oneDNN can pre-pack a ``dtype`` weight here (bf16 needs AVX-512 or AVX-NE-CONVERT: tried)."""
+    if not (hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()):
+        return False
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=dtype), 1)
+        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 8, dtype=dtype), packed, None, "none", [None], "")
+    except RuntimeError:
+        return False
+    return True
+
+
+@cache
+def native_bf16_gemm() -> bool:
+    """Whether bf16 GEMMs run natively here (AVX-512BW/VL/DQ, AVX-NE-CONVERT or AMX; oneDNN bf16 packing is the
+    probe). Without it torch widens bf16 inside its GEMM and is ~5x slower than float32 (measured on a 2-core
+    AVX2 EPYC: 2.8 vs 15 GFLOP/s for 2340 x 896 -> 4864)."""
+    return packing_available(torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype many-row products of ``dtype`` activations run in: float32 for bf16/fp16 without native bf16."""
+    if dtype in (torch.bfloat16, torch.float16) and not native_bf16_gemm():
+        return torch.float32
+    return dtype
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` in ``compute_dtype(x.dtype)`` (CPU), result in ``x.dtype``: (..., K) x (N, K) -> (..., N).
+
+    Widening bf16 to float32 is exact, and the float32 product differs from torch's bf16 one only in summation
+    order (both accumulate in float32) before the final bf16 rounding.
+    """
+    ct = compute_dtype(x.dtype) if x.device.type == "cpu" else x.dtype
+    out = F.linear(x.to(ct), weight.to(ct), None if bias is None else bias.to(ct))
+    return out.to(x.dtype)
+
+
+class DenseLinear(nn.Module):
+    """``nn.Linear`` through ``dense_linear``: for bf16 layers that only see many rows (vision tower, projector)
+    on CPUs without native bf16. ``weight`` and ``bias`` are the original parameters (same state-dict keys)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dense_linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class BF16DecodeLinear(nn.Module):
+    """``y = x W^T + b`` for a bf16/fp16 CPU weight: fbgemm fp16 kernel for few rows, ``dense_linear`` for many.
+
+    The fp16 copy packed for fbgemm (``packed``, a plain attribute) is the only copy of the weight unless
+    ``keep_weight`` (then ``weight`` is the original parameter, shared, not copied: a tied LM head keeps sharing
+    the embedding matrix). Without it, many-row calls unpack the fp16 weight to float32 first (exact for
+    magnitudes >= 2^-14; smaller values, fp16 subnormals, move by at most 2^-25 ~ 3e-8) and the module has no
+    ``weight`` in its state dict (inference only).
+    """
+
+    def __init__(self, linear: nn.Linear, *, decode_rows: int = DECODE_ROWS, keep_weight: bool = True) -> None:
+        super().__init__()
+        w = linear.weight
+        if w.device.type != "cpu" or w.dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"BF16DecodeLinear needs a CPU bfloat16/float16 weight, got {w.dtype} on {w.device}")
+        if not fp16_decode_available():
+            raise RuntimeError("this torch build has no fbgemm fp16 kernels; use PackedLinear instead")
+        big = float(w.detach().abs().max())
+        if not big < FP16_MAX:
+            raise ValueError(f"weight magnitude {big:g} does not fit float16 (max {FP16_MAX:g}); keep nn.Linear")
+        self.weight = linear.weight if keep_weight else None
+        self.bias = linear.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.decode_rows = decode_rows
+        self.dtype = w.dtype
+        b = None if linear.bias is None else linear.bias.detach().float()
+        self.packed = torch.ops.quantized.linear_prepack_fp16(w.detach().float(), b)  # fp16, fbgemm layout
+        self._register()
+
+    def _register(self) -> None:
+        self.handle = next(_HANDLES)
+        _PACKED[self.handle] = self.packed
+
+    def __setstate__(self, state: dict) -> None:  # copies (deepcopy, pickle) get their own handle
+        super().__setstate__(state)
+        self._register()
+
+    def full_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The (N, K) weight in ``dtype`` (default: the model dtype), from ``weight`` or unpacked from fp16."""
+        if self.weight is not None:
+            return self.weight.to(dtype or self.dtype)
+        return torch.ops.quantized.linear_unpack_fp16(self.packed)[0].to(dtype or self.dtype)  # float32 first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])  # (M, K)
+        if x2.shape[0] > self.decode_rows or x.device.type != "cpu":
+            return dense_linear(x, self.full_weight(compute_dtype(x.dtype)), self.bias)
+        if torch.compiler.is_compiling():
+            out = _fp16_linear(x2.float(), self.handle, self.out_features)
+        else:  # the same kernel without the custom-op dispatch
+            out = torch.ops.quantized.linear_dynamic_fp16(x2.float(), self.packed)  # (M, N) float32
+        return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return f"{sizes}, keeps_weight={self.weight is not None}"
 
 
 class PackedLinear(nn.Module):
@@ -34,24 +198,94 @@ class PackedLinear(nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
 
-def pack_linears(module: nn.Module, *, include_tied: bool = False) -> int:
-    """Swap every CPU bfloat16 ``nn.Linear`` below ``module`` for a ``PackedLinear``; returns how many were swapped.
+def _swap(module: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
 
-    A Linear whose weight is shared with an embedding (tied LM head) is skipped unless ``include_tied``: packing
-    makes a second copy of that matrix (the embedding lookup still needs the original).
+
+def _tied(module: nn.Module) -> set[int]:
+    return {id(p) for m in module.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+
+
+def optimize_for_decode(
+    module: nn.Module, *, skip: Callable[[str], bool] | None = None, keep_weights: bool = False
+) -> int:
+    """Swap every CPU bf16/fp16 ``nn.Linear`` below ``module`` (unless ``skip(name)``) for a
+    ``BF16DecodeLinear``; returns how many were swapped (0 when fbgemm's fp16 kernels are missing).
+
+    The bf16 weight is dropped (memory stays the same) unless ``keep_weights`` or it is shared with an
+    embedding (a tied LM head: its fp16 copy is extra memory, 272 MB for Qwen2-0.5B's 151936 x 896 head).
+    Layers that never see one-token inputs (vision tower, projector) gain nothing: skip them.
+    Example: ``optimize_for_decode(model, skip=lambda n: "vision_tower" in n or "projector" in n)``.
     """
-    if not packing_available():
+    if not fp16_decode_available():
         return 0
-    shared = {id(p) for m in module.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    tied, swapped = _tied(module), 0
+    for name, lin in list(module.named_modules()):
+        if type(lin) is not nn.Linear or (skip is not None and skip(name)):
+            continue
+        w = lin.weight
+        if w.device.type != "cpu" or w.dtype not in (torch.bfloat16, torch.float16):
+            continue
+        try:
+            fast = BF16DecodeLinear(lin, keep_weight=keep_weights or id(w) in tied)
+        except ValueError:  # a weight beyond fp16's range stays an nn.Linear
+            continue
+        _swap(module, name, fast)
+        swapped += 1
+    return swapped
+
+
+def _dense(module: nn.Module, skip: Callable[[str], bool] | None = None) -> int:
     swapped = 0
     for name, lin in list(module.named_modules()):
-        if not isinstance(lin, nn.Linear) or lin.weight.device.type != "cpu":
+        if type(lin) is nn.Linear and not (skip and skip(name)) and lin.weight.device.type == "cpu":
+            if compute_dtype(lin.weight.dtype) != lin.weight.dtype:
+                _swap(module, name, DenseLinear(lin))
+                swapped += 1
+    return swapped
+
+
+def is_many_rows_only(name: str) -> bool:
+    """Layers of a Llava model that only ever see many rows: the vision tower and the projector."""
+    return "vision_tower" in name or "multi_modal_projector" in name
+
+
+def optimize_model(model: nn.Module) -> dict[str, int]:
+    """The fastest correct CPU inference Linears for a Llava model (in place); returns counts per module kind.
+
+    bf16/fp16: decoder and LM head -> ``BF16DecodeLinear`` (fbgemm fp16 matrix-vector kernel for decode);
+    vision tower and projector -> ``PackedLinear`` where oneDNN packs bf16, else ``DenseLinear`` (float32
+    compute where bf16 GEMMs are not native). Any layer still an ``nn.Linear`` after that (no fbgemm) gets the
+    same treatment as the vision tower. float32: unchanged (packing measured no faster). Quantized layers
+    (``Int8Linear``, ``Int4Linear``) are left alone: they pick their own kernels.
+    """
+    counts = {"BF16DecodeLinear": optimize_for_decode(model, skip=is_many_rows_only)}
+    counts["PackedLinear"] = pack_linears(model, dtypes=(torch.bfloat16,))
+    counts["DenseLinear"] = _dense(model)
+    return {k: v for k, v in counts.items() if v}
+
+
+def pack_linears(
+    module: nn.Module,
+    *,
+    include_tied: bool = False,
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16),
+) -> int:
+    """Swap every CPU ``nn.Linear`` of one of ``dtypes`` below ``module`` for a ``PackedLinear`` where oneDNN
+    can pack that dtype here; returns how many were swapped.
+
+    A Linear whose weight is shared with an embedding (tied LM head) is skipped unless ``include_tied``:
+    packing makes a second copy of that matrix (the embedding lookup still needs the original).
+    """
+    shared, swapped = _tied(module), 0
+    for name, lin in list(module.named_modules()):
+        if type(lin) is not nn.Linear or lin.weight.device.type != "cpu":
             continue
-        if lin.weight.dtype != torch.bfloat16:  # float32 matvecs measured no faster (often slower) when packed
+        if lin.weight.dtype not in dtypes or not packing_available(lin.weight.dtype):
             continue
         if id(lin.weight) in shared and not include_tied:
             continue
-        parent_name, _, attr = name.rpartition(".")
-        setattr(module.get_submodule(parent_name) if parent_name else module, attr, PackedLinear(lin))
+        _swap(module, name, PackedLinear(lin))
         swapped += 1
     return swapped

@@ -1,90 +1,205 @@
-"""Weight-only int8 / int4 quantization by swapping ``nn.Linear`` modules (activations stay in the model dtype).
+"""Weight-only int8 / int4 quantization by swapping ``nn.Linear`` modules (activations keep the model dtype).
 
-- ``Int8Linear``: symmetric per-output-channel int8, ``W ~ q * scale``. Decode (few rows) runs torch's
-  ``_weight_int8pack_mm`` kernel, which reads a quarter of the float32 bytes; long prompts dequantize on the fly and
-  use the dense GEMM, which is compute-bound there anyway.
-- ``Int4Linear``: asymmetric int4 in groups along the input dim, ``W ~ (q - 8) * scale + zero`` (``group_size``
-  columns share a scale and zero), through torch's packed int4 CPU kernel.
+- ``Int8Linear``: symmetric per-output-channel int8, ``W ~ qweight * scale``. Few rows (decode) run torch's
+  ``_weight_int8pack_mm`` CPU kernel; many rows (prefill, compute-bound) dequantize to the activation dtype
+  and use the dense GEMM.
+- ``Int4Linear``: asymmetric int4 in groups of ``group_size`` input columns, ``W ~ (q - 8) * scale + zero``,
+  through torch's packed int4 CPU kernel for few rows; many rows unpack and use the dense GEMM.
 
-The module tree is unchanged, so the model code needs no branches: ``quantize_model(model.model.language_model,
-"int8")`` and the decoder's projections read int8 weights from then on.
+Worked example (int4, one group of 4 weights [-0.3, 0.0, 0.1, 0.9]): lo = -0.3,
+scale = (0.9 - -0.3) / 15 = 0.08, q = round((w - lo) / scale) = [0, 4, 5, 15], zero = lo + 8 * scale = 0.34,
+and (q - 8) * scale + zero gives back [-0.3, 0.02, 0.1, 0.9] (error <= scale / 2).
+
+The module tree is unchanged, so the model code needs no branches: ``quantize_model(model, "int8")`` and every
+projection reads int8 weights from then on.
+
+Speed (benchmarks/bench_linear.py): on a 2-core AVX2 EPYC the int4 (group 128) matrix-vector kernel was
+the fastest decode path (~1.3-1.7x fbgemm's fp16 one), int8 about as fast as fp16 (its kernel widens every
+weight to float32: compute-bound). Many rows (prefill) dequantize once per call and use ``dense_linear``.
+``Int4Linear.packed`` is in torch's CPU layout for this machine's kernels (see ``_unpack_int4``): quantize at
+load time rather than saving it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from functools import cache
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-DENSE_ROWS = 16  # from this many rows on, dequantize and use the dense GEMM (prefill)
+from .linear import compute_dtype, dense_linear
+
+INT8_KERNEL_ROWS = 16  # below this many rows the int8 kernel beats dequantize + GEMM
+INT4_KERNEL_ROWS = 96  # the same for int4 (its unpack costs more)
+INT4_GROUP_SIZES = (32, 64, 128, 256)
 
 
 class Int8Linear(nn.Module):
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        w = linear.weight.detach().float()  # (N, K)
-        scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-8)  # (N,)
-        self.register_buffer("qweight", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale.to(linear.weight.dtype))
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+    """Weight-only int8 Linear. Buffers: ``qweight`` (N, K) int8, ``scale`` (N,) in the model dtype."""
 
-    def dequantize(self) -> torch.Tensor:
-        return self.qweight.to(self.scale.dtype) * self.scale[:, None]
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scale", torch.ones(out_features, dtype=dtype, device=device))
+        b = torch.zeros(out_features, dtype=dtype, device=device) if bias else None
+        self.bias = None if b is None else nn.Parameter(b, requires_grad=False)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        w = linear.weight.detach()
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, dtype=w.dtype, device=w.device)
+        wf = w.float()  # (N, K)
+        scale = (wf.abs().amax(dim=1) / 127).clamp_min(1e-12)  # (N,)
+        new.qweight.copy_((wf / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
+        new.scale.copy_(scale.to(w.dtype))
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias.detach())
+        return new
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The (N, K) weight this layer multiplies by, in ``dtype`` (default: the scale's dtype)."""
+        return self.qweight * self.scale.to(dtype or self.scale.dtype)[:, None]  # one pass: int8 * float
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (M, K)
-        if x2.shape[0] >= DENSE_ROWS or x.device.type != "cpu":
-            out = F.linear(x2, self.dequantize().to(x.dtype))
-        else:
-            out = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale.to(x.dtype))
+        if x2.shape[0] >= INT8_KERNEL_ROWS or x.device.type != "cpu":
+            return dense_linear(x, self.dequantize(compute_dtype(x.dtype)), self.bias)
+        out = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale.to(x.dtype))  # (M, N)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+@cache
+def int4_block_rows() -> int:
+    """Rows per block of torch's CPU int4 layout on this machine: 64 with AVX-512 kernels, 32 with AVX2.
+
+    Found by packing a probe: row 32 lands in byte 0's high nibble only when blocks hold 64 rows.
+    """
+    q = torch.zeros(64, 2, dtype=torch.int32)
+    q[32, 0] = 1
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1).reshape(-1)
+    return 64 if int(packed[0]) == 16 else 32
+
+
+def _unpack_int4(packed: torch.Tensor, n: int, k: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """Undo ``_convert_weight_to_int4pack_for_cpu``: (N, K/2) uint8 -> (N, K) values 0..15 in ``dtype``.
+
+    Rows come in blocks of B = ``int4_block_rows()`` (the layout depends on the CPU kernels torch picked, so a
+    packed buffer is only valid on machines with the same capability): byte [b, k, j] holds row B*b + j in
+    its low nibble and row B*b + B/2 + j in its high nibble. A last partial block of r rows is (K, r/2) bytes
+    holding rows 2j (low) and 2j+1 (high).
+    Example (B = 32, N = 48, K = 64): row 40, column 0 is the low nibble of byte 32*64/2 + 4 = 1028.
+    """
+    flat = packed.reshape(-1)
+    bn = int4_block_rows()
+    nb, rest = divmod(n, bn)
+    out = torch.empty(n, k, dtype=dtype, device=packed.device)
+    if nb:
+        # (nb, K, B/2) -> (nb, B/2, K): transposing bytes is cheaper than transposing the unpacked values
+        blocks = flat[: nb * bn // 2 * k].view(nb, k, bn // 2).mT.contiguous()
+        halves = out[: nb * bn].view(nb, 2, bn // 2, k)
+        halves[:, 0].copy_(blocks & 15)
+        halves[:, 1].copy_(blocks >> 4)
+    if rest:
+        tail = flat[nb * bn // 2 * k :].view(k, rest // 2).t()  # (r/2, K)
+        pairs = out[nb * bn :].view(rest // 2, 2, k)
+        pairs[:, 0].copy_(tail & 15)
+        pairs[:, 1].copy_(tail >> 4)
+    return out
 
 
 class Int4Linear(nn.Module):
-    def __init__(self, linear: nn.Linear, group_size: int = 128) -> None:
-        super().__init__()
-        n, k = linear.weight.shape
-        if k % group_size:
-            raise ValueError(f"int4 needs in_features ({k}) divisible by group_size ({group_size})")
-        w = linear.weight.detach().float().view(n, k // group_size, group_size)
-        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-        scale = ((hi - lo) / 15).clamp_min(1e-6)  # (N, G, 1)
-        zero = lo + 8 * scale
-        q = ((w - lo) / scale).round().clamp(0, 15).to(torch.int32).view(n, k)
-        self.group_size = group_size
-        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        # (G, N, 2): scale and zero of every group, the layout the kernel reads
-        sz = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous()
-        self.register_buffer("scales_zeros", sz.to(torch.bfloat16))
-        self.register_buffer("q_ref", q.to(torch.uint8))  # kept for dequantize() (tests, large-M path)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        self.in_features, self.out_features = k, n
+    """Weight-only int4 Linear (CPU kernel). Buffers: ``packed`` (N, K/2) uint8 in torch's CPU int4 layout and
+    ``scales_zeros`` (K/group_size, N, 2) with each group's scale and zero, in the model dtype.
 
-    def dequantize(self) -> torch.Tensor:
-        n, k = self.out_features, self.in_features
-        sz = self.scales_zeros.float().transpose(0, 1)  # (N, G, 2)
-        q = self.q_ref.float().view(n, k // self.group_size, self.group_size)
-        return ((q - 8) * sz[..., :1] + sz[..., 1:]).view(n, k)
+    Needs ``out_features % 16 == 0`` and ``in_features % group_size == 0`` (see ``int4_fits``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        group_size: int = 128,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if not int4_fits(in_features, out_features, group_size):
+            raise ValueError(
+                f"int4 needs out_features % 16 == 0 and in_features % group_size == 0 with group_size in "
+                f"{INT4_GROUP_SIZES}; got in={in_features}, out={out_features}, group_size={group_size}"
+            )
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        n, k, g = out_features, in_features, in_features // group_size
+        self.register_buffer("packed", torch.zeros(n, k // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales_zeros", torch.zeros(g, n, 2, dtype=dtype, device=device))
+        b = torch.zeros(out_features, dtype=dtype, device=device) if bias else None
+        self.bias = None if b is None else nn.Parameter(b, requires_grad=False)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> Int4Linear:
+        w = linear.weight.detach()
+        n, k = w.shape
+        new = cls(k, n, linear.bias is not None, group_size=group_size, dtype=w.dtype, device=w.device)
+        wf = w.float().view(n, k // group_size, group_size)  # (N, G, gs)
+        lo, hi = wf.amin(-1, keepdim=True), wf.amax(-1, keepdim=True)
+        scale = ((hi - lo) / 15).clamp_min(1e-8)  # (N, G, 1)
+        q = ((wf - lo) / scale).round().clamp(0, 15).to(torch.int32).view(n, k)
+        new.packed.copy_(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.cpu(), 1).view(n, k // 2))
+        zero = lo + 8 * scale
+        new.scales_zeros.copy_(torch.cat([scale, zero], dim=-1).transpose(0, 1).to(w.dtype))  # (G, N, 2)
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias.detach())
+        return new
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The (N, K) weight this layer multiplies by, in ``dtype`` (default: the scales' dtype)."""
+        n, k, gs = self.out_features, self.in_features, self.group_size
+        dtype = dtype or self.scales_zeros.dtype
+        sz = self.scales_zeros.float()  # (G, N, 2)
+        scale, low = sz[..., 0].t().to(dtype), (sz[..., 1] - 8 * sz[..., 0]).t().to(dtype)  # (N, G) each
+        w = _unpack_int4(self.packed, n, k, dtype).view(n, k // gs, gs)  # in place below: q * scale + low
+        return w.mul_(scale[..., None]).add_(low[..., None]).view(n, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if x2.shape[0] >= DENSE_ROWS:
-            out = F.linear(x2, self.dequantize().to(x.dtype))
-        else:
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x2.to(torch.bfloat16), self.packed, self.group_size, self.scales_zeros
-            ).to(x.dtype)
+        x2 = x.reshape(-1, shape[-1])  # (M, K)
+        if x2.shape[0] >= INT4_KERNEL_ROWS or x.device.type != "cpu":
+            return dense_linear(x, self.dequantize(compute_dtype(x.dtype)), self.bias)
+        sz = self.scales_zeros.to(x.dtype)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self.packed, self.group_size, sz)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{sizes}, bias={self.bias is not None}, group_size={self.group_size}"
+
+
+def int4_fits(in_features: int, out_features: int, group_size: int) -> bool:
+    """Whether torch's packed int4 CPU kernel takes this shape."""
+    return group_size in INT4_GROUP_SIZES and out_features % 16 == 0 and in_features % group_size == 0
 
 
 def quantize_model(
@@ -96,32 +211,48 @@ def quantize_model(
 ) -> nn.Module:
     """Replace every ``nn.Linear`` below ``module`` (unless ``skip(name)``) by its quantized twin, in place.
 
-    int4 leaves a layer in its float dtype when its shape does not fit the kernel (out_features % 16 != 0 or
-    in_features % group_size != 0).
+    int4 leaves a layer as it is when its shape does not fit the kernel (``int4_fits``). A tied LM head gets
+    its own quantized copy of the embedding matrix (the embedding lookup keeps the float one): for Qwen2-0.5B
+    that is +136 MB (int8) / +72 MB (int4) of memory, and 136 MB (int8) / 200 MB (int4) less to read per
+    decoded token.
+    Pass ``skip=lambda n: n.endswith("lm_head")`` to keep the head in float.
     """
     if mode not in ("int8", "int4"):
         raise ValueError(f"quantize must be 'int8' or 'int4', got {mode!r}")
-    if mode == "int4" and group_size not in (32, 64, 128, 256):
-        raise ValueError(f"int4 group_size must be 32, 64, 128 or 256, got {group_size}")
-    targets = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear) and not (skip and skip(n))]
-    if mode == "int4":  # the packed int4 kernel needs N % 16 == 0 and whole groups: other layers stay as they are
-        targets = [(n, m) for n, m in targets if m.out_features % 16 == 0 and m.in_features % group_size == 0]
+    if mode == "int4" and group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    targets = [(n, m) for n, m in module.named_modules() if type(m) is nn.Linear and not (skip and skip(n))]
+    if mode == "int4":
+        targets = [(n, m) for n, m in targets if int4_fits(m.in_features, m.out_features, group_size)]
     for name, lin in targets:
-        parent = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
-        new = Int8Linear(lin) if mode == "int8" else Int4Linear(lin, group_size)
-        setattr(parent, name.rpartition(".")[2], new.to(lin.weight.device))
+        new = Int8Linear.from_linear(lin) if mode == "int8" else Int4Linear.from_linear(lin, group_size)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
     return module
 
 
+def _logits(out: Any) -> torch.Tensor:
+    return (out.logits if hasattr(out, "logits") else out).float()
+
+
 @torch.no_grad()
-def quantization_error(reference: nn.Module, quantized: nn.Module, inputs: dict) -> dict[str, float]:
-    """Logit error of a quantized model against its reference on the same inputs, and top-1 agreement."""
-    ref = reference(**inputs).logits.float()
-    out = quantized(**inputs).logits.float()
+def quantization_error(reference: nn.Module, quantized: nn.Module, inputs: Any) -> dict[str, float]:
+    """Output error of ``quantized`` against ``reference`` on the same inputs (a dict of keyword arguments, a
+    tuple of positional ones, or one tensor); outputs may be tensors or have ``.logits``.
+
+    Returns max_abs, mean_abs, rel (||diff|| / ||ref||) and top1_agreement (argmax over the last dim).
+    """
+
+    def run(m: nn.Module) -> torch.Tensor:
+        if isinstance(inputs, dict):
+            return _logits(m(**inputs))
+        return _logits(m(*inputs) if isinstance(inputs, tuple) else m(inputs))
+
+    ref, out = run(reference), run(quantized)
     diff = (out - ref).abs()
     return {
         "max_abs": float(diff.max()),
         "mean_abs": float(diff.mean()),
-        "rel": float(diff.norm() / ref.norm()),
+        "rel": float(diff.norm() / ref.norm().clamp_min(1e-12)),
         "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).float().mean()),
     }
