@@ -61,8 +61,13 @@ def _tiny(spec: ModelSpec) -> tuple[LlavaModel, LlavaProcessor]:
     return model, LlavaProcessor.from_parts(char_tokenizer(), model.config, template=template)
 
 
-def original_style_config(spec: ModelSpec, decoder_cfg: dict[str, Any], tower_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The decoder's config.json + the ``mm_*`` fields of an original LLaVA config for this recipe."""
+def original_style_config(
+    spec: ModelSpec, decoder_cfg: dict[str, Any], tower_cfg: dict[str, Any], image_token_id: int | None = None
+) -> dict[str, Any]:
+    """The decoder's config.json + the ``mm_*`` fields of an original LLaVA config for this recipe.
+
+    ``image_token_id``: where ``<image>`` goes (the tokenizer's own ``<image>``, else its first free id).
+    """
     mt = decoder_cfg.get("model_type")
     if mt not in _LLAVA_ARCH:
         raise ValueError(f"model.decoder has model_type {mt!r}; supported decoders: {', '.join(_LLAVA_ARCH)}")
@@ -81,6 +86,8 @@ def original_style_config(spec: ModelSpec, decoder_cfg: dict[str, Any], tower_cf
         "image_aspect_ratio": aspect[spec.family],
         "mm_patch_merge_type": "flat" if spec.family == "llava" else "spatial_unpad",
     }
+    if image_token_id is not None:
+        cfg["image_token_index"] = image_token_id
     if spec.family != "llava":
         tile = vision.get("image_size", 336)
         pins = spec.image_grid_pinpoints or (
@@ -95,17 +102,23 @@ def original_style_config(spec: ModelSpec, decoder_cfg: dict[str, Any], tower_cf
 def _from_parts(spec: ModelSpec) -> tuple[LlavaModel, LlavaProcessor]:
     from ..checkpoint.convert import original_tokenizer
     from ..checkpoint.load import load_into, read_config_dict, resolve_model_path
-    from ..checkpoint.original import config_from_original, original_tensors
+    from ..checkpoint.original import config_from_original
     from ..model.llava import LlavaModel
     from ..processing.processor import DEFAULT_TEMPLATE, LlavaProcessor
 
     decoder = resolve_model_path(spec.decoder)  # type: ignore[arg-type]
     tower = resolve_model_path(spec.vision_tower)  # type: ignore[arg-type]
-    cfg = original_style_config(spec, read_config_dict(decoder), read_config_dict(tower))
+    from ..processing.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dir(decoder)
+    image_id = tok.token_to_id("<image>")
+    if image_id is None:  # the first id after the tokenizer's own (32000 for Vicuna, 151646 for Qwen2)
+        image_id = tok.tok.get_vocab_size(with_added_tokens=True)
+    cfg = original_style_config(spec, read_config_dict(decoder), read_config_dict(tower), image_id)
     config = config_from_original(cfg, read_config_dict(tower)).config
     torch.manual_seed(spec.seed)
     model = LlavaModel(config)  # fresh projector and image_newline (nn.Linear's default init)
-    result = load_into(model, original_tensors(decoder, config, vision_tower=tower), strict=False)
+    result = load_into(model, _part_tensors(decoder, tower, config), strict=False)
     wrong = [k for k in result.missing if not k.startswith(FRESH)] + result.unexpected + result.mismatched
     if wrong:
         raise ValueError(f"decoder {decoder} + vision tower {tower}: these tensors do not fit: {', '.join(wrong[:8])}")
@@ -113,6 +126,28 @@ def _from_parts(spec: ModelSpec) -> tuple[LlavaModel, LlavaProcessor]:
     tokenizer = original_tokenizer(decoder, config)
     template = spec.template or DEFAULT_TEMPLATE[config.model_type]
     return model, LlavaProcessor.from_parts(tokenizer, config, template=template)
+
+
+_TOWER_ROOTS = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.", "head.")
+
+
+def _part_tensors(decoder: Path, tower: Path, config: Any):  # noqa: ANN202
+    """Current-layout tensors of a base decoder (embedding rows grown) and a separately saved vision tower.
+
+    CLIP / SigLIP files hold ``vision_model.*`` (hub checkpoints) or, written by transformers 5 from a
+    ``CLIPVisionModel``, the same keys without the ``vision_model.`` level; both are read.
+    """
+    from ..checkpoint.keymaps import LM_HEAD, TEXT, rename_tensors, trim_vision_layers
+    from ..checkpoint.load import iter_checkpoint_tensors
+    from ..checkpoint.original import grow_rows
+
+    grow = {TEXT + "embed_tokens.weight", LM_HEAD + "weight"}
+    for name, t in rename_tensors(iter_checkpoint_tensors(decoder), "original"):
+        if name.startswith("model.vision_tower."):
+            continue  # a decoder checkpoint that carries a tower of its own: the recipe's tower wins
+        yield name, grow_rows(t, config.text.vocab_size, name) if name in grow else t
+    pairs = (("vision_model." + k if k.startswith(_TOWER_ROOTS) else k, t) for k, t in iter_checkpoint_tensors(tower))
+    yield from trim_vision_layers(rename_tensors(pairs, "original"), config.vision.num_hidden_layers)
 
 
 def save_processor(processor: LlavaProcessor, out: str | Path) -> None:
