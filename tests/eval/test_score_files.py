@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,8 +11,6 @@ import fixtures as fx
 import pytest
 
 from llavakit.eval.command import compare_runs, score_file
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _answers(path: Path, records: list[dict]) -> Path:
@@ -179,26 +175,24 @@ def test_compare_two_runs(tmp_path, capsys):
 # ---------------------------------------------------------------- errors through the CLI
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC}
-    return subprocess.run(
-        [sys.executable, "-m", "llavakit.cli", *args], capture_output=True, text=True, timeout=60, env=env
-    )
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """``llava ARGS`` in-process (the subprocess path is covered in test_synth_eval): exit code, stderr."""
+    from llavakit.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
 
 
-def test_malformed_files_name_file_and_line(tmp_path):
+def test_malformed_files_name_file_and_line(tmp_path, capsys):
     data = fx.vqav2(tmp_path / "d")
     qfile = data / "llava_vqav2_mscoco_val2014.jsonl"
     lines = qfile.read_text().splitlines()
     lines[1] = '{"question_id": 2, "image": '  # broken JSON on line 2
     qfile.write_text("\n".join(lines) + "\n")
     preds = _answers(tmp_path / "p.jsonl", [{"question_id": 1, "text": "red"}])
-    done = _cli(
-        "eval", "score", "vqav2", "--data", str(data), "--predictions", str(preds), "--out", str(tmp_path / "o")
-    )
-    assert done.returncode == 2
-    assert f"{qfile}:2: not valid JSON" in done.stderr and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    code, err = _cli(capsys, "eval", "score", "vqav2", "--data", str(data), "--predictions", str(preds))
+    assert code == 2
+    assert f"{qfile}:2: not valid JSON" in err and len(err.strip().splitlines()) == 1
 
 
 def test_malformed_tsv_prediction_file_and_mme_txt(tmp_path):
@@ -217,12 +211,12 @@ def test_malformed_tsv_prediction_file_and_mme_txt(tmp_path):
         _score("mme", mme, tmp_path, {"x": "yes"})
 
 
-def test_unknown_ids_and_missing_data_are_clear(tmp_path):
+def test_unknown_ids_and_missing_data_are_clear(tmp_path, capsys):
     data = fx.gqa(tmp_path / "d")
     with pytest.raises(ValueError, match="none of its question ids"):
         _score("gqa", data, tmp_path, {"999": "yes"})
-    done = _cli("eval", "gqa", "--data", str(tmp_path / "nowhere"), "--model", str(tmp_path))
-    assert done.returncode == 2 and "does not exist" in done.stderr
+    code, err = _cli(capsys, "eval", "gqa", "--data", str(tmp_path / "nowhere"), "--model", str(tmp_path))
+    assert code == 2 and "does not exist" in err
 
 
 # ---------------------------------------------------------------- parquet (lmms-lab releases)

@@ -23,7 +23,7 @@ def _lines(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    write_dataset(out, 3, seed=1_000_123, kind="eval", min_side=112, max_side=200, text_prob=1.0)
+    write_dataset(out, 2, seed=1_000_123, kind="eval", min_side=112, max_side=200, text_prob=1.0)
     return out
 
 
@@ -55,7 +55,7 @@ def _by_hand(records: list[dict], answers: dict[str, str]) -> dict[str, float]:
 def test_synth_end_to_end_scores_what_was_predicted(tiny_model, synth_data, tmp_path):
     out = tmp_path / "run"
     result = eval_task(
-        "synth", model=tiny_model, data=str(synth_data), out=str(out), batch_size=8, max_new_tokens=3, progress=False
+        "synth", model=tiny_model, data=str(synth_data), out=str(out), batch_size=8, max_new_tokens=2, progress=False
     )
     records = _lines(synth_data / "eval.jsonl")
     predictions = {p["question_id"]: p["text"] for p in _lines(out / "predictions.jsonl")}
