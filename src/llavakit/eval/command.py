@@ -60,7 +60,7 @@ def eval_task(
     task = get_task(task_name)
     model_path = model or default_model()
     model_id = Path(model_path).name or str(model_path)
-    out_dir = Path(out or f"eval_runs/{task.name}-{model_id}")
+    out_dir = Path(out or f"runs/eval/{task.name}-{model_id}")
     extra: dict[str, Any] = {}
     if data is None:
         if task.name != "synth":
@@ -108,7 +108,7 @@ def score_file(task_name: str, *, data: str, predictions: str, out: str | None =
     missing = [i for i in missing_images(samples) if i not in preds]  # answered elsewhere: their image is no matter
     extra = {"data": str(data), "predictions_file": str(pred_path), "questions": len(samples)}
     result = result_object(task, samples, preds, missing=missing, extra=extra)
-    out_dir = Path(out or f"eval_runs/{task.name}-scored-{pred_path.stem}")
+    out_dir = Path(out or f"runs/eval/{task.name}-scored-{pred_path.stem}")
     return finish(result, out_dir)
 
 
@@ -129,7 +129,7 @@ def add_parser(sub: Any) -> None:
         t.add_argument("--data", required=name != "synth", help=task.data_help)
         t.add_argument("--limit", type=int, help="only the first N questions (whole groups kept)")
         t.add_argument("--batch-size", type=int, default=8)
-        t.add_argument("--out", help="output directory (default eval_runs/TASK-MODEL); reruns resume")
+        t.add_argument("--out", help="output directory (default runs/eval/TASK-MODEL); reruns resume")
         t.add_argument("--max-new-tokens", type=int, help=f"default {task.max_new_tokens}")
         t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         t.add_argument("--quantize", choices=["int8", "int4"])
