@@ -306,3 +306,12 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(ValueError, match=r"needs pyarrow; install it with `pip install 'llavakit\[eval\]'`"):
         _score("docvqa", data, tmp_path, {"1": "x"})
+
+
+def test_mmbench_single_pass_llava_file(tmp_path):
+    """Without --all-rounds LLaVA writes one answer per question (no round_id): round 0 is scored, and no
+    circular score is claimed for questions whose other rotations were never asked."""
+    records = [{"question_id": 0, "text": "B"}, {"question_id": 1, "text": "B"}]
+    result = _score("mmbench", fx.mmbench(tmp_path / "d"), tmp_path, records)
+    assert result["scores"] == {"rotations": 0.5, "first_round": 0.5}
+    assert result["counts"]["incomplete_questions"] == 2 and result["unanswered"]["count"] == 3

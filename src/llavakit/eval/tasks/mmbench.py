@@ -95,9 +95,18 @@ def read(root: Path) -> list[Sample]:
     return samples
 
 
+def answer_key(record: dict[str, Any]) -> str:
+    """Our ids are ``"<index>/<round>"``; LLaVA's answer files give ``question_id`` (the index) and
+    ``round_id`` (absent without ``--all-rounds``: round 0)."""
+    qid = str(record.get("question_id", record.get("id")))
+    return qid if "/" in qid else f"{qid}/{record.get('round_id', 0)}"
+
+
 def score(samples: list[Sample], predictions: dict[str, str]) -> dict[str, Any]:
-    """``circular`` (all rotations right), ``first_round`` (rotation 0 only, as a single pass would score),
-    ``rotations`` (every rotation on its own) and circular accuracy per category."""
+    """``circular`` (all rotations right, over the questions whose every rotation was answered),
+    ``first_round`` (rotation 0 only, as a single pass would score), ``rotations`` (every answered rotation
+    on its own) and circular accuracy per category. Questions with unanswered rotations are counted under
+    ``incomplete_questions`` and left out of the circular scores."""
     pairs = answered(samples, predictions)
     if not pairs:
         raise ValueError("MMBench: no predictions to score")
@@ -107,19 +116,33 @@ def score(samples: list[Sample], predictions: dict[str, str]) -> dict[str, Any]:
             "prediction": extract_option_letter(p, s.ref["options"]),
             "answer": s.ref["answer"],
             "category": s.ref["category"],
+            "round": s.ref["round"],
         }
         for s, p in pairs
     ]
-    result = mmbench_circular_accuracy(records, index_modulo=None)
-    first = [rec for (s, _), rec in zip(pairs, records) if s.ref["round"] == 0]
-    scores = {"circular": result["overall"], "rotations": result["vanilla"]}
+    total: dict[str | None, int] = {}
+    for s in samples:
+        total[s.group] = total.get(s.group, 0) + 1
+    got: dict[str | None, int] = {}
+    for r in records:
+        got[r["index"]] = got.get(r["index"], 0) + 1
+    complete = [r for r in records if got[r["index"]] == total[r["index"]]]
+    right = [r["prediction"] == r["answer"] for r in records]
+    first = [r["prediction"] == r["answer"] for r in records if r["round"] == 0]
+    scores: dict[str, float] = {}
+    if complete:
+        result = mmbench_circular_accuracy(complete, index_modulo=None)
+        scores["circular"] = result["overall"]
+    scores["rotations"] = sum(right) / len(right)
     if first:
-        scores["first_round"] = sum(r["prediction"] == r["answer"] for r in first) / len(first)
-    scores.update({f"category/{k}": v for k, v in result["per_category"].items()})
+        scores["first_round"] = sum(first) / len(first)
+    if complete:
+        scores.update({f"category/{k}": v for k, v in result["per_category"].items()})
     counts = {
-        "questions": result["num_questions"],
+        "questions": len(got),
         "rotations": len(records),
         "unparsed": sum(r["prediction"] is None for r in records),
+        "incomplete_questions": len(got) - len({r["index"] for r in complete}),
     }
     return {"scores": scores, "counts": counts}
 
@@ -130,4 +153,5 @@ TASK = Task(
     score,
     "MMBench (dev): circular evaluation over option rotations, VLMEvalKit exact matching",
     "the MMBench .tsv (base64 images, with an answer column) or the lmms-lab parquet directory",
+    key_of=answer_key,
 )

@@ -12,6 +12,7 @@ Scores are fractions: ``perception`` = points / (200 x perception subtasks prese
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ def _rows(rows: list[dict[str, Any]], path: Path, tsv: bool) -> list[Sample]:
             if len(cell) <= 64 and cell.strip().isdigit():  # VLMEvalKit: the image of another row
                 cell = by_index[cell.strip()]["image"]
             image = base64_image(cell, where)
-            key = str(r.get("image_path") or f"img{hash(cell[:256])}")  # the image's name, or a stand-in
+            # the image's name, or a stable stand-in (ids must not change between runs: resume relies on them)
+            key = str(r.get("image_path") or "img" + hashlib.sha1(cell.encode()).hexdigest()[:12])
         else:
             image = parquet_image(cell, where)
             key = str(r.get("question_id"))

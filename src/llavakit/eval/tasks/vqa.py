@@ -62,7 +62,7 @@ def _score(protocol: str):  # noqa: ANN202
 def read_vqav2(root: Path) -> list[Sample]:
     if (pq := find(root, ["*.parquet", "data/*.parquet"])) is not None and pq.suffix == ".parquet":
         return _parquet(pq if root.is_file() else pq.parent, "vqav2", (SHORT_ANSWER,), lambda r: str(r["question_id"]))
-    ann_path = find(root, ["*annotations*.json"])
+    ann_path = find(root, ["*val*annotations*.json", "*annotations*.json"])
     if ann_path is None:
         raise ValueError(f"{root}: no VQAv2 annotation file (*annotations*.json) with the human answers")
     ann = read_json(ann_path)
@@ -84,7 +84,7 @@ def read_vqav2(root: Path) -> list[Sample]:
                 raise ValueError(f"{qfile}:{r['__line__']}: question {qid} has no answers in {ann_path}")
             samples.append(Sample(qid, r["text"], resolve_image(r["image"], dirs), {"answers": answers[qid]}))
         return samples
-    qfile = find(root, ["*questions*.json"])
+    qfile = find(root, ["*val*questions*.json", "*questions*.json"])
     if qfile is None:
         raise ValueError(f"{root}: no question file (llava_vqav2*.jsonl or *questions*.json)")
     questions = read_json(qfile)
