@@ -1,0 +1,147 @@
+import json
+
+import pytest
+import torch
+from loop_helpers import ColorDataset, collate_fn, tiny_recipe
+from PIL import Image
+
+from llavakit.cli import main
+from llavakit.model.llava import LlavaModel
+from llavakit.train.build import build_model
+from llavakit.train.loop import train
+from llavakit.train.lora import LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
+from llavakit.train.recipe import ModelSpec
+from llavakit.train.stages import LoraSpec
+
+
+def _inputs(processor):
+    img = Image.new("RGB", (90, 150), (10, 200, 90))
+    return processor(text="<image>\nWhat is it? It is", images=[img])
+
+
+@pytest.fixture
+def lora_model(tmp_path):
+    model, processor = build_model(ModelSpec(init="tiny:llava_next"))
+    model.eval()
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    spec = LoraSpec(rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    names = apply_lora(model, spec)
+    assert len(names) == 2 * 3
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n or "multi_modal_projector" in n:  # a trained-looking adapter: B != 0
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return model, processor, spec
+
+
+def test_merge_gives_the_same_logits(lora_model):
+    model, processor, _ = lora_model
+    inputs = _inputs(processor)
+    with torch.no_grad():
+        before = model(**inputs).logits
+        assert merge_lora(model) == 6
+        after = model(**inputs).logits
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    assert not any(".lora_" in k for k in model.state_dict())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_adapter_is_in_peft_format_and_peft_loads_it_onto_transformers(lora_model, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import LlavaNextForConditionalGeneration
+
+    model, processor, spec = lora_model
+    save_adapter(model, tmp_path / "adapter", spec, base_model=str(tmp_path / "base"))
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8
+    keys = set(load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight" in keys
+    assert "base_model.model.model.language_model.layers.1.mlp.down_proj.lora_B.weight" in keys
+    assert "base_model.model.model.multi_modal_projector.linear_1.weight" in keys
+    assert len([k for k in keys if ".lora_" in k]) == 12
+
+    inputs = _inputs(processor)
+    hf = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "base").eval()
+    peft_model = PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    wrapped = [n for n, _ in peft_model.named_modules() if n.endswith("q_proj.lora_A")]
+    assert len(wrapped) == 2  # decoder layers only, not the vision tower's q_proj
+    with torch.no_grad():
+        ref = peft_model(**inputs).logits
+        ours = model(**inputs).logits
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+    # and back: our loader reads the adapter onto a fresh base
+    fresh = LlavaModel.from_pretrained(tmp_path / "base")
+    assert load_adapter(fresh, tmp_path / "adapter").rank == 4
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs).logits, ours, rtol=1e-6, atol=1e-6)
+
+    # llava merge-lora: a plain HF checkpoint (config, weights, processor) with the same logits in transformers
+    assert (
+        main(
+            [
+                "merge-lora",
+                "--base",
+                str(tmp_path / "base"),
+                "--adapter",
+                str(tmp_path / "adapter"),
+                "--out",
+                str(tmp_path / "merged"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "merged" / "tokenizer.json").exists() and (tmp_path / "merged" / "config.json").exists()
+    merged_hf = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged_hf(**inputs).logits, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_merge_lora_errors(tmp_path, capsys):
+    assert main(["merge-lora", "--base", str(tmp_path), "--adapter", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_lora_run_resumes_exactly_and_writes_merged_output(tmp_path):
+    def run(sub, *extra):
+        r = tiny_recipe(
+            tmp_path / sub,
+            "llava",
+            "stage.name=lora",
+            "stage.lr=5e-3",
+            "stage.lora.rank=4",
+            "stage.lora.dropout=0.1",
+            "train.max_steps=4",
+            *extra,
+        )
+        model, processor = build_model(r.model)
+        return train(r, model=model, processor=processor, dataset=ColorDataset(processor, 8), collate_fn=collate_fn)
+
+    full = run("a")
+    part = run("b", "train.save_every=2", "train.stop_after=3")
+    rest = run("b", "train.save_every=2", "train.resume=true")
+    assert part.losses == full.losses[:3] and rest.losses == full.losses[2:]  # dropout RNG restored too
+    out = tmp_path / "b" / "run"
+    ckpt = out / "checkpoints" / "step-00000002"
+    assert (ckpt / "adapter_config.json").exists() and not (ckpt / "model.safetensors").exists()
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    merged = LlavaModel.from_pretrained(out)  # a plain checkpoint: no LoRA keys
+    assert not any(".lora_" in k for k in merged.state_dict())
+
+
+def test_trained_checkpoint_loads_in_transformers_with_the_same_logits(tmp_path):
+    from transformers import LlavaNextForConditionalGeneration
+
+    r = tiny_recipe(tmp_path, "llava_next", "train.max_steps=2")
+    model, processor = build_model(r.model)
+    train(r, model=model, processor=processor, dataset=ColorDataset(processor, 4), collate_fn=collate_fn)
+    out = tmp_path / "run"
+    hf = LlavaNextForConditionalGeneration.from_pretrained(out).eval()
+    ours = LlavaModel.from_pretrained(out).eval()
+    inputs = _inputs(processor)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**inputs).logits, hf(**inputs).logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.eval()(**inputs).logits, hf(**inputs).logits, rtol=1e-4, atol=1e-4)
