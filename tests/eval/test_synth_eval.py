@@ -126,6 +126,8 @@ def test_synth_generates_held_out_set_and_resumes(tiny_model, tmp_path):
     assert (third["resumed"], third["predicted_now"]) == (5, 1)
     assert len(_lines(out / "predictions.jsonl")) == 6
     assert third["counts"]["questions"] == 6
+    fewer = eval_task("synth", limit=2, **kwargs)  # a smaller --limit scores only its questions
+    assert fewer["counts"]["questions"] == 2 and "unknown_prediction_ids" not in fewer
 
 
 def test_synth_score_cli_prints_the_result_last(synth_data, tmp_path):

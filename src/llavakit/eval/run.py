@@ -216,7 +216,8 @@ def run(
         progress=progress,
     )
     seconds = time.perf_counter() - start
-    predictions = read_predictions(pred_path, tolerate_torn_tail=True)
+    ids = {s.id for s in samples}  # answers beyond a smaller --limit stay in the file but are not scored
+    predictions = {k: v for k, v in read_predictions(pred_path, tolerate_torn_tail=True).items() if k in ids}
     info = {
         **(extra or {}),
         "model": model_id,
