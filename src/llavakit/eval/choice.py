@@ -49,6 +49,8 @@ def extract_option_letter(text: str, options: Mapping[str, str]) -> str | None:
 
     Quirk kept: VLMEvalKit only refuses a lone ``"A"`` in answers of more than 3 words (the article) when its
     ``VERBOSE`` environment variable is set, so by default ``"A cat is on the mat"`` picks option A.
+    These are the rules of ``vlmeval/utils/matching_util.py`` as long used for MMBench; some 2025 revisions
+    add a word-position condition to rule 2 and a length cap to rule 3, which are not reproduced here.
 
     >>> opts = {"A": "dog", "B": "black cat", "C": "bird"}
     >>> [extract_option_letter(t, opts) for t in ["B.", "(B) black cat", "The answer is B", "I see a black cat."]]
