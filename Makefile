@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 # torch 2.13.0 is the CPU wheel this kind of machine carries; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup setup-dev demo test lint clean
+.PHONY: setup setup-dev browser demo test lint clean
 
 $(VENV)/.setup: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,19 @@ $(VENV)/.setup-dev: $(VENV)/.setup
 setup: $(VENV)/.setup
 setup-dev: $(VENV)/.setup-dev
 
+# Headless Chromium + chromedriver for the chat-page test (tests/serve/test_chat_page.py), from Debian. Idempotent;
+# where it cannot install (not root, no Debian mirror) it says so and that one test skips with the reason.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "make browser: could not install chromium + chromium-driver; the chat-page test will be skipped"; \
+	else echo "make browser: chromium not installed and apt-get not usable here; the chat-page test will be skipped"; fi
+
 demo: setup
 	$(VENV)/bin/llava demo
 
-test: setup-dev
+test: setup-dev browser
 	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest tests
 

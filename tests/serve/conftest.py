@@ -19,6 +19,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pipe(tiny_model: Path):  # noqa: ANN201
+    """The tiny model loaded in this process, for apps run in a thread (``serve_helpers.app_server``)."""
+    import llavakit
+
+    return llavakit.load(tiny_model)
+
+
+@pytest.fixture(scope="session")
 def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Server:
     """One ``llava serve`` for the session: API key on, remote images allowed (public hosts only), small limits."""
     log = tmp_path_factory.mktemp("serve-log") / "server.log"

@@ -10,7 +10,6 @@ import httpx
 import pytest
 from serve_helpers import Server, app_server, image_bytes, user
 
-import llavakit
 from llavakit.serve.app import ServeConfig, create_app
 
 SIZES = [(40, 30), (120, 60), (56, 56), (30, 150), (90, 90), (200, 100), (64, 32), (100, 140)]
@@ -41,11 +40,6 @@ def test_concurrent_clients_all_complete_and_match_sequential(server: Server) ->
         assert r["usage"]["completion_tokens"] <= 6 + i % 5
     batches = server.metric("llava_batch_size_count") - batches_before
     assert batches < n, "concurrent requests were not batched together"
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_model):  # noqa: ANN001
-    return llavakit.load(tiny_model)
 
 
 def _stream(url: str, max_tokens: int) -> tuple[httpx.Client, httpx.Response, object]:

@@ -157,14 +157,15 @@ def fetch_image(
                     headers={"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": ", ".join(FORMATS.values())},
                     extensions={"sni_hostname": host},
                 )
-                with client.send(req, stream=True) as resp:
+                resp = client.send(req, stream=True)
+                try:
                     if resp.is_redirect:
                         url = urljoin(url, resp.headers.get("location", ""))
                         continue
                     if resp.status_code != 200:
                         raise ImageError(f"{what}: fetching the image returned HTTP {resp.status_code}")
-                    size = int(resp.headers.get("content-length") or 0)
-                    if size > limits.max_bytes:
+                    size = resp.headers.get("content-length", "0")
+                    if size.isdigit() and int(size) > limits.max_bytes:
                         raise ImageError(f"{what}: image is over the limit of {limits.max_bytes} bytes", 413)
                     body = bytearray()
                     for chunk in resp.iter_bytes():
@@ -174,6 +175,8 @@ def fetch_image(
                         if time.monotonic() > deadline:
                             raise ImageError(f"{what}: fetching the image took longer than {limits.fetch_timeout} s")
                     return bytes(body)
+                finally:
+                    resp.close()
         except httpx.HTTPError as e:
             raise ImageError(f"{what}: cannot fetch the image ({type(e).__name__}: {e})") from None
     raise ImageError(f"{what}: more than {limits.max_redirects} redirects")

@@ -1,0 +1,96 @@
+"""The chat page in headless Chromium (Debian's chromium + chromedriver, driven by selenium): upload an image,
+ask a question, watch the answer stream in; a screenshot goes to tests/artifacts/chat_page.png."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from serve_helpers import API_KEY, ROOT, image_bytes
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1200,800",
+]
+
+
+@pytest.fixture
+def browser():  # noqa: ANN201
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the [dev] extra")
+    if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
+        pytest.skip(
+            f"no Chromium here ({CHROMIUM}, {DRIVER}); `make browser` installs Debian's chromium and "
+            "chromium-driver (needs root and the Debian mirror)"
+        )
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="llava-chrome-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in [*FLAGS, f"--user-data-dir={profile}"]:
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_chat_page_uploads_image_and_streams_answer(server, browser, tmp_path: Path) -> None:  # noqa: ANN001
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(160, 120, seed=5))
+    browser.get(server.url + "/")
+    assert "llavakit chat" in browser.title
+    browser.find_element(By.ID, "apikey").send_keys(API_KEY)
+    browser.find_element(By.ID, "max_tokens").clear()
+    browser.find_element(By.ID, "max_tokens").send_keys("40")
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-pending") == "1")
+    browser.find_element(By.ID, "text").send_keys("What is in this picture?")
+    browser.find_element(By.ID, "send").click()
+    wait.until(
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-finish]")
+            or d.find_elements(By.CSS_SELECTOR, ".msg.error")
+        )
+    )
+    assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error"), browser.find_element(By.ID, "log").text
+    user = browser.find_element(By.CSS_SELECTOR, ".msg.user")
+    assert "What is in this picture?" in user.text
+    assert user.find_elements(By.TAG_NAME, "img"), "the uploaded image is shown in the conversation"
+    answer = browser.find_element(By.CSS_SELECTOR, ".msg.assistant")
+    assert answer.find_element(By.CLASS_NAME, "text").text.strip()
+    assert int(answer.get_attribute("data-chunks")) > 1, "the answer arrived in one piece, not streamed"
+    assert answer.get_attribute("data-finish") in ("stop", "length")
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "chat_page.png"))
+    # a follow-up turn (multi-turn) and clearing the chat
+    browser.find_element(By.ID, "text").send_keys("And the colours?")
+    browser.find_element(By.ID, "send").click()
+    wait.until(
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-finish]")) == 2
+            or d.find_elements(By.CSS_SELECTOR, ".msg.error")
+        )
+    )
+    assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error"), browser.find_element(By.ID, "log").text
+    browser.find_element(By.ID, "clear").click()
+    assert not browser.find_elements(By.CSS_SELECTOR, ".msg")

@@ -1,0 +1,156 @@
+"""Image intake without a model: data: URLs, address checks, and remote fetches (against a local HTTP server,
+with the address check widened to 127.0.0.1 only where a test says so)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from serve_helpers import data_url, image_bytes
+
+from llavakit.serve.images import (
+    ImageError,
+    ImageLimits,
+    check_image,
+    decode_data_url,
+    fetch_image,
+    is_public,
+    load_request_image,
+)
+
+PNG = image_bytes(20, 10)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # noqa: ANN002
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/img.png":
+            self._send(PNG)
+        elif self.path == "/big.png":
+            self._send(PNG + b"\0" * 5000)
+        elif self.path.startswith("/hop/"):
+            n = int(self.path.rsplit("/", 1)[1])
+            self.send_response(302)
+            self.send_header("Location", "/img.png" if n == 0 else f"/hop/{n - 1}")
+            self.end_headers()
+        elif self.path == "/to-private":
+            self.send_response(301)
+            self.send_header("Location", f"http://127.0.0.2:{self.server.server_port}/img.png")
+            self.end_headers()
+        elif self.path == "/slow":
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(50):
+                    self.wfile.write(b"x" * 10)
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:  # the client gave up, as it should
+                pass
+        else:
+            self.send_response(404)
+            self.end_headers()
+
+    def _send(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[str]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield f"http://images.test:{srv.server_port}"
+    srv.shutdown()
+
+
+def _resolver(host: str, port: int) -> list[str]:
+    return {"images.test": ["127.0.0.1"], "127.0.0.2": ["127.0.0.2"]}.get(host, [])
+
+
+def _fetch(url: str, **limits) -> bytes:  # noqa: ANN003
+    only_loopback_1 = lambda ip: ip == "127.0.0.1"  # stands in for "a public address" in these tests
+    return fetch_image(
+        url, ImageLimits(allow_remote=True, **limits), "img", resolver=_resolver, allow_address=only_loopback_1
+    )
+
+
+@pytest.mark.parametrize(
+    "ip, public",
+    [
+        ("93.184.216.34", True),
+        ("2606:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.0.0.8", False),
+        ("172.16.5.4", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),
+        ("0.0.0.0", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("224.0.0.1", False),
+        ("100.64.0.1", False),
+    ],
+)
+def test_is_public(ip: str, public: bool) -> None:
+    assert is_public(ip) is public
+
+
+def test_fetch_ok_and_redirects(origin: str) -> None:
+    assert _fetch(f"{origin}/img.png") == PNG
+    assert _fetch(f"{origin}/hop/2", max_redirects=3) == PNG
+    with pytest.raises(ImageError, match="more than 3 redirects"):
+        _fetch(f"{origin}/hop/5", max_redirects=3)
+
+
+def test_fetch_refuses_redirect_to_other_address(origin: str) -> None:
+    with pytest.raises(ImageError, match="non-public"):
+        _fetch(f"{origin}/to-private")
+
+
+def test_fetch_limits(origin: str) -> None:
+    with pytest.raises(ImageError, match="over the limit of 1000 bytes") as e:
+        _fetch(f"{origin}/big.png", max_bytes=1000)
+    assert e.value.status == 413
+    t0 = time.monotonic()
+    with pytest.raises(ImageError, match="longer than 0.5 s|ReadTimeout"):
+        _fetch(f"{origin}/slow", fetch_timeout=0.5)
+    assert time.monotonic() - t0 < 3
+    with pytest.raises(ImageError, match="HTTP 404"):
+        _fetch(f"{origin}/missing.png")
+    with pytest.raises(ImageError, match="cannot resolve|non-public"):
+        _fetch("http://unknown.test/x.png")
+
+
+def test_default_checks_refuse_loopback(origin: str) -> None:
+    port = origin.rsplit(":", 1)[1]
+    with pytest.raises(ImageError, match="non-public"):
+        fetch_image(f"http://127.0.0.1:{port}/img.png", ImageLimits(allow_remote=True), "img")
+    with pytest.raises(ImageError, match="disabled"):
+        load_request_image(f"http://127.0.0.1:{port}/img.png", ImageLimits(), "img")
+
+
+def test_data_urls_and_checks() -> None:
+    limits = ImageLimits()
+    assert decode_data_url(data_url(PNG), limits, "x") == PNG
+    assert decode_data_url(data_url(PNG, "image/jpeg"), limits, "x") == PNG  # the bytes decide the format
+    assert load_request_image(data_url(PNG), limits, "x") == (PNG, (10, 20))
+    gif = image_bytes(7, 5, fmt="GIF")
+    webp = image_bytes(7, 5, fmt="WEBP")
+    assert check_image(gif, limits, "x") == (5, 7) and check_image(webp, limits, "x") == (5, 7)
+    with pytest.raises(ImageError, match="over the limit of 100 pixels") as e:
+        check_image(PNG, ImageLimits(max_pixels=100), "x")
+    assert e.value.status == 413
+    with pytest.raises(ImageError, match="over the limit"):
+        decode_data_url(data_url(PNG), ImageLimits(max_bytes=10), "x")
