@@ -315,3 +315,18 @@ def test_mmbench_single_pass_llava_file(tmp_path):
     result = _score("mmbench", fx.mmbench(tmp_path / "d"), tmp_path, records)
     assert result["scores"] == {"rotations": 0.5, "first_round": 0.5}
     assert result["counts"]["incomplete_questions"] == 2 and result["unanswered"]["count"] == 3
+
+
+def test_mme_llava_answer_file(tmp_path):
+    """LLaVA's MME answers share one question_id per image ("<subtask>/<image>"); the prompt tells the two
+    questions apart (with or without the answer-format suffix)."""
+    q = "Is there a box in this image? Please answer yes or no."
+    records = [
+        {"question_id": "existence/000000000001.jpg", "prompt": f"{q}\n{fx.SHORT}", "text": "Yes"},
+        {"question_id": "existence/000000000001.jpg", "prompt": q.replace("box", "cat0"), "text": "Yes"},
+        {"question_id": "existence/000000000002.jpg", "prompt": q, "text": "Yes"},
+        {"question_id": "existence/000000000002.jpg", "prompt": q.replace("box", "cat1"), "text": "No"},
+    ]
+    result = _score("mme", fx.mme(tmp_path / "d"), tmp_path, records)
+    assert result["scores"]["existence_acc"] == 0.75 and result["scores"]["existence_acc_plus"] == 0.5
+    assert result["unanswered"]["count"] == 4 and "unknown_prediction_ids" not in result

@@ -94,6 +94,8 @@ def score_file(task_name: str, *, data: str, predictions: str, out: str | None =
         raise FileNotFoundError(f"predictions file not found: {predictions}")
     samples = _read(task, data)
     preds = read_predictions(pred_path, key_of=task.key_of)
+    aliases = {s.alias: s.id for s in samples if s.alias is not None}
+    preds = {aliases.get(k, k): v for k, v in preds.items()}
     if not preds:
         raise ValueError(f"{predictions}: no predictions in the file")
     answered = [s for s in samples if s.id in preds]

@@ -23,13 +23,15 @@ Image = str | bytes | None  # a file path, encoded image bytes (TSV base64 / par
 @dataclass
 class Sample:
     """One question: ``id`` is unique in the task; ``group`` ties records scored together (MMBench
-    rotations, MME image pairs) so that ``--limit`` never splits them."""
+    rotations, MME image pairs) so that ``--limit`` never splits them; ``alias`` is the key a task's
+    ``key_of`` gives to records of foreign answer files that cannot name ``id`` (MME)."""
 
     id: str
     prompt: str
     image: Image
     ref: dict[str, Any] = field(default_factory=dict)
     group: str | None = None
+    alias: str | None = None  # how LLaVA's own answer files refer to this question, when not by ``id``
 
 
 # A scorer returns {"scores": {name: fraction in [0, 1]}, "counts": {name: int}} and optionally more keys

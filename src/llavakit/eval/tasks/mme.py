@@ -23,6 +23,22 @@ from .io import base64_image, find, parquet_image, read_parquet, read_tsv, requi
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 
 
+def mme_alias(subtask: str, image: str, question: str) -> str:
+    """``"<subtask>/<image stem>|<question>"``: how an answer of LLaVA's MME run (question_id
+    ``"<subtask>/[images/]<image>"``, shared by the image's two questions; the prompt tells them apart)
+    finds its question."""
+    return f"{subtask}/{Path(image).stem}|{question.strip()}"
+
+
+def answer_key(record: dict[str, Any]) -> str:
+    """Our ids (``"<subtask>/<image>/<n>"``) as they are; LLaVA's records by :func:`mme_alias`."""
+    qid = str(record.get("question_id", record.get("id")))
+    if qid.count("/") >= 2 and qid.rsplit("/", 1)[1].isdigit():
+        return qid
+    prompt = str(record.get("prompt") or "")
+    return mme_alias(qid.split("/")[0], qid, prompt.split("\n")[0])
+
+
 def _release(root: Path) -> list[Sample]:
     samples = []
     for subtask in PERCEPTION_SUBTASKS + COGNITION_SUBTASKS:
@@ -46,15 +62,9 @@ def _release(root: Path) -> list[Sample]:
                 if len(parts) != 2 or parts[1].strip().lower() not in ("yes", "no"):
                     raise ValueError(f"{txt}:{n}: expected 'question<TAB>Yes|No'")
                 ref = {"subtask": subtask, "image": name, "answer": parts[1].strip()}
-                samples.append(
-                    Sample(
-                        f"{subtask}/{name}/{n}",
-                        suffixed(parts[0], SHORT_ANSWER),
-                        image_path,
-                        ref,
-                        group=f"{subtask}/{name}",
-                    )
-                )
+                prompt = suffixed(parts[0], SHORT_ANSWER)
+                alias = mme_alias(subtask, name, parts[0])
+                samples.append(Sample(f"{subtask}/{name}/{n}", prompt, image_path, ref, f"{subtask}/{name}", alias))
     return samples
 
 
@@ -78,7 +88,9 @@ def _rows(rows: list[dict[str, Any]], path: Path, tsv: bool) -> list[Sample]:
         group = f"{r['category']}/{key}"
         seen[group] = seen.get(group, 0) + 1
         ref = {"subtask": str(r["category"]), "image": group, "answer": str(r["answer"]).strip()}
-        samples.append(Sample(f"{group}/{seen[group]}", suffixed(r["question"], SHORT_ANSWER), image, ref, group=group))
+        prompt = suffixed(r["question"], SHORT_ANSWER)
+        alias = mme_alias(str(r["category"]), key, str(r["question"]))
+        samples.append(Sample(f"{group}/{seen[group]}", prompt, image, ref, group, alias))
     return samples
 
 
@@ -141,4 +153,5 @@ TASK = Task(
     score,
     "MME: acc / acc+ per subtask, perception and cognition (official points under 'points')",
     "the MME_Benchmark_release_version directory, MME.tsv, or the lmms-lab parquet directory",
+    key_of=answer_key,
 )
