@@ -1,0 +1,190 @@
+"""Train the bundled default model end to end: synthetic data -> stage 0 -> stage 1 -> stage 2 -> eval [-> ship].
+
+    python scripts/train_default_model.py                       # the full recipe into runs/tiny-synth
+    python scripts/train_default_model.py --ship                # ... and copy the result to the package assets
+    python scripts/train_default_model.py --family llava --stage0 runs/tiny-synth/stage0 --out runs/tiny-synth-pad
+                                                                # the ablation arm: single-resolution `pad`
+    python scripts/train_default_model.py --quick --out /tmp/t  # scaled down (CI): tiny sizes, ~1-2 minutes
+
+Stages 1 and 2 are the YAML recipes recipes/tiny-synth-stage{1,2}.yaml run by llavakit's training loop (the code
+behind `llava train`); stage 0 is recipes/tiny-synth-stage0.yaml. Paths inside the recipes are overridden to live
+under --out. Prints one JSON summary (wall time per phase, losses, eval scores) as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+ASSET = ROOT / "src" / "llavakit" / "assets" / "default-model"
+SHIP_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+# Scaled-down settings for CI: same code paths, tiny sizes, a few hundred samples.
+QUICK_STAGE0 = [
+    "scenes.n=300", "vocab_size=1024", "clip.steps=12", "clip.batch_size=48", "lm.steps=20", "lm.batch_size=8",
+    "lm.seq_len=128", "vision.hidden_size=64", "vision.intermediate_size=128", "vision.num_hidden_layers=2",
+    "vision.num_attention_heads=2", "decoder.hidden_size=64", "decoder.intermediate_size=128",
+    "decoder.num_hidden_layers=2", "decoder.num_attention_heads=2", "decoder.num_key_value_heads=2",
+]  # fmt: skip
+QUICK_TRAIN = ["train.progress=false"]
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def make_data(out: Path, n_caption: int, n_instruct: int, n_eval: int, min_side: int, max_side: int) -> None:
+    """Stage 1 captions and stage 2 conversations (training seed 0), held-out eval questions (EVAL_SEED_BASE)."""
+    from llavakit.data.synth import EVAL_SEED_BASE, write_dataset
+
+    sides = {"min_side": min_side, "max_side": max_side}
+    write_dataset(out / "data", n_caption, 0, "caption", **sides)
+    write_dataset(out / "data", n_instruct, 0, "instruct", **sides)  # same seed: the caption images are a prefix
+    write_dataset(out / "eval", n_eval, EVAL_SEED_BASE, "eval", **sides)
+
+
+def run_stage(recipe: str, overrides: list[str]) -> list[float]:
+    """One stage through the training loop and its YAML machinery (the code of `llava train`)."""
+    from llavakit.train.loop import train
+    from llavakit.train.recipe import load_recipe
+
+    return train(load_recipe(RECIPES / recipe, overrides)).losses
+
+
+def evaluate(model: Path, data: Path, out: Path) -> dict:
+    """`llava eval synth` on the held-out set; its last stdout line is the JSON of scores."""
+    cmd = [sys.executable, "-m", "llavakit.cli", "eval", "synth", "--model", str(model), "--data", str(data)]
+    cmd += ["--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"llava eval synth failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ship(model: Path, summary: dict) -> Path:
+    """Copy the HF files of ``model`` into the package's assets (replacing the previous default model)."""
+    if ASSET.exists():
+        shutil.rmtree(ASSET)
+    ASSET.mkdir(parents=True)
+    for name in SHIP_FILES:
+        if (model / name).exists():
+            shutil.copy2(model / name, ASSET / name)
+    (ASSET / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    size = sum(p.stat().st_size for p in ASSET.iterdir())
+    if size > 50 * 2**20:
+        raise RuntimeError(f"the default model is {size / 2**20:.1f} MiB, over the 50 MiB limit")
+    _log(f"shipped {model} to {ASSET} ({size / 2**20:.1f} MiB)")
+    return ASSET
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/tiny-synth", help="work directory (data, stage outputs, eval)")
+    ap.add_argument("--family", default="llava_next", choices=["llava_next", "llava"], help="AnyRes or pad")
+    ap.add_argument("--stage0", help="reuse this stage-0 directory instead of training one")
+    ap.add_argument("--captions", type=int, default=640, help="stage 1 samples")
+    ap.add_argument("--instruct", type=int, default=2000, help="stage 2 samples")
+    ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
+    ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
+    ap.add_argument("--ship", action="store_true", help="copy the result to src/llavakit/assets/default-model")
+    ap.add_argument("--threads", type=int, help="torch threads")
+    args = ap.parse_args(argv)
+
+    import torch
+    import yaml
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out).resolve()
+    s0 = yaml.safe_load((RECIPES / "tiny-synth-stage0.yaml").read_text())
+    sides = s0["scenes"]
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+
+    t = time.perf_counter()
+    make_data(out, args.captions, args.instruct, args.eval_scenes, sides["min_side"], sides["max_side"])
+    times["data"] = time.perf_counter() - t
+    _log(f"data: {args.captions} captions, {args.instruct} conversations, {args.eval_scenes} eval scenes")
+
+    t = time.perf_counter()
+    if args.stage0:
+        stage0 = Path(args.stage0).resolve()
+    else:
+        from llavakit.train.stage0 import load_stage0_recipe, run_stage0
+
+        stage0 = out / "stage0"
+        overrides = [f"output_dir={stage0}"] + (QUICK_STAGE0 if args.quick else [])
+        run_stage0(load_stage0_recipe(RECIPES / "tiny-synth-stage0.yaml", overrides), log=_log)
+    times["stage0"] = time.perf_counter() - t
+
+    common = QUICK_TRAIN if args.quick else []
+    t = time.perf_counter()
+    pins = s0["vision"]["image_grid_pinpoints"]
+    s1 = run_stage(
+        "tiny-synth-stage1.yaml",
+        [
+            f"model.decoder={stage0 / 'decoder'}",
+            f"model.vision_tower={stage0 / 'vision_tower'}",
+            f"model.family={args.family}",
+            f"model.image_grid_pinpoints={json.dumps(pins) if args.family != 'llava' else 'null'}",
+            f"data.path={out / 'data' / 'captions.json'}",
+            f"data.image_folder={out / 'data'}",
+            f"train.output_dir={out / 'stage1'}",
+            *common,
+        ],
+    )
+    times["stage1"] = time.perf_counter() - t
+    _log(f"stage 1: {len(s1)} steps, loss {s1[0]:.3f} -> {s1[-1]:.3f}")
+
+    t = time.perf_counter()
+    s2 = run_stage(
+        "tiny-synth-stage2.yaml",
+        [
+            f"model.init={out / 'stage1'}",
+            f"data.path={out / 'data' / 'instruct.json'}",
+            f"data.image_folder={out / 'data'}",
+            f"train.output_dir={out / 'stage2'}",
+            *common,
+        ],
+    )
+    times["stage2"] = time.perf_counter() - t
+    times["train_total"] = time.perf_counter() - start
+    _log(f"stage 2: {len(s2)} steps, loss {s2[0]:.3f} -> {s2[-1]:.3f}; training took {times['train_total']:.0f}s")
+
+    summary: dict = {
+        "family": args.family,
+        "seconds": {k: round(v, 1) for k, v in times.items()},
+        "stage1_loss": [s1[0], s1[-1]],
+        "stage2_loss": [s2[0], s2[-1]],
+        "samples": {"captions": args.captions, "instruct": args.instruct, "eval_scenes": args.eval_scenes},
+        "scene_long_side": [sides["min_side"], sides["max_side"]],
+        "threads": torch.get_num_threads(),
+    }
+    if args.eval_scenes:
+        t = time.perf_counter()
+        summary["eval"] = evaluate(out / "stage2", out / "eval", out / "eval_run")
+        summary["seconds"]["eval"] = round(time.perf_counter() - t, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.ship:
+        ship(out / "stage2", summary)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

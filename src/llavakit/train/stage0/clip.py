@@ -1,0 +1,232 @@
+"""Stage 0b: a small CLIP ViT pretrained contrastively (CLIP loss) against a small text encoder.
+
+Image views are what the LLaVA model will later see: the whole scene padded to a square tile (its caption as the
+text), and, for scenes with a word or number, a tile-sized crop around the text at the scale AnyRes would give it
+("the word 'apple'"), so the tower learns to read at the resolution of an AnyRes tile. Only the vision tower is
+kept; it is written as an HF ``CLIPVisionModel`` directory (loads in our VisionTower and in transformers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ...config import VisionConfig
+from ...data.synth import Scene, caption, render_scene
+from ...model.vision import VisionTower
+from ...processing.anyres import select_best_resolution
+from ...processing.image import CLIP_MEAN, CLIP_STD, ImageConfig, expand_to_square, normalize, rescale
+from ...processing.tokenizer import Tokenizer
+
+
+class TextEncoder(nn.Module):
+    """Token ids (B, T) -> one embedding per text (B, D): a small pre-LN transformer, mean-pooled over tokens."""
+
+    def __init__(self, vocab: int, dim: int = 128, layers: int = 2, heads: int = 4, max_len: int = 128) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.max_len = max_len
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids) + self.pos[: ids.shape[1]]  # (B, T, D)
+        x = self.encoder(x, src_key_padding_mask=~mask)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return self.norm((x * m).sum(1) / m.sum(1).clamp(min=1))  # (B, D)
+
+
+class CLIP(nn.Module):
+    """The vision tower (CLS of the last layer, post-LN) and the text encoder, projected to a shared space."""
+
+    def __init__(self, vision: VisionConfig, vocab: int, text_dim: int = 128, embed_dim: int = 128) -> None:
+        super().__init__()
+        self.tower = VisionTower(vision)
+        self.text = TextEncoder(vocab, text_dim)
+        self.visual_projection = nn.Linear(vision.hidden_size, embed_dim, bias=False)
+        self.text_projection = nn.Linear(text_dim, embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        h = self.tower(pixels, [-1])  # (B, 1 + g*g, Dv)
+        return self.visual_projection(self.tower.vision_model.post_layernorm(h[:, 0]))
+
+    def loss(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE over the batch: image i belongs with text i."""
+        img = F.normalize(self.encode_image(pixels), dim=-1)  # (B, E)
+        txt = F.normalize(self.text_projection(self.text(ids, mask)), dim=-1)  # (B, E)
+        logits = self.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.T  # (B, B)
+        target = torch.arange(len(img))
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def _tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(normalize(rescale(img), CLIP_MEAN, CLIP_STD))  # (3, S, S)
+
+
+def full_view(img: Image.Image, tile: int) -> torch.Tensor:
+    """The whole image, padded to a square with the mean colour (LLaVA-1.5 ``pad``) and resized to the tile."""
+    square = expand_to_square(img, ImageConfig(tile=tile).pad_colour)
+    return _tensor(square.resize((tile, tile), Image.Resampling.BICUBIC))
+
+
+def text_view(
+    img: Image.Image, scene: Scene, tile: int, pinpoints: list[list[int]], rng: random.Random
+) -> torch.Tensor:
+    """A tile-sized crop around the scene's text, the image first scaled as AnyRes scales it to its pinpoint.
+
+    Example: a 256x256 scene with pinpoints up to 192x192 is scaled by 0.75; a word whose ink box is
+    (40, 100, 90, 112) lands at (30, 75, 67, 84) and the 96x96 crop is placed at random so that it contains it."""
+    assert scene.text is not None
+    h, w = scene.height, scene.width
+    ph, pw = select_best_resolution(h, w, tuple((int(a), int(b)) for a, b in pinpoints))
+    s = min(ph / h, pw / w)
+    big = img.resize((max(tile, round(w * s)), max(tile, round(h * s))), Image.Resampling.BICUBIC)
+    x0, y0, x1, y1 = (round(v * s) for v in scene.text.box)
+    lo_x, hi_x = max(0, x1 - tile), min(x0, big.width - tile)
+    lo_y, hi_y = max(0, y1 - tile), min(y0, big.height - tile)
+    cx = rng.randint(lo_x, hi_x) if lo_x <= hi_x else max(0, min(x0, big.width - tile))
+    cy = rng.randint(lo_y, hi_y) if lo_y <= hi_y else max(0, min(y0, big.height - tile))
+    return _tensor(big.crop((cx, cy, cx + tile, cy + tile)))
+
+
+def text_caption(scene: Scene) -> str:
+    assert scene.text is not None
+    return f"the {'number' if scene.text.is_number else 'word'} '{scene.text.value}'"
+
+
+def build_pairs(
+    scenes: list[Scene], tile: int, pinpoints: list[list[int]], seed: int = 0
+) -> tuple[torch.Tensor, list[str]]:
+    """(N, 3, S, S) views and their texts: one full view per scene, one text crop per scene with text."""
+    rng = random.Random(seed)
+    views, texts = [], []
+    for scene in scenes:
+        img = render_scene(scene)
+        views.append(full_view(img, tile))
+        texts.append(caption(scene))
+        if scene.text is not None:
+            views.append(text_view(img, scene, tile, pinpoints, rng))
+            texts.append(text_caption(scene))
+    return torch.stack(views), texts
+
+
+@dataclass
+class ClipTrainConfig:
+    steps: int = 300
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int = 20
+    weight_decay: float = 0.05
+    text_dim: int = 128
+    max_seconds: float | None = None  # stop early (and say so) when the time budget is spent
+    seed: int = 0
+
+
+def _encode(tokenizer: Tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [tokenizer.encode(t)[:max_len] for t in texts]
+    t = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), t, dtype=torch.long)
+    mask = torch.zeros(len(rows), t, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = True
+    return ids, mask  # (N, T)
+
+
+def cosine_lr(step: int, steps: int, warmup: int, lr: float) -> float:
+    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine to 0 at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train_clip(
+    views: torch.Tensor,
+    texts: list[str],
+    vision: VisionConfig,
+    tokenizer: Tokenizer,
+    cfg: ClipTrainConfig,
+    log: Callable[[str], None] = print,
+) -> tuple[CLIP, list[float]]:
+    """Train on (view, text) pairs; returns the model and the loss of every step."""
+    torch.manual_seed(cfg.seed)
+    model = CLIP(vision, tokenizer.vocab_size, cfg.text_dim)
+    ids, mask = _encode(tokenizer, texts, model.text.max_len)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n, bs = len(views), min(cfg.batch_size, len(views))
+    losses: list[float] = []
+    start = time.perf_counter()
+    model.train()
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
+        idx = torch.randperm(n, generator=gen)[:bs]
+        ids_b, mask_b = ids[idx], mask[idx]
+        keep = mask_b.any(0)
+        loss = model.loss(views[idx], ids_b[:, keep], mask_b[:, keep])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 25 == 0 or step == cfg.steps - 1:
+            log(f"clip step {step}/{cfg.steps} loss {loss.item():.3f} ({time.perf_counter() - start:.0f}s)")
+        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+            log(f"clip: time budget of {cfg.max_seconds:.0f}s spent after {step + 1} steps")
+            break
+    return model.eval(), losses
+
+
+def save_vision_tower(tower: VisionTower, out: str | Path) -> Path:
+    """An HF ``CLIPVisionModel`` directory: config.json + model.safetensors (keys ``vision_model.*``)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {"architectures": ["CLIPVisionModel"], **tower.config.to_hf(), "torch_dtype": "float32"}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    state = {k: v.detach().contiguous() for k, v in tower.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    tile = tower.config.image_size
+    pre = {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": tile},
+        "do_center_crop": True,
+        "crop_size": {"height": tile, "width": tile},
+        "do_normalize": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "resample": 3,
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    return out
+
+
+def load_vision_tower(path: str | Path) -> VisionTower:
+    """Read a directory written by `save_vision_tower` (or any HF CLIPVisionModel with safetensors weights)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = VisionConfig.from_hf(json.loads((path / "config.json").read_text()))
+    tower = VisionTower(config)
+    tower.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    return tower.eval()
