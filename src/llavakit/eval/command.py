@@ -20,10 +20,11 @@ def _read(task: Task, data: str) -> list[Sample]:
     samples = task.read(path)
     if not samples:
         raise ValueError(f"{task.name}: no questions found in {data}; expected {task.data_help}")
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{task.name}: question id {dup!r} occurs more than once in {data}")
+    seen: set[str] = set()
+    for s in samples:
+        if s.id in seen:
+            raise ValueError(f"{task.name}: question id {s.id!r} occurs more than once in {data}")
+        seen.add(s.id)
     return samples
 
 
