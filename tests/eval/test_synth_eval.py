@@ -142,3 +142,14 @@ def test_synth_score_cli_prints_the_result_last(synth_data, tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["scores"]["overall"] == 1.0
     assert json.loads((tmp_path / "s" / "scores.json").read_text()) == result
+
+
+def test_resume_refuses_another_model_with_the_same_name(tiny_model, synth_data, tmp_path):
+    from llavakit.tiny import write_tiny_checkpoint
+
+    out = str(tmp_path / "run")
+    kwargs = dict(data=str(synth_data), out=out, limit=1, max_new_tokens=1, progress=False)
+    eval_task("synth", model=tiny_model, **kwargs)
+    other = write_tiny_checkpoint(tmp_path / "elsewhere" / Path(tiny_model).name, seed=1)
+    with pytest.raises(ValueError, match="holds predictions of model"):
+        eval_task("synth", model=str(other), **kwargs)

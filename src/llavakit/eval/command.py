@@ -60,8 +60,10 @@ def eval_task(
 
     task = get_task(task_name)
     model_path = model or default_model()
-    model_id = Path(model_path).name or str(model_path)
-    out_dir = Path(out or f"runs/eval/{task.name}-{model_id}")
+    local = Path(model_path)
+    # The full path tells checkpoints with the same directory name apart (resume must not mix them).
+    model_id = str(local.resolve()) if local.exists() else str(model_path)
+    out_dir = Path(out or f"runs/eval/{task.name}-{local.name or 'model'}")
     extra: dict[str, Any] = {}
     if data is None:
         if task.name != "synth":
