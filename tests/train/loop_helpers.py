@@ -71,3 +71,32 @@ def tiny_recipe(tmp_path, family: str = "llava", *overrides: str) -> Recipe:
         "stage.lr=3e-3",
     ]
     return load_recipe(None, base + list(overrides))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distributed_worker(rank: int, world: int, port: int, overrides: list[str], out_file: str, n: int) -> None:
+    """One process of a torch.multiprocessing.spawn'ed run (what torchrun would start); rank 0 writes the losses."""
+    import json
+    import os
+
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    from llavakit.train.build import build_model
+    from llavakit.train.loop import train
+
+    recipe = load_recipe(None, overrides)
+    model, processor = build_model(recipe.model)
+    res = train(recipe, model=model, processor=processor, dataset=ColorDataset(processor, n), collate_fn=collate_fn)
+    if rank == 0:
+        with open(out_file, "w") as f:
+            weight = model.model.language_model.layers[0].mlp.up_proj.weight
+            json.dump({"losses": res.losses, "steps": res.steps, "param_type": type(weight).__name__}, f)

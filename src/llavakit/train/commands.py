@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def train_command(recipe: str, overrides: list[str], resume: bool = False) -> int:
     from .loop import train
@@ -9,6 +11,8 @@ def train_command(recipe: str, overrides: list[str], resume: bool = False) -> in
 
     r = load_recipe(recipe, list(overrides) + (["train.resume=true"] if resume else []))
     res = train(r)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: one report, from the main process
+        return 0
     if not res.finished:
         print(f"stopped after step {res.final_step} (train.stop_after); continue with --resume")
     else:
