@@ -2,11 +2,18 @@
 
     python benchmarks/bench_generate.py                       # "small": CLIP-L/336 + Qwen2-0.5B shape, 1024x768
     python benchmarks/bench_generate.py --geometry tiny       # 2 layers, hidden 64: per-token overhead
-    python benchmarks/bench_generate.py --dtypes bfloat16 --new-tokens 32
+    python benchmarks/bench_generate.py --text-only --prompt-tokens 256 --dtypes bfloat16,int8,int4
+    python benchmarks/bench_generate.py --quality-only --dtypes int8,int4
 
 Each (implementation, dtype) runs in its own subprocess so peak RSS is its own; weights are read into ordinary
-memory (no mmap) before timing. Prints one table: preprocessing, vision, time to first token, decode tok/s, peak
-RSS, the batch-of-4 throughput, and our decode as a fraction of the measured memory-bandwidth limit.
+memory (no mmap) before timing. llavakit runs as ``llavakit.load`` sets it up (``optimize_model``, quantized
+decoder for int8/int4). Prints one table: preprocessing, vision, time to first token, decode tok/s, peak RSS,
+the batch-of-4 throughput; the machine's limits (memory read bandwidth, GEMM GFLOP/s) with our fraction of
+them; and the quality of int8/int4 against the unquantized bf16 model (greedy agreement, logit error).
+
+``--text-only`` replaces the image by a text prompt of ``--prompt-tokens`` tokens (and the batch by four
+short text prompts): the decode side of the comparison in minutes where bf16 image prefill is slow (CPUs
+without native bf16 GEMMs).
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,9 +86,15 @@ def image(h: int, w: int):
 PROMPT = "USER: <image>\nDescribe it. A:"  # ~20 text tokens with the character tokenizer
 
 
-def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool) -> dict:
+def text_prompt(tokens: int, salt: int = 0) -> str:
+    """A text-only prompt of about ``tokens`` tokens with the character tokenizer (one token per character)."""
+    body = "".join("abcdefghijklmnopqrstuvwxyz "[(i * 7 + salt) % 27] for i in range(max(tokens - 12, 1)))
+    return f"USER: {body} A:"
+
+
+def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prompt_tokens: int = 0) -> dict:
     torch.set_num_threads(2)
-    dt = getattr(torch, dtype if dtype != "int8" else "bfloat16")
+    dt = getattr(torch, dtype if dtype not in ("int8", "int4") else "bfloat16")
     res: dict = {"impl": impl, "dtype": dtype}
     if impl == "hf":
         from transformers import AutoProcessor, LlavaNextForConditionalGeneration, LogitsProcessor
@@ -100,6 +112,8 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool) -> d
                 return scores
 
         def prep(images, texts):
+            if images is None:
+                return proc.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
             return proc(text=texts, images=images, return_tensors="pt", padding=True)
 
         def vision(inputs):
@@ -115,19 +129,19 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool) -> d
     else:
         from llavakit.checkpoint.api import load_model
         from llavakit.engine.generate import stream_tokens
-        from llavakit.engine.linear import pack_linears
+        from llavakit.engine.linear import optimize_model
         from llavakit.processing.processor import LlavaProcessor
 
         model = load_model(ckpt, dtype=dt)
-        if dtype == "int8":
+        if dtype in ("int8", "int4"):  # what llavakit.load(..., quantize=...) does
             from llavakit.engine.quantize import quantize_model
 
-            quantize_model(model.model.language_model, "int8")
-        pack_linears(model, include_tied=True)
+            quantize_model(model.model.language_model, dtype)
+        res["swapped"] = optimize_model(model)
         proc = LlavaProcessor.from_pretrained(ckpt)
 
         def prep(images, texts):
-            return proc(text=texts, images=images)
+            return proc(text=texts, images=images, padding_side="left")
 
         def vision(inputs):
             with torch.no_grad():
@@ -136,105 +150,254 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool) -> d
         def gen(inputs):
             t0, st = time.perf_counter(), []
             for _ in stream_tokens(model, inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                   max_new_tokens=new_tokens, eos_token_id=[], pixel_values=inputs["pixel_values"],
-                                   image_sizes=inputs["image_sizes"]):
+                                   max_new_tokens=new_tokens, eos_token_id=[], pixel_values=inputs.get("pixel_values"),
+                                   image_sizes=inputs.get("image_sizes")):
                 st.append(time.perf_counter())
             return t0, st
 
-    img = image(768, 1024)
+    text_only = prompt_tokens > 0
     t = time.perf_counter()
-    inputs = prep([img], [PROMPT])
+    inputs = prep(None, [text_prompt(prompt_tokens)]) if text_only else prep([image(768, 1024)], [PROMPT])
     res["preprocess_s"] = time.perf_counter() - t
     res["prompt_tokens"] = int(inputs["input_ids"].shape[1])
-    vision(inputs)  # warm-up
-    t = time.perf_counter()
-    vision(inputs)
-    res["vision_s"] = time.perf_counter() - t
+    res["vision_s"] = float("nan")
+    if not text_only:
+        vision(inputs)  # warm-up
+        t = time.perf_counter()
+        vision(inputs)
+        res["vision_s"] = time.perf_counter() - t
+    gen(prep(None, [text_prompt(8)]) if text_only else inputs)  # warm-up (first calls allocate)
     t0, st = gen(inputs)
     res["ttft_s"] = st[0] - t0
     res["decode_tok_s"] = (len(st) - 1) / (st[-1] - st[0])
     if batch:
-        inputs = prep([image(h, w) for h, w in BATCH_SIZES], [PROMPT] * 4)
+        if text_only:  # four short prompts of different lengths
+            inputs = prep(None, [text_prompt(n, salt=n) for n in (20, 14, 26, 17)])
+        else:
+            inputs = prep([image(h, w) for h, w in BATCH_SIZES], [PROMPT] * 4)
         t0, st = gen(inputs)
         res["batch4_ttft_s"] = st[0] - t0
         res["batch4_decode_tok_s"] = 4 * (len(st) - 1) / (st[-1] - st[0])
-    res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    res["peak_rss_gib"] = peak_rss_gib()
     return res
 
 
-def machine_limits() -> dict:
+def peak_rss_gib() -> float:
+    """This process's peak RSS. (``ru_maxrss`` would also count the parent's RSS at fork time.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def machine_limits(rounds: int = 3) -> dict:
+    """Best of ``rounds`` (a shared machine only ever makes things slower): memory read GB/s, GEMM GFLOP/s."""
     torch.set_num_threads(2)
-    x = torch.empty(2**28, dtype=torch.float32)  # 1 GiB
-    x.fill_(1.0)
-    reads = []
-    for _ in range(5):
+    x = torch.ones(2**27, dtype=torch.float32)  # 512 MiB
+    out = {"read_GBps": 0.0}
+    for _ in range(rounds):
         t = time.perf_counter()
         x.sum()
-        reads.append(x.numel() * 4 / (time.perf_counter() - t) / 1e9)
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    flops = []
-    for _ in range(5):
-        t = time.perf_counter()
+        out["read_GBps"] = max(out["read_GBps"], x.numel() * 4 / (time.perf_counter() - t) / 1e9)
+    del x
+    for dt in (torch.float32, torch.bfloat16):
+        a = torch.randn(1024, 1024, dtype=dt)
         a @ a
-        flops.append(2 * 2048**3 / (time.perf_counter() - t) / 1e9)
-    return {"read_GBps": statistics.median(reads), "bf16_gemm_GFLOPs": statistics.median(flops)}
+        best = 0.0
+        for _ in range(rounds):
+            t = time.perf_counter()
+            a @ a
+            best = max(best, 2 * 1024**3 / (time.perf_counter() - t) / 1e9)
+        out[f"{str(dt)[6:]}_gemm_GFLOPs"] = best
+    return out
+
+
+QUALITY_PROMPT = "USER: Describe the picture in detail, please. A:"
+
+
+def quality_worker(ckpt: Path, modes: list[str], new_tokens: int) -> dict:
+    """int8/int4 against the unquantized bf16 model (both as ``llavakit.load`` sets them up), text prompt.
+
+    greedy_same_prefix: how many of the ``new_tokens`` free-running greedy tokens equal the reference's before
+    the first difference; top1_agreement: teacher-forced on the reference answer, the share of positions whose
+    argmax equals the reference's; max/mean_abs: logit error at those positions (and the reference's logit
+    spread, for scale).
+    """
+    import gc
+
+    from llavakit.checkpoint.api import load_model
+    from llavakit.engine.generate import stream_tokens
+    from llavakit.engine.linear import optimize_model
+    from llavakit.engine.quantize import quantize_model
+    from llavakit.processing.processor import LlavaProcessor
+
+    torch.set_num_threads(2)
+    ids = LlavaProcessor.from_pretrained(ckpt)(text=[QUALITY_PROMPT])["input_ids"]  # (1, T)
+
+    def run(mode: str | None) -> tuple[list[int], torch.Tensor]:
+        model = load_model(ckpt, dtype=torch.bfloat16)
+        if mode:
+            quantize_model(model.model.language_model, mode)
+        optimize_model(model)
+        toks = [int(t[0]) for t in stream_tokens(model, ids, max_new_tokens=new_tokens, eos_token_id=[])]
+        return toks, model
+
+    out: dict = {}
+    ref_toks, ref_model = run(None)
+    full = torch.tensor([ids[0].tolist() + ref_toks])
+    with torch.no_grad():
+        ref_logits = ref_model(input_ids=full).logits[0, ids.shape[1] - 1 : -1].float()  # (N, V)
+    del ref_model
+    gc.collect()
+    out["ref_logit_std"] = float(ref_logits.std())
+    for mode in modes:
+        toks, model = run(mode)
+        with torch.no_grad():
+            logits = model(input_ids=full).logits[0, ids.shape[1] - 1 : -1].float()
+        diff = (logits - ref_logits).abs()
+        same = next((i for i, (a, b) in enumerate(zip(toks, ref_toks)) if a != b), len(ref_toks))
+        out[mode] = {
+            "greedy_same_prefix": same,
+            "top1_agreement": float((logits.argmax(-1) == ref_logits.argmax(-1)).float().mean()),
+            "max_abs": float(diff.max()),
+            "mean_abs": float(diff.mean()),
+        }
+        del model
+        gc.collect()
+    out["new_tokens"] = new_tokens
+    return out
+
+
+def run_worker(args: list[str]) -> dict | None:
+    out = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}
+    )
+    if out.returncode:
+        print(out.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def decoder_weight_gb(geom: str) -> tuple[float, float]:
+    """bf16 GB read per decoded token by the decoder layers' Linears and by the (tied) LM head."""
+    _, t = geometry(geom)
+    d, ff, kv = t["hidden_size"], t["intermediate_size"], t["num_key_value_heads"] * d_head(t)
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * ff
+    return 2 * t["num_hidden_layers"] * per_layer / 1e9, 2 * t["vocab_size"] * d / 1e9
+
+
+def prefill_flops(geom: str, prompt_tokens: int) -> float:
+    """Multiply-add FLOPs of the Linears of one image request: vision tower over 5 tiles + decoder prefill."""
+    v, _ = geometry(geom)
+    vis = v["num_hidden_layers"] * (4 * v["hidden_size"] ** 2 + 2 * v["hidden_size"] * v["intermediate_size"])
+    layers_gb, _ = decoder_weight_gb(geom)
+    tiles, patches = 5, (v["image_size"] // v["patch_size"]) ** 2 + 1
+    return 2 * vis * tiles * patches + 2 * (layers_gb * 1e9 / 2) * prompt_tokens
+
+
+def d_head(t: dict) -> int:
+    return t["hidden_size"] // t["num_attention_heads"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--geometry", default="small", choices=["small", "tiny"])
-    ap.add_argument("--dtypes", default="float32,bfloat16,int8")
+    ap.add_argument("--dtypes", default="float32,bfloat16,int8,int4")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--no-batch", action="store_true")
-    ap.add_argument("--worker", nargs=4, metavar=("IMPL", "CKPT", "DTYPE", "NEW"), help=argparse.SUPPRESS)
+    ap.add_argument("--text-only", action="store_true", help="a text prompt instead of the image (see above)")
+    ap.add_argument("--prompt-tokens", type=int, default=256, help="--text-only: prompt length")
+    ap.add_argument("--impls", default="hf,ours")
+    ap.add_argument("--quality-tokens", type=int, default=32, help="0: skip the int8/int4 quality section")
+    ap.add_argument("--quality-only", action="store_true")
+    ap.add_argument("--worker", nargs=5, metavar=("IMPL", "CKPT", "DTYPE", "NEW", "PROMPT"), help=argparse.SUPPRESS)
+    ap.add_argument("--quality-worker", nargs=3, metavar=("CKPT", "MODES", "NEW"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        impl, ckpt, dtype, new = a.worker
-        print(json.dumps(worker(impl, Path(ckpt), dtype, int(new), not a.no_batch)))
+        impl, ckpt, dtype, new, prompt = a.worker
+        print(json.dumps(worker(impl, Path(ckpt), dtype, int(new), not a.no_batch, int(prompt))))
+        return
+    if a.quality_worker:
+        ckpt, modes, new = a.quality_worker
+        print(json.dumps(quality_worker(Path(ckpt), modes.split(","), int(new))))
         return
     limits = machine_limits()
-    print(f"machine: memory read {limits['read_GBps']:.1f} GB/s, bf16 GEMM {limits['bf16_gemm_GFLOPs']:.0f} GFLOP/s "
-          f"(2 threads)", flush=True)
-    rows = []
+    print(
+        f"machine: memory read {limits['read_GBps']:.1f} GB/s, GEMM float32 {limits['float32_gemm_GFLOPs']:.0f} / "
+        f"bfloat16 {limits['bfloat16_gemm_GFLOPs']:.0f} GFLOP/s (2 threads, best of 3)",
+        flush=True,
+    )
+    dtypes = a.dtypes.split(",")
+    rows, quality = [], None
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
         t = time.perf_counter()
         build_checkpoint(ckpt, a.geometry)
         print(f"built a random {a.geometry} checkpoint in {time.perf_counter() - t:.0f}s", flush=True)
-        for dtype in a.dtypes.split(","):
-            for impl in ("hf", "ours"):
-                if impl == "hf" and dtype == "int8":
+        modes = [d for d in dtypes if d in ("int8", "int4")]
+        if modes and a.quality_tokens > 0:
+            quality = run_worker(["--quality-worker", str(ckpt), ",".join(modes), str(a.quality_tokens)])
+            print(json.dumps(quality), flush=True)
+        for dtype in [] if a.quality_only else dtypes:
+            for impl in a.impls.split(","):
+                if impl == "hf" and dtype in ("int8", "int4"):
                     continue
-                cmd = [sys.executable, __file__, "--worker", impl, str(ckpt), dtype, str(a.new_tokens)]
-                cmd += ["--no-batch"] if a.no_batch else []
-                out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
-                if out.returncode:
-                    print(out.stderr[-2000:], file=sys.stderr)
-                    continue
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(json.dumps(rows[-1]), flush=True)
-    weights_gb = None
-    if a.geometry == "small":
-        weights_gb = 0.99  # bf16 decoder weights read per token (tied head counted once)
+                prompt = a.prompt_tokens if a.text_only else 0
+                args = ["--worker", impl, str(ckpt), dtype, str(a.new_tokens), str(prompt)]
+                row = run_worker(args + (["--no-batch"] if a.no_batch else []))
+                if row is not None:
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    report(a, limits, rows, quality)
+
+
+def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict | None) -> None:
+    nan = float("nan")
     print("\n| impl | dtype | prompt tok | preprocess s | vision s | TTFT s | decode tok/s | batch4 tok/s | RSS GiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['impl']} | {r['dtype']} | {r['prompt_tokens']} | {r['preprocess_s']:.2f} | {r['vision_s']:.2f} | "
-              f"{r['ttft_s']:.2f} | {r['decode_tok_s']:.1f} | {r.get('batch4_decode_tok_s', float('nan')):.1f} | "
+              f"{r['ttft_s']:.2f} | {r['decode_tok_s']:.1f} | {r.get('batch4_decode_tok_s', nan):.1f} | "
               f"{r['peak_rss_gib']:.2f} |")
     by = {(r["impl"], r["dtype"]): r for r in rows}
-    for dtype in a.dtypes.split(","):
+    for dtype in ("float32", "bfloat16"):
         if ("hf", dtype) in by and ("ours", dtype) in by:
             h, o = by[("hf", dtype)], by[("ours", dtype)]
             print(f"{dtype}: decode {o['decode_tok_s'] / h['decode_tok_s']:.2f}x transformers, "
-                  f"TTFT {o['ttft_s'] / h['ttft_s']:.2f}x, RSS {o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x")
-    if weights_gb and ("ours", "bfloat16") in by:
-        limit = limits["read_GBps"] / weights_gb
-        d = by[("ours", "bfloat16")]["decode_tok_s"]
-        print(f"bf16 decode bandwidth limit ~{limit:.0f} tok/s; ours {d:.1f} tok/s = {d / limit:.0%} of it")
-    if ("ours", "int8") in by and ("ours", "bfloat16") in by:
-        print(f"int8 decode {by[('ours', 'int8')]['decode_tok_s'] / by[('ours', 'bfloat16')]['decode_tok_s']:.2f}x "
-              "our bf16")
+                  f"TTFT {o['ttft_s'] / h['ttft_s']:.2f}x, RSS {o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x, "
+                  f"batch4 {o.get('batch4_decode_tok_s', nan) / o['decode_tok_s']:.2f}x our single "
+                  f"(transformers {h.get('batch4_decode_tok_s', nan) / h['decode_tok_s']:.2f}x)")
+    layers_gb, head_gb = decoder_weight_gb(a.geometry)
+    # bytes per weight relative to bf16 (layers, LM head): int8/int4 quantize the decoder, the head stays fp16
+    per_weight = {"bfloat16": (1.0, 1.0), "float32": (2.0, 2.0), "int8": (0.5, 1.0), "int4": (0.5 + 2 / 128, 1.0)}
+    for dtype, (fl, fh) in per_weight.items():
+        if ("ours", dtype) not in by:
+            continue
+        d, gb = by[("ours", dtype)]["decode_tok_s"], layers_gb * fl + head_gb * fh
+        limit = limits["read_GBps"] / gb
+        print(f"{dtype} decode: reads ~{gb:.2f} GB/token, bandwidth limit ~{limit:.1f} tok/s; "
+              f"ours {d:.1f} tok/s = {d / limit:.0%} of it")
+    if not a.text_only and ("ours", "bfloat16") in by:
+        flops = prefill_flops(a.geometry, by[("ours", "bfloat16")]["prompt_tokens"])
+        best = max(limits["float32_gemm_GFLOPs"], limits["bfloat16_gemm_GFLOPs"]) * 1e9
+        t = by[("ours", "bfloat16")]["ttft_s"]
+        print(f"bf16 TTFT: ~{flops / 1e12:.2f} TFLOP of Linears (vision + decoder prefill) -> >= {flops / best:.0f} s "
+              f"at the best GEMM rate; ours {t:.0f} s = {flops / best / t:.0%} of that rate")
+    for q in ("int8", "int4"):
+        if ("ours", q) in by and ("ours", "bfloat16") in by:
+            print(f"{q} decode {by[('ours', q)]['decode_tok_s'] / by[('ours', 'bfloat16')]['decode_tok_s']:.2f}x "
+                  "our bf16")
+    if quality:
+        n = quality["new_tokens"]
+        print(f"\nquantization quality vs our unquantized bf16 model ({n} greedy tokens, text prompt; reference "
+              f"logit std {quality['ref_logit_std']:.3f}):")
+        print("| mode | same greedy tokens before first difference | teacher-forced top-1 agreement | "
+              "max abs logit error | mean abs logit error |\n|---|---|---|---|---|")
+        for q in ("int8", "int4"):
+            if q in quality:
+                r = quality[q]
+                print(f"| {q} | {r['greedy_same_prefix']}/{n} | {r['top1_agreement']:.0%} | {r['max_abs']:.4f} | "
+                      f"{r['mean_abs']:.4f} |")
 
 
 if __name__ == "__main__":

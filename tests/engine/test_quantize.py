@@ -216,7 +216,7 @@ def test_bf16_decode_linear_refuses_weights_outside_fp16():
         lin.weight[0, 0] = 1e6
     with pytest.raises(ValueError, match="does not fit float16"):
         BF16DecodeLinear(lin)
-    assert optimize_for_decode(torch.nn.Sequential(lin)) == 0
+    assert optimize_for_decode(torch.nn.Sequential(lin), min_weight=0) == 0
 
 
 @needs_fp16
@@ -241,7 +241,7 @@ def test_optimize_for_decode_keeps_logits_and_the_tied_head():
     fast = ours_from_hf(hf).to(torch.bfloat16)
     lm = fast.model.language_model
     n_text = sum(type(m) is torch.nn.Linear for m in lm.modules()) + 1  # + lm_head
-    n = optimize_for_decode(fast, skip=lambda name: "vision_tower" in name or "projector" in name)
+    n = optimize_for_decode(fast, skip=lambda name: "vision_tower" in name or "projector" in name, min_weight=0)
     assert n == n_text and isinstance(fast.lm_head, BF16DecodeLinear)
     assert fast.lm_head.weight is lm.embed_tokens.weight  # tied: no second bf16 copy
     assert type(fast.model.multi_modal_projector.linear_1) is torch.nn.Linear
