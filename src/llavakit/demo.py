@@ -1,30 +1,39 @@
-"""``llava demo``: answer a few questions about fresh images, end to end (processor -> model -> text)."""
+"""``llava demo``: render a few fresh synthetic scenes, ask the model about them, print answers beside the truth.
+
+The scenes come from held-out seeds (never used in training: see `llavakit.data.synth.EVAL_SEED_BASE`) at the
+size the bundled model was trained on; the questions are the benchmark's (colour, shape, count, position,
+existence yes/no, reading, multiple choice) and are scored the benchmark's way (`llavakit.eval.tasks.synth`).
+"""
 
 from __future__ import annotations
 
+import json
+import random
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
-QUESTIONS = ["What color is the shape?", "What shape is in the image?", "Is the shape on the left or the right?"]
-
-
-def _scene(path: Path, seed: int) -> Path:
-    colours = [("red", (220, 30, 30)), ("blue", (30, 60, 220)), ("green", (30, 160, 60))]
-    name, rgb = colours[seed % 3]
-    w, h = (420, 280) if seed % 2 else (280, 420)
-    img = Image.new("RGB", (w, h), (245, 245, 240))
-    x = w // 4 if seed % 2 else 3 * w // 4
-    ImageDraw.Draw(img).ellipse((x - 40, h // 2 - 40, x + 40, h // 2 + 40), fill=rgb)
-    out = path / f"scene_{seed}.png"
-    img.save(out)
-    return out
+DEMO_SEED_BASE = 2_000_000  # above EVAL_SEED_BASE (held out) and away from the benchmark's own seeds
+DEFAULT_SIDES = (128, 256)  # long side of the scenes when the model does not say what it was trained on
 
 
-def run_demo(model: str | None = None, seed: int = 0) -> int:
+def _scene_sides(model_dir: str) -> tuple[int, int]:
+    """(min, max) long side of the scenes the model was trained on, from its training.json if any."""
+    info = Path(model_dir) / "training.json"
+    if info.exists():
+        sides = json.loads(info.read_text()).get("scene_long_side")
+        if sides:
+            return int(sides[0]), int(sides[1])
+    return DEFAULT_SIDES
+
+
+def run_demo(model: str | None = None, seed: int = 0, n_scenes: int = 3, out: str | None = None) -> int:
     from .commands import default_model
+    from .data.synth import eval_questions, generate_scene, render_scene, scene_seed
+    from .data.synth_scene import sub_rng
+    from .eval.tasks.base import Sample
+    from .eval.tasks.synth import is_right
     from .pipeline import load
 
     random_model = False
@@ -37,25 +46,45 @@ def run_demo(model: str | None = None, seed: int = 0) -> int:
             model = str(write_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny-random", seed=seed))
             random_model = True
             print(
-                "NOTE: the bundled default model is not available yet, so this demo runs the whole pipeline on a "
+                "NOTE: the bundled default model is not installed, so this demo runs the whole pipeline on a "
                 "TINY RANDOM-WEIGHT model: its answers are noise. Pass --model DIR to use a real checkpoint.\n"
             )
     t0 = time.perf_counter()
     pipe = load(model)
-    print(
-        f"loaded {model} ({sum(p.numel() for p in pipe.model.parameters()) / 1e6:.2f}M parameters) "
-        f"in {time.perf_counter() - t0:.1f}s"
-    )
-    work = Path(tempfile.mkdtemp(prefix="llava-demo-"))
-    for i in range(2):
-        image = _scene(work, seed + i)
-        print(f"\nimage: {image}")
-        for q in QUESTIONS:
-            t1 = time.perf_counter()
-            msg = [{"role": "user", "content": [{"type": "image", "image": str(image)}, {"type": "text", "text": q}]}]
-            ans = pipe.reply(msg, max_new_tokens=12)
-            print(f"  Q: {q}\n  A: {ans.text!r}  ({ans.completion_tokens} tokens, {time.perf_counter() - t1:.2f}s)")
-            pipe.reset()
+    n_params = sum(p.numel() for p in pipe.model.parameters())
+    print(f"model: {model} ({n_params / 1e6:.2f}M parameters, loaded in {time.perf_counter() - t0:.1f}s)")
+    lo, hi = _scene_sides(model)
+    work = Path(out) if out else Path(tempfile.mkdtemp(prefix="llava-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    right: dict[str, list[bool]] = defaultdict(list)
+    t_answers = time.perf_counter()
+    for i in range(n_scenes):
+        scene = generate_scene(scene_seed(DEMO_SEED_BASE + seed, i), min_side=lo, max_side=hi)
+        path = work / f"scene_{seed}_{i}.png"
+        render_scene(scene).save(path)
+        qas = eval_questions(scene, sub_rng(scene.seed, "demo"))
+        random.Random(scene.seed).shuffle(qas)
+        qas = sorted(qas[:6], key=lambda q: QTYPE_ORDER.index(q.qtype))
+        convs = [
+            [{"role": "user", "content": [{"type": "image", "image": str(path)}, {"type": "text", "text": q.question}]}]
+            for q in qas
+        ]
+        answers = pipe.batch(convs, max_new_tokens=8)
+        print(f"\nimage {i + 1}: {path} ({scene.width}x{scene.height})")
+        for qa, ans in zip(qas, answers):
+            sample = Sample(f"{i}", qa.question, str(path), {"answer": qa.answer, "qtype": qa.qtype})
+            ok = is_right(sample, ans.text)
+            right[qa.qtype].append(ok)
+            question = qa.question.split("\n")[0] if qa.qtype != "mc" else " ".join(qa.question.split("\n")[:-1])
+            print(f"  [{'ok' if ok else '--'}] Q: {question}")
+            print(f"       A: {ans.text.strip()!r:<14} truth: {qa.answer!r}")
+    n = sum(len(v) for v in right.values())
+    hits = sum(sum(v) for v in right.values())
+    per = ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sorted(right.items(), key=lambda kv: QTYPE_ORDER.index(kv[0])))
+    print(f"\naccuracy: {hits}/{n} ({per}) in {time.perf_counter() - t_answers:.1f}s; images in {work}")
     if random_model:
-        print("\n(random weights: the answers above only show that every stage runs)")
+        print("(random weights: the answers above only show that every stage runs)")
     return 0
+
+
+QTYPE_ORDER = ("color", "shape", "count", "position", "existence", "reading", "mc")

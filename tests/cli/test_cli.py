@@ -107,11 +107,10 @@ def test_missing_model_directory(tmp_path):
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_demo_runs_and_says_when_weights_are_random():
+def test_demo_runs_and_prints_answers():
     r = llava("demo", timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "Q: What color is the shape?" in r.stdout and "A: " in r.stdout
-    assert "RANDOM-WEIGHT" in r.stdout
+    assert "Q: " in r.stdout and "A: " in r.stdout and "truth: " in r.stdout  # (tests/recipe checks the rest)
 
 
 def test_data_synth_writes_llava_format(tmp_path):

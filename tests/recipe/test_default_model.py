@@ -1,0 +1,55 @@
+"""The bundled default model: loads with our loader and in transformers (equal logits); `llava demo` answers."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llavakit.commands import default_model
+from llavakit.data.synth import generate_scene, render_scene, scene_seed
+from llavakit.model.llava import LlavaModel
+from llavakit.processing.processor import LlavaProcessor
+
+ASSET = Path(__file__).resolve().parents[2] / "src" / "llavakit" / "assets" / "default-model"
+pytestmark = pytest.mark.skipif(
+    not (ASSET / "config.json").exists(), reason="no bundled default model (scripts/train_default_model.py --ship)"
+)
+
+
+def test_default_model_is_the_bundled_one_and_small():
+    assert Path(default_model()) == ASSET
+    size = sum(p.stat().st_size for p in ASSET.iterdir())
+    assert size <= 50 * 2**20
+    info = json.loads((ASSET / "training.json").read_text())
+    assert info["family"] == "llava_next" and "stage2_loss" in info
+
+
+def test_same_logits_as_transformers():
+    from transformers import AutoModelForImageTextToText
+
+    ours = LlavaModel.from_pretrained(ASSET).eval()
+    proc = LlavaProcessor.from_pretrained(ASSET)
+    scene = generate_scene(scene_seed(2_000_001, 0), min_side=112, max_side=224)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is the star?"}]}]
+    prompt = proc.apply_chat_template(msgs, add_generation_prompt=True)
+    inputs = proc(text=prompt, images=[render_scene(scene)], return_tensors="pt")
+    hf = AutoModelForImageTextToText.from_pretrained(ASSET).eval()
+    with torch.no_grad():
+        want = hf(**inputs).logits
+        got = ours(**inputs).logits
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
+
+
+def test_llava_demo_answers_with_the_default_model(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    r = subprocess.run(
+        [sys.executable, "-m", "llavakit.cli", "demo"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM-WEIGHT" not in r.stdout and str(ASSET) in r.stdout
+    assert r.stdout.count("Q: ") >= 6 and r.stdout.count("truth: ") == r.stdout.count("Q: ")
+    assert "accuracy: " in r.stdout

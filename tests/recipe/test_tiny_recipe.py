@@ -1,0 +1,41 @@
+"""The whole tiny recipe, scaled down: data -> stage 0 -> stage 1 -> stage 2 through the real YAML recipes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from llavakit.model.llava import LlavaModel
+from llavakit.processing.processor import LlavaProcessor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_default_model", ROOT / "scripts" / "train_default_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--quick", "--out", str(out), "--captions", "48", "--instruct", "64", "--eval-scenes", "0"]
+    assert _script().main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    s1_start, _ = summary["stage1_loss"]
+    _, s2_end = summary["stage2_loss"]
+    assert s2_end < s1_start, summary
+    assert all((out / "stage0" / part / "config.json").exists() for part in ("vision_tower", "decoder"))
+    model = LlavaModel.from_pretrained(out / "stage2")
+    proc = LlavaProcessor.from_pretrained(out / "stage2")
+    assert model.config.model_type == "llava_next" and proc.template == "vicuna_v1"
+    assert model.config.image_token_id == proc.tokenizer.image_token_id == 4
+    # stage 1 kept the stage-0 decoder as it was; stage 2 trained it
+    from safetensors.torch import load_file
+
+    base = load_file(str(out / "stage0" / "decoder" / "model.safetensors"))["model.layers.0.mlp.up_proj.weight"]
+    key = "model.language_model.layers.0.mlp.up_proj.weight"
+    s1 = LlavaModel.from_pretrained(out / "stage1").state_dict()[key]
+    assert torch.equal(s1, base) and not torch.equal(s1, model.state_dict()[key])
