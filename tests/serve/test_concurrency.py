@@ -32,14 +32,22 @@ def _ask(server: Server, i: int, **kw) -> dict:  # noqa: ANN003
 def test_concurrent_clients_all_complete_and_match_sequential(server: Server) -> None:
     n = 12
     alone = [_ask(server, i)["choices"][0]["message"]["content"] for i in range(n)]
-    batches_before = server.metric("llava_batch_size_count")
+    single = 'llava_batch_size_bucket{le="1"}'
+    steps_before, single_before = server.metric("llava_batch_size_count"), server.metric(single)
     with ThreadPoolExecutor(n) as pool:
         together = list(pool.map(lambda i: _ask(server, i), range(n)))
     assert [r["choices"][0]["message"]["content"] for r in together] == alone
     for i, r in enumerate(together):
         assert r["usage"]["completion_tokens"] <= 6 + i % 5
-    batches = server.metric("llava_batch_size_count") - batches_before
-    assert batches < n, "concurrent requests were not batched together"
+    steps = server.metric("llava_batch_size_count") - steps_before
+    single_steps = server.metric(single) - single_before
+    assert single_steps < steps / 2, "concurrent requests were mostly not generated together"
+    # a seeded sampled request gives the same answer alone and batched with others
+    seeded = dict(temperature=0.8, top_p=0.9, top_k=20, repetition_penalty=1.2, seed=11)
+    alone = _ask(server, 3, **seeded)["choices"][0]["message"]["content"]
+    with ThreadPoolExecutor(6) as pool:
+        mixed = list(pool.map(lambda i: _ask(server, i, **(seeded if i == 3 else {})), range(6)))
+    assert mixed[3]["choices"][0]["message"]["content"] == alone
 
 
 def _stream(url: str, max_tokens: int) -> tuple[httpx.Client, httpx.Response, object]:

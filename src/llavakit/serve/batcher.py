@@ -1,19 +1,25 @@
-"""One model worker thread that batches the requests of many clients into the engine (dynamic batching).
+"""One model worker thread that batches the requests of many clients into the model (continuous batching).
 
 HTTP handlers prepare each request (images decoded, prompt rendered, ids with image tokens expanded) and
-``submit`` a ``Job``. The worker takes every compatible waiting job (up to ``max_batch_size``), left-pads them into
-one batch, and runs ``engine.generate.stream_tokens`` on it: one prefill for the batch, then one decode step per
-token for all rows at once. A decode step costs almost the same for 1 row as for 16 on a CPU (the weights are
-read once per step), so throughput grows with the number of concurrent clients.
+``submit`` a ``Job``. The worker keeps a set of active rows that share one KV cache and runs one decode step for
+all of them at a time. Between steps it admits waiting jobs (up to ``max_batch_size`` rows): their prompts are
+prefilled together (the engine's model forward on a left-padded batch), then their cache slots are merged into the
+running cache, right-aligned. A row leaves as soon as it ends (EOS, a stop string, its ``max_new_tokens``, a client
+disconnect, its deadline); a new request never waits for a whole batch to finish. A decode step costs about the
+same for 1 row as for 16 on a CPU (the weights are read once per step), so throughput grows with concurrency.
 
-Each row stops on its own (EOS, a stop string, its own ``max_new_tokens``, a client disconnect, its deadline);
-the batch ends when every row has stopped. Jobs that may not share a batch wait for the next one: sampled jobs
-with a ``seed`` run alone (their random stream must not depend on the other rows), and jobs batch only with jobs
-of the same sampling settings. The engine knows nothing about HTTP: events go back through ``Job.emit``.
+Slots vs positions: every row has its own RoPE positions (``pos``); slots are only where its keys sit. Rows are
+right-aligned, a row's slots left of its first token are masked out, and columns that are padding for every row
+are trimmed away when rows leave.
 
-Worked example (max_batch_size 8): 3 greedy jobs with prompts of 40, 52 and 47 tokens and max_tokens 16, 8, 16
-wait when the worker frees up -> one batch (3, 52) left-padded; 16 decode steps at most; row 2 stops
-emitting after 8 tokens, rows 1 and 3 after 16 (or earlier at EOS).
+Worked example: rows A (prompt 40 tokens, 10 generated) and B (prompt 52, 3 generated) share a cache of
+L = max(50, 55) = 55 slots: A's 50 slots sit at [5, 55) with slots [0, 5) masked, B's at [0, 55). Job C (prompt 60)
+arrives: it is prefilled alone (60 slots), the merged cache has L = 60 slots, A at [10, 60), B at [5, 60), C at
+[0, 60). When C and B end, A's leading 10 padding slots are trimmed: L = 50 again.
+
+Sampling is per row (each job's temperature / top-p / top-k / repetition penalty, and its own generator when it
+has a ``seed``), so a seeded request gives the same answer batched or alone. The engine knows nothing about HTTP:
+events go back through ``Job.emit``.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from typing import Any
 
 import torch
 
-from ..engine.generate import eos_ids, stream_tokens
-from ..engine.sampling import SamplingParams
+from ..engine.generate import eos_ids
+from ..engine.kv_cache import KVCache
+from ..engine.sampling import SamplingParams, apply_repetition_penalty, sample
 from ..engine.text import StopMatcher
 from .metrics import Metrics
 
@@ -62,15 +69,6 @@ class Job:
     def prompt_tokens(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def batch_key(self) -> tuple:
-        """Jobs with equal keys may share a batch."""
-        p = self.params
-        if p.greedy:
-            return ("greedy", p.repetition_penalty)
-        if p.seed is not None:
-            return ("alone", id(self))
-        return ("sample", p.temperature, p.top_p, p.top_k, p.repetition_penalty)
-
 
 class Batcher:
     """The model worker. ``submit`` from any thread; ``start`` / ``stop`` around the server's life."""
@@ -94,7 +92,6 @@ class Batcher:
         self.eos = set(eos_ids(model, getattr(tokenizer, "eos_token_ids", None) or None))
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (sorted(self.eos) or [0])[0]
-        self.context = model.config.text.max_position_embeddings if model.config.text.rope_scaling is None else None
         self.cond = threading.Condition()
         self.pending: deque[Job] = deque()
         self.running = 0
@@ -139,64 +136,53 @@ class Batcher:
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
+        batch = _Batch(self.model)
         while True:
-            jobs = self._take()
+            jobs = self._take(wait=not batch.rows)
             if jobs is None:
+                for row in batch.rows:
+                    row.job.emit(("error", 503, "the server is shutting down"))
                 return
-            if not jobs:
-                continue
             try:
-                self._run(jobs)
-            except Exception as e:  # noqa: BLE001 - a failed batch must not kill the worker
-                log.error("batch of %d failed:\n%s", len(jobs), traceback.format_exc())
-                for job in jobs:
-                    job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
-            finally:
-                with self.cond:
-                    self.running = 0
+                if jobs:
+                    self._admit(batch, jobs)
+                if batch.rows:
+                    self._step(batch)
+            except Exception as e:  # noqa: BLE001 - a failed step must not kill the worker
+                log.error("generation step failed:\n%s", traceback.format_exc())
+                for row in [*batch.rows, *(_Row(j, self.tokenizer) for j in jobs or [] if j not in batch.jobs())]:
+                    row.job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
+                batch = _Batch(self.model)
+            with self.cond:
+                self.running = len(batch.rows)
 
-    def _take(self) -> list[Job] | None:
-        """Wait for work; return the next batch ([] if everything waiting was dropped), None when stopping."""
+    def _take(self, wait: bool) -> list[Job] | None:
+        """Jobs to admit now (up to the free rows); waits for work only when nothing runs. None when stopping."""
         with self.cond:
-            while not self.pending and not self.stopping:
+            while wait and not self.pending and not self.stopping:
                 self.cond.wait()
             if self.stopping:
                 return None
-            # requests still being prepared would miss this batch: give them a moment to arrive
-            until = time.monotonic() + self.gather_wait
-            while self.preparing and len(self.pending) < self.max_batch_size and not self.stopping:
-                left = until - time.monotonic()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
-            now = time.monotonic()
-            chosen: list[Job] = []
-            rest: deque[Job] = deque()
-            key = None
-            for job in self.pending:
+            room = self.max_batch_size - self.running
+            if wait:
+                # requests still being prepared would miss this prefill: give them a moment to arrive
+                until = time.monotonic() + self.gather_wait
+                while self.preparing and len(self.pending) < room and not self.stopping:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.cond.wait(left)
+            now, chosen = time.monotonic(), []
+            while self.pending and len(chosen) < room:
+                job = self.pending.popleft()
                 if job.cancelled.is_set():
                     self.metrics.add("cancelled")
-                    continue
-                if now > job.deadline:
+                elif now > job.deadline:
                     self._timeout(job)
-                    continue
-                if key is None:
-                    key = job.batch_key()
-                if len(chosen) < self.max_batch_size and job.batch_key() == key and self._fits(chosen, job):
-                    chosen.append(job)
                 else:
-                    rest.append(job)
-            self.pending = rest
-            self.running = len(chosen)
+                    chosen.append(job)
+            self.running += len(chosen)
             return chosen
-
-    def _fits(self, chosen: list[Job], job: Job) -> bool:
-        """A left-padded batch needs (longest prompt + most new tokens) slots; keep it inside the context."""
-        if self.context is None or not chosen:
-            return True
-        longest = max(j.prompt_tokens for j in [*chosen, job])
-        most = max(j.max_new_tokens for j in [*chosen, job])
-        return longest + most <= self.context
 
     def _timeout(self, job: Job) -> None:
         self.metrics.add("timeouts")
@@ -223,46 +209,145 @@ class Batcher:
                 out[k] = torch.cat(parts)
         return out
 
-    def _run(self, jobs: list[Job]) -> None:
-        self.metrics.observe("batch_size", len(jobs))
-        inputs = self._collate(jobs)
-        ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+    def _admit(self, batch: _Batch, jobs: list[Job]) -> None:
+        """Prefill the new jobs together and merge them into the running batch."""
+        model, device = self.model, self.model.device
+        inputs = {k: v.to(device) for k, v in self._collate(jobs).items()}
+        ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")  # (B, T) each
+        b, t = ids.shape
+        padded = bool((mask == 0).any())
+        pos = (mask.cumsum(-1) - 1).clamp_min(0) if padded else torch.arange(t, device=device).expand(b, t)
+        cache = KVCache(model.config.text, b, t, dtype=model.dtype, device=device)
+        embeds = model.embed(ids, **inputs)  # (B, T, D)
+        logits = model(
+            inputs_embeds=embeds,
+            attention_mask=mask if padded else None,
+            position_ids=pos,
+            cache=cache,
+            logits_to_keep=1,
+        ).logits[:, -1]  # (B, V)
         rows = [_Row(job, self.tokenizer) for job in jobs]
-        steps = stream_tokens(
-            self.model,
-            ids,
-            attention_mask=mask,
-            max_new_tokens=max(j.max_new_tokens for j in jobs),
-            params=jobs[0].params,
-            eos_token_id=sorted(self.eos),
-            **inputs,
+        for row in rows:
+            row.start(logits.shape[-1], device)
+        batch.merge(rows, cache, mask, pos[:, -1:] + 1, logits)
+
+    def _step(self, batch: _Batch) -> None:
+        """Pick every row's next token, hand it out, drop the rows that ended, feed the rest one decode step."""
+        now = time.monotonic()
+        tokens = batch.sample()  # (B,)
+        self.metrics.observe("batch_size", len(batch.rows))
+        for row, t in zip(batch.rows, tokens.tolist()):
+            if row.job.cancelled.is_set():
+                row.done = True
+                self.metrics.add("cancelled")
+            elif now > row.job.deadline:
+                row.done = True
+                self._timeout(row.job)
+            elif t in self.eos:
+                row.count(now)
+                row.finish("stop")
+            else:
+                row.count(now)
+                row.push(t)
+            if row.done:
+                self.metrics.add("completion_tokens", row.job.completion_tokens)
+                if row.job.first_token_at is not None:
+                    self.metrics.observe("ttft", row.job.first_token_at - row.job.arrived)
+        batch.drop_finished(tokens)
+        if batch.rows:
+            batch.decode()
+
+
+class _Batch:
+    """The active rows, their shared KV cache (rows right-aligned over ``cache.length`` slots) and their state.
+
+    mask (B, max_len) marks each row's real slots; pos (B, 1) is each row's next RoPE position; logits (B, V) are
+    the logits of each row's next token; tokens (B,) the tokens about to be fed.
+    """
+
+    def __init__(self, model) -> None:  # noqa: ANN001
+        self.model = model
+        self.rows: list[_Row] = []
+        self.cache: KVCache | None = None
+        self.mask = self.pos = self.logits = self.tokens = None
+
+    def jobs(self) -> list[Job]:
+        return [r.job for r in self.rows]
+
+    def merge(self, rows: list[_Row], cache: KVCache, mask: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor):
+        """Join prefilled rows (their own ``cache`` of T slots, ``mask`` (b, T)) to the running ones."""
+        old, b_a = self.cache, len(self.rows)
+        l_a, t = (old.length if old is not None else 0), cache.length
+        length = max(l_a, t)
+        self.rows = self.rows + rows
+        room = max(r.job.max_new_tokens - r.job.completion_tokens for r in self.rows)
+        new = KVCache(
+            self.model.config.text, len(self.rows), length + room + 1, dtype=cache.k[0].dtype, device=cache.k[0].device
         )
-        for step in steps:
-            now = time.monotonic()
-            for row, t in zip(rows, step.tolist()):
-                if row.done:
-                    continue
-                if row.job.cancelled.is_set():
-                    row.done = True
-                    self.metrics.add("cancelled")
-                elif now > row.job.deadline:
-                    row.done = True
-                    self._timeout(row.job)
-                elif t < 0 or t in self.eos:
-                    row.count(t, now)
-                    row.finish("stop")
-                else:
-                    row.count(t, now)
-                    row.push(t)
-            if all(r.done for r in rows):
-                break
-        for row in rows:
-            if not row.done:
-                row.finish("length")
-        for row in rows:
-            self.metrics.add("completion_tokens", row.job.completion_tokens)
-            if row.job.first_token_at is not None:
-                self.metrics.observe("ttft", row.job.first_token_at - row.job.arrived)
+        for layer in range(len(new.k)):
+            for dst, src in ((new.k, old.k if old else None), (new.v, old.v if old else None)):
+                if src is not None:
+                    dst[layer][:b_a, :, length - l_a : length] = src[layer][:, :, :l_a]
+            new.k[layer][b_a:, :, length - t : length] = cache.k[layer][:, :, :t]
+            new.v[layer][b_a:, :, length - t : length] = cache.v[layer][:, :, :t]
+        new.length = length
+        full = torch.ones(len(self.rows), new.max_len, dtype=torch.long, device=mask.device)  # (B, max_len)
+        full[:, :length] = 0
+        if old is not None:
+            full[:b_a, length - l_a : length] = self.mask[:, :l_a]
+        full[b_a:, length - t : length] = mask
+        self.cache, self.mask = new, full
+        self.pos = pos if old is None else torch.cat([self.pos, pos])
+        self.logits = logits if old is None else torch.cat([self.logits, logits])
+
+    def sample(self) -> torch.Tensor:
+        """(B,) next tokens: greedy rows by one argmax, the others each with their own settings and generator."""
+        tokens = self.logits.argmax(-1)
+        for i, row in enumerate(self.rows):
+            p = row.job.params
+            if row.seen is None and p.greedy:
+                continue
+            logits = self.logits[i : i + 1]
+            if row.seen is not None:
+                logits = apply_repetition_penalty(logits, row.seen, p.repetition_penalty)
+            tokens[i] = sample(logits, p, row.generator)[0]
+            if row.seen is not None:
+                row.seen[0, tokens[i]] = True
+        return tokens
+
+    def drop_finished(self, tokens: torch.Tensor) -> None:
+        """Forget the rows that ended; trim the slot columns that are padding for every remaining row."""
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        if not keep:
+            self.__init__(self.model)
+            return
+        if len(keep) < len(self.rows):
+            idx = torch.tensor(keep, device=self.mask.device)
+            self.rows = [self.rows[i] for i in keep]
+            for kv in (self.cache.k, self.cache.v):
+                for layer in range(len(kv)):
+                    kv[layer] = kv[layer].index_select(0, idx)
+            self.cache.batch_size = len(keep)
+            self.mask, self.pos = self.mask.index_select(0, idx), self.pos.index_select(0, idx)
+            tokens = tokens.index_select(0, idx)
+            lead = int((self.mask[:, : self.cache.length].cumsum(-1) == 0).sum(-1).min())  # all-padding columns
+            if lead:
+                for kv in (self.cache.k, self.cache.v):
+                    for layer in range(len(kv)):
+                        kv[layer] = kv[layer][:, :, lead:].contiguous()
+                self.cache.length -= lead
+                self.cache.max_len -= lead
+                self.mask = self.mask[:, lead:]
+        self.tokens = tokens
+
+    def decode(self) -> None:
+        """Feed ``tokens`` (one per row) and keep the logits of the next ones."""
+        end = self.cache.length + 1
+        embeds = self.model.model.language_model.embed_tokens(self.tokens[:, None])  # (B, 1, D)
+        self.logits = self.model(
+            inputs_embeds=embeds, attention_mask=self.mask[:, :end], position_ids=self.pos, cache=self.cache
+        ).logits[:, -1]
+        self.pos = self.pos + 1
 
 
 class _Row:
@@ -273,10 +358,20 @@ class _Row:
         self.decoder = tokenizer.decode_stream(skip_special_tokens=True)
         self.stops = StopMatcher(job.stop)
         self.done = False
+        self.seen: torch.Tensor | None = None  # (1, V) tokens seen, for the repetition penalty
+        self.generator: torch.Generator | None = None
 
-    def count(self, t: int, now: float) -> None:
-        if t >= 0:
-            self.job.completion_tokens += 1
+    def start(self, vocab: int, device: torch.device) -> None:
+        """Sampling state as the engine's decode loop sets it up for one request."""
+        p = self.job.params
+        if p.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(p.seed)
+        if p.repetition_penalty != 1.0:
+            self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
+            self.seen[0, self.job.input_ids.to(device).clamp(0, vocab - 1)] = True
+
+    def count(self, now: float) -> None:
+        self.job.completion_tokens += 1
         if self.job.first_token_at is None:
             self.job.first_token_at = now
 

@@ -76,7 +76,7 @@ class Metrics:
             for name, hist, help_ in [
                 ("llava_request_latency_seconds", self.latency, "chat completion latency, arrival to last token"),
                 ("llava_time_to_first_token_seconds", self.ttft, "arrival to first generated token"),
-                ("llava_batch_size", self.batch_size, "requests per engine batch"),
+                ("llava_batch_size", self.batch_size, "rows generated together, per decode step"),
             ]:
                 lines += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"] + hist.lines(name)
         for name, (help_, read) in sorted(self.gauges.items()):

@@ -1,0 +1,210 @@
+"""Serving throughput and latency over loopback: requests/s, p50/p95 latency at 1, 4 and 16 concurrent clients.
+
+    python benchmarks/bench_serve.py                          # the default model (a tiny random one until it ships)
+    python benchmarks/bench_serve.py --geometry tiny          # CLIP-336 tiles + a 2-layer Qwen2-shaped decoder
+    python benchmarks/bench_serve.py --geometry small --requests 16   # CLIP-L/336 + Qwen2-0.5B shape (slow on CPU)
+
+Starts ``llava serve`` in a subprocess (2 torch threads), sends chat completions with one image from N client
+threads (greedy, the same request every time, so every level does the same work), and prints one row per
+concurrency level. The target with batching: throughput at 16 clients >= 3x the throughput at 1 client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def model_dir(geometry: str, work: Path) -> tuple[str, str]:
+    """(path, description) of the model to serve."""
+    if geometry == "default":
+        from llavakit.serve.command import resolve_model
+
+        path, name = resolve_model(None)
+        return path, f"default model ({name})"
+    from bench_generate import build_checkpoint
+
+    out = work / f"random-{geometry}"
+    build_checkpoint(out, geometry)
+    return str(out), f"random '{geometry}' LLaVA-NeXT (CLIP-336 tiles, Qwen2-shaped decoder)"
+
+
+def image_url(h: int, w: int) -> str:
+    import numpy as np
+    from PIL import Image
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def start_server(path: str, port: int, batch: int, log: Path) -> subprocess.Popen:
+    import httpx
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "llavakit.cli",
+        "serve",
+        "--model",
+        path,
+        "--port",
+        str(port),
+        "--served-model-name",
+        "bench",
+        "--max-batch-size",
+        str(batch),
+        "--max-concurrency",
+        "256",
+        "--timeout",
+        "3600",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    end = time.monotonic() + 600
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise SystemExit("server did not start")
+
+
+def run_level(url: str, body: dict, clients: int, requests: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    tokens: list[int] = []
+    left = [requests]
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    # clients connect before the clock starts (creating an HTTP client costs more than a tiny model's answer)
+    conns = [httpx.Client(timeout=3600) for _ in range(clients)]
+    for c in conns:
+        c.get(f"{url}/health")
+    start = threading.Barrier(clients + 1)
+
+    def client(c: httpx.Client) -> None:
+        start.wait()
+        while True:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+            t0 = time.perf_counter()
+            r = c.post(f"{url}/v1/chat/completions", json=body)
+            dt = time.perf_counter() - t0
+            with lock:
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code}: {r.text[:200]}")
+                else:
+                    latencies.append(dt)
+                    tokens.append(r.json()["usage"]["completion_tokens"])
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    if errors:
+        raise SystemExit(f"{len(errors)} requests failed, e.g. {errors[0]}")
+    q = statistics.quantiles(latencies, n=20, method="inclusive") if len(latencies) > 1 else latencies * 19
+    return {
+        "clients": clients,
+        "requests": requests,
+        "wall_s": wall,
+        "req_per_s": requests / wall,
+        "tok_per_s": sum(tokens) / wall,
+        "p50_s": statistics.median(latencies),
+        "p95_s": q[18],
+        "tokens_per_request": statistics.mean(tokens),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--geometry", default="default", choices=["default", "tiny", "small"])
+    ap.add_argument("--model", help="serve this checkpoint instead (overrides --geometry)")
+    ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--image-size", default="336x336", help="HxW of the image in every request; 0 = text only")
+    ap.add_argument("--max-batch-size", type=int, default=16)
+    ap.add_argument("--port", type=int, default=18431)
+    a = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    path, what = (a.model, a.model) if a.model else model_dir(a.geometry, work)
+    content: list[dict] = []
+    if a.image_size != "0":
+        h, w = (int(x) for x in a.image_size.lower().split("x"))
+        content.append({"type": "image_url", "image_url": {"url": image_url(h, w)}})
+    content.append({"type": "text", "text": "Describe the picture in detail."})
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": a.max_tokens,
+        "temperature": 0,
+    }
+    proc = start_server(path, a.port, a.max_batch_size, work / "server.log")
+    url = f"http://127.0.0.1:{a.port}"
+    try:
+        import httpx
+
+        warm = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=3600).json()
+        print(
+            f"model: {what}\nprompt: {warm['usage']['prompt_tokens']} tokens "
+            f"({warm['usage']['prompt_tokens_details']['image_tokens']} image tokens), up to {a.max_tokens} new "
+            f"tokens, greedy; server: --max-batch-size {a.max_batch_size}, 2 torch threads; "
+            f"machine: {os.cpu_count()} CPUs\n",
+            flush=True,
+        )
+        rows = []
+        for c in (int(x) for x in a.clients.split(",")):
+            rows.append(run_level(url, body, c, a.requests))
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    print("\n| clients | requests | req/s | tokens/s | p50 latency s | p95 latency s | vs 1 client |")
+    print("|---|---|---|---|---|---|---|")
+    base = rows[0]["req_per_s"]
+    for r in rows:
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['req_per_s']:.2f} | {r['tok_per_s']:.1f} | {r['p50_s']:.2f} | "
+            f"{r['p95_s']:.2f} | {r['req_per_s'] / base:.1f}x |"
+        )
+    last = rows[-1]
+    verdict = "met" if last["req_per_s"] >= 3 * base else "NOT met"
+    print(
+        f"\ntarget: {last['clients']} clients >= 3x the throughput of {rows[0]['clients']}: "
+        f"{last['req_per_s'] / base:.1f}x ({verdict})"
+    )
+
+
+if __name__ == "__main__":
+    main()
