@@ -95,6 +95,16 @@ def test_full_queue_429_and_disconnect_cancels(pipe) -> None:  # noqa: ANN001
         assert r.status_code == 200, r.text
         assert _metric(url, "llava_completion_tokens_total") < 2 * long
         assert _metric(url, "llava_rejected_requests_total") == 1
+        # a non-streaming client that gives up is noticed too
+        body = {"model": "m", "messages": [user("Go on")], "max_tokens": long, "temperature": 0}
+        before = _metric(url, "llava_completion_tokens_total")
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json=body, timeout=1.5)
+        end = time.monotonic() + 30
+        while _metric(url, "llava_cancelled_requests_total") < 3 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _metric(url, "llava_cancelled_requests_total") == 3
+        assert _metric(url, "llava_completion_tokens_total") - before < long
 
 
 def test_timeout_ends_the_request(pipe) -> None:  # noqa: ANN001

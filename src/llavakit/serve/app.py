@@ -331,13 +331,18 @@ async def _complete(
 ) -> Response:
     """Wait for the whole answer, cancelling the job if the client goes away or time runs out."""
     parts: list[str] = []
+    checked = time.monotonic()
     while True:
         try:
             ev = await asyncio.wait_for(events.get(), timeout=0.5)
         except asyncio.TimeoutError:
+            ev = None
+        if time.monotonic() - checked >= 0.5:  # tokens may flow without pause: look at the client now and then
+            checked = time.monotonic()
             if await request.is_disconnected():
                 job.cancelled.set()
                 return Response(status_code=499)
+        if ev is None:
             if time.monotonic() > job.deadline + 1.0:  # the worker missed it (e.g. stuck in a long prefill)
                 job.cancelled.set()
                 metrics.add("timeouts")
