@@ -100,3 +100,22 @@ def test_cosine_schedule_with_warmup():
     assert [f(0), f(1), f(2), f(3)] == pytest.approx([0, 1 / 3, 2 / 3, 1.0])
     assert f(100) == pytest.approx(0.0)
     assert f(50) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 47 / 97)).item()))
+
+
+def test_logits_mask_computes_exactly_the_supervised_rows(tmp_path):
+    from llavakit.train.loop import supervised_ce_sum, supervised_positions
+
+    model, processor = build_model(tiny_recipe(tmp_path, "llava_next").model)
+    batch = collate_fn([ColorDataset(processor, 3)[i] for i in (0, 2)])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
+    keep = supervised_positions(batch["labels"])
+    with torch.no_grad():
+        full = model(**inputs).logits
+        rows = model(**inputs, logits_mask=keep).logits
+        torch.testing.assert_close(rows, full[keep], rtol=1e-6, atol=1e-6)
+        ref = model(**inputs, labels=batch["labels"]).loss  # the model's own mean over supervised tokens
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        torch.testing.assert_close(supervised_ce_sum(rows, batch["labels"]) / n, ref)
+        torch.testing.assert_close(supervised_ce_sum(full, batch["labels"]) / n, ref)
+    with pytest.raises(ValueError, match="labels or logits_mask"):
+        model(**inputs, labels=batch["labels"], logits_mask=keep)

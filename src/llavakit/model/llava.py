@@ -228,10 +228,13 @@ class LlavaModel(nn.Module):
         labels: torch.Tensor | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        logits_mask: torch.Tensor | None = None,
     ) -> LlavaOutput:
         """Logits (B, T, V) for ids (with expanded image tokens) or precomputed embeddings.
 
         ``logits_to_keep=k`` computes logits for the last k positions only (generation needs 1).
+        ``logits_mask`` (B, T) bool computes them only where it is True, as (N, V) rows in row-major order
+        (training: the positions whose next token is supervised; the (B, T, V) tensor is never built).
         ``labels`` (B, T) with IGNORE_INDEX outside the supervised spans give ``loss`` (shifted by one).
         """
         if inputs_embeds is None:
@@ -243,6 +246,10 @@ class LlavaModel(nn.Module):
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, b, t, past, inputs_embeds.device)
         h = self.model.language_model(inputs_embeds, position_ids, attention_mask, cache)  # (B, T, D)
+        if logits_mask is not None:
+            if labels is not None:
+                raise ValueError("pass labels or logits_mask, not both (with logits_mask compute the loss yourself)")
+            return LlavaOutput(logits=self.lm_head(h[logits_mask]))  # (N, V)
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = None
         if labels is not None:

@@ -84,12 +84,28 @@ def epoch_batches(dataset: Any, epoch: int, seed: int, group: bool, size: int) -
     return [order[k : k + size] for k in range(0, len(order) - size + 1, size)]
 
 
-def supervised_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token CE over positions whose label is not IGNORE_INDEX. logits (B, T, V), labels (B, T)."""
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: positions whose next token is supervised (the only logits the loss needs).
+
+    labels [[-100, -100, 7, 8]] -> [[False, True, True, False]]: position 1 predicts 7, position 2 predicts 8.
+    """
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return mask
+
+
+def supervised_targets(labels: torch.Tensor) -> torch.Tensor:
+    """(N,) next-token targets in the row-major order of ``supervised_positions``."""
     target = labels[:, 1:]
-    keep = target != IGNORE_INDEX  # (B, T-1)
-    picked = logits[:, :-1][keep].float()  # (N, V): only supervised rows go through the softmax
-    return F.cross_entropy(picked, target[keep], reduction="sum")
+    return target[target != IGNORE_INDEX]
+
+
+def supervised_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token CE over supervised positions; ``logits`` are (N, V) rows at ``supervised_positions``
+    (``model(..., logits_mask=...)``) or the full (B, T, V)."""
+    if logits.dim() == 3:
+        logits = logits[supervised_positions(labels)]
+    return F.cross_entropy(logits.float(), supervised_targets(labels), reduction="sum")
 
 
 def train(
@@ -187,7 +203,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
             labels = batch["labels"].to(d.device)
             sync = m == accum - 1 or d.strategy != "ddp"
             with contextlib.nullcontext() if sync else model.no_sync(), autocast:
-                ce = supervised_ce_sum(model(**inputs).logits, labels)
+                ce = supervised_ce_sum(model(**inputs, logits_mask=supervised_positions(labels)).logits, labels)
             (ce * d.world / n_sup.to(d.device)).backward()
             loss_sum += ce.detach()
         loss = float(all_sum(loss_sum, d)) / int(n_sup)
