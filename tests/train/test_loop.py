@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -42,27 +43,29 @@ def test_overfits_ten_samples(tmp_path):
 
 
 def test_resume_gives_the_same_losses(tmp_path):
-    full, _ = _run(tiny_recipe(tmp_path / "a", "llava_next", "train.max_steps=7", "stage.lora.dropout=0.1"))
-    # "killed" after 5 steps; the last checkpoint is at step 4, so step 5 is run again after the resume
+    full, _ = _run(tiny_recipe(tmp_path / "a", "llava", "train.max_steps=5"))
+    # "killed" after 3 steps; the last checkpoint is at step 2, so step 3 is run again after the resume
     r = tiny_recipe(
         tmp_path / "b",
         "llava_next",
-        "train.max_steps=7",
-        "train.save_every=2",
-        "train.keep_last=1",
-        "train.stop_after=5",
+        "train.max_steps=5",
+        "train.save_every=1",
+        "train.keep_last=2",
+        "train.stop_after=3",
     )
     first, _ = _run(r)
-    assert first.steps == [1, 2, 3, 4, 5]
-    ckpts = sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir())
-    assert ckpts == ["step-00000004"]
-    r2 = tiny_recipe(tmp_path / "b", "llava_next", "train.max_steps=7", "train.save_every=2", "train.resume=true")
+    assert first.steps == [1, 2, 3] and not first.finished
+    ck = tmp_path / "b" / "run" / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["step-00000002", "step-00000003"]  # keep_last=2
+    shutil.rmtree(ck / "step-00000003")  # as if the kill came before step 3's checkpoint was complete
+    (ck / ".tmp-step-00000003").mkdir()  # a half-written checkpoint is ignored
+    r2 = tiny_recipe(tmp_path / "b", "llava", "train.max_steps=5", "train.save_every=1", "train.resume=true")
     second, _ = _run(r2)
-    assert second.steps == [5, 6, 7]
-    assert first.losses == full.losses[:5]
-    assert second.losses == full.losses[4:]  # bit for bit on CPU float32
+    assert second.steps == [3, 4, 5] and second.finished
+    assert first.losses == full.losses[:3]
+    assert second.losses == full.losses[2:]  # bit for bit on CPU float32
     recs = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in recs] == list(range(1, 8))
+    assert [r["step"] for r in recs] == list(range(1, 6))
 
 
 def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
