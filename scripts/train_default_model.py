@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,7 @@ QUICK_STAGE0 = [
     "decoder.num_hidden_layers=2", "decoder.num_attention_heads=2", "decoder.num_key_value_heads=2",
 ]  # fmt: skip
 QUICK_TRAIN = ["train.progress=false"]
+SIDE_KEYS = ("min_side", "max_side")
 
 
 def _log(msg: str) -> None:
@@ -66,11 +68,21 @@ def run_stage(recipe: str, overrides: list[str]) -> list[float]:
     return train(load_recipe(RECIPES / recipe, overrides)).losses
 
 
-def evaluate(model: Path, data: Path, out: Path) -> dict:
+def finished(stage_dir: Path) -> list[float] | None:
+    """The losses of a stage whose final checkpoint is already in ``stage_dir`` (from its metrics.jsonl)."""
+    if not (stage_dir / "model.safetensors").exists() or not (stage_dir / "metrics.jsonl").exists():
+        return None
+    lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
+    _log(f"{stage_dir.name}: already trained, kept")
+    return [json.loads(line)["loss"] for line in lines if line.strip()]
+
+
+def evaluate(model: Path, data: Path, out: Path, threads: int | None = None) -> dict:
     """`llava eval synth` on the held-out set; its last stdout line is the JSON of scores."""
     cmd = [sys.executable, "-m", "llavakit.cli", "eval", "synth", "--model", str(model), "--data", str(data)]
     cmd += ["--out", str(out), "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"llava eval synth failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -84,6 +96,7 @@ def ship(model: Path, summary: dict) -> Path:
     for name in SHIP_FILES:
         if (model / name).exists():
             shutil.copy2(model / name, ASSET / name)
+            (ASSET / name).chmod(0o644)
     (ASSET / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     size = sum(p.stat().st_size for p in ASSET.iterdir())
     if size > 50 * 2**20:
@@ -99,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage0", help="reuse this stage-0 directory instead of training one")
     ap.add_argument("--captions", type=int, default=640, help="stage 1 samples")
     ap.add_argument("--instruct", type=int, default=2000, help="stage 2 samples")
+    ap.add_argument("--more-instruct", type=int, default=6000, help="second stage-2 pass on new scenes (0: none)")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
     ap.add_argument("--ship", action="store_true", help="copy the result to src/llavakit/assets/default-model")
-    ap.add_argument("--threads", type=int, help="torch threads")
+    ap.add_argument("--threads", type=int, help="torch threads (1 is faster on a machine busy with other jobs)")
+    ap.add_argument("--continue", dest="cont", action="store_true", help="keep finished phases found in --out")
     args = ap.parse_args(argv)
 
     import torch
@@ -117,13 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
 
     t = time.perf_counter()
-    make_data(out, args.captions, args.instruct, args.eval_scenes, sides["min_side"], sides["max_side"])
+    if not (args.cont and (out / "data" / "instruct.json").exists()):
+        make_data(out, args.captions, args.instruct, args.eval_scenes, sides["min_side"], sides["max_side"])
     times["data"] = time.perf_counter() - t
     _log(f"data: {args.captions} captions, {args.instruct} conversations, {args.eval_scenes} eval scenes")
 
     t = time.perf_counter()
     if args.stage0:
         stage0 = Path(args.stage0).resolve()
+    elif args.cont and (out / "stage0" / "stage0.json").exists():
+        stage0 = out / "stage0"
     else:
         from llavakit.train.stage0 import load_stage0_recipe, run_stage0
 
@@ -135,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     common = QUICK_TRAIN if args.quick else []
     t = time.perf_counter()
     pins = s0["vision"]["image_grid_pinpoints"]
-    s1 = run_stage(
+    s1 = finished(out / "stage1") if args.cont else None
+    s1 = s1 or run_stage(
         "tiny-synth-stage1.yaml",
         [
             f"model.decoder={stage0 / 'decoder'}",
@@ -152,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"stage 1: {len(s1)} steps, loss {s1[0]:.3f} -> {s1[-1]:.3f}")
 
     t = time.perf_counter()
-    s2 = run_stage(
+    s2 = finished(out / "stage2") if args.cont else None
+    s2 = s2 or run_stage(
         "tiny-synth-stage2.yaml",
         [
             f"model.init={out / 'stage1'}",
@@ -163,6 +183,26 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     times["stage2"] = time.perf_counter() - t
+    final = out / "stage2"
+    if args.more_instruct:  # a second stage-2 pass on fresh scenes (training seed 1), from the first pass
+        t = time.perf_counter()
+        if not (args.cont and (out / "data2" / "instruct.json").exists()):
+            from llavakit.data.synth import write_dataset
+
+            write_dataset(out / "data2", args.more_instruct, 1, "instruct", **{k: sides[k] for k in SIDE_KEYS})
+        final = out / "stage2b"
+        more = finished(final) if args.cont else None
+        s2 += more or run_stage(
+            "tiny-synth-stage2.yaml",
+            [
+                f"model.init={out / 'stage2'}",
+                f"data.path={out / 'data2' / 'instruct.json'}",
+                f"data.image_folder={out / 'data2'}",
+                f"train.output_dir={final}",
+                *common,
+            ],
+        )
+        times["stage2b"] = time.perf_counter() - t
     times["train_total"] = time.perf_counter() - start
     _log(f"stage 2: {len(s2)} steps, loss {s2[0]:.3f} -> {s2[-1]:.3f}; training took {times['train_total']:.0f}s")
 
@@ -171,17 +211,23 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": {k: round(v, 1) for k, v in times.items()},
         "stage1_loss": [s1[0], s1[-1]],
         "stage2_loss": [s2[0], s2[-1]],
-        "samples": {"captions": args.captions, "instruct": args.instruct, "eval_scenes": args.eval_scenes},
+        "samples": {
+            "captions": args.captions,
+            "instruct": args.instruct,
+            "more_instruct": args.more_instruct,
+            "eval_scenes": args.eval_scenes,
+        },
         "scene_long_side": [sides["min_side"], sides["max_side"]],
         "threads": torch.get_num_threads(),
+        "continued": args.cont,  # earlier phases came from a previous run in --out (their times are not here)
     }
     if args.eval_scenes:
         t = time.perf_counter()
-        summary["eval"] = evaluate(out / "stage2", out / "eval", out / "eval_run")
+        summary["eval"] = evaluate(final, out / "eval", out / f"eval_{final.name}", args.threads)
         summary["seconds"]["eval"] = round(time.perf_counter() - t, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.ship:
-        ship(out / "stage2", summary)
+        ship(final, summary)
     print(json.dumps(summary))
     return 0
 
