@@ -47,7 +47,7 @@ def test_resume_gives_the_same_losses(tmp_path):
     # "killed" after 3 steps; the last checkpoint is at step 2, so step 3 is run again after the resume
     r = tiny_recipe(
         tmp_path / "b",
-        "llava_next",
+        "llava",
         "train.max_steps=5",
         "train.save_every=1",
         "train.keep_last=2",
@@ -122,3 +122,11 @@ def test_logits_mask_computes_exactly_the_supervised_rows(tmp_path):
         torch.testing.assert_close(supervised_ce_sum(full, batch["labels"]) / n, ref)
     with pytest.raises(ValueError, match="labels or logits_mask"):
         model(**inputs, labels=batch["labels"], logits_mask=keep)
+
+
+def test_resume_with_another_stage_is_refused_clearly(tmp_path):
+    _run(tiny_recipe(tmp_path, "llava", "train.max_steps=3", "train.save_every=1", "train.stop_after=1"))
+    with pytest.raises(ValueError, match="does not fit this run's model or stage"):
+        _run(tiny_recipe(tmp_path, "llava", "train.max_steps=3", "stage.name=stage1", "train.resume=true"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        _run(tiny_recipe(tmp_path / "empty", "llava", "train.resume=true"))

@@ -83,7 +83,14 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         write_model(tmp, model_sd, _config(model), processor, lora)
-        state = {"optimizer": optim_sd, "scheduler": scheduler.state_dict(), "rng": rngs, "world": d.world, **counters}
+        state = {
+            "optimizer": optim_sd,
+            "scheduler": scheduler.state_dict(),
+            "rng": rngs,
+            "world": d.world,
+            "trainable": _trainable(optimizer),
+            **counters,
+        }
         torch.save(state, tmp / "trainer_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "world": d.world, **counters}, indent=2))
         if final.exists():
@@ -93,6 +100,11 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     barrier(d)
     return final
+
+
+def _trainable(optimizer: torch.optim.Optimizer) -> list[str]:
+    """``group name: parameter count`` per optimizer group: what a checkpoint's optimizer state belongs to."""
+    return [f"{g.get('name', i)}: {len(g['params'])}" for i, g in enumerate(optimizer.param_groups)]
 
 
 def _config(model: nn.Module):  # noqa: ANN202
@@ -119,6 +131,14 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and (same process count) RNG states; returns the counters."""
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    saved, now = state.get("trainable"), _trainable(optimizer)
+    if saved is not None and saved != now:
+        diff = sorted(set(saved) ^ set(now)) or ["(the same groups, other parameters)"]
+        raise ValueError(
+            f"checkpoint {path} does not fit this run's model or stage: it trained {', '.join(saved)}, this run "
+            f"trains {', '.join(now)} (differs in {', '.join(diff[:4])}); resume with the recipe that wrote it, "
+            "or start a new output_dir"
+        )
     if lora:
         from .lora import read_adapter
 
@@ -127,8 +147,14 @@ def load_checkpoint(
         from ..checkpoint.api import hf_tensors
 
         model_sd = dict(hf_tensors(path))
-    load_full_state(model, optimizer, model_sd, state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:
+        load_full_state(model, optimizer, model_sd, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"checkpoint {path} does not fit this run's model or stage ({type(e).__name__}: {e}); resume with the "
+            "recipe that wrote it, or start a new output_dir"
+        ) from e
     rngs = state["rng"]
     if len(rngs) == d.world:
         set_rng_state(rngs[d.rank])
