@@ -140,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub)  # llava serve
 
+    from .train.commands import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)  # llava train | merge-lora
+
     g = sub.add_parser("generate", help="answer one prompt about one or more images")
     _model_flags(g)
     g.add_argument("--image", action="append", default=[], help="image path (repeatable)")
