@@ -84,6 +84,8 @@ CASES = {
     "n = 2": (_req(n=2), 422, "n", "n"),
     "seed negative": (_req(seed=-1), 422, "seed", "seed"),
     "stop not a string": (_req(stop=5), 422, "stop", "stop"),
+    "too many stop strings": (_req(stop=["a", "b", "c", "d", "e"]), 422, "at most 4", "stop"),
+    "stop string too long": (_req(stop="z" * 300), 422, "256", "stop"),
     "unknown model": (_req(model="gpt-4o"), 404, "gpt-4o", "model"),
     "max_tokens over the server limit": (_req(max_tokens=MAX_TOKENS + 1), 400, f"limit of {MAX_TOKENS}", "max_tokens"),
     "max_completion_tokens over the limit": (

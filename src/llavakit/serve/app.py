@@ -147,7 +147,8 @@ def _field(loc: tuple | list) -> str:
     parts: list[str] = []
     for p in loc:
         p = str(p)
-        if p == "body" or "[" in p or p in ("str", "int", "float", "bool", "none") or (parts and parts[-1] == p):
+        branch = "[" in p or p in ("str", "int", "float", "bool", "none") or p.startswith(("constrained-", "function-"))
+        if p == "body" or branch or (parts and parts[-1] == p):
             continue
         parts.append(p)
     out = ""
