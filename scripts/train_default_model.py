@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage0", help="reuse this stage-0 directory instead of training one")
     ap.add_argument("--captions", type=int, default=640, help="stage 1 samples")
     ap.add_argument("--instruct", type=int, default=2000, help="stage 2 samples")
-    ap.add_argument("--more-instruct", type=int, default=6000, help="second stage-2 pass on new scenes (0: none)")
+    ap.add_argument("--more-instruct", type=int, default=2800, help="second stage-2 pass on new scenes (0: none)")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
     ap.add_argument("--ship", action="store_true", help="copy the result to src/llavakit/assets/default-model")
