@@ -112,8 +112,8 @@ def worker(impl: str, ckpt: Path, steps: int, bf16: bool) -> dict:
         "impl": impl,
         "tokens": int(b["attention_mask"].sum()),
         "warmup_s": times[0],
-        "step_s": statistics.median(times[1:]),
-        "samples_per_s": n / statistics.median(times[1:]),
+        "step_s": statistics.median(times[1:] or times),
+        "samples_per_s": n / statistics.median(times[1:] or times),
         "losses": losses,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
@@ -130,23 +130,29 @@ def _retie(ckpt: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--geometry", default="small", choices=["small", "tiny"])
-    ap.add_argument("--steps", type=int, default=2, help="measured steps after one warm-up step")
+    ap.add_argument("--steps", type=int, default=2, help="measured steps after one warm-up step (0: the warm-up only)")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast in both")
+    ap.add_argument("--image", action="append", help="HxW of a batch image (repeatable; default 480x640 640x400)")
+    ap.add_argument("--ckpt", help="reuse a checkpoint directory written by an earlier run (skips building one)")
     ap.add_argument("--worker", nargs=2, metavar=("IMPL", "CKPT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.image:
+        SIZES[:] = [tuple(int(x) for x in s.split("x")) for s in a.image]
     if a.worker:
         print(json.dumps(worker(a.worker[0], Path(a.worker[1]), a.steps, a.bf16)))
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "ckpt"
-        t = time.perf_counter()
-        build_checkpoint(ckpt, a.geometry)
-        _retie(ckpt)
-        print(f"built a random {a.geometry} checkpoint in {time.perf_counter() - t:.0f}s", flush=True)
+        ckpt = Path(a.ckpt) if a.ckpt else Path(tmp) / "ckpt"
+        if not a.ckpt:
+            t = time.perf_counter()
+            build_checkpoint(ckpt, a.geometry)
+            _retie(ckpt)
+            print(f"built a random {a.geometry} checkpoint in {time.perf_counter() - t:.0f}s", flush=True)
         for impl in ("hf", "ours"):
             cmd = [sys.executable, __file__, "--worker", impl, str(ckpt), "--steps", str(a.steps)]
             cmd += ["--bf16"] if a.bf16 else []
+            cmd += [f"--image={h}x{w}" for h, w in SIZES]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
