@@ -39,7 +39,7 @@ from llavakit.engine.linear import (  # noqa: E402
 )
 from llavakit.engine.quantize import Int4Linear, Int8Linear  # noqa: E402
 
-BANDWIDTH = 39.5e9  # measured memory read bandwidth on 2 threads (shared/reference/performance.md)
+BANDWIDTH = 39.5e9  # memory read bytes/s; main() replaces it by this machine's best of 3 reads of 512 MiB
 D, KV, FF, V, LAYERS = 896, 128, 4864, 151936, 24
 SHAPES = {"q/o": (D, D), "k/v": (D, KV), "gate/up": (D, FF), "down": (FF, D), "lm_head": (D, V)}
 FUSED = {"qkv fused": (D, D + 2 * KV), "gate+up fused": (D, 2 * FF)}
@@ -87,7 +87,8 @@ def row(shape: str, method: str, sec: float, best: float, nbytes: float) -> None
 
 def header(title: str, noise: float) -> None:
     print(f"\n### {title}  (other processes used {noise:.2f} CPU cores meanwhile)\n")
-    print("| shape | method | ms per call | GB/s | of 39.5 GB/s | best round GB/s |\n|---|---|---|---|---|---|")
+    print(f"| shape | method | ms per call | GB/s | of {BANDWIDTH / 1e9:.1f} GB/s | best round GB/s |")
+    print("|---|---|---|---|---|---|")
 
 
 def variants(compile_: bool) -> dict[str, tuple[Callable[[nn.Linear], Callable], float]]:
@@ -273,7 +274,17 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, fbgemm fp16: {fp16_decode_available()}")
+    global BANDWIDTH
+    x = torch.ones(2**27)  # 512 MiB
+    for _ in range(3):
+        t = time.perf_counter()
+        x.sum()
+        BANDWIDTH = max(BANDWIDTH if _ else 0.0, x.numel() * 4 / (time.perf_counter() - t))
+    del x
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, fbgemm fp16: {fp16_decode_available()}, "
+        f"memory read {BANDWIDTH / 1e9:.1f} GB/s"
+    )
     for name in args.sections.split(","):
         {"shapes": section_shapes, "stack": section_stack, "prefill": section_prefill}[name](args)
     if args.compile:

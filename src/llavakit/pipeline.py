@@ -210,8 +210,9 @@ def load(
     """Load a checkpoint and its processor into a ready pipeline (``quantize``: None, "int8" or "int4").
 
     ``optimize`` swaps in the fastest correct CPU Linears for this machine (``engine.linear.optimize_model``;
-    inference only): in bfloat16 the decoder decodes through fbgemm's fp16 matrix-vector kernel and long
-    prompts multiply in float32 where the CPU has no native bf16. float32 models are left as they are.
+    inference only): in bfloat16, long prompts and the vision tower multiply in float32 where the CPU has no
+    native bf16 GEMM, and where it has one the decoder decodes through fbgemm's fp16 matrix-vector kernel.
+    float32 models are left as they are.
     """
     from .checkpoint.api import load_model
     from .processing.processor import LlavaProcessor

@@ -43,7 +43,7 @@ def bf16_linear(k: int, n: int, seed: int = 0) -> torch.nn.Linear:
 
 def test_dense_linear_equals_the_float32_product():
     lin = bf16_linear(96, 80)
-    x = torch.randn(3, 40, 96).to(torch.bfloat16)
+    x = torch.randn(3, 40, 96).to(torch.bfloat16)  # 120 rows: the float32 path where bf16 is not native
     ref = x.float() @ lin.weight.float().T + lin.bias.float()
     out = DenseLinear(lin)(x)
     assert out.dtype == torch.bfloat16 and out.shape == (3, 40, 80)
@@ -88,7 +88,7 @@ def models():
     hf = hf_model("llava_next", "qwen2", seed=3).to(torch.bfloat16)
     plain = ours_from_hf(hf).to(torch.bfloat16)
     fast = copy.deepcopy(plain)
-    counts = optimize_model(fast, min_fp16_weight=0)  # tiny weights: take the fp16 decode path anyway
+    counts = optimize_model(fast, min_fp16_weight=0, fp16_decode=fp16_decode_available())  # force the fp16 path
     return hf, plain, fast, counts
 
 
@@ -108,7 +108,7 @@ def test_optimize_model_swaps_the_expected_layers(models):
     default = copy.deepcopy(tied)
     optimize_model(default)  # weights this small stay off fbgemm (parallel-region overhead > the product)
     assert not any(isinstance(m, BF16DecodeLinear) for m in default.modules())
-    optimize_model(tied, min_fp16_weight=0)
+    optimize_model(tied, min_fp16_weight=0, fp16_decode=fp16_decode_available())
     if fp16_decode_available():  # a tied head keeps sharing the embedding matrix (the lookup needs it)
         assert isinstance(tied.lm_head, BF16DecodeLinear)
         assert tied.lm_head.weight is tied.model.language_model.embed_tokens.weight

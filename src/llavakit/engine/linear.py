@@ -89,9 +89,15 @@ def native_bf16_gemm() -> bool:
     return packing_available(torch.bfloat16)
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype many-row products of ``dtype`` activations run in: float32 for bf16/fp16 without native bf16."""
-    if dtype in (torch.bfloat16, torch.float16) and not native_bf16_gemm():
+# Widening a weight to float32 costs about as much as ~40 rows of torch's bf16 GEMM on an AVX2 CPU (24 decoder
+# layers, 18 rows: bf16 F.linear 4.7-5.4 s, widened 10-11 s under load; 512 rows: widened 7x faster).
+FLOAT32_MIN_ROWS = 64
+
+
+def compute_dtype(dtype: torch.dtype, rows: int = FLOAT32_MIN_ROWS) -> torch.dtype:
+    """The dtype a product of ``rows`` ``dtype`` activations runs in: float32 for bf16/fp16 without native bf16
+    GEMMs once there are ``FLOAT32_MIN_ROWS`` rows or more; else ``dtype``."""
+    if dtype in (torch.bfloat16, torch.float16) and rows >= FLOAT32_MIN_ROWS and not native_bf16_gemm():
         return torch.float32
     return dtype
 
@@ -102,7 +108,7 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     Widening bf16 to float32 is exact, and the float32 product differs from torch's bf16 one only in summation
     order (both accumulate in float32) before the final bf16 rounding.
     """
-    ct = compute_dtype(x.dtype) if x.device.type == "cpu" else x.dtype
+    ct = compute_dtype(x.dtype, x.numel() // max(x.shape[-1], 1)) if x.device.type == "cpu" else x.dtype
     out = F.linear(x.to(ct), weight.to(ct), None if bias is None else bias.to(ct))
     return out.to(x.dtype)
 
@@ -170,7 +176,7 @@ class BF16DecodeLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (M, K)
         if x2.shape[0] > self.decode_rows or x.device.type != "cpu":
-            return dense_linear(x, self.full_weight(compute_dtype(x.dtype)), self.bias)
+            return dense_linear(x, self.full_weight(compute_dtype(x.dtype, x2.shape[0])), self.bias)
         if torch.compiler.is_compiling():
             out = _fp16_linear(x2.float(), self.handle, self.out_features)
         else:  # the same kernel without the custom-op dispatch
@@ -259,16 +265,24 @@ def is_many_rows_only(name: str) -> bool:
     return "vision_tower" in name or "multi_modal_projector" in name
 
 
-def optimize_model(model: nn.Module, *, min_fp16_weight: int = MIN_FP16_WEIGHT) -> dict[str, int]:
+def optimize_model(
+    model: nn.Module, *, min_fp16_weight: int = MIN_FP16_WEIGHT, fp16_decode: bool | None = None
+) -> dict[str, int]:
     """The fastest correct CPU inference Linears for a Llava model (in place); returns counts per module kind.
 
-    bf16/fp16: decoder and LM head -> ``BF16DecodeLinear`` (fbgemm fp16 matrix-vector kernel for decode);
+    bf16/fp16: decoder and LM head -> ``BF16DecodeLinear`` (fbgemm fp16 matrix-vector kernel for decode) where
+    bf16 GEMMs are native (``fp16_decode``: None = that rule; on a loaded 2-core AVX2 VM it decoded no faster
+    than bf16 ``F.linear`` end to end and its prefill had to unpack the fp16 weight);
     vision tower and projector -> ``PackedLinear`` where oneDNN packs bf16, else ``DenseLinear`` (float32
     compute where bf16 GEMMs are not native). Any layer still an ``nn.Linear`` after that (no fbgemm) gets the
     same treatment as the vision tower. float32: unchanged (packing measured no faster). Quantized layers
     (``Int8Linear``, ``Int4Linear``) are left alone: they pick their own kernels.
     """
-    counts = {"BF16DecodeLinear": optimize_for_decode(model, skip=is_many_rows_only, min_weight=min_fp16_weight)}
+    if fp16_decode is None:  # on AVX2 (no native bf16) it measured no faster end to end, and prefill unpacks
+        fp16_decode = native_bf16_gemm()
+    counts = {"BF16DecodeLinear": 0}
+    if fp16_decode:
+        counts["BF16DecodeLinear"] = optimize_for_decode(model, skip=is_many_rows_only, min_weight=min_fp16_weight)
     counts["PackedLinear"] = pack_linears(model, dtypes=(torch.bfloat16,))
     counts["DenseLinear"] = _dense(model)
     return {k: v for k, v in counts.items() if v}

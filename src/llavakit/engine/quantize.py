@@ -76,7 +76,7 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (M, K)
         if x2.shape[0] >= INT8_KERNEL_ROWS or x.device.type != "cpu":
-            return dense_linear(x, self.dequantize(compute_dtype(x.dtype)), self.bias)
+            return dense_linear(x, self.dequantize(compute_dtype(x.dtype, x2.shape[0])), self.bias)
         out = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale.to(x.dtype))  # (M, N)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
@@ -185,7 +185,7 @@ class Int4Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (M, K)
         if x2.shape[0] >= INT4_KERNEL_ROWS or x.device.type != "cpu":
-            return dense_linear(x, self.dequantize(compute_dtype(x.dtype)), self.bias)
+            return dense_linear(x, self.dequantize(compute_dtype(x.dtype, x2.shape[0])), self.bias)
         sz = self.scales_zeros.to(x.dtype)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self.packed, self.group_size, sz)
         if self.bias is not None:
