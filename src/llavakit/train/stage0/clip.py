@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from ...model.vision import VisionTower
 from ...processing.anyres import select_best_resolution
 from ...processing.image import CLIP_MEAN, CLIP_STD, ImageConfig, expand_to_square, normalize, rescale
 from ...processing.tokenizer import Tokenizer
+from .steps import run_steps
 
 
 class TextEncoder(nn.Module):
@@ -146,13 +146,6 @@ def _encode(tokenizer: Tokenizer, texts: list[str], max_len: int) -> tuple[torch
     return ids, mask  # (N, T)
 
 
-def cosine_lr(step: int, steps: int, warmup: int, lr: float) -> float:
-    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine to 0 at ``steps``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
 def train_clip(
     views: torch.Tensor,
     texts: list[str],
@@ -172,27 +165,14 @@ def train_clip(
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     n, bs = len(views), min(cfg.batch_size, len(views))
-    losses: list[float] = []
-    start = time.perf_counter()
-    model.train()
-    for step in range(cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
+
+    def step_loss() -> torch.Tensor:
         idx = torch.randperm(n, generator=gen)[:bs]
         ids_b, mask_b = ids[idx], mask[idx]
         keep = mask_b.any(0)
-        loss = model.loss(views[idx], ids_b[:, keep], mask_b[:, keep])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 25 == 0 or step == cfg.steps - 1:
-            log(f"clip step {step}/{cfg.steps} loss {loss.item():.3f} ({time.perf_counter() - start:.0f}s)")
-        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-            log(f"clip: time budget of {cfg.max_seconds:.0f}s spent after {step + 1} steps")
-            break
-    return model.eval(), losses
+        return model.loss(views[idx], ids_b[:, keep], mask_b[:, keep])
+
+    return model, run_steps(model, opt, cfg, step_loss, "clip", log)
 
 
 def save_vision_tower(tower: VisionTower, out: str | Path) -> Path:

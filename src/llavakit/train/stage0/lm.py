@@ -9,7 +9,6 @@ and its config.json carries ``image_token_index`` so that a recipe's ``decoder:`
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from ...config import TextConfig
 from ...model.text import CausalLM
 from ...processing.tokenizer import Tokenizer
-from .clip import cosine_lr
+from .steps import run_steps
 
 
 @dataclass
@@ -65,26 +64,12 @@ def train_lm(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=cfg.lr
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    losses: list[float] = []
-    start = time.perf_counter()
-    model.train()
-    for step in range(cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
+    def step_loss() -> torch.Tensor:
         batch = rows[torch.randint(len(rows), (min(cfg.batch_size, len(rows)),), generator=gen)]  # (B, T)
         logits = model(batch[:, :-1])  # (B, T-1, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 25 == 0 or step == cfg.steps - 1:
-            log(f"lm step {step}/{cfg.steps} loss {loss.item():.3f} ({time.perf_counter() - start:.0f}s)")
-        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
-            log(f"lm: time budget of {cfg.max_seconds:.0f}s spent after {step + 1} steps")
-            break
-    return model.eval(), losses
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+    return model, run_steps(model, opt, cfg, step_loss, "lm", log)
 
 
 def save_decoder(model: CausalLM, tokenizer: Tokenizer, out: str | Path) -> Path:
