@@ -64,6 +64,7 @@ def train_lm(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=cfg.lr
     )
     gen = torch.Generator().manual_seed(cfg.seed)
+
     def step_loss() -> torch.Tensor:
         batch = rows[torch.randint(len(rows), (min(cfg.batch_size, len(rows)),), generator=gen)]  # (B, T)
         logits = model(batch[:, :-1])  # (B, T-1, V)
