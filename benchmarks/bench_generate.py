@@ -65,6 +65,9 @@ def build_checkpoint(out: Path, geom: str) -> None:
     with torch.device("meta"):
         model = LlavaNextForConditionalGeneration(cfg)
     model = model.to_empty(device="cpu")
+    model.tie_weights()  # to_empty gives the LM head its own storage: tie it again, as the config says
+    if model.lm_head.weight is not model.model.language_model.embed_tokens.weight:
+        raise RuntimeError("the benchmark model's LM head is not tied to its embeddings although the config says so")
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0)
