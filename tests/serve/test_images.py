@@ -145,7 +145,8 @@ def test_data_urls_and_checks() -> None:
     limits = ImageLimits()
     assert decode_data_url(data_url(PNG), limits, "x") == PNG
     assert decode_data_url(data_url(PNG, "image/jpeg"), limits, "x") == PNG  # the bytes decide the format
-    assert load_request_image(data_url(PNG), limits, "x") == (PNG, (10, 20))
+    img = load_request_image(data_url(PNG), limits, "x")
+    assert (img.mode, img.size, img.info) == ("RGB", (20, 10), {})
     gif = image_bytes(7, 5, fmt="GIF")
     webp = image_bytes(7, 5, fmt="WEBP")
     assert check_image(gif, limits, "x") == (5, 7) and check_image(webp, limits, "x") == (5, 7)
@@ -154,3 +155,44 @@ def test_data_urls_and_checks() -> None:
     assert e.value.status == 413
     with pytest.raises(ImageError, match="over the limit"):
         decode_data_url(data_url(PNG), ImageLimits(max_bytes=10), "x")
+
+
+def _tricky_images() -> dict[str, bytes]:
+    """Images whose RGB conversion differs between files and PIL images in transformers' rules."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    out = {}
+    rgba = Image.fromarray(rng.integers(0, 256, (30, 50, 4), dtype=np.uint8), "RGBA")
+    pal = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)).convert("P")
+    rotated = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    for name, im, fmt, kw in [
+        ("rgba.png", rgba, "PNG", {}),
+        ("palette-transparent.png", pal, "PNG", {"transparency": 3}),
+        ("gray.png", rotated.convert("L"), "PNG", {}),
+        ("exif-rotated.jpg", rotated, "JPEG", {"exif": exif.tobytes()}),
+        ("la.webp", rotated.convert("LA"), "WEBP", {"lossless": True}),
+    ]:
+        buf = io.BytesIO()
+        im.save(buf, fmt, **kw)
+        out[name] = buf.getvalue()
+    return out
+
+
+def test_decoded_once_gives_the_pixels_of_the_file(pipe) -> None:  # noqa: ANN001
+    """The server hands the processor decoded images; they must give exactly the pixels of the bytes (generate)."""
+    import torch
+
+    limits = ImageLimits()
+    for name, data in _tricky_images().items():
+        img = load_request_image(data_url(data), limits, name)
+        from_bytes = pipe.processor(text="<image>hi", images=[data])
+        from_image = pipe.processor(text="<image>hi", images=[img])
+        assert torch.equal(from_bytes["pixel_values"], from_image["pixel_values"]), name
+        assert torch.equal(from_bytes["input_ids"], from_image["input_ids"]), name
+    assert check_image(_tricky_images()["exif-rotated.jpg"], limits, "x") == (50, 30)  # upright: h, w swapped

@@ -60,6 +60,7 @@ class Job:
     stop: list[str]
     deadline: float  # time.monotonic() by which the last token must be out
     emit: Callable[[Event], None]  # thread-safe
+    stream: bool = True  # False: the text comes in one ("delta", text) right before ("done", ...)
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.monotonic)
     completion_tokens: int = 0
@@ -360,6 +361,7 @@ class _Row:
         self.done = False
         self.seen: torch.Tensor | None = None  # (1, V) tokens seen, for the repetition penalty
         self.generator: torch.Generator | None = None
+        self.held: list[str] = []  # the text so far of a job that does not stream
 
     def start(self, vocab: int, device: torch.device) -> None:
         """Sampling state as the engine's decode loop sets it up for one request."""
@@ -375,10 +377,16 @@ class _Row:
         if self.job.first_token_at is None:
             self.job.first_token_at = now
 
-    def push(self, t: int) -> None:
-        delta = self.stops.push(self.decoder.push(t))
-        if delta:
+    def _out(self, delta: str) -> None:
+        if not delta:
+            return
+        if self.job.stream:
             self.job.emit(("delta", delta))
+        else:
+            self.held.append(delta)
+
+    def push(self, t: int) -> None:
+        self._out(self.stops.push(self.decoder.push(t)))
         if self.stops.stopped:
             self.finish("stop")
         elif self.job.completion_tokens >= self.job.max_new_tokens:
@@ -386,8 +394,8 @@ class _Row:
 
     def finish(self, reason: str) -> None:
         if not self.stops.stopped:
-            tail = self.stops.push(self.decoder.flush()) + self.stops.flush()
-            if tail:
-                self.job.emit(("delta", tail))
+            self._out(self.stops.push(self.decoder.flush()) + self.stops.flush())
+        if self.held:
+            self.job.emit(("delta", "".join(self.held)))
         self.job.emit(("done", reason))
         self.done = True

@@ -61,7 +61,8 @@ def serve(
     import uvicorn
 
     from ..pipeline import load
-    from .app import ServeConfig, create_app
+    from .app import create_app
+    from .config import ServeConfig
     from .images import ImageLimits
 
     for name, v in [

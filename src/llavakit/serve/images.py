@@ -22,6 +22,8 @@ from urllib.parse import urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
+from ..processing.image import load_image
+
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 MIME_TYPES = set(FORMATS.values()) | {"image/jpg"}
 
@@ -61,8 +63,13 @@ def decode_data_url(url: str, limits: ImageLimits, what: str) -> bytes:
         raise ImageError(f"{what}: data: URL is not valid base64 ({e})") from None
 
 
-def check_image(data: bytes, limits: ImageLimits, what: str) -> tuple[int, int]:
-    """Decode ``data`` fully (truncation shows only then); return its (height, width)."""
+def open_image(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
+    """Check ``data`` (format, bytes, pixels from the header) and decode it as ``llava generate`` reads a file.
+
+    The result is the RGB image the processor would make of these bytes (``load_image``: EXIF orientation
+    applied, ``convert("RGB")``), stripped of its metadata so that the processor, given this PIL image, changes
+    nothing more: the pixels equal those of ``llava generate`` on the same file, and the image is decoded once.
+    """
     if not data:
         raise ImageError(f"{what}: empty image (no bytes)")
     if len(data) > limits.max_bytes:
@@ -81,16 +88,25 @@ def check_image(data: bytes, limits: ImageLimits, what: str) -> tuple[int, int]:
                     f"{what}: {w}x{h} = {w * h} pixels is over the limit of {limits.max_pixels} pixels; downscale it",
                     413,
                 )
-            img.load()
+            rgb = load_image(data, max_pixels=limits.max_pixels, name=what)  # decodes fully: truncation shows here
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
         raise ImageError(f"{what}: {e}", 413) from None
     except UnidentifiedImageError:
         raise ImageError(f"{what}: cannot decode image: not a PNG, JPEG, WebP or GIF file (or corrupt)") from None
+    except ValueError as e:  # load_image's own message: "image <what>: cannot decode image: ..."
+        raise ImageError(str(e).removeprefix("image ")) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds on hostile input; all mean "cannot decode"
         raise ImageError(f"{what}: cannot decode image ({type(e).__name__}: {e})") from None
-    return h, w
+    rgb.info = {}  # no EXIF orientation or transparency left for the processor to apply a second time
+    return rgb
+
+
+def check_image(data: bytes, limits: ImageLimits, what: str) -> tuple[int, int]:
+    """(height, width) of the image as the model sees it (EXIF orientation applied), after ``open_image``."""
+    img = open_image(data, limits, what)
+    return img.height, img.width
 
 
 def is_public(ip: str) -> bool:
@@ -182,17 +198,20 @@ def fetch_image(
     raise ImageError(f"{what}: more than {limits.max_redirects} redirects")
 
 
-def load_request_image(url: str, limits: ImageLimits, what: str) -> tuple[bytes, tuple[int, int]]:
-    """The bytes of one ``image_url`` part, checked (format, bytes, pixels, decodable), and its (height, width)."""
+def request_image_bytes(url: str, limits: ImageLimits, what: str) -> bytes:
+    """The encoded bytes of one ``image_url`` part: a ``data:`` URL decoded, or (opt-in) an http(s) URL fetched."""
     if url.startswith("data:"):
-        data = decode_data_url(url, limits, what)
-    elif url.startswith(("http://", "https://")):
+        return decode_data_url(url, limits, what)
+    if url.startswith(("http://", "https://")):
         if not limits.allow_remote:
             raise ImageError(
                 f"{what}: remote image URLs are disabled; send a data: URL "
                 "(or start the server with --allow-remote-images)"
             )
-        data = fetch_image(url, limits, what)
-    else:
-        raise ImageError(f"{what}: image_url.url must be a data: URL (or http(s) with --allow-remote-images)")
-    return data, check_image(data, limits, what)
+        return fetch_image(url, limits, what)
+    raise ImageError(f"{what}: image_url.url must be a data: URL (or http(s) with --allow-remote-images)")
+
+
+def load_request_image(url: str, limits: ImageLimits, what: str) -> Image.Image:
+    """One ``image_url`` part as the checked, decoded RGB image (see ``open_image``)."""
+    return open_image(request_image_bytes(url, limits, what), limits, what)

@@ -1,30 +1,30 @@
 """From a validated chat request to model inputs: images checked, prompt rendered, token budget checked.
 
-Runs in the handlers' thread pool (image decoding and preprocessing in parallel with the model worker). Every
-problem becomes an ``ApiError`` with its HTTP status and the request field it concerns.
+Runs in a worker thread of the handlers (image decoding and preprocessing in parallel with the model worker;
+PIL and numpy release the GIL for most of it). Every problem becomes an ``ApiError`` with its HTTP status and
+the request field it concerns. Each image is decoded once (``images.open_image``) and handed to the processor
+as the RGB image it would have made of the file.
 """
 
 from __future__ import annotations
 
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 
 from ..processing.anyres import num_image_tokens
-from .images import ImageError, load_request_image
+from .errors import ApiError
+from .images import ImageError, open_image, request_image_bytes
 from .schemas import ChatCompletionRequest
 
 if TYPE_CHECKING:
-    from .app import ServeConfig
+    from .config import ServeConfig
 
-
-class ApiError(Exception):
-    def __init__(
-        self, message: str, status: int = 400, param: str | None = None, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.param, self.headers = status, param, headers
+__all__ = ["ApiError", "Prepared", "prepare"]
 
 
 @dataclass
@@ -36,16 +36,14 @@ class Prepared:
     max_new_tokens: int
 
 
-def _messages(
-    body: ChatCompletionRequest, config: ServeConfig
-) -> tuple[list[dict[str, Any]], list[bytes], list[tuple[int, int]]]:
-    """Messages in the processor's form, the image bytes in order and their (height, width)."""
+def _messages(body: ChatCompletionRequest, config: ServeConfig) -> tuple[list[dict[str, Any]], list[tuple[str, bytes]]]:
+    """Messages in the processor's form and the encoded bytes of their images in order, with their field."""
     n_images = sum(1 for m in body.messages if isinstance(m.content, list) for p in m.content if p.type == "image_url")
     if n_images > config.images.max_images:
         raise ApiError(
             f"{n_images} images in the request; this server takes at most {config.images.max_images}", 400, "messages"
         )
-    msgs, images, sizes = [], [], []
+    msgs, images = [], []
     for i, m in enumerate(body.messages):
         role = "system" if m.role == "developer" else m.role
         if not isinstance(m.content, list):
@@ -58,26 +56,54 @@ def _messages(
                 continue
             where = f"messages[{i}].content[{j}].image_url"
             try:
-                data, size = load_request_image(part.image_url.url, config.images, where)
+                images.append((where, request_image_bytes(part.image_url.url, config.images, where)))
             except ImageError as e:
                 raise ApiError(str(e), e.status, where) from None
-            images.append(data)
-            sizes.append(size)
             parts.append({"type": "image"})
         msgs.append({"role": role, "content": parts})
-    return msgs, images, sizes
+    return msgs, images
 
 
-def prepare(body: ChatCompletionRequest, pipe: Any, config: ServeConfig) -> Prepared:
+def _open(images: list[tuple[str, bytes]], config: ServeConfig) -> list[Image.Image]:
+    out = []
+    for where, data in images:
+        try:
+            out.append(open_image(data, config.images, where))
+        except ImageError as e:
+            raise ApiError(str(e), e.status, where) from None
+    return out
+
+
+def prepare(
+    body: ChatCompletionRequest, pipe: Any, config: ServeConfig, slots: threading.Semaphore | None = None
+) -> Prepared:
+    """The model inputs of ``body``; the pixel work (decoding, preprocessing) holds one of ``slots``.
+
+    Remote images are fetched before taking a slot, so a slow host does not hold up other requests' pixels.
+    """
     model_cfg = pipe.model.config
     context = model_cfg.text.max_position_embeddings if model_cfg.text.rope_scaling is None else None
     asked = body.requested_tokens()
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     if asked is not None and config.max_tokens is not None and asked > config.max_tokens:
         raise ApiError(f"{field} {asked} is over this server's limit of {config.max_tokens}", 400, field)
-    msgs, images, sizes = _messages(body, config)
+    msgs, encoded = _messages(body, config)
+    with slots if slots is not None else nullcontext():
+        return _prepare(msgs, _open(encoded, config), pipe, config, asked, field, context)
+
+
+def _prepare(
+    msgs: list[dict[str, Any]],
+    images: list[Image.Image],
+    pipe: Any,
+    config: ServeConfig,
+    asked: int | None,
+    field: str,
+    context: int | None,
+) -> Prepared:
+    sizes = [(im.height, im.width) for im in images]
     proc = pipe.processor
-    # cheap check before any pixel work: the images alone may already overflow the context
+    # check before preprocessing: the images alone may already overflow the context
     multi = proc.family == "llava_onevision" and len(sizes) > 1
     image_tokens = sum(num_image_tokens(h, w, proc.geometry, multi_image=multi) for h, w in sizes)
     if context is not None and image_tokens + (asked or 1) > context:

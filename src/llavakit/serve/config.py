@@ -1,0 +1,21 @@
+"""The server's settings (``llava serve`` flags), shared by the app, the handlers and request preparation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .images import ImageLimits
+
+
+@dataclass
+class ServeConfig:
+    model_name: str = "llava"
+    api_key: str | None = None  # required as 'Authorization: Bearer KEY' on /v1/* (see guard.py)
+    max_batch_size: int = 8
+    max_concurrency: int = 64  # requests in flight (preparing + queued + running); more -> 429
+    timeout: float = 300.0  # seconds per request, queueing included
+    max_tokens: int | None = None  # largest max_tokens a request may ask for (None: the context)
+    default_max_tokens: int = 256
+    max_body_bytes: int = 64 * 1024 * 1024
+    prepare_threads: int = 2  # requests whose images are decoded / preprocessed at the same time
+    images: ImageLimits = field(default_factory=ImageLimits)

@@ -1,0 +1,103 @@
+"""Errors in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` and the app's exception handlers.
+
+Whatever a client sends ends in a 4xx naming the field (``ApiError`` from the handlers, pydantic's validation
+errors, malformed JSON); a 500 is only ever a bug of ours, logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("llavakit.serve")
+
+ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 504: "timeout"}
+
+
+class ApiError(Exception):
+    """A request the server refuses: its HTTP status, the request field concerned and extra response headers."""
+
+    def __init__(
+        self, message: str, status: int = 400, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.param, self.headers = status, param, headers
+
+
+def error_body(status: int, message: str, *, param: str | None = None, kind: str | None = None) -> dict:
+    kind = kind or ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    kind: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param=param, kind=kind), status_code=status, headers=headers)
+
+
+def field_path(loc: tuple | list) -> str:
+    """A pydantic error location as a request path: ('body', 'messages', 0, 'content') -> 'messages[0].content'.
+
+    Union branch names ('str', 'list[...]') are dropped and a tagged union's tag ('image_url' before the field
+    of the same name) is folded into the field.
+    """
+    parts: list[str] = []
+    for p in loc:
+        p = str(p)
+        branch = "[" in p or p in ("str", "int", "float", "bool", "none") or p.startswith(("constrained-", "function-"))
+        if p == "body" or branch or (parts and parts[-1] == p):
+            continue
+        parts.append(p)
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str]:
+    """(message, param): the deepest problems first (the branch that got furthest names the real problem)."""
+    seen, items = set(), []
+    for e in sorted(errors, key=lambda e: -len(e.get("loc", ()))):
+        field = field_path(e.get("loc", ()))
+        if (field, e.get("msg")) not in seen:
+            seen.add((field, e.get("msg")))
+            items.append((field, e.get("msg", "invalid")))
+    if not items:
+        return "invalid request", "body"
+    return "invalid request: " + "; ".join(f"{f}: {m}" for f, m in items[:4]), items[0][0]
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every exception a handler can raise answered in OpenAI's error shape."""
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        for e in errors:
+            if e.get("type") == "json_invalid":
+                ctx = e.get("ctx", {}).get("error", "")
+                return error_response(400, f"malformed JSON body: {ctx} (at position {e['loc'][-1]})", param="body")
+        message, param = validation_message(list(errors))
+        return error_response(422, message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, str(exc), param=exc.param, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}")
