@@ -4,12 +4,16 @@
     python benchmarks/bench_generate.py --geometry tiny       # 2 layers, hidden 64: per-token overhead
     python benchmarks/bench_generate.py --text-only --prompt-tokens 256 --dtypes bfloat16,int8,int4
     python benchmarks/bench_generate.py --quality-only --dtypes int8,int4
+    python benchmarks/bench_generate.py --geometry tiny --dtypes float32 --compile   # + a torch.compile'd row
 
 Each (implementation, dtype) runs in its own subprocess so peak RSS is its own; weights are read into ordinary
 memory (no mmap) before timing. llavakit runs as ``llavakit.load`` sets it up (``optimize_model``, quantized
 decoder for int8/int4). Prints one table: preprocessing, vision, time to first token, decode tok/s, peak RSS,
 the batch-of-4 throughput; the machine's limits (memory read bandwidth, GEMM GFLOP/s) with our fraction of
 them; and the quality of int8/int4 against the unquantized bf16 model (greedy agreement, logit error).
+
+``--compile`` adds the row "ours+compile": llavakit with its decode step compiled (``llavakit.load(...,
+compile=True)``); compilation happens in a warm-up before timing and is reported as ``compile_s``.
 
 ``--text-only`` replaces the image by a text prompt of ``--prompt-tokens`` tokens (and the batch by four
 short text prompts): the decode side of the comparison in minutes where bf16 image prefill is slow (CPUs
@@ -142,6 +146,11 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
             quantize_model(model.model.language_model, dtype)
         res["swapped"] = optimize_model(model)
         proc = LlavaProcessor.from_pretrained(ckpt)
+        step = {}
+        if impl == "ours+compile":
+            from llavakit.engine.compile import compile_decode_step
+
+            step = {"step": compile_decode_step()}
 
         def prep(images, texts):
             return proc(text=texts, images=images, padding_side="left")
@@ -154,9 +163,16 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
             t0, st = time.perf_counter(), []
             for _ in stream_tokens(model, inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                    max_new_tokens=n, eos_token_id=[], pixel_values=inputs.get("pixel_values"),
-                                   image_sizes=inputs.get("image_sizes")):
+                                   image_sizes=inputs.get("image_sizes"), **step):
                 st.append(time.perf_counter())
             return t0, st
+
+        if step:  # compile before timing: one graph for batch size 1, one for batches (dynamic shapes)
+            t = time.perf_counter()
+            gen(prep(None, [text_prompt(8)]), 3)
+            if batch:
+                gen(prep(None, [text_prompt(n, salt=n) for n in (9, 12, 8, 10)]), 3)
+            res["compile_s"] = time.perf_counter() - t
 
     text_only = prompt_tokens > 0
     t = time.perf_counter()
@@ -183,6 +199,7 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
         res["batch4_ttft_s"] = st[0] - t0
         res["batch4_decode_tok_s"] = 4 * (len(st) - 1) / (st[-1] - st[0])
     res["peak_rss_gib"] = peak_rss_gib()
+    res["load1"] = os.getloadavg()[0]  # the 1-minute load average when this row finished (a shared machine)
     return res
 
 
@@ -312,6 +329,7 @@ def main() -> None:
     ap.add_argument("--text-only", action="store_true", help="a text prompt instead of the image (see above)")
     ap.add_argument("--prompt-tokens", type=int, default=256, help="--text-only: prompt length")
     ap.add_argument("--impls", default="hf,ours")
+    ap.add_argument("--compile", action="store_true", help="also run ours with the decode step torch.compile'd")
     ap.add_argument("--quality-tokens", type=int, default=32, help="0: skip the int8/int4 quality section")
     ap.add_argument("--quality-only", action="store_true")
     ap.add_argument("--worker", nargs=5, metavar=("IMPL", "CKPT", "DTYPE", "NEW", "PROMPT"), help=argparse.SUPPRESS)
@@ -328,7 +346,8 @@ def main() -> None:
     limits = machine_limits()
     print(
         f"machine: memory read {limits['read_GBps']:.1f} GB/s, GEMM float32 {limits['float32_gemm_GFLOPs']:.0f} / "
-        f"bfloat16 {limits['bfloat16_gemm_GFLOPs']:.0f} GFLOP/s (2 threads, best of 3)",
+        f"bfloat16 {limits['bfloat16_gemm_GFLOPs']:.0f} GFLOP/s (2 threads, best of 3); load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
         flush=True,
     )
     dtypes = a.dtypes.split(",")
@@ -343,7 +362,7 @@ def main() -> None:
             quality = run_worker(["--quality-worker", str(ckpt), ",".join(modes), str(a.quality_tokens)])
             print(json.dumps(quality), flush=True)
         for dtype in [] if a.quality_only else dtypes:
-            for impl in a.impls.split(","):
+            for impl in a.impls.split(",") + (["ours+compile"] if a.compile else []):
                 if impl == "hf" and dtype in ("int8", "int4"):
                     continue
                 prompt = a.prompt_tokens if a.text_only else 0
@@ -357,17 +376,18 @@ def main() -> None:
 
 def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict | None) -> None:
     nan = float("nan")
-    print("\n| impl | dtype | prompt tok | preprocess s | vision s | TTFT s | decode tok/s | batch4 tok/s | RSS GiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| impl | dtype | prompt tok | preprocess s | vision s | TTFT s | decode tok/s | batch4 tok/s | RSS GiB "
+          "| load 1m |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['impl']} | {r['dtype']} | {r['prompt_tokens']} | {r['preprocess_s']:.2f} | {r['vision_s']:.2f} | "
               f"{r['ttft_s']:.2f} | {r['decode_tok_s']:.1f} | {r.get('batch4_decode_tok_s', nan):.1f} | "
-              f"{r['peak_rss_gib']:.2f} |")
+              f"{r['peak_rss_gib']:.2f} | {r.get('load1', nan):.1f} |")
     by = {(r["impl"], r["dtype"]): r for r in rows}
-    for dtype in ("float32", "bfloat16"):
-        if ("hf", dtype) in by and ("ours", dtype) in by:
-            h, o = by[("hf", dtype)], by[("ours", dtype)]
-            print(f"{dtype}: decode {o['decode_tok_s'] / h['decode_tok_s']:.2f}x transformers, "
+    for dtype, impl in [(d, i) for d in ("float32", "bfloat16") for i in ("ours", "ours+compile")]:
+        if ("hf", dtype) in by and (impl, dtype) in by:
+            h, o = by[("hf", dtype)], by[(impl, dtype)]
+            print(f"{impl} {dtype}: decode {o['decode_tok_s'] / h['decode_tok_s']:.2f}x transformers, "
                   f"TTFT {o['ttft_s'] / h['ttft_s']:.2f}x, RSS {o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x, "
                   f"batch4 {o.get('batch4_decode_tok_s', nan) / o['decode_tok_s']:.2f}x our single "
                   f"(transformers {h.get('batch4_decode_tok_s', nan) / h['decode_tok_s']:.2f}x)")

@@ -46,25 +46,38 @@ def cmd_data_check(
     return data_check_command(data, image_folder, template, model_or_processor, max_length, workers)
 
 
-def cmd_generate(model: str | None, images: list[str], prompt: str, dtype: str, quantize: str | None, **s: Any) -> int:
+def cmd_generate(
+    model: str | None, images: list[str], prompt: str, dtype: str, quantize: str | None, compile: bool = False, **s: Any
+) -> int:
     from .commands import generate, open_pipeline
 
-    generate(open_pipeline(model, dtype, quantize), prompt, images, **s)
+    generate(open_pipeline(model, dtype, quantize, compile), prompt, images, **s)
     return 0
 
 
-def cmd_chat(model: str | None, images: list[str], dtype: str, quantize: str | None, **s: Any) -> int:
+def cmd_chat(
+    model: str | None, images: list[str], dtype: str, quantize: str | None, compile: bool = False, **s: Any
+) -> int:
     from .commands import chat, open_pipeline
 
-    return chat(open_pipeline(model, dtype, quantize), images, sys.stdin, **s)
+    return chat(open_pipeline(model, dtype, quantize, compile), images, sys.stdin, **s)
 
 
 def cmd_caption(
-    model: str | None, pattern: str, out: str, prompt: str, batch_size: int, dtype: str, quantize: str | None, **s: Any
+    model: str | None,
+    pattern: str,
+    out: str,
+    prompt: str,
+    batch_size: int,
+    dtype: str,
+    quantize: str | None,
+    compile: bool = False,
+    **s: Any,
 ) -> int:
     from .commands import caption, open_pipeline
 
-    counts = caption(open_pipeline(model, dtype, quantize), pattern, out, prompt=prompt, batch_size=batch_size, **s)
+    pipe = open_pipeline(model, dtype, quantize, compile)
+    counts = caption(pipe, pattern, out, prompt=prompt, batch_size=batch_size, **s)
     print(json.dumps(counts))
     return 1 if counts["failed"] else 0
 
@@ -73,6 +86,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory or hub id (default: the bundled model)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the decoder")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first answer)")
 
 
 def _sampling_flags(p: argparse.ArgumentParser, max_new: int = 256) -> None:
@@ -149,13 +163,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--image", action="append", default=[], help="image path (repeatable)")
     g.add_argument("--prompt", required=True)
     _sampling_flags(g)
-    g.set_defaults(func=lambda a: cmd_generate(a.model, a.image, a.prompt, a.dtype, a.quantize, **_sampling(a)))
+    g.set_defaults(
+        func=lambda a: cmd_generate(a.model, a.image, a.prompt, a.dtype, a.quantize, a.compile, **_sampling(a))
+    )
 
     ch = sub.add_parser("chat", help="interactive multi-turn chat (/image PATH, /reset, /exit)")
     _model_flags(ch)
     ch.add_argument("--image", action="append", default=[], help="image for the first message (repeatable)")
     _sampling_flags(ch)
-    ch.set_defaults(func=lambda a: cmd_chat(a.model, a.image, a.dtype, a.quantize, **_sampling(a)))
+    ch.set_defaults(func=lambda a: cmd_chat(a.model, a.image, a.dtype, a.quantize, a.compile, **_sampling(a)))
 
     cp = sub.add_parser("caption", help="batch inference over many images to JSONL (resumable)")
     _model_flags(cp)
@@ -166,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     _sampling_flags(cp, max_new=64)
     cp.set_defaults(
         func=lambda a: cmd_caption(
-            a.model, a.images, a.out, a.prompt, a.batch_size, a.dtype, a.quantize, **_sampling(a)
+            a.model, a.images, a.out, a.prompt, a.batch_size, a.dtype, a.quantize, a.compile, **_sampling(a)
         )
     )
     return p

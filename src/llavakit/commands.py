@@ -26,8 +26,10 @@ def default_model() -> str:
     return str(path)
 
 
-def open_pipeline(model: str | None, dtype: str = "float32", quantize: str | None = None) -> Pipeline:
-    return load(model or default_model(), dtype=dtype, quantize=quantize)
+def open_pipeline(
+    model: str | None, dtype: str = "float32", quantize: str | None = None, compile: bool = False
+) -> Pipeline:
+    return load(model or default_model(), dtype=dtype, quantize=quantize, compile=compile)
 
 
 def _user_message(text: str, images: list[str]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .engine.generate import eos_ids
+from .engine.generate import StepFn, decode_step, eos_ids
 from .engine.sampling import SamplingParams
 from .engine.session import ChatSession
 from .engine.text import StopMatcher
@@ -84,10 +84,11 @@ def _image_source(part: dict[str, Any]) -> Any:
 class Pipeline:
     """A model + its processor, answering messages. One conversation cache is kept for follow-up turns."""
 
-    def __init__(self, model, processor) -> None:  # noqa: ANN001
+    def __init__(self, model, processor, *, step: StepFn = decode_step) -> None:  # noqa: ANN001
         self.model = model
         self.processor = processor
-        self.session = ChatSession(model)
+        self.step = step  # the one-token decode step: decode_step, or compiled by load(..., compile=True)
+        self.session = ChatSession(model, step=step)
 
     def _inputs(self, messages: Messages) -> tuple[dict[str, torch.Tensor], int]:
         msgs, images = split_messages(messages)
@@ -167,15 +168,16 @@ class Pipeline:
         b = len(prompts)
         out: list[list[int]] = [[] for _ in range(b)]
         finished = [False] * b
-        for step in stream_tokens(
+        for toks in stream_tokens(
             self.model,
             inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
             max_new_tokens=max_new_tokens,
             params=params,
+            step=self.step,
             **vision,
         ):
-            for r, t in enumerate(step.tolist()):
+            for r, t in enumerate(toks.tolist()):
                 if t >= 0 and not finished[r]:
                     out[r].append(t)
                 elif t < 0:
@@ -206,13 +208,17 @@ def load(
     device: str = "cpu",
     quantize: str | None = None,
     optimize: bool = True,
+    compile: bool = False,
 ) -> Pipeline:
     """Load a checkpoint and its processor into a ready pipeline (``quantize``: None, "int8" or "int4").
 
     ``optimize`` swaps in the fastest correct CPU Linears for this machine (``engine.linear.optimize_model``;
     inference only): in bfloat16, long prompts and the vision tower multiply in float32 where the CPU has no
     native bf16 GEMM, and where it has one the decoder decodes through fbgemm's fp16 matrix-vector kernel.
-    float32 models are left as they are.
+    float32 models keep their Linears; their LM head weight is stored transposed (faster one-token products).
+
+    ``compile`` runs the one-token decode step through ``torch.compile`` (``engine.compile``): the first answer
+    waits for the compilation (tens of seconds on a CPU), later ones reuse it. Needs a C++ compiler.
     """
     from .checkpoint.api import load_model
     from .processing.processor import LlavaProcessor
@@ -226,4 +232,9 @@ def load(
         from .engine.linear import optimize_model
 
         optimize_model(model)
-    return Pipeline(model, LlavaProcessor.from_pretrained(path_or_id))
+    step = decode_step
+    if compile:
+        from .engine.compile import compile_decode_step
+
+        step = compile_decode_step()
+    return Pipeline(model, LlavaProcessor.from_pretrained(path_or_id), step=step)

@@ -6,7 +6,7 @@ and yields token ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,6 +37,21 @@ def check_context(model: LlavaModel, prompt_tokens: int, max_new_tokens: int) ->
         )
 
 
+def decode_step(
+    model: LlavaModel, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """One decode step: feed ``tokens`` (B,) at ``positions`` (B, 1) after what ``cache`` holds -> (B, V) logits.
+
+    mask (B, cache.length + 1) marks real slots, or None when no row is padded. Shapes depend only on the batch
+    size and the cache length, so ``torch.compile`` takes it whole (see ``engine.compile``).
+    """
+    embeds = model.model.language_model.embed_tokens(tokens[:, None])  # (B, 1, D)
+    return model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache).logits[:, -1]
+
+
+StepFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, KVCache, "torch.Tensor | None"], torch.Tensor]
+
+
 @torch.no_grad()
 def decode(
     model: LlavaModel,
@@ -49,12 +64,14 @@ def decode(
     eos: list[int],
     slot_mask: torch.Tensor | None = None,
     prompt_ids: torch.Tensor | None = None,
+    step: StepFn = decode_step,
 ) -> Iterator[torch.Tensor]:
     """Prefill ``embeds`` (B, T, D) after what ``cache`` holds, then decode; yield (B,) ids per step.
 
     positions (B, T) are the RoPE positions of the new slots. slot_mask (B, >= cache.length + T + max_new_tokens)
     marks real slots (left padding = 0) or is None when no row is padded. A row that has finished (EOS) yields -1.
-    The token yielded last is never fed back, so afterwards ``cache.length`` == slots fed.
+    The token yielded last is never fed back, so afterwards ``cache.length`` == slots fed. ``step`` runs each
+    one-token step (``decode_step`` or its compiled form).
     """
     b, t, _ = embeds.shape
     device = embeds.device
@@ -74,24 +91,21 @@ def decode(
         seen = torch.zeros(b, logits.shape[-1], dtype=torch.bool, device=device)
         seen.scatter_(1, prompt_ids.to(device).clamp(0, logits.shape[-1] - 1), True)
     done = torch.zeros(b, dtype=torch.bool, device=device)
-    embed_tokens = model.model.language_model.embed_tokens
-    for step in range(max_new_tokens):
+    for i in range(max_new_tokens):
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-        tok = sample(logits, params, gen).masked_fill(done, -1)  # (B,)
-        yield tok
-        if eos_t.numel():
+        tok = sample(logits, params, gen)  # (B,)
+        if eos:  # without EOS ids no row ever finishes: no bookkeeping, no host sync per token
+            tok = tok.masked_fill(done, -1)
             done |= torch.isin(tok, eos_t)
-        if step == max_new_tokens - 1 or bool(done.all()):
+        yield tok
+        if i == max_new_tokens - 1 or (eos and bool(done.all())):
             return
+        if eos:
+            tok = tok.clamp_min(0)
         if seen is not None:
-            seen.scatter_(1, tok.clamp_min(0)[:, None], True)
-        logits = model(
-            inputs_embeds=embed_tokens(tok.clamp_min(0)[:, None]),
-            attention_mask=None if slot_mask is None else slot_mask[:, : cache.length + 1],
-            position_ids=next_pos,
-            cache=cache,
-        ).logits[:, -1]
+            seen.scatter_(1, tok[:, None], True)
+        logits = step(model, tok, next_pos, cache, None if slot_mask is None else slot_mask[:, : cache.length + 1])
         next_pos = next_pos + 1
 
 
@@ -104,12 +118,13 @@ def stream_tokens(
     max_new_tokens: int = 32,
     params: SamplingParams | None = None,
     eos_token_id: int | list[int] | None = None,
+    step: StepFn = decode_step,
     **vision_inputs: torch.Tensor | None,
 ) -> Iterator[torch.Tensor]:
     """Yield (B,) next-token ids step by step for a (left-padded) batch; finished rows yield -1.
 
     input_ids (B, T) carry expanded image tokens; left padding is marked by ``attention_mask`` (B, T). Every row
-    gets its own positions (padding does not shift them) and stops on its own EOS.
+    gets its own positions (padding does not shift them) and stops on its own EOS. ``step``: see ``decode``.
     """
     b, t = input_ids.shape
     check_context(model, t, max_new_tokens)
@@ -133,6 +148,7 @@ def stream_tokens(
         eos=eos_ids(model, eos_token_id),
         slot_mask=slot_mask,
         prompt_ids=input_ids,
+        step=step,
     )
 
 

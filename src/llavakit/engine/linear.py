@@ -265,6 +265,26 @@ def is_many_rows_only(name: str) -> bool:
     return "vision_tower" in name or "multi_modal_projector" in name
 
 
+def transpose_head(model: nn.Module) -> int:
+    """Keep a float32 CPU LM head's (V, D) weight in column-major memory (a (D, V) matrix read transposed); 1 if done.
+
+    One decode token multiplies it by a single row: with the (D, V) layout that product streams the matrix as D
+    rows of V (``x @ W^T`` without a transpose), which MKL ran 2-2.6x faster on a 2-core AVX2 VM than V dot
+    products of length D (151936 x 64: 9.2 -> 3.6 ms; 151936 x 896: 80 -> 41 ms, under load). The parameter
+    keeps its shape, values and state-dict key; a tied embedding shares the same memory (a lookup reads a
+    strided row: 2363 prompt tokens x 896 took 37 ms instead of 12). Logits move by summation order only.
+    Briefly holds two copies of the matrix (the peak RSS grows by its size once).
+    """
+    head = getattr(model, "lm_head", None)
+    if type(head) is not nn.Linear:
+        return 0
+    w = head.weight
+    if w.device.type != "cpu" or w.dtype != torch.float32 or w.dim() != 2 or w.stride(0) == 1:
+        return 0
+    w.data = w.data.t().contiguous().t()  # same (V, D) tensor, strides (1, V)
+    return 1
+
+
 def optimize_model(
     model: nn.Module, *, min_fp16_weight: int = MIN_FP16_WEIGHT, fp16_decode: bool | None = None
 ) -> dict[str, int]:
@@ -275,8 +295,9 @@ def optimize_model(
     than bf16 ``F.linear`` end to end and its prefill had to unpack the fp16 weight);
     vision tower and projector -> ``PackedLinear`` where oneDNN packs bf16, else ``DenseLinear`` (float32
     compute where bf16 GEMMs are not native). Any layer still an ``nn.Linear`` after that (no fbgemm) gets the
-    same treatment as the vision tower. float32: unchanged (packing measured no faster). Quantized layers
-    (``Int8Linear``, ``Int4Linear``) are left alone: they pick their own kernels.
+    same treatment as the vision tower. float32: Linears unchanged (packing measured no faster), the LM head's
+    weight stored transposed (``transpose_head``). Quantized layers (``Int8Linear``, ``Int4Linear``) are left
+    alone: they pick their own kernels.
     """
     if fp16_decode is None:  # on AVX2 (no native bf16) it measured no faster end to end, and prefill unpacks
         fp16_decode = native_bf16_gemm()
@@ -285,6 +306,7 @@ def optimize_model(
         counts["BF16DecodeLinear"] = optimize_for_decode(model, skip=is_many_rows_only, min_weight=min_fp16_weight)
     counts["PackedLinear"] = pack_linears(model, dtypes=(torch.bfloat16,))
     counts["DenseLinear"] = _dense(model)
+    counts["transposed_head"] = transpose_head(model)
     return {k: v for k, v in counts.items() if v}
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .generate import check_context, decode, eos_ids
+from .generate import StepFn, check_context, decode, decode_step, eos_ids
 from .kv_cache import KVCache
 from .sampling import SamplingParams
 
@@ -41,9 +41,10 @@ def image_runs(ids: list[int], token: int) -> list[tuple[int, int]]:
 class ChatSession:
     """One conversation (batch size 1) on a model; ``stats`` tells what the last turn reused."""
 
-    def __init__(self, model: LlavaModel, *, reserve: int = 256) -> None:
+    def __init__(self, model: LlavaModel, *, reserve: int = 256, step: StepFn = decode_step) -> None:
         self.model = model
         self.reserve = reserve
+        self.step = step  # the one-token decode step (engine.generate.decode_step or its compiled form)
         self.cache: KVCache | None = None
         self.ids: list[int] = []  # tokens whose keys/values the cache holds, slot by slot
         self.images: list[tuple[str, int]] = []  # (fingerprint, token count) of the images inside self.ids
@@ -119,6 +120,7 @@ class ChatSession:
                 params=params or SamplingParams(),
                 eos=eos_ids(model, eos_token_id),
                 prompt_ids=input_ids,
+                step=self.step,
             ):
                 fed.append(int(tok[0]))
                 yield fed[-1]

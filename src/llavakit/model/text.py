@@ -42,7 +42,7 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,  # (B, T, D)
         cos: torch.Tensor,
-        sin: torch.Tensor,  # (B, 1, T, d)
+        sin: torch.Tensor,  # (B, 1, T, d), sin signed as Rotary returns it
         mask: torch.Tensor | None,  # (B, 1, T, S) bool, True = may attend; None = plain causal
         cache: KVCache | None,
         layer: int,
@@ -103,6 +103,11 @@ def attention_mask_for(
     row gets finite (unused) outputs instead of NaN.
     """
     s = past + t
+    if t == 1 and attention_mask is not None and (window is None or s <= window):
+        # one new token (decode) sees every real slot and its own: the mask as given, without reading it on the
+        # host (SDPA with an all-True mask gives the same bits as without one)
+        own = torch.ones_like(attention_mask[:, :1], dtype=torch.bool)
+        return torch.cat([attention_mask[:, : s - 1].bool(), own], dim=1)[:, None, None]
     plain = attention_mask is None or bool(attention_mask.all())
     if plain and (window is None or s <= window) and (past == 0 or t == 1):
         return None
@@ -141,7 +146,8 @@ class TextModel(nn.Module):
         if attention_mask is not None and attention_mask.shape[-1] < past + t:
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} slots, expected {past + t}")
         mask = attention_mask_for(attention_mask, t, past, self.config.sliding_window, inputs_embeds.device)
-        cos, sin = self.rotary(position_ids, inputs_embeds.dtype)
+        # every position is below the cache's slot count (left padding only lowers positions): no need to read them
+        cos, sin = self.rotary(position_ids, inputs_embeds.dtype, cache.max_len if cache is not None else None)
         x = inputs_embeds
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, i)

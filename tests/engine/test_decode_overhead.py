@@ -1,0 +1,63 @@
+"""What removed per-token work must not change: the RoPE table equals a direct computation bit for bit, the
+transposed float32 LM head keeps the weights and the tokens, the one-token mask equals the general one."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from llavakit.config import TextConfig
+from llavakit.engine.generate import stream_tokens
+from llavakit.engine.linear import optimize_model, transpose_head
+from llavakit.model.rope import Rotary, apply_rotary, inv_freq
+from llavakit.model.text import attention_mask_for
+from tiny_models import hf_model, ours_from_hf
+
+
+def _direct(config: TextConfig, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-call computation the table replaced: angles, cos, sin (unsigned)."""
+    angles = pos[..., None].float() * inv_freq(config, 0, pos.device)
+    emb = torch.cat([angles, angles], dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_table_equals_direct_computation_bit_for_bit(dtype):
+    config = TextConfig(head_dim=32, hidden_size=64, num_attention_heads=2, rope_theta=1e6)
+    rot = Rotary(config)
+    x = torch.randn(2, 3, 5, 32).to(dtype)
+    for high in (50, 3000):  # the second call grows the table past its first 1024 rows
+        pos = torch.randint(0, high, (2, 5))
+        cos, sin = rot(pos, dtype)
+        ref_cos, ref_sin = _direct(config, pos, dtype)
+        assert torch.equal(cos, ref_cos)
+        assert torch.equal(sin[..., 16:], ref_sin[..., 16:]) and torch.equal(sin[..., :16], -ref_sin[..., :16])
+        rotated = torch.cat([-x[..., 16:], x[..., :16]], dim=-1)  # the rotation as written before
+        assert torch.equal(apply_rotary(x, cos, sin), x * ref_cos + rotated * ref_sin)
+    assert rot.table(1, pos.device, dtype)[0].shape[0] == 4096
+    with pytest.raises(IndexError):  # a bound that is too low is an error, never a wrong angle
+        rot(torch.tensor([[5000]]), dtype, limit=10)
+
+
+def test_one_token_mask_equals_the_general_mask():
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])  # row 2: its own (last) slot marked 0
+    fast = attention_mask_for(mask, 1, 5, None, mask.device)
+    general = attention_mask_for(mask, 2, 4, None, mask.device)[:, :, -1:]  # same last query, general path
+    assert fast.shape == (2, 1, 1, 6) and torch.equal(fast, general)
+
+
+def test_transposed_head_keeps_weights_and_greedy_tokens():
+    model = ours_from_hf(hf_model("llava", "qwen2", seed=2, tie_word_embeddings=True))
+    fast = copy.deepcopy(model)
+    assert optimize_model(fast) == {"transposed_head": 1}
+    assert transpose_head(fast) == 0  # already done
+    w = fast.lm_head.weight
+    assert w.stride() == (1, w.shape[0]) and w is fast.model.language_model.embed_tokens.weight
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fast.state_dict().values()))
+    ids = torch.tensor([[1, 9, 44, 7, 63, 20, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    kw = dict(max_new_tokens=10, eos_token_id=[])
+    assert [int(t) for t in stream_tokens(fast, ids, **kw)] == [int(t) for t in stream_tokens(model, ids, **kw)]
