@@ -167,11 +167,12 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
                 st.append(time.perf_counter())
             return t0, st
 
-        if step:  # compile before timing: one graph for batch size 1, one for batches (dynamic shapes)
+        if step:  # compile before timing: graphs for batch size 1 and for batches with and without padding
             t = time.perf_counter()
             gen(prep(None, [text_prompt(8)]), 3)
             if batch:
                 gen(prep(None, [text_prompt(n, salt=n) for n in (9, 12, 8, 10)]), 3)
+                gen(prep(None, [text_prompt(9, salt=n) for n in range(4)]), 3)
             res["compile_s"] = time.perf_counter() - t
 
     text_only = prompt_tokens > 0

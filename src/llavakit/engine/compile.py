@@ -3,9 +3,9 @@
 Only ``engine.generate.decode_step`` is compiled (prefill, vision and sampling stay eager): one graph per batch
 size for embedding lookup -> decoder layers -> final norm -> LM head. Its shapes change with one number only,
 the cache length. It is compiled with dynamic shapes (the cache length, prompt length and batch size are
-symbols; dynamo specializes batch size 1), so a graph is built once for single requests and once for batches,
-then every later token and request reuses it instead of recompiling per token. The model code is unchanged:
-no branches for compile.
+symbols; dynamo specializes batch size 1), so a graph is built once for single requests and once each for
+batches with and without left padding (a slot mask or none), then every later token and request reuses it
+instead of recompiling per token. The model code is unchanged: no branches for compile.
 
 On a CPU, inductor writes C++ and needs a C++ compiler (``$CXX`` or g++); ``inductor_unavailable`` says why
 not when it cannot run.
