@@ -3,6 +3,7 @@ Retry-After; a client that disconnects stops its generation; a request past its 
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -107,6 +108,14 @@ def test_full_queue_429_and_disconnect_cancels(pipe) -> None:  # noqa: ANN001
         assert _metric(url, "llava_completion_tokens_total") - before < long
 
 
+def _wait_idle(url: str, seconds: float = 10) -> None:
+    """Until the worker has no row left (the ended request's generation stopped)."""
+    end = time.monotonic() + seconds
+    while httpx.get(f"{url}/health", timeout=10).json()["running"] and time.monotonic() < end:
+        time.sleep(0.05)
+    assert httpx.get(f"{url}/health", timeout=10).json()["running"] == 0
+
+
 def test_timeout_ends_the_request(pipe) -> None:  # noqa: ANN001
     app = _endless(create_app(pipe, ServeConfig(model_name="m", timeout=0.5)))
     with app_server(app) as url:
@@ -114,8 +123,23 @@ def test_timeout_ends_the_request(pipe) -> None:  # noqa: ANN001
         body = {"model": "m", "messages": [user("Tell me everything")], "max_tokens": 3500, "temperature": 0}
         r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 504 and "ran out of time" in r.json()["error"]["message"]
+        assert r.json()["error"]["type"] == "timeout"
         assert time.monotonic() - t0 < 10
         assert _metric(url, "llava_timeout_requests_total") == 1
+        _wait_idle(url)  # generation cancelled, not run on to max_tokens
+        assert _metric(url, "llava_completion_tokens_total") < 3500
+        # streaming: the headers are out already, so the timeout comes as an error event that ends the stream
+        t0 = time.monotonic()
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=60) as resp:
+            assert resp.status_code == 200
+            events = [line[len("data: ") :] for line in resp.iter_lines() if line.startswith("data: ")]
+        assert time.monotonic() - t0 < 10
+        err = json.loads(events[-1])["error"]
+        assert err["code"] == "504" and err["type"] == "timeout" and "ran out of time" in err["message"], err
+        assert "[DONE]" not in events
+        assert _metric(url, "llava_timeout_requests_total") == 2
+        _wait_idle(url)
+        assert _metric(url, "llava_completion_tokens_total") < 2 * 3500
         body["max_tokens"] = 2
         assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
 
@@ -141,7 +165,9 @@ def test_auth(server: Server) -> None:
         assert r.json()["error"]["type"] == "authentication_error"
     assert httpx.get(f"{server.url}/v1/models", timeout=10).status_code == 401
     assert httpx.post(url, content=b"{", timeout=10).status_code == 401  # refused before the body is parsed
-    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    # open without the key: the chat page (it asks for the key), health and metrics (probes, scrapers), the docs
+    for path in ("/", "/health", "/metrics", "/openapi.json"):
+        assert httpx.get(f"{server.url}{path}", timeout=10).status_code == 200, path
     assert httpx.post(url, json=body, headers=server.headers, timeout=30).status_code == 200
     import openai
 
