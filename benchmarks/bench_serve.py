@@ -4,9 +4,10 @@
     python benchmarks/bench_serve.py --geometry tiny          # CLIP-336 tiles + a 2-layer Qwen2-shaped decoder
     python benchmarks/bench_serve.py --geometry small --requests 16   # CLIP-L/336 + Qwen2-0.5B shape (slow on CPU)
 
-Starts ``llava serve`` in a subprocess (2 torch threads), sends chat completions with one image from N client
-threads (greedy, the same request every time, so every level does the same work), and prints one row per
-concurrency level. The target with batching: throughput at 16 clients >= 3x the throughput at 1 client.
+Starts ``llava serve`` in a subprocess (``--threads`` torch threads, 2 by default), sends chat completions with
+one image from N client threads (greedy, the same request every time, so every level does the same work), and
+prints one row per concurrency level. The target with batching: throughput at 16 clients >= 3x the throughput at
+1 client.
 
 Beside each level: the server's CPU time per request (user + system, all its threads; on a machine shared with
 other jobs it moves less than wall time) and the load average. ``--repeat R`` runs the levels R times in turn
@@ -58,7 +59,7 @@ def image_url(h: int, w: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def start_server(path: str, port: int, batch: int, log: Path) -> subprocess.Popen:
+def start_server(path: str, port: int, batch: int, log: Path, threads: int = 2) -> subprocess.Popen:
     import httpx
 
     cmd = [
@@ -78,8 +79,10 @@ def start_server(path: str, port: int, batch: int, log: Path) -> subprocess.Pope
         "256",
         "--timeout",
         "3600",
+        "--threads",
+        str(threads),
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     end = time.monotonic() + 600
     while time.monotonic() < end:
@@ -174,6 +177,7 @@ def main() -> None:
     ap.add_argument("--image-size", default="336x336", help="HxW of the image in every request; 0 = text only")
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--port", type=int, default=18431)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the server's model worker")
     ap.add_argument("--repeat", type=int, default=1, help="run the levels this many times, keep each level's best")
     a = ap.parse_args()
 
@@ -190,7 +194,7 @@ def main() -> None:
         "max_tokens": a.max_tokens,
         "temperature": 0,
     }
-    proc = start_server(path, a.port, a.max_batch_size, work / "server.log")
+    proc = start_server(path, a.port, a.max_batch_size, work / "server.log", a.threads)
     url = f"http://127.0.0.1:{a.port}"
     try:
         import httpx
@@ -199,7 +203,7 @@ def main() -> None:
         print(
             f"model: {what}\nprompt: {warm['usage']['prompt_tokens']} tokens "
             f"({warm['usage']['prompt_tokens_details']['image_tokens']} image tokens), up to {a.max_tokens} new "
-            f"tokens, greedy; server: --max-batch-size {a.max_batch_size}, 2 torch threads; "
+            f"tokens, greedy; server: --max-batch-size {a.max_batch_size}, {a.threads} torch threads; "
             f"machine: {os.cpu_count()} CPUs\n",
             flush=True,
         )

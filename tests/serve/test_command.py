@@ -17,6 +17,7 @@ from llavakit.serve.command import resolve_model
         (["--timeout", "0"], "--timeout must be > 0"),
         (["--max-tokens", "0"], "--max-tokens must be >= 1"),
         (["--max-image-pixels", "-5"], "--max-image-pixels"),
+        (["--threads", "0"], "--threads must be >= 1"),
     ],
 )
 def test_bad_flags(tiny_model: Path, flags: list[str], text: str, capsys: pytest.CaptureFixture) -> None:

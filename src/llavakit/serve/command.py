@@ -56,6 +56,7 @@ def serve(
     served_name: str | None = None,
     dtype: str = "float32",
     quantize: str | None = None,
+    threads: int | None = None,
 ) -> int:
     _require_extra()
     import uvicorn
@@ -78,6 +79,12 @@ def serve(
         raise ValueError(f"--timeout must be > 0 seconds, got {timeout}")
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {max_tokens}")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     api_key = api_key or os.environ.get("LLAVA_API_KEY") or None
     path, name = resolve_model(model)
     pipe = load(path, dtype=dtype, quantize=quantize)
@@ -123,6 +130,7 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
     s.add_argument("--served-model-name", help="the model id clients send (default: the model directory's name)")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the decoder")
+    s.add_argument("--threads", type=int, help="torch threads of the model worker (default: torch's, one per core)")
     s.set_defaults(
         func=lambda a: serve(
             a.model,
@@ -140,5 +148,6 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
             served_name=a.served_model_name,
             dtype=a.dtype,
             quantize=a.quantize,
+            threads=a.threads,
         )
     )
