@@ -42,10 +42,10 @@ GOLDEN = {
     "<|end_header_id|>\n\n",
 }
 ANSWER = {
-    "vicuna_v1": "A cat.</s>",
-    "llava_v1": "A cat.</s>",
-    "llava_1_5_hf": "A cat.</s>",
-    "mistral_instruct": "A cat.</s>",
+    "vicuna_v1": " A cat.</s>",
+    "llava_v1": " A cat.</s>",
+    "llava_1_5_hf": " A cat.</s>",
+    "mistral_instruct": " A cat.</s>",
     "chatml_direct": "A cat.<|im_end|>",
     "qwen_1_5": "A cat.<|im_end|>\n",
     "llama3": "A cat.<|eot_id|>",
@@ -60,6 +60,8 @@ def test_golden_strings_and_answer_spans(name):
     # a single question: the generation prompt ends the text
     single = render(MSGS[:1], name)
     assert GOLDEN[name].startswith(single) and "<image>\nWhat is it?" in single
+    # the answer span starts exactly where the generation prompt ends: training supervises what inference generates
+    assert text[: spans[0][0]] == single
 
 
 def test_every_template_has_a_golden():
@@ -83,8 +85,8 @@ def test_spans_cover_exactly_the_answers_in_long_chats():
     for name in GOLDEN:
         text, spans = render_with_spans(msgs, name, add_generation_prompt=True)
         got = [text[a:b] for a, b in spans]
-        suffix = ANSWER[name][len("A cat.") :]
-        assert got == ["Left is red." + suffix, "Blue." + suffix], name
+        lead, suffix = ANSWER[name].split("A cat.")
+        assert got == [lead + "Left is red." + suffix, lead + "Blue." + suffix], name
         assert text.endswith(suffix)  # the last message is an answer: no generation prompt
         assert text.count("<image>\n") == 2
         assert [a for a, _ in spans] == sorted(a for a, _ in spans) and spans[0][1] <= spans[1][0]

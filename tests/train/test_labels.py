@@ -33,14 +33,14 @@ def golden(template: str, n_img: int) -> list[tuple[str, bool]]:
     if template in ("vicuna_v1", "llava_v1", "llava_1_5_hf"):
         sys = {"vicuna_v1": VICUNA + " ", "llava_v1": LLAVA_V1 + " ", "llava_1_5_hf": ""}[template]
         return [
-            (f"{sys}USER: {im}\n{Q1} ASSISTANT: ", False),
-            (f"{A1}</s>", True),
-            (f"USER: {Q2} ASSISTANT: ", False),
-            (f"{A2}</s>", True),
+            (f"{sys}USER: {im}\n{Q1} ASSISTANT:", False),  # the generation prompt; the model writes the rest
+            (f" {A1}</s>", True),
+            (f"USER: {Q2} ASSISTANT:", False),
+            (f" {A2}</s>", True),
         ]
     if template == "mistral_instruct":
-        return [(f"[INST] {im}\n{Q1} [/INST] ", False), (f"{A1}</s>", True), (f"[INST] {Q2} [/INST] ", False),
-                (f"{A2}</s>", True)]  # fmt: skip
+        return [(f"[INST] {im}\n{Q1} [/INST]", False), (f" {A1}</s>", True), (f"[INST] {Q2} [/INST]", False),
+                (f" {A2}</s>", True)]  # fmt: skip
     if template == "chatml_direct":
         return [
             (f"<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n{im}\n{Q1}<|im_end|>", False),
@@ -95,7 +95,8 @@ def test_golden_label_masks_for_every_template(template, tmp_path):
     assert item["labels"].tolist() == want
     supervised = proc.tokenizer.decode([t for t in item["labels"].tolist() if t != IGNORE_INDEX])
     end = {"chatml_direct": "<|im_end|>", "qwen_1_5": "<|im_end|>\n", "llama3": "<|eot_id|>"}.get(template, "</s>")
-    assert supervised == f"{A1}{end}{A2}{end}"
+    sep = " " if template in ("vicuna_v1", "llava_v1", "llava_1_5_hf", "mistral_instruct") else ""
+    assert supervised == f"{sep}{A1}{end}{sep}{A2}{end}"
 
 
 def test_plain_template_supervises_the_caption_only(tmp_path):
@@ -263,7 +264,7 @@ def test_truncation_never_cuts_image_tokens(tmp_path):
     end_a1 = full.input_ids.index(proc.tokenizer.eos_token_id) + 1
     cut = encode_sample(msgs, proc, "llava_1_5_hf", [(30, 30)], max_length=end_a1 + 3, sample_id="t")
     assert cut.truncated and cut.input_ids == full.input_ids[: end_a1 + 3]
-    assert proc.tokenizer.decode([t for t in cut.labels if t >= 0]) == f"{A1}</s>"
+    assert proc.tokenizer.decode([t for t in cut.labels if t >= 0]) == f" {A1}</s>"
     # cut after the image but before any answer token: nothing supervised is left -> dropped
     with pytest.raises(SampleError, match="no answer token is left") as e:
         encode_sample(msgs, proc, "llava_1_5_hf", [(30, 30)], max_length=first_image + 18, sample_id="t")

@@ -180,7 +180,10 @@ def render_with_spans(
         elif role == "assistant":
             answer = message_text(msg.get("content"))[0]
             out += tpl.answer_prefix
-            start = len(out)
+            # The answer starts where the generation prompt ends: "ASSISTANT:" is the prompt, " 4</s>" is what the
+            # model must write, space included (a tokenizer without a "Ġ4" token gives "Ġ" + "4"; leaving that
+            # "Ġ" out of the labels teaches the model never to start an answer with it).
+            start = len(out) - (len(tpl.answer_prefix) - len(tpl.answer_prefix.rstrip(" ")))
             out += (answer.strip() if tpl.strip else answer) + tpl.answer_suffix
             spans.append((start, len(out)))
         else:
