@@ -48,11 +48,12 @@ def test_openapi_fuzz_finds_no_server_error(pipe, tmp_path: Path) -> None:  # no
         assert "passed" in out.stdout
         # and it still answers
         body = {"model": "tiny-llava", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-        r = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth, timeout=60)
         assert r.status_code == 200, r.text
         statuses = {
             line.split('"')[1]
-            for line in httpx.get(f"{url}/metrics").text.splitlines()
+            for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines()
             if line.startswith("llava_requests_total{")
         }
         assert statuses and not any(s.startswith("5") for s in statuses), statuses
