@@ -171,8 +171,8 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
             t = time.perf_counter()
             gen(prep(None, [text_prompt(8)]), 3)
             if batch:
-                gen(prep(None, [text_prompt(n, salt=n) for n in (9, 12, 8, 10)]), 3)
-                gen(prep(None, [text_prompt(9, salt=n) for n in range(4)]), 3)
+                gen(prep(None, [text_prompt(n, salt=n) for n in (20, 14, 26, 17)]), 3)  # left padding: a slot mask
+                gen(prep(None, [text_prompt(9)] * 4), 3)  # no padding: no slot mask
             res["compile_s"] = time.perf_counter() - t
 
     text_only = prompt_tokens > 0
