@@ -50,13 +50,17 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+EASY_MAX_SHAPES = 3  # the first stage-2 pass: scenes of 1-3 shapes (a curriculum), then the full 1-8
+TURNS = 7  # question/answer turns per conversation, up to: one image encoding serves several answers
+
+
 def make_data(out: Path, n_caption: int, n_instruct: int, n_eval: int, min_side: int, max_side: int) -> None:
-    """Stage 1 captions and stage 2 conversations (training seed 0), held-out eval questions (EVAL_SEED_BASE)."""
+    """Stage 1 captions (seed 0), the first stage-2 pass on easy scenes (seed 2), held-out eval questions."""
     from llavakit.data.synth import EVAL_SEED_BASE, write_dataset
 
     sides = {"min_side": min_side, "max_side": max_side}
     write_dataset(out / "data", n_caption, 0, "caption", **sides)
-    write_dataset(out / "data", n_instruct, 0, "instruct", **sides)  # same seed: the caption images are a prefix
+    write_dataset(out / "data_easy", n_instruct, 2, "instruct", **sides, max_turns=TURNS, max_shapes=EASY_MAX_SHAPES)
     write_dataset(out / "eval", n_eval, EVAL_SEED_BASE, "eval", **sides)
 
 
@@ -111,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--family", default="llava_next", choices=["llava_next", "llava"], help="AnyRes or pad")
     ap.add_argument("--stage0", help="reuse this stage-0 directory instead of training one")
     ap.add_argument("--captions", type=int, default=640, help="stage 1 samples")
-    ap.add_argument("--instruct", type=int, default=2000, help="stage 2 samples")
-    ap.add_argument("--more-instruct", type=int, default=2800, help="second stage-2 pass on new scenes (0: none)")
+    ap.add_argument("--instruct", type=int, default=4000, help="stage 2 conversations, first pass (1-3 shapes)")
+    ap.add_argument("--more-instruct", type=int, default=12000, help="second stage-2 pass, all scenes (0: none)")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
     ap.add_argument("--ship", action="store_true", help="copy the result to src/llavakit/assets/default-model")
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
 
     t = time.perf_counter()
-    if not (args.cont and (out / "data" / "instruct.json").exists()):
+    if not (args.cont and (out / "data_easy" / "instruct.json").exists()):
         make_data(out, args.captions, args.instruct, args.eval_scenes, sides["min_side"], sides["max_side"])
     times["data"] = time.perf_counter() - t
     _log(f"data: {args.captions} captions, {args.instruct} conversations, {args.eval_scenes} eval scenes")
@@ -176,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         "tiny-synth-stage2.yaml",
         [
             f"model.init={out / 'stage1'}",
-            f"data.path={out / 'data' / 'instruct.json'}",
-            f"data.image_folder={out / 'data'}",
+            f"data.path={out / 'data_easy' / 'instruct.json'}",
+            f"data.image_folder={out / 'data_easy'}",
             f"train.output_dir={out / 'stage2'}",
             *common,
         ],
@@ -189,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.cont and (out / "data2" / "instruct.json").exists()):
             from llavakit.data.synth import write_dataset
 
-            write_dataset(out / "data2", args.more_instruct, 1, "instruct", **{k: sides[k] for k in SIDE_KEYS})
+            sides2 = {k: sides[k] for k in SIDE_KEYS}
+            write_dataset(out / "data2", args.more_instruct, 1, "instruct", **sides2, max_turns=TURNS)
         final = out / "stage2b"
         more = finished(final) if args.cont else None
         s2 += more or run_stage(

@@ -25,11 +25,11 @@ def cmd_demo(model: str | None = None, seed: int = 0) -> int:
     return run_demo(model=model, seed=seed)
 
 
-def cmd_data_synth(out: str, n: int, seed: int, kind: str) -> int:
+def cmd_data_synth(out: str, n: int, seed: int, kind: str, sides: list[int] | None) -> int:
     """Deterministic synthetic scenes + questions (the data of the bundled model's recipe)."""
-    from .data.synth import synth_command
+    from .data.synth import MAX_SIDE, MIN_SIDE, synth_command
 
-    return synth_command(out, n, seed, kind)
+    return synth_command(out, n, seed, kind, (sides[0], sides[1]) if sides else (MIN_SIDE, MAX_SIDE))
 
 
 def cmd_data_check(
@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--n", type=int, required=True)
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--kind", default="instruct", choices=["caption", "instruct", "eval"])
-    sy.set_defaults(func=lambda a: cmd_data_synth(a.out, a.n, a.seed, a.kind))
+    sy.add_argument("--sides", type=int, nargs=2, metavar=("MIN", "MAX"), help="long-side bounds, pixels (336 1008)")
+    sy.set_defaults(func=lambda a: cmd_data_synth(a.out, a.n, a.seed, a.kind, a.sides))
     ck = dsub.add_parser("check", help="find bad records: missing/unreadable images, mismatches, over-length")
     ck.add_argument("data", help="LLaVA-format .json or .jsonl file")
     ck.add_argument("--image-folder", help="folder the records' image paths are relative to")

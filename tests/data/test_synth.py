@@ -363,3 +363,35 @@ def test_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert synth_command(str(tmp_path), -1, 0) == 2
     with pytest.raises(ValueError, match="unknown dataset kind"):
         write_dataset(tmp_path, 1, 0, kind="bogus")  # type: ignore[arg-type]
+
+
+def test_max_shapes_caps_scenes_and_the_default_keeps_the_old_scenes() -> None:
+    """A curriculum's easy scenes hold at most ``max_shapes`` shapes; the default (8) draws exactly as before."""
+    from llavakit.data.synth_scene import MAX_SHAPES
+
+    for seed in range(40):
+        assert len(generate_scene(seed, min_side=112, max_side=224, max_shapes=2).shapes) <= 2
+        assert generate_scene(seed, max_shapes=MAX_SHAPES) == generate_scene(seed)
+    assert max(len(generate_scene(s, max_shapes=3).shapes) for s in range(60)) == 3
+
+
+def test_synth_command_sides_bound_the_images(tmp_path: Path) -> None:
+    assert synth_command(str(tmp_path), 3, 0, "eval", (112, 160)) == 0
+    for line in (tmp_path / "eval.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        assert 112 <= max(r["width"], r["height"]) <= 160
+    assert synth_command(str(tmp_path), 1, 0, "eval", (100, 90)) == 2  # bad bounds: a message, not a traceback
+
+
+def test_eval_synth_generates_scenes_of_the_models_training_sizes(tmp_path: Path) -> None:
+    """Without --sides, `llava eval synth` renders scenes of the long sides recorded in the model's training.json."""
+    from llavakit.eval.command import synth_data, trained_sides
+
+    model = tmp_path / "model"
+    model.mkdir()
+    assert trained_sides(model) is None
+    (model / "training.json").write_text(json.dumps({"scene_long_side": [112, 224]}))
+    assert trained_sides(model) == (112, 224)
+    data = synth_data(tmp_path / "out", 4, 1_000_000, trained_sides(model))
+    sizes = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()]
+    assert sizes and all(112 <= max(r["width"], r["height"]) <= 224 for r in sizes)

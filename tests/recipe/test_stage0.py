@@ -10,12 +10,15 @@ from llavakit.data.synth import render_scene
 from llavakit.model.text import CausalLM
 from llavakit.processing.tokenizer import Tokenizer
 from llavakit.train.stage0.clip import (
+    CLIP,
+    EMPTY_TILE,
     ClipTrainConfig,
     build_pairs,
     load_vision_tower,
     save_vision_tower,
     text_caption,
     text_view,
+    tile_views,
     train_clip,
 )
 from llavakit.train.stage0.corpus import texts, training_scenes
@@ -61,8 +64,49 @@ def test_text_view_contains_the_text():
     assert text_caption(scene).endswith(f"'{scene.text.value}'")
 
 
+def test_tile_views_caption_exactly_the_shapes_centred_in_each_tile():
+    """Each AnyRes tile's caption names the shapes whose centre it holds: every shape lands in exactly one tile,
+    and the pixel at a shape's centre (mapped into its tile) has that shape's colour."""
+    from llavakit.data.synth import COLORS
+    from llavakit.processing.anyres import select_best_resolution
+    from llavakit.processing.image import CLIP_MEAN, CLIP_STD, fit_size
+
+    for scene in SCENES[:12]:
+        views = tile_views(render_scene(scene), scene, 48, PINS)
+        ph, pw = select_best_resolution(scene.height, scene.width, tuple(tuple(p) for p in PINS))
+        assert len(views) == (ph // 48) * (pw // 48)
+        nh, nw = fit_size(scene.height, scene.width, ph, pw)
+        named = sum(1 for _, c in views for s in scene.shapes if f"{s.color} {s.kind}" in c)
+        assert named >= len(scene.shapes)  # each shape is named in the tile that holds its centre
+        for shape in scene.shapes:
+            x = shape.cx * nw / scene.width + (pw - nw) // 2
+            y = shape.cy * nh / scene.height + (ph - nh) // 2
+            view, words = views[int(y // 48) * (pw // 48) + int(x // 48)]
+            assert f"{shape.color} {shape.kind}" in words
+            px = view[:, int(y % 48), int(x % 48)] * torch.tensor(CLIP_STD)[:, None].squeeze() + torch.tensor(CLIP_MEAN)
+            assert (px * 255 - torch.tensor(COLORS[shape.color], dtype=torch.float32)).abs().max() < 40
+        assert all(words for _, words in views) and any(w == EMPTY_TILE for _, w in views) in (True, False)
+
+
+def test_patch_mean_pooling_reads_the_patch_features_llava_uses(tok):
+    """``pool="patch_mean"`` embeds an image from the mean of its layer -2 patch features (CLS dropped), so
+    changing the last layer leaves it unchanged, while the CLS variant depends on it."""
+    views, _ = build_pairs(SCENES[:4], 48, PINS)
+    for pool, depends_on_last in (("patch_mean", False), ("cls", True)):
+        torch.manual_seed(0)
+        model = CLIP(VISION, tok.vocab_size, 32, pool=pool).eval()
+        with torch.no_grad():
+            before = model.encode_image(views[:3])
+            for p in model.tower.vision_model.encoder.layers[-1].parameters():
+                p.add_(torch.randn_like(p))
+            after = model.encode_image(views[:3])
+        assert torch.allclose(before, after) != depends_on_last
+    with pytest.raises(ValueError, match="clip.pool"):
+        CLIP(VISION, tok.vocab_size, 32, pool="max")
+
+
 def test_clip_loss_falls_and_tower_loads_in_transformers(tok, tmp_path):
-    views, captions = build_pairs(SCENES[:24], 48, PINS)
+    views, captions = build_pairs(SCENES[:24], 48, PINS, tiles=False)  # distinct captions: the loss can reach 0
     assert len(views) == len(captions) > 24
     model, losses = train_clip(views, captions, VISION, tok, ClipTrainConfig(steps=30, batch_size=16, warmup=3))
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5

@@ -40,6 +40,7 @@ from .synth_scene import (
     COLORS,
     FONT_BUCKETS,
     KINDS,
+    MAX_SHAPES,
     MAX_SIDE,
     MIN_SIDE,
     WORDS,
@@ -85,12 +86,14 @@ def write_dataset(
     max_side: int = MAX_SIDE,
     text_prob: float = 0.6,
     max_turns: int = 4,
+    max_shapes: int = MAX_SHAPES,
 ) -> Path:
     """Render ``n`` scenes into ``out_dir``/images, write the annotation file for ``kind``, return its path.
 
     ``min_side``/``max_side`` bound the long side of every image (pixels; aspect ratios span 1:3 to 3:1),
     ``text_prob`` is the share of scenes with a word or number, ``max_turns`` caps the question/answer
-    turns of an instruct record. Record ids are ``s{seed}_{index:06d}`` (eval: ``..._{question}``).
+    turns of an instruct record, ``max_shapes`` the shapes per scene (a curriculum starts with few).
+    Record ids are ``s{seed}_{index:06d}`` (eval: ``..._{question}``).
     Deterministic in all arguments; the images depend only on (seed, index, min_side, max_side, text_prob),
     so caption, instruct and eval sets with the same seed show the same scenes."""
     if kind not in FILENAMES:
@@ -104,7 +107,9 @@ def write_dataset(
     records: list[dict[str, Any]] = []
     scene_lines: list[str] = []
     for i in range(n):
-        scene = generate_scene(scene_seed(seed, i), text_prob, min_side=min_side, max_side=max_side)
+        scene = generate_scene(
+            scene_seed(seed, i), text_prob, min_side=min_side, max_side=max_side, max_shapes=max_shapes
+        )
         image = f"images/{i:06d}.png"
         render_scene(scene).save(out / image, format="PNG")
         records += _records(scene, f"s{seed}_{i:06d}", image, kind, max_turns)
@@ -118,11 +123,14 @@ def write_dataset(
     return path
 
 
-def synth_command(out: str, n: int, seed: int, kind: str = "instruct") -> int:
-    """``llava data synth --out DIR --n N --seed S --kind K``: write a dataset, print a one-line summary."""
+def synth_command(
+    out: str, n: int, seed: int, kind: str = "instruct", sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)
+) -> int:
+    """``llava data synth --out DIR --n N --seed S --kind K [--sides MIN MAX]``: write a dataset, print a
+    one-line summary."""
     start = time.perf_counter()
     try:
-        path = write_dataset(out, n, seed, kind)  # type: ignore[arg-type]  # checked inside
+        path = write_dataset(out, n, seed, kind, min_side=sides[0], max_side=sides[1])  # type: ignore[arg-type]
     except ValueError as e:
         print(f"error: {e}")
         return 2

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .synth_scene import COLORS, KINDS, Scene, Shape
+from .synth_scene import COLORS, KINDS, Scene, Shape, Text
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
@@ -216,20 +216,27 @@ def aspect_label(width: int, height: int) -> str:
     return f"{a}:{b}"
 
 
-def caption(scene: Scene) -> str:
-    """Deterministic one-sentence caption, shapes left to right, identical ones grouped: "A 2:1 image with
-    a large red circle, two small blue stars and the word 'apple' written in small text." """
-    order = sorted(scene.shapes, key=lambda s: (s.cx, s.cy))
+def listing(shapes: list[Shape], text: Text | None) -> str:
+    """Shapes left to right, identical ones grouped, then the text: "a large red circle, two small blue stars
+    and the word 'apple' written in small text"; "" when there is nothing."""
+    order = sorted(shapes, key=lambda s: (s.cx, s.cy))
     groups = Counter((s.size, s.color, s.kind) for s in order)
     parts = []
     for (size, color, kind), n in groups.items():  # Counter keeps first-seen order
         noun = kind if n == 1 else _plural(kind)
         parts.append(f"{'a' if n == 1 else NUMBER_WORDS[n]} {size} {color} {noun}")
-    if scene.text is not None:
-        what = "number" if scene.text.is_number else "word"
-        parts.append(f"the {what} '{scene.text.value}' written in {scene.text.bucket} text")
-    listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"A {aspect_label(scene.width, scene.height)} image with {listing}."
+    if text is not None:
+        what = "number" if text.is_number else "word"
+        parts.append(f"the {what} '{text.value}' written in {text.bucket} text")
+    if not parts:
+        return ""
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def caption(scene: Scene) -> str:
+    """Deterministic one-sentence caption, shapes left to right, identical ones grouped: "A 2:1 image with
+    a large red circle, two small blue stars and the word 'apple' written in small text." """
+    return f"A {aspect_label(scene.width, scene.height)} image with {listing(list(scene.shapes), scene.text)}."
 
 
 def conversation(scene: Scene, rng: random.Random, max_turns: int = 4) -> list[dict[str, str]]:

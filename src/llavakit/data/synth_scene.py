@@ -181,9 +181,10 @@ def _clear(cx: int, cy: int, r: int, placed: list[Shape], text: Text | None) -> 
     return True
 
 
-def _shape_specs(rng: random.Random) -> list[tuple[str, str, str]]:
-    """(kind, colour, size) for 1-8 shapes; a third of scenes repeat one kind 2-5 times (for counting)."""
-    n = rng.randint(1, MAX_SHAPES)
+def _shape_specs(rng: random.Random, max_shapes: int = MAX_SHAPES) -> list[tuple[str, str, str]]:
+    """(kind, colour, size) for 1-``max_shapes`` shapes; a third of scenes with 2 or more repeat one kind 2-5
+    times (for counting)."""
+    n = rng.randint(1, max_shapes)
     kinds = [rng.choice(KINDS) for _ in range(n)]
     if n >= 2 and rng.random() < 0.35:
         repeated = rng.choice(KINDS)
@@ -192,12 +193,12 @@ def _shape_specs(rng: random.Random) -> list[tuple[str, str, str]]:
     return [(k, rng.choice(list(COLORS)), rng.choice(("small", "large"))) for k in kinds]
 
 
-def _place_shapes(rng: random.Random, w: int, h: int, text: Text | None) -> list[Shape]:
+def _place_shapes(rng: random.Random, w: int, h: int, text: Text | None, max_shapes: int = MAX_SHAPES) -> list[Shape]:
     """Rejection sampling, 200 tries per shape; sizes scale with sqrt(area), so they survive a 336 px view."""
     unit = math.sqrt(w * h)
     cap = 0.2 * min(w, h)
     placed: list[Shape] = []
-    for kind, color, size in _shape_specs(rng):
+    for kind, color, size in _shape_specs(rng, max_shapes):
         frac = rng.uniform(0.085, 0.1) if size == "large" else rng.uniform(0.04, 0.05)
         r = max(8, round(min(frac * unit, cap if size == "large" else cap / 2)))
         margin = math.ceil(EXTENT * r) + 2
@@ -215,6 +216,7 @@ def generate_scene(
     *,
     min_side: int = MIN_SIDE,
     max_side: int = MAX_SIDE,
+    max_shapes: int = MAX_SHAPES,
 ) -> Scene:
     """Sample a scene from ``seed``; ``min_side``/``max_side`` bound its long side in pixels.
 
@@ -229,7 +231,7 @@ def generate_scene(
     w, h = _canvas(rng, min_side, max_side)
     background = rng.choice(BACKGROUNDS)
     text = _place_text(rng, w, h, bucket) if bucket else None
-    shapes = _place_shapes(rng, w, h, text)
+    shapes = _place_shapes(rng, w, h, text, max_shapes)
     if not shapes:
-        text, shapes = None, _place_shapes(rng, w, h, None)
+        text, shapes = None, _place_shapes(rng, w, h, None, max_shapes)
     return Scene(w, h, background, tuple(shapes), text, seed)

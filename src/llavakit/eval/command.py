@@ -28,16 +28,27 @@ def _read(task: Task, data: str) -> list[Sample]:
     return samples
 
 
-def synth_data(out: Path, n: int, seed: int) -> Path:
-    """The held-out synthetic eval set for (n, seed) under ``out``, generated once and reused on resume."""
-    from ..data.synth import write_dataset
+def synth_data(out: Path, n: int, seed: int, sides: tuple[int, int] | None = None) -> Path:
+    """The held-out synthetic eval set for (n, seed, long-side bounds) under ``out``, generated once and reused
+    on resume. ``sides`` None: the generator's defaults."""
+    from ..data.synth import MAX_SIDE, MIN_SIDE, write_dataset
 
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
-    data = out / f"data-seed{seed}-n{n}"
+    lo, hi = sides or (MIN_SIDE, MAX_SIDE)
+    data = out / f"data-seed{seed}-n{n}-side{lo}-{hi}"
     if not (data / "eval.jsonl").is_file():
-        write_dataset(data, n, seed, kind="eval")
+        write_dataset(data, n, seed, kind="eval", min_side=lo, max_side=hi)
     return data
+
+
+def trained_sides(model_dir: Path) -> tuple[int, int] | None:
+    """The scene long-side bounds a synthetic-recipe model was trained on (its ``training.json``), if known."""
+    meta = model_dir / "training.json"
+    if not meta.is_file():
+        return None
+    sides = json.loads(meta.read_text()).get("scene_long_side")
+    return (int(sides[0]), int(sides[1])) if sides else None
 
 
 def eval_task(
@@ -53,6 +64,7 @@ def eval_task(
     quantize: str | None = None,
     n: int = 200,
     seed: int | None = None,
+    sides: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run one benchmark end to end (see :mod:`llavakit.eval.run`); returns the result object."""
@@ -71,7 +83,8 @@ def eval_task(
         from ..data.synth import EVAL_SEED_BASE
 
         seed = EVAL_SEED_BASE if seed is None else seed
-        data = str(synth_data(out_dir, n, seed))
+        sides = sides or trained_sides(local)
+        data = str(synth_data(out_dir, n, seed, sides))
         extra["seed"] = seed
     samples = limit_samples(_read(task, data), limit)
     pipe = open_pipeline(model_path, dtype, quantize)
@@ -142,6 +155,14 @@ def add_parser(sub: Any) -> None:
         if name == "synth":
             t.add_argument("--n", type=int, default=200, help="scenes to generate when --data is not given")
             t.add_argument("--seed", type=int, help="held-out seed (default llavakit.data.synth.EVAL_SEED_BASE)")
+            t.add_argument(
+                "--sides",
+                type=int,
+                nargs=2,
+                metavar=("MIN", "MAX"),
+                help="long-side bounds of generated scenes, pixels (default: the model's training.json, else "
+                "the generator's 336 1008)",
+            )
         t.set_defaults(func=_run_task)
     sc = esub.add_parser("score", help="score a predictions JSONL made elsewhere (keys question_id, text)")
     sc.add_argument("task", choices=list(TASKS))
@@ -172,6 +193,7 @@ def _run_task(a: argparse.Namespace) -> int:
         quantize=a.quantize,
         n=getattr(a, "n", 200),
         seed=getattr(a, "seed", None),
+        sides=tuple(a.sides) if getattr(a, "sides", None) else None,
         progress=not a.no_progress,
     )
     return 0

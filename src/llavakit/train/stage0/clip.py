@@ -1,8 +1,10 @@
 """Stage 0b: a small CLIP ViT pretrained contrastively (CLIP loss) against a small text encoder.
 
 Image views are what the LLaVA model will later see: the whole scene padded to a square tile (its caption as the
-text), and, for scenes with a word or number, a tile-sized crop around the text at the scale AnyRes would give it
-("the word 'apple'"), so the tower learns to read at the resolution of an AnyRes tile. Only the vision tower is
+text); each AnyRes tile of the scene, captioned with what lies in it ("a small red star and a large blue circle"),
+so that the tower's patch features describe local content; and, for scenes with a word or number, a tile-sized
+crop around the text at the scale AnyRes would give it ("the word 'apple'"), so the tower learns to read at the
+resolution of an AnyRes tile. Only the vision tower is
 kept; it is written as an HF ``CLIPVisionModel`` directory (loads in our VisionTower and in transformers).
 """
 
@@ -22,9 +24,10 @@ from torch import nn
 
 from ...config import VisionConfig
 from ...data.synth import Scene, caption, render_scene
+from ...data.synth_questions import listing
 from ...model.vision import VisionTower
 from ...processing.anyres import select_best_resolution
-from ...processing.image import CLIP_MEAN, CLIP_STD, ImageConfig, expand_to_square, normalize, rescale
+from ...processing.image import CLIP_MEAN, CLIP_STD, ImageConfig, expand_to_square, fit_size, normalize, rescale
 from ...processing.tokenizer import Tokenizer
 from .steps import run_steps
 
@@ -51,8 +54,13 @@ class TextEncoder(nn.Module):
 class CLIP(nn.Module):
     """The vision tower (CLS of the last layer, post-LN) and the text encoder, projected to a shared space."""
 
-    def __init__(self, vision: VisionConfig, vocab: int, text_dim: int = 128, embed_dim: int = 128) -> None:
+    def __init__(
+        self, vision: VisionConfig, vocab: int, text_dim: int = 128, embed_dim: int = 128, pool: str = "cls"
+    ) -> None:
         super().__init__()
+        if pool not in ("cls", "patch_mean"):
+            raise ValueError(f"clip.pool must be 'cls' or 'patch_mean', got {pool!r}")
+        self.pool = pool
         self.tower = VisionTower(vision)
         self.text = TextEncoder(vocab, text_dim)
         self.visual_projection = nn.Linear(vision.hidden_size, embed_dim, bias=False)
@@ -60,6 +68,9 @@ class CLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.pool == "patch_mean":  # the mean of the patch features LLaVA reads (layer -2, CLS dropped)
+            h = self.tower(pixels, [-2])  # (B, 1 + g*g, Dv)
+            return self.visual_projection(self.tower.vision_model.post_layernorm(h[:, 1:].mean(1)))
         h = self.tower(pixels, [-1])  # (B, 1 + g*g, Dv)
         return self.visual_projection(self.tower.vision_model.post_layernorm(h[:, 0]))
 
@@ -102,21 +113,56 @@ def text_view(
     return _tensor(big.crop((cx, cy, cx + tile, cy + tile)))
 
 
+EMPTY_TILE = "an empty background"
+
+
+def tile_views(img: Image.Image, scene: Scene, tile: int, pinpoints: list[list[int]]) -> list[tuple[torch.Tensor, str]]:
+    """The AnyRes tiles of the scene, each with a caption of the shapes whose centre lies in it (and of the text
+    when its whole box does); a tile with nothing gets `EMPTY_TILE`.
+
+    Example: a 200x100 (w x h) scene on pinpoints with 160x80 (w x h) is scaled by 0.8 to 160x80 and cut into
+    two 80 px tiles; a circle centred at x = 120 lands at x = 96, in the right tile."""
+    ph, pw = select_best_resolution(scene.height, scene.width, tuple((int(a), int(b)) for a, b in pinpoints))
+    nh, nw = fit_size(scene.height, scene.width, ph, pw)
+    sx, sy = nw / scene.width, nh / scene.height
+    ox, oy = (pw - nw) // 2, (ph - nh) // 2
+    canvas = Image.new("RGB", (pw, ph))
+    canvas.paste(img.resize((nw, nh), Image.Resampling.BICUBIC), (ox, oy))
+    views = []
+    for y in range(0, ph, tile):
+        for x in range(0, pw, tile):
+            inside = [s for s in scene.shapes if x <= s.cx * sx + ox < x + tile and y <= s.cy * sy + oy < y + tile]
+            text = scene.text
+            if text is not None:
+                x0, y0, x1, y1 = text.box
+                box = (x0 * sx + ox, y0 * sy + oy, x1 * sx + ox, y1 * sy + oy)
+                if not (x <= box[0] and box[2] <= x + tile and y <= box[1] and box[3] <= y + tile):
+                    text = None
+            words = listing(inside, text) or EMPTY_TILE
+            views.append((_tensor(canvas.crop((x, y, x + tile, y + tile))), words))
+    return views
+
+
 def text_caption(scene: Scene) -> str:
     assert scene.text is not None
     return f"the {'number' if scene.text.is_number else 'word'} '{scene.text.value}'"
 
 
 def build_pairs(
-    scenes: list[Scene], tile: int, pinpoints: list[list[int]], seed: int = 0
+    scenes: list[Scene], tile: int, pinpoints: list[list[int]], seed: int = 0, tiles: bool = True
 ) -> tuple[torch.Tensor, list[str]]:
-    """(N, 3, S, S) views and their texts: one full view per scene, one text crop per scene with text."""
+    """(N, 3, S, S) views and their texts: one full view per scene, its AnyRes tiles (``tiles``), one text crop
+    per scene with text."""
     rng = random.Random(seed)
     views, texts = [], []
     for scene in scenes:
         img = render_scene(scene)
         views.append(full_view(img, tile))
         texts.append(caption(scene))
+        if tiles:
+            for view, words in tile_views(img, scene, tile, pinpoints):
+                views.append(view)
+                texts.append(words)
         if scene.text is not None:
             views.append(text_view(img, scene, tile, pinpoints, rng))
             texts.append(text_caption(scene))
@@ -131,6 +177,7 @@ class ClipTrainConfig:
     warmup: int = 20
     weight_decay: float = 0.05
     text_dim: int = 128
+    pool: str = "cls"  # image embedding: the CLS token of the last layer, or "patch_mean" of layer -2's patches
     max_seconds: float | None = None  # stop early (and say so) when the time budget is spent
     seed: int = 0
 
@@ -156,7 +203,7 @@ def train_clip(
 ) -> tuple[CLIP, list[float]]:
     """Train on (view, text) pairs; returns the model and the loss of every step."""
     torch.manual_seed(cfg.seed)
-    model = CLIP(vision, tokenizer.vocab_size, cfg.text_dim)
+    model = CLIP(vision, tokenizer.vocab_size, cfg.text_dim, pool=cfg.pool)
     ids, mask = _encode(tokenizer, texts, model.text.max_len)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
