@@ -7,7 +7,6 @@ existence yes/no, reading, multiple choice) and are scored the benchmark's way (
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 import time
@@ -18,19 +17,9 @@ DEMO_SEED_BASE = 2_000_000  # above EVAL_SEED_BASE (held out) and away from the 
 DEFAULT_SIDES = (128, 256)  # long side of the scenes when the model does not say what it was trained on
 
 
-def _scene_sides(model_dir: str) -> tuple[int, int]:
-    """(min, max) long side of the scenes the model was trained on, from its training.json if any."""
-    info = Path(model_dir) / "training.json"
-    if info.exists():
-        sides = json.loads(info.read_text()).get("scene_long_side")
-        if sides:
-            return int(sides[0]), int(sides[1])
-    return DEFAULT_SIDES
-
-
 def run_demo(model: str | None = None, seed: int = 0, n_scenes: int = 3, out: str | None = None) -> int:
     from .commands import default_model
-    from .data.synth import eval_questions, generate_scene, render_scene, scene_seed
+    from .data.synth import eval_questions, generate_scene, render_scene, scene_seed, trained_sides
     from .data.synth_scene import sub_rng
     from .eval.tasks.base import Sample
     from .eval.tasks.synth import is_right
@@ -53,7 +42,7 @@ def run_demo(model: str | None = None, seed: int = 0, n_scenes: int = 3, out: st
     pipe = load(model)
     n_params = sum(p.numel() for p in pipe.model.parameters())
     print(f"model: {model} ({n_params / 1e6:.2f}M parameters, loaded in {time.perf_counter() - t0:.1f}s)")
-    lo, hi = _scene_sides(model)
+    lo, hi = trained_sides(model) or DEFAULT_SIDES
     work = Path(out) if out else Path(tempfile.mkdtemp(prefix="llava-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     right: dict[str, list[bool]] = defaultdict(list)

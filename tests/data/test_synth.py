@@ -385,7 +385,8 @@ def test_synth_command_sides_bound_the_images(tmp_path: Path) -> None:
 
 def test_eval_synth_generates_scenes_of_the_models_training_sizes(tmp_path: Path) -> None:
     """Without --sides, `llava eval synth` renders scenes of the long sides recorded in the model's training.json."""
-    from llavakit.eval.command import synth_data, trained_sides
+    from llavakit.data.synth import trained_sides
+    from llavakit.eval.command import synth_data
 
     model = tmp_path / "model"
     model.mkdir()

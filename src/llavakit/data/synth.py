@@ -123,6 +123,16 @@ def write_dataset(
     return path
 
 
+def trained_sides(model_dir: str | Path) -> tuple[int, int] | None:
+    """The scene long-side bounds a synthetic-recipe model was trained on (``scene_long_side`` in its
+    ``training.json``), or None when the directory does not say."""
+    meta = Path(model_dir) / "training.json"
+    if not meta.is_file():
+        return None
+    sides = json.loads(meta.read_text()).get("scene_long_side")
+    return (int(sides[0]), int(sides[1])) if sides else None
+
+
 def synth_command(
     out: str, n: int, seed: int, kind: str = "instruct", sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)
 ) -> int:

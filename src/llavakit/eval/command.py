@@ -42,15 +42,6 @@ def synth_data(out: Path, n: int, seed: int, sides: tuple[int, int] | None = Non
     return data
 
 
-def trained_sides(model_dir: Path) -> tuple[int, int] | None:
-    """The scene long-side bounds a synthetic-recipe model was trained on (its ``training.json``), if known."""
-    meta = model_dir / "training.json"
-    if not meta.is_file():
-        return None
-    sides = json.loads(meta.read_text()).get("scene_long_side")
-    return (int(sides[0]), int(sides[1])) if sides else None
-
-
 def eval_task(
     task_name: str,
     *,
@@ -83,6 +74,8 @@ def eval_task(
         from ..data.synth import EVAL_SEED_BASE
 
         seed = EVAL_SEED_BASE if seed is None else seed
+        from ..data.synth import trained_sides
+
         sides = sides or trained_sides(local)
         data = str(synth_data(out_dir, n, seed, sides))
         extra["seed"] = seed
