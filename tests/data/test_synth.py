@@ -396,3 +396,16 @@ def test_eval_synth_generates_scenes_of_the_models_training_sizes(tmp_path: Path
     data = synth_data(tmp_path / "out", 4, 1_000_000, trained_sides(model))
     sizes = [json.loads(x) for x in (data / "eval.jsonl").read_text().splitlines()]
     assert sizes and all(112 <= max(r["width"], r["height"]) <= 224 for r in sizes)
+
+
+def test_qtypes_restrict_the_questions_of_a_warm_up_set(tmp_path: Path) -> None:
+    """A curriculum's warm-up asks only the named question types, one per image, and no caption requests."""
+    path = write_dataset(tmp_path, 30, 3, "instruct", max_turns=1, max_shapes=1, qtypes=("color", "shape"))
+    records = json.loads(path.read_text())
+    assert len(records) == 30
+    questions = [r["conversations"][0]["value"].split("\n")[1] for r in records]
+    assert all(len(r["conversations"]) == 2 for r in records)
+    assert all(q.startswith(("What color is the", "What shape is the")) for q in questions)
+    assert {q.split()[1] for q in questions} == {"color", "shape"}
+    with pytest.raises(ValueError, match="unknown question types"):
+        write_dataset(tmp_path, 1, 3, "instruct", qtypes=("colour",))

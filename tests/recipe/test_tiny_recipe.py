@@ -21,8 +21,8 @@ def _script():
 
 def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--quick", "--out", str(out), "--captions", "48", "--instruct", "64", "--more-instruct", "32"]
-    args += ["--eval-scenes", "0"]
+    args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
+    args += ["--more-instruct", "32", "--eval-scenes", "0"]
     assert _script().main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]

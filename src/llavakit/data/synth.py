@@ -63,7 +63,9 @@ FILENAMES: dict[str, str] = {"caption": "captions.json", "instruct": "instruct.j
 EVAL_SEED_BASE = 1_000_000  # held-out eval sets use seeds >= this, training sets seeds below it
 
 
-def _records(scene: Scene, rid: str, image: str, kind: str, max_turns: int) -> list[dict[str, Any]]:
+def _records(
+    scene: Scene, rid: str, image: str, kind: str, max_turns: int, qtypes: tuple[str, ...] | None = None
+) -> list[dict[str, Any]]:
     rng = sub_rng(scene.seed, kind)
     if kind == "caption":
         turns = [
@@ -72,7 +74,7 @@ def _records(scene: Scene, rid: str, image: str, kind: str, max_turns: int) -> l
         ]
         return [{"id": rid, "image": image, "conversations": turns}]
     if kind == "instruct":
-        return [{"id": rid, "image": image, "conversations": conversation(scene, rng, max_turns)}]
+        return [{"id": rid, "image": image, "conversations": conversation(scene, rng, max_turns, qtypes)}]
     return [eval_record(scene, qa, f"{rid}_{j}", image) for j, qa in enumerate(eval_questions(scene, rng))]
 
 
@@ -87,12 +89,14 @@ def write_dataset(
     text_prob: float = 0.6,
     max_turns: int = 4,
     max_shapes: int = MAX_SHAPES,
+    qtypes: tuple[str, ...] | None = None,
 ) -> Path:
     """Render ``n`` scenes into ``out_dir``/images, write the annotation file for ``kind``, return its path.
 
     ``min_side``/``max_side`` bound the long side of every image (pixels; aspect ratios span 1:3 to 3:1),
     ``text_prob`` is the share of scenes with a word or number, ``max_turns`` caps the question/answer
-    turns of an instruct record, ``max_shapes`` the shapes per scene (a curriculum starts with few).
+    turns of an instruct record, ``max_shapes`` the shapes per scene (a curriculum starts with few),
+    ``qtypes`` the question types of instruct records (None: all, with caption requests).
     Record ids are ``s{seed}_{index:06d}`` (eval: ``..._{question}``).
     Deterministic in all arguments; the images depend only on (seed, index, min_side, max_side, text_prob),
     so caption, instruct and eval sets with the same seed show the same scenes."""
@@ -112,7 +116,7 @@ def write_dataset(
         )
         image = f"images/{i:06d}.png"
         render_scene(scene).save(out / image, format="PNG")
-        records += _records(scene, f"s{seed}_{i:06d}", image, kind, max_turns)
+        records += _records(scene, f"s{seed}_{i:06d}", image, kind, max_turns, qtypes)
         scene_lines.append(json.dumps({"image": image, "scene": scene.to_dict()}) + "\n")
     path = out / FILENAMES[kind]
     if kind == "eval":

@@ -239,15 +239,21 @@ def caption(scene: Scene) -> str:
     return f"A {aspect_label(scene.width, scene.height)} image with {listing(list(scene.shapes), scene.text)}."
 
 
-def conversation(scene: Scene, rng: random.Random, max_turns: int = 4) -> list[dict[str, str]]:
+def conversation(
+    scene: Scene, rng: random.Random, max_turns: int = 4, qtypes: tuple[str, ...] | None = None
+) -> list[dict[str, str]]:
     """1..max_turns question/answer turns of distinct types (sometimes a caption request), LLaVA format,
     with ``<image>\\n`` at the start of the first human turn only. No question is asked twice (a multiple
-    choice "What color is the star?" after the short-answer one would give its answer away)."""
+    choice "What color is the star?" after the short-answer one would give its answer away). ``qtypes``
+    restricts the question types (no caption request then); None: all of `QTYPES`, captions included."""
     qas: list[QA] = []
-    if rng.random() < 0.15:
+    if qtypes is None and rng.random() < 0.15:
         qas.append(QA(CAPTION_PROMPT, caption(scene), "caption"))
     want = rng.randint(1, max_turns)
-    for qtype in rng.sample(QTYPES, len(QTYPES)):
+    kinds = QTYPES if qtypes is None else tuple(qtypes)
+    if unknown := set(kinds) - set(QTYPES):
+        raise ValueError(f"unknown question types {sorted(unknown)}; choose from {', '.join(QTYPES)}")
+    for qtype in rng.sample(kinds, len(kinds)):
         if len(qas) >= want:
             break
         qa = GENERATORS[qtype](scene, rng)
