@@ -43,17 +43,46 @@ BATCH_SIZES = [(768, 1024), (600, 500), (336, 1000), (1000, 700)]  # (h, w)
 
 def geometry(name: str) -> tuple[dict, dict]:
     if name == "small":
-        vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                      image_size=336, patch_size=14, projection_dim=768)
-        text = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                    num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                    tie_word_embeddings=True, rope_theta=1e6)
+        vision = dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
+        )
+        text = dict(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+            rope_theta=1e6,
+        )
     else:
-        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      image_size=336, patch_size=14, projection_dim=64)
-        text = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
-                    tie_word_embeddings=True)
+        vision = dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=336,
+            patch_size=14,
+            projection_dim=64,
+        )
+        text = dict(
+            vocab_size=151936,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            tie_word_embeddings=True,
+        )
     return vision, text
 
 
@@ -63,8 +92,13 @@ def build_checkpoint(out: Path, geom: str) -> None:
     from llavakit.tiny import char_tokenizer
 
     v, t = geometry(geom)
-    cfg = LlavaNextConfig(vision_config=CLIPVisionConfig(**v), text_config=Qwen2Config(**t), image_token_index=120,
-                          image_grid_pinpoints=PINS, tie_word_embeddings=True)
+    cfg = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**v),
+        text_config=Qwen2Config(**t),
+        image_token_index=120,
+        image_grid_pinpoints=PINS,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     with torch.device("meta"):
         model = LlavaNextForConditionalGeneration(cfg)
@@ -130,8 +164,15 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
             stamps.clear()
             t0 = time.perf_counter()
             with torch.no_grad():
-                model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                               logits_processor=[Stamp()], eos_token_id=None, pad_token_id=0)
+                model.generate(
+                    **inputs,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    logits_processor=[Stamp()],
+                    eos_token_id=None,
+                    pad_token_id=0,
+                )
             return t0, list(stamps)
     else:
         from llavakit.checkpoint.api import load_model
@@ -161,9 +202,16 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
 
         def gen(inputs, n=new_tokens):
             t0, st = time.perf_counter(), []
-            for _ in stream_tokens(model, inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                   max_new_tokens=n, eos_token_id=[], pixel_values=inputs.get("pixel_values"),
-                                   image_sizes=inputs.get("image_sizes"), **step):
+            for _ in stream_tokens(
+                model,
+                inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                max_new_tokens=n,
+                eos_token_id=[],
+                pixel_values=inputs.get("pixel_values"),
+                image_sizes=inputs.get("image_sizes"),
+                **step,
+            ):
                 st.append(time.perf_counter())
             return t0, st
 
@@ -377,21 +425,27 @@ def main() -> None:
 
 def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict | None) -> None:
     nan = float("nan")
-    print("\n| impl | dtype | prompt tok | preprocess s | vision s | TTFT s | decode tok/s | batch4 tok/s | RSS GiB "
-          "| load 1m |")
+    print(
+        "\n| impl | dtype | prompt tok | preprocess s | vision s | TTFT s | decode tok/s | batch4 tok/s | RSS GiB "
+        "| load 1m |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['impl']} | {r['dtype']} | {r['prompt_tokens']} | {r['preprocess_s']:.2f} | {r['vision_s']:.2f} | "
-              f"{r['ttft_s']:.2f} | {r['decode_tok_s']:.1f} | {r.get('batch4_decode_tok_s', nan):.1f} | "
-              f"{r['peak_rss_gib']:.2f} | {r.get('load1', nan):.1f} |")
+        print(
+            f"| {r['impl']} | {r['dtype']} | {r['prompt_tokens']} | {r['preprocess_s']:.2f} | {r['vision_s']:.2f} | "
+            f"{r['ttft_s']:.2f} | {r['decode_tok_s']:.1f} | {r.get('batch4_decode_tok_s', nan):.1f} | "
+            f"{r['peak_rss_gib']:.2f} | {r.get('load1', nan):.1f} |"
+        )
     by = {(r["impl"], r["dtype"]): r for r in rows}
     for dtype, impl in [(d, i) for d in ("float32", "bfloat16") for i in ("ours", "ours+compile")]:
         if ("hf", dtype) in by and (impl, dtype) in by:
             h, o = by[("hf", dtype)], by[(impl, dtype)]
-            print(f"{impl} {dtype}: decode {o['decode_tok_s'] / h['decode_tok_s']:.2f}x transformers, "
-                  f"TTFT {o['ttft_s'] / h['ttft_s']:.2f}x, RSS {o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x, "
-                  f"batch4 {o.get('batch4_decode_tok_s', nan) / o['decode_tok_s']:.2f}x our single "
-                  f"(transformers {h.get('batch4_decode_tok_s', nan) / h['decode_tok_s']:.2f}x)")
+            print(
+                f"{impl} {dtype}: decode {o['decode_tok_s'] / h['decode_tok_s']:.2f}x transformers, "
+                f"TTFT {o['ttft_s'] / h['ttft_s']:.2f}x, RSS {o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x, "
+                f"batch4 {o.get('batch4_decode_tok_s', nan) / o['decode_tok_s']:.2f}x our single "
+                f"(transformers {h.get('batch4_decode_tok_s', nan) / h['decode_tok_s']:.2f}x)"
+            )
     layers_gb, head_gb = decoder_weight_gb(a.geometry)
     # bytes per weight relative to bf16 (layers, LM head): int8/int4 quantize the decoder, the head stays fp16
     per_weight = {"bfloat16": (1.0, 1.0), "float32": (2.0, 2.0), "int8": (0.5, 1.0), "int4": (0.5 + 2 / 128, 1.0)}
@@ -400,29 +454,40 @@ def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict 
             continue
         d, gb = by[("ours", dtype)]["decode_tok_s"], layers_gb * fl + head_gb * fh
         limit = limits["read_GBps"] / gb
-        print(f"{dtype} decode: reads ~{gb:.2f} GB/token, bandwidth limit ~{limit:.1f} tok/s; "
-              f"ours {d:.1f} tok/s = {d / limit:.0%} of it")
+        print(
+            f"{dtype} decode: reads ~{gb:.2f} GB/token, bandwidth limit ~{limit:.1f} tok/s; "
+            f"ours {d:.1f} tok/s = {d / limit:.0%} of it"
+        )
     if not a.text_only and ("ours", "bfloat16") in by:
         flops = prefill_flops(a.geometry, by[("ours", "bfloat16")]["prompt_tokens"])
         best = max(limits["float32_gemm_GFLOPs"], limits["bfloat16_gemm_GFLOPs"]) * 1e9
         t = by[("ours", "bfloat16")]["ttft_s"]
-        print(f"bf16 TTFT: ~{flops / 1e12:.2f} TFLOP of Linears (vision + decoder prefill) -> >= {flops / best:.0f} s "
-              f"at the best GEMM rate; ours {t:.0f} s = {flops / best / t:.0%} of that rate")
+        print(
+            f"bf16 TTFT: ~{flops / 1e12:.2f} TFLOP of Linears (vision + decoder prefill) -> >= {flops / best:.0f} s "
+            f"at the best GEMM rate; ours {t:.0f} s = {flops / best / t:.0%} of that rate"
+        )
     for q in ("int8", "int4"):
         if ("ours", q) in by and ("ours", "bfloat16") in by:
-            print(f"{q} decode {by[('ours', q)]['decode_tok_s'] / by[('ours', 'bfloat16')]['decode_tok_s']:.2f}x "
-                  "our bf16")
+            print(
+                f"{q} decode {by[('ours', q)]['decode_tok_s'] / by[('ours', 'bfloat16')]['decode_tok_s']:.2f}x our bf16"
+            )
     if quality:
         n = quality["new_tokens"]
-        print(f"\nquantization quality vs our unquantized bf16 model ({n} greedy tokens, text prompt; reference "
-              f"logit std {quality['ref_logit_std']:.3f}):")
-        print("| mode | same greedy tokens before first difference | teacher-forced top-1 agreement | "
-              "max abs logit error | mean abs logit error |\n|---|---|---|---|---|")
+        print(
+            f"\nquantization quality vs our unquantized bf16 model ({n} greedy tokens, text prompt; reference "
+            f"logit std {quality['ref_logit_std']:.3f}):"
+        )
+        print(
+            "| mode | same greedy tokens before first difference | teacher-forced top-1 agreement | "
+            "max abs logit error | mean abs logit error |\n|---|---|---|---|---|"
+        )
         for q in ("int8", "int4"):
             if q in quality:
                 r = quality[q]
-                print(f"| {q} | {r['greedy_same_prefix']}/{n} | {r['top1_agreement']:.0%} | {r['max_abs']:.4f} | "
-                      f"{r['mean_abs']:.4f} |")
+                print(
+                    f"| {q} | {r['greedy_same_prefix']}/{n} | {r['top1_agreement']:.0%} | {r['max_abs']:.4f} | "
+                    f"{r['mean_abs']:.4f} |"
+                )
 
 
 if __name__ == "__main__":
