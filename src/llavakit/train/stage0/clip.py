@@ -27,7 +27,16 @@ from ...data.synth import Scene, caption, render_scene
 from ...data.synth_questions import listing
 from ...model.vision import VisionTower
 from ...processing.anyres import select_best_resolution
-from ...processing.image import CLIP_MEAN, CLIP_STD, ImageConfig, expand_to_square, fit_size, normalize, rescale
+from ...processing.image import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageConfig,
+    anyres_views,
+    expand_to_square,
+    fit_size,
+    normalize,
+    rescale,
+)
 from ...processing.tokenizer import Tokenizer
 from .steps import run_steps
 
@@ -122,24 +131,23 @@ def tile_views(img: Image.Image, scene: Scene, tile: int, pinpoints: list[list[i
 
     Example: a 200x100 (w x h) scene on pinpoints with 160x80 (w x h) is scaled by 0.8 to 160x80 and cut into
     two 80 px tiles; a circle centred at x = 120 lands at x = 96, in the right tile."""
-    ph, pw = select_best_resolution(scene.height, scene.width, tuple((int(a), int(b)) for a, b in pinpoints))
-    nh, nw = fit_size(scene.height, scene.width, ph, pw)
+    pins = tuple((int(a), int(b)) for a, b in pinpoints)
+    ph, pw = select_best_resolution(scene.height, scene.width, pins)
+    nh, nw = fit_size(scene.height, scene.width, ph, pw)  # where anyres_views pastes the scene on its canvas
     sx, sy = nw / scene.width, nh / scene.height
     ox, oy = (pw - nw) // 2, (ph - nh) // 2
-    canvas = Image.new("RGB", (pw, ph))
-    canvas.paste(img.resize((nw, nh), Image.Resampling.BICUBIC), (ox, oy))
+    crops = anyres_views(img, tile, pins)[1:]  # the model's tiles, row-major (the base view dropped)
+    corners = [(x, y) for y in range(0, ph, tile) for x in range(0, pw, tile)]
     views = []
-    for y in range(0, ph, tile):
-        for x in range(0, pw, tile):
-            inside = [s for s in scene.shapes if x <= s.cx * sx + ox < x + tile and y <= s.cy * sy + oy < y + tile]
-            text = scene.text
-            if text is not None:
-                x0, y0, x1, y1 = text.box
-                box = (x0 * sx + ox, y0 * sy + oy, x1 * sx + ox, y1 * sy + oy)
-                if not (x <= box[0] and box[2] <= x + tile and y <= box[1] and box[3] <= y + tile):
-                    text = None
-            words = listing(inside, text) or EMPTY_TILE
-            views.append((_tensor(canvas.crop((x, y, x + tile, y + tile))), words))
+    for crop, (x, y) in zip(crops, corners, strict=True):
+        inside = [s for s in scene.shapes if x <= s.cx * sx + ox < x + tile and y <= s.cy * sy + oy < y + tile]
+        text = scene.text
+        if text is not None:
+            x0, y0, x1, y1 = text.box
+            box = (x0 * sx + ox, y0 * sy + oy, x1 * sx + ox, y1 * sy + oy)
+            if not (x <= box[0] and box[2] <= x + tile and y <= box[1] and box[3] <= y + tile):
+                text = None
+        views.append((_tensor(crop), listing(inside, text) or EMPTY_TILE))
     return views
 
 
