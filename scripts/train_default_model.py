@@ -186,34 +186,27 @@ def main(argv: list[str] | None = None) -> int:
     times["stage1"] = time.perf_counter() - t
     _log(f"stage 1: {len(s1)} steps, loss {s1[0]:.3f} -> {s1[-1]:.3f}")
 
-    t = time.perf_counter()
-    sw = finished(out / "stage2_warmup") if args.cont else None
-    sw = sw or run_stage(
-        "tiny-synth-stage2.yaml",
-        [
-            f"model.init={out / 'stage1'}",
-            f"data.path={out / 'data_warmup' / 'instruct.json'}",
-            f"data.image_folder={out / 'data_warmup'}",
-            f"train.output_dir={out / 'stage2_warmup'}",
-            *common,
-        ],
-    )
-    times["stage2_warmup"] = time.perf_counter() - t
+    def stage2_pass(init: str, data: str, name: str) -> list[float]:
+        """One stage-2 pass of the curriculum from ``out/init`` on ``out/data``, into ``out/name`` (kept with
+        --continue when already finished); its time goes into the summary under ``name``."""
+        t = time.perf_counter()
+        losses = (finished(out / name) if args.cont else None) or run_stage(
+            "tiny-synth-stage2.yaml",
+            [
+                f"model.init={out / init}",
+                f"data.path={out / data / 'instruct.json'}",
+                f"data.image_folder={out / data}",
+                f"train.output_dir={out / name}",
+                *common,
+            ],
+        )
+        times[name] = time.perf_counter() - t
+        return losses
+
+    sw = stage2_pass("stage1", "data_warmup", "stage2_warmup")
     _log(f"stage 2 warm-up: {len(sw)} steps, loss {sw[0]:.3f} -> {sw[-1]:.3f}")
 
-    t = time.perf_counter()
-    s2 = finished(out / "stage2") if args.cont else None
-    s2 = s2 or run_stage(
-        "tiny-synth-stage2.yaml",
-        [
-            f"model.init={out / 'stage2_warmup'}",
-            f"data.path={out / 'data_easy' / 'instruct.json'}",
-            f"data.image_folder={out / 'data_easy'}",
-            f"train.output_dir={out / 'stage2'}",
-            *common,
-        ],
-    )
-    times["stage2"] = time.perf_counter() - t
+    s2 = stage2_pass("stage2_warmup", "data_easy", "stage2")
     final = out / "stage2"
     if args.more_instruct:  # a second stage-2 pass on fresh scenes (training seed 1), from the first pass
         t = time.perf_counter()
@@ -222,19 +215,10 @@ def main(argv: list[str] | None = None) -> int:
 
             sides2 = {k: sides[k] for k in SIDE_KEYS}
             write_dataset(out / "data2", args.more_instruct, 1, "instruct", **sides2, max_turns=TURNS)
+        data_seconds = time.perf_counter() - t
         final = out / "stage2b"
-        more = finished(final) if args.cont else None
-        s2 += more or run_stage(
-            "tiny-synth-stage2.yaml",
-            [
-                f"model.init={out / 'stage2'}",
-                f"data.path={out / 'data2' / 'instruct.json'}",
-                f"data.image_folder={out / 'data2'}",
-                f"train.output_dir={final}",
-                *common,
-            ],
-        )
-        times["stage2b"] = time.perf_counter() - t
+        s2 += stage2_pass("stage2", "data2", "stage2b")
+        times["stage2b"] += data_seconds  # the pass's time includes writing its data, as before
     times["train_total"] = time.perf_counter() - start
     _log(f"stage 2: {len(s2)} steps, loss {s2[0]:.3f} -> {s2[-1]:.3f}; training took {times['train_total']:.0f}s")
 
