@@ -1,5 +1,6 @@
 """What removed per-token work must not change: the RoPE table equals a direct computation bit for bit, the
-transposed float32 LM head keeps the weights and the tokens, the one-token mask equals the general one."""
+transposed float32 LM head keeps the weights and the tokens, the one-token mask equals the general one, few-row
+products as W @ x^T equal nn.Linear and keep batched decoding equal to unbatched."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from llavakit.config import TextConfig
-from llavakit.engine.generate import stream_tokens
-from llavakit.engine.linear import optimize_model, transpose_head
+from llavakit.engine.generate import generate, stream_tokens
+from llavakit.engine.linear import FewRowsLinear, optimize_model, transpose_head
 from llavakit.model.rope import Rotary, apply_rotary, inv_freq
 from llavakit.model.text import attention_mask_for
 from tiny_models import hf_model, ours_from_hf
@@ -51,7 +52,7 @@ def test_one_token_mask_equals_the_general_mask():
 def test_transposed_head_keeps_weights_and_greedy_tokens():
     model = ours_from_hf(hf_model("llava", "qwen2", seed=2, tie_word_embeddings=True))
     fast = copy.deepcopy(model)
-    assert optimize_model(fast) == {"transposed_head": 1}
+    assert optimize_model(fast) == {"transposed_head": 1, "FewRowsLinear": 14}  # 2 layers x 7 + nothing else
     assert transpose_head(fast) == 0  # already done
     w = fast.lm_head.weight
     assert w.stride() == (1, w.shape[0]) and w is fast.model.language_model.embed_tokens.weight
@@ -61,3 +62,31 @@ def test_transposed_head_keeps_weights_and_greedy_tokens():
         torch.testing.assert_close(fast(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
     kw = dict(max_new_tokens=10, eos_token_id=[])
     assert [int(t) for t in stream_tokens(fast, ids, **kw)] == [int(t) for t in stream_tokens(model, ids, **kw)]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 64, 65])
+@pytest.mark.parametrize("bias", [False, True])
+def test_few_rows_linear_equals_nn_linear(rows, bias):
+    torch.manual_seed(rows)
+    lin = torch.nn.Linear(48, 80, bias=bias)
+    few = FewRowsLinear(lin)
+    assert few.weight is lin.weight and list(few.state_dict()) == list(lin.state_dict())
+    x = torch.randn(rows, 1, 48)  # (B, T=1, D): a batch of decode tokens
+    with torch.no_grad():
+        out = few(x)
+        torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-5)
+    assert out.shape == (rows, 1, 80) and out.is_contiguous()
+
+
+def test_few_rows_batched_decode_equals_unbatched():
+    model = ours_from_hf(hf_model("llava", "llama", seed=3))
+    optimize_model(model)
+    assert isinstance(model.model.language_model.layers[0].mlp.up_proj, FewRowsLinear)
+    prompts = [[1, 9, 44, 7, 63, 20, 5], [1, 30, 2, 8], [1, 11, 12, 13, 14, 15], [1, 4, 4]]
+    kw = dict(max_new_tokens=8, eos_token_id=[])
+    single = [[int(t) for t in stream_tokens(model, torch.tensor([p]), **kw)] for p in prompts]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])  # left-padded (4, T)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    batched = generate(model, ids, attention_mask=mask, **kw)
+    assert batched[:, width:].tolist() == single
