@@ -11,7 +11,7 @@ import torch
 
 from llavakit.config import TextConfig
 from llavakit.engine.generate import generate, stream_tokens
-from llavakit.engine.linear import FewRowsLinear, optimize_model, transpose_head
+from llavakit.engine.linear import ThreadedLinear, optimize_model, threaded_linear, transpose_head
 from llavakit.model.rope import Rotary, apply_rotary, inv_freq
 from llavakit.model.text import attention_mask_for
 from tiny_models import hf_model, ours_from_hf
@@ -52,7 +52,7 @@ def test_one_token_mask_equals_the_general_mask():
 def test_transposed_head_keeps_weights_and_greedy_tokens():
     model = ours_from_hf(hf_model("llava", "qwen2", seed=2, tie_word_embeddings=True))
     fast = copy.deepcopy(model)
-    assert optimize_model(fast) == {"transposed_head": 1, "FewRowsLinear": 14}  # 2 layers x 7 + nothing else
+    assert optimize_model(fast) == {"transposed_head": 1}  # weights this small stay on F.linear
     assert transpose_head(fast) == 0  # already done
     w = fast.lm_head.weight
     assert w.stride() == (1, w.shape[0]) and w is fast.model.language_model.embed_tokens.weight
@@ -66,22 +66,34 @@ def test_transposed_head_keeps_weights_and_greedy_tokens():
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 64, 65])
 @pytest.mark.parametrize("bias", [False, True])
-def test_few_rows_linear_equals_nn_linear(rows, bias):
+@pytest.mark.parametrize("column_major", [False, True])
+def test_threaded_linear_equals_nn_linear(rows, bias, column_major):
     torch.manual_seed(rows)
-    lin = torch.nn.Linear(48, 80, bias=bias)
-    few = FewRowsLinear(lin)
-    assert few.weight is lin.weight and list(few.state_dict()) == list(lin.state_dict())
+    lin = torch.nn.Linear(48, 1024, bias=bias)
+    ref = copy.deepcopy(lin)
+    if column_major:  # the transposed LM head's layout
+        lin.weight.data = lin.weight.data.t().contiguous().t()
+    fast = ThreadedLinear(lin)
+    assert fast.weight is lin.weight and fast.blocks == 8 and list(fast.state_dict()) == list(lin.state_dict())
     x = torch.randn(rows, 1, 48)  # (B, T=1, D): a batch of decode tokens
     with torch.no_grad():
-        out = few(x)
-        torch.testing.assert_close(out, lin(x), rtol=1e-5, atol=1e-5)
-    assert out.shape == (rows, 1, 80) and out.is_contiguous()
+        out = fast(x)
+        torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-5)
+    assert out.shape == (rows, 1, 1024) and out.is_contiguous()
 
 
-def test_few_rows_batched_decode_equals_unbatched():
+def test_threaded_linear_blocks_are_the_right_outputs():
+    w = torch.arange(16.0).repeat_interleave(4).view(16, 4)  # row i is all i: output i of x = 1 is 4 i
+    x = torch.ones(3, 4)
+    for blocks in (2, 4, 8):
+        assert torch.equal(threaded_linear(x, w, None, blocks), 4 * torch.arange(16.0).expand(3, 16))
+        assert torch.equal(threaded_linear(x[:1], w, torch.ones(16), blocks), 4 * torch.arange(16.0)[None] + 1)
+
+
+def test_threaded_batched_decode_equals_unbatched():
     model = ours_from_hf(hf_model("llava", "llama", seed=3))
-    optimize_model(model)
-    assert isinstance(model.model.language_model.layers[0].mlp.up_proj, FewRowsLinear)
+    counts = optimize_model(model, min_threaded_weight=0)
+    assert counts["ThreadedLinear"] > 0 and isinstance(model.lm_head, ThreadedLinear)
     prompts = [[1, 9, 44, 7, 63, 20, 5], [1, 30, 2, 8], [1, 11, 12, 13, 14, 15], [1, 4, 4]]
     kw = dict(max_new_tokens=8, eos_token_id=[])
     single = [[int(t) for t in stream_tokens(model, torch.tensor([p]), **kw)] for p in prompts]

@@ -12,10 +12,10 @@
   Many rows (prefill) go through ``dense_linear``.
 - ``dense_linear`` / ``DenseLinear``: ``F.linear`` that widens bf16 to float32 where bf16 GEMMs are not native
   (AVX2 CPUs: torch's bf16 GEMM ran at 2.8 GFLOP/s there, float32 at 15, 2 threads); elsewhere plain F.linear.
-- ``FewRowsLinear`` (float32 decoder): 2-64 rows (a batch of decode tokens) as ``W @ x^T`` instead of
-  ``x @ W^T``. MKL's float32 GEMM with a handful of rows ran up to 3x slower than with one on a 2-core AVX2 EPYC
-  (24 Qwen2-0.5B layers, weights from memory: 1 row 151 ms, 4 rows 409 ms through ``F.linear``, 146 ms as
-  ``W @ x^T``); the same product with the weight as the many-row operand streams it once.
+- ``ThreadedLinear`` (float32 decoder and LM head): 1-64 rows (decode tokens) as one ``bmm`` over 8 slices of
+  the weight. On a 2-core AVX2 EPYC, MKL ran a one-row float32 product on one core and 4 rows 2.8x slower than
+  one (24 Qwen2-0.5B layers, weights from memory: 1 row 149 ms, 4 rows 463 ms through ``F.linear``; as bmm
+  87 ms and 126 ms; its 151936 x 896 head 43 -> 24-28 ms for one row).
 - ``PackedLinear``: the weight reordered once for oneDNN (bf16 needs AVX-512 or AVX-NE-CONVERT); used for the
   vision tower where oneDNN packs bf16. float32 packing measured no faster, so float32 models stay unchanged.
 
@@ -133,38 +133,79 @@ class DenseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-FEW_ROWS = (2, 64)  # FewRowsLinear's row range (inclusive); 1 row and longer prompts stay on F.linear
+FEW_ROWS = 64  # ThreadedLinear's block products up to this many rows; longer prompts stay on F.linear
+# Smaller weights stay on F.linear: a product whose weight sits in the cache gains nothing from a second core and
+# pays bmm's overhead (896 x 896: 72 vs 69-74 us for one row, 217 vs 243-359 us for 4; 4864 x 896: 1952 vs 383).
+MIN_THREADED_WEIGHT = 1 << 19
 
 
-def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear`` for a few float32 rows computed as ``(W @ x^T)^T``: (M, K) x (N, K) -> (M, N), contiguous.
+def _blocks(n: int) -> int:
+    """How many weight blocks a product of ``n`` outputs is cut into: 8, 4 or 2 (at least 64 outputs each), else 1."""
+    return next((k for k in (8, 4, 2) if n % k == 0 and n // k >= 64), 1)
 
-    Equal to ``F.linear`` up to summation order (float32 accumulation either way).
+
+def threaded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int) -> torch.Tensor:
+    """``F.linear`` of a few float32 rows as one ``bmm`` over ``blocks`` slices of the weight's outputs:
+    (M, K) x (N, K) -> (M, N), contiguous. Equal to ``F.linear`` up to summation order.
+
+    Why: MKL runs a one-row float32 product on one core and a product of 2-8 rows up to 3x slower than one row,
+    while ``bmm`` spreads its batch over all cores, each block a plain product that streams its slice once.
+    Example: N = 4864 outputs, 8 blocks: W viewed (8, 608, K) (row-major, no copy); one row x (1, K) -> bmm of
+    x (8, 1, K) by W^T (8, K, 608) -> (8, 1, 608) -> (1, 4864). For M >= 2 rows the weight is the left operand:
+    W (8, 608, K) @ x^T (8, K, M) -> (8, 608, M) -> (4864, M) -> transposed to (M, 4864).
+    A column-major weight (``transpose_head``'s (V, D) with strides (1, V)) is viewed (k, V/k, D) the same way;
+    its blocks are (D, V/k) row-major slices, so it always takes the x-major form.
     """
-    xt = x.t()  # (K, M), no copy
-    out = torch.mm(weight, xt) if bias is None else torch.addmm(bias[:, None], weight, xt)  # (N, M)
-    return out.t().contiguous()
+    m, k = x.shape
+    n = weight.shape[0]
+    w = weight.view(blocks, n // blocks, k)  # (k_b, N/k_b, K)
+    if m == 1 or weight.stride(0) == 1:
+        out = torch.bmm(x.expand(blocks, m, k), w.transpose(1, 2))  # (k_b, M, N/k_b)
+        out = out.transpose(0, 1).reshape(m, n)
+    else:
+        out = torch.bmm(w, x.t().expand(blocks, k, m)).view(n, m).t()  # (N, M) -> (M, N)
+    out = out.contiguous()
+    return out if bias is None else out.add_(bias)
 
 
-class FewRowsLinear(nn.Module):
-    """``nn.Linear`` whose CPU products of 2-64 rows go through ``few_rows_linear``; the rest through F.linear.
-    ``weight`` and ``bias`` are the original parameters (same state-dict keys, no copy)."""
+class ThreadedLinear(nn.Module):
+    """``nn.Linear`` whose float32 CPU products of 1-64 rows go through ``threaded_linear``; longer ones through
+    ``F.linear``. ``weight`` and ``bias`` are the original parameters (same state-dict keys, no copy; a tied or
+    transposed LM head keeps its memory)."""
 
-    def __init__(self, linear: nn.Linear, rows: tuple[int, int] = FEW_ROWS) -> None:
+    def __init__(self, linear: nn.Linear, max_rows: int = FEW_ROWS) -> None:
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.rows = rows
+        self.max_rows = max_rows
+        self.blocks = _blocks(linear.out_features)
+        self._rows: torch.Tensor | None = None  # see _row_major
+        self._source_version = -1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = x.numel() // self.in_features
-        if not (self.rows[0] <= m <= self.rows[1]) or x.device.type != "cpu" or x.dtype != self.weight.dtype:
+        if m > self.max_rows or self.blocks == 1 or x.device.type != "cpu" or x.dtype != self.weight.dtype:
             return F.linear(x, self.weight, self.bias)
-        out = few_rows_linear(x.reshape(m, self.in_features), self.weight, self.bias)  # (M, N)
+        w = self.weight
+        if m > 1 and w.stride(0) == 1 and not torch.compiler.is_compiling():
+            w = self._row_major()
+        out = threaded_linear(x.reshape(m, self.in_features), w, self.bias, self.blocks)  # (M, N)
         return out.view(*x.shape[:-1], self.out_features)
 
+    def _row_major(self) -> torch.Tensor:
+        """A row-major copy of a column-major weight, made on the first product of several rows (batched decode).
+
+        The transposed head (``transpose_head``) multiplies one row 1.6x faster than a row-major one, several
+        rows 1.6x slower (151936 x 896, 4 rows: 79 vs 48 ms); single-stream decoding never pays for the copy.
+        """
+        if self._rows is None or self.weight._version != self._source_version:  # weight edited in place
+            self._rows = self.weight.detach().contiguous()
+            self._source_version = self.weight._version
+        return self._rows
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return f"{sizes}, blocks={self.blocks}"
 
 
 class BF16DecodeLinear(nn.Module):
@@ -298,13 +339,17 @@ def _dense(module: nn.Module, skip: Callable[[str], bool] | None = None) -> int:
     return swapped
 
 
-def few_rows_linears(module: nn.Module, skip: Callable[[str], bool] | None = None) -> int:
-    """Swap the float32 CPU ``nn.Linear``s below ``module`` (unless ``skip(name)``) for ``FewRowsLinear``s."""
+def threaded_linears(
+    module: nn.Module, skip: Callable[[str], bool] | None = None, min_weight: int = MIN_THREADED_WEIGHT
+) -> int:
+    """Swap the float32 CPU ``nn.Linear``s below ``module`` (unless ``skip(name)``) of ``min_weight`` elements or
+    more whose outputs split into blocks for ``ThreadedLinear``s; returns how many."""
     swapped = 0
     for name, lin in list(module.named_modules()):
-        if type(lin) is nn.Linear and not (skip and skip(name)):
-            if lin.weight.device.type == "cpu" and lin.weight.dtype == torch.float32:
-                _swap(module, name, FewRowsLinear(lin))
+        if type(lin) is nn.Linear and not (skip and skip(name)) and _blocks(lin.out_features) > 1:
+            w = lin.weight
+            if w.device.type == "cpu" and w.dtype == torch.float32 and w.numel() >= min_weight:
+                _swap(module, name, ThreadedLinear(lin))
                 swapped += 1
     return swapped
 
@@ -335,7 +380,11 @@ def transpose_head(model: nn.Module) -> int:
 
 
 def optimize_model(
-    model: nn.Module, *, min_fp16_weight: int = MIN_FP16_WEIGHT, fp16_decode: bool | None = None
+    model: nn.Module,
+    *,
+    min_fp16_weight: int = MIN_FP16_WEIGHT,
+    fp16_decode: bool | None = None,
+    min_threaded_weight: int = MIN_THREADED_WEIGHT,
 ) -> dict[str, int]:
     """The fastest correct CPU inference Linears for a Llava model (in place); returns counts per module kind.
 
@@ -344,9 +393,9 @@ def optimize_model(
     than bf16 ``F.linear`` end to end and its prefill had to unpack the fp16 weight);
     vision tower and projector -> ``PackedLinear`` where oneDNN packs bf16, else ``DenseLinear`` (float32
     compute where bf16 GEMMs are not native). Any layer still an ``nn.Linear`` after that (no fbgemm) gets the
-    same treatment as the vision tower. float32: decoder Linears -> ``FewRowsLinear`` (batched decode), the
-    LM head's weight stored transposed (``transpose_head``), vision tower and projector unchanged (packing
-    measured no faster). Quantized layers (``Int8Linear``, ``Int4Linear``) are left
+    same treatment as the vision tower. float32: the LM head's weight stored transposed (``transpose_head``),
+    decoder Linears and head -> ``ThreadedLinear`` (decode products on all cores), vision tower and projector
+    unchanged (packing measured no faster). Quantized layers (``Int8Linear``, ``Int4Linear``) are left
     alone: they pick their own kernels.
     """
     if fp16_decode is None:  # on AVX2 (no native bf16) it measured no faster end to end, and prefill unpacks
@@ -357,8 +406,7 @@ def optimize_model(
     counts["PackedLinear"] = pack_linears(model, dtypes=(torch.bfloat16,))
     counts["DenseLinear"] = _dense(model)
     counts["transposed_head"] = transpose_head(model)
-    decoder = getattr(getattr(model, "model", None), "language_model", None)
-    counts["FewRowsLinear"] = few_rows_linears(decoder) if decoder is not None else 0
+    counts["ThreadedLinear"] = threaded_linears(model, skip=is_many_rows_only, min_weight=min_threaded_weight)
     return {k: v for k, v in counts.items() if v}
 
 
