@@ -106,6 +106,23 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def worker_counters(url: str) -> dict[str, float]:
+    """The model worker's prefill / decode seconds and prefill calls so far, from /metrics."""
+    import httpx
+
+    names = {
+        "llava_worker_prefill_seconds_total": "prefill_s",
+        "llava_worker_decode_seconds_total": "decode_s",
+        "llava_prefills_total": "prefills",
+    }
+    out = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            out[names[name]] = float(value)
+    return out
+
+
 def run_level(url: str, body: dict, clients: int, requests: int, server_pid: int | None = None) -> dict:
     import httpx
 
@@ -145,6 +162,7 @@ def run_level(url: str, body: dict, clients: int, requests: int, server_pid: int
     threads = [threading.Thread(target=client, args=(c,)) for c in conns]
     for t in threads:
         t.start()
+    work0 = worker_counters(url)
     start.wait()
     cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
     me0 = time.process_time()
@@ -154,6 +172,7 @@ def run_level(url: str, body: dict, clients: int, requests: int, server_pid: int
     wall = time.perf_counter() - t0
     cpu = cpu_seconds(server_pid) - cpu0 if server_pid else float("nan")
     clients_cpu = time.process_time() - me0
+    work = {k: v - work0.get(k, 0.0) for k, v in worker_counters(url).items()}
     for c in conns:
         c.close()
     if errors:
@@ -170,6 +189,10 @@ def run_level(url: str, body: dict, clients: int, requests: int, server_pid: int
         "tokens_per_request": statistics.mean(tokens),
         "server_cpu_ms_per_request": 1000 * cpu / requests,
         "client_cpu_ms_per_request": 1000 * clients_cpu / requests,
+        # the model worker's wall time per request: admitting (vision + prefill) and decode steps
+        "worker_prefill_ms_per_request": 1000 * work.get("prefill_s", float("nan")) / requests,
+        "worker_decode_ms_per_request": 1000 * work.get("decode_s", float("nan")) / requests,
+        "requests_per_prefill": requests / max(work.get("prefills", 0.0), 1.0),
         "load_average": load_average(),
     }
 
@@ -229,14 +252,16 @@ def main() -> None:
     best_of = f" (best of {a.repeat})" if a.repeat > 1 else ""
     print(
         f"\n| clients | requests{best_of} | req/s | tokens/s | p50 latency s | p95 latency s | server CPU ms/request "
-        "| load average | vs 1 client |"
+        "| worker prefill / decode ms/request | load average | vs 1 client |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     base = rows[0]["req_per_s"]
     for r in rows:
         print(
             f"| {r['clients']} | {r['requests']} | {r['req_per_s']:.2f} | {r['tok_per_s']:.1f} | {r['p50_s']:.2f} | "
-            f"{r['p95_s']:.2f} | {r['server_cpu_ms_per_request']:.0f} | {r['load_average']} | "
+            f"{r['p95_s']:.2f} | {r['server_cpu_ms_per_request']:.0f} | "
+            f"{r['worker_prefill_ms_per_request']:.0f} / {r['worker_decode_ms_per_request']:.0f} | "
+            f"{r['load_average']} | "
             f"{r['req_per_s'] / base:.1f}x |"
         )
     last = rows[-1]

@@ -187,6 +187,11 @@ def test_health_and_metrics(server: Server) -> None:
         "llava_queue_depth",
         "llava_request_latency_seconds_bucket",
         "llava_batch_size_count",
+        "llava_worker_prefill_seconds_total",
+        "llava_worker_decode_seconds_total",
+        "llava_prefills_total",
     ):
         assert name in text, name
     assert server.metric("llava_prompt_tokens_total") > 0
+    assert server.metric("llava_prefills_total") >= 1 and server.metric("llava_worker_prefill_seconds_total") > 0
+    assert server.metric("llava_worker_decode_seconds_total") > 0

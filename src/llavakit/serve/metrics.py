@@ -41,6 +41,9 @@ class Metrics:
         self.cancelled = 0
         self.timeouts = 0
         self.rejected = 0  # queue full
+        self.prefill_seconds = 0.0  # model worker time admitting jobs (vision + prefill + cache merge)
+        self.decode_seconds = 0.0  # model worker time in decode steps (sampling, detokenizing, one forward)
+        self.prefills = 0  # prefill calls (jobs arriving together share one)
         self.latency = Histogram(LATENCY_BUCKETS)
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
@@ -71,8 +74,12 @@ class Metrics:
                 ("llava_cancelled_requests_total", self.cancelled, "generations cancelled by a client disconnect"),
                 ("llava_timeout_requests_total", self.timeouts, "requests that ran out of their time limit"),
                 ("llava_rejected_requests_total", self.rejected, "requests refused because the queue was full"),
+                ("llava_worker_prefill_seconds_total", self.prefill_seconds, "model worker time in prefills"),
+                ("llava_worker_decode_seconds_total", self.decode_seconds, "model worker time in decode steps"),
+                ("llava_prefills_total", self.prefills, "prefill calls (requests arriving together share one)"),
             ]:
-                lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {value}"]
+                shown = round(value, 6) if isinstance(value, float) else value
+                lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {shown}"]
             for name, hist, help_ in [
                 ("llava_request_latency_seconds", self.latency, "chat completion latency, arrival to last token"),
                 ("llava_time_to_first_token_seconds", self.ttft, "arrival to first generated token"),

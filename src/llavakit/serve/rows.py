@@ -1,0 +1,161 @@
+"""The state of the rows the model worker generates together (``batcher.Batcher``'s running batch).
+
+``RunningBatch`` holds the rows, their shared KV cache (rows right-aligned over its slots), masks, positions and
+next-token logits; ``Row`` holds one request's detokenizer, stop matching and sampling state. See ``batcher``'s
+docstring for the slot layout with a worked example.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..engine.kv_cache import KVCache
+from ..engine.sampling import apply_repetition_penalty, sample
+from ..engine.text import StopMatcher
+
+if TYPE_CHECKING:
+    from .batcher import Job
+
+
+class RunningBatch:
+    """The active rows, their shared KV cache (rows right-aligned over ``cache.length`` slots) and their state.
+
+    mask (B, max_len) marks each row's real slots; pos (B, 1) is each row's next RoPE position; logits (B, V) are
+    the logits of each row's next token; tokens (B,) the tokens about to be fed.
+    """
+
+    def __init__(self, model) -> None:  # noqa: ANN001
+        self.model = model
+        self.rows: list[Row] = []
+        self.cache: KVCache | None = None
+        self.mask = self.pos = self.logits = self.tokens = None
+
+    def jobs(self) -> list[Job]:
+        return [r.job for r in self.rows]
+
+    def merge(self, rows: list[Row], cache: KVCache, mask: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor):
+        """Join prefilled rows (their own ``cache`` of T slots, ``mask`` (b, T)) to the running ones."""
+        old, b_a = self.cache, len(self.rows)
+        l_a, t = (old.length if old is not None else 0), cache.length
+        length = max(l_a, t)
+        self.rows = self.rows + rows
+        room = max(r.job.max_new_tokens - r.job.completion_tokens for r in self.rows)
+        new = KVCache(
+            self.model.config.text, len(self.rows), length + room + 1, dtype=cache.k[0].dtype, device=cache.k[0].device
+        )
+        for layer in range(len(new.k)):
+            for dst, src in ((new.k, old.k if old else None), (new.v, old.v if old else None)):
+                if src is not None:
+                    dst[layer][:b_a, :, length - l_a : length] = src[layer][:, :, :l_a]
+            new.k[layer][b_a:, :, length - t : length] = cache.k[layer][:, :, :t]
+            new.v[layer][b_a:, :, length - t : length] = cache.v[layer][:, :, :t]
+        new.length = length
+        full = torch.ones(len(self.rows), new.max_len, dtype=torch.long, device=mask.device)  # (B, max_len)
+        full[:, :length] = 0
+        if old is not None:
+            full[:b_a, length - l_a : length] = self.mask[:, :l_a]
+        full[b_a:, length - t : length] = mask
+        self.cache, self.mask = new, full
+        self.pos = pos if old is None else torch.cat([self.pos, pos])
+        self.logits = logits if old is None else torch.cat([self.logits, logits])
+
+    def sample(self) -> torch.Tensor:
+        """(B,) next tokens: greedy rows by one argmax, the others each with their own settings and generator."""
+        tokens = self.logits.argmax(-1)
+        for i, row in enumerate(self.rows):
+            p = row.job.params
+            if row.seen is None and p.greedy:
+                continue
+            logits = self.logits[i : i + 1]
+            if row.seen is not None:
+                logits = apply_repetition_penalty(logits, row.seen, p.repetition_penalty)
+            tokens[i] = sample(logits, p, row.generator)[0]
+            if row.seen is not None:
+                row.seen[0, tokens[i]] = True
+        return tokens
+
+    def drop_finished(self, tokens: torch.Tensor) -> None:
+        """Forget the rows that ended; trim the slot columns that are padding for every remaining row."""
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        if not keep:
+            self.__init__(self.model)
+            return
+        if len(keep) < len(self.rows):
+            idx = torch.tensor(keep, device=self.mask.device)
+            self.rows = [self.rows[i] for i in keep]
+            for kv in (self.cache.k, self.cache.v):
+                for layer in range(len(kv)):
+                    kv[layer] = kv[layer].index_select(0, idx)
+            self.cache.batch_size = len(keep)
+            self.mask, self.pos = self.mask.index_select(0, idx), self.pos.index_select(0, idx)
+            tokens = tokens.index_select(0, idx)
+            lead = int((self.mask[:, : self.cache.length].cumsum(-1) == 0).sum(-1).min())  # all-padding columns
+            if lead:
+                for kv in (self.cache.k, self.cache.v):
+                    for layer in range(len(kv)):
+                        kv[layer] = kv[layer][:, :, lead:].contiguous()
+                self.cache.length -= lead
+                self.cache.max_len -= lead
+                self.mask = self.mask[:, lead:]
+        self.tokens = tokens
+
+    def decode(self) -> None:
+        """Feed ``tokens`` (one per row) and keep the logits of the next ones."""
+        end = self.cache.length + 1
+        embeds = self.model.model.language_model.embed_tokens(self.tokens[:, None])  # (B, 1, D)
+        self.logits = self.model(
+            inputs_embeds=embeds, attention_mask=self.mask[:, :end], position_ids=self.pos, cache=self.cache
+        ).logits[:, -1]
+        self.pos = self.pos + 1
+
+
+class Row:
+    """Detokenizing and stop matching of one row of a batch."""
+
+    def __init__(self, job: Job, tokenizer) -> None:  # noqa: ANN001
+        self.job = job
+        self.decoder = tokenizer.decode_stream(skip_special_tokens=True)
+        self.stops = StopMatcher(job.stop)
+        self.done = False
+        self.seen: torch.Tensor | None = None  # (1, V) tokens seen, for the repetition penalty
+        self.generator: torch.Generator | None = None
+        self.held: list[str] = []  # the text so far of a job that does not stream
+
+    def start(self, vocab: int, device: torch.device) -> None:
+        """Sampling state as the engine's decode loop sets it up for one request."""
+        p = self.job.params
+        if p.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(p.seed)
+        if p.repetition_penalty != 1.0:
+            self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
+            self.seen[0, self.job.input_ids.to(device).clamp(0, vocab - 1)] = True
+
+    def count(self, now: float) -> None:
+        self.job.completion_tokens += 1
+        if self.job.first_token_at is None:
+            self.job.first_token_at = now
+
+    def _out(self, delta: str) -> None:
+        if not delta:
+            return
+        if self.job.stream:
+            self.job.emit(("delta", delta))
+        else:
+            self.held.append(delta)
+
+    def push(self, t: int) -> None:
+        self._out(self.stops.push(self.decoder.push(t)))
+        if self.stops.stopped:
+            self.finish("stop")
+        elif self.job.completion_tokens >= self.job.max_new_tokens:
+            self.finish("length")
+
+    def finish(self, reason: str) -> None:
+        if not self.stops.stopped:
+            self._out(self.stops.push(self.decoder.flush()) + self.stops.flush())
+        if self.held:
+            self.job.emit(("delta", "".join(self.held)))
+        self.job.emit(("done", reason))
+        self.done = True
