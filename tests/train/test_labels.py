@@ -11,8 +11,9 @@ from PIL import Image
 from train_helpers import conv, tiny_processor, write_image
 
 from llavakit.model.llava import IGNORE_INDEX
-from llavakit.train.data import SupervisedDataset, to_messages
+from llavakit.train.data import SupervisedDataset
 from llavakit.train.labels import SampleError, encode_sample, expand_placeholders
+from llavakit.train.records import to_messages
 
 VICUNA = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "

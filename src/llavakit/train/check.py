@@ -25,18 +25,9 @@ from pathlib import Path
 
 from ..processing.image import sample_frames
 from ..processing.processor import LlavaProcessor
-from .data import (
-    Record,
-    check_record,
-    frame_files,
-    image_paths,
-    image_size,
-    iter_records,
-    open_image,
-    to_messages,
-    video_path,
-)
+from .data import image_size, open_image
 from .labels import SampleError, encode_sample
+from .records import Record, check_record, frame_files, image_paths, iter_records, to_messages, video_path
 
 SHOW = 10  # offending ids listed per kind
 

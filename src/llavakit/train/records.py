@@ -1,0 +1,166 @@
+"""LLaVA-format training records: read from JSON / JSONL, checked without decoding images, turned into messages.
+
+A record (one line of a .jsonl file, or one element of the array of a .json file)::
+
+    {"id": "000001", "image": "coco/000001.jpg",               # or a list of paths, or absent (text only)
+     "video": "clips/dance",                                   # optional: a folder of frames (OneVision)
+     "conversations": [{"from": "human", "value": "<image>\\nWhat is it?"},
+                       {"from": "gpt", "value": "A cat."}, ...]}
+
+Paths are relative to the ``image_folder``. One ``<image>`` placeholder per image (a single image's placeholder
+is moved to the front of its turn followed by "\\n", as the original LLaVA code does); a video takes one
+``<video>`` placeholder (or one ``<image>`` when the record has no images, as LLaVA-NeXT's video data writes it).
+``train.data`` builds the datasets on top of these.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..processing.templates import IMAGE, VIDEO
+from .labels import SampleError
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+@dataclass
+class Record:
+    data: dict[str, Any]
+    where: str  # "file.jsonl:12" or "records[3]": how errors name it
+
+    @property
+    def id(self) -> str:
+        return str(self.data.get("id", self.where)) if isinstance(self.data, dict) else self.where
+
+
+# -- reading ---------------------------------------------------------------------------------------------------
+
+
+def read_records(path: str | Path, on_error: str = "raise", skipped: Counter | None = None) -> list[Record]:
+    """Records of a .json (array) or .jsonl (one object per line) file; broken lines name file and line."""
+    out = []
+    for rec in iter_records(path):
+        if isinstance(rec, SampleError):
+            _fail(rec, on_error, skipped)
+        else:
+            out.append(rec)
+    return out
+
+
+def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
+    """Each record of the file, or a ``bad_json`` SampleError naming the file and line where one is broken.
+
+    A .json file holding one array is parsed whole (a break in it ends the file); .jsonl and any file that does
+    not start with "[" are read line by line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".jsonl" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield SampleError("bad_json", f"{path}:{e.lineno}: broken JSON ({e.msg}, column {e.colno})")
+            return
+        yield from (Record(r, f"{path}[{i}]") for i, r in enumerate(items))
+        return
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield Record(json.loads(line), f"{path}:{n}")
+        except json.JSONDecodeError as e:
+            yield SampleError("bad_json", f"{path}:{n}: broken JSON line ({e.msg}, column {e.colno})")
+
+
+def _fail(err: SampleError, on_error: str, skipped: Counter | None) -> None:
+    if on_error == "raise" or skipped is None:
+        raise err
+    skipped[err.reason] += 1
+
+
+def as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def image_paths(record: dict[str, Any], image_folder: str | Path | None) -> list[Path]:
+    root = Path(image_folder) if image_folder else Path(".")
+    return [root / p for p in as_list(record.get("image"))]
+
+
+def video_path(record: dict[str, Any], image_folder: str | Path | None) -> Path | None:
+    v = record.get("video")
+    return None if not v else (Path(image_folder) if image_folder else Path(".")) / str(v)
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The frames of a video folder in name order."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+
+
+def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str, Any]]:
+    """LLaVA ``conversations`` -> messages with placeholder strings (``human`` -> user, ``gpt`` -> assistant).
+
+    Checks: a non-empty conversation with a user turn and a non-empty assistant answer; one ``<image>`` per
+    image and one ``<video>`` per video. A single image's (or video's) placeholder moves to the turn's front.
+    """
+    rid = rid if rid is not None else str(record.get("id"))
+    conv = record.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise SampleError("empty_conversation", "no conversations", rid)
+    messages = []
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict) or "from" not in turn:
+            raise SampleError("bad_record", f"turn {i} must be an object with 'from' and 'value'", rid)
+        role = ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise SampleError("bad_record", f"turn {i}: unknown speaker {turn['from']!r} (use human / gpt)", rid)
+        messages.append({"role": role, "content": str(turn.get("value") or "")})
+    if any(m["role"] == "system" for m in messages[1:]):
+        raise SampleError("bad_record", "a system turn may only come first", rid)
+    body = [m for m in messages if m["role"] != "system"]
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in body) or not any(
+        m["role"] == "user" for m in body
+    ):
+        raise SampleError("empty_conversation", "the conversation needs a human turn and a non-empty gpt answer", rid)
+    n_img, has_video = len(as_list(record.get("image"))), bool(record.get("video"))
+    text = "".join(m["content"] for m in messages)
+    if has_video and VIDEO not in text and n_img == 0 and text.count(IMAGE) == 1:  # LLaVA-NeXT video records
+        for m in messages:
+            m["content"] = m["content"].replace(IMAGE, VIDEO)
+        text = text.replace(IMAGE, VIDEO)
+    if text.count(IMAGE) != n_img or text.count(VIDEO) != int(has_video):
+        raise SampleError(
+            "placeholder_mismatch",
+            f"{text.count(IMAGE)} {IMAGE} placeholder(s) for {n_img} image(s), {text.count(VIDEO)} {VIDEO} for "
+            f"{int(has_video)} video(s)",
+            rid,
+        )
+    for mark, n in ((IMAGE, n_img), (VIDEO, int(has_video))):
+        if n == 1:
+            for m in messages:
+                if mark in m["content"]:
+                    m["content"] = mark + "\n" + m["content"].replace(mark, "").strip()
+    return messages
+
+
+def check_record(record: Record, image_folder: str | Path | None) -> None:
+    """The cheap checks (no image decoding): conversation, placeholders, files exist. Raises SampleError."""
+    if not isinstance(record.data, dict):
+        raise SampleError("bad_record", "a record must be a JSON object")
+    to_messages(record.data, record.id)
+    for p in image_paths(record.data, image_folder):
+        if not p.is_file():
+            raise SampleError("missing_image", f"image file not found: {p}", record.id)
+    v = video_path(record.data, image_folder)
+    if v is not None and (not v.is_dir() or not frame_files(v)):
+        raise SampleError("missing_image", f"video folder not found or without frames: {v}", record.id)
