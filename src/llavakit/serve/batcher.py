@@ -141,7 +141,7 @@ class Batcher:
         while True:
             jobs = self._take(wait=not batch.rows)
             if jobs is None:
-                for row in batch.rows:
+                for row in batch.live():
                     row.job.emit(("error", 503, "the server is shutting down"))
                 return
             try:
@@ -156,11 +156,11 @@ class Batcher:
                     self.metrics.add("decode_seconds", time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - a failed step must not kill the worker
                 log.error("generation step failed:\n%s", traceback.format_exc())
-                for row in [*batch.rows, *(Row(j, self.tokenizer) for j in jobs or [] if j not in batch.jobs())]:
+                for row in [*batch.live(), *(Row(j, self.tokenizer) for j in jobs or [] if j not in batch.jobs())]:
                     row.job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
                 batch = RunningBatch(self.model)
             with self.cond:
-                self.running = len(batch.rows)
+                self.running = len(batch.live())
 
     def _take(self, wait: bool) -> list[Job] | None:
         """Jobs to admit now (up to the free rows); waits for work only when nothing runs. None when stopping."""
@@ -241,8 +241,10 @@ class Batcher:
         """Pick every row's next token, hand it out, drop the rows that ended, feed the rest one decode step."""
         now = time.monotonic()
         tokens = batch.sample()  # (B,)
-        self.metrics.observe("batch_size", len(batch.rows))
+        self.metrics.observe("batch_size", len(batch.live()))
         for row, t in zip(batch.rows, tokens.tolist()):
+            if row.done:  # ended at an earlier step, still in the cache
+                continue
             if row.job.cancelled.is_set():
                 row.done = True
                 self.metrics.add("cancelled")

@@ -1,0 +1,67 @@
+"""The model worker without HTTP: requests joining and leaving a running batch at different steps (finished rows
+stay in the cache until the next merge or until they are half of the rows) get the tokens they get alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from llavakit.engine.sampling import SamplingParams
+from llavakit.serve.batcher import Batcher, Job
+from llavakit.serve.rows import RunningBatch
+
+
+def _job(pipe, i: int, max_new: int, done: dict) -> Job:  # noqa: ANN001
+    ids = pipe.processor.tokenizer.encode(f"USER: question number {i} about {'x' * i} ASSISTANT:")
+    events: list = []
+
+    def emit(ev: tuple) -> None:
+        events.append(ev)
+        if ev[0] in ("done", "error"):
+            done[i] = events
+
+    return Job(torch.tensor(ids), {}, max_new, SamplingParams(temperature=0.0), [], time.monotonic() + 120, emit)
+
+
+def test_rows_leaving_and_joining_match_alone(pipe, monkeypatch) -> None:  # noqa: ANN001
+    merged_with_finished = []
+    merge = RunningBatch.merge
+
+    def spy(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        merged_with_finished.append(any(r.done for r in self.rows))
+        return merge(self, *a, **kw)
+
+    monkeypatch.setattr(RunningBatch, "merge", spy)
+    lengths = [3, 12, 5, 9, 2, 14, 7, 4]  # rows end at different steps while others arrive
+    alone: dict = {}
+    solo = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=1)
+    solo.start()
+    for i, n in enumerate(lengths):
+        solo.submit(_job(pipe, i, n, alone))
+        while i not in alone:
+            time.sleep(0.005)
+    solo.stop()
+
+    together: dict = {}
+    worker = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=4)
+    worker.start()
+
+    def arrive() -> None:
+        for i, n in enumerate(lengths):
+            worker.submit(_job(pipe, i, n, together))
+            time.sleep(0.01 * (i % 3))
+
+    t = threading.Thread(target=arrive)
+    t.start()
+    t.join()
+    end = time.monotonic() + 60
+    while len(together) < len(lengths) and time.monotonic() < end:
+        time.sleep(0.01)
+    worker.stop()
+    text = {i: "".join(e[1] for e in ev if e[0] == "delta") for i, ev in together.items()}
+    assert text == {i: "".join(e[1] for e in ev if e[0] == "delta") for i, ev in alone.items()}
+    assert all(ev[-1][0] == "done" for ev in together.values())
+    assert worker.metrics.prefills > 1 and worker.metrics.batch_size.total > 0
+    assert any(merged_with_finished), "no request joined while a finished row was still in the cache"
