@@ -215,7 +215,8 @@ def load(
     ``optimize`` swaps in the fastest correct CPU Linears for this machine (``engine.linear.optimize_model``;
     inference only): in bfloat16, long prompts and the vision tower multiply in float32 where the CPU has no
     native bf16 GEMM, and where it has one the decoder decodes through fbgemm's fp16 matrix-vector kernel.
-    float32 models keep their Linears; their LM head weight is stored transposed (faster one-token products).
+    In float32 the decoder's large Linears and the LM head multiply a few rows (decode) as one bmm over slices of
+    the weight, on all cores, and the head's weight is stored transposed (faster one-token products).
 
     ``compile`` runs the one-token decode step through ``torch.compile`` (``engine.compile``): the first answer
     waits for the compilation (tens of seconds on a CPU), later ones reuse it. Needs a C++ compiler.
