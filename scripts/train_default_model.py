@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
     ap.add_argument("--ship", action="store_true", help="copy the result to src/llavakit/assets/default-model")
+    ap.add_argument("--vision-lr", type=float, help="stage 2: train the vision tower at this rate too")
     ap.add_argument("--threads", type=int, help="torch threads (1 is faster on a machine busy with other jobs)")
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep finished phases found in --out")
     args = ap.parse_args(argv)
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"data.image_folder={out / data}",
                 f"train.output_dir={out / name}",
                 *common,
+                *([f"stage.vision_lr={args.vision_lr}"] if args.vision_lr else []),
             ],
         )
         times[name] = time.perf_counter() - t
@@ -236,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "scene_long_side": [sides["min_side"], sides["max_side"]],
         "threads": torch.get_num_threads(),
+        "vision_lr": args.vision_lr,
         "continued": args.cont,  # earlier phases came from a previous run in --out (their times are not here)
     }
     if args.eval_scenes:
