@@ -12,12 +12,12 @@
   Many rows (prefill) go through ``dense_linear``.
 - ``dense_linear`` / ``DenseLinear``: ``F.linear`` that widens bf16 to float32 where bf16 GEMMs are not native
   (AVX2 CPUs: torch's bf16 GEMM ran at 2.8 GFLOP/s there, float32 at 15, 2 threads); elsewhere plain F.linear.
-- ``ThreadedLinear`` (float32 decoder and LM head): 1-64 rows (decode tokens) as one ``bmm`` over 8 slices of
+- ``ThreadedLinear`` (float32 decoder and LM head): 1-256 rows (decode, short prompts) as one ``bmm`` over 8 slices of
   the weight. On a 2-core AVX2 EPYC, MKL ran a one-row float32 product on one core and 4 rows 2.8x slower than
   one (24 Qwen2-0.5B layers, weights from memory: 1 row 149 ms, 4 rows 463 ms through ``F.linear``; as bmm
   87 ms and 126 ms; its 151936 x 896 head 43 -> 24-28 ms for one row).
 - ``PackedLinear``: the weight reordered once for oneDNN (bf16 needs AVX-512 or AVX-NE-CONVERT); used for the
-  vision tower where oneDNN packs bf16. float32 packing measured no faster, so float32 models stay unchanged.
+  vision tower where oneDNN packs bf16. float32 packing measured no faster, so float32 weights are not packed.
 
 Inference only: the packed copies are made at swap time and do not follow later edits of ``weight``.
 """
@@ -133,7 +133,9 @@ class DenseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-FEW_ROWS = 64  # ThreadedLinear's block products up to this many rows; longer prompts stay on F.linear
+# ThreadedLinear's block products up to this many rows; longer prompts stay on F.linear. The 24 Qwen2-0.5B layers
+# (2 threads): 64 rows 902 -> 528 ms, 128 rows 1542 -> 1017, 256 rows 2167 -> 1836, 512 rows 3569 vs 3453.
+FEW_ROWS = 256
 # Smaller weights stay on F.linear: one that sits in the cache gains nothing from a second core and pays bmm's
 # overhead (192 x 512 repeated: 13 vs 20 us for one row). Qwen2-0.5B's 896 x 896 q/o weights are above the line:
 # read from memory in the 24-layer decode step they gained (one row 150 -> 145 ms per step, four 302 -> 249 ms).
@@ -170,7 +172,7 @@ def threaded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 class ThreadedLinear(nn.Module):
-    """``nn.Linear`` whose float32 CPU products of 1-64 rows go through ``threaded_linear``; longer ones through
+    """``nn.Linear`` whose float32 CPU products of 1-256 rows go through ``threaded_linear``; longer ones through
     ``F.linear``. ``weight`` and ``bias`` are the original parameters (same state-dict keys, no copy; a tied or
     transposed LM head keeps its memory)."""
 
