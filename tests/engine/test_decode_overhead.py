@@ -11,7 +11,8 @@ import torch
 
 from llavakit.config import TextConfig
 from llavakit.engine.generate import generate, stream_tokens
-from llavakit.engine.linear import ThreadedLinear, optimize_model, threaded_linear, transpose_head
+from llavakit.engine.linear import optimize_model, transpose_head
+from llavakit.engine.threaded_linear import ThreadedLinear, threaded_linear
 from llavakit.model.rope import Rotary, apply_rotary, inv_freq
 from llavakit.model.text import attention_mask_for
 from tiny_models import hf_model, ours_from_hf

@@ -12,10 +12,8 @@
   Many rows (prefill) go through ``dense_linear``.
 - ``dense_linear`` / ``DenseLinear``: ``F.linear`` that widens bf16 to float32 where bf16 GEMMs are not native
   (AVX2 CPUs: torch's bf16 GEMM ran at 2.8 GFLOP/s there, float32 at 15, 2 threads); elsewhere plain F.linear.
-- ``ThreadedLinear`` (float32 decoder and LM head): 1-256 rows (decode, short prompts) as one ``bmm`` over 8 slices of
-  the weight. On a 2-core AVX2 EPYC, MKL ran a one-row float32 product on one core and 4 rows 2.8x slower than
-  one (24 Qwen2-0.5B layers, weights from memory: 1 row 149 ms, 4 rows 463 ms through ``F.linear``; as bmm
-  87 ms and 126 ms; its 151936 x 896 head 43 -> 24-28 ms for one row).
+- ``ThreadedLinear`` (float32 decoder and LM head, ``engine.threaded_linear``): 1-256 rows (decode, short
+  prompts) as one ``bmm`` over 8 slices of the weight, on all cores (MKL ran one float32 row on one core here).
 - ``PackedLinear``: the weight reordered once for oneDNN (bf16 needs AVX-512 or AVX-NE-CONVERT); used for the
   vision tower where oneDNN packs bf16. float32 packing measured no faster, so float32 weights are not packed.
 
@@ -33,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .threaded_linear import MIN_THREADED_WEIGHT, ThreadedLinear, blocks_for
 
 DECODE_ROWS = 4  # up to this many rows (tokens x batch) per call take the matrix-vector path
 # Smaller weights stay off fbgemm: its kernel always starts a parallel region, which cost 0.03 ms for a 64 x 64
@@ -131,84 +131,6 @@ class DenseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-
-# ThreadedLinear's block products up to this many rows; longer prompts stay on F.linear. The 24 Qwen2-0.5B layers
-# (2 threads): 64 rows 902 -> 528 ms, 128 rows 1542 -> 1017, 256 rows 2167 -> 1836, 512 rows 3569 vs 3453.
-FEW_ROWS = 256
-# Smaller weights stay on F.linear: one that sits in the cache gains nothing from a second core and pays bmm's
-# overhead (192 x 512 repeated: 13 vs 20 us for one row). Qwen2-0.5B's 896 x 896 q/o weights are above the line:
-# read from memory in the 24-layer decode step they gained (one row 150 -> 145 ms per step, four 302 -> 249 ms).
-MIN_THREADED_WEIGHT = 1 << 19
-
-
-def _blocks(n: int) -> int:
-    """How many weight blocks a product of ``n`` outputs is cut into: 8, 4 or 2 (at least 64 outputs each), else 1."""
-    return next((k for k in (8, 4, 2) if n % k == 0 and n // k >= 64), 1)
-
-
-def threaded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int) -> torch.Tensor:
-    """``F.linear`` of a few float32 rows as one ``bmm`` over ``blocks`` slices of the weight's outputs:
-    (M, K) x (N, K) -> (M, N), contiguous. Equal to ``F.linear`` up to summation order.
-
-    Why: MKL runs a one-row float32 product on one core and a product of 2-8 rows up to 3x slower than one row,
-    while ``bmm`` spreads its batch over all cores, each block a plain product that streams its slice once.
-    Example: N = 4864 outputs, 8 blocks: W viewed (8, 608, K) (row-major, no copy); one row x (1, K) -> bmm of
-    x (8, 1, K) by W^T (8, K, 608) -> (8, 1, 608) -> (1, 4864). For M >= 2 rows the weight is the left operand:
-    W (8, 608, K) @ x^T (8, K, M) -> (8, 608, M) -> (4864, M) -> transposed to (M, 4864).
-    A column-major weight (``transpose_head``'s (V, D) with strides (1, V)) is viewed (k, V/k, D) the same way;
-    its blocks are (D, V/k) row-major slices, so it always takes the x-major form.
-    """
-    m, k = x.shape
-    n = weight.shape[0]
-    w = weight.view(blocks, n // blocks, k)  # (k_b, N/k_b, K)
-    if m == 1 or weight.stride(0) == 1:
-        out = torch.bmm(x.expand(blocks, m, k), w.transpose(1, 2))  # (k_b, M, N/k_b)
-        out = out.transpose(0, 1).reshape(m, n)
-    else:
-        out = torch.bmm(w, x.t().expand(blocks, k, m)).view(n, m).t()  # (N, M) -> (M, N)
-    out = out.contiguous()
-    return out if bias is None else out.add_(bias)
-
-
-class ThreadedLinear(nn.Module):
-    """``nn.Linear`` whose float32 CPU products of 1-256 rows go through ``threaded_linear``; longer ones through
-    ``F.linear``. ``weight`` and ``bias`` are the original parameters (same state-dict keys, no copy; a tied or
-    transposed LM head keeps its memory)."""
-
-    def __init__(self, linear: nn.Linear, max_rows: int = FEW_ROWS) -> None:
-        super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.max_rows = max_rows
-        self.blocks = _blocks(linear.out_features)
-        self._rows: torch.Tensor | None = None  # see _row_major
-        self._source_version = -1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.numel() // self.in_features
-        if m > self.max_rows or self.blocks == 1 or x.device.type != "cpu" or x.dtype != self.weight.dtype:
-            return F.linear(x, self.weight, self.bias)
-        w = self.weight
-        if m > 1 and w.stride(0) == 1 and not torch.compiler.is_compiling():
-            w = self._row_major()
-        out = threaded_linear(x.reshape(m, self.in_features), w, self.bias, self.blocks)  # (M, N)
-        return out.view(*x.shape[:-1], self.out_features)
-
-    def _row_major(self) -> torch.Tensor:
-        """A row-major copy of a column-major weight, made on the first product of several rows (batched decode).
-
-        The transposed head (``transpose_head``) multiplies one row 1.6x faster than a row-major one, several
-        rows 1.6x slower (151936 x 896, 4 rows: 79 vs 48 ms); single-stream decoding never pays for the copy.
-        """
-        if self._rows is None or self.weight._version != self._source_version:  # weight edited in place
-            self._rows = self.weight.detach().contiguous()
-            self._source_version = self.weight._version
-        return self._rows
-
-    def extra_repr(self) -> str:
-        sizes = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-        return f"{sizes}, blocks={self.blocks}"
 
 
 class BF16DecodeLinear(nn.Module):
@@ -349,7 +271,7 @@ def threaded_linears(
     more whose outputs split into blocks for ``ThreadedLinear``s; returns how many."""
     swapped = 0
     for name, lin in list(module.named_modules()):
-        if type(lin) is nn.Linear and not (skip and skip(name)) and _blocks(lin.out_features) > 1:
+        if type(lin) is nn.Linear and not (skip and skip(name)) and blocks_for(lin.out_features) > 1:
             w = lin.weight
             if w.device.type == "cpu" and w.dtype == torch.float32 and w.numel() >= min_weight:
                 _swap(module, name, ThreadedLinear(lin))
