@@ -9,8 +9,9 @@ disconnect, its deadline); a new request never waits for a whole batch to finish
 same for 1 row as for 16 on a CPU (the weights are read once per step), so throughput grows with concurrency.
 
 Slots vs positions: every row has its own RoPE positions (``pos``); slots are only where its keys sit. Rows are
-right-aligned, a row's slots left of its first token are masked out, and columns that are padding for every row
-are trimmed away when rows leave.
+right-aligned, a row's slots left of its first token are masked out. A row that ends stops at once, but its slots
+stay (fed, outputs ignored) until the cache is next copied: at the next arrival's merge, or when finished rows are
+half the batch. That copy leaves out the finished rows and the columns that are padding for every row kept.
 
 Worked example: rows A (prompt 40 tokens, 10 generated) and B (prompt 52, 3 generated) share a cache of
 L = max(50, 55) = 55 slots: A's 50 slots sit at [5, 55) with slots [0, 5) masked, B's at [0, 55). Job C (prompt 60)

@@ -35,9 +35,13 @@ class RunningBatch:
     def jobs(self) -> list[Job]:
         return [r.job for r in self.rows]
 
+    def _keep(self) -> list[int]:
+        """Indices of the rows still generating."""
+        return [i for i, r in enumerate(self.rows) if not r.done]
+
     def live(self) -> list[Row]:
         """The rows still generating (``rows`` may also hold finished ones until the next merge or compaction)."""
-        return [r for r in self.rows if not r.done]
+        return [self.rows[i] for i in self._keep()]
 
     def merge(self, rows: list[Row], cache: KVCache, mask: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor):
         """Join prefilled rows (their own ``cache`` of T slots, ``mask`` (b, T)) to the running ones.
@@ -46,7 +50,7 @@ class RunningBatch:
         are padding for every row kept: this copy is the only one a row's arrival or departure costs.
         """
         old = self.cache
-        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        keep = self._keep()
         b_a, t = len(keep), cache.length
         lead = self._lead(keep) if b_a else 0
         l_a = old.length - lead if b_a else 0  # the kept rows' slots: old columns [lead, old.length)
@@ -101,7 +105,7 @@ class RunningBatch:
         leaves them out, or until they are at least half of the rows: a row leaving does not copy the whole cache
         (with 16 clients that copy had cost the model worker ~6 ms per request, an eighth of its time).
         """
-        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        keep = self._keep()
         if not keep:
             self.__init__(self.model)
             return
