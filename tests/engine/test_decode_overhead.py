@@ -103,3 +103,17 @@ def test_threaded_batched_decode_equals_unbatched():
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     batched = generate(model, ids, attention_mask=mask, **kw)
     assert batched[:, width:].tolist() == single
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision"])
+def test_threaded_model_keeps_transformers_logits(family):
+    hf = hf_model(family, "qwen2", seed=5)
+    ours = ours_from_hf(hf)
+    counts = optimize_model(ours, min_threaded_weight=0)  # every splittable decoder Linear and the head threaded
+    assert counts["ThreadedLinear"] > 0
+    # 14 rows (weight-left bmm, the head's row-major copy) and one row (x-left bmm, the transposed head)
+    for ids in (torch.tensor([[1, 9, 44, 7, 63, 20, 5], [1, 30, 2, 8, 8, 12, 3]]), torch.tensor([[9]])):
+        with torch.no_grad():
+            ref = hf.lm_head(hf.model.language_model(input_ids=ids).last_hidden_state)
+            out = ours(input_ids=ids).logits
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
