@@ -91,7 +91,7 @@ def test_tile_views_caption_exactly_the_shapes_centred_in_each_tile():
 def test_patch_mean_pooling_reads_the_patch_features_llava_uses(tok):
     """``pool="patch_mean"`` embeds an image from the mean of its layer -2 patch features (CLS dropped), so
     changing the last layer leaves it unchanged, while the CLS variant depends on it."""
-    views, _, _ = build_pairs(SCENES[:4], 48, PINS)
+    views, _ = build_pairs(SCENES[:4], 48, PINS)
     for pool, depends_on_last in (("patch_mean", False), ("cls", True)):
         torch.manual_seed(0)
         model = CLIP(VISION, tok.vocab_size, 32, pool=pool).eval()
@@ -106,7 +106,7 @@ def test_patch_mean_pooling_reads_the_patch_features_llava_uses(tok):
 
 
 def test_clip_loss_falls_and_tower_loads_in_transformers(tok, tmp_path):
-    views, captions, _ = build_pairs(SCENES[:24], 48, PINS, tiles=False)  # distinct captions: the loss can reach 0
+    views, captions = build_pairs(SCENES[:24], 48, PINS, tiles=False)  # distinct captions: the loss can reach 0
     assert len(views) == len(captions) > 24
     model, losses = train_clip(views, captions, VISION, tok, ClipTrainConfig(steps=30, batch_size=16, warmup=3))
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5

@@ -39,7 +39,6 @@ from ...processing.image import (
 )
 from ...processing.tokenizer import Tokenizer
 from .steps import run_steps
-from .twins import batch_groups, mimetic_init, twin_scene
 
 
 class TextEncoder(nn.Module):
@@ -158,44 +157,24 @@ def text_caption(scene: Scene) -> str:
 
 
 def build_pairs(
-    scenes: list[Scene],
-    tile: int,
-    pinpoints: list[list[int]],
-    seed: int = 0,
-    tiles: bool = True,
-    twins: bool = False,
-) -> tuple[torch.Tensor, list[str], list[list[int]]]:
-    """(N, 3, S, S) views, their texts and the sampling groups: one full view per scene, its AnyRes tiles
-    (``tiles``), one text crop per scene with text. With ``twins``, every full view and tile that shows a shape
-    gets its `twin_scene` view (appended after the originals) in its group, so the two share each batch."""
-    rng, twin_rng = random.Random(seed), random.Random(f"twins/{seed}")  # twins leave the crops' draws alone
-    views, texts, groups = [], [], []
-    twin_views, twin_texts = [], []
-
-    def add(view: torch.Tensor, text: str, twin: tuple[torch.Tensor, str] | None) -> None:
-        groups.append([len(views)])
-        views.append(view)
-        texts.append(text)
-        if twin is not None:
-            groups[-1].append(-1 - len(twin_views))  # resolved once the originals are counted
-            twin_views.append(twin[0])
-            twin_texts.append(twin[1])
-
+    scenes: list[Scene], tile: int, pinpoints: list[list[int]], seed: int = 0, tiles: bool = True
+) -> tuple[torch.Tensor, list[str]]:
+    """(N, 3, S, S) views and their texts: one full view per scene, its AnyRes tiles (``tiles``), one text crop
+    per scene with text."""
+    rng = random.Random(seed)
+    views, texts = [], []
     for scene in scenes:
         img = render_scene(scene)
-        other = twin_scene(scene, twin_rng) if twins else None
-        other_img = render_scene(other) if other is not None else None
-        add(full_view(img, tile), caption(scene), (full_view(other_img, tile), caption(other)) if other else None)
+        views.append(full_view(img, tile))
+        texts.append(caption(scene))
         if tiles:
-            pairs = tile_views(img, scene, tile, pinpoints)
-            twin_tiles = tile_views(other_img, other, tile, pinpoints) if other else [None] * len(pairs)
-            for (view, words), twin in zip(pairs, twin_tiles, strict=True):
-                add(view, words, twin if twin is not None and words != twin[1] else None)
+            for view, words in tile_views(img, scene, tile, pinpoints):
+                views.append(view)
+                texts.append(words)
         if scene.text is not None:
-            add(text_view(img, scene, tile, pinpoints, rng), text_caption(scene), None)
-    n = len(views)
-    groups = [[i if i >= 0 else n - 1 - i for i in g] for g in groups]
-    return torch.stack(views + twin_views), texts + twin_texts, groups
+            views.append(text_view(img, scene, tile, pinpoints, rng))
+            texts.append(text_caption(scene))
+    return torch.stack(views), texts
 
 
 @dataclass
@@ -207,8 +186,6 @@ class ClipTrainConfig:
     weight_decay: float = 0.05
     text_dim: int = 128
     pool: str = "cls"  # image embedding: the CLS token of the last layer, or "patch_mean" of layer -2's patches
-    twins: bool = False  # shape twins as hard negatives in every batch (see stage0/twins.py)
-    init: str = "default"  # "mimetic": the tower starts from `mimetic_init` (see stage0/twins.py)
     max_seconds: float | None = None  # stop early (and say so) when the time budget is spent
     seed: int = 0
 
@@ -231,16 +208,10 @@ def train_clip(
     tokenizer: Tokenizer,
     cfg: ClipTrainConfig,
     log: Callable[[str], None] = print,
-    groups: list[list[int]] | None = None,
 ) -> tuple[CLIP, list[float]]:
-    """Train on (view, text) pairs; returns the model and the loss of every step. ``groups`` (from
-    `build_pairs`) are drawn whole into batches; None: every view is its own group."""
-    if cfg.init not in ("default", "mimetic"):
-        raise ValueError(f"clip.init must be 'default' or 'mimetic', got {cfg.init!r}")
+    """Train on (view, text) pairs; returns the model and the loss of every step."""
     torch.manual_seed(cfg.seed)
     model = CLIP(vision, tokenizer.vocab_size, cfg.text_dim, pool=cfg.pool)
-    if cfg.init == "mimetic":
-        mimetic_init(model.tower)
     ids, mask = _encode(tokenizer, texts, model.text.max_len)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
@@ -248,11 +219,10 @@ def train_clip(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=cfg.lr
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    groups = groups if groups is not None else [[i] for i in range(len(views))]
-    bs = min(cfg.batch_size, len(views))
+    n, bs = len(views), min(cfg.batch_size, len(views))
 
     def step_loss() -> torch.Tensor:
-        idx = batch_groups(groups, bs, gen)
+        idx = torch.randperm(n, generator=gen)[:bs]
         ids_b, mask_b = ids[idx], mask[idx]
         keep = mask_b.any(0)
         return model.loss(views[idx], ids_b[:, keep], mask_b[:, keep])

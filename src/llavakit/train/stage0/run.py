@@ -133,11 +133,9 @@ def run_stage0(recipe: Stage0Recipe, log: Callable[[str], None] = print) -> dict
     log(f"stage 0: tokenizer of {tok.vocab_size} tokens from {len(corpus)} texts ({time.perf_counter() - t0:.0f}s)")
 
     t1 = time.perf_counter()
-    v = recipe.vision
-    twins = recipe.clip.twins
-    views, view_texts, groups = build_pairs(scenes, v.image_size, v.image_grid_pinpoints, s.seed, twins=twins)
+    views, view_texts = build_pairs(scenes, recipe.vision.image_size, recipe.vision.image_grid_pinpoints, s.seed)
     log(f"stage 0: {len(views)} CLIP views rendered ({time.perf_counter() - t1:.0f}s)")
-    clip, clip_losses = train_clip(views, view_texts, vision_config(v), tok, recipe.clip, log, groups)
+    clip, clip_losses = train_clip(views, view_texts, vision_config(recipe.vision), tok, recipe.clip, log)
     paths["vision_tower"] = save_vision_tower(clip.tower, out / "vision_tower")
     t_clip = time.perf_counter() - t1
 
