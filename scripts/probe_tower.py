@@ -2,41 +2,53 @@
 
     python scripts/probe_tower.py runs/tiny-synth/stage0/vision_tower [--scenes 1500] [--steps 500]
 
-Renders one-shape synthetic scenes (seeded, 112-224 px as in the tiny recipe), cuts them into the AnyRes tiles the
-LLaVA model sees, keeps each tile that holds the shape's centre, and fits a linear classifier of the shape's kind
-(7 kinds, chance 14%) on the tower's layer -2 patch features (what the projector reads): mean-pooled, max-pooled
-and all patches flattened, beside one on the raw pixels. It prints train / held-out accuracy of each; only the
-held-out figure says anything. A tower whose held-out accuracy sits near chance gives stage 2 nothing to answer
-shape questions (or the position, count and existence questions that name a shape) from.
+Renders one-shape synthetic scenes (seeded, of the sizes the stage-0 recipe trains on), cuts them into the AnyRes
+tiles the LLaVA model sees (the recipe's pinpoints), keeps each tile that holds the shape's centre, and fits a
+linear classifier of the shape's kind (7 kinds, chance 14%) on the tower's layer -2 patch features (what the
+projector reads): mean-pooled, max-pooled and all patches flattened, beside one on the raw pixels. It prints train /
+held-out accuracy of each; only the held-out figure says anything. A tower whose held-out accuracy sits near chance
+gives stage 2 nothing to answer shape questions (or the position, count and existence questions that name a shape)
+from.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from llavakit.data.synth import render_scene
-from llavakit.data.synth_scene import KINDS, generate_scene, scene_seed
+from llavakit.data.synth_scene import KINDS, Scene, generate_scene, scene_seed
 from llavakit.train.stage0.clip import load_vision_tower, tile_views
+from llavakit.train.stage0.run import Stage0Recipe, load_stage0_recipe
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny-synth-stage0.yaml"
 
 
-def tiles(n: int, seed: int, pinpoints: list[list[int]], tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+def one_shape_scene(seed: int, i: int, recipe: Stage0Recipe) -> Scene:
+    """Scene ``i`` of the probe's set ``seed``: one shape, no text, sized as ``recipe`` trains."""
+    s = recipe.scenes
+    return generate_scene(scene_seed(seed, i), text_prob=0.0, min_side=s.min_side, max_side=s.max_side, max_shapes=1)
+
+
+def tiles(n: int, seed: int, recipe: Stage0Recipe, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, S, S) tiles holding the centre of their scene's only shape, and that shape's kind index (N,)."""
     views, kinds = [], []
     for i in range(n):
-        scene = generate_scene(scene_seed(seed, i), text_prob=0.0, min_side=112, max_side=224, max_shapes=1)
-        for view, words in tile_views(render_scene(scene), scene, tile, pinpoints):
+        scene = one_shape_scene(seed, i, recipe)
+        for view, words in tile_views(render_scene(scene), scene, tile, recipe.vision.image_grid_pinpoints):
             if words.startswith("a "):  # the tile that holds the shape (the others are "an empty background")
                 views.append(view)
                 kinds.append(KINDS.index(scene.shapes[0].kind))
     return torch.stack(views), torch.tensor(kinds)
 
 
-def probe(train: torch.Tensor, y_train: torch.Tensor, test: torch.Tensor, y_test: torch.Tensor, steps: int) -> tuple:
+def probe(
+    train: torch.Tensor, y_train: torch.Tensor, test: torch.Tensor, y_test: torch.Tensor, steps: int
+) -> tuple[float, float]:
     """Train / held-out accuracy of an L2-regularised linear classifier on standardised features (N, F)."""
     mu, sd = train.mean(0), train.std(0) + 1e-5
     train, test = (train - mu) / sd, (test - mu) / sd
@@ -49,7 +61,10 @@ def probe(train: torch.Tensor, y_train: torch.Tensor, test: torch.Tensor, y_test
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return tuple(((x @ w + b).argmax(1) == y).float().mean().item() for x, y in ((train, y_train), (test, y_test)))
+        acc_train, acc_test = (
+            ((x @ w + b).argmax(1) == y).float().mean().item() for x, y in ((train, y_train), (test, y_test))
+        )
+    return acc_train, acc_test
 
 
 def main() -> None:
@@ -57,15 +72,20 @@ def main() -> None:
     ap.add_argument("tower", help="a CLIPVisionModel directory (stage 0 writes OUTPUT_DIR/vision_tower)")
     ap.add_argument("--scenes", type=int, default=1500, help="training scenes (held out: a quarter as many)")
     ap.add_argument("--steps", type=int, default=500, help="probe optimisation steps")
-    ap.add_argument("--pinpoints", default="[[80,160],[160,80],[160,160],[80,240],[240,80]]", help="JSON (h, w) list")
+    ap.add_argument("--recipe", default=str(RECIPE), help="stage-0 recipe: scene sizes and AnyRes pinpoints")
     a = ap.parse_args()
     torch.manual_seed(0)
-    tower = load_vision_tower(a.tower)
+    if not (Path(a.tower) / "config.json").is_file():
+        ap.exit(2, f"error: {a.tower} is not a vision tower directory (no config.json); pass OUTPUT_DIR/vision_tower\n")
+    try:
+        tower = load_vision_tower(a.tower)
+        recipe = load_stage0_recipe(a.recipe)
+    except (OSError, ValueError) as e:
+        ap.exit(2, f"error: {e}\n")
     tile = tower.config.image_size
-    pins = json.loads(a.pinpoints)
     t0 = time.perf_counter()
-    x_train, y_train = tiles(a.scenes, 1, pins, tile)
-    x_test, y_test = tiles(max(1, a.scenes // 4), 2, pins, tile)
+    x_train, y_train = tiles(a.scenes, 1, recipe, tile)
+    x_test, y_test = tiles(max(1, a.scenes // 4), 2, recipe, tile)
     with torch.no_grad():
         f_train = torch.cat([tower(x, [-2])[:, 1:] for x in x_train.split(256)])  # (N, g*g, D)
         f_test = torch.cat([tower(x, [-2])[:, 1:] for x in x_test.split(256)])

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 from llavakit.config import VisionConfig
-from llavakit.data.synth_scene import KINDS, generate_scene, scene_seed
+from llavakit.data.synth_scene import KINDS
 from llavakit.model.vision import VisionTower
 from llavakit.train.stage0.clip import save_vision_tower
+from llavakit.train.stage0.run import load_stage0_recipe
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_tower.py"
-PINS = [[80, 160], [160, 80], [160, 160], [80, 240], [240, 80]]
 
 
 def _module():
@@ -25,11 +25,11 @@ def _module():
 
 def test_tiles_are_labelled_with_their_shape_and_hold_ink():
     probe_tower = _module()
-    x, y = probe_tower.tiles(30, 1, PINS, 80)
+    recipe = load_stage0_recipe(probe_tower.RECIPE)
+    x, y = probe_tower.tiles(30, 1, recipe, 80)
     assert x.shape == (30, 3, 80, 80)  # the shape's centre lies in exactly one tile of its scene
-    scenes = [
-        generate_scene(scene_seed(1, i), text_prob=0.0, min_side=112, max_side=224, max_shapes=1) for i in range(30)
-    ]
+    scenes = [probe_tower.one_shape_scene(1, i, recipe) for i in range(30)]
+    assert all(len(s.shapes) == 1 and s.text is None for s in scenes)
     assert y.tolist() == [KINDS.index(s.shapes[0].kind) for s in scenes]
     spread = x.flatten(1).std(1)  # a tile with a shape on a plain background is not flat
     assert (spread > 0.05).all()
@@ -63,3 +63,16 @@ def test_script_runs_on_a_saved_tower(tmp_path):
     ).stdout
     assert "chance 0.14" in out
     assert sum(line.split()[-1].replace(".", "", 1).isdigit() for line in out.splitlines() if "held out" in line) == 4
+
+
+def test_script_names_a_missing_tower_or_recipe(tmp_path):
+    cfg = VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=80, patch_size=16
+    )
+    save_vision_tower(VisionTower(cfg), tmp_path / "tower")
+    for args, named in (
+        ([str(tmp_path)], "not a vision tower directory"),
+        ([str(tmp_path / "tower"), "--recipe", str(tmp_path / "no.yaml")], "no.yaml"),
+    ):
+        r = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and named in r.stderr and "Traceback" not in r.stderr
