@@ -39,9 +39,9 @@ def tiles(n: int, seed: int, recipe: Stage0Recipe, tile: int) -> tuple[torch.Ten
     views, kinds = [], []
     for i in range(n):
         scene = one_shape_scene(seed, i, recipe)
-        for view, words in tile_views(render_scene(scene), scene, tile, recipe.vision.image_grid_pinpoints):
-            if words.startswith("a "):  # the tile that holds the shape (the others are "an empty background")
-                views.append(view)
+        for view in tile_views(render_scene(scene), scene, tile, recipe.vision.image_grid_pinpoints):
+            if view.text.startswith("a "):  # the tile that holds the shape (the others are "an empty background")
+                views.append(view.pixels)
                 kinds.append(KINDS.index(scene.shapes[0].kind))
     return torch.stack(views), torch.tensor(kinds)
 

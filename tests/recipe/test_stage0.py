@@ -11,7 +11,6 @@ from llavakit.model.text import CausalLM
 from llavakit.processing.tokenizer import Tokenizer
 from llavakit.train.stage0.clip import (
     CLIP,
-    EMPTY_TILE,
     ClipTrainConfig,
     build_pairs,
     load_vision_tower,
@@ -23,6 +22,7 @@ from llavakit.train.stage0.clip import (
 )
 from llavakit.train.stage0.corpus import texts, training_scenes
 from llavakit.train.stage0.lm import LMTrainConfig, pack, save_decoder, train_lm
+from llavakit.train.stage0.patch_labels import NO_COLOUR, NO_KIND, patch_labels
 from llavakit.train.stage0.run import load_stage0_recipe
 from llavakit.train.stage0.tokenizer import SPECIALS, train_tokenizer
 
@@ -59,8 +59,8 @@ def test_tokenizer_round_trip_and_specials(tok, tmp_path):
 def test_text_view_contains_the_text():
     scene = next(s for s in SCENES if s.text is not None)
     view = text_view(render_scene(scene), scene, 48, PINS, random.Random(0))
-    assert view.shape == (3, 48, 48)
-    assert (view.amin(0) < -1.5).any()  # the dark ink of the word (normalised values far below the background)
+    assert view.pixels.shape == (3, 48, 48) and view.text == text_caption(scene)
+    assert (view.pixels.amin(0) < -1.5).any()  # the dark ink of the word (normalised values far below the background)
     assert text_caption(scene).endswith(f"'{scene.text.value}'")
 
 
@@ -76,22 +76,61 @@ def test_tile_views_caption_exactly_the_shapes_centred_in_each_tile():
         ph, pw = select_best_resolution(scene.height, scene.width, tuple(tuple(p) for p in PINS))
         assert len(views) == (ph // 48) * (pw // 48)
         nh, nw = fit_size(scene.height, scene.width, ph, pw)
-        named = sum(1 for _, c in views for s in scene.shapes if f"{s.color} {s.kind}" in c)
+        named = sum(1 for v in views for s in scene.shapes if f"{s.color} {s.kind}" in v.text)
         assert named >= len(scene.shapes)  # each shape is named in the tile that holds its centre
         for shape in scene.shapes:
             x = shape.cx * nw / scene.width + (pw - nw) // 2
             y = shape.cy * nh / scene.height + (ph - nh) // 2
-            view, words = views[int(y // 48) * (pw // 48) + int(x // 48)]
-            assert f"{shape.color} {shape.kind}" in words
-            px = view[:, int(y % 48), int(x % 48)] * torch.tensor(CLIP_STD)[:, None].squeeze() + torch.tensor(CLIP_MEAN)
+            view = views[int(y // 48) * (pw // 48) + int(x // 48)]
+            assert f"{shape.color} {shape.kind}" in view.text
+            px = view.pixels[:, int(y % 48), int(x % 48)] * torch.tensor(CLIP_STD)[:, None].squeeze() + torch.tensor(
+                CLIP_MEAN
+            )
             assert (px * 255 - torch.tensor(COLORS[shape.color], dtype=torch.float32)).abs().max() < 40
-        assert all(words for _, words in views) and any(w == EMPTY_TILE for _, w in views) in (True, False)
+        assert all(v.text for v in views)
+
+
+def test_patch_labels_worked_example():
+    """The docstring's example: a circle of radius 10 at (50, 30), scale 0.8, offset (-40, 0), 16 px patches."""
+    from llavakit.data.synth_scene import COLORS, KINDS, Scene, Shape
+
+    scene = Scene(100, 60, (250, 250, 250), (Shape("circle", "blue", "small", 50, 30, 10),))
+    labels = patch_labels(scene, (0.8, 0.8), (-40, 0), 80, 16).view(2, 5, 5)
+    shown = (labels[0] != NO_KIND).nonzero().tolist()
+    assert shown == [[1, 0]]  # patch centres (8, 8), (8, 24), (8, 40) lie 17.9, 8 and 17.9 px away; ink 8.8 + 4
+    assert labels[0, 1, 0] == KINDS.index("circle") and labels[1, 1, 0] == list(COLORS).index("blue")
+    assert labels[0, 1, 1] == NO_KIND and labels[1, 1, 1] == NO_COLOUR
+
+
+def test_patch_labels_agree_with_the_pixels():
+    """Over full views, AnyRes tiles and text crops: a patch mostly painted in one shape colour (other than the
+    padding's black and gray) is labelled with that colour, and nearly every patch labelled with a colour shows
+    some of it (a star's gaps can hold none)."""
+    from llavakit.data.synth_scene import COLORS
+    from llavakit.processing.image import CLIP_MEAN, CLIP_STD
+
+    views, _, labels = build_pairs(SCENES[:20], 80, 16, [[80, 160], [160, 80], [160, 160]])  # 5 x 5 patches
+    rgb = (views * torch.tensor(CLIP_STD)[:, None, None] + torch.tensor(CLIP_MEAN)[:, None, None]) * 255
+    patches = rgb.unfold(2, 16, 16).unfold(3, 16, 16).permute(0, 2, 3, 1, 4, 5).flatten(1, 2)  # (N, 25, 3, 16, 16)
+    palette = torch.tensor(list(COLORS.values()), dtype=torch.float32)  # (C, 3)
+    near = ((patches[:, :, None] - palette[None, None, :, :, None, None]).abs().amax(3) < 40).flatten(3)
+    full, shows = near.float().mean(-1) >= 0.5, near.any(-1)  # (N, 25, C): the patch is mostly / partly colour c
+    pads = [list(COLORS).index(c) for c in ("black", "gray")]  # AnyRes pads with black, the full view with the mean
+    full[..., pads] = False
+    colour = labels[:, 1]  # (N, 25)
+    whole = full.any(-1).nonzero().tolist()
+    assert len(whole) > 20
+    assert all(colour[i, p] == full[i, p].int().argmax() for i, p in whole)
+    labelled = (colour != NO_COLOUR).nonzero().tolist()
+    assert len(labelled) > 100
+    assert sum(bool(shows[i, p, colour[i, p]]) for i, p in labelled) / len(labelled) > 0.9  # 0.39 if off by 1
+    assert (labels[:, 0] == NO_KIND).eq(colour == NO_COLOUR).all()  # kind and colour are labelled together
 
 
 def test_patch_mean_pooling_reads_the_patch_features_llava_uses(tok):
     """``pool="patch_mean"`` embeds an image from the mean of its layer -2 patch features (CLS dropped), so
     changing the last layer leaves it unchanged, while the CLS variant depends on it."""
-    views, _ = build_pairs(SCENES[:4], 48, PINS)
+    views, _, _ = build_pairs(SCENES[:4], 48, 16, PINS)
     for pool, depends_on_last in (("patch_mean", False), ("cls", True)):
         torch.manual_seed(0)
         model = CLIP(VISION, tok.vocab_size, 32, pool=pool).eval()
@@ -106,7 +145,7 @@ def test_patch_mean_pooling_reads_the_patch_features_llava_uses(tok):
 
 
 def test_clip_loss_falls_and_tower_loads_in_transformers(tok, tmp_path):
-    views, captions = build_pairs(SCENES[:24], 48, PINS, tiles=False)  # distinct captions: the loss can reach 0
+    views, captions, _ = build_pairs(SCENES[:24], 48, 16, PINS, tiles=False)  # distinct captions: the loss can reach 0
     assert len(views) == len(captions) > 24
     model, losses = train_clip(views, captions, VISION, tok, ClipTrainConfig(steps=30, batch_size=16, warmup=3))
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
@@ -120,6 +159,18 @@ def test_clip_loss_falls_and_tower_loads_in_transformers(tok, tmp_path):
         got = ours(views[:3], [-2])
         assert torch.allclose(got, want, atol=1e-5)
         assert torch.allclose(got, model.tower(views[:3], [-2]), atol=1e-6)
+
+
+def test_patch_loss_falls_alone_and_needs_labels(tok):
+    views, captions, labels = build_pairs(SCENES[:24], 48, 16, PINS)
+    cfg = ClipTrainConfig(steps=30, batch_size=16, warmup=3, contrastive_weight=0.0, patch_weight=1.0)
+    model, losses = train_clip(views, captions, VISION, tok, cfg, labels=labels)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    assert all(p.grad is None for p in model.text.parameters())  # the text encoder took no part
+    with pytest.raises(ValueError, match="needs patch labels"):
+        train_clip(views, captions, VISION, tok, cfg)
+    with pytest.raises(ValueError, match="both 0"):
+        CLIP(VISION, tok.vocab_size, 32, contrastive_weight=0.0)
 
 
 def test_lm_loss_falls_and_decoder_loads_in_transformers(tok, tmp_path):

@@ -38,6 +38,7 @@ from ...processing.image import (
     rescale,
 )
 from ...processing.tokenizer import Tokenizer
+from .patch_labels import NO_COLOUR, NO_KIND, patch_labels
 from .steps import run_steps
 
 
@@ -61,50 +62,96 @@ class TextEncoder(nn.Module):
 
 
 class CLIP(nn.Module):
-    """The vision tower (CLS of the last layer, post-LN) and the text encoder, projected to a shared space."""
+    """The vision tower and the text encoder, projected to a shared space (the contrastive loss), and a linear head
+    that names the shape each layer -2 patch feature shows (the patch loss; see ``patch_labels``)."""
 
     def __init__(
-        self, vision: VisionConfig, vocab: int, text_dim: int = 128, embed_dim: int = 128, pool: str = "cls"
+        self,
+        vision: VisionConfig,
+        vocab: int,
+        text_dim: int = 128,
+        embed_dim: int = 128,
+        pool: str = "cls",
+        contrastive_weight: float = 1.0,
+        patch_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if pool not in ("cls", "patch_mean"):
             raise ValueError(f"clip.pool must be 'cls' or 'patch_mean', got {pool!r}")
+        if contrastive_weight <= 0 and patch_weight <= 0:
+            raise ValueError("clip.contrastive_weight and clip.patch_weight are both 0: nothing would be trained")
         self.pool = pool
+        self.contrastive_weight, self.patch_weight = contrastive_weight, patch_weight
         self.tower = VisionTower(vision)
         self.text = TextEncoder(vocab, text_dim)
         self.visual_projection = nn.Linear(vision.hidden_size, embed_dim, bias=False)
         self.text_projection = nn.Linear(text_dim, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.patch_head = nn.Linear(vision.hidden_size, NO_KIND + 1 + NO_COLOUR + 1)  # kind logits, colour logits
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.pool == "patch_mean":  # the mean of the patch features LLaVA reads (layer -2, CLS dropped)
-            h = self.tower(pixels, [-2])  # (B, 1 + g*g, Dv)
-            return self.visual_projection(self.tower.vision_model.post_layernorm(h[:, 1:].mean(1)))
+    def embed(self, h2: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, E) image embedding from the layer -2 states h2 (B, 1 + g*g, Dv) (CLS pooling runs the last layer)."""
+        if self.pool == "patch_mean":  # the mean of the patch features LLaVA reads (CLS dropped)
+            return self.visual_projection(self.tower.vision_model.post_layernorm(h2[:, 1:].mean(1)))
         h = self.tower(pixels, [-1])  # (B, 1 + g*g, Dv)
         return self.visual_projection(self.tower.vision_model.post_layernorm(h[:, 0]))
 
-    def loss(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Symmetric InfoNCE over the batch: image i belongs with text i."""
-        img = F.normalize(self.encode_image(pixels), dim=-1)  # (B, E)
-        txt = F.normalize(self.text_projection(self.text(ids, mask)), dim=-1)  # (B, E)
-        logits = self.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.T  # (B, B)
-        target = torch.arange(len(img))
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.tower(pixels, [-2]), pixels)
+
+    def loss(
+        self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """contrastive_weight x symmetric InfoNCE over the batch (image i belongs with text i) + patch_weight x
+        cross-entropy of each patch's kind and colour against ``labels`` (B, 2, g*g)."""
+        h2 = self.tower(pixels, [-2])  # (B, 1 + g*g, Dv)
+        total = h2.new_zeros(())
+        if self.contrastive_weight > 0:
+            img = F.normalize(self.embed(h2, pixels), dim=-1)  # (B, E)
+            txt = F.normalize(self.text_projection(self.text(ids, mask)), dim=-1)  # (B, E)
+            logits = self.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.T  # (B, B)
+            target = torch.arange(len(img))
+            total = (
+                total
+                + self.contrastive_weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            )
+        if self.patch_weight > 0:
+            if labels is None:
+                raise ValueError("clip.patch_weight > 0 needs patch labels (build_pairs returns them)")
+            out = self.patch_head(h2[:, 1:])  # (B, g*g, kinds + 1 + colours + 1)
+            kinds, colours = out[..., : NO_KIND + 1], out[..., NO_KIND + 1 :]
+            total = total + self.patch_weight * (
+                F.cross_entropy(kinds.flatten(0, 1), labels[:, 0].flatten())
+                + F.cross_entropy(colours.flatten(0, 1), labels[:, 1].flatten())
+            )
+        return total
 
 
 def _tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(normalize(rescale(img), CLIP_MEAN, CLIP_STD))  # (3, S, S)
 
 
-def full_view(img: Image.Image, tile: int) -> torch.Tensor:
+@dataclass
+class View:
+    """One training image of the tower and its text. A scene point (x, y) lies at (x * sx + ox, y * sy + oy) in
+    ``pixels`` (``scale`` = (sx, sy), ``offset`` = (ox, oy)), which is what `patch_labels` needs."""
+
+    pixels: torch.Tensor  # (3, S, S) normalised
+    text: str
+    scale: tuple[float, float]
+    offset: tuple[float, float]
+
+
+def full_view(img: Image.Image, scene: Scene, tile: int) -> View:
     """The whole image, padded to a square with the mean colour (LLaVA-1.5 ``pad``) and resized to the tile."""
     square = expand_to_square(img, ImageConfig(tile=tile).pad_colour)
-    return _tensor(square.resize((tile, tile), Image.Resampling.BICUBIC))
+    side = max(scene.width, scene.height)
+    s = tile / side
+    offset = ((side - scene.width) // 2 * s, (side - scene.height) // 2 * s)
+    return View(_tensor(square.resize((tile, tile), Image.Resampling.BICUBIC)), caption(scene), (s, s), offset)
 
 
-def text_view(
-    img: Image.Image, scene: Scene, tile: int, pinpoints: list[list[int]], rng: random.Random
-) -> torch.Tensor:
+def text_view(img: Image.Image, scene: Scene, tile: int, pinpoints: list[list[int]], rng: random.Random) -> View:
     """A tile-sized crop around the scene's text, the image first scaled as AnyRes scales it to its pinpoint.
 
     Example: a 256x256 scene with pinpoints up to 192x192 is scaled by 0.75; a word whose ink box is
@@ -119,13 +166,14 @@ def text_view(
     lo_y, hi_y = max(0, y1 - tile), min(y0, big.height - tile)
     cx = rng.randint(lo_x, hi_x) if lo_x <= hi_x else max(0, min(x0, big.width - tile))
     cy = rng.randint(lo_y, hi_y) if lo_y <= hi_y else max(0, min(y0, big.height - tile))
-    return _tensor(big.crop((cx, cy, cx + tile, cy + tile)))
+    scale = (big.width / w, big.height / h)
+    return View(_tensor(big.crop((cx, cy, cx + tile, cy + tile))), text_caption(scene), scale, (-cx, -cy))
 
 
 EMPTY_TILE = "an empty background"
 
 
-def tile_views(img: Image.Image, scene: Scene, tile: int, pinpoints: list[list[int]]) -> list[tuple[torch.Tensor, str]]:
+def tile_views(img: Image.Image, scene: Scene, tile: int, pinpoints: list[list[int]]) -> list[View]:
     """The AnyRes tiles of the scene, each with a caption of the shapes whose centre lies in it (and of the text
     when its whole box does); a tile with nothing gets `EMPTY_TILE`.
 
@@ -147,7 +195,7 @@ def tile_views(img: Image.Image, scene: Scene, tile: int, pinpoints: list[list[i
             box = (x0 * sx + ox, y0 * sy + oy, x1 * sx + ox, y1 * sy + oy)
             if not (x <= box[0] and box[2] <= x + tile and y <= box[1] and box[3] <= y + tile):
                 text = None
-        views.append((_tensor(crop), listing(inside, text) or EMPTY_TILE))
+        views.append(View(_tensor(crop), listing(inside, text) or EMPTY_TILE, (sx, sy), (ox - x, oy - y)))
     return views
 
 
@@ -157,24 +205,23 @@ def text_caption(scene: Scene) -> str:
 
 
 def build_pairs(
-    scenes: list[Scene], tile: int, pinpoints: list[list[int]], seed: int = 0, tiles: bool = True
-) -> tuple[torch.Tensor, list[str]]:
-    """(N, 3, S, S) views and their texts: one full view per scene, its AnyRes tiles (``tiles``), one text crop
-    per scene with text."""
+    scenes: list[Scene], tile: int, patch: int, pinpoints: list[list[int]], seed: int = 0, tiles: bool = True
+) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """(N, 3, S, S) views, their texts and their patch labels (N, 2, G*G) (`patch_labels`, G = tile // patch):
+    one full view per scene, its AnyRes tiles (``tiles``), one text crop per scene with text."""
     rng = random.Random(seed)
-    views, texts = [], []
+    views: list[View] = []
+    labels = []
     for scene in scenes:
         img = render_scene(scene)
-        views.append(full_view(img, tile))
-        texts.append(caption(scene))
+        mine = [full_view(img, scene, tile)]
         if tiles:
-            for view, words in tile_views(img, scene, tile, pinpoints):
-                views.append(view)
-                texts.append(words)
+            mine += tile_views(img, scene, tile, pinpoints)
         if scene.text is not None:
-            views.append(text_view(img, scene, tile, pinpoints, rng))
-            texts.append(text_caption(scene))
-    return torch.stack(views), texts
+            mine.append(text_view(img, scene, tile, pinpoints, rng))
+        views += mine
+        labels += [patch_labels(scene, v.scale, v.offset, tile, patch) for v in mine]
+    return torch.stack([v.pixels for v in views]), [v.text for v in views], torch.stack(labels)
 
 
 @dataclass
@@ -186,6 +233,8 @@ class ClipTrainConfig:
     weight_decay: float = 0.05
     text_dim: int = 128
     pool: str = "cls"  # image embedding: the CLS token of the last layer, or "patch_mean" of layer -2's patches
+    contrastive_weight: float = 1.0  # the CLIP loss
+    patch_weight: float = 0.0  # the patch loss: each layer -2 patch feature names the shape it shows
     max_seconds: float | None = None  # stop early (and say so) when the time budget is spent
     seed: int = 0
 
@@ -208,10 +257,19 @@ def train_clip(
     tokenizer: Tokenizer,
     cfg: ClipTrainConfig,
     log: Callable[[str], None] = print,
+    labels: torch.Tensor | None = None,
 ) -> tuple[CLIP, list[float]]:
-    """Train on (view, text) pairs; returns the model and the loss of every step."""
+    """Train on (view, text) pairs (and their patch labels (N, 2, G*G) when ``cfg.patch_weight`` > 0); returns
+    the model and the loss of every step."""
     torch.manual_seed(cfg.seed)
-    model = CLIP(vision, tokenizer.vocab_size, cfg.text_dim, pool=cfg.pool)
+    model = CLIP(
+        vision,
+        tokenizer.vocab_size,
+        cfg.text_dim,
+        pool=cfg.pool,
+        contrastive_weight=cfg.contrastive_weight,
+        patch_weight=cfg.patch_weight,
+    )
     ids, mask = _encode(tokenizer, texts, model.text.max_len)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
@@ -225,7 +283,7 @@ def train_clip(
         idx = torch.randperm(n, generator=gen)[:bs]
         ids_b, mask_b = ids[idx], mask[idx]
         keep = mask_b.any(0)
-        return model.loss(views[idx], ids_b[:, keep], mask_b[:, keep])
+        return model.loss(views[idx], ids_b[:, keep], mask_b[:, keep], None if labels is None else labels[idx])
 
     return model, run_steps(model, opt, cfg, step_loss, "clip", log)
 

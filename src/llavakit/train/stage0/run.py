@@ -133,9 +133,10 @@ def run_stage0(recipe: Stage0Recipe, log: Callable[[str], None] = print) -> dict
     log(f"stage 0: tokenizer of {tok.vocab_size} tokens from {len(corpus)} texts ({time.perf_counter() - t0:.0f}s)")
 
     t1 = time.perf_counter()
-    views, view_texts = build_pairs(scenes, recipe.vision.image_size, recipe.vision.image_grid_pinpoints, s.seed)
+    v = recipe.vision
+    views, view_texts, labels = build_pairs(scenes, v.image_size, v.patch_size, v.image_grid_pinpoints, s.seed)
     log(f"stage 0: {len(views)} CLIP views rendered ({time.perf_counter() - t1:.0f}s)")
-    clip, clip_losses = train_clip(views, view_texts, vision_config(recipe.vision), tok, recipe.clip, log)
+    clip, clip_losses = train_clip(views, view_texts, vision_config(v), tok, recipe.clip, log, labels)
     paths["vision_tower"] = save_vision_tower(clip.tower, out / "vision_tower")
     t_clip = time.perf_counter() - t1
 
