@@ -111,10 +111,8 @@ class CLIP(nn.Module):
             txt = F.normalize(self.text_projection(self.text(ids, mask)), dim=-1)  # (B, E)
             logits = self.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.T  # (B, B)
             target = torch.arange(len(img))
-            total = (
-                total
-                + self.contrastive_weight * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-            )
+            info_nce = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            total = total + self.contrastive_weight * info_nce
         if self.patch_weight > 0:
             if labels is None:
                 raise ValueError("clip.patch_weight > 0 needs patch labels (build_pairs returns them)")
