@@ -1,11 +1,13 @@
-"""Stage 0b: a small CLIP ViT pretrained contrastively (CLIP loss) against a small text encoder.
+"""Stage 0b: a small CLIP ViT, trained with the CLIP loss against a small text encoder and/or with patch labels.
 
 Image views are what the LLaVA model will later see: the whole scene padded to a square tile (its caption as the
 text); each AnyRes tile of the scene, captioned with what lies in it ("a small red star and a large blue circle"),
 so that the tower's patch features describe local content; and, for scenes with a word or number, a tile-sized
 crop around the text at the scale AnyRes would give it ("the word 'apple'"), so the tower learns to read at the
-resolution of an AnyRes tile. Only the vision tower is
-kept; it is written as an HF ``CLIPVisionModel`` directory (loads in our VisionTower and in transformers).
+resolution of an AnyRes tile. Every view also carries patch labels (`patch_labels`): the kind and colour of the
+shape each patch shows. The loss is ``contrastive_weight`` x CLIP + ``patch_weight`` x patch labels; the tiny
+recipe uses the patch labels only (the CLIP loss never taught shape). Only the vision tower is kept; it is
+written as an HF ``CLIPVisionModel`` directory (loads in our VisionTower and in transformers).
 """
 
 from __future__ import annotations
