@@ -48,10 +48,12 @@ def test_rows_leaving_and_joining_match_alone(pipe, monkeypatch) -> None:  # noq
     worker = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=4)
     worker.start()
 
-    def arrive() -> None:
+    def arrive() -> None:  # four at once, then each of the others as soon as one more request has finished
+        end = time.monotonic() + 60
         for i, n in enumerate(lengths):
+            while i >= 4 and len(together) < i - 3 and time.monotonic() < end:
+                time.sleep(0.001)
             worker.submit(_job(pipe, i, n, together))
-            time.sleep(0.01 * (i % 3))
 
     t = threading.Thread(target=arrive)
     t.start()
