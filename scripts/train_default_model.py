@@ -101,6 +101,18 @@ def evaluate(model: Path, data: Path, out: Path, threads: int | None = None) -> 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def stage0_record(stage0: Path) -> dict:
+    """Where stage 0 came from and, from its ``stage0.json``, its wall time and first / last losses (also when
+    it was trained by an earlier run and reused with --stage0)."""
+    record: dict = {"dir": str(stage0)}
+    info = stage0 / "stage0.json"
+    if info.exists():
+        s0 = json.loads(info.read_text())
+        record["seconds"] = {k: round(v, 1) for k, v in s0["seconds"].items()}
+        record.update({k: s0[k] for k in ("clip_loss", "lm_loss")})
+    return record
+
+
 def ship(model: Path, summary: dict) -> Path:
     """Copy the HF files of ``model`` into the package's assets (replacing the previous default model)."""
     if ASSET.exists():
@@ -240,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "vision_lr": args.vision_lr,
         "continued": args.cont,  # earlier phases came from a previous run in --out (their times are not here)
+        "stage0": stage0_record(stage0),
     }
     if args.eval_scenes:
         t = time.perf_counter()

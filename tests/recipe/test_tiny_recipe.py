@@ -28,6 +28,8 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     s1_start, _ = summary["stage1_loss"]
     _, s2_end = summary["stage2_loss"]
     assert s2_end < s1_start, summary
+    s0 = json.loads((out / "stage0" / "stage0.json").read_text())
+    assert summary["stage0"]["clip_loss"] == s0["clip_loss"] and summary["stage0"]["lm_loss"] == s0["lm_loss"]
     assert all((out / "stage0" / part / "config.json").exists() for part in ("vision_tower", "decoder"))
     model = LlavaModel.from_pretrained(out / "stage2")
     proc = LlavaProcessor.from_pretrained(out / "stage2")
