@@ -91,25 +91,32 @@ class CLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.patch_head = nn.Linear(vision.hidden_size, NO_KIND + 1 + NO_COLOUR + 1)  # kind logits, colour logits
 
-    def embed(self, h2: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, E) image embedding from the layer -2 states h2 (B, 1 + g*g, Dv) (CLS pooling runs the last layer)."""
+    def states(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One pass of the tower: the layer -2 states (B, 1 + g*g, Dv) and, for CLS pooling, the last layer's."""
+        if self.pool == "patch_mean":
+            return self.tower(pixels, [-2]), None
+        h2, last = self.tower(pixels, [-2, -1]).chunk(2, dim=-1)  # each (B, 1 + g*g, Dv)
+        return h2, last
+
+    def embed(self, h2: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
+        """(B, E) image embedding from `states`."""
         if self.pool == "patch_mean":  # the mean of the patch features LLaVA reads (CLS dropped)
             return self.visual_projection(self.tower.vision_model.post_layernorm(h2[:, 1:].mean(1)))
-        h = self.tower(pixels, [-1])  # (B, 1 + g*g, Dv)
-        return self.visual_projection(self.tower.vision_model.post_layernorm(h[:, 0]))
+        assert last is not None
+        return self.visual_projection(self.tower.vision_model.post_layernorm(last[:, 0]))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.tower(pixels, [-2]), pixels)
+        return self.embed(*self.states(pixels))
 
     def loss(
         self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """contrastive_weight x symmetric InfoNCE over the batch (image i belongs with text i) + patch_weight x
         cross-entropy of each patch's kind and colour against ``labels`` (B, 2, g*g)."""
-        h2 = self.tower(pixels, [-2])  # (B, 1 + g*g, Dv)
+        h2, last = self.states(pixels)  # (B, 1 + g*g, Dv)
         total = h2.new_zeros(())
         if self.contrastive_weight > 0:
-            img = F.normalize(self.embed(h2, pixels), dim=-1)  # (B, E)
+            img = F.normalize(self.embed(h2, last), dim=-1)  # (B, E)
             txt = F.normalize(self.text_projection(self.text(ids, mask)), dim=-1)  # (B, E)
             logits = self.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.T  # (B, B)
             target = torch.arange(len(img))
