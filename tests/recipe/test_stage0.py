@@ -1,6 +1,7 @@
 """Stage 0 of the tiny recipe on a few dozen samples: tokenizer, CLIP vision tower, decoder LM; HF round trips."""
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +204,20 @@ def test_stage0_recipe_yaml_is_type_checked(tmp_path):
         load_stage0_recipe("recipes/tiny-synth-stage0.yaml", ["clip.stepz=3"])
     with pytest.raises(ValueError, match="training seeds"):
         list(training_scenes(1, 1_000_000, min_side=128, max_side=256))
+
+
+def test_stage0_command_names_bad_recipes_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "tiny-synth-stage0.yaml")
+    small = [f"output_dir={tmp_path}", "scenes.n=6", "vocab_size=300"]
+    for args, named in (
+        ([str(tmp_path / "no.yaml")], "no.yaml"),
+        ([recipe, "clip.bogus=1"], "unknown recipe key 'clip.bogus'"),
+        ([recipe, *small, "clip.contrastive_weight=0", "clip.patch_weight=0"], "both 0"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "llavakit.train.stage0", *args], capture_output=True, text=True, timeout=300
+        )
+        assert r.returncode == 2 and named in r.stderr and "Traceback" not in r.stderr, r.stderr
