@@ -59,17 +59,25 @@ TURNS = 7  # question/answer turns per conversation, up to: one image encoding s
 
 
 def make_data(
-    out: Path, n_caption: int, n_warmup: int, n_instruct: int, n_eval: int, min_side: int, max_side: int
+    out: Path,
+    n_caption: int,
+    n_warmup: int,
+    n_instruct: int,
+    n_eval: int,
+    min_side: int,
+    max_side: int,
+    repeats: int = 1,
 ) -> None:
     """Stage 1 captions (seed 0), the stage-2 warm-up (seed 3), the first full stage-2 pass on easy scenes
-    (seed 2), held-out eval questions."""
+    (seed 2, up to ``repeats`` questions per type), held-out eval questions."""
     from llavakit.data.synth import EVAL_SEED_BASE, write_dataset
 
     sides = {"min_side": min_side, "max_side": max_side}
     write_dataset(out / "data", n_caption, 0, "caption", **sides)
     warm = {"max_turns": 1, "max_shapes": 1, "qtypes": WARMUP_QTYPES}
     write_dataset(out / "data_warmup", n_warmup, 3, "instruct", **sides, **warm)  # type: ignore[arg-type]
-    write_dataset(out / "data_easy", n_instruct, 2, "instruct", **sides, max_turns=TURNS, max_shapes=EASY_MAX_SHAPES)
+    easy = {"max_turns": TURNS * repeats, "max_shapes": EASY_MAX_SHAPES, "repeats": repeats}
+    write_dataset(out / "data_easy", n_instruct, 2, "instruct", **sides, **easy)
     write_dataset(out / "eval", n_eval, EVAL_SEED_BASE, "eval", **sides)
 
 
@@ -139,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2400, help="stage 2 warm-up: one-shape colour/shape questions")
     ap.add_argument("--instruct", type=int, default=4000, help="stage 2 conversations, first pass (1-3 shapes)")
     ap.add_argument("--more-instruct", type=int, default=12000, help="second stage-2 pass, all scenes (0: none)")
+    ap.add_argument("--repeats", type=int, default=1, help="stage 2: questions of one type per conversation, up to")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
     ap.add_argument("--ship", action="store_true", help="copy the result to src/llavakit/assets/default-model")
@@ -161,7 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     if not (args.cont and (out / "data_easy" / "instruct.json").exists()):
         make_data(
-            out, args.captions, args.warmup, args.instruct, args.eval_scenes, sides["min_side"], sides["max_side"]
+            out,
+            args.captions,
+            args.warmup,
+            args.instruct,
+            args.eval_scenes,
+            sides["min_side"],
+            sides["max_side"],
+            args.repeats,
         )
     times["data"] = time.perf_counter() - t
     _log(f"data: {args.captions} captions, {args.instruct} conversations, {args.eval_scenes} eval scenes")
@@ -228,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             from llavakit.data.synth import write_dataset
 
             sides2 = {k: sides[k] for k in SIDE_KEYS}
-            write_dataset(out / "data2", args.more_instruct, 1, "instruct", **sides2, max_turns=TURNS)
+            more = {"max_turns": TURNS * args.repeats, "repeats": args.repeats}
+            write_dataset(out / "data2", args.more_instruct, 1, "instruct", **sides2, **more)
         data_seconds = time.perf_counter() - t
         final = out / "stage2b"
         s2 += stage2_pass("stage2", "data2", "stage2b")
@@ -246,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "instruct": args.instruct,
             "more_instruct": args.more_instruct,
+            "repeats": args.repeats,
             "eval_scenes": args.eval_scenes,
         },
         "scene_long_side": [sides["min_side"], sides["max_side"]],

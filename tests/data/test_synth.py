@@ -321,6 +321,20 @@ def test_conversations_never_repeat_a_question() -> None:
         assert 1 <= len(firsts) <= 4 and len(set(firsts)) == len(firsts)
 
 
+def test_repeats_ask_one_type_about_several_objects() -> None:
+    colors = []
+    for i, scene in enumerate(SCENES):
+        once = conversation(scene, random.Random(i), max_turns=7)
+        assert conversation(scene, random.Random(i), max_turns=7, repeats=1) == once  # the default, same draws
+        turns = conversation(scene, random.Random(i), max_turns=14, repeats=3)
+        firsts = [t["value"].removeprefix("<image>\n").split("\n")[0] for t in turns[::2]]
+        assert len(set(firsts)) == len(firsts) <= 14
+        colors.append(sum(f.startswith("What color is the") for f in firsts))
+    assert max(colors) >= 2  # two colour questions about two different shapes of one image
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        conversation(SCENES[0], random.Random(0), repeats=0)
+
+
 # --- files --------------------------------------------------------------------------------------------------
 
 

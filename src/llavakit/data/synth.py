@@ -64,7 +64,13 @@ EVAL_SEED_BASE = 1_000_000  # held-out eval sets use seeds >= this, training set
 
 
 def _records(
-    scene: Scene, rid: str, image: str, kind: str, max_turns: int, qtypes: tuple[str, ...] | None = None
+    scene: Scene,
+    rid: str,
+    image: str,
+    kind: str,
+    max_turns: int,
+    qtypes: tuple[str, ...] | None = None,
+    repeats: int = 1,
 ) -> list[dict[str, Any]]:
     rng = sub_rng(scene.seed, kind)
     if kind == "caption":
@@ -74,7 +80,7 @@ def _records(
         ]
         return [{"id": rid, "image": image, "conversations": turns}]
     if kind == "instruct":
-        return [{"id": rid, "image": image, "conversations": conversation(scene, rng, max_turns, qtypes)}]
+        return [{"id": rid, "image": image, "conversations": conversation(scene, rng, max_turns, qtypes, repeats)}]
     return [eval_record(scene, qa, f"{rid}_{j}", image) for j, qa in enumerate(eval_questions(scene, rng))]
 
 
@@ -90,13 +96,15 @@ def write_dataset(
     max_turns: int = 4,
     max_shapes: int = MAX_SHAPES,
     qtypes: tuple[str, ...] | None = None,
+    repeats: int = 1,
 ) -> Path:
     """Render ``n`` scenes into ``out_dir``/images, write the annotation file for ``kind``, return its path.
 
     ``min_side``/``max_side`` bound the long side of every image (pixels; aspect ratios span 1:3 to 3:1),
     ``text_prob`` is the share of scenes with a word or number, ``max_turns`` caps the question/answer
     turns of an instruct record, ``max_shapes`` the shapes per scene (a curriculum starts with few),
-    ``qtypes`` the question types of instruct records (None: all, with caption requests).
+    ``qtypes`` the question types of instruct records (None: all, with caption requests), ``repeats`` how
+    many questions of one type a record may ask (about different objects).
     Record ids are ``s{seed}_{index:06d}`` (eval: ``..._{question}``).
     Deterministic in all arguments; the images depend only on (seed, index, min_side, max_side, text_prob),
     so caption, instruct and eval sets with the same seed show the same scenes."""
@@ -106,6 +114,8 @@ def write_dataset(
         raise ValueError(f"n must be >= 0, got {n}")
     if max_turns < 1:
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
@@ -116,7 +126,7 @@ def write_dataset(
         )
         image = f"images/{i:06d}.png"
         render_scene(scene).save(out / image, format="PNG")
-        records += _records(scene, f"s{seed}_{i:06d}", image, kind, max_turns, qtypes)
+        records += _records(scene, f"s{seed}_{i:06d}", image, kind, max_turns, qtypes, repeats)
         scene_lines.append(json.dumps({"image": image, "scene": scene.to_dict()}) + "\n")
     path = out / FILENAMES[kind]
     if kind == "eval":

@@ -240,12 +240,18 @@ def caption(scene: Scene) -> str:
 
 
 def conversation(
-    scene: Scene, rng: random.Random, max_turns: int = 4, qtypes: tuple[str, ...] | None = None
+    scene: Scene,
+    rng: random.Random,
+    max_turns: int = 4,
+    qtypes: tuple[str, ...] | None = None,
+    repeats: int = 1,
 ) -> list[dict[str, str]]:
-    """1..max_turns question/answer turns of distinct types (sometimes a caption request), LLaVA format,
-    with ``<image>\\n`` at the start of the first human turn only. No question is asked twice (a multiple
-    choice "What color is the star?" after the short-answer one would give its answer away). ``qtypes``
-    restricts the question types (no caption request then); None: all of `QTYPES`, captions included."""
+    """1..max_turns question/answer turns (sometimes a caption request), LLaVA format, with ``<image>\\n`` at
+    the start of the first human turn only; up to ``repeats`` questions of each type (e.g. the colours of two
+    different shapes: the same image asked twice, each answer tied to its own object). No question is asked
+    twice (a multiple choice "What color is the star?" after the short-answer one would give its answer away).
+    ``qtypes`` restricts the question types (no caption request then); None: all of `QTYPES`, captions
+    included."""
     qas: list[QA] = []
     if qtypes is None and rng.random() < 0.15:
         qas.append(QA(CAPTION_PROMPT, caption(scene), "caption"))
@@ -253,7 +259,9 @@ def conversation(
     kinds = QTYPES if qtypes is None else tuple(qtypes)
     if unknown := set(kinds) - set(QTYPES):
         raise ValueError(f"unknown question types {sorted(unknown)}; choose from {', '.join(QTYPES)}")
-    for qtype in rng.sample(kinds, len(kinds)):
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for qtype in [t for _ in range(repeats) for t in rng.sample(kinds, len(kinds))]:
         if len(qas) >= want:
             break
         qa = GENERATORS[qtype](scene, rng)
