@@ -12,7 +12,7 @@ import torch
 from llavakit.config import TextConfig
 from llavakit.engine.generate import generate, stream_tokens
 from llavakit.engine.linear import optimize_model, transpose_head
-from llavakit.engine.threaded_linear import ThreadedLinear, threaded_linear
+from llavakit.engine.threaded_linear import FEW_ROWS, ThreadedLinear, threaded_linear
 from llavakit.model.rope import Rotary, apply_rotary, inv_freq
 from llavakit.model.text import attention_mask_for
 from tiny_models import hf_model, ours_from_hf
@@ -65,7 +65,7 @@ def test_transposed_head_keeps_weights_and_greedy_tokens():
     assert [int(t) for t in stream_tokens(fast, ids, **kw)] == [int(t) for t in stream_tokens(model, ids, **kw)]
 
 
-@pytest.mark.parametrize("rows", [1, 2, 5, 256, 257])
+@pytest.mark.parametrize("rows", [1, 2, 5, FEW_ROWS, FEW_ROWS + 1])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("column_major", [False, True])
 def test_threaded_linear_equals_nn_linear(rows, bias, column_major):

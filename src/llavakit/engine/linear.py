@@ -12,7 +12,7 @@
   Many rows (prefill) go through ``dense_linear``.
 - ``dense_linear`` / ``DenseLinear``: ``F.linear`` that widens bf16 to float32 where bf16 GEMMs are not native
   (AVX2 CPUs: torch's bf16 GEMM ran at 2.8 GFLOP/s there, float32 at 15, 2 threads); elsewhere plain F.linear.
-- ``ThreadedLinear`` (float32 decoder and LM head, ``engine.threaded_linear``): 1-256 rows (decode, short
+- ``ThreadedLinear`` (float32 decoder and LM head, ``engine.threaded_linear``): 1-128 rows (decode, short
   prompts) as one ``bmm`` over 8 slices of the weight, on all cores (MKL ran one float32 row on one core here).
 - ``PackedLinear``: the weight reordered once for oneDNN (bf16 needs AVX-512 or AVX-NE-CONVERT); used for the
   vision tower where oneDNN packs bf16. float32 packing measured no faster, so float32 weights are not packed.

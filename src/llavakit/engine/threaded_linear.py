@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 # ThreadedLinear's block products up to this many rows; longer prompts stay on F.linear. The 24 Qwen2-0.5B layers
-# (2 threads): 64 rows 902 -> 528 ms, 128 rows 1542 -> 1017, 256 rows 2167 -> 1836, 512 rows 3569 vs 3453.
-FEW_ROWS = 256
+# (2 threads), F.linear -> blocks, on a busy VM: 64 rows 902 -> 528 ms, 128 rows 1542 -> 1017, 256 rows 2167 -> 1836;
+# on a quiet one (two runs): 8 rows 190 -> 139, 32 rows 294 -> 285, 64 rows 556 -> 590 and 472 -> 485, 128 rows
+# 934 -> 933, 254 rows 1551 -> 1916 and 1465 -> 1896: above 128 rows MKL's own threading wins.
+FEW_ROWS = 128
 # Smaller weights stay on F.linear: one that sits in the cache gains nothing from a second core and pays bmm's
 # overhead (192 x 512 repeated: 13 vs 20 us for one row). Qwen2-0.5B's 896 x 896 q/o weights are above the line:
 # read from memory in the 24-layer decode step they gained (one row 150 -> 145 ms per step, four 302 -> 249 ms).
@@ -53,7 +55,7 @@ def threaded_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 class ThreadedLinear(nn.Module):
-    """``nn.Linear`` whose float32 CPU products of 1-256 rows go through ``threaded_linear``; longer ones through
+    """``nn.Linear`` whose float32 CPU products of 1-128 rows go through ``threaded_linear``; longer ones through
     ``F.linear``. ``weight`` and ``bias`` are the original parameters (same state-dict keys, no copy; a tied or
     transposed LM head keeps its memory)."""
 
