@@ -58,6 +58,12 @@ EASY_MAX_SHAPES = 3
 TURNS = 7  # question/answer turns per conversation, up to: one image encoding serves several answers
 
 
+def conversation_args(repeats: int) -> dict[str, int]:
+    """``write_dataset`` arguments of both stage-2 conversation passes: up to ``repeats`` questions of a type,
+    so up to TURNS * repeats turns."""
+    return {"max_turns": TURNS * repeats, "repeats": repeats}
+
+
 def make_data(
     out: Path,
     n_caption: int,
@@ -76,8 +82,8 @@ def make_data(
     write_dataset(out / "data", n_caption, 0, "caption", **sides)
     warm = {"max_turns": 1, "max_shapes": 1, "qtypes": WARMUP_QTYPES}
     write_dataset(out / "data_warmup", n_warmup, 3, "instruct", **sides, **warm)  # type: ignore[arg-type]
-    easy = {"max_turns": TURNS * repeats, "max_shapes": EASY_MAX_SHAPES, "repeats": repeats}
-    write_dataset(out / "data_easy", n_instruct, 2, "instruct", **sides, **easy)
+    easy = conversation_args(repeats)
+    write_dataset(out / "data_easy", n_instruct, 2, "instruct", **sides, **easy, max_shapes=EASY_MAX_SHAPES)
     write_dataset(out / "eval", n_eval, EVAL_SEED_BASE, "eval", **sides)
 
 
@@ -155,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="torch threads (1 is faster on a machine busy with other jobs)")
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep finished phases found in --out")
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
 
     import torch
     import yaml
@@ -244,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             from llavakit.data.synth import write_dataset
 
             sides2 = {k: sides[k] for k in SIDE_KEYS}
-            more = {"max_turns": TURNS * args.repeats, "repeats": args.repeats}
-            write_dataset(out / "data2", args.more_instruct, 1, "instruct", **sides2, **more)
+            write_dataset(out / "data2", args.more_instruct, 1, "instruct", **sides2, **conversation_args(args.repeats))
         data_seconds = time.perf_counter() - t
         final = out / "stage2b"
         s2 += stage2_pass("stage2", "data2", "stage2b")
