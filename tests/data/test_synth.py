@@ -338,6 +338,19 @@ def test_repeats_ask_one_type_about_several_objects() -> None:
 # --- files --------------------------------------------------------------------------------------------------
 
 
+def test_instruct_skips_scenes_without_an_askable_question(tmp_path: Path) -> None:
+    # scene 19 of seed 3 at these sizes holds two brown squares: no unique kind or colour, so no colour or shape
+    # question; it gets no record (an empty conversation would stop the trainer) and its image stays on disk
+    sides = {"min_side": 112, "max_side": 224, "max_shapes": 4}
+    scene = generate_scene(scene_seed(3, 19), 0.6, **sides)
+    assert [(s.kind, s.color) for s in scene.shapes] == [("square", "brown")] * 2
+    path = write_dataset(tmp_path, 21, 3, "instruct", **sides, qtypes=("color", "shape"), max_turns=8, repeats=4)
+    records = json.loads(path.read_text())
+    assert [r["id"] for r in records] == [f"s3_{i:06d}" for i in range(21) if i != 19]
+    assert all(r["conversations"] for r in records)
+    assert (tmp_path / "images" / "000019.png").is_file()
+
+
 def test_llava_record_format(tmp_path: Path) -> None:
     out = tmp_path / "d"
     instruct = json.loads(write_dataset(out, 8, seed=3, kind="instruct").read_text())

@@ -80,7 +80,9 @@ def _records(
         ]
         return [{"id": rid, "image": image, "conversations": turns}]
     if kind == "instruct":
-        return [{"id": rid, "image": image, "conversations": conversation(scene, rng, max_turns, qtypes, repeats)}]
+        turns = conversation(scene, rng, max_turns, qtypes, repeats)
+        # a scene may support none of ``qtypes`` (no colour question when every kind occurs twice): no record
+        return [{"id": rid, "image": image, "conversations": turns}] if turns else []
     return [eval_record(scene, qa, f"{rid}_{j}", image) for j, qa in enumerate(eval_questions(scene, rng))]
 
 
@@ -104,7 +106,8 @@ def write_dataset(
     ``text_prob`` is the share of scenes with a word or number, ``max_turns`` caps the question/answer
     turns of an instruct record, ``max_shapes`` the shapes per scene (a curriculum starts with few),
     ``qtypes`` the question types of instruct records (None: all, with caption requests), ``repeats`` how
-    many questions of one type a record may ask (about different objects).
+    many questions of one type a record may ask (about different objects); a scene that supports none of
+    ``qtypes`` gets no instruct record (its image is still written).
     Record ids are ``s{seed}_{index:06d}`` (eval: ``..._{question}``).
     Deterministic in all arguments; the images depend only on (seed, index, min_side, max_side, text_prob),
     so caption, instruct and eval sets with the same seed show the same scenes."""
