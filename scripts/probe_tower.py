@@ -9,6 +9,10 @@ projector reads): mean-pooled, max-pooled and all patches flattened, beside one 
 held-out accuracy of each; only the held-out figure says anything. A tower whose held-out accuracy sits near chance
 gives stage 2 nothing to answer shape questions (or the position, count and existence questions that name a shape)
 from.
+
+With ``--per-patch`` it also probes single patches of scenes with 1-8 shapes and text (whole views, AnyRes tiles,
+text crops, labelled by ``patch_labels``): the kind, the colour and the text (word or digit) of each patch that
+shows one, which is what a question naming one object among several needs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch.nn.functional as F
 
 from llavakit.data.synth import render_scene
 from llavakit.data.synth_scene import KINDS, Scene, generate_scene, scene_seed
-from llavakit.train.stage0.clip import load_vision_tower, tile_views
+from llavakit.train.stage0.clip import build_pairs, load_vision_tower, tile_views
+from llavakit.train.stage0.patch_labels import NO_COLOUR, NO_KIND, NO_TEXT
 from llavakit.train.stage0.run import Stage0Recipe, load_stage0_recipe
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny-synth-stage0.yaml"
@@ -47,13 +52,18 @@ def tiles(n: int, seed: int, recipe: Stage0Recipe, tile: int) -> tuple[torch.Ten
 
 
 def probe(
-    train: torch.Tensor, y_train: torch.Tensor, test: torch.Tensor, y_test: torch.Tensor, steps: int
+    train: torch.Tensor,
+    y_train: torch.Tensor,
+    test: torch.Tensor,
+    y_test: torch.Tensor,
+    steps: int,
+    classes: int = len(KINDS),
 ) -> tuple[float, float]:
     """Train / held-out accuracy of an L2-regularised linear classifier on standardised features (N, F)."""
     mu, sd = train.mean(0), train.std(0) + 1e-5
     train, test = (train - mu) / sd, (test - mu) / sd
-    w = torch.zeros(train.shape[1], len(KINDS), requires_grad=True)
-    b = torch.zeros(len(KINDS), requires_grad=True)
+    w = torch.zeros(train.shape[1], classes, requires_grad=True)
+    b = torch.zeros(classes, requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=1e-2)
     for _ in range(steps):
         loss = F.cross_entropy(train @ w + b, y_train) + 1e-3 * (w**2).sum()
@@ -67,12 +77,36 @@ def probe(
     return acc_train, acc_test
 
 
+def patch_probes(
+    tower: torch.nn.Module, n: int, recipe: Stage0Recipe, steps: int
+) -> dict[str, tuple[float, float, int]]:
+    """Per-patch linear probes on scenes of 1-8 shapes: for "kind", "colour" and "text", the train / held-out
+    accuracy on the patches that show one (``patch_labels``) and how many held-out patches that was."""
+    s, v = recipe.scenes, recipe.vision
+    sets = []
+    for seed, count in ((1, n), (2, max(1, n // 4))):
+        scenes = [generate_scene(scene_seed(seed, i), min_side=s.min_side, max_side=s.max_side) for i in range(count)]
+        views, _, labels = build_pairs(scenes, v.image_size, v.patch_size, v.image_grid_pinpoints, seed)
+        with torch.no_grad():
+            feats = torch.cat([tower(x, [-2])[:, 1:] for x in views.split(256)])  # (N, g*g, D)
+        sets.append((feats.flatten(0, 1), labels.transpose(1, 2).flatten(0, 1)))  # (N*g*g, D), (N*g*g, 3)
+    (f_train, l_train), (f_test, l_test) = sets
+    out = {}
+    for row, (name, none) in enumerate((("kind", NO_KIND), ("colour", NO_COLOUR), ("text", NO_TEXT))):
+        on_train, on_test = l_train[:, row] != none, l_test[:, row] != none
+        y_train, y_test = l_train[on_train, row], l_test[on_test, row]
+        acc = probe(f_train[on_train], y_train, f_test[on_test], y_test, steps, classes=none)
+        out[name] = (*acc, int(on_test.sum()))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("tower", help="a CLIPVisionModel directory (stage 0 writes OUTPUT_DIR/vision_tower)")
     ap.add_argument("--scenes", type=int, default=1500, help="training scenes (held out: a quarter as many)")
     ap.add_argument("--steps", type=int, default=500, help="probe optimisation steps")
     ap.add_argument("--recipe", default=str(RECIPE), help="stage-0 recipe: scene sizes and AnyRes pinpoints")
+    ap.add_argument("--per-patch", action="store_true", help="also probe single patches of multi-shape scenes")
     a = ap.parse_args()
     torch.manual_seed(0)
     if not (Path(a.tower) / "config.json").is_file():
@@ -98,6 +132,9 @@ def main() -> None:
     ):
         acc_train, acc_test = probe(tr, y_train, te, y_test, a.steps)
         print(f"{name:22s} train {acc_train:.2f}  held out {acc_test:.2f}")
+    if a.per_patch:
+        for name, (acc_train, acc_test, n) in patch_probes(tower, a.scenes // 3, recipe, a.steps).items():
+            print(f"per patch, {name:11s} train {acc_train:.2f}  held out {acc_test:.2f}  ({n} held-out patches)")
     print(f"({time.perf_counter() - t0:.0f}s)")
 
 

@@ -76,3 +76,17 @@ def test_script_names_a_missing_tower_or_recipe(tmp_path):
     ):
         r = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and named in r.stderr and "Traceback" not in r.stderr
+
+
+def test_per_patch_probes_cover_kind_colour_and_text():
+    """On a random tower the per-patch probes run on the patches that show a shape or text, with the label
+    spaces of `patch_labels` (a held-out count of 0 would mean the labels were never found)."""
+    probe_tower = _module()
+    recipe = load_stage0_recipe(probe_tower.RECIPE)
+    torch.manual_seed(0)
+    tower = VisionTower(VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, image_size=80, patch_size=16)).eval()  # fmt: skip
+    got = probe_tower.patch_probes(tower, 12, recipe, 20)
+    assert list(got) == ["kind", "colour", "text"]
+    for acc_train, acc_test, n in got.values():
+        assert 0.0 <= acc_test <= 1.0 and 0.0 <= acc_train <= 1.0 and n > 0

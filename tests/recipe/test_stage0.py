@@ -23,7 +23,7 @@ from llavakit.train.stage0.clip import (
 )
 from llavakit.train.stage0.corpus import texts, training_scenes
 from llavakit.train.stage0.lm import LMTrainConfig, pack, save_decoder, train_lm
-from llavakit.train.stage0.patch_labels import NO_COLOUR, NO_KIND, patch_labels
+from llavakit.train.stage0.patch_labels import NO_COLOUR, NO_KIND, NO_TEXT, char_spans, patch_labels
 from llavakit.train.stage0.run import load_stage0_recipe
 from llavakit.train.stage0.tokenizer import SPECIALS, train_tokenizer
 
@@ -96,11 +96,37 @@ def test_patch_labels_worked_example():
     from llavakit.data.synth_scene import COLORS, KINDS, Scene, Shape
 
     scene = Scene(100, 60, (250, 250, 250), (Shape("circle", "blue", "small", 50, 30, 10),))
-    labels = patch_labels(scene, (0.8, 0.8), (-40, 0), 80, 16).view(2, 5, 5)
+    labels = patch_labels(scene, (0.8, 0.8), (-40, 0), 80, 16).view(3, 5, 5)
     shown = (labels[0] != NO_KIND).nonzero().tolist()
     assert shown == [[1, 0]]  # patch centres (8, 8), (8, 24), (8, 40) lie 17.9, 8 and 17.9 px away; ink 8.8 + 4
     assert labels[0, 1, 0] == KINDS.index("circle") and labels[1, 1, 0] == list(COLORS).index("blue")
     assert labels[0, 1, 1] == NO_KIND and labels[1, 1, 1] == NO_COLOUR
+    assert (labels[2] == NO_TEXT).all()  # no text in this scene
+
+
+def test_text_patch_labels_name_the_word_or_each_digit():
+    """A word labels every patch it covers (grown by a quarter patch) with its index; a number labels each patch
+    with the digit under its centre, left to right; patches off the text stay NO_TEXT."""
+    from llavakit.data.synth_scene import WORDS, Scene, Text
+
+    word = Scene(160, 80, (250, 250, 250), (), Text("apple", 30, "medium", (20, 20, 76, 46)))
+    rows = patch_labels(word, (1.0, 1.0), (0, 0), 80, 16).view(3, 5, 5)[2]  # the scene's left 80 px
+    # centres 8, 24, 40, 56, 72 on both axes; the box grown by 4 px spans x [16, 80), y [16, 50)
+    assert (rows[1:3, 1:] == WORDS.index("apple")).all() and (rows[[0, 3, 4]] == NO_TEXT).all()
+    assert (rows[:, 0] == NO_TEXT).all()
+    spans = char_spans("472", 48, 10)
+    assert [round(b - a) for a, b in spans] == [round(char_spans("4", 48, 10)[0][1] - spans[0][0])] * 3  # one advance
+    x1 = round(spans[-1][1])
+    number = Scene(160, 80, (250, 250, 250), (), Text("472", 48, "large", (10, 20, x1, 56)))
+    digits = patch_labels(number, (1.0, 1.0), (0, 0), 80, 16).view(3, 5, 5)[2, 2].tolist()  # row centre y 40
+    expect = []
+    for cx in (8, 24, 40, 56, 72):
+        if cx >= x1 + 4:
+            expect.append(NO_TEXT)
+            continue
+        i = next((k for k, (a, b) in enumerate(spans) if a <= cx < b), 0 if cx < spans[0][0] else 2)
+        expect.append(len(WORDS) + int("472"[i]))
+    assert digits == expect and len(set(digits) - {NO_TEXT}) == 3
 
 
 def test_patch_labels_agree_with_the_pixels():

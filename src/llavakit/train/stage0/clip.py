@@ -5,9 +5,10 @@ text); each AnyRes tile of the scene, captioned with what lies in it ("a small r
 so that the tower's patch features describe local content; and, for scenes with a word or number, a tile-sized
 crop around the text at the scale AnyRes would give it ("the word 'apple'"), so the tower learns to read at the
 resolution of an AnyRes tile. Every view also carries patch labels (`patch_labels`): the kind and colour of the
-shape each patch shows. The loss is ``contrastive_weight`` x CLIP + ``patch_weight`` x patch labels; the tiny
-recipe uses the patch labels only (the CLIP loss never taught shape). Only the vision tower is kept; it is
-written as an HF ``CLIPVisionModel`` directory (loads in our VisionTower and in transformers).
+shape each patch shows and the word (or digit) written on it. The loss is ``contrastive_weight`` x CLIP +
+``patch_weight`` x patch labels; the tiny recipe uses the patch labels only (the CLIP loss never taught shape).
+Only the vision tower is kept; it is written as an HF ``CLIPVisionModel`` directory (loads in our VisionTower and
+in transformers).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from ...processing.image import (
     rescale,
 )
 from ...processing.tokenizer import Tokenizer
-from .patch_labels import NO_COLOUR, NO_KIND, patch_labels
+from .patch_labels import NO_COLOUR, NO_KIND, NO_TEXT, patch_labels
 from .steps import run_steps
 
 
@@ -89,7 +90,8 @@ class CLIP(nn.Module):
         self.visual_projection = nn.Linear(vision.hidden_size, embed_dim, bias=False)
         self.text_projection = nn.Linear(text_dim, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.patch_head = nn.Linear(vision.hidden_size, NO_KIND + 1 + NO_COLOUR + 1)  # kind logits, colour logits
+        # kind logits, colour logits, text logits (word or digit)
+        self.patch_head = nn.Linear(vision.hidden_size, NO_KIND + 1 + NO_COLOUR + 1 + NO_TEXT + 1)
 
     def states(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass of the tower: the layer -2 states (B, 1 + g*g, Dv) and, for CLS pooling, the last layer's."""
@@ -112,7 +114,7 @@ class CLIP(nn.Module):
         self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """contrastive_weight x symmetric InfoNCE over the batch (image i belongs with text i) + patch_weight x
-        cross-entropy of each patch's kind and colour against ``labels`` (B, 2, g*g)."""
+        cross-entropy of each patch's kind, colour and text against ``labels`` (B, 3, g*g)."""
         h2, last = self.states(pixels)  # (B, 1 + g*g, Dv)
         total = h2.new_zeros(())
         if self.contrastive_weight > 0:
@@ -125,12 +127,10 @@ class CLIP(nn.Module):
         if self.patch_weight > 0:
             if labels is None:
                 raise ValueError("clip.patch_weight > 0 needs patch labels (build_pairs returns them)")
-            out = self.patch_head(h2[:, 1:])  # (B, g*g, kinds + 1 + colours + 1)
-            kinds, colours = out[..., : NO_KIND + 1], out[..., NO_KIND + 1 :]
-            total = total + self.patch_weight * (
-                F.cross_entropy(kinds.flatten(0, 1), labels[:, 0].flatten())
-                + F.cross_entropy(colours.flatten(0, 1), labels[:, 1].flatten())
-            )
+            out = self.patch_head(h2[:, 1:])  # (B, g*g, kinds + 1 + colours + 1 + texts + 1)
+            heads = out.split([NO_KIND + 1, NO_COLOUR + 1, NO_TEXT + 1], dim=-1)
+            ce = [F.cross_entropy(h.flatten(0, 1), labels[:, i].flatten()) for i, h in enumerate(heads)]
+            total = total + self.patch_weight * sum(ce)
         return total
 
 
@@ -214,7 +214,7 @@ def text_caption(scene: Scene) -> str:
 def build_pairs(
     scenes: list[Scene], tile: int, patch: int, pinpoints: list[list[int]], seed: int = 0, tiles: bool = True
 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """(N, 3, S, S) views, their texts and their patch labels (N, 2, G*G) (`patch_labels`, G = tile // patch):
+    """(N, 3, S, S) views, their texts and their patch labels (N, 3, G*G) (`patch_labels`, G = tile // patch):
     one full view per scene, its AnyRes tiles (``tiles``), one text crop per scene with text."""
     rng = random.Random(seed)
     views: list[View] = []
@@ -266,7 +266,7 @@ def train_clip(
     log: Callable[[str], None] = print,
     labels: torch.Tensor | None = None,
 ) -> tuple[CLIP, list[float]]:
-    """Train on (view, text) pairs (and their patch labels (N, 2, G*G) when ``cfg.patch_weight`` > 0); returns
+    """Train on (view, text) pairs (and their patch labels (N, 3, G*G) when ``cfg.patch_weight`` > 0); returns
     the model and the loss of every step."""
     torch.manual_seed(cfg.seed)
     model = CLIP(
