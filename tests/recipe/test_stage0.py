@@ -247,3 +247,21 @@ def test_stage0_command_names_bad_recipes_without_a_traceback(tmp_path):
             [sys.executable, "-m", "llavakit.train.stage0", *args], capture_output=True, text=True, timeout=300
         )
         assert r.returncode == 2 and named in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_text_labels_can_be_left_out(tok):
+    """``text_labels=False`` gives the two-row head of the kind and colour labels only (the recipe before text
+    labels): its loss ignores the text row, the full head's does not."""
+    views, _, labels = build_pairs([s for s in SCENES if s.text is not None][:6], 48, 16, PINS)
+    assert (labels[:, 2] != NO_TEXT).any()
+    blanked = labels.clone()
+    blanked[:, 2] = NO_TEXT
+    ids = torch.zeros(len(views), 4, dtype=torch.long)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    for text_labels, differs in ((False, False), (True, True)):
+        torch.manual_seed(0)
+        clip = CLIP(VISION, tok.vocab_size, contrastive_weight=0.0, patch_weight=1.0, text_labels=text_labels)
+        assert clip.patch_head.out_features == NO_KIND + 1 + NO_COLOUR + 1 + (NO_TEXT + 1) * text_labels
+        with torch.no_grad():
+            a, b = clip.loss(views, ids, mask, labels), clip.loss(views, ids, mask, blanked)
+        assert (a != b) == differs

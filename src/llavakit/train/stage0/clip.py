@@ -77,6 +77,7 @@ class CLIP(nn.Module):
         pool: str = "cls",
         contrastive_weight: float = 1.0,
         patch_weight: float = 0.0,
+        text_labels: bool = True,
     ) -> None:
         super().__init__()
         if pool not in ("cls", "patch_mean"):
@@ -85,13 +86,14 @@ class CLIP(nn.Module):
             raise ValueError("clip.contrastive_weight and clip.patch_weight are both 0: nothing would be trained")
         self.pool = pool
         self.contrastive_weight, self.patch_weight = contrastive_weight, patch_weight
+        # which rows of the patch labels are learned: kind and colour, and the text unless text_labels is off
+        self.label_sizes = [NO_KIND + 1, NO_COLOUR + 1] + ([NO_TEXT + 1] if text_labels else [])
         self.tower = VisionTower(vision)
         self.text = TextEncoder(vocab, text_dim)
         self.visual_projection = nn.Linear(vision.hidden_size, embed_dim, bias=False)
         self.text_projection = nn.Linear(text_dim, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        # kind logits, colour logits, text logits (word or digit)
-        self.patch_head = nn.Linear(vision.hidden_size, NO_KIND + 1 + NO_COLOUR + 1 + NO_TEXT + 1)
+        self.patch_head = nn.Linear(vision.hidden_size, sum(self.label_sizes))  # kind, colour (, text) logits
 
     def states(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One pass of the tower: the layer -2 states (B, 1 + g*g, Dv) and, for CLS pooling, the last layer's."""
@@ -114,7 +116,7 @@ class CLIP(nn.Module):
         self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """contrastive_weight x symmetric InfoNCE over the batch (image i belongs with text i) + patch_weight x
-        cross-entropy of each patch's kind, colour and text against ``labels`` (B, 3, g*g)."""
+        cross-entropy of each patch's kind, colour and (with ``text_labels``) text against ``labels`` (B, 3, g*g)."""
         h2, last = self.states(pixels)  # (B, 1 + g*g, Dv)
         total = h2.new_zeros(())
         if self.contrastive_weight > 0:
@@ -127,8 +129,7 @@ class CLIP(nn.Module):
         if self.patch_weight > 0:
             if labels is None:
                 raise ValueError("clip.patch_weight > 0 needs patch labels (build_pairs returns them)")
-            out = self.patch_head(h2[:, 1:])  # (B, g*g, kinds + 1 + colours + 1 + texts + 1)
-            heads = out.split([NO_KIND + 1, NO_COLOUR + 1, NO_TEXT + 1], dim=-1)
+            heads = self.patch_head(h2[:, 1:]).split(self.label_sizes, dim=-1)  # each (B, g*g, classes + 1)
             ce = [F.cross_entropy(h.flatten(0, 1), labels[:, i].flatten()) for i, h in enumerate(heads)]
             total = total + self.patch_weight * sum(ce)
         return total
@@ -242,6 +243,7 @@ class ClipTrainConfig:
     pool: str = "cls"  # image embedding: the CLS token of the last layer, or "patch_mean" of layer -2's patches
     contrastive_weight: float = 1.0  # the CLIP loss
     patch_weight: float = 0.0  # the patch loss: each layer -2 patch feature names the shape it shows
+    text_labels: bool = True  # ... and the word or digit written on it
     max_seconds: float | None = None  # stop early (and say so) when the time budget is spent
     seed: int = 0
 
@@ -276,6 +278,7 @@ def train_clip(
         pool=cfg.pool,
         contrastive_weight=cfg.contrastive_weight,
         patch_weight=cfg.patch_weight,
+        text_labels=cfg.text_labels,
     )
     ids, mask = _encode(tokenizer, texts, model.text.max_len)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
