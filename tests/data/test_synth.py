@@ -35,7 +35,7 @@ from llavakit.data.synth import (
     synth_command,
     write_dataset,
 )
-from llavakit.data.synth_questions import GENERATORS, aspect_label, multiple_choice
+from llavakit.data.synth_questions import CAPTION_PROMPT, GENERATORS, aspect_label, multiple_choice
 from llavakit.data.synth_render import draw_shape
 from llavakit.data.synth_scene import (
     BACKGROUNDS,
@@ -333,6 +333,38 @@ def test_repeats_ask_one_type_about_several_objects() -> None:
     assert max(colors) >= 2  # two colour questions about two different shapes of one image
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         conversation(SCENES[0], random.Random(0), repeats=0)
+
+
+def _fact(question: str, answer: str) -> tuple[str, str] | None:
+    """The (colour, kind) pair a colour, shape or "Is there a red star" question rests on, parsed from its text."""
+    if m := re.match(r"What color is the (\w+)\?\nAnswer the question", question):
+        return answer, m.group(1)
+    if m := re.match(r"What shape is the (\w+) object\?", question):
+        return m.group(1), answer
+    if m := re.match(r"Is there an? (\w+) (\w+) in the image", question):
+        return m.group(1), m.group(2)
+    return None
+
+
+def test_no_answer_can_be_read_from_an_earlier_turn() -> None:
+    # "What shape is the red object? star" then "What color is the star?" would teach reading the conversation
+    # instead of the image; a caption names everything, so it is asked alone
+    captions = skipped_before = 0
+    for i, scene in enumerate(SCENES):
+        turns = conversation(scene, random.Random(i), max_turns=14, repeats=3)
+        questions = [t["value"].removeprefix("<image>\n") for t in turns[::2]]
+        answers = [t["value"] for t in turns[1::2]]
+        if CAPTION_PROMPT in questions:
+            captions += 1
+            assert len(questions) == 1
+        revealed: set[tuple[str, str]] = set()
+        for q, a in zip(questions, answers, strict=True):
+            fact = _fact(q, a)
+            assert fact is None or fact not in revealed, (i, q, a, revealed)
+            if fact is not None and a != "no":
+                revealed.add(fact)
+        skipped_before += len(revealed)
+    assert captions > 10 and skipped_before > 100  # both kinds of turn still occur
 
 
 # --- files --------------------------------------------------------------------------------------------------

@@ -30,16 +30,18 @@ RATIOS: tuple[tuple[int, int], ...] = (
 
 class QA(NamedTuple):
     """One question with its answer; ``negative`` is set on "no" existence questions: "adversarial" when
-    the asked kind or colour is in the scene (POPE's hard case), else "random"."""
+    the asked kind or colour is in the scene (POPE's hard case), else "random". ``fact`` is the (colour, kind)
+    pair the answer rests on ("What color is the star?" -> red: ("red", "star")), None when there is none."""
 
     question: str
     answer: str
     qtype: str
     negative: str | None = None
+    fact: tuple[str, str] | None = None
 
 
-def _short(question: str, answer: str, qtype: str) -> QA:
-    return QA(f"{question}\n{SHORT_ANSWER}", answer, qtype)
+def _short(question: str, answer: str, qtype: str, fact: tuple[str, str] | None = None) -> QA:
+    return QA(f"{question}\n{SHORT_ANSWER}", answer, qtype, fact=fact)
 
 
 def _plural(kind: str) -> str:
@@ -68,7 +70,7 @@ def color_question(scene: Scene, rng: random.Random) -> QA | None:
         return None
     kind = rng.choice(kinds)
     color = next(s.color for s in scene.shapes if s.kind == kind)
-    return _short(f"What color is the {kind}?", color, "color")
+    return _short(f"What color is the {kind}?", color, "color", (color, kind))
 
 
 def shape_question(scene: Scene, rng: random.Random) -> QA | None:
@@ -78,7 +80,7 @@ def shape_question(scene: Scene, rng: random.Random) -> QA | None:
         return None
     color = rng.choice(colors)
     kind = next(s.kind for s in scene.shapes if s.color == color)
-    return _short(f"What shape is the {color} object?", kind, "shape")
+    return _short(f"What shape is the {color} object?", kind, "shape", (color, kind))
 
 
 def count_question(scene: Scene, rng: random.Random) -> QA | None:
@@ -158,10 +160,11 @@ def existence_question(scene: Scene, rng: random.Random, answer: bool | None = N
     noun = f"{color} {kind}" if color else kind
     article = "an" if noun[0] in "aeiou" else "a"
     question = f"Is there {article} {noun} in the image?\n{SHORT_ANSWER}"
+    fact = (color, kind) if color else None
     if answer:
-        return QA(question, "yes", "existence")
+        return QA(question, "yes", "existence", fact=fact)
     hard = any(s.kind == kind or s.color == color for s in scene.shapes)
-    return QA(question, "no", "existence", "adversarial" if hard else "random")
+    return QA(question, "no", "existence", "adversarial" if hard else "random", fact)
 
 
 def reading_question(scene: Scene, rng: random.Random) -> QA | None:
@@ -172,7 +175,9 @@ def reading_question(scene: Scene, rng: random.Random) -> QA | None:
     return _short(f"What {what} is written in the image?", scene.text.value, "reading")
 
 
-def multiple_choice(question: str, correct: str, distractors: list[str], rng: random.Random) -> QA:
+def multiple_choice(
+    question: str, correct: str, distractors: list[str], rng: random.Random, fact: tuple[str, str] | None = None
+) -> QA:
     """Lettered options with ``correct`` at a uniformly random position; the answer is its letter."""
     if correct in distractors or len(set(distractors)) != len(distractors) or len(distractors) > 7:
         raise ValueError(f"need up to 7 distinct distractors other than {correct!r}, got {distractors}")
@@ -180,7 +185,7 @@ def multiple_choice(question: str, correct: str, distractors: list[str], rng: ra
     at = rng.randrange(len(options) + 1)
     options.insert(at, correct)
     lines = [f"{chr(65 + i)}. {o}" for i, o in enumerate(options)]
-    return QA("\n".join([question, *lines, LETTER_ANSWER]), chr(65 + at), "mc")
+    return QA("\n".join([question, *lines, LETTER_ANSWER]), chr(65 + at), "mc", fact=fact)
 
 
 def mc_question(scene: Scene, rng: random.Random) -> QA | None:
@@ -193,7 +198,7 @@ def mc_question(scene: Scene, rng: random.Random) -> QA | None:
         kind = rng.choice(unique_kinds)
         color = next(s.color for s in scene.shapes if s.kind == kind)
         others = rng.sample([c for c in COLORS if c != color], 3)
-        return multiple_choice(f"What color is the {kind}?", color, others, rng)
+        return multiple_choice(f"What color is the {kind}?", color, others, rng, (color, kind))
     if len(absent) < 3:
         return None
     return multiple_choice("Which shape is in the image?", rng.choice(present), rng.sample(absent, 3), rng)
@@ -246,15 +251,23 @@ def conversation(
     qtypes: tuple[str, ...] | None = None,
     repeats: int = 1,
 ) -> list[dict[str, str]]:
-    """1..max_turns question/answer turns (sometimes a caption request), LLaVA format, with ``<image>\\n`` at
-    the start of the first human turn only; up to ``repeats`` questions of each type (e.g. the colours of two
-    different shapes: the same image asked twice, each answer tied to its own object). No question is asked
-    twice (a multiple choice "What color is the star?" after the short-answer one would give its answer away).
-    ``qtypes`` restricts the question types (no caption request then); None: all of `QTYPES`, captions
-    included."""
-    qas: list[QA] = []
+    """1..max_turns question/answer turns, or a caption request alone, LLaVA format, with ``<image>\n`` at the
+    start of the first human turn only; up to ``repeats`` questions of each type (e.g. the colours of two
+    different shapes: the same image asked twice, each answer tied to its own object). ``qtypes`` restricts the
+    question types (no caption request then); None: all of `QTYPES`, captions included.
+
+    No answer can be read from an earlier turn, so every answer needs the image: no question is asked twice
+    (a multiple choice "What color is the star?" after the short-answer one would give its answer away), none
+    rests on a (colour, kind) pair an earlier answer revealed ("What shape is the red object? star" and then
+    "What color is the star?" or "Is there a red star?" is skipped), and a caption, which names everything,
+    is asked alone."""
     if qtypes is None and rng.random() < 0.15:
-        qas.append(QA(CAPTION_PROMPT, caption(scene), "caption"))
+        return [
+            {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
+            {"from": "gpt", "value": caption(scene)},
+        ]
+    qas: list[QA] = []
+    revealed: list[tuple[str, str]] = []
     want = rng.randint(1, max_turns)
     kinds = QTYPES if qtypes is None else tuple(qtypes)
     if unknown := set(kinds) - set(QTYPES):
@@ -266,8 +279,11 @@ def conversation(
             break
         qa = GENERATORS[qtype](scene, rng)
         asked = [q.question.split("\n", 1)[0] for q in qas]
-        if qa is not None and qa.question.split("\n", 1)[0] not in asked:
-            qas.append(qa)
+        if qa is None or qa.question.split("\n", 1)[0] in asked or (qa.fact is not None and qa.fact in revealed):
+            continue
+        qas.append(qa)
+        if qa.fact is not None and qa.answer != "no":
+            revealed.append(qa.fact)
     turns: list[dict[str, str]] = []
     for i, qa in enumerate(qas):
         turns.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + qa.question})
