@@ -251,7 +251,7 @@ def conversation(
     qtypes: tuple[str, ...] | None = None,
     repeats: int = 1,
 ) -> list[dict[str, str]]:
-    """1..max_turns question/answer turns, or a caption request alone, LLaVA format, with ``<image>\n`` at the
+    """1..max_turns question/answer turns, or a caption request alone, LLaVA format, with ``<image>\\n`` at the
     start of the first human turn only; up to ``repeats`` questions of each type (e.g. the colours of two
     different shapes: the same image asked twice, each answer tied to its own object). ``qtypes`` restricts the
     question types (no caption request then); None: all of `QTYPES`, captions included.
