@@ -153,3 +153,39 @@ def test_resume_refuses_another_model_with_the_same_name(tiny_model, synth_data,
     other = write_tiny_checkpoint(tmp_path / "elsewhere" / Path(tiny_model).name, seed=1)
     with pytest.raises(ValueError, match="holds predictions of model"):
         eval_task("synth", model=str(other), **kwargs)
+
+
+def test_colour_and_shape_split_by_scene(tmp_path):
+    """Answers that name something in the scene but the wrong object: right on one-object scenes, wrong on
+    several-object scenes whenever the scene has another value to name; then answers naming nothing in it."""
+    data = tmp_path / "data"
+    write_dataset(data, 12, seed=1_000_321, kind="eval", min_side=112, max_side=160, text_prob=0.0)
+    shapes = {r["image"]: r["scene"]["shapes"] for r in _lines(data / "scenes.jsonl")}
+    records = [r for r in _lines(data / "eval.jsonl") if r["qtype"] in ("color", "shape")]
+    attr = {"color": "color", "shape": "kind"}
+    answers, expected, chance = {}, {"color": [], "shape": []}, {"color": [], "shape": []}
+    for r in records:
+        values = [x[attr[r["qtype"]]] for x in shapes[r["image"]]]
+        others = [v for v in values if v != r["answer"]]
+        answers[r["id"]] = others[0] if len(values) > 1 and others else r["answer"]
+        if len(values) > 1:
+            expected[r["qtype"]].append(answers[r["id"]] == r["answer"])
+            chance[r["qtype"]].append(1 / len(set(values)))
+    assert all(expected.values()) and not all(all(v) for v in expected.values())  # several-object scenes, wrong
+
+    def scored(texts: dict[str, str]) -> dict[str, float]:
+        preds = tmp_path / "answers.jsonl"
+        preds.write_text("".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in texts.items()))
+        return score_file("synth", data=str(data), predictions=str(preds), out=str(tmp_path / "scored"))["scores"]
+
+    scores = scored(answers)
+    for q in ("color", "shape"):
+        assert scores[f"{q}_several"] == pytest.approx(sum(expected[q]) / len(expected[q]))
+        assert scores[f"{q}_named_in_scene"] == 1.0
+        assert scores[f"{q}_several_chance"] == pytest.approx(sum(chance[q]) / len(chance[q]))
+        if f"{q}_one_object" in scores:
+            assert scores[f"{q}_one_object"] == 1.0
+    assert scored({r["id"]: "nothing" for r in records})["color_named_in_scene"] == 0.0
+    (data / "scenes.jsonl").unlink()  # without the scenes' ground truth: no split, the rest as before
+    plain = scored(answers)
+    assert "color_several" not in plain and plain["color"] == scores["color"]

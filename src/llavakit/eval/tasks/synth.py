@@ -4,6 +4,13 @@
 Scoring: short answers match after the official VQA normalisation (``"Two."`` == ``"2"``, ``"The red"`` ==
 ``"red"``); existence questions use LLaVA's POPE yes/no rule and get POPE's precision / recall / F1 /
 yes-ratio; multiple choice extracts the option letter; reading is also split by font-size bucket.
+
+With the data's ``scenes.jsonl`` beside it, colour and shape questions are also split by scene: one object, or
+several (where the question names the object by its other attribute), and on scenes of several objects
+``{color,shape}_named_in_scene`` is the share of answers naming a colour (kind) that is in the scene, right or
+not, and ``{color,shape}_several_chance`` the accuracy of a blind pick among the scene's distinct values. A
+model that knows what is in a scene but not which object has which colour scores high on the first and about the
+chance level on ``color_several``.
 """
 
 from __future__ import annotations
@@ -28,12 +35,23 @@ def read(root: Path) -> list[Sample]:
     if path is None:
         raise ValueError(f"{root}: no eval.jsonl; write one with `llava data synth --kind eval --out DIR --n N`")
     base = path.parent
+    scenes = _scenes(base / "scenes.jsonl")
     samples = []
     for r in read_jsonl(path):
         require(r, ("id", "image", "question", "answer", "qtype"), path)
         ref = {k: r.get(k) for k in ("answer", "qtype", "font_bucket", "negative")}
+        if (shapes := scenes.get(str(r["image"]))) is not None:
+            ref["colors"] = [str(x["color"]) for x in shapes]
+            ref["kinds"] = [str(x["kind"]) for x in shapes]
         samples.append(Sample(str(r["id"]), r["question"], str(base / r["image"]), ref))
     return samples
+
+
+def _scenes(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """image -> the shapes of its scene, from ``scenes.jsonl`` (empty when the file is not there)."""
+    if not path.exists():
+        return {}
+    return {str(r["image"]): list(r["scene"]["shapes"]) for r in read_jsonl(path) if "scene" in r}
 
 
 def options_of(prompt: str) -> dict[str, str]:
@@ -84,7 +102,29 @@ def score(samples: list[Sample], predictions: dict[str, str]) -> dict[str, Any]:
         if oks:
             scores[f"reading_{bucket}"] = sum(oks) / len(oks)
             counts[f"reading_{bucket}"] = len(oks)
+    _by_scene(pairs, rights, scores, counts)
     return {"scores": scores, "counts": counts}
+
+
+def _by_scene(
+    pairs: list[tuple[Sample, str]], rights: list[tuple[Sample, bool]], scores: dict[str, float], counts: dict[str, int]
+) -> None:
+    """Colour and shape accuracy on one-object and several-object scenes, and how often an answer about a
+    several-object scene names something in it (see the module docstring)."""
+    for qtype, attr in (("color", "colors"), ("shape", "kinds")):
+        got = [(s, p, ok) for (s, p), (_, ok) in zip(pairs, rights) if s.ref["qtype"] == qtype and attr in s.ref]
+        one = [ok for s, _, ok in got if len(s.ref[attr]) == 1]
+        several = [(s, p, ok) for s, p, ok in got if len(s.ref[attr]) > 1]
+        named = [normalize_vqa_answer(p) in {normalize_vqa_answer(v) for v in s.ref[attr]} for s, p, _ in several]
+        for name, oks in ((f"{qtype}_one_object", one), (f"{qtype}_several", [ok for *_, ok in several])):
+            if oks:
+                scores[name] = sum(oks) / len(oks)
+                counts[name] = len(oks)
+        if named:
+            scores[f"{qtype}_named_in_scene"] = sum(named) / len(named)
+            # a blind pick among the scene's distinct values (red, red and blue shapes: 1/2 for a colour question)
+            chance = [1 / len(set(s.ref[attr])) for s, _, _ in several]
+            scores[f"{qtype}_several_chance"] = sum(chance) / len(chance)
 
 
 TASK = Task(
