@@ -186,6 +186,10 @@ def test_colour_and_shape_split_by_scene(tmp_path):
         if f"{q}_one_object" in scores:
             assert scores[f"{q}_one_object"] == 1.0
     assert scored({r["id"]: "nothing" for r in records})["color_named_in_scene"] == 0.0
+    good = (data / "scenes.jsonl").read_text()
+    (data / "scenes.jsonl").write_text(good + '{"image": "images/x.png", "scene": {"width": 9}}\n')
+    with pytest.raises(ValueError, match=r"scenes.jsonl:13: the scene has no list of shapes"):
+        scored(answers)
     (data / "scenes.jsonl").unlink()  # without the scenes' ground truth: no split, the rest as before
     plain = scored(answers)
     assert "color_several" not in plain and plain["color"] == scores["color"]

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .synth_questions import (
-    CAPTION_PROMPT,
     GENERATORS,
     LETTER_ANSWER,
     QA,
     QTYPES,
     SHORT_ANSWER,
     caption,
+    caption_turns,
     conversation,
     eval_questions,
     eval_record,
@@ -74,11 +74,7 @@ def _records(
 ) -> list[dict[str, Any]]:
     rng = sub_rng(scene.seed, kind)
     if kind == "caption":
-        turns = [
-            {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
-            {"from": "gpt", "value": caption(scene)},
-        ]
-        return [{"id": rid, "image": image, "conversations": turns}]
+        return [{"id": rid, "image": image, "conversations": caption_turns(scene)}]
     if kind == "instruct":
         turns = conversation(scene, rng, max_turns, qtypes, repeats)
         # a scene may support none of ``qtypes`` (no colour question when every kind occurs twice): no record

@@ -244,6 +244,11 @@ def caption(scene: Scene) -> str:
     return f"A {aspect_label(scene.width, scene.height)} image with {listing(list(scene.shapes), scene.text)}."
 
 
+def caption_turns(scene: Scene) -> list[dict[str, str]]:
+    """The caption request and its answer, LLaVA format: a stage-1 record, or a stage-2 conversation alone."""
+    return [{"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": caption(scene)}]
+
+
 def conversation(
     scene: Scene,
     rng: random.Random,
@@ -262,10 +267,7 @@ def conversation(
     "What color is the star?" or "Is there a red star?" is skipped), and a caption, which names everything,
     is asked alone."""
     if qtypes is None and rng.random() < 0.15:
-        return [
-            {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
-            {"from": "gpt", "value": caption(scene)},
-        ]
+        return caption_turns(scene)
     qas: list[QA] = []
     revealed: list[tuple[str, str]] = []
     want = rng.randint(1, max_turns)

@@ -51,7 +51,15 @@ def _scenes(path: Path) -> dict[str, list[dict[str, Any]]]:
     """image -> the shapes of its scene, from ``scenes.jsonl`` (empty when the file is not there)."""
     if not path.exists():
         return {}
-    return {str(r["image"]): list(r["scene"]["shapes"]) for r in read_jsonl(path) if "scene" in r}
+    out = {}
+    for r in read_jsonl(path):
+        require(r, ("image", "scene"), path)
+        if not isinstance(r["scene"], dict) or not isinstance(r["scene"].get("shapes"), list):
+            raise ValueError(
+                f"{path}:{r['__line__']}: the scene has no list of shapes; rewrite it with `llava data synth`"
+            )
+        out[str(r["image"])] = r["scene"]["shapes"]
+    return out
 
 
 def options_of(prompt: str) -> dict[str, str]:
@@ -110,7 +118,7 @@ def _by_scene(
     pairs: list[tuple[Sample, str]], rights: list[tuple[Sample, bool]], scores: dict[str, float], counts: dict[str, int]
 ) -> None:
     """Colour and shape accuracy on one-object and several-object scenes, and how often an answer about a
-    several-object scene names something in it (see the module docstring)."""
+    several-object scene names something in it, and a blind pick's accuracy there (see the module docstring)."""
     for qtype, attr in (("color", "colors"), ("shape", "kinds")):
         got = [(s, p, ok) for (s, p), (_, ok) in zip(pairs, rights) if s.ref["qtype"] == qtype and attr in s.ref]
         one = [ok for s, _, ok in got if len(s.ref[attr]) == 1]
