@@ -223,6 +223,20 @@ def test_lm_loss_falls_and_decoder_loads_in_transformers(tok, tmp_path):
     assert Tokenizer.from_dir(tmp_path).image_token_id == 4
 
 
+def test_lm_starts_from_the_init_std_of_its_config(tok):
+    rows = pack(tok, texts(SCENES, "vicuna_v1"), 64)
+    config = TextConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=1)
+    for std in (0.02, 0.07):
+        model, losses = train_lm(rows, config, LMTrainConfig(steps=0, init_std=std), log=lambda m: None)
+        assert losses == []
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                assert abs(p.std().item() - std) < 0.1 * std, name
+            else:
+                assert torch.equal(p, torch.ones_like(p)), name  # RMSNorm weights stay at one
+    assert load_stage0_recipe(None).lm.init_std == 0.02  # HF's initializer_range, unless a recipe says otherwise
+
+
 def test_stage0_recipe_yaml_is_type_checked(tmp_path):
     r = load_stage0_recipe("recipes/tiny-synth-stage0.yaml", ["clip.steps=3"])
     assert r.clip.steps == 3 and r.vision.image_size % r.vision.patch_size == 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...config import TextConfig
 from ...model.text import CausalLM
@@ -30,6 +31,7 @@ class LMTrainConfig:
     lr: float = 2e-3
     warmup: int = 20
     weight_decay: float = 0.05
+    init_std: float = 0.02  # std of every weight matrix at the start (HF's initializer_range is 0.02)
     max_seconds: float | None = None
     seed: int = 0
 
@@ -48,16 +50,21 @@ def pack(tokenizer: Tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
     return torch.tensor(flat[: n * seq_len]).view(n, seq_len)
 
 
+def init_weights(model: nn.Module, std: float) -> None:
+    """Every matrix (embeddings, attention and MLP projections, LM head) drawn from N(0, std); norms stay at 1."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, std)
+
+
 def train_lm(
     rows: torch.Tensor, config: TextConfig, cfg: LMTrainConfig, log: Callable[[str], None] = print
 ) -> tuple[CausalLM, list[float]]:
     """Next-token training on packed ``rows`` (N, T); returns the model and the loss of every step."""
     torch.manual_seed(cfg.seed)
     model = CausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.02)
+    init_weights(model, cfg.init_std)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(

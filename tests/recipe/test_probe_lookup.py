@@ -1,0 +1,67 @@
+"""scripts/probe_lookup.py: its examples say what they ask, its batches put the answer where stage 2 does, and a
+decoder that can look up passes while one that cannot stays at a blind pick."""
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from llavakit.train.stage0.run import load_stage0_recipe
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_lookup.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("probe_lookup", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["probe_lookup"] = mod  # its dataclass looks its module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_examples_ask_the_colour_of_one_named_kind():
+    probe = _module()
+    words = probe.WORDS
+    for i in range(200):
+        ex = probe.make_example(random.Random(i))
+        kinds = [k for k, _ in ex.items]
+        assert 1 <= len(kinds) <= 7 and len(set(kinds)) == len(kinds)
+        assert ex.answer == ex.items[ex.asked][1] and words[ex.answer] in probe.COLORS
+        ids, extra = ex.words("fused")
+        assert ids[-3] == ex.items[ex.asked][0] and words[ids[-1]] == "ASSISTANT:"  # "... the KIND ? ASSISTANT:"
+        fused = [(t, e) for t, e in zip(ids, extra) if e >= 0]
+        assert fused == ex.items  # one position per object: its kind's token with its colour added
+        pids, pextra = ex.words("pairs")
+        assert all(e < 0 for e in pextra) and len(pids) == len(ids) + len(ex.items)
+        body = pids[2 : 2 + 2 * len(ex.items)]
+        assert list(zip(body[1::2], body[0::2])) == ex.items  # "red star" word pairs
+    assert probe.blind_pick(probe.Example([(7, 20), (8, 20), (9, 21)], 0)) == 0.5
+
+
+def test_batch_targets_the_answer_after_the_prompt_and_sums_fused_embeddings():
+    probe = _module()
+    embed = torch.nn.Embedding(len(probe.WORDS), 8)
+    exs = [probe.make_example(random.Random(i)) for i in range(5)]
+    x, y = probe.batch(embed, exs, "fused")
+    for j, ex in enumerate(exs):
+        ids, _ = ex.words("fused")
+        assert (y[j] != -100).nonzero().flatten().tolist() == [len(ids) - 1, len(ids)]
+        assert y[j, len(ids) - 1] == ex.answer and y[j, len(ids)] == probe.ID["</s>"]
+        k, c = ex.items[0]
+        assert torch.allclose(x[j, 2], embed.weight[k] + embed.weight[c])
+        assert torch.allclose(x[j, 0], embed.weight[probe.ID["<s>"]])
+
+
+def test_lookup_is_learned_or_not_and_scored_against_a_blind_pick():
+    probe = _module()
+    torch.manual_seed(0)
+    small = ["num_hidden_layers=2", "hidden_size=64", "intermediate_size=128", "num_attention_heads=2"]
+    recipe = load_stage0_recipe(probe.RECIPE, [f"decoder.{o}" for o in small] + ["decoder.num_key_value_heads=2"])
+    learned = probe.train(recipe, 0.07, "fused", 120, 0, False, log=lambda m: None)
+    assert learned["2-3"]["right"] / learned["2-3"]["n"] > 0.9
+    blind = learned["4-7"]["blind"] / learned["4-7"]["n"]
+    assert 0.15 < blind < 0.35  # a pick among the distinct colours of 4-7 objects (9 colours)
+    untrained = probe.train(recipe, 0.07, "fused", 0, 0, False, log=lambda m: None)
+    assert untrained["2-3"]["right"] / untrained["2-3"]["n"] < 0.5
