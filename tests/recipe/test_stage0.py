@@ -1,5 +1,6 @@
 """Stage 0 of the tiny recipe on a few dozen samples: tokenizer, CLIP vision tower, decoder LM; HF round trips."""
 
+import json
 import random
 from pathlib import Path
 
@@ -235,6 +236,31 @@ def test_lm_starts_from_the_init_std_of_its_config(tok):
             else:
                 assert torch.equal(p, torch.ones_like(p)), name  # RMSNorm weights stay at one
     assert load_stage0_recipe(None).lm.init_std == 0.02  # HF's initializer_range, unless a recipe says otherwise
+
+
+def test_decoder_alone_keeps_the_tokenizer_and_tower_of_output_dir(tok, tmp_path):
+    from hashlib import sha1
+
+    from llavakit.model.vision import VisionTower
+    from llavakit.train.stage0.run import run_stage0
+    from llavakit.train.stage0.tokenizer import save_tokenizer
+
+    small = ["scenes.n=12", "lm.steps=2", "lm.batch_size=2", "lm.seq_len=32", "decoder.hidden_size=32"]
+    small += ["decoder.intermediate_size=64", "decoder.num_hidden_layers=1", "decoder.num_attention_heads=2"]
+    small += ["decoder.num_key_value_heads=2", "parts=[decoder]", f"output_dir={tmp_path}"]
+    recipe = load_stage0_recipe("recipes/tiny-synth-stage0.yaml", small)
+    with pytest.raises(ValueError, match="tokenizer does not exist and parts=\\['decoder'\\] does not train it"):
+        run_stage0(recipe, log=lambda m: None)
+    save_tokenizer(tok, tmp_path / "tokenizer")
+    save_vision_tower(VisionTower(VISION), tmp_path / "vision_tower")
+    tower = sha1((tmp_path / "vision_tower" / "model.safetensors").read_bytes()).hexdigest()
+    run_stage0(recipe, log=lambda m: None)
+    assert sha1((tmp_path / "vision_tower" / "model.safetensors").read_bytes()).hexdigest() == tower
+    assert Tokenizer.from_dir(tmp_path / "decoder").vocab_size == tok.vocab_size
+    info = json.loads((tmp_path / "stage0.json").read_text())
+    assert info["parts"] == ["decoder"] and info["lm_loss"]["steps"] == 2 and info["clip_loss"] is None
+    with pytest.raises(ValueError, match="parts must be some of"):
+        run_stage0(load_stage0_recipe("recipes/tiny-synth-stage0.yaml", [*small, "parts=[lm]"]), log=lambda m: None)
 
 
 def test_stage0_recipe_yaml_is_type_checked(tmp_path):

@@ -5,6 +5,8 @@
 The YAML has the sections below (every key type-checked by the training recipes' own builder,
 ``llavakit.train.recipe.build``); outputs go to ``output_dir``/{tokenizer,vision_tower,decoder}. The stage 1
 recipe then starts from ``decoder:`` + ``vision_tower:`` exactly as the published LLaVA stage 1 does.
+``parts=[decoder]`` trains the decoder alone, reading the tokenizer (and keeping the tower) already in
+``output_dir``: a new decoder for a tower that took minutes to train.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from pathlib import Path
 import torch
 
 from ...config import TextConfig, VisionConfig
+from ...processing.tokenizer import Tokenizer
 from .clip import ClipTrainConfig, build_pairs, save_vision_tower, train_clip
 from .corpus import texts, training_scenes
 from .lm import LMTrainConfig, pack, save_decoder, train_lm
 from .tokenizer import save_tokenizer, train_tokenizer
+
+STEPS = ("tokenizer", "vision_tower", "decoder")
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Stage0Recipe:
     template: str = "vicuna_v1"  # how conversations are rendered for the LM corpus (the stage 2 template)
     vocab_size: int = 2048
     threads: int | None = None  # torch threads (None: torch's default)
+    parts: list[str] = field(default_factory=lambda: list(STEPS))  # the rest is read from output_dir
     scenes: ScenesSpec = field(default_factory=ScenesSpec)
     vision: VisionSpec = field(default_factory=VisionSpec)
     clip: ClipTrainConfig = field(default_factory=ClipTrainConfig)
@@ -115,45 +121,62 @@ def text_config(d: DecoderSpec, vocab: int, bos: int | None, eos: int | None, pa
     )
 
 
-STEPS = ("tokenizer", "vision_tower", "decoder")
+def _losses(losses: list[float]) -> dict:
+    return {"first": losses[0], "last": losses[-1], "steps": len(losses)}
 
 
 def run_stage0(recipe: Stage0Recipe, log: Callable[[str], None] = print) -> dict[str, Path]:
     """Train the three parts; returns their directories. A ``stage0.json`` beside them records losses and time."""
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
+    unknown = [p for p in recipe.parts if p not in STEPS]
+    if unknown or not recipe.parts:
+        raise ValueError(f"stage 0 parts must be some of {list(STEPS)}, got {recipe.parts}")
     out = Path(recipe.output_dir)
+    for part in STEPS:
+        if part not in recipe.parts and not (out / part).is_dir():
+            raise ValueError(f"{out / part} does not exist and parts={recipe.parts} does not train it; add {part!r}")
     out.mkdir(parents=True, exist_ok=True)
+    before = json.loads((out / "stage0.json").read_text()) if (out / "stage0.json").exists() else {}
     s = recipe.scenes
     t0 = time.perf_counter()
     scenes = list(training_scenes(s.n, s.seed, min_side=s.min_side, max_side=s.max_side))
     corpus = texts(scenes, recipe.template)
-    tok = train_tokenizer(corpus, recipe.vocab_size)
-    paths = {"tokenizer": save_tokenizer(tok, out / "tokenizer")}
-    log(f"stage 0: tokenizer of {tok.vocab_size} tokens from {len(corpus)} texts ({time.perf_counter() - t0:.0f}s)")
+    paths = {part: out / part for part in STEPS}
+    if "tokenizer" in recipe.parts:
+        tok = train_tokenizer(corpus, recipe.vocab_size)
+        save_tokenizer(tok, out / "tokenizer")
+        log(f"stage 0: tokenizer of {tok.vocab_size} tokens from {len(corpus)} texts ({time.perf_counter() - t0:.0f}s)")
+    else:
+        tok = Tokenizer.from_dir(out / "tokenizer")
 
     t1 = time.perf_counter()
-    v = recipe.vision
-    views, view_texts, labels = build_pairs(scenes, v.image_size, v.patch_size, v.image_grid_pinpoints, s.seed)
-    log(f"stage 0: {len(views)} CLIP views rendered ({time.perf_counter() - t1:.0f}s)")
-    clip, clip_losses = train_clip(views, view_texts, vision_config(v), tok, recipe.clip, log, labels)
-    paths["vision_tower"] = save_vision_tower(clip.tower, out / "vision_tower")
+    clip_losses = []
+    if "vision_tower" in recipe.parts:
+        v = recipe.vision
+        views, view_texts, labels = build_pairs(scenes, v.image_size, v.patch_size, v.image_grid_pinpoints, s.seed)
+        log(f"stage 0: {len(views)} CLIP views rendered ({time.perf_counter() - t1:.0f}s)")
+        clip, clip_losses = train_clip(views, view_texts, vision_config(v), tok, recipe.clip, log, labels)
+        save_vision_tower(clip.tower, out / "vision_tower")
     t_clip = time.perf_counter() - t1
 
     t2 = time.perf_counter()
     rows = pack(tok, corpus, recipe.lm.seq_len)
-    config = text_config(recipe.decoder, tok.vocab_size, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-    lm, lm_losses = train_lm(rows, config, recipe.lm, log)
-    paths["decoder"] = save_decoder(lm, tok, out / "decoder")
+    lm_losses = []
+    if "decoder" in recipe.parts:
+        config = text_config(recipe.decoder, tok.vocab_size, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+        lm, lm_losses = train_lm(rows, config, recipe.lm, log)
+        save_decoder(lm, tok, out / "decoder")
     t_lm = time.perf_counter() - t2
 
     summary = {
         "seconds": {"total": time.perf_counter() - t0, "clip": t_clip, "lm": t_lm},
         "vocab_size": tok.vocab_size,
-        "clip_views": len(views),
-        "clip_loss": {"first": clip_losses[0], "last": clip_losses[-1], "steps": len(clip_losses)},
+        "parts": list(recipe.parts),
+        "clip_views": len(views) if clip_losses else before.get("clip_views"),
+        "clip_loss": _losses(clip_losses) if clip_losses else before.get("clip_loss"),  # kept: the tower's run
         "lm_rows": len(rows),
-        "lm_loss": {"first": lm_losses[0], "last": lm_losses[-1], "steps": len(lm_losses)},
+        "lm_loss": _losses(lm_losses) if lm_losses else before.get("lm_loss"),
         "recipe": asdict(recipe),
     }
     (out / "stage0.json").write_text(json.dumps(summary, indent=2) + "\n")
