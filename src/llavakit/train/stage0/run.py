@@ -126,7 +126,7 @@ def _losses(losses: list[float]) -> dict:
 
 
 def run_stage0(recipe: Stage0Recipe, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Train the three parts; returns their directories. A ``stage0.json`` beside them records losses and time."""
+    """Train ``recipe.parts`` (all three by default); returns the directories. ``stage0.json`` records losses, time."""
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     unknown = [p for p in recipe.parts if p not in STEPS]
