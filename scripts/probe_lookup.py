@@ -179,7 +179,7 @@ def train(
     rng = random.Random(seed)
     held_out = [make_example(random.Random(10_000 + i)) for i in range(600)]
     cfg = LMTrainConfig(steps=steps, batch_size=32, lr=recipe.lm.lr, warmup=recipe.lm.warmup, weight_decay=0.0)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def step_loss() -> torch.Tensor:
         x, y = batch(model.embed, [make_example(rng) for _ in range(cfg.batch_size)], task)

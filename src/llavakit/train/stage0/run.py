@@ -150,33 +150,32 @@ def run_stage0(recipe: Stage0Recipe, log: Callable[[str], None] = print) -> dict
     else:
         tok = Tokenizer.from_dir(out / "tokenizer")
 
+    # a part not trained here keeps the figures of the run that trained it
+    done = {k: before.get(k) for k in ("clip_views", "clip_loss", "lm_rows", "lm_loss")}
     t1 = time.perf_counter()
-    clip_losses = []
     if "vision_tower" in recipe.parts:
         v = recipe.vision
         views, view_texts, labels = build_pairs(scenes, v.image_size, v.patch_size, v.image_grid_pinpoints, s.seed)
         log(f"stage 0: {len(views)} CLIP views rendered ({time.perf_counter() - t1:.0f}s)")
         clip, clip_losses = train_clip(views, view_texts, vision_config(v), tok, recipe.clip, log, labels)
         save_vision_tower(clip.tower, out / "vision_tower")
+        done.update(clip_views=len(views), clip_loss=_losses(clip_losses))
     t_clip = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    rows = pack(tok, corpus, recipe.lm.seq_len)
-    lm_losses = []
     if "decoder" in recipe.parts:
+        rows = pack(tok, corpus, recipe.lm.seq_len)
         config = text_config(recipe.decoder, tok.vocab_size, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
         lm, lm_losses = train_lm(rows, config, recipe.lm, log)
         save_decoder(lm, tok, out / "decoder")
+        done.update(lm_rows=len(rows), lm_loss=_losses(lm_losses))
     t_lm = time.perf_counter() - t2
 
     summary = {
         "seconds": {"total": time.perf_counter() - t0, "clip": t_clip, "lm": t_lm},
         "vocab_size": tok.vocab_size,
         "parts": list(recipe.parts),
-        "clip_views": len(views) if clip_losses else before.get("clip_views"),
-        "clip_loss": _losses(clip_losses) if clip_losses else before.get("clip_loss"),  # kept: the tower's run
-        "lm_rows": len(rows),
-        "lm_loss": _losses(lm_losses) if lm_losses else before.get("lm_loss"),
+        **done,
         "recipe": asdict(recipe),
     }
     (out / "stage0.json").write_text(json.dumps(summary, indent=2) + "\n")
