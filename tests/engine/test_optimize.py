@@ -16,6 +16,8 @@ import torch
 import llavakit
 from llavakit.engine.generate import stream_tokens
 from llavakit.engine.linear import (
+    DECODE_ROWS,
+    LEAN_DECODE_ROWS,
     BF16DecodeLinear,
     DenseLinear,
     PackedLinear,
@@ -55,7 +57,7 @@ def test_dense_linear_equals_the_float32_product():
 
 
 @needs_fp16
-@pytest.mark.parametrize("rows", [1, 4, 30])
+@pytest.mark.parametrize("rows", [1, 4, 30, 600])
 def test_bf16_decode_linear_without_its_bf16_weight(rows):
     lin = bf16_linear(96, 80, seed=1)
     lean, full = BF16DecodeLinear(lin, keep_weight=False), BF16DecodeLinear(lin, keep_weight=True)
@@ -99,8 +101,14 @@ def test_optimize_model_swaps_the_expected_layers(models):
     decoder = [fast.lm_head, *[m for layer in fast.model.language_model.layers for m in layer.modules()]]
     vision = [m for m in fast.model.vision_tower.modules() if isinstance(m, torch.nn.Module)]
     if fp16_decode_available():
-        assert fast.lm_head.weight is None  # untied head: only the fp16 copy is kept (no extra memory)
+        # by default each keeps its bf16 weight for prompts (the same tensor: no copy) beside the fp16 copy
+        assert fast.lm_head.weight is plain.lm_head.weight or torch.equal(fast.lm_head.weight, plain.lm_head.weight)
+        assert fast.lm_head.decode_rows == DECODE_ROWS
         assert any(isinstance(m, BF16DecodeLinear) for m in decoder)
+        lean = copy.deepcopy(plain)
+        optimize_model(lean, min_fp16_weight=0, fp16_decode=True, keep_bf16_weights=False)
+        assert lean.lm_head.weight is None  # untied head: only the fp16 copy is kept (no extra memory)
+        assert lean.lm_head.decode_rows == LEAN_DECODE_ROWS
     assert any(isinstance(m, (PackedLinear, DenseLinear)) for m in vision)
     fp32 = ours_from_hf(hf_model("llava", "llama"))
     # float32: the head's weight is transposed; weights this small stay on F.linear (no ThreadedLinear)

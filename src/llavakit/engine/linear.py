@@ -34,7 +34,15 @@ from torch import nn
 
 from .threaded_linear import MIN_THREADED_WEIGHT, ThreadedLinear, blocks_for
 
-DECODE_ROWS = 4  # up to this many rows (tokens x batch) per call take the matrix-vector path
+# Up to this many rows per call, BF16DecodeLinear multiplies its fp16 copy with fbgemm; more rows take the bf16
+# weight. Qwen2-0.5B shapes on a 2-core AVX-512-bf16 EPYC (weights from memory, ms per call, bf16 F.linear vs
+# fbgemm): 896 -> 4864 at 8 rows 0.78 vs 0.47, 16 rows 0.91 vs 0.86, 24 rows 1.09 vs 1.17; 4864 -> 896 at 8 rows
+# 0.59 vs 0.52, 16 rows 0.76 vs 0.93.
+DECODE_ROWS = 12
+# Without its bf16 weight a module multiplies up to this many rows with fbgemm (fp16 read, float32 compute, about
+# half the bf16 GEMM rate) rather than unpacking its fp16 copy (~20-25 ms per 896 x 4864 matrix, the cost of
+# ~1000 rows of the bf16 product): 2340 rows 896 -> 4864 took 115 ms through fbgemm, 77 ms unpacked.
+LEAN_DECODE_ROWS = 512
 # Smaller weights stay off fbgemm: its kernel always starts a parallel region, which cost 0.03 ms for a 64 x 64
 # weight on an idle core and ~10 ms when the other core was busy; a float32 product that small runs inline.
 MIN_FP16_WEIGHT = 1 << 16
@@ -136,14 +144,15 @@ class DenseLinear(nn.Module):
 class BF16DecodeLinear(nn.Module):
     """``y = x W^T + b`` for a bf16/fp16 CPU weight: fbgemm fp16 kernel for few rows, ``dense_linear`` for many.
 
-    The fp16 copy packed for fbgemm (``packed``, a plain attribute) is the only copy of the weight unless
-    ``keep_weight`` (then ``weight`` is the original parameter, shared, not copied: a tied LM head keeps sharing
-    the embedding matrix). Without it, many-row calls unpack the fp16 weight to float32 first (exact for
-    magnitudes >= 2^-14; smaller values, fp16 subnormals, move by at most 2^-25 ~ 3e-8) and the module has no
-    ``weight`` in its state dict (inference only).
+    ``keep_weight``: ``weight`` stays the original parameter (shared, not copied: a tied LM head keeps sharing the
+    embedding matrix) beside the fp16 copy packed for fbgemm (``packed``, a plain attribute), and calls of more
+    than ``decode_rows`` rows (default ``DECODE_ROWS``) multiply it. Without it the fp16 copy is the only one (no
+    extra memory, no ``weight`` in the state dict; inference only): up to ``LEAN_DECODE_ROWS`` rows go through
+    fbgemm, longer calls unpack the fp16 weight to float32 first (exact for magnitudes >= 2^-14; smaller values,
+    fp16 subnormals, move by at most 2^-25 ~ 3e-8).
     """
 
-    def __init__(self, linear: nn.Linear, *, decode_rows: int = DECODE_ROWS, keep_weight: bool = True) -> None:
+    def __init__(self, linear: nn.Linear, *, decode_rows: int | None = None, keep_weight: bool = True) -> None:
         super().__init__()
         w = linear.weight
         if w.device.type != "cpu" or w.dtype not in (torch.bfloat16, torch.float16):
@@ -156,7 +165,7 @@ class BF16DecodeLinear(nn.Module):
         self.weight = linear.weight if keep_weight else None
         self.bias = linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.decode_rows = decode_rows
+        self.decode_rows = decode_rows if decode_rows is not None else DECODE_ROWS if keep_weight else LEAN_DECODE_ROWS
         self.dtype = w.dtype
         b = None if linear.bias is None else linear.bias.detach().float()
         self.packed = torch.ops.quantized.linear_prepack_fp16(w.detach().float(), b)  # fp16, fbgemm layout
@@ -230,8 +239,10 @@ def optimize_for_decode(
     """Swap every CPU bf16/fp16 ``nn.Linear`` below ``module`` (unless ``skip(name)``) for a
     ``BF16DecodeLinear``; returns how many were swapped (0 when fbgemm's fp16 kernels are missing).
 
-    The bf16 weight is dropped (memory stays the same) unless ``keep_weights`` or it is shared with an
-    embedding (a tied LM head: its fp16 copy is extra memory, 272 MB for Qwen2-0.5B's 151936 x 896 head).
+    The bf16 weight is dropped (memory stays the same, prompts multiply the fp16 copy) unless ``keep_weights``
+    (prompts multiply the bf16 weight: fast where bf16 GEMMs are native, for a second copy of every weight) or
+    it is shared with an embedding (a tied LM head: its fp16 copy is extra memory, 272 MB for Qwen2-0.5B's
+    151936 x 896 head).
     Layers that never see one-token inputs (vision tower, projector) gain nothing: skip them. Weights of fewer
     than ``min_weight`` elements are left alone.
     Example: ``optimize_for_decode(model, skip=lambda n: "vision_tower" in n or "projector" in n)``.
@@ -310,12 +321,16 @@ def optimize_model(
     min_fp16_weight: int = MIN_FP16_WEIGHT,
     fp16_decode: bool | None = None,
     min_threaded_weight: int = MIN_THREADED_WEIGHT,
+    keep_bf16_weights: bool = True,
 ) -> dict[str, int]:
     """The fastest correct CPU inference Linears for a Llava model (in place); returns counts per module kind.
 
     bf16/fp16: decoder and LM head -> ``BF16DecodeLinear`` (fbgemm fp16 matrix-vector kernel for decode) where
     bf16 GEMMs are native (``fp16_decode``: None = that rule; on a loaded 2-core AVX2 VM it decoded no faster
-    than bf16 ``F.linear`` end to end and its prefill had to unpack the fp16 weight);
+    than bf16 ``F.linear`` end to end and its prefill had to unpack the fp16 weight); with ``keep_bf16_weights``
+    each keeps its bf16 weight for prompts of more than ``DECODE_ROWS`` rows (bf16 GEMM, ~2x fbgemm's rate at
+    254-2340 rows; 24 Qwen2-0.5B layers, 254-token prompt: 3.1 s unpacking the fp16 copies, see README) at the
+    cost of the fp16 copies' memory (+0.72 GB for Qwen2-0.5B's layers);
     vision tower and projector -> ``PackedLinear`` where oneDNN packs bf16, else ``DenseLinear`` (float32
     compute where bf16 GEMMs are not native). Any layer still an ``nn.Linear`` after that (no fbgemm) gets the
     same treatment as the vision tower. float32: the LM head's weight stored transposed (``transpose_head``),
@@ -327,7 +342,9 @@ def optimize_model(
         fp16_decode = native_bf16_gemm()
     counts = {"BF16DecodeLinear": 0}
     if fp16_decode:
-        counts["BF16DecodeLinear"] = optimize_for_decode(model, skip=is_many_rows_only, min_weight=min_fp16_weight)
+        counts["BF16DecodeLinear"] = optimize_for_decode(
+            model, skip=is_many_rows_only, min_weight=min_fp16_weight, keep_weights=keep_bf16_weights
+        )
     counts["PackedLinear"] = pack_linears(model, dtypes=(torch.bfloat16,))
     counts["DenseLinear"] = _dense(model)
     counts["transposed_head"] = transpose_head(model)
