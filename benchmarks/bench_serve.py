@@ -6,8 +6,10 @@
 
 Starts ``llava serve`` in a subprocess (``--threads`` torch threads, 2 by default), sends chat completions with
 one image from N client threads (greedy, the same request every time, so every level does the same work), and
-prints one row per concurrency level. The target with batching: throughput at 16 clients >= 3x the throughput at
-1 client.
+prints one row per concurrency level. Every answer is ``--max-tokens`` long (``ignore_eos``, vLLM's extension,
+as vLLM's own serving benchmark fixes output lengths), so the work per request does not depend on when a
+particular model happens to stop; ``--natural-length`` lets the model end its answers itself. The target with
+batching: throughput at 16 clients >= 3x the throughput at 1 client.
 
 Beside each level: the server's CPU time per request (user + system, all its threads; on a machine shared with
 other jobs it moves less than wall time) and the load average. ``--repeat R`` runs the levels R times in turn
@@ -203,7 +205,8 @@ def main() -> None:
     ap.add_argument("--model", help="serve this checkpoint instead (overrides --geometry)")
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
+    ap.add_argument("--natural-length", action="store_true", help="answers end at EOS (no ignore_eos)")
     ap.add_argument("--image-size", default="336x336", help="HxW of the image in every request; 0 = text only")
     ap.add_argument("--max-batch-size", type=int, default=16)
     ap.add_argument("--port", type=int, default=18431)
@@ -223,6 +226,7 @@ def main() -> None:
         "messages": [{"role": "user", "content": content}],
         "max_tokens": a.max_tokens,
         "temperature": 0,
+        "ignore_eos": not a.natural_length,
     }
     proc = start_server(path, a.port, a.max_batch_size, work / "server.log", a.threads)
     url = f"http://127.0.0.1:{a.port}"
@@ -232,8 +236,9 @@ def main() -> None:
         warm = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=3600).json()
         print(
             f"model: {what}\nprompt: {warm['usage']['prompt_tokens']} tokens "
-            f"({warm['usage']['prompt_tokens_details']['image_tokens']} image tokens), up to {a.max_tokens} new "
-            f"tokens, greedy; server: --max-batch-size {a.max_batch_size}, {a.threads} torch threads; "
+            f"({warm['usage']['prompt_tokens_details']['image_tokens']} image tokens), "
+            f"{'up to ' if a.natural_length else ''}{a.max_tokens} new tokens, greedy; server: --max-batch-size "
+            f"{a.max_batch_size}, {a.threads} torch threads; "
             f"machine: {os.cpu_count()} CPUs\n",
             flush=True,
         )

@@ -67,3 +67,43 @@ def test_rows_leaving_and_joining_match_alone(pipe, monkeypatch) -> None:  # noq
     assert all(ev[-1][0] == "done" for ev in together.values())
     assert worker.metrics.prefills > 1 and worker.metrics.batch_size.total > 0
     assert any(merged_with_finished), "no request joined while a finished row was still in the cache"
+
+
+def _run(worker: Batcher, job: Job, done: dict, i: int) -> list:
+    worker.submit(job)
+    end = time.monotonic() + 60
+    while i not in done and time.monotonic() < end:
+        time.sleep(0.005)
+    return done[i]
+
+
+def test_ignore_eos_generates_past_eos_to_max_tokens(pipe) -> None:  # noqa: ANN001
+    """With ``ignore_eos`` a row goes on past its EOS token (vLLM's extension, for fixed-length benchmarks) and
+    gives the tokens of a worker that knows no EOS; without it the same row stops at that token."""
+    tok = pipe.processor.tokenizer
+    first: dict = {}
+    free = Batcher(pipe.model, tok, max_batch_size=2)
+    free.eos = set()  # the reference: this worker never stops on EOS
+    free.start()
+    ref = _run(free, _job(pipe, 0, 10, first), first, 0)
+    free.stop()
+    assert ref[-1] == ("done", "length")
+    ids = pipe.processor.tokenizer.encode("USER: question number 0 about  ASSISTANT:")
+    with torch.no_grad():
+        step1 = int(pipe.model(torch.tensor([ids])).logits[0, -1].argmax())  # the first token the row generates
+
+    worker = Batcher(pipe.model, tok, max_batch_size=2)
+    worker.eos = {step1}  # that token is this worker's EOS: a plain row ends on it at once
+    worker.start()
+    stopped: dict = {}
+    job = _job(pipe, 0, 10, stopped)
+    _run(worker, job, stopped, 0)
+    assert stopped[0][-1] == ("done", "stop") and job.completion_tokens == 1
+    kept: dict = {}
+    job = _job(pipe, 0, 10, kept)
+    job.ignore_eos = True
+    events = _run(worker, job, kept, 0)
+    worker.stop()
+    assert events[-1] == ("done", "length") and job.completion_tokens == 10
+    text = "".join(e[1] for e in events if e[0] == "delta")
+    assert text == "".join(e[1] for e in ref if e[0] == "delta")

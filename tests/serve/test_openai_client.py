@@ -92,6 +92,19 @@ def test_non_streaming_equals_generate(client, server, tiny_model, photo, cli_an
         assert r.usage.completion_tokens == NEW_TOKENS
 
 
+def test_ignore_eos_answers_max_tokens(client, server, photo) -> None:  # noqa: ANN001
+    """vLLM's ``ignore_eos`` extension through the client's ``extra_body``: the answer runs to ``max_tokens``
+    (the worker's side, an EOS passed by, is tested in ``test_batcher``)."""
+    r = client.chat.completions.create(
+        model=server.model,
+        messages=_messages(photo),
+        max_tokens=NEW_TOKENS,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == NEW_TOKENS
+
+
 def test_streaming_equals_generate(client, server, tiny_model, photo, cli_answer) -> None:  # noqa: ANN001
     stream = client.chat.completions.create(
         model=server.model,

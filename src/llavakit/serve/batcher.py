@@ -62,6 +62,7 @@ class Job:
     deadline: float  # time.monotonic() by which the last token must be out
     emit: Callable[[Event], None]  # thread-safe
     stream: bool = True  # False: the text comes in one ("delta", text) right before ("done", ...)
+    ignore_eos: bool = False  # EOS is a token like any other: the row ends at max_new_tokens or a stop string
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.monotonic)
     completion_tokens: int = 0
@@ -252,7 +253,7 @@ class Batcher:
             elif now > row.job.deadline:
                 row.done = True
                 self._timeout(row.job)
-            elif t in self.eos:
+            elif t in self.eos and not row.job.ignore_eos:
                 row.count(now)
                 row.finish("stop")
             else:

@@ -62,6 +62,7 @@ def add_chat_route(app: FastAPI, pipe: Any, batcher: Batcher, metrics: Metrics, 
             emit=partial(mailbox(app).post, events),
             arrived=arrived,
             stream=body.stream,
+            ignore_eos=body.ignore_eos,
         )
         try:
             batcher.submit(job)

@@ -61,6 +61,7 @@ class ChatCompletionRequest(BaseModel):
     # extensions, as vLLM names them
     top_k: int = Field(default=0, ge=0, le=1_000_000)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    ignore_eos: bool = Field(default=False, description="keep generating past EOS (to max_tokens or a stop string)")
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
