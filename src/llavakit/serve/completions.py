@@ -32,7 +32,6 @@ from .schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse
 from .streaming import sse_stream
 
 ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 422, 429, 504)}
-DISCONNECT_CHECK_S = 0.5  # how often a waiting non-streaming handler looks whether its client is still there
 
 
 def add_chat_route(app: FastAPI, pipe: Any, batcher: Batcher, metrics: Metrics, config: ServeConfig) -> None:
@@ -98,32 +97,44 @@ def busy_error(metrics: Metrics, batcher: Batcher) -> ApiError:
     )
 
 
+async def _until_disconnect(request: Request) -> None:
+    """Return when the client has gone away.
+
+    The body has been read by now, so the server's next ``receive`` message is ``http.disconnect``: it arrives
+    when the connection drops (or once the response is sent, by which time this task is cancelled). This
+    replaces asking ``request.is_disconnected()`` every half second from each waiting handler, which held the
+    GIL (that the model worker needs between its ops) for ~2 ms per call: ~6% of the wall time at 16 clients
+    (py-spy, default model).
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def wait_for_answer(
     request: Request, job: Job, events: asyncio.Queue, reply: Reply, timeout: float, metrics: Metrics
 ) -> Response:
     """The whole answer, cancelling the job if the client goes away or time runs out."""
     parts: list[str] = []
-    checked = time.monotonic()
-    while True:
-        try:
-            ev = await asyncio.wait_for(events.get(), timeout=DISCONNECT_CHECK_S)
-        except asyncio.TimeoutError:
-            ev = None
-        if time.monotonic() - checked >= DISCONNECT_CHECK_S:  # events may flow without pause: look now and then
-            checked = time.monotonic()
-            if await request.is_disconnected():
+    gone = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        while True:
+            left = job.deadline + 1.0 - time.monotonic()  # the worker ends it at the deadline; this is a backstop
+            get = asyncio.ensure_future(events.get())
+            done, _ = await asyncio.wait({get, gone}, timeout=max(left, 0.01), return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
                 job.cancelled.set()
-                return Response(status_code=499)
-        if ev is None:
-            if time.monotonic() > job.deadline + 1.0:  # the worker missed it (e.g. stuck in a long prefill)
-                job.cancelled.set()
+                if gone in done:
+                    return Response(status_code=499)
                 metrics.add("timeouts")
                 return error_response(504, f"the request ran out of time ({timeout} s)")
-            continue
-        if ev[0] == "delta":
-            parts.append(ev[1])
-        elif ev[0] == "error":
-            return error_response(ev[1], ev[2])
-        else:
-            metrics.observe("latency", time.monotonic() - job.arrived)
-            return JSONResponse(reply.completion("".join(parts), ev[1], job))
+            ev = get.result()
+            if ev[0] == "delta":
+                parts.append(ev[1])
+            elif ev[0] == "error":
+                return error_response(ev[1], ev[2])
+            else:
+                metrics.observe("latency", time.monotonic() - job.arrived)
+                return JSONResponse(reply.completion("".join(parts), ev[1], job))
+    finally:
+        gone.cancel()
