@@ -1,6 +1,7 @@
 """Can a decoder of the stage-0 shape learn to look one object up among several? For recipe developers.
 
-    python scripts/probe_lookup.py [--init-std 0.02 0.07] [--steps 300] [--task fused|pairs] [--reference]
+    python scripts/probe_lookup.py [--init-std 0.02 0.07] [--steps 300] [--task fused|pairs|scene] [--reference]
+    python scripts/probe_lookup.py --task scene --background 60 [--ramp 400] --steps 600
 
 Binding ("What color is the star?" in a scene of several shapes) asks the decoder to carry the kind named in the
 question to the answer position, find the context position that shows that kind and read its colour there. This
@@ -43,6 +44,17 @@ from llavakit.train.stage0.steps import run_steps
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny-synth-stage0.yaml"
 WORDS = ["<pad>", "<s>", "</s>", "USER:", "ASSISTANT:", "\n", "What", "color", "is", "the", "?", *KINDS, *COLORS]
 ID = {w: i for i, w in enumerate(WORDS)}
+# ``scene``: an object position's kind and colour and the background come from these rows, not the words' rows
+VISUAL_KIND, VISUAL_COLOUR, VISUAL_BACKGROUND = 100, 200, 300
+
+
+@dataclass
+class SceneOptions:
+    span: int = 4  # positions per object
+    kind_noise: float = 0.15  # chance that a position shows another kind
+    background: int = 60  # background positions shuffled in
+
+
 BUCKETS = {"1": (1, 1), "2-3": (2, 3), "4-7": (4, 7)}
 
 
@@ -55,13 +67,27 @@ class Example:
     def answer(self) -> int:
         return self.items[self.asked][1]
 
-    def words(self, task: str) -> tuple[list[int], list[int]]:
+    def words(self, task: str, scene: SceneOptions | None = None) -> tuple[list[int], list[int]]:
         """(ids, colour ids added on top): ids are the input tokens; for ``fused`` each item is its kind's id
-        with its colour's id returned in the second list at the same position (-1 elsewhere)."""
+        with its colour's id returned in the second list at the same position (-1 elsewhere); ``scene`` the same
+        over visual rows, ``scene.span`` noisy positions per item and background positions, shuffled (the same
+        way for the same example)."""
         head = [ID["<s>"], ID["USER:"]]
         if task == "fused":
             body = [k for k, _ in self.items]
             extra = [-1] * len(head) + [c for _, c in self.items]
+        elif task == "scene":
+            scene = scene or SceneOptions()
+            rng = random.Random(hash((tuple(self.items), self.asked)))  # ints only: the same in every process
+            kinds = [ID[k] for k in KINDS]
+            spots = [(VISUAL_BACKGROUND, -1)] * scene.background
+            for k, c in self.items:
+                for _ in range(scene.span):
+                    shown = k if rng.random() >= scene.kind_noise else rng.choice([x for x in kinds if x != k])
+                    spots.append((shown - ID[KINDS[0]] + VISUAL_KIND, c - ID[next(iter(COLORS))] + VISUAL_COLOUR))
+            rng.shuffle(spots)
+            body = [k for k, _ in spots]
+            extra = [-1] * len(head) + [c for _, c in spots]
         else:
             body = [t for k, c in self.items for t in (c, k)]
             extra = [-1] * (len(head) + len(body))
@@ -82,12 +108,14 @@ def blind_pick(ex: Example) -> float:
     return 1.0 / len({c for _, c in ex.items})
 
 
-def batch(embed: nn.Embedding, examples: list[Example], task: str) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(
+    embed: nn.Embedding, examples: list[Example], task: str, scene: SceneOptions | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, D) input embeddings (right-padded) and (B, T) targets: the answer at the last prompt position, then
     ``</s>``; -100 elsewhere."""
     rows, targets = [], []
     for ex in examples:
-        ids, extra = ex.words(task)
+        ids, extra = ex.words(task, scene)
         full = ids + [ex.answer]
         x = embed(torch.tensor(full))  # (T, D)
         on = torch.tensor([i for i, e in enumerate(extra) if e >= 0], dtype=torch.long)
@@ -141,14 +169,16 @@ class Reference(nn.Module):
         return self.lm(inputs_embeds=x).logits
 
 
-def accuracy(model: nn.Module, examples: list[Example], task: str) -> dict[str, dict[str, float]]:
+def accuracy(
+    model: nn.Module, examples: list[Example], task: str, scene: SceneOptions | None = None
+) -> dict[str, dict[str, float]]:
     """Per bucket of item counts: right answers, examples, and a blind pick's expected right answers."""
     out = {b: {"right": 0, "n": 0, "blind": 0.0} for b in BUCKETS}
     model.eval()
     with torch.no_grad():
         for i in range(0, len(examples), 128):
             chunk = examples[i : i + 128]
-            x, y = batch(model.embed, chunk, task)
+            x, y = batch(model.embed, chunk, task, scene)
             pred = model(x).argmax(-1)  # (B, T)
             for j, ex in enumerate(chunk):
                 pos = int((y[j] != -100).nonzero()[0, 0])
@@ -169,9 +199,13 @@ def train(
     reference: bool,
     vocab: int = len(WORDS),
     log=print,
+    scene: SceneOptions | None = None,
+    ramp: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Trains a fresh decoder of the recipe's shape on ``steps`` batches of 32; returns held-out accuracy."""
-    config = text_config(recipe.decoder, max(vocab, len(WORDS)), ID["<s>"], ID["</s>"], ID["<pad>"])
+    """Trains a fresh decoder of the recipe's shape on ``steps`` batches of 32; returns held-out accuracy (with
+    all of ``scene.background``; during the first ``ramp`` steps training scenes have a growing part of it)."""
+    rows = VISUAL_BACKGROUND + 1 if task == "scene" else len(WORDS)
+    config = text_config(recipe.decoder, max(vocab, rows), ID["<s>"], ID["</s>"], ID["<pad>"])
     torch.manual_seed(seed)
     base = CausalLM(config)
     init_weights(base, init_std)
@@ -181,20 +215,30 @@ def train(
     cfg = LMTrainConfig(steps=steps, batch_size=32, lr=recipe.lm.lr, warmup=recipe.lm.warmup, weight_decay=0.0)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    scene = scene or SceneOptions()
+    step = [0]
+
     def step_loss() -> torch.Tensor:
-        x, y = batch(model.embed, [make_example(rng) for _ in range(cfg.batch_size)], task)
+        grown = scene.background if step[0] >= ramp else scene.background * step[0] // ramp
+        now = SceneOptions(scene.span, scene.kind_noise, grown)
+        step[0] += 1
+        x, y = batch(model.embed, [make_example(rng) for _ in range(cfg.batch_size)], task, now)
         logits = model(x)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
 
     run_steps(model, opt, cfg, step_loss, "probe", log)
-    return accuracy(model, held_out, task)
+    return accuracy(model, held_out, task, scene)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipe", default=str(RECIPE), help="stage-0 recipe whose decoder shape is probed")
     ap.add_argument("--init-std", type=float, nargs="+", default=None, help="default: the recipe's lm.init_std")
-    ap.add_argument("--task", choices=("fused", "pairs"), default="fused")
+    ap.add_argument("--task", choices=("fused", "pairs", "scene"), default="fused")
+    ap.add_argument("--span", type=int, default=4, help="scene: positions per object")
+    ap.add_argument("--kind-noise", type=float, default=0.15, help="scene: chance a position shows another kind")
+    ap.add_argument("--background", type=int, default=60, help="scene: background positions")
+    ap.add_argument("--ramp", type=int, default=0, help="scene: steps over which the background grows to all of it")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=731, help="embedding rows (the stage-0 tokenizer's 731 by default)")
@@ -207,17 +251,22 @@ def main() -> None:
     recipe = load_stage0_recipe(args.recipe, args.overrides)
     stds = args.init_std or [recipe.lm.init_std]
     results = []
-    print(f"task {args.task}, {args.steps} steps of 32, decoder {recipe.decoder}")
+    scene = SceneOptions(args.span, args.kind_noise, args.background)
+    what = f" ({scene}, ramp {args.ramp})" if args.task == "scene" else ""
+    print(f"task {args.task}{what}, {args.steps} steps of 32, decoder {recipe.decoder}")
     print(f"{'model':<13}{'init std':>9}  " + "  ".join(f"{b + ' items':>21}" for b in BUCKETS) + "   seconds")
     for std in stds:
         for ref in (False, True) if args.reference else (False,):
             t = time.perf_counter()
-            acc = train(recipe, std, args.task, args.steps, args.seed, ref, args.vocab, log=lambda m: None)
+            acc = train(
+                recipe, std, args.task, args.steps, args.seed, ref, args.vocab, lambda m: None, scene, args.ramp
+            )
             cells = "  ".join(f"{a['right'] / a['n']:.2f} (blind {a['blind'] / a['n']:.2f})" for a in acc.values())
             name = "transformers" if ref else "llavakit"
             print(f"{name:<13}{std:>9.3f}  {cells}   {time.perf_counter() - t:.0f}")
             results.append({"model": name, "init_std": std, **{b: a["right"] / a["n"] for b, a in acc.items()}})
-    print(json.dumps({"task": args.task, "steps": args.steps, "results": results}))
+    extra = {"scene": vars(scene), "ramp": args.ramp} if args.task == "scene" else {}
+    print(json.dumps({"task": args.task, "steps": args.steps, **extra, "results": results}))
 
 
 if __name__ == "__main__":

@@ -65,3 +65,29 @@ def test_lookup_is_learned_or_not_and_scored_against_a_blind_pick():
     assert 0.15 < blind < 0.35  # a pick among the distinct colours of 4-7 objects (9 colours)
     untrained = probe.train(recipe, 0.07, "fused", 0, 0, False, log=lambda m: None)
     assert untrained["2-3"]["right"] / untrained["2-3"]["n"] < 0.5
+
+
+def test_scene_spreads_each_object_over_noisy_visual_positions_among_background():
+    probe = _module()
+    scene = probe.SceneOptions(span=4, kind_noise=0.25, background=30)
+    kind0, colour0 = probe.ID[probe.KINDS[0]], probe.ID[next(iter(probe.COLORS))]
+    shown = right = 0
+    for i in range(100):
+        ex = probe.make_example(random.Random(i))
+        ids, extra = ex.words("scene", scene)
+        assert (ids, extra) == ex.words("scene", scene)  # the same scene every time it is asked for
+        assert ids[-3] == ex.items[ex.asked][0]  # the question names the kind by its word, not its visual row
+        body = ids[2:-8]
+        assert len(body) == 30 + 4 * len(ex.items)
+        assert body.count(probe.VISUAL_BACKGROUND) == 30
+        spots = [(t, e) for t, e in zip(ids, extra) if e >= 0]
+        assert len(spots) == 4 * len(ex.items)
+        colours = {c - colour0 + probe.VISUAL_COLOUR: k - kind0 + probe.VISUAL_KIND for k, c in ex.items}
+        for t, e in spots:  # every object position: a visual kind row and its object's visual colour row
+            assert probe.VISUAL_KIND <= t < probe.VISUAL_COLOUR and e in colours
+        if len(set(colours)) == len(ex.items):  # distinct colours: each position's object is known
+            shown += len(spots)
+            right += sum(t == colours[e] for t, e in spots)
+    assert 0.65 < right / shown < 0.85  # a quarter of the positions show another kind
+    clean = probe.make_example(random.Random(0)).words("scene", probe.SceneOptions(span=1, kind_noise=0.0))
+    assert len(clean[0]) == len(probe.make_example(random.Random(0)).words("fused")[0]) + 60
