@@ -28,7 +28,7 @@ import argparse
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -219,8 +219,7 @@ def train(
     step = [0]
 
     def step_loss() -> torch.Tensor:
-        grown = scene.background if step[0] >= ramp else scene.background * step[0] // ramp
-        now = SceneOptions(scene.span, scene.kind_noise, grown)
+        now = replace(scene, background=scene.background if step[0] >= ramp else scene.background * step[0] // ramp)
         step[0] += 1
         x, y = batch(model.embed, [make_example(rng) for _ in range(cfg.batch_size)], task, now)
         logits = model(x)

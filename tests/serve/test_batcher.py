@@ -88,9 +88,9 @@ def test_ignore_eos_generates_past_eos_to_max_tokens(pipe) -> None:  # noqa: ANN
     ref = _run(free, _job(pipe, 0, 10, first), first, 0)
     free.stop()
     assert ref[-1] == ("done", "length")
-    ids = pipe.processor.tokenizer.encode("USER: question number 0 about  ASSISTANT:")
+    ids = _job(pipe, 0, 10, {}).input_ids  # the prompt of the row below
     with torch.no_grad():
-        step1 = int(pipe.model(torch.tensor([ids])).logits[0, -1].argmax())  # the first token the row generates
+        step1 = int(pipe.model(ids[None]).logits[0, -1].argmax())  # the first token the row generates
 
     worker = Batcher(pipe.model, tok, max_batch_size=2)
     worker.eos = {step1}  # that token is this worker's EOS: a plain row ends on it at once
