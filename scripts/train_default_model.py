@@ -158,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
     ap.add_argument("--ship", action="store_true", help="copy the result to src/llavakit/assets/default-model")
     ap.add_argument("--vision-lr", type=float, help="stage 2: train the vision tower at this rate too")
+    ap.add_argument(
+        "--hide-background",
+        action="store_true",
+        help="stage 2: background image tokens hidden in the warm-up, brought back over the first conversation pass",
+    )
     ap.add_argument("--threads", type=int, help="torch threads (1 is faster on a machine busy with other jobs)")
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep finished phases found in --out")
     args = ap.parse_args(argv)
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     times["stage1"] = time.perf_counter() - t
     _log(f"stage 1: {len(s1)} steps, loss {s1[0]:.3f} -> {s1[-1]:.3f}")
 
-    def stage2_pass(init: str, data: str, name: str) -> list[float]:
+    def stage2_pass(init: str, data: str, name: str, drop: tuple[float, float] | None = None) -> list[float]:
         """One stage-2 pass of the curriculum from ``out/init`` on ``out/data``, into ``out/name`` (kept with
         --continue when already finished); its time goes into the summary under ``name``."""
         t = time.perf_counter()
@@ -236,15 +241,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"train.output_dir={out / name}",
                 *common,
                 *([f"stage.vision_lr={args.vision_lr}"] if args.vision_lr else []),
+                *([f"data.background_drop=[{drop[0]}, {drop[1]}]"] if drop else []),
             ],
         )
         times[name] = time.perf_counter() - t
         return losses
 
-    sw = stage2_pass("stage1", "data_warmup", "stage2_warmup")
+    hide = args.hide_background
+    sw = stage2_pass("stage1", "data_warmup", "stage2_warmup", (1.0, 1.0) if hide else None)
     _log(f"stage 2 warm-up: {len(sw)} steps, loss {sw[0]:.3f} -> {sw[-1]:.3f}")
 
-    s2 = stage2_pass("stage2_warmup", "data_easy", "stage2")
+    s2 = stage2_pass("stage2_warmup", "data_easy", "stage2", (1.0, 0.0) if hide else None)
     final = out / "stage2"
     if args.more_instruct:  # a second stage-2 pass on fresh scenes (training seed 1), from the first pass
         t = time.perf_counter()
@@ -276,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "scene_long_side": [sides["min_side"], sides["max_side"]],
         "threads": torch.get_num_threads(),
         "vision_lr": args.vision_lr,
+        "hide_background": args.hide_background,
         "continued": args.cont,  # earlier phases came from a previous run in --out (their times are not here)
         "stage0": stage0_record(stage0),
     }

@@ -134,24 +134,7 @@ class LlavaModel(nn.Module):
         return out
 
     def _pack(self, f: torch.Tensor, h: int, w: int, newline: torch.Tensor) -> torch.Tensor:
-        """Base view + the tile grid re-assembled, unpadded, (downsampled), one newline per row.
-
-        f: (1 + rows*cols, g*g, D) -> (g*g + rows' * (cols' + 1), D).
-        """
-        g = self.geometry.grid
-        rows, cols = grid_shape(h, w, self.geometry)
-        base, tiles = f[0], f[1:]
-        d = f.shape[-1]
-        grid = tiles.view(rows, cols, g, g, d).permute(4, 0, 2, 1, 3).reshape(d, rows * g, cols * g)
-        fh, fw = unpadded_size(h, w, rows * g, cols * g)
-        top, left = (rows * g - fh) // 2, (cols * g - fw) // 2
-        grid = grid[:, top : top + fh, left : left + fw]  # (D, fh, fw)
-        target = downsampled_size(fh, fw, self.geometry)
-        if target is not None:
-            grid = F.interpolate(grid[None], size=list(target), mode="bilinear")[0]
-        nl = newline.to(grid).view(d, 1, 1).expand(d, grid.shape[1], 1)
-        grid = torch.cat([grid, nl], dim=2)  # (D, rows', cols' + 1)
-        return torch.cat([base, grid.flatten(1).transpose(0, 1)])
+        return pack_tiles(f, h, w, self.geometry, newline)
 
     def video_features(self, pixel_values_videos: torch.Tensor) -> list[torch.Tensor]:
         """OneVision video: (B, F, 3, S, S) -> per video (F * ceil(g/2)^2 + 1, D): frames pooled, one newline."""
@@ -293,6 +276,28 @@ def positions_from_mask(
     pos = attention_mask.long().cumsum(-1) - 1
     pos = pos.masked_fill(attention_mask == 0, 1)
     return pos[:, -t:]
+
+
+def pack_tiles(f: torch.Tensor, h: int, w: int, geometry: ImageGeometry, newline: torch.Tensor) -> torch.Tensor:
+    """Base view + the tile grid of an AnyRes image re-assembled, unpadded, (downsampled), one newline per row.
+
+    f: (1 + rows*cols, g*g, D) per-view features -> (g*g + rows' * (cols' + 1), D). Any D: the training loop's
+    foreground mask packs per-patch flags (D = 1) through this same function.
+    """
+    g = geometry.grid
+    rows, cols = grid_shape(h, w, geometry)
+    base, tiles = f[0], f[1:]
+    d = f.shape[-1]
+    grid = tiles.reshape(rows, cols, g, g, d).permute(4, 0, 2, 1, 3).reshape(d, rows * g, cols * g)
+    fh, fw = unpadded_size(h, w, rows * g, cols * g)
+    top, left = (rows * g - fh) // 2, (cols * g - fw) // 2
+    grid = grid[:, top : top + fh, left : left + fw]  # (D, fh, fw)
+    target = downsampled_size(fh, fw, geometry)
+    if target is not None:
+        grid = F.interpolate(grid[None], size=list(target), mode="bilinear")[0]
+    nl = newline.to(grid).view(d, 1, 1).expand(d, grid.shape[1], 1)
+    grid = torch.cat([grid, nl], dim=2)  # (D, rows', cols' + 1)
+    return torch.cat([base, grid.flatten(1).transpose(0, 1)])
 
 
 def _multi_image_flags(batch_num_images, n: int, family: str) -> list[bool]:  # noqa: ANN001

@@ -16,7 +16,8 @@ def collate(items: Sequence[dict[str, Any]], pad_id: int, family: str | None = N
 
     input_ids (B, T) right-padded with ``pad_id``; attention_mask (B, T); labels (B, T) padded with IGNORE_INDEX;
     pixel_values: llava (N, 3, S, S), AnyRes (N, max_views, 3, S, S) zero padded across the batch (N = all
-    images of the batch in order); image_sizes (N, 2); batch_num_images (B',) = images per sample that has
+    images of the batch in order); image_sizes (N, 2); foreground (B, T) bool when items carry it (True on
+    padding); batch_num_images (B',) = images per sample that has
     images, for AnyRes batches unless ``family`` names a family other than llava_onevision (only OneVision
     reads it); pixel_values_videos (V, F, 3, S, S) when samples carry videos (same frame count required).
 
@@ -37,6 +38,12 @@ def collate(items: Sequence[dict[str, Any]], pad_id: int, family: str | None = N
         labels[i, :n] = it["labels"]
         mask[i, :n] = 1
     batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    if any(it.get("foreground") is not None for it in items):
+        fg = torch.ones(b, t, dtype=torch.bool)  # (B, T); padding counts as foreground (it is masked anyway)
+        for i, it in enumerate(items):
+            if it.get("foreground") is not None:
+                fg[i, : it["foreground"].shape[0]] = it["foreground"]
+        batch["foreground"] = fg
     pix = [it["pixel_values"] for it in items if it.get("pixel_values") is not None]
     if pix:
         if len({p.dim() for p in pix}) > 1:

@@ -20,6 +20,7 @@ import torch
 
 from ..processing.image import load_image, preprocess, sample_frames, video_frames
 from ..processing.processor import LlavaProcessor
+from .foreground import sample_foreground
 from .labels import SampleError, encode_sample, image_token_counts
 from .records import Record, as_list, check_record, frame_files, image_paths, read_records, to_messages, video_path
 
@@ -34,7 +35,9 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     records_or_path: a .json / .jsonl path or a list of record dicts. ``lengths`` / ``modalities`` are estimates
     known without opening images (words + one tile of tokens per image), for length-grouped sampling; each
-    item's ``length`` is exact. ``num_frames`` caps the frames sampled from a video folder.
+    item's ``length`` is exact. ``num_frames`` caps the frames sampled from a video folder. With ``foreground``
+    each item also holds ``foreground`` (L,) bool, False on image tokens that show only background
+    (``train.foreground``, for ``data.background_drop``).
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         max_length: int,
         on_error: str = "raise",
         num_frames: int = 32,
+        foreground: bool = False,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -55,6 +59,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.max_length = max_length
         self.on_error = on_error
         self.num_frames = num_frames
+        self.foreground = foreground
         self.skipped: Counter = Counter()
         if isinstance(records_or_path, (str, Path)):
             raw = read_records(records_or_path, on_error, self.skipped)
@@ -142,6 +147,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         if pil:
             item["pixel_values"] = pixel_values(pil, self.processor)
             item["image_sizes"] = torch.tensor(sizes, dtype=torch.long)  # (n_img, 2)
+        if self.foreground:
+            item["foreground"] = sample_foreground(item["input_ids"], pil, self.processor)  # (L,)
         if frames:
             try:
                 item["pixel_values_videos"] = video_frames(frames, self.processor.video_config)[None]  # (1, F, 3, S, S)
@@ -300,7 +307,7 @@ def read_mixture(path: str | Path) -> list[dict[str, Any]]:
 
 
 def build_dataset(
-    spec: dict[str, Any], processor: LlavaProcessor, template: str | None, max_length: int
+    spec: dict[str, Any], processor: LlavaProcessor, template: str | None, max_length: int, foreground: bool = False
 ) -> SupervisedDataset | MixedDataset:
     """One dataset or a weighted mixture from a recipe's ``data:`` section.
 
@@ -308,7 +315,8 @@ def build_dataset(
     a ``path`` ending in .yaml / .yml is a mixture file holding such a ``datasets`` list (LLaVA-NeXT's
     ``json_path`` / ``sampling_strategy`` entries work too; the top-level ``image_folder`` is their default).
     Optional top-level ``on_error`` ("raise" | "skip"), ``num_frames`` and ``seed`` (fractional weights, random
-    sampling). Relative paths are taken as given (relative to the working directory).
+    sampling). Relative paths are taken as given (relative to the working directory). ``foreground``: items
+    carry per-token foreground flags (see SupervisedDataset).
     """
     if not isinstance(spec, dict):
         raise ValueError(f"the data section must be a mapping, got {type(spec).__name__}")
@@ -343,6 +351,7 @@ def build_dataset(
                 max_length,
                 on_error=e.get("on_error", on_error),
                 num_frames=int(e.get("num_frames", frames)),
+                foreground=foreground,
             )
         )
         weights.append(float(e.get("weight", 1.0)))

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..model.llava import IGNORE_INDEX
+from ..model.llava import IGNORE_INDEX, positions_from_mask
 from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint, seed_everything, write_model
 from .distributed import Dist, all_sum, full_model_state, setup, teardown, unwrap, wrap
+from .foreground import drop_probability, hide_background
 from .recipe import Recipe
 from .stages import apply_stage
 
@@ -200,6 +201,8 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         loss_sum = torch.zeros((), device=d.device)
         for m, batch in enumerate(batches):
             inputs = {k: _to(batch[k], d.device) for k in FORWARD_KEYS if batch.get(k) is not None}
+            if recipe.data.background_drop is not None:
+                inputs.update(_hidden_background(batch, recipe, step, total, m * d.world + d.rank, d.device))
             labels = batch["labels"].to(d.device)
             sync = m == accum - 1 or d.strategy != "ddp"
             with contextlib.nullcontext() if sync else model.no_sync(), autocast:
@@ -251,6 +254,26 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
     return result
 
 
+def _hidden_background(
+    batch: dict[str, Any], recipe: Recipe, step: int, total: int, micro: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """``data.background_drop``: the micro-batch's attention mask with background image tokens hidden (seeded
+    by step and micro-batch, so a resumed run hides the same tokens) and the position ids of the full mask."""
+    if batch.get("foreground") is None:
+        raise ValueError(
+            "data.background_drop needs items with foreground flags; build the dataset with foreground=True"
+        )
+    start, end = recipe.data.background_drop  # type: ignore[misc]
+    p = drop_probability(start, end, step, total)
+    g = torch.Generator().manual_seed(recipe.train.seed * 1_000_003 + step * 1_009 + micro)
+    mask = batch["attention_mask"]
+    b, t = mask.shape
+    return {
+        "attention_mask": hide_background(mask, batch["foreground"], p, g).to(device),
+        "position_ids": positions_from_mask(mask, b, t, 0, device).to(device),
+    }
+
+
 def _to(x: Any, device: torch.device) -> Any:
     return x.to(device) if isinstance(x, torch.Tensor) else x
 
@@ -268,12 +291,15 @@ def _dataset(recipe: Recipe, processor: Any) -> tuple[Any, Callable]:
     from .collate import collate
     from .data import build_dataset
 
-    own = ("template", "max_length", "group_by_modality_length")
+    own = ("template", "max_length", "group_by_modality_length", "background_drop")
     spec = {k: v for k, v in vars(recipe.data).items() if k not in own and v is not None}
     if not spec.get("datasets"):
         spec.pop("datasets", None)
     template = recipe.data.template or processor.template
-    ds = build_dataset(spec, processor, template, recipe.data.max_length)
+    drop = recipe.data.background_drop
+    if drop is not None and (len(drop) != 2 or not all(0 <= x <= 1 for x in drop)):
+        raise ValueError(f"data.background_drop must be [start, end] probabilities in [0, 1], got {drop}")
+    ds = build_dataset(spec, processor, template, recipe.data.max_length, foreground=drop is not None)
     return ds, partial(collate, pad_id=ds.pad_id, family=processor.family)
 
 

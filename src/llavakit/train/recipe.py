@@ -50,6 +50,9 @@ class DataSpec:
     max_length: int = 2048
     on_error: str = "raise"  # raise | skip
     group_by_modality_length: bool = True
+    # [start, end]: hide background image tokens from attention with a probability going linearly from start
+    # (first step) to end (last step); for images on a plain background (llavakit.train.foreground)
+    background_drop: list[float] | None = None
 
 
 @dataclass
