@@ -162,3 +162,17 @@ def test_background_drop_needs_flags_and_valid_probabilities(tmp_path):
     bad = tiny_recipe(tmp_path, "llava_next", "data.background_drop=[1.5, 0.0]", "data.path=x.json")
     with pytest.raises(ValueError, match=r"background_drop must be \[start, end\] probabilities"):
         train(bad)
+
+
+def test_scene_token_owners_name_the_shape_of_each_token():
+    from llavakit.data.synth_scene import Scene, Shape
+    from llavakit.train.foreground import scene_token_owners
+
+    p = tiny_processor("llava_next")
+    shapes = (Shape("square", "red", "small", 10, 10, 6), Shape("circle", "blue", "small", 100, 45, 6))
+    owner = scene_token_owners(Scene(112, 56, BACKGROUND, shapes), p)
+    grid = owner[16:].view(4, 9)
+    assert (grid[:, 8] == -3).all() and int((owner == -3).sum()) == 4  # the newlines
+    assert set(grid[:2, :2].flatten().tolist()) <= {0, -1} and (grid == 0).any()  # square: top-left
+    assert set(grid[2:, 6:8].flatten().tolist()) <= {1, -1} and (grid == 1).any()  # circle: bottom-right
+    assert int((grid[:, :8] >= 0).sum()) < 12  # most of the grid is background

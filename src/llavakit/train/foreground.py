@@ -19,10 +19,14 @@ horizontally), grid patches (0..1, 0..1) and the 5 newlines: 9 of 80 tokens.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from PIL import Image
 
+from ..data.synth_render import render_scene
+from ..data.synth_scene import Scene
 from ..model.llava import pack_tiles
 from ..processing.anyres import num_image_tokens
 from ..processing.image import ImageConfig, preprocess
@@ -109,3 +113,19 @@ def hide_background(
 def drop_probability(start: float, end: float, step: int, total: int) -> float:
     """Linear from ``start`` at step 0 to ``end`` at step total - 1."""
     return start + (end - start) * step / max(1, total - 1)
+
+
+def scene_token_owners(scene: Scene, processor: LlavaProcessor) -> torch.Tensor:
+    """(num_image_tokens,) long for a synthetic scene: the index of the shape each image token shows, -1 for
+    background, -2 for a token showing two shapes, -3 for the newlines (the recipe's probes and experiments).
+
+    Each shape is rendered alone on the scene's background and flagged with ``token_foreground``.
+    """
+    empty = token_foreground(render_scene(dataclasses.replace(scene, shapes=(), text=None)), processor)
+    owner = torch.full(empty.shape, -1, dtype=torch.long)
+    for i, s in enumerate(scene.shapes):
+        f = token_foreground(render_scene(dataclasses.replace(scene, shapes=(s,), text=None)), processor) & ~empty
+        owner[f & (owner >= 0)] = -2
+        owner[f & (owner == -1)] = i
+    owner[empty] = -3
+    return owner
