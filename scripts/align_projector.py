@@ -62,7 +62,7 @@ def prepare(model: LlavaModel, proc: LlavaProcessor, data: Path, n: int) -> list
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> list[float]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("init")
     ap.add_argument("data", type=Path)
@@ -72,7 +72,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -85,6 +85,7 @@ def main() -> int:
     newline = model.model.image_newline.detach()
     opt = torch.optim.AdamW(proj.parameters(), lr=a.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
+    history = []
     for step in range(a.steps):
         idx = torch.randint(len(scenes), (a.batch,), generator=g).tolist()
         losses = []
@@ -98,13 +99,15 @@ def main() -> int:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        history.append(loss.item())
         if step % 50 == 0 or step == a.steps - 1:
             print(f"step {step + 1}: cosine loss {loss.item():.4f}", flush=True)
     model.save_pretrained(a.out)
     proc.save_pretrained(a.out)
     print(f"wrote {a.out}")
-    return 0
+    return history
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    sys.exit(0)
