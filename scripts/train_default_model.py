@@ -43,6 +43,7 @@ QUICK_STAGE0 = [
     "decoder.num_hidden_layers=2", "decoder.num_attention_heads=2", "decoder.num_key_value_heads=2",
 ]  # fmt: skip
 QUICK_TRAIN = ["train.progress=false"]
+QUICK_GROUND = {"examples_n": 24, "batch": 4, "steps": 5}
 SIDE_KEYS = ("min_side", "max_side")
 
 
@@ -159,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ship", action="store_true", help="copy the result to src/llavakit/assets/default-model")
     ap.add_argument("--vision-lr", type=float, help="stage 2: train the vision tower at this rate too")
     ap.add_argument(
+        "--ground-steps",
+        type=int,
+        default=300,
+        help="steps of the grounding pass between stages 1 and 2 (0: none, the recipe before 2026-12-03)",
+    )
+    ap.add_argument(
         "--hide-background",
         action="store_true",
         help="stage 2: background image tokens hidden in the warm-up, brought back over the first conversation pass",
@@ -228,6 +235,26 @@ def main(argv: list[str] | None = None) -> int:
     times["stage1"] = time.perf_counter() - t
     _log(f"stage 1: {len(s1)} steps, loss {s1[0]:.3f} -> {s1[-1]:.3f}")
 
+    t = time.perf_counter()
+    if args.more_instruct and not (args.cont and (out / "data2" / "instruct.json").exists()):
+        from llavakit.data.synth import write_dataset  # the last pass's data; its scenes also serve grounding
+
+        sides2 = {k: sides[k] for k in SIDE_KEYS}
+        write_dataset(out / "data2", args.more_instruct, 1, "instruct", **sides2, **conversation_args(args.repeats))
+    times["data2"] = time.perf_counter() - t
+    start2 = "stage1"
+    if args.ground_steps:  # layer 0 learns to find the object a question names (llavakit.train.grounding)
+        t = time.perf_counter()
+        start2 = "stage1_ground"
+        if not (args.cont and (out / start2 / "model.safetensors").exists()):
+            from llavakit.train.grounding import ground
+
+            scenes = out / ("data2" if args.more_instruct else "data_easy")
+            size = QUICK_GROUND if args.quick else {"steps": args.ground_steps}
+            g = ground(out / "stage1", scenes, out / start2, **size, log=_log)
+            _log(f"grounding: {len(g)} steps, loss {g[0]:.3f} -> {g[-1]:.3f}")
+        times["ground"] = time.perf_counter() - t
+
     def stage2_pass(init: str, data: str, name: str, drop: tuple[float, float] | None = None) -> list[float]:
         """One stage-2 pass of the curriculum from ``out/init`` on ``out/data``, into ``out/name`` (kept with
         --continue when already finished); its time goes into the summary under ``name``."""
@@ -248,22 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         return losses
 
     hide = args.hide_background
-    sw = stage2_pass("stage1", "data_warmup", "stage2_warmup", (1.0, 1.0) if hide else None)
+    sw = stage2_pass(start2, "data_warmup", "stage2_warmup", (1.0, 1.0) if hide else None)
     _log(f"stage 2 warm-up: {len(sw)} steps, loss {sw[0]:.3f} -> {sw[-1]:.3f}")
 
     s2 = stage2_pass("stage2_warmup", "data_easy", "stage2", (1.0, 0.0) if hide else None)
     final = out / "stage2"
     if args.more_instruct:  # a second stage-2 pass on fresh scenes (training seed 1), from the first pass
-        t = time.perf_counter()
-        if not (args.cont and (out / "data2" / "instruct.json").exists()):
-            from llavakit.data.synth import write_dataset
-
-            sides2 = {k: sides[k] for k in SIDE_KEYS}
-            write_dataset(out / "data2", args.more_instruct, 1, "instruct", **sides2, **conversation_args(args.repeats))
-        data_seconds = time.perf_counter() - t
         final = out / "stage2b"
         s2 += stage2_pass("stage2", "data2", "stage2b")
-        times["stage2b"] += data_seconds  # the pass's time includes writing its data, as before
     times["train_total"] = time.perf_counter() - start
     _log(f"stage 2: {len(s2)} steps, loss {s2[0]:.3f} -> {s2[-1]:.3f}; training took {times['train_total']:.0f}s")
 
@@ -284,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "vision_lr": args.vision_lr,
         "hide_background": args.hide_background,
+        "ground_steps": args.ground_steps,
         "continued": args.cont,  # earlier phases came from a previous run in --out (their times are not here)
         "stage0": stage0_record(stage0),
     }

@@ -31,6 +31,10 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     s0 = json.loads((out / "stage0" / "stage0.json").read_text())
     assert summary["stage0"]["clip_loss"] == s0["clip_loss"] and summary["stage0"]["lm_loss"] == s0["lm_loss"]
     assert all((out / "stage0" / part / "config.json").exists() for part in ("vision_tower", "decoder"))
+    # the grounding pass ran between stages 1 and 2 (its own tests: test_ground_attention.py) and stage 2 began there
+    assert summary["ground_steps"] and "ground" in summary["seconds"]
+    recipe = json.loads((out / "stage2_warmup" / "recipe.json").read_text())
+    assert recipe["model"]["init"] == str(out / "stage1_ground")
     model = LlavaModel.from_pretrained(out / "stage2")
     proc = LlavaProcessor.from_pretrained(out / "stage2")
     assert model.config.model_type == "llava_next" and proc.template == "vicuna_v1"
