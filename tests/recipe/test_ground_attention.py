@@ -5,6 +5,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from llavakit.data.synth import write_dataset
@@ -22,9 +23,10 @@ def _module():
     return mod
 
 
-def test_layer0_attention_learns_the_named_object(tmp_path):
+@pytest.mark.parametrize("family", ["llava_next", "llava"])
+def test_layer0_attention_learns_the_named_object(tmp_path, family):
     mod = _module()
-    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    init = write_tiny_checkpoint(tmp_path / "m", family)
     write_dataset(tmp_path / "d", 24, 3, "instruct", min_side=112, max_side=140)
     args = [str(init), str(tmp_path / "d"), str(tmp_path / "out"), "--steps", "40", "--batch", "4", "--lr", "3e-3"]
     losses = mod.main(args)

@@ -67,7 +67,7 @@ def examples(proc: LlavaProcessor, data: Path, n: int, seed: int = 0) -> list[di
         pos = next(
             e for e in range(start, len(toks)) if proc.tokenizer.decode(toks[start : e + 1]).rstrip().endswith(word)
         )
-        out.append({"ids": ids, "pv": enc["pixel_values"], "sizes": enc["image_sizes"], "pos": pos,
+        out.append({"ids": ids, "pv": enc["pixel_values"], "sizes": enc.get("image_sizes"), "pos": pos,
                     "target": owner == target, "qtype": qtype})  # fmt: skip
     return out
 
