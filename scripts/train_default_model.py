@@ -1,4 +1,4 @@
-"""Train the bundled default model end to end: synthetic data -> stage 0 -> stage 1 -> stage 2 -> eval [-> ship].
+"""Train the bundled default model end to end: data -> stage 0 -> stage 1 -> grounding -> stage 2 -> eval [-> ship].
 
     python scripts/train_default_model.py                       # the full recipe into runs/tiny-synth
     python scripts/train_default_model.py --ship                # ... and copy the result to the package assets
@@ -7,8 +7,10 @@
     python scripts/train_default_model.py --quick --out /tmp/t  # scaled down (CI): tiny sizes, ~1-2 minutes
 
 Stages 1 and 2 are the YAML recipes recipes/tiny-synth-stage{1,2}.yaml run by llavakit's training loop (the code
-behind `llava train`); stage 0 is recipes/tiny-synth-stage0.yaml. Paths inside the recipes are overridden to live
-under --out. Prints one JSON summary (wall time per phase, losses, eval scores) as the last line.
+behind `llava train`); stage 0 is recipes/tiny-synth-stage0.yaml; the grounding pass between them is
+llavakit.train.grounding (the first decoder layer learns to find the object a question names). Paths inside the
+recipes are overridden to live under --out. Prints one JSON summary (wall time per phase, losses, eval scores) as
+the last line.
 """
 
 from __future__ import annotations
