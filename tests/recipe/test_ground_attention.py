@@ -37,3 +37,21 @@ def test_layer0_attention_learns_the_named_object(tmp_path, family):
     allowed = ("model.multi_modal_projector.", "model.language_model.layers.0.self_attn.q_proj.",
                "model.language_model.layers.0.self_attn.k_proj.")  # fmt: skip
     assert moved and all(k.startswith(allowed) for k in moved), moved
+
+
+def test_layer0_mass_equals_transformers_attention(tmp_path):
+    from transformers import LlavaNextForConditionalGeneration
+
+    from llavakit.processing.processor import LlavaProcessor
+    from llavakit.train.grounding import examples, layer0_log_mass
+
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 12, 3, "instruct", min_side=112, max_side=140)
+    ex = examples(LlavaProcessor.from_pretrained(init), tmp_path / "d", 2)[0]
+    ours = layer0_log_mass(LlavaModel.from_pretrained(init).eval(), ex).exp()  # (H,)
+    hf = LlavaNextForConditionalGeneration.from_pretrained(init, attn_implementation="eager").eval()
+    with torch.no_grad():
+        att = hf(input_ids=ex["ids"], pixel_values=ex["pv"], image_sizes=ex["sizes"], output_attentions=True).attentions
+    ref = att[0][0, :, ex["pos"], ex["target"]].sum(-1)  # (H,) layer 0, from the naming word to the named object
+    assert ex["target"].any() and float(ref.max()) > 0
+    torch.testing.assert_close(ours.detach(), ref, rtol=1e-4, atol=1e-6)
