@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.ground_steps < 0:
+        ap.error(f"--ground-steps must be >= 0 (0: no grounding pass), got {args.ground_steps}")
 
     import torch
     import yaml
