@@ -1,28 +1,15 @@
 """scripts/align_projector.py: only the projector moves, towards the object words, and the output loads."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
 from llavakit.data.synth import write_dataset
 from llavakit.model.llava import LlavaModel
 from llavakit.tiny import write_tiny_checkpoint
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "align_projector.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("align_projector", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["align_projector"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from script_module import load_script
 
 
 def test_aligns_the_projector_alone(tmp_path):
-    mod = _module()
+    mod = load_script("align_projector")
     init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
     write_dataset(tmp_path / "d", 8, 3, "instruct", min_side=112, max_side=140)
     losses = mod.main([str(init), str(tmp_path / "d"), str(tmp_path / "out"), "--scenes", "8", "--steps", "30"])

@@ -1,31 +1,18 @@
 """scripts/ground_attention.py: the naming word's layer-0 attention moves onto the named object, nothing but the
 projector and layer 0's query / key projections changes, and the output loads."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from llavakit.data.synth import write_dataset
 from llavakit.model.llava import LlavaModel
 from llavakit.tiny import write_tiny_checkpoint
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ground_attention.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("ground_attention", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["ground_attention"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from script_module import load_script
 
 
 @pytest.mark.parametrize("family", ["llava_next", "llava"])
 def test_layer0_attention_learns_the_named_object(tmp_path, family):
-    mod = _module()
+    mod = load_script("ground_attention")
     init = write_tiny_checkpoint(tmp_path / "m", family)
     write_dataset(tmp_path / "d", 24, 3, "instruct", min_side=112, max_side=140)
     args = [str(init), str(tmp_path / "d"), str(tmp_path / "out"), "--steps", "40", "--batch", "4", "--lr", "3e-3"]

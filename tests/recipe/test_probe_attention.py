@@ -1,29 +1,17 @@
 """scripts/probe_attention.py: attention split by what each image token shows, on a tiny model end to end."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import torch
 
 from llavakit.data.synth import write_dataset
 from llavakit.data.synth_scene import Scene, Shape
 from llavakit.tiny import write_tiny_checkpoint
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_attention.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("probe_attention", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["probe_attention"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from script_module import load_script
 
 
 def test_shares_and_selectivity():
-    mod = _module()
+    mod = load_script("probe_attention")
     owner = torch.tensor([-4, 0, 0, 1, -1, 1])
     w = torch.tensor([0.1, 0.3, 0.2, 0.1, 0.2, 0.1])
     s = mod.shares(w, owner, 0)
@@ -33,7 +21,7 @@ def test_shares_and_selectivity():
 
 
 def test_named_object_only_when_exactly_one_matches():
-    mod = _module()
+    mod = load_script("probe_attention")
     shapes = (Shape("star", "red", "small", 10, 10, 5), Shape("circle", "red", "large", 40, 10, 8))
     scene = Scene(64, 32, (240, 240, 240), shapes)
     assert mod.named_object(scene, "color", "What color is the star?\nAnswer ...") == ("star", 0)
@@ -42,7 +30,7 @@ def test_named_object_only_when_exactly_one_matches():
 
 
 def test_runs_on_a_tiny_model(tmp_path, capsys):
-    mod = _module()
+    mod = load_script("probe_attention")
     model = write_tiny_checkpoint(tmp_path / "m", "llava_next")
     write_dataset(tmp_path / "eval", 16, 7, "eval", min_side=112, max_side=140)
     result = mod.main([str(model), str(tmp_path / "eval"), "--limit", "6"])

@@ -1,28 +1,16 @@
 """scripts/probe_lookup.py: its examples say what they ask, its batches put the answer where stage 2 does, and a
 decoder that can look up passes while one that cannot stays at a blind pick."""
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 
 import torch
 
 from llavakit.train.stage0.run import load_stage0_recipe
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_lookup.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("probe_lookup", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["probe_lookup"] = mod  # its dataclass looks its module up
-    spec.loader.exec_module(mod)
-    return mod
+from script_module import load_script
 
 
 def test_examples_ask_the_colour_of_one_named_kind():
-    probe = _module()
+    probe = load_script("probe_lookup")
     words = probe.WORDS
     for i in range(200):
         ex = probe.make_example(random.Random(i))
@@ -41,7 +29,7 @@ def test_examples_ask_the_colour_of_one_named_kind():
 
 
 def test_batch_targets_the_answer_after_the_prompt_and_sums_fused_embeddings():
-    probe = _module()
+    probe = load_script("probe_lookup")
     embed = torch.nn.Embedding(len(probe.WORDS), 8)
     exs = [probe.make_example(random.Random(i)) for i in range(5)]
     x, y = probe.batch(embed, exs, "fused")
@@ -55,7 +43,7 @@ def test_batch_targets_the_answer_after_the_prompt_and_sums_fused_embeddings():
 
 
 def test_lookup_is_learned_or_not_and_scored_against_a_blind_pick():
-    probe = _module()
+    probe = load_script("probe_lookup")
     torch.manual_seed(0)
     small = ["num_hidden_layers=2", "hidden_size=64", "intermediate_size=128", "num_attention_heads=2"]
     recipe = load_stage0_recipe(probe.RECIPE, [f"decoder.{o}" for o in small] + ["decoder.num_key_value_heads=2"])
@@ -68,7 +56,7 @@ def test_lookup_is_learned_or_not_and_scored_against_a_blind_pick():
 
 
 def test_scene_spreads_each_object_over_noisy_visual_positions_among_background():
-    probe = _module()
+    probe = load_script("probe_lookup")
     scene = probe.SceneOptions(span=4, kind_noise=0.25, background=30)
     kind0, colour0 = probe.ID[probe.KINDS[0]], probe.ID[next(iter(probe.COLORS))]
     shown = right = 0

@@ -1,9 +1,7 @@
 """scripts/probe_tower.py: the tiles it probes hold the shape it labels; the probe separates what is separable."""
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
@@ -12,19 +10,13 @@ from llavakit.data.synth_scene import KINDS
 from llavakit.model.vision import VisionTower
 from llavakit.train.stage0.clip import save_vision_tower
 from llavakit.train.stage0.run import load_stage0_recipe
+from script_module import SCRIPTS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_tower.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("probe_tower", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+SCRIPT = SCRIPTS / "probe_tower.py"
 
 
 def test_tiles_are_labelled_with_their_shape_and_hold_ink():
-    probe_tower = _module()
+    probe_tower = load_script("probe_tower")
     recipe = load_stage0_recipe(probe_tower.RECIPE)
     x, y = probe_tower.tiles(30, 1, recipe, 80)
     assert x.shape == (30, 3, 80, 80)  # the shape's centre lies in exactly one tile of its scene
@@ -36,7 +28,7 @@ def test_tiles_are_labelled_with_their_shape_and_hold_ink():
 
 
 def test_probe_finds_separable_features_and_not_noise():
-    probe_tower = _module()
+    probe_tower = load_script("probe_tower")
     torch.manual_seed(0)
     y_train, y_test = torch.randint(0, len(KINDS), (300,)), torch.randint(0, len(KINDS), (100,))
     onehot = torch.eye(len(KINDS))
@@ -81,7 +73,7 @@ def test_script_names_a_missing_tower_or_recipe(tmp_path):
 def test_per_patch_probes_cover_kind_colour_and_text():
     """On a random tower the per-patch probes run on the patches that show a shape or text, with the label
     spaces of `patch_labels` (a held-out count of 0 would mean the labels were never found)."""
-    probe_tower = _module()
+    probe_tower = load_script("probe_tower")
     recipe = load_stage0_recipe(probe_tower.RECIPE)
     torch.manual_seed(0)
     tower = VisionTower(VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -1,29 +1,19 @@
 """The whole tiny recipe, scaled down: data -> stage 0 -> stage 1 -> stage 2 through the real YAML recipes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
 from llavakit.model.llava import LlavaModel
 from llavakit.processing.processor import LlavaProcessor
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_default_model", ROOT / "scripts" / "train_default_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from script_module import load_script
 
 
 def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--more-instruct", "32", "--eval-scenes", "0"]
-    assert _script().main(args) == 0
+    assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
     _, s2_end = summary["stage2_loss"]
