@@ -25,7 +25,7 @@ from PIL import Image
 
 from llavakit.data.synth_scene import Scene
 from llavakit.processing.processor import LlavaProcessor
-from llavakit.train.foreground import scene_token_owners
+from llavakit.train.grounding import TEXT, question_inputs
 
 PATTERNS = {"color": r"What color is the (\w+)\?", "shape": r"What shape is the (\w+) object\?"}
 
@@ -40,17 +40,9 @@ def named_object(scene: Scene, qtype: str, question: str) -> tuple[str, int] | N
     return (word, hits[0]) if len(hits) == 1 else None
 
 
-def word_position(proc: LlavaProcessor, ids: list[int], start: int, word: str) -> int:
-    """Index of the last token of the first occurrence of ``word`` in ``ids`` after ``start``."""
-    for end in range(start + 1, len(ids)):
-        if proc.tokenizer.decode(ids[start : end + 1]).rstrip().endswith(word):
-            return end
-    raise ValueError(f"{word!r} not found in the prompt")
-
-
 def shares(weights: torch.Tensor, owner: torch.Tensor, target: int) -> dict[str, float]:
     """Attention ``weights`` (T,) split by ``owner`` (T,): >= 0 object index, -1 background, -2 / -3 other image
-    tokens (two objects, newlines), -4 text; with the selectivity defined in the module docstring."""
+    tokens (two objects, newlines), ``TEXT`` (-4) text; with the selectivity defined in the module docstring."""
     objects = owner >= 0
     tgt = float(weights[owner == target].sum())
     obj = float(weights[objects].sum())
@@ -59,7 +51,7 @@ def shares(weights: torch.Tensor, owner: torch.Tensor, target: int) -> dict[str,
         "target": tgt,
         "others": obj - tgt,
         "background": float(weights[owner == -1].sum()),
-        "text": float(weights[owner == -4].sum()),
+        "text": float(weights[owner == TEXT].sum()),
         "selectivity": (tgt / obj) / token_share if obj > 0 and token_share > 0 else float("nan"),
     }
 
@@ -89,20 +81,13 @@ def main(argv: list[str] | None = None) -> dict:
         if named is None:
             continue
         word, target = named
-        im = Image.open(a.data / r["image"]).convert("RGB")
-        msgs = [{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": r["question"]}]}]
-        enc = proc(text=proc.apply_chat_template(msgs), images=[im])
-        ids = enc["input_ids"]
-        slots = (ids[0] == proc.image_token_id).nonzero()[:, 0]
-        owner = torch.full((ids.shape[1],), -4)
-        owner[slots] = scene_token_owners(scene, proc)
+        q = question_inputs(proc, scene, Image.open(a.data / r["image"]).convert("RGB"), r["question"], word)
+        owner = q["owner"]
         if not (owner == target).any():  # every patch of the named object also shows another one
             continue
-        at = word_position(proc, ids[0].tolist(), int(slots[-1]), word) if a.at == "word" else ids.shape[1] - 1
+        at = q["pos"] if a.at == "word" else q["ids"].shape[1] - 1
         with torch.no_grad():
-            out = hf(
-                input_ids=ids, pixel_values=enc["pixel_values"], image_sizes=enc["image_sizes"], output_attentions=True
-            )
+            out = hf(input_ids=q["ids"], pixel_values=q["pv"], image_sizes=q["sizes"], output_attentions=True)
         for layer, att in enumerate(out.attentions):
             key = (r["qtype"], layer)
             s = shares(att[0, :, at].mean(0), owner, target)

@@ -32,6 +32,28 @@ from ..model.rope import apply_rotary
 from ..processing.processor import LlavaProcessor
 from .foreground import scene_token_owners
 
+TEXT = -4  # the owner of the prompt's text tokens in ``question_inputs`` (image tokens: ``scene_token_owners``)
+
+
+def question_inputs(proc: LlavaProcessor, scene: Scene, image: Image.Image, question: str, word: str) -> dict:
+    """A one-turn question about ``image`` as the model sees it: ``ids`` (1, T), ``pv`` / ``sizes`` (the processor's
+    pixel_values and image_sizes, None for llava), ``owner`` (T,) what each token shows (``TEXT`` for text, else
+    ``scene_token_owners``: shape index, -1 background, -2 two shapes, -3 newline) and ``pos``, the index of the
+    last token of ``word`` in the question (after the image)."""
+    msgs = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+    enc = proc(text=proc.apply_chat_template(msgs), images=[image])
+    ids = enc["input_ids"]
+    slots = (ids[0] == proc.image_token_id).nonzero()[:, 0]
+    owner = torch.full((ids.shape[1],), TEXT)
+    owner[slots] = scene_token_owners(scene, proc)
+    toks = ids[0].tolist()
+    start = int(slots[-1]) + 1
+    ends = (e for e in range(start, len(toks)) if proc.tokenizer.decode(toks[start : e + 1]).rstrip().endswith(word))
+    pos = next(ends, None)
+    if pos is None:
+        raise ValueError(f"{word!r} not found in the question {question!r}")
+    return {"ids": ids, "pv": enc["pixel_values"], "sizes": enc.get("image_sizes"), "owner": owner, "pos": pos}
+
 
 def examples(proc: LlavaProcessor, data: Path, n: int, seed: int = 0) -> list[dict]:
     """Up to ``n`` (ids, pixels, naming-word position, target token mask) from the scenes of several objects."""
@@ -53,22 +75,10 @@ def examples(proc: LlavaProcessor, data: Path, n: int, seed: int = 0) -> list[di
         qtype, word = rng.choice(sorted(options))
         target = kinds.index(word) if qtype == "color" else colors.index(word)
         question = f"What color is the {word}?" if qtype == "color" else f"What shape is the {word} object?"
-        im = Image.open(data / rec["image"]).convert("RGB")
-        msgs = [{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": question}]}]
-        enc = proc(text=proc.apply_chat_template(msgs), images=[im])
-        ids = enc["input_ids"]
-        slots = (ids[0] == proc.image_token_id).nonzero()[:, 0]
-        owner = torch.full((ids.shape[1],), -4)
-        owner[slots] = scene_token_owners(scene, proc)
-        if not (owner == target).any():
+        q = question_inputs(proc, scene, Image.open(data / rec["image"]).convert("RGB"), question, word)
+        if not (q["owner"] == target).any():
             continue
-        toks = ids[0].tolist()
-        start = int(slots[-1]) + 1
-        pos = next(
-            e for e in range(start, len(toks)) if proc.tokenizer.decode(toks[start : e + 1]).rstrip().endswith(word)
-        )
-        out.append({"ids": ids, "pv": enc["pixel_values"], "sizes": enc.get("image_sizes"), "pos": pos,
-                    "target": owner == target, "qtype": qtype})  # fmt: skip
+        out.append({**q, "target": q["owner"] == target, "qtype": qtype})
     return out
 
 
