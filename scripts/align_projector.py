@@ -50,9 +50,7 @@ def prepare(model: LlavaModel, proc: LlavaProcessor, data: Path, n: int) -> list
         pv = pixel_values([im], proc)[0]  # (views, 3, S, S)
         views = num_tiles(h, w, model.geometry)
         with torch.no_grad():
-            feats = model.model.vision_tower(pv[:views], cfg.feature_layers)
-            if cfg.vision_feature_select_strategy == "default":
-                feats = feats[:, 1:]
+            feats = model.tower_features(pv[:views])  # (views, L, Dv): the tower is frozen
         owner = scene_token_owners(scene, proc)  # (tokens,)
         target = torch.zeros(owner.shape[0], cfg.text.hidden_size)
         for i, s in enumerate(scene.shapes):

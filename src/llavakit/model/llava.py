@@ -80,12 +80,16 @@ class LlavaModel(nn.Module):
 
     # -- vision ------------------------------------------------------------------------------------------------
 
-    def tile_features(self, tiles: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) tiles -> (N, L, D) projected features (CLS dropped with strategy "default")."""
+    def tower_features(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) tiles -> (N, L, Dv * k) the projector's inputs (CLS dropped with strategy "default")."""
         feats = self.model.vision_tower(tiles, self.config.feature_layers)  # (N, L, Dv * k)
         if self.config.vision_feature_select_strategy == "default":
             feats = feats[:, 1:]
-        return self.model.multi_modal_projector(feats)  # (N, L', D)
+        return feats
+
+    def tile_features(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) tiles -> (N, L, D) projected features."""
+        return self.model.multi_modal_projector(self.tower_features(tiles))  # (N, L', D)
 
     def image_features(
         self,
