@@ -61,6 +61,13 @@ EASY_MAX_SHAPES = 3
 TURNS = 7  # question/answer turns per conversation, up to: one image encoding serves several answers
 
 
+def more_pass(k: int) -> tuple[str, str, int]:
+    """Stage-2 pass ``k`` (0-based) on fresh scenes of 1-8 shapes: (its data directory, its output directory, the
+    data's seed): ("data2", "stage2b", 1), ("data3", "stage2c", 3), ("data4", "stage2d", 4), ... (seed 2 is the
+    first conversation pass's; 3 also seeds the warm-up, whose one-shape scenes are other scenes)."""
+    return f"data{k + 2}", f"stage2{chr(ord('b') + k)}", 1 if k == 0 else k + 2
+
+
 def conversation_args(repeats: int) -> dict[str, int]:
     """``write_dataset`` arguments of both stage-2 conversation passes: up to ``repeats`` questions of a type,
     so up to TURNS * repeats turns."""
@@ -155,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--captions", type=int, default=4000, help="stage 1 samples")
     ap.add_argument("--warmup", type=int, default=2400, help="stage 2 warm-up: one-shape colour/shape questions")
     ap.add_argument("--instruct", type=int, default=4000, help="stage 2 conversations, first pass (1-3 shapes)")
-    ap.add_argument("--more-instruct", type=int, default=9600, help="second stage-2 pass, all scenes (0: none)")
+    ap.add_argument("--more-instruct", type=int, default=9600, help="conversations per pass on 1-8 shapes (0: none)")
+    ap.add_argument("--more-passes", type=int, default=3, help="stage-2 passes on fresh scenes of 1-8 shapes (0: none)")
     ap.add_argument("--repeats", type=int, default=2, help="stage 2: questions of one type per conversation, up to")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
@@ -177,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.more_passes < 0:
+        ap.error(f"--more-passes must be >= 0 (0: none), got {args.more_passes}")
     if args.ground_steps < 0:
         ap.error(f"--ground-steps must be >= 0 (0: no grounding pass), got {args.ground_steps}")
 
@@ -240,12 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"stage 1: {len(s1)} steps, loss {s1[0]:.3f} -> {s1[-1]:.3f}")
 
     t = time.perf_counter()
-    if args.more_instruct and not (args.cont and (out / "data2" / "instruct.json").exists()):
-        from llavakit.data.synth import write_dataset  # the last pass's data; its scenes also serve grounding
+    passes = [more_pass(k) for k in range(args.more_passes if args.more_instruct else 0)]
+    for data, _, seed in passes:  # the data of the passes on 1-8 shapes; data2's scenes also serve grounding
+        if not (args.cont and (out / data / "instruct.json").exists()):
+            from llavakit.data.synth import write_dataset
 
-        sides2 = {k: sides[k] for k in SIDE_KEYS}
-        write_dataset(out / "data2", args.more_instruct, 1, "instruct", **sides2, **conversation_args(args.repeats))
-    times["data2"] = time.perf_counter() - t
+            sides2 = {k: sides[k] for k in SIDE_KEYS}
+            write_dataset(out / data, args.more_instruct, seed, "instruct", **sides2, **conversation_args(args.repeats))
+    times["data_more"] = time.perf_counter() - t
     start2 = "stage1"
     if args.ground_steps:  # layer 0 learns to find the object a question names (llavakit.train.grounding)
         t = time.perf_counter()
@@ -253,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.cont and (out / start2 / "model.safetensors").exists()):
             from llavakit.train.grounding import ground
 
-            scenes = out / ("data2" if args.more_instruct else "data_easy")
+            scenes = out / (passes[0][0] if passes else "data_easy")
             size = QUICK_GROUND if args.quick else {"steps": args.ground_steps}
             g = ground(out / "stage1", scenes, out / start2, **size, log=_log)
             _log(f"grounding: {len(g)} steps, loss {g[0]:.3f} -> {g[-1]:.3f}")
@@ -284,9 +296,9 @@ def main(argv: list[str] | None = None) -> int:
 
     s2 = stage2_pass("stage2_warmup", "data_easy", "stage2", (1.0, 0.0) if hide else None)
     final = out / "stage2"
-    if args.more_instruct:  # a second stage-2 pass on fresh scenes (training seed 1), from the first pass
-        final = out / "stage2b"
-        s2 += stage2_pass("stage2", "data2", "stage2b")
+    for data, name, _ in passes:  # passes on fresh scenes of 1-8 shapes, each from the one before
+        s2 += stage2_pass(final.name, data, name)
+        final = out / name
     times["train_total"] = time.perf_counter() - start
     _log(f"stage 2: {len(s2)} steps, loss {s2[0]:.3f} -> {s2[-1]:.3f}; training took {times['train_total']:.0f}s")
 
@@ -300,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "instruct": args.instruct,
             "more_instruct": args.more_instruct,
+            "more_passes": len(passes),
             "repeats": args.repeats,
             "eval_scenes": args.eval_scenes,
         },

@@ -12,7 +12,7 @@ from script_module import load_script
 def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
-    args += ["--more-instruct", "32", "--eval-scenes", "0"]
+    args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
@@ -25,6 +25,14 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     assert summary["ground_steps"] and "ground" in summary["seconds"]
     recipe = json.loads((out / "stage2_warmup" / "recipe.json").read_text())
     assert recipe["model"]["init"] == str(out / "stage1_ground")
+    # the passes on 1-8 shapes: each from the one before, on its own fresh scenes
+    assert summary["samples"]["more_passes"] == 2
+    for data, name, init in (("data2", "stage2b", "stage2"), ("data3", "stage2c", "stage2b")):
+        recipe = json.loads((out / name / "recipe.json").read_text())
+        assert recipe["model"]["init"] == str(out / init) and recipe["data"]["image_folder"] == str(out / data)
+    first = lambda d: json.loads((out / d / "instruct.json").read_text())[0]["conversations"]  # noqa: E731
+    assert first("data2") != first("data3")
+    assert not (out / "stage2d").exists()
     model = LlavaModel.from_pretrained(out / "stage2")
     proc = LlavaProcessor.from_pretrained(out / "stage2")
     assert model.config.model_type == "llava_next" and proc.template == "vicuna_v1"
