@@ -250,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"stage 1: {len(s1)} steps, loss {s1[0]:.3f} -> {s1[-1]:.3f}")
 
     t = time.perf_counter()
+    from llavakit.data.synth import write_dataset
+
     passes = [more_pass(k) for k in range(args.more_passes if args.more_instruct else 0)]
+    sides2 = {k: sides[k] for k in SIDE_KEYS}
     for data, _, seed in passes:  # the data of the passes on 1-8 shapes; data2's scenes also serve grounding
         if not (args.cont and (out / data / "instruct.json").exists()):
-            from llavakit.data.synth import write_dataset
-
-            sides2 = {k: sides[k] for k in SIDE_KEYS}
             write_dataset(out / data, args.more_instruct, seed, "instruct", **sides2, **conversation_args(args.repeats))
     times["data_more"] = time.perf_counter() - t
     start2 = "stage1"
