@@ -106,6 +106,16 @@ def test_synth_multiple_choice_and_aggregates():
     assert result["existence_precision"] == 0.5 and result["existence_recall"] == 1.0
     assert result["existence_yes_ratio"] == 1.0 and result["existence_no_adversarial"] == 0.0
     assert (result["reading_tiny"], result["reading_large"]) == (0.0, 1.0)
+    assert "count_1_to_5" not in result  # no count question, no count split
+
+
+def test_synth_count_split_by_answer():
+    samples = [_synth("count", n) for n in ("0", "1", "2", "3", "7")]
+    preds = {s.id: p for s, p in zip(samples, ("0", "1", "1", "3", "7"))}  # "2" answered "1"
+    result = synth_score(samples, preds)
+    assert result["scores"]["count"] == 0.8
+    assert result["scores"]["count_1_to_5"] == 2 / 3 and result["counts"]["count_1_to_5"] == 3
+    assert result["scores"]["count_2_plus"] == 2 / 3 and result["counts"]["count_2_plus"] == 3
 
 
 def test_scienceqa_uses_llava_question_file_when_present(tmp_path):

@@ -3,7 +3,8 @@
 ``eval.jsonl`` records carry the prompt (with its answer-format suffix), the answer and the question type.
 Scoring: short answers match after the official VQA normalisation (``"Two."`` == ``"2"``, ``"The red"`` ==
 ``"red"``); existence questions use LLaVA's POPE yes/no rule and get POPE's precision / recall / F1 /
-yes-ratio; multiple choice extracts the option letter; reading is also split by font-size bucket.
+yes-ratio; multiple choice extracts the option letter; reading is also split by font-size bucket, counting by the
+answer (``count_1_to_5``, ``count_2_plus``).
 
 With the data's ``scenes.jsonl`` beside it, colour and shape questions are also split by scene: one object, or
 several (where the question names the object by its other attribute), and on scenes of several objects
@@ -28,6 +29,8 @@ from .io import find, read_jsonl, require
 QTYPE_ORDER = ("color", "shape", "count", "position", "existence", "reading", "mc")
 BUCKET_ORDER = ("tiny", "small", "medium", "large")
 _OPTION_LINE = re.compile(r"^([A-Z])\. (.*)$")
+# count questions by their answer: the 1-5 objects issue 5's target names, and two or more (counting, not detecting)
+COUNT_RANGES = {"count_1_to_5": lambda n: 1 <= n <= 5, "count_2_plus": lambda n: n >= 2}
 
 
 def read(root: Path) -> list[Sample]:
@@ -110,6 +113,12 @@ def score(samples: list[Sample], predictions: dict[str, str]) -> dict[str, Any]:
         if oks:
             scores[f"reading_{bucket}"] = sum(oks) / len(oks)
             counts[f"reading_{bucket}"] = len(oks)
+    for name, keep in COUNT_RANGES.items():
+        answers = [(str(s.ref["answer"]).strip(), ok) for s, ok in rights if s.ref["qtype"] == "count"]
+        oks = [ok for a, ok in answers if a.isdigit() and keep(int(a))]
+        if oks:
+            scores[name] = sum(oks) / len(oks)
+            counts[name] = len(oks)
     _by_scene(pairs, rights, scores, counts)
     return {"scores": scores, "counts": counts}
 
