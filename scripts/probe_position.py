@@ -43,8 +43,6 @@ from llavakit.train.grounding import layer0_log_mass, question_inputs
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_tower import probe  # noqa: E402
 
-BASE = "tower base"
-
 
 def question(kind: str) -> str:
     return f"Is the {kind} on the left or the right side of the image?"
@@ -80,16 +78,18 @@ def features(model: LlavaModel, proc: LlavaProcessor, scene: Scene, img: Image.I
     q = question_inputs(proc, scene, img, question(kind), kind)
     lm = model.model.language_model
     tower: list[torch.Tensor] = []
+    inputs: list[torch.Tensor] = []  # the decoder's input embeddings (image features written in), layer 0's input
     layers: list[torch.Tensor] = []
     hooks = [model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: tower.append(i[0]))]
+    hooks.append(lm.layers[0].register_forward_pre_hook(lambda m, a: inputs.append(a[0][0])))
     hooks += [layer.register_forward_hook(lambda m, i, o: layers.append(o[0])) for layer in lm.layers]
     try:
         with torch.no_grad():
-            embeds = model.embed(q["ids"], q["pv"], q["sizes"])[0]  # (T, D)
             model(input_ids=q["ids"], pixel_values=q["pv"], image_sizes=q["sizes"])
     finally:
         for h in hooks:
             h.remove()
+    embeds = inputs[0]  # (T, D)
     slots = (q["owner"] != -4).nonzero()[:, 0]  # the image tokens' positions
     owner = q["owner"][slots]  # (N,) what each image token shows
     per_view = tower[0].shape[1]  # patches of one view: the base view's tokens come first
@@ -104,7 +104,7 @@ def features(model: LlavaModel, proc: LlavaProcessor, scene: Scene, img: Image.I
         base[per_view:] = False
         if answer is None or not base.any():
             continue
-        rows.setdefault(BASE, []).append(tower[0][0][base[:per_view]].mean(0))
+        rows.setdefault("tower base", []).append(tower[0][0][base[:per_view]].mean(0))
         rows.setdefault("tower all", []).append(packed[mine].mean(0))
         rows.setdefault("projector base", []).append(embeds[slots[base]].mean(0))
         rows.setdefault("projector all", []).append(embeds[slots[mine]].mean(0))

@@ -113,8 +113,8 @@ def score(samples: list[Sample], predictions: dict[str, str]) -> dict[str, Any]:
         if oks:
             scores[f"reading_{bucket}"] = sum(oks) / len(oks)
             counts[f"reading_{bucket}"] = len(oks)
+    answers = [(str(s.ref["answer"]).strip(), ok) for s, ok in rights if s.ref["qtype"] == "count"]
     for name, keep in COUNT_RANGES.items():
-        answers = [(str(s.ref["answer"]).strip(), ok) for s, ok in rights if s.ref["qtype"] == "count"]
         oks = [ok for a, ok in answers if a.isdigit() and keep(int(a))]
         if oks:
             scores[name] = sum(oks) / len(oks)
