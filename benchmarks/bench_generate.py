@@ -12,6 +12,9 @@ decoder for int8/int4). Prints one table: preprocessing, vision, time to first t
 the batch-of-4 throughput; the machine's limits (memory read bandwidth, GEMM GFLOP/s) with our fraction of
 them; and the quality of int8/int4 against the unquantized bf16 model (greedy agreement, logit error).
 
+``--impls hf,hf+heap,ours`` adds "hf+heap": transformers in a process whose freed memory glibc keeps, as
+``llavakit.load`` sets it up (``llavakit.engine.memory``), to separate that setting from the rest.
+
 ``--compile`` adds the row "ours+compile": llavakit with its decode step compiled (``llavakit.load(...,
 compile=True)``); compilation happens in a warm-up before timing and is reported as ``compile_s``.
 
@@ -137,7 +140,11 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
     torch.set_num_threads(2)
     dt = getattr(torch, dtype if dtype not in ("int8", "int4") else "bfloat16")
     res: dict = {"impl": impl, "dtype": dtype}
-    if impl == "hf":
+    if impl in ("hf", "hf+heap"):
+        if impl == "hf+heap":  # transformers with the allocator setting llavakit.load makes (a fair comparison)
+            from llavakit.engine.memory import keep_freed_memory
+
+            res["keeps_freed_memory"] = keep_freed_memory()
         from transformers import AutoProcessor, LlavaNextForConditionalGeneration, LogitsProcessor
 
         model = LlavaNextForConditionalGeneration.from_pretrained(ckpt, dtype=dt).eval()
@@ -178,6 +185,7 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
         from llavakit.checkpoint.api import load_model
         from llavakit.engine.generate import stream_tokens
         from llavakit.engine.linear import optimize_model
+        from llavakit.engine.memory import keep_freed_memory
         from llavakit.processing.processor import LlavaProcessor
 
         model = load_model(ckpt, dtype=dt)
@@ -186,6 +194,7 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
 
             quantize_model(model.model.language_model, dtype)
         res["swapped"] = optimize_model(model)
+        res["keeps_freed_memory"] = keep_freed_memory()  # what llavakit.load does on a CPU
         proc = LlavaProcessor.from_pretrained(ckpt)
         step = {}
         if impl == "ours+compile":
@@ -412,7 +421,7 @@ def main() -> None:
             print(json.dumps(quality), flush=True)
         for dtype in [] if a.quality_only else dtypes:
             for impl in a.impls.split(",") + (["ours+compile"] if a.compile else []):
-                if impl == "hf" and dtype in ("int8", "int4"):
+                if impl.startswith("hf") and dtype in ("int8", "int4"):
                     continue
                 prompt = a.prompt_tokens if a.text_only else 0
                 args = ["--worker", impl, str(ckpt), dtype, str(a.new_tokens), str(prompt)]
@@ -437,11 +446,13 @@ def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict 
             f"{r['peak_rss_gib']:.2f} | {r.get('load1', nan):.1f} |"
         )
     by = {(r["impl"], r["dtype"]): r for r in rows}
-    for dtype, impl in [(d, i) for d in ("float32", "bfloat16") for i in ("ours", "ours+compile")]:
-        if ("hf", dtype) in by and (impl, dtype) in by:
-            h, o = by[("hf", dtype)], by[(impl, dtype)]
+    refs, ours = ("hf", "hf+heap"), ("ours", "ours+compile")
+    pairs = [(d, ref, i) for d in ("float32", "bfloat16") for ref in refs for i in ours]
+    for dtype, ref, impl in pairs:
+        if (ref, dtype) in by and (impl, dtype) in by:
+            h, o = by[(ref, dtype)], by[(impl, dtype)]
             print(
-                f"{impl} {dtype}: decode {o['decode_tok_s'] / h['decode_tok_s']:.2f}x transformers, "
+                f"{impl} {dtype}: decode {o['decode_tok_s'] / h['decode_tok_s']:.2f}x {ref}, "
                 f"TTFT {o['ttft_s'] / h['ttft_s']:.2f}x, RSS {o['peak_rss_gib'] / h['peak_rss_gib']:.2f}x, "
                 f"batch4 {o.get('batch4_decode_tok_s', nan) / o['decode_tok_s']:.2f}x our single "
                 f"(transformers {h.get('batch4_decode_tok_s', nan) / h['decode_tok_s']:.2f}x)"

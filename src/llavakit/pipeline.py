@@ -216,7 +216,9 @@ def load(
     inference only): in bfloat16, long prompts and the vision tower multiply in float32 where the CPU has no
     native bf16 GEMM, and where it has one the decoder decodes through fbgemm's fp16 matrix-vector kernel.
     In float32 the decoder's large Linears and the LM head multiply a few rows (decode) as one bmm over slices of
-    the weight, on all cores, and the head's weight is stored transposed (faster one-token products).
+    the weight, on all cores, and the head's weight is stored transposed (faster one-token products). It also
+    keeps memory the process frees for reuse (``engine.memory.keep_freed_memory``: no page faults on every
+    layer's activations; the resident size stays at its high-water mark).
 
     ``compile`` runs the one-token decode step through ``torch.compile`` (``engine.compile``): the first answer
     waits for the compilation (tens of seconds on a CPU), later ones reuse it. Needs a C++ compiler.
@@ -231,8 +233,10 @@ def load(
         quantize_model(model.model.language_model, quantize)
     if optimize and model.device.type == "cpu":
         from .engine.linear import optimize_model
+        from .engine.memory import keep_freed_memory
 
         optimize_model(model)
+        keep_freed_memory()
     step = decode_step
     if compile:
         from .engine.compile import compile_decode_step
