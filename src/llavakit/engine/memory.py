@@ -4,8 +4,8 @@ By default glibc hands large allocations to ``mmap`` and returns freed space at 
 kernel (``M_MMAP_THRESHOLD`` adapts up to 32 MiB, ``M_TRIM_THRESHOLD`` follows it). A CPU forward of LLaVA
 allocates and frees tensors of tens of MB in every layer, so the kernel maps, zeroes and unmaps the same
 gigabytes again and again: one CLIP-L/336 forward over the 5 tiles of a 1024x768 image took ~500,000 minor
-page faults (~2 GB of fresh pages) and ~1.9 s on a 2-core Xeon; with both thresholds raised, 0 faults and
-~1.3 s (``benchmarks/bench_generate.py``; README "Speed on a CPU"). The price: memory freed by the process is
+page faults (~2 GB of fresh pages) and 1.6-2.1 s on a 2-core Xeon; with both thresholds raised, 0 faults and
+1.3-1.4 s (``benchmarks/bench_generate.py``; README "Speed on a CPU"). The price: memory freed by the process is
 kept for reuse instead of going back to the system, so the resident size stays at its high-water mark.
 
 ``keep_freed_memory()`` raises both thresholds once per process (``llavakit.load`` calls it for CPU models).
