@@ -15,7 +15,7 @@ import pytest
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 # Three MLP blocks over 2885 rows (a 5-tile CLIP-L image's token count) with 47 MB intermediates: glibc maps
-# those afresh on every forward by default (over its 32 MiB mmap ceiling); count the faults of a warm forward.
+# those afresh on every forward by default (over its 32 MiB mmap ceiling); count the faults of 4 warm forwards.
 PROBE = """
 import json, resource, sys, torch
 from llavakit.engine.memory import keep_freed_memory
@@ -28,7 +28,8 @@ with torch.no_grad():
     for _ in range(3):
         mlp(x)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    mlp(x)
+    for _ in range(4):
+        mlp(x)
 print(json.dumps({"kept": kept, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
 """
 
@@ -53,8 +54,9 @@ def probe(mode: str, **env: str) -> dict:
 def test_freed_memory_is_reused_without_page_faults() -> None:
     plain, kept = probe("plain"), probe("keep")
     assert kept["kept"] is True
-    # 3 intermediates of 47 MB (+ their GELU outputs) mapped anew: ~69,000 pages of 4 KiB; reused: none
-    assert plain["faults"] > 20000, plain
+    # per forward, 3 intermediates of 47 MB (+ their GELU outputs) mapped anew: ~69,000 pages of 4 KiB; reused:
+    # none, or now and then one 47 MB block placed anew (~11,500 pages)
+    assert plain["faults"] > 80000, plain
     assert kept["faults"] < plain["faults"] / 10, (plain, kept)
 
 
