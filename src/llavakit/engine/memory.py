@@ -9,8 +9,8 @@ page faults (~2 GB of fresh pages) and 1.6-2.1 s on a 2-core Xeon; with both thr
 kept for reuse instead of going back to the system, so the resident size stays at its high-water mark.
 
 ``keep_freed_memory()`` raises both thresholds once per process (``llavakit.load`` calls it for CPU models).
-It does nothing where libc is not glibc, and it leaves alone a process whose ``MALLOC_TRIM_THRESHOLD_`` /
-``MALLOC_MMAP_THRESHOLD_`` are set (the user chose), or when ``LLAVAKIT_KEEP_FREED_MEMORY=0``.
+It does nothing where libc is not glibc, and it leaves alone a process whose ``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES`` are set (the user chose), or when ``LLAVAKIT_KEEP_FREED_MEMORY=0``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
 TRIM_THRESHOLD = 2**31 - 1  # bytes: never give the top of the heap back
 MMAP_THRESHOLD = 2**30  # bytes: allocations below 1 GiB come from the heap (freed ones are reused)
-FALLBACK_MMAP_THRESHOLD = 2**25  # where glibc refuses more than HEAP_MAX_SIZE / 2 (32 MiB)
+FALLBACK_MMAP_THRESHOLD = 2**25  # if this glibc refuses 1 GiB: 32 MiB, the ceiling of its dynamic threshold
 ENV_OPT_OUT = "LLAVAKIT_KEEP_FREED_MEMORY"
 GLIBC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
 
@@ -40,7 +40,7 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 (glibc only: musl has mallopt as a no-op and not this)
+        libc.gnu_get_libc_version  # noqa: B018 (present in glibc only)
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
