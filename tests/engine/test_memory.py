@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from llavakit.engine import memory
+
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 # Three MLP blocks over 2885 rows (a 5-tile CLIP-L image's token count) with 47 MB intermediates: glibc maps
@@ -64,3 +66,12 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
 def test_opt_out_and_user_settings_are_respected() -> None:
     assert probe("keep", LLAVAKIT_KEEP_FREED_MEMORY="0")["kept"] is False
     assert probe("keep", MALLOC_TRIM_THRESHOLD_="1000000")["kept"] is False
+
+
+@pytest.mark.parametrize(
+    ("value", "off"),
+    [("0", True), ("false", True), (" Off ", True), ("NO", True), ("1", False), ("yes", False), ("", False)],
+)
+def test_opt_out_spellings(monkeypatch: pytest.MonkeyPatch, value: str, off: bool) -> None:
+    monkeypatch.setenv(memory.ENV_OPT_OUT, value)
+    assert memory._opted_out() is off

@@ -10,7 +10,8 @@ kept for reuse instead of going back to the system, so the resident size stays a
 
 ``keep_freed_memory()`` raises both thresholds once per process (``llavakit.load`` calls it for CPU models).
 It does nothing where libc is not glibc, and it leaves alone a process whose ``MALLOC_TRIM_THRESHOLD_``,
-``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES`` are set (the user chose), or when ``LLAVAKIT_KEEP_FREED_MEMORY=0``.
+``MALLOC_MMAP_THRESHOLD_`` or ``GLIBC_TUNABLES`` are set (the user chose), or when ``LLAVAKIT_KEEP_FREED_MEMORY``
+is ``0``, ``false``, ``no`` or ``off``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,18 @@ MMAP_THRESHOLD = 2**30  # bytes: allocations below 1 GiB come from the heap (fre
 FALLBACK_MMAP_THRESHOLD = 2**25  # if this glibc refuses 1 GiB: 32 MiB, the ceiling of its dynamic threshold
 ENV_OPT_OUT = "LLAVAKIT_KEEP_FREED_MEMORY"
 GLIBC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
+OFF_VALUES = ("0", "false", "no", "off")
+
+
+def _opted_out() -> bool:
+    """``LLAVAKIT_KEEP_FREED_MEMORY`` says off; any other value (or none) leaves the setting on."""
+    return os.environ.get(ENV_OPT_OUT, "").strip().lower() in OFF_VALUES
 
 
 @cache
 def keep_freed_memory() -> bool:
     """Raise glibc's trim and mmap thresholds for this process; True when they were set (once, cached)."""
-    if not sys.platform.startswith("linux") or os.environ.get(ENV_OPT_OUT, "1") == "0":
+    if not sys.platform.startswith("linux") or _opted_out():
         return False
     if any(k in os.environ for k in GLIBC_ENV):
         return False
