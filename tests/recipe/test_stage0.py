@@ -97,12 +97,13 @@ def test_patch_labels_worked_example():
     from llavakit.data.synth_scene import COLORS, KINDS, Scene, Shape
 
     scene = Scene(100, 60, (250, 250, 250), (Shape("circle", "blue", "small", 50, 30, 10),))
-    labels = patch_labels(scene, (0.8, 0.8), (-40, 0), 80, 16).view(3, 5, 5)
+    labels = patch_labels(scene, (0.8, 0.8), (-40, 0), 80, 16).view(4, 5, 5)
     shown = (labels[0] != NO_KIND).nonzero().tolist()
     assert shown == [[1, 0]]  # patch centres (8, 8), (8, 24), (8, 40) lie 17.9, 8 and 17.9 px away; ink 8.8 + 4
     assert labels[0, 1, 0] == KINDS.index("circle") and labels[1, 1, 0] == list(COLORS).index("blue")
     assert labels[0, 1, 1] == NO_KIND and labels[1, 1, 1] == NO_COLOUR
     assert (labels[2] == NO_TEXT).all()  # no text in this scene
+    assert labels[3].nonzero().tolist() == [[1, 0]]  # the circle's centre (0, 24) lies in patch (row 1, col 0)
 
 
 def test_text_patch_labels_name_the_word_or_each_digit():
@@ -111,7 +112,7 @@ def test_text_patch_labels_name_the_word_or_each_digit():
     from llavakit.data.synth_scene import WORDS, Scene, Text
 
     word = Scene(160, 80, (250, 250, 250), (), Text("apple", 30, "medium", (20, 20, 76, 46)))
-    rows = patch_labels(word, (1.0, 1.0), (0, 0), 80, 16).view(3, 5, 5)[2]  # the scene's left 80 px
+    rows = patch_labels(word, (1.0, 1.0), (0, 0), 80, 16).view(4, 5, 5)[2]  # the scene's left 80 px
     # centres 8, 24, 40, 56, 72 on both axes; the box grown by 4 px spans x [16, 80), y [16, 50)
     assert (rows[1:3, 1:] == WORDS.index("apple")).all() and (rows[[0, 3, 4]] == NO_TEXT).all()
     assert (rows[:, 0] == NO_TEXT).all()
@@ -119,7 +120,7 @@ def test_text_patch_labels_name_the_word_or_each_digit():
     assert [round(b - a) for a, b in spans] == [round(char_spans("4", 48, 10)[0][1] - spans[0][0])] * 3  # one advance
     x1 = round(spans[-1][1])
     number = Scene(160, 80, (250, 250, 250), (), Text("472", 48, "large", (10, 20, x1, 56)))
-    digits = patch_labels(number, (1.0, 1.0), (0, 0), 80, 16).view(3, 5, 5)[2, 2].tolist()  # row centre y 40
+    digits = patch_labels(number, (1.0, 1.0), (0, 0), 80, 16).view(4, 5, 5)[2, 2].tolist()  # row centre y 40
     expect = []
     for cx in (8, 24, 40, 56, 72):
         if cx >= x1 + 4:
@@ -153,6 +154,14 @@ def test_patch_labels_agree_with_the_pixels():
     assert len(labelled) > 100
     assert sum(bool(shows[i, p, colour[i, p]]) for i, p in labelled) / len(labelled) > 0.9  # 0.39 if off by 1
     assert (labels[:, 0] == NO_KIND).eq(colour == NO_COLOUR).all()  # kind and colour are labelled together
+    # one centre mark per shape: each full view (the first view of each scene) marks its scene's shapes, fewer
+    # only where two centres share a 16 px patch
+    firsts, pins = [0], [[80, 160], [160, 80], [160, 160]]
+    for scene in SCENES[:19]:
+        firsts.append(firsts[-1] + 1 + len(tile_views(render_scene(scene), scene, 80, pins)) + (scene.text is not None))
+    marks, shapes = [int(labels[i, 3].sum()) for i in firsts], [len(s.shapes) for s in SCENES[:20]]
+    assert all(0 < m <= n for m, n in zip(marks, shapes, strict=True)) and sum(marks) >= 0.8 * sum(shapes)
+    assert (labels[:, 0][labels[:, 3] == 1] != NO_KIND).float().mean() > 0.9  # a centre patch shows a shape
 
 
 def test_patch_mean_pooling_reads_the_patch_features_llava_uses(tok):
@@ -287,6 +296,26 @@ def test_stage0_command_names_bad_recipes_without_a_traceback(tmp_path):
             [sys.executable, "-m", "llavakit.train.stage0", *args], capture_output=True, text=True, timeout=300
         )
         assert r.returncode == 2 and named in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_centre_labels_add_a_head_and_a_loss(tok):
+    """``centre_labels=True`` adds a two-way head for row 3 (a shape's centre lies in the patch): its loss then
+    depends on the centre marks, the default's does not."""
+    views, _, labels = build_pairs(SCENES[:6], 48, 16, PINS)
+    assert labels[:, 3].any()
+    moved = labels.clone()
+    moved[:, 3] = 1 - moved[:, 3]
+    ids = torch.zeros(len(views), 4, dtype=torch.long)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    for centre, differs in ((False, False), (True, True)):
+        torch.manual_seed(0)
+        clip = CLIP(
+            VISION, tok.vocab_size, contrastive_weight=0.0, patch_weight=1.0, text_labels=False, centre_labels=centre
+        )
+        assert clip.patch_head.out_features == NO_KIND + 1 + NO_COLOUR + 1 + 2 * centre
+        with torch.no_grad():
+            a, b = clip.loss(views, ids, mask, labels), clip.loss(views, ids, mask, moved)
+        assert (a != b) == differs
 
 
 def test_text_labels_can_be_left_out(tok):

@@ -78,6 +78,7 @@ class CLIP(nn.Module):
         contrastive_weight: float = 1.0,
         patch_weight: float = 0.0,
         text_labels: bool = True,
+        centre_labels: bool = False,
     ) -> None:
         super().__init__()
         if pool not in ("cls", "patch_mean"):
@@ -86,8 +87,10 @@ class CLIP(nn.Module):
             raise ValueError("clip.contrastive_weight and clip.patch_weight are both 0: nothing would be trained")
         self.pool = pool
         self.contrastive_weight, self.patch_weight = contrastive_weight, patch_weight
-        # which rows of the patch labels are learned: kind and colour, and the text unless text_labels is off
-        self.label_sizes = [NO_KIND + 1, NO_COLOUR + 1] + ([NO_TEXT + 1] if text_labels else [])
+        # which rows of the patch labels are learned (`patch_labels`): kind and colour, the text unless text_labels
+        # is off, a shape's centre if centre_labels is on
+        self.label_rows = [0, 1] + ([2] if text_labels else []) + ([3] if centre_labels else [])
+        self.label_sizes = [[NO_KIND + 1, NO_COLOUR + 1, NO_TEXT + 1, 2][r] for r in self.label_rows]
         self.tower = VisionTower(vision)
         self.text = TextEncoder(vocab, text_dim)
         self.visual_projection = nn.Linear(vision.hidden_size, embed_dim, bias=False)
@@ -116,7 +119,8 @@ class CLIP(nn.Module):
         self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """contrastive_weight x symmetric InfoNCE over the batch (image i belongs with text i) + patch_weight x
-        cross-entropy of each patch's kind, colour and (with ``text_labels``) text against ``labels`` (B, 3, g*g)."""
+        cross-entropy of each patch's kind, colour, (with ``text_labels``) text and (with ``centre_labels``) shape
+        centre against ``labels`` (B, 4, g*g)."""
         h2, last = self.states(pixels)  # (B, 1 + g*g, Dv)
         total = h2.new_zeros(())
         if self.contrastive_weight > 0:
@@ -130,7 +134,7 @@ class CLIP(nn.Module):
             if labels is None:
                 raise ValueError("clip.patch_weight > 0 needs patch labels (build_pairs returns them)")
             heads = self.patch_head(h2[:, 1:]).split(self.label_sizes, dim=-1)  # each (B, g*g, classes + 1)
-            ce = [F.cross_entropy(h.flatten(0, 1), labels[:, i].flatten()) for i, h in enumerate(heads)]
+            ce = [F.cross_entropy(h.flatten(0, 1), labels[:, r].flatten()) for r, h in zip(self.label_rows, heads)]
             total = total + self.patch_weight * sum(ce)
         return total
 
@@ -215,7 +219,7 @@ def text_caption(scene: Scene) -> str:
 def build_pairs(
     scenes: list[Scene], tile: int, patch: int, pinpoints: list[list[int]], seed: int = 0, tiles: bool = True
 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """(N, 3, S, S) views, their texts and their patch labels (N, 3, G*G) (`patch_labels`, G = tile // patch):
+    """(N, 3, S, S) views, their texts and their patch labels (N, 4, G*G) (`patch_labels`, G = tile // patch):
     one full view per scene, its AnyRes tiles (``tiles``), one text crop per scene with text."""
     rng = random.Random(seed)
     views: list[View] = []
@@ -244,6 +248,7 @@ class ClipTrainConfig:
     contrastive_weight: float = 1.0  # the CLIP loss
     patch_weight: float = 0.0  # the patch loss: each layer -2 patch feature names the shape it shows
     text_labels: bool = True  # ... and the word or digit written on it
+    centre_labels: bool = False  # ... and whether a shape's centre lies in it (one mark per shape, for counting)
     max_seconds: float | None = None  # stop early (and say so) when the time budget is spent
     seed: int = 0
 
@@ -279,6 +284,7 @@ def train_clip(
         contrastive_weight=cfg.contrastive_weight,
         patch_weight=cfg.patch_weight,
         text_labels=cfg.text_labels,
+        centre_labels=cfg.centre_labels,
     )
     ids, mask = _encode(tokenizer, texts, model.text.max_len)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]

@@ -35,10 +35,11 @@ def char_spans(value: str, font_px: int, x0: float) -> list[tuple[float, float]]
 def patch_labels(
     scene: Scene, scale: tuple[float, float], offset: tuple[float, float], tile: int, patch: int
 ) -> torch.Tensor:
-    """(3, G*G) labels of the G x G patches of a view, G = tile // patch, patches in row-major order: row 0 the kind
+    """(4, G*G) labels of the G x G patches of a view, G = tile // patch, patches in row-major order: row 0 the kind
     index of the shape each patch shows (``NO_KIND`` if none), row 1 its colour index (``NO_COLOUR``), row 2 the
     text it shows (``NO_TEXT`` if none): the word's index in ``WORDS`` on every patch of a word, and for a number
-    ``len(WORDS)`` + the digit under the patch (so the digits of "472" can be read left to right).
+    ``len(WORDS)`` + the digit under the patch (so the digits of "472" can be read left to right); row 3 is 1 on
+    the patch that holds a shape's centre and 0 elsewhere (one patch per shape in the view: counting marks).
 
     The view shows the scene scaled by ``scale`` (sx, sy) and shifted by ``offset``: a scene point (x, y) sits at
     (x * sx + ox, y * sy + oy) in the view. A patch shows a shape when the patch centre lies within the shape's ink
@@ -48,12 +49,13 @@ def patch_labels(
     Example: a circle of radius 10 at (50, 30) in a scene shown at scale 0.8 with offset (-40, 0) (the scene's
     second 80 px tile at that scale) sits at (0, 24) with ink radius 8.8 in the view. With 16 px patches the
     patch centres are at 8, 24, 40, ...; patch (row 1, col 0), centre (8, 24), is 8 px from the circle's centre,
-    within 8.8 + 4: it shows the circle. Patch (row 1, col 1), centre (24, 24), is 24 px away: background.
+    within 8.8 + 4: it shows the circle. Patch (row 1, col 1), centre (24, 24), is 24 px away: background. The
+    circle's centre (0, 24) lies in patch (row 1, col 0) (x in [0, 16), y in [16, 32)): row 3 is 1 there.
     """
     g = tile // patch
     sx, sy = scale
     ox, oy = offset
-    labels = torch.tensor([NO_KIND, NO_COLOUR, NO_TEXT]).repeat(g * g, 1)  # (G*G, 3)
+    labels = torch.tensor([NO_KIND, NO_COLOUR, NO_TEXT, 0]).repeat(g * g, 1)  # (G*G, 4)
     depth = torch.full((g * g,), math.inf)  # distance / ink radius of the shape each patch shows so far
     centres = (torch.arange(g) * patch + patch / 2).float()
     py, px = torch.meshgrid(centres, centres, indexing="ij")
@@ -65,6 +67,9 @@ def patch_labels(
         hit = (d < ink + patch / 4) & (rel < depth)
         labels[hit, :2] = torch.tensor([KINDS.index(s.kind), _COLOURS.index(s.color)])
         depth = torch.where(hit, rel, depth)
+        col, row = math.floor((s.cx * sx + ox) / patch), math.floor((s.cy * sy + oy) / patch)
+        if 0 <= col < g and 0 <= row < g:
+            labels[row * g + col, 3] = 1
     if (t := scene.text) is not None:
         x0, y0, x1, y1 = t.box
         m = patch / 4
