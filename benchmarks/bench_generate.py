@@ -4,6 +4,7 @@
     python benchmarks/bench_generate.py --geometry tiny       # 2 layers, hidden 64: per-token overhead
     python benchmarks/bench_generate.py --text-only --prompt-tokens 256 --dtypes bfloat16,int8,int4
     python benchmarks/bench_generate.py --quality-only --dtypes int8,int4
+    python benchmarks/bench_generate.py --dtypes bfloat16,int4,int4+head --impls hf,ours --no-batch
     python benchmarks/bench_generate.py --geometry tiny --dtypes float32 --compile   # + a torch.compile'd row
 
 Each (implementation, dtype) runs in its own subprocess so peak RSS is its own; weights are read into ordinary
@@ -39,6 +40,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from llavakit.config import QUANTIZE_MODES  # noqa: E402
 
 PINS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 BATCH_SIZES = [(768, 1024), (600, 500), (336, 1000), (1000, 700)]  # (h, w)
@@ -138,7 +140,7 @@ def text_prompt(tokens: int, salt: int = 0) -> str:
 
 def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prompt_tokens: int = 0) -> dict:
     torch.set_num_threads(2)
-    dt = getattr(torch, dtype if dtype not in ("int8", "int4") else "bfloat16")
+    dt = getattr(torch, dtype if dtype not in QUANTIZE_MODES else "bfloat16")
     res: dict = {"impl": impl, "dtype": dtype}
     if impl in ("hf", "hf+heap"):
         if impl == "hf+heap":  # transformers with the allocator setting llavakit.load makes (a fair comparison)
@@ -189,10 +191,10 @@ def worker(impl: str, ckpt: Path, dtype: str, new_tokens: int, batch: bool, prom
         from llavakit.processing.processor import LlavaProcessor
 
         model = load_model(ckpt, dtype=dt)
-        if dtype in ("int8", "int4"):  # what llavakit.load(..., quantize=...) does
-            from llavakit.engine.quantize import quantize_model
+        if dtype in QUANTIZE_MODES:  # what llavakit.load(..., quantize=...) does
+            from llavakit.engine.quantize import quantize_llava
 
-            quantize_model(model.model.language_model, dtype)
+            quantize_llava(model, dtype)
         res["swapped"] = optimize_model(model)
         res["keeps_freed_memory"] = keep_freed_memory()  # what llavakit.load does on a CPU
         proc = LlavaProcessor.from_pretrained(ckpt)
@@ -307,7 +309,7 @@ def quality_worker(ckpt: Path, modes: list[str], new_tokens: int) -> dict:
     from llavakit.checkpoint.api import load_model
     from llavakit.engine.generate import stream_tokens
     from llavakit.engine.linear import optimize_model
-    from llavakit.engine.quantize import quantize_model
+    from llavakit.engine.quantize import quantize_llava
     from llavakit.processing.processor import LlavaProcessor
 
     torch.set_num_threads(2)
@@ -316,7 +318,7 @@ def quality_worker(ckpt: Path, modes: list[str], new_tokens: int) -> dict:
     def run(mode: str | None) -> tuple[list[int], torch.Tensor]:
         model = load_model(ckpt, dtype=torch.bfloat16)
         if mode:
-            quantize_model(model.model.language_model, mode)
+            quantize_llava(model, mode)
         optimize_model(model)
         toks = [int(t[0]) for t in stream_tokens(model, ids, max_new_tokens=new_tokens, eos_token_id=[])]
         return toks, model
@@ -415,13 +417,13 @@ def main() -> None:
         t = time.perf_counter()
         build_checkpoint(ckpt, a.geometry)
         print(f"built a random {a.geometry} checkpoint in {time.perf_counter() - t:.0f}s", flush=True)
-        modes = [d for d in dtypes if d in ("int8", "int4")]
+        modes = [d for d in dtypes if d in QUANTIZE_MODES]
         if modes and a.quality_tokens > 0:
             quality = run_worker(["--quality-worker", str(ckpt), ",".join(modes), str(a.quality_tokens)])
             print(json.dumps(quality), flush=True)
         for dtype in [] if a.quality_only else dtypes:
             for impl in a.impls.split(",") + (["ours+compile"] if a.compile else []):
-                if impl.startswith("hf") and dtype in ("int8", "int4"):
+                if impl.startswith("hf") and dtype in QUANTIZE_MODES:
                     continue
                 prompt = a.prompt_tokens if a.text_only else 0
                 args = ["--worker", impl, str(ckpt), dtype, str(a.new_tokens), str(prompt)]
@@ -458,8 +460,11 @@ def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict 
                 f"(transformers {h.get('batch4_decode_tok_s', nan) / h['decode_tok_s']:.2f}x)"
             )
     layers_gb, head_gb = decoder_weight_gb(a.geometry)
-    # bytes per weight relative to bf16 (layers, LM head): int8/int4 quantize the decoder, the head stays fp16
-    per_weight = {"bfloat16": (1.0, 1.0), "float32": (2.0, 2.0), "int8": (0.5, 1.0), "int4": (0.5 + 2 / 128, 1.0)}
+    # bytes per weight relative to bf16 (layers, LM head): int8/int4 quantize the decoder (the head stays fp16
+    # unless "+head"); int8 keeps a scale per row, int4 a bf16 scale and zero per 128 weights
+    i8, i4 = 0.5, 0.25 + 2 / 128
+    per_weight = {"bfloat16": (1.0, 1.0), "float32": (2.0, 2.0), "int8": (i8, 1.0), "int4": (i4, 1.0)}
+    per_weight |= {"int8+head": (i8, i8), "int4+head": (i4, i4)}
     for dtype, (fl, fh) in per_weight.items():
         if ("ours", dtype) not in by:
             continue
@@ -477,7 +482,7 @@ def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict 
             f"bf16 TTFT: ~{flops / 1e12:.2f} TFLOP of Linears (vision + decoder prefill) -> >= {flops / best:.0f} s "
             f"at the best GEMM rate; ours {t:.0f} s = {flops / best / t:.0%} of that rate"
         )
-    for q in ("int8", "int4"):
+    for q in QUANTIZE_MODES:
         if ("ours", q) in by and ("ours", "bfloat16") in by:
             print(
                 f"{q} decode {by[('ours', q)]['decode_tok_s'] / by[('ours', 'bfloat16')]['decode_tok_s']:.2f}x our bf16"
@@ -492,7 +497,7 @@ def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict 
             "| mode | same greedy tokens before first difference | teacher-forced top-1 agreement | "
             "max abs logit error | mean abs logit error |\n|---|---|---|---|---|"
         )
-        for q in ("int8", "int4"):
+        for q in QUANTIZE_MODES:
             if q in quality:
                 r = quality[q]
                 print(

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .config import QUANTIZE_MODES
+
 
 def cmd_convert(src: str, dst: str, vision_tower: str | None = None, dtype: str | None = None) -> int:
     """Convert an original-format (liuhaotian / lmms-lab) or old-layout HF checkpoint to the current HF layout."""
@@ -85,7 +87,9 @@ def cmd_caption(
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory or hub id (default: the bundled model)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the decoder")
+    p.add_argument(
+        "--quantize", choices=QUANTIZE_MODES, help="weight-only quantization of the decoder (+head: the LM head too)"
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first answer)")
 
 

@@ -263,3 +263,8 @@ class LlavaConfig:
             d["vision_aspect_ratio"] = self.vision_aspect_ratio
             d["video_token_index"] = self.video_token_id
         return d
+
+
+# weight-only quantization (``llavakit.load(quantize=...)``, ``--quantize``): the decoder's Linears, "+head" the LM
+# head too (engine.quantize.quantize_llava)
+QUANTIZE_MODES: tuple[str, ...] = ("int8", "int4", "int8+head", "int4+head")

@@ -210,7 +210,10 @@ def load(
     optimize: bool = True,
     compile: bool = False,
 ) -> Pipeline:
-    """Load a checkpoint and its processor into a ready pipeline (``quantize``: None, "int8" or "int4").
+    """Load a checkpoint and its processor into a ready pipeline.
+
+    ``quantize``: None, "int8" or "int4" (weight-only, the decoder's Linears), or "int8+head" / "int4+head" (the LM
+    head too: faster decoding, every logit then comes from quantized weights; ``engine.quantize.quantize_llava``).
 
     ``optimize`` swaps in the fastest correct CPU Linears for this machine (``engine.linear.optimize_model``;
     inference only): in bfloat16, long prompts and the vision tower multiply in float32 where the CPU has no
@@ -228,9 +231,9 @@ def load(
 
     model = load_model(path_or_id, dtype=dtype, device=device)
     if quantize is not None:
-        from .engine.quantize import quantize_model
+        from .engine.quantize import quantize_llava
 
-        quantize_model(model.model.language_model, quantize)
+        quantize_llava(model, quantize)
     if optimize and model.device.type == "cpu":
         from .engine.linear import optimize_model
         from .engine.memory import keep_freed_memory

@@ -57,6 +57,23 @@ def test_generate_prints_the_greedy_answer(model, images):
     assert r.stdout.rstrip("\n") == load(model).chat(msgs, max_new_tokens=8)
 
 
+@pytest.mark.parametrize("mode", ["int8", "int8+head"])
+def test_generate_quantized_answers_as_the_quantized_pipeline(model, images, mode):
+    """``--quantize`` gives what ``llavakit.load(quantize=...)`` gives; "+head" swaps the LM head too."""
+    from llavakit.engine.quantize import Int8Linear
+    from llavakit.pipeline import load
+
+    img = str(images / "img0.png")
+    r = llava(
+        "generate", "--model", model, "--image", img, "--prompt", "Hi", "--max-new-tokens", "6", "--quantize", mode
+    )
+    assert r.returncode == 0, r.stderr
+    pipe = load(model, quantize=mode)
+    assert isinstance(pipe.model.lm_head, Int8Linear) == mode.endswith("+head")
+    msgs = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "Hi"}]}]
+    assert r.stdout.rstrip("\n") == pipe.chat(msgs, max_new_tokens=6)
+
+
 def test_chat_multi_turn_with_commands(model, images):
     script = f"/image {images / 'img0.png'}\nhello\nand now?\n/reset\n/bogus\nagain\n/exit\n"
     r = llava("chat", "--model", model, "--max-new-tokens", "4", stdin=script)

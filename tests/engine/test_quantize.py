@@ -30,6 +30,7 @@ from llavakit.engine.quantize import (
     _unpack_int4,
     int4_fits,
     quantization_error,
+    quantize_llava,
     quantize_model,
 )
 from tiny_models import hf_model, ours_from_hf
@@ -194,6 +195,33 @@ def test_quantized_llava_stays_close(mode, max_rel):
     quantize_model(q.model.language_model, mode, group_size=32)
     stats = quantization_error(ref, q, {"input_ids": torch.randint(3, 100, (1, 12))})
     assert stats["rel"] < max_rel and 0 <= stats["top1_agreement"] <= 1
+
+
+@needs_int8
+@needs_int4
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("mode", ["int8", "int4", "int8+head", "int4+head"])
+def test_quantize_llava_takes_the_decoder_and_the_head_only_when_asked(mode, tied):
+    """What ``llavakit.load(quantize=...)`` does: the decoder's Linears always, the LM head with "+head" (a tied
+    head gets its own quantized copy: the embedding lookup stays float), the vision tower and projector never."""
+    hf = hf_model("llava", "llama", seed=3, tie_word_embeddings=tied)
+    ref = ours_from_hf(hf).to(torch.bfloat16)
+    q = ours_from_hf(hf).to(torch.bfloat16)
+    quantize_llava(q, mode, group_size=32)
+    kind = Int8Linear if mode.startswith("int8") else Int4Linear
+    names = {n for n, m in q.named_modules() if isinstance(m, kind)}
+    linears = {n: m for n, m in ref.named_modules() if type(m) is torch.nn.Linear}
+    if kind is Int4Linear:  # int4 leaves the shapes its kernel does not take in float
+        linears = {n: m for n, m in linears.items() if int4_fits(m.in_features, m.out_features, 32)}
+    decoder = {n for n in linears if n.startswith("model.language_model.")}
+    assert decoder and names == decoder | ({"lm_head"} & linears.keys() if mode.endswith("+head") else set())
+    assert mode != "int8+head" or "lm_head" in names
+    assert type(q.model.language_model.embed_tokens) is torch.nn.Embedding
+    assert torch.equal(q.model.language_model.embed_tokens.weight, ref.model.language_model.embed_tokens.weight)
+    stats = quantization_error(ref, q, {"input_ids": torch.randint(3, 100, (1, 12))})
+    assert stats["rel"] < (0.05 if mode.startswith("int8") else 0.4)
+    with pytest.raises(ValueError, match="quantize must be one of int8, int4, int8\\+head, int4\\+head"):
+        quantize_llava(q, "int4+vision")
 
 
 @needs_fp16

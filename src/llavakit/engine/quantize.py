@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..config import QUANTIZE_MODES
 from .linear import compute_dtype, dense_linear
 
 INT8_KERNEL_ROWS = 16  # below this many rows the int8 kernel beats dequantize + GEMM
@@ -229,6 +230,19 @@ def quantize_model(
         parent_name, _, attr = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
     return module
+
+
+def quantize_llava(model: nn.Module, quantize: str, *, group_size: int = 128) -> nn.Module:
+    """What ``llavakit.load(..., quantize=...)`` does: quantize the decoder's Linears (``model.model.language_model``)
+    and, with a ``+head`` mode ("int8+head", "int4+head"), the LM head too; the vision tower and the projector
+    stay in float. Plain modes keep the head in float, as llama.cpp keeps its output matrix at higher precision:
+    the head sets every logit. For Qwen2-0.5B the head is a quarter of the bytes a bf16 token reads (272 of
+    990 MB); in int4 its product took 3.3 instead of 11.3 ms on a 2-core Xeon (README "Speed on a CPU")."""
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+    mode, _, head = quantize.partition("+")
+    keep = ("model.language_model.",) + (("lm_head",) if head else ())
+    return quantize_model(model, mode, group_size=group_size, skip=lambda n: not n.startswith(keep))  # type: ignore[arg-type]
 
 
 def _logits(out: Any) -> torch.Tensor:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..config import QUANTIZE_MODES
 from .report import compare, load_run
 from .run import finish, limit_samples, read_predictions, result_object, run
 from .tasks import TASKS, get_task
@@ -143,7 +144,7 @@ def add_parser(sub: Any) -> None:
         t.add_argument("--out", help="output directory (default runs/eval/TASK-MODEL); reruns resume")
         t.add_argument("--max-new-tokens", type=int, help=f"default {task.max_new_tokens}")
         t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-        t.add_argument("--quantize", choices=["int8", "int4"])
+        t.add_argument("--quantize", choices=QUANTIZE_MODES)
         t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
         if name == "synth":
             t.add_argument("--n", type=int, default=200, help="scenes to generate when --data is not given")

@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..config import QUANTIZE_MODES
+
 
 def _require_extra() -> None:
     try:
@@ -129,7 +131,9 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
     s.add_argument("--max-image-pixels", type=int, default=40_000_000, help="width*height per image (413 above)")
     s.add_argument("--served-model-name", help="the model id clients send (default: the model directory's name)")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    s.add_argument("--quantize", choices=["int8", "int4"], help="weight-only quantization of the decoder")
+    s.add_argument(
+        "--quantize", choices=QUANTIZE_MODES, help="weight-only quantization of the decoder (+head: the LM head too)"
+    )
     s.add_argument("--threads", type=int, help="torch threads of the model worker (default: torch's, one per core)")
     s.set_defaults(
         func=lambda a: serve(
