@@ -29,6 +29,7 @@ from llavakit.engine.quantize import (
     Int8Linear,
     _unpack_int4,
     int4_fits,
+    int4_group,
     quantization_error,
     quantize_llava,
     quantize_model,
@@ -195,6 +196,22 @@ def test_quantized_llava_stays_close(mode, max_rel):
     quantize_model(q.model.language_model, mode, group_size=32)
     stats = quantization_error(ref, q, {"input_ids": torch.randint(3, 100, (1, 12))})
     assert stats["rel"] < max_rel and 0 <= stats["top1_agreement"] <= 1
+
+
+def test_int4_group_falls_back_to_the_largest_group_the_kernel_takes():
+    assert int4_group(896, 4864, 128) == 128  # the asked group fits
+    assert int4_group(192, 512, 128) == 64  # the docstring's example: 192 = 3 x 64
+    assert int4_group(96, 64, 128) == 32 and int4_group(96, 64, 32) == 32
+    assert int4_group(80, 64, 128) is None and int4_group(256, 40, 128) is None  # 80 % 32, 40 % 16
+
+
+@needs_int4
+def test_int4_quantizes_a_layer_its_group_does_not_divide_with_a_finer_group():
+    lin = torch.nn.Linear(192, 64).to(torch.bfloat16)
+    q = quantize_model(torch.nn.Sequential(lin), "int4", group_size=128)[0]
+    assert isinstance(q, Int4Linear) and q.group_size == 64
+    x = torch.randn(3, 192, dtype=torch.bfloat16)
+    assert_tight(q(x), x.float() @ q.dequantize().float().T + lin.bias.float())
 
 
 @needs_int8

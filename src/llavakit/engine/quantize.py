@@ -203,6 +203,15 @@ def int4_fits(in_features: int, out_features: int, group_size: int) -> bool:
     return group_size in INT4_GROUP_SIZES and out_features % 16 == 0 and in_features % group_size == 0
 
 
+def int4_group(in_features: int, out_features: int, group_size: int) -> int | None:
+    """The group size an int4 layer of this shape gets: ``group_size`` if the kernel takes it, else the largest
+    smaller one that it takes (finer groups, a little more memory), else None (the layer stays in float).
+
+    Example: a 192-wide layer with ``group_size=128``: 192 % 128 != 0, 192 % 64 == 0 -> groups of 64."""
+    fits = [g for g in INT4_GROUP_SIZES if g <= group_size and int4_fits(in_features, out_features, g)]
+    return max(fits) if fits else None
+
+
 def quantize_model(
     module: nn.Module,
     mode: Literal["int8", "int4"],
@@ -212,10 +221,11 @@ def quantize_model(
 ) -> nn.Module:
     """Replace every ``nn.Linear`` below ``module`` (unless ``skip(name)``) by its quantized twin, in place.
 
-    int4 leaves a layer as it is when its shape does not fit the kernel (``int4_fits``). A tied LM head gets
-    its own quantized copy of the embedding matrix (the embedding lookup keeps the float one): for Qwen2-0.5B
-    that is +136 MB (int8) / +72 MB (int4) of memory, and 136 MB (int8) / 200 MB (int4) less to read per
-    decoded token.
+    int4 uses ``group_size`` where the kernel takes it and otherwise the largest smaller group that fits
+    (``int4_group``); a layer no group fits (``out_features`` not a multiple of 16, or ``in_features`` not one of
+    32) stays as it is. A tied LM head gets its own quantized copy of the embedding matrix (the embedding lookup
+    keeps the float one): for Qwen2-0.5B that is +136 MB (int8) / +72 MB (int4) of memory, and 136 MB (int8) /
+    200 MB (int4) less to read per decoded token.
     Pass ``skip=lambda n: n.endswith("lm_head")`` to keep the head in float.
     """
     if mode not in ("int8", "int4"):
@@ -223,10 +233,11 @@ def quantize_model(
     if mode == "int4" and group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
     targets = [(n, m) for n, m in module.named_modules() if type(m) is nn.Linear and not (skip and skip(n))]
+    groups = {n: int4_group(m.in_features, m.out_features, group_size) for n, m in targets} if mode == "int4" else {}
     if mode == "int4":
-        targets = [(n, m) for n, m in targets if int4_fits(m.in_features, m.out_features, group_size)]
+        targets = [(n, m) for n, m in targets if groups[n] is not None]
     for name, lin in targets:
-        new = Int8Linear.from_linear(lin) if mode == "int8" else Int4Linear.from_linear(lin, group_size)
+        new = Int8Linear.from_linear(lin) if mode == "int8" else Int4Linear.from_linear(lin, groups[name])  # type: ignore[arg-type]
         parent_name, _, attr = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
     return module
