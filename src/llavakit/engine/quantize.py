@@ -233,11 +233,13 @@ def quantize_model(
     if mode == "int4" and group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
     targets = [(n, m) for n, m in module.named_modules() if type(m) is nn.Linear and not (skip and skip(n))]
-    groups = {n: int4_group(m.in_features, m.out_features, group_size) for n, m in targets} if mode == "int4" else {}
-    if mode == "int4":
-        targets = [(n, m) for n, m in targets if groups[n] is not None]
     for name, lin in targets:
-        new = Int8Linear.from_linear(lin) if mode == "int8" else Int4Linear.from_linear(lin, groups[name])  # type: ignore[arg-type]
+        if mode == "int8":
+            new: nn.Module = Int8Linear.from_linear(lin)
+        elif (group := int4_group(lin.in_features, lin.out_features, group_size)) is not None:
+            new = Int4Linear.from_linear(lin, group)
+        else:
+            continue  # no group the int4 kernel takes fits this shape: the layer stays in float
         parent_name, _, attr = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
     return module
