@@ -111,6 +111,20 @@ class TextConfig:
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
 
+    @property
+    def context_length(self) -> int:
+        """Tokens the model takes (prompt + answer): ``max_position_embeddings``, stretched by RoPE scaling.
+
+        With scaling, the longer of ``max_position_embeddings`` and ``factor`` times the original context
+        (``original_max_position_embeddings``, else ``max_position_embeddings``): e.g. linear x2 over 4096 ->
+        8192; Llama 3.1 (llama3 x8, original 8192, max 131072) -> 131072."""
+        n = self.max_position_embeddings
+        if not self.rope_scaling:
+            return n
+        factor = float(self.rope_scaling.get("factor", 1.0))
+        base = int(self.rope_scaling.get("original_max_position_embeddings") or n)
+        return max(n, int(factor * base))
+
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> TextConfig:
         mt = d.get("model_type", "llama")

@@ -106,3 +106,36 @@ def test_prompt_longer_than_context_is_refused(model):
 def test_max_new_tokens_must_be_positive(model, bad):
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         next(stream_tokens(model, torch.ones(1, 4, dtype=torch.long), max_new_tokens=bad))
+
+
+def test_sampling_survives_extreme_values():
+    """Values at the edge of float32 pick a token instead of NaN probabilities: a temperature below 1e-5 is greedy,
+    a top_p below float32's resolution keeps the top token, an extreme repetition penalty stays finite."""
+    from llavakit.engine.sampling import apply_repetition_penalty, sample
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[2.0, -1.0, 5.0, 0.5]])
+    assert sample(logits, SamplingParams(temperature=1e-300), g).item() == 2
+    assert sample(logits, SamplingParams(temperature=1.0, top_p=1e-300), g).item() == 2
+    seen = torch.tensor([[True, True, False, False]])
+    for penalty in (1e-300, 1e300):
+        out = apply_repetition_penalty(logits, seen, penalty)
+        assert torch.isfinite(out).all(), out
+        assert 0 <= sample(out, SamplingParams(temperature=1.0), g).item() < 4
+    assert apply_repetition_penalty(logits, seen, 1e-300)[0].argmax().item() == 0  # seen, and now the largest
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "repetition_penalty"])
+def test_sampling_params_must_be_finite(field):
+    with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+        SamplingParams(**{field: float("nan")})
+
+
+def test_context_length_follows_rope_scaling():
+    from llavakit.config import TextConfig
+
+    assert TextConfig(max_position_embeddings=4096).context_length == 4096
+    linear = TextConfig(max_position_embeddings=4096, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    assert linear.context_length == 8192
+    llama31 = {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}
+    assert TextConfig(max_position_embeddings=131072, rope_scaling=llama31).context_length == 131072

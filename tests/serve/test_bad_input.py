@@ -60,32 +60,46 @@ CASES = {
     "malformed JSON": (b'{"model": "tiny-llava", "messages": [', 400, "malformed JSON", "body"),
     "not UTF-8": (b"\xff\xfe{\x00", 400, "", None),
     "deeply nested JSON": (b"[" * 100_000 + b"]" * 100_000, 400, "", None),
-    "JSON array body": (b"[1, 2]", 422, "", None),
-    "missing messages": ({"model": "tiny-llava"}, 422, "messages", "messages"),
-    "missing model": ({"messages": [{"role": "user", "content": "Hi"}]}, 422, "model", "model"),
-    "empty messages": (_req(messages=[]), 422, "messages", "messages"),
-    "unknown role": (_req(messages=[{"role": "tool", "content": "x"}]), 422, "role", "messages[0].role"),
+    "JSON array body": (b"[1, 2]", 400, "", None),
+    "missing messages": ({"model": "tiny-llava"}, 400, "messages", "messages"),
+    "missing model": ({"messages": [{"role": "user", "content": "Hi"}]}, 400, "model", "model"),
+    "empty messages": (_req(messages=[]), 400, "messages", "messages"),
+    "unknown role": (_req(messages=[{"role": "tool", "content": "x"}]), 400, "role", "messages[0].role"),
     "unknown part type": (
         _req(messages=[{"role": "user", "content": [{"type": "audio", "audio": "x"}]}]),
-        422,
+        400,
         "messages[0].content",
         None,
     ),
     "image_url without url": (
         _req(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
-        422,
+        400,
         "url",
         "messages[0].content[0].image_url.url",
     ),
-    "temperature not a number": (_req(temperature="hot"), 422, "temperature", "temperature"),
-    "temperature negative": (_req(temperature=-1), 422, "temperature", "temperature"),
-    "top_p zero": (_req(top_p=0), 422, "top_p", "top_p"),
-    "max_tokens zero": (_req(max_tokens=0), 422, "max_tokens", "max_tokens"),
-    "n = 2": (_req(n=2), 422, "n", "n"),
-    "seed negative": (_req(seed=-1), 422, "seed", "seed"),
-    "stop not a string": (_req(stop=5), 422, "stop", "stop"),
-    "too many stop strings": (_req(stop=["a", "b", "c", "d", "e"]), 422, "at most 4", "stop"),
-    "stop string too long": (_req(stop="z" * 300), 422, "256", "stop"),
+    "temperature not a number": (_req(temperature="hot"), 400, "temperature", "temperature"),
+    "temperature negative": (_req(temperature=-1), 400, "temperature", "temperature"),
+    "top_p zero": (_req(top_p=0), 400, "top_p", "top_p"),
+    "max_tokens zero": (_req(max_tokens=0), 400, "max_tokens", "max_tokens"),
+    "n = 2": (_req(n=2), 400, "n", "n"),
+    "seed negative": (_req(seed=-1), 400, "seed", "seed"),
+    "stop not a string": (_req(stop=5), 400, "stop", "stop"),
+    "too many stop strings": (_req(stop=["a", "b", "c", "d", "e"]), 400, "at most 4", "stop"),
+    "stop string too long": (_req(stop="z" * 300), 400, "256", "stop"),
+    "logprobs": (_req(logprobs=True, top_logprobs=2), 400, "not supported", "logprobs"),
+    "stream_options without stream": (_req(stream_options={"include_usage": True}), 400, "stream: true", None),
+    "image in a system message": (
+        _req(messages=[{"role": "system", "content": [{"type": "image_url", "image_url": {"url": data_url(PNG)}}]}]),
+        400,
+        "only be sent in user messages",
+        "messages[0].content[0].image_url",
+    ),
+    "megabytes of text": (
+        _req(messages=[{"role": "user", "content": "red circle " * 500_000}]),
+        400,
+        "characters of text",
+        "messages",
+    ),
     "unknown model": (_req(model="gpt-4o"), 404, "gpt-4o", "model"),
     "max_tokens over the server limit": (_req(max_tokens=MAX_TOKENS + 1), 400, f"limit of {MAX_TOKENS}", "max_tokens"),
     "max_completion_tokens over the limit": (
@@ -195,7 +209,12 @@ def test_http_level_errors(server) -> None:  # noqa: ANN001
     r = httpx.post(
         f"{server.url}/v1/chat/completions", content=json.dumps(_req()), headers={**h, "Content-Type": "text/plain"}
     )
-    assert r.status_code < 500
+    assert r.status_code == 415 and "application/json" in r.json()["error"]["message"], r.text
+    assert httpx.head(f"{server.url}/health").status_code == 200
+    r = httpx.get(f"{server.url}/v1/models/{server.model}", headers=h)
+    assert r.status_code == 200 and r.json()["id"] == server.model, r.text
+    r = httpx.get(f"{server.url}/v1/models/gpt-4o", headers=h)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model", r.text
     # a body announced over the limit is refused before it is read
     port = int(server.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -206,3 +225,50 @@ def test_http_level_errors(server) -> None:  # noqa: ANN001
         )
         assert sock.recv(100).startswith(b"HTTP/1.1 413")
     _good(server)
+
+
+@pytest.mark.parametrize(
+    "extreme",
+    [
+        {"temperature": 1e-300},  # logits / temperature would overflow: greedy, like 0
+        {"temperature": 1.0, "top_p": 1e-300},  # below float32's resolution: the top token stays
+        {"temperature": 1.0, "repetition_penalty": 1e-300},  # seen logits would become +-inf
+        {"temperature": 1.0, "repetition_penalty": 10.0, "top_k": 1},
+    ],
+)
+def test_extreme_sampling_values_answer(server, extreme: dict) -> None:  # noqa: ANN001
+    r = server.post(_req(max_tokens=8, seed=0, **extreme))
+    assert r.status_code == 200, r.text
+    _good(server)
+
+
+def test_tiny_temperature_is_greedy(server) -> None:  # noqa: ANN001
+    texts = [server.post(_req(max_tokens=8, temperature=t)).json()["choices"][0]["message"]["content"] for t in (0, 1e-9)]
+    assert texts[0] == texts[1]
+
+
+def test_nulls_mean_the_defaults(server) -> None:  # noqa: ANN001
+    nulls = {k: None for k in ("temperature", "top_p", "n", "stream", "top_k", "repetition_penalty", "logprobs")}
+    r = server.post(_req(**nulls, seed=0))
+    assert r.status_code == 200, r.text
+    r = server.post(_req(stream=True, stream_options={"include_usage": None}))
+    assert r.status_code == 200 and "data: [DONE]" in r.text, r.text
+
+
+def test_text_only_max_tokens_over_the_context_names_max_tokens(pipe) -> None:  # noqa: ANN001
+    from llavakit.serve.config import ServeConfig
+    from llavakit.serve.prepare import ApiError, prepare
+    from llavakit.serve.schemas import ChatCompletionRequest
+
+    context = pipe.model.config.text.context_length
+    body = ChatCompletionRequest.model_validate(_req(max_tokens=context + 1))
+    with pytest.raises(ApiError) as e:
+        prepare(body, pipe, ServeConfig(model_name="tiny-llava"))
+    assert e.value.param == "max_tokens" and "image" not in str(e.value) and str(context) in str(e.value)
+
+
+def test_usage_is_null_in_every_chunk_but_the_last(server) -> None:  # noqa: ANN001
+    r = server.post(_req(stream=True, stream_options={"include_usage": True}, max_tokens=4))
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert len(chunks) >= 3 and all("usage" in c for c in chunks), chunks
+    assert all(c["usage"] is None for c in chunks[:-1]) and chunks[-1]["usage"]["completion_tokens"] >= 1

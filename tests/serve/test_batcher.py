@@ -107,3 +107,31 @@ def test_ignore_eos_generates_past_eos_to_max_tokens(pipe) -> None:  # noqa: ANN
     assert events[-1] == ("done", "length") and job.completion_tokens == 10
     text = "".join(e[1] for e in events if e[0] == "delta")
     assert text == "".join(e[1] for e in ref if e[0] == "delta")
+
+
+def test_a_failed_step_fails_its_rows_and_the_worker_goes_on(pipe, monkeypatch) -> None:  # noqa: ANN001
+    """A step that raises while one row runs and another is being admitted answers both with an error; the
+    worker survives (a Job compared by its fields once raised inside this handler and killed it)."""
+    worker = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=4)
+    calls = {"n": 0}
+    sample = RunningBatch.sample
+
+    def fail_third(self):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return sample(self)
+
+    monkeypatch.setattr(RunningBatch, "sample", fail_third)
+    done: dict = {}
+    worker.submit(_job(pipe, 0, 20, done))
+    worker.submit(_job(pipe, 1, 20, done))
+    worker.start()
+    end = time.monotonic() + 60
+    while len(done) < 2 and time.monotonic() < end:
+        time.sleep(0.005)
+    assert [done[i][-1][:2] for i in (0, 1)] == [("error", 500)] * 2
+    assert worker.alive
+    after = _run(worker, _job(pipe, 2, 3, done), done, 2)
+    worker.stop()
+    assert after[-1] == ("done", "length") and not worker.alive

@@ -125,6 +125,7 @@ def test_streaming_equals_generate(client, server, tiny_model, photo, cli_answer
     assert finishes in (["stop"], ["length"])
     usage = chunks[-1].usage
     assert chunks[-1].choices == [] and usage is not None
+    assert client.models.retrieve(server.model).id == server.model
     assert usage.prompt_tokens == _expected_prompt_tokens(tiny_model, photo)[0]
 
 

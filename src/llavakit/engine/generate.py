@@ -29,8 +29,8 @@ def check_context(model: LlavaModel, prompt_tokens: int, max_new_tokens: int) ->
     """Refuse requests that cannot fit the model's context, naming both numbers."""
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    limit = model.config.text.max_position_embeddings
-    if prompt_tokens + max_new_tokens > limit and model.config.text.rope_scaling is None:
+    limit = model.config.text.context_length
+    if prompt_tokens + max_new_tokens > limit:
         raise ValueError(
             f"prompt of {prompt_tokens} tokens + max_new_tokens {max_new_tokens} exceeds the model's context of "
             f"{limit} tokens; shorten the prompt (or use fewer/smaller images) or lower max_new_tokens"

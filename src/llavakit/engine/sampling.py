@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+MIN_TEMPERATURE = 1e-5
+
 
 @dataclass
 class SamplingParams:
-    """How to pick each next token. ``temperature == 0`` (or ``do_sample=False``) means greedy."""
+    """How to pick each next token. ``temperature == 0`` (or ``do_sample=False``) means greedy, and so does any
+    temperature below ``MIN_TEMPERATURE`` (dividing logits by it would overflow float32; vLLM does the same)."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -18,6 +22,9 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -29,7 +36,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_TEMPERATURE
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -40,7 +47,8 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     if penalty == 1.0:
         return logits
     scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, scaled, logits)
+    big = torch.finfo(logits.dtype).max  # an extreme penalty must not turn a logit into +-inf (NaN probabilities)
+    return torch.where(seen, scaled.clamp(-big, big), logits)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -56,6 +64,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         probs = sorted_logits.softmax(-1)
         # drop a token when the mass before it already reaches top_p (the top token always stays)
         drop_sorted = probs.cumsum(-1) - probs >= params.top_p
+        drop_sorted[:, 0] = False  # also when top_p is below float32's resolution
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(-1)

@@ -16,6 +16,7 @@ adjustments so that ids match ``AutoTokenizer`` / ``AutoProcessor`` on the same 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,13 @@ class Tokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self.tok.id_to_token(int(token_id))
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """Characters of the longest token string in the vocabulary: no token decodes to more characters
+        (byte-level and sentencepiece vocabularies spell a token with at least one character per character), so
+        a text of more than ``n * max_token_chars`` characters takes more than ``n`` tokens."""
+        return max(map(len, self.tok.get_vocab(with_added_tokens=True)), default=1)
 
     def _named(self) -> dict[str, str]:
         """Named special tokens of the config: top-level "*_token" keys, then the model-specific groups."""

@@ -17,17 +17,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from .batcher import Batcher
 from .completions import ERRORS, add_chat_route
 from .config import ServeConfig
-from .errors import add_error_handlers
+from .errors import ApiError, add_error_handlers
 from .events import Mailbox
 from .guard import Guard
 from .metrics import Metrics
-from .schemas import Health, ModelList
+from .schemas import Health, ModelCard, ModelList
 
 __all__ = ["ServeConfig", "create_app"]
 
@@ -71,24 +71,30 @@ def create_app(pipe: Any, config: ServeConfig | None = None) -> FastAPI:
 
         return HTMLResponse(page(config.model_name, needs_key=config.api_key is not None))
 
-    @app.get("/health", response_model=Health)
-    async def health() -> dict:
-        return {
-            "status": "ok",
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=Health, responses={503: {"model": Health}})
+    async def health() -> JSONResponse:
+        body = {
+            "status": "ok" if batcher.alive else "error",
             "model": config.model_name,
             "queue_depth": batcher.queue_depth,
             "running": batcher.running,
         }
+        return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    card = {"id": config.model_name, "object": "model", "created": created, "owned_by": "llavakit"}
+
     @app.get("/v1/models", response_model=ModelList, responses={401: ERRORS[401]})
     async def models() -> dict:
-        return {
-            "object": "list",
-            "data": [{"id": config.model_name, "object": "model", "created": created, "owned_by": "llavakit"}],
-        }
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses={401: ERRORS[401], 404: ERRORS[404]})
+    async def model(model_id: str) -> dict:
+        if model_id != config.model_name:
+            raise ApiError(f"model {model_id!r} not found; this server serves {config.model_name!r}", 404, "model")
+        return card
 
     return app

@@ -52,7 +52,7 @@ class QueueFull(RuntimeError):
     pass
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself, not its fields: == on tensors would raise (and match other jobs)
 class Job:
     input_ids: torch.Tensor  # (T,) prompt ids, image tokens expanded
     vision: dict[str, torch.Tensor]  # the processor's pixel_values (N, [views,] 3, S, S), image_sizes (N, 2), ...
@@ -103,6 +103,11 @@ class Batcher:
         self.thread = threading.Thread(target=self._loop, name="llava-model-worker", daemon=True)
 
     # -- the handlers' side ---------------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """False once the worker thread has ended (or before ``start``): nothing would answer a new job."""
+        return self.thread.is_alive() and not self.stopping
 
     @property
     def queue_depth(self) -> int:
@@ -158,8 +163,9 @@ class Batcher:
                     self.metrics.add("decode_seconds", time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - a failed step must not kill the worker
                 log.error("generation step failed:\n%s", traceback.format_exc())
-                for row in [*batch.live(), *(Row(j, self.tokenizer) for j in jobs or [] if j not in batch.jobs())]:
-                    row.job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
+                merged = {id(j) for j in batch.jobs()}
+                for job in [r.job for r in batch.live()] + [j for j in jobs or [] if id(j) not in merged]:
+                    job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
                 batch = RunningBatch(self.model)
             with self.cond:
                 self.running = len(batch.live())

@@ -31,7 +31,8 @@ from .replies import Reply
 from .schemas import ChatCompletion, ChatCompletionRequest, ErrorResponse
 from .streaming import sse_stream
 
-ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 422, 429, 504)}
+STATUSES = (400, 401, 404, 413, 415, 429, 503, 504)
+ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in STATUSES}
 
 
 def add_chat_route(app: FastAPI, pipe: Any, batcher: Batcher, metrics: Metrics, config: ServeConfig) -> None:
@@ -42,6 +43,8 @@ def add_chat_route(app: FastAPI, pipe: Any, batcher: Batcher, metrics: Metrics, 
         arrived = time.monotonic()
         if body.model != config.model_name:
             raise ApiError(f"model {body.model!r} not found; this server serves {config.model_name!r}", 404, "model")
+        if not batcher.alive:
+            raise ApiError("the model worker has stopped (see the server's log); restart the server", 503)
         if batcher.full():
             raise busy_error(metrics, batcher)
         batcher.preparing_delta(1)
@@ -68,9 +71,9 @@ def add_chat_route(app: FastAPI, pipe: Any, batcher: Batcher, metrics: Metrics, 
         except QueueFull:
             raise busy_error(metrics, batcher) from None
         metrics.add("prompt_tokens", prep.prompt_tokens)
-        reply = Reply(config.model_name, prep.prompt_tokens, prep.image_tokens)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        reply = Reply(config.model_name, prep.prompt_tokens, prep.image_tokens, include_usage)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
             chunks = sse_stream(job, events, reply, config.timeout, include_usage, metrics)
             return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return await wait_for_answer(request, job, events, reply, config.timeout, metrics)

@@ -1,7 +1,7 @@
 """Errors in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` and the app's exception handlers.
 
 Whatever a client sends ends in a 4xx naming the field (``ApiError`` from the handlers, pydantic's validation
-errors, malformed JSON); a 500 is only ever a bug of ours, logged with its traceback.
+errors as 400 like OpenAI's, malformed JSON); a 500 is only ever a bug of ours, logged with its traceback.
 """
 
 from __future__ import annotations
@@ -86,8 +86,15 @@ def add_error_handlers(app: FastAPI) -> None:
             if e.get("type") == "json_invalid":
                 ctx = e.get("ctx", {}).get("error", "")
                 return error_response(400, f"malformed JSON body: {ctx} (at position {e['loc'][-1]})", param="body")
+        kind = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in kind.lower():
+            return error_response(
+                415,
+                f"the body must be JSON sent with Content-Type: application/json, not {kind or 'no Content-Type'!r}",
+                param="body",
+            )
         message, param = validation_message(list(errors))
-        return error_response(422, message, param=param)
+        return error_response(400, message, param=param)  # OpenAI answers an invalid request with 400, not 422
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

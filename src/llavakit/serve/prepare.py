@@ -55,6 +55,8 @@ def _messages(body: ChatCompletionRequest, config: ServeConfig) -> tuple[list[di
                 parts.append({"type": "text", "text": part.text})
                 continue
             where = f"messages[{i}].content[{j}].image_url"
+            if m.role != "user":
+                raise ApiError(f"an image in a {m.role} message: images can only be sent in user messages", 400, where)
             try:
                 images.append((where, request_image_bytes(part.image_url.url, config.images, where)))
             except ImageError as e:
@@ -62,6 +64,26 @@ def _messages(body: ChatCompletionRequest, config: ServeConfig) -> tuple[list[di
             parts.append({"type": "image"})
         msgs.append({"role": role, "content": parts})
     return msgs, images
+
+
+def _check_text_length(msgs: list[dict[str, Any]], tokenizer: Any, context: int) -> None:
+    """Refuse a text that cannot fit the context before tokenizing it: tokenizing megabytes holds the GIL for
+    seconds, stalling every other request. A text of more than ``context`` x (longest token) characters surely
+    takes more than ``context`` tokens (``Tokenizer.max_token_chars``)."""
+    chars = sum(
+        len(p["text"]) if isinstance(m["content"], list) else len(m["content"])
+        for m in msgs
+        for p in (m["content"] if isinstance(m["content"], list) else [None])
+        if p is None or p.get("type") == "text"
+    )
+    limit = context * tokenizer.max_token_chars
+    if chars > limit:
+        raise ApiError(
+            f"the messages hold {chars} characters of text, more than the model's context of {context} tokens "
+            f"can take (at most {limit} characters); shorten the prompt",
+            400,
+            "messages",
+        )
 
 
 def _open(images: list[tuple[str, bytes]], config: ServeConfig) -> list[Image.Image]:
@@ -82,12 +104,13 @@ def prepare(
     Remote images are fetched before taking a slot, so a slow host does not hold up other requests' pixels.
     """
     model_cfg = pipe.model.config
-    context = model_cfg.text.max_position_embeddings if model_cfg.text.rope_scaling is None else None
+    context = model_cfg.text.context_length
     asked = body.requested_tokens()
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     if asked is not None and config.max_tokens is not None and asked > config.max_tokens:
         raise ApiError(f"{field} {asked} is over this server's limit of {config.max_tokens}", 400, field)
     msgs, encoded = _messages(body, config)
+    _check_text_length(msgs, pipe.processor.tokenizer, context)
     with slots if slots is not None else nullcontext():
         return _prepare(msgs, _open(encoded, config), pipe, config, asked, field, context)
 
@@ -106,7 +129,7 @@ def _prepare(
     # check before preprocessing: the images alone may already overflow the context
     multi = proc.family == "llava_onevision" and len(sizes) > 1
     image_tokens = sum(num_image_tokens(h, w, proc.geometry, multi_image=multi) for h, w in sizes)
-    if context is not None and image_tokens + (asked or 1) > context:
+    if sizes and context is not None and image_tokens + (asked or 1) > context:
         raise ApiError(
             f"the {len(sizes)} image(s) alone take {image_tokens} tokens, + {field} {asked or 1} exceeds the model's "
             f"context of {context} tokens; send fewer or smaller images",
@@ -120,17 +143,18 @@ def _prepare(
         raise ApiError(f"cannot build the prompt from these messages: {e}", 400, "messages") from None
     ids = inputs["input_ids"][0]  # (T,)
     t = int(ids.shape[0])
+    of_them = f" ({image_tokens} of them image tokens)" if image_tokens else ""
     if context is not None:
         if asked is not None and t + asked > context:
             raise ApiError(
-                f"prompt of {t} tokens ({image_tokens} of them image tokens) + {field} {asked} = {t + asked} "
+                f"prompt of {t} tokens{of_them} + {field} {asked} = {t + asked} "
                 f"exceeds the model's context of {context} tokens; shorten the prompt or lower {field}",
                 400,
                 field,
             )
         if asked is None and t >= context:
             raise ApiError(
-                f"prompt of {t} tokens ({image_tokens} of them image tokens) leaves no room in the "
+                f"prompt of {t} tokens{of_them} leaves no room in the "
                 f"model's context of {context} tokens; shorten the prompt",
                 400,
                 "messages",

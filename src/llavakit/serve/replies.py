@@ -17,6 +17,7 @@ class Reply:
     model: str
     prompt_tokens: int  # image tokens included
     image_tokens: int
+    include_usage: bool = False  # stream_options.include_usage: every chunk carries "usage" (null until the last)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -39,13 +40,14 @@ class Reply:
             "usage": self.usage(job),
         }
 
-    def _chunk(self, choices: list[dict], **extra: dict) -> str:
+    def _chunk(self, choices: list[dict], **extra: dict | None) -> str:
         c = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
         return sse({**c, "choices": choices, **extra})
 
     def chunk(self, delta: dict, finish_reason: str | None = None) -> str:
         """One SSE event: a content (or role) delta, or the final empty delta with its ``finish_reason``."""
-        return self._chunk([{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}])
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        return self._chunk([choice], **({"usage": None} if self.include_usage else {}))
 
     def usage_chunk(self, job: Job) -> str:
         """The extra last chunk of ``stream_options.include_usage``: no choices, the whole ``usage``."""

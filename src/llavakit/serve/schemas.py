@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP = 4  # OpenAI's limit on stop strings
 StopString = Annotated[str, Field(max_length=256)]  # matched against the text after every token: kept short
@@ -41,7 +41,7 @@ class Message(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: bool | None = False
 
 
 class ChatCompletionRequest(BaseModel):
@@ -51,17 +51,40 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # null is accepted wherever OpenAI's schema accepts it, and means the default
+    temperature: float | None = Field(default=1.0, ge=0.0, le=2.0, description="below 1e-5: greedy, as 0")
+    top_p: float | None = Field(default=1.0, gt=0.0, le=1.0)
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
+    n: int | None = Field(default=1, ge=1, le=1, description="only 1 is supported")
+    logprobs: bool | None = Field(default=None, description="not supported: false or null")
+    top_logprobs: int | None = Field(default=None, description="not supported: 0 or null")
     # extensions, as vLLM names them
-    top_k: int = Field(default=0, ge=0, le=1_000_000)
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
-    ignore_eos: bool = Field(default=False, description="keep generating past EOS (to max_tokens or a stop string)")
+    top_k: int | None = Field(default=0, ge=0, le=1_000_000)
+    repetition_penalty: float | None = Field(default=1.0, gt=0.0, le=10.0)
+    ignore_eos: bool | None = Field(default=False, description="keep generating past EOS (to max_tokens or a stop)")
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, v: bool | int | None) -> bool | int | None:
+        if v:
+            raise ValueError("log probabilities are not supported by this server; leave logprobs / top_logprobs unset")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults(self) -> ChatCompletionRequest:
+        """Nulls become the defaults; ``stream_options`` only with ``stream: true`` (as OpenAI answers)."""
+        defaults = {"temperature": 1.0, "top_p": 1.0, "stream": False, "n": 1, "top_k": 0, "repetition_penalty": 1.0}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.ignore_eos is None:
+            self.ignore_eos = False
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream: true")
+        return self
 
     def stop_list(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -122,7 +145,7 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "error"] = "ok"  # "error" (with status 503): the model worker has stopped
     model: str
     queue_depth: int
     running: int
