@@ -2,6 +2,7 @@
 
     python benchmarks/bench_generate.py                       # "small": CLIP-L/336 + Qwen2-0.5B shape, 1024x768
     python benchmarks/bench_generate.py --geometry tiny       # 2 layers, hidden 64: per-token overhead
+    python benchmarks/bench_generate.py --geometry tiny --vocab 32000   # the same, a LLaMA-sized LM head
     python benchmarks/bench_generate.py --text-only --prompt-tokens 256 --dtypes bfloat16,int8,int4
     python benchmarks/bench_generate.py --quality-only --dtypes int8,int4
     python benchmarks/bench_generate.py --dtypes bfloat16,int4,int4+head --impls hf,ours --no-batch
@@ -46,7 +47,13 @@ PINS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 BATCH_SIZES = [(768, 1024), (600, 500), (336, 1000), (1000, 700)]  # (h, w)
 
 
-def geometry(name: str) -> tuple[dict, dict]:
+def geometry(name: str, vocab: int | None = None) -> tuple[dict, dict]:
+    """(vision, text) config kwargs of a geometry; ``vocab`` replaces the text vocabulary size (151936)."""
+    vision, text = _geometry(name)
+    return vision, text | ({"vocab_size": vocab} if vocab else {})
+
+
+def _geometry(name: str) -> tuple[dict, dict]:
     if name == "small":
         vision = dict(
             hidden_size=1024,
@@ -91,12 +98,12 @@ def geometry(name: str) -> tuple[dict, dict]:
     return vision, text
 
 
-def build_checkpoint(out: Path, geom: str) -> None:
+def build_checkpoint(out: Path, geom: str, vocab: int | None = None) -> None:
     from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, Qwen2Config
 
     from llavakit.tiny import char_tokenizer
 
-    v, t = geometry(geom)
+    v, t = geometry(geom, vocab)
     cfg = LlavaNextConfig(
         vision_config=CLIPVisionConfig(**v),
         text_config=Qwen2Config(**t),
@@ -359,9 +366,9 @@ def run_worker(args: list[str]) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def decoder_weight_gb(geom: str) -> tuple[float, float]:
+def decoder_weight_gb(geom: str, vocab: int | None = None) -> tuple[float, float]:
     """bf16 GB read per decoded token by the decoder layers' Linears and by the (tied) LM head."""
-    _, t = geometry(geom)
+    _, t = geometry(geom, vocab)
     d, ff, kv = t["hidden_size"], t["intermediate_size"], t["num_key_value_heads"] * d_head(t)
     per_layer = 2 * d * d + 2 * d * kv + 3 * d * ff
     return 2 * t["num_hidden_layers"] * per_layer / 1e9, 2 * t["vocab_size"] * d / 1e9
@@ -383,6 +390,9 @@ def d_head(t: dict) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--geometry", default="small", choices=["small", "tiny"])
+    ap.add_argument(
+        "--vocab", type=int, default=None, help="text vocabulary size instead of the geometry's 151936 (>= 128)"
+    )
     ap.add_argument("--dtypes", default="float32,bfloat16,int8,int4")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--no-batch", action="store_true")
@@ -403,6 +413,8 @@ def main() -> None:
         ckpt, modes, new = a.quality_worker
         print(json.dumps(quality_worker(Path(ckpt), modes.split(","), int(new))))
         return
+    if a.vocab is not None and a.vocab < 128:
+        ap.error(f"--vocab {a.vocab}: the benchmark's character tokenizer needs a vocabulary of at least 128")
     limits = machine_limits()
     print(
         f"machine: memory read {limits['read_GBps']:.1f} GB/s, GEMM float32 {limits['float32_gemm_GFLOPs']:.0f} / "
@@ -415,8 +427,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
         t = time.perf_counter()
-        build_checkpoint(ckpt, a.geometry)
-        print(f"built a random {a.geometry} checkpoint in {time.perf_counter() - t:.0f}s", flush=True)
+        build_checkpoint(ckpt, a.geometry, a.vocab)
+        vocab = geometry(a.geometry, a.vocab)[1]["vocab_size"]
+        took = time.perf_counter() - t
+        print(f"built a random {a.geometry} checkpoint (vocabulary {vocab}) in {took:.0f}s", flush=True)
         modes = [d for d in dtypes if d in QUANTIZE_MODES]
         if modes and a.quality_tokens > 0:
             quality = run_worker(["--quality-worker", str(ckpt), ",".join(modes), str(a.quality_tokens)])
@@ -459,7 +473,7 @@ def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict 
                 f"batch4 {o.get('batch4_decode_tok_s', nan) / o['decode_tok_s']:.2f}x our single "
                 f"(transformers {h.get('batch4_decode_tok_s', nan) / h['decode_tok_s']:.2f}x)"
             )
-    layers_gb, head_gb = decoder_weight_gb(a.geometry)
+    layers_gb, head_gb = decoder_weight_gb(a.geometry, a.vocab)
     # bytes per weight relative to bf16 (layers, LM head): int8/int4 quantize the decoder (the head stays fp16
     # unless "+head"); int8 keeps a scale per row, int4 a bf16 scale and zero per 128 weights
     i8, i4 = 0.5, 0.25 + 2 / 128
