@@ -155,6 +155,30 @@ def test_resume_refuses_another_model_with_the_same_name(tiny_model, synth_data,
         eval_task("synth", model=str(other), **kwargs)
 
 
+def test_resume_refuses_other_settings(tiny_model, synth_data, tmp_path):
+    """The same model run in another dtype, quantized, or with another answer length does not resume (its scores
+    would be the first run's); by default such runs get their own directory."""
+    out = str(tmp_path / "run")
+    kwargs = dict(model=tiny_model, data=str(synth_data), limit=1, progress=False)
+    first = eval_task("synth", out=out, max_new_tokens=1, **kwargs)
+    assert first["settings"] == {"dtype": "float32", "quantize": None, "max_new_tokens": 1}
+    for change, said in (({"quantize": "int8"}, "quantize None there, 'int8' now"), ({"max_new_tokens": 2}, "1 there")):
+        with pytest.raises(ValueError, match=f"other settings .*{said}"):
+            eval_task("synth", out=out, **{"max_new_tokens": 1, **kwargs, **change})
+    assert eval_task("synth", out=out, max_new_tokens=1, **kwargs)["resumed"] == 1
+
+
+def test_default_out_dir_names_dtype_and_quantization(tiny_model, synth_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kwargs = dict(model=tiny_model, data=str(synth_data), limit=1, max_new_tokens=1, progress=False)
+    eval_task("synth", **kwargs)
+    eval_task("synth", quantize="int8", **kwargs)
+    eval_task("synth", dtype="bfloat16", **kwargs)
+    name = Path(tiny_model).name
+    runs = sorted(p.name for p in (tmp_path / "runs" / "eval").iterdir())
+    assert runs == sorted([f"synth-{name}", f"synth-{name}-int8", f"synth-{name}-bfloat16"])
+
+
 def test_colour_and_shape_split_by_scene(tmp_path):
     """Answers that name something in the scene but the wrong object: right on one-object scenes, wrong on
     several-object scenes whenever the scene has another value to name; then answers naming nothing in it."""

@@ -67,7 +67,9 @@ def eval_task(
     local = Path(model_path)
     # The full path tells checkpoints with the same directory name apart (resume must not mix them).
     model_id = str(local.resolve()) if local.exists() else str(model_path)
-    out_dir = Path(out or f"runs/eval/{task.name}-{local.name or 'model'}")
+    # runs that differ in dtype or quantization get their own default directory (never resumed into each other)
+    variant = "".join(f"-{v}" for v in (dtype if dtype != "float32" else None, quantize) if v)
+    out_dir = Path(out or f"runs/eval/{task.name}-{local.name or 'model'}{variant}")
     extra: dict[str, Any] = {}
     if data is None:
         if task.name != "synth":
@@ -90,6 +92,7 @@ def eval_task(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         model_id=model_id,
+        settings={"dtype": dtype, "quantize": quantize},
         extra={"data": str(data), **extra},
         progress=progress,
     )

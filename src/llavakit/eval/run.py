@@ -53,14 +53,26 @@ def read_predictions(
     return out
 
 
-def _check_same_model(path: Path, model_id: str) -> None:
-    """Refuse to resume a predictions file written by another model (its answers would be mixed in)."""
+def _check_same_model(path: Path, model_id: str, settings: dict[str, Any] | None = None) -> None:
+    """Refuse to resume a predictions file written by another model, or by the same model run differently (another
+    dtype, quantization or answer length): its answers would be mixed in and scored as this run's. Files from
+    before ``settings`` were recorded are checked on the model alone."""
     for line in path.read_text(encoding="utf-8").splitlines()[:1]:
-        other = json.loads(line).get("model_id")
+        first = json.loads(line)
+        other = first.get("model_id")
         if other is not None and other != model_id:
             raise ValueError(
                 f"{path} holds predictions of model {other!r}, not {model_id!r}; pass another --out directory"
             )
+        theirs = first.get("settings")
+        if theirs is not None and settings is not None:
+            diff = {k: (theirs.get(k), v) for k, v in settings.items() if theirs.get(k) != v}
+            if diff:
+                said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+                raise ValueError(
+                    f"{path} holds predictions made with other settings ({said}); pass another --out directory "
+                    "(or delete the file to predict everything again)"
+                )
 
 
 def _drop_torn_tail(path: Path) -> None:
@@ -110,6 +122,7 @@ def predict(
     batch_size: int,
     max_new_tokens: int,
     model_id: str,
+    settings: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> list[tuple[str, str]]:
     """Answer ``samples`` in batches, appending to ``out_path``; return (id, error) of samples that failed.
@@ -120,23 +133,25 @@ def predict(
 
     failed: list[tuple[str, str]] = []
     bar = tqdm(total=len(samples), disable=not progress, unit="q", file=sys.stderr)
-    settings = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
+    sampling = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
+    recorded = {"settings": settings} if settings is not None else {}
     with out_path.open("a", encoding="utf-8") as f:
         for i in range(0, len(samples), batch_size):
             chunk = samples[i : i + batch_size]
             try:
-                texts: list[str | None] = [a.text for a in pipe.batch([_message(s) for s in chunk], **settings)]
+                texts: list[str | None] = [a.text for a in pipe.batch([_message(s) for s in chunk], **sampling)]
             except (ValueError, OSError):
                 texts = []
                 for s in chunk:
                     try:
-                        texts.append(pipe.batch([_message(s)], **settings)[0].text)
+                        texts.append(pipe.batch([_message(s)], **sampling)[0].text)
                     except (ValueError, OSError) as e:
                         texts.append(None)
                         failed.append((s.id, str(e)))
             for s, text in zip(chunk, texts):
                 if text is not None:
                     record = {"question_id": s.id, "prompt": s.prompt, "text": text.strip(), "model_id": model_id}
+                    record |= recorded
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
             bar.update(len(chunk))
@@ -189,17 +204,22 @@ def run(
     batch_size: int = 8,
     max_new_tokens: int | None = None,
     model_id: str = "",
+    settings: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Predict what is not yet in ``out_dir/predictions.jsonl``, score everything answered, write outputs."""
+    """Predict what is not yet in ``out_dir/predictions.jsonl``, score everything answered, write outputs.
+
+    ``settings`` (e.g. dtype and quantization) are recorded with every prediction, with the answer length, and a
+    rerun with other settings is refused rather than resumed."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = out_dir / "predictions.jsonl"
     done = read_predictions(pred_path, tolerate_torn_tail=True) if pred_path.exists() else {}
+    settings = {**(settings or {}), "max_new_tokens": max_new_tokens or task.max_new_tokens}
     if done:
-        _check_same_model(pred_path, model_id)
+        _check_same_model(pred_path, model_id, settings)
     if pred_path.exists():
         _drop_torn_tail(pred_path)
     missing = missing_images(samples)
@@ -213,6 +233,7 @@ def run(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens or task.max_new_tokens,
         model_id=model_id,
+        settings=settings,
         progress=progress,
     )
     seconds = time.perf_counter() - start
@@ -221,6 +242,7 @@ def run(
     info = {
         **(extra or {}),
         "model": model_id,
+        "settings": settings,
         "questions": len(samples),
         "predicted_now": len(todo) - len(failed),
         "resumed": len([s for s in samples if s.id in done]),
