@@ -12,10 +12,12 @@ Images in content parts may be paths, PIL images, raw bytes, or ``image_url`` pa
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import torch
 
@@ -38,7 +40,10 @@ class Answer:
 
 
 def split_messages(messages: Messages) -> tuple[Messages, list[Any]]:
-    """Messages with image parts normalised to ``{"type": "image"}`` plus the images in order of appearance."""
+    """Messages with image parts normalised to ``{"type": "image"}`` plus the images in order of appearance.
+
+    Text may not hold ``<image>`` / ``<video>``: those strings are the placeholders images become, so a literal one
+    would ask for an image that is not there (images go in image parts)."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
     out, images = [], []
@@ -47,37 +52,79 @@ def split_messages(messages: Messages) -> tuple[Messages, list[Any]]:
             raise ValueError(f"message {i} must be a dict with 'role' and 'content'")
         content = msg.get("content")
         if isinstance(content, str) or content is None:
-            out.append({"role": msg["role"], "content": content or ""})
+            out.append({"role": msg["role"], "content": check_text(content or "", f"message {i}")})
             continue
+        if not isinstance(content, list):
+            raise ValueError(
+                f"message {i}: content must be a string or a list of parts like {{'type': 'text', 'text': ...}}, "
+                f"not {type(content).__name__}"
+            )
         parts = []
-        for part in content:
+        for j, part in enumerate(content):
+            where = f"message {i}, part {j}"
+            if not isinstance(part, dict):
+                raise ValueError(
+                    f"{where}: a content part must be a dict like {{'type': 'text', 'text': ...}} or "
+                    f"{{'type': 'image', 'image': PATH}}, not {type(part).__name__}"
+                )
             kind = part.get("type")
             if kind == "text":
-                parts.append({"type": "text", "text": part.get("text", "")})
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise ValueError(f"{where}: a text part needs 'text' as a string, got {type(text).__name__}")
+                parts.append({"type": "text", "text": check_text(text, where)})
             elif kind in ("image", "image_url"):
-                images.append(_image_source(part))
+                images.append(_image_source(part, where))
                 parts.append({"type": "image"})
             else:
-                raise ValueError(f"message {i}: unsupported content part type {kind!r} (use text, image, image_url)")
+                raise ValueError(f"{where}: unsupported content part type {kind!r} (use text, image, image_url)")
         out.append({"role": msg["role"], "content": parts})
     return out, images
 
 
-def _image_source(part: dict[str, Any]) -> Any:
+RESERVED = ("<image>", "<video>")  # the placeholders the processor expands into image / video tokens
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` unchanged, or a ValueError if it holds a placeholder string (see ``split_messages``)."""
+    for token in RESERVED:
+        if token in text:
+            raise ValueError(
+                f"{where}: the text holds {token!r}, which this model reserves as the placeholder of an image or "
+                "video (those are passed separately: image parts, or --image on the command line); write it "
+                f"another way, e.g. {token.replace('<', '< ').replace('>', ' >')!r}"
+            )
+    return text
+
+
+def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
     if part.get("type") == "image":
         src = part.get("image", part.get("path", part.get("url")))
     else:
         url = part.get("image_url")
         src = url.get("url") if isinstance(url, dict) else url
     if src is None:
-        raise ValueError(f"image part without an image: {part!r}")
+        raise ValueError(f"{where}: an image part without an image: {part!r}")
+    if isinstance(src, Path):
+        return src
     if isinstance(src, str) and src.startswith("data:"):
         try:
             return base64.b64decode(src.split(",", 1)[1], validate=True)
         except (IndexError, ValueError) as e:
-            raise ValueError("image data: URL is not valid base64 (expected data:image/...;base64,...)") from e
+            raise ValueError(
+                f"{where}: image data: URL is not valid base64 (expected data:image/...;base64,...)"
+            ) from e
     if isinstance(src, str) and src.startswith(("http://", "https://")):
-        raise ValueError("remote image URLs are not fetched by the library; download the image and pass its path")
+        raise ValueError(
+            f"{where}: remote image URLs are not fetched by the library; download the image, pass its path"
+        )
+    if isinstance(src, str) and src.startswith("file://"):
+        return Path(unquote(urlparse(src).path))
+    if isinstance(src, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", src):
+        scheme = src.split("://", 1)[0]
+        raise ValueError(
+            f"{where}: {scheme}:// image URLs are not supported; pass a local path, a file:// or a data: URL"
+        )
     return src
 
 
@@ -202,7 +249,7 @@ class Pipeline:
 
 
 def load(
-    path_or_id: str | Path,
+    path_or_id: str | Path | None = None,
     *,
     dtype: torch.dtype | str | None = "float32",
     device: str = "cpu",
@@ -210,7 +257,8 @@ def load(
     optimize: bool = True,
     compile: bool = False,
 ) -> Pipeline:
-    """Load a checkpoint and its processor into a ready pipeline.
+    """Load a checkpoint (a local directory or a hub id; None: the bundled default model) and its processor into a
+    ready pipeline.
 
     ``quantize``: None, "int8" or "int4" (weight-only, the decoder's Linears), or "int8+head" / "int4+head" (the LM
     head too: faster decoding, every logit then comes from quantized weights; ``engine.quantize.quantize_llava``).
@@ -229,6 +277,10 @@ def load(
     from .checkpoint.api import load_model
     from .processing.processor import LlavaProcessor
 
+    if path_or_id is None:
+        from .commands import default_model
+
+        path_or_id = default_model()
     model = load_model(path_or_id, dtype=dtype, device=device)
     if quantize is not None:
         from .engine.quantize import quantize_llava

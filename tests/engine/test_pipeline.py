@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -76,8 +78,40 @@ def test_batch_equals_single(pipe):
             "not valid base64",
         ),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}], "remote"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}], "ftp://"),
+        ([{"role": "user", "content": 5}], "content must be a string or a list of parts"),
+        ([{"role": "user", "content": {"type": "text", "text": "hi"}}], "not dict"),
+        ([{"role": "user", "content": ["hi"]}], "message 0, part 0: a content part must be a dict"),
+        ([{"role": "user", "content": [{"type": "text", "text": 42}]}], "'text' as a string, got int"),
+        ([{"role": "user", "content": [{"type": "text", "text": None}]}], "'text' as a string, got NoneType"),
+        ([{"role": "user", "content": "what does the <image> tag do?"}], "reserves as the placeholder"),
+        ([{"role": "user", "content": [{"type": "text", "text": "a <video> tag"}]}], "'< video >'"),
     ],
 )
 def test_malformed_messages(pipe, messages, match):
     with pytest.raises(ValueError, match=match):
         pipe.chat(messages)
+
+
+def test_file_url_and_path_objects(pipe, tmp_path):
+    from urllib.parse import quote
+
+    path = tmp_path / "a photo.png"
+    Image.new("RGB", (40, 30), (10, 120, 200)).save(path)
+    answers = []
+    for src in (str(path), path, "file://" + quote(str(path))):
+        pipe.reset()
+        msgs = [{"role": "user", "content": [{"type": "image", "image": src}, {"type": "text", "text": "Colour?"}]}]
+        answers.append(pipe.chat(msgs, max_new_tokens=4))
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_load_without_a_path_is_the_default_model():
+    from llavakit.commands import default_model
+
+    pipe = llavakit.load()
+    assert pipe.model.config.model_type == "llava_next" and pipe.processor.family == "llava_next"
+    assert (
+        pipe.model.config.text.hidden_size
+        == json.loads((Path(default_model()) / "config.json").read_text())["text_config"]["hidden_size"]
+    )

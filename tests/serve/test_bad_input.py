@@ -86,6 +86,12 @@ CASES = {
     "stop not a string": (_req(stop=5), 400, "stop", "stop"),
     "too many stop strings": (_req(stop=["a", "b", "c", "d", "e"]), 400, "at most 4", "stop"),
     "stop string too long": (_req(stop="z" * 300), 400, "256", "stop"),
+    "<image> in the text": (
+        _req(messages=[{"role": "user", "content": "what does <image> mean in HTML?"}]),
+        400,
+        "reserves as the placeholder",
+        "messages[0].content",
+    ),
     "logprobs": (_req(logprobs=True, top_logprobs=2), 400, "not supported", "logprobs"),
     "stream_options without stream": (_req(stream_options={"include_usage": True}), 400, "stream: true", None),
     "image in a system message": (

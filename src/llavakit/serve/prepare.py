@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from ..pipeline import check_text
 from ..processing.anyres import num_image_tokens
 from .errors import ApiError
 from .images import ImageError, open_image, request_image_bytes
@@ -47,12 +48,12 @@ def _messages(body: ChatCompletionRequest, config: ServeConfig) -> tuple[list[di
     for i, m in enumerate(body.messages):
         role = "system" if m.role == "developer" else m.role
         if not isinstance(m.content, list):
-            msgs.append({"role": role, "content": m.content or ""})
+            msgs.append({"role": role, "content": _text(m.content or "", f"messages[{i}].content")})
             continue
         parts: list[dict[str, Any]] = []
         for j, part in enumerate(m.content):
             if part.type == "text":
-                parts.append({"type": "text", "text": part.text})
+                parts.append({"type": "text", "text": _text(part.text, f"messages[{i}].content[{j}].text")})
                 continue
             where = f"messages[{i}].content[{j}].image_url"
             if m.role != "user":
@@ -64,6 +65,14 @@ def _messages(body: ChatCompletionRequest, config: ServeConfig) -> tuple[list[di
             parts.append({"type": "image"})
         msgs.append({"role": role, "content": parts})
     return msgs, images
+
+
+def _text(text: str, where: str) -> str:
+    """``text``, or a 400 if it holds an image / video placeholder string (``pipeline.check_text``)."""
+    try:
+        return check_text(text, where)
+    except ValueError as e:
+        raise ApiError(str(e), 400, where) from None
 
 
 def _check_text_length(msgs: list[dict[str, Any]], tokenizer: Any, context: int) -> None:
