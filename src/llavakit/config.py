@@ -27,6 +27,14 @@ def onevision_pinpoints(tile: int = 384, max_side: int = 6) -> list[list[int]]:
     return [[i * tile, j * tile] for i in range(1, max_side + 1) for j in range(1, max_side + 1)]
 
 
+def _positive(cfg: object, section: str, *names: str) -> None:
+    """ValueError naming the config.json key if any of ``names`` is not a positive integer."""
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.json: {section}.{name} must be a positive integer, got {value!r}")
+
+
 @dataclass
 class VisionConfig:
     """A ViT: CLIP (pre-LN, CLS token, quick_gelu) or SigLIP (no CLS, gelu tanh)."""
@@ -45,6 +53,13 @@ class VisionConfig:
     def __post_init__(self) -> None:
         if self.model_type not in VISION_TYPES:
             raise ValueError(f"unknown vision model_type {self.model_type!r}; supported: {', '.join(VISION_TYPES)}")
+        _positive(self, "vision_config", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads", "num_channels", "image_size", "patch_size")  # fmt: skip
+        if self.hidden_size % self.num_attention_heads or self.image_size < self.patch_size:
+            raise ValueError(
+                f"vision_config: hidden_size {self.hidden_size} must be a multiple of num_attention_heads "
+                f"{self.num_attention_heads} and image_size {self.image_size} at least patch_size {self.patch_size}"
+            )
 
     @property
     def has_cls(self) -> bool:
@@ -99,6 +114,11 @@ class TextConfig:
     def __post_init__(self) -> None:
         if self.model_type not in TEXT_TYPES:
             raise ValueError(f"unknown text model_type {self.model_type!r}; supported: {', '.join(TEXT_TYPES)}")
+        _positive(self, "text_config", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads", "max_position_embeddings")  # fmt: skip
+        for name in ("num_key_value_heads", "head_dim"):
+            if getattr(self, name) is not None:
+                _positive(self, "text_config", name)
         if self.qkv_bias is None:
             self.qkv_bias = self.model_type == "qwen2"
         if self.num_key_value_heads is None:
@@ -207,6 +227,14 @@ class LlavaConfig:
         if self.model_type == "llava_onevision" and self.video_token_id is None:
             self.video_token_id = self.image_token_id + 1
         self.tie_word_embeddings = self.tie_word_embeddings or self.text.tie_word_embeddings
+        for name in ("image_token_id", "video_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.text.vocab_size:
+                raise ValueError(
+                    f"{name.replace('_id', '_index')} {value} is outside the text vocabulary of "
+                    f"{self.text.vocab_size} tokens (text_config.vocab_size): config.json does not match the "
+                    "checkpoint's embeddings or its tokenizer; fix the config (the tokenizer's id of the token)"
+                )
 
     @property
     def projector_depth(self) -> int:

@@ -219,6 +219,35 @@ def test_strict_error_lists_missing_unexpected_and_shapes():
     assert result.mismatched == ["model.multi_modal_projector.linear_2.bias: checkpoint (7,) vs model (48,)"]
 
 
+def test_integer_weights_are_refused_by_name():
+    hf = hf_model("llava")
+    sd = dict(as_hf_module_names(current(hf).items()))
+    name = "model.multi_modal_projector.linear_1.weight"
+    sd[name] = sd[name].to(torch.int32)
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_into(meta_twin(hf), sd.items())
+    msg = str(e.value)
+    assert f"1 wrong shape or dtype: {name}: checkpoint torch.int32 vs model floating point" in msg
+    assert "integer tensors where weights belong" in msg
+
+
+@pytest.mark.parametrize(
+    "section,key,value,match",
+    [
+        ("text_config", "hidden_size", -1, "text_config.hidden_size must be a positive integer, got -1"),
+        ("text_config", "num_hidden_layers", 0, "text_config.num_hidden_layers must be a positive integer"),
+        ("vision_config", "patch_size", 0, "vision_config.patch_size must be a positive integer"),
+        ("vision_config", "num_attention_heads", 5, "multiple of num_attention_heads 5"),
+        (None, "image_token_index", 10**6, "image_token_index 1000000 is outside the text vocabulary"),
+    ],
+)
+def test_config_values_are_checked(section, key, value, match):
+    d = hf_model("llava").config.to_dict()
+    (d[section] if section else d)[key] = value
+    with pytest.raises(ValueError, match=match):
+        LlavaConfig.from_hf(d)
+
+
 def test_strict_error_names_old_layout():
     hf = hf_model("llava")
     old = {

@@ -250,7 +250,7 @@ class LoadResult:
 
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)  # "name: checkpoint (a, b) vs model (c, d)"
+    mismatched: list[str] = field(default_factory=list)  # "name: checkpoint (a, b) vs model (c, d)" (or dtypes)
     skipped_tied: list[str] = field(default_factory=list)  # e.g. lm_head.weight when embeddings are tied
 
 
@@ -307,6 +307,10 @@ def load_into(
             result.mismatched.append(f"{name}: checkpoint {tuple(tensor.shape)} vs model {tuple(current.shape)}")
             loaded.add(name)  # reported as mismatched, not again as missing
             continue
+        if current.is_floating_point() and not tensor.is_floating_point():
+            result.mismatched.append(f"{name}: checkpoint {tensor.dtype} vs model floating point")
+            loaded.add(name)
+            continue
         cast = dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype
         value = tensor.to(device=device, dtype=cast)
         if is_param:
@@ -329,7 +333,8 @@ def load_into(
 
 def _mismatch_message(r: LoadResult, show: int = 20) -> str:
     parts = ["checkpoint does not match the model:"]
-    for label, names in (("missing", r.missing), ("unexpected", r.unexpected), ("wrong shape", r.mismatched)):
+    found = (("missing", r.missing), ("unexpected", r.unexpected), ("wrong shape or dtype", r.mismatched))
+    for label, names in found:
         if names:
             more = f" ... (+{len(names) - show} more)" if len(names) > show else ""
             parts.append(f"  {len(names)} {label}: " + ", ".join(names[:show]) + more)
@@ -345,6 +350,8 @@ def _likely_cause(r: LoadResult) -> str:
         k.startswith(("model.layers.", "model.mm_projector", "model.vision_tower.vision_tower.")) for k in unexpected
     ):
         return "the checkpoint is in the original LLaVA layout; convert it first (`llava convert SRC DST`)"
+    if r.mismatched and all(" vs model floating point" in m for m in r.mismatched):
+        return "integer tensors where weights belong: a quantized or corrupted export; save the float weights"
     if r.mismatched:
         return "the config does not describe this checkpoint (model_type, vocab size or hidden sizes differ)"
     if r.missing and all(k.startswith("model.vision_tower.") for k in r.missing):
