@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ ImageSource = str | Path | bytes | Image.Image
 
 # -- loading -------------------------------------------------------------------------------------------------
 
+FORMATS_HINT = "PNG, JPEG, WebP, GIF, BMP, TIFF or another format Pillow reads"
+_NAME_KEY = "llavakit.name"  # load_image records the image's name here, for preprocess's errors
+
 
 def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
     """Open a path, bytes or PIL image as RGB with the EXIF orientation applied.
@@ -40,19 +44,35 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
     - a file (path or bytes) is opened and converted with ``.convert("RGB")``, as transformers' ``load_image``
       (and the original LLaVA code) do: an alpha channel is dropped, the colour under it kept;
     - a PIL image is converted like the image processors' ``convert_to_rgb``: transparency (RGBA, LA, PA, P with
-      a transparent index) is composited onto white, every other mode (L, P, CMYK, I;16, 1, ...) converted.
+      a transparent index) is composited onto white, every other mode (L, P, CMYK, 1, ...) converted.
 
-    The EXIF orientation is applied to both (transformers applies it to files only). Errors name the image
-    (``name`` or the path) and the problem: missing file, undecodable / truncated bytes, zero size, or more
-    than ``max_pixels`` pixels (checked from the header, before decoding).
+    Deliberately unlike transformers (whose ``convert("RGB")`` clips 16-bit values at 255 and truncates floats),
+    16-bit and 32-bit integer greyscale (``I;16*``, ``I``) is scaled to 8 bits and float images (``F``) are
+    refused: see ``to_8bit``.
+
+    The EXIF orientation is applied to both (transformers applies it to files only). Errors are ValueErrors
+    that name the image (``name``, else the path, else "the given image bytes" / "the given PIL image") and
+    the problem: missing file or a directory, undecodable / truncated bytes, zero size, or more than
+    ``max_pixels`` pixels (checked from the header, before decoding). A missing file is a FileNotFoundError.
     """
-    what = name or (str(src) if isinstance(src, (str, Path)) else type(src).__name__)
+    if name is not None:
+        what = f"image {name}"
+    elif isinstance(src, (str, Path)):
+        what = f"image {src}"
+    else:
+        what = "the given PIL image" if isinstance(src, Image.Image) else "the given image bytes"
     if isinstance(src, Image.Image):
         _check_size(src, what, max_pixels)
-        return to_rgb(_upright(src))
+        out = to_rgb(_upright(src), what=what)
+        return _named(out.copy() if out is src else out, what)
     if isinstance(src, (str, Path)):
         path = Path(src)
         if not path.is_file():
+            where = what if str(path) in what else f"{what} ({path})"
+            if path.is_dir():
+                raise ValueError(f"{where} is a directory, not an image file; pass the path of an image file")
+            if path.exists():
+                raise ValueError(f"{where} is not a regular file; pass the path of an image file")
             raise FileNotFoundError(f"image file not found: {path}")
         data = path.read_bytes()
     elif isinstance(src, (bytes, bytearray, memoryview)):
@@ -60,7 +80,7 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
     else:
         raise TypeError(f"image must be a path, bytes or PIL.Image, got {type(src).__name__}")
     if not data:
-        raise ValueError(f"image {what}: cannot decode image: empty file (no bytes)")
+        raise ValueError(f"{what}: cannot decode image: empty file (no bytes)")
     try:
         with warnings.catch_warnings():  # our own limit is checked right below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -68,11 +88,46 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
         _check_size(img, what, max_pixels)  # from the header: nothing decoded yet
         img.load()
         img = _upright(img)
-        return img if img.mode == "RGB" else img.convert("RGB")
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"image {what}: {e}; the limit here is {max_pixels} pixels, downscale it first") from e
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"image {what}: cannot decode image: {e} (truncated or unsupported format?)") from e
+    except Image.DecompressionBombError as e:  # PIL's own guard (2x its MAX_IMAGE_PIXELS), before ours
+        raise ValueError(_bomb_message(what, str(e), max_pixels)) from None
+    except UnidentifiedImageError:
+        raise ValueError(
+            f"{what}: cannot decode image: not an image file, or a format that cannot be read "
+            f"(accepted: {FORMATS_HINT})"
+        ) from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(
+            f"{what}: cannot decode image: {_no_object_ids(str(e))} (truncated or unsupported format? "
+            f"accepted: {FORMATS_HINT})"
+        ) from None
+    img = to_8bit(img, what, keep_alpha=False)
+    return _named(img if img.mode == "RGB" else img.convert("RGB"), what)
+
+
+def _named(img: Image.Image, what: str) -> Image.Image:
+    """``img`` (a fresh image, never the caller's) carrying its name for the errors of ``preprocess``."""
+    img.info[_NAME_KEY] = what
+    return img
+
+
+def _no_object_ids(msg: str) -> str:
+    """PIL's messages quote the file object (``<_io.BytesIO object at 0x7f...>``): say "the image" instead."""
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the image", msg)
+
+
+def _bomb_message(what: str, pil_message: str, max_pixels: int) -> str:
+    """One message for PIL's DecompressionBombError: the image's pixel count and our limit (not PIL's)."""
+    m = re.search(r"\((\d+) pixels\)", pil_message)
+    if m is None:  # an unknown wording: at least no second, contradictory limit
+        return f"{what}: too many pixels (over {max_pixels}, a decompression bomb?); downscale it first"
+    n = int(m.group(1))
+    if n > max_pixels:
+        return f"{what}: {n} pixels is over the limit of {max_pixels} pixels; downscale it first"
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # max_pixels was raised above what PIL decodes
+    return (
+        f"{what}: {n} pixels is over Pillow's decompression-bomb limit of {limit} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS); downscale it first"
+    )
 
 
 def _upright(img: Image.Image) -> Image.Image:
@@ -86,15 +141,61 @@ def _upright(img: Image.Image) -> Image.Image:
 def _check_size(img: Image.Image, what: str, max_pixels: int) -> None:
     w, h = img.size
     if w <= 0 or h <= 0:
-        raise ValueError(f"image {what}: zero-size image ({w}x{h} w x h)")
+        raise ValueError(f"{what}: zero-size image ({w}x{h} w x h)")
     if w * h > max_pixels:
         raise ValueError(
-            f"image {what}: {w}x{h} (w x h) = {w * h} pixels is over the limit of {max_pixels}; downscale it first"
+            f"{what}: {w}x{h} (w x h) = {w * h} pixels is over the limit of {max_pixels}; downscale it first"
         )
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB; any transparency composited onto a white background (transformers' ``convert_to_rgb``)."""
+def to_8bit(img: Image.Image, what: str = "the given PIL image", *, keep_alpha: bool = True) -> Image.Image:
+    """16-bit / 32-bit integer greyscale scaled to 8-bit ``L``; float (``F``) refused; other modes unchanged.
+
+    PIL's own ``convert("RGB")`` (which transformers uses) clips these at 255: a 16-bit photo comes out almost
+    all white, a float image in [0, 1] black. Here:
+
+    - ``I;16``, ``I;16B``, ``I;16L``, ``I;16N`` (16-bit PNG / TIFF / PGM): ``round(v / 257)``, 65535 -> 255;
+    - ``I`` (32-bit integers, as 16-bit PGM and some TIFFs open): the same when every value is in 0..65535 (the
+      bit depth is not recorded, the 16-bit range is assumed), else refused: the range is unknown;
+    - ``F`` (32-bit float): refused, its range (0..1? 0..255? HDR?) is unknown.
+
+    A 16-bit transparent colour (``info["transparency"]``) becomes an alpha channel (mode ``LA``) when
+    ``keep_alpha``, so that ``to_rgb`` composites it onto white.
+    """
+    mode = img.mode
+    if mode == "F":
+        raise ValueError(
+            f"{what}: 32-bit float pixels (PIL mode 'F') have no known value range; convert the image to 8 bits "
+            "per channel first (e.g. a PNG or JPEG with values 0-255)"
+        )
+    if mode != "I" and not mode.startswith("I;16"):
+        return img
+    arr = np.asarray(img)  # (H, W) uint16 (">u2" for I;16B) or int32
+    if mode == "I":
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(
+                f"{what}: 32-bit integer pixels (PIL mode 'I') with values {lo}..{hi}, outside the 16-bit range "
+                "0..65535, so their scale is unknown; convert the image to 8 bits per channel first"
+            )
+    x = arr.astype(np.uint32)
+    x += 128
+    x //= 257  # round(v / 257): 0..65535 -> 0..255
+    grey = Image.fromarray(x.astype(np.uint8), "L")
+    del x
+    t = img.info.get("transparency")
+    if keep_alpha and isinstance(t, int) and not isinstance(t, bool):
+        alpha = Image.fromarray(np.where(arr == t, 0, 255).astype(np.uint8), "L")
+        grey = Image.merge("LA", (grey, alpha))
+    return grey
+
+
+def to_rgb(img: Image.Image, *, what: str = "the given PIL image") -> Image.Image:
+    """RGB; any transparency composited onto a white background (transformers' ``convert_to_rgb``).
+
+    High-bit-depth greyscale is scaled to 8 bits first and float images refused (``to_8bit``).
+    """
+    img = to_8bit(img, what)
     if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba).convert("RGB")
@@ -139,8 +240,13 @@ def shortest_edge_size(height: int, width: int, size: int) -> tuple[int, int]:
     return (size, new_long) if height <= width else (new_long, size)
 
 
-def resize_shortest_edge(img: Image.Image, size: int) -> Image.Image:
-    """Bicubic resize of the shortest side to ``size``, keeping the aspect ratio (see ``shortest_edge_size``)."""
+def resize_shortest_edge(img: Image.Image, size: int, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bicubic resize of the shortest side to ``size``, keeping the aspect ratio (see ``shortest_edge_size``).
+
+    A result of more than ``max_pixels`` pixels (an image longer than ``max_pixels / size**2`` : 1) is refused
+    rather than built: 1 x 40000 pixels at 336 would be a 336 x 13440000 image.
+    """
+    _check_shortest_edge(img.width, img.height, size, max_pixels, _name_of(img))
     h, w = shortest_edge_size(img.height, img.width, size)
     return img.resize((w, h), BICUBIC)
 
@@ -157,11 +263,16 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def expand_to_square(img: Image.Image, colour: tuple[int, ...]) -> Image.Image:
-    """LLaVA-1.5 ``pad``: centre the image on a square of its longest side filled with ``colour``."""
+def expand_to_square(img: Image.Image, colour: tuple[int, ...], *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """LLaVA-1.5 ``pad``: centre the image on a square of its longest side filled with ``colour``.
+
+    A square of more than ``max_pixels`` pixels (a longest side over ``sqrt(max_pixels)``) is refused rather than
+    built: 1 x 40000 pixels would make a 40000 x 40000 canvas (4.8 GB).
+    """
     w, h = img.size
     if w == h:
         return img
+    _check_square(w, h, max_pixels, _name_of(img))
     side = max(w, h)
     canvas = Image.new("RGB", (side, side), colour)
     canvas.paste(img, ((side - w) // 2, (side - h) // 2))
@@ -218,10 +329,10 @@ def to_array(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
     return normalize(rescale(img, cfg.rescale), cfg.mean, cfg.std)
 
 
-def to_tile(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
+def to_tile(img: Image.Image, cfg: ImageConfig, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """One vision input (3, tile, tile): resize (shortest edge or squash), centre crop, rescale, normalise."""
     if cfg.resize_shortest:
-        img = resize_shortest_edge(img, cfg.tile)
+        img = resize_shortest_edge(img, cfg.tile, max_pixels=max_pixels)
     elif img.size != (cfg.tile, cfg.tile):
         img = img.resize((cfg.tile, cfg.tile), BICUBIC)
     if cfg.center_crop:
@@ -229,18 +340,96 @@ def to_tile(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
     return to_array(img, cfg)
 
 
-def preprocess(img: Image.Image, cfg: ImageConfig, *, multi_image: bool = False) -> torch.Tensor:
+def preprocess(
+    img: Image.Image,
+    cfg: ImageConfig,
+    *,
+    multi_image: bool = False,
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> torch.Tensor:
     """(views, 3, tile, tile) float32 for one RGB image.
 
     - llava-1.5 (no pinpoints): 1 view, optionally expanded to a square with the mean colour first;
     - AnyRes: 1 base view + rows * cols tiles (see ``anyres_views``);
     - OneVision images of a multi-image prompt: 1 view, expanded to a square with the mean colour, squashed.
+
+    Images these steps cannot take are refused first (``check_geometry``): ValueErrors naming the image
+    (``name``, else the name ``load_image`` gave it) and its size.
     """
+    what = f"image {name}" if name else _name_of(img)
+    check_geometry(img.width, img.height, cfg, multi_image=multi_image, max_pixels=max_pixels, what=what)
     if cfg.pinpoints is None or multi_image:
         if cfg.pad_square or multi_image:
-            img = expand_to_square(img, cfg.pad_colour)
-        return torch.from_numpy(to_tile(img, cfg))[None]
+            img = expand_to_square(img, cfg.pad_colour, max_pixels=max_pixels)
+        return torch.from_numpy(to_tile(img, cfg, max_pixels=max_pixels))[None]
     return torch.from_numpy(np.stack([to_tile(v, cfg) for v in anyres_views(img, cfg.tile, cfg.pinpoints)]))
+
+
+def check_geometry(
+    width: int,
+    height: int,
+    cfg: ImageConfig,
+    *,
+    multi_image: bool = False,
+    max_pixels: int = MAX_PIXELS,
+    what: str = "the image",
+) -> None:
+    """Refuse (ValueError) an image that ``preprocess`` would blow up or make vanish; memory stays bounded.
+
+    transformers builds these intermediates as they come; here an image is refused when
+
+    - its pad-to-square canvas (llava-1.5 ``pad``, OneVision multi-image) would exceed ``max_pixels``:
+      longest side over ``sqrt(max_pixels)`` (8000 px for 64M);
+    - padded to a square and brought to the tile, its shorter side would be under half a pixel (an aspect ratio over
+      2 * tile : 1, e.g. 1 x 1000 at tile 336): the image would vanish into the padding;
+    - its shortest-edge resize (CLIP, no pad) would exceed ``max_pixels``: an aspect ratio over
+      ``max_pixels / tile**2`` : 1 (567 : 1 for tile 336 and 64M).
+
+    AnyRes never needs more than the chosen pinpoint (or a tile), so every size is accepted there.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{what}: zero-size image ({width}x{height} w x h)")
+    if cfg.pinpoints is not None and not multi_image:
+        return
+    if cfg.pad_square or multi_image:
+        if width != height:
+            _check_square(width, height, max_pixels, what)
+            long, short = max(width, height), min(width, height)
+            if 2 * short * cfg.tile < long:  # short * tile / long < 0.5 px
+                raise ValueError(
+                    f"{what}: {width}x{height} (w x h) is too elongated for this model: padded to a square and "
+                    f"resized to {cfg.tile}x{cfg.tile}, its {'height' if height < width else 'width'} would be "
+                    f"{short * cfg.tile / long:.2g} px, so the image would vanish; crop it to an aspect ratio of "
+                    f"at most {2 * cfg.tile}:1"
+                )
+    elif cfg.resize_shortest:
+        _check_shortest_edge(width, height, cfg.tile, max_pixels, what)
+
+
+def _name_of(img: Image.Image) -> str:
+    """How errors name ``img``: the name ``load_image`` recorded (the messages give its size anyway)."""
+    return img.info.get(_NAME_KEY) or "the image"
+
+
+def _check_square(width: int, height: int, max_pixels: int, what: str) -> None:
+    side = max(width, height)
+    if side * side > max_pixels:
+        raise ValueError(
+            f"{what}: {width}x{height} (w x h) is padded to a {side}x{side} square for this model, {side * side} "
+            f"pixels, over the limit of {max_pixels}; crop it or downscale it to a longest side of at most "
+            f"{math.isqrt(max_pixels)} px"
+        )
+
+
+def _check_shortest_edge(width: int, height: int, size: int, max_pixels: int, what: str) -> None:
+    h, w = shortest_edge_size(height, width, size)
+    if h * w > max_pixels:
+        raise ValueError(
+            f"{what}: {width}x{height} (w x h) is too elongated for this model: resizing its shorter side to "
+            f"{size} px makes a {w}x{h} image, {w * h} pixels, over the limit of {max_pixels}; crop it to an "
+            f"aspect ratio of at most {max_pixels // (size * size)}:1"
+        )
 
 
 # -- video -------------------------------------------------------------------------------------------------------
