@@ -249,8 +249,8 @@ def test_extreme_sampling_values_answer(server, extreme: dict) -> None:  # noqa:
 
 
 def test_tiny_temperature_is_greedy(server) -> None:  # noqa: ANN001
-    texts = [server.post(_req(max_tokens=8, temperature=t)).json()["choices"][0]["message"]["content"] for t in (0, 1e-9)]
-    assert texts[0] == texts[1]
+    replies = [server.post(_req(max_tokens=8, temperature=t)).json() for t in (0, 1e-9)]
+    assert replies[0]["choices"][0]["message"]["content"] == replies[1]["choices"][0]["message"]["content"]
 
 
 def test_nulls_mean_the_defaults(server) -> None:  # noqa: ANN001
@@ -278,3 +278,18 @@ def test_usage_is_null_in_every_chunk_but_the_last(server) -> None:  # noqa: ANN
     chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
     assert len(chunks) >= 3 and all("usage" in c for c in chunks), chunks
     assert all(c["usage"] is None for c in chunks[:-1]) and chunks[-1]["usage"]["completion_tokens"] >= 1
+
+
+def test_an_image_the_model_cannot_preprocess_is_a_400(tmp_path) -> None:
+    """LLaVA-1.5 pads to a square: a 1 x 3000 image would vanish into the padding (refused by name, not a 500)."""
+    from llavakit.processing.processor import LlavaProcessor
+    from llavakit.serve.config import ServeConfig
+    from llavakit.serve.prepare import ApiError, _open
+    from llavakit.tiny import write_tiny_checkpoint
+
+    proc = LlavaProcessor.from_pretrained(write_tiny_checkpoint(tmp_path / "m", "llava"))
+    where = "messages[0].content[0].image_url"
+    assert _open([(where, _solid_png(30, 20))], ServeConfig(), proc)[0].size == (30, 20)
+    with pytest.raises(ApiError) as e:
+        _open([(where, _solid_png(1, 3000))], ServeConfig(), proc)
+    assert e.value.status == 400 and e.value.param == where and "vanish" in str(e.value)

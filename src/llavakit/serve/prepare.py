@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..pipeline import check_text
 from ..processing.anyres import num_image_tokens
+from ..processing.image import check_geometry
 from .errors import ApiError
 from .images import ImageError, open_image, request_image_bytes
 from .schemas import ChatCompletionRequest
@@ -95,13 +96,19 @@ def _check_text_length(msgs: list[dict[str, Any]], tokenizer: Any, context: int)
         )
 
 
-def _open(images: list[tuple[str, bytes]], config: ServeConfig) -> list[Image.Image]:
+def _open(images: list[tuple[str, bytes]], config: ServeConfig, proc: Any) -> list[Image.Image]:
+    """The decoded images, each checked against what this model's preprocessing can take (``check_geometry``)."""
     out = []
+    multi = proc.family == "llava_onevision" and len(images) > 1
     for where, data in images:
         try:
-            out.append(open_image(data, config.images, where))
+            img = open_image(data, config.images, where)
+            check_geometry(img.width, img.height, proc.image_config, multi_image=multi, what=where)
         except ImageError as e:
             raise ApiError(str(e), e.status, where) from None
+        except ValueError as e:
+            raise ApiError(str(e), 400, where) from None
+        out.append(img)
     return out
 
 
@@ -121,7 +128,7 @@ def prepare(
     msgs, encoded = _messages(body, config)
     _check_text_length(msgs, pipe.processor.tokenizer, context)
     with slots if slots is not None else nullcontext():
-        return _prepare(msgs, _open(encoded, config), pipe, config, asked, field, context)
+        return _prepare(msgs, _open(encoded, config, pipe.processor), pipe, config, asked, field, context)
 
 
 def _prepare(
