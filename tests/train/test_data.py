@@ -105,7 +105,7 @@ def test_unreadable_image_is_found_when_loading(folder):
     assert skip[0]["id"] == "g1" and skip.skipped == {"unreadable_image": 1}  # replaced by the next good sample
     assert skip[0]["id"] == "g1" and skip.skipped == {"unreadable_image": 1}  # known bad: not counted twice
     only_bad = SupervisedDataset([good(0, "broken.png")], folder / "imgs", proc, None, 512, on_error="skip")
-    with pytest.raises(RuntimeError, match="consecutive samples"):
+    with pytest.raises(ValueError, match=r"all 1 samples failed \(\{'unreadable_image': 1\}\).*fix or remove"):
         only_bad[0]
 
 

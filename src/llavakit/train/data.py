@@ -27,6 +27,10 @@ from .records import Record, as_list, check_record, frame_files, image_paths, re
 MAX_SUBSTITUTES = 100  # consecutive failing samples before a skip-mode dataset gives up
 
 
+class DataExhausted(ValueError):
+    """Too many samples in a row failed to load (all too long for data.max_length, say); the message says why."""
+
+
 # -- the dataset -------------------------------------------------------------------------------------------------
 
 
@@ -53,6 +57,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"data.max_length must be an int >= 1 (tokens per sample, e.g. 2048), got {max_length!r}")
         self.image_folder = image_folder
         self.processor = processor
         self.template = template
@@ -93,7 +99,10 @@ class SupervisedDataset(torch.utils.data.Dataset):
         return pad if pad is not None else (tok.eos_token_ids or [0])[0]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        """The sample at ``i``; in skip mode (and for too-long samples) a failing one is replaced by the next."""
+        """The sample at ``i``; in skip mode (and for too-long samples) a failing one is replaced by the next.
+
+        When ``MAX_SUBSTITUTES`` samples in a row (or all of them) fail, DataExhausted (a ValueError) says why.
+        """
         first_error: SampleError | None = None
         for k in range(min(len(self), MAX_SUBSTITUTES)):
             j = (i + k) % len(self)
@@ -107,9 +116,18 @@ class SupervisedDataset(torch.utils.data.Dataset):
                 self.skipped[e.reason] += 1
                 self._bad.add(j)
                 first_error = first_error or e
-        raise RuntimeError(
-            f"{MAX_SUBSTITUTES} consecutive samples from index {i} failed ({dict(self.skipped)}); first: {first_error}"
-        )
+        raise DataExhausted(self._exhausted_message(i, first_error))
+
+    def _exhausted_message(self, i: int, first: SampleError | None) -> str:
+        if len(self._bad) >= len(self):
+            what = f"all {len(self)} samples failed"
+        else:
+            what = f"{MAX_SUBSTITUTES} consecutive samples from index {i} failed"
+        if self.skipped.get("too_long"):
+            fix = f"raise data.max_length (now {self.max_length}) or shorten those samples"
+        else:
+            fix = "fix or remove the failing records (llava data check lists them)"
+        return f"{what} ({dict(self.skipped)}){f'; first: {first}' if first else ''}; {fix}"
 
     def load(self, i: int) -> dict[str, Any]:
         """Build sample ``i`` (no substitution); raises SampleError."""

@@ -120,6 +120,7 @@ def train(
 ) -> TrainResult:
     """Run (or resume) the recipe. ``model`` / ``processor`` / ``dataset`` / ``collate_fn`` default to the ones
     the recipe describes; tests pass small ones. Returns the losses of the steps this call ran."""
+    recipe.check()  # a recipe changed after load_recipe (recipe.train.max_steps = 0) is refused like a bad YAML
     t = recipe.train
     d = setup(t.device, t.distributed)
     try:

@@ -8,19 +8,24 @@
 
     recipe = load_recipe("recipes/tiny-finetune.yaml", ["train.max_steps=5", "stage.lr=1e-4"])
 
-An unknown key or a value of the wrong type raises ValueError naming the key (and the closest known key).
+An unknown key or a value of the wrong type raises ValueError naming the key (and the closest known key); a value
+outside its range (``train.micro_batch_size=0``, ``stage.lr=-1``, ``train.warmup_ratio=5``) raises RecipeError (a
+ValueError) naming the key and its range, when the dataclasses are built, so every entry point gets the checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import ranges
+from .ranges import RecipeError
 from .stages import StageSpec
 
 
@@ -38,6 +43,17 @@ class ModelSpec:
     template: str | None = None  # conversation template for the processor (None: the checkpoint's / family's)
     seed: int = 0  # init of fresh parts (projector, tiny models)
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        ranges.seed("model.seed", self.seed)
+        for i, pair in enumerate(self.image_grid_pinpoints or []):
+            if len(pair) != 2:
+                raise RecipeError(f"model.image_grid_pinpoints[{i}] must be a [height, width] pair, got {pair!r}")
+            for v in pair:
+                ranges.at_least(f"model.image_grid_pinpoints[{i}]", v, 1, " (pixels)")
+
 
 @dataclass
 class DataSpec:
@@ -53,6 +69,18 @@ class DataSpec:
     # [start, end]: hide background image tokens from attention with a probability going linearly from start
     # (first step) to end (last step); for images on a plain background (llavakit.train.foreground)
     background_drop: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        ranges.at_least("data.max_length", self.max_length, 1, " (tokens per sample, e.g. 2048)")
+        ranges.at_least("data.num_frames", self.num_frames, 1)
+        ranges.seed("data.seed", self.seed)
+        ranges.one_of("data.on_error", self.on_error, ("raise", "skip"))
+        drop = self.background_drop
+        if drop is not None and (len(drop) != 2 or not all(math.isfinite(x) and 0 <= x <= 1 for x in drop)):
+            raise RecipeError(f"data.background_drop must be [start, end] probabilities in [0, 1], got {drop}")
 
 
 @dataclass
@@ -79,6 +107,41 @@ class TrainSpec:
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if not str(self.output_dir).strip():
+            raise RecipeError("train.output_dir must not be empty; give the run's output directory")
+        ranges.above("train.epochs", self.epochs, 0)
+        if self.max_steps == -1 and not isinstance(self.max_steps, bool):
+            self.max_steps = None  # transformers' TrainingArguments spelling of "the epochs decide"
+        if self.max_steps is not None:
+            ranges.at_least("train.max_steps", self.max_steps, 1, " (or null / -1 to let train.epochs decide)")
+        ranges.at_least("train.global_batch_size", self.global_batch_size, 1)
+        ranges.at_least("train.micro_batch_size", self.micro_batch_size, 1)
+        if self.global_batch_size % self.micro_batch_size:
+            raise RecipeError(
+                f"train.global_batch_size ({self.global_batch_size}) must be a multiple of train.micro_batch_size "
+                f"({self.micro_batch_size}); change one of them"
+            )
+        ranges.in_range("train.warmup_ratio", self.warmup_ratio, 0, 1, " (a fraction of the steps, e.g. 0.03)")
+        ranges.one_of("train.schedule", self.schedule, ("cosine", "constant"))
+        ranges.at_least("train.max_grad_norm", self.max_grad_norm, 0, " (0 turns clipping off)")
+        if len(self.adam_betas) != 2:
+            raise RecipeError(f"train.adam_betas must be two values [beta1, beta2], got {self.adam_betas}")
+        for v in self.adam_betas:
+            ranges.in_range("train.adam_betas", v, 0, 1)
+        ranges.above("train.adam_eps", self.adam_eps, 0)
+        ranges.seed("train.seed", self.seed)
+        ranges.at_least("train.log_every", self.log_every, 1)
+        ranges.at_least("train.save_every", self.save_every, 0, " (0: only the final output)")
+        ranges.at_least("train.keep_last", self.keep_last, 1, " (checkpoints kept; train.save_every=0 saves none)")
+        if self.stop_after is not None:
+            ranges.at_least("train.stop_after", self.stop_after, 1, " (or null)")
+        ranges.one_of("train.distributed", self.distributed, ("ddp", "fsdp"))
+        ranges.one_of("train.device", self.device, ("auto", "cpu", "cuda"))
+
 
 @dataclass
 class Recipe:
@@ -89,6 +152,11 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Run every section's range checks again (a recipe changed after it was built); RecipeError if bad."""
+        for section in (self.model, self.stage, self.data, self.train):
+            section.check()
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
@@ -142,6 +210,8 @@ def build(cls: type, raw: Any, where: str) -> Any:
         kwargs[key] = build(tp, value, full) if dataclasses.is_dataclass(tp) else _check(value, tp, full)
     try:
         return cls(**kwargs)
+    except RecipeError:  # already names the full key (train.micro_batch_size ...)
+        raise
     except ValueError as e:
         raise ValueError(f"{where or 'recipe'}: {e}") from e
 

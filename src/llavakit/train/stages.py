@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from . import ranges
+from .ranges import RecipeError
+
 STAGES = ("stage1", "stage2", "lora", "qlora")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -33,6 +36,16 @@ class LoraSpec:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        ranges.at_least("stage.lora.rank", self.rank, 1)
+        ranges.above("stage.lora.alpha", self.alpha, 0)
+        ranges.in_range("stage.lora.dropout", self.dropout, 0, 1)
+        if not self.target_modules:
+            raise RecipeError("stage.lora.target_modules must name at least one module, e.g. [q_proj, v_proj]")
+
 
 @dataclass
 class StageSpec:
@@ -44,10 +57,22 @@ class StageSpec:
     lora: LoraSpec = field(default_factory=LoraSpec)
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
         if self.name not in STAGES:
             raise ValueError(f"unknown stage {self.name!r}; choose one of {', '.join(STAGES)}")
         if self.vision_lr is not None and self.name != "stage2":
             raise ValueError(f"vision_lr is only used by stage2 (this recipe's stage is {self.name}); remove it")
+        hint = " (a learning rate such as 2e-5)"
+        ranges.above("stage.lr", self.lr, 0, hint)
+        for key, lr in (("stage.projector_lr", self.projector_lr), ("stage.vision_lr", self.vision_lr)):
+            if lr is not None:
+                ranges.above(key, lr, 0, hint + " or null")
+        ranges.at_least("stage.weight_decay", self.weight_decay, 0)
+        if not isinstance(self.lora, LoraSpec):
+            raise RecipeError(f"stage.lora must be a mapping of LoRA settings, got {self.lora!r}")
+        self.lora.check()
 
 
 def connector_params(model: nn.Module, with_newline: bool = True) -> list[tuple[str, nn.Parameter]]:
