@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import QUANTIZE_MODES
@@ -22,8 +23,10 @@ def cmd_convert(src: str, dst: str, vision_tower: str | None = None, dtype: str 
 
 def cmd_demo(model: str | None = None, seed: int = 0) -> int:
     """Run the main job on the default model (until it ships: on a tiny random-weight model, said plainly)."""
+    from .commands import check_model
     from .demo import run_demo
 
+    check_model(model)
     return run_demo(model=model, seed=seed)
 
 
@@ -31,7 +34,22 @@ def cmd_data_synth(out: str, n: int, seed: int, kind: str, sides: list[int] | No
     """Deterministic synthetic scenes + questions (the data of the bundled model's recipe)."""
     from .data.synth import MAX_SIDE, MIN_SIDE, synth_command
 
-    return synth_command(out, n, seed, kind, (sides[0], sides[1]) if sides else (MIN_SIDE, MAX_SIDE))
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"cannot write the dataset to {out}: it is a file; pass a directory path with --out")
+    try:
+        return synth_command(out, n, seed, kind, (sides[0], sides[1]) if sides else (MIN_SIDE, MAX_SIDE))
+    except OSError as e:
+        where = Path(e.filename) if isinstance(e.filename, str) else None
+        if where is not None and where != target and target not in where.parents and where not in target.parents:
+            raise  # not about the output directory (its message names its file)
+        detail = f" ({where})" if where is not None and where != target else ""
+        reason = (e.strerror or str(e)).lower()
+        raise OSError(
+            f"cannot write the dataset to {out}: {reason}{detail}; pass a writable directory with --out"
+        ) from None
 
 
 def cmd_data_check(
@@ -51,8 +69,12 @@ def cmd_data_check(
 def cmd_generate(
     model: str | None, images: list[str], prompt: str, dtype: str, quantize: str | None, compile: bool = False, **s: Any
 ) -> int:
-    from .commands import generate, open_pipeline
+    from .commands import check_images, check_model, check_prompt, check_sampling, generate, open_pipeline
 
+    check_model(model)
+    check_prompt(prompt, images)
+    check_sampling(**s)
+    check_images(images)
     generate(open_pipeline(model, dtype, quantize, compile), prompt, images, **s)
     return 0
 
@@ -60,8 +82,11 @@ def cmd_generate(
 def cmd_chat(
     model: str | None, images: list[str], dtype: str, quantize: str | None, compile: bool = False, **s: Any
 ) -> int:
-    from .commands import chat, open_pipeline
+    from .commands import chat, check_images, check_model, check_sampling, open_pipeline
 
+    check_model(model)
+    check_sampling(**s)
+    check_images(images)
     return chat(open_pipeline(model, dtype, quantize, compile), images, sys.stdin, **s)
 
 
@@ -76,8 +101,10 @@ def cmd_caption(
     compile: bool = False,
     **s: Any,
 ) -> int:
-    from .commands import caption, open_pipeline
+    from .commands import caption, check_caption, check_model, open_pipeline
 
+    check_model(model)
+    check_caption(pattern, out, prompt, batch_size, s)  # before the model loads; no output file is created
     pipe = open_pipeline(model, dtype, quantize, compile)
     counts = caption(pipe, pattern, out, prompt=prompt, batch_size=batch_size, **s)
     print(json.dumps(counts))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -26,16 +27,45 @@ def default_model() -> str:
     return str(path)
 
 
-def open_pipeline(
-    model: str | None, dtype: str = "float32", quantize: str | None = None, compile: bool = False
-) -> Pipeline:
-    return load(model or default_model(), dtype=dtype, quantize=quantize, compile=compile)
+def check_model(model: str | None) -> None:
+    """``--model ""`` (e.g. an unset ``$MODEL``) is a mistake, not a request for the bundled model."""
+    if model is not None and not model.strip():
+        raise ValueError(
+            "--model is empty (an unset variable?); pass a model directory or hub id, "
+            "or leave --model out to use the bundled model"
+        )
 
 
-def _user_message(text: str, images: list[str]) -> dict[str, Any]:
+def check_sampling(max_new_tokens: int = 256, stop: list[str] | str | None = None, **params: Any) -> None:
+    """Refuse bad sampling settings before any work starts (the same checks generation makes)."""
+    from .engine.sampling import SamplingParams
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}; pass --max-new-tokens 1 or more")
+    SamplingParams(**params)
+
+
+def check_images(images: list[str]) -> None:
     for p in images:
         if not Path(p).is_file():
             raise FileNotFoundError(f"image file not found: {p}")
+
+
+def check_prompt(prompt: str, images: list[str]) -> None:
+    """A prompt of nothing (or only spaces) about no image asks nothing."""
+    if not prompt.strip() and not images:
+        raise ValueError('--prompt is empty and no --image is given; pass a question with --prompt "..."')
+
+
+def open_pipeline(
+    model: str | None, dtype: str = "float32", quantize: str | None = None, compile: bool = False
+) -> Pipeline:
+    check_model(model)
+    return load(default_model() if model is None else model, dtype=dtype, quantize=quantize, compile=compile)
+
+
+def _user_message(text: str, images: list[str]) -> dict[str, Any]:
+    check_images(images)
     return {
         "role": "user",
         "content": [{"type": "image", "image": p} for p in images] + [{"type": "text", "text": text}],
@@ -44,6 +74,9 @@ def _user_message(text: str, images: list[str]) -> dict[str, Any]:
 
 def generate(pipe: Pipeline, prompt: str, images: list[str], out: TextIO = sys.stdout, **sampling: Any) -> str:
     """Stream the answer to ``out``; return it."""
+    check_prompt(prompt, images)
+    check_sampling(**sampling)
+    check_images(images)
     parts = []
     for delta in pipe.stream([_user_message(prompt, images)], **sampling):
         out.write(delta)
@@ -58,21 +91,26 @@ CHAT_HELP = "commands: /image PATH (attach to your next message), /reset (new co
 
 def chat(pipe: Pipeline, images: list[str], lines: Iterable[str], out: TextIO = sys.stdout, **sampling: Any) -> int:
     """Interactive multi-turn chat over ``lines`` (stdin); earlier turns stay in the KV cache."""
+    check_sampling(**sampling)
+    check_images(images)
     messages: list[dict[str, Any]] = []
     pending = list(images)
     out.write(f"llava chat - {CHAT_HELP}\n>>> ")
     out.flush()
     for raw in lines:
         line = raw.strip()
+        command, arg = (line.split(maxsplit=1) + ["", ""])[:2]
         if line in ("/exit", "/quit"):
             break
         if line == "/reset":
             messages, pending = [], []
             pipe.reset()
             out.write("(new conversation)\n")
-        elif line.startswith("/image"):
-            path = line[len("/image") :].strip()
-            if not Path(path).is_file():
+        elif command == "/image":
+            path = arg.strip()
+            if not path:
+                out.write("usage: /image PATH (attaches the image to your next message)\n")
+            elif not Path(path).is_file():
                 out.write(f"error: image file not found: {path}\n")
             else:
                 pending.append(path)
@@ -86,7 +124,10 @@ def chat(pipe: Pipeline, images: list[str], lines: Iterable[str], out: TextIO = 
                 answer = "".join(_echo(pipe.stream(messages, **sampling), out))
             except ValueError as e:  # e.g. the conversation outgrew the context: keep the chat alive
                 messages.pop()
-                out.write(f"\nerror: {e}\n")
+                hint = ""
+                if "context" in str(e) and messages:  # the earlier turns fill the context: a new conversation helps
+                    hint = "; or type /reset to start a new conversation (the earlier turns count toward the context)"
+                out.write(f"\nerror: {e}{hint}\n")
             else:
                 messages.append({"role": "assistant", "content": answer})
         out.write(">>> ")
@@ -112,6 +153,103 @@ def find_images(pattern: str) -> list[Path]:
     return images
 
 
+def _out_error(out: Path, e: OSError, doing: str = "write") -> OSError:
+    reason = (e.strerror or str(e)).lower()
+    return OSError(f"cannot {doing} the output file {out}: {reason}; pass a writable file path with --out")
+
+
+def check_output_file(out_path: str) -> Path:
+    """The ``--out`` of ``caption`` must be a file we can append to; say what is wrong before any work starts."""
+    out = Path(out_path)
+    if out.is_dir():
+        raise ValueError(
+            f"cannot write the output file {out}: it is a directory; pass a file path like {out / 'captions.jsonl'}"
+        )
+    if not out.parent.is_dir():
+        raise ValueError(
+            f"cannot write the output file {out}: the folder {out.parent} does not exist; create it or pass "
+            "another --out"
+        )
+    existed = out.exists()
+    try:  # the one sure test, also as root and on read-only file systems; appending nothing changes nothing
+        with out.open("ab"):
+            pass
+    except OSError as e:
+        raise _out_error(out, e) from None
+    if not existed:
+        out.unlink()  # a check that fails later must leave no empty output file behind
+    return out
+
+
+def check_caption(
+    pattern: str, out_path: str, prompt: str, batch_size: int, sampling: dict[str, Any]
+) -> tuple[list[Path], Path]:
+    """Every check of ``caption``'s arguments, cheap and before the model is needed: (images, output file)."""
+    if not prompt.strip():
+        raise ValueError('--prompt is empty; pass the instruction for every image, e.g. --prompt "Describe it."')
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    check_sampling(**sampling)
+    out = check_output_file(out_path)
+    return find_images(pattern), out
+
+
+def _image_key(path: str | Path) -> str:
+    """Resume key: the same image spelled relative, absolute or through ``..`` is one image."""
+    return os.path.realpath(path)
+
+
+def _record_image(line: bytes) -> str | None:
+    """The image of one JSONL caption record, or None when the line is not one."""
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    image = rec.get("image") if isinstance(rec, dict) else None
+    return image if isinstance(image, str) and image else None
+
+
+def read_done(out: Path) -> set[str]:
+    """Resume keys of the images already captioned in ``out`` (read once).
+
+    A last line without its newline was being written when the run died: it is cut off (its image is captioned
+    again) - unless it is a whole record, which only gets its newline back. Any other line that is not a
+    caption record is an error: the file is not ours to rewrite."""
+    try:
+        data = out.read_bytes()
+    except FileNotFoundError:
+        return set()
+    except OSError as e:
+        raise _out_error(out, e, "read") from None
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        tail = data[keep:]
+        try:
+            with out.open("r+b") as f:
+                if _record_image(tail) is not None:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                    data += b"\n"
+                else:
+                    f.truncate(keep)
+                    data = data[:keep]
+                    print(
+                        f"{out}: dropped an unfinished last record of {len(tail)} bytes (its image is captioned again)",
+                        file=sys.stderr,
+                    )
+        except OSError as e:
+            raise _out_error(out, e) from None
+    done = set()
+    for n, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        image = _record_image(line)
+        if image is None:
+            raise ValueError(f"{out}:{n} is not a caption record; move the file away or fix it")
+        done.add(_image_key(image))
+    return done
+
+
 def caption(
     pipe: Pipeline,
     pattern: str,
@@ -125,36 +263,32 @@ def caption(
     """One JSON line per image in ``out_path``; images already there are skipped (resumable)."""
     from tqdm import tqdm
 
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    images = find_images(pattern)
-    out = Path(out_path)
-    done = set()
-    if out.exists():
-        for n, line in enumerate(out.read_text().splitlines(), 1):
-            try:
-                done.add(json.loads(line)["image"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                if n < len(out.read_text().splitlines()):  # a torn last line from a crash is simply redone
-                    raise ValueError(f"{out}:{n} is not a caption record; move the file away or fix it") from None
-    todo = [p for p in images if str(p) not in done]
+    images, out = check_caption(pattern, out_path, prompt, batch_size, sampling)
+    done = read_done(out)
+    todo = [p for p in images if _image_key(p) not in done]
     counts = {"images": len(images), "skipped": len(images) - len(todo), "captioned": 0, "failed": 0}
+    try:
+        f = out.open("a", encoding="utf-8")
+    except OSError as e:
+        raise _out_error(out, e) from None
     bar = tqdm(total=len(todo), disable=not progress, unit="img", file=sys.stderr)
-    with out.open("a") as f:
+    finished = False
+    try:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
             t0 = time.perf_counter()
             try:
                 answers = pipe.batch([[_user_message(prompt, [str(p)])] for p in chunk], **sampling)
-            except ValueError as e:  # one bad image must not stop the run: retry the chunk one by one
+            except (ValueError, OSError) as e:  # one bad image must not stop the run: retry the chunk one by one
                 answers = []
                 for p in chunk:
                     try:
                         answers.extend(pipe.batch([[_user_message(prompt, [str(p)])]], **sampling))
-                    except ValueError as e1:
+                    except (ValueError, OSError) as e1:
                         answers.append(None)
                         print(f"skipped {p}: {e1 if len(chunk) > 1 else e}", file=sys.stderr)
             dt = (time.perf_counter() - t0) / len(chunk)
+            lines = []
             for p, a in zip(chunk, answers):
                 if a is None:
                     counts["failed"] += 1
@@ -166,9 +300,24 @@ def caption(
                     "finish_reason": a.finish_reason,
                     "seconds": round(dt, 3),
                 }
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                counts["captioned"] += 1
-            f.flush()
+                lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+            try:
+                f.write("".join(lines))
+                f.flush()
+            except OSError as e:
+                reason = (e.strerror or str(e)).lower()
+                raise OSError(
+                    f"cannot write the output file {out}: {reason}; the records written before are kept, "
+                    "fix that and run the same command again to resume"
+                ) from None
+            counts["captioned"] += len(lines)
             bar.update(len(chunk))
+        finished = True
+    finally:
+        try:
+            f.close()
+        except OSError as e:  # after an error, that one is the news (a torn last record is cut on resume)
+            if finished:
+                raise _out_error(out, e) from None
     bar.close()
     return counts

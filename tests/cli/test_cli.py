@@ -16,7 +16,9 @@ from llavakit.tiny import write_tiny_checkpoint
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def llava(*args: str, stdin: str | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+def llava(
+    *args: str, stdin: str | None = None, timeout: int = 120, cwd: str | Path | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run(
         [sys.executable, "-m", "llavakit.cli", *args],
@@ -25,6 +27,7 @@ def llava(*args: str, stdin: str | None = None, timeout: int = 120) -> subproces
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
     )
 
 
@@ -136,3 +139,161 @@ def test_data_synth_writes_llava_format(tmp_path):
     recs = json.loads((tmp_path / "d" / "instruct.json").read_text())
     assert len(recs) == 4 and recs[0]["conversations"][0]["value"].startswith("<image>\n")
     assert all((tmp_path / "d" / rec["image"]).is_file() for rec in recs)
+
+
+def _counts(r: subprocess.CompletedProcess) -> dict:
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def _records(path: Path) -> list[dict]:
+    text = path.read_text()
+    assert text.endswith("\n")
+    return [json.loads(x) for x in text.splitlines()]
+
+
+def test_caption_resume_cuts_a_torn_last_record(model, images, tmp_path):
+    out = tmp_path / "caps.jsonl"
+    cap = ("caption", "--model", model, str(images), "--out", str(out), "--max-new-tokens", "5")
+    assert llava(*cap).returncode == 0
+    full = out.read_bytes()
+    last = full.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    torn = full[: len(full) - len(last) - 1 + 20]  # killed 20 bytes into the last record
+    out.write_bytes(torn)
+    r = llava(*cap)
+    assert r.returncode == 0, r.stderr
+    assert "dropped an unfinished last record of 20 bytes" in r.stderr
+    assert _counts(r)["skipped"] == 2 and _counts(r)["captioned"] == 1
+    again = _records(out)  # the torn bytes are gone, the image captioned again (greedy: same caption)
+    assert [{**x, "seconds": 0} for x in again] == [{**json.loads(x), "seconds": 0} for x in full.splitlines()]
+    r = llava(*cap)  # and the file stays usable
+    assert r.returncode == 0, r.stderr
+    assert _counts(r)["skipped"] == 3 and _counts(r)["captioned"] == 0 and "dropped" not in r.stderr
+    full = out.read_bytes()
+    out.write_bytes(full[:-1])  # a whole record that only lacks its newline is kept, not redone
+    r = llava(*cap)
+    assert r.returncode == 0 and _counts(r)["skipped"] == 3 and "dropped" not in r.stderr
+    assert out.read_bytes() == full
+
+
+def test_caption_resume_refuses_a_bad_line_before_the_last(model, images, tmp_path):
+    out = tmp_path / "caps.jsonl"
+    out.write_text('{"image": "a.png", "caption": "x"}\nnot json\n{"image": "b.png", "caption": "y"}\n')
+    before = out.read_bytes()
+    r = llava("caption", "--model", model, str(images), "--out", str(out), "--max-new-tokens", "5")
+    assert r.returncode == 2 and f"{out}:2 is not a caption record" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_bytes() == before
+
+
+def test_caption_resume_keys_on_the_resolved_path(model, images, tmp_path):
+    out = tmp_path / "caps.jsonl"
+    rel = ("caption", "--model", model, images.name, "--out", str(out), "--max-new-tokens", "5")
+    r = llava(*rel, cwd=images.parent)  # records hold relative paths, as files written before did
+    assert r.returncode == 0, r.stderr
+    assert all(not Path(x["image"]).is_absolute() for x in _records(out))
+    for spelling in (str(images), f"{images}/../{images.name}/*.png"):
+        r = llava("caption", "--model", model, spelling, "--out", str(out), "--max-new-tokens", "5", cwd=images.parent)
+        assert r.returncode == 0, r.stderr
+        assert _counts(r)["skipped"] == 3 and _counts(r)["captioned"] == 0
+    r = llava(*rel, cwd=images.parent)
+    assert r.returncode == 0 and _counts(r)["skipped"] == 3
+    assert len(_records(out)) == 3
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--max-new-tokens", "0"], "max_new_tokens must be >= 1, got 0"),
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--top-p", "0"], "top_p must be in (0, 1]"),
+        (["--prompt", ""], "--prompt is empty"),
+        (["--prompt", "   "], "--prompt is empty"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--model", ""], "--model is empty"),
+    ],
+)
+def test_caption_bad_flags_fail_before_any_work(model, images, tmp_path, args, message):
+    out = tmp_path / "caps.jsonl"
+    r = llava("caption", "--model", model, str(images), "--out", str(out), *args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr and "skipped" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+        (["--repetition-penalty", "0"], "repetition_penalty must be > 0"),
+        (["--image", "/nonexistent/x.png"], "image file not found: /nonexistent/x.png"),
+        (["--model", ""], "--model is empty"),
+    ],
+)
+def test_chat_bad_flags_fail_at_start(model, args, message):
+    argv = ["chat", *args] if args[0] == "--model" else ["chat", "--model", model, *args]
+    r = llava(*argv, stdin="hello\nagain\n/exit\n")
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""  # refused before the chat started
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--prompt", ""], "--prompt is empty and no --image is given"),
+        (["--prompt", " \n "], "--prompt is empty and no --image is given"),
+        (["--prompt", "hi", "--temperature", "-1"], "temperature must be >= 0"),
+        (["--prompt", "hi", "--model", ""], "--model is empty"),
+    ],
+)
+def test_generate_refuses_empty_prompt_and_model(model, args, message):
+    r = llava("generate", "--model", model, *args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_demo_refuses_an_empty_model():
+    r = llava("demo", "--model", "")
+    assert r.returncode == 2 and "--model is empty" in r.stderr and "leave --model out" in r.stderr
+
+
+def test_caption_unusable_out_says_what_to_do(model, images, tmp_path):
+    r = llava("caption", "--model", model, str(images), "--out", str(tmp_path))
+    assert r.returncode == 2 and "Errno" not in r.stderr
+    assert f"{tmp_path}: it is a directory; pass a file path like {tmp_path / 'captions.jsonl'}" in r.stderr
+    r = llava("caption", "--model", model, str(images), "--out", str(tmp_path / "nope" / "c.jsonl"))
+    assert r.returncode == 2 and "Errno" not in r.stderr
+    assert f"the folder {tmp_path / 'nope'} does not exist" in r.stderr
+    assert not (tmp_path / "nope").exists()
+
+
+def test_chat_bare_image_command_and_context_overflow_hint(model, images):
+    long = "x" * 2500  # two of these outgrow the tiny model's context of 4096 tokens, one fits
+    script = f"/image\n{long}\n{long}\n/reset\n{long}\n/exit\n"
+    r = llava("chat", "--model", model, "--max-new-tokens", "2", stdin=script)
+    assert r.returncode == 0, r.stderr
+    assert "usage: /image PATH" in r.stdout and "image file not found" not in r.stdout
+    errors = [x for x in r.stdout.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1  # only the turn on top of an earlier one overflows; after /reset it fits again
+    assert "exceeds the model's context" in errors[0] and "/reset" in errors[0]
+
+
+def test_data_synth_refuses_n_below_one(tmp_path):
+    r = llava("data", "synth", "--out", str(tmp_path / "d"), "--n", "0")
+    assert r.returncode == 2 and "--n must be >= 1, got 0" in r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_data_synth_unwritable_out_says_what_to_do(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    r = llava("data", "synth", "--out", str(afile), "--n", "1")
+    assert r.returncode == 2 and f"cannot write the dataset to {afile}: it is a file" in r.stderr
+    r = llava("data", "synth", "--out", str(afile / "sub"), "--n", "1")
+    assert r.returncode == 2 and "Errno" not in r.stderr and "Traceback" not in r.stderr
+    assert f"cannot write the dataset to {afile / 'sub'}" in r.stderr and "pass a writable directory" in r.stderr
+    if Path("/sys/kernel").is_dir():  # a Linux pseudo file system nobody can write to, not even root
+        r = llava("data", "synth", "--out", "/sys/llavatest", "--n", "1")
+        assert r.returncode == 2 and "Errno" not in r.stderr
+        assert "cannot write the dataset to /sys/llavatest: operation not permitted" in r.stderr
