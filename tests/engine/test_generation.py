@@ -139,3 +139,15 @@ def test_context_length_follows_rope_scaling():
     assert linear.context_length == 8192
     llama31 = {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}
     assert TextConfig(max_position_embeddings=131072, rope_scaling=llama31).context_length == 131072
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_greedy_pick_is_argmax_ties_included(dtype):
+    from llavakit.engine.sampling import greedy_pick
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(-3, 4, (64, 1000), generator=g).to(dtype)  # many ties for the maximum in every row
+    logits[5, 17] = float("nan")  # NaN counts as the maximum for both
+    assert torch.equal(greedy_pick(logits), logits.argmax(-1))
+    big = torch.randn(3, 151936, generator=g).to(dtype)
+    assert torch.equal(greedy_pick(big), big.argmax(-1))

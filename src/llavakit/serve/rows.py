@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..engine.kv_cache import KVCache
-from ..engine.sampling import apply_repetition_penalty, sample
+from ..engine.sampling import apply_repetition_penalty, greedy_pick, sample
 from ..engine.text import StopMatcher
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class RunningBatch:
 
     def sample(self) -> torch.Tensor:
         """(B,) next tokens: greedy rows by one argmax, the others each with their own settings and generator."""
-        tokens = self.logits.argmax(-1)
+        tokens = greedy_pick(self.logits)
         for i, row in enumerate(self.rows):
             p = row.job.params
             if row.done or (row.seen is None and p.greedy):
