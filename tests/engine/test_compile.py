@@ -34,6 +34,19 @@ def test_compiled_step_gives_the_same_greedy_tokens_without_recompiling():
     assert counters["stats"]["unique_graphs"] - graphs == 1  # one graph for every token of both requests
 
 
+@pytest.mark.skipif(inductor_unavailable() is not None, reason=f"torch.compile unavailable: {inductor_unavailable()}")
+def test_compiled_step_of_the_optimized_bf16_model():
+    """What ``llavakit.load(..., dtype="bfloat16", compile=True)`` runs: the swapped Linears compile too (a
+    oneDNN-packed decoder Linear once broke the graph)."""
+    from llavakit.engine.linear import optimize_model
+
+    model = ours_from_hf(hf_model("llava", "qwen2", seed=6)).to(torch.bfloat16)
+    optimize_model(model)
+    step = compile_decode_step()
+    ids = [1, 17, 33, 8, 90, 41]
+    assert _greedy(model, ids, 8, step) == _greedy(model, ids, 8)
+
+
 def test_missing_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     engine_compile.inductor_unavailable.cache_clear()

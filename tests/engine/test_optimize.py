@@ -21,9 +21,11 @@ from llavakit.engine.linear import (
     BF16DecodeLinear,
     DenseLinear,
     PackedLinear,
+    SmallDecodeLinear,
     compute_dtype,
     dense_linear,
     fp16_decode_available,
+    native_bf16_gemm,
     optimize_model,
 )
 from llavakit.processing.anyres import num_image_tokens, num_tiles
@@ -70,6 +72,35 @@ def test_bf16_decode_linear_without_its_bf16_weight(rows):
     assert_close_bf16(lean(x), x.float() @ lin.weight.float().T + lin.bias.float())
 
 
+@pytest.mark.parametrize("rows", [1, DECODE_ROWS, DECODE_ROWS + 1, 300])
+def test_small_decode_linear_equals_the_bf16_layer(rows):
+    lin = bf16_linear(64, 96, seed=2)
+    small = SmallDecodeLinear(lin)
+    assert set(small.state_dict()) == {"weight", "bias"} and small.weight is lin.weight
+    x = torch.randn(3, rows, 64).to(torch.bfloat16)
+    out = small(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (3, rows, 96)
+    assert_close_bf16(out, lin(x))
+    if rows * 3 <= DECODE_ROWS:  # float32 product rounded once: the exact product's bf16 rounding
+        exact = (x.double() @ lin.weight.double().T + lin.bias.double()).to(torch.bfloat16)
+        assert float((out.float() - exact.float()).abs().max()) <= 2**-7 * float(exact.float().abs().max())
+
+
+def test_small_bf16_decoder_layers_multiply_one_token_in_float32(models):
+    hf, plain, _, _ = models
+    fast = copy.deepcopy(plain)
+    counts = optimize_model(fast)
+    decoder = [m for layer in fast.model.language_model.layers for m in layer.modules()]
+    if native_bf16_gemm():  # where bf16 kernels' fixed cost per call dominates products this small
+        assert counts["SmallDecodeLinear"] == sum(isinstance(m, SmallDecodeLinear) for m in fast.modules()) > 0
+        assert all(not isinstance(m, torch.nn.Linear) for m in decoder)
+    else:
+        assert "SmallDecodeLinear" not in counts
+    geom, size = fast.geometry, (56, 56)
+    ids, px = _request(geom, size, seed=1)
+    assert _greedy(fast, ids, px, size) == _greedy(plain, ids, px, size)
+
+
 def _request(geom, size, seed):
     g = torch.Generator().manual_seed(seed)
     ids = [1] + torch.randint(3, 100, (2 + 3 * seed,), generator=g).tolist()
@@ -90,7 +121,8 @@ def models():
     hf = hf_model("llava_next", "qwen2", seed=3).to(torch.bfloat16)
     plain = ours_from_hf(hf).to(torch.bfloat16)
     fast = copy.deepcopy(plain)
-    counts = optimize_model(fast, min_fp16_weight=0, fp16_decode=fp16_decode_available())  # force the fp16 path
+    # force the fp16 path: no weight is small enough for SmallDecodeLinear, every one big enough for fbgemm
+    counts = optimize_model(fast, min_fp16_weight=0, fp16_decode=fp16_decode_available(), max_small_weight=0)
     return hf, plain, fast, counts
 
 
@@ -106,7 +138,7 @@ def test_optimize_model_swaps_the_expected_layers(models):
         assert fast.lm_head.decode_rows == DECODE_ROWS
         assert any(isinstance(m, BF16DecodeLinear) for m in decoder)
         lean = copy.deepcopy(plain)
-        optimize_model(lean, min_fp16_weight=0, fp16_decode=True, keep_bf16_weights=False)
+        optimize_model(lean, min_fp16_weight=0, fp16_decode=True, keep_bf16_weights=False, max_small_weight=0)
         assert lean.lm_head.weight is None  # untied head: only the fp16 copy is kept (no extra memory)
         assert lean.lm_head.decode_rows == LEAN_DECODE_ROWS
     assert any(isinstance(m, (PackedLinear, DenseLinear)) for m in vision)
@@ -118,7 +150,7 @@ def test_optimize_model_swaps_the_expected_layers(models):
     default = copy.deepcopy(tied)
     optimize_model(default)  # weights this small stay off fbgemm (parallel-region overhead > the product)
     assert not any(isinstance(m, BF16DecodeLinear) for m in default.modules())
-    optimize_model(tied, min_fp16_weight=0, fp16_decode=fp16_decode_available())
+    optimize_model(tied, min_fp16_weight=0, fp16_decode=fp16_decode_available(), max_small_weight=0)
     if fp16_decode_available():  # a tied head keeps sharing the embedding matrix (the lookup needs it)
         assert isinstance(tied.lm_head, BF16DecodeLinear)
         assert tied.lm_head.weight is tied.model.language_model.embed_tokens.weight
