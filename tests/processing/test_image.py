@@ -19,13 +19,13 @@ from llavakit.processing.image import (
     center_crop,
     expand_to_square,
     fit_size,
-    load_image,
     preprocess,
     resize_shortest_edge,
     sample_frames,
     to_tile,
     video_frames,
 )
+from llavakit.processing.image_load import load_image
 
 
 def _bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

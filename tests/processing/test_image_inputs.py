@@ -16,10 +16,10 @@ from llavakit.processing.image import (
     ImageConfig,
     check_geometry,
     expand_to_square,
-    load_image,
     preprocess,
     resize_shortest_edge,
 )
+from llavakit.processing.image_load import load_image
 
 LLAVA15_PAD = ImageConfig(tile=336, pad_square=True)  # llava-1.5-hf: pad to square, shortest edge, crop
 LLAVA15_CLIP = ImageConfig(tile=336)  # do_pad=False: shortest edge, crop

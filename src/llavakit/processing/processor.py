@@ -18,7 +18,8 @@ import torch
 from ..config import LlavaConfig
 from .anyres import ImageGeometry, num_image_tokens, num_video_tokens
 from .hf_files import IMAGE_PROCESSOR, PROCESSOR_CLASS, chat_template_of, family_of, read_json, side_of
-from .image import CLIP_MEAN, CLIP_STD, ImageConfig, ImageSource, load_image, preprocess, video_frames
+from .image import CLIP_MEAN, CLIP_STD, ImageConfig, preprocess, video_frames
+from .image_load import ImageSource, load_image
 from .templates import IMAGE, VIDEO, render, render_chat_template
 from .tokenizer import Tokenizer
 

@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from ..processing.image import load_image
+from ..processing.image_load import load_image
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 MIME_TYPES = set(FORMATS.values()) | {"image/jpg"}

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from ..processing.image import load_image, preprocess, sample_frames, video_frames
+from ..processing.image import preprocess, sample_frames, video_frames
+from ..processing.image_load import load_image
 from ..processing.processor import LlavaProcessor
 from .foreground import sample_foreground
 from .labels import SampleError, encode_sample, image_token_counts

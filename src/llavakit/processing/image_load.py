@@ -1,0 +1,187 @@
+"""Reading images: files, bytes or PIL images to upright 8-bit RGB, with errors that name the image.
+
+``load_image`` follows transformers' ``load_image`` + ``convert_to_rgb`` except where those are silently
+wrong (16-bit and float pixels, see ``to_8bit``); sizes are checked from the header before decoding.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = 64_000_000  # larger images are refused (decompression bombs)
+ImageSource = str | Path | bytes | Image.Image
+NAME_KEY = "llavakit.name"  # load_image records the image's name here, for preprocess's errors
+
+FORMATS_HINT = "PNG, JPEG, WebP, GIF, BMP, TIFF or another format Pillow reads"
+
+
+def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Open a path, bytes or PIL image as RGB with the EXIF orientation applied.
+
+    RGB conversion follows transformers, which treats the two kinds of input differently:
+
+    - a file (path or bytes) is opened and converted with ``.convert("RGB")``, as transformers' ``load_image``
+      (and the original LLaVA code) do: an alpha channel is dropped, the colour under it kept;
+    - a PIL image is converted like the image processors' ``convert_to_rgb``: transparency (RGBA, LA, PA, P with
+      a transparent index) is composited onto white, every other mode (L, P, CMYK, 1, ...) converted.
+
+    Deliberately unlike transformers (whose ``convert("RGB")`` clips 16-bit values at 255 and truncates floats),
+    16-bit and 32-bit integer greyscale (``I;16*``, ``I``) is scaled to 8 bits and float images (``F``) are
+    refused: see ``to_8bit``.
+
+    The EXIF orientation is applied to both (transformers applies it to files only). Errors are ValueErrors
+    that name the image (``name``, else the path, else "the given image bytes" / "the given PIL image") and
+    the problem: missing file or a directory, undecodable / truncated bytes, zero size, or more than
+    ``max_pixels`` pixels (checked from the header, before decoding). A missing file is a FileNotFoundError.
+    """
+    if name is not None:
+        what = f"image {name}"
+    elif isinstance(src, (str, Path)):
+        what = f"image {src}"
+    else:
+        what = "the given PIL image" if isinstance(src, Image.Image) else "the given image bytes"
+    if isinstance(src, Image.Image):
+        _check_size(src, what, max_pixels)
+        out = to_rgb(_upright(src), what=what)
+        return _named(out.copy() if out is src else out, what)
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        if not path.is_file():
+            where = what if str(path) in what else f"{what} ({path})"
+            if path.is_dir():
+                raise ValueError(f"{where} is a directory, not an image file; pass the path of an image file")
+            if path.exists():
+                raise ValueError(f"{where} is not a regular file; pass the path of an image file")
+            raise FileNotFoundError(f"image file not found: {path}")
+        data = path.read_bytes()
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+    else:
+        raise TypeError(f"image must be a path, bytes or PIL.Image, got {type(src).__name__}")
+    if not data:
+        raise ValueError(f"{what}: cannot decode image: empty file (no bytes)")
+    try:
+        with warnings.catch_warnings():  # our own limit is checked right below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        _check_size(img, what, max_pixels)  # from the header: nothing decoded yet
+        img.load()
+        img = _upright(img)
+    except Image.DecompressionBombError as e:  # PIL's own guard (2x its MAX_IMAGE_PIXELS), before ours
+        raise ValueError(_bomb_message(what, str(e), max_pixels)) from None
+    except UnidentifiedImageError:
+        raise ValueError(
+            f"{what}: cannot decode image: not an image file, or a format that cannot be read "
+            f"(accepted: {FORMATS_HINT})"
+        ) from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(
+            f"{what}: cannot decode image: {_no_object_ids(str(e))} (truncated or unsupported format? "
+            f"accepted: {FORMATS_HINT})"
+        ) from None
+    img = to_8bit(img, what, keep_alpha=False)
+    return _named(img if img.mode == "RGB" else img.convert("RGB"), what)
+
+
+def _named(img: Image.Image, what: str) -> Image.Image:
+    """``img`` (a fresh image, never the caller's) carrying its name for the errors of ``preprocess``."""
+    img.info[NAME_KEY] = what
+    return img
+
+
+def _no_object_ids(msg: str) -> str:
+    """PIL's messages quote the file object (``<_io.BytesIO object at 0x7f...>``): say "the image" instead."""
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the image", msg)
+
+
+def _bomb_message(what: str, pil_message: str, max_pixels: int) -> str:
+    """One message for PIL's DecompressionBombError: the image's pixel count and our limit (not PIL's)."""
+    m = re.search(r"\((\d+) pixels\)", pil_message)
+    if m is None:  # an unknown wording: at least no second, contradictory limit
+        return f"{what}: too many pixels (over {max_pixels}, a decompression bomb?); downscale it first"
+    n = int(m.group(1))
+    if n > max_pixels:
+        return f"{what}: {n} pixels is over the limit of {max_pixels} pixels; downscale it first"
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # max_pixels was raised above what PIL decodes
+    return (
+        f"{what}: {n} pixels is over Pillow's decompression-bomb limit of {limit} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS); downscale it first"
+    )
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as displayed: EXIF orientation applied (a broken EXIF block leaves it as it is)."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - unreadable EXIF must not make the pixels unusable
+        return img
+
+
+def _check_size(img: Image.Image, what: str, max_pixels: int) -> None:
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{what}: zero-size image ({w}x{h} w x h)")
+    if w * h > max_pixels:
+        raise ValueError(
+            f"{what}: {w}x{h} (w x h) = {w * h} pixels is over the limit of {max_pixels}; downscale it first"
+        )
+
+
+def to_8bit(img: Image.Image, what: str = "the given PIL image", *, keep_alpha: bool = True) -> Image.Image:
+    """16-bit / 32-bit integer greyscale scaled to 8-bit ``L``; float (``F``) refused; other modes unchanged.
+
+    PIL's own ``convert("RGB")`` (which transformers uses) clips these at 255: a 16-bit photo comes out almost
+    all white, a float image in [0, 1] black. Here:
+
+    - ``I;16``, ``I;16B``, ``I;16L``, ``I;16N`` (16-bit PNG / TIFF / PGM): ``round(v / 257)``, 65535 -> 255;
+    - ``I`` (32-bit integers, as 16-bit PGM and some TIFFs open): the same when every value is in 0..65535 (the
+      bit depth is not recorded, the 16-bit range is assumed), else refused: the range is unknown;
+    - ``F`` (32-bit float): refused, its range (0..1? 0..255? HDR?) is unknown.
+
+    A 16-bit transparent colour (``info["transparency"]``) becomes an alpha channel (mode ``LA``) when
+    ``keep_alpha``, so that ``to_rgb`` composites it onto white.
+    """
+    mode = img.mode
+    if mode == "F":
+        raise ValueError(
+            f"{what}: 32-bit float pixels (PIL mode 'F') have no known value range; convert the image to 8 bits "
+            "per channel first (e.g. a PNG or JPEG with values 0-255)"
+        )
+    if mode != "I" and not mode.startswith("I;16"):
+        return img
+    arr = np.asarray(img)  # (H, W) uint16 (">u2" for I;16B) or int32
+    if mode == "I":
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(
+                f"{what}: 32-bit integer pixels (PIL mode 'I') with values {lo}..{hi}, outside the 16-bit range "
+                "0..65535, so their scale is unknown; convert the image to 8 bits per channel first"
+            )
+    x = arr.astype(np.uint32)
+    x += 128
+    x //= 257  # round(v / 257): 0..65535 -> 0..255
+    grey = Image.fromarray(x.astype(np.uint8), "L")
+    del x
+    t = img.info.get("transparency")
+    if keep_alpha and isinstance(t, int) and not isinstance(t, bool):
+        alpha = Image.fromarray(np.where(arr == t, 0, 255).astype(np.uint8), "L")
+        grey = Image.merge("LA", (grey, alpha))
+    return grey
+
+
+def to_rgb(img: Image.Image, *, what: str = "the given PIL image") -> Image.Image:
+    """RGB; any transparency composited onto a white background (transformers' ``convert_to_rgb``).
+
+    High-bit-depth greyscale is scaled to 8 bits first and float images refused (``to_8bit``).
+    """
+    img = to_8bit(img, what)
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
