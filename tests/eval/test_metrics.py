@@ -27,6 +27,7 @@ from llavakit.eval.metrics import (
     relaxed_accuracy,
     relaxed_correctness,
     scienceqa_accuracy,
+    vizwiz_accuracy,
     vqa_accuracy,
     vqa_accuracy_official,
     vqa_score,
@@ -149,15 +150,28 @@ def test_vqa_accuracy_normalises_both_sides():
     assert vqa_accuracy("four", answers) == 0.0
 
 
-def test_vqa_official_skips_normalisation_when_humans_agree():
-    # Official shortcut: ten identical human answers -> neither side is normalised, so a raw "Yes." scores 0.
-    answers = ["yes"] * 10
-    assert vqa_accuracy_official("yes", answers) == 1.0
-    assert vqa_accuracy_official("Yes.", answers) == 0.0
-    # LLaVA submits EvalAI-processed answers, which the "vqav2" protocol reproduces.
-    assert vqa_score(["Yes."], [answers], protocol="vqav2") == 1.0
-    # With disagreeing humans both sides are normalised.
+def test_vqa_official_normalises_the_prediction_and_only_punctuation_of_humans():
+    """GT-Vision-Lab ``vqaEval.py``: the prediction always fully normalised; the human answers only through
+    processPunctuation, and only when they disagree (their articles and number words stay)."""
+    assert vqa_accuracy_official("Yes.", ["yes"] * 10) == 1.0
     assert vqa_accuracy_official("Yes.", ["yes"] * 3 + ["no"] * 7) == pytest.approx(0.9)
+    # "A dog" -> "dog": matches the one human "dog", not the five "a dog" (kept as written)
+    assert vqa_accuracy_official("A dog", ["a dog"] * 5 + ["dog"] + ["cat"] * 4) == pytest.approx(0.3)
+    # "two" -> "2": matches the two human "2", not the five "two"
+    assert vqa_accuracy_official("two", ["two"] * 5 + ["2"] * 2 + ["3"] * 3) == pytest.approx(0.6)
+    # human punctuation is processed when they disagree: "1,000" -> "1000"; a "!" becomes a space ("dog ")
+    assert vqa_accuracy_official("1000", ["1,000"] * 3 + ["5"] * 7) == pytest.approx(0.9)
+    assert vqa_accuracy_official("dog", ["dog!"] * 3 + ["cat"] * 7) == 0.0
+    assert vqa_score(["Yes."], [["yes"] * 10], protocol="vqav2") == 1.0
+
+
+def test_vizwiz_compares_the_human_answers_as_stored():
+    assert vizwiz_accuracy("Unanswerable.", ["unanswerable"] * 10) == 1.0
+    assert vizwiz_accuracy("A can of soup.", ["a can of soup"] * 5 + ["soup"] * 5) == 0.0
+    assert vizwiz_accuracy("Two", ["two"] * 4 + ["2"] + ["3"] * 5) == pytest.approx(0.3)
+    assert vqa_score(["dog!"], [["dog!"] * 10], protocol="vizwiz") == 0.0  # EvalAI drops the "!", humans keep it
+    with pytest.raises(ValueError, match="unknown VQA protocol"):
+        vqa_score(["x"], [["x"]], protocol="okvqa")
 
 
 def test_vqa_protocols_differ_on_possessives():

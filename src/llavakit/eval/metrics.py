@@ -5,7 +5,7 @@ reported on its own official points scale (per subtask 0-200; perception 0-2000,
 
 | benchmark                | per question                                | aggregate                         |
 |--------------------------|---------------------------------------------|-----------------------------------|
-| VQAv2 / TextVQA / VizWiz | ``vqa_accuracy``, ``vqa_accuracy_official`` | ``vqa_score``                     |
+| VQAv2 / TextVQA / VizWiz | ``vqa_accuracy``, ``vqa_accuracy_official``, ``vizwiz_accuracy`` | ``vqa_score`` |
 | POPE                     | ``pope_answer``                             | ``pope_metrics``, ``pope_scores`` |
 | MMBench                  | ``extract_option_letter``                   | ``mmbench_circular_accuracy``     |
 | ScienceQA-IMG            | ``extract_scienceqa_letter``                | ``scienceqa_accuracy``            |
@@ -42,7 +42,7 @@ from llavakit.eval.mme_pope import (
     pope_metrics,
     pope_scores,
 )
-from llavakit.eval.vqa_normalize import evalai_answer_processor, normalize_vqa_answer
+from llavakit.eval.vqa_normalize import evalai_answer_processor, normalize_vqa_answer, process_punctuation
 
 __all__ = [
     # VQAv2 / TextVQA / VizWiz
@@ -50,6 +50,7 @@ __all__ = [
     "evalai_answer_processor",
     "vqa_accuracy",
     "vqa_accuracy_official",
+    "vizwiz_accuracy",
     "vqa_score",
     # POPE
     "BinaryMetrics",
@@ -144,40 +145,57 @@ def vqa_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
 
 
 def vqa_accuracy_official(prediction: str, gt_answers: Sequence[str]) -> float:
-    """VQA accuracy exactly as the official ``vqaEval.py`` (and the VQAv2 / VizWiz servers) compute it.
+    """VQA accuracy exactly as the official VQAv2 evaluation computes it (``VQAEval.evaluate`` in GT-Vision-Lab's
+    ``vqaEval.py``, which the EvalAI server runs).
 
-    Both sides get newlines/tabs turned into spaces and are stripped; :func:`normalize_vqa_answer` is applied
-    to both *only when the human answers are not all identical* (an official shortcut: the annotations are
-    already normalised, so a raw ``"Yes."`` scores 0 against ten ``"yes"``). LLaVA submits predictions already
-    passed through :func:`evalai_answer_processor`, which :func:`vqa_score` with ``protocol="vqav2"`` does.
+    The prediction always gets newlines/tabs turned into spaces, its ends stripped and the full
+    :func:`normalize_vqa_answer` (punctuation, then number words / articles / contractions). The human answers
+    only get the punctuation step, and only when they are not all identical; their articles and number words
+    stay as written. So "A dog" matches a human "dog", not a human "a dog":
+
+    >>> vqa_accuracy_official("Yes.", ["yes"] * 10)
+    1.0
+    >>> vqa_accuracy_official("A dog", ["a dog"] * 5 + ["dog"] + ["cat"] * 4)  # one human "dog" -> 0.3
+    0.3
     """
-    answers = [answer.replace("\n", " ").replace("\t", " ").strip() for answer in gt_answers]
-    prediction = prediction.replace("\n", " ").replace("\t", " ").strip()
-    if len(set(answers)) > 1:
-        answers = [normalize_vqa_answer(answer) for answer in answers]
-        prediction = normalize_vqa_answer(prediction)
-    return _leave_one_out(prediction, answers)
+    if len(set(gt_answers)) > 1:
+        gt_answers = [process_punctuation(answer) for answer in gt_answers]
+    return _leave_one_out(normalize_vqa_answer(prediction), list(gt_answers))
+
+
+def vizwiz_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
+    """VizWiz-VQA accuracy as its official evaluation (``VQAEval.evaluate`` of the VizWiz API) computes it: the
+    prediction normalised as in :func:`vqa_accuracy_official`, the human answers compared as they are stored.
+
+    >>> vizwiz_accuracy("Unanswerable.", ["unanswerable"] * 10)
+    1.0
+    >>> vizwiz_accuracy("A can of soup.", ["a can of soup"] * 5 + ["soup"] * 5)  # "can of soup": no human wrote it
+    0.0
+    """
+    return _leave_one_out(normalize_vqa_answer(prediction), list(gt_answers))
 
 
 def vqa_score(
     predictions: Mapping[Hashable, str] | Sequence[str],
     references: Mapping[Hashable, Sequence[str]] | Sequence[Sequence[str]],
     *,
-    protocol: Literal["textvqa", "vqav2"] = "textvqa",
+    protocol: Literal["textvqa", "vqav2", "vizwiz"] = "textvqa",
 ) -> float:
     """Mean VQA accuracy over questions; ``references`` holds the human answers of each question.
 
     ``protocol="textvqa"``: :func:`vqa_accuracy` (LLaVA's TextVQA evaluation).
-    ``protocol="vqav2"``: LLaVA's submission path for VQAv2 and VizWiz: the prediction is passed through
-    :func:`evalai_answer_processor`, then scored by :func:`vqa_accuracy_official` as the server does.
+    ``protocol="vqav2"`` / ``"vizwiz"``: LLaVA's submission path: the prediction is passed through
+    :func:`evalai_answer_processor` (``convert_vqav2_for_submission.py`` / ``convert_vizwiz_for_submission.py``),
+    then scored as the benchmark's server does (:func:`vqa_accuracy_official` / :func:`vizwiz_accuracy`).
     """
     pairs = _pairs(predictions, references, "VQA")
+    scorers = {"textvqa": vqa_accuracy, "vqav2": vqa_accuracy_official, "vizwiz": vizwiz_accuracy}
+    if protocol not in scorers:
+        raise ValueError(f"unknown VQA protocol {protocol!r}; use 'textvqa', 'vqav2' or 'vizwiz'")
     if protocol == "textvqa":
         scores = [vqa_accuracy(prediction, answers) for prediction, answers in pairs]
-    elif protocol == "vqav2":
-        scores = [vqa_accuracy_official(evalai_answer_processor(p), answers) for p, answers in pairs]
     else:
-        raise ValueError(f"unknown VQA protocol {protocol!r}; use 'textvqa' or 'vqav2'")
+        scores = [scorers[protocol](evalai_answer_processor(p), answers) for p, answers in pairs]
     return sum(scores) / len(scores)
 
 

@@ -3,7 +3,9 @@
 Two normalisers exist in the reference pipeline and both are reproduced here:
 
 * :func:`normalize_vqa_answer`: the official VQA evaluation (GT-Vision-Lab ``vqaEval.py``, also run by the
-  EvalAI servers of VQAv2 and VizWiz): punctuation, then number words, articles and contractions.
+  EvalAI servers of VQAv2 and VizWiz) applies it to the prediction: punctuation, then number words, articles
+  and contractions. The human answers get :func:`process_punctuation` alone (VQAv2, when they disagree) or
+  nothing (VizWiz): see ``metrics.vqa_accuracy_official`` / ``vizwiz_accuracy``.
 * :func:`evalai_answer_processor`: LLaVA's ``EvalAIAnswerProcessor`` (from MMF, found in
   ``llava/eval/m4c_evaluator.py``). It lowercases, deletes every ``,`` and ``?``, splits ``'s`` off its
   word, then runs the same two steps. LLaVA applies it to its predictions before a VQAv2/VizWiz submission
@@ -83,7 +85,7 @@ _PERIOD_LIMIT = 32  # the official call passes re.UNICODE (= 32) as the `count` 
 _DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
 
 
-def _process_punctuation(text: str) -> str:
+def process_punctuation(text: str) -> str:
     """The official ``processPunctuation``: marks become "" or " ", then periods not before a digit go.
 
     Example: ``"well-known"`` -> ``"well known"`` (the "-" touches no space) but ``"red - blue"`` ->
@@ -121,7 +123,7 @@ def normalize_vqa_answer(answer: str) -> str:
     '1000'
     """
     text = answer.replace("\n", " ").replace("\t", " ").strip()
-    return _process_digit_article(_process_punctuation(text))
+    return _process_digit_article(process_punctuation(text))
 
 
 def evalai_answer_processor(answer: str) -> str:
@@ -138,4 +140,4 @@ def evalai_answer_processor(answer: str) -> str:
     """
     text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _process_digit_article(_process_punctuation(text))
+    return _process_digit_article(process_punctuation(text))

@@ -9,7 +9,7 @@ Accepted layouts of ``--data`` (a directory, searched in this order):
 * the lmms-lab parquet release (``*.parquet``, images inside).
 
 Scoring follows LLaVA: TextVQA with ``TextVQAAccuracyEvaluator`` (EvalAI processing of both sides);
-VQAv2 and VizWiz as their servers do, on EvalAI-processed predictions (``protocol="vqav2"``).
+VQAv2 and VizWiz as their servers do, on EvalAI-processed predictions (``protocol="vqav2"`` / ``"vizwiz"``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..metrics import evalai_answer_processor, vqa_accuracy, vqa_accuracy_official
+from ..metrics import evalai_answer_processor, vizwiz_accuracy, vqa_accuracy, vqa_accuracy_official
 from .base import SHORT_ANSWER, UNANSWERABLE, Sample, Task, answered, resolve_image, suffixed
 from .io import find, parquet_image, read_json, read_jsonl, read_parquet, require
 
@@ -50,7 +50,8 @@ def _score(protocol: str):  # noqa: ANN202
         if protocol == "textvqa":
             accs = [vqa_accuracy(p, s.ref["answers"]) for s, p in pairs]
         else:
-            accs = [vqa_accuracy_official(evalai_answer_processor(p), s.ref["answers"]) for s, p in pairs]
+            official = vqa_accuracy_official if protocol == "vqav2" else vizwiz_accuracy
+            accs = [official(evalai_answer_processor(p), s.ref["answers"]) for s, p in pairs]
         return {"scores": {"accuracy": sum(accs) / len(accs)}, "counts": {"questions": len(accs)}}
 
     return score
@@ -123,6 +124,9 @@ def textvqa_key(record: dict[str, Any]) -> str:
 
 
 def read_textvqa(root: Path) -> list[Sample]:
+    """TextVQA val. LLaVA-1.5's published number uses its question file ``llava_textvqa_val_v051_ocr.jsonl``,
+    whose prompts carry a ``Reference OCR token: ...`` line; without that file (official JSON or parquet) the
+    prompt is the question + the short-answer suffix, as lmms-eval's default: a different, usually lower score."""
     if (pq := find(root, ["*.parquet", "data/*.parquet"])) is not None and pq.suffix == ".parquet":
         return _parquet(
             pq if root.is_file() else pq.parent,
@@ -218,7 +222,7 @@ TEXTVQA = Task(
 VIZWIZ = Task(
     "vizwiz",
     read_vizwiz,
-    _score("vqav2"),
+    _score("vizwiz"),
     "VizWiz-VQA val: VQA accuracy (EvalAI-processed predictions, official rules)",
     "a directory with Annotations/val.json and val/ images; or parquet",
 )
