@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import pytest
@@ -126,7 +127,38 @@ def test_logits_mask_computes_exactly_the_supervised_rows(tmp_path):
 
 def test_resume_with_another_stage_is_refused_clearly(tmp_path):
     _run(tiny_recipe(tmp_path, "llava", "train.max_steps=3", "train.save_every=1", "train.stop_after=1"))
+    with pytest.raises(ValueError, match="stage.name 'stage2' there, 'stage1' now"):
+        _run(tiny_recipe(tmp_path, "llava", "train.max_steps=3", "stage.name=stage1", "train.resume=true"))
+    (tmp_path / "run" / "recipe.json").unlink()  # a run without its recipe record: the checkpoint still tells
     with pytest.raises(ValueError, match="does not fit this run's model or stage"):
         _run(tiny_recipe(tmp_path, "llava", "train.max_steps=3", "stage.name=stage1", "train.resume=true"))
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         _run(tiny_recipe(tmp_path / "empty", "llava", "train.resume=true"))
+
+
+@pytest.mark.parametrize(
+    "change,said",
+    [
+        ("stage.lr=0.05", "stage.lr 0.003 there, 0.05 now"),
+        ("train.global_batch_size=8", "train.global_batch_size 4 there, 8 now"),
+        ("train.seed=7", "train.seed 42 there, 7 now"),
+        ("train.max_steps=5", "train.max_steps 3 there, 5 now"),
+    ],
+)
+def test_resume_under_another_recipe_is_refused(tmp_path, change, said):
+    """The optimizer and scheduler states carry the old settings and the data order the old batch size: new
+    values would be ignored or skip data while recipe.json claimed them."""
+    base = ("train.max_steps=3", "train.save_every=1", "train.stop_after=1")
+    _run(tiny_recipe(tmp_path, "llava", *base))
+    record = (tmp_path / "run" / "recipe.json").read_text()
+    with pytest.raises(ValueError, match=re.escape(said)):
+        _run(tiny_recipe(tmp_path, "llava", *base, change, "train.resume=true"))
+    assert (tmp_path / "run" / "recipe.json").read_text() == record
+    # how a run is watched and saved may change
+    _run(tiny_recipe(tmp_path, "llava", "train.max_steps=3", "train.save_every=2", "train.resume=true"))
+
+
+def test_a_new_run_does_not_overwrite_another_runs_checkpoints(tmp_path):
+    _run(tiny_recipe(tmp_path, "llava", "train.max_steps=2", "train.save_every=1"))
+    with pytest.raises(FileExistsError, match="already holds checkpoints of an earlier run"):
+        _run(tiny_recipe(tmp_path, "llava", "train.max_steps=2", "train.save_every=1"))

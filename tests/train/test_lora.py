@@ -145,3 +145,24 @@ def test_trained_checkpoint_loads_in_transformers_with_the_same_logits(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(ours(**inputs).logits, hf(**inputs).logits, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(model.eval()(**inputs).logits, hf(**inputs).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_adapter_loaded_onto_an_eval_model_keeps_dropout_off(lora_model, tmp_path):
+    """LoRALinear modules take the mode of the model they join: with dropout in the adapter, an eval-mode model
+    gives the same logits twice (they had stayed in training mode)."""
+    model, processor, _ = lora_model
+    spec = LoraSpec(rank=4, alpha=8, dropout=0.5, target_modules=["q_proj", "v_proj", "down_proj"])
+    save_adapter(model, tmp_path / "adapter", spec, base_model=str(tmp_path / "base"))
+    fresh = LlavaModel.from_pretrained(tmp_path / "base")
+    assert not fresh.training
+    load_adapter(fresh, tmp_path / "adapter")
+    assert not any(m.training for m in fresh.modules())
+    inputs = _inputs(processor)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs).logits, fresh(**inputs).logits, rtol=0, atol=0)
+
+
+def test_a_target_that_matches_nothing_is_named():
+    model, _ = build_model(ModelSpec(init="tiny:llava"))
+    with pytest.raises(ValueError, match=r"\['qproj'\] match no Linear layer of the decoder \(a typo\?\)"):
+        apply_lora(model, LoraSpec(rank=2, alpha=4, dropout=0.0, target_modules=["v_proj", "qproj"]))

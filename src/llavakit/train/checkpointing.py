@@ -126,6 +126,39 @@ def write_model(out: Path, state: dict[str, torch.Tensor], config: Any, processo
         processor.save_pretrained(out)
 
 
+# recipe keys a resumed run may change: how it is watched and saved, not what it computes (the micro batch may
+# change with the global batch kept: the same samples per step, the same sums)
+RESUME_MAY_CHANGE = frozenset(
+    {"train.resume", "train.progress", "train.stop_after", "train.log_every", "train.save_every", "train.keep_last",
+     "train.micro_batch_size", "train.output_dir", "train.device", "train.distributed"}
+)  # fmt: skip
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out |= _flat(v, key + ".") if isinstance(v, dict) else {key: v}
+    return out
+
+
+def check_same_recipe(saved_path: Path, recipe: Any) -> None:
+    """Refuse to resume under a recipe that computes something else than the one that started the run (its
+    ``recipe.json``): the optimizer and scheduler states carry the old learning rates and the data order the
+    old batch size, so new values would be ignored or skip data while the record claimed them."""
+    if not saved_path.is_file():
+        return  # a run from before recipe.json was written: nothing to compare
+    saved = _flat(json.loads(saved_path.read_text()))
+    now = _flat(json.loads(json.dumps(recipe.to_dict(), default=str)))
+    diff = sorted(k for k in saved.keys() | now.keys() if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
+    if diff:
+        said = "; ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in diff[:5])
+        raise ValueError(
+            f"train.resume: this recipe differs from the one that started the run ({saved_path}): {said}; resume "
+            "with the same recipe, or start a new train.output_dir from the last checkpoint's weights (model.init)"
+        )
+
+
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, d: Dist, lora: bool
 ) -> dict[str, Any]:

@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from ..model.llava import IGNORE_INDEX, positions_from_mask
-from .checkpointing import checkpoint_dirs, load_checkpoint, save_checkpoint, seed_everything, write_model
+from .checkpointing import (
+    check_same_recipe,
+    checkpoint_dirs,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    write_model,
+)
 from .distributed import Dist, all_sum, full_model_state, setup, teardown, unwrap, wrap
 from .foreground import drop_probability, hide_background
 from .recipe import Recipe
@@ -169,20 +176,31 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, t.warmup_ratio, t.schedule))
 
     step, resumed = 0, None
+    found = checkpoint_dirs(out)
     if t.resume:
-        found = checkpoint_dirs(out)
         if not found:
             raise FileNotFoundError(f"train.resume: no checkpoint in {out / 'checkpoints'}; start without resume")
+        check_same_recipe(out / "recipe.json", recipe)
         resumed = found[-1]
         step = int(load_checkpoint(resumed, model, optimizer, scheduler, d, lora is not None)["step"])
+        if step > total:
+            raise ValueError(
+                f"train.resume: the last checkpoint {resumed.name} is past this run's {total} steps; resume with "
+                "the recipe that wrote it, or start a new train.output_dir"
+            )
     else:
+        if found:
+            raise FileExistsError(
+                f"{out} already holds checkpoints of an earlier run ({found[-1].name}); resume it with "
+                "train.resume=true (--resume), or choose another train.output_dir (or delete its checkpoints/)"
+            )
         seed_everything(t.seed + d.rank)  # per-process streams (dropout)
     metrics = _Metrics(out / "metrics.jsonl", d.main, keep_until=step if resumed else 0)
     bar = _Progress(total, step, d.main and t.progress)
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=t.bf16)
     result = TrainResult(output_dir=out, resumed_from=resumed)
     order_cache: dict[int, list[list[int]]] = {}
-    if d.main:
+    if d.main and resumed is None:  # a resumed run keeps the record of the recipe that started it
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2, default=str))
 

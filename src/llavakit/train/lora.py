@@ -83,10 +83,17 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> list[str]:
             f"LoRA target_modules {spec.target_modules} match no Linear layer of the decoder; "
             f"decoder linears are named e.g. {', '.join(DEFAULT_EXAMPLES)}"
         )
+    unmatched = [t for t in spec.target_modules if not any(n.rsplit(".", 1)[-1] == t for n in names)]
+    if unmatched:
+        raise ValueError(
+            f"LoRA target_modules {unmatched} match no Linear layer of the decoder (a typo?); decoder linears are "
+            f"named e.g. {', '.join(DEFAULT_EXAMPLES)}"
+        )
     for n in names:
         parent, _, attr = n.rpartition(".")
         owner = model.get_submodule(parent)
-        setattr(owner, attr, LoRALinear(getattr(owner, attr), spec.rank, spec.alpha, spec.dropout))
+        layer = LoRALinear(getattr(owner, attr), spec.rank, spec.alpha, spec.dropout)
+        setattr(owner, attr, layer.train(owner.training))  # a model in eval mode keeps its dropout off
     return names
 
 
