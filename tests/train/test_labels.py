@@ -110,6 +110,16 @@ def test_plain_template_supervises_the_caption_only(tmp_path):
     assert item["labels"].tolist() == [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
 
 
+def test_plain_template_refuses_a_multi_turn_record(tmp_path):
+    """plain renders only a user turn's placeholders: a second question would vanish, its answer supervised."""
+    proc = tiny_processor("llava")
+    write_image(tmp_path / "a.png", 30, 30)
+    turns = conv("<image>", "A red square.") + conv("What colour?", "Red.")
+    rec = {"id": "m1", "image": "a.png", "conversations": turns}
+    with pytest.raises(ValueError, match="takes one question and one answer per record"):
+        SupervisedDataset([rec], tmp_path, proc, "plain", 4096, on_error="raise")[0]
+
+
 def _bpe_processor(kind: str):
     """A processor whose tokenizer merges characters (byte-level BPE or sentencepiece-like Metaspace)."""
     from tokenizers import Tokenizer as Tok
