@@ -184,9 +184,12 @@ class TextConfig:
             d["attention_bias"] = self.qkv_bias
         if self.model_type != "llama":
             d.pop("mlp_bias")
+        # vLLM builds the language model from text_config by its architectures (llava-hf configs carry it)
+        d["architectures"] = [TEXT_ARCHITECTURES[self.model_type]]
         return d
 
 
+TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 _MLP_RE = re.compile(r"^mlp(\d+)x_gelu$")
 
 

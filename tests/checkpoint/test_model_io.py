@@ -77,11 +77,13 @@ def test_unknown_model_type_is_a_clear_error(tmp_path):
         LlavaModel.from_pretrained(tmp_path)
 
 
-def test_original_checkpoint_converts_to_the_same_logits(tmp_path):
+@pytest.mark.parametrize("model_type", ["llava", "llava_llama"])  # released configs say "llava"
+def test_original_checkpoint_converts_to_the_same_logits(tmp_path, model_type):
     """A synthetic liuhaotian-style checkpoint (separate CLIP tower, original keys and config) converts with
     `llava convert` and gives the logits of the HF model holding the same weights."""
     from transformers import CLIPConfig, CLIPModel
 
+    from llavakit import LlavaProcessor
     from llavakit.cli import main
     from llavakit.processing.anyres import num_image_tokens
     from tiny_models import vision_config
@@ -113,7 +115,8 @@ def test_original_checkpoint_converts_to_the_same_logits(tmp_path):
         json.dumps(
             {
                 "architectures": ["LlavaLlamaForCausalLM"],
-                "model_type": "llava_llama",
+                "model_type": model_type,
+                "_name_or_path": "./checkpoints/llava-mistral-tiny",  # the name guesses the conversation template
                 "hidden_size": t.hidden_size,
                 "intermediate_size": t.intermediate_size,
                 "num_hidden_layers": t.num_hidden_layers,
@@ -146,7 +149,13 @@ def test_original_checkpoint_converts_to_the_same_logits(tmp_path):
     tj = src / "tokenizer.json"
     tj.write_text(tj.read_text().replace('"<image>"', '"<extra_120>"').replace('"<video>"', '"<extra_121>"'))
 
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 99]}))
     assert main(["convert", str(src), str(tmp_path / "out"), "--vision-tower", str(tmp_path / "clip")]) == 0
+    # the extra end-of-sequence ids, the original's conversation template, vLLM's text architecture come along
+    assert json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"] == [2, 99]
+    assert LlavaProcessor.from_pretrained(tmp_path / "out").template == "mistral_instruct"
+    text_cfg = json.loads((tmp_path / "out" / "config.json").read_text())["text_config"]
+    assert text_cfg["architectures"] == ["LlamaForCausalLM"]
     ours = LlavaModel.from_pretrained(tmp_path / "out")
     assert ours.config.image_token_id == 128 and ours.config.text.vocab_size == 192
     n = num_image_tokens(56, 56, ours.geometry)
@@ -157,8 +166,6 @@ def test_original_checkpoint_converts_to_the_same_logits(tmp_path):
     torch.testing.assert_close(out[..., :128], ref, atol=1e-4, rtol=1e-4)
 
     from PIL import Image
-
-    from llavakit import LlavaProcessor
 
     proc = LlavaProcessor.from_pretrained(tmp_path / "out")  # the converted processor: <image> at 128, `pad`
     assert proc.image_token_id == 128 and proc.image_config.pad_square

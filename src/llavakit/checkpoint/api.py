@@ -31,6 +31,10 @@ def load_config(path: Path, vision_tower: str | Path | None = None) -> tuple[Lla
     from .original import config_from_original, is_original_config, read_vision_tower_config
 
     d = read_config_dict(path)
+    # original configs first: released liuhaotian / lmms-lab configs also say model_type "llava"
+    if is_original_config(d) and "text_config" not in d:
+        vision = read_vision_tower_config(d, path, vision_tower)
+        return config_from_original(d, vision).config, "original"
     if d.get("model_type") in FAMILIES:
         return LlavaConfig.from_hf(d), "hf"
     if is_original_config(d):

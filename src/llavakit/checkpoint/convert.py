@@ -22,6 +22,7 @@ PROCESSOR_FILES = (
     "chat_template.json",
     "chat_template.jinja",
     "generation_config.json",
+    "conversation_template.json",
 )
 
 
@@ -45,6 +46,8 @@ def convert(
     model = load_model(path, dtype=parse_dtype(dtype) if dtype else _stored_dtype(path), vision_tower=vision_tower)
     model.save_pretrained(out, max_shard_bytes=max_shard_bytes)
     note = write_processor(path, out, model, fmt, vision_tower)
+    if (path / "generation_config.json").is_file():  # extra end-of-sequence ids (Llama-3's <|eot_id|>, ...)
+        shutil.copy2(path / "generation_config.json", out / "generation_config.json")
     if note:
         print(f"note: {note}")
     return out
