@@ -285,6 +285,21 @@ def test_chat_template_shipped_with_the_checkpoint(tmp_path):
     assert plain.apply_chat_template(msgs[:1]).endswith("USER: <image>\nWhat is it? ASSISTANT:")
 
 
+def test_a_template_that_writes_bos_gets_one_bos(tmp_path):
+    """Llama-3 / Mistral style templates start with {{ bos_token }}: the rendered prompt tokenizes with one BOS,
+    as transformers' apply_chat_template(tokenize=True) gives (it no longer adds its own)."""
+    template = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'][0]['text'] }}\n{% endfor %}"
+    hf = hf_processor("llava", tmp_path, chat_template=template)
+    ours = LlavaProcessor.from_pretrained(tmp_path / "llava")
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    text = ours.apply_chat_template(msgs, add_generation_prompt=False)
+    assert text.startswith("<s>")
+    ids = ours(text=text, return_tensors=None)["input_ids"][0]
+    assert ids == hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"][0]
+    assert ids[0] == 1 and ids[1] != 1
+    assert ours(text="hi", return_tensors=None)["input_ids"][0][0] == 1  # plain text still gets its BOS
+
+
 def test_decode_and_batch_decode(procs):
     _, ours = procs["llava"]
     out = ours(text=["what is the cat?", "hi"])

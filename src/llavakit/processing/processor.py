@@ -23,6 +23,9 @@ from .image_load import ImageSource, load_image
 from .templates import IMAGE, VIDEO, render, render_chat_template
 from .tokenizer import Tokenizer
 
+# the named conversation template of a checkpoint that ships no Jinja chat template, when it is not the family's
+# default (``llava convert`` picks it from the original config); transformers ignores the file
+TEMPLATE_FILE = "conversation_template.json"
 DEFAULT_TEMPLATE = {"llava": "llava_1_5_hf", "llava_next": "vicuna_v1", "llava_onevision": "qwen_1_5"}
 
 
@@ -101,6 +104,7 @@ class LlavaProcessor:
         from ..checkpoint.load import resolve_model_path
 
         path = resolve_model_path(path_or_id)
+        template = template or (read_json(path / TEMPLATE_FILE) or {}).get("template")
         proc = read_json(path / "processor_config.json")
         img = proc.get("image_processor") or read_json(path / "preprocessor_config.json")
         model_cfg = read_json(path / "config.json")
@@ -218,6 +222,8 @@ class LlavaProcessor:
             (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2) + "\n")
         if self.chat_template:
             (out / "chat_template.jinja").write_text(self.chat_template)
+        if self.template != DEFAULT_TEMPLATE[self.family]:  # e.g. a converted llava-v1.6-mistral: mistral_instruct
+            (out / TEMPLATE_FILE).write_text(json.dumps({"template": self.template}, indent=2) + "\n")
 
     # -- text --------------------------------------------------------------------------------------------------
 
@@ -235,6 +241,12 @@ class LlavaProcessor:
             variables = {**self.tokenizer.special_tokens, **template_vars}
             return render_chat_template(self.chat_template, _hf_messages(messages), add_generation_prompt, **variables)
         return render(messages, self.template, add_generation_prompt)
+
+    def _starts_with_bos(self, text: str) -> bool:
+        """True when ``text`` already begins with the BOS token (a chat template that writes ``{{ bos_token }}``):
+        encoding it adds no second one, as transformers' ``apply_chat_template(tokenize=True)`` does."""
+        bos = self.tokenizer.special_token("bos_token")
+        return bool(bos) and text.startswith(bos)
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -288,7 +300,7 @@ class LlavaProcessor:
         ids = []
         for t in texts:
             expanded = _expand(_expand(t, IMAGE, img_counts), VIDEO, vid_counts)
-            ids.append(self.tokenizer.encode(expanded))
+            ids.append(self.tokenizer.encode(expanded, add_special_tokens=not self._starts_with_bos(expanded)))
         side = padding_side or self.tokenizer.padding_side
         out: dict[str, Any] = self._pad(ids, side) if padding else _unpadded(ids, return_tensors)
         if pil:
