@@ -63,6 +63,13 @@ def cmd_data_check(
     """Report bad training records (counts and ids); 1 when any are found."""
     from .train.check import data_check_command
 
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"--max-length must be >= 1 (tokens), got {max_length}")
+    if image_folder is not None and not Path(image_folder).is_dir():
+        raise ValueError(f"--image-folder {image_folder} is not a directory; pass the folder the image paths start in")
+
     return data_check_command(data, image_folder, template, model_or_processor, max_length, workers)
 
 

@@ -90,3 +90,37 @@ def test_parallel_check_gives_the_same_report(planted):
     one = check_data(planted / "d.jsonl", planted / "imgs", tiny_processor("llava"), None, 200)
     two = check_data(planted / "d.jsonl", planted / "imgs", tiny_processor("llava"), None, 200, workers=2)
     assert two.counts == one.counts and two.examples == one.examples and two.records == one.records
+
+
+@pytest.mark.parametrize(
+    "extra,said",
+    [
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--max-length", "0"], "--max-length must be >= 1"),
+        (["--image-folder", "/nonexistent-folder"], "is not a directory"),
+    ],
+)
+def test_bad_check_flags_are_one_line_errors(planted, capsys, extra, said):
+    argv = ["data", "check", str(planted / "d.jsonl"), "--image-folder", str(planted / "imgs")]
+    assert main(argv + extra) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_unreadable_data_files_are_named(tmp_path, capsys):
+    (tmp_path / "bin.jsonl").write_bytes(b'{"id": "\xef\xff"}\n')
+    assert main(["data", "check", str(tmp_path / "bin.jsonl")]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    assert main(["data", "check", str(tmp_path)]) == 2
+    assert "is a directory; pass the data file" in capsys.readouterr().err
+
+
+def test_plain_multi_turn_records_are_counted_not_fatal(planted, capsys):
+    recs = [
+        {"id": "two", "image": "a.png", "conversations": conv("<image>", "A cap.", "More?", "No.")},
+        {"id": "one", "image": "a.png", "conversations": conv("<image>", "A cap.")},
+    ]
+    write_jsonl(planted / "p.jsonl", recs)
+    argv = ["data", "check", str(planted / "p.jsonl"), "--image-folder", str(planted / "imgs")]
+    assert main(argv + ["--model-or-processor", str(planted / "proc"), "--template", "plain"]) == 1
+    out = capsys.readouterr().out
+    assert "bad_record: 1 (two)" in out and "1 records OK" in out

@@ -111,7 +111,9 @@ def render_sample(
     if TEMPLATES[name].images_only and sum(m.get("role") == "assistant" for m in messages) > 1:
         # plain keeps only a user turn's placeholders: later questions would vanish while their answers were
         # still supervised (the original LLaVA asserts one exchange for it too)
-        raise ValueError(f"the {name!r} template (stage 1 captions) takes one question and one answer per record")
+        raise SampleError(
+            "bad_record", f"the {name!r} template (stage 1 captions) takes one question and one answer per record"
+        )
     return render_with_spans(messages, name, add_generation_prompt=False)
 
 

@@ -60,9 +60,16 @@ def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
     not start with "[" are read line by line.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; pass the data file (.json array or .jsonl) inside it")
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {e.start}); training data is JSON / JSON lines in UTF-8: re-save it so"
+        ) from None
     if path.suffix != ".jsonl" and text.lstrip().startswith("["):
         try:
             items = json.loads(text)
