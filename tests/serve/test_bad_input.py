@@ -293,3 +293,15 @@ def test_an_image_the_model_cannot_preprocess_is_a_400(tmp_path) -> None:
     with pytest.raises(ApiError) as e:
         _open([(where, _solid_png(1, 3000))], ServeConfig(), proc)
     assert e.value.status == 400 and e.value.param == where and "vanish" in str(e.value)
+
+
+def test_images_plus_max_tokens_over_the_context_names_max_tokens(pipe) -> None:  # noqa: ANN001
+    from llavakit.serve.config import ServeConfig
+    from llavakit.serve.prepare import ApiError, prepare
+    from llavakit.serve.schemas import ChatCompletionRequest
+
+    context = pipe.model.config.text.context_length
+    body = ChatCompletionRequest.model_validate(_req(messages=[_img(data_url(PNG))], max_tokens=context - 2))
+    with pytest.raises(ApiError) as e:
+        prepare(body, pipe, ServeConfig(model_name="tiny-llava"))
+    assert e.value.param == "max_tokens" and "lower max_tokens to at most" in str(e.value), str(e.value)

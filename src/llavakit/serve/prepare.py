@@ -146,11 +146,18 @@ def _prepare(
     multi = proc.family == "llava_onevision" and len(sizes) > 1
     image_tokens = sum(num_image_tokens(h, w, proc.geometry, multi_image=multi) for h, w in sizes)
     if sizes and context is not None and image_tokens + (asked or 1) > context:
+        if image_tokens >= context:
+            raise ApiError(
+                f"the {len(sizes)} image(s) alone take {image_tokens} tokens, the model's context is {context} "
+                "tokens; send fewer or smaller images",
+                400,
+                "messages",
+            )
         raise ApiError(
-            f"the {len(sizes)} image(s) alone take {image_tokens} tokens, + {field} {asked or 1} exceeds the model's "
-            f"context of {context} tokens; send fewer or smaller images",
+            f"the {len(sizes)} image(s) take {image_tokens} tokens, + {field} {asked} exceeds the model's context "
+            f"of {context} tokens; lower {field} to at most {context - image_tokens} (less the prompt's text)",
             400,
-            "messages",
+            field,
         )
     try:
         prompt = proc.apply_chat_template(msgs, add_generation_prompt=True)
