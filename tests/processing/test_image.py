@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import torch
+from image_bytes import encoded, noise, png_header
 from PIL import Image
 
 from llavakit.processing.image import (
@@ -26,26 +25,6 @@ from llavakit.processing.image import (
     video_frames,
 )
 from llavakit.processing.image_load import load_image
-
-
-def _bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-def _noise(h: int, w: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` (no pixel data): enough for PIL to report the size."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
 
 
 # I;16, I and F are deliberately unlike transformers (scaled to 8 bits / refused): see test_high_bit_depth_*
@@ -80,11 +59,11 @@ def test_transparency_of_files_is_dropped_and_of_pil_images_composited_on_white(
     # files: .convert("RGB") keeps the colour under the alpha (transformers' load_image, original LLaVA);
     # PIL images: white background (transformers' image processors' convert_to_rgb)
     img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
-    assert load_image(_bytes(img)).getpixel((0, 0)) == (255, 0, 0)
+    assert load_image(encoded(img)).getpixel((0, 0)) == (255, 0, 0)
     assert load_image(img).getpixel((0, 0)) == (255, 255, 255)
     pal = Image.new("P", (4, 4), 0)
     pal.putpalette([10, 20, 30] + [0] * 765)
-    data = _bytes(pal, transparency=0)
+    data = encoded(pal, transparency=0)
     assert load_image(data).getpixel((1, 1)) == (10, 20, 30)
     assert load_image(Image.open(io.BytesIO(data))).getpixel((1, 1)) == (255, 255, 255)
 
@@ -94,7 +73,7 @@ def test_exif_rotated_jpeg_comes_out_rotated(tmp_path):
     img.paste((255, 255, 255), (0, 0, 10, 10))  # white block at the left
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    (tmp_path / "r.jpg").write_bytes(_bytes(img, "JPEG", exif=exif.tobytes(), quality=95))
+    (tmp_path / "r.jpg").write_bytes(encoded(img, "JPEG", exif=exif.tobytes(), quality=95))
     for out in (load_image(tmp_path / "r.jpg"), load_image(Image.open(tmp_path / "r.jpg"))):
         assert out.size == (10, 30)
         arr = np.asarray(out).astype(float)
@@ -109,18 +88,18 @@ def test_bad_images_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="cannot decode image"):
         load_image(b"this is not an image at all")
     with pytest.raises(ValueError, match="cannot decode image"):
-        load_image(_bytes(_noise(64, 64))[:200])  # truncated
+        load_image(encoded(noise(64, 64))[:200])  # truncated
     with pytest.raises(ValueError, match="empty"):
         load_image(b"")
     with pytest.raises(ValueError, match="zero-size"):
         load_image(Image.new("RGB", (0, 5)))
     with pytest.raises(ValueError, match="50x50 .* 2500 pixels is over the limit of 1000"):
-        load_image(_bytes(Image.new("RGB", (50, 50))), max_pixels=1000)
+        load_image(encoded(Image.new("RGB", (50, 50))), max_pixels=1000)
     # a decompression bomb is refused from its header, before anything is decoded
     with pytest.raises(ValueError, match="10000x9000 .*90000000 pixels is over the limit of 64000000"):
-        load_image(_png_header(10_000, 9_000))
+        load_image(png_header(10_000, 9_000))
     with pytest.raises(ValueError, match=r"limit"):
-        load_image(_png_header(30_000, 30_000), max_pixels=10**12)  # PIL's own bomb guard, reworded
+        load_image(png_header(30_000, 30_000), max_pixels=10**12)  # PIL's own bomb guard, reworded
     with pytest.raises(TypeError, match="path, bytes or PIL.Image"):
         load_image(42)  # type: ignore[arg-type]
 
@@ -131,7 +110,7 @@ def test_resize_crop_pad_match_transformers(hw):
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
     ref = LlavaImageProcessorPil()
-    img = _noise(*hw)
+    img = noise(*hw)
     arr = np.asarray(img).transpose(2, 0, 1).copy()  # (3, H, W) as the backend holds it
     r = ref.resize(arr, SizeDict(shortest_edge=56), resample=Image.Resampling.BICUBIC)
     ours = resize_shortest_edge(img, 56)
@@ -163,7 +142,7 @@ def test_one_tile_matches_clip_and_siglip_processors(kind):
         ref = SiglipImageProcessorPil(size={"height": 70, "width": 70})
         cfg = ImageConfig(tile=70, mean=(0.5,) * 3, std=(0.5,) * 3, resize_shortest=False, center_crop=False)
     for i, hw in enumerate([(40, 90), (300, 77), (5, 7), (70, 70)]):
-        img = _noise(*hw, seed=i)
+        img = noise(*hw, seed=i)
         expected = torch.as_tensor(np.asarray(ref(img, return_tensors="np")["pixel_values"]))
         torch.testing.assert_close(torch.from_numpy(to_tile(img, cfg))[None], expected, atol=1e-5, rtol=0)
 
@@ -182,8 +161,8 @@ def test_anyres_views_layout():
 
 
 def test_video_frames_and_sampling(tmp_path):
-    frames = [_noise(30, 50, i) for i in range(4)]
-    (tmp_path / "f.png").write_bytes(_bytes(frames[0]))
+    frames = [noise(30, 50, i) for i in range(4)]
+    (tmp_path / "f.png").write_bytes(encoded(frames[0]))
     cfg = ImageConfig(tile=70, mean=CLIP_MEAN, std=CLIP_STD, resize_shortest=False, center_crop=False)
     out = video_frames([tmp_path / "f.png", *frames[1:]], cfg)
     assert out.shape == (4, 3, 70, 70) and out.dtype == torch.float32

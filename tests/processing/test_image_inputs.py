@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
 import torch
+from image_bytes import encoded, noise, png_header
 from PIL import Image
 
 from llavakit.processing.image import (
@@ -28,30 +27,12 @@ ONEVISION = ImageConfig(  # SigLIP/384 AnyRes; multi-image prompts pad to square
 )
 
 
-def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-def _noise(h: int, w: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def _png_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
-
-
 # -- extreme aspect ratios: refused before any big intermediate is built -----------------------------------------
 
 
 @pytest.mark.parametrize("w, h", [(1, 40_000), (100_000, 1)])
 def test_extreme_aspect_ratios_are_refused_fast_with_clear_errors(w, h):
-    data = _png(Image.new("RGB", (w, h), (200, 10, 10)))
+    data = encoded(Image.new("RGB", (w, h), (200, 10, 10)))
     assert len(data) < 2000  # a few hundred bytes: the reviewer's 1 x 40000 PNG needed 6.6 GB before
     img = load_image(data, name="1 of 1 (tall.png)")
     t = time.perf_counter()
@@ -75,7 +56,7 @@ def test_extreme_aspect_ratios_are_refused_fast_with_clear_errors(w, h):
 
 def test_an_image_that_would_vanish_is_refused():
     # 1 x 1000 padded to a 1000 x 1000 square (fine) and resized to 336: a 0.34 px line
-    img = load_image(_png(Image.new("RGB", (1000, 1))))
+    img = load_image(encoded(Image.new("RGB", (1000, 1))))
     with pytest.raises(ValueError, match=r"the given image bytes: 1000x1 .* height would be 0.34 px.*at most 672:1"):
         preprocess(img, LLAVA15_PAD)
     with pytest.raises(ValueError, match="would vanish"):
@@ -92,15 +73,15 @@ def test_the_limits_are_exact_and_what_they_accept_matches_transformers():
     clip = dict(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
     pad, nopad = ImageConfig(tile=56, pad_square=True), ImageConfig(tile=56)
     # pad: 7 x 784 is half a pixel high at 56 (kept), 7 x 785 less (refused); the canvas is 784^2
-    img = _noise(7, 784, 1)
+    img = noise(7, 784, 1)
     ref = LlavaImageProcessorPil(do_pad=True, **clip)(img, return_tensors="np")["pixel_values"]
     torch.testing.assert_close(preprocess(img, pad, max_pixels=784 * 784), torch.as_tensor(ref), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="784x784 square for this model, 614656 pixels, over the limit of 614655"):
         preprocess(img, pad, max_pixels=784 * 784 - 1)
     with pytest.raises(ValueError, match="vanish"):
-        preprocess(_noise(7, 785), pad)
+        preprocess(noise(7, 785), pad)
     # shortest edge: 3 x 170 -> 56 x 3173 = 177688 pixels before the crop
-    img = _noise(3, 170, 2)
+    img = noise(3, 170, 2)
     ref = LlavaImageProcessorPil(do_pad=False, **clip)(img, return_tensors="np")["pixel_values"]
     torch.testing.assert_close(preprocess(img, nopad, max_pixels=177688), torch.as_tensor(ref), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="makes a 3173x56 image, 177688 pixels, over the limit of 177687"):
@@ -113,9 +94,9 @@ def test_processor_errors_name_the_image(tmp_path):
 
     hf_processor("llava", tmp_path)
     proc = LlavaProcessor.from_pretrained(tmp_path / "llava")
-    (tmp_path / "tall.png").write_bytes(_png(Image.new("RGB", (1, 40_000))))
+    (tmp_path / "tall.png").write_bytes(encoded(Image.new("RGB", (1, 40_000))))
     with pytest.raises(ValueError, match=r"^image 2 of 2 \(.*tall\.png\): 1x40000 \(w x h\) is padded to a 40000x"):
-        proc(text="<image><image>\nx", images=[_noise(20, 30), tmp_path / "tall.png"])
+        proc(text="<image><image>\nx", images=[noise(20, 30), tmp_path / "tall.png"])
 
 
 # -- 16-bit and float pixels ---------------------------------------------------------------------------------------
@@ -132,11 +113,11 @@ def _expected8(v: np.ndarray) -> np.ndarray:
 
 def test_16bit_png_and_tiff_are_scaled_to_8_bits(tmp_path):
     v = _ramp16()
-    png = _png(Image.fromarray(v))
+    png = encoded(Image.fromarray(v))
     assert Image.open(io.BytesIO(png)).mode == "I;16"
     # what transformers' .convert("RGB") makes of it: clipped at 255, almost all white
     assert (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) == 255).mean() > 0.99
-    tiff_b = _png(Image.frombytes("I;16B", (40, 24), v.astype(">u2").tobytes()), "TIFF")
+    tiff_b = encoded(Image.frombytes("I;16B", (40, 24), v.astype(">u2").tobytes()), "TIFF")
     assert Image.open(io.BytesIO(tiff_b)).mode == "I;16B"
     (tmp_path / "g.png").write_bytes(png)
     for src in (png, tmp_path / "g.png", Image.open(tmp_path / "g.png"), tiff_b, Image.open(io.BytesIO(tiff_b))):
@@ -154,7 +135,7 @@ def test_16bit_png_and_tiff_are_scaled_to_8_bits(tmp_path):
 def test_16bit_transparency_is_composited_on_white_for_pil_and_dropped_for_files():
     v = _ramp16()
     v[0, :5] = 1000
-    png = _png(Image.fromarray(v), transparency=1000)
+    png = encoded(Image.fromarray(v), transparency=1000)
     pil = np.asarray(load_image(Image.open(io.BytesIO(png))))
     assert (pil[0, :5] == 255).all()  # the transparent value is white, as transformers' convert_to_rgb
     np.testing.assert_array_equal(pil[1:], _expected8(v)[1:])
@@ -163,7 +144,7 @@ def test_16bit_transparency_is_composited_on_white_for_pil_and_dropped_for_files
 
 def test_32bit_integer_images_use_the_16bit_range_or_are_refused(tmp_path):
     v = _ramp16()
-    pgm = _png(Image.fromarray(v), "PPM")  # a 16-bit PGM opens as mode "I"
+    pgm = encoded(Image.fromarray(v), "PPM")  # a 16-bit PGM opens as mode "I"
     assert Image.open(io.BytesIO(pgm)).mode == "I"
     np.testing.assert_array_equal(np.asarray(load_image(pgm)), _expected8(v))
     np.testing.assert_array_equal(np.asarray(load_image(Image.fromarray(v.astype(np.int32)))), _expected8(v))
@@ -172,14 +153,14 @@ def test_32bit_integer_images_use_the_16bit_range_or_are_refused(tmp_path):
         arr[3, 3] = bad
         with pytest.raises(ValueError, match=rf"the given PIL image: .*mode 'I'\) with values {rng}.*8 bits"):
             load_image(Image.fromarray(arr))
-        (tmp_path / "i.tiff").write_bytes(_png(Image.fromarray(arr), "TIFF"))
+        (tmp_path / "i.tiff").write_bytes(encoded(Image.fromarray(arr), "TIFF"))
         with pytest.raises(ValueError, match=r"image .*i\.tiff: .*outside the 16-bit range"):
             load_image(tmp_path / "i.tiff")
 
 
 def test_float_images_are_refused(tmp_path):
     f = Image.fromarray(np.random.default_rng(0).random((8, 8), dtype=np.float32))
-    (tmp_path / "f.tiff").write_bytes(_png(f, "TIFF"))
+    (tmp_path / "f.tiff").write_bytes(encoded(f, "TIFF"))
     assert Image.open(tmp_path / "f.tiff").mode == "F"
     msg = r"float pixels \(PIL mode 'F'\) have no known value range; convert the image to 8 bits"
     with pytest.raises(ValueError, match=r"image .*f\.tiff: 32-bit " + msg):
@@ -200,7 +181,7 @@ def test_decode_errors_name_the_image_not_a_python_object(tmp_path):
         (b"this is not an image at all", {"name": "2 of 3"}, "image 2 of 3"),
         (tmp_path / "notes.png", {}, f"image {tmp_path / 'notes.png'}"),
         (b"\x89PNG\r\n\x1a\n garbage", {}, "the given image bytes"),
-        (_png(_noise(64, 64))[:200], {}, "the given image bytes"),
+        (encoded(noise(64, 64))[:200], {}, "the given image bytes"),
     ]
     for src, kw, who in cases:
         with pytest.raises(ValueError) as e:
@@ -212,13 +193,13 @@ def test_decode_errors_name_the_image_not_a_python_object(tmp_path):
 
 def test_decompression_bomb_gives_one_message_with_our_limit():
     with pytest.raises(ValueError) as e:
-        load_image(_png_header(30_000, 30_000))  # PIL's own guard fires first (over 2 x 89478485 pixels)
+        load_image(png_header(30_000, 30_000))  # PIL's own guard fires first (over 2 x 89478485 pixels)
     assert (
         str(e.value)
         == "the given image bytes: 900000000 pixels is over the limit of 64000000 pixels; downscale it first"
     )
     with pytest.raises(ValueError, match=r"^image big\.png: 900000000 pixels is over Pillow's .* limit of 178956970"):
-        load_image(_png_header(30_000, 30_000), max_pixels=10**12, name="big.png")
+        load_image(png_header(30_000, 30_000), max_pixels=10**12, name="big.png")
 
 
 def test_a_directory_is_not_an_image_file(tmp_path):
