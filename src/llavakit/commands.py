@@ -76,9 +76,8 @@ def generate(pipe: Pipeline, prompt: str, images: list[str], out: TextIO = sys.s
     """Stream the answer to ``out``; return it."""
     check_prompt(prompt, images)
     check_sampling(**sampling)
-    check_images(images)
     parts = []
-    for delta in pipe.stream([_user_message(prompt, images)], **sampling):
+    for delta in pipe.stream([_user_message(prompt, images)], **sampling):  # _user_message checks the images
         out.write(delta)
         out.flush()
         parts.append(delta)
