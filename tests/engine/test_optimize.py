@@ -21,13 +21,13 @@ from llavakit.engine.linear import (
     BF16DecodeLinear,
     DenseLinear,
     PackedLinear,
-    SmallDecodeLinear,
     compute_dtype,
     dense_linear,
     fp16_decode_available,
     native_bf16_gemm,
     optimize_model,
 )
+from llavakit.engine.small_linear import SmallDecodeLinear
 from llavakit.processing.anyres import num_image_tokens, num_tiles
 from llavakit.tiny import write_tiny_checkpoint
 from tiny_models import IMAGE_TOKEN, hf_model, ours_from_hf
