@@ -94,3 +94,34 @@ def test_chat_page_uploads_image_and_streams_answer(server, browser, tmp_path: P
     assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error"), browser.find_element(By.ID, "log").text
     browser.find_element(By.ID, "clear").click()
     assert not browser.find_elements(By.CSS_SELECTOR, ".msg")
+
+
+def test_chat_page_keeps_the_question_when_the_request_fails(server, browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """A refused request (wrong API key) shows the error and puts the typed question and its image back into the
+    input, so nothing the user wrote is lost; with the right key it then goes through."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(96, 64, seed=7))
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "apikey").send_keys("not-the-key")
+    browser.find_element(By.ID, "max_tokens").clear()
+    browser.find_element(By.ID, "max_tokens").send_keys("8")
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-pending") == "1")
+    browser.find_element(By.ID, "text").send_keys("A long question I do not want to type twice")
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.error"))
+    assert "401" in browser.find_element(By.CSS_SELECTOR, ".msg.error").text
+    assert browser.find_element(By.ID, "text").get_attribute("value") == "A long question I do not want to type twice"
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-pending") == "1"
+    assert not browser.find_elements(By.CSS_SELECTOR, ".msg.user")
+    key = browser.find_element(By.ID, "apikey")
+    key.clear()
+    key.send_keys(API_KEY)
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-finish]"))
+    assert browser.find_element(By.ID, "text").get_attribute("value") == ""
+    assert browser.find_element(By.CSS_SELECTOR, ".msg.user").find_elements(By.TAG_NAME, "img")
