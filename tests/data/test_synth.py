@@ -418,7 +418,7 @@ def test_synth_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "wrote 2 caption" in capsys.readouterr().out
     assert (tmp_path / "captions.json").is_file() and (tmp_path / "images" / "000001.png").is_file()
     assert synth_command(str(tmp_path), 2, 0, "bogus") == 2
-    assert "unknown dataset kind 'bogus'" in capsys.readouterr().out
+    assert "unknown dataset kind 'bogus'" in capsys.readouterr().err
     assert synth_command(str(tmp_path), -1, 0) == 2
     with pytest.raises(ValueError, match="unknown dataset kind"):
         write_dataset(tmp_path, 1, 0, kind="bogus")  # type: ignore[arg-type]
@@ -440,6 +440,19 @@ def test_synth_command_sides_bound_the_images(tmp_path: Path) -> None:
         r = json.loads(line)
         assert 112 <= max(r["width"], r["height"]) <= 160
     assert synth_command(str(tmp_path), 1, 0, "eval", (100, 90)) == 2  # bad bounds: a message, not a traceback
+
+
+@pytest.mark.parametrize("sides", [(100, 200), (300, 200), (336, 60000)])
+def test_bad_sides_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sides: tuple[int, int]
+) -> None:
+    """Bounds below 112, the wrong way round or above 4096 px (a 60000 px scene exhausts memory) are one line on
+    stderr naming --sides, and no empty images/ directory is left behind."""
+    out = tmp_path / "data"
+    assert synth_command(str(out), 2, 0, "caption", sides) == 2
+    err = capsys.readouterr()
+    assert "--sides MIN MAX" in err.err and not err.out
+    assert not out.exists()
 
 
 def test_eval_synth_generates_scenes_of_the_models_training_sizes(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ seed=EVAL_SEED_BASE, kind="eval")``.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +48,7 @@ from .synth_scene import (
     Scene,
     Shape,
     Text,
+    check_sides,
     generate_scene,
     scene_seed,
     sub_rng,
@@ -115,6 +117,7 @@ def write_dataset(
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    check_sides(min_side, max_side)  # before anything is written: no empty images/ left behind
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
@@ -155,7 +158,7 @@ def synth_command(
     try:
         path = write_dataset(out, n, seed, kind, min_side=sides[0], max_side=sides[1])  # type: ignore[arg-type]
     except ValueError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
     print(f"wrote {n} {kind} scenes to {out}/images and {path} (seed {seed}) in {seconds:.1f}s")

@@ -54,6 +54,18 @@ FONT_BUCKETS: dict[str, tuple[int, int]] = {
 }
 TINY_MIN_LONG_SIDE = 800
 MIN_SIDE, MAX_SIDE = 336, 1008  # default bounds of the long side of a scene, pixels
+LOWEST_SIDE, HIGHEST_SIDE = 112, 4096  # what the bounds may be: 4096 px scenes are 48 MiB of pixels each
+
+
+def check_sides(min_side: int, max_side: int) -> None:
+    """Refuse long-side bounds outside [LOWEST_SIDE, HIGHEST_SIDE] or the wrong way round, naming --sides."""
+    if not LOWEST_SIDE <= min_side <= max_side <= HIGHEST_SIDE:
+        raise ValueError(
+            f"scene sizes need {LOWEST_SIDE} <= min_side <= max_side <= {HIGHEST_SIDE} (long side, pixels), got "
+            f"{min_side}, {max_side}; pass --sides MIN MAX within those bounds (default {MIN_SIDE} {MAX_SIDE})"
+        )
+
+
 MAX_SHAPES = 8
 EXTENT = 1.1  # every kind's ink lies within EXTENT * radius of its centre (a square's corners reach 1.1)
 
@@ -222,8 +234,7 @@ def generate_scene(
 
     Shapes that cannot be placed in 200 tries are dropped; if none fits beside the text (a crowded small
     canvas), the text is dropped instead, so every scene has at least one shape."""
-    if not 112 <= min_side <= max_side:
-        raise ValueError(f"need 112 <= min_side <= max_side (long side, pixels), got {min_side}, {max_side}")
+    check_sides(min_side, max_side)
     rng = random.Random(seed)
     bucket = rng.choice(list(FONT_BUCKETS)) if rng.random() < text_prob else None
     if bucket == "tiny":
