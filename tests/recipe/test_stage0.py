@@ -97,7 +97,7 @@ def test_patch_labels_worked_example():
     from llavakit.data.synth_scene import COLORS, KINDS, Scene, Shape
 
     scene = Scene(100, 60, (250, 250, 250), (Shape("circle", "blue", "small", 50, 30, 10),))
-    labels = patch_labels(scene, (0.8, 0.8), (-40, 0), 80, 16).view(4, 5, 5)
+    labels = patch_labels(scene, (0.8, 0.8), (-40, 0), 80, 16).view(6, 5, 5)
     shown = (labels[0] != NO_KIND).nonzero().tolist()
     assert shown == [[1, 0]]  # patch centres (8, 8), (8, 24), (8, 40) lie 17.9, 8 and 17.9 px away; ink 8.8 + 4
     assert labels[0, 1, 0] == KINDS.index("circle") and labels[1, 1, 0] == list(COLORS).index("blue")
@@ -112,7 +112,7 @@ def test_text_patch_labels_name_the_word_or_each_digit():
     from llavakit.data.synth_scene import WORDS, Scene, Text
 
     word = Scene(160, 80, (250, 250, 250), (), Text("apple", 30, "medium", (20, 20, 76, 46)))
-    rows = patch_labels(word, (1.0, 1.0), (0, 0), 80, 16).view(4, 5, 5)[2]  # the scene's left 80 px
+    rows = patch_labels(word, (1.0, 1.0), (0, 0), 80, 16).view(6, 5, 5)[2]  # the scene's left 80 px
     # centres 8, 24, 40, 56, 72 on both axes; the box grown by 4 px spans x [16, 80), y [16, 50)
     assert (rows[1:3, 1:] == WORDS.index("apple")).all() and (rows[[0, 3, 4]] == NO_TEXT).all()
     assert (rows[:, 0] == NO_TEXT).all()
@@ -120,7 +120,7 @@ def test_text_patch_labels_name_the_word_or_each_digit():
     assert [round(b - a) for a, b in spans] == [round(char_spans("4", 48, 10)[0][1] - spans[0][0])] * 3  # one advance
     x1 = round(spans[-1][1])
     number = Scene(160, 80, (250, 250, 250), (), Text("472", 48, "large", (10, 20, x1, 56)))
-    digits = patch_labels(number, (1.0, 1.0), (0, 0), 80, 16).view(4, 5, 5)[2, 2].tolist()  # row centre y 40
+    digits = patch_labels(number, (1.0, 1.0), (0, 0), 80, 16).view(6, 5, 5)[2, 2].tolist()  # row centre y 40
     expect = []
     for cx in (8, 24, 40, 56, 72):
         if cx >= x1 + 4:
@@ -316,6 +316,53 @@ def test_centre_labels_add_a_head_and_a_loss(tok):
         with torch.no_grad():
             a, b = clip.loss(views, ids, mask, labels), clip.loss(views, ids, mask, moved)
         assert (a != b) == differs
+
+
+def test_position_labels_name_the_side_of_the_scene_in_the_full_view_only():
+    """Rows 4-5 give the side a position question would answer (`synth_questions.side`) for each patch of a shape
+    in the full view; tiles and text crops, which do not show where in the scene they are, carry IGNORE."""
+    from llavakit.data.synth_questions import side
+    from llavakit.data.synth_scene import Scene, Shape
+    from llavakit.train.stage0.patch_labels import IGNORE
+
+    left = Shape("circle", "red", "large", 20, 20, 16)  # x: left; y: top
+    middle = Shape("square", "blue", "large", 100, 50, 12)  # within 10% of the middle on both axes
+    scene = Scene(200, 100, (250, 250, 250), (left, middle))
+    assert (side(scene, left, "x"), side(scene, left, "y"), side(scene, middle, "x")) == ("left", "top", None)
+    labels = patch_labels(scene, (0.4, 0.8), (0, 0), 80, 16).view(6, 5, 5)  # the whole scene in one 80 px view
+    assert labels[4, 1, 0] == 0 and labels[5, 1, 0] == 0  # the circle at (8, 16): left, top
+    assert labels[4, 2, 2] == IGNORE and labels[5, 2, 2] == IGNORE  # the square at (40, 40): the middle
+    assert labels[4, 4, 4] == IGNORE  # background
+    right = Scene(200, 100, (250, 250, 250), (Shape("star", "green", "large", 180, 90, 12),))
+    labels = patch_labels(right, (0.4, 0.8), (0, 0), 80, 16).view(6, 5, 5)
+    assert labels[4, 4, 4] == 1 and labels[5, 4, 4] == 1  # right, bottom
+    _, _, pairs = build_pairs([scene, right], 48, 16, PINS)
+    views_per_scene = [1 + len(tile_views(render_scene(s), s, 48, PINS)) for s in (scene, right)]
+    full = [0, views_per_scene[0]]
+    assert all((pairs[i, 4:] != IGNORE).any() for i in full)
+    assert all((pairs[i, 4:] == IGNORE).all() for i in range(len(pairs)) if i not in full)
+
+
+def test_position_labels_add_two_heads_and_survive_a_batch_without_sides(tok):
+    """``position_labels=True`` adds two two-way heads (rows 4-5); a batch whose side labels are all IGNORE (tiles
+    only) still gives a finite loss."""
+    from llavakit.train.stage0.patch_labels import IGNORE
+
+    views, _, labels = build_pairs(SCENES[:6], 48, 16, PINS)
+    ids = torch.zeros(len(views), 4, dtype=torch.long)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    torch.manual_seed(0)
+    clip = CLIP(VISION, tok.vocab_size, contrastive_weight=0.0, patch_weight=1.0, text_labels=False,
+                position_labels=True)  # fmt: skip
+    assert clip.patch_head.out_features == NO_KIND + 1 + NO_COLOUR + 1 + 4
+    flipped = labels.clone()
+    known = flipped[:, 4:] != IGNORE
+    flipped[:, 4:][known] = 1 - flipped[:, 4:][known]
+    none = labels.clone()
+    none[:, 4:] = IGNORE
+    with torch.no_grad():
+        a, b, c = (clip.loss(views, ids, mask, x) for x in (labels, flipped, none))
+    assert a != b and torch.isfinite(c) and c < a + 1e3
 
 
 def test_text_labels_can_be_left_out(tok):

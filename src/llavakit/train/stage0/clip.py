@@ -41,7 +41,7 @@ from ...processing.image import (
     rescale,
 )
 from ...processing.tokenizer import Tokenizer
-from .patch_labels import NO_COLOUR, NO_KIND, NO_TEXT, patch_labels
+from .patch_labels import IGNORE, NO_COLOUR, NO_KIND, NO_TEXT, patch_labels
 from .steps import run_steps
 
 
@@ -79,6 +79,7 @@ class CLIP(nn.Module):
         patch_weight: float = 0.0,
         text_labels: bool = True,
         centre_labels: bool = False,
+        position_labels: bool = False,
     ) -> None:
         super().__init__()
         if pool not in ("cls", "patch_mean"):
@@ -88,9 +89,10 @@ class CLIP(nn.Module):
         self.pool = pool
         self.contrastive_weight, self.patch_weight = contrastive_weight, patch_weight
         # which rows of the patch labels are learned (`patch_labels`): kind and colour, the text unless text_labels
-        # is off, a shape's centre if centre_labels is on
-        self.label_rows = [0, 1] + ([2] if text_labels else []) + ([3] if centre_labels else [])
-        self.label_sizes = [[NO_KIND + 1, NO_COLOUR + 1, NO_TEXT + 1, 2][r] for r in self.label_rows]
+        # is off, a shape's centre if centre_labels is on, its side of the scene if position_labels is on
+        rows = [0, 1] + ([2] if text_labels else []) + ([3] if centre_labels else [])
+        self.label_rows = rows + ([4, 5] if position_labels else [])
+        self.label_sizes = [[NO_KIND + 1, NO_COLOUR + 1, NO_TEXT + 1, 2, 2, 2][r] for r in self.label_rows]
         self.tower = VisionTower(vision)
         self.text = TextEncoder(vocab, text_dim)
         self.visual_projection = nn.Linear(vision.hidden_size, embed_dim, bias=False)
@@ -119,8 +121,8 @@ class CLIP(nn.Module):
         self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """contrastive_weight x symmetric InfoNCE over the batch (image i belongs with text i) + patch_weight x
-        cross-entropy of each patch's kind, colour, (with ``text_labels``) text and (with ``centre_labels``) shape
-        centre against ``labels`` (B, 4, g*g)."""
+        cross-entropy of each patch's kind, colour, (with ``text_labels``) text, (with ``centre_labels``) shape
+        centre and (with ``position_labels``) side of the scene against ``labels`` (B, 6, g*g)."""
         h2, last = self.states(pixels)  # (B, 1 + g*g, Dv)
         total = h2.new_zeros(())
         if self.contrastive_weight > 0:
@@ -134,9 +136,18 @@ class CLIP(nn.Module):
             if labels is None:
                 raise ValueError("clip.patch_weight > 0 needs patch labels (build_pairs returns them)")
             heads = self.patch_head(h2[:, 1:]).split(self.label_sizes, dim=-1)  # each (B, g*g, classes + 1)
-            ce = [F.cross_entropy(h.flatten(0, 1), labels[:, r].flatten()) for r, h in zip(self.label_rows, heads)]
+            ce = [
+                (_mean_ce if r >= 4 else F.cross_entropy)(h.flatten(0, 1), labels[:, r].flatten())
+                for r, h in zip(self.label_rows, heads)
+            ]  # rows 4-5 (sides) are mostly IGNORE: a batch may have none
             total = total + self.patch_weight * sum(ce)
         return total
+
+
+def _mean_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over the targets that are not ``IGNORE``; 0 (not NaN) when a batch has none."""
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
+    return total / (target != IGNORE).sum().clamp(min=1)
 
 
 def _tensor(img: Image.Image) -> torch.Tensor:
@@ -219,8 +230,9 @@ def text_caption(scene: Scene) -> str:
 def build_pairs(
     scenes: list[Scene], tile: int, patch: int, pinpoints: list[list[int]], seed: int = 0, tiles: bool = True
 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """(N, 3, S, S) views, their texts and their patch labels (N, 4, G*G) (`patch_labels`, G = tile // patch):
-    one full view per scene, its AnyRes tiles (``tiles``), one text crop per scene with text."""
+    """(N, 3, S, S) views, their texts and their patch labels (N, 6, G*G) (`patch_labels`, G = tile // patch):
+    one full view per scene, its AnyRes tiles (``tiles``), one text crop per scene with text. Only the full view
+    shows where in the scene a shape is: the other views' side labels (rows 4-5) are ``IGNORE``."""
     rng = random.Random(seed)
     views: list[View] = []
     labels = []
@@ -232,7 +244,10 @@ def build_pairs(
         if scene.text is not None:
             mine.append(text_view(img, scene, tile, pinpoints, rng))
         views += mine
-        labels += [patch_labels(scene, v.scale, v.offset, tile, patch) for v in mine]
+        mine_labels = [patch_labels(scene, v.scale, v.offset, tile, patch) for v in mine]
+        for crop in mine_labels[1:]:
+            crop[4:] = IGNORE
+        labels += mine_labels
     return torch.stack([v.pixels for v in views]), [v.text for v in views], torch.stack(labels)
 
 
@@ -249,6 +264,7 @@ class ClipTrainConfig:
     patch_weight: float = 0.0  # the patch loss: each layer -2 patch feature names the shape it shows
     text_labels: bool = True  # ... and the word or digit written on it
     centre_labels: bool = False  # ... and whether a shape's centre lies in it (one mark per shape, for counting)
+    position_labels: bool = False  # ... and, in the full view, which side of the scene that shape is on
     max_seconds: float | None = None  # stop early (and say so) when the time budget is spent
     seed: int = 0
 
@@ -285,6 +301,7 @@ def train_clip(
         patch_weight=cfg.patch_weight,
         text_labels=cfg.text_labels,
         centre_labels=cfg.centre_labels,
+        position_labels=cfg.position_labels,
     )
     ids, mask = _encode(tokenizer, texts, model.text.max_len)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]

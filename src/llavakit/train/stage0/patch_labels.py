@@ -11,12 +11,15 @@ import math
 
 import torch
 
+from ...data.synth_questions import side
 from ...data.synth_scene import COLORS, EXTENT, KINDS, WORDS, Scene, font
 
 NO_KIND = len(KINDS)  # the label of a patch that shows no shape
 NO_COLOUR = len(COLORS)
 DIGITS = "0123456789"
 NO_TEXT = len(WORDS) + len(DIGITS)  # text labels: a word's index in WORDS, len(WORDS) + digit, or NO_TEXT
+IGNORE = -100  # a label no loss reads (cross_entropy's ignore_index)
+SIDES = {"x": ("left", "right"), "y": ("top", "bottom")}
 _COLOURS = tuple(COLORS)
 
 
@@ -35,11 +38,13 @@ def char_spans(value: str, font_px: int, x0: float) -> list[tuple[float, float]]
 def patch_labels(
     scene: Scene, scale: tuple[float, float], offset: tuple[float, float], tile: int, patch: int
 ) -> torch.Tensor:
-    """(4, G*G) labels of the G x G patches of a view, G = tile // patch, patches in row-major order: row 0 the kind
+    """(6, G*G) labels of the G x G patches of a view, G = tile // patch, patches in row-major order: row 0 the kind
     index of the shape each patch shows (``NO_KIND`` if none), row 1 its colour index (``NO_COLOUR``), row 2 the
     text it shows (``NO_TEXT`` if none): the word's index in ``WORDS`` on every patch of a word, and for a number
     ``len(WORDS)`` + the digit under the patch (so the digits of "472" can be read left to right); row 3 is 1 on
-    the patch that holds a shape's centre and 0 elsewhere (one patch per shape in the view: counting marks).
+    the patch that holds a shape's centre and 0 elsewhere (one patch per shape in the view: counting marks); rows
+    4 and 5 give the side of the scene (0 left, 1 right; 0 top, 1 bottom) of the shape a patch shows, as a position
+    question answers it (`synth_questions.side`), ``IGNORE`` on the background and for shapes near the middle.
 
     The view shows the scene scaled by ``scale`` (sx, sy) and shifted by ``offset``: a scene point (x, y) sits at
     (x * sx + ox, y * sy + oy) in the view. A patch shows a shape when the patch centre lies within the shape's ink
@@ -55,7 +60,7 @@ def patch_labels(
     g = tile // patch
     sx, sy = scale
     ox, oy = offset
-    labels = torch.tensor([NO_KIND, NO_COLOUR, NO_TEXT, 0]).repeat(g * g, 1)  # (G*G, 4)
+    labels = torch.tensor([NO_KIND, NO_COLOUR, NO_TEXT, 0, IGNORE, IGNORE]).repeat(g * g, 1)  # (G*G, 6)
     depth = torch.full((g * g,), math.inf)  # distance / ink radius of the shape each patch shows so far
     centres = (torch.arange(g) * patch + patch / 2).float()
     py, px = torch.meshgrid(centres, centres, indexing="ij")
@@ -65,7 +70,9 @@ def patch_labels(
         d = torch.hypot(px - (s.cx * sx + ox), py - (s.cy * sy + oy))
         rel = d / ink
         hit = (d < ink + patch / 4) & (rel < depth)
+        sides = [IGNORE if (v := side(scene, s, a)) is None else SIDES[a].index(v) for a in "xy"]
         labels[hit, :2] = torch.tensor([KINDS.index(s.kind), _COLOURS.index(s.color)])
+        labels[hit, 4:] = torch.tensor(sides)
         depth = torch.where(hit, rel, depth)
         col, row = math.floor((s.cx * sx + ox) / patch), math.floor((s.cy * sy + oy) / patch)
         if 0 <= col < g and 0 <= row < g:
