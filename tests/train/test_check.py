@@ -124,3 +124,29 @@ def test_plain_multi_turn_records_are_counted_not_fatal(planted, capsys):
     assert main(argv + ["--model-or-processor", str(planted / "proc"), "--template", "plain"]) == 1
     out = capsys.readouterr().out
     assert "bad_record: 1 (two)" in out and "1 records OK" in out
+
+
+def test_mixture_yaml_is_checked_dataset_by_dataset(planted, capsys):
+    """A mixture YAML (what training reads; LLaVA-NeXT's json_path entries too) is checked per dataset with each
+    entry's image folder, then totalled; it used to be read as one broken JSON file."""
+    clean = [{"id": f"c{i}", "image": "a.png", "conversations": conv("<image>\nWhat?", "Fine.")} for i in range(3)]
+    write_jsonl(planted / "clean.jsonl", clean)
+    mix = planted / "mix.yaml"
+    mix.write_text(
+        "datasets:\n"
+        f"  - json_path: {planted / 'clean.jsonl'}\n    sampling_strategy: first:50%\n"
+        f"  - path: {planted / 'd.jsonl'}\n    image_folder: {planted / 'imgs'}\n"
+    )
+    code = main(["data", "check", str(mix), "--image-folder", str(planted / "imgs")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "checked 3 records of" in out and "all 3 records OK" in out
+    assert (
+        "checked 10 records of" in out
+        and "missing_image: 1 (missing)" in out
+        and "bad_json" not in out.split("checked 10")[0]
+    )
+    assert "mixture" in out and "2 datasets" in out and "with problems" in out.splitlines()[-1]
+    mix.write_text("datasets:\n  - image_folder: imgs\n")
+    assert main(["data", "check", str(mix)]) == 2
+    assert "datasets[0] needs a 'path'" in capsys.readouterr().err

@@ -4,7 +4,8 @@ Reports, with counts and the first offending ids of each kind: broken JSON lines
 placeholder/image count mismatches, missing and unreadable images (every image is decoded, as training will),
 and, given a processor, samples whose labels cannot be derived and samples longer than ``--max-length``
 (``too_long``: training drops them, truncation would cut image tokens or every answer; ``truncated``: training
-cuts their text after the last image token). Exit status 1 when anything is found, 0 on clean data.
+cuts their text after the last image token). A mixture YAML (the ``datasets`` list training reads, ours or
+LLaVA-NeXT's) is checked dataset by dataset. Exit status 1 when anything is found, 0 on clean data.
 
 Example::
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from ..processing.image import sample_frames
 from ..processing.processor import LlavaProcessor
-from .data import image_size, open_image
+from .data import image_size, open_image, read_mixture
 from .labels import SampleError, encode_sample
 from .records import Record, check_record, frame_files, image_paths, iter_records, to_messages, video_path
 
@@ -132,13 +133,35 @@ def data_check_command(
     max_length: int | None = None,
     workers: int = 1,
 ) -> int:
-    """Print the report; 1 when problems were found, 0 on clean data."""
+    """Print the report (one per dataset of a mixture YAML, then the totals); 1 when problems were found, 0 on
+    clean data."""
     processor = LlavaProcessor.from_pretrained(model_or_processor) if model_or_processor else None
-    report = check_data(data, image_folder, processor, template, max_length, workers=workers)
-    where = f" (images under {image_folder})" if image_folder else ""
-    print(f"checked {report.records} records of {data}{where}")
-    for line in report.lines():
-        print(line)
-    bad = report.problems
-    print(f"{report.records - bad} records OK, {bad} with problems" if bad else f"all {report.records} records OK")
+    parts = dataset_parts(data, image_folder, template)
+    records = bad = 0
+    for path, folder, tmpl in parts:
+        report = check_data(path, folder, processor, tmpl, max_length, workers=workers)
+        where = f" (images under {folder})" if folder else ""
+        print(f"checked {report.records} records of {path}{where}")
+        for line in report.lines():
+            print(line)
+        n = report.problems
+        print(f"{report.records - n} records OK, {n} with problems" if n else f"all {report.records} records OK")
+        records, bad = records + report.records, bad + n
+    if len(parts) > 1:
+        print(f"mixture {data}: {len(parts)} datasets, {records - bad} records OK, {bad} with problems")
     return 1 if bad else 0
+
+
+def dataset_parts(
+    data: str, image_folder: str | None, template: str | None
+) -> list[tuple[str, str | None, str | None]]:
+    """(path, image folder, template) of every dataset ``data`` names: itself, or each entry of a mixture YAML
+    (.yaml / .yml, as training reads it: an entry's image_folder and template over the command's)."""
+    if not data.endswith((".yaml", ".yml")):
+        return [(data, image_folder, template)]
+    parts = []
+    for k, e in enumerate(read_mixture(data)):
+        if "path" not in e:
+            raise ValueError(f"{data}: datasets[{k}] needs a 'path' (or LLaVA-NeXT's 'json_path')")
+        parts.append((str(e["path"]), e.get("image_folder", image_folder), e.get("template", template)))
+    return parts
