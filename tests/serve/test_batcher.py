@@ -135,3 +135,64 @@ def test_a_failed_step_fails_its_rows_and_the_worker_goes_on(pipe, monkeypatch) 
     after = _run(worker, _job(pipe, 2, 3, done), done, 2)
     worker.stop()
     assert after[-1] == ("done", "length") and not worker.alive
+
+
+def test_a_request_whose_prefill_fails_fails_alone(pipe) -> None:  # noqa: ANN001
+    """Two jobs arrive together while a third runs; one carries image inputs the model refuses (pixel values for
+    a prompt without image tokens). Only that job gets a 500; the one prefilled with it and the running row
+    finish with the tokens they get alone."""
+    alone: dict = {}
+    solo = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=1)
+    solo.start()
+    for i in (0, 2):
+        _run(solo, _job(pipe, i, 12, alone), alone, i)
+    solo.stop()
+
+    done: dict = {}
+    worker = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=4)
+    worker.start()
+    worker.submit(_job(pipe, 0, 12, done))
+    while worker.metrics.prefills < 1:  # the first row runs before the others arrive
+        time.sleep(0.001)
+    bad = _job(pipe, 1, 12, done)
+    bad.vision = {"pixel_values": torch.zeros(1, 3, 8, 8)}
+    with worker.cond:  # both land in one admission
+        worker.pending.extend([bad, _job(pipe, 2, 12, done)])
+        worker.cond.notify_all()
+    end = time.monotonic() + 60
+    while len(done) < 3 and time.monotonic() < end:
+        time.sleep(0.005)
+    worker.stop()
+    assert done[1][-1][:2] == ("error", 500)
+    for i in (0, 2):
+        assert done[i][-1][0] == "done"
+        assert "".join(e[1] for e in done[i] if e[0] == "delta") == "".join(e[1] for e in alone[i] if e[0] == "delta")
+    assert worker.metrics.errors == 1
+
+
+def test_a_row_whose_text_handling_fails_fails_alone(pipe) -> None:  # noqa: ANN001
+    """A row that raises while its token is handed out (here: its owner's callback) ends with a 500; the other
+    rows of the batch generate on to their end."""
+    done: dict = {}
+    good = _job(pipe, 0, 12, done)
+    broken = _job(pipe, 1, 12, done)
+    events: list = []
+
+    def emit(ev: tuple) -> None:
+        events.append(ev)
+        if ev[0] == "delta" and len(events) == 2:
+            raise ConnectionError("the client went away mid-write")
+        if ev[0] in ("done", "error"):
+            done[1] = events
+
+    broken.emit = emit
+    worker = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=4)
+    worker.submit(good)
+    worker.submit(broken)
+    worker.start()
+    end = time.monotonic() + 60
+    while len(done) < 2 and time.monotonic() < end:
+        time.sleep(0.005)
+    worker.stop()
+    assert done[1][-1][:2] == ("error", 500) and "ConnectionError" in done[1][-1][2]
+    assert done[0][-1][0] == "done" and good.completion_tokens == 12

@@ -157,6 +157,7 @@ class Batcher:
                     self._admit(batch, jobs)
                     self.metrics.add("prefills")
                     self.metrics.add("prefill_seconds", time.perf_counter() - t0)
+                    jobs = []  # admitted (or answered): a later failure is not theirs to report twice
                 if batch.rows:
                     t0 = time.perf_counter()
                     self._step(batch)
@@ -165,6 +166,7 @@ class Batcher:
                 log.error("generation step failed:\n%s", traceback.format_exc())
                 merged = {id(j) for j in batch.jobs()}
                 for job in [r.job for r in batch.live()] + [j for j in jobs or [] if id(j) not in merged]:
+                    self.metrics.add("errors")
                     job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
                 batch = RunningBatch(self.model)
             with self.cond:
@@ -224,7 +226,33 @@ class Batcher:
         return out
 
     def _admit(self, batch: RunningBatch, jobs: list[Job]) -> None:
-        """Prefill the new jobs together and merge them into the running batch."""
+        """Prefill the new jobs together and merge them into the running batch. If their joint prefill fails,
+        each is prefilled alone: a request the model cannot take gets its own error, the others and the running
+        rows go on (the running batch is not touched until a prefill has succeeded)."""
+        try:
+            prefilled = [self._prefill(jobs)]
+        except Exception as e:  # noqa: BLE001 - one request's inputs must not fail the others
+            if len(jobs) == 1:
+                self._fail([jobs[0]], e)
+                return
+            prefilled = []
+            for job in jobs:
+                try:
+                    prefilled.append(self._prefill([job]))
+                except Exception as one:  # noqa: BLE001
+                    self._fail([job], one)
+        for rows, cache, mask, pos, logits in prefilled:
+            batch.merge(rows, cache, mask, pos, logits)
+
+    def _fail(self, jobs: list[Job], e: Exception) -> None:
+        log.error("prefill failed:\n%s", "".join(traceback.format_exception(e)))
+        self.metrics.add("errors")
+        for job in jobs:
+            job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
+
+    def _prefill(self, jobs: list[Job]) -> tuple[list[Row], KVCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The jobs' prompts through the model, left-padded into one batch: their rows, their own cache, mask
+        (B, T), next positions (B, 1) and next-token logits (B, V), ready for ``RunningBatch.merge``."""
         model, device = self.model, self.model.device
         inputs = {k: v.to(device) for k, v in self._collate(jobs).items()}
         ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")  # (B, T) each
@@ -243,7 +271,7 @@ class Batcher:
         rows = [Row(job, self.tokenizer) for job in jobs]
         for row in rows:
             row.start(logits.shape[-1], device)
-        batch.merge(rows, cache, mask, pos[:, -1:] + 1, logits)
+        return rows, cache, mask, pos[:, -1:] + 1, logits
 
     def _step(self, batch: RunningBatch) -> None:
         """Pick every row's next token, hand it out, drop the rows that ended, feed the rest one decode step."""
@@ -253,22 +281,32 @@ class Batcher:
         for row, t in zip(batch.rows, tokens.tolist()):
             if row.done:  # ended at an earlier step, still in the cache
                 continue
-            if row.job.cancelled.is_set():
+            try:
+                self._hand_out(row, t, now)
+            except Exception as e:  # noqa: BLE001 - one row's text handling must not fail the others
+                log.error("row failed:\n%s", traceback.format_exc())
                 row.done = True
-                self.metrics.add("cancelled")
-            elif now > row.job.deadline:
-                row.done = True
-                self._timeout(row.job)
-            elif t in self.eos and not row.job.ignore_eos:
-                row.count(now)
-                row.finish("stop")
-            else:
-                row.count(now)
-                row.push(t)
-            if row.done:
-                self.metrics.add("completion_tokens", row.job.completion_tokens)
-                if row.job.first_token_at is not None:
-                    self.metrics.observe("ttft", row.job.first_token_at - row.job.arrived)
+                self.metrics.add("errors")
+                row.job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
         batch.drop_finished(tokens)
         if batch.rows:
             batch.decode()
+
+    def _hand_out(self, row: Row, t: int, now: float) -> None:
+        """One row's new token: its text out (or the row's end: EOS, stop string, length, cancel, deadline)."""
+        if row.job.cancelled.is_set():
+            row.done = True
+            self.metrics.add("cancelled")
+        elif now > row.job.deadline:
+            row.done = True
+            self._timeout(row.job)
+        elif t in self.eos and not row.job.ignore_eos:
+            row.count(now)
+            row.finish("stop")
+        else:
+            row.count(now)
+            row.push(t)
+        if row.done:
+            self.metrics.add("completion_tokens", row.job.completion_tokens)
+            if row.job.first_token_at is not None:
+                self.metrics.observe("ttft", row.job.first_token_at - row.job.arrived)

@@ -41,6 +41,7 @@ class Metrics:
         self.cancelled = 0
         self.timeouts = 0
         self.rejected = 0  # queue full
+        self.errors = 0  # generations that failed inside the model worker (500)
         self.prefill_seconds = 0.0  # model worker time admitting jobs (vision + prefill + cache merge)
         self.decode_seconds = 0.0  # model worker time in decode steps (sampling, detokenizing, one forward)
         self.prefills = 0  # prefill calls (jobs arriving together share one)
@@ -74,6 +75,7 @@ class Metrics:
                 ("llava_cancelled_requests_total", self.cancelled, "generations cancelled by a client disconnect"),
                 ("llava_timeout_requests_total", self.timeouts, "requests that ran out of their time limit"),
                 ("llava_rejected_requests_total", self.rejected, "requests refused because the queue was full"),
+                ("llava_failed_generations_total", self.errors, "generations that failed in the model worker"),
                 ("llava_worker_prefill_seconds_total", self.prefill_seconds, "model worker time in prefills"),
                 ("llava_worker_decode_seconds_total", self.decode_seconds, "model worker time in decode steps"),
                 ("llava_prefills_total", self.prefills, "prefill calls (requests arriving together share one)"),
