@@ -154,6 +154,10 @@ def test_original_checkpoint_converts_to_the_same_logits(tmp_path, model_type):
     # the extra end-of-sequence ids, the original's conversation template, vLLM's text architecture come along
     assert json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"] == [2, 99]
     assert LlavaProcessor.from_pretrained(tmp_path / "out").template == "mistral_instruct"
+    # ... also as a Jinja chat template, for transformers' apply_chat_template and vLLM's chat endpoint
+    from llavakit.processing.jinja_export import template_name
+
+    assert template_name((tmp_path / "out" / "chat_template.jinja").read_text()) == "mistral_instruct"
     text_cfg = json.loads((tmp_path / "out" / "config.json").read_text())["text_config"]
     assert text_cfg["architectures"] == ["LlamaForCausalLM"]
     ours = LlavaModel.from_pretrained(tmp_path / "out")

@@ -44,6 +44,26 @@ def test_same_logits_as_transformers():
     assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
 
 
+def test_transformers_processor_chats_with_the_default_model_as_we_do():
+    """The shipped chat_template.jinja (our vicuna_v1 as Jinja) lets transformers' AutoProcessor build the same
+    prompt and the same inputs from messages and an image, end to end, without llavakit."""
+    from transformers import AutoProcessor
+
+    ours = LlavaProcessor.from_pretrained(ASSET)
+    hf = AutoProcessor.from_pretrained(ASSET)
+    scene = generate_scene(scene_seed(2_000_001, 1), min_side=112, max_side=224)
+    msgs = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many stars are there?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "2"}]},
+        {"role": "user", "content": [{"type": "text", "text": "What color is the star?"}]},
+    ]
+    prompt = ours.apply_chat_template(msgs, add_generation_prompt=True)
+    assert hf.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == prompt
+    want = hf(text=prompt, images=[render_scene(scene)], return_tensors="pt")
+    got = ours(text=prompt, images=[render_scene(scene)], return_tensors="pt")
+    assert torch.equal(got["input_ids"], want["input_ids"])
+
+
 def test_llava_demo_answers_with_the_default_model(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     r = subprocess.run(

@@ -20,7 +20,8 @@ from .anyres import ImageGeometry, num_image_tokens, num_video_tokens
 from .hf_files import IMAGE_PROCESSOR, PROCESSOR_CLASS, chat_template_of, family_of, read_json, side_of
 from .image import CLIP_MEAN, CLIP_STD, ImageConfig, preprocess, video_frames
 from .image_load import ImageSource, load_image
-from .templates import IMAGE, VIDEO, render, render_chat_template
+from .jinja_export import jinja_template, template_name
+from .templates import IMAGE, TEMPLATES, VIDEO, render, render_chat_template
 from .tokenizer import Tokenizer
 
 # the named conversation template of a checkpoint that ships no Jinja chat template, when it is not the family's
@@ -153,6 +154,9 @@ class LlavaProcessor:
                 rescale=vid.get("rescale_factor", 1 / 255),
             )
         chat = chat_template_of(path, proc) or tokenizer.chat_template
+        exported = template_name(chat)  # one of ours that `save_pretrained` wrote: render it by name, as before
+        if exported in TEMPLATES:
+            template, chat = template or exported, None
         return cls(
             tokenizer,
             image_config,
@@ -220,8 +224,8 @@ class LlavaProcessor:
                 "do_convert_rgb": True,
             }
             (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2) + "\n")
-        if self.chat_template:
-            (out / "chat_template.jinja").write_text(self.chat_template)
+        # the checkpoint's own Jinja template, else ours written as one: transformers and vLLM need it to chat
+        (out / "chat_template.jinja").write_text(self.chat_template or jinja_template(self.template))
         if self.template != DEFAULT_TEMPLATE[self.family]:  # e.g. a converted llava-v1.6-mistral: mistral_instruct
             (out / TEMPLATE_FILE).write_text(json.dumps({"template": self.template}, indent=2) + "\n")
 
