@@ -150,3 +150,17 @@ def test_mixture_yaml_is_checked_dataset_by_dataset(planted, capsys):
     mix.write_text("datasets:\n  - image_folder: imgs\n")
     assert main(["data", "check", str(mix)]) == 2
     assert "datasets[0] needs a 'path'" in capsys.readouterr().err
+
+
+def test_repeated_ids_and_turn_order_are_noted_not_failed(planted, capsys):
+    """Ids used twice and turns out of human/gpt order are notes (training reads them as written), with the ids."""
+    ok = {"id": "a", "image": "a.png", "conversations": conv("<image>\nWhat?", "Fine.")}
+    twice = [{"from": "human", "value": "<image>\nOne?"}, {"from": "human", "value": "Two?"},
+             {"from": "gpt", "value": "Both."}]  # fmt: skip
+    records = [ok, dict(ok), {"id": "b", "image": "a.png", "conversations": twice}]
+    write_jsonl(planted / "notes.jsonl", records)
+    code = main(["data", "check", str(planted / "notes.jsonl"), "--image-folder", str(planted / "imgs")])
+    out = capsys.readouterr().out
+    assert code == 0 and "all 3 records OK" in out
+    assert "note: 1 ids occur more than once (a)" in out
+    assert "note: 1 records whose turns do not alternate human, gpt, human, ... (b)" in out

@@ -28,7 +28,7 @@ from ..processing.image import sample_frames
 from ..processing.processor import LlavaProcessor
 from .data import image_size, open_image, read_mixture
 from .labels import SampleError, encode_sample
-from .records import Record, check_record, frame_files, image_paths, iter_records, to_messages, video_path
+from .records import ROLES, Record, check_record, frame_files, image_paths, iter_records, to_messages, video_path
 
 SHOW = 10  # offending ids listed per kind
 
@@ -77,6 +77,7 @@ def check_data(
         report.notes.append("lengths not checked: pass --max-length N")
     records = list(iter_records(data))
     report.records = len(records)
+    report.notes += order_notes([r for r in records if isinstance(r, Record)])
     job = partial(check_one, image_folder=image_folder, processor=processor, template=template,
                   max_length=max_length, num_frames=num_frames)  # fmt: skip
     if workers > 1:
@@ -88,6 +89,33 @@ def check_data(
         if f is not None:
             report.add(*f)
     return report
+
+
+def order_notes(records: list[Record]) -> list[str]:
+    """Notes (not problems: training reads such records as written) on ids used more than once and on turns that
+    do not alternate human / gpt (original LLaVA's training asserts that they do)."""
+    notes = []
+    ids = Counter(r.id for r in records)
+    repeated = [i for i, n in ids.items() if n > 1]
+    if repeated:
+        shown = ", ".join(repeated[:SHOW]) + (", ..." if len(repeated) > SHOW else "")
+        notes.append(f"{len(repeated)} ids occur more than once ({shown}); tools resuming by id skip the repeats")
+    unordered = []
+    for r in records:
+        conv = r.data.get("conversations") if isinstance(r.data, dict) else None
+        if not isinstance(conv, list):
+            continue
+        roles = [ROLES.get(str(t.get("from")).lower()) for t in conv if isinstance(t, dict)]
+        roles = [x for x in roles if x != "system"]
+        if any(x != ("user", "assistant")[i % 2] for i, x in enumerate(roles)):
+            unordered.append(r.id)
+    if unordered:
+        shown = ", ".join(unordered[:SHOW]) + (", ..." if len(unordered) > SHOW else "")
+        notes.append(
+            f"{len(unordered)} records whose turns do not alternate human, gpt, human, ... ({shown}): they train as "
+            "written here; original LLaVA's training refuses them"
+        )
+    return notes
 
 
 def check_one(
