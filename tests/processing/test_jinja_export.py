@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llavakit.processing.jinja_export import jinja_template, template_name
+from llavakit.processing.jinja_export import exported_name, jinja_template, template_name
 from llavakit.processing.processor import _hf_messages
 from llavakit.processing.templates import TEMPLATES, render, render_chat_template
 
@@ -84,8 +84,10 @@ def test_other_roles_are_refused_by_name() -> None:
         render_chat_template(jinja_template("vicuna_v1"), [{"role": "tool", "content": "x"}], True)
 
 
-def test_the_mark_names_the_template() -> None:
-    assert all(template_name(jinja_template(n)) == n for n in TEMPLATES)
+def test_the_mark_names_the_template_and_an_edited_export_is_not_ours() -> None:
+    assert all(template_name(jinja_template(n)) == n == exported_name(jinja_template(n)) for n in TEMPLATES)
+    edited = jinja_template("vicuna_v1").replace('"USER: "', '"Human: "')
+    assert template_name(edited) == "vicuna_v1" and exported_name(edited) is None
     assert template_name("{% for m in messages %}{{ m['content'] }}{% endfor %}") is None
     assert template_name(None) is None
 
@@ -108,6 +110,11 @@ def test_saved_processors_chat_in_transformers_as_in_llavakit(tmp_path, family: 
     assert template_name((tmp_path / "chat_template.jinja").read_text()) == name
     back = LlavaProcessor.from_pretrained(tmp_path)
     assert back.chat_template is None and back.template == name
+    edited = tmp_path / "edited"
+    ours.save_pretrained(edited)
+    jinja = edited / "chat_template.jinja"
+    jinja.write_text(jinja.read_text().replace("user", "person"))  # edited by hand, mark kept: rendered as Jinja
+    assert LlavaProcessor.from_pretrained(edited).chat_template == jinja.read_text()
     readers = [AutoTokenizer.from_pretrained(tmp_path)]  # what vLLM renders chat prompts with
     if family != "llava_onevision":  # its video processor needs torchvision, which is not installed here
         readers.append(AutoProcessor.from_pretrained(tmp_path))

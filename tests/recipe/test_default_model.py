@@ -86,3 +86,11 @@ def test_default_model_answers_held_out_scenes(tmp_path):
     scores = json.loads(r.stdout.strip().splitlines()[-1])["scores"]
     assert scores["color"] >= 0.9 and scores["shape"] >= 0.85, scores
     assert scores["existence_f1"] >= 0.85 and 0.4 <= scores["existence_yes_ratio"] <= 0.6, scores
+
+
+def test_the_shipped_chat_template_is_the_export_of_its_named_template():
+    """chat_template.jinja is `jinja_template` of the model's template as the code writes it now (a stale copy
+    would be rendered as Jinja instead of by name)."""
+    from llavakit.processing.jinja_export import exported_name
+
+    assert exported_name((ASSET / "chat_template.jinja").read_text()) == LlavaProcessor.from_pretrained(ASSET).template

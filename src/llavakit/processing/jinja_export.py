@@ -15,30 +15,11 @@ from __future__ import annotations
 
 import json
 
-from .templates import IMAGE, VIDEO, get_template
+from .templates import IMAGE, TEMPLATES, VIDEO, get_template
 
 MARK = "{#- llavakit conversation template: %s -#}"
 IMAGE_PARTS = ("image", "image_url")
 VIDEO_PARTS = ("video", "video_url")
-
-# Macros shared by every template. text_of: the text parts joined by a space (a string content as it is);
-# count: how many parts of the given types (in a string content: how many times the placeholder occurs).
-_MACROS = """\
-{%- macro text_of(content) -%}
-{%- if content is string -%}{{ content }}
-{%- elif content is iterable and content is not mapping -%}
-{%- for part in content if part is mapping and part['type'] == 'text' and part['text'] -%}
-{{ ' ' if not loop.first }}{{ part['text'] }}
-{%- endfor -%}
-{%- endif -%}
-{%- endmacro -%}
-{%- macro count(content, types, placeholder) -%}
-{%- if content is string -%}{{ content.count(placeholder) }}
-{%- elif content is iterable and content is not mapping -%}
-{{ content | select('mapping') | selectattr('type', 'in', types) | list | length }}
-{%- else -%}0{%- endif -%}
-{%- endmacro -%}
-"""
 
 
 def _lit(text: str) -> str:
@@ -52,53 +33,82 @@ def _wrap(fmt: str, slot: str, value: str) -> str:
     return " + ".join(p for p in (_lit(head) if head else "", value, _lit(tail) if tail else "") if p)
 
 
+def _read(src: str) -> list[str]:
+    """Jinja that reads the content ``src`` into ns.text (text parts joined by a space, or the string itself),
+    ns.img and ns.vid (image / video parts, or the placeholders in a string). The parts are iterated directly
+    (``for part in message['content']``), the shape by which vLLM recognises templates that take content parts."""
+    img, vid = _lit(IMAGE), _lit(VIDEO)
+    return [
+        "{%- set ns.text = '' -%}{%- set ns.img = 0 -%}{%- set ns.vid = 0 -%}",
+        f"{{%- if {src} is string -%}}",
+        f"{{%- set ns.text = {src} -%}}",
+        f"{{%- set ns.img = {src}.count({img}) -%}}{{%- set ns.vid = {src}.count({vid}) -%}}",
+        f"{{%- elif {src} is iterable and {src} is not mapping -%}}",
+        f"{{%- for part in {src} if part is mapping -%}}",
+        f"{{%- if part['type'] in {list(IMAGE_PARTS)} -%}}{{%- set ns.img = ns.img + 1 -%}}",
+        f"{{%- elif part['type'] in {list(VIDEO_PARTS)} -%}}{{%- set ns.vid = ns.vid + 1 -%}}",
+        "{%- elif part['type'] == 'text' and part['text'] -%}",
+        "{%- set ns.text = ns.text ~ (' ' if ns.text else '') ~ part['text'] -%}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- endif -%}",
+    ]
+
+
 def jinja_template(name: str) -> str:
     """A Jinja chat template that renders as the named template ``name`` (see the module docstring)."""
     t = get_template(name)
-    img, vid = _lit(IMAGE), _lit(VIDEO)
-    n_img = f"(count(m['content'], {list(IMAGE_PARTS)}, {img}) | int)"
-    n_vid = f"(count(m['content'], {list(VIDEO_PARTS)}, {vid}) | int)"
-    out = [MARK % name, _MACROS]
-    out.append(f"{{%- set ns = namespace(system={_lit(t.system)}, first=true) -%}}")
-    out.append("{%- set msgs = messages -%}")
+    out = [MARK % name]
+    out.append(f"{{%- set ns = namespace(system={_lit(t.system)}, first=true, skip=0, text='', img=0, vid=0) -%}}")
     out.append("{%- if messages and messages[0]['role'] == 'system' -%}")
-    out.append("{%- set ns.system = text_of(messages[0]['content']) | string -%}")
-    out.append("{%- set msgs = messages[1:] -%}")
+    out += _read("messages[0]['content']")
+    out.append("{%- set ns.system = ns.text -%}{%- set ns.skip = 1 -%}")
     out.append("{%- endif -%}")
     if t.system_fmt:
         out.append(f"{{%- if ns.system -%}}{{{{ {_wrap(t.system_fmt, 'system', 'ns.system')} }}}}{{%- endif -%}}")
-    out.append("{%- for m in msgs -%}")
-    out.append("{%- if m['role'] == 'user' -%}")
+    out.append("{%- for message in messages -%}")
+    out.append("{%- if loop.index0 >= ns.skip -%}")
+    out += _read("message['content']")
+    out.append("{%- if message['role'] == 'user' -%}")
+    img, vid = _lit(IMAGE), _lit(VIDEO)
     if t.images_only:
-        out.append(f"{{%- set body = {img} * {n_img} + {vid} * {n_vid} -%}}")
+        out.append(f"{{%- set body = {img} * ns.img + {vid} * ns.vid -%}}")
     else:
-        out.append("{%- set body = text_of(m['content']) | string -%}")
-        if t.strip:
-            out.append("{%- set body = body | trim -%}")
-        out.append("{%- if m['content'] is not string -%}")
-        out.append(f"{{%- set body = {_lit(IMAGE + chr(10))} * {n_img} + {_lit(VIDEO + chr(10))} * {n_vid} + body -%}}")
+        out.append("{%- set body = ns.text" + (" | trim" if t.strip else "") + " -%}")
+        out.append("{%- if message['content'] is not string -%}")
+        out.append(f"{{%- set body = {_lit(IMAGE + chr(10))} * ns.img + {_lit(VIDEO + chr(10))} * ns.vid + body -%}}")
         out.append("{%- endif -%}")
     if t.first_user_fmt:
         prefix = _wrap(t.first_user_fmt, "system", "ns.system")
         out.append(f"{{%- if ns.first and ns.system -%}}{{%- set body = {prefix} + body -%}}{{%- endif -%}}")
     out.append("{%- set ns.first = false -%}")
     out.append(f"{{{{ {_wrap(t.user_fmt, 'content', 'body')} }}}}")
-    out.append("{%- elif m['role'] == 'assistant' -%}")
-    answer = "(text_of(m['content']) | string" + (" | trim)" if t.strip else ")")
+    out.append("{%- elif message['role'] == 'assistant' -%}")
+    answer = "(ns.text | trim)" if t.strip else "ns.text"
     out.append(f"{{{{ {_lit(t.answer_prefix)} + {answer} + {_lit(t.answer_suffix)} }}}}")
     out.append("{%- else -%}")
     out.append(
-        "{{- raise_exception('message ' ~ loop.index0 ~ \": role must be 'user' or 'assistant' (one 'system' "
-        "message may come first), got \" ~ m['role']) -}}"
+        "{{- raise_exception('message ' ~ (loop.index0 - ns.skip) ~ \": role must be 'user' or 'assistant' (one "
+        "'system' message may come first), got \" ~ message['role']) -}}"
     )
+    out.append("{%- endif -%}")
     out.append("{%- endif -%}")
     out.append("{%- endfor -%}")
     prompt = t.answer_prefix.rstrip(" ")
-    out.append("{%- if add_generation_prompt and (not msgs or msgs[-1]['role'] != 'assistant') -%}")
+    out.append("{%- if add_generation_prompt and (not messages or messages[-1]['role'] != 'assistant') -%}")
     if prompt:
         out.append(f"{{{{ {_lit(prompt)} }}}}")
     out.append("{%- endif -%}")
     return "\n".join(out) + "\n"
+
+
+def exported_name(source: str | None) -> str | None:
+    """The named template ``source`` is, unchanged, an export of (``jinja_template``), or None: a template
+    edited after export is the checkpoint's own and is rendered as Jinja."""
+    name = template_name(source)
+    if name is None or name not in TEMPLATES or source is None:
+        return None
+    return name if source.strip() == jinja_template(name).strip() else None
 
 
 def template_name(source: str | None) -> str | None:

@@ -20,8 +20,8 @@ from .anyres import ImageGeometry, num_image_tokens, num_video_tokens
 from .hf_files import IMAGE_PROCESSOR, PROCESSOR_CLASS, chat_template_of, family_of, read_json, side_of
 from .image import CLIP_MEAN, CLIP_STD, ImageConfig, preprocess, video_frames
 from .image_load import ImageSource, load_image
-from .jinja_export import jinja_template, template_name
-from .templates import IMAGE, TEMPLATES, VIDEO, render, render_chat_template
+from .jinja_export import exported_name, jinja_template
+from .templates import IMAGE, VIDEO, render, render_chat_template
 from .tokenizer import Tokenizer
 
 # the named conversation template of a checkpoint that ships no Jinja chat template, when it is not the family's
@@ -154,8 +154,8 @@ class LlavaProcessor:
                 rescale=vid.get("rescale_factor", 1 / 255),
             )
         chat = chat_template_of(path, proc) or tokenizer.chat_template
-        exported = template_name(chat)  # one of ours that `save_pretrained` wrote: render it by name, as before
-        if exported in TEMPLATES:
+        exported = exported_name(chat)  # ours as `save_pretrained` wrote it, unedited: render it by name, as before
+        if exported is not None:
             template, chat = template or exported, None
         return cls(
             tokenizer,
