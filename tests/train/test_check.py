@@ -150,6 +150,12 @@ def test_mixture_yaml_is_checked_dataset_by_dataset(planted, capsys):
     mix.write_text("datasets:\n  - image_folder: imgs\n")
     assert main(["data", "check", str(mix)]) == 2
     assert "datasets[0] needs a 'path'" in capsys.readouterr().err
+    for extra, said in (("image_foler: imgs", "unknown keys ['image_foler']"),
+                        ("sampling_strategy: first:lots", "sampling_strategy"),
+                        ("weight: heavy", "weight must be a number")):  # fmt: skip
+        mix.write_text(f"datasets:\n  - path: {planted / 'clean.jsonl'}\n    {extra}\n")
+        assert main(["data", "check", str(mix)]) == 2  # what training refuses, refused before checking records
+        assert said in capsys.readouterr().err
 
 
 def test_repeated_ids_and_turn_order_are_noted_not_failed(planted, capsys):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..processing.image import sample_frames
 from ..processing.processor import LlavaProcessor
-from .data import image_size, open_image, read_mixture
+from .data import check_entry, image_size, open_image, read_mixture
 from .labels import SampleError, encode_sample
 from .records import ROLES, Record, check_record, frame_files, image_paths, iter_records, to_messages, video_path
 
@@ -189,7 +189,8 @@ def dataset_parts(
         return [(data, image_folder, template)]
     parts = []
     for k, e in enumerate(read_mixture(data)):
-        if "path" not in e:
-            raise ValueError(f"{data}: datasets[{k}] needs a 'path' (or LLaVA-NeXT's 'json_path')")
+        check_entry(e, k)  # what training refuses, refused here too
+        if not Path(str(e["path"])).exists():  # before hours of image decoding, not after
+            raise FileNotFoundError(f"{data}: datasets[{k}]: data file not found: {e['path']}")
         parts.append((str(e["path"]), e.get("image_folder", image_folder), e.get("template", template)))
     return parts

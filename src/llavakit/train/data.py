@@ -325,6 +325,25 @@ def read_mixture(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+ENTRY_KEYS = {"path", "image_folder", "weight", "template", "on_error", "num_frames", "sampling_strategy"}
+
+
+def check_entry(entry: Any, k: int, single: bool = False) -> None:
+    """Refuse a ``datasets`` entry training cannot read: no path, unknown keys (a typo such as ``image_foler``
+    would silently fall back to the default folder), a negative weight or a malformed sampling_strategy."""
+    if not isinstance(entry, dict) or "path" not in entry:
+        raise ValueError(f"data.datasets[{k}] needs a 'path' (or LLaVA-NeXT's 'json_path')")
+    unknown = set(entry) - ENTRY_KEYS
+    if unknown and not single:
+        raise ValueError(f"data.datasets[{k}]: unknown keys {sorted(unknown)}; known: {sorted(ENTRY_KEYS)}")
+    name = f"data.datasets[{k}]"
+    try:
+        weight = float(entry.get("weight", 1.0))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: weight must be a number, got {entry.get('weight')!r}") from None
+    select(0, weight, entry.get("sampling_strategy"), random.Random(), name)
+
+
 def build_dataset(
     spec: dict[str, Any], processor: LlavaProcessor, template: str | None, max_length: int, foreground: bool = False
 ) -> SupervisedDataset | MixedDataset:
@@ -353,14 +372,8 @@ def build_dataset(
         if not isinstance(entries, list):
             raise ValueError("data.datasets must be a non-empty list of {path, image_folder, weight}")
     parts, weights, strategies = [], [], []
-    keys = {"path", "image_folder", "weight", "template", "on_error", "num_frames", "sampling_strategy"}
     for k, e in enumerate(entries):
-        if not isinstance(e, dict) or "path" not in e:
-            raise ValueError(f"data.datasets[{k}] needs a 'path'")
-        unknown = set(e) - keys
-        if unknown and not single:
-            raise ValueError(f"data.datasets[{k}]: unknown keys {sorted(unknown)}")
-        select(0, float(e.get("weight", 1.0)), e.get("sampling_strategy"), random.Random(), f"data.datasets[{k}]")
+        check_entry(e, k, single)
         parts.append(
             SupervisedDataset(
                 e["path"],
