@@ -196,3 +196,26 @@ def test_a_row_whose_text_handling_fails_fails_alone(pipe) -> None:  # noqa: ANN
     worker.stop()
     assert done[1][-1][:2] == ("error", 500) and "ConnectionError" in done[1][-1][2]
     assert done[0][-1][0] == "done" and good.completion_tokens == 12
+
+
+def test_a_job_answered_by_its_own_prefill_failure_is_not_answered_twice(pipe, monkeypatch) -> None:  # noqa: ANN001
+    """If the merge after a partly failed admission fails too, the job whose prefill failed keeps its one error."""
+
+    def broken_merge(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise RuntimeError("out of memory while copying the cache")
+
+    monkeypatch.setattr(RunningBatch, "merge", broken_merge)
+    done: dict = {}
+    bad = _job(pipe, 0, 5, done)
+    bad.vision = {"pixel_values": torch.zeros(1, 3, 8, 8)}
+    good = _job(pipe, 1, 5, done)
+    worker = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=4)
+    worker.pending.extend([bad, good])
+    worker.start()
+    end = time.monotonic() + 60
+    while len(done) < 2 and time.monotonic() < end:
+        time.sleep(0.005)
+    time.sleep(0.1)
+    worker.stop()
+    assert [e[0] for e in done[0]] == ["error"] and [e[0] for e in done[1]] == ["error"]
+    assert "out of memory" in done[1][0][2] and worker.metrics.errors == 2

@@ -233,22 +233,24 @@ class Batcher:
             prefilled = [self._prefill(jobs)]
         except Exception as e:  # noqa: BLE001 - one request's inputs must not fail the others
             if len(jobs) == 1:
-                self._fail([jobs[0]], e)
+                self._fail(jobs, jobs[0], e)
                 return
             prefilled = []
-            for job in jobs:
+            for job in list(jobs):
                 try:
                     prefilled.append(self._prefill([job]))
                 except Exception as one:  # noqa: BLE001
-                    self._fail([job], one)
+                    self._fail(jobs, job, one)
         for rows, cache, mask, pos, logits in prefilled:
             batch.merge(rows, cache, mask, pos, logits)
 
-    def _fail(self, jobs: list[Job], e: Exception) -> None:
+    def _fail(self, jobs: list[Job], job: Job, e: Exception) -> None:
+        """Answer ``job`` with a 500 and take it out of ``jobs`` (the admission's list: answered, it is not
+        reported again if a later part of the step fails)."""
         log.error("prefill failed:\n%s", "".join(traceback.format_exception(e)))
         self.metrics.add("errors")
-        for job in jobs:
-            job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
+        jobs.remove(job)
+        job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
 
     def _prefill(self, jobs: list[Job]) -> tuple[list[Row], KVCache, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The jobs' prompts through the model, left-padded into one batch: their rows, their own cache, mask
