@@ -161,11 +161,54 @@ def test_resume_refuses_other_settings(tiny_model, synth_data, tmp_path):
     out = str(tmp_path / "run")
     kwargs = dict(model=tiny_model, data=str(synth_data), limit=1, progress=False)
     first = eval_task("synth", out=out, max_new_tokens=1, **kwargs)
-    assert first["settings"] == {"dtype": "float32", "quantize": None, "max_new_tokens": 1}
+    files = sorted(Path(tiny_model).glob("*.safetensors"))
+    weights = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    assert first["settings"] == {"task": "synth", "dtype": "float32", "quantize": None, "weights": weights,
+                                 "max_new_tokens": 1}  # fmt: skip
     for change, said in (({"quantize": "int8"}, "quantize None there, 'int8' now"), ({"max_new_tokens": 2}, "1 there")):
         with pytest.raises(ValueError, match=f"other settings .*{said}"):
             eval_task("synth", out=out, **{"max_new_tokens": 1, **kwargs, **change})
     assert eval_task("synth", out=out, max_new_tokens=1, **kwargs)["resumed"] == 1
+    with pytest.raises(ValueError, match="--max-new-tokens must be >= 1"):
+        eval_task("synth", out=out, max_new_tokens=0, **kwargs)
+
+
+def test_resume_refuses_retrained_weights_and_other_questions(tiny_model, synth_data, tmp_path):
+    """Weights rewritten in place, or other data under the same ids, are not resumed from the old answers."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    out = str(tmp_path / "run")
+    kwargs = dict(data=str(synth_data), out=out, limit=2, max_new_tokens=1, progress=False)
+    eval_task("synth", model=str(model), **kwargs)
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # retrained in place: same path, new file
+    with pytest.raises(ValueError, match="other settings .*weights"):
+        eval_task("synth", model=str(model), **kwargs)
+    other = tmp_path / "other"
+    shutil.copytree(synth_data, other)
+    lines = (other / "eval.jsonl").read_text().splitlines()
+    changed = [json.dumps({**json.loads(line), "question": "Is there a unicorn?"}) for line in lines]
+    (other / "eval.jsonl").write_text("\n".join(changed) + "\n")
+    fresh = str(tmp_path / "run2")
+    eval_task("synth", model=str(model), **{**kwargs, "out": fresh})
+    with pytest.raises(ValueError, match="answered for another prompt"):
+        eval_task("synth", model=str(model), **{**kwargs, "out": fresh, "data": str(other)})
+
+
+def test_a_torn_multibyte_last_answer_is_cut_and_redone(tiny_model, synth_data, tmp_path):
+    """A crash inside a UTF-8 character of the last answer does not block the resume: that line is cut, redone."""
+    out = tmp_path / "run"
+    kwargs = dict(model=tiny_model, data=str(synth_data), out=str(out), limit=2, max_new_tokens=1, progress=False)
+    eval_task("synth", **kwargs)
+    pred = out / "predictions.jsonl"
+    first, second = pred.read_bytes().splitlines(keepends=True)[:2]
+    record = json.loads(second)
+    torn = json.dumps({**record, "text": "日本"}, ensure_ascii=False).encode()
+    pred.write_bytes(first + torn[: torn.index("日".encode()) + 1])
+    result = eval_task("synth", **kwargs)
+    assert result["resumed"] == 1 and result["predicted_now"] == 1
 
 
 def test_default_out_dir_names_dtype_and_quantization(tiny_model, synth_data, tmp_path, monkeypatch):

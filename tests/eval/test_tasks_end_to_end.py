@@ -200,3 +200,42 @@ def test_undecodable_image_fails_alone(tiny_model, tmp_path):
     assert set(preds) == {"1", "3"}  # the batch was retried one by one: only question 2 is lost
     assert result["failed"]["count"] == 1 and result["failed"]["ids"] == ["2"]
     assert result["unanswered"]["count"] == 1
+
+
+def test_bad_data_fails_before_any_answer(tiny_model, tmp_path):
+    """A label the scorer refuses fails before inference (no predictions written); a record whose question is not
+    text is a one-line error naming the data, not a traceback; no image at all says so, not 'no predictions'."""
+    data = fx.pope(tmp_path / "d")
+    label_file = data / "coco" / "coco_pope_random.json"
+    lines = label_file.read_text().splitlines()
+    label_file.write_text("\n".join([lines[0].replace('"yes"', '"maybe"'), *lines[1:]]) + "\n")
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match="cannot be scored, so nothing was run.*maybe"):
+        eval_task("pope", model=tiny_model, data=str(data), out=str(out), progress=False)
+    assert not (out / "predictions.jsonl").exists()
+
+    data = fx.pope(tmp_path / "d2")
+    questions = data / "llava_pope_test.jsonl"
+    rows = [json.loads(line) for line in questions.read_text().splitlines()]
+    rows[0]["text"] = None
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="pope: question '1' in .* has no question text"):
+        eval_task("pope", model=tiny_model, data=str(data), out=str(tmp_path / "o2"), progress=False)
+
+    data = fx.pope(tmp_path / "d3")
+    for img in (data / "val2014").iterdir():
+        img.unlink()
+    with pytest.raises(ValueError, match="no question was answered: 7 images missing"):
+        eval_task("pope", model=tiny_model, data=str(data), out=str(tmp_path / "o3"), progress=False)
+
+
+def test_a_record_the_reader_cannot_use_is_a_one_line_error(tiny_model, tmp_path):
+    """An answer entry without its 'answer' key (or an image name that is a number) is refused naming the task
+    and the data, instead of a KeyError / TypeError traceback from inside the reader."""
+    data = fx.vizwiz(tmp_path / "d")
+    ann = data / "Annotations" / "val.json"
+    records = json.loads(ann.read_text())
+    records[0]["image"] = 7
+    ann.write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="vizwiz: a record in .* cannot be read \\(TypeError"):
+        eval_task("vizwiz", model=tiny_model, data=str(data), out=str(tmp_path / "o"), progress=False)

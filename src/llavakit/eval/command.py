@@ -18,15 +18,40 @@ def _read(task: Task, data: str) -> list[Sample]:
     path = Path(data)
     if not path.exists():
         raise FileNotFoundError(f"{task.name}: --data {data} does not exist; expected {task.data_help}")
-    samples = task.read(path)
+    try:
+        samples = task.read(path)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:  # a field missing or of the wrong type
+        raise ValueError(
+            f"{task.name}: a record in {data} cannot be read ({type(e).__name__}: {e}); expected {task.data_help}"
+        ) from None
     if not samples:
         raise ValueError(f"{task.name}: no questions found in {data}; expected {task.data_help}")
     seen: set[str] = set()
     for s in samples:
+        if not isinstance(s.prompt, str) or not s.prompt.strip():
+            raise ValueError(f"{task.name}: question {s.id!r} in {data} has no question text (got {s.prompt!r})")
         if s.id in seen:
             raise ValueError(f"{task.name}: question id {s.id!r} occurs more than once in {data}")
         seen.add(s.id)
     return samples
+
+
+def check_scorable(task: Task, samples: list[Sample]) -> None:
+    """Score empty answers once before any inference: reference data the scorer refuses (a POPE label that is
+    not yes/no, an MME image without its question pair, fewer than ten VQA answers) fails now, not after hours."""
+    try:
+        task.score(samples, {s.id: "" for s in samples})
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"{task.name}: the data cannot be scored, so nothing was run: {e}") from None
+
+
+def weights_fingerprint(model: Path) -> str | None:
+    """Size and modification time of a local checkpoint's weight files: a checkpoint retrained in place gets a
+    new fingerprint, so its evaluation is not resumed from the old weights' answers. None for hub ids."""
+    if not model.is_dir():
+        return None
+    files = sorted(p for p in model.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files) or None
 
 
 def synth_data(out: Path, n: int, seed: int, sides: tuple[int, int] | None = None) -> Path:
@@ -83,6 +108,7 @@ def eval_task(
         data = str(synth_data(out_dir, n, seed, sides))
         extra["seed"] = seed
     samples = limit_samples(_read(task, data), limit)
+    check_scorable(task, samples)
     pipe = open_pipeline(model_path, dtype, quantize)
     result = run(
         task,
@@ -92,7 +118,7 @@ def eval_task(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         model_id=model_id,
-        settings={"dtype": dtype, "quantize": quantize},
+        settings={"dtype": dtype, "quantize": quantize, "weights": weights_fingerprint(local)},
         extra={"data": str(data), **extra},
         progress=progress,
     )

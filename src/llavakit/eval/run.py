@@ -55,8 +55,8 @@ def read_predictions(
 
 def _check_same_model(path: Path, model_id: str, settings: dict[str, Any] | None = None) -> None:
     """Refuse to resume a predictions file written by another model, or by the same model run differently (another
-    dtype, quantization or answer length): its answers would be mixed in and scored as this run's. Files from
-    before ``settings`` were recorded are checked on the model alone."""
+    task, dtype, quantization, answer length, or weights changed in place): its answers would be mixed in and scored
+    as this run's. Settings a file does not record (older files) are not compared."""
     for line in path.read_text(encoding="utf-8").splitlines()[:1]:
         first = json.loads(line)
         other = first.get("model_id")
@@ -66,7 +66,7 @@ def _check_same_model(path: Path, model_id: str, settings: dict[str, Any] | None
             )
         theirs = first.get("settings")
         if theirs is not None and settings is not None:
-            diff = {k: (theirs.get(k), v) for k, v in settings.items() if theirs.get(k) != v}
+            diff = {k: (theirs[k], v) for k, v in settings.items() if k in theirs and theirs[k] != v}
             if diff:
                 said = ", ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
                 raise ValueError(
@@ -76,20 +76,38 @@ def _check_same_model(path: Path, model_id: str, settings: dict[str, Any] | None
 
 
 def _drop_torn_tail(path: Path) -> None:
-    """Cut a last line that is not complete JSON (a crash mid-write) so that appending starts cleanly."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
+    """Cut a last line that is not complete JSON (a crash mid-write, possibly inside a multi-byte character) so
+    that reading and appending start cleanly."""
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
     if not lines:
         return
     try:
-        json.loads(lines[-1])
+        json.loads(lines[-1].decode("utf-8"))
         torn = False
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
         torn = True
     if torn:
-        path.write_text("".join(lines[:-1]), encoding="utf-8")
-    elif not text.endswith("\n"):
-        path.write_text(text + "\n", encoding="utf-8")
+        path.write_bytes(b"".join(lines[:-1]))
+    elif not data.endswith(b"\n"):
+        path.write_bytes(data + b"\n")
+
+
+def _check_same_questions(path: Path, samples: list[Sample]) -> None:
+    """Refuse to resume answers whose recorded prompt is not the prompt this data asks under the same id (other
+    data, another task, or changed questions written to the same --out directory)."""
+    prompts = {s.id: s.prompt for s in samples}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        qid = str(record.get("question_id", record.get("id")))
+        if "prompt" in record and qid in prompts and record["prompt"] != prompts[qid]:
+            raise ValueError(
+                f"{path}:{n}: question {qid!r} was answered for another prompt ({record['prompt'][:60]!r}) than this "
+                f"data asks ({prompts[qid][:60]!r}): other data or another task wrote this directory; pass another "
+                "--out directory"
+            )
 
 
 def _message(sample: Sample) -> list[dict[str, Any]]:
@@ -214,14 +232,18 @@ def run(
     rerun with other settings is refused rather than resumed."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens} (left out: {task.max_new_tokens})")
+    max_new_tokens = max_new_tokens or task.max_new_tokens
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = out_dir / "predictions.jsonl"
-    done = read_predictions(pred_path, tolerate_torn_tail=True) if pred_path.exists() else {}
-    settings = {**(settings or {}), "max_new_tokens": max_new_tokens or task.max_new_tokens}
-    if done:
-        _check_same_model(pred_path, model_id, settings)
     if pred_path.exists():
         _drop_torn_tail(pred_path)
+    done = read_predictions(pred_path) if pred_path.exists() else {}
+    settings = {"task": task.name, **(settings or {}), "max_new_tokens": max_new_tokens}
+    if done:
+        _check_same_model(pred_path, model_id, settings)
+        _check_same_questions(pred_path, samples)
     missing = missing_images(samples)
     missing_set = set(missing)
     todo = [s for s in samples if s.id not in done and s.id not in missing_set]
@@ -231,7 +253,7 @@ def run(
         todo,
         pred_path,
         batch_size=batch_size,
-        max_new_tokens=max_new_tokens or task.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         model_id=model_id,
         settings=settings,
         progress=progress,
@@ -248,6 +270,10 @@ def run(
         "resumed": len([s for s in samples if s.id in done]),
         "seconds": round(seconds, 2),
     }
+    if not predictions:  # the scorer would only say "no predictions": say why
+        why = [f"{len(missing)} images missing (e.g. {missing[0]})"] if missing else []
+        why += [f"{len(failed)} questions failed (first: {failed[0][1]})"] if failed else []
+        raise ValueError(f"{task.name}: no question was answered: {'; '.join(why) or 'nothing to ask'}")
     result = result_object(task, samples, predictions, missing=missing, extra=info)
     if failed:
         result["failed"] = {"count": len(failed), "ids": [i for i, _ in failed[:MAX_IDS]], "first_error": failed[0][1]}

@@ -74,7 +74,7 @@ def is_right(sample: Sample, prediction: str) -> bool:
     """One synthetic question, scored by its type (see the module docstring)."""
     qtype, answer = sample.ref["qtype"], str(sample.ref["answer"])
     if qtype == "existence":
-        return pope_answer(prediction.strip()) == answer
+        return pope_answer(prediction.strip()) == answer.strip().lower()  # as pope_metrics reads the gold
     if qtype == "mc":
         return extract_option_letter(prediction, options_of(sample.prompt)) == answer
     return normalize_vqa_answer(prediction) == normalize_vqa_answer(answer)
