@@ -128,3 +128,32 @@ def test_scienceqa_uses_llava_question_file_when_present(tmp_path):
     samples = {s.id: s for s in TASKS["scienceqa_img"].read(data)}
     assert samples["1"].prompt == value.replace("\n<image>", "") + "\n" + fx.LETTER
     assert samples["4"].prompt == "Pick B.\nA. a\nB. b\n" + fx.LETTER  # not in LLaVA's file: built
+
+
+def test_reference_answers_of_the_wrong_shape_are_refused(tmp_path):
+    """A DocVQA answer list given as one string (it would be scored letter by letter), a ChartQA label given as a
+    list, and a ScienceQA answer index outside its choices (-1 read as letter E) are refused by file and record."""
+    import fixtures as fx
+
+    from llavakit.eval.tasks import get_task
+
+    docs = fx.docvqa(tmp_path / "doc")
+    ann = json.loads((docs / "val_v1.0.json").read_text())
+    ann["data"][0]["answers"] = "1 jan 2000"
+    (docs / "val_v1.0.json").write_text(json.dumps(ann))
+    with pytest.raises(ValueError, match="val_v1.0.json: record 0: the reference answers must be a non-empty list"):
+        get_task("docvqa").read(docs)
+    sqa = fx.scienceqa(tmp_path / "sqa")
+    problems = json.loads((sqa / "problems.json").read_text())
+    first = next(iter(problems))
+    problems[first]["answer"] = -1
+    (sqa / "problems.json").write_text(json.dumps(problems))
+    with pytest.raises(ValueError, match=f"problem '{first}': 'answer' must be the index of one of its"):
+        get_task("scienceqa_img").read(sqa)
+    chart = fx.chartqa(tmp_path / "chart")
+    human = next(chart.rglob("test_human.json"))
+    records = json.loads(human.read_text())
+    records[0]["label"] = ["100"]
+    human.write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="record 0: the reference answer must be a string, got list"):
+        get_task("chartqa").read(chart)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..metrics import anls_score, relaxed_correctness
 from .base import SHORT_ANSWER, SINGLE_WORD, Sample, Task, answered, resolve_image, suffixed
-from .io import find, parquet_image, read_json, read_parquet, require
+from .io import answer_list, answer_text, find, parquet_image, read_json, read_parquet, require
 
 
 def _parquet_pairs(root: Path, answers_key: str) -> list[dict[str, Any]] | None:
@@ -42,7 +42,10 @@ def read_chartqa(root: Path) -> list[Sample]:
                 f"{r['type']}/{i}",
                 suffixed(r["question"], SINGLE_WORD),
                 parquet_image(r["image"], f"{root}:{r['__line__']}"),
-                {"answer": str(r["answer"]), "type": "human" if "human" in str(r["type"]) else "augmented"},
+                {
+                    "answer": answer_text(r["answer"], f"{root}:{r['__line__']}"),
+                    "type": "human" if "human" in str(r["type"]) else "augmented",
+                },
             )
             for i, r in enumerate(rows)
         ]
@@ -61,7 +64,7 @@ def read_chartqa(root: Path) -> list[Sample]:
             if not isinstance(r, dict) or not {"imgname", "query", "label"} <= set(r):
                 raise ValueError(f"{path}: record {i} lacks 'imgname', 'query' or 'label'")
             image = resolve_image(r["imgname"], [base / "png", base])
-            ref = {"answer": str(r["label"]), "type": kind}
+            ref = {"answer": answer_text(r["label"], f"{path}: record {i}"), "type": kind}
             samples.append(Sample(f"{kind}/{i}", suffixed(r["query"], SINGLE_WORD), image, ref))
     return samples
 
@@ -93,7 +96,7 @@ def _read_anls(root: Path, patterns: list[str], image_key: str, image_dirs: list
                 str(r.get("questionId", r["__line__"])),
                 suffixed(r["question"], SHORT_ANSWER),
                 parquet_image(r["image"], f"{root}:{r['__line__']}"),
-                {"answers": [str(a) for a in r["answers"]]},
+                {"answers": answer_list(r["answers"], f"{root}:{r['__line__']}")},
             )
             for r in rows
         ]
@@ -112,7 +115,7 @@ def _read_anls(root: Path, patterns: list[str], image_key: str, image_dirs: list
         if not r.get("answers"):
             raise ValueError(f"{path}: record {i} has no answers (test splits are scored by the official server)")
         image = resolve_image(str(r[image_key]), dirs)
-        ref = {"answers": [str(a) for a in r["answers"]]}
+        ref = {"answers": answer_list(r["answers"], f"{path}: record {i}")}
         samples.append(Sample(str(r["questionId"]), suffixed(r["question"], SHORT_ANSWER), image, ref))
     return samples
 

@@ -128,3 +128,18 @@ def image_dir(root: Path, candidates: Iterable[str]) -> Path:
         if (base / name).is_dir():
             return base / name
     return base
+
+
+def answer_text(value: Any, where: str) -> str:
+    """A reference answer that must be one string (or number): a list or mapping there is a malformed record."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{where}: the reference answer must be a string, got {type(value).__name__} {value!r}")
+    return str(value)
+
+
+def answer_list(value: Any, where: str) -> list[str]:
+    """Reference answers that must be a non-empty list of strings (a bare string would be split into letters)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        hint = " (a test split? its answers are scored by the official server)" if value is None else ""
+        raise ValueError(f"{where}: the reference answers must be a non-empty list of strings, got {value!r}{hint}")
+    return [answer_text(v, where) for v in value]

@@ -34,6 +34,13 @@ def sqa_prompt(question: str, hint: str, choices: list[str]) -> str:
     return f"{context}{question}\n{options}"
 
 
+def _answer_index(answer: Any, n: int, where: str) -> int:
+    """The index of the right choice, in range: -1 would read as letter E and 3 of 3 choices is never right."""
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < n:
+        raise ValueError(f"{where}: 'answer' must be the index of one of its {n} choices (0-{n - 1}), got {answer!r}")
+    return answer
+
+
 def _check_choices(choices: Any, where: str) -> list[str]:
     if not isinstance(choices, list) or not 1 <= len(choices) <= len(LETTERS):
         raise ValueError(f"{where}: 'choices' must be a list of 1 to 5 options")
@@ -50,7 +57,7 @@ def read(root: Path) -> list[Sample]:
             where = f"{root}:{r['__line__']}"
             choices = _check_choices(list(r["choices"]), where)
             prompt = suffixed(sqa_prompt(r["question"], r.get("hint") or "", choices), LETTER_ANSWER)
-            ref = {"answer": int(r["answer"]), "num_choices": len(choices)}
+            ref = {"answer": _answer_index(r["answer"], len(choices), where), "num_choices": len(choices)}
             samples.append(Sample(str(r.get("id", r["__line__"])), prompt, parquet_image(r["image"], where), ref))
         return samples
     base = root if root.is_dir() else root.parent
@@ -80,7 +87,8 @@ def read(root: Path) -> list[Sample]:
         choices = _check_choices(p["choices"], f"{problems_path}: problem {pid!r}")
         text = llava_prompts.get(str(pid)) or sqa_prompt(p["question"], p.get("hint") or "", choices)
         image = str(base / "images" / "test" / str(pid) / p["image"])
-        ref = {"answer": int(p["answer"]), "num_choices": len(choices)}
+        where = f"{problems_path}: problem {pid!r}"
+        ref = {"answer": _answer_index(p["answer"], len(choices), where), "num_choices": len(choices)}
         samples.append(Sample(str(pid), suffixed(text, LETTER_ANSWER), image, ref))
     return samples
 
