@@ -157,3 +157,14 @@ def test_reference_answers_of_the_wrong_shape_are_refused(tmp_path):
     human.write_text(json.dumps(records))
     with pytest.raises(ValueError, match="record 0: the reference answer must be a string, got list"):
         get_task("chartqa").read(chart)
+
+
+def test_answer_files_with_a_question_answered_twice_or_a_non_text_answer_are_refused(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    rows = [{"question_id": 1, "text": "yes"}, {"question_id": 2, "text": "no"}, {"question_id": 1, "text": "no"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="answers.jsonl:3: question '1' is answered twice \\(also on line 1\\)"):
+        read_predictions(path)
+    path.write_text('{"question_id": 1, "text": ["yes"]}\n')
+    with pytest.raises(ValueError, match="answers.jsonl:1: the answer must be a string, got list"):
+        read_predictions(path)

@@ -31,6 +31,7 @@ def read_predictions(
     ``"<question_id>/<round_id>"``; ``key_of`` overrides the key (a task's own rule). A torn last line
     (a crash mid-write) is skipped when resuming."""
     out: dict[str, str] = {}
+    first_line: dict[str, int] = {}
     lines = path.read_text(encoding="utf-8").splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -49,6 +50,11 @@ def read_predictions(
             key = key_of(record)
         else:
             key = f"{qid}/{record['round_id']}" if "round_id" in record else str(qid)
+        if key in first_line:  # which of the two would be scored is not for us to guess
+            raise ValueError(f"{path}:{n}: question {key!r} is answered twice (also on line {first_line[key]})")
+        if text is not None and not isinstance(text, (str, int, float)):
+            raise ValueError(f"{path}:{n}: the answer must be a string, got {type(text).__name__} {text!r}")
+        first_line[key] = n
         out[key] = "" if text is None else str(text)
     return out
 
