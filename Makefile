@@ -5,15 +5,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-# torch 2.13.0 is the CPU wheel this kind of machine carries; an unpinned torch would pull a multi-GB CUDA build.
+# torch 2.13.0 is the CPU wheel this kind of machine carries (pip finds it locally); an unpinned torch would pull a
+# multi-GB CUDA build. Where pip sees only PyPI, the same pin is the CUDA build on Linux x86: pass
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU one.
 TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: setup setup-dev browser demo test lint clean
 
 $(VENV)/.setup: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e .
 	touch $@
 

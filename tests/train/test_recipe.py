@@ -91,8 +91,11 @@ def test_cli_trains_on_synth_data_and_resumes(tmp_path, monkeypatch, capsys):
     ]
     assert main(["train", *common, "train.stop_after=2"]) == 0
     assert "stopped after step 2" in capsys.readouterr().out
-    assert main(["train", *common, "--resume"]) == 0
+    # overrides may also follow the flag (`llava train R.yaml --resume key=value`)
+    assert main(["train", *common[:-2], "--resume", *common[-2:]]) == 0
     assert "trained to step 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # anything else after a flag is still an error
+        main(["train", *common, "--resume", "--bogus"])
     out = tmp_path / "runs" / "tiny-finetune"
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
