@@ -259,6 +259,13 @@ def test_parquet_docvqa_pope_gqa(tmp_path):
     _parquet(gqa / "instructions" / "a.parquet", [{"id": "q1", "imageId": "n1", "question": "Red?", "answer": "no"}])
     _parquet(gqa / "images" / "b.parquet", [{"id": "n1", "image": _img(3)}])
     assert _score("gqa", gqa, tmp_path, {"q1": "No."})["scores"]["accuracy"] == 1.0
+    # a question whose image row is absent is missing its image, not asked without one
+    from llavakit.eval.run import missing_images
+    from llavakit.eval.tasks import get_task
+
+    rows = [{"id": q, "imageId": n, "question": "Red?", "answer": "no"} for q, n in (("q1", "n1"), ("q2", "n9"))]
+    _parquet(gqa / "instructions" / "a.parquet", rows)
+    assert missing_images(get_task("gqa").read(gqa)) == ["q2"]
 
 
 def test_parquet_mmbench_mme_scienceqa_chartqa_textvqa(tmp_path):

@@ -25,7 +25,9 @@ def _read_parquet(path: Path) -> list[Sample]:
             continue
         require(r, ("id", "imageId", "answer"), path)
         image = images.get(str(r["imageId"]))
-        data = parquet_image(image, f"{path}:{r['__line__']}") if image is not None else None
+        # no image row: a path that does not exist, so the question is counted as missing its image, not asked blind
+        absent = str(path / f"no image row for imageId {r['imageId']}")
+        data = parquet_image(image, f"{path}:{r['__line__']}") if image is not None else absent
         samples.append(Sample(str(r["id"]), suffixed(r["question"], SHORT_ANSWER), data, {"answer": r["answer"]}))
     return samples
 
