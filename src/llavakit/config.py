@@ -148,7 +148,10 @@ class TextConfig:
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> TextConfig:
         mt = d.get("model_type", "llama")
-        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        # keys a saved config leaves out take transformers' defaults for that model type (older transformers
+        # wrote only the values that differ from them): a Qwen2 without max_position_embeddings has 32768 tokens
+        kw = {**HF_TEXT_DEFAULTS.get(mt, {})}
+        kw |= {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
         # rope: transformers >= 5 writes rope_parameters {rope_theta, rope_type, ...}; older configs write
         # rope_theta and rope_scaling {type|rope_type, factor, ...}.
         rope = dict(d.get("rope_parameters") or {})
@@ -190,6 +193,14 @@ class TextConfig:
 
 
 TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# transformers' LlamaConfig / MistralConfig / Qwen2Config defaults where they differ from TextConfig's
+HF_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"max_position_embeddings": 2048},
+    "mistral": {"intermediate_size": 14336, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
+                "sliding_window": 4096},
+    "qwen2": {"vocab_size": 151936, "intermediate_size": 22016, "num_key_value_heads": 32,
+              "max_position_embeddings": 32768},
+}  # fmt: skip
 _MLP_RE = re.compile(r"^mlp(\d+)x_gelu$")
 
 

@@ -400,3 +400,22 @@ def test_network_failures_vs_local_errors(monkeypatch):
     fail(PermissionError("cache directory is read-only"))
     with pytest.raises(PermissionError, match="read-only"):  # not the hub's fault: reported as it is
         resolve_model_path("org/model")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
+def test_text_config_keys_left_out_take_transformers_defaults(model_type: str) -> None:
+    """A saved text config without max_position_embeddings / sliding_window / num_key_value_heads (older
+    transformers wrote only non-default values: OneVision's Qwen2) reads as transformers reads it: a Qwen2 has a
+    32768-token context, not a generic 4096."""
+    from transformers import AutoConfig
+
+    from llavakit.config import TextConfig
+
+    d = {"model_type": model_type, "hidden_size": 64, "num_attention_heads": 32, "num_hidden_layers": 1,
+         "intermediate_size": 96, "vocab_size": 120}  # fmt: skip
+    ref = AutoConfig.for_model(**d)
+    ours = TextConfig.from_hf(d)
+    assert ours.max_position_embeddings == ref.max_position_embeddings == ours.context_length
+    assert ours.num_key_value_heads == ref.num_key_value_heads
+    window = getattr(ref, "sliding_window", None) if getattr(ref, "use_sliding_window", True) else None
+    assert ours.sliding_window == window
