@@ -192,6 +192,20 @@ class TextConfig:
         return d
 
 
+_OV_SIDES = (384, 768, 1152, 1536, 1920, 2304)
+# transformers' LlavaConfig / LlavaNextConfig / LlavaOnevisionConfig defaults for keys a config.json leaves out
+HF_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llava": {"text_model_type": "llama", "image_token_index": 32000, "video_token_index": None,
+              "vision_feature_layer": -2, "select_strategy": "default", "pinpoints": None, "vision_aspect_ratio": None},
+    "llava_next": {"text_model_type": "llama", "image_token_index": 32000, "video_token_index": None,
+                   "vision_feature_layer": -2, "select_strategy": "default",
+                   "pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+                   "vision_aspect_ratio": None},
+    "llava_onevision": {"text_model_type": "qwen2", "image_token_index": 151646, "video_token_index": 151647,
+                        "vision_feature_layer": -1, "select_strategy": "full",
+                        "pinpoints": [[h, w] for h in _OV_SIDES for w in _OV_SIDES],
+                        "vision_aspect_ratio": "anyres_max_9"},
+}  # fmt: skip
 TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # transformers' LlamaConfig / MistralConfig / Qwen2Config defaults where they differ from TextConfig's
 HF_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -275,21 +289,22 @@ class LlavaConfig:
                 f"config.json has model_type {mt!r}; llavakit supports {', '.join(FAMILIES)} "
                 "(original-format LLaVA checkpoints are read by llavakit.checkpoint and `llava convert`)"
             )
-        text = TextConfig.from_hf(d.get("text_config") or {})
+        fam = HF_FAMILY_DEFAULTS[mt]  # what transformers' config class of the family assumes for a key left out
+        text = TextConfig.from_hf({"model_type": fam["text_model_type"], **(d.get("text_config") or {})})
         depth = 2
         return cls(
             model_type=mt,
             vision=VisionConfig.from_hf(d.get("vision_config") or {}),
             text=text,
-            image_token_id=d.get("image_token_id", d.get("image_token_index", 32000)),
-            video_token_id=d.get("video_token_id", d.get("video_token_index")),
+            image_token_id=d.get("image_token_id", d.get("image_token_index", fam["image_token_index"])),
+            video_token_id=d.get("video_token_id", d.get("video_token_index", fam["video_token_index"])),
             projector_type=d.get("projector_type", f"mlp{depth}x_gelu"),
             projector_hidden_act=d.get("projector_hidden_act", "gelu"),
             projector_bias=d.get("multimodal_projector_bias", True),
-            vision_feature_layer=d.get("vision_feature_layer", -2),
-            vision_feature_select_strategy=d.get("vision_feature_select_strategy", "default"),
-            image_grid_pinpoints=d.get("image_grid_pinpoints"),
-            vision_aspect_ratio=d.get("vision_aspect_ratio"),
+            vision_feature_layer=d.get("vision_feature_layer", fam["vision_feature_layer"]),
+            vision_feature_select_strategy=d.get("vision_feature_select_strategy", fam["select_strategy"]),
+            image_grid_pinpoints=d.get("image_grid_pinpoints") or fam["pinpoints"],
+            vision_aspect_ratio=d.get("vision_aspect_ratio", fam["vision_aspect_ratio"]),
             tie_word_embeddings=d.get("tie_word_embeddings", False) or text.tie_word_embeddings,
         )
 

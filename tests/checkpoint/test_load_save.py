@@ -419,3 +419,29 @@ def test_text_config_keys_left_out_take_transformers_defaults(model_type: str) -
     assert ours.num_key_value_heads == ref.num_key_value_heads
     window = getattr(ref, "sliding_window", None) if getattr(ref, "use_sliding_window", True) else None
     assert ours.sliding_window == window
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "llava_onevision"])
+def test_family_keys_left_out_take_transformers_defaults(family: str) -> None:
+    """A config.json that leaves out the feature layer, select strategy, token ids, pinpoints, aspect-ratio cap or
+    the decoder type reads as transformers' config class of the family reads it (OneVision: layer -1, "full",
+    Qwen2, anyres_max_9; not llava's -2 / "default" / Llama)."""
+    from transformers import AutoConfig
+
+    from llavakit.config import LlavaConfig
+
+    vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "image_size": 28, "patch_size": 14}  # fmt: skip
+    text = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 32,
+            "vocab_size": 160000}  # fmt: skip
+    d = {"model_type": family, "vision_config": vision, "text_config": text}
+    ref = AutoConfig.for_model(**d)
+    ours = LlavaConfig.from_hf(d)
+    assert ours.text.model_type == ref.text_config.model_type
+    assert ours.text.max_position_embeddings == ref.text_config.max_position_embeddings
+    assert ours.vision_feature_layer == ref.vision_feature_layer
+    assert ours.vision_feature_select_strategy == ref.vision_feature_select_strategy
+    assert ours.image_token_id == ref.image_token_index
+    assert ours.video_token_id == getattr(ref, "video_token_index", None)
+    assert ours.image_grid_pinpoints == getattr(ref, "image_grid_pinpoints", None)
+    assert ours.vision_aspect_ratio == getattr(ref, "vision_aspect_ratio", None)
