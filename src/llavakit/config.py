@@ -18,6 +18,7 @@ from typing import Any
 FAMILIES = ("llava", "llava_next", "llava_onevision")
 VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 TEXT_TYPES = ("llama", "mistral", "qwen2")
+TEXT_ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "gelu_new")  # model/text.py ACTIVATIONS
 
 V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -119,6 +120,10 @@ class TextConfig:
         for name in ("num_key_value_heads", "head_dim"):
             if getattr(self, name) is not None:
                 _positive(self, "text_config", name)
+        if self.hidden_act not in TEXT_ACTIVATIONS:
+            raise ValueError(
+                f"text_config.hidden_act {self.hidden_act!r} is not supported; supported: {', '.join(TEXT_ACTIVATIONS)}"
+            )
         if self.qkv_bias is None:
             self.qkv_bias = self.model_type == "qwen2"
         if self.num_key_value_heads is None:

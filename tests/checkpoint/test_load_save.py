@@ -445,3 +445,20 @@ def test_family_keys_left_out_take_transformers_defaults(family: str) -> None:
     assert ours.video_token_id == getattr(ref, "video_token_index", None)
     assert ours.image_grid_pinpoints == getattr(ref, "image_grid_pinpoints", None)
     assert ours.vision_aspect_ratio == getattr(ref, "vision_aspect_ratio", None)
+
+
+def test_activations_match_transformers_and_unknown_ones_are_named() -> None:
+    """Every activation name we accept computes what transformers' ACT2FN does; an unknown decoder activation
+    is refused naming the config key (it was a bare KeyError)."""
+    import torch
+    from transformers.activations import ACT2FN
+
+    from llavakit.config import TextConfig
+    from llavakit.model.projector import ACTIVATIONS as PROJECTOR
+    from llavakit.model.text import ACTIVATIONS as TEXT
+
+    x = torch.linspace(-6, 6, 1001)
+    for name, fn in [*PROJECTOR.items(), *TEXT.items()]:
+        assert torch.allclose(fn(x), ACT2FN[name](x), atol=1e-6), name
+    with pytest.raises(ValueError, match="text_config.hidden_act 'swish2' is not supported"):
+        TextConfig(hidden_act="swish2")

@@ -14,7 +14,12 @@ from ..config import TextConfig
 from ..engine.kv_cache import KVCache
 from .rope import Rotary, apply_rotary
 
-ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # transformers' NewGELU: the same tanh formula
+}
 
 
 class RMSNorm(nn.Module):
