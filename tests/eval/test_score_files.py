@@ -337,3 +337,14 @@ def test_mme_llava_answer_file(tmp_path):
     result = _score("mme", fx.mme(tmp_path / "d"), tmp_path, records)
     assert result["scores"]["existence_acc"] == 0.75 and result["scores"]["existence_acc_plus"] == 0.5
     assert result["unanswered"]["count"] == 4 and "unknown_prediction_ids" not in result
+
+
+def test_parquet_rows_without_ids_get_ids_unique_across_files(tmp_path):
+    """Two parquet shards whose rows carry no id: the fallback ids name the file, so they do not collide."""
+    from llavakit.eval.tasks import get_task
+
+    row = {"image": _img(1), "question": "Which?", "choices": ["a", "b"], "answer": 1, "hint": ""}
+    _parquet(tmp_path / "sqa" / "test-00000-of-00002.parquet", [row])
+    _parquet(tmp_path / "sqa" / "test-00001-of-00002.parquet", [row])
+    ids = [s.id for s in get_task("scienceqa_img").read(tmp_path / "sqa")]
+    assert len(set(ids)) == 2 and all("row 0" in i for i in ids)
