@@ -199,18 +199,30 @@ class TextConfig:
 
 _OV_SIDES = (384, 768, 1152, 1536, 1920, 2304)
 # transformers' LlavaConfig / LlavaNextConfig / LlavaOnevisionConfig defaults for keys a config.json leaves out
+_LLAVA_DEFAULTS: dict[str, Any] = {
+    "text_model_type": "llama",
+    "vision_model_type": "clip_vision_model",
+    "image_token_index": 32000,
+    "video_token_index": None,
+    "vision_feature_layer": -2,
+    "select_strategy": "default",
+    "pinpoints": None,
+    "vision_aspect_ratio": None,
+}
 HF_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llava": {"text_model_type": "llama", "image_token_index": 32000, "video_token_index": None,
-              "vision_feature_layer": -2, "select_strategy": "default", "pinpoints": None, "vision_aspect_ratio": None},
-    "llava_next": {"text_model_type": "llama", "image_token_index": 32000, "video_token_index": None,
-                   "vision_feature_layer": -2, "select_strategy": "default",
-                   "pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
-                   "vision_aspect_ratio": None},
-    "llava_onevision": {"text_model_type": "qwen2", "image_token_index": 151646, "video_token_index": 151647,
-                        "vision_feature_layer": -1, "select_strategy": "full",
-                        "pinpoints": [[h, w] for h in _OV_SIDES for w in _OV_SIDES],
-                        "vision_aspect_ratio": "anyres_max_9"},
-}  # fmt: skip
+    "llava": _LLAVA_DEFAULTS,
+    "llava_next": {**_LLAVA_DEFAULTS, "pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]},
+    "llava_onevision": {
+        "text_model_type": "qwen2",
+        "vision_model_type": "siglip_vision_model",
+        "image_token_index": 151646,
+        "video_token_index": 151647,
+        "vision_feature_layer": -1,
+        "select_strategy": "full",
+        "pinpoints": [[h, w] for h in _OV_SIDES for w in _OV_SIDES],
+        "vision_aspect_ratio": "anyres_max_9",
+    },
+}
 TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # transformers' LlamaConfig / MistralConfig / Qwen2Config defaults where they differ from TextConfig's
 HF_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -299,7 +311,7 @@ class LlavaConfig:
         depth = 2
         return cls(
             model_type=mt,
-            vision=VisionConfig.from_hf(d.get("vision_config") or {}),
+            vision=VisionConfig.from_hf({"model_type": fam["vision_model_type"], **(d.get("vision_config") or {})}),
             text=text,
             image_token_id=d.get("image_token_id", d.get("image_token_index", fam["image_token_index"])),
             video_token_id=d.get("video_token_id", d.get("video_token_index", fam["video_token_index"])),

@@ -430,7 +430,7 @@ def test_family_keys_left_out_take_transformers_defaults(family: str) -> None:
 
     from llavakit.config import LlavaConfig
 
-    vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 2, "image_size": 28, "patch_size": 14}  # fmt: skip
     text = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 32,
             "vocab_size": 160000}  # fmt: skip
@@ -438,6 +438,7 @@ def test_family_keys_left_out_take_transformers_defaults(family: str) -> None:
     ref = AutoConfig.for_model(**d)
     ours = LlavaConfig.from_hf(d)
     assert ours.text.model_type == ref.text_config.model_type
+    assert ours.vision.model_type == ref.vision_config.model_type
     assert ours.text.max_position_embeddings == ref.text_config.max_position_embeddings
     assert ours.vision_feature_layer == ref.vision_feature_layer
     assert ours.vision_feature_select_strategy == ref.vision_feature_select_strategy
