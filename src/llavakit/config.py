@@ -19,6 +19,7 @@ FAMILIES = ("llava", "llava_next", "llava_onevision")
 VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 TEXT_TYPES = ("llama", "mistral", "qwen2")
 TEXT_ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "gelu_new")  # model/text.py ACTIVATIONS
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3")  # model/rope.py
 
 V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -120,6 +121,11 @@ class TextConfig:
         for name in ("num_key_value_heads", "head_dim"):
             if getattr(self, name) is not None:
                 _positive(self, "text_config", name)
+        kind = (self.rope_scaling or {}).get("rope_type", "default")
+        if kind not in ROPE_TYPES:
+            raise ValueError(
+                f"text_config rope_type {kind!r} is not supported; llavakit supports {', '.join(ROPE_TYPES)}"
+            )
         if self.hidden_act not in TEXT_ACTIVATIONS:
             raise ValueError(
                 f"text_config.hidden_act {self.hidden_act!r} is not supported; supported: {', '.join(TEXT_ACTIVATIONS)}"

@@ -463,3 +463,11 @@ def test_activations_match_transformers_and_unknown_ones_are_named() -> None:
         assert torch.allclose(fn(x), ACT2FN[name](x), atol=1e-6), name
     with pytest.raises(ValueError, match="text_config.hidden_act 'swish2' is not supported"):
         TextConfig(hidden_act="swish2")
+
+
+def test_an_unsupported_rope_type_is_refused_when_the_config_is_read() -> None:
+    """yarn / longrope scaling is refused by name when the config is read, not at the first forward."""
+    from llavakit.config import TextConfig
+
+    with pytest.raises(ValueError, match="rope_type 'yarn' is not supported"):
+        TextConfig.from_hf({"model_type": "qwen2", "rope_scaling": {"type": "yarn", "factor": 4.0}})
