@@ -471,3 +471,30 @@ def test_an_unsupported_rope_type_is_refused_when_the_config_is_read() -> None:
 
     with pytest.raises(ValueError, match="rope_type 'yarn' is not supported"):
         TextConfig.from_hf({"model_type": "qwen2", "rope_scaling": {"type": "yarn", "factor": 4.0}})
+
+
+@pytest.mark.parametrize("lm_head_first", [False, True])
+def test_a_config_that_ties_over_untied_weights_keeps_the_stored_head(tmp_path, lm_head_first: bool) -> None:
+    """config.json says tied but the checkpoint's lm_head differs from the embeddings (a fine-tune that untied
+    them): the stored head is used and the model untied, as transformers does, whatever the tensors' order;
+    same logits as transformers on the same files."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForImageTextToText
+
+    from llavakit.model.llava import LlavaModel
+
+    hf = hf_model("llava", tie_word_embeddings=False)
+    sd = current(hf)
+    assert not torch.equal(sd["lm_head.weight"], sd["model.language_model.embed_tokens.weight"])
+    hf.config.tie_word_embeddings = hf.config.text_config.tie_word_embeddings = True
+    hf.config.save_pretrained(tmp_path)
+    order = sorted(sd, key=lambda k: (k != "lm_head.weight") if lm_head_first else (k == "lm_head.weight"))
+    save_file({k: sd[k].contiguous() for k in order}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    ours = LlavaModel.from_pretrained(tmp_path)
+    assert not ours.config.tie_word_embeddings
+    assert ours.lm_head.weight is not ours.model.language_model.embed_tokens.weight
+    assert torch.equal(ours.lm_head.weight, sd["lm_head.weight"])
+    ref = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        assert torch.allclose(ours(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-5)

@@ -64,7 +64,9 @@ def load_model(
     with torch.device("meta"):
         model = LlavaModel(config)
     tensors = original_tensors(path, config, vision_tower) if fmt == "original" else hf_tensors(path)
-    load_into(model, tensors, dtype=parse_dtype(dtype), device=torch.device(device), strict=True)
+    result = load_into(model, tensors, dtype=parse_dtype(dtype), device=torch.device(device), strict=True)
+    if result.untied:  # the config says tied, the stored weights are not: keep both, as transformers does
+        config.tie_word_embeddings = config.text.tie_word_embeddings = False
     model.tie_weights()
     return model.eval()
 

@@ -252,6 +252,25 @@ class LoadResult:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # "name: checkpoint (a, b) vs model (c, d)" (or dtypes)
     skipped_tied: list[str] = field(default_factory=list)  # e.g. lm_head.weight when embeddings are tied
+    untied: list[str] = field(default_factory=list)  # tied in the model, stored with other values: given their own
+
+
+def _with_held_aliases(
+    tensors: Iterable[tuple[str, torch.Tensor]], aliases: dict[str, str], held: dict[str, torch.Tensor]
+) -> Iterable[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors, with those stored under a tied alias kept in ``held`` (compared after loading)
+    and given to the shared parameter only when its first name is not in the checkpoint."""
+    seen: set[str] = set()
+    for name, tensor in tensors:
+        if name in aliases:
+            held[name] = tensor
+            continue
+        seen.add(name)
+        yield name, tensor
+    for alias, tensor in list(held.items()):
+        if aliases[alias] not in seen:  # the checkpoint has only this name: it fills the shared tensor
+            del held[alias]
+            yield aliases[alias], tensor
 
 
 def load_into(
@@ -269,8 +288,10 @@ def load_into(
     parameter or buffer, so peak memory is the model plus one tensor. Integer tensors keep their dtype.
 
     Tied parameters (the same Parameter reachable under two names, e.g. ``lm_head.weight`` and
-    ``model.language_model.embed_tokens.weight``) are filled once and re-tied; the first registered name's
-    tensor wins, a checkpoint copy under the other name is used only when the first is absent.
+    ``model.language_model.embed_tokens.weight``) are filled once and re-tied; a checkpoint copy under the other
+    name fills them when the first name is absent, is skipped when equal, and when it holds other values (a config
+    that says tied over weights that are not) gets its own parameter and is listed in ``untied``, as transformers
+    keeps both: the caller unties its config.
 
     With ``strict`` any missing, unexpected or wrongly shaped tensor raises one CheckpointMismatchError
     listing them and the likely cause; otherwise they are returned (unfilled tensors stay on meta).
@@ -292,12 +313,8 @@ def load_into(
                 slots[name] = (mod, attr, attr in mod._parameters)
     result = LoadResult()
     loaded: set[str] = set()
-    for name, tensor in tensors:
-        if name in aliases:
-            if aliases[name] in loaded:
-                result.skipped_tied.append(name)
-                continue
-            name = aliases[name]  # fills the shared tensor until (unless) its primary name comes along
+    held: dict[str, torch.Tensor] = {}  # alias name -> its checkpoint tensor, settled once every tensor is read
+    for name, tensor in _with_held_aliases(tensors, aliases, held):
         if name not in slots:
             result.unexpected.append(name)
             continue
@@ -324,7 +341,17 @@ def load_into(
         alias_owner, _, alias_attr = alias.rpartition(".")
         target = module.get_submodule(alias_owner) if alias_owner else module
         store = target._parameters if is_param else target._buffers
-        store[alias_attr] = (owner._parameters if is_param else owner._buffers)[attr]
+        shared = (owner._parameters if is_param else owner._buffers)[attr]
+        store[alias_attr] = shared
+        stored = held.pop(alias, None)
+        if stored is None or name not in loaded or tuple(stored.shape) != tuple(shared.shape):
+            continue
+        value = stored.to(device=shared.device, dtype=shared.dtype)
+        if torch.equal(value, shared):
+            result.skipped_tied.append(alias)
+        else:  # tied in the model, different in the checkpoint: the stored weights win, untied
+            store[alias_attr] = nn.Parameter(value, requires_grad=shared.requires_grad) if is_param else value
+            result.untied.append(alias)
     result.missing = [n for n in slots if n not in loaded]  # still on their original (meta) device
     if strict and (result.missing or result.unexpected or result.mismatched):
         raise CheckpointMismatchError(_mismatch_message(result))
