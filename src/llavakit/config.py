@@ -203,6 +203,11 @@ class TextConfig:
         return d
 
 
+def _within(token_id: int | None, text: TextConfig) -> int | None:
+    """A default token id, or None (the model's own default) when the vocabulary is too small for it."""
+    return token_id if token_id is not None and token_id < text.vocab_size else None
+
+
 _OV_SIDES = (384, 768, 1152, 1536, 1920, 2304)
 # transformers' LlavaConfig / LlavaNextConfig / LlavaOnevisionConfig defaults for keys a config.json leaves out
 _LLAVA_DEFAULTS: dict[str, Any] = {
@@ -320,7 +325,7 @@ class LlavaConfig:
             vision=VisionConfig.from_hf({"model_type": fam["vision_model_type"], **(d.get("vision_config") or {})}),
             text=text,
             image_token_id=d.get("image_token_id", d.get("image_token_index", fam["image_token_index"])),
-            video_token_id=d.get("video_token_id", d.get("video_token_index", fam["video_token_index"])),
+            video_token_id=d.get("video_token_id", d.get("video_token_index", _within(fam["video_token_index"], text))),
             projector_type=d.get("projector_type", f"mlp{depth}x_gelu"),
             projector_hidden_act=d.get("projector_hidden_act", "gelu"),
             projector_bias=d.get("multimodal_projector_bias", True),

@@ -498,3 +498,33 @@ def test_a_config_that_ties_over_untied_weights_keeps_the_stored_head(tmp_path, 
     ids = torch.tensor([[1, 5, 9, 3]])
     with torch.no_grad():
         assert torch.allclose(ours(input_ids=ids).logits, ref(input_ids=ids).logits, atol=1e-5)
+
+
+def test_a_tied_head_of_the_wrong_shape_or_dtype_is_still_a_mismatch(tmp_path) -> None:
+    """The stored copy of a tied head is checked like any tensor: wrong shape or integers are refused by name."""
+    from safetensors.torch import save_file
+
+    from llavakit.model.llava import LlavaModel
+
+    hf = hf_model("llava", tie_word_embeddings=True)
+    hf.config.text_config.tie_word_embeddings = True
+    hf.tie_weights()
+    sd = {k: v.clone().contiguous() for k, v in current(hf).items()}
+    hf.config.save_pretrained(tmp_path)
+    emb = sd["model.language_model.embed_tokens.weight"]
+    for head, said in ((torch.zeros(emb.shape[0] + 8, emb.shape[1]), "lm_head.weight: checkpoint"),
+                       (torch.ones_like(emb, dtype=torch.int8), "lm_head.weight: checkpoint torch.int8")):  # fmt: skip
+        save_file({**sd, "lm_head.weight": head}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(CheckpointMismatchError, match=said):
+            LlavaModel.from_pretrained(tmp_path)
+
+
+def test_a_onevision_config_without_video_token_keeps_a_small_vocabulary_loadable() -> None:
+    """OneVision's default video token id (151647) only applies when the vocabulary has it."""
+    from llavakit.tiny import tiny_config
+
+    d = tiny_config("llava_onevision").to_hf()
+    d.pop("video_token_index", None)
+    d.pop("video_token_id", None)
+    cfg = LlavaConfig.from_hf(d)
+    assert cfg.video_token_id is not None and cfg.video_token_id < cfg.text.vocab_size

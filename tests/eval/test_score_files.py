@@ -348,3 +348,5 @@ def test_parquet_rows_without_ids_get_ids_unique_across_files(tmp_path):
     _parquet(tmp_path / "sqa" / "test-00001-of-00002.parquet", [row])
     ids = [s.id for s in get_task("scienceqa_img").read(tmp_path / "sqa")]
     assert len(set(ids)) == 2 and all("row 0" in i for i in ids)
+    (tmp_path / "sqa" / "test-00001-of-00002.parquet").unlink()  # one file: the ids answer files already use
+    assert [s.id for s in get_task("scienceqa_img").read(tmp_path / "sqa")] == ["row 0"]

@@ -239,3 +239,31 @@ def test_a_record_the_reader_cannot_use_is_a_one_line_error(tiny_model, tmp_path
     ann.write_text(json.dumps(records))
     with pytest.raises(ValueError, match="vizwiz: a record in .* cannot be read \\(TypeError"):
         eval_task("vizwiz", model=tiny_model, data=str(data), out=str(tmp_path / "o"), progress=False)
+
+
+def test_a_bad_reference_on_a_question_whose_image_is_missing_does_not_stop_the_run(tiny_model, tmp_path):
+    """Questions without their image are neither asked nor scored, so the up-front check ignores them too."""
+    data = fx.pope(tmp_path / "d")
+    label_file = data / "coco" / "coco_pope_random.json"
+    lines = label_file.read_text().splitlines()
+    label_file.write_text("\n".join([lines[0].replace('"yes"', '"unknown"'), *lines[1:]]) + "\n")
+    first = json.loads(lines[0])["image"]
+    (data / "val2014" / first).unlink()  # the image of that question (and of its twin in the other split)
+    result = eval_task("pope", model=tiny_model, data=str(data), out=str(tmp_path / "o"), progress=False)
+    assert result["missing_images"]["count"] >= 1
+
+
+def test_answers_holding_unicode_line_separators_resume(tiny_model, tmp_path, monkeypatch):
+    """An answer with U+2028 (written raw by json.dumps(ensure_ascii=False)) is one record, not two lines."""
+    from llavakit.eval import run as run_mod
+
+    data = fx.pope(tmp_path / "d")
+    out = tmp_path / "o"
+    kwargs = dict(model=tiny_model, data=str(data), out=str(out), limit=2, max_new_tokens=2, progress=False)
+    eval_task("pope", **kwargs)
+    pred = out / "predictions.jsonl"
+    rows = [json.loads(line) for line in pred.read_text(encoding="utf-8").split("\n") if line]
+    rows[0]["text"] = "red\u2028box\x85"
+    pred.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert run_mod.read_predictions(pred)[str(rows[0]["question_id"])] == "red\u2028box\x85"
+    assert eval_task("pope", **kwargs)["resumed"] == 2

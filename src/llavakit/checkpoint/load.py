@@ -344,7 +344,13 @@ def load_into(
         shared = (owner._parameters if is_param else owner._buffers)[attr]
         store[alias_attr] = shared
         stored = held.pop(alias, None)
-        if stored is None or name not in loaded or tuple(stored.shape) != tuple(shared.shape):
+        if stored is None or name not in loaded:
+            continue
+        if tuple(stored.shape) != tuple(shared.shape):
+            result.mismatched.append(f"{alias}: checkpoint {tuple(stored.shape)} vs model {tuple(shared.shape)}")
+            continue
+        if shared.is_floating_point() and not stored.is_floating_point():
+            result.mismatched.append(f"{alias}: checkpoint {stored.dtype} vs model floating point")
             continue
         value = stored.to(device=shared.device, dtype=shared.dtype)
         if torch.equal(value, shared):

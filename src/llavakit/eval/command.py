@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import QUANTIZE_MODES
 from .report import compare, load_run
-from .run import finish, limit_samples, read_predictions, result_object, run
+from .run import finish, limit_samples, missing_images, read_predictions, result_object, run
 from .tasks import TASKS, get_task
 from .tasks.base import Sample, Task
 
@@ -39,8 +39,12 @@ def _read(task: Task, data: str) -> list[Sample]:
 def check_scorable(task: Task, samples: list[Sample]) -> None:
     """Score empty answers once before any inference: reference data the scorer refuses (a POPE label that is
     not yes/no, an MME image without its question pair, fewer than ten VQA answers) fails now, not after hours."""
+    missing = set(missing_images(samples))  # not asked and not scored: their references do not matter
+    present = [s for s in samples if s.id not in missing]
+    if not present:
+        return
     try:
-        task.score(samples, {s.id: "" for s in samples})
+        task.score(present, {s.id: "" for s in present})
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise ValueError(f"{task.name}: the data cannot be scored, so nothing was run: {e}") from None
 

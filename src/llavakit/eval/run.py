@@ -32,7 +32,7 @@ def read_predictions(
     (a crash mid-write) is skipped when resuming."""
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8").split("\n")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -63,7 +63,7 @@ def _check_same_model(path: Path, model_id: str, settings: dict[str, Any] | None
     """Refuse to resume a predictions file written by another model, or by the same model run differently (another
     task, dtype, quantization, answer length, or weights changed in place): its answers would be mixed in and scored
     as this run's. Settings a file does not record (older files) are not compared."""
-    for line in path.read_text(encoding="utf-8").splitlines()[:1]:
+    for line in [ln for ln in path.read_text(encoding="utf-8").split("\n") if ln.strip()][:1]:
         first = json.loads(line)
         other = first.get("model_id")
         if other is not None and other != model_id:
@@ -103,7 +103,7 @@ def _check_same_questions(path: Path, samples: list[Sample]) -> None:
     """Refuse to resume answers whose recorded prompt is not the prompt this data asks under the same id (other
     data, another task, or changed questions written to the same --out directory)."""
     prompts = {s.id: s.prompt for s in samples}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         record = json.loads(line)

@@ -122,6 +122,8 @@ def _from_parts(spec: ModelSpec) -> tuple[LlavaModel, LlavaProcessor]:
     wrong = [k for k in result.missing if not k.startswith(FRESH)] + result.unexpected + result.mismatched
     if wrong:
         raise ValueError(f"decoder {decoder} + vision tower {tower}: these tensors do not fit: {', '.join(wrong[:8])}")
+    if result.untied:  # the decoder's config says tied, its stored head is not: keep both (as from_pretrained)
+        config.tie_word_embeddings = config.text.tie_word_embeddings = False
     model.tie_weights()
     tokenizer = original_tokenizer(decoder, config)
     template = spec.template or DEFAULT_TEMPLATE[config.model_type]

@@ -80,9 +80,9 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
             table = pq.read_table(file)
         except Exception as e:  # pyarrow raises its own ArrowInvalid etc.
             raise ValueError(f"{file}: cannot read as parquet ({e})") from None
-        name = file.relative_to(path) if path.is_dir() else file.name
         for i, row in enumerate(table.to_pylist()):
-            row["__line__"] = f"{name} row {i}"  # unique across the files (fallback ids rest on it)
+            # fallback ids rest on this: the file's name only when there are several (one file keeps "row N")
+            row["__line__"] = f"{file.name} row {i}" if len(files) > 1 else f"row {i}"
             rows.append(row)
     return rows
 
