@@ -237,9 +237,9 @@ HF_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # transformers' LlamaConfig / MistralConfig / Qwen2Config defaults where they differ from TextConfig's
 HF_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {"max_position_embeddings": 2048},
+    "llama": {"max_position_embeddings": 2048, "bos_token_id": 1, "eos_token_id": 2},
     "mistral": {"intermediate_size": 14336, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
-                "sliding_window": 4096},
+                "sliding_window": 4096, "bos_token_id": 1, "eos_token_id": 2},
     "qwen2": {"vocab_size": 151936, "intermediate_size": 22016, "num_key_value_heads": 32,
               "max_position_embeddings": 32768},
 }  # fmt: skip

@@ -417,6 +417,7 @@ def test_text_config_keys_left_out_take_transformers_defaults(model_type: str) -
     ours = TextConfig.from_hf(d)
     assert ours.max_position_embeddings == ref.max_position_embeddings == ours.context_length
     assert ours.num_key_value_heads == ref.num_key_value_heads
+    assert (ours.bos_token_id, ours.eos_token_id) == (ref.bos_token_id, ref.eos_token_id)
     window = getattr(ref, "sliding_window", None) if getattr(ref, "use_sliding_window", True) else None
     assert ours.sliding_window == window
 
