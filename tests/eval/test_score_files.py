@@ -350,3 +350,16 @@ def test_parquet_rows_without_ids_get_ids_unique_across_files(tmp_path):
     assert len(set(ids)) == 2 and all("row 0" in i for i in ids)
     (tmp_path / "sqa" / "test-00001-of-00002.parquet").unlink()  # one file: the ids answer files already use
     assert [s.id for s in get_task("scienceqa_img").read(tmp_path / "sqa")] == ["row 0"]
+
+
+def test_parquet_release_reads_its_evaluation_split_only(tmp_path):
+    """An lmms-lab folder with validation and test shards (the test answers withheld as null): DocVQA reads the
+    validation shards; a folder of one split is read whole, whatever its files are named."""
+    from llavakit.eval.tasks import get_task
+
+    row = {"questionId": 1, "question": "Date?", "answers": ["1 jan"], "image": _img(1)}
+    _parquet(tmp_path / "doc" / "data" / "validation-00000-of-00001.parquet", [row])
+    _parquet(tmp_path / "doc" / "data" / "test-00000-of-00001.parquet", [{**row, "questionId": 2, "answers": None}])
+    assert [s.id for s in get_task("docvqa").read(tmp_path / "doc")] == ["1"]
+    _parquet(tmp_path / "other" / "shard.parquet", [row])
+    assert [s.id for s in get_task("docvqa").read(tmp_path / "other")] == ["1"]

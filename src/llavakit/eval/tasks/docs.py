@@ -21,11 +21,11 @@ from .base import SHORT_ANSWER, SINGLE_WORD, Sample, Task, answered, resolve_ima
 from .io import answer_list, answer_text, find, parquet_image, read_json, read_parquet, require
 
 
-def _parquet_pairs(root: Path, answers_key: str) -> list[dict[str, Any]] | None:
+def _parquet_pairs(root: Path, answers_key: str, split: str) -> list[dict[str, Any]] | None:
     pq = find(root, ["*.parquet", "data/*.parquet", "**/*.parquet"])
     if pq is None or pq.suffix != ".parquet":
         return None
-    rows = read_parquet(root)
+    rows = read_parquet(root, split)
     for r in rows:
         require(r, ("question", answers_key, "image"), root)
     return rows
@@ -35,7 +35,7 @@ def _parquet_pairs(root: Path, answers_key: str) -> list[dict[str, Any]] | None:
 
 
 def read_chartqa(root: Path) -> list[Sample]:
-    rows = _parquet_pairs(root, "answer")
+    rows = _parquet_pairs(root, "answer", "test")
     if rows is not None:
         return [
             Sample(
@@ -89,7 +89,7 @@ def score_chartqa(samples: list[Sample], predictions: dict[str, str]) -> dict[st
 
 
 def _read_anls(root: Path, patterns: list[str], image_key: str, image_dirs: list[str], name: str) -> list[Sample]:
-    rows = _parquet_pairs(root, "answers")
+    rows = _parquet_pairs(root, "answers", "validation")
     if rows is not None:
         return [
             Sample(

@@ -17,7 +17,7 @@ from .io import find, parquet_image, read_json, read_jsonl, read_parquet, requir
 
 
 def _read_parquet(path: Path) -> list[Sample]:
-    rows = read_parquet(path)
+    rows = read_parquet(path, "testdev")
     images = {str(r["id"]): r["image"] for r in rows if "image" in r and "question" not in r}
     samples = []
     for r in rows:

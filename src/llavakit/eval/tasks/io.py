@@ -65,8 +65,11 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def read_parquet(path: Path) -> list[dict[str, Any]]:
-    """Rows of a parquet file (the lmms-lab releases) as dicts; needs pyarrow (``pip install llavakit[eval]``)."""
+def read_parquet(path: Path, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a parquet file or of every parquet file under a directory (the lmms-lab releases) as dicts; needs
+    pyarrow (``pip install llavakit[eval]``). ``split``: the benchmark's evaluation split; when a directory holds
+    files of that split (``validation-00000-of-00001.parquet``) only they are read, so a release's test split
+    (answers withheld) or train split is not mixed in."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -75,6 +78,8 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
         ) from None
     rows = []
     files = sorted(path.glob("**/*.parquet")) if path.is_dir() else [path]
+    if split is not None and path.is_dir():
+        files = [f for f in files if f.name.startswith(f"{split}-")] or files
     for file in files:
         try:
             table = pq.read_table(file)

@@ -64,7 +64,7 @@ def rotations(row: dict[str, Any], where: str) -> list[tuple[str, dict[str, str]
 def read(root: Path) -> list[Sample]:
     parquet = find(root, ["*.parquet", "data/*.parquet"])
     if parquet is not None and parquet.suffix == ".parquet":
-        rows, path = read_parquet(root), root
+        rows, path = read_parquet(root, "dev"), root
     else:
         path = find(root, ["*.tsv"])
         if path is None:

@@ -97,7 +97,7 @@ def _rows(rows: list[dict[str, Any]], path: Path, tsv: bool) -> list[Sample]:
 def read(root: Path) -> list[Sample]:
     parquet = find(root, ["*.parquet", "data/*.parquet"])
     if parquet is not None and parquet.suffix == ".parquet":
-        return _rows(read_parquet(root), root, tsv=False)
+        return _rows(read_parquet(root, "test"), root, tsv=False)
     if root.is_file() and root.suffix == ".tsv":
         return _rows(read_tsv(root), root, tsv=True)
     release = root

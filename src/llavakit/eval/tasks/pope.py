@@ -22,7 +22,7 @@ SPLITS = ("adversarial", "popular", "random")
 def read(root: Path) -> list[Sample]:
     if (pq := find(root, ["*.parquet", "data/*.parquet"])) is not None and pq.suffix == ".parquet":
         samples = []
-        for r in read_parquet(root):
+        for r in read_parquet(root, "test"):
             require(r, ("question_id", "question", "answer", "image", "category"), root)
             image = parquet_image(r["image"], f"{root}:{r['__line__']}")
             ref = {"label": r["answer"], "category": r["category"]}

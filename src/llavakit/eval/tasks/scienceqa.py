@@ -50,7 +50,7 @@ def _check_choices(choices: Any, where: str) -> list[str]:
 def read(root: Path) -> list[Sample]:
     if (pq := find(root, ["*.parquet", "data/*.parquet"])) is not None and pq.suffix == ".parquet":
         samples = []
-        for r in read_parquet(root):
+        for r in read_parquet(root, "test"):
             require(r, ("image", "question", "choices", "answer"), root)
             if r["image"] is None:
                 continue  # a text-only question: not part of SQA-IMG

@@ -29,9 +29,9 @@ def _answers(raw: Any, where: str) -> list[str]:
     return [str(a["answer"]) if isinstance(a, dict) else str(a) for a in raw]
 
 
-def _parquet(path: Path, name: str, suffixes: tuple[str, ...], id_of) -> list[Sample]:  # noqa: ANN001
+def _parquet(path: Path, name: str, suffixes: tuple[str, ...], id_of, split: str) -> list[Sample]:  # noqa: ANN001
     samples = []
-    for row in read_parquet(path):
+    for row in read_parquet(path, split):
         where = f"{path}:{row['__line__']}"
         require(row, ("question", "answers", "image"), path)
         answers = _answers(row["answers"], where)
@@ -62,7 +62,8 @@ def _score(protocol: str):  # noqa: ANN202
 
 def read_vqav2(root: Path) -> list[Sample]:
     if (pq := find(root, ["*.parquet", "data/*.parquet"])) is not None and pq.suffix == ".parquet":
-        return _parquet(pq if root.is_file() else pq.parent, "vqav2", (SHORT_ANSWER,), lambda r: str(r["question_id"]))
+        qid = lambda r: str(r["question_id"])  # noqa: E731
+        return _parquet(pq if root.is_file() else pq.parent, "vqav2", (SHORT_ANSWER,), qid, "validation")
     ann_path = find(root, ["*val*annotations*.json", "*annotations*.json"])
     if ann_path is None:
         raise ValueError(f"{root}: no VQAv2 annotation file (*annotations*.json) with the human answers")
@@ -133,6 +134,7 @@ def read_textvqa(root: Path) -> list[Sample]:
             "textvqa",
             (SHORT_ANSWER,),
             lambda r: f"{r['image_id']}|{str(r['question']).lower()}",
+            "validation",
         )
     ann_path = find(root, ["TextVQA_*.json", "*textvqa*.json"])
     if ann_path is None:
@@ -179,6 +181,7 @@ def read_vizwiz(root: Path) -> list[Sample]:
             "vizwiz",
             suffixes,
             lambda r: str(r.get("question_id") or r["image_id"]),
+            "val",
         )
     ann_path = find(root, ["Annotations/val.json", "val.json", "*.json"])
     if ann_path is None:
