@@ -52,9 +52,11 @@ def check_scorable(task: Task, samples: list[Sample]) -> None:
 def weights_fingerprint(model: Path) -> str | None:
     """Size and modification time of a local checkpoint's weight files: a checkpoint retrained in place gets a
     new fingerprint, so its evaluation is not resumed from the old weights' answers. None for hub ids."""
+    from ..checkpoint.load import checkpoint_files
+
     if not model.is_dir():
         return None
-    files = sorted(p for p in model.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    files = checkpoint_files(model)  # the files the loader reads (the model is loaded before this)
     return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files) or None
 
 
