@@ -23,6 +23,12 @@ from .tasks.base import Sample, Task
 MAX_IDS = 20  # ids listed in the result object for missing images / failures (the count is exact)
 
 
+def _lines(path: Path) -> list[str]:
+    """The lines of an answer file, split on "\n" only: answers are written with ``ensure_ascii=False``, so a
+    U+2028 or \x85 inside one is raw text that ``str.splitlines`` would cut the record at."""
+    return path.read_text(encoding="utf-8").split("\n")
+
+
 def read_predictions(
     path: Path, *, tolerate_torn_tail: bool = False, key_of: Callable[[dict[str, Any]], str] | None = None
 ) -> dict[str, str]:
@@ -32,7 +38,7 @@ def read_predictions(
     (a crash mid-write) is skipped when resuming."""
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = _lines(path)
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -63,7 +69,7 @@ def _check_same_model(path: Path, model_id: str, settings: dict[str, Any] | None
     """Refuse to resume a predictions file written by another model, or by the same model run differently (another
     task, dtype, quantization, answer length, or weights changed in place): its answers would be mixed in and scored
     as this run's. Settings a file does not record (older files) are not compared."""
-    for line in [ln for ln in path.read_text(encoding="utf-8").split("\n") if ln.strip()][:1]:
+    for line in [ln for ln in _lines(path) if ln.strip()][:1]:
         first = json.loads(line)
         other = first.get("model_id")
         if other is not None and other != model_id:
@@ -103,7 +109,7 @@ def _check_same_questions(path: Path, samples: list[Sample]) -> None:
     """Refuse to resume answers whose recorded prompt is not the prompt this data asks under the same id (other
     data, another task, or changed questions written to the same --out directory)."""
     prompts = {s.id: s.prompt for s in samples}
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    for n, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
         record = json.loads(line)
