@@ -51,8 +51,7 @@ class CheckReport:
         return sum(self.counts.values())
 
     def lines(self) -> list[str]:
-        out = [f"  {kind}: {n} ({', '.join(self.examples[kind])}{', ...' if n > SHOW else ''})"
-               for kind, n in sorted(self.counts.items())]  # fmt: skip
+        out = [f"  {kind}: {n} ({_shown(self.examples[kind], n)})" for kind, n in sorted(self.counts.items())]
         return out + [f"  note: {n}" for n in self.notes]
 
 
@@ -91,6 +90,11 @@ def check_data(
     return report
 
 
+def _shown(ids: list[str], total: int) -> str:
+    """The first SHOW ids, comma-separated, with ", ..." when there are ``total`` > SHOW."""
+    return ", ".join(ids[:SHOW]) + (", ..." if total > SHOW else "")
+
+
 def order_notes(records: list[Record]) -> list[str]:
     """Notes (not problems: training reads such records as written) on ids used more than once and on turns that
     do not alternate human / gpt (original LLaVA's training asserts that they do)."""
@@ -98,7 +102,7 @@ def order_notes(records: list[Record]) -> list[str]:
     ids = Counter(r.id for r in records)
     repeated = [i for i, n in ids.items() if n > 1]
     if repeated:
-        shown = ", ".join(repeated[:SHOW]) + (", ..." if len(repeated) > SHOW else "")
+        shown = _shown(repeated, len(repeated))
         notes.append(f"{len(repeated)} ids occur more than once ({shown}); tools resuming by id skip the repeats")
     unordered = []
     for r in records:
@@ -110,7 +114,7 @@ def order_notes(records: list[Record]) -> list[str]:
         if any(x != ("user", "assistant")[i % 2] for i, x in enumerate(roles)):
             unordered.append(r.id)
     if unordered:
-        shown = ", ".join(unordered[:SHOW]) + (", ..." if len(unordered) > SHOW else "")
+        shown = _shown(unordered, len(unordered))
         notes.append(
             f"{len(unordered)} records whose turns do not alternate human, gpt, human, ... ({shown}): they train as "
             "written here; original LLaVA's training refuses them"
