@@ -50,20 +50,29 @@ def browser():  # noqa: ANN201
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_chat_page_uploads_image_and_streams_answer(server, browser, tmp_path: Path) -> None:  # noqa: ANN001
+def _open_with_image(browser, url: str, tmp_path: Path, png: bytes, key: str, max_tokens: int):  # noqa: ANN001, ANN202
+    """Open the page, type the API key and max tokens, attach ``png``; returns a 60 s WebDriverWait once the image
+    is pending."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     photo = tmp_path / "photo.png"
-    photo.write_bytes(image_bytes(160, 120, seed=5))
-    browser.get(server.url + "/")
-    assert "llavakit chat" in browser.title
-    browser.find_element(By.ID, "apikey").send_keys(API_KEY)
+    photo.write_bytes(png)
+    browser.get(url + "/")
+    browser.find_element(By.ID, "apikey").send_keys(key)
     browser.find_element(By.ID, "max_tokens").clear()
-    browser.find_element(By.ID, "max_tokens").send_keys("40")
+    browser.find_element(By.ID, "max_tokens").send_keys(str(max_tokens))
     browser.find_element(By.ID, "file").send_keys(str(photo))
     wait = WebDriverWait(browser, 60)
     wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-pending") == "1")
+    return wait
+
+
+def test_chat_page_uploads_image_and_streams_answer(server, browser, tmp_path: Path) -> None:  # noqa: ANN001
+    from selenium.webdriver.common.by import By
+
+    wait = _open_with_image(browser, server.url, tmp_path, image_bytes(160, 120, seed=5), API_KEY, max_tokens=40)
+    assert "llavakit chat" in browser.title
     browser.find_element(By.ID, "text").send_keys("What is in this picture?")
     browser.find_element(By.ID, "send").click()
     wait.until(
@@ -100,17 +109,8 @@ def test_chat_page_keeps_the_question_when_the_request_fails(server, browser, tm
     """A refused request (wrong API key) shows the error and puts the typed question and its image back into the
     input, so nothing the user wrote is lost; with the right key it then goes through."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    photo = tmp_path / "photo.png"
-    photo.write_bytes(image_bytes(96, 64, seed=7))
-    browser.get(server.url + "/")
-    browser.find_element(By.ID, "apikey").send_keys("not-the-key")
-    browser.find_element(By.ID, "max_tokens").clear()
-    browser.find_element(By.ID, "max_tokens").send_keys("8")
-    browser.find_element(By.ID, "file").send_keys(str(photo))
-    wait = WebDriverWait(browser, 60)
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-pending") == "1")
+    wait = _open_with_image(browser, server.url, tmp_path, image_bytes(96, 64, seed=7), "not-the-key", max_tokens=8)
     browser.find_element(By.ID, "text").send_keys("A long question I do not want to type twice")
     browser.find_element(By.ID, "send").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.error"))
