@@ -20,6 +20,8 @@ VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 TEXT_TYPES = ("llama", "mistral", "qwen2")
 TEXT_ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "gelu_new")  # model/text.py ACTIVATIONS
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")  # model/rope.py
+LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' layer_types entries we run
+QWEN2_MAX_WINDOW_LAYERS = 28  # transformers' Qwen2Config default
 
 V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -108,6 +110,9 @@ class TextConfig:
     o_bias: bool = False  # Llama attention_bias=True sets both
     mlp_bias: bool = False
     sliding_window: int | None = None  # Mistral; Qwen2 only with use_sliding_window
+    # per layer "full_attention" / "sliding_attention" (transformers' layer_types); None: sliding_window, if set,
+    # applies to every layer (Mistral). Qwen2 windows only the layers from max_window_layers on.
+    layer_types: list[str] | None = None
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -136,11 +141,27 @@ class TextConfig:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.layer_types is not None:
+            self.layer_types = list(self.layer_types)
+            unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if unknown or len(self.layer_types) != self.num_hidden_layers:
+                raise ValueError(
+                    f"text_config.layer_types must list one of {', '.join(LAYER_TYPES)} for each of the "
+                    f"{self.num_hidden_layers} layers, got {self.layer_types}"
+                )
+            if self.sliding_window is None or all(k == "sliding_attention" for k in self.layer_types):
+                self.layer_types = None  # the same as no per-layer list: one window (or none) for every layer
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of decoder layer ``layer`` (None: it attends to every earlier token)."""
+        if self.layer_types is not None and self.layer_types[layer] != "sliding_attention":
+            return None
+        return self.sliding_window
 
     @property
     def context_length(self) -> int:
@@ -179,6 +200,10 @@ class TextConfig:
             kw["o_bias"] = False
             if not d.get("use_sliding_window", False):
                 kw["sliding_window"] = None
+            elif not d.get("layer_types"):  # transformers' rule: the layers from max_window_layers on are windowed
+                first = int(d.get("max_window_layers", QWEN2_MAX_WINDOW_LAYERS))
+                n = int(kw.get("num_hidden_layers", 0))
+                kw["layer_types"] = ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
         elif d.get("attention_bias"):
             kw["qkv_bias"] = kw["o_bias"] = True
         return cls(**{**kw, "model_type": mt})
@@ -192,8 +217,12 @@ class TextConfig:
         rope: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
         rope.update(self.rope_scaling or {})
         d["rope_parameters"] = rope
+        if d["layer_types"] is None:
+            d.pop("layer_types")  # transformers' Mistral warns about the key; Qwen2 derives it from the next two
         if self.model_type == "qwen2":
             d["use_sliding_window"] = self.sliding_window is not None
+            sliding = [self.layer_window(i) is not None for i in range(self.num_hidden_layers)]
+            d["max_window_layers"] = sliding.index(True) if any(sliding) else self.num_hidden_layers
         elif self.model_type == "llama":
             d["attention_bias"] = self.qkv_bias
         if self.model_type != "llama":

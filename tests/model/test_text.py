@@ -33,6 +33,12 @@ CASES = {
     "mistral_window": ("mistral", {"sliding_window": 5}),
     "qwen2": ("qwen2", {}),
     "qwen2_tied": ("qwen2", {"tie_word_embeddings": True, "rope_theta": 1e6}),
+    # transformers windows only the layers from max_window_layers on (here the second of two)
+    "qwen2_window": ("qwen2", {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1}),
+    "qwen2_layer_types": (
+        "qwen2",
+        {"use_sliding_window": True, "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]},
+    ),
 }
 
 
@@ -57,7 +63,7 @@ def test_logits_match_transformers(case):
         torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "mistral_window", "qwen2"])
+@pytest.mark.parametrize("case", ["llama", "mistral_window", "qwen2", "qwen2_window"])
 def test_left_padded_batch_matches_transformers(case):
     hf, ours = _pair(case)
     ids = torch.randint(3, 120, (3, 12))
@@ -72,7 +78,7 @@ def test_left_padded_batch_matches_transformers(case):
     torch.testing.assert_close(out[mask.bool()], ref[mask.bool()], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["llama", "mistral_window", "llama_linear", "qwen2"])
+@pytest.mark.parametrize("case", ["llama", "mistral_window", "llama_linear", "qwen2", "qwen2_layer_types"])
 def test_cached_decoding_equals_full_forward(case):
     _, ours = _pair(case)
     ids = torch.randint(3, 120, (2, 20))
@@ -135,3 +141,38 @@ def test_meta_build_then_assign_load():
     ids = torch.randint(3, 120, (1, 7))
     with torch.no_grad():
         torch.testing.assert_close(fresh(ids), ours(ids))
+
+
+@pytest.mark.parametrize("case", ["qwen2_window", "qwen2_layer_types", "mistral_window", "qwen2"])
+def test_layer_windows_round_trip_through_transformers_config(case):
+    """Which layers are windowed survives to_hf -> transformers' config -> from_hf (the saved checkpoint's config)."""
+    from transformers import AutoConfig
+
+    _, ours = _pair(case)
+    cfg = ours.config
+    d = cfg.to_hf()
+    hf_cfg = AutoConfig.for_model(**d)
+    again = TextConfig.from_hf(hf_cfg.to_dict())
+    windows = [cfg.layer_window(i) for i in range(cfg.num_hidden_layers)]
+    assert [again.layer_window(i) for i in range(cfg.num_hidden_layers)] == windows
+    if getattr(hf_cfg, "layer_types", None) is not None:  # transformers runs the same layers windowed
+        assert [k == "sliding_attention" and hf_cfg.sliding_window is not None for k in hf_cfg.layer_types] == [
+            w is not None for w in windows
+        ]
+
+
+def test_qwen2_window_layers_differ_from_all_windowed():
+    """The per-layer rule matters on these inputs: windowing every layer would give other logits."""
+    _, ours = _pair("qwen2_window")
+    ids = torch.randint(3, 120, (1, 24))
+    with torch.no_grad():
+        per_layer = ours(ids)
+        ours.config.layer_types = None  # every layer windowed (Mistral's rule)
+        every = ours(ids)
+    assert not torch.allclose(per_layer, every, atol=1e-3)
+
+
+def test_layer_types_of_the_wrong_length_are_refused():
+    d = text_config("qwen2", use_sliding_window=True, sliding_window=4).to_dict()
+    with pytest.raises(ValueError, match="layer_types"):
+        TextConfig.from_hf(d | {"layer_types": ["full_attention"]})

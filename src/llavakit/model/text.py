@@ -150,12 +150,13 @@ class TextModel(nn.Module):
         past = cache.length if cache is not None else 0
         if attention_mask is not None and attention_mask.shape[-1] < past + t:
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} slots, expected {past + t}")
-        mask = attention_mask_for(attention_mask, t, past, self.config.sliding_window, inputs_embeds.device)
+        windows = [self.config.layer_window(i) for i in range(len(self.layers))]
+        masks = {w: attention_mask_for(attention_mask, t, past, w, inputs_embeds.device) for w in set(windows)}
         # every position is below the cache's slot count (left padding only lowers positions): no need to read them
         cos, sin = self.rotary(position_ids, inputs_embeds.dtype, cache.max_len if cache is not None else None)
         x = inputs_embeds
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            x = layer(x, cos, sin, masks[windows[i]], cache, i)
         if cache is not None:
             cache.advance(t)
         return self.norm(x)
