@@ -363,3 +363,21 @@ def test_parquet_release_reads_its_evaluation_split_only(tmp_path):
     assert [s.id for s in get_task("docvqa").read(tmp_path / "doc")] == ["1"]
     _parquet(tmp_path / "other" / "shard.parquet", [row])
     assert [s.id for s in get_task("docvqa").read(tmp_path / "other")] == ["1"]
+
+
+def test_parquet_repository_of_several_datasets_reads_the_tasks_own(tmp_path):
+    """lmms-lab/DocVQA holds DocVQA/ and InfographicVQA/: each task reads its own folder; a task without one of
+    them refuses, naming the folders (reading the root whole mixed the two datasets)."""
+    from llavakit.eval.tasks import get_task
+
+    row = {"questionId": 1, "question": "Date?", "answers": ["1 jan"], "image": _img(1)}
+    root = tmp_path / "DocVQA-repo"
+    _parquet(root / "DocVQA" / "validation-00000-of-00001.parquet", [row])
+    _parquet(root / "InfographicVQA" / "validation-00000-of-00001.parquet", [{**row, "questionId": 2}])
+    assert [s.id for s in get_task("docvqa").read(root)] == ["1"]
+    assert [s.id for s in get_task("infovqa").read(root)] == ["2"]
+    chart = {"question": "Max?", "answer": "3", "type": "human_test", "image": _img(2)}
+    _parquet(tmp_path / "charts" / "a" / "test-00000-of-00001.parquet", [chart])
+    _parquet(tmp_path / "charts" / "b" / "test-00000-of-00001.parquet", [chart])
+    with pytest.raises(ValueError, match=r"several datasets \(a, b\).*--data"):
+        get_task("chartqa").read(tmp_path / "charts")

@@ -18,14 +18,17 @@ from typing import Any
 
 from ..metrics import anls_score, relaxed_correctness
 from .base import SHORT_ANSWER, SINGLE_WORD, Sample, Task, answered, resolve_image, suffixed
-from .io import answer_list, answer_text, find, parquet_image, read_json, read_parquet, require
+from .io import answer_list, answer_text, config_folder, find, parquet_image, read_json, read_parquet, require
 
 
-def _parquet_pairs(root: Path, answers_key: str, split: str) -> list[dict[str, Any]] | None:
+def _parquet_pairs(
+    root: Path, answers_key: str, split: str, names: tuple[str, ...] = ()
+) -> list[dict[str, Any]] | None:
+    """The rows of a parquet release (None when ``root`` holds none); ``names``: its config folder's names."""
     pq = find(root, ["*.parquet", "data/*.parquet", "**/*.parquet"])
     if pq is None or pq.suffix != ".parquet":
         return None
-    rows = read_parquet(root, split)
+    rows = read_parquet(config_folder(root, names), split)
     for r in rows:
         require(r, ("question", answers_key, "image"), root)
     return rows
@@ -88,8 +91,10 @@ def score_chartqa(samples: list[Sample], predictions: dict[str, str]) -> dict[st
 # ---------------------------------------------------------------- DocVQA / InfographicVQA
 
 
-def _read_anls(root: Path, patterns: list[str], image_key: str, image_dirs: list[str], name: str) -> list[Sample]:
-    rows = _parquet_pairs(root, "answers", "validation")
+def _read_anls(
+    root: Path, patterns: list[str], image_key: str, image_dirs: list[str], name: str, configs: tuple[str, ...]
+) -> list[Sample]:
+    rows = _parquet_pairs(root, "answers", "validation", configs)
     if rows is not None:
         return [
             Sample(
@@ -121,7 +126,7 @@ def _read_anls(root: Path, patterns: list[str], image_key: str, image_dirs: list
 
 
 def read_docvqa(root: Path) -> list[Sample]:
-    return _read_anls(root, ["val_v1.0*.json", "*.json"], "image", [], "DocVQA")
+    return _read_anls(root, ["val_v1.0*.json", "*.json"], "image", [], "DocVQA", ("DocVQA",))
 
 
 def read_infovqa(root: Path) -> list[Sample]:
@@ -131,6 +136,7 @@ def read_infovqa(root: Path) -> list[Sample]:
         "image_local_name",
         ["infographicsvqa_images", "images"],
         "InfoVQA",
+        ("InfographicVQA", "InfoVQA"),
     )
 
 

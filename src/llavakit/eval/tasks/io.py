@@ -92,6 +92,28 @@ def read_parquet(path: Path, split: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def config_folder(root: Path, names: Iterable[str]) -> Path:
+    """The folder of one dataset config when ``root`` holds parquet files of several in their own folders.
+
+    lmms-lab/DocVQA's repository holds ``DocVQA/`` and ``InfographicVQA/``: reading it whole would mix the two.
+    The folder named one of ``names`` (any case) is picked; without one the choice is refused, naming the folders.
+    A root whose parquet files sit in one folder (``data/``) or directly in it is returned as it is.
+    """
+    if not root.is_dir():
+        return root
+    folders = sorted({f.relative_to(root).parts[0] for f in root.glob("*/**/*.parquet")})
+    if len(folders) <= 1 or any(root.glob("*.parquet")):
+        return root
+    wanted = {n.lower() for n in names}
+    for folder in folders:
+        if folder.lower() in wanted:
+            return root / folder
+    raise ValueError(
+        f"{root} holds the parquet files of several datasets ({', '.join(folders)}); "
+        "point --data at the folder of the one to evaluate"
+    )
+
+
 def parquet_image(value: Any, where: str) -> bytes:
     """The bytes of a parquet image cell (``{"bytes": ..., "path": ...}`` in the HF datasets layout)."""
     if isinstance(value, dict) and value.get("bytes"):
