@@ -162,10 +162,9 @@ class Pipeline:
         params = SamplingParams(temperature, top_p, top_k, repetition_penalty, seed)
         ids = inputs["input_ids"]
         vision = {k: inputs[k] for k in ("pixel_values", "image_sizes") if k in inputs}
-        tok = self.processor.tokenizer
-        decoder = tok.decode_stream(skip_special_tokens=True)
+        decoder = self.processor.tokenizer.decode_stream(skip_special_tokens=True)
         stops = StopMatcher([stop] if isinstance(stop, str) else stop)
-        eos = set(eos_ids(self.model, getattr(tok, "eos_token_ids", None) or None))
+        eos = self._eos()
         n, reason, parts = 0, "length", []
         for t in self.session.generate(ids, max_new_tokens=max_new_tokens, params=params, **vision):
             n += 1
@@ -200,8 +199,13 @@ class Pipeline:
             pass
         return ans
 
+    def _eos(self) -> set[int]:
+        """The ids an answer ends on: the tokenizer's (with generation_config.json's), else the model config's."""
+        return set(eos_ids(self.model, getattr(self.processor.tokenizer, "eos_token_ids", None) or None))
+
     def batch(self, conversations: list[Messages], *, max_new_tokens: int = 256, **sampling: Any) -> list[Answer]:
-        """Answer several independent conversations in one batched pass (greedy results equal one-by-one)."""
+        """Answer several independent conversations in one batched pass: each answer (text, finish reason, token
+        counts) equals what ``reply`` gives it alone under greedy decoding; a row ends on EOS or a stop string."""
         from .engine.generate import stream_tokens
 
         prompts, images = [], []
@@ -211,41 +215,56 @@ class Pipeline:
             images.extend(imgs)
         inputs = self.processor(text=prompts, images=images or None, return_tensors="pt", padding_side="left")
         vision = {k: inputs[k] for k in ("pixel_values", "image_sizes", "batch_num_images") if k in inputs}
+        stop = sampling.get("stop")
         params = SamplingParams(**{k: sampling[k] for k in sampling if k != "stop"})
-        b = len(prompts)
-        out: list[list[int]] = [[] for _ in range(b)]
-        finished = [False] * b
+        eos = self._eos()
+        rows = [_Row(self.processor.tokenizer, stop) for _ in prompts]
         for toks in stream_tokens(
             self.model,
             inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
             max_new_tokens=max_new_tokens,
             params=params,
+            eos_token_id=sorted(eos),
             step=self.step,
             **vision,
         ):
-            for r, t in enumerate(toks.tolist()):
-                if t >= 0 and not finished[r]:
-                    out[r].append(t)
-                elif t < 0:
-                    finished[r] = True
-        eos = set(eos_ids(self.model, None))
+            for row, t in zip(rows, toks.tolist(), strict=True):
+                if t >= 0 and row.reason is None:
+                    row.push(t, eos)
+            if all(row.reason is not None for row in rows):
+                break
         mask = inputs["attention_mask"]
-        answers = []
-        for r, toks in enumerate(out):
-            ended = bool(toks) and toks[-1] in eos
-            text = self.processor.tokenizer.decode(toks[:-1] if ended else toks, skip_special_tokens=True)
-            stops = StopMatcher(
-                sampling.get("stop")
-                if isinstance(sampling.get("stop"), list)
-                else ([sampling["stop"]] if sampling.get("stop") else None)
-            )
-            cut = stops.push(text) + stops.flush()
-            answers.append(Answer(cut, "stop" if ended or stops.stopped else "length", int(mask[r].sum()), len(toks)))
-        return answers
+        return [row.answer(int(mask[r].sum())) for r, row in enumerate(rows)]
 
     def reset(self) -> None:
         self.session.reset()
+
+
+class _Row:
+    """One answer of ``Pipeline.batch`` as its tokens arrive: text, stop strings and the finish reason, as
+    ``Pipeline.stream`` handles them."""
+
+    def __init__(self, tokenizer: Any, stop: list[str] | str | None) -> None:
+        self.decoder = tokenizer.decode_stream(skip_special_tokens=True)
+        self.stops = StopMatcher([stop] if isinstance(stop, str) else stop)
+        self.parts: list[str] = []
+        self.tokens = 0
+        self.reason: str | None = None  # set when the answer has ended
+
+    def push(self, token: int, eos: set[int]) -> None:
+        self.tokens += 1
+        if token in eos:
+            self.reason = "stop"
+            return
+        self.parts.append(self.stops.push(self.decoder.push(token)))
+        if self.stops.stopped:
+            self.reason = "stop"
+
+    def answer(self, prompt_tokens: int) -> Answer:
+        if not self.stops.stopped:
+            self.parts.append(self.stops.push(self.decoder.flush()) + self.stops.flush())
+        return Answer("".join(self.parts), self.reason or "length", prompt_tokens, self.tokens)
 
 
 def load(

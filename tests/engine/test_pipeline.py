@@ -67,6 +67,57 @@ def test_batch_equals_single(pipe):
     assert [a.text for a in batch] == single
 
 
+def test_batch_answers_equal_replies_with_stop_strings(pipe):
+    """Text, finish reason and token counts: a row ends at its stop string as ``reply`` does (the batch used to
+    run on to the limit and cut the text afterwards, counting the tokens past the stop)."""
+    convs = [_msg("first?", (80, 50)), _msg("second question?", (40, 160), (10, 200, 10))]
+    full = []
+    for c in convs:
+        pipe.reset()
+        full.append(pipe.reply(c, max_new_tokens=16))
+    stop = full[0].text[2:4]
+    replies = []
+    for c in convs:
+        pipe.reset()
+        replies.append(pipe.reply(c, max_new_tokens=16, stop=stop))
+    assert replies[0].finish_reason == "stop" and replies[0].completion_tokens < full[0].completion_tokens
+    got = pipe.batch(convs, max_new_tokens=16, stop=stop)
+    assert [(a.text, a.finish_reason, a.completion_tokens) for a in got] == [
+        (a.text, a.finish_reason, a.completion_tokens) for a in replies
+    ]
+
+
+def test_generation_config_end_ids_end_every_path(tmp_path):
+    """An end-of-turn id listed only in generation_config.json (Llama-3's <|eot_id|>) ends answers of ``reply``,
+    ``batch`` and ``LlavaModel.generate`` alike."""
+    import shutil
+
+    from llavakit.checkpoint.api import load_model
+
+    src = write_tiny_checkpoint(tmp_path / "tiny", "llava_next", seed=3)
+    ref = llavakit.load(src)
+    inputs, _ = ref._inputs(_msg())
+    ids = ref.model.generate(
+        inputs["input_ids"], max_new_tokens=8, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"]
+    )[0, inputs["input_ids"].shape[1] :].tolist()
+    k = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])  # the first new id after the first token
+    end = ids[k]
+    dst = tmp_path / "eot"
+    shutil.copytree(src, dst)
+    eos = ref.model.config.text.eos_token_id
+    (dst / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, end]}))
+    pipe = llavakit.load(dst)
+    one = pipe.reply(_msg(), max_new_tokens=8)
+    two = pipe.batch([_msg(), _msg("other?")], max_new_tokens=8)[0]
+    assert (one.completion_tokens, one.finish_reason) == (k + 1, "stop") == (two.completion_tokens, two.finish_reason)
+    assert one.text == two.text
+    model = load_model(dst)
+    out = model.generate(
+        inputs["input_ids"], max_new_tokens=8, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"]
+    )[0, inputs["input_ids"].shape[1] :].tolist()
+    assert out == ids[: k + 1]  # one row: generation ends at the id
+
+
 @pytest.mark.parametrize(
     "messages,match",
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,25 @@ def load_model(
     if result.untied:  # the config says tied, the stored weights are not: keep both, as transformers does
         config.tie_word_embeddings = config.text.tie_word_embeddings = False
     model.tie_weights()
+    model.generation_eos_ids = generation_eos_ids(path, config.text.eos_token_id)
     return model.eval()
+
+
+def generation_eos_ids(path: Path, eos: int | list[int] | None) -> list[int]:
+    """The config's end-of-sequence ids, then those ``generation_config.json`` adds (Llama-3's ``<|eot_id|>``):
+    what transformers' ``generate`` stops on."""
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    file = path / "generation_config.json"
+    if file.is_file():
+        try:
+            gen = json.loads(file.read_text()).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            gen = None  # the tokenizer reads the same file and names a broken one
+        if isinstance(gen, int):
+            ids.append(gen)
+        elif isinstance(gen, list):
+            ids += [i for i in gen if isinstance(i, int)]
+    return list(dict.fromkeys(ids))
 
 
 def hf_tensors(path: Path):  # noqa: ANN201

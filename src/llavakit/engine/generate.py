@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 
 def eos_ids(model: LlavaModel, eos_token_id: int | list[int] | None) -> list[int]:
+    """The ids generation stops on: ``eos_token_id`` when given, else the checkpoint's (its config's, then those
+    ``generation_config.json`` adds, as loaded by ``load_model``), else the config's."""
+    if eos_token_id is None:
+        eos_token_id = getattr(model, "generation_eos_ids", None) or None
     eos = model.config.text.eos_token_id if eos_token_id is None else eos_token_id
     if eos is None:
         return []
