@@ -87,6 +87,43 @@ def test_new_pixels_with_same_size_are_not_reused(model):
     assert again == _run(model, ids, other, size, n=5)
 
 
+def test_a_larger_later_image_keeps_the_first_one_reused(model):
+    """Turn 2 adds an image with more tiles: the batch pads the first image's views with zeros, which must not
+    make it look like new pixels (it was encoded again and the whole prompt prefilled)."""
+    small, large = (56, 56), (40, 160)
+    ids, px = _request(model, small, 2)
+    chat = ChatSession(model)
+    answer = list(
+        chat.generate(torch.tensor([ids]), max_new_tokens=4, pixel_values=px, image_sizes=torch.tensor([small]))
+    )
+    ids2, px2 = _request(model, large, 5)
+    turn2 = ids + answer + ids2[1:]
+    tiles = px2.shape[1]
+    both = torch.cat([torch.cat([px, px.new_zeros(1, tiles - px.shape[1], *px.shape[2:])], 1), px2])
+    sizes = torch.tensor([small, large])
+    follow = list(chat.generate(torch.tensor([turn2]), max_new_tokens=6, pixel_values=both, image_sizes=sizes))
+    assert chat.stats["encoded_images"] == 1
+    assert chat.stats["reused_tokens"] == len(ids) + len(answer) - 1
+    fresh = ChatSession(model)
+    assert follow == list(fresh.generate(torch.tensor([turn2]), max_new_tokens=6, pixel_values=both, image_sizes=sizes))
+
+
+def test_a_second_answer_while_one_is_open_is_refused(model):
+    """Two generators on one session share its cache: the second is refused until the first is done."""
+    size = (56, 56)
+    ids, px = _request(model, size, 1)
+    chat = ChatSession(model)
+    first = chat.generate(torch.tensor([ids]), max_new_tokens=5, pixel_values=px, image_sizes=torch.tensor([size]))
+    next(first)
+    with pytest.raises(RuntimeError, match="still generating an earlier answer"):
+        next(chat.generate(torch.tensor([ids]), max_new_tokens=3, pixel_values=px, image_sizes=torch.tensor([size])))
+    first.close()
+    again = list(
+        chat.generate(torch.tensor([ids]), max_new_tokens=5, pixel_values=px, image_sizes=torch.tensor([size]))
+    )
+    assert again == _run(model, ids, px, size, n=5)
+
+
 def test_sampling_is_reproducible_with_a_seed(model):
     ids, px = _request(model, (56, 56), 2)
     p = SamplingParams(temperature=1.0, top_p=0.9, top_k=20, seed=123)

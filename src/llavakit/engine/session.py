@@ -26,6 +26,17 @@ def fingerprint(t: torch.Tensor) -> str:
     return hashlib.sha1(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
+def image_fingerprint(views: torch.Tensor, size: torch.Tensor | None) -> str:
+    """One image's identity: its views without the all-zero padding views a batch adds for images with more tiles
+    (a later, larger image must not make an earlier one look new), and its size. (A real normalised view is never
+    all zeros: that needs every pixel at the normalisation mean, which is not a whole 8-bit value.)"""
+    n = views.shape[0] if views.dim() == 4 else 1
+    while n > 1 and not bool(views[n - 1].any()):
+        n -= 1
+    sizes = "" if size is None else ",".join(str(int(x)) for x in size)
+    return fingerprint(views[:n] if views.dim() == 4 else views) + sizes
+
+
 def image_runs(ids: list[int], token: int) -> list[tuple[int, int]]:
     """[start, end) of each run of image tokens. Adjacent images are told apart by their token counts later."""
     runs, start = [], None
@@ -49,6 +60,7 @@ class ChatSession:
         self.ids: list[int] = []  # tokens whose keys/values the cache holds, slot by slot
         self.images: list[tuple[str, int]] = []  # (fingerprint, token count) of the images inside self.ids
         self.stats = {"reused_tokens": 0, "prefilled_tokens": 0, "encoded_images": 0}
+        self.busy = False  # an answer is being generated: its cache must not be touched by another turn
 
     def reset(self) -> None:
         self.ids, self.images = [], []
@@ -85,7 +97,16 @@ class ChatSession:
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
     ) -> Iterator[int]:
-        """Yield the answer's token ids for the whole-conversation ``input_ids`` (1, T)."""
+        """Yield the answer's token ids for the whole-conversation ``input_ids`` (1, T).
+
+        One answer at a time: a turn started while another one's generator is still open is refused (they share
+        the cache); finish or close the earlier generator first.
+        """
+        if self.busy:
+            raise RuntimeError(
+                "this conversation is still generating an earlier answer (an unfinished stream): read it to the "
+                "end or close() it before asking again, or use another pipeline for concurrent answers"
+            )
         model, cfg = self.model, self.model.config
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"a chat session takes input_ids of shape (1, T), got {tuple(input_ids.shape)}")
@@ -94,7 +115,8 @@ class ChatSession:
         n_img = 0 if pixel_values is None else pixel_values.shape[0]
         multi = [cfg.model_type == "llava_onevision" and n_img > 1] * n_img
         counts = _image_token_counts(model, pixel_values, image_sizes, multi)
-        images = [(fingerprint(pixel_values[i]), counts[i]) for i in range(n_img)]
+        sizes = [None if image_sizes is None else image_sizes[i] for i in range(n_img)]
+        images = [(image_fingerprint(pixel_values[i], sizes[i]), counts[i]) for i in range(n_img)]
         keep, kept_images = self._reusable(ids, images) if self.ids else (0, 0)
         need = len(ids) + max_new_tokens
         if self.cache is None or self.cache.max_len < need:
@@ -110,6 +132,7 @@ class ChatSession:
         self.stats = {"reused_tokens": keep, "prefilled_tokens": len(ids) - keep, "encoded_images": n_img - kept_images}
         positions = torch.arange(keep, len(ids), device=model.device)[None]
         fed: list[int] = []
+        self.busy = True
         try:
             for tok in decode(
                 model,
@@ -125,6 +148,7 @@ class ChatSession:
                 fed.append(int(tok[0]))
                 yield fed[-1]
         finally:  # whatever happened, remember exactly what the cache holds
+            self.busy = False
             self.ids = (ids + fed[:-1])[: self.cache.length]
             self.images = images if len(self.ids) >= len(ids) else images[:kept_images]
 
