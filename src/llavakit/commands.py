@@ -7,11 +7,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from .pipeline import Pipeline, load
+from .processing.image_load import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -47,6 +48,8 @@ def check_sampling(max_new_tokens: int = 256, stop: list[str] | str | None = Non
 
 def check_images(images: list[str]) -> None:
     for p in images:
+        if Path(p).is_dir():
+            raise ValueError(f"{p} is a directory, not an image file; pass the path of an image file")
         if not Path(p).is_file():
             raise FileNotFoundError(f"image file not found: {p}")
 
@@ -72,12 +75,25 @@ def _user_message(text: str, images: list[str]) -> dict[str, Any]:
     }
 
 
+def _answer_text(deltas: Iterable[str]) -> Iterator[str]:
+    """The deltas of an answer without its leading whitespace: a byte-level tokenizer's first token is often
+    " red" after "ASSISTANT:"; as original LLaVA strips its outputs, the answer shown, stored and sent back in the
+    next turn is "red" (sent back with the space, the next prompt read "ASSISTANT:  red", a layout never trained)."""
+    started = False
+    for d in deltas:
+        if not started:
+            d = d.lstrip()
+            started = bool(d)
+        if d:
+            yield d
+
+
 def generate(pipe: Pipeline, prompt: str, images: list[str], out: TextIO = sys.stdout, **sampling: Any) -> str:
     """Stream the answer to ``out``; return it."""
     check_prompt(prompt, images)
     check_sampling(**sampling)
     parts = []
-    for delta in pipe.stream([_user_message(prompt, images)], **sampling):  # _user_message checks the images
+    for delta in _answer_text(pipe.stream([_user_message(prompt, images)], **sampling)):  # checks the images
         out.write(delta)
         out.flush()
         parts.append(delta)
@@ -109,26 +125,41 @@ def chat(pipe: Pipeline, images: list[str], lines: Iterable[str], out: TextIO = 
             path = arg.strip()
             if not path:
                 out.write("usage: /image PATH (attaches the image to your next message)\n")
-            elif not Path(path).is_file():
-                out.write(f"error: image file not found: {path}\n")
             else:
-                pending.append(path)
-                out.write(f"(image attached: {path})\n")
+                try:  # a file that is not an image is refused now, not with the next message
+                    load_image(path)
+                except (ValueError, OSError) as e:
+                    out.write(f"error: {e}\n")
+                else:
+                    pending.append(path)
+                    out.write(f"(image attached: {path})\n")
         elif line.startswith("/"):
             out.write(f"unknown command {line.split()[0]}; {CHAT_HELP}\n")
         elif line:
-            messages.append(_user_message(line, pending))
-            pending = []
+            stream = None
             try:
-                answer = "".join(_echo(pipe.stream(messages, **sampling), out))
-            except ValueError as e:  # e.g. the conversation outgrew the context: keep the chat alive
-                messages.pop()
-                hint = ""
-                if "context" in str(e) and messages:  # the earlier turns fill the context: a new conversation helps
-                    hint = "; or type /reset to start a new conversation (the earlier turns count toward the context)"
-                out.write(f"\nerror: {e}{hint}\n")
+                messages.append(_user_message(line, pending))
+                stream = pipe.stream(messages, **sampling)
+                answer = "".join(_echo(_answer_text(stream), out))
+            except (ValueError, OSError, KeyboardInterrupt) as e:  # keep the chat alive; Ctrl-C stops this answer
+                if messages and messages[-1]["role"] == "user":
+                    messages.pop()
+                if isinstance(e, KeyboardInterrupt):
+                    note = "\n(answer interrupted; ask again, or /exit to leave)"
+                else:  # e.g. the conversation outgrew the context
+                    note = f"\nerror: {e}"
+                    if "context" in str(e) and messages:  # earlier turns fill the context: a new conversation helps
+                        note += "; or type /reset to start a new conversation (earlier turns count toward the context)"
+                pending = [p for p in pending if Path(p).is_file()]  # a vanished file is dropped, the rest kept
+                if pending:
+                    note += f"; {len(pending)} image(s) stay attached to your next message (/reset drops them)"
+                out.write(note + "\n")
             else:
                 messages.append({"role": "assistant", "content": answer})
+                pending = []
+            finally:
+                if stream is not None:
+                    stream.close()  # an interrupted answer frees the conversation's cache now
         out.write(">>> ")
         out.flush()
     out.write("\n")
@@ -194,22 +225,24 @@ def check_caption(
 
 
 def _image_key(path: str | Path) -> str:
-    """Resume key: the same image spelled relative, absolute or through ``..`` is one image."""
+    """Resume key: the same image spelled relative, absolute or through ``..`` is one image (records store absolute
+    paths; a relative one, as versions before wrote, is read from the working directory)."""
     return os.path.realpath(path)
 
 
-def _record_image(line: bytes) -> str | None:
-    """The image of one JSONL caption record, or None when the line is not one."""
+def _record(line: bytes) -> dict[str, Any] | None:
+    """One JSONL caption record (with its "image" path), or None when the line is not one."""
     try:
         rec = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     image = rec.get("image") if isinstance(rec, dict) else None
-    return image if isinstance(image, str) and image else None
+    return rec if isinstance(image, str) and image else None
 
 
-def read_done(out: Path) -> set[str]:
-    """Resume keys of the images already captioned in ``out`` (read once).
+def read_done(out: Path, prompt: str | None = None) -> set[str]:
+    """Resume keys of the images already captioned in ``out`` (read once). With ``prompt``, records made with
+    another prompt are refused: resuming would mix two kinds of captions in one file.
 
     A last line without its newline was being written when the run died: it is cut off (its image is captioned
     again) - unless it is a whole record, which only gets its newline back. Any other line that is not a
@@ -225,7 +258,7 @@ def read_done(out: Path) -> set[str]:
         tail = data[keep:]
         try:
             with out.open("r+b") as f:
-                if _record_image(tail) is not None:
+                if _record(tail) is not None:
                     f.seek(0, os.SEEK_END)
                     f.write(b"\n")
                     data += b"\n"
@@ -242,10 +275,15 @@ def read_done(out: Path) -> set[str]:
     for n, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
-        image = _record_image(line)
-        if image is None:
+        rec = _record(line)
+        if rec is None:
             raise ValueError(f"{out}:{n} is not a caption record; move the file away or fix it")
-        done.add(_image_key(image))
+        if prompt is not None and isinstance(rec.get("prompt"), str) and rec["prompt"] != prompt:
+            raise ValueError(
+                f"{out}:{n} was captioned with another prompt ({rec['prompt']!r}); pass that --prompt to resume, "
+                "or write to another --out"
+            )
+        done.add(_image_key(rec["image"]))
     return done
 
 
@@ -263,7 +301,10 @@ def caption(
     from tqdm import tqdm
 
     images, out = check_caption(pattern, out_path, prompt, batch_size, sampling)
-    done = read_done(out)
+    # what is wrong with the request itself (a reserved placeholder in the prompt, no room in the context for
+    # --max-new-tokens) fails the run once, before any image, rather than skipping every image with it
+    pipe.check_request([_user_message(prompt, [])], sampling.get("max_new_tokens", 256))
+    done = read_done(out, prompt)
     todo = [p for p in images if _image_key(p) not in done]
     counts = {"images": len(images), "skipped": len(images) - len(todo), "captioned": 0, "failed": 0}
     try:
@@ -293,9 +334,9 @@ def caption(
                     counts["failed"] += 1
                     continue
                 rec = {
-                    "image": str(p),
+                    "image": os.path.abspath(p),  # resumable from any working directory
                     "prompt": prompt,
-                    "caption": a.text,
+                    "caption": a.text.strip(),
                     "finish_reason": a.finish_reason,
                     "seconds": round(dt, 3),
                 }

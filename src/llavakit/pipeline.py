@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 
 import torch
 
-from .engine.generate import StepFn, decode_step, eos_ids
+from .engine.generate import StepFn, check_context, decode_step, eos_ids
 from .engine.sampling import SamplingParams
 from .engine.session import ChatSession
 from .engine.text import StopMatcher
@@ -109,7 +109,8 @@ def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
         return src
     if isinstance(src, str) and src.startswith("data:"):
         try:
-            return base64.b64decode(src.split(",", 1)[1], validate=True)
+            data = re.sub(r"\s+", "", src.split(",", 1)[1])  # base64 wrapped at 76 columns (MIME, `base64`)
+            return base64.b64decode(data, validate=True)
         except (IndexError, ValueError) as e:
             raise ValueError(
                 f"{where}: image data: URL is not valid base64 (expected data:image/...;base64,...)"
@@ -119,7 +120,13 @@ def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
             f"{where}: remote image URLs are not fetched by the library; download the image, pass its path"
         )
     if isinstance(src, str) and src.startswith("file://"):
-        return Path(unquote(urlparse(src).path))
+        url = urlparse(src)
+        if url.netloc not in ("", "localhost"):  # file://photo.png reads "photo.png" as a host name
+            raise ValueError(
+                f"{where}: {src} names the host {url.netloc!r}; a file URL holds an absolute path "
+                f"(file:///home/me/photo.png), or pass the path itself"
+            )
+        return Path(unquote(url.path))
     if isinstance(src, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", src):
         scheme = src.split("://", 1)[0]
         raise ValueError(
@@ -143,6 +150,12 @@ class Pipeline:
         inputs = self.processor(text=prompt, images=images or None, return_tensors="pt")
         n_img = int((inputs["input_ids"] == self.model.config.image_token_id).sum())
         return inputs, n_img
+
+    def check_request(self, messages: Messages, max_new_tokens: int = 256) -> None:
+        """Raise ValueError when ``messages`` cannot be answered whatever their images: text the template reserves,
+        or a prompt that leaves no room for ``max_new_tokens`` in the context (images only add tokens)."""
+        inputs, _ = self._inputs(messages)
+        check_context(self.model, int(inputs["input_ids"].shape[1]), max_new_tokens)
 
     def stream(
         self,

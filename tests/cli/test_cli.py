@@ -57,7 +57,7 @@ def test_generate_prints_the_greedy_answer(model, images):
             "content": [{"type": "image", "image": str(images / "img1.png")}, {"type": "text", "text": "What?"}],
         }
     ]
-    assert r.stdout.rstrip("\n") == load(model).chat(msgs, max_new_tokens=8)
+    assert r.stdout.rstrip("\n") == load(model).chat(msgs, max_new_tokens=8).lstrip()  # shown without " " first
 
 
 @pytest.mark.parametrize("mode", ["int8", "int8+head"])
@@ -74,7 +74,7 @@ def test_generate_quantized_answers_as_the_quantized_pipeline(model, images, mod
     pipe = load(model, quantize=mode)
     assert isinstance(pipe.model.lm_head, Int8Linear) == mode.endswith("+head")
     msgs = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "Hi"}]}]
-    assert r.stdout.rstrip("\n") == pipe.chat(msgs, max_new_tokens=6)
+    assert r.stdout.rstrip("\n") == pipe.chat(msgs, max_new_tokens=6).lstrip()
 
 
 def test_chat_multi_turn_with_commands(model, images):
@@ -187,16 +187,50 @@ def test_caption_resume_refuses_a_bad_line_before_the_last(model, images, tmp_pa
 def test_caption_resume_keys_on_the_resolved_path(model, images, tmp_path):
     out = tmp_path / "caps.jsonl"
     rel = ("caption", "--model", model, images.name, "--out", str(out), "--max-new-tokens", "5")
-    r = llava(*rel, cwd=images.parent)  # records hold relative paths, as files written before did
+    r = llava(*rel, cwd=images.parent)
     assert r.returncode == 0, r.stderr
-    assert all(not Path(x["image"]).is_absolute() for x in _records(out))
+    recs = _records(out)
+    assert all(Path(x["image"]).is_absolute() and not x["caption"].startswith(" ") for x in recs)
     for spelling in (str(images), f"{images}/../{images.name}/*.png"):
         r = llava("caption", "--model", model, spelling, "--out", str(out), "--max-new-tokens", "5", cwd=images.parent)
         assert r.returncode == 0, r.stderr
         assert _counts(r)["skipped"] == 3 and _counts(r)["captioned"] == 0
+    r = llava("caption", "--model", model, str(images), "--out", str(out), "--max-new-tokens", "5", cwd=tmp_path)
+    assert r.returncode == 0 and _counts(r)["skipped"] == 3  # from another working directory too
+    # a file of an earlier version, with relative paths, resumes from the directory it was written in
+    out.write_text("".join(json.dumps({**x, "image": f"{images.name}/{Path(x['image']).name}"}) + "\n" for x in recs))
     r = llava(*rel, cwd=images.parent)
     assert r.returncode == 0 and _counts(r)["skipped"] == 3
     assert len(_records(out)) == 3
+
+
+def test_caption_resume_refuses_another_prompt(model, images, tmp_path):
+    out = tmp_path / "caps.jsonl"
+    cap = ("caption", "--model", model, str(images), "--out", str(out), "--max-new-tokens", "3")
+    assert llava(*cap, "--prompt", "Describe it.").returncode == 0
+    before = out.read_bytes()
+    r = llava(*cap, "--prompt", "Name the colour.")
+    assert r.returncode == 2 and "was captioned with another prompt ('Describe it.')" in r.stderr
+    assert "Traceback" not in r.stderr and out.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--max-new-tokens", "5000"], "exceeds the model's context of 4096 tokens"),
+        (["--prompt", "what is <image>?"], "reserves as the placeholder"),
+    ],
+)
+def test_caption_request_errors_fail_once_before_any_image(model, images, tmp_path, args, message):
+    out = tmp_path / "caps.jsonl"
+    r = llava("caption", "--model", model, str(images), "--out", str(out), *args)
+    assert r.returncode == 2 and message in r.stderr and "skipped" not in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_generate_names_a_directory_given_as_image(model, tmp_path):
+    r = llava("generate", "--model", model, "--image", str(tmp_path), "--prompt", "hi")
+    assert r.returncode == 2 and f"{tmp_path} is a directory, not an image file" in r.stderr
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,7 @@ def test_generation_config_end_ids_end_every_path(tmp_path):
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}], "remote"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}], "ftp://"),
         ([{"role": "user", "content": 5}], "content must be a string or a list of parts"),
+        ([{"role": "user", "content": [{"type": "image", "image": "file://red.png"}]}], "names the host 'red.png'"),
         ([{"role": "user", "content": {"type": "text", "text": "hi"}}], "not dict"),
         ([{"role": "user", "content": ["hi"]}], "message 0, part 0: a content part must be a dict"),
         ([{"role": "user", "content": [{"type": "text", "text": 42}]}], "'text' as a string, got int"),
@@ -166,3 +167,16 @@ def test_load_without_a_path_is_the_default_model():
         pipe.model.config.text.hidden_size
         == json.loads((Path(default_model()) / "config.json").read_text())["text_config"]["hidden_size"]
     )
+
+
+def test_line_wrapped_base64_data_urls_are_read(pipe):
+    """``base64`` and MIME encoders wrap at 76 columns; the server accepted such data URLs, the library did not."""
+    msgs = _msg()
+    url = msgs[0]["content"][0]["image_url"]["url"]
+    head, data = url.split(",", 1)
+    wrapped = head + "," + "\n".join(data[i : i + 76] for i in range(0, len(data), 76))
+    pipe.reset()
+    plain = pipe.chat(msgs, max_new_tokens=4)
+    msgs[0]["content"][0]["image_url"]["url"] = wrapped
+    pipe.reset()
+    assert pipe.chat(msgs, max_new_tokens=4) == plain

@@ -1,0 +1,80 @@
+"""``llava chat``'s loop (commands.chat) on a stand-in pipeline: what goes back into the conversation, and that a
+failed or interrupted turn keeps the chat and its attached images."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from llavakit.commands import chat
+
+
+class FakePipe:
+    """Answers " red" (a byte-level tokenizer's first token keeps its space); ``fail`` raises on the next turns."""
+
+    def __init__(self, fail: list[BaseException | None] | None = None) -> None:
+        self.seen: list[list[dict]] = []
+        self.fail = list(fail or [])
+
+    def stream(self, messages, **sampling):  # noqa: ANN001, ANN003, ANN201
+        self.seen.append([dict(m) for m in messages])
+        error = self.fail.pop(0) if self.fail else None
+        yield " "
+        if error is not None:
+            raise error
+        yield " red"
+
+    def reset(self) -> None:
+        pass
+
+
+def _run(pipe: FakePipe, script: str, images: list[str] | None = None) -> str:
+    out = io.StringIO()
+    assert chat(pipe, images or [], script.splitlines(), out) == 0
+    return out.getvalue()
+
+
+def _images(messages: list[dict]) -> list[str]:
+    return [p["image"] for m in messages if m["role"] == "user" for p in m["content"] if p["type"] == "image"]
+
+
+def test_answers_go_back_without_their_leading_space():
+    pipe = FakePipe()
+    text = _run(pipe, "colour?\nand now?\n/exit")
+    assert pipe.seen[1][1] == {"role": "assistant", "content": "red"}  # "ASSISTANT: red", as trained
+    assert ">>> red\n" in text
+
+
+def test_a_failed_or_interrupted_turn_keeps_the_chat_and_its_images(tmp_path):
+    img = tmp_path / "red.png"
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(img)
+    pipe = FakePipe(fail=[ValueError("the model refused it"), KeyboardInterrupt()])
+    text = _run(pipe, f"/image {img}\nfirst\nsecond\nthird\n/exit")
+    assert "error: the model refused it; 1 image(s) stay attached" in text
+    assert "(answer interrupted" in text
+    assert [_images(m) for m in pipe.seen] == [[str(img)]] * 3  # the image goes with each retry until answered
+    assert [len(m) for m in pipe.seen] == [1, 1, 1]  # failed turns left nothing behind
+
+
+def test_a_bad_image_is_refused_when_attached_and_a_vanished_one_keeps_the_chat(tmp_path):
+    good, bad = tmp_path / "red.png", tmp_path / "notes.png"
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(good)
+    bad.write_text("not an image")
+    pipe = FakePipe()
+    text = _run(pipe, f"/image {good}\n/image {bad}\nwhat?\n/exit")
+    assert "cannot decode image" in text and _images(pipe.seen[0]) == [str(good)]
+    gone = tmp_path / "gone.png"
+    Image.new("RGB", (20, 20)).save(gone)
+    pipe = FakePipe()
+
+    def lines():
+        yield f"/image {gone}"
+        gone.unlink()  # deleted between attaching and asking
+        yield "what?"
+        yield "still there?"
+
+    out = io.StringIO()
+    assert chat(pipe, [], lines(), out) == 0
+    assert f"error: image file not found: {gone}" in out.getvalue()
+    assert len(pipe.seen) == 1 and _images(pipe.seen[0]) == []  # the vanished image was dropped, the chat went on
