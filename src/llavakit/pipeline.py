@@ -135,6 +135,13 @@ def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
     return src
 
 
+def _text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")
+
+
 class Pipeline:
     """A model + its processor, answering messages. One conversation cache is kept for follow-up turns."""
 
@@ -146,6 +153,8 @@ class Pipeline:
 
     def _inputs(self, messages: Messages) -> tuple[dict[str, torch.Tensor], int]:
         msgs, images = split_messages(messages)
+        if not images and not any(_text(m).strip() for m in msgs):
+            raise ValueError("the messages hold no text and no image: nothing to answer; add a question or an image")
         prompt = self.processor.apply_chat_template(msgs, add_generation_prompt=True)
         inputs = self.processor(text=prompt, images=images or None, return_tensors="pt")
         n_img = int((inputs["input_ids"] == self.model.config.image_token_id).sum())

@@ -180,3 +180,24 @@ def test_line_wrapped_base64_data_urls_are_read(pipe):
     msgs[0]["content"][0]["image_url"]["url"] = wrapped
     pipe.reset()
     assert pipe.chat(msgs, max_new_tokens=4) == plain
+
+
+@pytest.mark.parametrize(
+    "sampling,match",
+    [
+        ({"max_new_tokens": None}, "max_new_tokens must be a whole number, got None"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens must be a whole number"),
+        ({"temperature": None}, "temperature must be a number, got None"),
+        ({"top_k": 1.5}, "top_k must be a whole number"),
+        ({"seed": 2**70}, "seed must be a whole number from"),
+        ({"stop": 5}, "stop must be a string or a list of strings"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_named(pipe, sampling, match):
+    with pytest.raises(ValueError, match=match):
+        pipe.chat(_msg(), **sampling)
+
+
+def test_nothing_to_answer_is_refused(pipe):
+    with pytest.raises(ValueError, match="no text and no image"):
+        pipe.chat([{"role": "user", "content": "  "}])

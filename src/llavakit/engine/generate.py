@@ -6,6 +6,7 @@ and yields token ids.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ def eos_ids(model: LlavaModel, eos_token_id: int | list[int] | None) -> list[int
 
 def check_context(model: LlavaModel, prompt_tokens: int, max_new_tokens: int) -> None:
     """Refuse requests that cannot fit the model's context, naming both numbers."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise ValueError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     limit = model.config.text.context_length
