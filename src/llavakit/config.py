@@ -238,6 +238,7 @@ def _within(token_id: int | None, text: TextConfig) -> int | None:
 
 
 _OV_SIDES = (384, 768, 1152, 1536, 1920, 2304)
+OV_PINPOINTS = [[h, w] for h in _OV_SIDES for w in _OV_SIDES]  # transformers' OneVision default (384-pixel tiles)
 # transformers' LlavaConfig / LlavaNextConfig / LlavaOnevisionConfig defaults for keys a config.json leaves out
 _LLAVA_DEFAULTS: dict[str, Any] = {
     "text_model_type": "llama",
@@ -259,7 +260,7 @@ HF_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         "video_token_index": 151647,
         "vision_feature_layer": -1,
         "select_strategy": "full",
-        "pinpoints": [[h, w] for h in _OV_SIDES for w in _OV_SIDES],
+        "pinpoints": OV_PINPOINTS,
         "vision_aspect_ratio": "anyres_max_9",
     },
 }

@@ -211,3 +211,13 @@ def test_a_directory_is_not_an_image_file(tmp_path):
         load_image(tmp_path, name="1 of 2")
     with pytest.raises(FileNotFoundError, match="image file not found"):
         load_image(tmp_path / "missing.png")
+
+
+def test_32bit_integer_images_of_8bit_values_keep_them():
+    """``Image.fromarray(int32)`` / ``convert("I")`` of an 8-bit image hold 0..255: taken as they are (as
+    transformers takes them), not divided by 257 into a black image."""
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 9, 3), dtype=np.uint8))
+    grey = rgb.convert("L")
+    for img in (grey.convert("I"), Image.fromarray(np.asarray(grey).astype(np.int32))):
+        assert img.mode == "I"
+        np.testing.assert_array_equal(np.asarray(load_image(img)), np.asarray(grey.convert("RGB")))

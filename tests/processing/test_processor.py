@@ -381,3 +381,69 @@ def test_directories_of_other_families_are_refused(tmp_path):
         LlavaProcessor.from_pretrained(d)
     (d / "processor_config.json").write_text(json.dumps({**cfg, "processor_class": "LlavaNextProcessor"}))
     assert LlavaProcessor.from_pretrained(d).family == "llava_next"
+
+
+def _next_processor(out, **image_kw):
+    """transformers' LlavaNextProcessor (PIL image processor, tile 56) with ``image_kw``, saved to ``out``."""
+    from transformers import LlavaNextProcessor, PreTrainedTokenizerFast
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    hf_processor("llava", out)  # writes the tiny tokenizer files to out / "tok"
+    tok = PreTrainedTokenizerFast.from_pretrained(out / "tok")
+    clip = dict(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    ip = LlavaNextImageProcessorPil(**clip, **image_kw)
+    proc = LlavaNextProcessor(ip, tok, patch_size=14, num_additional_image_tokens=1)
+    proc.save_pretrained(out / "next")
+    return proc
+
+
+def _edit_image_processor(folder, edit) -> None:  # noqa: ANN001
+    """Apply ``edit`` to the image processor's settings (transformers 5 keeps them in processor_config.json)."""
+    f = folder / "processor_config.json"
+    proc = json.loads(f.read_text())
+    proc["image_processor"] = edit(proc["image_processor"])
+    f.write_text(json.dumps(proc))
+
+
+def test_resampling_filter_of_the_config_is_used(tmp_path):
+    """A config's "resample" (here bilinear) is the filter transformers resizes with; it was always bicubic."""
+    hf = _next_processor(tmp_path, resample=2, image_grid_pinpoints=CLIP_PINS)
+    ours = LlavaProcessor.from_pretrained(tmp_path / "next")
+    assert ours.image_config.resample == 2
+    for i, (h, w) in enumerate([(90, 200), (37, 41), (300, 120)]):
+        img = _image(h, w, i)
+        _check(ours(text="<image>\nx", images=[img]), hf(text="<image>\nx", images=[img], return_tensors="pt"))
+    ours.save_pretrained(tmp_path / "again")
+    assert LlavaProcessor.from_pretrained(tmp_path / "again").image_config.resample == 2
+
+
+def test_anyres_config_without_pinpoints_takes_transformers_defaults(tmp_path):
+    """No image_grid_pinpoints in the image processor's config: transformers takes its class default (the v1.6
+    list); llavakit processed such an image at single resolution (576 instead of AnyRes's tokens)."""
+    hf = _next_processor(tmp_path)
+    _edit_image_processor(tmp_path / "next", lambda d: {k: v for k, v in d.items() if k != "image_grid_pinpoints"})
+    ours = LlavaProcessor.from_pretrained(tmp_path / "next")
+    assert ours.image_config.pinpoints == tuple(tuple(p) for p in hf.image_processor.image_grid_pinpoints)
+    img = _image(100, 300, 5)
+    _check(ours(text="<image>\nx", images=[img]), hf(text="<image>\nx", images=[img], return_tensors="pt"))
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"do_normalize": False}, "do_normalize=false is not supported"),
+        ({"do_rescale": False, "do_resize": False}, "do_resize=false, do_rescale=false is not supported"),
+        ({"size": {"shortest_edge": 64}}, "resizing the shortest edge to 64 then cropping 56 is not supported"),
+        ({"resample": 9}, "resample 9 is not a PIL filter code"),
+    ],
+)
+def test_image_processor_settings_we_would_ignore_are_refused(procs, tmp_path, change, message):
+    import shutil
+
+    src = tmp_path / "src"
+    hf_processor("llava_next", src)
+    dst = tmp_path / "dst"
+    shutil.copytree(src / "llava_next", dst)
+    _edit_image_processor(dst, lambda d: d | change)
+    with pytest.raises(ValueError, match=message):
+        LlavaProcessor.from_pretrained(dst)

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..config import OV_PINPOINTS, V16_PINPOINTS
+
 FAMILIES = ("llava", "llava_next", "llava_onevision")
 FAMILY_BY_PROCESSOR = {
     "LlavaProcessor": "llava",
@@ -31,6 +33,36 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text()) if path.exists() else {}
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from e
+
+
+# transformers' LlavaNextImageProcessor / LlavaOnevisionImageProcessor class defaults, used when a config has none
+DEFAULT_PINPOINTS: dict[str, list[list[int]]] = {"llava_next": V16_PINPOINTS, "llava_onevision": OV_PINPOINTS}
+RESAMPLE_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL codes
+
+
+def check_image_processor(img: dict[str, Any], path: Path) -> None:
+    """Refuse image-processor settings llavakit would not follow (it used to ignore them silently): turned-off
+    resize / rescale / normalise steps, a shortest-edge resize to another side than the centre crop, an unknown
+    resampling filter. Every released LLaVA checkpoint resizes, rescales and normalises, to one side."""
+    where = f"{path / 'preprocessor_config.json'}"
+    off = [k for k in ("do_resize", "do_rescale", "do_normalize") if img.get(k) is False]
+    if off:
+        raise ValueError(
+            f"{where}: {', '.join(f'{k}=false' for k in off)} is not supported (llavakit always resizes, rescales "
+            "and normalises); set them to true, or preprocess the images yourself and call the model directly"
+        )
+    size, crop = img.get("size"), img.get("crop_size")
+    short = size if isinstance(size, int) else (size or {}).get("shortest_edge")
+    if img.get("do_center_crop") and short is not None and side_of(crop) not in (None, short):
+        raise ValueError(
+            f"{where}: resizing the shortest edge to {short} then cropping {side_of(crop)} is not supported; "
+            "llavakit resizes to the crop side (released checkpoints have both equal)"
+        )
+    if img.get("resample", 3) not in RESAMPLE_FILTERS:
+        raise ValueError(
+            f"{where}: resample {img.get('resample')!r} is not a PIL filter code; "
+            f"use one of {', '.join(f'{k} ({v})' for k, v in RESAMPLE_FILTERS.items())}"
+        )
 
 
 def side_of(d: dict[str, Any] | int | None) -> int | None:

@@ -40,6 +40,11 @@ class ImageConfig:
     pad_square: bool = False  # LLaVA-1.5 `pad`: expand to a square with the mean colour first
     pinpoints: tuple[tuple[int, int], ...] | None = None  # AnyRes candidates (h, w)
     rescale: float = 1 / 255
+    resample: int = int(Image.Resampling.BICUBIC)  # PIL's filter code, as preprocessor_config.json's "resample"
+
+    @property
+    def filter(self) -> Image.Resampling:
+        return Image.Resampling(self.resample)
 
     @property
     def pad_colour(self) -> tuple[int, ...]:
@@ -63,15 +68,17 @@ def shortest_edge_size(height: int, width: int, size: int) -> tuple[int, int]:
     return (size, new_long) if height <= width else (new_long, size)
 
 
-def resize_shortest_edge(img: Image.Image, size: int, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Bicubic resize of the shortest side to ``size``, keeping the aspect ratio (see ``shortest_edge_size``).
+def resize_shortest_edge(
+    img: Image.Image, size: int, *, max_pixels: int = MAX_PIXELS, resample: Image.Resampling = BICUBIC
+) -> Image.Image:
+    """Resize of the shortest side to ``size``, keeping the aspect ratio (see ``shortest_edge_size``).
 
     A result of more than ``max_pixels`` pixels (an image longer than ``max_pixels / size**2`` : 1) is refused
     rather than built: 1 x 40000 pixels at 336 would be a 336 x 13440000 image.
     """
     _check_shortest_edge(img.width, img.height, size, max_pixels, _name_of(img))
     h, w = shortest_edge_size(img.height, img.width, size)
-    return img.resize((w, h), BICUBIC)
+    return img.resize((w, h), resample)
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -118,7 +125,9 @@ def fit_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int
     return target_h, min(math.ceil(width * sh), target_w)
 
 
-def anyres_views(img: Image.Image, tile: int, pinpoints: tuple[tuple[int, int], ...]) -> list[Image.Image]:
+def anyres_views(
+    img: Image.Image, tile: int, pinpoints: tuple[tuple[int, int], ...], resample: Image.Resampling = BICUBIC
+) -> list[Image.Image]:
     """[base view squashed to tile x tile] + the tiles of the image fitted on its best pinpoint, row-major.
 
     Example: a 1024x768 (w x h) photo on v1.6 pinpoints (tile 336) picks 672x672, is resized to 672x504 (w x h),
@@ -128,9 +137,9 @@ def anyres_views(img: Image.Image, tile: int, pinpoints: tuple[tuple[int, int], 
     ph, pw = select_best_resolution(img.height, img.width, pinpoints)
     nh, nw = fit_size(img.height, img.width, ph, pw)
     canvas = Image.new("RGB", (pw, ph))
-    canvas.paste(img.resize((nw, nh), BICUBIC), ((pw - nw) // 2, (ph - nh) // 2))
+    canvas.paste(img.resize((nw, nh), resample), ((pw - nw) // 2, (ph - nh) // 2))
     tiles = [canvas.crop((x, y, x + tile, y + tile)) for y in range(0, ph, tile) for x in range(0, pw, tile)]
-    return [img.resize((tile, tile), BICUBIC)] + tiles
+    return [img.resize((tile, tile), resample)] + tiles
 
 
 # -- numbers -----------------------------------------------------------------------------------------------------
@@ -155,9 +164,9 @@ def to_array(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
 def to_tile(img: Image.Image, cfg: ImageConfig, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """One vision input (3, tile, tile): resize (shortest edge or squash), centre crop, rescale, normalise."""
     if cfg.resize_shortest:
-        img = resize_shortest_edge(img, cfg.tile, max_pixels=max_pixels)
+        img = resize_shortest_edge(img, cfg.tile, max_pixels=max_pixels, resample=cfg.filter)
     elif img.size != (cfg.tile, cfg.tile):
-        img = img.resize((cfg.tile, cfg.tile), BICUBIC)
+        img = img.resize((cfg.tile, cfg.tile), cfg.filter)
     if cfg.center_crop:
         img = center_crop(img, cfg.tile)
     return to_array(img, cfg)
@@ -186,7 +195,8 @@ def preprocess(
         if cfg.pad_square or multi_image:
             img = expand_to_square(img, cfg.pad_colour, max_pixels=max_pixels)
         return torch.from_numpy(to_tile(img, cfg, max_pixels=max_pixels))[None]
-    return torch.from_numpy(np.stack([to_tile(v, cfg) for v in anyres_views(img, cfg.tile, cfg.pinpoints)]))
+    views = anyres_views(img, cfg.tile, cfg.pinpoints, cfg.filter)
+    return torch.from_numpy(np.stack([to_tile(v, cfg) for v in views]))
 
 
 def check_geometry(
@@ -270,7 +280,7 @@ def video_frames(frames: list[Any], cfg: ImageConfig) -> torch.Tensor:
     for i, f in enumerate(frames):
         img = load_image(f, name=f"frame {i}")
         if img.size != (cfg.tile, cfg.tile):
-            img = img.resize((cfg.tile, cfg.tile), BICUBIC)
+            img = img.resize((cfg.tile, cfg.tile), cfg.filter)
         out.append(to_array(img, cfg))
     return torch.from_numpy(np.stack(out))
 

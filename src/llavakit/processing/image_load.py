@@ -140,8 +140,10 @@ def to_8bit(img: Image.Image, what: str = "the given PIL image", *, keep_alpha: 
     all white, a float image in [0, 1] black. Here:
 
     - ``I;16``, ``I;16B``, ``I;16L``, ``I;16N`` (16-bit PNG / TIFF / PGM): ``round(v / 257)``, 65535 -> 255;
-    - ``I`` (32-bit integers, as 16-bit PGM and some TIFFs open): the same when every value is in 0..65535 (the
-      bit depth is not recorded, the 16-bit range is assumed), else refused: the range is unknown;
+    - ``I`` (32-bit integers: 16-bit PGM and some TIFFs open so, and so do ``Image.fromarray`` of an int32 array
+      and ``convert("I")`` of an 8-bit image): values all within 0..255 are taken as they are (8-bit data, as
+      transformers takes them); otherwise, when every value is in 0..65535, the 16-bit scaling above (the bit depth
+      is not recorded); else refused: the range is unknown;
     - ``F`` (32-bit float): refused, its range (0..1? 0..255? HDR?) is unknown.
 
     A 16-bit transparent colour (``info["transparency"]``) becomes an alpha channel (mode ``LA``) when
@@ -163,11 +165,14 @@ def to_8bit(img: Image.Image, what: str = "the given PIL image", *, keep_alpha: 
                 f"{what}: 32-bit integer pixels (PIL mode 'I') with values {lo}..{hi}, outside the 16-bit range "
                 "0..65535, so their scale is unknown; convert the image to 8 bits per channel first"
             )
-    x = arr.astype(np.uint32)
-    x += 128
-    x //= 257  # round(v / 257): 0..65535 -> 0..255
-    grey = Image.fromarray(x.astype(np.uint8), "L")
-    del x
+    if mode == "I" and hi <= 255:  # 8-bit values held in 32-bit integers
+        grey = Image.fromarray(arr.astype(np.uint8), "L")
+    else:
+        x = arr.astype(np.uint32)
+        x += 128
+        x //= 257  # round(v / 257): 0..65535 -> 0..255
+        grey = Image.fromarray(x.astype(np.uint8), "L")
+        del x
     t = img.info.get("transparency")
     if keep_alpha and isinstance(t, int) and not isinstance(t, bool):
         alpha = Image.fromarray(np.where(arr == t, 0, 255).astype(np.uint8), "L")

@@ -17,7 +17,16 @@ import torch
 
 from ..config import LlavaConfig
 from .anyres import ImageGeometry, num_image_tokens, num_video_tokens
-from .hf_files import IMAGE_PROCESSOR, PROCESSOR_CLASS, chat_template_of, family_of, read_json, side_of
+from .hf_files import (
+    DEFAULT_PINPOINTS,
+    IMAGE_PROCESSOR,
+    PROCESSOR_CLASS,
+    chat_template_of,
+    check_image_processor,
+    family_of,
+    read_json,
+    side_of,
+)
 from .image import CLIP_MEAN, CLIP_STD, ImageConfig, preprocess, video_frames
 from .image_load import ImageSource, load_image
 from .jinja_export import exported_name, jinja_template
@@ -112,9 +121,11 @@ class LlavaProcessor:
         family = family_of(path, model_cfg, proc, img)
         if not img:
             raise FileNotFoundError(f"{path} has no preprocessor_config.json (nor an image_processor section)")
+        check_image_processor(img, path)
         tile = side_of(img.get("crop_size")) if img.get("do_center_crop") else None
         tile = tile or side_of(img.get("size")) or 336
-        pins = img.get("image_grid_pinpoints") if family != "llava" else None
+        # without pinpoints of its own, transformers' image processor takes its class default (not config.json's)
+        pins = None if family == "llava" else img.get("image_grid_pinpoints") or DEFAULT_PINPOINTS[family]
         pins_t = tuple((int(h), int(w)) for h, w in pins) if pins else None
         image_config = ImageConfig(
             tile=tile,
@@ -125,6 +136,7 @@ class LlavaProcessor:
             pad_square=family == "llava" and bool(img.get("do_pad")),
             pinpoints=pins_t,
             rescale=img.get("rescale_factor", 1 / 255),
+            resample=img.get("resample", 3),
         )
         strategy = proc.get(
             "vision_feature_select_strategy", model_cfg.get("vision_feature_select_strategy", "default")
@@ -152,6 +164,7 @@ class LlavaProcessor:
                 resize_shortest=False,
                 center_crop=False,
                 rescale=vid.get("rescale_factor", 1 / 255),
+                resample=vid.get("resample", image_config.resample),
             )
         chat = chat_template_of(path, proc) or tokenizer.chat_template
         exported = exported_name(chat)  # ours as `save_pretrained` wrote it, unedited: render it by name, as before
@@ -180,7 +193,7 @@ class LlavaProcessor:
             "processor_class": PROCESSOR_CLASS[self.family],
             "do_resize": True,
             "size": size,
-            "resample": 3,
+            "resample": c.resample,
             "do_center_crop": c.center_crop,
             "crop_size": {"height": c.tile, "width": c.tile},
             "do_rescale": True,
@@ -214,7 +227,7 @@ class LlavaProcessor:
                 "video_processor_type": "LlavaOnevisionVideoProcessor",
                 "processor_class": PROCESSOR_CLASS[self.family],
                 "size": {"height": v.tile, "width": v.tile},
-                "resample": 3,
+                "resample": v.resample,
                 "do_resize": True,
                 "do_rescale": True,
                 "rescale_factor": v.rescale,
