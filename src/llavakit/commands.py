@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -122,7 +123,7 @@ def chat(pipe: Pipeline, images: list[str], lines: Iterable[str], out: TextIO = 
             pipe.reset()
             out.write("(new conversation)\n")
         elif command == "/image":
-            path = arg.strip()
+            path = _typed_path(arg)
             if not path:
                 out.write("usage: /image PATH (attaches the image to your next message)\n")
             else:
@@ -164,6 +165,15 @@ def chat(pipe: Pipeline, images: list[str], lines: Iterable[str], out: TextIO = 
         out.flush()
     out.write("\n")
     return 0
+
+
+def _typed_path(arg: str) -> str:
+    """A path as typed or dropped into a terminal: 'my photo.png', "my photo.png" and my\\ photo.png are one path."""
+    try:
+        parts = shlex.split(arg)
+    except ValueError:  # an unbalanced quote: take the text as it is
+        parts = []
+    return parts[0] if len(parts) == 1 else arg.strip()
 
 
 def _echo(deltas: Iterable[str], out: TextIO) -> Iterable[str]:

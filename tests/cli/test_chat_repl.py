@@ -78,3 +78,12 @@ def test_a_bad_image_is_refused_when_attached_and_a_vanished_one_keeps_the_chat(
     assert chat(pipe, [], lines(), out) == 0
     assert f"error: image file not found: {gone}" in out.getvalue()
     assert len(pipe.seen) == 1 and _images(pipe.seen[0]) == []  # the vanished image was dropped, the chat went on
+
+
+def test_image_paths_quoted_or_escaped_as_terminals_paste_them(tmp_path):
+    img = tmp_path / "my photo.png"
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(img)
+    spellings = [f"'{img}'", f'"{img}"', str(img).replace(" ", "\\ "), str(img)]
+    pipe = FakePipe()
+    _run(pipe, "\n".join(f"/image {s}\nwhat?" for s in spellings))
+    assert [_images(m[-1:]) for m in pipe.seen] == [[str(img)]] * 4
