@@ -315,7 +315,11 @@ def caption(
     # --max-new-tokens) fails the run once, before any image, rather than skipping every image with it
     pipe.check_request([_user_message(prompt, [])], sampling.get("max_new_tokens", 256))
     done = read_done(out, prompt)
-    todo = [p for p in images if _image_key(p) not in done]
+    todo, seen = [], set(done)
+    for p in images:  # once per image: already captioned, or met before under another name (a symlink)
+        if (key := _image_key(p)) not in seen:
+            seen.add(key)
+            todo.append(p)
     counts = {"images": len(images), "skipped": len(images) - len(todo), "captioned": 0, "failed": 0}
     try:
         f = out.open("a", encoding="utf-8")

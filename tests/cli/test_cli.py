@@ -331,3 +331,16 @@ def test_data_synth_unwritable_out_says_what_to_do(tmp_path):
         r = llava("data", "synth", "--out", "/sys/llavatest", "--n", "1")
         assert r.returncode == 2 and "Errno" not in r.stderr
         assert "cannot write the dataset to /sys/llavatest: operation not permitted" in r.stderr
+
+
+def test_caption_captions_an_image_reached_twice_once(model, images, tmp_path):
+    """A symlink beside its target (or a glob matching a file twice) is one image: one record."""
+    import shutil
+
+    d = tmp_path / "imgs"
+    shutil.copytree(images, d)
+    (d / "link.png").symlink_to(d / "img0.png")
+    out = tmp_path / "caps.jsonl"
+    r = llava("caption", "--model", model, str(d), "--out", str(out), "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    assert len(_records(out)) == 3 and _counts(r)["captioned"] == 3
