@@ -55,6 +55,13 @@ def _req(**kw) -> dict:  # noqa: ANN003
 
 
 PNG = image_bytes(40, 30)
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+TOOL_CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
+}
+TOOL_RESULT = {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
 CASES = {
     # name: (body or raw bytes, status, text the message must hold, param)
     "malformed JSON": (b'{"model": "tiny-llava", "messages": [', 400, "malformed JSON", "body"),
@@ -64,7 +71,7 @@ CASES = {
     "missing messages": ({"model": "tiny-llava"}, 400, "messages", "messages"),
     "missing model": ({"messages": [{"role": "user", "content": "Hi"}]}, 400, "model", "model"),
     "empty messages": (_req(messages=[]), 400, "messages", "messages"),
-    "unknown role": (_req(messages=[{"role": "tool", "content": "x"}]), 400, "role", "messages[0].role"),
+    "unknown role": (_req(messages=[{"role": "robot", "content": "x"}]), 400, "role", "messages[0].role"),
     "unknown part type": (
         _req(messages=[{"role": "user", "content": [{"type": "audio", "audio": "x"}]}]),
         400,
@@ -93,6 +100,45 @@ CASES = {
         "messages[0].content",
     ),
     "logprobs": (_req(logprobs=True, top_logprobs=2), 400, "not supported", "logprobs"),
+    "top_k below -1": (_req(top_k=-2), 400, "top_k", "top_k"),
+    # OpenAI fields the server cannot honour: refused by name rather than ignored (which would change the meaning)
+    "tools": (_req(tools=[TOOL]), 400, "tools is not supported", "tools"),
+    "tool_choice required": (_req(tools=[TOOL], tool_choice="required"), 400, "tool_choice 'required' is not", None),
+    "tool_choice a function": (
+        _req(tool_choice={"type": "function", "function": {"name": "get_weather"}}),
+        400,
+        "tool_choice is not supported",
+        "tool_choice",
+    ),
+    "functions": (_req(functions=[TOOL["function"]]), 400, "functions is not supported", "functions"),
+    "function_call": (_req(function_call={"name": "get_weather"}), 400, "function_call is not", "function_call"),
+    "response_format json_object": (
+        _req(response_format={"type": "json_object"}),
+        400,
+        "response_format 'json_object' is not supported",
+        "response_format",
+    ),
+    "response_format json_schema": (
+        _req(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}),
+        400,
+        "response_format 'json_schema' is not supported",
+        "response_format",
+    ),
+    "presence_penalty": (_req(presence_penalty=1.5), 400, "presence_penalty is not supported", "presence_penalty"),
+    "frequency_penalty": (_req(frequency_penalty=-0.5), 400, "frequency_penalty is not", "frequency_penalty"),
+    "logit_bias": (_req(logit_bias={"5": -100}), 400, "logit_bias is not supported", "logit_bias"),
+    "an assistant message with tool_calls": (
+        _req(messages=[{"role": "user", "content": "Weather?"}, TOOL_CALL, {"role": "user", "content": "And?"}]),
+        400,
+        "tool_calls in a message is not supported",
+        "messages[1].tool_calls",
+    ),
+    "a tool message": (
+        _req(messages=[{"role": "user", "content": "Weather?"}, TOOL_RESULT]),
+        400,
+        "role 'tool'",
+        "messages[1].role",
+    ),
     "stream_options without stream": (_req(stream_options={"include_usage": True}), 400, "stream: true", None),
     "image in a system message": (
         _req(messages=[{"role": "system", "content": [{"type": "image_url", "image_url": {"url": data_url(PNG)}}]}]),
@@ -259,6 +305,55 @@ def test_nulls_mean_the_defaults(server) -> None:  # noqa: ANN001
     assert r.status_code == 200, r.text
     r = server.post(_req(stream=True, stream_options={"include_usage": None}))
     assert r.status_code == 200 and "data: [DONE]" in r.text, r.text
+
+
+def _answer(server, **kw) -> str:  # noqa: ANN001, ANN003
+    r = server.post(_req(max_tokens=8, **kw))
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def test_harmless_values_of_unsupported_fields_are_accepted(server) -> None:  # noqa: ANN001
+    """The defaults of the refused fields (and fields the server does not know) change nothing: same answer."""
+    harmless = {
+        "tools": [TOOL],
+        "tool_choice": "none",  # tools offered but not to be called: a plain answer is what was asked for
+        "functions": [],
+        "function_call": "none",
+        "response_format": {"type": "text"},
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "logit_bias": {},
+        "parallel_tool_calls": True,  # unknown to this server: ignored
+        "user": "someone",
+        "metadata": {"a": "b"},
+    }
+    plain = _answer(server, temperature=0)
+    assert _answer(server, temperature=0, **harmless) == plain
+    nulls = dict.fromkeys(harmless, None)
+    assert _answer(server, temperature=0, **nulls) == plain
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "tool_calls": []}]
+    assert server.post(_req(messages=[*turns, {"role": "user", "content": "Bye"}])).status_code == 200
+    # top_k -1 means no top-k filtering (vLLM's convention), as 0 does
+    assert _answer(server, temperature=1.0, seed=3, top_k=-1) == _answer(server, temperature=1.0, seed=3, top_k=0)
+
+
+def test_error_codes(server) -> None:  # noqa: ANN001
+    """OpenAI's error codes for a prompt over the context and an unknown model; none for the other errors."""
+    too_long = [
+        _req(messages=[{"role": "user", "content": "a" * 4090}], max_tokens=20),  # prompt + max_tokens
+        _req(messages=[{"role": "user", "content": "a " * 4200}], max_tokens=None),  # the prompt alone
+        _req(messages=[{"role": "user", "content": "red circle " * 500_000}]),  # too many characters to tokenize
+    ]
+    for body in too_long:
+        r = server.post(body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    r = server.post(_req(model="gpt-4o"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+    r = httpx.get(f"{server.url}/v1/models/gpt-4o", headers=server.headers)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+    r = server.post(_req(max_tokens=MAX_TOKENS + 1))  # over the server's limit, not the context's
+    assert r.status_code == 400 and r.json()["error"]["code"] is None, r.text
 
 
 def test_text_only_max_tokens_over_the_context_names_max_tokens(pipe) -> None:  # noqa: ANN001

@@ -219,3 +219,19 @@ def test_a_job_answered_by_its_own_prefill_failure_is_not_answered_twice(pipe, m
     worker.stop()
     assert [e[0] for e in done[0]] == ["error"] and [e[0] for e in done[1]] == ["error"]
     assert "out of memory" in done[1][0][2] and worker.metrics.errors == 2
+
+
+def test_a_cancelled_queued_job_leaves_the_queue_at_once(pipe) -> None:  # noqa: ANN001
+    """A client gone while its job waits frees its place in the queue right away (not when the job reaches the
+    head of the queue): new requests are not refused because of abandoned ones."""
+    worker = Batcher(pipe.model, pipe.processor.tokenizer, max_queue=2)  # not started: jobs stay queued
+    done: dict = {}
+    gone, waiting = _job(pipe, 0, 5, done), _job(pipe, 1, 5, done)
+    worker.submit(gone)
+    worker.submit(waiting)
+    assert worker.full() and worker.queue_depth == 2
+    gone.cancelled.set()
+    assert not worker.full() and worker.queue_depth == 1 and worker.metrics.cancelled == 1
+    new = _job(pipe, 2, 5, done)
+    worker.submit(new)  # takes the freed place
+    assert list(worker.pending) == [waiting, new] and worker.metrics.cancelled == 1

@@ -109,6 +109,64 @@ def test_full_queue_429_and_disconnect_cancels(pipe) -> None:  # noqa: ANN001
         assert _metric(url, "llava_completion_tokens_total") - before < 3800
 
 
+def test_a_client_gone_while_queued_frees_its_place(pipe) -> None:  # noqa: ANN001
+    """One request generating (slowly), one queued behind it whose client gives up: the queued one leaves the
+    queue at once, so a new request is taken (not a 429 for a place an abandoned request still held)."""
+    app = _endless(create_app(pipe, ServeConfig(model_name="m", max_concurrency=2, max_batch_size=1)))
+    batcher = app.state.batcher
+    step = batcher._step
+
+    def slow_step(batch) -> None:  # noqa: ANN001 - the running request lasts for the whole test
+        time.sleep(0.01)
+        step(batch)
+
+    batcher._step = slow_step
+    with app_server(app) as url:
+        running = _stream(url, 3000)
+        body = {"model": "m", "messages": [user("hi")], "max_tokens": 3}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json=body, timeout=0.5)
+        end = time.monotonic() + 10
+        while httpx.get(f"{url}/health", timeout=10).json()["queue_depth"] and time.monotonic() < end:
+            time.sleep(0.05)
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        assert (health["queue_depth"], health["running"]) == (0, 1), health
+        new = _stream(url, 3)  # accepted: 200 and its first chunk, queued behind the running request
+        assert httpx.get(f"{url}/health", timeout=10).json()["queue_depth"] == 1
+        assert _metric(url, "llava_rejected_requests_total") == 0
+        assert _metric(url, "llava_cancelled_requests_total") == 1
+        for client, resp, _ in (running, new):
+            resp.close()
+            client.close()
+
+
+def test_failures_that_would_repeat_are_not_retried(pipe) -> None:  # noqa: ANN001
+    """A 504 (the request would run out of time again) and a 500 from the model (it would fail again) say
+    ``x-should-retry: false``: the official openai client, which retries 5xx twice by default, sends them once."""
+    import openai
+
+    app = _endless(create_app(pipe, ServeConfig(model_name="m", timeout=0.5)))
+    with app_server(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=2, timeout=60)
+        ask = dict(model="m", messages=[user("Tell me everything")], max_tokens=3500, temperature=0)
+        with pytest.raises(openai.APIStatusError) as e:
+            client.chat.completions.create(**ask)
+        assert e.value.status_code == 504 and e.value.response.headers["x-should-retry"] == "false"
+        assert _metric(url, 'llava_requests_total{status="504"}') == 1
+        _wait_idle(url)
+        prefills = []
+
+        def failing_prefill(jobs):  # noqa: ANN001, ANN202 - the model fails on every request
+            prefills.append(jobs)
+            raise RuntimeError("the model cannot take this input")
+
+        app.state.batcher._prefill = failing_prefill
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(**{**ask, "max_tokens": 3})
+        assert e.value.response.headers["x-should-retry"] == "false" and "cannot take" in e.value.message
+        assert len(prefills) == 1
+
+
 def _wait_idle(url: str, seconds: float = 10) -> None:
     """Until the worker has no row left (the ended request's generation stopped)."""
     end = time.monotonic() + seconds

@@ -157,6 +157,14 @@ def test_data_urls_and_checks() -> None:
         decode_data_url(data_url(PNG), ImageLimits(max_bytes=10), "x")
 
 
+def test_undecodable_image_names_the_formats_the_server_accepts() -> None:
+    """``load_image`` (``llava generate``) reads BMP, TIFF, ...; the server does not: its message lists its own."""
+    for data in (image_bytes(64, 64)[:500], b"not an image at all"):  # truncated pixel data, an unknown format
+        with pytest.raises(ImageError, match="cannot decode image") as e:
+            check_image(data, ImageLimits(), "img")
+        assert "PNG, JPEG, WebP or GIF" in str(e.value) and "BMP" not in str(e.value) and "TIFF" not in str(e.value)
+
+
 def _tricky_images() -> dict[str, bytes]:
     """Images whose RGB conversion differs between files and PIL images in transformers' rules."""
     import io

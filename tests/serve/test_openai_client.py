@@ -166,3 +166,23 @@ def test_multi_turn_several_images_and_sampling(client, server, tiny_model) -> N
         )
         assert cut.choices[0].message.content == text[: text.index(text[2:4])]
         assert cut.choices[0].finish_reason == "stop"
+
+
+def test_fields_the_server_cannot_honour_are_refused(client, server) -> None:  # noqa: ANN001
+    """What the client offers that the server cannot do (tool calls, JSON mode, penalties, logit bias) ends in a
+    400 naming the field, not in an answer that silently ignored it."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    msgs = [{"role": "user", "content": "Describe a cat."}]
+    for kw, param in [
+        ({"tools": tools, "tool_choice": "required"}, "tool_choice"),
+        ({"tools": tools}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"presence_penalty": 2.0}, "presence_penalty"),
+        ({"frequency_penalty": 2.0}, "frequency_penalty"),
+        ({"logit_bias": {"5": -100}}, "logit_bias"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=server.model, messages=msgs, max_tokens=4, **kw)
+        assert e.value.param == param and f"{param}" in e.value.message and "not supported" in e.value.message
+    r = client.chat.completions.create(model=server.model, messages=msgs, max_tokens=4, tools=tools, tool_choice="none")
+    assert r.choices[0].message.tool_calls is None

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from .batcher import Batcher
 from .completions import ERRORS, add_chat_route
 from .config import ServeConfig
-from .errors import ApiError, add_error_handlers
+from .errors import add_error_handlers, model_not_found
 from .events import Mailbox
 from .guard import Guard
 from .metrics import Metrics
@@ -94,7 +94,7 @@ def create_app(pipe: Any, config: ServeConfig | None = None) -> FastAPI:
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses={401: ERRORS[401], 404: ERRORS[404]})
     async def model(model_id: str) -> dict:
         if model_id != config.model_name:
-            raise ApiError(f"model {model_id!r} not found; this server serves {config.model_name!r}", 404, "model")
+            raise model_not_found(model_id, config.model_name)
         return card
 
     return app

@@ -111,17 +111,30 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self.pending)
+        with self.cond:
+            self._forget_cancelled()
+            return len(self.pending)
 
     def full(self) -> bool:
-        return len(self.pending) + self.running + self.preparing >= self.max_queue
+        with self.cond:
+            self._forget_cancelled()
+            return len(self.pending) + self.running + self.preparing >= self.max_queue
 
     def submit(self, job: Job) -> None:
         with self.cond:
+            self._forget_cancelled()
             if len(self.pending) + self.running >= self.max_queue:
                 raise QueueFull(f"the server is busy ({self.max_queue} requests in flight); retry shortly")
             self.pending.append(job)
             self.cond.notify_all()
+
+    def _forget_cancelled(self) -> None:
+        """Drop the queued jobs whose clients have gone (``cond`` held): they keep no place in the queue or the
+        count of requests in flight, and the worker never sees them."""
+        waiting = [job for job in self.pending if not job.cancelled.is_set()]
+        if len(waiting) < len(self.pending):
+            self.metrics.add("cancelled", len(self.pending) - len(waiting))
+            self.pending = deque(waiting)
 
     def preparing_delta(self, d: int) -> None:
         with self.cond:

@@ -52,6 +52,7 @@ def serve(
     allow_remote_images: bool = False,
     timeout: float = 300.0,
     max_tokens: int | None = None,
+    default_max_tokens: int = 256,
     max_images: int = 8,
     max_image_bytes: int = 20 * 1024 * 1024,
     max_image_pixels: int = 40_000_000,
@@ -71,6 +72,7 @@ def serve(
     for name, v in [
         ("--max-concurrency", max_concurrency),
         ("--max-batch-size", max_batch_size),
+        ("--default-max-tokens", default_max_tokens),
         ("--max-images", max_images),
         ("--max-image-bytes", max_image_bytes),
         ("--max-image-pixels", max_image_pixels),
@@ -97,6 +99,7 @@ def serve(
         max_concurrency=max_concurrency,
         timeout=timeout,
         max_tokens=max_tokens,
+        default_max_tokens=default_max_tokens,
         images=ImageLimits(
             max_bytes=max_image_bytes,
             max_pixels=max_image_pixels,
@@ -126,6 +129,13 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
     s.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
     s.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included")
     s.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for (default: the context)")
+    s.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=256,
+        metavar="N",
+        help="max_tokens of a request that sets none (default 256; capped by --max-tokens and the context)",
+    )
     s.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
     s.add_argument("--max-image-bytes", type=int, default=20 * 1024 * 1024, help="encoded bytes per image (413 above)")
     s.add_argument("--max-image-pixels", type=int, default=40_000_000, help="width*height per image (413 above)")
@@ -146,6 +156,7 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
             allow_remote_images=a.allow_remote_images,
             timeout=a.timeout,
             max_tokens=a.max_tokens,
+            default_max_tokens=a.default_max_tokens,
             max_images=a.max_images,
             max_image_bytes=a.max_image_bytes,
             max_image_pixels=a.max_image_pixels,

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from ..engine.sampling import SamplingParams
 from .batcher import Batcher, Job, QueueFull
 from .config import ServeConfig
-from .errors import ApiError, error_response
+from .errors import ApiError, error_response, model_not_found
 from .events import Mailbox
 from .metrics import Metrics
 from .prepare import prepare
@@ -42,7 +42,7 @@ def add_chat_route(app: FastAPI, pipe: Any, batcher: Batcher, metrics: Metrics, 
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         arrived = time.monotonic()
         if body.model != config.model_name:
-            raise ApiError(f"model {body.model!r} not found; this server serves {config.model_name!r}", 404, "model")
+            raise model_not_found(body.model, config.model_name)
         if not batcher.alive:
             raise ApiError("the model worker has stopped (see the server's log); restart the server", 503)
         if batcher.full():

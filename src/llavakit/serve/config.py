@@ -15,7 +15,7 @@ class ServeConfig:
     max_concurrency: int = 64  # requests in flight (preparing + queued + running); more -> 429
     timeout: float = 300.0  # seconds per request, queueing included
     max_tokens: int | None = None  # largest max_tokens a request may ask for (None: the context)
-    default_max_tokens: int = 256
+    default_max_tokens: int = 256  # max_tokens of a request that sets none (capped by max_tokens and the context)
     max_body_bytes: int = 64 * 1024 * 1024
     prepare_threads: int = 2  # requests whose images are decoded / preprocessed at the same time
     images: ImageLimits = field(default_factory=ImageLimits)

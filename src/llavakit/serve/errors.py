@@ -2,6 +2,8 @@
 
 Whatever a client sends ends in a 4xx naming the field (``ApiError`` from the handlers, pydantic's validation
 errors as 400 like OpenAI's, malformed JSON); a 500 is only ever a bug of ours, logged with its traceback.
+A 500 (the same request would fail the same way) and a 504 (it would run out of time again) carry
+``x-should-retry: false``: the official openai clients otherwise send the request twice more.
 """
 
 from __future__ import annotations
@@ -16,21 +18,34 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("llavakit.serve")
 
 ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 504: "timeout"}
+NOT_TO_RETRY = (500, 504)
 
 
 class ApiError(Exception):
-    """A request the server refuses: its HTTP status, the request field concerned and extra response headers."""
+    """A request the server refuses: its HTTP status, the request field concerned, OpenAI's error code (e.g.
+    "context_length_exceeded") and extra response headers."""
 
     def __init__(
-        self, message: str, status: int = 400, param: str | None = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        status: int = 400,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.param, self.headers = status, param, headers
+        self.status, self.param, self.headers, self.code = status, param, headers, code
 
 
-def error_body(status: int, message: str, *, param: str | None = None, kind: str | None = None) -> dict:
+def model_not_found(model: str, served: str) -> ApiError:
+    return ApiError(f"model {model!r} not found; this server serves {served!r}", 404, "model", code="model_not_found")
+
+
+def error_body(
+    status: int, message: str, *, param: str | None = None, kind: str | None = None, code: str | None = None
+) -> dict:
     kind = kind or ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def error_response(
@@ -40,8 +55,12 @@ def error_response(
     param: str | None = None,
     kind: str | None = None,
     headers: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(status, message, param=param, kind=kind), status_code=status, headers=headers)
+    if status in NOT_TO_RETRY:
+        headers = {**(headers or {}), "x-should-retry": "false"}
+    body = error_body(status, message, param=param, kind=kind, code=code)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def field_path(loc: tuple | list) -> str:
@@ -70,7 +89,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str]:
         field = field_path(e.get("loc", ()))
         if (field, e.get("msg")) not in seen:
             seen.add((field, e.get("msg")))
-            items.append((field, e.get("msg", "invalid")))
+            items.append((field, e.get("msg", "invalid").removeprefix("Value error, ")))  # our validators' own text
     if not items:
         return "invalid request", "body"
     return "invalid request: " + "; ".join(f"{f}: {m}" for f, m in items[:4]), items[0][0]
@@ -102,7 +121,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, str(exc), param=exc.param, headers=exc.headers)
+        return error_response(exc.status, str(exc), param=exc.param, headers=exc.headers, code=exc.code)
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:

@@ -22,9 +22,10 @@ from urllib.parse import urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from ..processing.image_load import load_image
+from ..processing.image_load import FORMATS_HINT, load_image
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+ACCEPTED = "PNG, JPEG, WebP or GIF"  # FORMATS, as the error messages name them
 MIME_TYPES = set(FORMATS.values()) | {"image/jpg"}
 
 
@@ -52,7 +53,7 @@ def decode_data_url(url: str, limits: ImageLimits, what: str) -> bytes:
     meta = head[len("data:") :].split(";")
     mime = meta[0].strip().lower()
     if mime and mime not in MIME_TYPES:
-        raise ImageError(f"{what}: unsupported image type {mime!r}; send PNG, JPEG, WebP or GIF")
+        raise ImageError(f"{what}: unsupported image type {mime!r}; send {ACCEPTED}")
     if "base64" not in [m.strip().lower() for m in meta[1:]]:
         raise ImageError(f"{what}: data: URL must be base64 encoded (data:image/png;base64,<data>)")
     if len(payload) * 3 // 4 > limits.max_bytes:
@@ -79,7 +80,7 @@ def open_image(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.format not in FORMATS:
-                raise ImageError(f"{what}: unsupported image format {img.format}; send PNG, JPEG, WebP or GIF")
+                raise ImageError(f"{what}: unsupported image format {img.format}; send {ACCEPTED}")
             w, h = img.size
             if w <= 0 or h <= 0:
                 raise ImageError(f"{what}: zero-size image ({w}x{h})")
@@ -94,9 +95,9 @@ def open_image(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise ImageError(f"{what}: {e}", 413) from None
     except UnidentifiedImageError:
-        raise ImageError(f"{what}: cannot decode image: not a PNG, JPEG, WebP or GIF file (or corrupt)") from None
-    except ValueError as e:  # load_image's own message: "image <what>: cannot decode image: ..."
-        raise ImageError(str(e).removeprefix("image ")) from None
+        raise ImageError(f"{what}: cannot decode image: not a {ACCEPTED} file (or corrupt)") from None
+    except ValueError as e:  # load_image's own message: "image <what>: cannot decode image: ... (accepted: <all>)"
+        raise ImageError(str(e).removeprefix("image ").replace(FORMATS_HINT, ACCEPTED)) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds on hostile input; all mean "cannot decode"
         raise ImageError(f"{what}: cannot decode image ({type(e).__name__}: {e})") from None
     rgb.info = {}  # no EXIF orientation or transparency left for the processor to apply a second time

@@ -68,6 +68,11 @@ def _messages(body: ChatCompletionRequest, config: ServeConfig) -> tuple[list[di
     return msgs, images
 
 
+def too_long(message: str, param: str) -> ApiError:
+    """A prompt (with its max_tokens) that does not fit the model's context, with OpenAI's error code for it."""
+    return ApiError(message, 400, param, code="context_length_exceeded")
+
+
 def _text(text: str, where: str) -> str:
     """``text``, or a 400 if it holds an image / video placeholder string (``pipeline.check_text``)."""
     try:
@@ -88,10 +93,9 @@ def _check_text_length(msgs: list[dict[str, Any]], tokenizer: Any, context: int)
     )
     limit = context * tokenizer.max_token_chars
     if chars > limit:
-        raise ApiError(
+        raise too_long(
             f"the messages hold {chars} characters of text, more than the model's context of {context} tokens "
             f"can take (at most {limit} characters); shorten the prompt",
-            400,
             "messages",
         )
 
@@ -147,16 +151,14 @@ def _prepare(
     image_tokens = sum(num_image_tokens(h, w, proc.geometry, multi_image=multi) for h, w in sizes)
     if sizes and context is not None and image_tokens + (asked or 1) > context:
         if image_tokens >= context:
-            raise ApiError(
+            raise too_long(
                 f"the {len(sizes)} image(s) alone take {image_tokens} tokens, the model's context is {context} "
                 "tokens; send fewer or smaller images",
-                400,
                 "messages",
             )
-        raise ApiError(
+        raise too_long(
             f"the {len(sizes)} image(s) take {image_tokens} tokens, + {field} {asked} exceeds the model's context "
             f"of {context} tokens; lower {field} to at most {context - image_tokens} (less the prompt's text)",
-            400,
             field,
         )
     try:
@@ -169,17 +171,15 @@ def _prepare(
     of_them = f" ({image_tokens} of them image tokens)" if image_tokens else ""
     if context is not None:
         if asked is not None and t + asked > context:
-            raise ApiError(
+            raise too_long(
                 f"prompt of {t} tokens{of_them} + {field} {asked} = {t + asked} "
                 f"exceeds the model's context of {context} tokens; shorten the prompt or lower {field}",
-                400,
                 field,
             )
         if asked is None and t >= context:
-            raise ApiError(
+            raise too_long(
                 f"prompt of {t} tokens{of_them} leaves no room in the "
                 f"model's context of {context} tokens; shorten the prompt",
-                400,
                 "messages",
             )
     if asked is None:

@@ -1,15 +1,17 @@
 """Request and response shapes of the OpenAI chat API (the subset a vision chat model serves).
 
-Requests are validated here (types, ranges, lengths) so that the handlers only see well-formed values; unknown
-top-level fields are ignored as OpenAI-compatible servers do. Responses are built as plain dicts in ``app.py``;
+Requests are validated here (types, ranges, lengths) so that the handlers only see well-formed values. Unknown
+top-level fields are ignored as OpenAI-compatible servers do; the OpenAI fields this server cannot honour (tool and
+function calls, structured output, penalties, logit bias) are declared so that a value other than their default
+is refused (400) instead of silently changing the answer's meaning. Responses are built as plain dicts in ``app.py``;
 the models below document them in /openapi.json.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_STOP = 4  # OpenAI's limit on stop strings
 StopString = Annotated[str, Field(max_length=256)]  # matched against the text after every token: kept short
@@ -34,10 +36,34 @@ class ImagePart(BaseModel):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+def not_supported(subject: str, instead: str) -> ValueError:
+    """The refusal of a value the server cannot honour: ``subject`` with its verb ("tools is"), what to send instead."""
+    return ValueError(f"{subject} not supported by this server; {instead}")
+
+
+NO_CALLS = "it makes no tool or function calls"
+
+
 class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, description="not supported: null or []")
+    function_call: dict[str, Any] | None = Field(default=None, description="not supported: null")
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _no_tool_results(cls, v: Any) -> Any:  # noqa: ANN401 - any JSON value, checked against the Literal next
+        if v in ("tool", "function"):
+            raise not_supported(f"role {v!r}: messages with tool or function results are", NO_CALLS)
+        return v
+
+    @field_validator("tool_calls", "function_call")
+    @classmethod
+    def _no_calls(cls, v: list | dict | None, info: ValidationInfo) -> list | dict | None:
+        if v:
+            raise not_supported(f"{info.field_name} in a message is", NO_CALLS)
+        return v
 
 
 class StreamOptions(BaseModel):
@@ -61,8 +87,19 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = Field(default=1, ge=1, le=1, description="only 1 is supported")
     logprobs: bool | None = Field(default=None, description="not supported: false or null")
     top_logprobs: int | None = Field(default=None, description="not supported: 0 or null")
+    # OpenAI fields this server cannot honour: only their defaults are accepted (the validators below refuse the rest)
+    tool_choice: str | dict[str, Any] | None = Field(default=None, description='not supported: "none" or null')
+    tools: list[dict[str, Any]] | None = Field(default=None, description='not supported (but with tool_choice "none")')
+    function_call: str | dict[str, Any] | None = Field(default=None, description='not supported: "none" or null')
+    functions: list[dict[str, Any]] | None = Field(
+        default=None, description='not supported (but with function_call "none")'
+    )
+    response_format: dict[str, Any] | None = Field(default=None, description='only {"type": "text"} or null')
+    presence_penalty: float | None = Field(default=None, description="not supported: 0 or null")
+    frequency_penalty: float | None = Field(default=None, description="not supported: 0 or null")
+    logit_bias: dict[str, float] | None = Field(default=None, description="not supported: {} or null")
     # extensions, as vLLM names them
-    top_k: int | None = Field(default=0, ge=0, le=1_000_000)
+    top_k: int | None = Field(default=0, ge=-1, le=1_000_000, description="0 or -1: no top-k filtering")
     repetition_penalty: float | None = Field(default=1.0, gt=0.0, le=10.0)
     ignore_eos: bool | None = Field(default=False, description="keep generating past EOS (to max_tokens or a stop)")
 
@@ -73,13 +110,46 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("log probabilities are not supported by this server; leave logprobs / top_logprobs unset")
         return v
 
+    # tool_choice / function_call are declared before tools / functions: the validators of these see the choice
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_call_choice(cls, v: str | dict | None, info: ValidationInfo) -> str | dict | None:
+        if v not in (None, "none"):
+            what = f"{info.field_name} {v!r}" if isinstance(v, str) else info.field_name
+            raise not_supported(f"{what} is", f'{NO_CALLS}: leave it out or send "none"')
+        return v
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_callables(cls, v: list | None, info: ValidationInfo) -> list | None:
+        choice = "tool_choice" if info.field_name == "tools" else "function_call"
+        if v and info.data.get(choice) != "none":
+            raise not_supported(f"{info.field_name} is", f'{NO_CALLS}: leave it out (or send {choice} "none")')
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v: dict | None) -> dict | None:
+        if v is not None and v.get("type") != "text":
+            raise not_supported(f"response_format {v.get('type')!r} is", 'leave it out or send {"type": "text"}')
+        return v
+
+    @field_validator("presence_penalty", "frequency_penalty", "logit_bias")
+    @classmethod
+    def _no_penalties(cls, v: float | dict | None, info: ValidationInfo) -> float | dict | None:
+        if v:  # 0, {} and null change nothing (NaN is truthy: refused too)
+            raise not_supported(f"{info.field_name} is", f"leave it out or send {'{}' if isinstance(v, dict) else 0}")
+        return v
+
     @model_validator(mode="after")
     def _defaults(self) -> ChatCompletionRequest:
-        """Nulls become the defaults; ``stream_options`` only with ``stream: true`` (as OpenAI answers)."""
+        """Nulls become the defaults (``top_k`` -1 too); ``stream_options`` only with ``stream: true`` (as OpenAI)."""
         defaults = {"temperature": 1.0, "top_p": 1.0, "stream": False, "n": 1, "top_k": 0, "repetition_penalty": 1.0}
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.top_k == -1:  # vLLM's "disabled"
+            self.top_k = 0
         if self.ignore_eos is None:
             self.ignore_eos = False
         if self.stream_options is not None and not self.stream:
