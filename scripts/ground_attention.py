@@ -28,10 +28,13 @@ def main(argv: list[str] | None = None) -> list[float]:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--template", default="vicuna_v1", help="the template questions are asked in (stage 2's)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    history = ground(a.init, a.data, a.out, examples_n=a.examples, steps=a.steps, batch=a.batch, lr=a.lr)
+    history = ground(
+        a.init, a.data, a.out, examples_n=a.examples, steps=a.steps, batch=a.batch, lr=a.lr, template=a.template
+    )
     print(f"wrote {a.out}")
     return history
 

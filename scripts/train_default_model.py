@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             write_dataset(out / data, args.more_instruct, seed, "instruct", **sides2, **conversation_args(args.repeats))
     times["data_more"] = time.perf_counter() - t
     start2 = "stage1"
+    from llavakit.processing.processor import DEFAULT_TEMPLATE
+
+    template2 = DEFAULT_TEMPLATE[args.family]  # stage 2 asks in the family's template (stage 1 captions in plain)
     if args.ground_steps:  # layer 0 learns to find the object a question names (llavakit.train.grounding)
         t = time.perf_counter()
         start2 = "stage1_ground"
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
             scenes = out / (passes[0][0] if passes else "data_easy")
             size = QUICK_GROUND if args.quick else {"steps": args.ground_steps}
-            g = ground(out / "stage1", scenes, out / start2, **size, log=_log)
+            g = ground(out / "stage1", scenes, out / start2, **size, template=template2, log=_log)
             _log(f"grounding: {len(g)} steps, loss {g[0]:.3f} -> {g[-1]:.3f}")
         times["ground"] = time.perf_counter() - t
 
@@ -279,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             "tiny-synth-stage2.yaml",
             [
                 f"model.init={out / init}",
+                f"data.template={template2}",
                 f"data.path={out / data / 'instruct.json'}",
                 f"data.image_folder={out / data}",
                 f"train.output_dir={out / name}",

@@ -100,3 +100,14 @@ def distributed_worker(rank: int, world: int, port: int, overrides: list[str], o
         with open(out_file, "w") as f:
             weight = model.model.language_model.layers[0].mlp.up_proj.weight
             json.dump({"losses": res.losses, "steps": res.steps, "param_type": type(weight).__name__}, f)
+
+
+def plain_base(path, family: str = "llava"):
+    """A tiny checkpoint in ``path`` whose processor carries the stage-1 ``plain`` template; returns the path."""
+    from llavakit.train.build import build_model
+    from llavakit.train.recipe import ModelSpec
+
+    model, processor = build_model(ModelSpec(init=f"tiny:{family}", template="plain"))
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

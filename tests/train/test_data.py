@@ -179,3 +179,19 @@ def test_mixture_yaml_in_llava_next_form(folder):
     (folder / "bad.yaml").write_text(f"datasets:\n  - json_path: {a}\n    sampling_strategy: middle:3\n")
     with pytest.raises(ValueError, match="sampling_strategy 'middle:3'"):
         build_dataset({"path": str(folder / "bad.yaml")}, proc, None, 512)
+
+
+def test_path_and_datasets_together_are_refused(folder):
+    """data.path next to data.datasets would be silently ignored (the mixture wins): refused in one line."""
+    proc = tiny_processor("llava")
+    a = write_jsonl(folder / "a.jsonl", [good(i) for i in range(4)])
+    spec = {"datasets": [{"path": str(a), "image_folder": str(folder / "imgs")}], "path": str(a)}
+    with pytest.raises(ValueError, match=r"^data: give either path \(one dataset\) or datasets \(a mixture\)"):
+        build_dataset(spec, proc, None, 512)
+
+
+@pytest.mark.parametrize("entry", [{"path": 123}, {"path": ["a.json"]}, {"path": "a.json", "image_folder": 5}])
+def test_a_datasets_entry_path_that_is_no_string_is_a_value_error(entry):
+    key = "image_folder" if "image_folder" in entry else "path"
+    with pytest.raises(ValueError, match=rf"^data.datasets\[0\].{key} must be a file path \(a string\), got"):
+        build_dataset({"datasets": [entry]}, tiny_processor("llava"), None, 512)

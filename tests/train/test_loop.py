@@ -162,3 +162,52 @@ def test_a_new_run_does_not_overwrite_another_runs_checkpoints(tmp_path):
     _run(tiny_recipe(tmp_path, "llava", "train.max_steps=2", "train.save_every=1"))
     with pytest.raises(FileExistsError, match="already holds checkpoints of an earlier run"):
         _run(tiny_recipe(tmp_path, "llava", "train.max_steps=2", "train.save_every=1"))
+
+
+def test_stop_after_saves_a_checkpoint_at_the_stop_step(tmp_path):
+    """train.stop_after=3 with save_every=2: the run resumes from step 3 (not 2), with the same losses."""
+    full, _ = _run(tiny_recipe(tmp_path / "a", "llava", "train.max_steps=5"))
+    args = ("train.max_steps=5", "train.save_every=2")
+    first, _ = _run(tiny_recipe(tmp_path / "b", "llava", *args, "train.stop_after=3"))
+    ck = tmp_path / "b" / "run" / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["step-00000002", "step-00000003"]
+    second, _ = _run(tiny_recipe(tmp_path / "b", "llava", *args, "train.resume=true"))
+    assert second.steps == [4, 5] and first.losses + second.losses == full.losses
+    # save_every=0 (only the final output) still leaves the stop step to resume from
+    _run(tiny_recipe(tmp_path / "c", "llava", "train.max_steps=5", "train.stop_after=1"))
+    assert [p.name for p in (tmp_path / "c" / "run" / "checkpoints").iterdir()] == ["step-00000001"]
+
+
+def test_the_logged_lr_is_the_main_groups_and_differing_rates_are_named(tmp_path):
+    import torch.nn as nn
+
+    from llavakit.train.loop import logged_lrs
+
+    p = [nn.Parameter(torch.zeros(2, 2)) for _ in range(4)]
+    named = [("projector", 1e-5, p[0]), ("projector_no_decay", 1e-5, p[1]), ("lora", 2e-3, p[2])]
+    opt = torch.optim.AdamW([{"name": n, "lr": lr, "params": [q]} for n, lr, q in named])
+    assert logged_lrs(opt) == {"lr": 2e-3, "lr_projector": 1e-5, "lr_lora": 2e-3}
+    assert logged_lrs(torch.optim.AdamW([{"name": "projector", "lr": 1e-3, "params": [p[3]]}])) == {"lr": 1e-3}
+    base = ("train.max_steps=1", "train.warmup_ratio=0", "stage.lr=1e-3")
+    _run(tiny_recipe(tmp_path / "two", "llava", *base, "stage.projector_lr=1e-5"))
+    rec = json.loads((tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert (rec["lr"], rec["lr_decoder"], rec["lr_projector"]) == (1e-3, 1e-3, 1e-5)
+    _run(tiny_recipe(tmp_path / "one", "llava", *base))
+    rec = json.loads((tmp_path / "one" / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["lr"] == 1e-3 and not [k for k in rec if k.startswith("lr_")]
+
+
+def test_the_saved_processor_carries_the_template_the_run_trained_with(tmp_path):
+    """data.template alone on a `plain` init: the output (and its checkpoints) render prompts with vicuna_v1."""
+    from loop_helpers import plain_base
+
+    from llavakit.processing.jinja_export import exported_name
+    from llavakit.processing.processor import LlavaProcessor
+
+    base = plain_base(tmp_path / "base")
+    args = (f"model.init={base}", "data.template=vicuna_v1", "train.max_steps=2", "train.save_every=1")
+    _, processor = _run(tiny_recipe(tmp_path, "llava", *args))
+    assert processor.template == "plain"  # what build_model gave (the init's): not what the run saves
+    for d in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "step-00000001"):
+        assert LlavaProcessor.from_pretrained(d).template == "vicuna_v1"
+        assert exported_name((d / "chat_template.jinja").read_text()) == "vicuna_v1"

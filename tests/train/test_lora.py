@@ -123,7 +123,8 @@ def test_lora_run_resumes_exactly_and_writes_merged_output(tmp_path):
     full = run("a")
     part = run("b", "train.save_every=2", "train.stop_after=3")
     rest = run("b", "train.save_every=2", "train.resume=true")
-    assert part.losses == full.losses[:3] and rest.losses == full.losses[2:]  # dropout RNG restored too
+    # the stop saved step 3 (save_every=2 alone would have left step 2); dropout RNG restored too
+    assert part.losses == full.losses[:3] and rest.steps == [4] and rest.losses == full.losses[3:]
     out = tmp_path / "b" / "run"
     ckpt = out / "checkpoints" / "step-00000002"
     assert (ckpt / "adapter_config.json").exists() and not (ckpt / "model.safetensors").exists()
@@ -166,3 +167,29 @@ def test_a_target_that_matches_nothing_is_named():
     model, _ = build_model(ModelSpec(init="tiny:llava"))
     with pytest.raises(ValueError, match=r"\['qproj'\] match no Linear layer of the decoder \(a typo\?\)"):
         apply_lora(model, LoraSpec(rank=2, alpha=4, dropout=0.0, target_modules=["v_proj", "qproj"]))
+
+
+def test_merge_lora_gives_the_template_the_adapter_trained_with(tmp_path, capsys):
+    """A LoRA run on a stage-1 (`plain`) base trained with vicuna_v1: merge-lora's output prompts like the run's
+    own merged output; an adapter without processor files (older llavakit) keeps the base's processor."""
+    from loop_helpers import plain_base
+
+    from llavakit.processing.processor import LlavaProcessor
+
+    base = plain_base(tmp_path / "base")
+    r = tiny_recipe(tmp_path, "llava", f"model.init={base}", "data.template=vicuna_v1", "stage.name=lora")
+    r.train.max_steps, r.stage.lora.rank = 1, 4
+    model, processor = build_model(r.model)
+    train(r, model=model, processor=processor, dataset=ColorDataset(processor, 4), collate_fn=collate_fn)
+    adapter, run = tmp_path / "run" / "adapter", tmp_path / "run"
+
+    def merged_template(out):
+        assert main(["merge-lora", "--base", str(base), "--adapter", str(adapter), "--out", str(out)]) == 0
+        return LlavaProcessor.from_pretrained(out).template
+
+    assert merged_template(tmp_path / "m1") == LlavaProcessor.from_pretrained(run).template == "vicuna_v1"
+    assert (tmp_path / "m1" / "chat_template.jinja").read_text() == (run / "chat_template.jinja").read_text()
+    for f in adapter.iterdir():
+        if f.name not in ("adapter_config.json", "adapter_model.safetensors"):
+            f.unlink()
+    assert merged_template(tmp_path / "m2") == "plain"

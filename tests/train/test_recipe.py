@@ -90,7 +90,8 @@ def test_cli_trains_on_synth_data_and_resumes(tmp_path, monkeypatch, capsys):
         "data.max_length=1024",
     ]
     assert main(["train", *common, "train.stop_after=2"]) == 0
-    assert "stopped after step 2" in capsys.readouterr().out
+    said = "stopped after step 2 (train.stop_after), saved runs/tiny-finetune/checkpoints/step-00000002; continue"
+    assert said in capsys.readouterr().out
     # overrides may also follow the flag (`llava train R.yaml --resume key=value`)
     assert main(["train", *common[:-2], "--resume", *common[-2:]]) == 0
     assert "trained to step 3" in capsys.readouterr().out

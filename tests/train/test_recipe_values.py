@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from train_helpers import conv, tiny_processor, write_image
@@ -102,6 +103,44 @@ def test_specs_built_in_python_are_checked_too():
         ModelSpec(seed=-1)
     with pytest.raises(RecipeError, match="^train.warmup_ratio must be in"):
         dataclasses.replace(TrainSpec(), warmup_ratio=5.0)
+
+
+@pytest.mark.parametrize(
+    "overrides, keys",
+    [
+        (["model.vision_feature_layer=0"], "model.vision_feature_layer"),
+        (["model.projector_type=linear", "model.image_grid_pinpoints=[[64, 64]]"], "model.projector_type, model.image"),
+        (["model.vision_feature_select_strategy=full"], "model.vision_feature_select_strategy"),
+        (["model.vision_aspect_ratio=anyres_max_4"], "model.vision_aspect_ratio"),
+        (["model.family=llava_next"], "model.family"),
+    ],
+)
+@pytest.mark.parametrize("init", ["runs/stage1", "tiny:llava"])
+def test_model_settings_that_an_init_checkpoint_ignores_are_refused(init, overrides, keys):
+    """They shape a model built from decoder + vision_tower; an init checkpoint brings its own."""
+    with pytest.raises(RecipeError, match=rf"^{re.escape(keys)}.*: these apply only when building from decoder"):
+        load_recipe(None, [f"model.init={init}", *overrides])
+    assert load_recipe(None, ["model.decoder=d", "model.vision_tower=t", *overrides]).model.decoder == "d"
+    assert load_recipe(None, [f"model.init={init}", "model.template=vicuna_v1"]).model.init == init
+
+
+def test_path_next_to_datasets_and_disagreeing_templates_are_refused():
+    with pytest.raises(RecipeError, match=r"^data: give either path \(one dataset\) or datasets"):
+        load_recipe(None, ["data.datasets=[{path: a.json}]", "data.path=b.json"])
+    with pytest.raises(RecipeError, match="^model.template 'plain' and data.template 'vicuna_v1' disagree"):
+        load_recipe(None, ["model.template=plain", "data.template=vicuna_v1"])
+    r = load_recipe(None, ["model.template=vicuna_v1", "data.template=vicuna_v1"])
+    r.model.template = "plain"
+    with pytest.raises(RecipeError, match="disagree"):
+        r.check()
+
+
+def test_cli_refuses_a_datasets_path_that_is_no_string_in_one_line(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model:\n  init: tiny:llava\ntrain:\n  output_dir: {tmp_path / 'run'}\n  max_steps: 2\n")
+    assert main(["train", str(recipe), "data.datasets=[{path: 123}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "llava train: error: data.datasets[0].path must be a file path (a string), got 123"
 
 
 def test_train_refuses_a_recipe_changed_after_loading(tmp_path):

@@ -152,5 +152,22 @@ def _part_tensors(decoder: Path, tower: Path, config: Any):  # noqa: ANN202
     yield from trim_vision_layers(rename_tensors(pairs, "original"), config.vision.num_hidden_layers)
 
 
+def trained_processor(processor: LlavaProcessor, template: str | None) -> LlavaProcessor:
+    """The processor a run saves: with ``template`` (the recipe's data.template or model.template, the one the run
+    trains with) as its template and exported chat template; unchanged when the recipe names none, or names the
+    checkpoint's own Jinja template (``chat_template``)."""
+    import copy
+
+    from .labels import CHAT_TEMPLATE
+
+    if not template or template == CHAT_TEMPLATE:
+        return processor
+    if processor.template == template and processor.chat_template is None:
+        return processor
+    out = copy.copy(processor)
+    out.template, out.chat_template = template, None  # None: save_pretrained writes the named template as Jinja
+    return out
+
+
 def save_processor(processor: LlavaProcessor, out: str | Path) -> None:
     processor.save_pretrained(out)

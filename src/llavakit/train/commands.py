@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def train_command(recipe: str, overrides: list[str], resume: bool = False) -> int:
@@ -14,7 +15,8 @@ def train_command(recipe: str, overrides: list[str], resume: bool = False) -> in
     if os.environ.get("RANK", "0") != "0":  # torchrun: one report, from the main process
         return 0
     if not res.finished:
-        print(f"stopped after step {res.final_step} (train.stop_after); continue with --resume")
+        ckpt = Path(res.output_dir or ".") / "checkpoints" / f"step-{res.final_step:08d}"
+        print(f"stopped after step {res.final_step} (train.stop_after), saved {ckpt}; continue with --resume")
     else:
         last = f" (last loss {res.losses[-1]:.4f})" if res.losses else ""
         print(f"trained to step {res.final_step}{last}; wrote {res.output_dir}")

@@ -336,7 +336,11 @@ def check_entry(entry: Any, k: int, single: bool = False) -> None:
     unknown = set(entry) - ENTRY_KEYS
     if unknown and not single:
         raise ValueError(f"data.datasets[{k}]: unknown keys {sorted(unknown)}; known: {sorted(ENTRY_KEYS)}")
-    name = f"data.datasets[{k}]"
+    name = "data" if single else f"data.datasets[{k}]"
+    for key in ("path", "image_folder"):
+        value = entry.get(key)
+        if not isinstance(value, (str, Path)) and not (key == "image_folder" and value is None):
+            raise ValueError(f"{name}.{key} must be a file path (a string), got {value!r}")
     try:
         weight = float(entry.get("weight", 1.0))
     except (TypeError, ValueError):
@@ -361,6 +365,8 @@ def build_dataset(
     on_error = spec.get("on_error", "raise")
     frames = int(spec.get("num_frames", 32))
     entries = spec.get("datasets")
+    if entries and spec.get("path"):
+        raise ValueError("data: give either path (one dataset) or datasets (a mixture), not both")
     if not entries and str(spec.get("path", "")).endswith((".yaml", ".yml")):
         entries = read_mixture(spec["path"])
     if not entries:

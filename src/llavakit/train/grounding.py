@@ -30,6 +30,7 @@ from ..data.synth_scene import Scene
 from ..model.llava import LlavaModel
 from ..model.rope import apply_rotary
 from ..processing.processor import LlavaProcessor
+from ..processing.templates import TEMPLATES
 from .foreground import scene_token_owners
 
 TEXT = -4  # the owner of the prompt's text tokens in ``question_inputs`` (image tokens: ``scene_token_owners``)
@@ -110,10 +111,12 @@ def ground(
     batch: int = 16,
     lr: float = 1e-3,
     seed: int = 0,
+    template: str | None = None,
     log: Callable[[str], None] = print,
 ) -> list[float]:
     """The grounding pass from checkpoint ``init`` on the scenes of ``data``; writes a checkpoint to ``out`` and
-    returns the loss of every step."""
+    returns the loss of every step. ``template``: the one questions are asked in (stage 2's, saved with ``out``);
+    None: the checkpoint's."""
     if not (Path(data) / "scenes.jsonl").is_file():
         raise FileNotFoundError(
             f"{Path(data) / 'scenes.jsonl'} not found: grounding needs the scenes of synthetic data "
@@ -121,7 +124,13 @@ def ground(
         )
     torch.manual_seed(seed)
     model = LlavaModel.from_pretrained(init)
-    proc = LlavaProcessor.from_pretrained(init)
+    proc = LlavaProcessor.from_pretrained(init, template=template)
+    named = TEMPLATES.get(proc.template)
+    if proc.chat_template is None and named is not None and named.images_only:
+        raise ValueError(
+            f"{init} carries the {proc.template!r} template (stage 1 captions), which drops the question; "
+            "give grounding the stage-2 template (template='vicuna_v1')"
+        )
     t0 = time.perf_counter()
     exs = examples(proc, Path(data), examples_n, seed)
     if not exs:

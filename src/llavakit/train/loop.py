@@ -78,6 +78,18 @@ def lr_lambda(total: int, warmup_ratio: float, schedule: str) -> Callable[[int],
     return f
 
 
+def logged_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rates a step logs: ``lr``, the main part's (decoder or LoRA; stage 1: the projector), and
+    when the parts' rates differ, each as ``lr_<part>`` (``lr_projector``, ``lr_decoder``, ``lr_vision``...)."""
+    parts: dict[str, float] = {}
+    for i, g in enumerate(optimizer.param_groups):
+        parts.setdefault(str(g.get("name", i)).removesuffix("_no_decay"), g["lr"])
+    main = next((parts[p] for p in ("decoder", "lora") if p in parts), next(iter(parts.values())))
+    if len(set(parts.values())) == 1:
+        return {"lr": main}
+    return {"lr": main, **{f"lr_{p}": lr for p, lr in parts.items()}}
+
+
 def epoch_batches(dataset: Any, epoch: int, seed: int, group: bool, size: int) -> list[list[int]]:
     """The epoch's global batches of ``size`` indices (``len(dataset) // size`` of them; leftovers wait for the
     next epoch's shuffle): length-grouped, one modality per batch (the data helper's sampler), or a seeded shuffle.
@@ -138,12 +150,14 @@ def train(
 
 
 def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) -> TrainResult:  # noqa: ANN001, C901
+    from .build import build_model, trained_processor
+
     t, out = recipe.train, Path(recipe.train.output_dir)
     seed_everything(t.seed)  # identical model init on every process
     if model is None:
-        from .build import build_model
-
         model, processor = build_model(recipe.model)
+    if processor is not None:  # saved with the template the run trains with
+        processor = trained_processor(processor, recipe.data.template or recipe.model.template)
     if dataset is None:
         dataset, collate_fn = _dataset(recipe, processor)
     if collate_fn is None:
@@ -236,7 +250,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         if not math.isfinite(norm):
             _stop(f"gradient norm is {norm} at step {step + 1}", out, bar)
-        lr = scheduler.get_last_lr()[0]
+        lrs = logged_lrs(optimizer)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -246,7 +260,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
             "step": step,
             "epoch": round(step / steps_per_epoch, 4),
             "loss": loss,
-            "lr": lr,
+            **lrs,
             "grad_norm": norm,
             "tokens_per_s": float(n_tok) / dt,
             "samples_per_s": per_step / dt,
@@ -259,8 +273,9 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         bar.update(rec)
         for cb in callbacks:
             cb(step, unwrap(model))
-        stopping = t.stop_after is not None and step - (result.steps[0] - 1) >= t.stop_after
-        if t.save_every > 0 and step % t.save_every == 0 and step < total:
+        stopping = t.stop_after is not None and step - (result.steps[0] - 1) >= t.stop_after and step < total
+        due = t.save_every > 0 and step % t.save_every == 0
+        if (due and step < total) or stopping:  # stop_after: a checkpoint at the stop step, to resume from
             counters = {"step": step, "epoch": epoch, "position": (in_epoch + 1) * per_step, "seed": t.seed}
             save_checkpoint(out, step, model, optimizer, scheduler, processor, counters, d, t.keep_last, lora)
         if stopping:
@@ -324,7 +339,7 @@ def _dataset(recipe: Recipe, processor: Any) -> tuple[Any, Callable]:
 
 
 def _finish(out: Path, model: torch.nn.Module, processor: Any, lora: Any, d: Dist, metrics: MetricsLog) -> None:
-    """The final output: an HF checkpoint (LoRA merged into it; the adapter also kept in ``adapter/``)."""
+    """The final output: an HF checkpoint (LoRA merged into it; the adapter and processor also in ``adapter/``)."""
     state = full_model_state(model)
     if not d.main:
         return
@@ -333,7 +348,7 @@ def _finish(out: Path, model: torch.nn.Module, processor: Any, lora: Any, d: Dis
         from ..model.llava import LlavaModel
         from .lora import apply_lora, merge_lora
 
-        write_model(out / "adapter", state, config, None, lora)
+        write_model(out / "adapter", state, config, processor, lora)  # the processor: merge-lora's template
         with torch.device("meta"):
             plain = LlavaModel(config)
         apply_lora(plain, lora)

@@ -8,6 +8,8 @@ Adapters are saved in PEFT's format so PEFT-based tools load them onto the trans
     adapter_config.json        {"peft_type": "LORA", "r", "lora_alpha", "target_modules": "<regex>", ...}
     adapter_model.safetensors  base_model.model.<module path>.lora_A.weight / .lora_B.weight
                                base_model.model.model.multi_modal_projector.linear_k.{weight,bias}  (modules_to_save)
+    processor files            a training run's adapter/ also holds its processor (tokenizer, chat template):
+                               ``llava merge-lora`` gives the merged model the template the adapter trained with
 
 Module paths equal transformers' (``model.language_model.layers.0.self_attn.q_proj``), so the keys line up.
 """
@@ -235,7 +237,10 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoraSpec:
 
 
 def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = None) -> Path:
-    """``llava merge-lora``: base checkpoint + PEFT adapter -> a plain HF checkpoint (weights, config, processor)."""
+    """``llava merge-lora``: base checkpoint + PEFT adapter -> a plain HF checkpoint (weights, config, processor).
+
+    The processor (and so the prompt template) is the adapter directory's when the run saved one there, else the
+    base checkpoint's (adapters from older llavakit versions or other tools)."""
     from ..checkpoint.api import load_model
     from ..checkpoint.convert import write_processor
     from ..checkpoint.load import resolve_model_path
@@ -244,6 +249,11 @@ def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = No
     out_path = Path(out)
     if out_path.resolve() == base_path.resolve():
         raise ValueError("merge-lora writes a new directory; --out must differ from --base")
+    processor = None
+    if has_processor(Path(adapter)):  # the run's processor: the template the adapter was trained with
+        from ..processing.processor import LlavaProcessor
+
+        processor = LlavaProcessor.from_pretrained(adapter)
     model = load_model(base_path, dtype=torch.float32)
     load_adapter(model, adapter)
     merge_lora(model)
@@ -252,7 +262,15 @@ def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = No
 
         model.to(parse_dtype(dtype))
     model.save_pretrained(out_path)
-    note = write_processor(base_path, out_path, model, "hf")
+    if processor is not None:
+        processor.save_pretrained(out_path)
+        return out_path
+    note = write_processor(base_path, out_path, model, "hf")  # an adapter without one (older llavakit, PEFT)
     if note:
         print(f"note: {note}")
     return out_path
+
+
+def has_processor(adapter_dir: Path) -> bool:
+    """True when the adapter directory holds a processor (a llavakit run's adapter/ or checkpoint)."""
+    return (adapter_dir / "preprocessor_config.json").exists() or (adapter_dir / "processor_config.json").exists()

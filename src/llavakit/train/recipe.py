@@ -40,7 +40,8 @@ class ModelSpec:
     vision_feature_select_strategy: str = "default"
     image_grid_pinpoints: list[list[int]] | None = None  # (height, width) pairs; None = the family's default
     vision_aspect_ratio: str | None = None  # OneVision: anyres_max_9
-    template: str | None = None  # conversation template for the processor (None: the checkpoint's / family's)
+    # conversation template for the processor (None: data.template, else the checkpoint's / family's)
+    template: str | None = None
     seed: int = 0  # init of fresh parts (projector, tiny models)
 
     def __post_init__(self) -> None:
@@ -48,11 +49,30 @@ class ModelSpec:
 
     def check(self) -> None:
         ranges.seed("model.seed", self.seed)
+        if self.init and not (self.decoder or self.vision_tower):  # both: build_model refuses that first
+            built = [k for k in PARTS_ONLY if getattr(self, k) != PARTS_ONLY_DEFAULTS[k]]
+            if built:
+                raise RecipeError(
+                    f"model.{', model.'.join(built)}: these apply only when building from decoder + vision_tower; "
+                    "model.init brings its own, so remove them"
+                )
         for i, pair in enumerate(self.image_grid_pinpoints or []):
             if len(pair) != 2:
                 raise RecipeError(f"model.image_grid_pinpoints[{i}] must be a [height, width] pair, got {pair!r}")
             for v in pair:
                 ranges.at_least(f"model.image_grid_pinpoints[{i}]", v, 1, " (pixels)")
+
+
+# settings that shape a model built from decoder + vision_tower; an init checkpoint brings its own
+PARTS_ONLY = (
+    "family",
+    "projector_type",
+    "vision_feature_layer",
+    "vision_feature_select_strategy",
+    "image_grid_pinpoints",
+    "vision_aspect_ratio",
+)
+PARTS_ONLY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelSpec) if f.name in PARTS_ONLY}
 
 
 @dataclass
@@ -62,7 +82,7 @@ class DataSpec:
     image_folder: str | None = None  # ... and its image root
     num_frames: int = 32  # frames sampled from a video folder
     seed: int = 0  # picks the fractional part of mixture weights
-    template: str | None = None  # None -> the processor's template
+    template: str | None = None  # None -> the processor's template; the saved processor gets the one trained with
     max_length: int = 2048
     on_error: str = "raise"  # raise | skip
     group_by_modality_length: bool = True
@@ -78,6 +98,8 @@ class DataSpec:
         ranges.at_least("data.num_frames", self.num_frames, 1)
         ranges.seed("data.seed", self.seed)
         ranges.one_of("data.on_error", self.on_error, ("raise", "skip"))
+        if self.datasets and self.path:
+            raise RecipeError("data: give either path (one dataset) or datasets (a mixture), not both")
         drop = self.background_drop
         if drop is not None and (len(drop) != 2 or not all(math.isfinite(x) and 0 <= x <= 1 for x in drop)):
             raise RecipeError(f"data.background_drop must be [start, end] probabilities in [0, 1], got {drop}")
@@ -102,7 +124,7 @@ class TrainSpec:
     save_every: int = 500  # steps between checkpoints (0: only the final output)
     keep_last: int = 2
     resume: bool = False  # continue from the newest checkpoint in output_dir/checkpoints
-    stop_after: int | None = None  # end (as if killed) after this many steps; for resume tests
+    stop_after: int | None = None  # end after this many steps of this call, with a checkpoint to resume from
     distributed: str = "ddp"  # ddp | fsdp  (used when launched with torchrun on several processes)
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
@@ -153,10 +175,23 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def __post_init__(self) -> None:
+        self.check_templates()
+
     def check(self) -> None:
         """Run every section's range checks again (a recipe changed after it was built); RecipeError if bad."""
         for section in (self.model, self.stage, self.data, self.train):
             section.check()
+        self.check_templates()
+
+    def check_templates(self) -> None:
+        """The run trains with data.template and saves its processor with it; model.template may only agree."""
+        m, d = self.model.template, self.data.template
+        if m and d and m != d:
+            raise RecipeError(
+                f"model.template {m!r} and data.template {d!r} disagree; the run trains and saves one template: "
+                "give one of them, or the same in both"
+            )
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
