@@ -12,11 +12,13 @@ from typing import Any
 from .config import QUANTIZE_MODES
 
 
-def cmd_convert(src: str, dst: str, vision_tower: str | None = None, dtype: str | None = None) -> int:
+def cmd_convert(
+    src: str, dst: str, vision_tower: str | None = None, dtype: str | None = None, template: str | None = None
+) -> int:
     """Convert an original-format (liuhaotian / lmms-lab) or old-layout HF checkpoint to the current HF layout."""
     from .checkpoint.convert import convert
 
-    out = convert(src, dst, vision_tower=vision_tower, dtype=dtype)
+    out = convert(src, dst, vision_tower=vision_tower, dtype=dtype, template=template)
     print(f"wrote {out}")
     return 0
 
@@ -158,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dst", help="output directory")
     c.add_argument("--vision-tower", help="local CLIP/SigLIP directory for original checkpoints (mm_vision_tower)")
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="store weights in this dtype")
-    c.set_defaults(func=lambda a: cmd_convert(a.src, a.dst, a.vision_tower, a.dtype))
+    c.add_argument("--template", help="conversation template of an original checkpoint (default: guessed from it)")
+    c.set_defaults(func=lambda a: cmd_convert(a.src, a.dst, a.vision_tower, a.dtype, a.template))
 
     d = sub.add_parser("demo", help="answer questions about a few fresh images")
     d.add_argument("--model", help="model directory or hub id (default: the bundled model)")

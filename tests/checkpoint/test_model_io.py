@@ -77,15 +77,11 @@ def test_unknown_model_type_is_a_clear_error(tmp_path):
         LlavaModel.from_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("model_type", ["llava", "llava_llama"])  # released configs say "llava"
-def test_original_checkpoint_converts_to_the_same_logits(tmp_path, model_type):
-    """A synthetic liuhaotian-style checkpoint (separate CLIP tower, original keys and config) converts with
-    `llava convert` and gives the logits of the HF model holding the same weights."""
+def _tiny_original(tmp_path, name: str = "./checkpoints/llava-mistral-tiny", **cfg):  # noqa: ANN202
+    """A synthetic liuhaotian-style checkpoint directory (CLIP tower in ``tmp_path / "clip"``) and its HF twin."""
     from transformers import CLIPConfig, CLIPModel
 
-    from llavakit import LlavaProcessor
-    from llavakit.cli import main
-    from llavakit.processing.anyres import num_image_tokens
+    from llavakit.tiny import char_tokenizer
     from tiny_models import vision_config
 
     hf = hf_model("llava")
@@ -115,8 +111,8 @@ def test_original_checkpoint_converts_to_the_same_logits(tmp_path, model_type):
         json.dumps(
             {
                 "architectures": ["LlavaLlamaForCausalLM"],
-                "model_type": model_type,
-                "_name_or_path": "./checkpoints/llava-mistral-tiny",  # the name guesses the conversation template
+                "model_type": "llava",
+                "_name_or_path": name,  # the name guesses the conversation template
                 "hidden_size": t.hidden_size,
                 "intermediate_size": t.intermediate_size,
                 "num_hidden_layers": t.num_hidden_layers,
@@ -132,6 +128,7 @@ def test_original_checkpoint_converts_to_the_same_logits(tmp_path, model_type):
                 "mm_vision_select_feature": "patch",
                 "image_aspect_ratio": "pad",
                 "mm_patch_merge_type": "flat",
+                **cfg,
             }
         )
     )
@@ -143,12 +140,56 @@ def test_original_checkpoint_converts_to_the_same_logits(tmp_path, model_type):
         k = k.replace("model.multi_modal_projector.linear_2.", "model.mm_projector.2.")
         state[k.replace("model.language_model.", "model.")] = v.clone()
     torch.save(state, src / "pytorch_model.bin")
-    from llavakit.tiny import char_tokenizer
-
     char_tokenizer().save(src)  # the original vocabulary has no <image>: rename ours away
     tj = src / "tokenizer.json"
     tj.write_text(tj.read_text().replace('"<image>"', '"<extra_120>"').replace('"<video>"', '"<extra_121>"'))
+    return src, hf
 
+
+def test_convert_refuses_a_template_it_cannot_guess_before_writing(tmp_path, capsys):
+    """A Llama checkpoint of no known vocabulary or name: the template is not silently the family default (it
+    was vicuna_v1 for Llama-3 checkpoints); --template names it. A Llama-3 name guesses llama3."""
+    from llavakit.cli import main
+    from llavakit.processing.processor import LlavaProcessor
+
+    src, _ = _tiny_original(tmp_path, name="./checkpoints/my-llava")
+    clip = ["--vision-tower", str(tmp_path / "clip")]
+    assert main(["convert", str(src), str(tmp_path / "out"), *clip]) == 2
+    err = capsys.readouterr().err
+    assert "cannot tell which conversation template" in err and "--template NAME" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["convert", str(src), str(tmp_path / "out"), *clip, "--template", "vicuna_v1"]) == 0
+    assert LlavaProcessor.from_pretrained(tmp_path / "out").template == "vicuna_v1"
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "_name_or_path": "lmms-lab/llama3-llava-next-8b"}))
+    assert main(["convert", str(src), str(tmp_path / "l3"), *clip]) == 0
+    assert LlavaProcessor.from_pretrained(tmp_path / "l3").template == "llama3"
+
+
+def test_convert_notes_a_projector_transformers_cannot_load(tmp_path, capsys):
+    from llavakit.cli import main
+
+    src, _ = _tiny_original(tmp_path, mm_projector_type="linear")
+    state = torch.load(src / "pytorch_model.bin")
+    state = {k.replace("mm_projector.0.", "mm_projector."): v for k, v in state.items() if "mm_projector.2" not in k}
+    w = state["model.mm_projector.weight"]
+    state["model.mm_projector.weight"] = torch.randn(state["model.embed_tokens.weight"].shape[1], w.shape[1])
+    state["model.mm_projector.bias"] = torch.zeros(state["model.embed_tokens.weight"].shape[1])
+    torch.save(state, src / "pytorch_model.bin")
+    assert main(["convert", str(src), str(tmp_path / "out"), "--vision-tower", str(tmp_path / "clip")]) == 0
+    assert "its linear projector runs in llavakit; transformers' and vLLM's" in capsys.readouterr().out
+    assert LlavaModel.from_pretrained(tmp_path / "out").config.projector_type == "linear"
+
+
+@pytest.mark.parametrize("model_type", ["llava", "llava_llama"])  # released configs say "llava"
+def test_original_checkpoint_converts_to_the_same_logits(tmp_path, model_type):
+    """A synthetic liuhaotian-style checkpoint (separate CLIP tower, original keys and config) converts with
+    `llava convert` and gives the logits of the HF model holding the same weights."""
+    from llavakit import LlavaProcessor
+    from llavakit.cli import main
+    from llavakit.processing.anyres import num_image_tokens
+
+    src, hf = _tiny_original(tmp_path, model_type=model_type)
     (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 99]}))
     assert main(["convert", str(src), str(tmp_path / "out"), "--vision-tower", str(tmp_path / "clip")]) == 0
     # the extra end-of-sequence ids, the original's conversation template, vLLM's text architecture come along

@@ -207,6 +207,24 @@ def test_unsupported_configs_fail_clearly():
         config_from_original({**LLAVA_V15_7B, "mm_hidden_size": 768})
     with pytest.raises(ValueError, match="mm_projector_type 'identity'"):
         config_from_original({**LLAVA_V15_7B, "mm_projector_type": "identity"})
+    with pytest.raises(ValueError, match="mm_use_im_start_end true .* not supported"):
+        config_from_original({**LLAVA_V15_7B, "mm_use_im_start_end": True})
+    with pytest.raises(ValueError, match="mm_use_im_patch_token true"):
+        config_from_original({**LLAVA_V15_7B, "mm_use_im_patch_token": True})
+    for key, value in (("mm_newline_position", "grid"), ("mm_spatial_pool_mode", "max"), ("mm_spatial_pool_stride", 4)):
+        with pytest.raises(ValueError, match=f"{key} {value!r} is not supported"):
+            config_from_original({**LLAVA_OV_05B, key: value})
+    assert (
+        config_from_original({**LLAVA_OV_05B, "mm_newline_position": "one_token"}).config.model_type
+        == "llava_onevision"
+    )
+
+
+def test_template_guesses():
+    assert config_from_original({**LLAVA_V15_7B, "vocab_size": 128256}).processing.template == "llama3"
+    assert config_from_original(LLAVA_V15_7B, name="lmms-lab/llama3-llava-next-8b").processing.template == "llama3"
+    assert config_from_original({**LLAVA_V15_7B, "vocab_size": 50000}).processing.template is None
+    assert config_from_original(LLAVA_V15_7B).processing.template == "vicuna_v1"
     assert is_original_config(LLAVA_V15_7B) and not is_original_config({"model_type": "llava"})
 
 
@@ -376,3 +394,14 @@ def test_missing_separate_tower_names_the_fix(tmp_path):
     config = config_from_original(cfg, vision_config("clip").to_dict()).config
     with pytest.raises(FileNotFoundError, match="needs its vision tower"):
         list(original_tensors(ckpt, config))
+
+
+def test_a_siglip_tower_at_single_resolution_squashes_like_its_processor():
+    """LLaVA-NeXT's SigLIP image processor resizes straight to the tile; CLIP's resizes the shortest edge and crops."""
+    from llavakit.checkpoint.convert import image_config_of
+
+    siglip = {**LLAVA_OV_05B, "image_aspect_ratio": "square", "mm_patch_merge_type": "flat"}
+    c = image_config_of(config_from_original(siglip).processing)
+    assert not c.resize_shortest and not c.center_crop and c.tile == 384
+    c = image_config_of(config_from_original({**LLAVA_V15_7B, "image_aspect_ratio": "square"}).processing)
+    assert c.resize_shortest and c.center_crop and not c.pad_square

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -33,24 +34,54 @@ def convert(
     vision_tower: str | Path | None = None,
     dtype: torch.dtype | str | None = None,
     max_shard_bytes: int = 5 * 2**30,
+    template: str | None = None,
 ) -> Path:
     """Read ``src`` (HF current/old layout or original LLaVA format) and write ``dst`` in the current HF layout.
 
-    Weights keep their stored dtype unless ``dtype`` is given. Returns ``dst``.
+    Weights keep their stored dtype unless ``dtype`` is given. ``template``: the conversation template of an
+    original checkpoint (default: guessed from its config and name; refused when it cannot be). Returns ``dst``.
     """
     path = resolve_model_path(src)
     out = Path(dst)
     if out.resolve() == path.resolve():
         raise ValueError(f"convert writes a new directory; {dst} is the source itself")
-    _, fmt = load_config(path, vision_tower)
+    config, fmt = load_config(path, vision_tower)
+    facts = None
+    if fmt == "original":  # everything that can refuse the conversion, before anything is written
+        facts = original_facts(path, vision_tower, template, name=str(src))
     model = load_model(path, dtype=parse_dtype(dtype) if dtype else _stored_dtype(path), vision_tower=vision_tower)
     model.save_pretrained(out, max_shard_bytes=max_shard_bytes)
-    note = write_processor(path, out, model, fmt, vision_tower)
+    notes = [write_processor(path, out, model, fmt, vision_tower, facts)]
     if (path / "generation_config.json").is_file():  # extra end-of-sequence ids (Llama-3's <|eot_id|>, ...)
         shutil.copy2(path / "generation_config.json", out / "generation_config.json")
-    if note:
+    if config.projector_type != "mlp2x_gelu":
+        notes.append(
+            f"its {config.projector_type} projector runs in llavakit; transformers' and vLLM's LLaVA classes build a "
+            "two-layer projector and would load it wrongly"
+        )
+    for note in filter(None, notes):
         print(f"note: {note}")
     return out
+
+
+def original_facts(path: Path, vision_tower: str | Path | None, template: str | None, name: str):  # noqa: ANN201
+    """The processor facts of an original checkpoint, its template given or guessed (refused when neither)."""
+    from ..processing.templates import TEMPLATES
+    from .load import read_config_dict
+    from .original import config_from_original, read_vision_tower_config
+
+    cfg = read_config_dict(path)
+    facts = config_from_original(cfg, read_vision_tower_config(cfg, path, vision_tower), name=name).processing
+    if template is not None:
+        if template not in TEMPLATES:
+            raise ValueError(f"unknown --template {template!r}; choose one of {', '.join(sorted(TEMPLATES))}")
+        facts = dataclasses.replace(facts, template=template)
+    if facts.template is None:
+        raise ValueError(
+            f"cannot tell which conversation template {name} was trained with (its decoder is none of Vicuna, "
+            f"Mistral, Yi, Llama-3, Qwen); pass --template NAME, one of {', '.join(sorted(TEMPLATES))}"
+        )
+    return facts
 
 
 def _stored_dtype(path: Path) -> torch.dtype:
@@ -63,8 +94,9 @@ def _stored_dtype(path: Path) -> torch.dtype:
     return torch.float32
 
 
-def write_processor(src: Path, out: Path, model, fmt: str, vision_tower=None) -> str | None:  # noqa: ANN001
-    """Processor files for the converted checkpoint; returns a note when they could not all be written."""
+def write_processor(src: Path, out: Path, model, fmt: str, vision_tower=None, facts=None) -> str | None:  # noqa: ANN001
+    """Processor files for the converted checkpoint; returns a note when they could not all be written.
+    ``facts``: an original checkpoint's processor facts (``original_facts``; read from its config when None)."""
     from ..processing.processor import LlavaProcessor
 
     if fmt == "hf":
@@ -76,30 +108,39 @@ def write_processor(src: Path, out: Path, model, fmt: str, vision_tower=None) ->
                 if (src / name).exists():
                     shutil.copy2(src / name, out / name)
             return f"processor not rebuilt ({e}); copied the processor files that exist"
-    from .load import read_config_dict
-    from .original import config_from_original, read_vision_tower_config
+    if facts is None:
+        from .load import read_config_dict
+        from .original import config_from_original, read_vision_tower_config
 
-    cfg = read_config_dict(src)
-    facts = config_from_original(cfg, read_vision_tower_config(cfg, src, vision_tower)).processing
+        cfg = read_config_dict(src)
+        facts = config_from_original(cfg, read_vision_tower_config(cfg, src, vision_tower), name=str(src)).processing
     try:
         tokenizer = original_tokenizer(src, model.config)
     except (FileNotFoundError, ValueError) as e:
         return f"weights converted, but no processor written: {e}"
-    from ..processing.image import ImageConfig
-
-    image_config = ImageConfig(
-        tile=facts.image_size,
-        mean=tuple(facts.image_mean),
-        std=tuple(facts.image_std),
-        resize_shortest=facts.image_aspect_ratio in ("pad", "square", "anyres"),
-        center_crop=facts.image_aspect_ratio in ("pad", "square", "anyres"),
-        pad_square=facts.image_aspect_ratio == "pad",
-        pinpoints=tuple(tuple(p) for p in facts.image_grid_pinpoints) if facts.image_grid_pinpoints else None,
-    )
+    image_config = image_config_of(facts)
     LlavaProcessor.from_parts(
         tokenizer, model.config, template=facts.template, image_config=image_config
     ).save_pretrained(out)
     return None
+
+
+def image_config_of(facts):  # noqa: ANN001, ANN201
+    """The image preprocessing of an original checkpoint (``OriginalProcessing``), as its training code did it:
+    CLIP's processor resizes the shortest edge and crops the centre (after ``pad`` expands to a square); SigLIP's
+    resizes straight to the tile; AnyRes views are squares either way."""
+    from ..processing.image import ImageConfig
+
+    crop = facts.image_aspect_ratio in ("pad", "square", "anyres") and not facts.squash
+    return ImageConfig(
+        tile=facts.image_size,
+        mean=tuple(facts.image_mean),
+        std=tuple(facts.image_std),
+        resize_shortest=crop,
+        center_crop=crop,
+        pad_square=facts.image_aspect_ratio == "pad",
+        pinpoints=tuple(tuple(p) for p in facts.image_grid_pinpoints) if facts.image_grid_pinpoints else None,
+    )
 
 
 def original_tokenizer(src: Path, config):  # noqa: ANN001, ANN201

@@ -97,6 +97,7 @@ class OriginalProcessing:
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     template: str | None  # conversation template name, None when it cannot be guessed
+    squash: bool = False  # a single view is resized straight to the tile (SigLIP), not shortest edge + centre crop
 
 
 @dataclass
@@ -125,6 +126,7 @@ def config_from_original(
     if not is_original_config(cfg):
         raise ValueError("not an original LLaVA config: no mm_vision_tower / mm_hidden_size field")
     family = _family(cfg)
+    _check_unsupported(cfg, family)
     vision = _vision(cfg, vision_config)
     if cfg.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
         raise ValueError(
@@ -172,8 +174,34 @@ def config_from_original(
         image_mean=SIGLIP_MEAN if vision.model_type == "siglip_vision_model" else CLIP_MEAN,
         image_std=SIGLIP_STD if vision.model_type == "siglip_vision_model" else CLIP_STD,
         template=guess_template(cfg, text, name),
+        squash=vision.model_type == "siglip_vision_model",
     )
     return OriginalConfig(config=config, processing=processing, stored_vocab_size=text.vocab_size)
+
+
+# OneVision's video settings llavakit implements (model/llava.py video_features): anything else is refused
+OV_VIDEO_SETTINGS = {
+    "mm_newline_position": (None, "one_token"),
+    "mm_spatial_pool_mode": (None, "bilinear"),
+    "mm_spatial_pool_stride": (None, 2),
+}
+
+
+def _check_unsupported(cfg: dict[str, Any], family: str) -> None:
+    """Refuse original settings that change what the model computes and that llavakit does not implement."""
+    marks = [k for k in ("mm_use_im_start_end", "mm_use_im_patch_token") if cfg.get(k) is True]
+    if marks:
+        raise ValueError(
+            f"{' and '.join(marks)} true (the first LLaVA checkpoints wrap each image in <im_start> <im_end> "
+            "tokens) is not supported; LLaVA-1.5 and later set them false"
+        )
+    if family == "llava_onevision":
+        for key, allowed in OV_VIDEO_SETTINGS.items():
+            if cfg.get(key) not in allowed:
+                raise ValueError(
+                    f"{key} {cfg[key]!r} is not supported (llavakit pools video frames as released OneVision "
+                    f"checkpoints do: {', '.join(f'{k} {v[1]!r}' for k, v in OV_VIDEO_SETTINGS.items())})"
+                )
 
 
 def _family(cfg: dict[str, Any]) -> str:
@@ -251,12 +279,16 @@ def pinpoints_to_hf(value: str | list | None, vision: VisionConfig | int) -> lis
         raise ValueError(f"image_grid_pinpoints must be (width, height) pairs, got {value!r}") from e
 
 
+LLAMA3_VOCAB = 128256
+
+
 def guess_template(cfg: dict[str, Any], text: TextConfig, name: str | None = None) -> str | None:
     """The conversation template the released checkpoint was trained with, from its name and LLM.
 
     Stage-1 (projector pretraining) configs -> ``plain``; Mistral -> ``mistral_instruct``; Qwen ->
-    ``qwen_1_5``; Yi-34B (Llama arch, vocab 64000) -> ``chatml_direct``; Vicuna (Llama, vocab 32000) ->
-    ``vicuna_v1``. Anything else (e.g. Llama-3 based) -> None: the caller must choose.
+    ``qwen_1_5``; Yi-34B (Llama arch, vocab 64000) -> ``chatml_direct``; Llama-3 (vocab 128256, or "llama3" in
+    the name: lmms-lab/llama3-llava-next-8b) -> ``llama3``; Vicuna (Llama, vocab 32000) -> ``vicuna_v1``.
+    Anything else -> None: the caller must choose.
     """
     hint = f"{name or ''} {cfg.get('_name_or_path') or ''}".lower()
     if cfg.get("tune_mm_mlp_adapter") is True:
@@ -265,6 +297,8 @@ def guess_template(cfg: dict[str, Any], text: TextConfig, name: str | None = Non
         return "mistral_instruct"
     if text.model_type == "qwen2":
         return "qwen_1_5"
+    if text.vocab_size == LLAMA3_VOCAB or "llama3" in hint.replace("-", "").replace("_", ""):
+        return "llama3"
     if text.vocab_size == 64000 or "34b" in hint:
         return "chatml_direct"
     if text.vocab_size == 32000 and "llama3" not in hint.replace("-", "").replace("_", ""):
