@@ -36,6 +36,7 @@ def test_overrides_are_typed_and_nested():
             "train.max_steps=10",
             "stage.lr=1e-4",
             "stage.lora.rank=4",
+            "stage.name=lora",  # after the lora keys: the recipe is checked whole
             "train.bf16=true",
             "train.adam_betas=[0.9, 0.95]",
             "stage.lora.target_modules=[q_proj]",

@@ -79,6 +79,7 @@ def test_edge_values_inside_the_ranges_are_accepted():
             "train.global_batch_size=1",
             "train.micro_batch_size=1",
             "stage.weight_decay=0",
+            "stage.name=lora",
             "stage.lora.dropout=0",
             "data.max_length=1",
             "data.background_drop=[0, 1]",

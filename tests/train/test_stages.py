@@ -8,7 +8,7 @@ from llavakit.train.stages import LoraSpec, StageSpec, apply_stage, trainable_na
 
 
 def _trained(tmp_path, *overrides):
-    recipe = tiny_recipe(tmp_path, "llava_next", "train.max_steps=2", "stage.lora.rank=4", *overrides)
+    recipe = tiny_recipe(tmp_path, "llava_next", "train.max_steps=2", *overrides)
     model, processor = build_model(recipe.model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train(
@@ -52,7 +52,7 @@ def test_stage_trains_exactly_what_it_names(tmp_path, overrides, trains):
 
 
 def test_lora_trains_adapters_and_projector_only(tmp_path):
-    model, changed, new = _trained(tmp_path, "stage.name=lora", "stage.lr=1e-2")
+    model, changed, new = _trained(tmp_path, "stage.name=lora", "stage.lora.rank=4", "stage.lr=1e-2")
     assert new and all(".lora_A." in k or ".lora_B." in k for k in new)
     assert any(k.startswith("model.language_model.layers.1.mlp.down_proj.lora_") for k in new)
     base_changed = {k for k in changed if ".lora_" not in k}
@@ -78,6 +78,9 @@ def test_param_groups_carry_their_learning_rates(tmp_path):
 def test_bad_stage_settings(tmp_path):
     with pytest.raises(ValueError, match="vision_lr is only used by stage2"):
         StageSpec(name="stage1", vision_lr=1e-5)
+    with pytest.raises(ValueError, match="stage.lora settings are used only by stage lora .* stage2"):
+        StageSpec(name="stage2", lora=LoraSpec(rank=8))  # silently a full stage 2 before
+    assert StageSpec(name="lora", lora=LoraSpec(rank=8)).lora.rank == 8
     model, _ = build_model(tiny_recipe(tmp_path, "llava").model)
     with pytest.raises(ValueError, match="match no Linear layer of the decoder"):
         apply_stage(model, StageSpec(name="lora", lora=LoraSpec(rank=2, target_modules=["c_attn"])))

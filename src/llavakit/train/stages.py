@@ -73,6 +73,11 @@ class StageSpec:
         if not isinstance(self.lora, LoraSpec):
             raise RecipeError(f"stage.lora must be a mapping of LoRA settings, got {self.lora!r}")
         self.lora.check()
+        if self.name not in ("lora", "qlora") and self.lora != LoraSpec():
+            raise RecipeError(
+                f"stage.lora settings are used only by stage lora (this recipe's stage is {self.name}); "
+                "remove them, or set stage.name=lora"
+            )
 
 
 def connector_params(model: nn.Module, with_newline: bool = True) -> list[tuple[str, nn.Parameter]]:
