@@ -221,3 +221,8 @@ def test_32bit_integer_images_of_8bit_values_keep_them():
     for img in (grey.convert("I"), Image.fromarray(np.asarray(grey).astype(np.int32))):
         assert img.mode == "I"
         np.testing.assert_array_equal(np.asarray(load_image(img)), np.asarray(grey.convert("RGB")))
+    # a dark 16-bit PGM file (it opens as mode "I" too) keeps the 16-bit scale: dark, not 257 times brighter
+    dark = np.full((4, 4), 200, dtype=np.uint16)
+    dark[0, 0] = 250
+    assert Image.open(io.BytesIO(encoded(Image.fromarray(dark), "PPM"))).mode == "I"
+    np.testing.assert_array_equal(np.asarray(load_image(encoded(Image.fromarray(dark), "PPM"))), _expected8(dark))

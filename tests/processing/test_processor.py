@@ -445,5 +445,6 @@ def test_image_processor_settings_we_would_ignore_are_refused(procs, tmp_path, c
     dst = tmp_path / "dst"
     shutil.copytree(src / "llava_next", dst)
     _edit_image_processor(dst, lambda d: d | change)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as e:
         LlavaProcessor.from_pretrained(dst)
+    assert str(e.value).startswith(f"{dst / 'processor_config.json'}: ")  # the file that holds the settings

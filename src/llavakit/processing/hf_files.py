@@ -40,11 +40,11 @@ DEFAULT_PINPOINTS: dict[str, list[list[int]]] = {"llava_next": V16_PINPOINTS, "l
 RESAMPLE_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL codes
 
 
-def check_image_processor(img: dict[str, Any], path: Path) -> None:
+def check_image_processor(img: dict[str, Any], file: Path) -> None:
     """Refuse image-processor settings llavakit would not follow (it used to ignore them silently): turned-off
     resize / rescale / normalise steps, a shortest-edge resize to another side than the centre crop, an unknown
     resampling filter. Every released LLaVA checkpoint resizes, rescales and normalises, to one side."""
-    where = f"{path / 'preprocessor_config.json'}"
+    where = str(file)  # processor_config.json's image_processor (transformers 5) or preprocessor_config.json
     off = [k for k in ("do_resize", "do_rescale", "do_normalize") if img.get(k) is False]
     if off:
         raise ValueError(

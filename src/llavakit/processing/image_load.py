@@ -48,7 +48,7 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
         what = "the given PIL image" if isinstance(src, Image.Image) else "the given image bytes"
     if isinstance(src, Image.Image):
         _check_size(src, what, max_pixels)
-        out = to_rgb(_upright(src), what=what)
+        out = to_rgb(_upright(src), what=what, from_file=src.format is not None)  # (upright copies drop .format)
         return _named(out.copy() if out is src else out, what)
     if isinstance(src, (str, Path)):
         path = Path(src)
@@ -85,7 +85,7 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
             f"{what}: cannot decode image: {_no_object_ids(str(e))} (truncated or unsupported format? "
             f"accepted: {FORMATS_HINT})"
         ) from None
-    img = to_8bit(img, what, keep_alpha=False)
+    img = to_8bit(img, what, keep_alpha=False, from_file=True)
     return _named(img if img.mode == "RGB" else img.convert("RGB"), what)
 
 
@@ -133,7 +133,9 @@ def _check_size(img: Image.Image, what: str, max_pixels: int) -> None:
         )
 
 
-def to_8bit(img: Image.Image, what: str = "the given PIL image", *, keep_alpha: bool = True) -> Image.Image:
+def to_8bit(
+    img: Image.Image, what: str = "the given PIL image", *, keep_alpha: bool = True, from_file: bool | None = None
+) -> Image.Image:
     """16-bit / 32-bit integer greyscale scaled to 8-bit ``L``; float (``F``) refused; other modes unchanged.
 
     PIL's own ``convert("RGB")`` (which transformers uses) clips these at 255: a 16-bit photo comes out almost
@@ -141,9 +143,9 @@ def to_8bit(img: Image.Image, what: str = "the given PIL image", *, keep_alpha: 
 
     - ``I;16``, ``I;16B``, ``I;16L``, ``I;16N`` (16-bit PNG / TIFF / PGM): ``round(v / 257)``, 65535 -> 255;
     - ``I`` (32-bit integers: 16-bit PGM and some TIFFs open so, and so do ``Image.fromarray`` of an int32 array
-      and ``convert("I")`` of an 8-bit image): values all within 0..255 are taken as they are (8-bit data, as
-      transformers takes them); otherwise, when every value is in 0..65535, the 16-bit scaling above (the bit depth
-      is not recorded); else refused: the range is unknown;
+      and ``convert("I")`` of an 8-bit image): an image made in memory (no file format) with values all within
+      0..255 is taken as it is (8-bit data, as transformers takes it); otherwise, when every value is in 0..65535,
+      the 16-bit scaling above (a file's bit depth is not recorded; a dark 16-bit PGM stays dark); else refused;
     - ``F`` (32-bit float): refused, its range (0..1? 0..255? HDR?) is unknown.
 
     A 16-bit transparent colour (``info["transparency"]``) becomes an alpha channel (mode ``LA``) when
@@ -165,7 +167,9 @@ def to_8bit(img: Image.Image, what: str = "the given PIL image", *, keep_alpha: 
                 f"{what}: 32-bit integer pixels (PIL mode 'I') with values {lo}..{hi}, outside the 16-bit range "
                 "0..65535, so their scale is unknown; convert the image to 8 bits per channel first"
             )
-    if mode == "I" and hi <= 255:  # 8-bit values held in 32-bit integers
+    if from_file is None:
+        from_file = img.format is not None
+    if mode == "I" and hi <= 255 and not from_file:  # 8-bit values held in 32-bit integers (made in memory)
         grey = Image.fromarray(arr.astype(np.uint8), "L")
     else:
         x = arr.astype(np.uint32)
@@ -180,12 +184,13 @@ def to_8bit(img: Image.Image, what: str = "the given PIL image", *, keep_alpha: 
     return grey
 
 
-def to_rgb(img: Image.Image, *, what: str = "the given PIL image") -> Image.Image:
+def to_rgb(img: Image.Image, *, what: str = "the given PIL image", from_file: bool | None = None) -> Image.Image:
     """RGB; any transparency composited onto a white background (transformers' ``convert_to_rgb``).
 
-    High-bit-depth greyscale is scaled to 8 bits first and float images refused (``to_8bit``).
+    High-bit-depth greyscale is scaled to 8 bits first and float images refused (``to_8bit``; ``from_file``: the
+    image was opened from a file, None: as its ``format`` says).
     """
-    img = to_8bit(img, what)
+    img = to_8bit(img, what, from_file=from_file)
     if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba).convert("RGB")

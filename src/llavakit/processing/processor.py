@@ -117,11 +117,12 @@ class LlavaProcessor:
         template = template or (read_json(path / TEMPLATE_FILE) or {}).get("template")
         proc = read_json(path / "processor_config.json")
         img = proc.get("image_processor") or read_json(path / "preprocessor_config.json")
+        img_file = path / ("processor_config.json" if proc.get("image_processor") else "preprocessor_config.json")
         model_cfg = read_json(path / "config.json")
         family = family_of(path, model_cfg, proc, img)
         if not img:
             raise FileNotFoundError(f"{path} has no preprocessor_config.json (nor an image_processor section)")
-        check_image_processor(img, path)
+        check_image_processor(img, img_file)
         tile = side_of(img.get("crop_size")) if img.get("do_center_crop") else None
         tile = tile or side_of(img.get("size")) or 336
         # without pinpoints of its own, transformers' image processor takes its class default (not config.json's)
