@@ -168,12 +168,17 @@ def chat(pipe: Pipeline, images: list[str], lines: Iterable[str], out: TextIO = 
 
 
 def _typed_path(arg: str) -> str:
-    """A path as typed or dropped into a terminal: 'my photo.png', "my photo.png" and my\\ photo.png are one path."""
+    """A path as typed or dropped into a terminal: 'my photo.png', "my photo.png" and my\\ photo.png are one path;
+    other text is taken as it is (a Windows path keeps its backslashes)."""
+    arg = arg.strip()
+    quoted = arg[:1] in ("'", '"')
+    if not quoted and "\\ " not in arg:
+        return arg
     try:
         parts = shlex.split(arg)
     except ValueError:  # an unbalanced quote: take the text as it is
         parts = []
-    return parts[0] if len(parts) == 1 else arg.strip()
+    return parts[0] if len(parts) == 1 else arg
 
 
 def _echo(deltas: Iterable[str], out: TextIO) -> Iterable[str]:

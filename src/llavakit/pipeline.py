@@ -135,6 +135,11 @@ def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
     return src
 
 
+def _check_answerable(msgs: Messages, images: list[Any]) -> None:
+    if not images and not any(_text(m).strip() for m in msgs):
+        raise ValueError("the messages hold no text and no image: nothing to answer; add a question or an image")
+
+
 def _text(message: dict[str, Any]) -> str:
     content = message.get("content")
     if isinstance(content, str):
@@ -153,8 +158,7 @@ class Pipeline:
 
     def _inputs(self, messages: Messages) -> tuple[dict[str, torch.Tensor], int]:
         msgs, images = split_messages(messages)
-        if not images and not any(_text(m).strip() for m in msgs):
-            raise ValueError("the messages hold no text and no image: nothing to answer; add a question or an image")
+        _check_answerable(msgs, images)
         prompt = self.processor.apply_chat_template(msgs, add_generation_prompt=True)
         inputs = self.processor(text=prompt, images=images or None, return_tensors="pt")
         n_img = int((inputs["input_ids"] == self.model.config.image_token_id).sum())
@@ -230,9 +234,12 @@ class Pipeline:
         counts) equals what ``reply`` gives it alone under greedy decoding; a row ends on EOS or a stop string."""
         from .engine.generate import stream_tokens
 
+        if not conversations:
+            raise ValueError("batch needs at least one conversation (a list of message lists)")
         prompts, images = [], []
         for messages in conversations:
             msgs, imgs = split_messages(messages)
+            _check_answerable(msgs, imgs)
             prompts.append(self.processor.apply_chat_template(msgs, add_generation_prompt=True))
             images.extend(imgs)
         inputs = self.processor(text=prompts, images=images or None, return_tensors="pt", padding_side="left")
@@ -256,8 +263,9 @@ class Pipeline:
                     row.push(t, eos)
             if all(row.reason is not None for row in rows):
                 break
-        mask = inputs["attention_mask"]
-        return [row.answer(int(mask[r].sum())) for r, row in enumerate(rows)]
+        mask, ids = inputs["attention_mask"], inputs["input_ids"]
+        n_img = (ids == self.model.config.image_token_id).sum(1).tolist()
+        return [row.answer(int(mask[r].sum()), n_img[r]) for r, row in enumerate(rows)]
 
     def reset(self) -> None:
         self.session.reset()
@@ -283,10 +291,10 @@ class _Row:
         if self.stops.stopped:
             self.reason = "stop"
 
-    def answer(self, prompt_tokens: int) -> Answer:
+    def answer(self, prompt_tokens: int, image_tokens: int) -> Answer:
         if not self.stops.stopped:
             self.parts.append(self.stops.push(self.decoder.flush()) + self.stops.flush())
-        return Answer("".join(self.parts), self.reason or "length", prompt_tokens, self.tokens)
+        return Answer("".join(self.parts), self.reason or "length", prompt_tokens, self.tokens, image_tokens)
 
 
 def load(

@@ -87,3 +87,10 @@ def test_image_paths_quoted_or_escaped_as_terminals_paste_them(tmp_path):
     pipe = FakePipe()
     _run(pipe, "\n".join(f"/image {s}\nwhat?" for s in spellings))
     assert [_images(m[-1:]) for m in pipe.seen] == [[str(img)]] * 4
+
+
+def test_unquoted_paths_keep_their_backslashes():
+    from llavakit.commands import _typed_path
+
+    assert _typed_path(r"C:\photos\cat.png") == r"C:\photos\cat.png"
+    assert _typed_path(r"/tmp/my\ photo.png") == "/tmp/my photo.png"

@@ -201,3 +201,26 @@ def test_arguments_of_the_wrong_type_are_named(pipe, sampling, match):
 def test_nothing_to_answer_is_refused(pipe):
     with pytest.raises(ValueError, match="no text and no image"):
         pipe.chat([{"role": "user", "content": "  "}])
+
+
+def test_numpy_seeds_and_tuple_stops_work_as_ints_and_lists(pipe):
+    import numpy as np
+
+    assert pipe.chat(_msg(), max_new_tokens=6, temperature=1.0, seed=np.int64(7)) == pipe.chat(
+        _msg(), max_new_tokens=6, temperature=1.0, seed=7
+    )
+    full = pipe.chat(_msg(), max_new_tokens=12)
+    stop = full[2:4]
+    assert pipe.chat(_msg(), max_new_tokens=12, stop=(stop,)) == pipe.chat(_msg(), max_new_tokens=12, stop=[stop])
+
+
+def test_batch_counts_image_tokens_and_refuses_what_reply_refuses(pipe):
+    convs = [_msg("first?", (80, 50)), _msg("second?", (40, 160))]
+    got = pipe.batch(convs, max_new_tokens=4)
+    for c, a in zip(convs, got, strict=True):
+        pipe.reset()
+        assert a.image_tokens == pipe.reply(c, max_new_tokens=4).image_tokens > 0
+    with pytest.raises(ValueError, match="no text and no image"):
+        pipe.batch([_msg(), [{"role": "user", "content": " "}]])
+    with pytest.raises(ValueError, match="at least one conversation"):
+        pipe.batch([])

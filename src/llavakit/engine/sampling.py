@@ -41,6 +41,7 @@ class SamplingParams:
             isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not SEEDS[0] <= seed < SEEDS[1]
         ):
             raise ValueError(f"seed must be a whole number from -2**63 to 2**64 - 1 (or None), got {self.seed!r}")
+        self.top_k, self.seed = int(self.top_k), None if seed is None else int(seed)  # numpy integers -> int
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.repetition_penalty <= 0:

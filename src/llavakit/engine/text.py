@@ -12,7 +12,9 @@ class StopMatcher:
     """
 
     def __init__(self, stops: list[str] | None) -> None:
-        if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)):
+        if stops is not None and (
+            isinstance(stops, str) or not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) for s in stops)
+        ):
             raise ValueError(f"stop must be a string or a list of strings, got {stops!r}")
         self.stops = [s for s in (stops or []) if s]
         self.pending = ""
