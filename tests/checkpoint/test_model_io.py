@@ -233,6 +233,8 @@ def test_convert_hf_checkpoint_to_current_layout(tmp_path):
     hf_processor("llava_next", tmp_path)
     hf = hf_model("llava_next", "llama")
     hf.save_pretrained(tmp_path / "llava_next")
+    assert main(["convert", str(tmp_path / "llava_next"), str(tmp_path / "t"), "--template", "llama3"]) == 2
+    assert not (tmp_path / "t").exists()  # --template is for original checkpoints: refused, not ignored
     assert main(["convert", str(tmp_path / "llava_next"), str(tmp_path / "out")]) == 0
     with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
         keys = set(f.keys())

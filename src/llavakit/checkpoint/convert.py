@@ -49,6 +49,11 @@ def convert(
     facts = None
     if fmt == "original":  # everything that can refuse the conversion, before anything is written
         facts = original_facts(path, vision_tower, template, name=str(src))
+    elif template is not None:
+        raise ValueError(
+            f"--template applies to original checkpoints; {src} is in the HF layout, whose template is its own "
+            "chat_template (or conversation_template.json): leave --template out"
+        )
     model = load_model(path, dtype=parse_dtype(dtype) if dtype else _stored_dtype(path), vision_tower=vision_tower)
     model.save_pretrained(out, max_shard_bytes=max_shard_bytes)
     notes = [write_processor(path, out, model, fmt, vision_tower, facts)]

@@ -189,11 +189,10 @@ OV_VIDEO_SETTINGS = {
 
 def _check_unsupported(cfg: dict[str, Any], family: str) -> None:
     """Refuse original settings that change what the model computes and that llavakit does not implement."""
-    marks = [k for k in ("mm_use_im_start_end", "mm_use_im_patch_token") if cfg.get(k) is True]
-    if marks:
+    if cfg.get("mm_use_im_start_end") is True:  # (mm_use_im_patch_token only adds a vocabulary row)
         raise ValueError(
-            f"{' and '.join(marks)} true (the first LLaVA checkpoints wrap each image in <im_start> <im_end> "
-            "tokens) is not supported; LLaVA-1.5 and later set them false"
+            "mm_use_im_start_end true (the first LLaVA checkpoints wrap each image in <im_start> <im_end> tokens) "
+            "is not supported; LLaVA-1.5 and later set it false"
         )
     if family == "llava_onevision":
         for key, allowed in OV_VIDEO_SETTINGS.items():
