@@ -195,6 +195,12 @@ def test_the_logged_lr_is_the_main_groups_and_differing_rates_are_named(tmp_path
     _run(tiny_recipe(tmp_path / "one", "llava", *base))
     rec = json.loads((tmp_path / "one" / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert rec["lr"] == 1e-3 and not [k for k in rec if k.startswith("lr_")]
+    # with warm-up every rate is 0 at the first step: the row still names each part (same keys on every row)
+    warm = ("train.max_steps=3", "train.warmup_ratio=0.5", "stage.lr=1e-3", "stage.projector_lr=1e-5")
+    _run(tiny_recipe(tmp_path / "warm", "llava", *warm))
+    rows = [json.loads(x) for x in (tmp_path / "warm" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lr"] == 0.0 and len({tuple(sorted(k for k in r if k.startswith("lr"))) for r in rows}) == 1
+    assert "lr_projector" in rows[0]
 
 
 def test_the_saved_processor_carries_the_template_the_run_trained_with(tmp_path):
@@ -211,3 +217,22 @@ def test_the_saved_processor_carries_the_template_the_run_trained_with(tmp_path)
     for d in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "step-00000001"):
         assert LlavaProcessor.from_pretrained(d).template == "vicuna_v1"
         assert exported_name((d / "chat_template.jinja").read_text()) == "vicuna_v1"
+
+
+def test_a_stage2_run_does_not_silently_inherit_stage1s_plain_template(tmp_path):
+    """A stage-1 output carries plain; a stage-2 recipe naming no template trained with it (every question
+    dropped). Refused before the data is read; named (either way), or in stage 1, it is the run's choice."""
+    from loop_helpers import plain_base
+
+    from llavakit.train.loop import _dataset, check_inherited_template
+
+    base = plain_base(tmp_path / "base")
+
+    def recipe(*more):
+        r = tiny_recipe(tmp_path, "llava", f"model.init={base}", *more)
+        return r, build_model(r.model)[1]
+
+    with pytest.raises(ValueError, match="carries the 'plain' template .* data.template=vicuna_v1"):
+        _dataset(*recipe("data.path=nowhere.json"))
+    for more in (["data.template=plain"], ["data.template=vicuna_v1"], ["stage.name=stage1"]):
+        check_inherited_template(*recipe(*more))

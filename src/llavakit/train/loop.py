@@ -82,10 +82,13 @@ def logged_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """The learning rates a step logs: ``lr``, the main part's (decoder or LoRA; stage 1: the projector), and
     when the parts' rates differ, each as ``lr_<part>`` (``lr_projector``, ``lr_decoder``, ``lr_vision``...)."""
     parts: dict[str, float] = {}
-    for i, g in enumerate(optimizer.param_groups):
-        parts.setdefault(str(g.get("name", i)).removesuffix("_no_decay"), g["lr"])
+    base: dict[str, float] = {}  # the configured rates (the scheduler's initial_lr): every row has the same keys,
+    for i, g in enumerate(optimizer.param_groups):  # warm-up's all-zero first step included
+        name = str(g.get("name", i)).removesuffix("_no_decay")
+        parts.setdefault(name, g["lr"])
+        base.setdefault(name, g.get("initial_lr", g["lr"]))
     main = next((parts[p] for p in ("decoder", "lora") if p in parts), next(iter(parts.values())))
-    if len(set(parts.values())) == 1:
+    if len(set(base.values())) == 1:
         return {"lr": main}
     return {"lr": main, **{f"lr_{p}": lr for p, lr in parts.items()}}
 
@@ -331,11 +334,27 @@ def _dataset(recipe: Recipe, processor: Any) -> tuple[Any, Callable]:
     if not spec.get("datasets"):
         spec.pop("datasets", None)
     template = recipe.data.template or processor.template
+    check_inherited_template(recipe, processor)
     drop = recipe.data.background_drop
     if drop is not None and (len(drop) != 2 or not all(0 <= x <= 1 for x in drop)):
         raise ValueError(f"data.background_drop must be [start, end] probabilities in [0, 1], got {drop}")
     ds = build_dataset(spec, processor, template, recipe.data.max_length, foreground=drop is not None)
     return ds, partial(collate, pad_id=ds.pad_id, family=processor.family)
+
+
+def check_inherited_template(recipe: Recipe, processor: Any) -> None:
+    """Refuse to train past stage 1 with a captions-only template (``plain``) the recipe did not name: a stage-1
+    output carries it, and inherited silently it would drop every question of the conversations."""
+    from ..processing.templates import TEMPLATES
+
+    named = TEMPLATES.get(processor.template)
+    inherited = recipe.data.template is None and recipe.model.template is None
+    if inherited and recipe.stage.name != "stage1" and processor.chat_template is None and named and named.images_only:
+        raise ValueError(
+            f"model.init carries the {processor.template!r} template (stage 1's captions: it drops the questions); "
+            f"name the template this {recipe.stage.name} run trains with, e.g. data.template=vicuna_v1 "
+            f"(or data.template={processor.template} to keep it)"
+        )
 
 
 def _finish(out: Path, model: torch.nn.Module, processor: Any, lora: Any, d: Dist, metrics: MetricsLog) -> None:
