@@ -58,6 +58,22 @@ def test_save_load_identity_and_dtype(tmp_path):
     assert not any(p.is_meta for p in bf.parameters())
 
 
+def test_a_model_optimized_or_quantized_for_inference_is_not_saved_broken(tmp_path):
+    """Packed / quantized inference Linears hold other tensors than the checkpoint layout: saving such a model
+    wrote a file that loads nowhere; it is refused with the way out. float32's optimized layers save as they are."""
+    from llavakit.engine.linear import optimize_model
+    from llavakit.engine.quantize import quantize_llava
+
+    q = quantize_llava(ours_from_hf(hf_model("llava")), "int8")
+    with pytest.raises(ValueError, match="cannot be saved as a checkpoint: .* quantized for inference"):
+        q.save_pretrained(tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+    f32 = ours_from_hf(hf_model("llava"))
+    optimize_model(f32)
+    f32.save_pretrained(tmp_path / "f32")
+    LlavaModel.from_pretrained(tmp_path / "f32")
+
+
 def test_missing_weights_are_listed(tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -63,3 +63,16 @@ def test_cli_takes_compile_flag():
     for cmd in (["generate", "--prompt", "hi"], ["chat"], ["caption", "imgs/", "--out", "o.jsonl"]):
         assert _parser().parse_args([*cmd, "--compile"]).compile is True
         assert _parser().parse_args(cmd).compile is False
+
+
+def test_many_compiled_pipelines_fit_dynamos_graph_cache():
+    """Every compiled pipeline adds graphs to one decode_step's cache: the limit is raised so the fifth model
+    compiled in a process does not fail mid-answer (dynamo's default: 8 graphs)."""
+    import torch._dynamo
+
+    from llavakit.engine.compile import RECOMPILE_LIMIT, compile_decode_step, inductor_unavailable
+
+    if inductor_unavailable():
+        pytest.skip(inductor_unavailable())
+    compile_decode_step()
+    assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT >= 64

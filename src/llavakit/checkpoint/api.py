@@ -99,12 +99,32 @@ def hf_tensors(path: Path):  # noqa: ANN201
     return to_hf_keys(iter_checkpoint_tensors(path), layout)
 
 
+def check_savable(model: LlavaModel, state: dict[str, torch.Tensor]) -> None:
+    """Refuse to write a model whose weights are no longer the checkpoint layout: inference modules swapped in by
+    ``llavakit.load`` (packed or quantized Linears) hold other tensors, and the file would not load anywhere."""
+    from ..model.llava import LlavaModel
+
+    with torch.device("meta"):
+        expected = set(LlavaModel(model.config).state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        some = (missing or unexpected)[:3]
+        raise ValueError(
+            f"this model cannot be saved as a checkpoint: {len(missing)} weights missing and {len(unexpected)} "
+            f"unexpected (e.g. {', '.join(some)}): it was optimized or quantized for inference "
+            "(llavakit.load(optimize=True / quantize=...)); load it with LlavaModel.from_pretrained, or "
+            "llavakit.load(path, optimize=False) without quantize, to save it"
+        )
+
+
 def save_model(model: LlavaModel, out_dir: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write config.json + (sharded) safetensors in the current HF layout."""
     from .save import save_config, save_state_dict
 
+    state = model.state_dict()
+    check_savable(model, state)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_state_dict(model.state_dict(), out, max_shard_bytes=max_shard_bytes, tied=model.config.tie_word_embeddings)
+    save_state_dict(state, out, max_shard_bytes=max_shard_bytes, tied=model.config.tie_word_embeddings)
     save_config(model.config, out)
     return out

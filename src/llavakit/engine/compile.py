@@ -35,6 +35,9 @@ def inductor_unavailable() -> str | None:
     return None
 
 
+RECOMPILE_LIMIT = 256  # compiled decode-step graphs kept per process (dynamo's default: 8)
+
+
 class CompileUnavailable(OSError):
     """torch.compile cannot build kernels on this machine (the message says why and what to do)."""
 
@@ -48,4 +51,9 @@ def compile_decode_step(*, mode: str | None = None) -> StepFn:
     reason = inductor_unavailable()
     if reason is not None:
         raise CompileUnavailable(f"cannot compile the decode step: {reason}; or run without --compile")
+    # every compiled pipeline adds its graphs to the one decode_step's cache (about 2 per model / dtype /
+    # quantization); past dynamo's limit (8) fullgraph=True fails mid-answer: leave room for many models
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     return torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=True)

@@ -73,10 +73,15 @@ class Int8Linear(nn.Module):
         """The (N, K) weight this layer multiplies by, in ``dtype`` (default: the scale's dtype)."""
         return self.qweight * self.scale.to(dtype or self.scale.dtype)[:, None]  # one pass: int8 * float
 
+    def _kernel_takes(self, x2: torch.Tensor) -> bool:
+        """torch 2.13's bf16 ``_weight_int8pack_mm`` crashes the process (SIGSEGV) for 2-15 rows when K is not a
+        multiple of 16: those calls take the dequantized weight instead."""
+        return x2.dtype != torch.bfloat16 or x2.shape[0] == 1 or self.in_features % 16 == 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (M, K)
-        if x2.shape[0] >= INT8_KERNEL_ROWS or x.device.type != "cpu":
+        if x2.shape[0] >= INT8_KERNEL_ROWS or x.device.type != "cpu" or not self._kernel_takes(x2):
             return dense_linear(x, self.dequantize(compute_dtype(x.dtype, x2.shape[0])), self.bias)
         out = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale.to(x.dtype))  # (M, N)
         if self.bias is not None:
@@ -233,6 +238,11 @@ def quantize_model(
     if mode == "int4" and group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
     targets = [(n, m) for n, m in module.named_modules() if type(m) is nn.Linear and not (skip and skip(n))]
+    if not targets:
+        raise ValueError(
+            "no nn.Linear layer left to quantize: the model is already quantized or optimized for inference "
+            "(llavakit.load quantizes before it optimizes); load it again with quantize=... instead"
+        )
     for name, lin in targets:
         if mode == "int8":
             new: nn.Module = Int8Linear.from_linear(lin)
