@@ -76,6 +76,11 @@ def split_messages(messages: Messages) -> tuple[Messages, list[Any]]:
             elif kind in ("image", "image_url"):
                 images.append(_image_source(part, where))
                 parts.append({"type": "image"})
+            elif kind in ("video", "video_url"):
+                raise ValueError(
+                    f"{where}: video parts are not answered by the pipeline (nor the server) yet; run OneVision "
+                    "video through LlavaProcessor(videos=[[frames]]) and the model's generate (README: Python API)"
+                )
             else:
                 raise ValueError(f"{where}: unsupported content part type {kind!r} (use text, image, image_url)")
         out.append({"role": msg["role"], "content": parts})

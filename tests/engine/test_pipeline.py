@@ -131,6 +131,7 @@ def test_generation_config_end_ids_end_every_path(tmp_path):
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}], "remote"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}], "ftp://"),
         ([{"role": "user", "content": 5}], "content must be a string or a list of parts"),
+        ([{"role": "user", "content": [{"type": "video", "video": ["a.png"]}]}], "video parts are not answered"),
         ([{"role": "user", "content": [{"type": "image", "image": "file://red.png"}]}], "names the host 'red.png'"),
         ([{"role": "user", "content": {"type": "text", "text": "hi"}}], "not dict"),
         ([{"role": "user", "content": ["hi"]}], "message 0, part 0: a content part must be a dict"),

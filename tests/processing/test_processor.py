@@ -224,6 +224,9 @@ def test_wrong_counts_and_unknown_family_are_clear_errors(procs, tmp_path):
         ours(text="hi", images=[_image(10, 10, 0)])
     with pytest.raises(ValueError, match="videos are supported by llava_onevision"):
         ours(text="<video>", videos=[[_image(10, 10, 0)]])
+    _, ov = procs["llava_onevision"]
+    with pytest.raises(ValueError, match="video 0 is a str, not a list of frames"):  # was read letter by letter
+        ov(text="<video>", videos=["clip.mp4"])
     with pytest.raises(ValueError, match=r"image 2 of 2 \(.*bad.png\): cannot decode image"):
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")

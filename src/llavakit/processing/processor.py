@@ -303,6 +303,12 @@ class LlavaProcessor:
                 "put one placeholder per image (apply_chat_template does this for image content parts)"
             )
         vids = list(videos or [])
+        for i, v in enumerate(vids):
+            if not isinstance(v, (list, tuple)):
+                raise ValueError(
+                    f"video {i} is a {type(v).__name__}, not a list of frames; pass each video as its frames "
+                    "(paths, bytes or PIL images; decode a video file into frames first)"
+                )
         n_vid = sum(t.count(VIDEO) for t in texts)
         if n_vid != len(vids):
             raise ValueError(f"the prompt(s) hold {n_vid} {VIDEO} placeholder(s) but {len(vids)} video(s) were given")
