@@ -39,8 +39,11 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def split_messages(messages: Messages) -> tuple[Messages, list[Any]]:
+def split_messages(messages: Messages, videos: list[list[Any]] | None = None) -> tuple[Messages, list[Any]]:
     """Messages with image parts normalised to ``{"type": "image"}`` plus the images in order of appearance.
+
+    ``videos``: a list that receives each video part's frames (``{"type": "video", "video": [frame, ...]}``, frames
+    as images are given), the part becoming ``{"type": "video"}``; None refuses video parts.
 
     Text may not hold ``<image>`` / ``<video>``: those strings are the placeholders images become, so a literal one
     would ask for an image that is not there (images go in image parts)."""
@@ -76,10 +79,20 @@ def split_messages(messages: Messages) -> tuple[Messages, list[Any]]:
             elif kind in ("image", "image_url"):
                 images.append(_image_source(part, where))
                 parts.append({"type": "image"})
+            elif kind == "video" and videos is not None:
+                frames = part.get("video")
+                if not isinstance(frames, (list, tuple)) or not frames:
+                    raise ValueError(
+                        f"{where}: a video part needs 'video' as a non-empty list of frames (paths, bytes, PIL "
+                        f"images or data: URLs), got {type(frames).__name__}; decode a video file into frames first"
+                    )
+                videos.append([_image_source({"type": "image", "image": f}, f"{where}, frame {k}") for k, f in
+                               enumerate(frames)])  # fmt: skip
+                parts.append({"type": "video"})
             elif kind in ("video", "video_url"):
                 raise ValueError(
-                    f"{where}: video parts are not answered by the pipeline (nor the server) yet; run OneVision "
-                    "video through LlavaProcessor(videos=[[frames]]) and the model's generate (README: Python API)"
+                    f"{where}: video parts take a list of frames ({{'type': 'video', 'video': [frame, ...]}}, "
+                    "OneVision models); the server does not take them yet"
                 )
             else:
                 raise ValueError(f"{where}: unsupported content part type {kind!r} (use text, image, image_url)")
@@ -162,10 +175,11 @@ class Pipeline:
         self.session = ChatSession(model, step=step)
 
     def _inputs(self, messages: Messages) -> tuple[dict[str, torch.Tensor], int]:
-        msgs, images = split_messages(messages)
-        _check_answerable(msgs, images)
+        videos: list[list[Any]] = []
+        msgs, images = split_messages(messages, videos)
+        _check_answerable(msgs, images + videos)
         prompt = self.processor.apply_chat_template(msgs, add_generation_prompt=True)
-        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt")
+        inputs = self.processor(text=prompt, images=images or None, videos=videos or None, return_tensors="pt")
         n_img = int((inputs["input_ids"] == self.model.config.image_token_id).sum())
         return inputs, n_img
 
@@ -192,7 +206,7 @@ class Pipeline:
         inputs, n_img = self._inputs(messages)
         params = SamplingParams(temperature, top_p, top_k, repetition_penalty, seed)
         ids = inputs["input_ids"]
-        vision = {k: inputs[k] for k in ("pixel_values", "image_sizes") if k in inputs}
+        vision = {k: inputs[k] for k in ("pixel_values", "image_sizes", "pixel_values_videos") if k in inputs}
         decoder = self.processor.tokenizer.decode_stream(skip_special_tokens=True)
         stops = StopMatcher([stop] if isinstance(stop, str) else stop)
         eos = self._eos()
@@ -241,14 +255,19 @@ class Pipeline:
 
         if not conversations:
             raise ValueError("batch needs at least one conversation (a list of message lists)")
-        prompts, images = [], []
+        prompts, images, videos = [], [], []
         for messages in conversations:
-            msgs, imgs = split_messages(messages)
-            _check_answerable(msgs, imgs)
+            vids: list[list[Any]] = []
+            msgs, imgs = split_messages(messages, vids)
+            _check_answerable(msgs, imgs + vids)
             prompts.append(self.processor.apply_chat_template(msgs, add_generation_prompt=True))
             images.extend(imgs)
-        inputs = self.processor(text=prompts, images=images or None, return_tensors="pt", padding_side="left")
-        vision = {k: inputs[k] for k in ("pixel_values", "image_sizes", "batch_num_images") if k in inputs}
+            videos.extend(vids)
+        inputs = self.processor(
+            text=prompts, images=images or None, videos=videos or None, return_tensors="pt", padding_side="left"
+        )
+        keys = ("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos")
+        vision = {k: inputs[k] for k in keys if k in inputs}
         stop = sampling.get("stop")
         params = SamplingParams(**{k: sampling[k] for k in sampling if k != "stop"})
         eos = self._eos()

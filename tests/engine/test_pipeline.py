@@ -131,7 +131,8 @@ def test_generation_config_end_ids_end_every_path(tmp_path):
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}], "remote"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}], "ftp://"),
         ([{"role": "user", "content": 5}], "content must be a string or a list of parts"),
-        ([{"role": "user", "content": [{"type": "video", "video": ["a.png"]}]}], "video parts are not answered"),
+        ([{"role": "user", "content": [{"type": "video", "video": "clip.mp4"}]}], "a non-empty list of frames"),
+        ([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}], "list of frames"),
         ([{"role": "user", "content": [{"type": "image", "image": "file://red.png"}]}], "names the host 'red.png'"),
         ([{"role": "user", "content": {"type": "text", "text": "hi"}}], "not dict"),
         ([{"role": "user", "content": ["hi"]}], "message 0, part 0: a content part must be a dict"),
@@ -225,3 +226,34 @@ def test_batch_counts_image_tokens_and_refuses_what_reply_refuses(pipe):
         pipe.batch([_msg(), [{"role": "user", "content": " "}]])
     with pytest.raises(ValueError, match="at least one conversation"):
         pipe.batch([])
+
+
+def test_onevision_video_parts_answer_as_processor_and_generate(pipe, tmp_path):
+    """A video part (its frames) in the pipeline: the answer of the processor + generate route; a follow-up turn
+    reuses the cache up to the video and equals a fresh prefill; batch equals single."""
+    frames = [Image.new("RGB", (50, 40), (40 * i, 100, 200)) for i in range(3)]
+    msgs = [{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "What?"}]}]
+    pipe.reset()
+    first = pipe.reply(msgs, max_new_tokens=6)
+    proc = pipe.processor
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]}],
+        add_generation_prompt=True,
+    )
+    inputs = proc(text=prompt, videos=[frames], return_tensors="pt")
+    ids = pipe.model.generate(inputs["input_ids"], max_new_tokens=6, pixel_values_videos=inputs["pixel_values_videos"])
+    assert first.text == proc.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    follow = msgs + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And then?"}]
+    again = pipe.chat(follow, max_new_tokens=4)
+    assert 0 < pipe.session.stats["reused_tokens"] < inputs["input_ids"].shape[1]
+    pipe.reset()
+    assert pipe.chat(follow, max_new_tokens=4) == again
+    other = [{"role": "user", "content": [{"type": "video", "video": frames[::-1]}, {"type": "text", "text": "x"}]}]
+    assert pipe.batch([msgs, other], max_new_tokens=6)[0].text == first.text
+
+
+def test_video_parts_on_a_model_without_video_are_refused(tmp_path):
+    pipe = llavakit.load(write_tiny_checkpoint(tmp_path / "next", "llava_next", seed=1))
+    frames = [Image.new("RGB", (20, 20))] * 2
+    with pytest.raises(ValueError, match="videos are supported by llava_onevision models only"):
+        pipe.chat([{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "?"}]}])

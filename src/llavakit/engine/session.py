@@ -75,6 +75,9 @@ class ChatSession:
                 break
             keep += 1
         keep = min(keep, len(ids) - 1)  # feed at least one token to get the next-token logits
+        video = self.model.config.video_token_id
+        if video is not None and video in ids:  # video frames are not fingerprinted: re-encode from the first video
+            keep = min(keep, ids.index(video))
         runs = image_runs(ids, self.model.config.image_token_id)
         spans = _split_runs(runs, [n for _, n in images])
         kept_images = 0
@@ -96,8 +99,10 @@ class ChatSession:
         eos_token_id: int | list[int] | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
     ) -> Iterator[int]:
-        """Yield the answer's token ids for the whole-conversation ``input_ids`` (1, T).
+        """Yield the answer's token ids for the whole-conversation ``input_ids`` (1, T) (OneVision videos:
+        ``pixel_values_videos`` (V, F, 3, S, S); the cache is reused up to the first video only).
 
         One answer at a time: a turn started while another one's generator is still open is refused (they share
         the cache); finish or close the earlier generator first.
@@ -128,6 +133,8 @@ class ChatSession:
             vision = {"pixel_values": pixel_values[kept_images:], "multi_image": multi[kept_images:]}
             if image_sizes is not None:
                 vision["image_sizes"] = image_sizes[kept_images:]
+        if pixel_values_videos is not None:  # every video is in the suffix (reuse stops before the first one)
+            vision["pixel_values_videos"] = pixel_values_videos
         embeds = model.embed(suffix, **vision)
         self.stats = {"reused_tokens": keep, "prefilled_tokens": len(ids) - keep, "encoded_images": n_img - kept_images}
         positions = torch.arange(keep, len(ids), device=model.device)[None]
