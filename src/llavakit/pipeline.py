@@ -348,16 +348,22 @@ def load(
     waits for the compilation (tens of seconds on a CPU), later ones reuse it. Needs a C++ compiler.
     """
     from .checkpoint.api import load_model
+    from .engine.quantize import QUANTIZE_MODES, quantize_llava
     from .processing.processor import LlavaProcessor
 
+    if quantize is not None and quantize not in QUANTIZE_MODES:  # settings first: loading a 7B model takes minutes
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+    step = decode_step
+    if compile:
+        from .engine.compile import compile_decode_step
+
+        step = compile_decode_step()  # raises CompileUnavailable (no C++ compiler) before the model is read
     if path_or_id is None:
         from .commands import default_model
 
         path_or_id = default_model()
     model = load_model(path_or_id, dtype=dtype, device=device)
     if quantize is not None:
-        from .engine.quantize import quantize_llava
-
         quantize_llava(model, quantize)
     if optimize and model.device.type == "cpu":
         from .engine.linear import optimize_model
@@ -365,9 +371,4 @@ def load(
 
         optimize_model(model)
         keep_freed_memory()
-    step = decode_step
-    if compile:
-        from .engine.compile import compile_decode_step
-
-        step = compile_decode_step()
     return Pipeline(model, LlavaProcessor.from_pretrained(path_or_id), step=step)

@@ -54,6 +54,10 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
         assert "no C++ compiler" in (inductor_unavailable() or "")
         with pytest.raises(CompileUnavailable, match="no C\\+\\+ compiler.*without --compile"):
             compile_decode_step()
+        import llavakit
+
+        with pytest.raises(CompileUnavailable):  # before the model is read (no such directory: not reached)
+            llavakit.load("/nonexistent/model", compile=True)
     finally:
         monkeypatch.delenv("CXX")
         engine_compile.inductor_unavailable.cache_clear()

@@ -257,3 +257,8 @@ def test_video_parts_on_a_model_without_video_are_refused(tmp_path):
     frames = [Image.new("RGB", (20, 20))] * 2
     with pytest.raises(ValueError, match="videos are supported by llava_onevision models only"):
         pipe.chat([{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "?"}]}])
+
+
+def test_a_bad_quantize_mode_is_refused_before_the_model_is_read():
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        llavakit.load("/nonexistent/model", quantize="int3")
