@@ -74,9 +74,9 @@ class Int8Linear(nn.Module):
         return self.qweight * self.scale.to(dtype or self.scale.dtype)[:, None]  # one pass: int8 * float
 
     def _kernel_takes(self, x2: torch.Tensor) -> bool:
-        """torch 2.13's bf16 ``_weight_int8pack_mm`` crashes the process (SIGSEGV) for 2-15 rows when K is not a
-        multiple of 16: those calls take the dequantized weight instead."""
-        return x2.dtype != torch.bfloat16 or x2.shape[0] == 1 or self.in_features % 16 == 0
+        """torch 2.13's ``_weight_int8pack_mm`` needs K a multiple of 16: otherwise in bf16 it crashed the process
+        (SIGSEGV, 2-15 rows) or returned garbage (1 row, now and then): such layers take the dequantized weight."""
+        return self.in_features % 16 == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
