@@ -207,31 +207,20 @@ class Pipeline:
         params = SamplingParams(temperature, top_p, top_k, repetition_penalty, seed)
         ids = inputs["input_ids"]
         vision = {k: inputs[k] for k in ("pixel_values", "image_sizes", "pixel_values_videos") if k in inputs}
-        decoder = self.processor.tokenizer.decode_stream(skip_special_tokens=True)
-        stops = StopMatcher([stop] if isinstance(stop, str) else stop)
         eos = self._eos()
-        n, reason, parts = 0, "length", []
+        text = _AnswerText(self.processor.tokenizer, stop)
         for t in self.session.generate(ids, max_new_tokens=max_new_tokens, params=params, **vision):
-            n += 1
-            if t in eos:
-                reason = "stop"
-                break
-            delta = stops.push(decoder.push(t))
+            delta = text.push(t, eos)
             if delta:
-                parts.append(delta)
                 yield delta
-            if stops.stopped:
-                reason = "stop"
+            if text.reason is not None:
                 break
-        if not stops.stopped:
-            tail = stops.push(decoder.flush())
-            tail += stops.flush()
-            if tail:
-                parts.append(tail)
-                yield tail
+        tail = text.finish()
+        if tail:
+            yield tail
         if answer is not None:
-            answer.text, answer.finish_reason = "".join(parts), reason
-            answer.prompt_tokens, answer.completion_tokens, answer.image_tokens = ids.shape[1], n, n_img
+            answer.text, answer.finish_reason = text.text, text.reason or "length"
+            answer.prompt_tokens, answer.completion_tokens, answer.image_tokens = ids.shape[1], text.tokens, n_img
 
     def chat(self, messages: Messages, **sampling: Any) -> str:
         """The whole answer as a string (same arguments as ``stream``)."""
@@ -271,7 +260,7 @@ class Pipeline:
         stop = sampling.get("stop")
         params = SamplingParams(**{k: sampling[k] for k in sampling if k != "stop"})
         eos = self._eos()
-        rows = [_Row(self.processor.tokenizer, stop) for _ in prompts]
+        rows = [_AnswerText(self.processor.tokenizer, stop) for _ in prompts]
         for toks in stream_tokens(
             self.model,
             inputs["input_ids"],
@@ -289,36 +278,48 @@ class Pipeline:
                 break
         mask, ids = inputs["attention_mask"], inputs["input_ids"]
         n_img = (ids == self.model.config.image_token_id).sum(1).tolist()
-        return [row.answer(int(mask[r].sum()), n_img[r]) for r, row in enumerate(rows)]
+        answers = []
+        for r, row in enumerate(rows):
+            row.finish()
+            answers.append(Answer(row.text, row.reason or "length", int(mask[r].sum()), row.tokens, n_img[r]))
+        return answers
 
     def reset(self) -> None:
         self.session.reset()
 
 
-class _Row:
-    """One answer of ``Pipeline.batch`` as its tokens arrive: text, stop strings and the finish reason, as
-    ``Pipeline.stream`` handles them."""
+class _AnswerText:
+    """One answer's text as its tokens arrive (``Pipeline.stream`` and each row of ``Pipeline.batch``): detokenized,
+    cut at a stop string, never mid-character; ``reason`` is "stop" once it ended on EOS or a stop string."""
 
     def __init__(self, tokenizer: Any, stop: list[str] | str | None) -> None:
         self.decoder = tokenizer.decode_stream(skip_special_tokens=True)
         self.stops = StopMatcher([stop] if isinstance(stop, str) else stop)
         self.parts: list[str] = []
-        self.tokens = 0
-        self.reason: str | None = None  # set when the answer has ended
+        self.tokens = 0  # generated tokens, the one that ended the answer included
+        self.reason: str | None = None
 
-    def push(self, token: int, eos: set[int]) -> None:
+    def push(self, token: int, eos: set[int]) -> str:
+        """Take the next token; return the text it makes final ("" when held back, or at EOS)."""
         self.tokens += 1
         if token in eos:
             self.reason = "stop"
-            return
-        self.parts.append(self.stops.push(self.decoder.push(token)))
+            return ""
+        delta = self.stops.push(self.decoder.push(token))
+        self.parts.append(delta)
         if self.stops.stopped:
             self.reason = "stop"
+        return delta
 
-    def answer(self, prompt_tokens: int, image_tokens: int) -> Answer:
-        if not self.stops.stopped:
-            self.parts.append(self.stops.push(self.decoder.flush()) + self.stops.flush())
-        return Answer("".join(self.parts), self.reason or "length", prompt_tokens, self.tokens, image_tokens)
+    def finish(self) -> str:
+        """The text still held back once no token comes (none after a stop string)."""
+        tail = "" if self.stops.stopped else self.stops.push(self.decoder.flush()) + self.stops.flush()
+        self.parts.append(tail)
+        return tail
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 def load(
