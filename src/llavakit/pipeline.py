@@ -349,11 +349,11 @@ def load(
     waits for the compilation (tens of seconds on a CPU), later ones reuse it. Needs a C++ compiler.
     """
     from .checkpoint.api import load_model
-    from .engine.quantize import QUANTIZE_MODES, quantize_llava
+    from .engine.quantize import check_quantize_mode, quantize_llava
     from .processing.processor import LlavaProcessor
 
-    if quantize is not None and quantize not in QUANTIZE_MODES:  # settings first: loading a 7B model takes minutes
-        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+    if quantize is not None:  # settings first: loading a 7B model takes minutes
+        check_quantize_mode(quantize)
     step = decode_step
     if compile:
         from .engine.compile import compile_decode_step

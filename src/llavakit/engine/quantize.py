@@ -73,15 +73,12 @@ class Int8Linear(nn.Module):
         """The (N, K) weight this layer multiplies by, in ``dtype`` (default: the scale's dtype)."""
         return self.qweight * self.scale.to(dtype or self.scale.dtype)[:, None]  # one pass: int8 * float
 
-    def _kernel_takes(self, x2: torch.Tensor) -> bool:
-        """torch 2.13's ``_weight_int8pack_mm`` needs K a multiple of 16: otherwise in bf16 it crashed the process
-        (SIGSEGV, 2-15 rows) or returned garbage (1 row, now and then): such layers take the dequantized weight."""
-        return self.in_features % 16 == 0
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (M, K)
-        if x2.shape[0] >= INT8_KERNEL_ROWS or x.device.type != "cpu" or not self._kernel_takes(x2):
+        # torch 2.13's _weight_int8pack_mm needs K a multiple of 16: otherwise in bf16 it crashed the process
+        # (SIGSEGV, 2-15 rows) or returned garbage (1 row, now and then); such layers take the dequantized weight
+        if x2.shape[0] >= INT8_KERNEL_ROWS or x.device.type != "cpu" or self.in_features % 16:
             return dense_linear(x, self.dequantize(compute_dtype(x.dtype, x2.shape[0])), self.bias)
         out = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale.to(x.dtype))  # (M, N)
         if self.bias is not None:
@@ -255,14 +252,18 @@ def quantize_model(
     return module
 
 
+def check_quantize_mode(quantize: str) -> None:
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+
+
 def quantize_llava(model: nn.Module, quantize: str, *, group_size: int = 128) -> nn.Module:
     """What ``llavakit.load(..., quantize=...)`` does: quantize the decoder's Linears (``model.model.language_model``)
     and, with a ``+head`` mode ("int8+head", "int4+head"), the LM head too; the vision tower and the projector
     stay in float. Plain modes keep the head in float, as llama.cpp keeps its output matrix at higher precision:
     the head sets every logit. For Qwen2-0.5B the head is a quarter of the bytes a bf16 token reads (272 of
     990 MB); in int4 its product took 3.3 instead of 11.3 ms on a 2-core Xeon (README "Speed on a CPU")."""
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+    check_quantize_mode(quantize)
     mode, _, head = quantize.partition("+")
     keep = ("model.language_model.",) + (("lm_head",) if head else ())
     return quantize_model(model, mode, group_size=group_size, skip=lambda n: not n.startswith(keep))  # type: ignore[arg-type]
