@@ -56,7 +56,7 @@ def convert(
         )
     model = load_model(path, dtype=parse_dtype(dtype) if dtype else _stored_dtype(path), vision_tower=vision_tower)
     model.save_pretrained(out, max_shard_bytes=max_shard_bytes)
-    notes = [write_processor(path, out, model, fmt, vision_tower, facts)]
+    notes = [write_processor(path, out, model, fmt, facts)]
     if (path / "generation_config.json").is_file():  # extra end-of-sequence ids (Llama-3's <|eot_id|>, ...)
         shutil.copy2(path / "generation_config.json", out / "generation_config.json")
     if config.projector_type != "mlp2x_gelu":
@@ -71,16 +71,14 @@ def convert(
 
 def original_facts(path: Path, vision_tower: str | Path | None, template: str | None, name: str):  # noqa: ANN201
     """The processor facts of an original checkpoint, its template given or guessed (refused when neither)."""
-    from ..processing.templates import TEMPLATES
+    from ..processing.templates import TEMPLATES, get_template
     from .load import read_config_dict
     from .original import config_from_original, read_vision_tower_config
 
     cfg = read_config_dict(path)
     facts = config_from_original(cfg, read_vision_tower_config(cfg, path, vision_tower), name=name).processing
     if template is not None:
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown --template {template!r}; choose one of {', '.join(sorted(TEMPLATES))}")
-        facts = dataclasses.replace(facts, template=template)
+        facts = dataclasses.replace(facts, template=get_template(template).name)  # an unknown name is refused
     if facts.template is None:
         raise ValueError(
             f"cannot tell which conversation template {name} was trained with (its decoder is none of Vicuna, "
@@ -99,9 +97,9 @@ def _stored_dtype(path: Path) -> torch.dtype:
     return torch.float32
 
 
-def write_processor(src: Path, out: Path, model, fmt: str, vision_tower=None, facts=None) -> str | None:  # noqa: ANN001
+def write_processor(src: Path, out: Path, model, fmt: str, facts=None) -> str | None:  # noqa: ANN001
     """Processor files for the converted checkpoint; returns a note when they could not all be written.
-    ``facts``: an original checkpoint's processor facts (``original_facts``; read from its config when None)."""
+    ``facts``: an original checkpoint's processor facts (``original_facts``), needed when ``fmt`` is "original"."""
     from ..processing.processor import LlavaProcessor
 
     if fmt == "hf":
@@ -113,12 +111,6 @@ def write_processor(src: Path, out: Path, model, fmt: str, vision_tower=None, fa
                 if (src / name).exists():
                     shutil.copy2(src / name, out / name)
             return f"processor not rebuilt ({e}); copied the processor files that exist"
-    if facts is None:
-        from .load import read_config_dict
-        from .original import config_from_original, read_vision_tower_config
-
-        cfg = read_config_dict(src)
-        facts = config_from_original(cfg, read_vision_tower_config(cfg, src, vision_tower), name=str(src)).processing
     try:
         tokenizer = original_tokenizer(src, model.config)
     except (FileNotFoundError, ValueError) as e:

@@ -300,7 +300,7 @@ def guess_template(cfg: dict[str, Any], text: TextConfig, name: str | None = Non
         return "llama3"
     if text.vocab_size == 64000 or "34b" in hint:
         return "chatml_direct"
-    if text.vocab_size == 32000 and "llama3" not in hint.replace("-", "").replace("_", ""):
+    if text.vocab_size == 32000:
         return "vicuna_v1"
     return None
 
