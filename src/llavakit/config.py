@@ -252,7 +252,7 @@ _LLAVA_DEFAULTS: dict[str, Any] = {
 }
 HF_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "llava": _LLAVA_DEFAULTS,
-    "llava_next": {**_LLAVA_DEFAULTS, "pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]},
+    "llava_next": {**_LLAVA_DEFAULTS, "pinpoints": V16_PINPOINTS},
     "llava_onevision": {
         "text_model_type": "qwen2",
         "vision_model_type": "siglip_vision_model",

@@ -152,6 +152,15 @@ def _part_tensors(decoder: Path, tower: Path, config: Any):  # noqa: ANN202
     yield from trim_vision_layers(rename_tensors(pairs, "original"), config.vision.num_hidden_layers)
 
 
+def drops_questions(processor: LlavaProcessor) -> bool:
+    """True when the processor renders with a captions-only named template (``plain``: a user turn is only its
+    images, the question is dropped), as a stage-1 checkpoint does."""
+    from ..processing.templates import TEMPLATES
+
+    named = TEMPLATES.get(processor.template)
+    return processor.chat_template is None and named is not None and named.images_only
+
+
 def trained_processor(processor: LlavaProcessor, template: str | None) -> LlavaProcessor:
     """The processor a run saves: with ``template`` (the recipe's data.template or model.template, the one the run
     trains with) as its template and exported chat template; unchanged when the recipe names none, or names the

@@ -30,7 +30,7 @@ from ..data.synth_scene import Scene
 from ..model.llava import LlavaModel
 from ..model.rope import apply_rotary
 from ..processing.processor import LlavaProcessor
-from ..processing.templates import TEMPLATES
+from .build import drops_questions
 from .foreground import scene_token_owners
 
 TEXT = -4  # the owner of the prompt's text tokens in ``question_inputs`` (image tokens: ``scene_token_owners``)
@@ -125,8 +125,7 @@ def ground(
     torch.manual_seed(seed)
     model = LlavaModel.from_pretrained(init)
     proc = LlavaProcessor.from_pretrained(init, template=template)
-    named = TEMPLATES.get(proc.template)
-    if proc.chat_template is None and named is not None and named.images_only:
+    if drops_questions(proc):
         raise ValueError(
             f"{init} carries the {proc.template!r} template (stage 1 captions), which drops the question; "
             "give grounding the stage-2 template (template='vicuna_v1')"

@@ -345,11 +345,10 @@ def _dataset(recipe: Recipe, processor: Any) -> tuple[Any, Callable]:
 def check_inherited_template(recipe: Recipe, processor: Any) -> None:
     """Refuse to train past stage 1 with a captions-only template (``plain``) the recipe did not name: a stage-1
     output carries it, and inherited silently it would drop every question of the conversations."""
-    from ..processing.templates import TEMPLATES
+    from .build import drops_questions
 
-    named = TEMPLATES.get(processor.template)
     inherited = recipe.data.template is None and recipe.model.template is None
-    if inherited and recipe.stage.name != "stage1" and processor.chat_template is None and named and named.images_only:
+    if inherited and recipe.stage.name != "stage1" and drops_questions(processor):
         raise ValueError(
             f"model.init carries the {processor.template!r} template (stage 1's captions: it drops the questions); "
             f"name the template this {recipe.stage.name} run trains with, e.g. data.template=vicuna_v1 "
