@@ -1,4 +1,5 @@
-"""Where transformers keeps things in a processor / checkpoint directory, and how to tell the model family.
+"""Where transformers keeps things in a processor / checkpoint directory, how to tell the model family, and how
+its image / video processor settings map to (and from) llavakit's ``ImageConfig``.
 
 A processor directory holds ``processor_config.json`` (transformers >= 5 nests the image processor in it as
 ``image_processor``), ``preprocessor_config.json`` (older layout), ``video_preprocessor_config.json``
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import OV_PINPOINTS, V16_PINPOINTS
+from .image import CLIP_MEAN, CLIP_STD, ImageConfig
 
 FAMILIES = ("llava", "llava_next", "llava_onevision")
 FAMILY_BY_PROCESSOR = {
@@ -112,3 +114,81 @@ def chat_template_of(path: Path, proc: dict[str, Any]) -> str | None:
     if isinstance(found, dict):
         found = found.get("default")
     return found if isinstance(found, str) else None
+
+
+# -- image / video processor settings <-> ImageConfig -------------------------------------------------------------
+
+
+def image_config_from_hf(img: dict[str, Any], family: str, file: Path) -> ImageConfig:
+    """The preprocessing an image processor's settings (``file``: where they were read) describe, as transformers'
+    image processor of ``family`` follows them; settings llavakit does not implement are refused."""
+    check_image_processor(img, file)
+    tile = side_of(img.get("crop_size")) if img.get("do_center_crop") else None
+    tile = tile or side_of(img.get("size")) or 336
+    # without pinpoints of its own, transformers' image processor takes its class default (not config.json's)
+    pins = None if family == "llava" else img.get("image_grid_pinpoints") or DEFAULT_PINPOINTS[family]
+    return ImageConfig(
+        tile=tile,
+        mean=tuple(img.get("image_mean", CLIP_MEAN)),
+        std=tuple(img.get("image_std", CLIP_STD)),
+        resize_shortest=isinstance(img.get("size"), int) or "shortest_edge" in (img.get("size") or {}),
+        center_crop=bool(img.get("do_center_crop")),
+        pad_square=family == "llava" and bool(img.get("do_pad")),
+        pinpoints=tuple((int(h), int(w)) for h, w in pins) if pins else None,
+        rescale=img.get("rescale_factor", 1 / 255),
+        resample=img.get("resample", 3),
+    )
+
+
+def video_config_from_hf(vid: dict[str, Any], image: ImageConfig) -> ImageConfig:
+    """OneVision's video preprocessing (frames squashed to the tile) from its settings; the image one's by default."""
+    return ImageConfig(
+        tile=side_of(vid.get("size")) or image.tile,
+        mean=tuple(vid.get("image_mean", image.mean)),
+        std=tuple(vid.get("image_std", image.std)),
+        resize_shortest=False,
+        center_crop=False,
+        rescale=vid.get("rescale_factor", 1 / 255),
+        resample=vid.get("resample", image.resample),
+    )
+
+
+def image_processor_dict(c: ImageConfig, family: str) -> dict[str, Any]:
+    """``preprocessor_config.json`` of ``c`` as transformers writes it (with ``processor_class``)."""
+    size = {"shortest_edge": c.tile} if c.resize_shortest else {"height": c.tile, "width": c.tile}
+    img: dict[str, Any] = {
+        "image_processor_type": IMAGE_PROCESSOR[family],
+        "processor_class": PROCESSOR_CLASS[family],
+        "do_resize": True,
+        "size": size,
+        "resample": c.resample,
+        "do_center_crop": c.center_crop,
+        "crop_size": {"height": c.tile, "width": c.tile},
+        "do_rescale": True,
+        "rescale_factor": c.rescale,
+        "do_normalize": True,
+        "image_mean": list(c.mean),
+        "image_std": list(c.std),
+        "do_convert_rgb": True,
+        "do_pad": c.pad_square if family == "llava" else True,
+    }
+    if c.pinpoints:
+        img["image_grid_pinpoints"] = [list(p) for p in c.pinpoints]
+    return img
+
+
+def video_processor_dict(v: ImageConfig, family: str) -> dict[str, Any]:
+    """``video_preprocessor_config.json`` of OneVision's video preprocessing ``v``."""
+    return {
+        "video_processor_type": "LlavaOnevisionVideoProcessor",
+        "processor_class": PROCESSOR_CLASS[family],
+        "size": {"height": v.tile, "width": v.tile},
+        "resample": v.resample,
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": v.rescale,
+        "do_normalize": True,
+        "image_mean": list(v.mean),
+        "image_std": list(v.std),
+        "do_convert_rgb": True,
+    }

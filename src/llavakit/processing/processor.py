@@ -18,14 +18,13 @@ import torch
 from ..config import LlavaConfig
 from .anyres import ImageGeometry, num_image_tokens, num_video_tokens
 from .hf_files import (
-    DEFAULT_PINPOINTS,
-    IMAGE_PROCESSOR,
-    PROCESSOR_CLASS,
     chat_template_of,
-    check_image_processor,
     family_of,
+    image_config_from_hf,
+    image_processor_dict,
     read_json,
-    side_of,
+    video_config_from_hf,
+    video_processor_dict,
 )
 from .image import CLIP_MEAN, CLIP_STD, ImageConfig, preprocess, video_frames
 from .image_load import ImageSource, load_image
@@ -122,23 +121,8 @@ class LlavaProcessor:
         family = family_of(path, model_cfg, proc, img)
         if not img:
             raise FileNotFoundError(f"{path} has no preprocessor_config.json (nor an image_processor section)")
-        check_image_processor(img, img_file)
-        tile = side_of(img.get("crop_size")) if img.get("do_center_crop") else None
-        tile = tile or side_of(img.get("size")) or 336
-        # without pinpoints of its own, transformers' image processor takes its class default (not config.json's)
-        pins = None if family == "llava" else img.get("image_grid_pinpoints") or DEFAULT_PINPOINTS[family]
-        pins_t = tuple((int(h), int(w)) for h, w in pins) if pins else None
-        image_config = ImageConfig(
-            tile=tile,
-            mean=tuple(img.get("image_mean", CLIP_MEAN)),
-            std=tuple(img.get("image_std", CLIP_STD)),
-            resize_shortest=isinstance(img.get("size"), int) or "shortest_edge" in (img.get("size") or {}),
-            center_crop=bool(img.get("do_center_crop")),
-            pad_square=family == "llava" and bool(img.get("do_pad")),
-            pinpoints=pins_t,
-            rescale=img.get("rescale_factor", 1 / 255),
-            resample=img.get("resample", 3),
-        )
+        image_config = image_config_from_hf(img, family, img_file)
+        tile, pins_t = image_config.tile, image_config.pinpoints
         strategy = proc.get(
             "vision_feature_select_strategy", model_cfg.get("vision_feature_select_strategy", "default")
         )
@@ -156,17 +140,7 @@ class LlavaProcessor:
         geometry = ImageGeometry(family, tile, patch, extra, pins_t, max_tiles)
         tokenizer = Tokenizer.from_dir(path)
         vid = read_json(path / "video_preprocessor_config.json") or proc.get("video_processor") or {}
-        video_config = None
-        if vid:
-            video_config = ImageConfig(
-                tile=side_of(vid.get("size")) or tile,
-                mean=tuple(vid.get("image_mean", image_config.mean)),
-                std=tuple(vid.get("image_std", image_config.std)),
-                resize_shortest=False,
-                center_crop=False,
-                rescale=vid.get("rescale_factor", 1 / 255),
-                resample=vid.get("resample", image_config.resample),
-            )
+        video_config = video_config_from_hf(vid, image_config) if vid else None
         chat = chat_template_of(path, proc) or tokenizer.chat_template
         exported = exported_name(chat)  # ours as `save_pretrained` wrote it, unedited: render it by name, as before
         if exported is not None:
@@ -187,26 +161,7 @@ class LlavaProcessor:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(out)
-        c = self.image_config
-        size = {"shortest_edge": c.tile} if c.resize_shortest else {"height": c.tile, "width": c.tile}
-        img: dict[str, Any] = {
-            "image_processor_type": IMAGE_PROCESSOR[self.family],
-            "processor_class": PROCESSOR_CLASS[self.family],
-            "do_resize": True,
-            "size": size,
-            "resample": c.resample,
-            "do_center_crop": c.center_crop,
-            "crop_size": {"height": c.tile, "width": c.tile},
-            "do_rescale": True,
-            "rescale_factor": c.rescale,
-            "do_normalize": True,
-            "image_mean": list(c.mean),
-            "image_std": list(c.std),
-            "do_convert_rgb": True,
-            "do_pad": c.pad_square if self.family == "llava" else True,
-        }
-        if c.pinpoints:
-            img["image_grid_pinpoints"] = [list(p) for p in c.pinpoints]
+        img = image_processor_dict(self.image_config, self.family)
         (out / "preprocessor_config.json").write_text(json.dumps(img, indent=2) + "\n")
         proc: dict[str, Any] = {
             "processor_class": img.pop("processor_class"),
@@ -223,20 +178,7 @@ class LlavaProcessor:
             proc.update(patch_size=self.geometry.patch, num_additional_image_tokens=self.num_additional_image_tokens)
         (out / "processor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
         if self.family == "llava_onevision":
-            v = self.video_config
-            video = {
-                "video_processor_type": "LlavaOnevisionVideoProcessor",
-                "processor_class": PROCESSOR_CLASS[self.family],
-                "size": {"height": v.tile, "width": v.tile},
-                "resample": v.resample,
-                "do_resize": True,
-                "do_rescale": True,
-                "rescale_factor": v.rescale,
-                "do_normalize": True,
-                "image_mean": list(v.mean),
-                "image_std": list(v.std),
-                "do_convert_rgb": True,
-            }
+            video = video_processor_dict(self.video_config, self.family)
             (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2) + "\n")
         # the checkpoint's own Jinja template, else ours written as one: transformers and vLLM need it to chat
         (out / "chat_template.jinja").write_text(self.chat_template or jinja_template(self.template))
