@@ -25,6 +25,7 @@ from .engine.generate import StepFn, check_context, decode_step, eos_ids
 from .engine.sampling import SamplingParams
 from .engine.session import ChatSession
 from .engine.text import StopMatcher
+from .processing.templates import message_text
 
 Messages = list[dict[str, Any]]
 
@@ -154,15 +155,8 @@ def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
 
 
 def _check_answerable(msgs: Messages, images: list[Any]) -> None:
-    if not images and not any(_text(m).strip() for m in msgs):
+    if not images and not any(message_text(m.get("content"))[0].strip() for m in msgs):
         raise ValueError("the messages hold no text and no image: nothing to answer; add a question or an image")
-
-
-def _text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")
 
 
 class Pipeline:
