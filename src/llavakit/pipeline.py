@@ -24,7 +24,7 @@ import torch
 from .engine.generate import StepFn, check_context, decode_step, eos_ids
 from .engine.sampling import SamplingParams
 from .engine.session import ChatSession
-from .engine.text import StopMatcher
+from .engine.text import AnswerText
 from .processing.templates import message_text
 
 Messages = list[dict[str, Any]]
@@ -202,7 +202,7 @@ class Pipeline:
         ids = inputs["input_ids"]
         vision = {k: inputs[k] for k in ("pixel_values", "image_sizes", "pixel_values_videos") if k in inputs}
         eos = self._eos()
-        text = _AnswerText(self.processor.tokenizer, stop)
+        text = AnswerText(self.processor.tokenizer, stop)
         for t in self.session.generate(ids, max_new_tokens=max_new_tokens, params=params, **vision):
             delta = text.push(t, eos)
             if delta:
@@ -254,7 +254,7 @@ class Pipeline:
         stop = sampling.get("stop")
         params = SamplingParams(**{k: sampling[k] for k in sampling if k != "stop"})
         eos = self._eos()
-        rows = [_AnswerText(self.processor.tokenizer, stop) for _ in prompts]
+        rows = [AnswerText(self.processor.tokenizer, stop) for _ in prompts]
         for toks in stream_tokens(
             self.model,
             inputs["input_ids"],
@@ -280,40 +280,6 @@ class Pipeline:
 
     def reset(self) -> None:
         self.session.reset()
-
-
-class _AnswerText:
-    """One answer's text as its tokens arrive (``Pipeline.stream`` and each row of ``Pipeline.batch``): detokenized,
-    cut at a stop string, never mid-character; ``reason`` is "stop" once it ended on EOS or a stop string."""
-
-    def __init__(self, tokenizer: Any, stop: list[str] | str | None) -> None:
-        self.decoder = tokenizer.decode_stream(skip_special_tokens=True)
-        self.stops = StopMatcher([stop] if isinstance(stop, str) else stop)
-        self.parts: list[str] = []
-        self.tokens = 0  # generated tokens, the one that ended the answer included
-        self.reason: str | None = None
-
-    def push(self, token: int, eos: set[int]) -> str:
-        """Take the next token; return the text it makes final ("" when held back, or at EOS)."""
-        self.tokens += 1
-        if token in eos:
-            self.reason = "stop"
-            return ""
-        delta = self.stops.push(self.decoder.push(token))
-        self.parts.append(delta)
-        if self.stops.stopped:
-            self.reason = "stop"
-        return delta
-
-    def finish(self) -> str:
-        """The text still held back once no token comes (none after a stop string)."""
-        tail = "" if self.stops.stopped else self.stops.push(self.decoder.flush()) + self.stops.flush()
-        self.parts.append(tail)
-        return tail
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 def load(

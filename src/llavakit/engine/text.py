@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any
+
 
 class StopMatcher:
     """Feeds text deltas; emits only text that can no longer be the start of a stop string.
@@ -35,3 +38,38 @@ class StopMatcher:
     def flush(self) -> str:
         out, self.pending = ("" if self.stopped else self.pending), ""
         return out
+
+
+class AnswerText:
+    """One answer's text as its tokens arrive (``Pipeline.stream``, each row of ``Pipeline.batch`` and of the
+    server's batches): detokenized, cut at a stop string, never mid-character; ``reason`` is "stop" once it ended
+    on an ``eos`` id or a stop string."""
+
+    def __init__(self, tokenizer: Any, stop: list[str] | tuple[str, ...] | str | None) -> None:
+        self.decoder = tokenizer.decode_stream(skip_special_tokens=True)
+        self.stops = StopMatcher([stop] if isinstance(stop, str) else stop)
+        self.parts: list[str] = []
+        self.tokens = 0  # generated tokens, the one that ended the answer included
+        self.reason: str | None = None
+
+    def push(self, token: int, eos: Collection[int] = ()) -> str:
+        """Take the next token; return the text it makes final ("" when held back, or at EOS)."""
+        self.tokens += 1
+        if token in eos:
+            self.reason = "stop"
+            return ""
+        delta = self.stops.push(self.decoder.push(token))
+        self.parts.append(delta)
+        if self.stops.stopped:
+            self.reason = "stop"
+        return delta
+
+    def finish(self) -> str:
+        """The text still held back once no token comes (none after a stop string)."""
+        tail = "" if self.stops.stopped else self.stops.push(self.decoder.flush()) + self.stops.flush()
+        self.parts.append(tail)
+        return tail
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)

@@ -13,7 +13,7 @@ import torch
 
 from ..engine.kv_cache import KVCache
 from ..engine.sampling import apply_repetition_penalty, greedy_pick, sample
-from ..engine.text import StopMatcher
+from ..engine.text import AnswerText
 
 if TYPE_CHECKING:
     from .batcher import Job
@@ -138,8 +138,7 @@ class Row:
 
     def __init__(self, job: Job, tokenizer) -> None:  # noqa: ANN001
         self.job = job
-        self.decoder = tokenizer.decode_stream(skip_special_tokens=True)
-        self.stops = StopMatcher(job.stop)
+        self.text = AnswerText(tokenizer, job.stop)  # EOS is the batcher's (ignore_eos), not the text's
         self.done = False
         self.seen: torch.Tensor | None = None  # (1, V) tokens seen, for the repetition penalty
         self.generator: torch.Generator | None = None
@@ -168,15 +167,14 @@ class Row:
             self.held.append(delta)
 
     def push(self, t: int) -> None:
-        self._out(self.stops.push(self.decoder.push(t)))
-        if self.stops.stopped:
+        self._out(self.text.push(t))
+        if self.text.reason is not None:  # a stop string
             self.finish("stop")
         elif self.job.completion_tokens >= self.job.max_new_tokens:
             self.finish("length")
 
     def finish(self, reason: str) -> None:
-        if not self.stops.stopped:
-            self._out(self.stops.push(self.decoder.flush()) + self.stops.flush())
+        self._out(self.text.finish())
         if self.held:
             self.job.emit(("delta", "".join(self.held)))
         self.job.emit(("done", reason))
