@@ -76,15 +76,26 @@ def cmd_data_check(
 
 
 def cmd_generate(
-    model: str | None, images: list[str], prompt: str, dtype: str, quantize: str | None, compile: bool = False, **s: Any
+    model: str | None,
+    images: list[str],
+    prompt: str,
+    dtype: str,
+    quantize: str | None,
+    compile: bool = False,
+    video: str | None = None,
+    frames: int | None = None,
+    **s: Any,
 ) -> int:
-    from .commands import check_images, check_model, check_prompt, check_sampling, generate, open_pipeline
+    from .commands import check_images, check_model, check_prompt, check_sampling, find_frames, generate, open_pipeline
 
     check_model(model)
-    check_prompt(prompt, images)
+    if frames is not None and video is None:
+        raise ValueError("--frames picks frames of a --video; pass --video FRAMES_DIR (or drop --frames)")
+    clip = None if video is None else find_frames(video) if frames is None else find_frames(video, frames)
+    check_prompt(prompt, images + [str(f) for f in clip or []])
     check_sampling(**s)
     check_images(images)
-    generate(open_pipeline(model, dtype, quantize, compile), prompt, images, **s)
+    generate(open_pipeline(model, dtype, quantize, compile), prompt, images, frames=clip, **s)
     return 0
 
 
@@ -200,13 +211,17 @@ def _parser() -> argparse.ArgumentParser:
 
     add_train_parsers(sub)  # llava train | merge-lora
 
-    g = sub.add_parser("generate", help="answer one prompt about one or more images")
+    g = sub.add_parser("generate", help="answer one prompt about one or more images or a video")
     _model_flags(g)
     g.add_argument("--image", action="append", default=[], help="image path (repeatable)")
+    g.add_argument("--video", help="a video as a directory of frame images or a glob, in name order (OneVision models)")
+    g.add_argument("--frames", type=int, help="--video: at most this many frames, spread evenly (default 32)")
     g.add_argument("--prompt", required=True)
     _sampling_flags(g)
     g.set_defaults(
-        func=lambda a: cmd_generate(a.model, a.image, a.prompt, a.dtype, a.quantize, a.compile, **_sampling(a))
+        func=lambda a: cmd_generate(
+            a.model, a.image, a.prompt, a.dtype, a.quantize, a.compile, a.video, a.frames, **_sampling(a)
+        )
     )
 
     ch = sub.add_parser("chat", help="interactive multi-turn chat (/image PATH, /reset, /exit)")

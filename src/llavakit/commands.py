@@ -16,6 +16,8 @@ from .pipeline import Pipeline, load
 from .processing.image_load import load_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+MAX_FRAMES = 32  # `llava generate --frames` default: the max_frames_num lmms-eval OneVision video runs usually get
 
 
 def default_model() -> str:
@@ -68,11 +70,42 @@ def open_pipeline(
     return load(default_model() if model is None else model, dtype=dtype, quantize=quantize, compile=compile)
 
 
-def _user_message(text: str, images: list[str]) -> dict[str, Any]:
+def find_frames(spec: str, max_frames: int = MAX_FRAMES) -> list[Path]:
+    """The frames of a video given as a directory of frame images or a glob, in natural name order (frame_2
+    before frame_10, as training reads a record's frame folder: ``train.records.frame_files``), at most
+    ``max_frames`` of them spread evenly over the whole (``processing.image.sample_frames``)."""
+    from .processing.image import sample_frames
+    from .train.records import FRAME_SUFFIXES, frame_files, frame_order
+
+    if max_frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {max_frames}")
+    p = Path(spec)
+    if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+        raise ValueError(
+            f"{spec} is a video file; llavakit reads videos as frame images: decode it first, e.g. "
+            f"`ffmpeg -i {shlex.quote(spec)} -vf fps=1 frames/%05d.png`, and pass --video frames/"
+        )
+    if p.is_file():
+        raise ValueError(f"--video {spec} is one file; pass a directory of frame images or a glob like 'frames/*.png'")
+    if p.is_dir():
+        frames = frame_files(p)
+    else:
+        files = (Path(f) for f in glob.glob(spec))
+        frames = sorted((f for f in files if f.is_file() and f.suffix.lower() in FRAME_SUFFIXES), key=frame_order)
+    if not frames:
+        raise FileNotFoundError(
+            f"no frame images found at {spec} (looked for {', '.join(FRAME_SUFFIXES)}); pass a directory of frame "
+            "images or a glob"
+        )
+    return [frames[i] for i in sample_frames(len(frames), max_frames)]
+
+
+def _user_message(text: str, images: list[str], frames: list[Path] | None = None) -> dict[str, Any]:
     check_images(images)
+    video = [{"type": "video", "video": [str(f) for f in frames]}] if frames else []
     return {
         "role": "user",
-        "content": [{"type": "image", "image": p} for p in images] + [{"type": "text", "text": text}],
+        "content": [{"type": "image", "image": p} for p in images] + video + [{"type": "text", "text": text}],
     }
 
 
@@ -89,12 +122,20 @@ def _answer_text(deltas: Iterable[str]) -> Iterator[str]:
             yield d
 
 
-def generate(pipe: Pipeline, prompt: str, images: list[str], out: TextIO = sys.stdout, **sampling: Any) -> str:
-    """Stream the answer to ``out``; return it."""
-    check_prompt(prompt, images)
+def generate(
+    pipe: Pipeline,
+    prompt: str,
+    images: list[str],
+    out: TextIO = sys.stdout,
+    frames: list[Path] | None = None,
+    **sampling: Any,
+) -> str:
+    """Stream the answer to ``out``; return it. ``frames``: a video's frames (OneVision models), after the images."""
+    check_prompt(prompt, images + [str(f) for f in frames or []])
     check_sampling(**sampling)
     parts = []
-    for delta in _answer_text(pipe.stream([_user_message(prompt, images)], **sampling)):  # checks the images
+    message = _user_message(prompt, images, frames)
+    for delta in _answer_text(pipe.stream([message], **sampling)):  # checks the images
         out.write(delta)
         out.flush()
         parts.append(delta)

@@ -344,3 +344,56 @@ def test_caption_captions_an_image_reached_twice_once(model, images, tmp_path):
     r = llava("caption", "--model", model, str(d), "--out", str(out), "--max-new-tokens", "3")
     assert r.returncode == 0, r.stderr
     assert len(_records(out)) == 3 and _counts(r)["captioned"] == 3
+
+
+@pytest.fixture(scope="module")
+def ov_model(tmp_path_factory) -> str:
+    return str(write_tiny_checkpoint(tmp_path_factory.mktemp("ov") / "tiny", family="llava_onevision", seed=1))
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("frames")
+    for i in range(11):  # frame_10 sorts after frame_9 by number, before frame_2 by text
+        Image.new("RGB", (48, 36), (20 * i, 100, 200 - 15 * i)).save(d / f"frame_{i}.png")
+    (d / "notes.txt").write_text("not a frame")
+    return d
+
+
+def test_find_frames_natural_order_and_even_sampling(frames_dir):
+    from llavakit.commands import find_frames
+
+    assert [f.name for f in find_frames(str(frames_dir), 4)] == [f"frame_{i}.png" for i in (0, 3, 6, 10)]
+    assert [f.name for f in find_frames(str(frames_dir / "frame_1*.png"))] == ["frame_1.png", "frame_10.png"]
+    assert len(find_frames(str(frames_dir))) == 11
+
+
+def test_generate_video_answers_as_the_pipeline(ov_model, frames_dir):
+    from llavakit.pipeline import load
+
+    r = llava(
+        "generate", "--model", ov_model, "--video", str(frames_dir), "--frames", "4",
+        "--prompt", "What happens?", "--max-new-tokens", "6",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    picked = [str(frames_dir / f"frame_{i}.png") for i in (0, 3, 6, 10)]
+    content = [{"type": "video", "video": picked}, {"type": "text", "text": "What happens?"}]
+    msgs = [{"role": "user", "content": content}]
+    assert r.stdout.rstrip("\n") == load(ov_model).chat(msgs, max_new_tokens=6).lstrip()
+
+
+def test_generate_video_bad_input_is_one_clear_line(ov_model, model, frames_dir, tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--model", ov_model, "--video", str(tmp_path / "clip.mp4")], "decode it first"),
+        (["--model", ov_model, "--video", str(tmp_path / "empty")], "no frame images found"),
+        (["--model", ov_model, "--video", str(frames_dir), "--frames", "0"], "--frames must be >= 1"),
+        (["--model", model, "--video", str(frames_dir)], "llava_onevision models only"),
+        (["--model", ov_model, "--frames", "4"], "--frames picks frames of a --video"),
+    ]
+    for args, message in cases:
+        r = llava("generate", *args, "--prompt", "What?", "--max-new-tokens", "2")
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -16,6 +16,7 @@ is moved to the front of its turn followed by "\\n", as the original LLaVA code 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,9 +110,15 @@ def video_path(record: dict[str, Any], image_folder: str | Path | None) -> Path 
     return None if not v else (Path(image_folder) if image_folder else Path(".")) / str(v)
 
 
+def frame_order(path: Path) -> list[tuple[int, int, str]]:
+    """Sort key of frame files in natural name order: digit runs compare as numbers, so frame_2.png comes before
+    frame_10.png (zero-padded names such as ffmpeg's 00002.png sort the same either way)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", path.name.lower()) if t]
+
+
 def frame_files(folder: Path) -> list[Path]:
-    """The frames of a video folder in name order."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+    """The frames of a video folder (images with a `FRAME_SUFFIXES` suffix) in natural name order (`frame_order`)."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=frame_order)
 
 
 def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str, Any]]:
