@@ -86,12 +86,10 @@ def cmd_generate(
     frames: int | None = None,
     **s: Any,
 ) -> int:
-    from .commands import check_images, check_model, check_prompt, check_sampling, find_frames, generate, open_pipeline
+    from .commands import check_images, check_model, check_prompt, check_sampling, generate, open_pipeline
 
     check_model(model)
-    if frames is not None and video is None:
-        raise ValueError("--frames picks frames of a --video; pass --video FRAMES_DIR (or drop --frames)")
-    clip = None if video is None else find_frames(video) if frames is None else find_frames(video, frames)
+    clip = _video_frames(video, frames)
     check_prompt(prompt, images + [str(f) for f in clip or []])
     check_sampling(**s)
     check_images(images)
@@ -99,15 +97,32 @@ def cmd_generate(
     return 0
 
 
+def _video_frames(video: str | None, frames: int | None) -> list[Path] | None:
+    """The frames ``--video`` / ``--frames`` pick (``commands.find_frames``), None without ``--video``."""
+    from .commands import find_frames
+
+    if frames is not None and video is None:
+        raise ValueError("--frames picks frames of a --video; pass --video FRAMES_DIR (or drop --frames)")
+    return None if video is None else find_frames(video) if frames is None else find_frames(video, frames)
+
+
 def cmd_chat(
-    model: str | None, images: list[str], dtype: str, quantize: str | None, compile: bool = False, **s: Any
+    model: str | None,
+    images: list[str],
+    dtype: str,
+    quantize: str | None,
+    compile: bool = False,
+    video: str | None = None,
+    frames: int | None = None,
+    **s: Any,
 ) -> int:
     from .commands import chat, check_images, check_model, check_sampling, open_pipeline
 
     check_model(model)
+    clip = _video_frames(video, frames)
     check_sampling(**s)
     check_images(images)
-    return chat(open_pipeline(model, dtype, quantize, compile), images, sys.stdin, **s)
+    return chat(open_pipeline(model, dtype, quantize, compile), images, sys.stdin, frames=clip, **s)
 
 
 def cmd_caption(
@@ -138,6 +153,11 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
         "--quantize", choices=QUANTIZE_MODES, help="weight-only quantization of the decoder (+head: the LM head too)"
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first answer)")
+
+
+def _video_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video", help="a video as a directory of frame images or a glob, in name order (OneVision models)")
+    p.add_argument("--frames", type=int, help="--video: at most this many frames, spread evenly (default 32)")
 
 
 def _sampling_flags(p: argparse.ArgumentParser, max_new: int = 256) -> None:
@@ -224,11 +244,14 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
 
-    ch = sub.add_parser("chat", help="interactive multi-turn chat (/image PATH, /reset, /exit)")
+    ch = sub.add_parser("chat", help="interactive multi-turn chat (/image PATH, /video FRAMES, /reset, /exit)")
     _model_flags(ch)
     ch.add_argument("--image", action="append", default=[], help="image for the first message (repeatable)")
+    _video_flags(ch)
     _sampling_flags(ch)
-    ch.set_defaults(func=lambda a: cmd_chat(a.model, a.image, a.dtype, a.quantize, a.compile, **_sampling(a)))
+    ch.set_defaults(
+        func=lambda a: cmd_chat(a.model, a.image, a.dtype, a.quantize, a.compile, a.video, a.frames, **_sampling(a))
+    )
 
     cp = sub.add_parser("caption", help="batch inference over many images to JSONL (resumable)")
     _model_flags(cp)

@@ -143,15 +143,27 @@ def generate(
     return "".join(parts)
 
 
-CHAT_HELP = "commands: /image PATH (attach to your next message), /reset (new conversation), /exit"
+CHAT_HELP = (
+    "commands: /image PATH (attach to your next message), /video FRAMES (a folder or glob of frames, OneVision), "
+    "/reset (new conversation), /exit"
+)
 
 
-def chat(pipe: Pipeline, images: list[str], lines: Iterable[str], out: TextIO = sys.stdout, **sampling: Any) -> int:
-    """Interactive multi-turn chat over ``lines`` (stdin); earlier turns stay in the KV cache."""
+def chat(
+    pipe: Pipeline,
+    images: list[str],
+    lines: Iterable[str],
+    out: TextIO = sys.stdout,
+    frames: list[Path] | None = None,
+    **sampling: Any,
+) -> int:
+    """Interactive multi-turn chat over ``lines`` (stdin); earlier turns stay in the KV cache. ``frames``: a video
+    (its frames) for the first message, as ``/video`` attaches one to the next."""
     check_sampling(**sampling)
     check_images(images)
     messages: list[dict[str, Any]] = []
     pending = list(images)
+    video = list(frames or [])
     out.write(f"llava chat - {CHAT_HELP}\n>>> ")
     out.flush()
     for raw in lines:
@@ -160,7 +172,7 @@ def chat(pipe: Pipeline, images: list[str], lines: Iterable[str], out: TextIO = 
         if line in ("/exit", "/quit"):
             break
         if line == "/reset":
-            messages, pending = [], []
+            messages, pending, video = [], [], []
             pipe.reset()
             out.write("(new conversation)\n")
         elif command == "/image":
@@ -175,12 +187,26 @@ def chat(pipe: Pipeline, images: list[str], lines: Iterable[str], out: TextIO = 
                 else:
                     pending.append(path)
                     out.write(f"(image attached: {path})\n")
+        elif command == "/video":
+            spec = _typed_path(arg)
+            if not spec:
+                out.write("usage: /video FRAMES (a folder or glob of frame images, attached to your next message)\n")
+            else:
+                try:  # frames that cannot be found or read are refused now, not with the next message
+                    found = find_frames(spec)
+                    for f in found:
+                        load_image(f)
+                except (ValueError, OSError) as e:
+                    out.write(f"error: {e}\n")
+                else:
+                    video = found
+                    out.write(f"(video attached: {len(found)} frames from {spec})\n")
         elif line.startswith("/"):
             out.write(f"unknown command {line.split()[0]}; {CHAT_HELP}\n")
         elif line:
             stream = None
             try:
-                messages.append(_user_message(line, pending))
+                messages.append(_user_message(line, pending, video))
                 stream = pipe.stream(messages, **sampling)
                 answer = "".join(_echo(_answer_text(stream), out))
             except (ValueError, OSError, KeyboardInterrupt) as e:  # keep the chat alive; Ctrl-C stops this answer
@@ -195,10 +221,15 @@ def chat(pipe: Pipeline, images: list[str], lines: Iterable[str], out: TextIO = 
                 pending = [p for p in pending if Path(p).is_file()]  # a vanished file is dropped, the rest kept
                 if pending:
                     note += f"; {len(pending)} image(s) stay attached to your next message (/reset drops them)"
+                if video and not all(f.is_file() for f in video):
+                    video = []
+                    note += "; the video's frames are gone, it is dropped (/video attaches it again)"
+                elif video:
+                    note += "; the video stays attached to your next message (/reset drops it)"
                 out.write(note + "\n")
             else:
                 messages.append({"role": "assistant", "content": answer})
-                pending = []
+                pending, video = [], []
             finally:
                 if stream is not None:
                     stream.close()  # an interrupted answer frees the conversation's cache now

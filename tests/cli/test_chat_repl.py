@@ -94,3 +94,34 @@ def test_unquoted_paths_keep_their_backslashes():
 
     assert _typed_path(r"C:\photos\cat.png") == r"C:\photos\cat.png"
     assert _typed_path(r"/tmp/my\ photo.png") == "/tmp/my photo.png"
+
+
+def _videos(messages: list[dict]) -> list[list[str]]:
+    return [p["video"] for m in messages if m["role"] == "user" for p in m["content"] if p["type"] == "video"]
+
+
+def test_video_attaches_to_the_next_message_and_stays_after_a_failure(tmp_path):
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    for i in range(12):
+        Image.new("RGB", (16, 12), (10 * i, 0, 0)).save(frames / f"f{i}.png")
+    (tmp_path / "clip.mp4").write_bytes(b"\x00")
+    pipe = FakePipe(fail=[ValueError("too long")])
+    text = _run(pipe, f"/video {tmp_path / 'clip.mp4'}\n/video {frames}\nfirst\nsecond\nthird\n/exit")
+    assert "error: " in text and "decode it first" in text  # a video file: refused when attached, chat goes on
+    assert "(video attached: 12 frames from" in text
+    assert "the video stays attached to your next message" in text
+    want = [str(frames / f"f{i}.png") for i in range(12)]  # natural order: f2 before f10
+    assert [_videos(m) for m in pipe.seen] == [[want], [want], [want]]  # failed, retried, then a follow-up
+    assert [len(m[-1]["content"]) for m in pipe.seen] == [2, 2, 1]  # answered: the follow-up carries no video again
+
+
+def test_video_given_at_start_and_dropped_by_reset(tmp_path):
+    frames = [tmp_path / f"{i}.png" for i in range(3)]
+    for f in frames:
+        Image.new("RGB", (16, 12)).save(f)
+    pipe = FakePipe()
+    out = io.StringIO()
+    assert chat(pipe, [], ["first", "/reset", "again", "/exit"], out, frames=frames) == 0
+    assert _videos(pipe.seen[0]) == [[str(f) for f in frames]]
+    assert _videos(pipe.seen[1]) == []

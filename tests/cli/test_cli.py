@@ -397,3 +397,15 @@ def test_generate_video_bad_input_is_one_clear_line(ov_model, model, frames_dir,
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_chat_video_first_message_answers_as_the_pipeline(ov_model, frames_dir):
+    from llavakit.pipeline import load
+
+    r = llava("chat", "--model", ov_model, "--video", str(frames_dir), "--frames", "3", "--max-new-tokens", "5",
+              stdin="What happens?\n/exit\n")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    picked = [str(frames_dir / f"frame_{i}.png") for i in (0, 5, 10)]
+    content = [{"type": "video", "video": picked}, {"type": "text", "text": "What happens?"}]
+    answer = load(ov_model).chat([{"role": "user", "content": content}], max_new_tokens=5).lstrip()
+    assert f">>> {answer}\n" in r.stdout, r.stdout
