@@ -381,3 +381,73 @@ def test_parquet_repository_of_several_datasets_reads_the_tasks_own(tmp_path):
     _parquet(tmp_path / "charts" / "b" / "test-00000-of-00001.parquet", [chart])
     with pytest.raises(ValueError, match=r"several datasets \(a, b\).*--data"):
         get_task("chartqa").read(tmp_path / "charts")
+
+
+def test_mme_prompt_drops_please_answer_yes_or_no_for_the_short_answer_suffix(tmp_path):
+    """lmms-eval's ``mme_doc_to_text`` (LLaVA-1.5's MME prompt) removes " Please answer yes or no." from the question
+    when it appends "\\nAnswer the question using a single word or phrase."; the two instructions are never both
+    asked."""
+    from llavakit.eval.tasks import get_task
+
+    samples = get_task("mme").read(fx.mme(tmp_path / "d"))
+    prompt = {s.id: s.prompt for s in samples}["existence/000000000001.jpg/1"]
+    assert prompt == f"Is there a box in this image?\n{fx.SHORT}"
+    assert all("Please answer yes or no." not in s.prompt for s in samples)
+
+
+def test_mme_llava_answer_file_without_the_yes_no_instruction(tmp_path):
+    """LLaVA's ``llava_mme.jsonl`` prompts carry the question without " Please answer yes or no." (its
+    ``convert_answer_to_mme.py`` adds it back to find the gold answer): such answers find their questions."""
+    records = [
+        {"question_id": "existence/000000000001.jpg", "prompt": f"Is there a box in this image?\n{fx.SHORT}"},
+        {"question_id": "existence/000000000001.jpg", "prompt": f"Is there a cat0 in this image?\n{fx.SHORT}"},
+        {"question_id": "existence/000000000002.jpg", "prompt": f"Is there a box in this image?\n{fx.SHORT}"},
+        {"question_id": "existence/000000000002.jpg", "prompt": f"Is there a cat1 in this image? \n{fx.SHORT}"},
+    ]
+    for record, text in zip(records, ["Yes", "Yes", "Yes", "No"]):
+        record["text"] = text
+    result = _score("mme", fx.mme(tmp_path / "d"), tmp_path, records)
+    assert result["scores"]["existence_acc"] == 0.75 and result["scores"]["existence_acc_plus"] == 0.5
+    assert result["unanswered"]["count"] == 4 and "unknown_prediction_ids" not in result
+
+
+def _circular_mmbench_tsv(root: Path) -> Path:
+    """The official MMBench TSV layout: the circular copies of question i are rows of their own, indexed i + 1e6,
+    i + 2e6, ..., with the options shifted and the answer moved; their image cell names the main row."""
+    import base64
+
+    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"]
+    rows = [
+        [0, "What is shown?", "nan", "cat", "dog", "cow", "", "B", "recognition", base64.b64encode(fx.png_bytes(0))],
+        [1, "Which color?", "nan", "red", "blue", "", "", "A", "color", base64.b64encode(fx.png_bytes(1))],
+        [1000000, "What is shown?", "nan", "dog", "cow", "cat", "", "A", "recognition", "0"],
+        [1000001, "Which color?", "nan", "blue", "red", "", "", "B", "color", "1"],
+        [2000000, "What is shown?", "nan", "cow", "cat", "dog", "", "C", "recognition", "0"],
+    ]
+    lines = ["\t".join(header)]
+    lines += ["\t".join(c.decode() if isinstance(c, bytes) else str(c) for c in row) for row in rows]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mmbench_dev_en.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_mmbench_tsv_with_circular_copies_asks_each_row_once(tmp_path):
+    """VLMEvalKit / the MMBench server group rows by ``index % 1e6``: the copies are the rotations. Rotating every row
+    again asked each question n x n times and counted it once per copy (weighting questions by their option count)."""
+    from llavakit.eval.tasks import get_task
+
+    samples = get_task("mmbench").read(_circular_mmbench_tsv(tmp_path / "d"))
+    assert [s.id for s in samples] == ["0/0", "0/1", "0/2", "1/0", "1/1"]  # a question's rows stay together
+    copy = {s.id: s for s in samples}["0/1"]
+    assert copy.prompt.split("\n")[1:4] == ["A. dog", "B. cow", "C. cat"] and copy.ref["answer"] == "A"
+    # LLaVA's model_vqa_mmbench.py answers each row once, keyed by the row's index (round 0)
+    records = [
+        {"question_id": 0, "round_id": 0, "text": "B"},
+        {"question_id": 1000000, "round_id": 0, "text": "A"},
+        {"question_id": 2000000, "round_id": 0, "text": "A"},  # wrong: question 0 fails
+        {"question_id": 1, "round_id": 0, "text": "A"},
+        {"question_id": 1000001, "round_id": 0, "text": "B"},
+    ]
+    result = _score("mmbench", tmp_path / "d", tmp_path, records)
+    assert result["scores"]["circular"] == 0.5 and result["scores"]["rotations"] == pytest.approx(4 / 5)
+    assert result["counts"]["questions"] == 2 and result["unanswered"]["count"] == 0

@@ -6,6 +6,10 @@ images; VLMEvalKit's image-by-reference rows accepted) or the lmms-lab parquet r
 LLaVA's ``model_vqa_mmbench.py`` one: ``hint\\nquestion\\nA. ...\\nB. ...\\n`` + the letter suffix; rotation
 ``r`` shows the options shifted by ``r`` (``options[r:] + options[:r]``) under the letters A, B, ...
 
+The official TSVs already hold the rotations: the circular copies of question ``i`` are rows indexed ``i + 1e6``,
+``i + 2e6``, ... (options shifted, answer moved), grouped by ``index % 1e6`` as VLMEvalKit and the MMBench server
+do. Such a file's rows are asked once each, as they are; a file without copies gets its rotations made here.
+
 Answers are matched to a letter with VLMEvalKit's exact-matching rules (no ChatGPT judge):
 :func:`llavakit.eval.choice.extract_option_letter`.
 """
@@ -21,6 +25,15 @@ from .base import LETTER_ANSWER, Sample, Task, answered
 from .io import base64_image, find, parquet_image, read_parquet, read_tsv, require
 
 LETTERS = "ABCDEFGHI"
+CIRCULAR = 1_000_000  # row i + k * 1e6 of an official TSV is rotation k of question i
+
+
+def _row_index(row: dict[str, Any]) -> int | None:
+    """The row's integer index (TSV cells are text), or None when it is not a number."""
+    try:
+        return int(str(row.get("index")).strip())
+    except ValueError:
+        return None
 
 
 def is_none(value: Any) -> bool:
@@ -71,27 +84,48 @@ def read(root: Path) -> list[Sample]:
             raise ValueError(f"{root}: no MMBench .tsv or .parquet file")
         rows = read_tsv(path)
     by_index = {str(r.get("index")): r for r in rows}
+    indices = [_row_index(r) for r in rows]
+    if not any(i is not None and i >= CIRCULAR for i in indices):
+        return [s for row in rows for s in _samples(row, path, by_index, None)]
+    # The file holds the circular copies itself: each row is one rotation; a question's rows are put together.
+    first: dict[int, int] = {}
+    numbered: list[tuple[dict[str, Any], int]] = []
+    for row, i in zip(rows, indices):
+        if i is None:
+            raise ValueError(f"{path}:{row['__line__']}: index {row.get('index')!r} is not a number")
+        first.setdefault(i % CIRCULAR, len(first))
+        numbered.append((row, i))
+    order = sorted(numbered, key=lambda pair: (first[pair[1] % CIRCULAR], pair[1]))
+    return [s for row, i in order for s in _samples(row, path, by_index, i)]
+
+
+def _samples(row: dict[str, Any], path: Path, by_index: dict[str, Any], copy_index: int | None) -> list[Sample]:
+    """The samples of one row: every rotation of its options, or (``copy_index`` given: a row of a file holding the
+    circular copies) the row as it is, as rotation ``copy_index // 1e6`` of question ``copy_index % 1e6``."""
     samples = []
-    for row in rows:
-        where = f"{path}:{row['__line__']}"
-        require(row, ("index", "question", "A", "B", "image"), path)
-        if "answer" not in row or is_none(row["answer"]):
-            raise ValueError(f"{where}: no answer (MMBench test splits are scored by the official server)")
-        image_cell = row["image"]
-        if isinstance(image_cell, str):
-            if len(image_cell) <= 64 and image_cell.strip().isdigit():  # VLMEvalKit: "same image as row N"
-                ref_row = by_index.get(image_cell.strip())
-                if ref_row is None:
-                    raise ValueError(f"{where}: the image refers to row {image_cell!r}, which is not in the file")
-                image_cell = ref_row["image"]
-            image = base64_image(image_cell, where)
-        else:
-            image = parquet_image(image_cell, where)
-        index = str(row["index"])
-        category = None if is_none(row.get("category")) else str(row["category"])
-        for r, (prompt, shown, right) in enumerate(rotations(row, where)):
-            ref = {"options": shown, "answer": right, "category": category, "round": r}
-            samples.append(Sample(f"{index}/{r}", prompt, image, ref, group=index))
+    where = f"{path}:{row['__line__']}"
+    require(row, ("index", "question", "A", "B", "image"), path)
+    if "answer" not in row or is_none(row["answer"]):
+        raise ValueError(f"{where}: no answer (MMBench test splits are scored by the official server)")
+    image_cell = row["image"]
+    if isinstance(image_cell, str):
+        if len(image_cell) <= 64 and image_cell.strip().isdigit():  # VLMEvalKit: "same image as row N"
+            ref_row = by_index.get(image_cell.strip())
+            if ref_row is None:
+                raise ValueError(f"{where}: the image refers to row {image_cell!r}, which is not in the file")
+            image_cell = ref_row["image"]
+        image = base64_image(image_cell, where)
+    else:
+        image = parquet_image(image_cell, where)
+    index = str(row["index"])
+    category = None if is_none(row.get("category")) else str(row["category"])
+    numbered = list(enumerate(rotations(row, where)))
+    if copy_index is not None:
+        index = str(copy_index % CIRCULAR)
+        numbered = [(copy_index // CIRCULAR, numbered[0][1])]
+    for r, (prompt, shown, right) in numbered:
+        ref = {"options": shown, "answer": right, "category": category, "round": r}
+        samples.append(Sample(f"{index}/{r}", prompt, image, ref, group=index))
     return samples
 
 
@@ -99,7 +133,11 @@ def answer_key(record: dict[str, Any]) -> str:
     """Our ids are ``"<index>/<round>"``; LLaVA's answer files give ``question_id`` (the index) and
     ``round_id`` (absent without ``--all-rounds``: round 0)."""
     qid = str(record.get("question_id", record.get("id")))
-    return qid if "/" in qid else f"{qid}/{record.get('round_id', 0)}"
+    if "/" in qid:
+        return qid
+    if qid.isdigit() and int(qid) >= CIRCULAR and not record.get("round_id"):  # a circular copy's row, asked once
+        return f"{int(qid) % CIRCULAR}/{int(qid) // CIRCULAR}"
+    return f"{qid}/{record.get('round_id', 0)}"
 
 
 def score(samples: list[Sample], predictions: dict[str, str]) -> dict[str, Any]:

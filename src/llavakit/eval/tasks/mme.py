@@ -4,7 +4,8 @@
 ``--data``: the official release directory (``MME_Benchmark_release_version``: one folder per subtask
 holding ``<image>`` + ``<image>.txt`` pairs, or ``images/`` + ``questions_answers_YN/``; each ``.txt`` has
 ``question<TAB>answer`` lines), the VLMEvalKit ``MME.tsv``, or the lmms-lab parquet release. The prompt is
-the question (which ends in "Please answer yes or no.") + LLaVA's short-answer suffix.
+LLaVA-1.5's (as lmms-eval's ``mme_doc_to_text`` builds it): the question without its " Please answer yes or no."
++ LLaVA's short-answer suffix.
 
 Scores are fractions: ``perception`` = points / (200 x perception subtasks present), likewise
 ``cognition``; the official points (0-2000 / 0-800 with every subtask) are under ``points``.
@@ -17,17 +18,25 @@ from pathlib import Path
 from typing import Any
 
 from ..mme_pope import COGNITION_SUBTASKS, PERCEPTION_SUBTASKS, mme_scores
-from .base import SHORT_ANSWER, Sample, Task, answered, suffixed
+from .base import SHORT_ANSWER, Sample, Task, answered
 from .io import base64_image, find, parquet_image, read_parquet, read_tsv, require
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
+YES_NO = " Please answer yes or no."  # ends every MME question; replaced by the short-answer suffix
+
+
+def mme_prompt(question: str) -> str:
+    """lmms-eval's ``mme_doc_to_text`` with LLaVA's suffix: ``"Is it red? Please answer yes or no."`` ->
+    ``"Is it red?\nAnswer the question using a single word or phrase."``."""
+    return f"{question.strip().replace(YES_NO, '')}\n{SHORT_ANSWER}"
 
 
 def mme_alias(subtask: str, image: str, question: str) -> str:
     """``"<subtask>/<image stem>|<question>"``: how an answer of LLaVA's MME run (question_id
     ``"<subtask>/[images/]<image>"``, shared by the image's two questions; the prompt tells them apart)
-    finds its question."""
-    return f"{subtask}/{Path(image).stem}|{question.strip()}"
+    finds its question. The question is compared without "Please answer yes or no." (LLaVA's prompts lack it,
+    as its ``convert_answer_to_mme.py`` expects) and with its spaces collapsed."""
+    return f"{subtask}/{Path(image).stem}|{' '.join(question.replace(YES_NO.strip(), '').split())}"
 
 
 def answer_key(record: dict[str, Any]) -> str:
@@ -62,7 +71,7 @@ def _release(root: Path) -> list[Sample]:
                 if len(parts) != 2 or parts[1].strip().lower() not in ("yes", "no"):
                     raise ValueError(f"{txt}:{n}: expected 'question<TAB>Yes|No'")
                 ref = {"subtask": subtask, "image": name, "answer": parts[1].strip()}
-                prompt = suffixed(parts[0], SHORT_ANSWER)
+                prompt = mme_prompt(parts[0])
                 alias = mme_alias(subtask, name, parts[0])
                 samples.append(Sample(f"{subtask}/{name}/{n}", prompt, image_path, ref, f"{subtask}/{name}", alias))
     return samples
@@ -88,7 +97,7 @@ def _rows(rows: list[dict[str, Any]], path: Path, tsv: bool) -> list[Sample]:
         group = f"{r['category']}/{key}"
         seen[group] = seen.get(group, 0) + 1
         ref = {"subtask": str(r["category"]), "image": group, "answer": str(r["answer"]).strip()}
-        prompt = suffixed(r["question"], SHORT_ANSWER)
+        prompt = mme_prompt(str(r["question"]))
         alias = mme_alias(str(r["category"]), key, str(r["question"]))
         samples.append(Sample(f"{group}/{seen[group]}", prompt, image, ref, group, alias))
     return samples
