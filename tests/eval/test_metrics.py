@@ -408,6 +408,13 @@ def test_gqa():
     assert gqa_accuracy({"q1": "No"}, {"q1": "no"}) == 1.0
 
 
+def test_gqa_keeps_a_space_left_before_the_stripped_period():
+    """LLaVA's convert_gqa_for_eval.py is ``text.rstrip('.').lower()``: a space before the final period stays, and
+    the GQA evaluation's exact match then fails it."""
+    assert gqa_normalize("yes .") == "yes "
+    assert gqa_accuracy(["yes .", "left"], ["yes", "left"]) == 0.5
+
+
 # ---------------------------------------------------------------- ChartQA
 
 

@@ -205,10 +205,11 @@ def vqa_score(
 def gqa_normalize(answer: str) -> str:
     """LLaVA's GQA post-processing (``scripts/convert_gqa_for_eval.py``): drop trailing periods, lowercase.
 
-    Surrounding whitespace is stripped too (LLaVA's outputs are already stripped). The official GQA script
+    Surrounding whitespace is stripped first (LLaVA's outputs are already stripped); a space before the final
+    period stays, as in LLaVA (``"yes ."`` -> ``"yes "``, which the exact match fails). The official GQA script
     then compares this string with the gold answer exactly. ``"Yes."`` -> ``"yes"``; ``"left one"`` stays.
     """
-    return answer.strip().rstrip(".").strip().lower()
+    return answer.strip().rstrip(".").lower()
 
 
 def gqa_accuracy(
