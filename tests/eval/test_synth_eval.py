@@ -260,3 +260,16 @@ def test_colour_and_shape_split_by_scene(tmp_path):
     (data / "scenes.jsonl").unlink()  # without the scenes' ground truth: no split, the rest as before
     plain = scored(answers)
     assert "color_several" not in plain and plain["color"] == scores["color"]
+
+
+def test_resume_refuses_an_answer_recorded_with_a_null_prompt(tiny_model, synth_data, tmp_path):
+    """An answer file edited or written by another tool with ``"prompt": null`` is refused in one line, not with a
+    TypeError from slicing None."""
+    out = tmp_path / "run"
+    kwargs = dict(model=str(tiny_model), data=str(synth_data), out=str(out), limit=2, max_new_tokens=1, progress=False)
+    eval_task("synth", **kwargs)
+    answers = out / "predictions.jsonl"
+    lines = answers.read_text().splitlines()
+    answers.write_text("\n".join([json.dumps({**json.loads(lines[0]), "prompt": None}), *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match="answered for another prompt \\('None'\\)"):
+        eval_task("synth", **kwargs)

@@ -115,8 +115,9 @@ def _check_same_questions(path: Path, samples: list[Sample]) -> None:
         record = json.loads(line)
         qid = str(record.get("question_id", record.get("id")))
         if "prompt" in record and qid in prompts and record["prompt"] != prompts[qid]:
+            recorded = str(record["prompt"])  # null or a number when another tool wrote the file
             raise ValueError(
-                f"{path}:{n}: question {qid!r} was answered for another prompt ({record['prompt'][:60]!r}) than this "
+                f"{path}:{n}: question {qid!r} was answered for another prompt ({recorded[:60]!r}) than this "
                 f"data asks ({prompts[qid][:60]!r}): other data or another task wrote this directory; pass another "
                 "--out directory"
             )
