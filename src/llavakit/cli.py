@@ -90,15 +90,16 @@ def cmd_generate(
 
     check_model(model)
     clip = _video_frames(video, frames)
-    check_prompt(prompt, images + [str(f) for f in clip or []])
+    check_prompt(prompt, images + ["video"] * bool(clip))
     check_sampling(**s)
     check_images(images)
     generate(open_pipeline(model, dtype, quantize, compile), prompt, images, frames=clip, **s)
     return 0
 
 
-def _video_frames(video: str | None, frames: int | None) -> list[Path] | None:
-    """The frames ``--video`` / ``--frames`` pick (``commands.find_frames``), None without ``--video``."""
+def _video_frames(video: str | None, frames: int | None) -> list[Any] | None:
+    """The frames ``--video`` / ``--frames`` pick (``commands.find_frames``: paths, or images decoded from a video
+    file), None without ``--video``."""
     from .commands import find_frames
 
     if frames is not None and video is None:
@@ -156,7 +157,9 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _video_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--video", help="a video as a directory of frame images or a glob, in name order (OneVision models)")
+    p.add_argument(
+        "--video", help="a video file (needs llavakit[video]), a directory of frame images or a glob (OneVision models)"
+    )
     p.add_argument("--frames", type=int, help="--video: at most this many frames, spread evenly (default 32)")
 
 
@@ -244,7 +247,7 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
 
-    ch = sub.add_parser("chat", help="interactive multi-turn chat (/image PATH, /video FRAMES, /reset, /exit)")
+    ch = sub.add_parser("chat", help="interactive multi-turn chat (/image PATH, /video VIDEO, /reset, /exit)")
     _model_flags(ch)
     ch.add_argument("--image", action="append", default=[], help="image for the first message (repeatable)")
     _video_flags(ch)

@@ -12,12 +12,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from PIL import Image
+
 from .pipeline import Pipeline, load
 from .processing.image_load import load_image
+from .processing.video_load import MAX_FRAMES, is_video_file, read_video
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
-MAX_FRAMES = 32  # `llava generate --frames` default: the max_frames_num lmms-eval OneVision video runs usually get
 
 
 def default_model() -> str:
@@ -70,23 +71,24 @@ def open_pipeline(
     return load(default_model() if model is None else model, dtype=dtype, quantize=quantize, compile=compile)
 
 
-def find_frames(spec: str, max_frames: int = MAX_FRAMES) -> list[Path]:
-    """The frames of a video given as a directory of frame images or a glob, in natural name order (frame_2
-    before frame_10, as training reads a record's frame folder: ``train.records.frame_files``), at most
-    ``max_frames`` of them spread evenly over the whole (``processing.image.sample_frames``)."""
+def find_frames(spec: str, max_frames: int = MAX_FRAMES) -> list[Path] | list[Image.Image]:
+    """The frames of a video, at most ``max_frames`` of them spread evenly over the whole
+    (``processing.image.sample_frames``): a video file is decoded (``processing.video_load.read_video``, PyAV);
+    a directory of frame images or a glob is read in natural name order (frame_2 before frame_10, as training
+    reads a record's frame folder: ``train.records.frame_files``)."""
     from .processing.image import sample_frames
     from .train.records import FRAME_SUFFIXES, frame_files, frame_order
 
     if max_frames < 1:
         raise ValueError(f"--frames must be >= 1, got {max_frames}")
     p = Path(spec)
-    if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
-        raise ValueError(
-            f"{spec} is a video file; llavakit reads videos as frame images: decode it first, e.g. "
-            f"`ffmpeg -i {shlex.quote(spec)} -vf fps=1 frames/%05d.png`, and pass --video frames/"
-        )
+    if p.is_file() and is_video_file(p):
+        return read_video(p, max_frames)
     if p.is_file():
-        raise ValueError(f"--video {spec} is one file; pass a directory of frame images or a glob like 'frames/*.png'")
+        raise ValueError(
+            f"--video {spec} is neither a video file nor a folder; pass a video file, a directory of frame images or "
+            "a glob like 'frames/*.png'"
+        )
     if p.is_dir():
         frames = frame_files(p)
     else:
@@ -94,15 +96,15 @@ def find_frames(spec: str, max_frames: int = MAX_FRAMES) -> list[Path]:
         frames = sorted((f for f in files if f.is_file() and f.suffix.lower() in FRAME_SUFFIXES), key=frame_order)
     if not frames:
         raise FileNotFoundError(
-            f"no frame images found at {spec} (looked for {', '.join(FRAME_SUFFIXES)}); pass a directory of frame "
-            "images or a glob"
+            f"no video file or frame images found at {spec} (frames: {', '.join(FRAME_SUFFIXES)}); pass a video file, "
+            "a directory of frame images or a glob"
         )
     return [frames[i] for i in sample_frames(len(frames), max_frames)]
 
 
-def _user_message(text: str, images: list[str], frames: list[Path] | None = None) -> dict[str, Any]:
+def _user_message(text: str, images: list[str], frames: list[Path] | list[Image.Image] | None = None) -> dict[str, Any]:
     check_images(images)
-    video = [{"type": "video", "video": [str(f) for f in frames]}] if frames else []
+    video = [{"type": "video", "video": [str(f) if isinstance(f, Path) else f for f in frames]}] if frames else []
     return {
         "role": "user",
         "content": [{"type": "image", "image": p} for p in images] + video + [{"type": "text", "text": text}],
@@ -127,11 +129,11 @@ def generate(
     prompt: str,
     images: list[str],
     out: TextIO = sys.stdout,
-    frames: list[Path] | None = None,
+    frames: list[Path] | list[Image.Image] | None = None,
     **sampling: Any,
 ) -> str:
     """Stream the answer to ``out``; return it. ``frames``: a video's frames (OneVision models), after the images."""
-    check_prompt(prompt, images + [str(f) for f in frames or []])
+    check_prompt(prompt, images + ["video"] * bool(frames))
     check_sampling(**sampling)
     parts = []
     message = _user_message(prompt, images, frames)
@@ -144,7 +146,7 @@ def generate(
 
 
 CHAT_HELP = (
-    "commands: /image PATH (attach to your next message), /video FRAMES (a folder or glob of frames, OneVision), "
+    "commands: /image PATH (attach to your next message), /video VIDEO (a video file, or a folder or glob of frames), "
     "/reset (new conversation), /exit"
 )
 
@@ -154,7 +156,7 @@ def chat(
     images: list[str],
     lines: Iterable[str],
     out: TextIO = sys.stdout,
-    frames: list[Path] | None = None,
+    frames: list[Path] | list[Image.Image] | None = None,
     **sampling: Any,
 ) -> int:
     """Interactive multi-turn chat over ``lines`` (stdin); earlier turns stay in the KV cache. ``frames``: a video
@@ -190,12 +192,13 @@ def chat(
         elif command == "/video":
             spec = _typed_path(arg)
             if not spec:
-                out.write("usage: /video FRAMES (a folder or glob of frame images, attached to your next message)\n")
+                out.write("usage: /video VIDEO (a video file, folder or glob of frames; goes with your next message)\n")
             else:
                 try:  # frames that cannot be found or read are refused now, not with the next message
-                    found = find_frames(spec)
+                    found = find_frames(spec)  # a video file is decoded here
                     for f in found:
-                        load_image(f)
+                        if isinstance(f, Path):
+                            load_image(f)
                 except (ValueError, OSError) as e:
                     out.write(f"error: {e}\n")
                 else:
@@ -221,7 +224,7 @@ def chat(
                 pending = [p for p in pending if Path(p).is_file()]  # a vanished file is dropped, the rest kept
                 if pending:
                     note += f"; {len(pending)} image(s) stay attached to your next message (/reset drops them)"
-                if video and not all(f.is_file() for f in video):
+                if video and not all(f.is_file() for f in video if isinstance(f, Path)):
                     video = []
                     note += "; the video's frames are gone, it is dropped (/video attaches it again)"
                 elif video:

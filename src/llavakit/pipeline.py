@@ -26,6 +26,7 @@ from .engine.sampling import SamplingParams
 from .engine.session import ChatSession
 from .engine.text import AnswerText
 from .processing.templates import message_text
+from .processing.video_load import MAX_FRAMES, is_video_file, read_video
 
 Messages = list[dict[str, Any]]
 
@@ -82,10 +83,12 @@ def split_messages(messages: Messages, videos: list[list[Any]] | None = None) ->
                 parts.append({"type": "image"})
             elif kind == "video" and videos is not None:
                 frames = part.get("video")
+                if isinstance(frames, (str, Path)) and is_video_file(frames):  # a video file: its frames, decoded
+                    frames = read_video(frames, part.get("max_frames", MAX_FRAMES))
                 if not isinstance(frames, (list, tuple)) or not frames:
                     raise ValueError(
-                        f"{where}: a video part needs 'video' as a non-empty list of frames (paths, bytes, PIL "
-                        f"images or data: URLs), got {type(frames).__name__}; decode a video file into frames first"
+                        f"{where}: a video part needs 'video' as a video file's path or a non-empty list of frames "
+                        f"(paths, bytes, PIL images or data: URLs), got {type(frames).__name__}"
                     )
                 videos.append([_image_source({"type": "image", "image": f}, f"{where}, frame {k}") for k, f in
                                enumerate(frames)])  # fmt: skip

@@ -108,7 +108,7 @@ def test_video_attaches_to_the_next_message_and_stays_after_a_failure(tmp_path):
     (tmp_path / "clip.mp4").write_bytes(b"\x00")
     pipe = FakePipe(fail=[ValueError("too long")])
     text = _run(pipe, f"/video {tmp_path / 'clip.mp4'}\n/video {frames}\nfirst\nsecond\nthird\n/exit")
-    assert "error: " in text and "decode it first" in text  # a video file: refused when attached, chat goes on
+    assert "error: " in text and "cannot be read as a video" in text  # refused when attached, the chat goes on
     assert "(video attached: 12 frames from" in text
     assert "the video stays attached to your next message" in text
     want = [str(frames / f"f{i}.png") for i in range(12)]  # natural order: f2 before f10

@@ -386,8 +386,9 @@ def test_generate_video_bad_input_is_one_clear_line(ov_model, model, frames_dir,
     (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     (tmp_path / "empty").mkdir()
     cases = [
-        (["--model", ov_model, "--video", str(tmp_path / "clip.mp4")], "decode it first"),
-        (["--model", ov_model, "--video", str(tmp_path / "empty")], "no frame images found"),
+        (["--model", ov_model, "--video", str(tmp_path / "clip.mp4")], "cannot be read as a video"),
+        (["--model", ov_model, "--video", str(tmp_path / "empty")], "no video file or frame images found"),
+        (["--model", ov_model, "--video", str(frames_dir / "notes.txt")], "neither a video file nor a folder"),
         (["--model", ov_model, "--video", str(frames_dir), "--frames", "0"], "--frames must be >= 1"),
         (["--model", model, "--video", str(frames_dir)], "llava_onevision models only"),
         (["--model", ov_model, "--frames", "4"], "--frames picks frames of a --video"),
@@ -409,3 +410,18 @@ def test_chat_video_first_message_answers_as_the_pipeline(ov_model, frames_dir):
     content = [{"type": "video", "video": picked}, {"type": "text", "text": "What happens?"}]
     answer = load(ov_model).chat([{"role": "user", "content": content}], max_new_tokens=5).lstrip()
     assert f">>> {answer}\n" in r.stdout, r.stdout
+
+
+def test_generate_video_file_answers_as_the_pipeline(ov_model, tmp_path):
+    """A video file is decoded (PyAV) into the frames the pipeline's video part reads from the same file."""
+    pytest.importorskip("av")
+    from llavakit.pipeline import load
+    from video_files import write_video
+
+    clip = str(write_video(tmp_path / "clip.mp4", n=9))
+    r = llava("generate", "--model", ov_model, "--video", clip, "--frames", "3", "--prompt", "What?",
+              "--max-new-tokens", "6")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    content = [{"type": "video", "video": clip, "max_frames": 3}, {"type": "text", "text": "What?"}]
+    answer = load(ov_model).chat([{"role": "user", "content": content}], max_new_tokens=6)
+    assert r.stdout.rstrip("\n") == answer.lstrip()

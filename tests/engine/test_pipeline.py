@@ -131,7 +131,7 @@ def test_generation_config_end_ids_end_every_path(tmp_path):
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}], "remote"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}], "ftp://"),
         ([{"role": "user", "content": 5}], "content must be a string or a list of parts"),
-        ([{"role": "user", "content": [{"type": "video", "video": "clip.mp4"}]}], "a non-empty list of frames"),
+        ([{"role": "user", "content": [{"type": "video", "video": "clip"}]}], "a non-empty list of frames"),
         ([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}], "list of frames"),
         ([{"role": "user", "content": [{"type": "image", "image": "file://red.png"}]}], "names the host 'red.png'"),
         ([{"role": "user", "content": {"type": "text", "text": "hi"}}], "not dict"),
@@ -262,3 +262,23 @@ def test_video_parts_on_a_model_without_video_are_refused(tmp_path):
 def test_a_bad_quantize_mode_is_refused_before_the_model_is_read():
     with pytest.raises(ValueError, match="quantize must be one of"):
         llavakit.load("/nonexistent/model", quantize="int3")
+
+
+def test_video_file_part_is_its_decoded_frames(pipe, tmp_path):
+    """``{"type": "video", "video": "clip.mp4", "max_frames": 3}`` answers as the 3 frames ``read_video`` picks."""
+    pytest.importorskip("av")
+    from llavakit.processing.video_load import read_video
+    from video_files import write_video
+
+    clip = write_video(tmp_path / "clip.mp4", n=7)
+    text = {"type": "text", "text": "What?"}
+    pipe.reset()
+    part = {"type": "video", "video": str(clip), "max_frames": 3}
+    by_path = pipe.reply([{"role": "user", "content": [part, text]}], max_new_tokens=4)
+    pipe.reset()
+    frames = read_video(clip, 3)
+    by_frames = pipe.reply([{"role": "user", "content": [{"type": "video", "video": frames}, text]}], max_new_tokens=4)
+    assert (by_path.text, by_path.prompt_tokens) == (by_frames.text, by_frames.prompt_tokens)
+    pipe.reset()
+    every = pipe.reply([{"role": "user", "content": [{"type": "video", "video": clip}, text]}], max_new_tokens=4)
+    assert every.prompt_tokens > by_path.prompt_tokens  # a Path too; all 7 frames (32 at most)
