@@ -193,3 +193,73 @@ def test_merge_lora_gives_the_template_the_adapter_trained_with(tmp_path, capsys
         if f.name not in ("adapter_config.json", "adapter_model.safetensors"):
             f.unlink()
     assert merged_template(tmp_path / "m2") == "plain"
+
+
+def test_merge_lora_keeps_the_base_checkpoints_dtype(tmp_path):
+    """A bfloat16 base merges into a bfloat16 checkpoint (as `llava convert` keeps the stored dtype; it came out
+    float32, twice the size); --dtype still picks another; the merge itself is computed in float32."""
+    from safetensors import safe_open
+
+    model, processor = build_model(ModelSpec(init="tiny:llava"))
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    spec = LoraSpec(rank=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    model.float()
+    apply_lora(model, spec)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.3)
+    save_adapter(model, tmp_path / "adapter", spec)
+
+    def stored(out, *extra):
+        args = ["merge-lora", "--base", str(tmp_path / "base"), "--adapter", str(tmp_path / "adapter")]
+        assert main([*args, "--out", str(out), *extra]) == 0
+        with safe_open(str(next(out.glob("*.safetensors"))), "pt") as f:
+            return {f.get_tensor(k).dtype for k in f.keys()}
+
+    assert stored(tmp_path / "m1") == {torch.bfloat16}
+    assert stored(tmp_path / "m2", "--dtype", "float32") == {torch.float32}
+    merged = LlavaModel.from_pretrained(tmp_path / "m2")
+    layer = model.model.language_model.layers[0].self_attn.q_proj
+    torch.testing.assert_close(merged.model.language_model.layers[0].self_attn.q_proj.weight, layer.merged().weight)
+
+
+@pytest.mark.parametrize(
+    "change,said",
+    [
+        (lambda c: c.pop("r"), "lacks 'r'"),
+        (lambda c: c.pop("lora_alpha"), "lacks 'lora_alpha'"),
+        (lambda c: c.update(r="four"), "bad r / lora_alpha"),
+        (None, "is not valid JSON"),
+    ],
+)
+def test_a_broken_adapter_config_is_one_clear_line(lora_model, tmp_path, capsys, change, said):
+    """merge-lora on an adapter_config.json without r (or not JSON) ended in a KeyError traceback."""
+    model, _, spec = lora_model
+    save_adapter(model, tmp_path / "adapter", spec)
+    cfg_path = tmp_path / "adapter" / "adapter_config.json"
+    if change is None:
+        cfg_path.write_text('{"peft_type": "LORA", ')
+    else:
+        cfg = json.loads(cfg_path.read_text())
+        change(cfg)
+        cfg_path.write_text(json.dumps(cfg))
+    args = ["merge-lora", "--base", str(tmp_path / "base"), "--adapter", str(tmp_path / "adapter")]
+    assert main([*args, "--out", str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "adapter_config.json" in err and "Traceback" not in err
+
+
+def test_load_adapter_onto_lora_layers_with_another_scaling_is_refused(lora_model, tmp_path):
+    """A model that already has LoRA layers kept their alpha / rank: an adapter trained with alpha 32 loaded
+    onto alpha-8 layers gave other outputs with no word. Now refused unless the settings agree."""
+    model, _, spec = lora_model
+    other = LoraSpec(rank=4, alpha=32, dropout=0.0, target_modules=spec.target_modules)
+    save_adapter(model, tmp_path / "adapter", other)
+    fresh = LlavaModel.from_pretrained(tmp_path / "base")
+    apply_lora(fresh, spec)  # alpha 8
+    with pytest.raises(ValueError, match=r"alpha 32.0.*LoRA layers have rank 4, alpha 8"):
+        load_adapter(fresh, tmp_path / "adapter")
+    save_adapter(model, tmp_path / "same", spec)
+    assert load_adapter(fresh, tmp_path / "same").alpha == 8  # the same settings still load

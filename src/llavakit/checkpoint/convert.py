@@ -54,7 +54,7 @@ def convert(
             f"--template applies to original checkpoints; {src} is in the HF layout, whose template is its own "
             "chat_template (or conversation_template.json): leave --template out"
         )
-    model = load_model(path, dtype=parse_dtype(dtype) if dtype else _stored_dtype(path), vision_tower=vision_tower)
+    model = load_model(path, dtype=parse_dtype(dtype) if dtype else stored_dtype(path), vision_tower=vision_tower)
     model.save_pretrained(out, max_shard_bytes=max_shard_bytes)
     notes = [write_processor(path, out, model, fmt, facts)]
     if (path / "generation_config.json").is_file():  # extra end-of-sequence ids (Llama-3's <|eot_id|>, ...)
@@ -87,8 +87,8 @@ def original_facts(path: Path, vision_tower: str | Path | None, template: str | 
     return facts
 
 
-def _stored_dtype(path: Path) -> torch.dtype:
-    """The dtype most of a checkpoint's floating tensors are stored in (float32 when unknown)."""
+def stored_dtype(path: Path) -> torch.dtype:
+    """The dtype a checkpoint stores its floating tensors in: its first floating tensor's (float32 when it has none)."""
     from .load import iter_checkpoint_tensors
 
     for _, t in iter_checkpoint_tensors(path):

@@ -187,7 +187,12 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoraSpec, dict[str, torch.Ten
     d = Path(adapter_dir)
     if not (d / ADAPTER_CONFIG).exists():
         raise FileNotFoundError(f"{d} has no {ADAPTER_CONFIG}: not a LoRA adapter directory")
-    cfg = json.loads((d / ADAPTER_CONFIG).read_text())
+    try:
+        cfg = json.loads((d / ADAPTER_CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{d}/{ADAPTER_CONFIG} is not valid JSON ({e}); rewrite it or save the adapter again") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{d}/{ADAPTER_CONFIG} must hold a JSON object (PEFT's LoraConfig), got {cfg!r}")
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"{d}/{ADAPTER_CONFIG}: peft_type {cfg.get('peft_type')!r}, only LORA is supported")
     if cfg.get("use_dora") or cfg.get("use_rslora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
@@ -198,12 +203,17 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoraSpec, dict[str, torch.Ten
         targets = [t.replace("\\", "") for t in m.group(1).split("|")] if m else []
     if not targets:
         raise ValueError(f"{d}/{ADAPTER_CONFIG}: cannot read target_modules {cfg.get('target_modules')!r}")
-    spec = LoraSpec(
-        rank=int(cfg["r"]),
-        alpha=float(cfg["lora_alpha"]),
-        dropout=float(cfg.get("lora_dropout", 0)),
-        target_modules=list(targets),
-    )
+    try:
+        spec = LoraSpec(
+            rank=int(cfg["r"]),
+            alpha=float(cfg["lora_alpha"]),
+            dropout=float(cfg.get("lora_dropout") or 0),
+            target_modules=list(targets),
+        )
+    except KeyError as e:
+        raise ValueError(f"{d}/{ADAPTER_CONFIG} lacks {e.args[0]!r} (PEFT's LoraConfig writes r and lora_alpha)") from e
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{d}/{ADAPTER_CONFIG}: bad r / lora_alpha / lora_dropout ({e})") from e
     path = d / ADAPTER_WEIGHTS
     if not path.exists():
         raise FileNotFoundError(f"{d} has no {ADAPTER_WEIGHTS}")
@@ -221,6 +231,16 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoraSpec:
     spec, tensors = read_adapter(adapter_dir)
     if not any(isinstance(m, LoRALinear) for m in model.modules()):
         apply_lora(model, spec)
+    else:  # layers already there: their rank, scaling and targets must be the adapter's, or its weights mean else
+        have = lora_spec_of(model)
+        mine = (have.rank, have.alpha, sorted(have.target_modules))
+        theirs = (spec.rank, spec.alpha, sorted(spec.target_modules))
+        if mine != theirs:
+            raise ValueError(
+                f"adapter {adapter_dir} has rank {spec.rank}, alpha {spec.alpha}, targets {theirs[2]}; the model's "
+                f"LoRA layers have rank {have.rank}, alpha {have.alpha}, targets {mine[2]}: load it onto the base "
+                "model (no LoRA layers yet: load_adapter inserts them as the adapter describes)"
+            )
     own = model.state_dict()
     unknown = [k for k in tensors if k not in own]
     if unknown:
@@ -240,9 +260,10 @@ def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = No
     """``llava merge-lora``: base checkpoint + PEFT adapter -> a plain HF checkpoint (weights, config, processor).
 
     The processor (and so the prompt template) is the adapter directory's when the run saved one there, else the
-    base checkpoint's (adapters from older llavakit versions or other tools)."""
-    from ..checkpoint.api import load_model
-    from ..checkpoint.convert import write_processor
+    base checkpoint's (adapters from older llavakit versions or other tools). The merge is computed in float32 and
+    stored in ``dtype``, else in the dtype the base checkpoint is stored in (as ``llava convert`` keeps it)."""
+    from ..checkpoint.api import load_model, parse_dtype
+    from ..checkpoint.convert import stored_dtype, write_processor
     from ..checkpoint.load import resolve_model_path
 
     base_path = resolve_model_path(base)
@@ -254,13 +275,11 @@ def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = No
         from ..processing.processor import LlavaProcessor
 
         processor = LlavaProcessor.from_pretrained(adapter)
+    target = parse_dtype(dtype) if dtype else stored_dtype(base_path)
     model = load_model(base_path, dtype=torch.float32)
     load_adapter(model, adapter)
     merge_lora(model)
-    if dtype:
-        from ..checkpoint.api import parse_dtype
-
-        model.to(parse_dtype(dtype))
+    model.to(target)
     model.save_pretrained(out_path)
     if processor is not None:
         processor.save_pretrained(out_path)
