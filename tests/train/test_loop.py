@@ -236,3 +236,38 @@ def test_a_stage2_run_does_not_silently_inherit_stage1s_plain_template(tmp_path)
         _dataset(*recipe("data.path=nowhere.json"))
     for more in (["data.template=plain"], ["data.template=vicuna_v1"], ["stage.name=stage1"]):
         check_inherited_template(*recipe(*more))
+
+
+def test_a_cut_short_trainer_state_is_named_with_the_fix(tmp_path):
+    """A checkpoint whose trainer_state.pt is corrupt (a machine crash before it reached the disk) ended the
+    resume in a RuntimeError traceback from deep in torch.load; now one ValueError naming it and what to do."""
+    args = ("train.max_steps=4", "train.save_every=1")
+    _run(tiny_recipe(tmp_path, "llava", *args, "train.stop_after=2"))
+    state = tmp_path / "run" / "checkpoints" / "step-00000002" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ValueError, match="step-00000002 is unreadable.*delete that directory"):
+        _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))
+    shutil.rmtree(state.parent)  # as the message says: the run resumes from step 1
+    assert _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))[0].steps == [2, 3, 4]
+
+
+def test_a_checkpoint_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """trainer_state.pt marks a checkpoint complete; it (and every other file) was never fsynced, so after a power
+    loss the renamed directory could hold empty files and resuming failed. Every file and the directory are synced
+    before the rename."""
+    import os
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _run(tiny_recipe(tmp_path, "llava", "train.max_steps=2", "train.save_every=1", "train.stop_after=1"))
+    tmp = tmp_path / "run" / "checkpoints" / ".tmp-step-00000001"
+    final = tmp_path / "run" / "checkpoints" / "step-00000001"
+    for f in final.iterdir():
+        assert str(tmp / f.name) in synced, f.name
+    assert str(tmp) in synced and str(final.parent) in synced

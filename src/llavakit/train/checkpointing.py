@@ -13,6 +13,8 @@ Because model and optimizer states are gathered (full), a run resumes on any num
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import random
 import re
 import shutil
@@ -93,13 +95,33 @@ def save_checkpoint(
         }
         torch.save(state, tmp / "trainer_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "world": d.world, **counters}, indent=2))
+        _sync_tree(tmp)  # on disk before the rename: a machine crash must not leave a renamed, empty checkpoint
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+        _fsync(root)
         for old in checkpoint_dirs(out_dir)[: -keep_last if keep_last > 0 else None]:
             shutil.rmtree(old, ignore_errors=True)
     barrier(d)
     return final
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():  # some file systems cannot sync a directory; a file must be synced
+            raise
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(path: Path) -> None:
+    """fsync every file under ``path``, then the directories (their entries)."""
+    for p in sorted(path.rglob("*"), key=lambda q: -len(q.parts)):
+        _fsync(p)
+    _fsync(path)
 
 
 def _trainable(optimizer: torch.optim.Optimizer) -> list[str]:
@@ -163,7 +185,13 @@ def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, d: Dist, lora: bool
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and (same process count) RNG states; returns the counters."""
-    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ValueError(
+            f"checkpoint {path} is unreadable: its trainer_state.pt is corrupt or cut short ({str(e).split('.')[0]}); "
+            "delete that directory to resume from the checkpoint before it"
+        ) from e
     saved, now = state.get("trainable"), _trainable(optimizer)
     if saved is not None and saved != now:
         diff = sorted(set(saved) ^ set(now)) or ["(the same groups, other parameters)"]
