@@ -182,6 +182,7 @@ def test_merge_lora_gives_the_template_the_adapter_trained_with(tmp_path, capsys
     model, processor = build_model(r.model)
     train(r, model=model, processor=processor, dataset=ColorDataset(processor, 4), collate_fn=collate_fn)
     adapter, run = tmp_path / "run" / "adapter", tmp_path / "run"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base.resolve())
 
     def merged_template(out):
         assert main(["merge-lora", "--base", str(base), "--adapter", str(adapter), "--out", str(out)]) == 0
@@ -263,3 +264,13 @@ def test_load_adapter_onto_lora_layers_with_another_scaling_is_refused(lora_mode
         load_adapter(fresh, tmp_path / "adapter")
     save_adapter(model, tmp_path / "same", spec)
     assert load_adapter(fresh, tmp_path / "same").alpha == 8  # the same settings still load
+
+
+def test_base_model_id_names_local_dirs_absolutely_and_hub_ids_as_they_are(tmp_path, monkeypatch):
+    from llavakit.train.loop import base_model_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base").mkdir()
+    assert base_model_id("base") == str((tmp_path / "base").resolve())
+    assert base_model_id("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
+    assert base_model_id("tiny:llava") is None and base_model_id(None) is None

@@ -135,12 +135,15 @@ def _config(model: nn.Module):  # noqa: ANN202
     return unwrap(model).config
 
 
-def write_model(out: Path, state: dict[str, torch.Tensor], config: Any, processor: Any, lora: Any = None) -> None:
-    """HF-format model files (or, for LoRA, the PEFT adapter) + processor files into ``out``."""
+def write_model(
+    out: Path, state: dict[str, torch.Tensor], config: Any, processor: Any, lora: Any = None, base: str | None = None
+) -> None:
+    """HF-format model files (or, for LoRA, the PEFT adapter naming ``base`` as its base model) + processor files
+    into ``out``."""
     if lora is not None:
         from .lora import save_adapter
 
-        save_adapter(state, out, lora)
+        save_adapter(state, out, lora, base_model=base)
     else:
         save_state_dict(state, out, tied=config.tie_word_embeddings)
         save_config(config, out)

@@ -287,7 +287,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
             return result
     bar.close()
     result.final_step = step
-    _finish(out, model, processor, lora, d, metrics)
+    _finish(out, model, processor, lora, d, metrics, base_model_id(recipe.model.init))
     result.finished = True
     return result
 
@@ -356,8 +356,20 @@ def check_inherited_template(recipe: Recipe, processor: Any) -> None:
         )
 
 
-def _finish(out: Path, model: torch.nn.Module, processor: Any, lora: Any, d: Dist, metrics: MetricsLog) -> None:
-    """The final output: an HF checkpoint (LoRA merged into it; the adapter and processor also in ``adapter/``)."""
+def base_model_id(init: str | None) -> str | None:
+    """What a LoRA adapter names as its base (``base_model_name_or_path``, which PEFT's ``AutoPeftModel*`` loads):
+    ``model.init`` as an absolute path when it is a local directory, a hub id as it is, None for a model built
+    from parts or a tiny random one."""
+    if not init or init.startswith("tiny:"):
+        return None
+    return str(Path(init).resolve()) if Path(init).exists() else init
+
+
+def _finish(
+    out: Path, model: torch.nn.Module, processor: Any, lora: Any, d: Dist, metrics: MetricsLog, base: str | None = None
+) -> None:
+    """The final output: an HF checkpoint (LoRA merged into it; the adapter, naming ``base``, and the processor also
+    in ``adapter/``)."""
     state = full_model_state(model)
     if not d.main:
         return
@@ -366,7 +378,7 @@ def _finish(out: Path, model: torch.nn.Module, processor: Any, lora: Any, d: Dis
         from ..model.llava import LlavaModel
         from .lora import apply_lora, merge_lora
 
-        write_model(out / "adapter", state, config, processor, lora)  # the processor: merge-lora's template
+        write_model(out / "adapter", state, config, processor, lora, base)  # the processor: merge-lora's template
         with torch.device("meta"):
             plain = LlavaModel(config)
         apply_lora(plain, lora)
