@@ -8,7 +8,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -177,33 +177,17 @@ def chat(
             messages, pending, video = [], [], []
             pipe.reset()
             out.write("(new conversation)\n")
-        elif command == "/image":
-            path = _typed_path(arg)
-            if not path:
-                out.write("usage: /image PATH (attaches the image to your next message)\n")
-            else:
-                try:  # a file that is not an image is refused now, not with the next message
-                    load_image(path)
-                except (ValueError, OSError) as e:
-                    out.write(f"error: {e}\n")
-                else:
-                    pending.append(path)
-                    out.write(f"(image attached: {path})\n")
-        elif command == "/video":
-            spec = _typed_path(arg)
-            if not spec:
-                out.write("usage: /video VIDEO (a video file, folder or glob of frames; goes with your next message)\n")
-            else:
-                try:  # frames that cannot be found or read are refused now, not with the next message
-                    found = find_frames(spec)  # a video file is decoded here
-                    for f in found:
-                        if isinstance(f, Path):
-                            load_image(f)
-                except (ValueError, OSError) as e:
-                    out.write(f"error: {e}\n")
-                else:
-                    video = found
-                    out.write(f"(video attached: {len(found)} frames from {spec})\n")
+        elif command == "/image":  # a file that is not an image is refused now, not with the next message
+            got = _attach(arg, "/image PATH (attaches the image to your next message)", load_image, out)
+            if got is not None:
+                pending.append(got[0])
+                out.write(f"(image attached: {got[0]})\n")
+        elif command == "/video":  # frames that cannot be found or read likewise
+            got = _attach(arg, "/video VIDEO (a video file, folder or glob of frames; goes with your next message)",
+                          _read_frames, out)  # fmt: skip
+            if got is not None:
+                video = got[1]
+                out.write(f"(video attached: {len(video)} frames from {got[0]})\n")
         elif line.startswith("/"):
             out.write(f"unknown command {line.split()[0]}; {CHAT_HELP}\n")
         elif line:
@@ -240,6 +224,28 @@ def chat(
         out.flush()
     out.write("\n")
     return 0
+
+
+def _attach(arg: str, usage: str, read: Callable[[str], Any], out: TextIO) -> tuple[str, Any] | None:
+    """A chat command's typed path and what ``read`` makes of it; None once the usage or the error is shown."""
+    path = _typed_path(arg)
+    if not path:
+        out.write(f"usage: {usage}\n")
+        return None
+    try:
+        return path, read(path)
+    except (ValueError, OSError) as e:
+        out.write(f"error: {e}\n")
+        return None
+
+
+def _read_frames(spec: str) -> list[Path] | list[Image.Image]:
+    """``find_frames(spec)`` with every frame file opened once (a video file is decoded by it)."""
+    frames = find_frames(spec)
+    for f in frames:
+        if isinstance(f, Path):
+            load_image(f)
+    return frames
 
 
 def _typed_path(arg: str) -> str:
