@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..processing.image import sample_frames
 from ..processing.processor import LlavaProcessor
-from .data import check_entry, image_size, open_image, read_mixture
+from .data import check_entry, check_image_sizes, image_size, open_image, read_mixture
 from .labels import SampleError, encode_sample
 from .records import ROLES, Record, check_record, frame_files, image_paths, iter_records, to_messages, video_path
 
@@ -139,6 +139,8 @@ def check_one(
         for p in image_paths(rec.data, image_folder):
             im = open_image(p, rec.id)  # decodes the whole image: truncated files fail here, not in training
             sizes.append((im.height, im.width))
+        if processor is not None:
+            check_image_sizes(image_paths(rec.data, image_folder), sizes, processor, rec.id)
         frames = []
         v = video_path(rec.data, image_folder)
         if v is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..processing.image import preprocess, sample_frames, video_frames
+from ..processing.image import check_geometry, preprocess, sample_frames, video_frames
 from ..processing.image_load import load_image
 from ..processing.processor import LlavaProcessor
 from .foreground import sample_foreground
@@ -145,6 +145,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
             files = frame_files(v)
             frames = [files[k] for k in sample_frames(len(files), self.num_frames)]
         sizes = [(im.height, im.width) for im in pil]
+        check_image_sizes(image_paths(rec.data, self.image_folder), sizes, self.processor, rec.id)
         enc = encode_sample(
             messages,
             self.processor,
@@ -188,6 +189,17 @@ def open_image(path: Path, rid: str) -> Any:
         return load_image(path)
     except (OSError, ValueError) as e:
         raise SampleError("unreadable_image", str(e), rid) from e
+
+
+def check_image_sizes(paths: list[Path], sizes: list[tuple[int, int]], processor: LlavaProcessor, rid: str) -> None:
+    """Refuse (``unreadable_image``) images of (h, w) ``sizes`` that the processor's preprocessing refuses (too
+    elongated for pad-to-square, say), so they are named, skipped and counted instead of failing in ``preprocess``."""
+    multi = processor.family == "llava_onevision" and len(sizes) > 1
+    for path, (h, w) in zip(paths, sizes):
+        try:
+            check_geometry(w, h, processor.image_config, multi_image=multi, what=f"image {path}")
+        except ValueError as e:
+            raise SampleError("unreadable_image", str(e), rid) from e
 
 
 def image_size(path: Path, rid: str) -> tuple[int, int]:

@@ -183,9 +183,10 @@ def tokenize_with_labels(
 ) -> Encoded:
     """Tokenize ``text`` (placeholders already expanded) the way the processor does; labels from ``spans``.
 
-    Every span must be covered by at least one token, else the sample is refused (``no_labels``).
+    Every span must be covered by at least one token, else the sample is refused (``no_labels``). A text that
+    already begins with BOS (a chat template writing ``{{ bos_token }}``) gets no second one, as in the processor.
     """
-    enc = processor.tokenizer.tok.encode(text, add_special_tokens=True)
+    enc = processor.tokenizer.tok.encode(text, add_special_tokens=not processor._starts_with_bos(text))
     ids, offsets = list(enc.ids), enc.offsets
     hits = _overlaps(offsets, spans)  # (n_spans, L)
     for (a, b), covered in zip(spans, hits.any(axis=1)):

@@ -8,7 +8,8 @@ A record (one line of a .jsonl file, or one element of the array of a .json file
                        {"from": "gpt", "value": "A cat."}, ...]}
 
 Paths are relative to the ``image_folder``. One ``<image>`` placeholder per image (a single image's placeholder
-is moved to the front of its turn followed by "\\n", as the original LLaVA code does); a video takes one
+is moved to the front of its turn followed by "\\n", as the original LLaVA code does; with several images, so is
+the placeholder of a turn holding only one, as LLaVA-NeXT does); a video takes one
 ``<video>`` placeholder (or one ``<image>`` when the record has no images, as LLaVA-NeXT's video data writes it).
 ``train.data`` builds the datasets on top of these.
 """
@@ -125,7 +126,8 @@ def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str
     """LLaVA ``conversations`` -> messages with placeholder strings (``human`` -> user, ``gpt`` -> assistant).
 
     Checks: a non-empty conversation with a user turn and a non-empty assistant answer; one ``<image>`` per
-    image and one ``<video>`` per video. A single image's (or video's) placeholder moves to the turn's front.
+    image and one ``<video>`` per video. A single image's (or video's) placeholder moves to the turn's front
+    (a turn of the placeholder alone stays just that); with several images, that of a turn holding only one.
     """
     rid = rid if rid is not None else str(record.get("id"))
     conv = record.get("conversations")
@@ -160,10 +162,12 @@ def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str
             rid,
         )
     for mark, n in ((IMAGE, n_img), (VIDEO, int(has_video))):
-        if n == 1:
-            for m in messages:
-                if mark in m["content"]:
-                    m["content"] = mark + "\n" + m["content"].replace(mark, "").strip()
+        for m in messages:
+            c = m["content"]
+            # several images: LLaVA-NeXT moves a placeholder only in a turn holding just one, not already in front
+            if n == 1 and mark in c or n > 1 and c.count(mark) == 1 and not c.startswith(mark):
+                # strip() last, as LLaVA does: a turn holding only the placeholder gets no "\n" after it
+                m["content"] = (mark + "\n" + c.replace(mark, "").strip()).strip()
     return messages
 
 
