@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..model.llava import LlavaModel
 
 
-def eos_ids(model: LlavaModel, eos_token_id: int | list[int] | None) -> list[int]:
+def eos_ids(model: LlavaModel, eos_token_id: int | list[int] | torch.Tensor | None) -> list[int]:
     """The ids generation stops on: ``eos_token_id`` when given, else the checkpoint's (its config's, then those
     ``generation_config.json`` adds, as loaded by ``load_model``), else the config's."""
     if eos_token_id is None:
@@ -27,7 +27,9 @@ def eos_ids(model: LlavaModel, eos_token_id: int | list[int] | None) -> list[int
     eos = model.config.text.eos_token_id if eos_token_id is None else eos_token_id
     if eos is None:
         return []
-    return [eos] if isinstance(eos, int) else list(eos)
+    if isinstance(eos, torch.Tensor):  # transformers takes tensors, 0-d included
+        eos = eos.tolist()
+    return [int(eos)] if isinstance(eos, numbers.Integral) else [int(i) for i in eos]  # numpy integers too
 
 
 def check_context(model: LlavaModel, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -78,7 +80,8 @@ def decode(
     positions (B, T) are the RoPE positions of the new slots. slot_mask (B, >= cache.length + T + max_new_tokens)
     marks real slots (left padding = 0) or is None when no row is padded. A row that has finished (EOS) yields -1.
     The token yielded last is never fed back, so afterwards ``cache.length`` == slots fed. ``step`` runs each
-    one-token step (``decode_step`` or its compiled form).
+    one-token step (``decode_step`` or its compiled form). prompt_ids (B, T) are the ids the repetition penalty
+    counts as seen before the first new token; negative ones are left out.
     """
     b, t, _ = embeds.shape
     device = embeds.device
@@ -95,8 +98,11 @@ def decode(
     next_pos = positions[:, -1:] + 1  # (B, 1)
     seen = None
     if params.repetition_penalty != 1.0 and prompt_ids is not None:
-        seen = torch.zeros(b, logits.shape[-1], dtype=torch.bool, device=device)
-        seen.scatter_(1, prompt_ids.to(device).clamp(0, logits.shape[-1] - 1), True)
+        v = logits.shape[-1]
+        ids = prompt_ids.to(device)
+        seen = torch.zeros(b, v + 1, dtype=torch.bool, device=device)  # negative ids land in the extra column
+        seen.scatter_(1, torch.where(ids >= 0, ids.clamp_max(v - 1), v), True)
+        seen = seen[:, :v]
     done = torch.zeros(b, dtype=torch.bool, device=device)
     for i in range(max_new_tokens):
         if seen is not None:
@@ -131,7 +137,9 @@ def stream_tokens(
     """Yield (B,) next-token ids step by step for a (left-padded) batch; finished rows yield -1.
 
     input_ids (B, T) carry expanded image tokens; left padding is marked by ``attention_mask`` (B, T). Every row
-    gets its own positions (padding does not shift them) and stops on its own EOS. ``step``: see ``decode``.
+    gets its own positions (padding does not shift them) and stops on its own EOS; its repetition penalty counts
+    its real tokens only, as transformers' ``generate`` does (the padding id is often the EOS id).
+    ``step``: see ``decode``.
     """
     b, t = input_ids.shape
     check_context(model, t, max_new_tokens)
@@ -145,6 +153,9 @@ def stream_tokens(
         pos = torch.arange(t, device=device).expand(b, t)
     cache = KVCache(model.config.text, b, t + max_new_tokens, dtype=model.dtype, device=device)
     embeds = model.embed(input_ids.to(device), **vision_inputs)
+    seen = input_ids.to(device)
+    if slot_mask is not None:
+        seen = seen.masked_fill(slot_mask[:, :t] == 0, -1)  # decode leaves negative ids out
     yield from decode(
         model,
         embeds,
@@ -154,7 +165,7 @@ def stream_tokens(
         params=params or SamplingParams(),
         eos=eos_ids(model, eos_token_id),
         slot_mask=slot_mask,
-        prompt_ids=input_ids,
+        prompt_ids=seen,
         step=step,
     )
 

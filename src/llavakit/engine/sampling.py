@@ -55,10 +55,12 @@ class SamplingParams:
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """HF/CTRL rule: logits of already-seen tokens divided by ``penalty`` if positive, multiplied if negative.
 
-    logits (B, V); seen (B, V) bool.
+    logits (B, V); seen (B, V) bool. Returns float32 logits, as transformers' ``generate`` penalizes them: in
+    bfloat16 the divided logit would be rounded, and a seen token could tie with or fall below one it beats.
     """
     if penalty == 1.0:
         return logits
+    logits = logits.float()
     scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
     big = torch.finfo(logits.dtype).max  # an extreme penalty must not turn a logit into +-inf (NaN probabilities)
     return torch.where(seen, scaled.clamp(-big, big), logits)

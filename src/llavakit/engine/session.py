@@ -127,6 +127,9 @@ class ChatSession:
         if self.cache is None or self.cache.max_len < need:
             self.cache = _grown(self.cache, model, need + self.reserve, keep)
         self.cache.truncate(keep)
+        # the cache now holds only the shared prefix: say so before anything below can fail (Ctrl-C while the
+        # images are encoded), or the next turn would trust slots that are gone
+        self.ids, self.images = ids[:keep], images[:kept_images]
         suffix = input_ids[:, keep:].to(model.device)
         vision = {}
         if n_img > kept_images:
