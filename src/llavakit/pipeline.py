@@ -206,7 +206,10 @@ class Pipeline:
         vision = {k: inputs[k] for k in ("pixel_values", "image_sizes", "pixel_values_videos") if k in inputs}
         eos = self._eos()
         text = AnswerText(self.processor.tokenizer, stop)
-        for t in self.session.generate(ids, max_new_tokens=max_new_tokens, params=params, **vision):
+        gen = self.session.generate(
+            ids, max_new_tokens=max_new_tokens, params=params, eos_token_id=sorted(eos), **vision
+        )
+        for t in gen:  # the session stops on the ids the answer text ends on, as batch's rows do
             delta = text.push(t, eos)
             if delta:
                 yield delta

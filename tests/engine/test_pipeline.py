@@ -282,3 +282,27 @@ def test_video_file_part_is_its_decoded_frames(pipe, tmp_path):
     pipe.reset()
     every = pipe.reply([{"role": "user", "content": [{"type": "video", "video": clip}, text]}], max_new_tokens=4)
     assert every.prompt_tokens > by_path.prompt_tokens  # a Path too; all 7 frames (32 at most)
+
+
+def test_stream_stops_on_the_pipelines_eos_ids_as_batch_does(pipe):
+    """An id the model config calls EOS but the tokenizer's EOS list lacks: the session stopped there while the
+    answer text did not know it as an end (finish "length" after a few tokens); batch went on. Both go on now."""
+    msgs = _msg("Say something")
+    pipe.reset()
+    inputs, _ = pipe._inputs(msgs)
+    toks = list(pipe.session.generate(inputs["input_ids"], max_new_tokens=8, pixel_values=inputs["pixel_values"],
+                                      image_sizes=inputs["image_sizes"]))  # fmt: skip
+    pipe.reset()
+    fake = next(t for t in toks[1:] if t not in toks[:1] and t not in pipe._eos())
+    cfg = pipe.model.config.text
+    old, old_gen = cfg.eos_token_id, getattr(pipe.model, "generation_eos_ids", None)
+    try:
+        cfg.eos_token_id, pipe.model.generation_eos_ids = fake, [fake]
+        single = pipe.reply(msgs, max_new_tokens=8)
+        pipe.reset()
+        batched = pipe.batch([msgs], max_new_tokens=8)[0]
+    finally:
+        cfg.eos_token_id, pipe.model.generation_eos_ids = old, old_gen
+        pipe.reset()
+    assert (single.text, single.completion_tokens) == (batched.text, batched.completion_tokens)
+    assert single.completion_tokens == len(toks)
