@@ -62,7 +62,8 @@ def jinja_template(name: str) -> str:
     out.append(f"{{%- set ns = namespace(system={_lit(t.system)}, first=true, skip=0, text='', img=0, vid=0) -%}}")
     out.append("{%- if messages and messages[0]['role'] == 'system' -%}")
     out += _read("messages[0]['content']")
-    out.append("{%- set ns.system = ns.text -%}{%- set ns.skip = 1 -%}")
+    trim = " | trim" if t.strip else ""  # Llama-3's template trims every message, the system one too
+    out.append("{%- set ns.system = ns.text" + trim + " -%}{%- set ns.skip = 1 -%}")
     out.append("{%- endif -%}")
     if t.system_fmt:
         out.append(f"{{%- if ns.system -%}}{{{{ {_wrap(t.system_fmt, 'system', 'ns.system')} }}}}{{%- endif -%}}")

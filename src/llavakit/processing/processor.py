@@ -169,11 +169,9 @@ class LlavaProcessor:
             "vision_feature_select_strategy": self.strategy,
         }
         if self.family == "llava_onevision":
-            proc.update(
-                num_image_tokens=self.geometry.grid**2,
-                vision_aspect_ratio=f"anyres_max_{self.geometry.max_tiles}",
-                video_token=VIDEO,
-            )
+            n = self.geometry.max_tiles  # None: features never downsampled, "anyres" (not "anyres_max_None")
+            aspect = "anyres" if n is None else f"anyres_max_{n}"
+            proc.update(num_image_tokens=self.geometry.grid**2, vision_aspect_ratio=aspect, video_token=VIDEO)
         else:
             proc.update(patch_size=self.geometry.patch, num_additional_image_tokens=self.num_additional_image_tokens)
         (out / "processor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
@@ -236,7 +234,12 @@ class LlavaProcessor:
         """
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError(
+                f"text must be a prompt string or a non-empty list of them, got {text!r:.80}; "
+                "images need a prompt with one <image> placeholder each"
+            )
         images = _flatten(images)
         per_text = [t.count(IMAGE) for t in texts]
         if sum(per_text) != len(images):

@@ -124,6 +124,8 @@ def message_text(content: Any) -> tuple[str, int, int]:
         return "", 0, 0
     if isinstance(content, str):
         return content, content.count(IMAGE), content.count(VIDEO)
+    if not isinstance(content, (list, tuple)):
+        raise ValueError(f"message content must be a string or a list of parts, got {content!r:.80}")
     texts, n_img, n_vid = [], 0, 0
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
@@ -163,9 +165,15 @@ def render_with_spans(
     unless the last message is already an assistant answer.
     """
     tpl = get_template(template)
+    if not isinstance(messages, (list, tuple)):
+        raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {messages!r:.80}")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, Mapping):
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {msg!r:.80}")
     system, body = tpl.system, list(messages)
     if body and body[0].get("role") == "system":
         system = message_text(body.pop(0).get("content"))[0]
+        system = system.strip() if tpl.strip else system
     out = tpl.system_fmt.format(system=system) if tpl.system_fmt and system else ""
     spans: list[tuple[int, int]] = []
     first_user = True
