@@ -19,6 +19,7 @@ FAMILIES = ("llava", "llava_next", "llava_onevision")
 VISION_TYPES = ("clip_vision_model", "siglip_vision_model")
 TEXT_TYPES = ("llama", "mistral", "qwen2")
 TEXT_ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "gelu_new")  # model/text.py ACTIVATIONS
+VISION_ACTIVATIONS = ("quick_gelu", "gelu", "gelu_pytorch_tanh")  # model/vision.py ACTIVATIONS
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")  # model/rope.py
 LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' layer_types entries we run
 QWEN2_MAX_WINDOW_LAYERS = 28  # transformers' Qwen2Config default
@@ -63,6 +64,11 @@ class VisionConfig:
             raise ValueError(
                 f"vision_config: hidden_size {self.hidden_size} must be a multiple of num_attention_heads "
                 f"{self.num_attention_heads} and image_size {self.image_size} at least patch_size {self.patch_size}"
+            )
+        if self.hidden_act not in VISION_ACTIVATIONS:
+            raise ValueError(
+                f"vision_config.hidden_act {self.hidden_act!r} is not supported; supported: "
+                f"{', '.join(VISION_ACTIVATIONS)}"
             )
 
     @property
@@ -204,8 +210,12 @@ class TextConfig:
                 first = int(d.get("max_window_layers", QWEN2_MAX_WINDOW_LAYERS))
                 n = int(kw.get("num_hidden_layers", 0))
                 kw["layer_types"] = ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+        elif mt == "mistral":  # transformers' Mistral has no biases: a stray attention_bias key changes nothing
+            kw["qkv_bias"] = kw["o_bias"] = False
         elif d.get("attention_bias"):
             kw["qkv_bias"] = kw["o_bias"] = True
+        if mt != "llama":  # only Llama reads mlp_bias
+            kw["mlp_bias"] = False
         return cls(**{**kw, "model_type": mt})
 
     def to_hf(self) -> dict[str, Any]:

@@ -392,6 +392,12 @@ def _likely_cause(r: LoadResult) -> str:
             "the vision tower weights are absent: original checkpoints often keep them in the separate "
             "model named by mm_vision_tower; pass that directory when converting"
         )
+    if r.missing == ["lm_head.weight"] and not unexpected:
+        return (
+            "only the LM head is absent: the checkpoint ties it to the input embeddings (saved once, as "
+            'model.language_model.embed_tokens.weight) but config.json does not; set "tie_word_embeddings": true '
+            "in config.json"
+        )
     if r.missing and not unexpected:
         return "a truncated download or a missing shard (or a config with more layers than the checkpoint)"
     if unexpected and not r.missing:
