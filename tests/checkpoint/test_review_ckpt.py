@@ -3,6 +3,7 @@ transformers' logits."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,29 @@ def test_an_unsupported_vision_activation_is_refused_by_its_config_key() -> None
     d["vision_config"]["hidden_act"] = "gelu_new"
     with pytest.raises(ValueError, match="vision_config.hidden_act 'gelu_new' is not supported"):
         LlavaConfig.from_hf(d)
+
+
+def test_saved_config_names_the_weights_dtype_as_transformers_writes_it(tmp_path):
+    """config.json carries ``"dtype"`` (transformers 5 writes it; vLLM's "auto" dtype reads it): save_pretrained of
+    a bfloat16 model says bfloat16, and transformers' AutoConfig reads it back."""
+    from transformers import AutoConfig
+
+    from llavakit.tiny import write_tiny_checkpoint
+
+    src = write_tiny_checkpoint(tmp_path / "tiny", "llava_next", seed=0)
+    model = LlavaModel.from_pretrained(src, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert AutoConfig.from_pretrained(tmp_path / "bf16").dtype == torch.bfloat16
+    LlavaModel.from_pretrained(src).save_pretrained(tmp_path / "f32")
+    assert json.loads((tmp_path / "f32" / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_training_outputs_name_their_weights_dtype(tmp_path):
+    from llavakit.tiny import write_tiny_checkpoint
+    from llavakit.train.checkpointing import write_model
+
+    model = LlavaModel.from_pretrained(write_tiny_checkpoint(tmp_path / "tiny", "llava", seed=0))
+    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    write_model(tmp_path / "out", state, model.config, None)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"

@@ -126,5 +126,5 @@ def save_model(model: LlavaModel, out_dir: str | Path, *, max_shard_bytes: int =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_state_dict(state, out, max_shard_bytes=max_shard_bytes, tied=model.config.tie_word_embeddings)
-    save_config(model.config, out)
+    save_config(model.config, out, dtype=model.dtype)  # transformers 5 and vLLM read it as the weights' dtype
     return out

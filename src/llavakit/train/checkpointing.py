@@ -146,7 +146,8 @@ def write_model(
         save_adapter(state, out, lora, base_model=base)
     else:
         save_state_dict(state, out, tied=config.tie_word_embeddings)
-        save_config(config, out)
+        stored = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+        save_config(config, out, dtype=stored)
     if processor is not None:
         processor.save_pretrained(out)
 
