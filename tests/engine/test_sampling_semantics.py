@@ -143,3 +143,20 @@ def test_eos_token_id_as_a_tensor_or_numpy_integer(pair):
     assert want.shape[1] == 6
     for eos in (np.int64(end), torch.tensor(end), torch.tensor([end, 3]), [np.int32(end)]):
         assert torch.equal(generate(model, ids, max_new_tokens=6, eos_token_id=eos), want)
+
+
+def test_generate_samples_with_transformers_default_top_k(tmp_path):
+    """``model.generate(do_sample=True)`` cuts to the 50 likeliest tokens, as transformers' GenerationConfig does;
+    ``top_k=0`` turns the cut off. (It sampled from the whole 128-token vocabulary before.)"""
+    from llavakit.model.llava import LlavaModel
+    from llavakit.tiny import write_tiny_checkpoint
+
+    model = LlavaModel.from_pretrained(write_tiny_checkpoint(tmp_path / "m", "llava", seed=3)).eval()
+    ids = torch.tensor([[1, 5, 9, 13]])
+    kw = dict(do_sample=True, temperature=3.0, max_new_tokens=12)  # a hot distribution: the cut shows
+    for seed in range(4):
+        assert torch.equal(model.generate(ids, seed=seed, **kw), model.generate(ids, seed=seed, top_k=50, **kw))
+    assert any(
+        not torch.equal(model.generate(ids, seed=seed, **kw), model.generate(ids, seed=seed, top_k=0, **kw))
+        for seed in range(4)
+    )

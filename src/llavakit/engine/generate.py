@@ -179,14 +179,18 @@ def generate(
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    top_k: int = 0,
+    top_k: int = 50,
     repetition_penalty: float = 1.0,
     seed: int | None = None,
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     **vision_inputs: torch.Tensor | None,
 ) -> torch.Tensor:
-    """HF-style ``generate``: (B, T) prompt ids -> (B, T + n) with finished rows padded by ``pad_token_id``."""
+    """HF-style ``generate``: (B, T) prompt ids -> (B, T + n) with finished rows padded by ``pad_token_id``.
+
+    Sampling defaults are transformers' ``GenerationConfig`` ones (temperature 1.0, top_p 1.0, top_k 50), so
+    ``do_sample=True`` samples as ``transformers``' ``generate`` does; ``top_k=0`` turns the top-k cut off.
+    """
     params = SamplingParams(
         temperature=temperature if do_sample else 0.0,
         top_p=top_p,
