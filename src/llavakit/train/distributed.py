@@ -24,6 +24,7 @@ class Dist:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     strategy: str = "none"  # none | ddp | fsdp
+    owns_group: bool = False  # setup started the process group (teardown ends only that one)
 
     @property
     def main(self) -> bool:
@@ -47,13 +48,16 @@ def setup(device: str = "auto", strategy: str = "ddp") -> Dist:
     dev = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return Dist(rank=rank, world=world, local_rank=local, device=dev, strategy=strategy if world > 1 else "none")
+    mode = strategy if world > 1 else "none"
+    return Dist(rank=rank, world=world, local_rank=local, device=dev, strategy=mode, owns_group=owns)
 
 
 def teardown(d: Dist) -> None:
-    if d.active and dist.is_initialized():
+    """End the process group ``setup`` started; one the caller started stays for the caller's own collectives."""
+    if d.active and d.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
