@@ -237,8 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="answer one prompt about one or more images or a video")
     _model_flags(g)
     g.add_argument("--image", action="append", default=[], help="image path (repeatable)")
-    g.add_argument("--video", help="a video as a directory of frame images or a glob, in name order (OneVision models)")
-    g.add_argument("--frames", type=int, help="--video: at most this many frames, spread evenly (default 32)")
+    _video_flags(g)
     g.add_argument("--prompt", required=True)
     _sampling_flags(g)
     g.set_defaults(
