@@ -62,7 +62,7 @@ def save_state_dict(
     for name, shard in zip(names, shards, strict=True):
         tmp = out / (name + _TMP)
         save_file({k: _storable(t) for k, t in shard.items()}, str(tmp), metadata={"format": "pt"})
-        _fsync(tmp)
+        fsync_path(tmp)
     # The old checkpoint stops being loadable before the new one is complete: never a mix of the two.
     _remove_stale(out, keep=set(names))
     for name in names:
@@ -150,9 +150,23 @@ def _remove_stale(out: Path, keep: set[str]) -> None:
             p.unlink()
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory's entries, to disk (some file systems cannot sync a directory: skipped)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():  # a file must be synced
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """``fsync_path`` every file and directory under ``path`` (deepest first), then ``path`` itself."""
+    for p in sorted(path.rglob("*"), key=lambda q: -len(q.parts)):
+        fsync_path(p)
+    fsync_path(path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

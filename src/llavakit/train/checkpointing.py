@@ -13,7 +13,6 @@ Because model and optimizer states are gathered (full), a run resumes on any num
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import re
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint.save import save_config, save_state_dict
+from ..checkpoint.save import fsync_path, fsync_tree, save_config, save_state_dict
 from .distributed import Dist, barrier, full_model_state, full_optimizer_state, gather_objects, load_full_state
 
 _STEP = re.compile(r"step-(\d{8})")
@@ -95,33 +94,15 @@ def save_checkpoint(
         }
         torch.save(state, tmp / "trainer_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "world": d.world, **counters}, indent=2))
-        _sync_tree(tmp)  # on disk before the rename: a machine crash must not leave a renamed, empty checkpoint
+        fsync_tree(tmp)  # on disk before the rename: a machine crash must not leave a renamed, empty checkpoint
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        _fsync(root)
+        fsync_path(root)
         for old in checkpoint_dirs(out_dir)[: -keep_last if keep_last > 0 else None]:
             shutil.rmtree(old, ignore_errors=True)
     barrier(d)
     return final
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not path.is_dir():  # some file systems cannot sync a directory; a file must be synced
-            raise
-    finally:
-        os.close(fd)
-
-
-def _sync_tree(path: Path) -> None:
-    """fsync every file under ``path``, then the directories (their entries)."""
-    for p in sorted(path.rglob("*"), key=lambda q: -len(q.parts)):
-        _fsync(p)
-    _fsync(path)
 
 
 def _trainable(optimizer: torch.optim.Optimizer) -> list[str]:
