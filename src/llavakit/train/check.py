@@ -135,12 +135,12 @@ def check_one(
         return rec.reason, str(rec).split(": broken")[0]  # "file:line"
     try:
         check_record(rec, image_folder)
-        sizes = []
-        for p in image_paths(rec.data, image_folder):
+        sizes, paths = [], image_paths(rec.data, image_folder)
+        for p in paths:
             im = open_image(p, rec.id)  # decodes the whole image: truncated files fail here, not in training
             sizes.append((im.height, im.width))
         if processor is not None:
-            check_image_sizes(image_paths(rec.data, image_folder), sizes, processor, rec.id)
+            check_image_sizes(paths, sizes, processor, rec.id)
         frames = []
         v = video_path(rec.data, image_folder)
         if v is not None:

@@ -134,9 +134,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         """Build sample ``i`` (no substitution); raises SampleError."""
         rec = self.records[i]
         messages = to_messages(rec.data, rec.id)
-        pil = []
-        for p in image_paths(rec.data, self.image_folder):
-            pil.append(open_image(p, rec.id))
+        paths = image_paths(rec.data, self.image_folder)
+        pil = [open_image(p, rec.id) for p in paths]
         frames = []
         v = video_path(rec.data, self.image_folder)
         if v is not None:
@@ -145,7 +144,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
             files = frame_files(v)
             frames = [files[k] for k in sample_frames(len(files), self.num_frames)]
         sizes = [(im.height, im.width) for im in pil]
-        check_image_sizes(image_paths(rec.data, self.image_folder), sizes, self.processor, rec.id)
+        check_image_sizes(paths, sizes, self.processor, rec.id)
         enc = encode_sample(
             messages,
             self.processor,
