@@ -95,8 +95,8 @@ def split_messages(messages: Messages, videos: list[list[Any]] | None = None) ->
                 parts.append({"type": "video"})
             elif kind in ("video", "video_url"):
                 raise ValueError(
-                    f"{where}: video parts take a list of frames ({{'type': 'video', 'video': [frame, ...]}}, "
-                    "OneVision models); the server does not take them yet"
+                    f"{where}: video parts take a video file's path or a list of frames ({{'type': 'video', 'video': "
+                    "'clip.mp4' or [frame, ...]}, OneVision models); the server does not take them yet"
                 )
             else:
                 raise ValueError(f"{where}: unsupported content part type {kind!r} (use text, image, image_url)")
