@@ -137,7 +137,8 @@ def cmd_caption(
     compile: bool = False,
     **s: Any,
 ) -> int:
-    from .commands import caption, check_caption, check_model, open_pipeline
+    from .caption import caption, check_caption
+    from .commands import check_model, open_pipeline
 
     check_model(model)
     check_caption(pattern, out, prompt, batch_size, s)  # before the model loads; no output file is created

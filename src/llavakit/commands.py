@@ -1,13 +1,11 @@
-"""The bodies of ``llava generate | chat | caption``: plain functions over a Pipeline, no argparse here."""
+"""The bodies of ``llava generate | chat`` and the checks every command shares: plain functions over a Pipeline, no
+argparse here (``llava caption``: ``llavakit.caption``)."""
 
 from __future__ import annotations
 
 import glob
-import json
-import os
 import shlex
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,8 +15,6 @@ from PIL import Image
 from .pipeline import Pipeline, load
 from .processing.image_load import load_image
 from .processing.video_load import MAX_FRAMES, is_video_file, read_video
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
 def default_model() -> str:
@@ -102,7 +98,7 @@ def find_frames(spec: str, max_frames: int = MAX_FRAMES) -> list[Path] | list[Im
     return [frames[i] for i in sample_frames(len(frames), max_frames)]
 
 
-def _user_message(text: str, images: list[str], frames: list[Path] | list[Image.Image] | None = None) -> dict[str, Any]:
+def user_message(text: str, images: list[str], frames: list[Path] | list[Image.Image] | None = None) -> dict[str, Any]:
     check_images(images)
     video = [{"type": "video", "video": [str(f) if isinstance(f, Path) else f for f in frames]}] if frames else []
     return {
@@ -136,7 +132,7 @@ def generate(
     check_prompt(prompt, images + ["video"] * bool(frames))
     check_sampling(**sampling)
     parts = []
-    message = _user_message(prompt, images, frames)
+    message = user_message(prompt, images, frames)
     for delta in _answer_text(pipe.stream([message], **sampling)):  # checks the images
         out.write(delta)
         out.flush()
@@ -193,7 +189,7 @@ def chat(
         elif line:
             stream = None
             try:
-                messages.append(_user_message(line, pending, video))
+                messages.append(user_message(line, pending, video))
                 stream = pipe.stream(messages, **sampling)
                 answer = "".join(_echo(_answer_text(stream), out))
             except (ValueError, OSError, KeyboardInterrupt) as e:  # keep the chat alive; Ctrl-C stops this answer
@@ -268,196 +264,3 @@ def _echo(deltas: Iterable[str], out: TextIO) -> Iterable[str]:
         out.flush()
         yield d
     out.write("\n")
-
-
-def find_images(pattern: str) -> list[Path]:
-    p = Path(pattern)
-    files = sorted(p.rglob("*")) if p.is_dir() else sorted(Path(f) for f in glob.glob(pattern, recursive=True))
-    images = [f for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
-        raise FileNotFoundError(f"no images found at {pattern} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return images
-
-
-def _out_error(out: Path, e: OSError, doing: str = "write") -> OSError:
-    reason = (e.strerror or str(e)).lower()
-    return OSError(f"cannot {doing} the output file {out}: {reason}; pass a writable file path with --out")
-
-
-def check_output_file(out_path: str) -> Path:
-    """The ``--out`` of ``caption`` must be a file we can append to; say what is wrong before any work starts."""
-    out = Path(out_path)
-    if out.is_dir():
-        raise ValueError(
-            f"cannot write the output file {out}: it is a directory; pass a file path like {out / 'captions.jsonl'}"
-        )
-    if not out.parent.is_dir():
-        raise ValueError(
-            f"cannot write the output file {out}: the folder {out.parent} does not exist; create it or pass "
-            "another --out"
-        )
-    existed = out.exists()
-    try:  # the one sure test, also as root and on read-only file systems; appending nothing changes nothing
-        with out.open("ab"):
-            pass
-    except OSError as e:
-        raise _out_error(out, e) from None
-    if not existed:
-        out.unlink()  # a check that fails later must leave no empty output file behind
-    return out
-
-
-def check_caption(
-    pattern: str, out_path: str, prompt: str, batch_size: int, sampling: dict[str, Any]
-) -> tuple[list[Path], Path]:
-    """Every check of ``caption``'s arguments, cheap and before the model is needed: (images, output file)."""
-    if not prompt.strip():
-        raise ValueError('--prompt is empty; pass the instruction for every image, e.g. --prompt "Describe it."')
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    check_sampling(**sampling)
-    out = check_output_file(out_path)
-    return find_images(pattern), out
-
-
-def _image_key(path: str | Path) -> str:
-    """Resume key: the same image spelled relative, absolute or through ``..`` is one image (records store absolute
-    paths; a relative one, as versions before wrote, is read from the working directory)."""
-    return os.path.realpath(path)
-
-
-def _record(line: bytes) -> dict[str, Any] | None:
-    """One JSONL caption record (with its "image" path), or None when the line is not one."""
-    try:
-        rec = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    image = rec.get("image") if isinstance(rec, dict) else None
-    return rec if isinstance(image, str) and image else None
-
-
-def read_done(out: Path, prompt: str | None = None) -> set[str]:
-    """Resume keys of the images already captioned in ``out`` (read once). With ``prompt``, records made with
-    another prompt are refused: resuming would mix two kinds of captions in one file.
-
-    A last line without its newline was being written when the run died: it is cut off (its image is captioned
-    again) - unless it is a whole record, which only gets its newline back. Any other line that is not a
-    caption record is an error: the file is not ours to rewrite."""
-    try:
-        data = out.read_bytes()
-    except FileNotFoundError:
-        return set()
-    except OSError as e:
-        raise _out_error(out, e, "read") from None
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        tail = data[keep:]
-        try:
-            with out.open("r+b") as f:
-                if _record(tail) is not None:
-                    f.seek(0, os.SEEK_END)
-                    f.write(b"\n")
-                    data += b"\n"
-                else:
-                    f.truncate(keep)
-                    data = data[:keep]
-                    print(
-                        f"{out}: dropped an unfinished last record of {len(tail)} bytes (its image is captioned again)",
-                        file=sys.stderr,
-                    )
-        except OSError as e:
-            raise _out_error(out, e) from None
-    done = set()
-    for n, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        rec = _record(line)
-        if rec is None:
-            raise ValueError(f"{out}:{n} is not a caption record; move the file away or fix it")
-        if prompt is not None and isinstance(rec.get("prompt"), str) and rec["prompt"] != prompt:
-            raise ValueError(
-                f"{out}:{n} was captioned with another prompt ({rec['prompt']!r}); pass that --prompt to resume, "
-                "or write to another --out"
-            )
-        done.add(_image_key(rec["image"]))
-    return done
-
-
-def caption(
-    pipe: Pipeline,
-    pattern: str,
-    out_path: str,
-    *,
-    prompt: str = "Describe the image briefly.",
-    batch_size: int = 4,
-    progress: bool = True,
-    **sampling: Any,
-) -> dict[str, int]:
-    """One JSON line per image in ``out_path``; images already there are skipped (resumable)."""
-    from tqdm import tqdm
-
-    images, out = check_caption(pattern, out_path, prompt, batch_size, sampling)
-    # what is wrong with the request itself (a reserved placeholder in the prompt, no room in the context for
-    # --max-new-tokens) fails the run once, before any image, rather than skipping every image with it
-    pipe.check_request([_user_message(prompt, [])], sampling.get("max_new_tokens", 256))
-    done = read_done(out, prompt)
-    todo, seen = [], set(done)
-    for p in images:  # once per image: already captioned, or met before under another name (a symlink)
-        if (key := _image_key(p)) not in seen:
-            seen.add(key)
-            todo.append(p)
-    counts = {"images": len(images), "skipped": len(images) - len(todo), "captioned": 0, "failed": 0}
-    try:
-        f = out.open("a", encoding="utf-8")
-    except OSError as e:
-        raise _out_error(out, e) from None
-    bar = tqdm(total=len(todo), disable=not progress, unit="img", file=sys.stderr)
-    finished = False
-    try:
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i : i + batch_size]
-            t0 = time.perf_counter()
-            try:
-                answers = pipe.batch([[_user_message(prompt, [str(p)])] for p in chunk], **sampling)
-            except (ValueError, OSError) as e:  # one bad image must not stop the run: retry the chunk one by one
-                answers = []
-                for p in chunk:
-                    try:
-                        answers.extend(pipe.batch([[_user_message(prompt, [str(p)])]], **sampling))
-                    except (ValueError, OSError) as e1:
-                        answers.append(None)
-                        print(f"skipped {p}: {e1 if len(chunk) > 1 else e}", file=sys.stderr)
-            dt = (time.perf_counter() - t0) / len(chunk)
-            lines = []
-            for p, a in zip(chunk, answers):
-                if a is None:
-                    counts["failed"] += 1
-                    continue
-                rec = {
-                    "image": os.path.abspath(p),  # resumable from any working directory
-                    "prompt": prompt,
-                    "caption": a.text.strip(),
-                    "finish_reason": a.finish_reason,
-                    "seconds": round(dt, 3),
-                }
-                lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
-            try:
-                f.write("".join(lines))
-                f.flush()
-            except OSError as e:
-                reason = (e.strerror or str(e)).lower()
-                raise OSError(
-                    f"cannot write the output file {out}: {reason}; the records written before are kept, "
-                    "fix that and run the same command again to resume"
-                ) from None
-            counts["captioned"] += len(lines)
-            bar.update(len(chunk))
-        finished = True
-    finally:
-        try:
-            f.close()
-        except OSError as e:  # after an error, that one is the news (a torn last record is cut on resume)
-            if finished:
-                raise _out_error(out, e) from None
-    bar.close()
-    return counts
