@@ -8,8 +8,9 @@ import pytest
 import torch
 from train_helpers import conv, tiny_processor, write_image, write_jsonl
 
-from llavakit.train.data import SupervisedDataset, build_dataset
+from llavakit.train.data import SupervisedDataset
 from llavakit.train.labels import SampleError
+from llavakit.train.mixture import build_dataset
 from llavakit.train.records import read_records, to_messages
 
 

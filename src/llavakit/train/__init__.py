@@ -3,10 +3,11 @@ collate.py); stages, LoRA, the loop, checkpoints, distributed runs and recipes (
 checkpointing.py, distributed.py, recipe.py)."""
 
 from .collate import LengthGroupedSampler, collate
-from .data import MixedDataset, SupervisedDataset, build_dataset
+from .data import SupervisedDataset
 from .labels import SampleError, encode_sample
 from .loop import TrainingDiverged, TrainResult, train
 from .lora import LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
+from .mixture import MixedDataset, build_dataset
 from .recipe import Recipe, load_recipe
 from .stages import LoraSpec, StageSpec, apply_stage
 

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from ..processing.image import sample_frames
 from ..processing.processor import LlavaProcessor
-from .data import check_entry, check_image_sizes, image_size, open_image, read_mixture
+from .data import check_image_sizes, image_size, open_image
 from .labels import SampleError, encode_sample
+from .mixture import check_entry, read_mixture
 from .records import ROLES, Record, check_record, frame_files, image_paths, iter_records, to_messages, video_path
 
 SHOW = 10  # offending ids listed per kind

@@ -327,7 +327,7 @@ def _dataset(recipe: Recipe, processor: Any) -> tuple[Any, Callable]:
     from functools import partial
 
     from .collate import collate
-    from .data import build_dataset
+    from .mixture import build_dataset
 
     own = ("template", "max_length", "group_by_modality_length", "background_drop")
     spec = {k: v for k, v in vars(recipe.data).items() if k not in own and v is not None}

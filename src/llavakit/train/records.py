@@ -11,7 +11,7 @@ Paths are relative to the ``image_folder``. One ``<image>`` placeholder per imag
 is moved to the front of its turn followed by "\\n", as the original LLaVA code does; with several images, so is
 the placeholder of a turn holding only one, as LLaVA-NeXT does); a video takes one
 ``<video>`` placeholder (or one ``<image>`` when the record has no images, as LLaVA-NeXT's video data writes it).
-``train.data`` builds the datasets on top of these.
+``train.data`` builds a dataset on top of these, ``train.mixture`` a weighted mixture of datasets.
 """
 
 from __future__ import annotations
