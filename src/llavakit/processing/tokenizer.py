@@ -2,7 +2,8 @@
 
 ``tokenizer.json`` holds the whole pipeline (normalizer, pre-tokenizer, model, post-processor adding BOS,
 decoder); ``tokenizer_config.json`` names the special tokens (bos / eos / pad / image / video) and may carry the
-chat template; ``generation_config.json`` may add end-of-turn ids (Llama-3's ``<|eot_id|>``).
+chat template; legacy directories name them in ``special_tokens_map.json`` instead (see ``with_special_tokens_map``);
+``generation_config.json`` may add end-of-turn ids (Llama-3's ``<|eot_id|>``).
 
 transformers (5.x) does not always use ``tokenizer.json`` as it is; ``as_transformers_loads`` applies the same
 adjustments so that ids match ``AutoTokenizer`` / ``AutoProcessor`` on the same directory:
@@ -74,8 +75,52 @@ def as_transformers_loads(tok: _Tok, config: dict[str, Any], model_type: str | N
     return config.get("padding_side") or side
 
 
+def _named_tokens(config: dict[str, Any]) -> dict[str, str]:
+    """Named special tokens of a tokenizer config: top-level "*_token" keys, then the model-specific groups."""
+    out: dict[str, str] = {}
+    for group in ("extra_special_tokens", "model_specific_special_tokens"):
+        if isinstance(config.get(group), dict):
+            out.update({k: v for k, v in config[group].items() if isinstance(_token_str(v), str)})
+    for key, value in config.items():
+        if (key in NAMED_SPECIALS or key.endswith("_token")) and isinstance(_token_str(value), str):
+            out[key] = value
+    return {k: str(_token_str(v)) for k, v in out.items()}
+
+
+def with_special_tokens_map(config: dict[str, Any], tokens_map: Any, where: str) -> dict[str, Any]:
+    """``tokenizer_config.json``'s ``config`` with the tokens of ``special_tokens_map.json`` merged as transformers
+    (5.x) merges them; ``where`` names the file in errors.
+
+    The file is read only when the config has no ``added_tokens_decoder`` (which newer configs carry; they name
+    their tokens themselves). Then its named tokens (bos / eos / unk / pad / ...) override the config's, a null
+    value included, while other ``*_token`` keys (``image_token``) only fill what the config does not name; its
+    ``extra_special_tokens`` dict overrides both. Values are strings or ``{"content": ...}`` dicts.
+
+    Example: config ``{"bos_token": "<s>", "pad_token": null}`` + map ``{"eos_token": "</s>", "pad_token":
+    "<unk>"}`` -> bos "<s>", eos "</s>", pad "<unk>" (liuhaotian/llava-v1.5-7b's layout).
+    """
+    if "added_tokens_decoder" in config or not tokens_map:
+        return config
+    if not isinstance(tokens_map, dict):
+        raise ValueError(f"{where} must hold a JSON object of special tokens, got {type(tokens_map).__name__}")
+    out = dict(config)
+    named_by_config = _named_tokens(config)
+    for key, value in tokens_map.items():
+        if key in NAMED_SPECIALS:
+            if value is not None and not isinstance(_token_str(value), str):
+                raise ValueError(f'{where}: {key} must be a token string or {{"content": "..."}}, got {value!r:.80}')
+            out[key] = _token_str(value)
+        elif key.endswith("_token") and key not in named_by_config and isinstance(_token_str(value), str):
+            out[key] = _token_str(value)
+    extra = tokens_map.get("extra_special_tokens")
+    if isinstance(extra, dict):  # top-level keys: they win over the config's groups in ``Tokenizer._named``
+        out.update({k: _token_str(v) for k, v in extra.items() if isinstance(_token_str(v), str)})
+    return out  # tokens as plain strings: a saved config stays loadable by transformers
+
+
 class Tokenizer:
-    """``tokenizer.json`` + the special tokens of ``tokenizer_config.json``; encode / decode / stream-decode.
+    """``tokenizer.json`` + the special tokens of ``tokenizer_config.json`` (with ``special_tokens_map.json``'s);
+    encode / decode / stream-decode.
 
     ``padding_side`` is what transformers would use for these files (tokenizer_config.json's, else the class
     default: "left" for LlamaTokenizer, "right" otherwise).
@@ -99,7 +144,8 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
-        """Read ``tokenizer.json`` (+ ``tokenizer_config.json``, ``generation_config.json``) from a directory.
+        """Read ``tokenizer.json`` (+ ``tokenizer_config.json``, ``special_tokens_map.json``,
+        ``generation_config.json``) from a directory.
 
         ``config.json`` beside them, if any, only decides how transformers would treat the files (see
         ``as_transformers_loads``).
@@ -117,6 +163,8 @@ class Tokenizer:
         gen = _read_json(path / "generation_config.json").get("eos_token_id")
         extra = [gen] if isinstance(gen, int) else list(gen or [])
         config = _read_json(path / "tokenizer_config.json")
+        tokens_map = path / "special_tokens_map.json"
+        config = with_special_tokens_map(config, _read_json(tokens_map), str(tokens_map))
         tok = _Tok.from_file(str(file))
         side = as_transformers_loads(tok, config, _read_json(path / "config.json").get("model_type"))
         return cls(tok, config, extra, padding_side=side)
@@ -139,15 +187,7 @@ class Tokenizer:
         return max(map(len, self.tok.get_vocab(with_added_tokens=True)), default=1)
 
     def _named(self) -> dict[str, str]:
-        """Named special tokens of the config: top-level "*_token" keys, then the model-specific groups."""
-        out: dict[str, str] = {}
-        for group in ("extra_special_tokens", "model_specific_special_tokens"):
-            if isinstance(self.config.get(group), dict):
-                out.update({k: v for k, v in self.config[group].items() if isinstance(_token_str(v), str)})
-        for key, value in self.config.items():
-            if (key in NAMED_SPECIALS or key.endswith("_token")) and isinstance(_token_str(value), str):
-                out[key] = value
-        return {k: str(_token_str(v)) for k, v in out.items()}
+        return _named_tokens(self.config)
 
     def special_token(self, name: str) -> str | None:
         """The text of a special token named in tokenizer_config.json ("bos_token", "eos_token", ...).
