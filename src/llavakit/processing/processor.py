@@ -29,7 +29,7 @@ from .hf_files import (
 from .image import CLIP_MEAN, CLIP_STD, ImageConfig, preprocess, video_frames
 from .image_load import ImageSource, load_image
 from .jinja_export import exported_name, jinja_template
-from .templates import IMAGE, VIDEO, render, render_chat_template
+from .templates import CHAT_TEMPLATE, IMAGE, VIDEO, check_template_name, render, render_chat_template
 from .tokenizer import Tokenizer
 
 # the named conversation template of a checkpoint that ships no Jinja chat template, when it is not the family's
@@ -65,7 +65,8 @@ class LlavaProcessor:
         self.geometry = geometry
         self.family = geometry.family
         self.chat_template = chat_template
-        self.template = template or DEFAULT_TEMPLATE[self.family]
+        # refused here, not at the first chat: a named template, or "chat_template" when there is a Jinja one
+        self.template = check_template_name(template or DEFAULT_TEMPLATE[self.family], chat_template is not None)
         self.strategy = vision_feature_select_strategy
         self.num_additional_image_tokens = num_additional_image_tokens
         self.image_token_id = tokenizer.image_token_id
@@ -113,7 +114,7 @@ class LlavaProcessor:
         from ..checkpoint.load import resolve_model_path
 
         path = resolve_model_path(path_or_id)
-        template = template or (read_json(path / TEMPLATE_FILE) or {}).get("template")
+        from_file = None if template else (read_json(path / TEMPLATE_FILE) or {}).get("template")
         proc = read_json(path / "processor_config.json")
         img = proc.get("image_processor") or read_json(path / "preprocessor_config.json")
         img_file = path / ("processor_config.json" if proc.get("image_processor") else "preprocessor_config.json")
@@ -142,9 +143,15 @@ class LlavaProcessor:
         vid = read_json(path / "video_preprocessor_config.json") or proc.get("video_processor") or {}
         video_config = video_config_from_hf(vid, image_config) if vid else None
         chat = chat_template_of(path, proc) or tokenizer.chat_template
+        if from_file is not None:  # a name the checkpoint carries: errors point at the file
+            try:
+                check_template_name(from_file, chat is not None)
+            except ValueError as e:
+                raise ValueError(f"{path / TEMPLATE_FILE}: {e}") from None
+        template = template or from_file
         exported = exported_name(chat)  # ours as `save_pretrained` wrote it, unedited: render it by name, as before
-        if exported is not None:
-            template, chat = template or exported, None
+        if exported is not None:  # ("chat_template", the checkpoint's Jinja one, is then that name too)
+            template, chat = exported if template in (None, CHAT_TEMPLATE) else template, None
         return cls(
             tokenizer,
             image_config,

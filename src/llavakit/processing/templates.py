@@ -108,10 +108,28 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+# the template name meaning "the checkpoint's own Jinja chat template" (train.labels renders with it)
+CHAT_TEMPLATE = "chat_template"
+
+
 def get_template(name: str) -> Template:
-    if name not in TEMPLATES:
+    if not isinstance(name, str) or name not in TEMPLATES:
         raise ValueError(f"unknown conversation template {name!r}; choose one of {', '.join(sorted(TEMPLATES))}")
     return TEMPLATES[name]
+
+
+def check_template_name(name: str, has_chat_template: bool) -> str:
+    """``name`` if a processor can render with it: a named template, or ``chat_template`` when the processor has
+    a Jinja chat template; else one clear ValueError listing the known names."""
+    if isinstance(name, str) and (name in TEMPLATES or (name == CHAT_TEMPLATE and has_chat_template)):
+        return name
+    known = ", ".join(sorted(TEMPLATES))
+    if name == CHAT_TEMPLATE:
+        raise ValueError(
+            f"template {name!r} means the checkpoint's Jinja chat template, which it lacks; choose one of {known}"
+        )
+    jinja = f", or {CHAT_TEMPLATE!r} (the checkpoint's Jinja chat template)" if has_chat_template else ""
+    raise ValueError(f"unknown conversation template {name!r}; choose one of {known}{jinja}")
 
 
 def message_text(content: Any) -> tuple[str, int, int]:
