@@ -13,11 +13,13 @@ from llavakit.eval.tasks.mmbench import is_none, rotations
 from llavakit.eval.tasks.scienceqa import sqa_prompt
 from llavakit.eval.tasks.synth import is_right, options_of
 from llavakit.eval.tasks.synth import score as synth_score
-from llavakit.eval.tasks.vqa import textvqa_key, textvqa_question
+from llavakit.eval.tasks.textvqa import textvqa_key, textvqa_question
 
 
 def test_every_task_is_registered():
-    expected = "vqav2 textvqa gqa vizwiz pope scienceqa_img mmbench mme chartqa docvqa infovqa synth".split()
+    expected = (
+        "vqav2 textvqa textvqa_ocr gqa vizwiz pope scienceqa_img mmbench mme chartqa docvqa infovqa synth".split()
+    )
     assert sorted(TASKS) == sorted(expected)
 
 

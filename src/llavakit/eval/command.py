@@ -138,7 +138,7 @@ def score_file(task_name: str, *, data: str, predictions: str, out: str | None =
     if not pred_path.is_file():
         raise FileNotFoundError(f"predictions file not found: {predictions}")
     samples = _read(task, data)
-    preds = read_predictions(pred_path, key_of=task.key_of)
+    preds = read_predictions(pred_path, key_of=task.key_of, number_repeats=task.number_repeats)
     aliases = {s.alias: s.id for s in samples if s.alias is not None}
     preds = {aliases.get(k, k): v for k, v in preds.items()}
     if not preds:

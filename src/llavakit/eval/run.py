@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import write_report
-from .tasks.base import Sample, Task
+from .tasks.base import Sample, Task, numbered
 
 MAX_IDS = 20  # ids listed in the result object for missing images / failures (the count is exact)
 
@@ -30,14 +30,21 @@ def _lines(path: Path) -> list[str]:
 
 
 def read_predictions(
-    path: Path, *, tolerate_torn_tail: bool = False, key_of: Callable[[dict[str, Any]], str] | None = None
+    path: Path,
+    *,
+    tolerate_torn_tail: bool = False,
+    key_of: Callable[[dict[str, Any]], str] | None = None,
+    number_repeats: bool = False,
 ) -> dict[str, str]:
     """Predicted texts by question id from a JSONL answer file: ``{"question_id", "text"}`` (LLaVA's and ours),
     ``"id"`` / ``"prediction"`` / ``"answer"`` also accepted. MMBench answers with a ``round_id`` are keyed
-    ``"<question_id>/<round_id>"``; ``key_of`` overrides the key (a task's own rule). A torn last line
-    (a crash mid-write) is skipped when resuming."""
+    ``"<question_id>/<round_id>"``; ``key_of`` overrides the key (a task's own rule). ``number_repeats``: a key
+    that ``key_of`` derives (not the record's own id) and meets again is numbered ``key#n``, as the task's reader
+    numbers such questions (TextVQA); any other key met twice is refused. A torn last line (a crash mid-write) is
+    skipped when resuming."""
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
+    derived: dict[str, int] = {}
     lines = _lines(path)
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -54,6 +61,8 @@ def read_predictions(
             ) from None
         if key_of is not None:
             key = key_of(record)
+            if number_repeats and key != str(qid):
+                key = numbered(key, derived)
         else:
             key = f"{qid}/{record['round_id']}" if "round_id" in record else str(qid)
         if key in first_line:  # which of the two would be scored is not for us to guess

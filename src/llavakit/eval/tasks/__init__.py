@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from . import docs, gqa, mmbench, mme, pope, scienceqa, synth, vqa
+from . import docs, gqa, mmbench, mme, pope, scienceqa, synth, textvqa, vqa
 from .base import Sample, Task
 
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
         vqa.VQAV2,
-        vqa.TEXTVQA,
+        textvqa.TEXTVQA,
+        textvqa.TEXTVQA_OCR,
         gqa.TASK,
         vqa.VIZWIZ,
         pope.TASK,

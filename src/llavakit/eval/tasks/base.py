@@ -50,6 +50,9 @@ class Task:
     max_new_tokens: int = 128  # LLaVA's model_vqa_loader default
     # The sample id an answer-file record answers, when LLaVA's own files key it differently (TextVQA).
     key_of: Callable[[dict[str, Any]], str] | None = None
+    # LLaVA's answer files may name two questions alike (TextVQA: the same image and question text): their n-th
+    # record keyed ``k`` then answers the sample ``k#n``, as the reader numbers such repeats (see `numbered`).
+    number_repeats: bool = False
 
 
 def answered(samples: list[Sample], predictions: dict[str, str]) -> list[tuple[Sample, str]]:
@@ -68,3 +71,10 @@ def resolve_image(name: str, dirs: list[Path]) -> str:
 def suffixed(question: str, *suffixes: str) -> str:
     """``question`` + ``"\\n" + suffix`` for each suffix, as LLaVA's question files are built."""
     return "\n".join([question.strip(), *suffixes])
+
+
+def numbered(key: str, seen: dict[str, int]) -> str:
+    """``key`` the first time it is met, then ``key#2``, ``key#3``, ...: unique ids for questions that their
+    benchmark's own key cannot tell apart (``seen`` counts the keys met so far)."""
+    seen[key] = seen.get(key, 0) + 1
+    return key if seen[key] == 1 else f"{key}#{seen[key]}"

@@ -3,11 +3,13 @@
 ``--data``: a directory with ``testdev_balanced_questions.json`` (``{qid: {"imageId", "question", "answer"}}``)
 and ``images/``, plus optionally LLaVA's ``llava_gqa_testdev_balanced.jsonl`` (its prompts are used then);
 or the lmms-lab parquet release (instruction rows ``id, imageId, question, answer`` and image rows
-``id, image``, joined on the image id).
+``id, image``, joined on the image id); of a full lmms-lab/GQA download only the ``testdev_balanced_instructions``
+and ``testdev_balanced_images`` folders are read (:func:`balanced_folders`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,34 @@ from ..metrics import gqa_normalize
 from .base import SHORT_ANSWER, Sample, Task, answered, resolve_image, suffixed
 from .io import find, parquet_image, read_json, read_jsonl, read_parquet, require
 
+# the question files of GQA's questions1.2 download: any but testdev_balanced_questions.json is another split
+OTHER_SPLIT = r"(train|val|testdev|test|challenge|submission)_(all|balanced)_questions\.json"
+
+
+def balanced_folders(root: Path) -> list[Path]:
+    """The folders of an lmms-lab/GQA download to read: ``testdev_balanced_instructions`` and
+    ``testdev_balanced_images``. A full download also holds ``testdev_all_*`` (the unbalanced testdev, ~14x the
+    questions, its shards also named ``testdev-*``), ``train_*``, ``val_*``...: mixed in they would change the score.
+    A root without such config folders (its own ``instructions/`` + ``images/``, or one folder) is read whole."""
+    if root.is_file():
+        return [root]
+    configs = sorted({f.relative_to(root).parts[0] for f in root.glob("*/**/*.parquet")})
+    lmms = [c for c in configs if c.lower().endswith(("_instructions", "_images"))]
+    if not lmms:
+        if root.name.lower().startswith("testdev_") and not root.name.lower().startswith("testdev_balanced"):
+            raise ValueError(f"{root} is GQA's {root.name}, not testdev_balanced; point --data at the download root")
+        return [root]
+    balanced = [root / c for c in lmms if c.lower().startswith("testdev_balanced_")]
+    if not balanced:
+        raise ValueError(
+            f"{root} holds GQA configs {', '.join(lmms)} but no testdev_balanced_instructions; GQA is scored on "
+            "testdev-balanced: download lmms-lab/GQA's testdev_balanced_instructions and testdev_balanced_images"
+        )
+    return balanced
+
 
 def _read_parquet(path: Path) -> list[Sample]:
-    rows = read_parquet(path, "testdev")
+    rows = [r for folder in balanced_folders(path) for r in read_parquet(folder, "testdev")]
     images = {str(r["id"]): r["image"] for r in rows if "image" in r and "question" not in r}
     samples = []
     for r in rows:
@@ -38,15 +65,26 @@ def read(root: Path) -> list[Sample]:
     ann_path = find(root, ["testdev_balanced_questions.json", "*questions*.json"])
     if ann_path is None:
         raise ValueError(f"{root}: no GQA question file (testdev_balanced_questions.json)")
+    if (
+        root.is_dir()
+        and ann_path.name != "testdev_balanced_questions.json"
+        and re.fullmatch(OTHER_SPLIT, ann_path.name)
+    ):
+        # another split of GQA's questions1.2 download (testdev_all_questions.json...): not the one scored
+        raise ValueError(
+            f"{root}: no testdev_balanced_questions.json (only GQA's {ann_path.name}); GQA is scored on "
+            "testdev-balanced: add that file from GQA's questions1.2 download, or pass it as --data"
+        )
     ann = read_json(ann_path)
     if not isinstance(ann, dict):
         raise ValueError(f"{ann_path}: a GQA question file maps question ids to {{imageId, question, answer}}")
     for qid, q in ann.items():
         if not isinstance(q, dict) or not {"imageId", "question", "answer"} <= set(q):
             raise ValueError(f"{ann_path}: question {qid!r} lacks 'imageId', 'question' or 'answer'")
-    dirs = [root / "images", root]
+    base = root if root.is_dir() else root.parent  # --data may name the question file itself
+    dirs = [base / "images", base]
     samples = []
-    if (qfile := find(root, ["llava_gqa*.jsonl", "*.jsonl"])) is not None:
+    if (qfile := find(base, ["llava_gqa*.jsonl", "*.jsonl"])) is not None:
         for r in read_jsonl(qfile):
             require(r, ("question_id", "image", "text"), qfile)
             qid = str(r["question_id"])

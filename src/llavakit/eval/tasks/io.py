@@ -130,6 +130,30 @@ def base64_image(text: str, where: str) -> bytes:
         raise ValueError(f"{where}: the image field is not valid base64") from None
 
 
+def tsv_image(row: dict[str, Any], by_index: dict[str, dict[str, Any]], path: Path) -> str:
+    """The base64 image text of a TSV row. VLMEvalKit's files let a row share another's image: an image cell of at
+    most 64 characters holding a number is the ``index`` of the row whose cell holds the image (one step, never a
+    chain). A reference to a row the file lacks is refused, naming both indices, the file and the fix."""
+    cell = str(row["image"])
+    ref = cell.strip()
+    if len(cell) > 64 or not ref.isdigit():
+        return cell
+    where = f"{path}:{row.get('__line__', '?')}"
+    target = by_index.get(ref)
+    if target is None:
+        raise ValueError(
+            f"{where}: row {row.get('index')}'s image cell refers to the image of row {ref}, but {path.name} has no "
+            f"row with index {ref}; restore that row, or put the base64 image in this row's image cell"
+        )
+    image = str(target["image"])
+    if len(image) <= 64:
+        raise ValueError(
+            f"{where}: row {row.get('index')}'s image cell refers to row {ref}, whose image cell is itself a "
+            f"reference ({image.strip()!r}); point it at the row holding the base64 image"
+        )
+    return image
+
+
 def require(record: dict[str, Any], keys: Iterable[str], path: Path) -> None:
     """Refuse a record lacking one of ``keys``, naming the file and line."""
     missing = [k for k in keys if k not in record]

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..choice import extract_option_letter, mmbench_circular_accuracy
 from .base import LETTER_ANSWER, Sample, Task, answered
-from .io import base64_image, find, parquet_image, read_parquet, read_tsv, require
+from .io import base64_image, find, parquet_image, read_parquet, read_tsv, require, tsv_image
 
 LETTERS = "ABCDEFGHI"
 CIRCULAR = 1_000_000  # row i + k * 1e6 of an official TSV is rotation k of question i
@@ -36,13 +36,24 @@ def _row_index(row: dict[str, Any]) -> int | None:
         return None
 
 
+# The texts pandas' read_csv reads as NaN by default. VLMEvalKit and LLaVA read MMBench TSVs with pandas, so a cell
+# "NA", "N/A" or "nan" is no option there (VLMEvalKit keeps the options that are not ``pd.isna``): here neither.
+PANDAS_NA = frozenset(
+    "#N/A;#N/A N/A;#NA;-1.#IND;-1.#QNAN;-NaN;-nan;1.#IND;1.#QNAN;<NA>;N/A;NA;NULL;NaN;None;n/a;nan;null".split(";")
+)
+
+
 def is_none(value: Any) -> bool:
-    """LLaVA's ``is_none``: a missing cell (None, NaN, empty, 'nan' / 'none' text)."""
+    """A missing cell: None, NaN, empty, a text pandas reads as NaN (:data:`PANDAS_NA`: "NA", "N/A", "nan", ...),
+    or 'nan' / 'none' in any case (LLaVA's ``is_none``)."""
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
         return True
-    return isinstance(value, str) and value.strip().lower() in ("", "nan", "none")
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return text == "" or text in PANDAS_NA or text.lower() in ("nan", "none")
 
 
 def rotations(row: dict[str, Any], where: str) -> list[tuple[str, dict[str, str], str]]:
@@ -107,16 +118,10 @@ def _samples(row: dict[str, Any], path: Path, by_index: dict[str, Any], copy_ind
     require(row, ("index", "question", "A", "B", "image"), path)
     if "answer" not in row or is_none(row["answer"]):
         raise ValueError(f"{where}: no answer (MMBench test splits are scored by the official server)")
-    image_cell = row["image"]
-    if isinstance(image_cell, str):
-        if len(image_cell) <= 64 and image_cell.strip().isdigit():  # VLMEvalKit: "same image as row N"
-            ref_row = by_index.get(image_cell.strip())
-            if ref_row is None:
-                raise ValueError(f"{where}: the image refers to row {image_cell!r}, which is not in the file")
-            image_cell = ref_row["image"]
-        image = base64_image(image_cell, where)
+    if isinstance(row["image"], str):
+        image = base64_image(tsv_image(row, by_index, path), where)  # VLMEvalKit: "same image as row N"
     else:
-        image = parquet_image(image_cell, where)
+        image = parquet_image(row["image"], where)
     index = str(row["index"])
     category = None if is_none(row.get("category")) else str(row["category"])
     numbered = list(enumerate(rotations(row, where)))

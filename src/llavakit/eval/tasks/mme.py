@@ -19,7 +19,7 @@ from typing import Any
 
 from ..mme_pope import COGNITION_SUBTASKS, PERCEPTION_SUBTASKS, mme_scores
 from .base import SHORT_ANSWER, Sample, Task, answered
-from .io import base64_image, find, parquet_image, read_parquet, read_tsv, require
+from .io import base64_image, find, parquet_image, read_parquet, read_tsv, require, tsv_image
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 YES_NO = " Please answer yes or no."  # ends every MME question; replaced by the short-answer suffix
@@ -86,8 +86,7 @@ def _rows(rows: list[dict[str, Any]], path: Path, tsv: bool) -> list[Sample]:
         require(r, ("question", "answer", "category", "image"), path)
         cell = r["image"]
         if tsv:
-            if len(cell) <= 64 and cell.strip().isdigit():  # VLMEvalKit: the image of another row
-                cell = by_index[cell.strip()]["image"]
+            cell = tsv_image(r, by_index, path)  # VLMEvalKit: a row index stands for that row's image
             image = base64_image(cell, where)
             # the image's name, or a stable stand-in (ids must not change between runs: resume relies on them)
             key = str(r.get("image_path") or "img" + hashlib.sha1(cell.encode()).hexdigest()[:12])

@@ -1,11 +1,12 @@
-"""VQAv2, TextVQA and VizWiz: open-ended questions with 10 human answers, scored by VQA accuracy.
+"""VQAv2 and VizWiz: open-ended questions with 10 human answers, scored by VQA accuracy (TextVQA, which shares
+the answers' shape and the scorer, has its own module: :mod:`.textvqa`).
 
 Accepted layouts of ``--data`` (a directory, searched in this order):
 
 * LLaVA-1.5's: a question file ``llava_*.jsonl`` (``{"question_id", "image", "text"}``, the text already
   ending in the answer-format suffix) + the benchmark's annotation JSON (for the answers) + the images;
-* the official annotation files alone (VQAv2 ``*questions*.json`` + ``*annotations*.json``; TextVQA
-  ``TextVQA_0.5.1_val.json``; VizWiz ``val.json``): the prompt is the question + LLaVA's suffix;
+* the official annotation files alone (VQAv2 ``*questions*.json`` + ``*annotations*.json``; VizWiz ``val.json``):
+  the prompt is the question + LLaVA's suffix;
 * the lmms-lab parquet release (``*.parquet``, images inside).
 
 Scoring follows LLaVA: TextVQA with ``TextVQAAccuracyEvaluator`` (EvalAI processing of both sides);
@@ -18,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import evalai_answer_processor, vizwiz_accuracy, vqa_accuracy, vqa_accuracy_official
-from .base import SHORT_ANSWER, UNANSWERABLE, Sample, Task, answered, resolve_image, suffixed
+from .base import SHORT_ANSWER, UNANSWERABLE, Sample, Scorer, Task, answered, resolve_image, suffixed
 from .io import find, parquet_image, read_json, read_jsonl, read_parquet, require
 
 
-def _answers(raw: Any, where: str) -> list[str]:
+def human_answers(raw: Any, where: str) -> list[str]:
     """Human answers as strings: VQAv2 / VizWiz give ``[{"answer": ...}]``, TextVQA plain strings."""
     if not isinstance(raw, list) or not raw:
         raise ValueError(f"{where}: 'answers' must be a non-empty list")
@@ -34,7 +35,7 @@ def _parquet(path: Path, name: str, suffixes: tuple[str, ...], id_of, split: str
     for row in read_parquet(path, split):
         where = f"{path}:{row['__line__']}"
         require(row, ("question", "answers", "image"), path)
-        answers = _answers(row["answers"], where)
+        answers = human_answers(row["answers"], where)
         sid = id_of(row)
         samples.append(
             Sample(sid, suffixed(row["question"], *suffixes), parquet_image(row["image"], where), {"answers": answers})
@@ -42,7 +43,9 @@ def _parquet(path: Path, name: str, suffixes: tuple[str, ...], id_of, split: str
     return samples
 
 
-def _score(protocol: str):  # noqa: ANN202
+def vqa_scorer(protocol: str) -> Scorer:
+    """The accuracy scorer of one protocol: ``"textvqa"`` (LLaVA's m4c evaluator), ``"vqav2"`` or ``"vizwiz"``."""
+
     def score(samples: list[Sample], predictions: dict[str, str]) -> dict[str, Any]:
         pairs = answered(samples, predictions)
         if not pairs:
@@ -74,7 +77,7 @@ def read_vqav2(root: Path) -> list[Sample]:
     for i, a in enumerate(ann["annotations"]):
         if not isinstance(a, dict) or "question_id" not in a or "answers" not in a:
             raise ValueError(f"{ann_path}: annotation {i} lacks 'question_id' or 'answers'")
-        answers[str(a["question_id"])] = _answers(a["answers"], f"{ann_path}: annotation {i}")
+        answers[str(a["question_id"])] = human_answers(a["answers"], f"{ann_path}: annotation {i}")
     subtype = ann.get("data_subtype", "val2014")
     dirs = [root / d for d in (subtype, "images", "test2015", "val2014")] + [root]
     samples = []
@@ -101,70 +104,6 @@ def read_vqav2(root: Path) -> list[Sample]:
                     qid, suffixed(q["question"], SHORT_ANSWER), resolve_image(image, dirs), {"answers": answers[qid]}
                 )
             )
-    return samples
-
-
-# ---------------------------------------------------------------- TextVQA
-
-
-def textvqa_question(prompt: str) -> str:
-    """LLaVA's ``prompt_processor`` (eval_textvqa.py): the question line of a prompt, lowercased."""
-    lines = prompt.split("\n")
-    if "Reference OCR token: " in prompt and len(lines) == 3:
-        return (lines[1] if prompt.startswith("Reference OCR token:") else lines[0]).lower()
-    return lines[0].lower()
-
-
-def textvqa_key(record: dict[str, Any]) -> str:
-    """LLaVA's TextVQA answer files key questions by image id + question (its question_id is the image
-    id); our sample ids are ``"<image_id>|<question lowercased>"``."""
-    qid = str(record.get("question_id", record.get("id")))
-    if "|" in qid or "prompt" not in record:
-        return qid
-    return f"{qid}|{textvqa_question(str(record['prompt']))}"
-
-
-def read_textvqa(root: Path) -> list[Sample]:
-    """TextVQA val. LLaVA-1.5's published number uses its question file ``llava_textvqa_val_v051_ocr.jsonl``,
-    whose prompts carry a ``Reference OCR token: ...`` line; without that file (official JSON or parquet) the
-    prompt is the question + the short-answer suffix, as lmms-eval's default: a different, usually lower score."""
-    if (pq := find(root, ["*.parquet", "data/*.parquet"])) is not None and pq.suffix == ".parquet":
-        return _parquet(
-            pq if root.is_file() else pq.parent,
-            "textvqa",
-            (SHORT_ANSWER,),
-            lambda r: f"{r['image_id']}|{str(r['question']).lower()}",
-            "validation",
-        )
-    ann_path = find(root, ["TextVQA_*.json", "*textvqa*.json"])
-    if ann_path is None:
-        raise ValueError(f"{root}: no TextVQA annotation file (TextVQA_0.5.1_val.json)")
-    ann = read_json(ann_path)
-    if not isinstance(ann, dict) or not isinstance(ann.get("data"), list):
-        raise ValueError(f"{ann_path}: not a TextVQA annotation file (no 'data' list)")
-    by_key: dict[str, dict[str, Any]] = {}
-    for i, a in enumerate(ann["data"]):
-        if not isinstance(a, dict) or not {"image_id", "question", "answers"} <= set(a):
-            raise ValueError(f"{ann_path}: record {i} lacks 'image_id', 'question' or 'answers'")
-        by_key[f"{a['image_id']}|{str(a['question']).lower()}"] = a
-    dirs = [root / d for d in ("train_images", "images")] + [root]
-    samples = []
-    if (qfile := find(root, ["llava_textvqa*.jsonl", "*.jsonl"])) is not None:
-        for r in read_jsonl(qfile):
-            require(r, ("question_id", "image", "text"), qfile)
-            key = f"{r['question_id']}|{textvqa_question(r['text'])}"
-            if key not in by_key:
-                raise ValueError(f"{qfile}:{r['__line__']}: no annotation in {ann_path} for this image and question")
-            answers = _answers(by_key[key]["answers"], f"{ann_path}")
-            samples.append(Sample(key, r["text"], resolve_image(r["image"], dirs), {"answers": answers}))
-        return samples
-    for key, a in by_key.items():
-        image = resolve_image(f"{a['image_id']}.jpg", dirs)
-        samples.append(
-            Sample(
-                key, suffixed(a["question"], SHORT_ANSWER), image, {"answers": _answers(a["answers"], str(ann_path))}
-            )
-        )
     return samples
 
 
@@ -195,7 +134,7 @@ def read_vizwiz(root: Path) -> list[Sample]:
     for i, a in enumerate(ann):
         if not isinstance(a, dict) or not {"image", "question", "answers"} <= set(a):
             raise ValueError(f"{ann_path}: record {i} lacks 'image', 'question' or 'answers'")
-        answers = _answers(a["answers"], f"{ann_path}: record {i}")
+        answers = human_answers(a["answers"], f"{ann_path}: record {i}")
         samples.append(
             Sample(
                 str(a["image"]),
@@ -210,22 +149,14 @@ def read_vizwiz(root: Path) -> list[Sample]:
 VQAV2 = Task(
     "vqav2",
     read_vqav2,
-    _score("vqav2"),
+    vqa_scorer("vqav2"),
     "VQAv2: VQA accuracy (EvalAI-processed predictions, official vqaEval rules)",
     "a directory with llava_vqav2*.jsonl or *questions*.json, *annotations*.json and the COCO images; or parquet",
-)
-TEXTVQA = Task(
-    "textvqa",
-    read_textvqa,
-    _score("textvqa"),
-    "TextVQA: VQA accuracy as LLaVA's eval_textvqa.py (m4c TextVQAAccuracyEvaluator)",
-    "a directory with TextVQA_0.5.1_val.json (+ llava_textvqa_val_v051_ocr.jsonl) and train_images/; or parquet",
-    key_of=textvqa_key,
 )
 VIZWIZ = Task(
     "vizwiz",
     read_vizwiz,
-    _score("vizwiz"),
+    vqa_scorer("vizwiz"),
     "VizWiz-VQA val: VQA accuracy (EvalAI-processed predictions, official rules)",
     "a directory with Annotations/val.json and val/ images; or parquet",
 )
