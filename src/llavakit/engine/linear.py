@@ -344,6 +344,9 @@ def optimize_model(
 
     bf16/fp16 where bf16 GEMMs are native: decoder Linears of fewer than ``max_small_weight`` elements ->
     ``SmallDecodeLinear`` (one-token rows in float32: the bf16 / fp16 kernels' fixed cost dominates that small).
+    bf16/fp16 with ``fp16_decode`` and ``keep_bf16_weights``: q/k/v and gate/up of each decoder layer -> one
+    stacked fp16 product for decode (``engine.fused_decode``; counted as the Linears it takes over) where they
+    are big enough for fbgemm together.
     bf16/fp16: decoder and LM head -> ``BF16DecodeLinear`` (fbgemm fp16 matrix-vector kernel for decode) where
     bf16 GEMMs are native (``fp16_decode``: None = that rule; on a loaded 2-core AVX2 VM it decoded no faster
     than bf16 ``F.linear`` end to end and its prefill had to unpack the fp16 weight); with ``keep_bf16_weights``
@@ -360,6 +363,11 @@ def optimize_model(
     if fp16_decode is None:  # on AVX2 (no native bf16) it measured no faster end to end, and prefill unpacks
         fp16_decode = native_bf16_gemm()
     counts = {"BF16DecodeLinear": 0, "SmallDecodeLinear": 0}
+    if fp16_decode and keep_bf16_weights:  # q/k/v and gate/up each as one product (engine.fused_decode)
+        from .fused_decode import fuse_decode_projections
+
+        small = max_small_weight if native_bf16_gemm() else 0
+        counts.update(fuse_decode_projections(model, min_weight=max(min_fp16_weight, small)))
     if native_bf16_gemm():
         from .small_linear import small_decode_linears
 
