@@ -66,3 +66,14 @@ def test_fsdp2_runs_and_resumes_on_another_process_count(tmp_path, single_losses
     assert rest.steps == [3]
     assert rest.losses == pytest.approx(single_losses[2:], rel=1e-5)
     assert torch.isfinite(torch.tensor(rest.losses)).all()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_an_epochs_short_last_step_matches_one_process(tmp_path, strategy):
+    """9 samples in global batches of 4: the third step has one sample; the second process runs a stand-in
+    micro-batch with no supervised tokens (the same forward passes everywhere), and the losses are one process's."""
+    run = [*BASE, "train.max_steps=null", "train.epochs=1"]
+    one = _single([*run, f"train.output_dir={tmp_path / 'one'}"], n=9)
+    got = _spawn(tmp_path, [*run, f"train.output_dir={tmp_path / 'two'}", f"train.distributed={strategy}"], n=9)
+    assert one.steps == got["steps"] == [1, 2, 3]
+    assert got["losses"] == pytest.approx(one.losses, rel=1e-5)

@@ -5,7 +5,8 @@ A checkpoint directory holds
     config.json, model.safetensors, processor files    the model in HF format (LoRA runs: the PEFT adapter
                                                          adapter_config.json + adapter_model.safetensors instead)
     trainer_state.pt      gathered optimizer state (keyed by parameter name), scheduler, RNG states per process,
-                          step / epoch / data position
+                          step / epoch / data position, the run's step count (``train.batching``) and the data's
+                          fingerprint (``train.fingerprint``)
     trainer_state.json    the same counters, readable
 Because model and optimizer states are gathered (full), a run resumes on any number of processes.
 """
@@ -137,7 +138,7 @@ def write_model(
 # change with the global batch kept: the same samples per step, the same sums)
 RESUME_MAY_CHANGE = frozenset(
     {"train.resume", "train.progress", "train.stop_after", "train.log_every", "train.save_every", "train.keep_last",
-     "train.micro_batch_size", "train.output_dir", "train.device", "train.distributed"}
+     "train.micro_batch_size", "train.output_dir", "train.device", "train.distributed", "train.allow_data_change"}
 )  # fmt: skip
 
 
@@ -164,6 +165,18 @@ def check_same_recipe(saved_path: Path, recipe: Any) -> None:
             f"train.resume: this recipe differs from the one that started the run ({saved_path}): {said}; resume "
             "with the same recipe, or start a new train.output_dir from the last checkpoint's weights (model.init)"
         )
+
+
+def saved_counters(path: Path) -> dict[str, Any]:
+    """The counters of checkpoint ``path`` (its ``trainer_state.json``: step, epoch, steps, data fingerprint), read
+    before the run builds its schedule from them."""
+    try:
+        return json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"checkpoint {path} is unreadable: its trainer_state.json is missing or cut short ({type(e).__name__}); "
+            "delete that directory to resume from the checkpoint before it"
+        ) from e
 
 
 def load_checkpoint(

@@ -10,6 +10,9 @@ Each process back-propagates ``its sum * processes / global token count``; DDP /
 processes, so the update equals the one-process update on the same global batch, whatever the split.
 Worked example: 2 processes, 30 + 10 supervised tokens with CE sums 60 and 10 -> each scales by 2 / 40;
 the averaged gradient is that of (60 + 10) / 40 = 1.75, the loss one process gets on all 40 tokens.
+
+Steps are counted as transformers' Trainer counts them (``train.batching``): an epoch's last step takes the
+samples left over, ``ceil(epochs * steps per epoch)`` steps in all.
 """
 
 from __future__ import annotations
@@ -27,15 +30,18 @@ import torch
 import torch.nn.functional as F
 
 from ..model.llava import IGNORE_INDEX, positions_from_mask
+from .batching import epoch_batches, process_micro_batches, steps_per_epoch, total_steps
 from .checkpointing import (
     check_same_recipe,
     checkpoint_dirs,
     load_checkpoint,
     save_checkpoint,
+    saved_counters,
     seed_everything,
     write_model,
 )
 from .distributed import Dist, all_sum, full_model_state, setup, teardown, unwrap, wrap
+from .fingerprint import check_same_data, data_fingerprint
 from .foreground import drop_probability, hide_background
 from .progress import MetricsLog, Progress
 from .recipe import Recipe
@@ -91,21 +97,6 @@ def logged_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     if len(set(base.values())) == 1:
         return {"lr": main}
     return {"lr": main, **{f"lr_{p}": lr for p, lr in parts.items()}}
-
-
-def epoch_batches(dataset: Any, epoch: int, seed: int, group: bool, size: int) -> list[list[int]]:
-    """The epoch's global batches of ``size`` indices (``len(dataset) // size`` of them; leftovers wait for the
-    next epoch's shuffle): length-grouped, one modality per batch (the data helper's sampler), or a seeded shuffle.
-    """
-    if group and hasattr(dataset, "lengths") and hasattr(dataset, "modalities"):
-        from .collate import LengthGroupedSampler
-
-        sampler = LengthGroupedSampler(dataset.lengths, dataset.modalities, size, seed)
-        sampler.set_epoch(epoch)
-        return [b for b in sampler.global_batches() if len(b) == size]
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(len(dataset), generator=g).tolist()
-    return [order[k : k + size] for k in range(0, len(order) - size + 1, size)]
 
 
 def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -186,19 +177,29 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
             f"train.global_batch_size {per_step} is not a multiple of micro_batch_size {t.micro_batch_size} x "
             f"{d.world} process(es); change one of them"
         )
-    accum = per_step // (t.micro_batch_size * d.world)
-    steps_per_epoch = len(dataset) // per_step
-    if steps_per_epoch == 0:
-        raise ValueError(f"the dataset has {len(dataset)} samples, fewer than one global batch ({per_step})")
-    total = t.max_steps if t.max_steps is not None else max(1, int(t.epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, t.warmup_ratio, t.schedule))
-
-    step, resumed = 0, None
-    found = checkpoint_dirs(out)
+    found, saved = checkpoint_dirs(out), None
+    data_now = data_fingerprint(recipe.data, dataset)
     if t.resume:
         if not found:
             raise FileNotFoundError(f"train.resume: no checkpoint in {out / 'checkpoints'}; start without resume")
         check_same_recipe(out / "recipe.json", recipe)
+        saved = saved_counters(found[-1])
+        if not t.allow_data_change:
+            check_same_data(saved.get("data"), data_now, found[-1])
+    elif found:
+        raise FileExistsError(
+            f"{out} already holds checkpoints of an earlier run ({found[-1].name}); resume it with "
+            "train.resume=true (--resume), or choose another train.output_dir (or delete its checkpoints/)"
+        )
+    full_only = bool(saved.get("full_batches_only", True)) if saved else False  # a run from before: its counting
+    per_epoch = steps_per_epoch(len(dataset), per_step, full_only)
+    if per_epoch == 0:
+        raise ValueError(f"the dataset has {len(dataset)} samples, fewer than one global batch ({per_step})")
+    total = total_steps(t.epochs, per_epoch, t.max_steps, full_only)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, t.warmup_ratio, t.schedule))
+
+    step, resumed = 0, None
+    if t.resume:
         resumed = found[-1]
         step = int(load_checkpoint(resumed, model, optimizer, scheduler, d, lora is not None)["step"])
         if step > total:
@@ -207,11 +208,6 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
                 "the recipe that wrote it, or start a new train.output_dir"
             )
     else:
-        if found:
-            raise FileExistsError(
-                f"{out} already holds checkpoints of an earlier run ({found[-1].name}); resume it with "
-                "train.resume=true (--resume), or choose another train.output_dir (or delete its checkpoints/)"
-            )
         seed_everything(t.seed + d.rank)  # per-process streams (dropout)
     metrics = MetricsLog(out / "metrics.jsonl", d.main, keep_until=step if resumed else 0)
     bar = Progress(total, step, d.main and t.progress)
@@ -224,15 +220,16 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
 
     while step < total:
         t0 = time.perf_counter()
-        epoch, in_epoch = divmod(step, steps_per_epoch)
+        epoch, in_epoch = divmod(step, per_epoch)
         if epoch not in order_cache:
-            order_cache = {epoch: epoch_batches(dataset, epoch, t.seed, recipe.data.group_by_modality_length, per_step)}
-        chunk = order_cache[epoch][in_epoch]
-        span = t.micro_batch_size * d.world
-        mine = [chunk[m * span + d.rank * t.micro_batch_size :][: t.micro_batch_size] for m in range(accum)]
-        batches = [collate_fn([dataset[i] for i in idx]) for idx in mine]
+            group = recipe.data.group_by_modality_length
+            order_cache = {epoch: epoch_batches(dataset, epoch, t.seed, group, per_step, full_only)}
+        chunk = order_cache[epoch][in_epoch]  # global_batch_size indices (fewer in an epoch's last step)
+        mine = process_micro_batches(chunk, t.micro_batch_size, d.world, d.rank)
+        batches = [collate_fn([dataset[i] for i in idx or chunk[:1]]) for idx in mine]
+        batches = [b if idx else _unsupervised(b) for b, idx in zip(batches, mine)]
         n_sup = all_sum(torch.tensor(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)), d)
-        n_tok = all_sum(torch.tensor(sum(int(b["attention_mask"].sum()) for b in batches)), d)
+        n_tok = all_sum(torch.tensor(sum(int(b["attention_mask"].sum()) for b, i in zip(batches, mine) if i)), d)
         if int(n_sup) == 0:
             raise ValueError(f"step {step + 1}: the global batch has no supervised tokens (all labels ignored)")
         loss_sum = torch.zeros((), device=d.device)
@@ -241,7 +238,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
             if recipe.data.background_drop is not None:
                 inputs.update(_hidden_background(batch, recipe, step, total, m * d.world + d.rank, d.device))
             labels = batch["labels"].to(d.device)
-            sync = m == accum - 1 or d.strategy != "ddp"
+            sync = m == len(batches) - 1 or d.strategy != "ddp"
             with contextlib.nullcontext() if sync else model.no_sync(), autocast:
                 ce = supervised_ce_sum(model(**inputs, logits_mask=supervised_positions(labels)).logits, labels)
             (ce * d.world / n_sup.to(d.device)).backward()
@@ -261,12 +258,12 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         dt = time.perf_counter() - t0
         rec = {
             "step": step,
-            "epoch": round(step / steps_per_epoch, 4),
+            "epoch": round(step / per_epoch, 4),
             "loss": loss,
             **lrs,
             "grad_norm": norm,
             "tokens_per_s": float(n_tok) / dt,
-            "samples_per_s": per_step / dt,
+            "samples_per_s": len(chunk) / dt,
             "time_s": dt,
         }
         result.losses.append(loss)
@@ -279,7 +276,9 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         stopping = t.stop_after is not None and step - (result.steps[0] - 1) >= t.stop_after and step < total
         due = t.save_every > 0 and step % t.save_every == 0
         if (due and step < total) or stopping:  # stop_after: a checkpoint at the stop step, to resume from
-            counters = {"step": step, "epoch": epoch, "position": (in_epoch + 1) * per_step, "seed": t.seed}
+            position = in_epoch * per_step + len(chunk)
+            counters = {"step": step, "epoch": epoch, "position": position, "seed": t.seed, "total_steps": total}
+            counters |= {"full_batches_only": full_only, "data": data_now}  # how steps were counted, what data
             save_checkpoint(out, step, model, optimizer, scheduler, processor, counters, d, t.keep_last, lora)
         if stopping:
             bar.close()
@@ -310,6 +309,11 @@ def _hidden_background(
         "attention_mask": hide_background(mask, batch["foreground"], p, g).to(device),
         "position_ids": positions_from_mask(mask, b, t, 0, device).to(device),
     }
+
+
+def _unsupervised(batch: dict[str, Any]) -> dict[str, Any]:
+    """A process's stand-in micro-batch in an epoch's short last step: a real sample, every label ignored."""
+    return {**batch, "labels": torch.full_like(batch["labels"], IGNORE_INDEX)}
 
 
 def _to(x: Any, device: torch.device) -> Any:

@@ -109,7 +109,7 @@ class DataSpec:
 class TrainSpec:
     output_dir: str = "runs/llava"
     epochs: float = 1.0
-    max_steps: int | None = None  # None -> epochs * samples / global_batch_size
+    max_steps: int | None = None  # None -> ceil(epochs * ceil(samples / global_batch_size)), as HF's Trainer
     global_batch_size: int = 128
     micro_batch_size: int = 4  # per process; accumulation = global / (micro * processes)
     warmup_ratio: float = 0.03
@@ -124,6 +124,7 @@ class TrainSpec:
     save_every: int = 500  # steps between checkpoints (0: only the final output)
     keep_last: int = 2
     resume: bool = False  # continue from the newest checkpoint in output_dir/checkpoints
+    allow_data_change: bool = False  # resume although the data files changed since the run started
     stop_after: int | None = None  # end after this many steps of this call, with a checkpoint to resume from
     distributed: str = "ddp"  # ddp | fsdp  (used when launched with torchrun on several processes)
     device: str = "auto"  # auto | cpu | cuda
