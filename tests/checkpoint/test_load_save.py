@@ -13,6 +13,7 @@ import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import safe_open
 
+from llavakit.checkpoint.hub import resolve_model_path
 from llavakit.checkpoint.keymaps import to_hf_keys
 from llavakit.checkpoint.load import (
     CheckpointMismatchError,
@@ -20,7 +21,6 @@ from llavakit.checkpoint.load import (
     iter_checkpoint_tensors,
     load_into,
     read_config_dict,
-    resolve_model_path,
 )
 from llavakit.checkpoint.save import save_config, save_state_dict
 from llavakit.config import LlavaConfig
@@ -362,7 +362,7 @@ def test_resolve_local_paths(tmp_path):
 def test_offline_hub_id_gives_clear_error(tmp_path):
     """A real subprocess: huggingface_hub reads HF_HUB_OFFLINE / HF_HOME when it is imported."""
     code = (
-        "from llavakit.checkpoint.load import resolve_model_path, HubUnreachableError\n"
+        "from llavakit.checkpoint.hub import resolve_model_path, HubUnreachableError\n"
         "try:\n    resolve_model_path('llava-hf/llava-1.5-7b-hf')\n"
         "except HubUnreachableError as e:\n    print('ERR', e)\n"
     )
@@ -386,7 +386,7 @@ def test_offline_hub_id_gives_clear_error(tmp_path):
 def test_network_failures_vs_local_errors(monkeypatch):
     import huggingface_hub
 
-    from llavakit.checkpoint.load import HubUnreachableError
+    from llavakit.checkpoint.hub import HubUnreachableError
 
     def fail(exc):
         def snapshot_download(*args, **kwargs):

@@ -1,19 +1,19 @@
-"""Checkpoint IO: key layouts (keymaps), original-format configs (original), reading (load), writing (save).
+"""Checkpoint IO: finding (hub), key layouts (keymaps), original-format configs (original), reading (load), writing
+(save).
 
 Library code imports the submodules directly; the names below are the public surface.
 """
 
 from __future__ import annotations
 
+from .hub import HubUnreachableError, resolve_model_path
 from .keymaps import detect_layout, rename_tensors, to_hf_keys, trim_vision_layers
 from .load import (
     CheckpointMismatchError,
-    HubUnreachableError,
     checkpoint_keys,
     iter_checkpoint_tensors,
     load_into,
     read_config_dict,
-    resolve_model_path,
 )
 from .original import (
     OriginalConfig,

@@ -57,7 +57,8 @@ def load_model(
 ) -> LlavaModel:
     """Build the model on the meta device and fill it tensor by tensor (no second full copy in memory)."""
     from ..model.llava import LlavaModel
-    from .load import load_into, resolve_model_path
+    from .hub import resolve_model_path
+    from .load import load_into
     from .original import original_tensors
 
     path = resolve_model_path(path_or_id, revision=revision)

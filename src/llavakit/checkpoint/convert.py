@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .api import load_config, load_model, parse_dtype
-from .load import resolve_model_path
+from .hub import resolve_model_path
 
 # processor-side files of an HF checkpoint, copied as they are when no processor can be built
 PROCESSOR_FILES = (

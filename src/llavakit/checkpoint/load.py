@@ -1,8 +1,8 @@
-"""Finding a checkpoint (local directory or hub id), streaming its tensors, and filling a meta-device module.
+"""Reading a checkpoint directory: its config, streaming its tensors, and filling a meta-device module.
 
 Typical use::
 
-    path = resolve_model_path("llava-hf/llava-1.5-7b-hf")
+    path = resolve_model_path("llava-hf/llava-1.5-7b-hf")  # checkpoint.hub: a directory or a hub id
     with torch.device("meta"):
         model = LlavaModel(LlavaConfig.from_hf(read_config_dict(path)))
     tensors = rename_tensors(iter_checkpoint_tensors(path), detect_layout(checkpoint_keys(path)))
@@ -15,8 +15,6 @@ assigned to its parameter before the next one is read.
 from __future__ import annotations
 
 import json
-import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,86 +27,12 @@ SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")  # "name" or "org/name"
-_DOWNLOAD_HINT = (
-    "pass a local directory containing config.json and *.safetensors instead, e.g. one downloaded with "
-    "`huggingface-cli download {id} --local-dir DIR`"
-)
-
-
-class HubUnreachableError(OSError):
-    """The hub could not be reached (offline, no network) and the model is not in the local cache."""
-
 
 class CheckpointMismatchError(ValueError):
     """A strict load found missing, unexpected or wrongly shaped tensors."""
 
 
 # -- finding the files ---------------------------------------------------------------------------------------
-
-
-def resolve_model_path(path_or_id: str | Path, revision: str | None = None) -> Path:
-    """A local checkpoint directory for ``path_or_id``: the directory itself, or a hub snapshot.
-
-    ``"./x"``, ``"/x"``, ``"~/x"`` and anything that cannot be a hub id are treated as local paths and raise
-    FileNotFoundError when missing. Hub downloads skip duplicate weight formats (``*.bin`` is only fetched
-    when a repository has no ``*.safetensors``).
-    """
-    text = os.fspath(path_or_id)
-    local = Path(text).expanduser()
-    if local.is_dir():
-        return local
-    if local.exists():
-        raise NotADirectoryError(f"{text} is a file; pass the checkpoint directory that contains config.json")
-    looks_local = isinstance(path_or_id, Path) or text.startswith((".", "/", "~", "\\")) or ":" in text
-    if looks_local or not _HUB_ID.match(text):
-        raise FileNotFoundError(f"checkpoint directory {text} does not exist")
-    return _snapshot(text, revision)
-
-
-def _snapshot(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    skip = ["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "*.gguf", "*.ckpt", "*.tflite"]
-    try:
-        path = Path(snapshot_download(repo_id, revision=revision, ignore_patterns=skip))
-        if not any(path.glob("*.safetensors")):
-            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["*.bin", "*.json"]))
-    except GatedRepoError as e:
-        raise PermissionError(
-            f"{repo_id} is gated on the hub: accept its terms on huggingface.co and log in "
-            "(`huggingface-cli login`), or " + _DOWNLOAD_HINT.format(id=repo_id)
-        ) from e
-    except RepositoryNotFoundError as e:
-        raise FileNotFoundError(
-            f"{repo_id} is neither a local directory nor a model on the hub (or it is private: log in first)"
-        ) from e
-    except RevisionNotFoundError as e:
-        raise FileNotFoundError(f"{repo_id} has no revision {revision!r} on the hub") from e
-    except HFValidationError as e:
-        raise FileNotFoundError(f"{repo_id} is neither a local directory nor a valid hub model id") from e
-    except Exception as e:
-        # offline mode (LocalEntryNotFoundError), DNS / connection failures, timeouts, 5xx answers
-        if not isinstance(e, (LocalEntryNotFoundError, ConnectionError, TimeoutError)) and not _is_network_error(e):
-            raise  # e.g. a full disk or an unwritable cache: not the hub's fault, keep the original error
-        raise HubUnreachableError(
-            f"could not reach the Hugging Face hub to fetch {repo_id} ({type(e).__name__}); "
-            + _DOWNLOAD_HINT.format(id=repo_id)
-        ) from e
-    return path
-
-
-def _is_network_error(e: BaseException) -> bool:
-    """Errors of the HTTP stacks huggingface_hub uses (transport failures, 5xx answers)."""
-    stacks = ("httpx", "httpx2", "httpcore", "requests", "urllib3", "socket", "ssl")
-    return any(b.__module__.split(".")[0] in stacks for b in type(e).__mro__)
 
 
 def read_config_dict(path: str | Path) -> dict:

@@ -51,14 +51,9 @@ from typing import Any
 import torch
 
 from ..config import LlavaConfig, TextConfig, VisionConfig
+from .hub import HubUnreachableError, resolve_model_path
 from .keymaps import LM_HEAD, TEXT, detect_layout, rename_tensors, trim_vision_layers
-from .load import (
-    HubUnreachableError,
-    checkpoint_keys,
-    iter_checkpoint_tensors,
-    read_config_dict,
-    resolve_model_path,
-)
+from .load import checkpoint_keys, iter_checkpoint_tensors, read_config_dict
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -111,7 +111,7 @@ class LlavaProcessor:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, *, template: str | None = None) -> LlavaProcessor:
-        from ..checkpoint.load import resolve_model_path
+        from ..checkpoint.hub import resolve_model_path
 
         path = resolve_model_path(path_or_id)
         from_file = None if template else (read_json(path / TEMPLATE_FILE) or {}).get("template")

@@ -264,7 +264,7 @@ def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = No
     stored in ``dtype``, else in the dtype the base checkpoint is stored in (as ``llava convert`` keeps it)."""
     from ..checkpoint.api import load_model, parse_dtype
     from ..checkpoint.convert import stored_dtype, write_processor
-    from ..checkpoint.load import resolve_model_path
+    from ..checkpoint.hub import resolve_model_path
 
     base_path = resolve_model_path(base)
     out_path = Path(out)
