@@ -306,3 +306,24 @@ def test_stream_stops_on_the_pipelines_eos_ids_as_batch_does(pipe):
         pipe.reset()
     assert (single.text, single.completion_tokens) == (batched.text, batched.completion_tokens)
     assert single.completion_tokens == len(toks)
+
+
+def test_a_stop_string_completed_by_the_final_flush_ends_with_stop():
+    """An incomplete character at the end decodes to U+FFFD only when the decoder is flushed; a stop string it
+    completes still cuts the text and makes the finish reason "stop" (it stayed "length")."""
+    from llavakit.engine.text import AnswerText
+
+    class Stream:
+        def push(self, token: int) -> str:
+            return "ok x" if token == 1 else ""  # token 2: a character's first byte, held back
+
+        def flush(self) -> str:
+            return "\ufffd"
+
+    class Tok:
+        def decode_stream(self, skip_special_tokens: bool = True) -> Stream:
+            return Stream()
+
+    answer = AnswerText(Tok(), ["x\ufffd"])
+    assert answer.push(1) == "ok " and answer.push(2) == ""
+    assert answer.finish() == "" and answer.text == "ok " and answer.reason == "stop"

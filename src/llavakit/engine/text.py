@@ -68,6 +68,8 @@ class AnswerText:
         """The text still held back once no token comes (none after a stop string)."""
         tail = "" if self.stops.stopped else self.stops.push(self.decoder.flush()) + self.stops.flush()
         self.parts.append(tail)
+        if self.stops.stopped:  # the decoder's last held-back text completed a stop string
+            self.reason = "stop"
         return tail
 
     @property
