@@ -273,3 +273,24 @@ def test_resume_refuses_an_answer_recorded_with_a_null_prompt(tiny_model, synth_
     answers.write_text("\n".join([json.dumps({**json.loads(lines[0]), "prompt": None}), *lines[1:]]) + "\n")
     with pytest.raises(ValueError, match="answered for another prompt \\('None'\\)"):
         eval_task("synth", **kwargs)
+
+
+def test_compile_flag_reaches_the_pipeline(tiny_model, synth_data, tmp_path, monkeypatch):
+    """``llava eval TASK --compile`` opens the pipeline with its decode step compiled (the compiled step itself is
+    tested against eager decoding in tests/engine/test_compile.py)."""
+    import llavakit.commands as commands
+    from llavakit.cli import _parser
+
+    seen = []
+    real = commands.open_pipeline
+
+    def spy(model, dtype="float32", quantize=None, compile=False):
+        seen.append(compile)
+        return real(model, dtype, quantize)
+
+    monkeypatch.setattr(commands, "open_pipeline", spy)
+    a = _parser().parse_args(["eval", "synth", "--model", tiny_model, "--data", str(synth_data), "--compile"])
+    assert a.compile is True and _parser().parse_args(["eval", "synth"]).compile is False
+    kwargs = dict(model=tiny_model, data=str(synth_data), limit=1, max_new_tokens=1, progress=False)
+    eval_task("synth", out=str(tmp_path / "c"), compile=True, **kwargs)
+    assert seen == [True]

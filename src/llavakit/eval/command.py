@@ -85,6 +85,7 @@ def eval_task(
     max_new_tokens: int | None = None,
     dtype: str = "float32",
     quantize: str | None = None,
+    compile: bool = False,
     n: int = 200,
     seed: int | None = None,
     sides: tuple[int, int] | None = None,
@@ -115,7 +116,7 @@ def eval_task(
         extra["seed"] = seed
     samples = limit_samples(_read(task, data), limit)
     check_scorable(task, samples)
-    pipe = open_pipeline(model_path, dtype, quantize)
+    pipe = open_pipeline(model_path, dtype, quantize, compile)  # compile: the decode step, not the answers
     result = run(
         task,
         samples,
@@ -180,6 +181,7 @@ def add_parser(sub: Any) -> None:
         t.add_argument("--max-new-tokens", type=int, help=f"default {task.max_new_tokens}")
         t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         t.add_argument("--quantize", choices=QUANTIZE_MODES)
+        t.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first batch)")
         t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
         if name == "synth":
             t.add_argument("--n", type=int, default=200, help="scenes to generate when --data is not given")
@@ -220,6 +222,7 @@ def _run_task(a: argparse.Namespace) -> int:
         max_new_tokens=a.max_new_tokens,
         dtype=a.dtype,
         quantize=a.quantize,
+        compile=a.compile,
         n=getattr(a, "n", 200),
         seed=getattr(a, "seed", None),
         sides=tuple(a.sides) if getattr(a, "sides", None) else None,
