@@ -96,7 +96,7 @@ def split_messages(messages: Messages, videos: list[list[Any]] | None = None) ->
             elif kind in ("video", "video_url"):
                 raise ValueError(
                     f"{where}: video parts take a video file's path or a list of frames ({{'type': 'video', 'video': "
-                    "'clip.mp4' or [frame, ...]}, OneVision models); the server does not take them yet"
+                    "'clip.mp4' or [frame, ...]}, OneVision models); video_url parts (data: URLs) are the server's"
                 )
             else:
                 raise ValueError(f"{where}: unsupported content part type {kind!r} (use text, image, image_url)")

@@ -47,3 +47,11 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Server
     ]
     with cli_server(tiny_model, log, *args) as proc:
         yield Server(f"http://127.0.0.1:{proc.port}", MODEL, API_KEY, log)
+
+
+@pytest.fixture(scope="session")
+def ov_pipe(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A tiny random LLaVA-OneVision model (the family that takes video), loaded in this process."""
+    import llavakit
+
+    return llavakit.load(write_tiny_checkpoint(tmp_path_factory.mktemp("serve-ov") / "tiny-ov", "llava_onevision", 1))

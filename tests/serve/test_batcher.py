@@ -116,11 +116,11 @@ def test_a_failed_step_fails_its_rows_and_the_worker_goes_on(pipe, monkeypatch) 
     calls = {"n": 0}
     sample = RunningBatch.sample
 
-    def fail_third(self):  # noqa: ANN001, ANN202
+    def fail_third(self, **kw):  # noqa: ANN001, ANN003, ANN202
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("probability tensor contains either inf, nan or element < 0")
-        return sample(self)
+        return sample(self, **kw)
 
     monkeypatch.setattr(RunningBatch, "sample", fail_third)
     done: dict = {}
@@ -135,6 +135,52 @@ def test_a_failed_step_fails_its_rows_and_the_worker_goes_on(pipe, monkeypatch) 
     after = _run(worker, _job(pipe, 2, 3, done), done, 2)
     worker.stop()
     assert after[-1] == ("done", "length") and not worker.alive
+
+
+def test_a_row_whose_sampling_fails_fails_alone(pipe, monkeypatch) -> None:  # noqa: ANN001
+    """One row of a jointly decoded batch raises in its own sampling (its 3rd token): only that request gets a 500;
+    the other sampled row and the greedy row finish with the tokens they get alone."""
+    from llavakit.serve import rows
+
+    def jobs(done: dict) -> list[Job]:
+        out = [_job(pipe, i, 12, done) for i in range(3)]
+        for job, seed in zip(out[:2], (7, 13)):
+            job.params = SamplingParams(temperature=0.8, top_k=20, seed=seed)
+        return out
+
+    alone: dict = {}
+    solo = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=1)
+    solo.start()
+    for i, job in enumerate(jobs(alone)):
+        _run(solo, job, alone, i)
+    solo.stop()
+
+    calls = {"n": 0}
+    sample = rows.sample
+
+    def fail_seed_13(logits, params, generator):  # noqa: ANN001, ANN202
+        if params.seed == 13:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return sample(logits, params, generator)
+
+    monkeypatch.setattr(rows, "sample", fail_seed_13)
+    done: dict = {}
+    worker = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=4)
+    for job in jobs(done):
+        worker.submit(job)
+    worker.start()
+    end = time.monotonic() + 60
+    while len(done) < 3 and time.monotonic() < end:
+        time.sleep(0.005)
+    worker.stop()
+    assert done[1][-1][:2] == ("error", 500) and "inf, nan" in done[1][-1][2]
+    assert all(e[0] == "delta" for e in done[1][:-1])  # its text so far, then the error
+    for i in (0, 2):
+        assert done[i][-1][0] == "done"
+        assert "".join(e[1] for e in done[i] if e[0] == "delta") == "".join(e[1] for e in alone[i] if e[0] == "delta")
+    assert worker.metrics.errors == 1
 
 
 def test_a_request_whose_prefill_fails_fails_alone(pipe) -> None:  # noqa: ANN001

@@ -125,3 +125,52 @@ def test_chat_page_keeps_the_question_when_the_request_fails(server, browser, tm
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-finish]"))
     assert browser.find_element(By.ID, "text").get_attribute("value") == ""
     assert browser.find_element(By.CSS_SELECTOR, ".msg.user").find_elements(By.TAG_NAME, "img")
+
+
+def test_chat_page_keeps_the_partial_answer_when_the_stream_fails(pipe, browser, monkeypatch) -> None:  # noqa: ANN001
+    """A streamed answer that fails midway (here: the row raises at its 6th token) keeps the text streamed so far
+    in its bubble with the error under it; the question goes back into the input to be sent again."""
+    import json
+
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from serve_helpers import app_server
+
+    from llavakit.serve.app import ServeConfig, create_app
+    from llavakit.serve.rows import Row
+
+    push = Row.push
+
+    def fail_sixth(self, t: int) -> None:  # noqa: ANN001
+        if self.job.completion_tokens == 6:
+            raise RuntimeError("decoding broke down")
+        push(self, t)
+
+    monkeypatch.setattr(Row, "push", fail_sixth)
+    app = create_app(pipe, ServeConfig(model_name="m"))
+    app.state.batcher.eos = set()  # the answer runs on to the failure
+    question = "Tell me a long story"
+    with app_server(app) as url:
+        body = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": question}]}],
+                "stream": True, "temperature": 0, "top_p": 1, "max_tokens": 32}  # fmt: skip
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+            events = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
+        assert "error" in events[-1]  # what the page gets: text, then the error event
+        streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1] if e["choices"])
+        assert streamed.strip(), "nothing was streamed before the failure"
+
+        browser.get(url + "/")
+        browser.find_element(By.ID, "max_tokens").clear()
+        browser.find_element(By.ID, "max_tokens").send_keys("32")
+        browser.find_element(By.ID, "text").send_keys(question)
+        browser.find_element(By.ID, "send").click()
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-error]"))
+        answer = browser.find_element(By.CSS_SELECTOR, ".msg.assistant[data-error]")
+        assert answer.find_element(By.CLASS_NAME, "text").get_attribute("textContent") == streamed
+        note = answer.find_element(By.CLASS_NAME, "error-note").text
+        assert "decoding broke down" in note and "answer incomplete" in note
+        assert "failed" in browser.find_element(By.CSS_SELECTOR, ".msg.user").get_attribute("class")
+        assert browser.find_element(By.ID, "text").get_attribute("value") == question
+        assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"

@@ -19,6 +19,8 @@ from llavakit.serve.command import resolve_model
         (["--default-max-tokens", "0"], "--default-max-tokens must be >= 1"),
         (["--max-image-pixels", "-5"], "--max-image-pixels"),
         (["--threads", "0"], "--threads must be >= 1"),
+        (["--max-video-frames", "0"], "--max-video-frames must be >= 1"),
+        (["--max-video-bytes", "0"], "--max-video-bytes must be >= 1"),
     ],
 )
 def test_bad_flags(tiny_model: Path, flags: list[str], text: str, capsys: pytest.CaptureFixture) -> None:

@@ -55,7 +55,8 @@ class QueueFull(RuntimeError):
 @dataclass(eq=False)  # a job is itself, not its fields: == on tensors would raise (and match other jobs)
 class Job:
     input_ids: torch.Tensor  # (T,) prompt ids, image tokens expanded
-    vision: dict[str, torch.Tensor]  # the processor's pixel_values (N, [views,] 3, S, S), image_sizes (N, 2), ...
+    vision: dict[str, torch.Tensor]  # the processor's pixel_values (N, [views,] 3, S, S), image_sizes (N, 2),
+    # pixel_values_videos (1, F, 3, S, S) ...
     max_new_tokens: int
     params: SamplingParams
     stop: list[str]
@@ -232,30 +233,44 @@ class Batcher:
                 most = max(p.shape[1] for p in pix)
                 pix = [torch.cat([p, p.new_zeros(p.shape[0], most - p.shape[1], *p.shape[2:])], 1) for p in pix]
             out["pixel_values"] = torch.cat(pix)
-        for k in ("image_sizes", "batch_num_images"):
+        for k in ("image_sizes", "batch_num_images", "pixel_values_videos"):  # videos: one job at a time (_admit)
             parts = [j.vision[k] for j in jobs if k in j.vision]
             if parts:
                 out[k] = torch.cat(parts)
         return out
 
     def _admit(self, batch: RunningBatch, jobs: list[Job]) -> None:
-        """Prefill the new jobs together and merge them into the running batch. If their joint prefill fails,
-        each is prefilled alone: a request the model cannot take gets its own error, the others and the running
-        rows go on (the running batch is not touched until a prefill has succeeded)."""
-        try:
-            prefilled = [self._prefill(jobs)]
-        except Exception as e:  # noqa: BLE001 - one request's inputs must not fail the others
-            if len(jobs) == 1:
-                self._fail(jobs, jobs[0], e)
-                return
-            prefilled = []
-            for job in list(jobs):
-                try:
-                    prefilled.append(self._prefill([job]))
-                except Exception as one:  # noqa: BLE001
-                    self._fail(jobs, job, one)
+        """Prefill the new jobs and merge them into the running batch. The jobs without a video are prefilled
+        together; if their joint prefill fails, each is prefilled alone: a request the model cannot take gets its
+        own error, the others and the running rows go on (the running batch is not touched until a prefill has
+        succeeded).
+
+        A job with a video is always prefilled alone, then decodes in the running batch like any row: its F frames
+        cost the vision tower as much as F images, so it has little to share with others' prefill, and videos of
+        different frame counts do not stack into one (V, F, 3, S, S) tensor (the processor pads no frames)."""
+        groups = [[j] for j in jobs if "pixel_values_videos" in j.vision]
+        rest = [j for j in jobs if "pixel_values_videos" not in j.vision]
+        prefilled = []
+        for group in [rest, *groups] if rest else groups:
+            prefilled += self._prefill_or_fail(jobs, group)
         for rows, cache, mask, pos, logits in prefilled:
             batch.merge(rows, cache, mask, pos, logits)
+
+    def _prefill_or_fail(self, jobs: list[Job], group: list[Job]) -> list[tuple]:
+        """``group`` prefilled together, or each alone if that fails; a job that fails alone is answered (``_fail``)."""
+        try:
+            return [self._prefill(group)]
+        except Exception as e:  # noqa: BLE001 - one request's inputs must not fail the others
+            if len(group) == 1:
+                self._fail(jobs, group[0], e)
+                return []
+        prefilled = []
+        for job in group:
+            try:
+                prefilled.append(self._prefill([job]))
+            except Exception as one:  # noqa: BLE001
+                self._fail(jobs, job, one)
+        return prefilled
 
     def _fail(self, jobs: list[Job], job: Job, e: Exception) -> None:
         """Answer ``job`` with a 500 and take it out of ``jobs`` (the admission's list: answered, it is not
@@ -291,21 +306,27 @@ class Batcher:
     def _step(self, batch: RunningBatch) -> None:
         """Pick every row's next token, hand it out, drop the rows that ended, feed the rest one decode step."""
         now = time.monotonic()
-        tokens = batch.sample()  # (B,)
         self.metrics.observe("batch_size", len(batch.live()))
+        tokens = batch.sample(on_error=self._row_failed)  # (B,)
         for row, t in zip(batch.rows, tokens.tolist()):
-            if row.done:  # ended at an earlier step, still in the cache
+            if row.done:  # ended at an earlier step (still in the cache), or its sampling failed just now
                 continue
             try:
                 self._hand_out(row, t, now)
             except Exception as e:  # noqa: BLE001 - one row's text handling must not fail the others
-                log.error("row failed:\n%s", traceback.format_exc())
-                row.done = True
-                self.metrics.add("errors")
-                row.job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
+                self._row_failed(row, e)
         batch.drop_finished(tokens)
         if batch.rows:
             batch.decode()
+
+    def _row_failed(self, row: Row, e: Exception) -> None:
+        """End one row with a 500 (its sampling or its text handling raised); the other rows go on. Its slots stay
+        in the cache like a finished row's. A failure of the batch's shared decode step fails every row (``_loop``):
+        it cannot be told whose it is without running each row alone again."""
+        log.error("row failed:\n%s", "".join(traceback.format_exception(e)))
+        row.done = True
+        self.metrics.add("errors")
+        row.job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
 
     def _hand_out(self, row: Row, t: int, now: float) -> None:
         """One row's new token: its text out (or the row's end: EOS, stop string, length, cancel, deadline)."""

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..config import QUANTIZE_MODES
+from ..processing.video_load import MAX_FRAMES
 
 
 def _require_extra() -> None:
@@ -56,6 +57,9 @@ def serve(
     max_images: int = 8,
     max_image_bytes: int = 20 * 1024 * 1024,
     max_image_pixels: int = 40_000_000,
+    max_video_bytes: int = 32 * 1024 * 1024,
+    max_video_frames: int = MAX_FRAMES,
+    max_video_pixels: int = 3840 * 2160,
     served_name: str | None = None,
     dtype: str = "float32",
     quantize: str | None = None,
@@ -68,6 +72,7 @@ def serve(
     from .app import create_app
     from .config import ServeConfig
     from .images import ImageLimits
+    from .videos import VideoLimits
 
     for name, v in [
         ("--max-concurrency", max_concurrency),
@@ -76,6 +81,9 @@ def serve(
         ("--max-images", max_images),
         ("--max-image-bytes", max_image_bytes),
         ("--max-image-pixels", max_image_pixels),
+        ("--max-video-bytes", max_video_bytes),
+        ("--max-video-frames", max_video_frames),
+        ("--max-video-pixels", max_video_pixels),
     ]:
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
@@ -106,6 +114,7 @@ def serve(
             max_images=max_images,
             allow_remote=allow_remote_images,
         ),
+        videos=VideoLimits(max_bytes=max_video_bytes, max_frames=max_video_frames, max_pixels=max_video_pixels),
     )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(
@@ -126,7 +135,9 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $LLAVA_API_KEY, or none)")
     s.add_argument("--max-concurrency", type=int, default=64, help="requests in flight before 429 (default 64)")
     s.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (default 8)")
-    s.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (public hosts only)")
+    s.add_argument(
+        "--allow-remote-images", action="store_true", help="fetch http(s) image and video URLs (public hosts only)"
+    )
     s.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included")
     s.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for (default: the context)")
     s.add_argument(
@@ -139,6 +150,21 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
     s.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
     s.add_argument("--max-image-bytes", type=int, default=20 * 1024 * 1024, help="encoded bytes per image (413 above)")
     s.add_argument("--max-image-pixels", type=int, default=40_000_000, help="width*height per image (413 above)")
+    s.add_argument(
+        "--max-video-bytes",
+        type=int,
+        default=32 * 1024 * 1024,
+        help="encoded bytes per video_url part (413 above; OneVision models, needs the [video] extra)",
+    )
+    s.add_argument(
+        "--max-video-frames",
+        type=int,
+        default=MAX_FRAMES,
+        help=f"frames taken from a video, spread evenly over it (default {MAX_FRAMES}, as the pipeline)",
+    )
+    s.add_argument(
+        "--max-video-pixels", type=int, default=3840 * 2160, help="width*height of a video's frames (413 above)"
+    )
     s.add_argument("--served-model-name", help="the model id clients send (default: the model directory's name)")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     s.add_argument(
@@ -160,6 +186,9 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
             max_images=a.max_images,
             max_image_bytes=a.max_image_bytes,
             max_image_pixels=a.max_image_pixels,
+            max_video_bytes=a.max_video_bytes,
+            max_video_frames=a.max_video_frames,
+            max_video_pixels=a.max_video_pixels,
             served_name=a.served_model_name,
             dtype=a.dtype,
             quantize=a.quantize,

@@ -36,7 +36,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in 
 
 
 def add_chat_route(app: FastAPI, pipe: Any, batcher: Batcher, metrics: Metrics, config: ServeConfig) -> None:
-    slots = threading.Semaphore(config.prepare_threads)  # image decoding + preprocessing at the same time
+    slots = threading.Semaphore(config.prepare_threads)  # image / video decoding + preprocessing at a time
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -72,7 +72,7 @@ def add_chat_route(app: FastAPI, pipe: Any, batcher: Batcher, metrics: Metrics, 
             raise busy_error(metrics, batcher) from None
         metrics.add("prompt_tokens", prep.prompt_tokens)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        reply = Reply(config.model_name, prep.prompt_tokens, prep.image_tokens, include_usage)
+        reply = Reply(config.model_name, prep.prompt_tokens, prep.image_tokens, include_usage, prep.video_tokens)
         if body.stream:
             chunks = sse_stream(job, events, reply, config.timeout, include_usage, metrics)
             return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .images import ImageLimits
+from .videos import VideoLimits
 
 
 @dataclass
@@ -17,5 +18,6 @@ class ServeConfig:
     max_tokens: int | None = None  # largest max_tokens a request may ask for (None: the context)
     default_max_tokens: int = 256  # max_tokens of a request that sets none (capped by max_tokens and the context)
     max_body_bytes: int = 64 * 1024 * 1024
-    prepare_threads: int = 2  # requests whose images are decoded / preprocessed at the same time
+    prepare_threads: int = 2  # requests whose images / videos are decoded / preprocessed at the same time
     images: ImageLimits = field(default_factory=ImageLimits)
+    videos: VideoLimits = field(default_factory=VideoLimits)  # video_url parts (OneVision models)

@@ -47,17 +47,28 @@ class ImageLimits:
 
 def decode_data_url(url: str, limits: ImageLimits, what: str) -> bytes:
     """``data:image/png;base64,iVBOR...`` -> the encoded image bytes."""
+    return data_url_bytes(
+        url, what, max_bytes=limits.max_bytes, kind="image", mime_ok=MIME_TYPES.__contains__, accepted=ACCEPTED
+    )
+
+
+def data_url_bytes(
+    url: str, what: str, *, max_bytes: int, kind: str, mime_ok: Callable[[str], bool], accepted: str
+) -> bytes:
+    """The bytes of a base64 ``data:`` URL of an image or a video (``kind``); the size checked before decoding."""
+    example = "data:image/png;base64,<data>" if kind == "image" else "data:video/mp4;base64,<data>"
     head, sep, payload = url.partition(",")
     if not sep:
-        raise ImageError(f"{what}: data: URL without a comma; expected data:image/png;base64,<data>")
+        raise ImageError(f"{what}: data: URL without a comma; expected {example}")
     meta = head[len("data:") :].split(";")
     mime = meta[0].strip().lower()
-    if mime and mime not in MIME_TYPES:
-        raise ImageError(f"{what}: unsupported image type {mime!r}; send {ACCEPTED}")
+    if mime and not mime_ok(mime):
+        raise ImageError(f"{what}: unsupported {kind} type {mime!r}; send {accepted}")
     if "base64" not in [m.strip().lower() for m in meta[1:]]:
-        raise ImageError(f"{what}: data: URL must be base64 encoded (data:image/png;base64,<data>)")
-    if len(payload) * 3 // 4 > limits.max_bytes:
-        raise ImageError(f"{what}: image is over the limit of {limits.max_bytes} bytes", 413)
+        raise ImageError(f"{what}: data: URL must be base64 encoded ({example})")
+    if len(payload) * 3 // 4 > max_bytes:
+        fix = "; send a shorter or more compressed video" if kind == "video" else ""
+        raise ImageError(f"{what}: {kind} is over the limit of {max_bytes} bytes{fix}", 413)
     try:
         return base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError) as e:
@@ -146,13 +157,31 @@ def fetch_image(
     allow_address: Callable[[str], bool] = is_public,
 ) -> bytes:
     """GET an http(s) image within the limits; every hop's host must resolve only to allowed addresses."""
+    accept = ", ".join(FORMATS.values())
+    return fetch_url(url, limits, what, resolver=resolver, allow_address=allow_address, accept=accept)
+
+
+def fetch_url(
+    url: str,
+    limits: ImageLimits,
+    what: str,
+    *,
+    resolver: Resolver = resolve,
+    allow_address: Callable[[str], bool] = is_public,
+    kind: str = "image",
+    accept: str = "*/*",
+    max_bytes: int | None = None,
+) -> bytes:
+    """GET an http(s) image or video (``kind``) within ``limits`` (time, redirects; ``max_bytes`` if given, else
+    the image limit); every hop's host must resolve only to allowed addresses."""
     import httpx
 
+    max_bytes = limits.max_bytes if max_bytes is None else max_bytes
     deadline = time.monotonic() + limits.fetch_timeout
     for _hop in range(limits.max_redirects + 1):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ImageError(f"{what}: only http(s) image URLs can be fetched, got {url[:100]!r}")
+            raise ImageError(f"{what}: only http(s) {kind} URLs can be fetched, got {url[:100]!r}")
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
         try:
             addrs = resolver(host, port)
@@ -165,13 +194,13 @@ def fetch_image(
         pinned = parts._replace(netloc=f"{netloc}:{port}").geturl()
         left = deadline - time.monotonic()
         if left <= 0:
-            raise ImageError(f"{what}: fetching the image took longer than {limits.fetch_timeout} s")
+            raise ImageError(f"{what}: fetching the {kind} took longer than {limits.fetch_timeout} s")
         try:
             with httpx.Client(timeout=left, follow_redirects=False, trust_env=False) as client:
                 req = client.build_request(
                     "GET",
                     pinned,
-                    headers={"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": ", ".join(FORMATS.values())},
+                    headers={"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": accept},
                     extensions={"sni_hostname": host},
                 )
                 resp = client.send(req, stream=True)
@@ -180,22 +209,22 @@ def fetch_image(
                         url = urljoin(url, resp.headers.get("location", ""))
                         continue
                     if resp.status_code != 200:
-                        raise ImageError(f"{what}: fetching the image returned HTTP {resp.status_code}")
+                        raise ImageError(f"{what}: fetching the {kind} returned HTTP {resp.status_code}")
                     size = resp.headers.get("content-length", "0")
-                    if size.isdigit() and int(size) > limits.max_bytes:
-                        raise ImageError(f"{what}: image is over the limit of {limits.max_bytes} bytes", 413)
+                    if size.isdigit() and int(size) > max_bytes:
+                        raise ImageError(f"{what}: {kind} is over the limit of {max_bytes} bytes", 413)
                     body = bytearray()
                     for chunk in resp.iter_bytes():
                         body += chunk
-                        if len(body) > limits.max_bytes:
-                            raise ImageError(f"{what}: image is over the limit of {limits.max_bytes} bytes", 413)
+                        if len(body) > max_bytes:
+                            raise ImageError(f"{what}: {kind} is over the limit of {max_bytes} bytes", 413)
                         if time.monotonic() > deadline:
-                            raise ImageError(f"{what}: fetching the image took longer than {limits.fetch_timeout} s")
+                            raise ImageError(f"{what}: fetching the {kind} took longer than {limits.fetch_timeout} s")
                     return bytes(body)
                 finally:
                     resp.close()
         except httpx.HTTPError as e:
-            raise ImageError(f"{what}: cannot fetch the image ({type(e).__name__}: {e})") from None
+            raise ImageError(f"{what}: cannot fetch the {kind} ({type(e).__name__}: {e})") from None
     raise ImageError(f"{what}: more than {limits.max_redirects} redirects")
 
 

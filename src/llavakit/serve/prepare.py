@@ -1,4 +1,4 @@
-"""From a validated chat request to model inputs: images checked, prompt rendered, token budget checked.
+"""From a validated chat request to model inputs: images and videos checked, prompt rendered, token budget checked.
 
 Runs in a worker thread of the handlers (image decoding and preprocessing in parallel with the model worker;
 PIL and numpy release the GIL for most of it). Every problem becomes an ``ApiError`` with its HTTP status and
@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 
 from ..pipeline import check_text
-from ..processing.anyres import num_image_tokens
+from ..processing.anyres import num_image_tokens, num_video_tokens
 from ..processing.image import check_geometry
 from .errors import ApiError
 from .images import ImageError, open_image, request_image_bytes
 from .schemas import ChatCompletionRequest
+from .videos import decode_video, request_video_bytes
 
 if TYPE_CHECKING:
     from .config import ServeConfig
@@ -33,19 +34,36 @@ __all__ = ["ApiError", "Prepared", "prepare"]
 class Prepared:
     input_ids: torch.Tensor  # (T,)
     vision: dict[str, torch.Tensor]
-    prompt_tokens: int  # T, image tokens included
+    prompt_tokens: int  # T, image and video tokens included
     image_tokens: int
     max_new_tokens: int
+    video_tokens: int = 0
 
 
-def _messages(body: ChatCompletionRequest, config: ServeConfig) -> tuple[list[dict[str, Any]], list[tuple[str, bytes]]]:
-    """Messages in the processor's form and the encoded bytes of their images in order, with their field."""
-    n_images = sum(1 for m in body.messages if isinstance(m.content, list) for p in m.content if p.type == "image_url")
+Encoded = list[tuple[str, bytes]]  # (request field, encoded bytes) of each image
+EncodedVideos = list[tuple[str, bytes, str]]  # (request field, encoded bytes, file suffix) of each video
+
+
+def _count(body: ChatCompletionRequest, kind: str) -> int:
+    return sum(1 for m in body.messages if isinstance(m.content, list) for p in m.content if p.type == kind)
+
+
+def _messages(
+    body: ChatCompletionRequest, config: ServeConfig, family: str
+) -> tuple[list[dict[str, Any]], Encoded, EncodedVideos]:
+    """Messages in the processor's form and the encoded bytes of their images and videos in order, with their field."""
+    n_images, n_videos = _count(body, "image_url"), _count(body, "video_url")
     if n_images > config.images.max_images:
         raise ApiError(
             f"{n_images} images in the request; this server takes at most {config.images.max_images}", 400, "messages"
         )
-    msgs, images = [], []
+    if n_videos > config.videos.max_videos:
+        raise ApiError(
+            f"{n_videos} videos in the request; this server takes at most {config.videos.max_videos} per request",
+            400,
+            "messages",
+        )
+    msgs, images, videos = [], [], []
     for i, m in enumerate(body.messages):
         role = "system" if m.role == "developer" else m.role
         if not isinstance(m.content, list):
@@ -56,16 +74,29 @@ def _messages(body: ChatCompletionRequest, config: ServeConfig) -> tuple[list[di
             if part.type == "text":
                 parts.append({"type": "text", "text": _text(part.text, f"messages[{i}].content[{j}].text")})
                 continue
-            where = f"messages[{i}].content[{j}].image_url"
+            where = f"messages[{i}].content[{j}].{part.type}"
+            kind = "image" if part.type == "image_url" else "video"
             if m.role != "user":
-                raise ApiError(f"an image in a {m.role} message: images can only be sent in user messages", 400, where)
+                a = "an" if kind == "image" else "a"
+                raise ApiError(
+                    f"{a} {kind} in a {m.role} message: {kind}s can only be sent in user messages", 400, where
+                )
             try:
-                images.append((where, request_image_bytes(part.image_url.url, config.images, where)))
+                if part.type == "image_url":
+                    images.append((where, request_image_bytes(part.image_url.url, config.images, where)))
+                else:
+                    if family != "llava_onevision":
+                        raise ImageError(
+                            f"{where}: this model ({family}) does not take video; video input needs a LLaVA-OneVision "
+                            "checkpoint (or send the video's frames as image_url parts)"
+                        )
+                    data, suffix = request_video_bytes(part.video_url.url, config.images, config.videos, where)
+                    videos.append((where, data, suffix))
             except ImageError as e:
                 raise ApiError(str(e), e.status, where) from None
-            parts.append({"type": "image"})
+            parts.append({"type": kind})
         msgs.append({"role": role, "content": parts})
-    return msgs, images
+    return msgs, images, videos
 
 
 def too_long(message: str, param: str) -> ApiError:
@@ -116,6 +147,17 @@ def _open(images: list[tuple[str, bytes]], config: ServeConfig, proc: Any) -> li
     return out
 
 
+def _open_videos(videos: EncodedVideos, config: ServeConfig) -> list[list[Image.Image]]:
+    """Each video's frames, as the pipeline reads them from a file (``videos.decode_video``)."""
+    out = []
+    for where, data, suffix in videos:
+        try:
+            out.append(decode_video(data, suffix, config.videos, where))
+        except ImageError as e:
+            raise ApiError(str(e), e.status, where) from None
+    return out
+
+
 def prepare(
     body: ChatCompletionRequest, pipe: Any, config: ServeConfig, slots: threading.Semaphore | None = None
 ) -> Prepared:
@@ -129,15 +171,18 @@ def prepare(
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     if asked is not None and config.max_tokens is not None and asked > config.max_tokens:
         raise ApiError(f"{field} {asked} is over this server's limit of {config.max_tokens}", 400, field)
-    msgs, encoded = _messages(body, config)
+    msgs, encoded, encoded_videos = _messages(body, config, pipe.processor.family)
     _check_text_length(msgs, pipe.processor.tokenizer, context)
     with slots if slots is not None else nullcontext():
-        return _prepare(msgs, _open(encoded, config, pipe.processor), pipe, config, asked, field, context)
+        images = _open(encoded, config, pipe.processor)
+        videos = _open_videos(encoded_videos, config)
+        return _prepare(msgs, images, videos, pipe, config, asked, field, context)
 
 
 def _prepare(
     msgs: list[dict[str, Any]],
     images: list[Image.Image],
+    videos: list[list[Image.Image]],
     pipe: Any,
     config: ServeConfig,
     asked: int | None,
@@ -146,29 +191,35 @@ def _prepare(
 ) -> Prepared:
     sizes = [(im.height, im.width) for im in images]
     proc = pipe.processor
-    # check before preprocessing: the images alone may already overflow the context
+    # check before preprocessing: the images and videos alone may already overflow the context
     multi = proc.family == "llava_onevision" and len(sizes) > 1
     image_tokens = sum(num_image_tokens(h, w, proc.geometry, multi_image=multi) for h, w in sizes)
-    if sizes and context is not None and image_tokens + (asked or 1) > context:
-        if image_tokens >= context:
+    video_tokens = sum(num_video_tokens(len(frames), proc.geometry) for frames in videos)
+    visual = image_tokens + video_tokens
+    what = " and ".join(
+        ([f"{len(sizes)} image(s)"] if sizes else [])
+        + ([f"{len(videos)} video(s) of {sum(map(len, videos))} frames"] if videos else [])
+    )
+    fewer = "fewer or smaller images" if not videos else "fewer images or a video with fewer frames"
+    if visual and context is not None and visual + (asked or 1) > context:
+        if visual >= context:
             raise too_long(
-                f"the {len(sizes)} image(s) alone take {image_tokens} tokens, the model's context is {context} "
-                "tokens; send fewer or smaller images",
+                f"the {what} alone take {visual} tokens, the model's context is {context} tokens; send {fewer}",
                 "messages",
             )
         raise too_long(
-            f"the {len(sizes)} image(s) take {image_tokens} tokens, + {field} {asked} exceeds the model's context "
-            f"of {context} tokens; lower {field} to at most {context - image_tokens} (less the prompt's text)",
+            f"the {what} take {visual} tokens, + {field} {asked} exceeds the model's context "
+            f"of {context} tokens; lower {field} to at most {context - visual} (less the prompt's text)",
             field,
         )
     try:
         prompt = proc.apply_chat_template(msgs, add_generation_prompt=True)
-        inputs = proc(text=prompt, images=images or None, return_tensors="pt")
+        inputs = proc(text=prompt, images=images or None, videos=videos or None, return_tensors="pt")
     except Exception as e:  # noqa: BLE001 - templates raise their own errors (e.g. roles must alternate)
         raise ApiError(f"cannot build the prompt from these messages: {e}", 400, "messages") from None
     ids = inputs["input_ids"][0]  # (T,)
     t = int(ids.shape[0])
-    of_them = f" ({image_tokens} of them image tokens)" if image_tokens else ""
+    of_them = f" ({visual} of them {'image and video' if videos else 'image'} tokens)" if visual else ""
     if context is not None:
         if asked is not None and t + asked > context:
             raise too_long(
@@ -190,5 +241,6 @@ def _prepare(
         )
         if context is not None:
             asked = min(asked, context - t)
-    vision = {k: inputs[k] for k in ("pixel_values", "image_sizes", "batch_num_images") if k in inputs}
-    return Prepared(ids, vision, t, image_tokens, asked)
+    keys = ("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos")
+    vision = {k: inputs[k] for k in keys if k in inputs}
+    return Prepared(ids, vision, t, image_tokens, asked, video_tokens)

@@ -18,13 +18,17 @@ class Reply:
     prompt_tokens: int  # image tokens included
     image_tokens: int
     include_usage: bool = False  # stream_options.include_usage: every chunk carries "usage" (null until the last)
+    video_tokens: int = 0  # in prompt_tokens too; given alone in prompt_tokens_details when a video was sent
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
     def usage(self, job: Job) -> dict:
+        details = {"image_tokens": self.image_tokens}
+        if self.video_tokens:
+            details["video_tokens"] = self.video_tokens
         return {
             "prompt_tokens": self.prompt_tokens,
-            "prompt_tokens_details": {"image_tokens": self.image_tokens},
+            "prompt_tokens_details": details,
             "completion_tokens": job.completion_tokens,
             "total_tokens": self.prompt_tokens + job.completion_tokens,
         }

@@ -7,6 +7,7 @@ docstring for the slot layout with a worked example.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -83,19 +84,27 @@ class RunningBatch:
         m = self.mask[keep, : self.cache.length]
         return int((m.cumsum(-1) == 0).sum(-1).min())
 
-    def sample(self) -> torch.Tensor:
-        """(B,) next tokens: greedy rows by one argmax, the others each with their own settings and generator."""
+    def sample(self, on_error: Callable[[Row, Exception], None] | None = None) -> torch.Tensor:
+        """(B,) next tokens: greedy rows by one argmax, the others each with their own settings and generator.
+
+        ``on_error``: called with a row whose own sampling raised (e.g. its logits hold NaN), which it must end
+        (``row.done``); that row's token is then the greedy one, fed but never handed out. Without it, it raises."""
         tokens = greedy_pick(self.logits)
         for i, row in enumerate(self.rows):
             p = row.job.params
             if row.done or (row.seen is None and p.greedy):
                 continue
-            logits = self.logits[i : i + 1]
-            if row.seen is not None:
-                logits = apply_repetition_penalty(logits, row.seen, p.repetition_penalty)
-            tokens[i] = sample(logits, p, row.generator)[0]
-            if row.seen is not None:
-                row.seen[0, tokens[i]] = True
+            try:
+                logits = self.logits[i : i + 1]
+                if row.seen is not None:
+                    logits = apply_repetition_penalty(logits, row.seen, p.repetition_penalty)
+                tokens[i] = sample(logits, p, row.generator)[0]
+                if row.seen is not None:
+                    row.seen[0, tokens[i]] = True
+            except Exception as e:
+                if on_error is None:
+                    raise
+                on_error(row, e)
         return tokens
 
     def drop_finished(self, tokens: torch.Tensor) -> None:

@@ -33,7 +33,18 @@ class ImagePart(BaseModel):
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class VideoURL(BaseModel):
+    url: str = Field(
+        min_length=1, description="data:video/mp4;base64,... (or http(s):// with --allow-remote-images); OneVision only"
+    )
+
+
+class VideoPart(BaseModel):
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
 
 
 def not_supported(subject: str, instead: str) -> ValueError:
