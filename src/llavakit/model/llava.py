@@ -100,8 +100,9 @@ class LlavaModel(nn.Module):
     ) -> list[torch.Tensor]:
         """Encode every image of a batch in one vision pass and pack each into its token sequence.
 
-        pixel_values: llava (N, 3, S, S); next / onevision (N, max_tiles, 3, S, S) with zero-padded tile slots.
-        image_sizes:  (N, 2) original (height, width), required for next / onevision.
+        pixel_values: llava (N, 3, S, S); next / onevision (N, max_tiles, 3, S, S) with zero-padded tile slots, or
+                      (sum of tiles, 3, S, S): every image's views concatenated, as transformers also accepts.
+        image_sizes:  (N, 2) original (height, width) (a tensor or a list of pairs), required for next / onevision.
         batch_num_images: images per prompt (OneVision: images of multi-image prompts get their base view only);
         ``multi_image`` gives that per-image flag directly (a chat turn encoding only its new images).
         Returns one (tokens_i, D) tensor per image, tokens_i == num_image_tokens(h_i, w_i, ...).
@@ -113,19 +114,32 @@ class LlavaModel(nn.Module):
             return list(self.tile_features(pixel_values).unbind(0))
         if image_sizes is None:
             raise ValueError(f"{self.config.model_type} needs image_sizes (N, 2) = (height, width) of each image")
-        if pixel_values.dim() != 5:
-            raise ValueError(f"pixel_values must be (N, tiles, 3, H, W) for {self.config.model_type}")
-        sizes = [(int(h), int(w)) for h, w in image_sizes.tolist()]
-        if len(sizes) != pixel_values.shape[0]:
-            raise ValueError(f"got {pixel_values.shape[0]} images in pixel_values but {len(sizes)} image_sizes")
+        if pixel_values.dim() not in (4, 5):
+            raise ValueError(
+                f"pixel_values must be (N, tiles, 3, H, W) or (total tiles, 3, H, W) for {self.config.model_type}, "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        rows = image_sizes.tolist() if isinstance(image_sizes, torch.Tensor) else image_sizes
+        sizes = [(int(h), int(w)) for h, w in rows]
         multi = multi_image or _multi_image_flags(batch_num_images, len(sizes), self.config.model_type)
         counts = [num_tiles(h, w, geom, multi_image=m) for (h, w), m in zip(sizes, multi)]
-        if max(counts) > pixel_values.shape[1]:
-            raise ValueError(
-                f"an image needs {max(counts)} tiles but pixel_values holds {pixel_values.shape[1]} per image; "
-                "were the images preprocessed with this model's processor (same pinpoints)?"
-            )
-        tiles = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])  # (sum tiles, 3, S, S)
+        if pixel_values.dim() == 4:  # the views of every image, concatenated
+            if pixel_values.shape[0] != sum(counts):
+                raise ValueError(
+                    f"pixel_values holds {pixel_values.shape[0]} tiles but the {len(sizes)} image_sizes need "
+                    f"{sum(counts)} ({', '.join(map(str, counts))}); were the images preprocessed with this model's "
+                    "processor (same pinpoints)?"
+                )
+            tiles = pixel_values
+        else:
+            if len(sizes) != pixel_values.shape[0]:
+                raise ValueError(f"got {pixel_values.shape[0]} images in pixel_values but {len(sizes)} image_sizes")
+            if max(counts) > pixel_values.shape[1]:
+                raise ValueError(
+                    f"an image needs {max(counts)} tiles but pixel_values holds {pixel_values.shape[1]} per image; "
+                    "were the images preprocessed with this model's processor (same pinpoints)?"
+                )
+            tiles = torch.cat([pv[:n] for pv, n in zip(pixel_values, counts)])  # (sum tiles, 3, S, S)
         feats = self.tile_features(tiles).split(counts)
         newline = self.model.image_newline
         out = []
@@ -175,19 +189,49 @@ class LlavaModel(nn.Module):
         if (ids >= embed_tokens.num_embeddings).any() or (ids < 0).any():
             raise ValueError(f"input_ids hold ids outside the vocabulary [0, {embed_tokens.num_embeddings})")
         x = embed_tokens(ids)  # (B, T, D)
-        x = self._scatter(
-            x, input_ids, cfg.image_token_id, "image", pixel_values, image_sizes, batch_num_images, multi_image
-        )
+        images = input_ids == cfg.image_token_id  # (B, T)
+        x = self._scatter(x, images, "image", "input_ids", pixel_values, image_sizes, batch_num_images, multi_image)
         if cfg.video_token_id is not None:
-            x = self._scatter(x, input_ids, cfg.video_token_id, "video", pixel_values_videos)
+            x = self._scatter(x, input_ids == cfg.video_token_id, "video", "input_ids", pixel_values_videos)
         return x
 
-    def _scatter(self, x, input_ids, token_id, kind, pixels, sizes=None, num_images=None, multi=None) -> torch.Tensor:
-        mask = input_ids == token_id
+    def embed_features(
+        self,
+        inputs_embeds: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        batch_num_images: torch.Tensor | list[int] | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, D) precomputed embeddings -> the same with image / video features written in.
+
+        As transformers does when given ``inputs_embeds`` with pixels: the placeholders are the positions whose
+        embedding equals the image (video) token's row of the embedding table, e.g. ``embed_tokens(input_ids)``.
+        """
+        cfg = self.config
+        for kind, token_id, pixels in (
+            ("image", cfg.image_token_id, pixel_values),
+            ("video", cfg.video_token_id, pixel_values_videos),
+        ):
+            if pixels is None:
+                continue
+            table = self.model.language_model.embed_tokens.weight
+            if token_id is None or token_id >= table.shape[0]:
+                raise ValueError(
+                    f"{kind} pixels with inputs_embeds: the {kind} token ({token_id}) has no row in the embedding "
+                    f"table of {table.shape[0]} to find its placeholders by; pass input_ids instead"
+                )
+            mask = (inputs_embeds == table[token_id].to(inputs_embeds.dtype)).all(-1)  # (B, T)
+            extra = (image_sizes, batch_num_images) if kind == "image" else ()
+            inputs_embeds = self._scatter(inputs_embeds, mask, kind, "inputs_embeds", pixels, *extra)
+        return inputs_embeds
+
+    def _scatter(self, x, mask, kind, where, pixels, sizes=None, num_images=None, multi=None) -> torch.Tensor:
+        """Write the features of ``pixels`` into x (B, T, D) where mask (B, T); ``where`` names the mask's source."""
         n_tokens = int(mask.sum())
         if pixels is None:
             if n_tokens:
-                raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but no {kind} pixels were given")
+                raise ValueError(f"{where} hold {n_tokens} {kind} tokens but no {kind} pixels were given")
             return x
         feats = (
             self.image_features(pixels, sizes, num_images, multi) if kind == "image" else self.video_features(pixels)
@@ -196,7 +240,7 @@ class LlavaModel(nn.Module):
         if flat.shape[0] != n_tokens:
             per = ", ".join(str(f.shape[0]) for f in feats)
             raise ValueError(
-                f"{kind} features and {kind} tokens do not match: input_ids hold {n_tokens} {kind} tokens but the "
+                f"{kind} features and {kind} tokens do not match: {where} hold {n_tokens} {kind} tokens but the "
                 f"{len(feats)} {kind}(s) give {flat.shape[0]} features ({per}); build inputs with this model's "
                 "processor so every placeholder is expanded to num_image_tokens()"
             )
@@ -219,6 +263,9 @@ class LlavaModel(nn.Module):
     ) -> LlavaOutput:
         """Logits (B, T, V) for ids (with expanded image tokens) or precomputed embeddings.
 
+        With ``inputs_embeds`` and pixels, the features go where the embeddings equal the image (video) token's
+        (``embed_features``), as in transformers; without pixels the embeddings are used as they are.
+
         ``logits_to_keep=k`` computes logits for the last k positions only (generation needs 1).
         ``logits_mask`` (B, T) bool computes them only where it is True, as (N, V) rows in row-major order
         (training: the positions whose next token is supervised; the (B, T, V) tensor is never built).
@@ -228,6 +275,10 @@ class LlavaModel(nn.Module):
             if input_ids is None:
                 raise ValueError("pass input_ids (or inputs_embeds)")
             inputs_embeds = self.embed(input_ids, pixel_values, image_sizes, batch_num_images, pixel_values_videos)
+        elif pixel_values is not None or pixel_values_videos is not None:
+            inputs_embeds = self.embed_features(
+                inputs_embeds, pixel_values, image_sizes, batch_num_images, pixel_values_videos
+            )
         b, t, _ = inputs_embeds.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
@@ -290,6 +341,12 @@ def pack_tiles(f: torch.Tensor, h: int, w: int, geometry: ImageGeometry, newline
     """
     g = geometry.grid
     rows, cols = grid_shape(h, w, geometry)
+    if f.shape[1] != g * g:
+        raise ValueError(
+            f"AnyRes packing needs {g * g} features per tile (a {g}x{g} map) but the vision tower gives {f.shape[1]}: "
+            "vision_feature_select_strategy must drop CLIP's CLS token ('default') and keep every SigLIP token "
+            "('full'); transformers fails on this config too"
+        )
     base, tiles = f[0], f[1:]
     d = f.shape[-1]
     grid = tiles.reshape(rows, cols, g, g, d).permute(4, 0, 2, 1, 3).reshape(d, rows * g, cols * g)
