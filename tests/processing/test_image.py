@@ -196,3 +196,17 @@ def test_resize_and_fit_arithmetic_match_transformers_on_many_sizes():
             assert shortest_edge_size(h, w, side) == tuple(ref), (h, w, side)
         for target in ((336, 672), (672, 336), (1152, 768), (384, 2304)):
             assert fit_size(h, w, *target) == get_patch_output_size(view, target, "channels_last"), (h, w, target)
+
+
+def test_pinpoints_that_are_not_whole_tiles_are_a_clear_error():
+    """A pinpoint side that is not a multiple of the tile has no tile count transformers' processor and model agree
+    on; the count divided by zero for pinpoints below one tile."""
+    from llavakit.processing.anyres import ImageGeometry, num_image_tokens, num_tiles
+
+    for pins in (((30, 56),), ((100, 112),)):
+        geom = ImageGeometry("llava_next", 56, 14, pinpoints=pins)
+        with pytest.raises(ValueError, match="multiples of the vision tile size 56"):
+            num_tiles(40, 60, geom)
+        with pytest.raises(ValueError, match="image_grid_pinpoints"):
+            num_image_tokens(40, 60, geom)
+    assert num_tiles(40, 60, ImageGeometry("llava_next", 56, 14, pinpoints=((56, 112),))) == 3

@@ -93,6 +93,11 @@ def grid_shape(height: int, width: int, geom: ImageGeometry) -> tuple[int, int]:
     if geom.pinpoints is None:
         return (0, 0)
     ph, pw = select_best_resolution(height, width, geom.pinpoints)
+    if ph < geom.tile or pw < geom.tile or ph % geom.tile or pw % geom.tile:  # no whole tiles: transformers'
+        raise ValueError(  # processor and model then disagree on the tile count, and ours divided by zero
+            f"image_grid_pinpoints entry {[ph, pw]} is not a (height, width) pair of multiples of the vision tile "
+            f"size {geom.tile} (vision_config.image_size); fix the checkpoint's image_grid_pinpoints"
+        )
     return ph // geom.tile, pw // geom.tile
 
 
