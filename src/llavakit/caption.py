@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .commands import check_sampling, user_message
+from .commands import check_given, check_sampling, check_utf8, user_message
 from .pipeline import Pipeline
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
 def find_images(pattern: str) -> list[Path]:
+    check_given(pattern, "the images argument", "a directory or a glob of images")
     p = Path(pattern)
     files = sorted(p.rglob("*")) if p.is_dir() else sorted(Path(f) for f in glob.glob(pattern, recursive=True))
     images = [f for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
@@ -32,10 +33,16 @@ def _out_error(out: Path, e: OSError, doing: str = "write") -> OSError:
 
 def check_output_file(out_path: str) -> Path:
     """The ``--out`` of ``caption`` must be a file we can append to; say what is wrong before any work starts."""
+    check_given(out_path, "--out", "the results file, e.g. captions.jsonl")
     out = Path(out_path)
     if out.is_dir():
         raise ValueError(
             f"cannot write the output file {out}: it is a directory; pass a file path like {out / 'captions.jsonl'}"
+        )
+    if out.exists() and not out.is_file():  # /dev/stdout, a FIFO: neither re-read on resume nor appended to safely
+        raise ValueError(
+            f"cannot write the output file {out}: it is not a regular file (a device or a pipe); pass a file path "
+            "like captions.jsonl (it is read back to resume)"
         )
     if not out.parent.is_dir():
         raise ValueError(
@@ -57,6 +64,7 @@ def check_caption(
     pattern: str, out_path: str, prompt: str, batch_size: int, sampling: dict[str, Any]
 ) -> tuple[list[Path], Path]:
     """Every check of ``caption``'s arguments, cheap and before the model is needed: (images, output file)."""
+    check_utf8(prompt, "--prompt")
     if not prompt.strip():
         raise ValueError('--prompt is empty; pass the instruction for every image, e.g. --prompt "Describe it."')
     if batch_size < 1:
@@ -72,6 +80,9 @@ def _image_key(path: str | Path) -> str:
     return os.path.realpath(path)
 
 
+RECORD_START = b'{"image": '  # how every record this module writes begins (json.dumps, "image" first)
+
+
 def _record(line: bytes) -> dict[str, Any] | None:
     """One JSONL caption record (with its "image" path), or None when the line is not one."""
     try:
@@ -82,39 +93,40 @@ def _record(line: bytes) -> dict[str, Any] | None:
     return rec if isinstance(image, str) and image else None
 
 
+def _json_line(rec: dict[str, Any]) -> str:
+    """One JSONL record; a file name that is not UTF-8 (its bytes kept as lone surrogates by Python) is written
+    \\u-escaped, as JSON cannot hold raw bytes: read back, it names the same file (the resume key)."""
+    line = json.dumps(rec, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(rec)
+    return line + "\n"
+
+
 def read_done(out: Path, prompt: str | None = None) -> set[str]:
     """Resume keys of the images already captioned in ``out`` (read once). With ``prompt``, records made with
     another prompt are refused: resuming would mix two kinds of captions in one file.
 
     A last line without its newline was being written when the run died: it is cut off (its image is captioned
     again) - unless it is a whole record, which only gets its newline back. Any other line that is not a
-    caption record is an error: the file is not ours to rewrite."""
+    caption record is an error: the file is not ours to rewrite. Every line is checked before the file is
+    touched, and only a tail that starts like a record (``{"image": ``) is cut: another file given as ``--out``
+    (notes, an image) is refused as it is."""
     try:
         data = out.read_bytes()
     except FileNotFoundError:
         return set()
     except OSError as e:
         raise _out_error(out, e, "read") from None
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        tail = data[keep:]
-        try:
-            with out.open("r+b") as f:
-                if _record(tail) is not None:
-                    f.seek(0, os.SEEK_END)
-                    f.write(b"\n")
-                    data += b"\n"
-                else:
-                    f.truncate(keep)
-                    data = data[:keep]
-                    print(
-                        f"{out}: dropped an unfinished last record of {len(tail)} bytes (its image is captioned again)",
-                        file=sys.stderr,
-                    )
-        except OSError as e:
-            raise _out_error(out, e) from None
+    keep = data.rfind(b"\n") + 1 if data and not data.endswith(b"\n") else len(data)
+    lines = data[:keep].split(b"\n")[:-1]  # the whole lines (data[:keep] is empty or ends with its newline)
+    tail = data[keep:]
+    torn = bool(tail) and _record(tail) is None
+    if torn and not (tail.startswith(RECORD_START) or RECORD_START.startswith(tail)):
+        raise ValueError(f"{out}:{len(lines) + 1} is not a caption record; move the file away or fix it")
     done = set()
-    for n, line in enumerate(data.split(b"\n"), 1):
+    for n, line in enumerate(lines + ([tail] if tail and not torn else []), 1):
         if not line.strip():
             continue
         rec = _record(line)
@@ -126,6 +138,19 @@ def read_done(out: Path, prompt: str | None = None) -> set[str]:
                 "or write to another --out"
             )
         done.add(_image_key(rec["image"]))
+    if tail:
+        try:
+            with out.open("r+b") as f:
+                if torn:
+                    f.truncate(keep)
+                else:
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+        except OSError as e:
+            raise _out_error(out, e) from None
+        if torn:
+            note = f"dropped an unfinished last record of {len(tail)} bytes (its image is captioned again)"
+            print(f"{out}: {note}", file=sys.stderr)
     return done
 
 
@@ -186,7 +211,7 @@ def caption(
                     "finish_reason": a.finish_reason,
                     "seconds": round(dt, 3),
                 }
-                lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+                lines.append(_json_line(rec))
             try:
                 f.write("".join(lines))
                 f.flush()

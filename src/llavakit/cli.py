@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -17,8 +18,14 @@ def cmd_convert(
 ) -> int:
     """Convert an original-format (liuhaotian / lmms-lab) or old-layout HF checkpoint to the current HF layout."""
     from .checkpoint.convert import convert
+    from .commands import check_given, new_output_dir, output_error
 
-    out = convert(src, dst, vision_tower=vision_tower, dtype=dtype, template=template)
+    check_given(src, "SRC", "the checkpoint directory or hub id to convert")
+    target = new_output_dir(dst, "DST", "the converted checkpoint")
+    try:
+        out = convert(src, dst, vision_tower=vision_tower, dtype=dtype, template=template)
+    except OSError as e:
+        raise output_error(e, target, "the converted checkpoint", "DST") from None
     print(f"wrote {out}")
     return 0
 
@@ -34,24 +41,19 @@ def cmd_demo(model: str | None = None, seed: int = 0) -> int:
 
 def cmd_data_synth(out: str, n: int, seed: int, kind: str, sides: list[int] | None) -> int:
     """Deterministic synthetic scenes + questions (the data of the bundled model's recipe)."""
+    from .commands import check_given, output_error
     from .data.synth import MAX_SIDE, MIN_SIDE, synth_command
 
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
+    check_given(out, "--out", "the directory to write the dataset to")
     target = Path(out)
     if target.exists() and not target.is_dir():
         raise ValueError(f"cannot write the dataset to {out}: it is a file; pass a directory path with --out")
     try:
         return synth_command(out, n, seed, kind, (sides[0], sides[1]) if sides else (MIN_SIDE, MAX_SIDE))
     except OSError as e:
-        where = Path(e.filename) if isinstance(e.filename, str) else None
-        if where is not None and where != target and target not in where.parents and where not in target.parents:
-            raise  # not about the output directory (its message names its file)
-        detail = f" ({where})" if where is not None and where != target else ""
-        reason = (e.strerror or str(e)).lower()
-        raise OSError(
-            f"cannot write the dataset to {out}: {reason}{detail}; pass a writable directory with --out"
-        ) from None
+        raise output_error(e, target, "the dataset", "--out") from None
 
 
 def cmd_data_check(
@@ -63,14 +65,24 @@ def cmd_data_check(
     workers: int = 1,
 ) -> int:
     """Report bad training records (counts and ids); 1 when any are found."""
+    from .commands import check_given
     from .train.check import data_check_command
 
+    check_given(data, "DATA", "the training data file (.json array or .jsonl)")
+    if image_folder is not None:
+        check_given(image_folder, "--image-folder", "the folder the image paths start in")
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if max_length is not None and max_length < 1:
         raise ValueError(f"--max-length must be >= 1 (tokens), got {max_length}")
     if image_folder is not None and not Path(image_folder).is_dir():
         raise ValueError(f"--image-folder {image_folder} is not a directory; pass the folder the image paths start in")
+    if template is not None:  # checked even when no processor uses it: a typo must not pass as "OK"
+        from .processing.templates import check_template_name
+
+        check_template_name(template, has_chat_template=True)
+    if Path(data).is_file() and Path(data).stat().st_size == 0:
+        raise ValueError(f"{data} is empty (0 bytes): no records to check; pass the training data file")
 
     return data_check_command(data, image_folder, template, model_or_processor, max_length, workers)
 
@@ -117,13 +129,21 @@ def cmd_chat(
     frames: int | None = None,
     **s: Any,
 ) -> int:
-    from .commands import chat, check_images, check_model, check_sampling, open_pipeline
+    from .commands import chat, check_images, check_model, check_sampling, check_video_support, open_pipeline
+    from .processing.image_load import load_image
 
     check_model(model)
     clip = _video_frames(video, frames)
     check_sampling(**s)
     check_images(images)
-    return chat(open_pipeline(model, dtype, quantize, compile), images, sys.stdin, frames=clip, **s)
+    for image in images:  # as /image does: a file that is not an image would fail every message, refused now
+        load_image(image)
+    if isinstance(sys.stdin, io.TextIOWrapper):  # a line that is not UTF-8 is refused by itself, not the whole chat
+        sys.stdin.reconfigure(errors="surrogateescape")
+    pipe = open_pipeline(model, dtype, quantize, compile)
+    if clip:
+        check_video_support(pipe)
+    return chat(pipe, images, sys.stdin, frames=clip, **s)
 
 
 def cmd_caption(

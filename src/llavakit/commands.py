@@ -37,6 +37,13 @@ def check_model(model: str | None) -> None:
         )
 
 
+def check_given(value: str, flag: str, what: str) -> None:
+    """An empty path (an unset variable) is no path: ``Path("")`` is the working directory, so it would silently
+    read or write the wrong files."""
+    if not value.strip():
+        raise ValueError(f"{flag} is empty (an unset variable?); pass {what}")
+
+
 def check_sampling(max_new_tokens: int = 256, stop: list[str] | str | None = None, **params: Any) -> None:
     """Refuse bad sampling settings before any work starts (the same checks generation makes)."""
     from .engine.sampling import SamplingParams
@@ -48,6 +55,7 @@ def check_sampling(max_new_tokens: int = 256, stop: list[str] | str | None = Non
 
 def check_images(images: list[str]) -> None:
     for p in images:
+        check_given(p, "--image", "the path of an image file")
         if Path(p).is_dir():
             raise ValueError(f"{p} is a directory, not an image file; pass the path of an image file")
         if not Path(p).is_file():
@@ -56,8 +64,21 @@ def check_images(images: list[str]) -> None:
 
 def check_prompt(prompt: str, images: list[str]) -> None:
     """A prompt of nothing (or only spaces) about no image asks nothing."""
+    check_utf8(prompt, "--prompt")
     if not prompt.strip() and not images:
         raise ValueError('--prompt is empty and no --image is given; pass a question with --prompt "..."')
+
+
+def check_utf8(text: str, what: str) -> None:
+    """Text typed in a terminal that is not set to UTF-8 (a Latin-1 "é" is the byte 0xe9) reaches Python with each
+    bad byte as a lone surrogate (``surrogateescape``), which no tokenizer takes: refuse it, saying where."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{what} is not valid UTF-8 text (a byte that is not UTF-8 at character {e.start + 1}); type it in a "
+            "UTF-8 terminal (e.g. LANG=C.UTF-8) or convert it to UTF-8 (iconv)"
+        ) from None
 
 
 def open_pipeline(
@@ -77,6 +98,7 @@ def find_frames(spec: str, max_frames: int = MAX_FRAMES) -> list[Path] | list[Im
 
     if max_frames < 1:
         raise ValueError(f"--frames must be >= 1, got {max_frames}")
+    check_given(spec, "--video", "a video file, a directory of frame images or a glob")
     p = Path(spec)
     if p.is_file() and is_video_file(p):
         return read_video(p, max_frames)
@@ -96,6 +118,15 @@ def find_frames(spec: str, max_frames: int = MAX_FRAMES) -> list[Path] | list[Im
             "a directory of frame images or a glob"
         )
     return [frames[i] for i in sample_frames(len(frames), max_frames)]
+
+
+def check_video_support(pipe: Pipeline) -> None:
+    """Videos are OneVision's: refuse one for another model when it is given, not with every message after."""
+    family = getattr(getattr(pipe, "processor", None), "family", None)
+    if family is not None and family != "llava_onevision":
+        raise ValueError(
+            f"videos are supported by llava_onevision models only, this is {family}; use a llava_onevision --model"
+        )
 
 
 def user_message(text: str, images: list[str], frames: list[Path] | list[Image.Image] | None = None) -> dict[str, Any]:
@@ -162,6 +193,11 @@ def chat(
     messages: list[dict[str, Any]] = []
     pending = list(images)
     video = list(frames or [])
+
+    def read_video(spec: str) -> list[Path] | list[Image.Image]:
+        check_video_support(pipe)
+        return _read_frames(spec)
+
     out.write(f"llava chat - {CHAT_HELP}\n>>> ")
     out.flush()
     for raw in lines:
@@ -180,7 +216,7 @@ def chat(
                 out.write(f"(image attached: {got[0]})\n")
         elif command == "/video":  # frames that cannot be found or read likewise
             got = _attach(arg, "/video VIDEO (a video file, folder or glob of frames; goes with your next message)",
-                          _read_frames, out)  # fmt: skip
+                          read_video, out)  # fmt: skip
             if got is not None:
                 video = got[1]
                 out.write(f"(video attached: {len(video)} frames from {got[0]})\n")
@@ -189,6 +225,7 @@ def chat(
         elif line:
             stream = None
             try:
+                check_utf8(line, "your message")
                 messages.append(user_message(line, pending, video))
                 stream = pipe.stream(messages, **sampling)
                 answer = "".join(_echo(_answer_text(stream), out))
@@ -264,3 +301,29 @@ def _echo(deltas: Iterable[str], out: TextIO) -> Iterable[str]:
         out.flush()
         yield d
     out.write("\n")
+
+
+def new_output_dir(path: str, flag: str, what: str) -> Path:
+    """An output directory a command fills: not empty text (which is the working directory), not a file, and
+    not a directory with files in it (they would be overwritten, or mixed with the new ones)."""
+    check_given(path, flag, f"the directory to write {what} to")
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"cannot write {what} to {path}: it is a file; pass a new directory as {flag}")
+    if target.is_dir() and any(target.iterdir()):
+        raise ValueError(
+            f"cannot write {what} to {path}: the directory is not empty and its files would be overwritten; pass a "
+            f"new or empty directory as {flag} (or remove {path} first)"
+        )
+    return target
+
+
+def output_error(e: OSError, target: Path, what: str, flag: str) -> OSError:
+    """``e`` itself when it is not about ``target`` (its message names its own file), else one line saying which
+    output could not be written and what to do."""
+    where = Path(e.filename) if isinstance(e.filename, str) else None
+    if where is not None and where != target and target not in where.parents and where not in target.parents:
+        return e
+    detail = f" ({where})" if where is not None and where != target else ""
+    reason = (e.strerror or str(e)).lower()
+    return OSError(f"cannot write {what} to {target}: {reason}{detail}; pass a writable directory with {flag}")

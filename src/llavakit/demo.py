@@ -19,7 +19,7 @@ DEFAULT_SIDES = (128, 256)  # long side of the scenes when the model does not sa
 
 def run_demo(model: str | None = None, seed: int = 0, n_scenes: int = 3, out: str | None = None) -> int:
     from .commands import default_model
-    from .data.synth import eval_questions, generate_scene, render_scene, scene_seed, trained_sides
+    from .data.synth import eval_questions, generate_scene, render_scene, scene_seed
     from .data.synth_scene import sub_rng
     from .eval.tasks.base import Sample
     from .eval.tasks.synth import is_right
@@ -38,11 +38,11 @@ def run_demo(model: str | None = None, seed: int = 0, n_scenes: int = 3, out: st
                 "NOTE: the bundled default model is not installed, so this demo runs the whole pipeline on a "
                 "TINY RANDOM-WEIGHT model: its answers are noise. Pass --model DIR to use a real checkpoint.\n"
             )
+    lo, hi = scene_sides(model)  # before the model loads: a bad training.json fails at once
     t0 = time.perf_counter()
     pipe = load(model)
     n_params = sum(p.numel() for p in pipe.model.parameters())
     print(f"model: {model} ({n_params / 1e6:.2f}M parameters, loaded in {time.perf_counter() - t0:.1f}s)")
-    lo, hi = trained_sides(model) or DEFAULT_SIDES
     work = Path(out) if out else Path(tempfile.mkdtemp(prefix="llava-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     right: dict[str, list[bool]] = defaultdict(list)
@@ -74,6 +74,24 @@ def run_demo(model: str | None = None, seed: int = 0, n_scenes: int = 3, out: st
     if random_model:
         print("(random weights: the answers above only show that every stage runs)")
     return 0
+
+
+def scene_sides(model: str) -> tuple[int, int]:
+    """The long-side bounds of the demo's scenes: the model's training.json ``scene_long_side``, else
+    ``DEFAULT_SIDES``; a training.json that cannot say is one clear error naming the file."""
+    from .data.synth import trained_sides
+    from .data.synth_scene import HIGHEST_SIDE, LOWEST_SIDE, check_sides
+
+    try:
+        sides = trained_sides(model) or DEFAULT_SIDES
+        check_sides(*sides)
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        meta = Path(model) / "training.json"
+        raise ValueError(
+            f"{meta}: cannot read scene_long_side ({type(e).__name__}: {str(e).split('; pass')[0]}); fix it to "
+            f'{{"scene_long_side": [MIN, MAX]}} ({LOWEST_SIDE}-{HIGHEST_SIDE} pixels) or remove the file'
+        ) from None
+    return sides
 
 
 QTYPE_ORDER = ("color", "shape", "count", "position", "existence", "reading", "mc")

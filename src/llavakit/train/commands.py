@@ -24,9 +24,17 @@ def train_command(recipe: str, overrides: list[str], resume: bool = False) -> in
 
 
 def merge_lora_cli(base: str, adapter: str, out: str, dtype: str | None = None) -> int:
+    """``llava merge-lora``: its paths checked first (an empty one, an --out holding files), as ``convert``'s are."""
+    from ..commands import check_given, new_output_dir, output_error
     from .lora import merge_lora_command
 
-    path = merge_lora_command(base, adapter, out, dtype)
+    check_given(base, "--base", "the checkpoint directory the adapter was trained on")
+    check_given(adapter, "--adapter", "the adapter directory")
+    target = new_output_dir(out, "--out", "the merged checkpoint")
+    try:
+        path = merge_lora_command(base, adapter, out, dtype)
+    except OSError as e:
+        raise output_error(e, target, "the merged checkpoint", "--out") from None
     print(f"wrote {path}")
     return 0
 
