@@ -19,11 +19,6 @@ NOT_UTF8 = b"a\xff\xfeb".decode("utf-8", "surrogateescape")  # what Python makes
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return str(write_tiny_checkpoint(tmp_path_factory.mktemp("m") / "tiny", family="llava_next"))
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("imgs")
     for i, size in enumerate([(60, 40), (33, 150)]):

@@ -32,11 +32,6 @@ def llava(
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return str(write_tiny_checkpoint(tmp_path_factory.mktemp("m") / "tiny", family="llava_next"))
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("imgs")
     for i, size in enumerate([(60, 40), (200, 90), (33, 150)]):

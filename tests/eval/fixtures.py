@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image, ImageDraw
 
 SHORT = "Answer the question using a single word or phrase."
@@ -255,3 +256,18 @@ def infovqa(root: Path) -> Path:
     image(root / "infographicsvqa_images" / "i1.jpeg", 1)
     image(root / "infographicsvqa_images" / "i2.jpeg", 2)
     return root
+
+
+def parquet(path: Path, rows: list[dict]) -> Path:
+    """``rows`` written as one parquet file at ``path`` (an lmms-lab release's shard); returns its folder."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path.parent
+
+
+def pq_image(seed: int) -> dict:
+    """An image cell of a parquet release: PNG bytes, no path."""
+    return {"bytes": png_bytes(seed), "path": None}

@@ -18,19 +18,6 @@ from llavakit.eval.tasks.textvqa import textvqa_key, textvqa_prompt
 SHORT = fx.SHORT
 
 
-def _parquet(path: Path, rows: list[dict]) -> Path:
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path.parent
-
-
-def _img(seed: int) -> dict:
-    return {"bytes": fx.png_bytes(seed), "path": None}
-
-
 def _score(task: str, data: Path, tmp_path: Path, records: list[dict]) -> dict:
     preds = tmp_path / f"{task}_answers.jsonl"
     preds.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -95,9 +82,15 @@ def test_textvqa_repeated_question_with_built_prompts_keeps_each_own_answers(tmp
     assert result["scores"]["accuracy"] == pytest.approx(1 / 3)
 
 
+def _textvqa_row() -> dict:
+    """One row of lmms-lab/textvqa's parquet."""
+    return {"question_id": 1, "image_id": "ab", "question": "what brand?", "answers": ["sony"] * 10,
+            "image": fx.pq_image(4)}  # fmt: skip
+
+
 def test_textvqa_repeated_question_in_parquet_gets_unique_ids(tmp_path):
-    row = {"question_id": 1, "image_id": "ab", "question": "what brand?", "answers": ["sony"] * 10, "image": _img(4)}
-    data = _parquet(tmp_path / "tvqa" / "validation-00000-of-00001.parquet", [row, {**row, "question_id": 2}])
+    row = _textvqa_row()
+    data = fx.parquet(tmp_path / "tvqa" / "validation-00000-of-00001.parquet", [row, {**row, "question_id": 2}])
     assert [s.id for s in _read(get_task("textvqa"), str(data))] == ["ab|what brand?", "ab|what brand?#2"]
 
 
@@ -114,8 +107,8 @@ def test_textvqa_ocr_prompt_text():
 
 
 def test_textvqa_ocr_task_from_parquet_and_from_the_rosetta_file(tmp_path):
-    row = {"question_id": 1, "image_id": "ab", "question": "what brand?", "answers": ["sony"] * 10, "image": _img(4)}
-    pq = _parquet(tmp_path / "pq" / "validation-00000-of-00001.parquet", [{**row, "ocr_tokens": ["SONY", "x"]}])
+    row = _textvqa_row()
+    pq = fx.parquet(tmp_path / "pq" / "validation-00000-of-00001.parquet", [{**row, "ocr_tokens": ["SONY", "x"]}])
     [sample] = _read(get_task("textvqa_ocr"), str(pq))
     assert sample.prompt == f"What brand?\nReference OCR token: SONY, x\n{SHORT}" and sample.id == "ab|what brand?"
     [plain] = _read(get_task("textvqa"), str(pq))
@@ -203,7 +196,7 @@ def test_mme_tsv_image_reference_to_a_missing_row_names_row_file_and_fix(tmp_pat
 
 
 def _gqa_config(root: Path, config: str, split: str, rows: list[dict]) -> None:
-    _parquet(root / config / f"{split}-00000-of-00001.parquet", rows)
+    fx.parquet(root / config / f"{split}-00000-of-00001.parquet", rows)
 
 
 def test_gqa_full_lmms_lab_download_reads_testdev_balanced_only(tmp_path):
@@ -211,16 +204,16 @@ def test_gqa_full_lmms_lab_download_reads_testdev_balanced_only(tmp_path):
     root = tmp_path / "GQA"
     q = {"imageId": "n1", "question": "Red?", "answer": "no"}
     _gqa_config(root, "testdev_balanced_instructions", "testdev", [{**q, "id": "b1"}, {**q, "id": "b2"}])
-    _gqa_config(root, "testdev_balanced_images", "testdev", [{"id": "n1", "image": _img(1)}])
+    _gqa_config(root, "testdev_balanced_images", "testdev", [{"id": "n1", "image": fx.pq_image(1)}])
     _gqa_config(root, "testdev_all_instructions", "testdev", [{**q, "id": f"a{i}"} for i in range(3)])
-    _gqa_config(root, "testdev_all_images", "testdev", [{"id": "n1", "image": _img(1)}])
+    _gqa_config(root, "testdev_all_images", "testdev", [{"id": "n1", "image": fx.pq_image(1)}])
     _gqa_config(root, "train_balanced_instructions", "train", [{**q, "id": "t1"}])
     samples = _read(get_task("gqa"), str(root))
     assert [s.id for s in samples] == ["b1", "b2"] and all(isinstance(s.image, bytes) for s in samples)
 
     only_all = tmp_path / "GQA-all"
     _gqa_config(only_all, "testdev_all_instructions", "testdev", [{**q, "id": "a1"}])
-    _gqa_config(only_all, "testdev_all_images", "testdev", [{"id": "n1", "image": _img(1)}])
+    _gqa_config(only_all, "testdev_all_images", "testdev", [{"id": "n1", "image": fx.pq_image(1)}])
     with pytest.raises(ValueError, match=r"holds GQA configs testdev_all_images, testdev_all_instructions but no "):
         get_task("gqa").read(only_all)
     with pytest.raises(ValueError, match=r"is GQA's testdev_all_instructions, not testdev_balanced"):

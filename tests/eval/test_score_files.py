@@ -222,85 +222,86 @@ def test_unknown_ids_and_missing_data_are_clear(tmp_path, capsys):
 # ---------------------------------------------------------------- parquet (lmms-lab releases)
 
 
-def _parquet(path: Path, rows: list[dict]) -> Path:
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path.parent
-
-
-def _img(seed: int) -> dict:
-    return {"bytes": fx.png_bytes(seed), "path": None}
-
-
 def test_parquet_docvqa_pope_gqa(tmp_path):
-    doc = _parquet(
+    doc = fx.parquet(
         tmp_path / "doc" / "data" / "validation-00000-of-00001.parquet",
-        [{"questionId": "7", "question": "Date?", "answers": ["1 may"], "image": _img(1), "docId": 1}],
+        [{"questionId": "7", "question": "Date?", "answers": ["1 may"], "image": fx.pq_image(1), "docId": 1}],
     )
     assert _score("docvqa", doc, tmp_path, {"7": "1 May"})["scores"]["anls"] == 1.0
-    pope = _parquet(
+    pope = fx.parquet(
         tmp_path / "pope" / "data" / "test.parquet",
         [
             {
                 "question_id": "1",
                 "question": "Is there a cat?",
                 "answer": "yes",
-                "image": _img(1),
+                "image": fx.pq_image(1),
                 "category": "random",
             },
-            {"question_id": "2", "question": "Is there a dog?", "answer": "no", "image": _img(2), "category": "random"},
+            {
+                "question_id": "2",
+                "question": "Is there a dog?",
+                "answer": "no",
+                "image": fx.pq_image(2),
+                "category": "random",
+            },
         ],
     )
     assert _score("pope", pope, tmp_path, {"1": "Yes", "2": "Yes"})["scores"]["random_precision"] == 0.5
     gqa = tmp_path / "gqa"
-    _parquet(gqa / "instructions" / "a.parquet", [{"id": "q1", "imageId": "n1", "question": "Red?", "answer": "no"}])
-    _parquet(gqa / "images" / "b.parquet", [{"id": "n1", "image": _img(3)}])
+    fx.parquet(gqa / "instructions" / "a.parquet", [{"id": "q1", "imageId": "n1", "question": "Red?", "answer": "no"}])
+    fx.parquet(gqa / "images" / "b.parquet", [{"id": "n1", "image": fx.pq_image(3)}])
     assert _score("gqa", gqa, tmp_path, {"q1": "No."})["scores"]["accuracy"] == 1.0
     # a question whose image row is absent is missing its image, not asked without one
     from llavakit.eval.run import missing_images
     from llavakit.eval.tasks import get_task
 
     rows = [{"id": q, "imageId": n, "question": "Red?", "answer": "no"} for q, n in (("q1", "n1"), ("q2", "n9"))]
-    _parquet(gqa / "instructions" / "a.parquet", rows)
+    fx.parquet(gqa / "instructions" / "a.parquet", rows)
     assert missing_images(get_task("gqa").read(gqa)) == ["q2"]
 
 
 def test_parquet_mmbench_mme_scienceqa_chartqa_textvqa(tmp_path):
-    mmb = _parquet(
+    mmb = fx.parquet(
         tmp_path / "mmb" / "dev.parquet",
         [{"index": 5, "question": "Q?", "hint": None, "A": "x", "B": "y", "C": None, "D": None, "answer": "B",
-          "category": "c", "image": _img(1)}],
+          "category": "c", "image": fx.pq_image(1)}],
     )  # fmt: skip
     assert _score("mmbench", mmb, tmp_path, {"5/0": "B", "5/1": "A"})["scores"]["circular"] == 1.0
-    mme = _parquet(
+    mme = fx.parquet(
         tmp_path / "mme" / "test.parquet",
         [{"question_id": "color/1.png", "question": "Red? Answer yes or no.", "answer": "Yes", "category": "color",
-          "image": _img(1)},
+          "image": fx.pq_image(1)},
          {"question_id": "color/1.png", "question": "Blue? Answer yes or no.", "answer": "No", "category": "color",
-          "image": _img(1)}],
+          "image": fx.pq_image(1)}],
     )  # fmt: skip
     assert (
         _score("mme", mme, tmp_path, {"color/color/1.png/1": "Yes", "color/color/1.png/2": "No"})["points"]["color"]
         == 200
     )
-    sqa = _parquet(
+    sqa = fx.parquet(
         tmp_path / "sqa" / "test.parquet",
-        [{"image": _img(1), "question": "Which?", "choices": ["a", "b"], "answer": 1, "hint": "", "id": "s1"},
+        [{"image": fx.pq_image(1), "question": "Which?", "choices": ["a", "b"], "answer": 1, "hint": "", "id": "s1"},
          {"image": None, "question": "Text?", "choices": ["a", "b"], "answer": 0, "hint": "", "id": "s2"}],
     )  # fmt: skip
     result = _score("scienceqa_img", sqa, tmp_path, {"s1": "B"})
     assert result["scores"]["accuracy"] == 1.0 and result["questions"] == 1  # the text-only question is not in IMG
-    chart = _parquet(
+    chart = fx.parquet(
         tmp_path / "chart" / "test.parquet",
-        [{"type": "human_test", "question": "Max?", "answer": "50", "image": _img(2)}],
+        [{"type": "human_test", "question": "Max?", "answer": "50", "image": fx.pq_image(2)}],
     )
     assert _score("chartqa", chart, tmp_path, {"human_test/0": "51"})["scores"]["relaxed_human"] == 1.0
-    tvqa = _parquet(
+    tvqa = fx.parquet(
         tmp_path / "tvqa" / "val.parquet",
-        [{"question_id": 3, "image_id": "ab", "question": "What brand?", "answers": ["sony"] * 10, "image": _img(4)}],
+        [
+            {
+                "question_id": 3,
+                "image_id": "ab",
+                "question": "What brand?",
+                "answers": ["sony"] * 10,
+                "image": fx.pq_image(4),
+            }
+        ],
     )
     assert _score("textvqa", tvqa, tmp_path, {"ab|what brand?": "Sony"})["scores"]["accuracy"] == 1.0
 
@@ -343,9 +344,9 @@ def test_parquet_rows_without_ids_get_ids_unique_across_files(tmp_path):
     """Two parquet shards whose rows carry no id: the fallback ids name the file, so they do not collide."""
     from llavakit.eval.tasks import get_task
 
-    row = {"image": _img(1), "question": "Which?", "choices": ["a", "b"], "answer": 1, "hint": ""}
-    _parquet(tmp_path / "sqa" / "test-00000-of-00002.parquet", [row])
-    _parquet(tmp_path / "sqa" / "test-00001-of-00002.parquet", [row])
+    row = {"image": fx.pq_image(1), "question": "Which?", "choices": ["a", "b"], "answer": 1, "hint": ""}
+    fx.parquet(tmp_path / "sqa" / "test-00000-of-00002.parquet", [row])
+    fx.parquet(tmp_path / "sqa" / "test-00001-of-00002.parquet", [row])
     ids = [s.id for s in get_task("scienceqa_img").read(tmp_path / "sqa")]
     assert len(set(ids)) == 2 and all("row 0" in i for i in ids)
     (tmp_path / "sqa" / "test-00001-of-00002.parquet").unlink()  # one file: the ids answer files already use
@@ -357,11 +358,11 @@ def test_parquet_release_reads_its_evaluation_split_only(tmp_path):
     validation shards; a folder of one split is read whole, whatever its files are named."""
     from llavakit.eval.tasks import get_task
 
-    row = {"questionId": 1, "question": "Date?", "answers": ["1 jan"], "image": _img(1)}
-    _parquet(tmp_path / "doc" / "data" / "validation-00000-of-00001.parquet", [row])
-    _parquet(tmp_path / "doc" / "data" / "test-00000-of-00001.parquet", [{**row, "questionId": 2, "answers": None}])
+    row = {"questionId": 1, "question": "Date?", "answers": ["1 jan"], "image": fx.pq_image(1)}
+    fx.parquet(tmp_path / "doc" / "data" / "validation-00000-of-00001.parquet", [row])
+    fx.parquet(tmp_path / "doc" / "data" / "test-00000-of-00001.parquet", [{**row, "questionId": 2, "answers": None}])
     assert [s.id for s in get_task("docvqa").read(tmp_path / "doc")] == ["1"]
-    _parquet(tmp_path / "other" / "shard.parquet", [row])
+    fx.parquet(tmp_path / "other" / "shard.parquet", [row])
     assert [s.id for s in get_task("docvqa").read(tmp_path / "other")] == ["1"]
 
 
@@ -370,15 +371,15 @@ def test_parquet_repository_of_several_datasets_reads_the_tasks_own(tmp_path):
     them refuses, naming the folders (reading the root whole mixed the two datasets)."""
     from llavakit.eval.tasks import get_task
 
-    row = {"questionId": 1, "question": "Date?", "answers": ["1 jan"], "image": _img(1)}
+    row = {"questionId": 1, "question": "Date?", "answers": ["1 jan"], "image": fx.pq_image(1)}
     root = tmp_path / "DocVQA-repo"
-    _parquet(root / "DocVQA" / "validation-00000-of-00001.parquet", [row])
-    _parquet(root / "InfographicVQA" / "validation-00000-of-00001.parquet", [{**row, "questionId": 2}])
+    fx.parquet(root / "DocVQA" / "validation-00000-of-00001.parquet", [row])
+    fx.parquet(root / "InfographicVQA" / "validation-00000-of-00001.parquet", [{**row, "questionId": 2}])
     assert [s.id for s in get_task("docvqa").read(root)] == ["1"]
     assert [s.id for s in get_task("infovqa").read(root)] == ["2"]
-    chart = {"question": "Max?", "answer": "3", "type": "human_test", "image": _img(2)}
-    _parquet(tmp_path / "charts" / "a" / "test-00000-of-00001.parquet", [chart])
-    _parquet(tmp_path / "charts" / "b" / "test-00000-of-00001.parquet", [chart])
+    chart = {"question": "Max?", "answer": "3", "type": "human_test", "image": fx.pq_image(2)}
+    fx.parquet(tmp_path / "charts" / "a" / "test-00000-of-00001.parquet", [chart])
+    fx.parquet(tmp_path / "charts" / "b" / "test-00000-of-00001.parquet", [chart])
     with pytest.raises(ValueError, match=r"several datasets \(a, b\).*--data"):
         get_task("chartqa").read(tmp_path / "charts")
 

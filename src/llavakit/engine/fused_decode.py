@@ -25,18 +25,17 @@ from torch import nn
 
 from ..model.text import MLP, Attention
 from .linear import (
-    _HANDLES,
-    _PACKED,
     DECODE_ROWS,
     FP16_MAX,
     DenseLinear,
+    HandledFP16,
     _fp16_linear,
     _swap,
     fp16_decode_available,
 )
 
 
-class StackedFP16(nn.Module):
+class StackedFP16(HandledFP16):
     """Several (N_i, K) weights stacked into one fbgemm-packed fp16 matrix: (M, K) float32 -> (M, sum N_i) float32.
 
     Holds no parameters (nothing in the state dict); the parts' biases, if any, are packed with it.
@@ -54,14 +53,6 @@ class StackedFP16(nn.Module):
         self.sizes = [p.out_features for p in parts]
         self.out_features = sum(self.sizes)
         self.packed = torch.ops.quantized.linear_prepack_fp16(w, b)
-        self._register()
-
-    def _register(self) -> None:
-        self.handle = next(_HANDLES)
-        _PACKED[self.handle] = self.packed
-
-    def __setstate__(self, state: dict) -> None:  # copies (deepcopy, pickle) get their own handle
-        super().__setstate__(state)
         self._register()
 
     def forward(self, x2: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:

@@ -96,6 +96,21 @@ def _fp16_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tenso
     return torch.ops.llavakit.fp16_linear(x, handle, out_features)
 
 
+class HandledFP16(nn.Module):
+    """A module holding an fbgemm-packed fp16 weight in ``packed`` and the integer ``handle`` the compiled step's
+    ``llavakit::fp16_linear`` op finds it by; copies (deepcopy, pickle) get their own handle."""
+
+    packed: Any
+
+    def _register(self) -> None:
+        self.handle = next(_HANDLES)
+        _PACKED[self.handle] = self.packed
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._register()
+
+
 @cache
 def packing_available(dtype: torch.dtype = torch.float32) -> bool:
     """True when oneDNN can pre-pack a ``dtype`` weight here (bf16 needs AVX-512 or AVX-NE-CONVERT: tried)."""
@@ -157,7 +172,7 @@ class DenseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class BF16DecodeLinear(nn.Module):
+class BF16DecodeLinear(HandledFP16):
     """``y = x W^T + b`` for a bf16/fp16 CPU weight: fbgemm fp16 kernel for few rows, ``dense_linear`` for many.
 
     ``keep_weight``: ``weight`` stays the original parameter (shared, not copied: a tied LM head keeps sharing the
@@ -185,14 +200,6 @@ class BF16DecodeLinear(nn.Module):
         self.dtype = w.dtype
         b = None if linear.bias is None else linear.bias.detach().float()
         self.packed = torch.ops.quantized.linear_prepack_fp16(w.detach().float(), b)  # fp16, fbgemm layout
-        self._register()
-
-    def _register(self) -> None:
-        self.handle = next(_HANDLES)
-        _PACKED[self.handle] = self.packed
-
-    def __setstate__(self, state: dict) -> None:  # copies (deepcopy, pickle) get their own handle
-        super().__setstate__(state)
         self._register()
 
     def full_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
