@@ -12,7 +12,7 @@ from script_module import load_script
 def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
-    args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0"]
+    args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--position-passes", "1"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
@@ -33,6 +33,18 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     first = lambda d: json.loads((out / d / "instruct.json").read_text())[0]["conversations"]  # noqa: E731
     assert first("data2") != first("data3")
     assert not (out / "stage2d").exists()
+    # then (--position-passes 1) lone-object position questions, then a pass on 1-8 shapes with some mixed in
+    assert summary["samples"]["position_passes"] == 2
+    lone = json.loads((out / "data_pos" / "instruct.json").read_text())
+    scenes = [json.loads(line) for line in (out / "data_pos" / "scenes.jsonl").read_text().splitlines()]
+    assert lone and all(len(sc["scene"]["shapes"]) == 1 for sc in scenes)
+    asked = [t["value"] for r in lone for t in r["conversations"] if t["from"] == "human"]
+    assert all(" or the " in q and ("left" in q or "top" in q) for q in asked), asked[:3]
+    recipe = json.loads((out / "stage2_pos" / "recipe.json").read_text())
+    assert recipe["model"]["init"] == str(out / "stage2c") and recipe["data"]["image_folder"] == str(out / "data_pos")
+    recipe = json.loads((out / "stage2_mix" / "recipe.json").read_text())
+    assert recipe["model"]["init"] == str(out / "stage2_pos")
+    assert [d["image_folder"] for d in recipe["data"]["datasets"]] == [str(out / "data_mix"), str(out / "data_pos2")]
     model = LlavaModel.from_pretrained(out / "stage2")
     proc = LlavaProcessor.from_pretrained(out / "stage2")
     assert model.config.model_type == "llava_next" and proc.template == "vicuna_v1"
