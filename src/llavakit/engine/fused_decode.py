@@ -24,15 +24,8 @@ import torch
 from torch import nn
 
 from ..model.text import MLP, Attention
-from .linear import (
-    DECODE_ROWS,
-    FP16_MAX,
-    DenseLinear,
-    HandledFP16,
-    _fp16_linear,
-    _swap,
-    fp16_decode_available,
-)
+from .fp16_op import HandledFP16, _fp16_linear, fp16_decode_available
+from .linear import DECODE_ROWS, FP16_MAX, DenseLinear, _swap
 
 
 class StackedFP16(HandledFP16):
