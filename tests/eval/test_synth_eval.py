@@ -294,3 +294,13 @@ def test_compile_flag_reaches_the_pipeline(tiny_model, synth_data, tmp_path, mon
     kwargs = dict(model=tiny_model, data=str(synth_data), limit=1, max_new_tokens=1, progress=False)
     eval_task("synth", out=str(tmp_path / "c"), compile=True, **kwargs)
     assert seen == [True]
+
+
+def test_empty_data_or_out_is_not_the_working_directory(tiny_model, tmp_path, monkeypatch):
+    """An unset variable in ``--data "$DIR"`` read whatever the working directory held."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cap.jsonl").write_text('{"question_id": "x", "text": "y"}\n')
+    with pytest.raises(ValueError, match="--data is empty"):
+        eval_task("mmbench", model=tiny_model, data="", progress=False)
+    with pytest.raises(ValueError, match="--out is empty"):
+        eval_task("synth", model=tiny_model, data=None, out=" ", n=2, progress=False)

@@ -92,9 +92,13 @@ def eval_task(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run one benchmark end to end (see :mod:`llavakit.eval.run`); returns the result object."""
-    from ..commands import default_model, open_pipeline
+    from ..commands import check_given, default_model, open_pipeline
 
     task = get_task(task_name)
+    if data is not None:  # "" would be the working directory
+        check_given(data, "--data", f"the benchmark's local copy ({task.data_help})")
+    if out is not None:
+        check_given(out, "--out", "the run's output directory")
     model_path = model or default_model()
     local = Path(model_path)
     # The full path tells checkpoints with the same directory name apart (resume must not mix them).
