@@ -481,3 +481,21 @@ def test_qtypes_restrict_the_questions_of_a_warm_up_set(tmp_path: Path) -> None:
     assert {q.split()[1] for q in questions} == {"color", "shape"}
     with pytest.raises(ValueError, match="unknown question types"):
         write_dataset(tmp_path, 1, 3, "instruct", qtypes=("colour",))
+
+
+def test_eval_synth_names_a_bad_training_json(tmp_path):
+    """``llava eval synth`` without --sides reads the model's training.json: one that cannot say is one line
+    naming it (a traceback before)."""
+    from llavakit.data.synth import trained_sides
+
+    model = tmp_path / "m"
+    model.mkdir()
+    bad = [("[1]", "AttributeError"), ("{bad", "JSONDecodeError"), ('{"scene_long_side": [5, 10]}', "5, 10")]
+    for text, word in bad:
+        (model / "training.json").write_text(text)
+        with pytest.raises(ValueError, match=f"training.json: cannot read scene_long_side .*{word}"):
+            trained_sides(model)
+    (model / "training.json").write_text('{"scene_long_side": [112, 224]}')
+    assert trained_sides(model) == (112, 224)
+    (model / "training.json").write_text("{}")
+    assert trained_sides(model) is None

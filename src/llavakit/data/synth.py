@@ -40,7 +40,9 @@ from .synth_render import render_scene
 from .synth_scene import (
     COLORS,
     FONT_BUCKETS,
+    HIGHEST_SIDE,
     KINDS,
+    LOWEST_SIDE,
     MAX_SHAPES,
     MAX_SIDE,
     MIN_SIDE,
@@ -145,8 +147,18 @@ def trained_sides(model_dir: str | Path) -> tuple[int, int] | None:
     meta = Path(model_dir) / "training.json"
     if not meta.is_file():
         return None
-    sides = json.loads(meta.read_text()).get("scene_long_side")
-    return (int(sides[0]), int(sides[1])) if sides else None
+    try:  # a file that cannot say is one clear error naming it (``llava demo``, ``llava eval synth``)
+        sides = json.loads(meta.read_text()).get("scene_long_side")
+        if not sides:
+            return None
+        low, high = int(sides[0]), int(sides[1])
+        check_sides(low, high)
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise ValueError(
+            f"{meta}: cannot read scene_long_side ({type(e).__name__}: {str(e).split('; pass')[0]}); fix it to "
+            f'{{"scene_long_side": [MIN, MAX]}} ({LOWEST_SIDE}-{HIGHEST_SIDE} pixels) or remove the file'
+        ) from None
+    return low, high
 
 
 def synth_command(
