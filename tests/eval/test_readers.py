@@ -103,7 +103,7 @@ def test_textvqa_ocr_prompt_text():
         "What brand is sony?\nReference OCR token: SONY, A7\nAnswer the question using a single word or phrase."
     )
     assert textvqa_prompt("what brand?", []) == f"What brand?\nReference OCR token: \n{SHORT}"
-    assert textvqa_prompt(" what brand? ") == f"what brand?\n{SHORT}"  # task textvqa: as before
+    assert textvqa_prompt("what brand is SONY?") == f"What brand is sony?\n{SHORT}"  # task textvqa: lmms-eval's too
 
 
 def test_textvqa_ocr_task_from_parquet_and_from_the_rosetta_file(tmp_path):
@@ -112,7 +112,7 @@ def test_textvqa_ocr_task_from_parquet_and_from_the_rosetta_file(tmp_path):
     [sample] = _read(get_task("textvqa_ocr"), str(pq))
     assert sample.prompt == f"What brand?\nReference OCR token: SONY, x\n{SHORT}" and sample.id == "ab|what brand?"
     [plain] = _read(get_task("textvqa"), str(pq))
-    assert plain.prompt == f"what brand?\n{SHORT}"
+    assert plain.prompt == f"What brand?\n{SHORT}"
     # LLaVA's answer file of such a run finds its question by image id + the question line of the prompt
     answer = {"question_id": "ab", "prompt": sample.prompt, "text": "Sony"}
     assert _score("textvqa_ocr", pq, tmp_path, [answer])["scores"]["accuracy"] == 1.0
@@ -128,7 +128,7 @@ def test_textvqa_ocr_task_from_parquet_and_from_the_rosetta_file(tmp_path):
         f"What brand?\nReference OCR token: \n{SHORT}",
         f"What is written?\nReference OCR token: STOP\n{SHORT}",
     ]
-    assert [s.prompt for s in get_task("textvqa").read(data)][0] == f"what is written?\n{SHORT}"
+    assert [s.prompt for s in get_task("textvqa").read(data)][0] == f"What is written?\n{SHORT}"
 
 
 # ---------------------------------------------------------------- MMBench: option cells pandas reads as NaN

@@ -36,6 +36,28 @@ def _read(task: Task, data: str) -> list[Sample]:
     return samples
 
 
+OUTPUTS = ("predictions.jsonl", "scores.json", "report.md")  # the files a run writes in its output directory
+
+
+def check_out_dir(out_dir: Path, given: bool = True) -> None:
+    """Refuse an output directory that cannot be one before any work: an existing file (or a path under one), or a
+    directory holding a directory where a run writes one of its files. ``given``: ``out_dir`` came from ``--out``
+    (else it is the default ``runs/eval/...``, and the fix is to pass ``--out``)."""
+    said = f"--out {out_dir}" if given else f"the default output directory {out_dir}"
+    fix = "pass --out with a new or existing directory for predictions.jsonl, scores.json and report.md"
+    for p in (out_dir, *out_dir.parents):
+        if p.is_dir():
+            break
+        if p.exists():  # a file (or a device, a socket): nothing is written under it
+            where = "is" if p == out_dir else f"lies under {p}, which is"
+            raise ValueError(f"{said} {where} a file, not a directory; {fix}")
+        if p.is_symlink():
+            raise ValueError(f"{said}: {p} is a link to nothing; {fix}")
+    for name in OUTPUTS:
+        if (out_dir / name).is_dir():
+            raise ValueError(f"{said}: {out_dir / name} is a directory where the run writes a file; {fix}")
+
+
 def check_scorable(task: Task, samples: list[Sample]) -> None:
     """Score empty answers once before any inference: reference data the scorer refuses (a POPE label that is
     not yes/no, an MME image without its question pair, fewer than ten VQA answers) fails now, not after hours."""
@@ -92,7 +114,7 @@ def eval_task(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run one benchmark end to end (see :mod:`llavakit.eval.run`); returns the result object."""
-    from ..commands import check_given, default_model, open_pipeline
+    from ..commands import check_given, default_model, open_pipeline, output_error
 
     task = get_task(task_name)
     if data is not None:  # "" would be the working directory
@@ -106,6 +128,7 @@ def eval_task(
     # runs that differ in dtype or quantization get their own default directory (never resumed into each other)
     variant = "".join(f"-{v}" for v in (dtype if dtype != "float32" else None, quantize) if v)
     out_dir = Path(out or f"runs/eval/{task.name}-{local.name or 'model'}{variant}")
+    check_out_dir(out_dir, given=out is not None)  # before hours of inference, not after
     extra: dict[str, Any] = {}
     if data is None:
         if task.name != "synth":
@@ -121,27 +144,34 @@ def eval_task(
     samples = limit_samples(_read(task, data), limit)
     check_scorable(task, samples)
     pipe = open_pipeline(model_path, dtype, quantize, compile)  # compile: the decode step, not the answers
-    result = run(
-        task,
-        samples,
-        pipe,
-        out_dir,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        model_id=model_id,
-        settings={"dtype": dtype, "quantize": quantize, "weights": weights_fingerprint(local)},
-        extra={"data": str(data), **extra},
-        progress=progress,
-    )
-    return finish(result, out_dir)
+    try:
+        result = run(
+            task,
+            samples,
+            pipe,
+            out_dir,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            model_id=model_id,
+            settings={"dtype": dtype, "quantize": quantize, "weights": weights_fingerprint(local)},
+            extra={"data": str(data), **extra},
+            progress=progress,
+        )
+        return finish(result, out_dir)
+    except OSError as e:  # e.g. no permission to write there: say which output and what to do
+        raise output_error(e, out_dir, "the run's outputs", "--out") from None
 
 
 def score_file(task_name: str, *, data: str, predictions: str, out: str | None = None) -> dict[str, Any]:
     """Score an answer file produced elsewhere (LLaVA's scripts, another engine) with the same rules."""
+    from ..commands import output_error
+
     task = get_task(task_name)
     pred_path = Path(predictions)
     if not pred_path.is_file():
         raise FileNotFoundError(f"predictions file not found: {predictions}")
+    out_dir = Path(out or f"runs/eval/{task.name}-scored-{pred_path.stem}")
+    check_out_dir(out_dir, given=out is not None)
     samples = _read(task, data)
     preds = read_predictions(pred_path, key_of=task.key_of, number_repeats=task.number_repeats)
     aliases = {s.alias: s.id for s in samples if s.alias is not None}
@@ -160,8 +190,10 @@ def score_file(task_name: str, *, data: str, predictions: str, out: str | None =
     missing = [i for i in missing_images(samples) if i not in preds]  # answered elsewhere: their image is no matter
     extra = {"data": str(data), "predictions_file": str(pred_path), "questions": len(samples)}
     result = result_object(task, samples, preds, missing=missing, extra=extra)
-    out_dir = Path(out or f"runs/eval/{task.name}-scored-{pred_path.stem}")
-    return finish(result, out_dir)
+    try:
+        return finish(result, out_dir)
+    except OSError as e:
+        raise output_error(e, out_dir, "the scores", "--out") from None
 
 
 def compare_runs(run_a: str, run_b: str) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .tasks.io import read_text
+
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
@@ -43,7 +45,7 @@ def load_run(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"no scores at {path} (give an eval output directory or its scores.json)")
     try:
-        result = json.loads(file.read_text(encoding="utf-8"))
+        result = json.loads(read_text(file))
     except json.JSONDecodeError as e:
         raise ValueError(f"{file}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(result, dict) or not isinstance(result.get("scores"), dict):

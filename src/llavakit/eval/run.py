@@ -19,14 +19,16 @@ from typing import Any
 
 from .report import write_report
 from .tasks.base import Sample, Task, numbered
+from .tasks.io import read_text
 
 MAX_IDS = 20  # ids listed in the result object for missing images / failures (the count is exact)
 
 
 def _lines(path: Path) -> list[str]:
-    """The lines of an answer file, split on "\n" only: answers are written with ``ensure_ascii=False``, so a
-    U+2028 or \x85 inside one is raw text that ``str.splitlines`` would cut the record at."""
-    return path.read_text(encoding="utf-8").split("\n")
+    """The lines of an answer file, split at "\n", "\r\n" and "\r" only (as Python's text mode reads them): answers
+    are written with ``ensure_ascii=False``, so a U+2028 or \x85 inside one is raw text that ``str.splitlines`` would
+    cut the record at. A file that is not UTF-8 is refused, naming it (:func:`llavakit.eval.tasks.io.read_text`)."""
+    return read_text(path).replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def read_predictions(

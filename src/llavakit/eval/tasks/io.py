@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import io
 import json
 import sys
 from collections.abc import Iterable
@@ -16,10 +17,24 @@ from pathlib import Path
 from typing import Any
 
 
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 file; any other encoding is refused, naming the file and where the first byte that is not
+    UTF-8 sits, e.g. ``ValueError("a.jsonl:3: not UTF-8 text (byte 0xe9 at offset 41); re-save the file as UTF-8")``
+    (a Latin-1 "é" in line 3)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); re-save the file as UTF-8"
+        ) from None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """One JSON object per non-empty line."""
+    """One JSON object per non-empty line (lines end at \\n, \\r\\n or \\r, as Python's text files read them)."""
     records = []
-    with path.open(encoding="utf-8") as f:
+    with io.StringIO(read_text(path), newline=None) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -36,7 +51,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
@@ -44,7 +59,7 @@ def read_json(path: Path) -> Any:
 def read_tsv(path: Path) -> list[dict[str, str]]:
     """A tab-separated file with a header row (MMBench / VLMEvalKit layout); each row gets ``__line__``."""
     csv.field_size_limit(sys.maxsize)  # base64 images are long fields
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f, delimiter="\t")
         try:
             header = next(reader)

@@ -4,7 +4,9 @@ as right only if every rotation is answered right.
 ``--data``: the MMBench TSV (``index, question, hint, A, B, C, D, answer, category, image`` with base64
 images; VLMEvalKit's image-by-reference rows accepted) or the lmms-lab parquet release. The prompt is
 LLaVA's ``model_vqa_mmbench.py`` one: ``hint\\nquestion\\nA. ...\\nB. ...\\n`` + the letter suffix; rotation
-``r`` shows the options shifted by ``r`` (``options[r:] + options[:r]``) under the letters A, B, ...
+``r`` shows the options shifted by ``r`` (``options[r:] + options[:r]``) under the row's option letters. Those are
+VLMEvalKit's: every letter whose cell is not empty, so an empty C drops only C and a D after it stays (LLaVA's script
+stops at the first empty cell, which would drop D).
 
 The official TSVs already hold the rotations: the circular copies of question ``i`` are rows indexed ``i + 1e6``,
 ``i + 2e6``, ... (options shifted, answer moved), grouped by ``index % 1e6`` as VLMEvalKit and the MMBench server
@@ -59,29 +61,33 @@ def is_none(value: Any) -> bool:
 def rotations(row: dict[str, Any], where: str) -> list[tuple[str, dict[str, str], str]]:
     """(prompt, shown options, right letter) for every rotation of one MMBench row.
 
+    The options are the cells A, B, C, ... that are not missing (:func:`is_none`), each under its own letter, as
+    VLMEvalKit builds them: an empty cell drops only itself, so a row with A, B and D but no C shows A, B and D.
+    Rotation ``r`` moves the option texts ``r`` places over those letters (LLaVA's ``options[r:] + options[:r]``);
+    there are as many rotations as options, and every rotation shows the row's own letters.
+
     Example: options A=cat, B=dog, C=cow with answer B: rotation 1 shows A=dog, B=cow, C=cat, so its
-    right letter is A; rotation 2 shows A=cow, B=cat, C=dog, right letter C.
+    right letter is A; rotation 2 shows A=cow, B=cat, C=dog, right letter C. With C empty and D=cow instead,
+    the letters are A, B, D: rotation 1 shows A=dog, B=cow, D=cat (right letter A), rotation 2 A=cow, B=cat, D=dog
+    (right letter D).
     """
-    options = []
-    for letter in LETTERS:
-        if letter not in row or is_none(row[letter]):
-            break
-        options.append(str(row[letter]))
-    if len(options) < 2:
-        raise ValueError(f"{where}: a question needs at least options A and B")
+    letters = [c for c in LETTERS if c in row and not is_none(row[c])]
+    texts = [str(row[c]) for c in letters]
+    if len(letters) < 2:
+        raise ValueError(f"{where}: a question needs at least two options, got {''.join(letters) or 'none'}")
     answer = str(row["answer"]).strip()
-    if answer not in LETTERS[: len(options)]:
-        raise ValueError(f"{where}: answer {answer!r} is not one of the options {LETTERS[: len(options)]}")
-    k = LETTERS.index(answer)
+    if answer not in letters:
+        raise ValueError(f"{where}: answer {answer!r} is not one of the options {''.join(letters)}")
+    n, k = len(letters), letters.index(answer)
     question = str(row["question"])
     if not is_none(row.get("hint")):
         question = f"{row['hint']}\n{question}"
     out = []
-    for r in range(len(options)):
-        shown = options[r:] + options[:r]
-        lines = [f"{LETTERS[i]}. {o}" for i, o in enumerate(shown)]
+    for r in range(n):
+        shown = dict(zip(letters, texts[r:] + texts[:r]))
+        lines = [f"{c}. {o}" for c, o in shown.items()]
         prompt = "\n".join([question, *lines, LETTER_ANSWER])
-        out.append((prompt, dict(zip(LETTERS, shown)), LETTERS[(k - r) % len(options)]))
+        out.append((prompt, shown, letters[(k - r) % n]))
     return out
 
 

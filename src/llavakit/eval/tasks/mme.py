@@ -19,7 +19,7 @@ from typing import Any
 
 from ..mme_pope import COGNITION_SUBTASKS, PERCEPTION_SUBTASKS, mme_scores
 from .base import SHORT_ANSWER, Sample, Task, answered
-from .io import base64_image, find, parquet_image, read_parquet, read_tsv, require, tsv_image
+from .io import base64_image, find, parquet_image, read_parquet, read_text, read_tsv, require, tsv_image
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 YES_NO = " Please answer yes or no."  # ends every MME question; replaced by the short-answer suffix
@@ -64,7 +64,7 @@ def _release(root: Path) -> list[Sample]:
             )
             image_path = str(image if image is not None else image_dir / (txt.stem + ".jpg"))
             name = Path(image_path).name
-            for n, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), 1):
+            for n, line in enumerate(read_text(txt).splitlines(), 1):
                 if not line.strip():
                     continue
                 parts = line.split("\t")

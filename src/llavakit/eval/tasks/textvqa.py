@@ -2,7 +2,7 @@
 
 Two tasks read the same layouts and differ only in the prompts they build:
 
-* ``textvqa``: the question + the short-answer suffix;
+* ``textvqa``: the question, capitalised, + the short-answer suffix: lmms-eval's TextVQA prompt (``ocr: false``);
 * ``textvqa_ocr``: the OCR-token prompt of LLaVA-1.5's ``llava_textvqa_val_v051_ocr.jsonl`` and of lmms-eval's
   TextVQA with ``ocr: true`` (:func:`textvqa_prompt`), the prompt LLaVA-1.5's published number was made with.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import SHORT_ANSWER, Sample, Task, numbered, resolve_image, suffixed
+from .base import SHORT_ANSWER, Sample, Task, numbered, resolve_image
 from .io import find, parquet_image, read_json, read_jsonl, read_parquet, require
 from .vqa import human_answers, vqa_scorer
 
@@ -54,14 +54,16 @@ def textvqa_key(record: dict[str, Any]) -> str:
 
 
 def textvqa_prompt(question: str, ocr_tokens: list[str] | None = None) -> str:
-    """The prompt of one question. Without ``ocr_tokens``: the question + the short-answer suffix. With them, the
-    OCR-token prompt: the question through ``str.capitalize`` (first letter up, the rest lowered), a line
-    ``Reference OCR token: `` + the tokens joined by ``", "``, the suffix. ``("what brand is it?", ["SONY", "A7"])``
-    -> ``"What brand is it?\\nReference OCR token: SONY, A7\\nAnswer the question using a single word or phrase."``;
+    """The prompt of one question, as lmms-eval's ``textvqa_doc_to_text`` builds it: the question through
+    ``str.capitalize`` (first letter up, the rest lowered; not stripped), then, given ``ocr_tokens``, a line
+    ``Reference OCR token: `` + the tokens joined by ``", "``, then the short-answer suffix on its own line.
+
+    ``("what brand is SONY?",)`` -> ``"What brand is sony?\\nAnswer the question using a single word or phrase."``;
+    ``("what brand is it?", ["SONY", "A7"])`` ->
+    ``"What brand is it?\\nReference OCR token: SONY, A7\\nAnswer the question using a single word or phrase."``;
     an image without tokens keeps the line, empty after its colon and space, as lmms-eval writes it."""
-    if ocr_tokens is None:
-        return suffixed(question, SHORT_ANSWER)
-    return f"{question.capitalize()}\n{OCR_LINE}{', '.join(ocr_tokens)}\n{SHORT_ANSWER}"
+    ocr = "" if ocr_tokens is None else f"\n{OCR_LINE}{', '.join(ocr_tokens)}"
+    return f"{question.capitalize()}{ocr}\n{SHORT_ANSWER}"
 
 
 def _tokens(value: Any, where: str) -> list[str]:
