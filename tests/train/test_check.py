@@ -86,6 +86,33 @@ def test_missing_data_file_is_one_line_error(tmp_path, capsys):
     assert "data file not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "name,text,said",
+    [
+        ("llava_v1_5_mix665k.json", "[]\n", "holds no records (an empty JSON list)"),
+        ("spaced.json", " [ \n ] ", "holds no records (an empty JSON list)"),
+        ("blank.jsonl", "\n  \n", "holds no records (nothing but whitespace)"),
+    ],
+)
+def test_a_file_without_records_is_refused_not_ok(tmp_path, capsys, name, text, said):
+    """A placeholder file (a download that never finished, a stub) is no clean dataset: it was "all 0 records OK"."""
+    data = tmp_path / name
+    data.write_text(text)
+    assert main(["data", "check", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{data} {said}" in err and "point DATA (or the mixture entry's path) at the real annotation file" in err
+    with pytest.raises(ValueError, match="holds no records"):
+        check_data(data, None, workers=2)  # refused before any worker starts
+
+
+def test_a_mixture_entry_without_records_is_refused(tmp_path, capsys):
+    (tmp_path / "empty.json").write_text("[]")
+    (tmp_path / "mix.yaml").write_text(f"datasets:\n  - path: {tmp_path / 'empty.json'}\n")
+    assert main(["data", "check", str(tmp_path / "mix.yaml")]) == 2
+    assert f"{tmp_path / 'empty.json'} holds no records (an empty JSON list)" in capsys.readouterr().err
+
+
 def test_parallel_check_gives_the_same_report(planted):
     one = check_data(planted / "d.jsonl", planted / "imgs", tiny_processor("llava"), None, 200)
     two = check_data(planted / "d.jsonl", planted / "imgs", tiny_processor("llava"), None, 200, workers=2)

@@ -76,6 +76,11 @@ def check_data(
     elif max_length is None:
         report.notes.append("lengths not checked: pass --max-length N")
     records = list(iter_records(data))
+    if not records:  # "all 0 records OK" would pass a placeholder file for a dataset
+        raise ValueError(
+            f"{data} holds no records ({_emptiness(data)}); point DATA (or the mixture entry's path) at the real "
+            "annotation file: a .json array or .jsonl of training records"
+        )
     report.records = len(records)
     report.notes += order_notes([r for r in records if isinstance(r, Record)])
     job = partial(check_one, image_folder=image_folder, processor=processor, template=template,
@@ -89,6 +94,12 @@ def check_data(
         if f is not None:
             report.add(*f)
     return report
+
+
+def _emptiness(data: str | Path) -> str:
+    """What a file without records holds (it is tiny): ``[]`` with any whitespace, or whitespace alone."""
+    text = Path(data).read_text(encoding="utf-8").strip()
+    return "an empty JSON list" if text.startswith("[") else "nothing but whitespace"
 
 
 def _shown(ids: list[str], total: int) -> str:
