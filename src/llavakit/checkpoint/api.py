@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import FAMILIES, LlavaConfig
+from ..config import FAMILIES, TEXT_ARCHITECTURES, LlavaConfig
 
 if TYPE_CHECKING:
     from ..model.llava import LlavaModel
+    from .load import LoadResult
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,20 +59,87 @@ def load_model(
     """Build the model on the meta device and fill it tensor by tensor (no second full copy in memory)."""
     from ..model.llava import LlavaModel
     from .hub import resolve_model_path
-    from .load import load_into
+    from .load import CheckpointMismatchError, _mismatch_message, load_into, read_config_dict
     from .original import original_tensors
 
     path = resolve_model_path(path_or_id, revision=revision)
     config, fmt = load_config(path, vision_tower)
     with torch.device("meta"):
         model = LlavaModel(config)
+    assumed = fmt == "hf" and text_config_assumed(read_config_dict(path))
+    if assumed:  # shapes from the file headers first: no weight is read for a model the checkpoint is not
+        check_assumed_text(path, model)
     tensors = original_tensors(path, config, vision_tower) if fmt == "original" else hf_tensors(path)
-    result = load_into(model, tensors, dtype=parse_dtype(dtype), device=torch.device(device), strict=True)
+    result = load_into(model, tensors, dtype=parse_dtype(dtype), device=torch.device(device), strict=False)
+    if result.missing or result.unexpected or result.mismatched:
+        misfit = _text_misfit(result) if assumed else None
+        raise CheckpointMismatchError(
+            assumed_text_message(path, model, misfit) if misfit else _mismatch_message(result)
+        )
     if result.untied:  # the config says tied, the stored weights are not: keep both, as transformers does
         config.tie_word_embeddings = config.text.tie_word_embeddings = False
     model.tie_weights()
     model.generation_eos_ids = generation_eos_ids(path, config.text.eos_token_id)
     return model.eval()
+
+
+def text_config_assumed(d: dict) -> bool:
+    """Does an HF ``config.json`` leave the language model to transformers' default (no or an empty
+    ``text_config``: a 7B Llama for llava / llava_next, Qwen2's defaults for llava_onevision)?"""
+    return not d.get("text_config")
+
+
+def check_assumed_text(path: Path, model: LlavaModel) -> None:
+    """Compare the language model's shapes with the checkpoint's safetensors headers (no tensor data is read) and
+    refuse, naming the missing text_config, when they differ. ``.bin`` checkpoints are checked while loading."""
+    from .keymaps import LM_HEAD, TEXT, detect_layout, rename_tensors
+    from .load import CheckpointMismatchError, LoadResult, checkpoint_shapes
+
+    stored = checkpoint_shapes(path)
+    if stored is None:
+        return
+    stored = dict(rename_tensors(stored.items(), detect_layout(stored)))
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith((TEXT, LM_HEAD))}
+    result = LoadResult(
+        missing=[k for k in want if k not in stored],
+        unexpected=[k for k in stored if k.startswith((TEXT, LM_HEAD)) and k not in want],
+        mismatched=[
+            f"{k}: checkpoint {stored[k]} vs model {want[k]}" for k in want if stored.get(k, want[k]) != want[k]
+        ],
+    )
+    misfit = _text_misfit(result)
+    if misfit:
+        raise CheckpointMismatchError(assumed_text_message(path, model, misfit))
+
+
+def _text_misfit(result: LoadResult) -> str | None:
+    """One example of the language model weights not fitting (the embeddings when they differ), or None."""
+    from .keymaps import LM_HEAD, TEXT
+
+    shapes = [m for m in result.mismatched if m.startswith((TEXT, LM_HEAD))]
+    if shapes:
+        return next((m for m in shapes if m.startswith(TEXT + "embed_tokens.")), shapes[0])
+    extra = [k for k in result.unexpected if k.startswith((TEXT, LM_HEAD))]
+    if extra:
+        return f"{len(extra)} unexpected weights such as {extra[0]}"
+    missing = [k for k in result.missing if k.startswith(TEXT)]  # a lone lm_head is a tying question
+    return f"{len(missing)} weights missing such as {missing[0]}" if missing else None
+
+
+def assumed_text_message(path: Path, model: LlavaModel, misfit: str) -> str:
+    """One line: config.json has no text_config, the default that was assumed, how the weights differ, the fix."""
+    from .keymaps import LM_HEAD, TEXT
+
+    text = model.config.text
+    params = sum(p.numel() for k, p in model.named_parameters() if k.startswith((TEXT, LM_HEAD)))  # tied: once
+    name = TEXT_ARCHITECTURES[text.model_type].removesuffix("ForCausalLM")
+    return (
+        f"{path / 'config.json'} has no text_config, so transformers' default language model was assumed (a "
+        f"{params / 1e9:.0f}B {name}: {text.num_hidden_layers} layers, hidden size {text.hidden_size}, vocabulary "
+        f"{text.vocab_size}), but the checkpoint's weights do not fit it ({misfit}); add the text_config of the "
+        "checkpoint to config.json (model_type, vocab_size, hidden_size, intermediate_size, num_hidden_layers, "
+        "num_attention_heads, num_key_value_heads, ...)"
+    )
 
 
 def generation_eos_ids(path: Path, eos: int | list[int] | None) -> list[int]:

@@ -39,7 +39,9 @@ def convert(
     """Read ``src`` (HF current/old layout or original LLaVA format) and write ``dst`` in the current HF layout.
 
     Weights keep their stored dtype unless ``dtype`` is given. ``template``: the conversation template of an
-    original checkpoint (default: guessed from its config and name; refused when it cannot be). Returns ``dst``.
+    original checkpoint (default: guessed from its config and name; refused when it cannot be). ``vision_tower``:
+    a directory (or hub id) of the CLIP / SigLIP tower an original checkpoint names in ``mm_vision_tower``, read
+    instead of that name; refused for HF sources, which hold their own tower. Returns ``dst``.
     """
     path = resolve_model_path(src)
     out = Path(dst)
@@ -53,6 +55,12 @@ def convert(
         raise ValueError(
             f"--template applies to original checkpoints; {src} is in the HF layout, whose template is its own "
             "chat_template (or conversation_template.json): leave --template out"
+        )
+    if fmt == "hf" and vision_tower is not None:  # it would be ignored: the tower is part of an HF checkpoint
+        raise ValueError(
+            f"--vision-tower applies to original checkpoints, whose CLIP / SigLIP tower is a separate model "
+            f"(mm_vision_tower); {src} is in the HF layout and holds its own vision tower (vision_config and "
+            "weights), which convert keeps: leave --vision-tower out"
         )
     model = load_model(path, dtype=parse_dtype(dtype) if dtype else stored_dtype(path), vision_tower=vision_tower)
     model.save_pretrained(out, max_shard_bytes=max_shard_bytes)

@@ -38,6 +38,11 @@ class CheckpointMismatchError(ValueError):
 def read_config_dict(path: str | Path) -> dict:
     """The parsed ``config.json`` of a checkpoint directory."""
     file = Path(path) / "config.json"
+    if file.is_dir():
+        raise IsADirectoryError(
+            f"{file} is a directory where the checkpoint's config file belongs: replace it with the config.json "
+            "file itself (an unpacked archive or a copy that went wrong; re-download the checkpoint's config.json)"
+        )
     if not file.is_file():
         raise FileNotFoundError(f"{file} not found: a checkpoint directory must contain config.json")
     try:
@@ -99,6 +104,27 @@ def checkpoint_keys(path: str | Path) -> list[str]:
     if weight_map is not None:
         return list(weight_map)
     return [name for file in files for name, _ in iter_file_tensors(file, keys_only=True)]
+
+
+def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """Every tensor's shape from the safetensors headers (no tensor data is read); None when the checkpoint is
+    stored as ``.bin`` files, whose shapes cannot be read without unpickling them."""
+    from safetensors import SafetensorError, safe_open
+
+    files, _ = _locate(Path(path))
+    if any(file.suffix != ".safetensors" for file in files):
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                    shapes[name] = tuple(f.get_slice(name).get_shape())
+        except SafetensorError as e:
+            raise ValueError(
+                f"{file} is not a readable safetensors file ({e}); it is corrupt or truncated, re-download it"
+            ) from e
+    return shapes
 
 
 def iter_checkpoint_tensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
