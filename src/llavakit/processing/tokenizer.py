@@ -12,7 +12,11 @@ adjustments so that ids match ``AutoTokenizer`` / ``AutoProcessor`` on the same 
   scheme of ``legacy`` / ``add_prefix_space`` (legacy tokenizer.json files prepend "▁" after every special token,
   transformers then does not), unless ``config.json`` beside it says ``llava`` / ``llava_next``, for which
   transformers loads tokenizer.json unchanged;
-- padding / truncation stored in tokenizer.json are switched off (transformers disables them per call).
+- padding / truncation stored in tokenizer.json are switched off (transformers disables them per call);
+- the same LlamaTokenizer class assumes ``<s>`` / ``</s>`` / ``<unk>`` for the bos / eos / unk tokens that
+  tokenizer_config.json (and special_tokens_map.json) do not name (``with_class_defaults``);
+- every named bos / eos / unk / sep / pad / cls / mask token becomes a special added token, appended to the
+  vocabulary when it is not in it (``register_named_tokens``).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tokenizers import AddedToken, decoders, pre_tokenizers
 from tokenizers import Tokenizer as _Tok
-from tokenizers import decoders, pre_tokenizers
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
@@ -31,6 +35,8 @@ VIDEO_TOKEN = "<video>"
 NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # model types whose tokenizer transformers loads from tokenizer.json unchanged whatever tokenizer_class says
 AS_IS_MODEL_TYPES = ("llava", "llava_next")
+# the tokens transformers' LlamaTokenizer assumes for the names a tokenizer config leaves out (a null stays null)
+LLAMA_CLASS_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
 def _token_str(v: Any) -> str | None:
@@ -38,6 +44,10 @@ def _token_str(v: Any) -> str | None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a directory where a JSON file belongs: replace it with the {path.name} file"
+        )
     if not path.exists():
         return {}
     try:
@@ -52,6 +62,12 @@ def _is_byte_level(tok: _Tok) -> bool:
     return "ByteLevel" in json.dumps([data.get("pre_tokenizer"), data.get("decoder")])
 
 
+def _llama_class(tok: _Tok, config: dict[str, Any], model_type: str | None) -> bool:
+    """Does transformers build its LlamaTokenizer class for these files (rather than load tokenizer.json as is)?"""
+    cls = str(config.get("tokenizer_class") or "").removesuffix("Fast")
+    return cls == "LlamaTokenizer" and model_type not in AS_IS_MODEL_TYPES and not _is_byte_level(tok)
+
+
 def as_transformers_loads(tok: _Tok, config: dict[str, Any], model_type: str | None = None) -> str:
     """Adjust ``tok`` (in place) the way transformers' AutoTokenizer does; returns the default padding side.
 
@@ -62,8 +78,7 @@ def as_transformers_loads(tok: _Tok, config: dict[str, Any], model_type: str | N
     tok.no_padding()
     tok.no_truncation()
     side = "right"
-    cls = str(config.get("tokenizer_class") or "").removesuffix("Fast")
-    if cls == "LlamaTokenizer" and model_type not in AS_IS_MODEL_TYPES and not _is_byte_level(tok):
+    if _llama_class(tok, config, model_type):
         prefix = config.get("add_prefix_space")
         prefix = True if prefix is None else bool(prefix)
         scheme = ("always" if config.get("legacy", False) else "first") if prefix else "never"
@@ -73,6 +88,52 @@ def as_transformers_loads(tok: _Tok, config: dict[str, Any], model_type: str | N
         tok.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if prefix else []))
         side = "left"  # LlamaTokenizer's class default
     return config.get("padding_side") or side
+
+
+def with_class_defaults(tok: _Tok, config: dict[str, Any], model_type: str | None = None) -> dict[str, Any]:
+    """``config`` with the special tokens transformers' tokenizer class assumes for the names it leaves out.
+
+    Only LlamaTokenizer (when transformers builds it, see ``as_transformers_loads``) has such defaults:
+    bos ``<s>``, eos ``</s>``, unk ``<unk>``. A name the config (or special_tokens_map.json) sets to null stays
+    null. Tokens missing from the vocabulary are added by ``register_named_tokens``, as transformers adds them.
+    Example: ``{"tokenizer_class": "LlamaTokenizer", "bos_token": null}`` -> bos None, eos "</s>", unk "<unk>".
+    """
+    if not _llama_class(tok, config, model_type):
+        return config
+    return {**LLAMA_CLASS_TOKENS, **config}
+
+
+def register_named_tokens(tok: _Tok, config: dict[str, Any]) -> None:
+    """Make the named bos / eos / unk / sep / pad / cls / mask tokens of ``config`` special added tokens of
+    ``tok`` (in place), as transformers does when it loads a tokenizer.
+
+    A token already added keeps its flags and becomes special; one in the vocabulary keeps its id; one missing
+    from it is appended (in that order of names). Encoding then matches the token as a whole and
+    ``decode(..., skip_special_tokens=True)`` drops it. Example: vocabulary {"a": 0, "b": 1} and eos "</s>" ->
+    "</s>" gets id 2 and "a</s>" encodes as [0, 2].
+    """
+    added = {t.content: t for t in tok.get_added_tokens_decoder().values()}
+    tokens: dict[str, AddedToken] = {}
+    for name in NAMED_SPECIALS:
+        value = config.get(name)
+        content = _token_str(value)
+        if not isinstance(content, str) or not content or content in tokens:
+            continue
+        old = added.get(content)
+        if old is not None and old.special:
+            continue
+        flags = value if old is None and isinstance(value, dict) else {}  # {"content": ..., "lstrip": ...}
+        base = old or AddedToken(content, normalized=bool(flags.get("normalized", False)))
+        tokens[content] = AddedToken(
+            content,
+            single_word=bool(flags.get("single_word", base.single_word)),
+            lstrip=bool(flags.get("lstrip", base.lstrip)),
+            rstrip=bool(flags.get("rstrip", base.rstrip)),
+            normalized=base.normalized,
+            special=True,
+        )
+    if tokens:
+        tok.add_special_tokens(list(tokens.values()))
 
 
 def _named_tokens(config: dict[str, Any]) -> dict[str, str]:
@@ -166,7 +227,10 @@ class Tokenizer:
         tokens_map = path / "special_tokens_map.json"
         config = with_special_tokens_map(config, _read_json(tokens_map), str(tokens_map))
         tok = _Tok.from_file(str(file))
-        side = as_transformers_loads(tok, config, _read_json(path / "config.json").get("model_type"))
+        model_type = _read_json(path / "config.json").get("model_type")
+        config = with_class_defaults(tok, config, model_type)
+        side = as_transformers_loads(tok, config, model_type)
+        register_named_tokens(tok, config)
         return cls(tok, config, extra, padding_side=side)
 
     from_pretrained = from_dir
