@@ -76,6 +76,26 @@ def greedy_pick(logits: torch.Tensor) -> torch.Tensor:
     return logits.max(-1).indices
 
 
+def top_p_filter(logits: torch.Tensor, top_p: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """(B, V) logits with the tokens outside the nucleus set to -inf, the same set as transformers'
+    ``TopPLogitsWarper`` keeps, ties included.
+
+    Tokens are sorted by ascending logit (the same ``sort`` call, so equal logits come out in the same order) and a
+    token is dropped while the probability mass up to and including it is <= 1 - top_p; the ``min_tokens_to_keep``
+    largest always stay (also when top_p is below float32's resolution).
+
+    Worked example: logits [2, 1, 1, 1, 0], top_p 0.5 -> probabilities [.447, .164, .164, .164, .060]. Ascending
+    (ties in index order): ids 4, 1, 2, 3, 0 with cumulative mass .060, .225, .389, .553, 1.0; the first three are
+    <= 0.5 and go. Kept: ids 0 and 3, i.e. of the three tied tokens only the last one by index stays (counting
+    the mass from the top instead, ids 0 and 1 were kept).
+    """
+    sorted_logits, order = logits.sort(dim=-1)  # (B, V) ascending
+    drop_sorted = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+    drop_sorted[:, -min_tokens_to_keep:] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, V) logits -> (B,) token ids."""
     if params.greedy:
@@ -85,12 +105,6 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if params.top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the mass before it already reaches top_p (the top token always stays)
-        drop_sorted = probs.cumsum(-1) - probs >= params.top_p
-        drop_sorted[:, 0] = False  # also when top_p is below float32's resolution
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = top_p_filter(logits, params.top_p)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
