@@ -108,7 +108,17 @@ RESERVED = ("<image>", "<video>")  # the placeholders the processor expands into
 
 
 def check_text(text: str, where: str) -> str:
-    """``text`` unchanged, or a ValueError if it holds a placeholder string (see ``split_messages``)."""
+    """``text`` unchanged, or a ValueError if it holds a placeholder string (see ``split_messages``) or is not
+    valid Unicode: a lone surrogate (U+D800..U+DFFF, e.g. the JSON escape "\\udcff" without its pair, or a byte
+    that ``errors="surrogateescape"`` kept) has no UTF-8 form, and the tokenizer refuses it with a bare TypeError.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{where}: the text is not valid Unicode: lone surrogate U+{ord(text[e.start]):04X} at position {e.start} "
+            "(half of a UTF-16 surrogate pair); remove it or send the complete pair"
+        ) from None
     for token in RESERVED:
         if token in text:
             raise ValueError(
