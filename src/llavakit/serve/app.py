@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..engine.generate import decode_step
 from .batcher import Batcher
 from .completions import ERRORS, add_chat_route
 from .config import ServeConfig
@@ -33,7 +34,8 @@ __all__ = ["ServeConfig", "create_app"]
 
 
 def create_app(pipe: Any, config: ServeConfig | None = None) -> FastAPI:
-    """The FastAPI app around a loaded ``Pipeline``; the model worker runs while the app runs."""
+    """The FastAPI app around a loaded ``Pipeline``; the model worker runs while the app runs. A pipeline loaded
+    with ``compile=True`` decodes through its compiled step (``command.warm_up`` builds its graphs beforehand)."""
     config = config or ServeConfig()
     metrics = Metrics()
     batcher = Batcher(
@@ -42,6 +44,7 @@ def create_app(pipe: Any, config: ServeConfig | None = None) -> FastAPI:
         max_batch_size=config.max_batch_size,
         max_queue=config.max_concurrency,
         metrics=metrics,
+        step=getattr(pipe, "step", decode_step),  # compiled when the pipeline was loaded with compile=True
     )
     metrics.gauges["llava_queue_depth"] = ("requests waiting for the model worker", lambda: batcher.queue_depth)
     metrics.gauges["llava_running_requests"] = ("requests in the batch being generated", lambda: batcher.running)

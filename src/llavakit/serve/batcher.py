@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ..engine.generate import eos_ids
+from ..engine.generate import StepFn, decode_step, eos_ids
 from ..engine.kv_cache import KVCache
 from ..engine.sampling import SamplingParams
 from .metrics import Metrics
@@ -86,6 +86,7 @@ class Batcher:
         max_queue: int = 64,
         metrics: Metrics | None = None,
         gather_wait: float = 0.05,
+        step: StepFn = decode_step,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size and max_queue must be >= 1, got {max_batch_size}, {max_queue}")
@@ -93,6 +94,7 @@ class Batcher:
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.metrics = metrics or Metrics()
         self.gather_wait = gather_wait
+        self.step = step  # the shared one-token decode step: decode_step, or compiled (``llava serve --compile``)
         self.eos = set(eos_ids(model, getattr(tokenizer, "eos_token_ids", None) or None))
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (sorted(self.eos) or [0])[0]
@@ -158,7 +160,7 @@ class Batcher:
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
-        batch = RunningBatch(self.model)
+        batch = RunningBatch(self.model, self.step)
         while True:
             jobs = self._take(wait=not batch.rows)
             if jobs is None:
@@ -182,7 +184,7 @@ class Batcher:
                 for job in [r.job for r in batch.live()] + [j for j in jobs or [] if id(j) not in merged]:
                     self.metrics.add("errors")
                     job.emit(("error", 500, f"generation failed: {type(e).__name__}: {e}"))
-                batch = RunningBatch(self.model)
+                batch = RunningBatch(self.model, self.step)
             with self.cond:
                 self.running = len(batch.live())
 
@@ -316,13 +318,16 @@ class Batcher:
             except Exception as e:  # noqa: BLE001 - one row's text handling must not fail the others
                 self._row_failed(row, e)
         batch.drop_finished(tokens)
-        if batch.rows:
-            batch.decode()
+        shared = batch.decode(on_error=self._row_failed) if batch.rows else None
+        if shared is not None:
+            log.error(
+                "a batch's decode step failed, each row ran alone:\n%s", "".join(traceback.format_exception(shared))
+            )
+            self.metrics.add("step_retries")
 
     def _row_failed(self, row: Row, e: Exception) -> None:
-        """End one row with a 500 (its sampling or its text handling raised); the other rows go on. Its slots stay
-        in the cache like a finished row's. A failure of the batch's shared decode step fails every row (``_loop``):
-        it cannot be told whose it is without running each row alone again."""
+        """End one row with a 500 (its sampling, its text handling or its decode step run alone raised); the other
+        rows go on. Its slots stay in the cache like a finished row's (until the next step, if its decode failed)."""
         log.error("row failed:\n%s", "".join(traceback.format_exception(e)))
         row.done = True
         self.metrics.add("errors")

@@ -7,9 +7,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import QUANTIZE_MODES
 from ..processing.video_load import MAX_FRAMES
+
+if TYPE_CHECKING:
+    from ..pipeline import Pipeline
 
 
 def _require_extra() -> None:
@@ -64,6 +68,7 @@ def serve(
     dtype: str = "float32",
     quantize: str | None = None,
     threads: int | None = None,
+    compile: bool = False,
 ) -> int:
     _require_extra()
     import uvicorn
@@ -99,7 +104,14 @@ def serve(
         torch.set_num_threads(threads)
     api_key = api_key or os.environ.get("LLAVA_API_KEY") or None
     path, name = resolve_model(model)
-    pipe = load(path, dtype=dtype, quantize=quantize)
+    pipe = load(path, dtype=dtype, quantize=quantize, compile=compile)  # no C++ compiler: CompileUnavailable
+    if compile:
+        print(
+            "compiling the decode step (torch.compile; a batch of 1, then of 2 or more: up to minutes) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        warm_up(pipe, max_batch_size)
     config = ServeConfig(
         model_name=served_name or name,
         api_key=api_key,
@@ -124,6 +136,63 @@ def serve(
     )
     uvicorn.run(create_app(pipe, config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     return 0
+
+
+def warm_up(pipe: Pipeline, max_batch_size: int) -> None:
+    """Build the compiled decode step's graphs before serving, so that no request waits for a compilation.
+
+    The model worker always passes a slot mask and runs batches of 1 to ``max_batch_size`` rows; dynamo makes one
+    graph for a batch of 1 and one for any larger batch (the batch size, cache length and slot count are symbols),
+    so two short generations build them all: one row alone, then two rows together. Without the warm-up the first
+    request, and later the first one to share a step, would stall every request in flight for the compilation.
+    """
+    import threading
+    import time
+    from typing import Any
+
+    import torch
+
+    from ..engine.compile import CompileUnavailable
+    from ..engine.sampling import SamplingParams
+    from .batcher import Batcher, Job
+
+    errors: list[Exception] = []
+
+    def step(*args: Any) -> torch.Tensor:  # noqa: ANN401 - decode_step's arguments
+        try:
+            return pipe.step(*args)
+        except Exception as e:  # the worker would run each row alone and go on: a failure here must be seen
+            errors.append(e)
+            raise
+
+    worker = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=max_batch_size, step=step)
+    ids = torch.tensor(pipe.processor.tokenizer.encode("warm up", add_special_tokens=False) or [0])  # (T,)
+    worker.start()
+    try:
+        for n in (1, 2) if max_batch_size > 1 else (1,):
+            ends: list[tuple] = []
+            finished = threading.Semaphore(0)
+
+            def emit(ev: tuple, ends: list = ends, finished: threading.Semaphore = finished) -> None:
+                if ev[0] in ("done", "error"):
+                    ends.append(ev)
+                    finished.release()
+
+            with worker.cond:  # admitted together: their decode steps run as one batch of n rows
+                for _ in range(n):
+                    deadline = time.monotonic() + 3600
+                    worker.pending.append(Job(ids, {}, 3, SamplingParams(), [], deadline, emit, ignore_eos=True))
+                worker.cond.notify_all()
+            for _ in range(n):
+                finished.acquire()
+            failed = [f"{type(e).__name__}: {e}" for e in errors] + [ev[2] for ev in ends if ev[0] == "error"]
+            if failed:
+                first = (failed[0].strip().splitlines() or ["no message"])[0]  # dynamo's messages run for pages
+                raise CompileUnavailable(
+                    f"the compiled decode step failed on a batch of {n} ({first}); serve without --compile"
+                )
+    finally:
+        worker.stop()
 
 
 def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
@@ -171,6 +240,11 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
         "--quantize", choices=QUANTIZE_MODES, help="weight-only quantization of the decoder (+head: the LM head too)"
     )
     s.add_argument("--threads", type=int, help="torch threads of the model worker (default: torch's, one per core)")
+    s.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decode step (compiled at startup, before the server answers; needs a C++ compiler)",
+    )
     s.set_defaults(
         func=lambda a: serve(
             a.model,
@@ -193,5 +267,6 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
             dtype=a.dtype,
             quantize=a.quantize,
             threads=a.threads,
+            compile=a.compile,
         )
     )

@@ -45,6 +45,7 @@ class Metrics:
         self.prefill_seconds = 0.0  # model worker time admitting jobs (vision + prefill + cache merge)
         self.decode_seconds = 0.0  # model worker time in decode steps (sampling, detokenizing, one forward)
         self.prefills = 0  # prefill calls (jobs arriving together share one)
+        self.step_retries = 0  # shared decode steps that raised and were run again row by row
         self.latency = Histogram(LATENCY_BUCKETS)
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
@@ -79,6 +80,7 @@ class Metrics:
                 ("llava_worker_prefill_seconds_total", self.prefill_seconds, "model worker time in prefills"),
                 ("llava_worker_decode_seconds_total", self.decode_seconds, "model worker time in decode steps"),
                 ("llava_prefills_total", self.prefills, "prefill calls (requests arriving together share one)"),
+                ("llava_decode_step_retries_total", self.step_retries, "failed batch decode steps rerun row by row"),
             ]:
                 shown = round(value, 6) if isinstance(value, float) else value
                 lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {shown}"]

@@ -7,11 +7,13 @@ docstring for the slot layout with a worked example.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..engine.generate import StepFn, decode_step
 from ..engine.kv_cache import KVCache
 from ..engine.sampling import apply_repetition_penalty, greedy_pick, sample
 from ..engine.text import AnswerText
@@ -24,14 +26,16 @@ class RunningBatch:
     """The active rows, their shared KV cache (rows right-aligned over ``cache.length`` slots) and their state.
 
     mask (B, max_len) marks each row's real slots; pos (B, 1) is each row's next RoPE position; logits (B, V) are
-    the logits of each row's next token; tokens (B,) the tokens about to be fed.
+    the logits of each row's next token; tokens (B,) the tokens about to be fed. ``step`` runs the shared decode
+    step (``engine.generate.decode_step``, or its compiled form).
     """
 
-    def __init__(self, model) -> None:  # noqa: ANN001
-        self.model = model
+    def __init__(self, model, step: StepFn = decode_step) -> None:  # noqa: ANN001
+        self.model, self.step = model, step
         self.rows: list[Row] = []
         self.cache: KVCache | None = None
         self.mask = self.pos = self.logits = self.tokens = None
+        self.failed = False  # a row failed in the decode step: leave it out of the cache at the next step
 
     def jobs(self) -> list[Job]:
         return [r.job for r in self.rows]
@@ -116,9 +120,10 @@ class RunningBatch:
         """
         keep = self._keep()
         if not keep:
-            self.__init__(self.model)
+            self.__init__(self.model, self.step)
             return
-        if 2 * len(keep) <= len(self.rows):
+        if 2 * len(keep) <= len(self.rows) or (self.failed and len(keep) < len(self.rows)):
+            self.failed = False  # a row whose inputs broke the step is not fed again
             idx = torch.tensor(keep, device=self.mask.device)
             lead = self._lead(keep)
             self.rows = [self.rows[i] for i in keep]
@@ -132,14 +137,45 @@ class RunningBatch:
             tokens = tokens.index_select(0, idx)
         self.tokens = tokens
 
-    def decode(self) -> None:
-        """Feed ``tokens`` (one per row) and keep the logits of the next ones."""
-        end = self.cache.length + 1
-        embeds = self.model.model.language_model.embed_tokens(self.tokens[:, None])  # (B, 1, D)
-        self.logits = self.model(
-            inputs_embeds=embeds, attention_mask=self.mask[:, :end], position_ids=self.pos, cache=self.cache
-        ).logits[:, -1]
+    def decode(self, on_error: Callable[[Row, Exception], None] | None = None) -> Exception | None:
+        """Feed ``tokens`` (one per row) and keep the logits of the next ones. Returns the shared step's error if
+        it raised and the rows were run alone, else None.
+
+        ``on_error``: when the shared step raises, each row still generating is run once alone (its own rows of
+        the cache, written in place) and a row that raises alone is ended through it, so that one request's
+        inputs fail that request only; a failure of every row alone ends every row. Without it, it raises.
+        """
+        length, end = self.cache.length, self.cache.length + 1
+        try:
+            self.logits = self.step(self.model, self.tokens, self.pos, self.cache, self.mask[:, :end])  # (B, V)
+        except Exception as e:
+            if on_error is None:
+                raise
+            self.cache.length = length  # it advances after the layers: a failure in the head came after that
+            self.logits = self._decode_alone(on_error)
+            self.pos = self.pos + 1
+            return e
         self.pos = self.pos + 1
+        return None
+
+    def _decode_alone(self, on_error: Callable[[Row, Exception], None]) -> torch.Tensor:
+        """(B, V) next-token logits, each live row's from a step of its own; zeros for the rows that failed."""
+        length, end = self.cache.length, self.cache.length + 1
+        logits = self.logits.new_zeros(len(self.rows), self.logits.shape[-1])  # (B, V)
+        for i, row in enumerate(self.rows):
+            if row.done:
+                continue
+            one = copy.copy(self.cache)  # views of row i's slots: the step writes its new slot into the batch's
+            one.k, one.v = [k[i : i + 1] for k in self.cache.k], [v[i : i + 1] for v in self.cache.v]
+            one.batch_size = 1
+            r = slice(i, i + 1)
+            try:
+                logits[i] = self.step(self.model, self.tokens[r], self.pos[r], one, self.mask[r, :end])[0]
+            except Exception as e:  # noqa: BLE001 - handed to on_error, which ends this row
+                self.failed = True
+                on_error(row, e)
+        self.cache.length = length + 1
+        return logits
 
 
 class Row:
