@@ -67,6 +67,18 @@ TURNS = 7  # question/answer turns per conversation, up to: one image encoding s
 # conversations mixed in, which brings the other types back (docs/default-model.md, "Position, one object
 # first"). Seeds apart from the others'.
 POSITION_SEEDS = {"data_pos": 71, "data_mix": 81, "data_pos2": 83}
+# --position-early (not in the shipped recipe yet): the same lone-object position pass right after the warm-up, and
+# every later pass with an eighth as many lone-object position and existence conversations mixed in (one data set
+# per pass, seeds 72, 73, ...), so the place is learned before the binding of several objects and kept through it.
+LONE = {"repeats": 2, "max_turns": 4, "max_shapes": 1}
+EARLY_QTYPES = ("position", "existence")
+EARLY_SEED = 72
+
+
+def lone_share(k: int) -> tuple[str, int]:
+    """--position-early: the data directory and seed of the lone-object share mixed into conversation pass ``k``
+    (0 the first pass on 1-3 shapes, 1.. the passes on 1-8 shapes): ("lone0", 72), ("lone1", 73), ..."""
+    return f"lone{k}", EARLY_SEED + k
 
 
 def more_pass(k: int) -> tuple[str, str, int]:
@@ -180,6 +192,17 @@ def main(argv: list[str] | None = None) -> int:
         help="1: a pass of lone-object position questions and a mixed pass after the others (0: none, the shipped "
         "recipe; see docs/default-model.md, 'Position, one object first')",
     )
+    ap.add_argument(
+        "--mix-existence",
+        action="store_true",
+        help="with --position-passes 1: the mixed pass's lone-object conversations ask existence questions too",
+    )
+    ap.add_argument(
+        "--position-early",
+        action="store_true",
+        help="a pass of lone-object position questions after the warm-up, and lone-object position and existence "
+        "conversations (an eighth) mixed into every later pass (off: the shipped recipe)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="stage 2: questions of one type per conversation, up to")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
@@ -205,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--more-passes must be >= 0 (0: none), got {args.more_passes}")
     if args.ground_steps < 0:
         ap.error(f"--ground-steps must be >= 0 (0: no grounding pass), got {args.ground_steps}")
+    if args.position_early and args.position_passes:
+        ap.error("--position-early and --position-passes 1 are two placements of the same pass: choose one")
+    if args.mix_existence and not args.position_passes:
+        ap.error("--mix-existence changes the mixed pass of --position-passes 1: pass both")
 
     import torch
     import yaml
@@ -275,12 +302,20 @@ def main(argv: list[str] | None = None) -> int:
             write_dataset(out / data, args.more_instruct, seed, "instruct", **sides2, **conversation_args(args.repeats))
     position = args.position_passes and args.more_instruct
     if position:
-        lone = {"qtypes": ("position",), "repeats": 2, "max_turns": 4, "max_shapes": 1}
         sizes = {"data_pos": args.more_instruct // 2, "data_pos2": args.more_instruct // 4}
         for data, seed in POSITION_SEEDS.items():
             if not (args.cont and (out / data / "instruct.json").exists()):
-                kw = lone if data != "data_mix" else conversation_args(args.repeats)
+                qtypes = EARLY_QTYPES if data == "data_pos2" and args.mix_existence else ("position",)
+                kw = {**LONE, "qtypes": qtypes} if data != "data_mix" else conversation_args(args.repeats)
                 write_dataset(out / data, sizes.get(data, args.more_instruct), seed, "instruct", **sides2, **kw)
+    early = args.position_early and args.more_instruct
+    if early:
+        shares = [args.instruct // 8] + [args.more_instruct // 8] * len(passes)
+        wanted = [("data_pos", POSITION_SEEDS["data_pos"], args.more_instruct // 2, ("position",))]
+        wanted += [(*lone_share(k), n, EARLY_QTYPES) for k, n in enumerate(shares)]
+        for data, seed, n, qtypes in wanted:
+            if not (args.cont and (out / data / "instruct.json").exists()):
+                write_dataset(out / data, n, seed, "instruct", **sides2, **LONE, qtypes=qtypes)
     times["data_more"] = time.perf_counter() - t
     start2 = "stage1"
     from llavakit.processing.processor import DEFAULT_TEMPLATE
@@ -328,10 +363,19 @@ def main(argv: list[str] | None = None) -> int:
     sw = stage2_pass(start2, "data_warmup", "stage2_warmup", (1.0, 1.0) if hide else None)
     _log(f"stage 2 warm-up: {len(sw)} steps, loss {sw[0]:.3f} -> {sw[-1]:.3f}")
 
-    s2 = stage2_pass("stage2_warmup", "data_easy", "stage2", (1.0, 0.0) if hide else None)
+    first = "stage2_warmup"
+    if early:
+        sp = stage2_pass(first, "data_pos", "stage2_pos")
+        _log(f"lone-object position pass: {len(sp)} steps, loss {sp[0]:.3f} -> {sp[-1]:.3f}")
+        first = "stage2_pos"
+
+    def mixed(data: str, k: int) -> str | list[str]:
+        return [data, lone_share(k)[0]] if early else data
+
+    s2 = stage2_pass(first, mixed("data_easy", 0), "stage2", (1.0, 0.0) if hide else None)
     final = out / "stage2"
-    for data, name, _ in passes:  # passes on fresh scenes of 1-8 shapes, each from the one before
-        s2 += stage2_pass(final.name, data, name)
+    for k, (data, name, _) in enumerate(passes):  # passes on fresh scenes of 1-8 shapes, each from the one before
+        s2 += stage2_pass(final.name, mixed(data, k + 1), name)
         final = out / name
     if position:
         s2 += stage2_pass(final.name, "data_pos", "stage2_pos")
@@ -352,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             "more_instruct": args.more_instruct,
             "more_passes": len(passes),
             "position_passes": 2 if position else 0,
+            "position_early": bool(early),
+            "mix_existence": args.mix_existence,
             "repeats": args.repeats,
             "eval_scenes": args.eval_scenes,
         },

@@ -13,6 +13,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--position-passes", "1"]
+    args += ["--mix-existence"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
@@ -45,6 +46,11 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     recipe = json.loads((out / "stage2_mix" / "recipe.json").read_text())
     assert recipe["model"]["init"] == str(out / "stage2_pos")
     assert [d["image_folder"] for d in recipe["data"]["datasets"]] == [str(out / "data_mix"), str(out / "data_pos2")]
+    # --mix-existence: the mixed pass's lone-object conversations ask existence too, the position pass's do not
+    mixed = [
+        t["value"] for r in json.loads((out / "data_pos2" / "instruct.json").read_text()) for t in r["conversations"]
+    ]
+    assert any(q.startswith("Is there") for q in mixed) and not any(q.startswith("Is there") for q in asked)
     model = LlavaModel.from_pretrained(out / "stage2")
     proc = LlavaProcessor.from_pretrained(out / "stage2")
     assert model.config.model_type == "llava_next" and proc.template == "vicuna_v1"
@@ -56,3 +62,40 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     key = "model.language_model.layers.0.mlp.up_proj.weight"
     s1 = LlavaModel.from_pretrained(out / "stage1").state_dict()[key]
     assert torch.equal(s1, base) and not torch.equal(s1, model.state_dict()[key])
+
+
+def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
+    args += ["--ground-steps", "0", "--more-instruct", "32", "--more-passes", "1", "--eval-scenes", "0"]
+    args += ["--position-early"]
+    assert load_script("train_default_model").main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["samples"]["position_early"] is True and summary["samples"]["position_passes"] == 0
+    # the lone-object position pass starts from the warm-up; the first conversation pass from it
+    recipe = json.loads((out / "stage2_pos" / "recipe.json").read_text())
+    assert recipe["model"]["init"] == str(out / "stage2_warmup")
+    assert recipe["data"]["image_folder"] == str(out / "data_pos")
+    assert json.loads((out / "stage2" / "recipe.json").read_text())["model"]["init"] == str(out / "stage2_pos")
+    # every conversation pass mixes in its own share of lone-object position and existence conversations
+    for name, data, share in (("stage2", "data_easy", "lone0"), ("stage2b", "data2", "lone1")):
+        sets = json.loads((out / name / "recipe.json").read_text())["data"]["datasets"]
+        assert [d["image_folder"] for d in sets] == [str(out / data), str(out / share)]
+    for share, n in (("lone0", 64 // 8), ("lone1", 32 // 8)):
+        scenes = (out / share / "scenes.jsonl").read_text().splitlines()
+        assert len(scenes) == n and all(len(json.loads(s)["scene"]["shapes"]) == 1 for s in scenes)
+        records = json.loads((out / share / "instruct.json").read_text())
+        asked = [t["value"] for r in records for t in r["conversations"]]
+        assert any(" or the " in q for q in asked) and any(q.startswith("Is there") for q in asked), asked[:4]
+    assert (out / "lone0" / "instruct.json").read_text() != (out / "lone1" / "instruct.json").read_text()
+
+
+def test_position_early_and_late_are_not_combined(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        load_script("train_default_model").main(["--position-early", "--position-passes", "1"])
+    assert "choose one" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_script("train_default_model").main(["--mix-existence"])
+    assert "pass both" in capsys.readouterr().err
