@@ -13,6 +13,7 @@ from PIL import Image
 
 from llavakit.cli import main
 from llavakit.tiny import write_tiny_checkpoint
+from one_error import one_error
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 NOT_UTF8 = b"a\xff\xfeb".decode("utf-8", "surrogateescape")  # what Python makes of Latin-1 bytes in argv / stdin
@@ -26,21 +27,13 @@ def images(tmp_path_factory) -> Path:
     return d
 
 
-def _one_error(capsys, *words: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for w in words:
-        assert w in err, err
-    return err
-
-
 def test_generate_and_caption_refuse_a_prompt_that_is_not_utf8(model, images, tmp_path, capsys):
     img = str(images / "img0.png")
     assert main(["generate", "--model", model, "--image", img, "--prompt", NOT_UTF8, "--max-new-tokens", "2"]) == 2
-    _one_error(capsys, "--prompt is not valid UTF-8 text", "character 2")
+    one_error(capsys, "--prompt is not valid UTF-8 text", "character 2")
     out = tmp_path / "caps.jsonl"
     assert main(["caption", "--model", model, str(images), "--out", str(out), "--prompt", NOT_UTF8]) == 2
-    _one_error(capsys, "--prompt is not valid UTF-8 text")
+    one_error(capsys, "--prompt is not valid UTF-8 text")
     assert not out.exists()
 
 
@@ -75,7 +68,7 @@ def test_caption_leaves_a_file_that_is_not_its_own_untouched(model, images, tmp_
     for f in (notes, png):
         before = f.read_bytes()
         assert main(["caption", "--model", model, str(images), "--out", str(f), "--max-new-tokens", "2"]) == 2
-        _one_error(capsys, "is not a caption record")
+        one_error(capsys, "is not a caption record")
         assert f.read_bytes() == before
 
 
@@ -133,7 +126,7 @@ def test_an_empty_path_is_not_the_working_directory(model, images, tmp_path, mon
     monkeypatch.chdir(work)
     filled = [a.format(model=model, images=images, tmp=tmp_path) for a in args]
     assert main(filled) == 2
-    _one_error(capsys, message)
+    one_error(capsys, message)
     assert sorted(p.name for p in work.iterdir()) == ["img0.png"]
 
 
@@ -141,15 +134,15 @@ def test_convert_refuses_a_dst_that_is_a_file_or_holds_files(model, tmp_path, ca
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert main(["convert", model, str(afile)]) == 2
-    _one_error(capsys, f"cannot write the converted checkpoint to {afile}: it is a file")  # was "[Errno 17] ..."
+    one_error(capsys, f"cannot write the converted checkpoint to {afile}: it is a file")  # was "[Errno 17] ..."
     assert main(["convert", model, str(afile / "sub")]) == 2
-    err = _one_error(capsys, f"cannot write the converted checkpoint to {afile / 'sub'}", "pass a writable directory")
+    err = one_error(capsys, f"cannot write the converted checkpoint to {afile / 'sub'}", "pass a writable directory")
     assert "Errno" not in err
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text("{}")  # someone else's checkpoint: not overwritten
     assert main(["convert", model, str(other)]) == 2
-    _one_error(capsys, "the directory is not empty")
+    one_error(capsys, "the directory is not empty")
     assert [p.name for p in other.iterdir()] == ["config.json"] and (other / "config.json").read_text() == "{}"
     (tmp_path / "empty").mkdir()
     assert main(["convert", model, str(tmp_path / "empty")]) == 0
@@ -164,7 +157,7 @@ def test_demo_names_a_bad_training_json(tmp_path, capsys):
     ]:
         (model / "training.json").write_text(text)
         assert main(["demo", "--model", str(model)]) == 2
-        err = _one_error(capsys, f"{model / 'training.json'}: cannot read scene_long_side", *words)
+        err = one_error(capsys, f"{model / 'training.json'}: cannot read scene_long_side", *words)
         assert "--sides" not in err
 
 
@@ -172,13 +165,13 @@ def test_data_check_refuses_an_empty_file_and_an_unknown_template(tmp_path, caps
     empty = tmp_path / "empty.json"
     empty.write_bytes(b"")
     assert main(["data", "check", str(empty)]) == 2  # was "all 0 records OK", exit 0
-    _one_error(capsys, "is empty (0 bytes)")
+    one_error(capsys, "is empty (0 bytes)")
     data = tmp_path / "d.jsonl"
     data.write_text(
         '{"id": "1", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}\n'
     )
     assert main(["data", "check", str(data), "--template", "vicuna_v2"]) == 2  # was ignored without a processor
-    _one_error(capsys, "unknown conversation template 'vicuna_v2'", "vicuna_v1")
+    one_error(capsys, "unknown conversation template 'vicuna_v2'", "vicuna_v1")
     assert main(["data", "check", str(data), "--template", "vicuna_v1"]) == 0
 
 
@@ -187,9 +180,9 @@ def test_chat_refuses_a_bad_start_image_and_a_video_the_model_cannot_take(model,
     bad = tmp_path / "trunc.png"
     bad.write_bytes((images / "img0.png").read_bytes()[:40])
     assert main(["chat", "--model", model, "--image", str(bad)]) == 2
-    _one_error(capsys, f"image {bad}: cannot decode image")
+    one_error(capsys, f"image {bad}: cannot decode image")
     assert main(["chat", "--model", model, "--video", str(images)]) == 2
-    _one_error(capsys, "llava_onevision models only, this is llava_next")
+    one_error(capsys, "llava_onevision models only, this is llava_next")
 
 
 def test_chat_video_command_refused_for_a_model_without_videos(model, images):
@@ -205,5 +198,5 @@ def test_merge_lora_refuses_an_out_that_holds_files(model, tmp_path, capsys):
     other.mkdir()
     (other / "model.safetensors").write_bytes(b"mine")
     assert main(["merge-lora", "--base", model, "--adapter", str(tmp_path), "--out", str(other)]) == 2
-    _one_error(capsys, "the directory is not empty")
+    one_error(capsys, "the directory is not empty")
     assert (other / "model.safetensors").read_bytes() == b"mine"

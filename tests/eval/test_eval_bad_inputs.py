@@ -15,16 +15,9 @@ from llavakit.eval.command import score_file
 from llavakit.eval.run import read_predictions
 from llavakit.eval.tasks import get_task
 from llavakit.eval.tasks.mmbench import rotations
+from one_error import one_error
 
 LATIN1 = "Qu'est-ce qui est écrit ?".encode("latin-1")  # b"\xe9": no UTF-8 text
-
-
-def _one_error(capsys, *words: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for w in words:
-        assert w in err, err
-    return err
 
 
 def _answers(path: Path, records: list[dict]) -> Path:
@@ -41,16 +34,16 @@ def test_eval_out_that_is_a_file_is_refused_before_the_model_loads(tiny_model, t
     taken.write_text("not a directory\n")
     args = ["eval", "pope", "--model", tiny_model, "--data", str(data), "--no-progress"]
     assert main([*args, "--out", str(taken)]) == 2  # was "[Errno 17] File exists: '.../taken.txt'"
-    _one_error(capsys, f"--out {taken} is a file, not a directory", "pass --out with a new or existing directory")
+    one_error(capsys, f"--out {taken} is a file, not a directory", "pass --out with a new or existing directory")
     assert taken.read_text() == "not a directory\n"
     assert main([*args, "--out", str(taken / "run")]) == 2  # was "[Errno 20] Not a directory"
-    _one_error(capsys, f"--out {taken / 'run'} lies under {taken}, which is a file")
+    one_error(capsys, f"--out {taken / 'run'} lies under {taken}, which is a file")
     # the default directory runs/eval/pope-tiny is no directory either when runs/eval is a file
     monkeypatch.chdir(tmp_path)
     Path("runs").mkdir()
     Path("runs/eval").write_text("")
     assert main(args) == 2
-    _one_error(capsys, "the default output directory runs/eval/pope-tiny lies under runs/eval", "pass --out")
+    one_error(capsys, "the default output directory runs/eval/pope-tiny lies under runs/eval", "pass --out")
 
 
 def test_eval_out_with_a_directory_where_a_result_file_goes(tmp_path, capsys):
@@ -59,15 +52,15 @@ def test_eval_out_with_a_directory_where_a_result_file_goes(tmp_path, capsys):
     (tmp_path / "out" / "scores.json").mkdir(parents=True)
     args = ["eval", "score", "gqa", "--data", str(data), "--predictions", str(preds)]
     assert main([*args, "--out", str(tmp_path / "out")]) == 2  # was "[Errno 21] Is a directory"
-    _one_error(capsys, f"{tmp_path / 'out' / 'scores.json'} is a directory where the run writes a file")
+    one_error(capsys, f"{tmp_path / 'out' / 'scores.json'} is a directory where the run writes a file")
     taken = tmp_path / "taken"
     taken.write_text("")
     assert main([*args, "--out", str(taken)]) == 2
-    _one_error(capsys, f"--out {taken} is a file, not a directory")
+    one_error(capsys, f"--out {taken} is a file, not a directory")
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "gone")
     assert main([*args, "--out", str(dangling / "run")]) == 2  # was "[Errno 17] File exists"
-    _one_error(capsys, f"{dangling} is a link to nothing")
+    one_error(capsys, f"{dangling} is a link to nothing")
     assert main([*args, "--out", str(tmp_path / "new")]) == 0  # a new directory is made
     assert (tmp_path / "new" / "scores.json").is_file()
 
@@ -81,7 +74,7 @@ def test_answer_file_that_is_not_utf8_is_named(tmp_path, capsys):
     preds.write_bytes(b'{"question_id": "201", "text": "yes"}\n{"question_id": "202", "text": "' + LATIN1 + b'"}\n')
     args = ["eval", "score", "gqa", "--data", str(data), "--predictions", str(preds), "--out", str(tmp_path / "o")]
     assert main(args) == 2  # was "'utf-8' codec can't decode byte 0xe9 in position 75", no file named
-    _one_error(capsys, f"{preds}:2: not UTF-8 text (byte 0xe9 at offset", "re-save the file as UTF-8")
+    one_error(capsys, f"{preds}:2: not UTF-8 text (byte 0xe9 at offset", "re-save the file as UTF-8")
     with pytest.raises(ValueError, match=r"answers.jsonl:2: not UTF-8 text"):  # a resumed run's own file too
         read_predictions(preds)
 
@@ -94,7 +87,7 @@ def test_data_files_that_are_not_utf8_are_named(tmp_path, capsys):
     preds = _answers(tmp_path / "p.jsonl", [{"question_id": 1, "text": "red"}])
     args = ["eval", "score", "vqav2", "--data", str(data), "--predictions", str(preds), "--out", str(tmp_path / "o")]
     assert main(args) == 2
-    _one_error(capsys, f"{qfile}:4: not UTF-8 text")
+    one_error(capsys, f"{qfile}:4: not UTF-8 text")
     # JSON annotation file (TextVQA)
     tvqa = fx.textvqa(tmp_path / "t")
     ann = tvqa / "TextVQA_0.5.1_val.json"
@@ -118,7 +111,7 @@ def test_compare_names_a_scores_file_that_is_not_utf8(tmp_path, capsys):
     bad = tmp_path / "scores.json"
     bad.write_bytes(b'{"task": "gqa", "scores": {"accuracy": 0.5}, "model": "' + LATIN1 + b'"}')
     assert main(["eval", "compare", str(bad), str(bad)]) == 2
-    _one_error(capsys, f"{bad}:1: not UTF-8 text")
+    one_error(capsys, f"{bad}:1: not UTF-8 text")
 
 
 # ---------------------------------------------------------------- MMBench: options after an empty cell
