@@ -129,8 +129,8 @@ def _check_same_questions(path: Path, samples: list[Sample]) -> None:
             recorded = str(record["prompt"])  # null or a number when another tool wrote the file
             raise ValueError(
                 f"{path}:{n}: question {qid!r} was answered for another prompt ({recorded[:60]!r}) than this "
-                f"data asks ({prompts[qid][:60]!r}): other data or another task wrote this directory; pass another "
-                "--out directory"
+                f"data asks ({prompts[qid][:60]!r}): other data, another task or a llavakit whose prompts differed "
+                "(MME before 2026-12-04, TextVQA before 2026-12-05) wrote this directory; pass another --out directory"
             )
 
 
