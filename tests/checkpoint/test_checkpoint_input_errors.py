@@ -49,3 +49,13 @@ def test_convert_refuses_vision_tower_for_an_hf_checkpoint(tmp_path: Path, capsy
     assert "--vision-tower applies to original checkpoints" in err and "leave --vision-tower out" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_load_model_refuses_vision_tower_for_an_hf_checkpoint(tmp_path: Path):
+    """The library call took ``vision_tower`` for an HF checkpoint and ignored it."""
+    from llavakit.checkpoint.api import load_model
+
+    hf_model("llava").save_pretrained(tmp_path / "hf")
+    with pytest.raises(ValueError, match="vision_tower applies to original checkpoints .* leave vision_tower out"):
+        load_model(tmp_path / "hf", vision_tower=tmp_path / "clip")
+    assert load_model(tmp_path / "hf") is not None

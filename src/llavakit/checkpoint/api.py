@@ -64,6 +64,11 @@ def load_model(
 
     path = resolve_model_path(path_or_id, revision=revision)
     config, fmt = load_config(path, vision_tower)
+    if fmt == "hf" and vision_tower is not None:  # an HF checkpoint holds its own tower: the argument would be ignored
+        raise ValueError(
+            f"vision_tower applies to original checkpoints (their CLIP / SigLIP tower is a separate model); {path} is "
+            "in the HF layout and holds its own vision tower: leave vision_tower out"
+        )
     with torch.device("meta"):
         model = LlavaModel(config)
     assumed = fmt == "hf" and text_config_assumed(read_config_dict(path))
