@@ -53,3 +53,11 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0
+
+    def row(self, i: int) -> KVCache:
+        """A cache of batch size 1 over row ``i``'s buffers (views: what a step writes lands in this cache's row i),
+        at this cache's length; its ``advance`` does not move this one."""
+        one = object.__new__(KVCache)
+        one.k, one.v = [k[i : i + 1] for k in self.k], [v[i : i + 1] for v in self.v]
+        one.max_len, one.batch_size, one.length = self.max_len, 1, self.length
+        return one

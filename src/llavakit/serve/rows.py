@@ -7,7 +7,6 @@ docstring for the slot layout with a worked example.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -165,9 +164,7 @@ class RunningBatch:
         for i, row in enumerate(self.rows):
             if row.done:
                 continue
-            one = copy.copy(self.cache)  # views of row i's slots: the step writes its new slot into the batch's
-            one.k, one.v = [k[i : i + 1] for k in self.cache.k], [v[i : i + 1] for v in self.cache.v]
-            one.batch_size = 1
+            one = self.cache.row(i)  # views of row i's slots: the step writes its new slot into the batch's
             r = slice(i, i + 1)
             try:
                 logits[i] = self.step(self.model, self.tokens[r], self.pos[r], one, self.mask[r, :end])[0]
