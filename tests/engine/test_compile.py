@@ -67,6 +67,41 @@ def test_compiled_step_calls_fbgemm_through_the_registered_op():
     assert _greedy(model, ids, 8, step) == _greedy(model, ids, 8)
 
 
+def _step_logits(model, step, ids: list[int], feed: list[int]) -> torch.Tensor:
+    """Logits of ``step`` for each token of ``feed`` after a prefill of ``ids`` (teacher-forced) -> (len(feed), V)."""
+    from llavakit.engine.kv_cache import KVCache
+
+    cache = KVCache(model.config.text, 1, len(ids) + len(feed), dtype=model.dtype, device="cpu")
+    with torch.no_grad():
+        embeds = model.model.language_model.embed_tokens(torch.tensor([ids]))
+        model(inputs_embeds=embeds, position_ids=torch.arange(len(ids))[None], cache=cache, logits_to_keep=1)
+        return torch.cat(
+            [step(model, torch.tensor([t]), torch.tensor([[len(ids) + i]]), cache, None) for i, t in enumerate(feed)]
+        ).float()
+
+
+@pytest.mark.skipif(inductor_unavailable() is not None, reason=f"torch.compile unavailable: {inductor_unavailable()}")
+def test_frozen_step_of_int8_models_follows_each_model_and_restores_inductor_config():
+    """The step is compiled with inductor's freezing (weights become constants of the graph, so int8 can use
+    inductor's own kernel): two int8 models of the same shapes through one compiled step must each get their own
+    weights, and the global ``freezing`` flag it sets around each call must be back as it was."""
+    from torch._inductor import config as inductor_config
+
+    from llavakit.engine.generate import decode_step
+    from llavakit.engine.quantize import Int8Linear, quantize_llava
+
+    step = compile_decode_step()
+    ids, feed = [1, 17, 33, 8, 90, 41], [5, 77, 12, 60]
+    for seed in (8, 9):
+        model = ours_from_hf(hf_model("llava", "qwen2", seed=seed)).to(torch.bfloat16)
+        quantize_llava(model, "int8+head")
+        assert isinstance(model.lm_head, Int8Linear)
+        eager, compiled = _step_logits(model, decode_step, ids, feed), _step_logits(model, step, ids, feed)
+        assert inductor_config.freezing is False
+        assert (compiled - eager).abs().max() <= 0.02 * eager.abs().max(), seed  # bf16 rounding only
+        assert compiled.argmax(-1).tolist() == eager.argmax(-1).tolist()
+
+
 def test_missing_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     engine_compile.inductor_unavailable.cache_clear()
