@@ -496,11 +496,16 @@ def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict 
             f"bf16 TTFT: ~{flops / 1e12:.2f} TFLOP of Linears (vision + decoder prefill) -> >= {flops / best:.0f} s "
             f"at the best GEMM rate; ours {t:.0f} s = {flops / best / t:.0%} of that rate"
         )
-    for q in QUANTIZE_MODES:
-        if ("ours", q) in by and ("ours", "bfloat16") in by:
-            print(
-                f"{q} decode {by[('ours', q)]['decode_tok_s'] / by[('ours', 'bfloat16')]['decode_tok_s']:.2f}x our bf16"
-            )
+    for q in QUANTIZE_MODES:  # eager against eager, and the compiled step against both of our bf16 rows
+        for impl in ours:
+            if (impl, q) not in by:
+                continue
+            d = by[(impl, q)]["decode_tok_s"]
+            name = {"ours": "eager", "ours+compile": "compiled"}
+            bf16 = [(name[i], by[(i, "bfloat16")]["decode_tok_s"]) for i in ours if (i, "bfloat16") in by]
+            vs = [f"{d / ref:.2f}x our {n} bf16" for n, ref in bf16]
+            if vs:
+                print(f"{impl} {q} decode: {', '.join(vs)}")
     if quality:
         n = quality["new_tokens"]
         print(
