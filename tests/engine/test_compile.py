@@ -84,20 +84,22 @@ def _step_logits(model, step, ids: list[int], feed: list[int]) -> torch.Tensor:
 def test_frozen_step_of_int8_models_follows_each_model_and_restores_inductor_config():
     """The step is compiled with inductor's freezing (weights become constants of the graph, so int8 can use
     inductor's own kernel): two int8 models of the same shapes through one compiled step must each get their own
-    weights, and the global ``freezing`` flag it sets around each call must be back as it was."""
+    weights, and the global flags it sets around each call (``freezing``, ``fx_graph_cache``) must be back as they
+    were."""
     from torch._inductor import config as inductor_config
 
     from llavakit.engine.generate import decode_step
     from llavakit.engine.quantize import Int8Linear, quantize_llava
 
     step = compile_decode_step()
+    config_before = inductor_config.freezing, inductor_config.fx_graph_cache
     ids, feed = [1, 17, 33, 8, 90, 41], [5, 77, 12, 60]
     for seed in (8, 9):
         model = ours_from_hf(hf_model("llava", "qwen2", seed=seed)).to(torch.bfloat16)
         quantize_llava(model, "int8+head")
         assert isinstance(model.lm_head, Int8Linear)
         eager, compiled = _step_logits(model, decode_step, ids, feed), _step_logits(model, step, ids, feed)
-        assert inductor_config.freezing is False
+        assert (inductor_config.freezing, inductor_config.fx_graph_cache) == config_before
         assert (compiled - eager).abs().max() <= 0.02 * eager.abs().max(), seed  # bf16 rounding only
         assert compiled.argmax(-1).tolist() == eager.argmax(-1).tolist()
 

@@ -11,9 +11,10 @@ The step is compiled with inductor's ``freezing`` and ``max_autotune``: the mode
 the graph (so a compiled pipeline's weights must not change after its first answer), which lets inductor pack
 them for its own CPU kernels; for weight-only int8 (``Int8Linear``, torch's ``_weight_int8pack_mm``) it then
 picks its C++ int8 template, which streams the int8 weights about twice as fast as the eager kernel (on a 2-core
-EPYC: 54 against 29 tok/s for the Qwen2-0.5B-shaped decoder, ``docs/speed.md``). Dynamo reads ``freezing`` from
-the global inductor config (as a ``torch.compile`` option it is ignored), so ``compile_decode_step`` sets it
-around each call of the compiled step and restores it after; each model gets graphs of its own.
+EPYC, int8+head: 42.9-44.9 against 23.5 tok/s for the Qwen2-0.5B-shaped decoder, ``docs/speed.md``). Dynamo
+reads ``freezing`` from the global inductor config (as a ``torch.compile`` option it is ignored), so
+``compile_decode_step`` sets it around each call of the compiled step and restores it after; each model gets
+graphs of its own.
 
 On a CPU, inductor writes C++ and needs a C++ compiler (``$CXX`` or g++); ``inductor_unavailable`` says why
 not when it cannot run.
