@@ -26,6 +26,7 @@ import functools
 import os
 import shutil
 import types
+import warnings
 import weakref
 
 import torch
@@ -52,6 +53,8 @@ def inductor_unavailable() -> str | None:
 # from the model that wrote the entry (measured: a second int8 model of the same shapes answered with the first
 # one's weights; pytorch/pytorch#143144 is of that family)
 FROZEN_CONFIG = (True, False)
+# torch.compile options of a frozen step: max_autotune, without its reports on stderr (see compile_decode_step)
+FROZEN_OPTIONS = {"max_autotune": True, "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
 RECOMPILE_LIMIT = 256  # compiled decode-step graphs kept per process (dynamo's default: 8)
 
 
@@ -100,6 +103,9 @@ def compile_decode_step(*, freeze: bool = True) -> StepFn:
         return torch.compile(decode_step, fullgraph=True, dynamic=True)
     from torch._inductor import config as inductor_config
 
+    # max_autotune's benchmarking writes its tables and a storage deprecation warning to stderr: in a terminal
+    # they would land in the middle of the streamed answer (the step compiles after its first token is shown)
+    warnings.filterwarnings("ignore", message="TypedStorage is deprecated", module=r"torch\._inductor")
     per_model: weakref.WeakKeyDictionary[torch.nn.Module, StepFn] = weakref.WeakKeyDictionary()
 
     def frozen_step(
@@ -112,7 +118,7 @@ def compile_decode_step(*, freeze: bool = True) -> StepFn:
         compiled = per_model.get(model)
         if compiled is None:
             _reserve_rope_table(model)
-            compiled = torch.compile(_own_decode_step(), fullgraph=True, dynamic=True, options={"max_autotune": True})
+            compiled = torch.compile(_own_decode_step(), fullgraph=True, dynamic=True, options=FROZEN_OPTIONS)
             per_model[model] = compiled
         # read by dynamo and inductor whenever this call (re)compiles; restored after
         before = inductor_config.freezing, inductor_config.fx_graph_cache
