@@ -129,8 +129,8 @@ def test_cli_takes_compile_flag():
 
 
 def test_many_compiled_pipelines_fit_dynamos_graph_cache():
-    """Every compiled pipeline adds graphs to one decode_step's cache: the limit is raised so the fifth model
-    compiled in a process does not fail mid-answer (dynamo's default: 8 graphs)."""
+    """dynamo's graph limit is raised (its default: 8 graphs) so that a compiled step never fails mid-answer for
+    one recompilation too many (fullgraph=True); each model's step keeps its own graphs."""
     import torch._dynamo
 
     from llavakit.engine.compile import RECOMPILE_LIMIT, compile_decode_step, inductor_unavailable

@@ -55,7 +55,7 @@ def inductor_unavailable() -> str | None:
 FROZEN_CONFIG = (True, False)
 # torch.compile options of a frozen step: max_autotune, without its reports on stderr (see compile_decode_step)
 FROZEN_OPTIONS = {"max_autotune": True, "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
-RECOMPILE_LIMIT = 256  # compiled decode-step graphs kept per process (dynamo's default: 8)
+RECOMPILE_LIMIT = 256  # compiled graphs kept per model's decode step (dynamo's default: 8)
 
 
 class CompileUnavailable(OSError):
@@ -85,22 +85,18 @@ def _own_decode_step() -> StepFn:
     return types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
 
 
-def compile_decode_step(*, freeze: bool = True) -> StepFn:
-    """``decode_step`` compiled with inductor (graphs are built on first use).
-
-    ``freeze``: compile with inductor's freezing and max_autotune (see the module docstring); False compiles
-    with torch.compile's defaults. Raises ``CompileUnavailable`` with the reason when inductor cannot run here.
+def compile_decode_step() -> StepFn:
+    """``decode_step`` compiled with inductor, frozen and autotuned (see the module docstring); each model's graphs
+    are built on its first use. Raises ``CompileUnavailable`` with the reason when inductor cannot run here.
     """
     reason = inductor_unavailable()
     if reason is not None:
         raise CompileUnavailable(f"cannot compile the decode step: {reason}; or run without --compile")
-    # every compiled pipeline adds its graphs to the one decode_step's cache (about 2 per model / dtype /
-    # quantization); past dynamo's limit (8) fullgraph=True fails mid-answer: leave room for many models
+    # each model's step keeps its own graphs (one for single requests, one each for batches with and without
+    # padding); past dynamo's limit fullgraph=True fails mid-answer, so the limit is raised well above that
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
-    if not freeze:
-        return torch.compile(decode_step, fullgraph=True, dynamic=True)
     from torch._inductor import config as inductor_config
 
     # max_autotune's benchmarking writes its tables and a storage deprecation warning to stderr: in a terminal
