@@ -375,12 +375,28 @@ def decoder_weight_gb(geom: str, vocab: int | None = None) -> tuple[float, float
 
 
 def prefill_flops(geom: str, prompt_tokens: int) -> float:
-    """Multiply-add FLOPs of the Linears of one image request: vision tower over 5 tiles + decoder prefill."""
-    v, _ = geometry(geom)
-    vis = v["num_hidden_layers"] * (4 * v["hidden_size"] ** 2 + 2 * v["hidden_size"] * v["intermediate_size"])
+    """FLOPs of one image request up to its first token: the vision tower over 5 tiles + the decoder's prefill,
+    Linears and attention (QK^T and PV), the way llavakit and transformers both run them.
+
+    The tower embeds each tile's P patches (a convolution: 2 * P * 3 * patch^2 * width), then runs its layers up
+    to LLaVA's feature layer -2 (the last layer is skipped); each layer attends over the P + 1 tokens (with CLS):
+    4 * (P + 1)^2 * width. The decoder's causal attention over T prompt
+    tokens: query i reads i + 1 keys, sum T(T+1)/2, twice (QK^T and PV) at 2 FLOPs a multiply-add per channel
+    of the heads. Worked example, "small" (CLIP-L/336, Qwen2-0.5B, T = 2363): vision 23 layers x 2885 tokens x
+    25.2 MFLOP of Linears = 1.67 T + 0.16 T attention (+ 3.5 G of patch embedding); decoder 2 x 0.36 G params x
+    2363 = 1.69 T + 0.24 T. The projector (~10 G) and the LM head at the last position are left out.
+    """
+    v, t = geometry(geom)
+    w, ff = v["hidden_size"], v["intermediate_size"]
+    layers = v["num_hidden_layers"] - 1
+    tiles, p = 5, (v["image_size"] // v["patch_size"]) ** 2
+    embed = 2 * p * 3 * v["patch_size"] ** 2 * w
+    vision = tiles * (embed + layers * (2 * (p + 1) * (4 * w * w + 2 * w * ff) + 4 * (p + 1) ** 2 * w))
     layers_gb, _ = decoder_weight_gb(geom)
-    tiles, patches = 5, (v["image_size"] // v["patch_size"]) ** 2 + 1
-    return 2 * vis * tiles * patches + 2 * (layers_gb * 1e9 / 2) * prompt_tokens
+    heads = t["num_attention_heads"] * d_head(t)
+    n = prompt_tokens
+    decoder = 2 * (layers_gb * 1e9 / 2) * n + t["num_hidden_layers"] * 2 * n * (n + 1) * heads
+    return vision + decoder
 
 
 def d_head(t: dict) -> int:
@@ -492,10 +508,17 @@ def report(a: argparse.Namespace, limits: dict, rows: list[dict], quality: dict 
         flops = prefill_flops(a.geometry, by[("ours", "bfloat16")]["prompt_tokens"])
         best = max(limits["float32_gemm_GFLOPs"], limits["bfloat16_gemm_GFLOPs"]) * 1e9
         t = by[("ours", "bfloat16")]["ttft_s"]
+        floor = flops / best
         print(
-            f"bf16 TTFT: ~{flops / 1e12:.2f} TFLOP of Linears (vision + decoder prefill) -> >= {flops / best:.0f} s "
-            f"at the best GEMM rate; ours {t:.0f} s = {flops / best / t:.0%} of that rate"
+            f"bf16 TTFT: ~{flops / 1e12:.2f} TFLOP (vision + decoder prefill) -> >= {floor:.1f} s at the best GEMM "
+            f"rate; ours {t:.1f} s = {floor / t:.0%} of that rate"
         )
+        if ("hf", "bfloat16") in by:  # the issue's target, 0.6x transformers' TTFT, against this machine's rate
+            h = by[("hf", "bfloat16")]["ttft_s"]
+            print(
+                f"bf16 TTFT: transformers {h:.1f} s = {floor / h:.0%} of that rate; 0.6x of it ({0.6 * h:.1f} s) "
+                f"would need {flops / (0.6 * h) / 1e9:.0f} GFLOP/s = {floor / (0.6 * h):.0%} of the best GEMM rate"
+            )
     for q in QUANTIZE_MODES:  # eager against eager, and the compiled step against both of our bf16 rows
         for impl in ours:
             if (impl, q) not in by:

@@ -1,4 +1,4 @@
-"""Load a file of scripts/ as a module (the scripts are not a package); for the tests of those scripts."""
+"""Load a file of scripts/ (or benchmarks/) as a module (neither is a package); for the tests of those files."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 from types import ModuleType
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+BENCHMARKS = SCRIPTS.parent / "benchmarks"
 
 
-def load_script(name: str) -> ModuleType:
-    """``scripts/<name>.py`` as module ``name``, registered in ``sys.modules`` (its dataclasses look it up)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+def load_script(name: str, folder: Path = SCRIPTS) -> ModuleType:
+    """``<folder>/<name>.py`` (scripts/ unless said) as module ``name``, registered in ``sys.modules`` (its
+    dataclasses look it up)."""
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
