@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from script_module import BENCHMARKS, load_script  # noqa: E402
+from script_module import BENCHMARKS, load_script
 
 
 def test_prefill_flops_equal_the_counted_flops_of_a_first_token(tmp_path: Path) -> None:
