@@ -98,7 +98,7 @@ def check_data(
 
 def _emptiness(data: str | Path) -> str:
     """What a file without records holds (it is tiny): ``[]`` with any whitespace, or whitespace alone."""
-    text = Path(data).read_text(encoding="utf-8").strip()
+    text = Path(data).read_text(encoding="utf-8-sig").strip()
     return "an empty JSON list" if text.startswith("[") else "nothing but whitespace"
 
 

@@ -59,7 +59,9 @@ def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
     """Each record of the file, or a ``bad_json`` SampleError naming the file and line where one is broken.
 
     A .json file holding one array is parsed whole (a break in it ends the file); .jsonl and any file that does
-    not start with "[" are read line by line.
+    not start with "[" are read line by line. A UTF-8 byte order mark (Windows editors write one) is ignored. A
+    file that is one JSON object other than a record (``{"data": [...]}``) is refused with a ValueError: read as
+    lines it would be one record without a conversation.
     """
     path = Path(path)
     if path.is_dir():
@@ -67,11 +69,15 @@ def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: drops a leading byte order mark, if any
     except UnicodeDecodeError as e:
         raise ValueError(
             f"{path} is not UTF-8 text (byte {e.start}); training data is JSON / JSON lines in UTF-8: re-save it so"
         ) from None
+    one = _single_object(path, text) if text.lstrip().startswith("{") else None
+    if one is not None:  # a file of one record, pretty-printed or not
+        yield Record(one, f"{path}:1")
+        return
     if path.suffix != ".jsonl" and text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -87,6 +93,23 @@ def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
             yield Record(json.loads(line), f"{path}:{n}")
         except json.JSONDecodeError as e:
             yield SampleError("bad_json", f"{path}:{n}: broken JSON line ({e.msg}, column {e.colno})")
+
+
+def _single_object(path: Path, text: str) -> dict[str, Any] | None:
+    """The record of a file that is one JSON object with ``conversations``; None for JSON lines (or broken JSON,
+    reported line by line). A file that is one other object (``{"data": [...]}``) is refused: ValueError."""
+    try:
+        top = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if "conversations" in top:
+        return top
+    lists = [f"{k!r} ({len(v)} items)" for k, v in top.items() if isinstance(v, list)]
+    held = f"; its key {lists[0]} may be the records: save that list alone as the file" if lists else ""
+    raise ValueError(
+        f"{path}: expected a JSON array of records (the LLaVA format) or JSON lines (one record per line), got one "
+        f"JSON object with keys {', '.join(map(repr, list(top)[:5]))}{held}"
+    )
 
 
 def _fail(err: SampleError, on_error: str, skipped: Counter | None) -> None:
