@@ -126,7 +126,8 @@ def config_from_original(
     if cfg.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
         raise ValueError(
             f"mm_hidden_size {cfg['mm_hidden_size']} != hidden size {vision.hidden_size} of the vision tower "
-            f"{cfg.get('mm_vision_tower')!r}: pass the config.json of the tower this model was trained with"
+            f"{cfg.get('mm_vision_tower')!r}: this model was trained with another tower. "
+            + (convert_hint(name) if vision_config is None else "Pass the directory of that tower (--vision-tower DIR)")
         )
     text = TextConfig.from_hf({**cfg, "model_type": _text_type(cfg)})
     if vision.model_type == "siglip_vision_model":
@@ -231,8 +232,8 @@ def _vision(cfg: dict[str, Any], given: dict[str, Any] | None) -> VisionConfig:
     if given is None:
         if _known_tower(tower) is None:
             raise ValueError(
-                f"unknown vision tower {tower!r}: pass its config.json as vision_config "
-                f"(known without it: {', '.join(KNOWN_TOWERS)})"
+                f"unknown vision tower {tower!r} (known without its config.json: {', '.join(KNOWN_TOWERS)}). "
+                + convert_hint(None)
             )
         given = KNOWN_TOWERS[_known_tower(tower)]  # type: ignore[index]
     outer = str(given.get("model_type", ""))
@@ -361,9 +362,18 @@ def _tower_path(source: str | Path, path: str | Path) -> Path:
         return resolve_model_path(source)
     except (HubUnreachableError, FileNotFoundError) as e:
         raise type(e)(
-            f"{path} needs its vision tower {str(source)!r} (mm_vision_tower): {e}. Pass the tower's local "
-            "directory as vision_tower (`llava convert --vision-tower DIR`)"
+            f"{path} needs its vision tower {str(source)!r} (mm_vision_tower): {e}. {convert_hint(path)}"
         ) from e
+
+
+def convert_hint(src: str | Path | None) -> str:
+    """The fix for an original checkpoint whose vision tower is unknown, unreachable or not the one it names: convert
+    it once with the tower's directory (training's model.init takes no separate tower: model.vision_tower is for
+    building from a decoder)."""
+    return (
+        f"Convert it with the tower's local directory: `llava convert {src or 'SRC'} DST --vision-tower DIR`, "
+        "then use DST (`--model DST`; to train from it, model.init=DST)"
+    )
 
 
 def original_tensors(
