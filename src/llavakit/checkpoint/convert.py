@@ -5,11 +5,16 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .api import load_config, load_model, parse_dtype
 from .hub import resolve_model_path
+from .staging import staged_dir
+
+if TYPE_CHECKING:
+    from ..processing.processor import LlavaProcessor
 
 # processor-side files of an HF checkpoint, copied as they are when no processor can be built
 PROCESSOR_FILES = (
@@ -62,11 +67,15 @@ def convert(
             f"(mm_vision_tower); {src} is in the HF layout and holds its own vision tower (vision_config and "
             "weights), which convert keeps: leave --vision-tower out"
         )
+    # the processor is built (or refused) before anything is written; the output appears only when complete
+    processor, note = source_processor(path, config, fmt, facts)
     model = load_model(path, dtype=parse_dtype(dtype) if dtype else stored_dtype(path), vision_tower=vision_tower)
-    model.save_pretrained(out, max_shard_bytes=max_shard_bytes)
-    notes = [write_processor(path, out, model, fmt, facts)]
-    if (path / "generation_config.json").is_file():  # extra end-of-sequence ids (Llama-3's <|eot_id|>, ...)
-        shutil.copy2(path / "generation_config.json", out / "generation_config.json")
+    with staged_dir(out) as tmp:
+        model.save_pretrained(tmp, max_shard_bytes=max_shard_bytes)
+        write_processor(processor, path, tmp)
+        if (path / "generation_config.json").is_file():  # extra end-of-sequence ids (Llama-3's <|eot_id|>, ...)
+            shutil.copy2(path / "generation_config.json", tmp / "generation_config.json")
+    notes = [note]
     if config.projector_type != "mlp2x_gelu":
         notes.append(
             f"its {config.projector_type} projector runs in llavakit; transformers' and vLLM's LLaVA classes build a "
@@ -105,29 +114,32 @@ def stored_dtype(path: Path) -> torch.dtype:
     return torch.float32
 
 
-def write_processor(src: Path, out: Path, model, fmt: str, facts=None) -> str | None:  # noqa: ANN001
-    """Processor files for the converted checkpoint; returns a note when they could not all be written.
-    ``facts``: an original checkpoint's processor facts (``original_facts``), needed when ``fmt`` is "original"."""
+def source_processor(path: Path, config, fmt: str, facts=None) -> tuple[LlavaProcessor | None, str | None]:  # noqa: ANN001
+    """The processor of the converted checkpoint, built in memory: an HF source's own (None and a note when it has
+    none); an original checkpoint's from its tokenizer and ``facts`` (``original_facts``), refused (ValueError
+    naming the fix) when it cannot be built."""
     from ..processing.processor import LlavaProcessor
 
     if fmt == "hf":
         try:
-            LlavaProcessor.from_pretrained(src).save_pretrained(out)
-            return None
+            return LlavaProcessor.from_pretrained(path), None
         except (FileNotFoundError, ValueError, OSError) as e:
-            for name in PROCESSOR_FILES:  # a weights-only conversion: keep whatever processor files exist
-                if (src / name).exists():
-                    shutil.copy2(src / name, out / name)
-            return f"processor not rebuilt ({e}); copied the processor files that exist"
-    try:
-        tokenizer = original_tokenizer(src, model.config)
-    except (FileNotFoundError, ValueError) as e:
-        return f"weights converted, but no processor written: {e}"
-    image_config = image_config_of(facts)
-    LlavaProcessor.from_parts(
-        tokenizer, model.config, template=facts.template, image_config=image_config
-    ).save_pretrained(out)
-    return None
+            return None, f"processor not rebuilt ({e}); copied the processor files that exist"
+    tokenizer = original_tokenizer(path, config)
+    processor = LlavaProcessor.from_parts(
+        tokenizer, config, template=facts.template, image_config=image_config_of(facts)
+    )
+    return processor, None
+
+
+def write_processor(processor: LlavaProcessor | None, src: Path, out: Path) -> None:
+    """Save ``processor`` in ``out``; without one (a weights-only HF source), copy the processor files ``src`` has."""
+    if processor is not None:
+        processor.save_pretrained(out)
+        return
+    for name in PROCESSOR_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, out / name)
 
 
 def image_config_of(facts):  # noqa: ANN001, ANN201
@@ -152,27 +164,34 @@ def original_tokenizer(src: Path, config):  # noqa: ANN001, ANN201
     """The checkpoint's tokenizer with ``<image>`` (and ``<pad>`` / ``<video>``) added at the converted ids.
 
     Original checkpoints often ship only a sentencepiece ``tokenizer.model``: transformers (with sentencepiece)
-    turns it into a ``tokenizer.json`` when installed.
+    turns it into a ``tokenizer.json`` when installed. Refused (ValueError naming the fix) when there is no
+    tokenizer, when it cannot be converted, or when ``<image>`` would not land at the model's image token id.
     """
+    import tempfile
+
     from ..processing.tokenizer import Tokenizer
 
-    if not (src / "tokenizer.json").exists():
-        if not (src / "tokenizer.model").exists():
-            raise FileNotFoundError(f"{src} has no tokenizer.json or tokenizer.model")
-        try:
-            import tempfile
+    if (src / "tokenizer.json").exists():
+        tok = Tokenizer.from_dir(src)
+    elif not (src / "tokenizer.model").exists():
+        raise ValueError(
+            f"{src} has no tokenizer.json or tokenizer.model, and convert writes the processor with the weights: "
+            "copy the tokenizer files of the language model it was trained from (tokenizer.json or tokenizer.model, "
+            "with tokenizer_config.json) into it; nothing was written"
+        )
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                from transformers import AutoTokenizer  # optional: only for converting sentencepiece tokenizers
 
-            from transformers import AutoTokenizer  # optional: only for converting sentencepiece tokenizers
-
-            tmp = Path(tempfile.mkdtemp())
-            AutoTokenizer.from_pretrained(src, use_fast=True).save_pretrained(tmp)
-            src = tmp
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(
-                f"cannot turn {src}/tokenizer.model into tokenizer.json ({e}); install transformers and sentencepiece "
-                "(pip install transformers sentencepiece) and run the conversion again"
-            ) from e
-    tok = Tokenizer.from_dir(src)
+                AutoTokenizer.from_pretrained(src, use_fast=True).save_pretrained(tmp)
+                tok = Tokenizer.from_dir(tmp)  # read into memory: the directory can go
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(
+                    f"cannot turn {src}/tokenizer.model into tokenizer.json ({e}); install transformers and "
+                    "sentencepiece (pip install transformers sentencepiece), or put the model's tokenizer.json in "
+                    f"{src}, and run again (nothing was written)"
+                ) from e
     wanted = [("<image>", config.image_token_id)]
     if config.video_token_id is not None:
         wanted.append(("<video>", config.video_token_id))
@@ -183,7 +202,17 @@ def original_tokenizer(src: Path, config):  # noqa: ANN001, ANN201
             tok.tok.add_special_tokens([token])
         got = tok.token_to_id(token)
         if got != want:
-            raise ValueError(f"{token} got id {got} in the tokenizer but the converted model uses {want}")
+            hint = (
+                " (or set image_token_index in its config.json to the id its <image> has)"
+                if want == wanted[0][1]
+                else ""
+            )
+            raise ValueError(
+                f"{token} gets id {got} in the tokenizer of {src} but the converted model uses id {want} (the "
+                f"tokenizer holds {tok.tok.get_vocab_size()} tokens with {token}, the model {config.text.vocab_size} "
+                "embedding rows): it is not the tokenizer this checkpoint was trained with; put that tokenizer's "
+                f"files in {src}{hint} and run again (nothing was written)"
+            )
     if tok.pad_token_id is None and config.video_token_id is None:
         tok.config["pad_token"] = "<pad>"
     tok.config.setdefault("image_token", "<image>")

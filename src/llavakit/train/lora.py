@@ -263,28 +263,29 @@ def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = No
     base checkpoint's (adapters from older llavakit versions or other tools). The merge is computed in float32 and
     stored in ``dtype``, else in the dtype the base checkpoint is stored in (as ``llava convert`` keeps it)."""
     from ..checkpoint.api import load_model, parse_dtype
-    from ..checkpoint.convert import stored_dtype, write_processor
+    from ..checkpoint.convert import source_processor, stored_dtype, write_processor
     from ..checkpoint.hub import resolve_model_path
+    from ..checkpoint.staging import staged_dir
 
     base_path = resolve_model_path(base)
     out_path = Path(out)
     if out_path.resolve() == base_path.resolve():
         raise ValueError("merge-lora writes a new directory; --out must differ from --base")
-    processor = None
+    processor, note = None, None
     if has_processor(Path(adapter)):  # the run's processor: the template the adapter was trained with
         from ..processing.processor import LlavaProcessor
 
         processor = LlavaProcessor.from_pretrained(adapter)
+    else:  # an adapter without one (older llavakit, PEFT): the base checkpoint's
+        processor, note = source_processor(base_path, None, "hf")
     target = parse_dtype(dtype) if dtype else stored_dtype(base_path)
     model = load_model(base_path, dtype=torch.float32)
     load_adapter(model, adapter)
     merge_lora(model)
     model.to(target)
-    model.save_pretrained(out_path)
-    if processor is not None:
-        processor.save_pretrained(out_path)
-        return out_path
-    note = write_processor(base_path, out_path, model, "hf")  # an adapter without one (older llavakit, PEFT)
+    with staged_dir(out_path) as tmp:  # out appears only when complete: a failed merge can simply be run again
+        model.save_pretrained(tmp)
+        write_processor(processor, base_path, tmp)
     if note:
         print(f"note: {note}")
     return out_path
