@@ -180,11 +180,8 @@ def save_adapter(
     return out
 
 
-def read_adapter(adapter_dir: str | Path) -> tuple[LoraSpec, dict[str, torch.Tensor]]:
-    """The LoRA spec and current-layout tensors (``base_model.model.`` stripped) of a PEFT adapter directory."""
-    from safetensors.torch import load_file
-
-    d = Path(adapter_dir)
+def adapter_config(d: Path) -> dict:
+    """The adapter directory's adapter_config.json (refused when missing or not a JSON object)."""
     if not (d / ADAPTER_CONFIG).exists():
         raise FileNotFoundError(f"{d} has no {ADAPTER_CONFIG}: not a LoRA adapter directory")
     try:
@@ -193,6 +190,15 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoraSpec, dict[str, torch.Ten
         raise ValueError(f"{d}/{ADAPTER_CONFIG} is not valid JSON ({e}); rewrite it or save the adapter again") from e
     if not isinstance(cfg, dict):
         raise ValueError(f"{d}/{ADAPTER_CONFIG} must hold a JSON object (PEFT's LoraConfig), got {cfg!r}")
+    return cfg
+
+
+def read_adapter(adapter_dir: str | Path) -> tuple[LoraSpec, dict[str, torch.Tensor]]:
+    """The LoRA spec and current-layout tensors (``base_model.model.`` stripped) of a PEFT adapter directory."""
+    from safetensors.torch import load_file
+
+    d = Path(adapter_dir)
+    cfg = adapter_config(d)
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"{d}/{ADAPTER_CONFIG}: peft_type {cfg.get('peft_type')!r}, only LORA is supported")
     if cfg.get("use_dora") or cfg.get("use_rslora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
@@ -228,7 +234,12 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoraSpec, dict[str, torch.Ten
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoraSpec:
     """Insert LoRA layers as the adapter describes and load its weights (and projector) into ``model``."""
+    from ..checkpoint.adapter_base import check_adapter_base
+    from ..config import LlavaConfig
+
     spec, tensors = read_adapter(adapter_dir)
+    if isinstance(getattr(model, "config", None), LlavaConfig):  # an adapter of another model is refused by name
+        check_adapter_base(Path(adapter_dir), adapter_config(Path(adapter_dir)), model.config, "the model")
     if not any(isinstance(m, LoRALinear) for m in model.modules()):
         apply_lora(model, spec)
     else:  # layers already there: their rank, scaling and targets must be the adapter's, or its weights mean else
@@ -262,7 +273,8 @@ def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = No
     The processor (and so the prompt template) is the adapter directory's when the run saved one there, else the
     base checkpoint's (adapters from older llavakit versions or other tools). The merge is computed in float32 and
     stored in ``dtype``, else in the dtype the base checkpoint is stored in (as ``llava convert`` keeps it)."""
-    from ..checkpoint.api import load_model, parse_dtype
+    from ..checkpoint.adapter_base import check_adapter_base
+    from ..checkpoint.api import load_config, load_model, parse_dtype
     from ..checkpoint.convert import source_processor, stored_dtype, write_processor
     from ..checkpoint.hub import resolve_model_path
     from ..checkpoint.staging import staged_dir
@@ -271,6 +283,8 @@ def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = No
     out_path = Path(out)
     if out_path.resolve() == base_path.resolve():
         raise ValueError("merge-lora writes a new directory; --out must differ from --base")
+    # an adapter trained on another model (family, shapes) is refused before the weights are read
+    check_adapter_base(Path(adapter), adapter_config(Path(adapter)), load_config(base_path)[0], f"--base {base}")
     processor, note = None, None
     if has_processor(Path(adapter)):  # the run's processor: the template the adapter was trained with
         from ..processing.processor import LlavaProcessor
