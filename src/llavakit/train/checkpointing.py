@@ -61,6 +61,31 @@ def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
+FINISHED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter")  # a model's files
+
+
+def check_output_dir(out_dir: str | Path, init: str | None, resume: bool) -> None:
+    """Refuse an output directory whose contents training would overwrite: ``model.init`` itself (or a directory
+    inside it or holding it: the final model, or its checkpoints, would land among the weights the run starts
+    from), or, unless resuming, a directory already holding a finished model (``config.json``,
+    ``model.safetensors``: a run with ``save_every: 0`` leaves no ``checkpoints/``, only that)."""
+    out = Path(out_dir).resolve()
+    if init and not init.startswith("tiny:") and Path(init).exists():
+        src = Path(init).resolve()
+        if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+            how = "is" if out == src else "is inside" if out.is_relative_to(src) else "contains"
+            raise ValueError(
+                f"train.output_dir {out} {how} model.init {src}: training would write over the weights it starts "
+                "from; choose a fresh train.output_dir (e.g. a sibling directory)"
+            )
+    held = [name for name in FINISHED_FILES if (out / name).exists()]
+    if held and not resume and not checkpoint_dirs(out):  # with checkpoints: the loop's refusal names --resume
+        raise FileExistsError(
+            f"train.output_dir {out} already holds a trained model ({', '.join(held)}); training would overwrite "
+            "it. Choose a fresh train.output_dir, or delete that directory first"
+        )
+
+
 def save_checkpoint(
     out_dir: str | Path,
     step: int,

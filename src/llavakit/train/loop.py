@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..model.llava import IGNORE_INDEX, positions_from_mask
 from .batching import epoch_batches, process_micro_batches, steps_per_epoch, total_steps
 from .checkpointing import (
+    check_output_dir,
     check_same_recipe,
     checkpoint_dirs,
     load_checkpoint,
@@ -147,6 +148,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
     from .build import build_model, trained_processor
 
     t, out = recipe.train, Path(recipe.train.output_dir)
+    check_output_dir(out, recipe.model.init, t.resume)  # before the model is read: nothing to overwrite
     seed_everything(t.seed)  # identical model init on every process
     if model is None:
         model, processor = build_model(recipe.model)

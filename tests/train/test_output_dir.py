@@ -1,0 +1,53 @@
+"""`llava train` refuses an output directory it would overwrite: model.init itself (or inside / around it), or a
+finished run's directory when not resuming. Before, both were silently replaced (the base weights included)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from cli_run_helpers import write_recipe
+
+from llavakit.cli import main
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A finished tiny run (config.json + model.safetensors, no checkpoints/) and its recipe."""
+    root = tmp_path_factory.mktemp("base")
+    recipe = write_recipe(root, root / "model")
+    assert main(["train", str(recipe)]) == 0
+    return root / "model", recipe
+
+
+@pytest.mark.parametrize("where, said", [(".", "is model.init"), ("sub", "is inside model.init"),
+                                         ("..", "contains model.init")])  # fmt: skip
+def test_output_dir_at_model_init_is_refused_and_its_weights_kept(tmp_path, capsys, base, where, said):
+    model, recipe = base
+    copy = tmp_path / "copy" / "model"
+    shutil.copytree(model, copy)
+    before = (copy / "model.safetensors").read_bytes()
+    out = (copy / where).resolve()
+    assert main(["train", str(recipe), f"model.init={copy}", f"train.output_dir={out}", "train.max_steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert f"train.output_dir {out} {said} {copy}" in err and "choose a fresh train.output_dir" in err
+    assert (copy / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in model.iterdir())
+
+
+def test_a_finished_run_is_not_started_again_over_itself(capsys, base):
+    model, recipe = base
+    before = (model / "model.safetensors").read_bytes()
+    assert main(["train", str(recipe), "train.seed=7"]) == 2
+    err = capsys.readouterr().err
+    assert f"{model} already holds a trained model (config.json, model.safetensors)" in err
+    assert "Choose a fresh train.output_dir, or delete that directory first" in err
+    assert (model / "model.safetensors").read_bytes() == before
+
+
+def test_a_finished_run_with_checkpoints_still_resumes(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, tmp_path / "run", "save_every: 1")
+    assert main(["train", str(recipe)]) == 0  # 3 steps; checkpoints at steps 1 and 2, the model at 3
+    assert main(["train", str(recipe), "--resume"]) == 0  # step 3 again from the step-2 checkpoint
+    assert main(["train", str(recipe)]) == 2  # without --resume: refused (checkpoints of an earlier run)
+    assert "already holds checkpoints of an earlier run (step-00000002); resume it" in capsys.readouterr().err
