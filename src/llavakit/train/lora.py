@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint.keymaps import VISION
 from .stages import LoraSpec
 
 PEFT_PREFIX = "base_model.model."
@@ -91,15 +92,25 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> list[str]:
             f"LoRA target_modules {unmatched} match no Linear layer of the decoder (a typo?); decoder linears are "
             f"named e.g. {', '.join(DEFAULT_EXAMPLES)}"
         )
-    for n in names:
-        parent, _, attr = n.rpartition(".")
-        owner = model.get_submodule(parent)
-        layer = LoRALinear(getattr(owner, attr), spec.rank, spec.alpha, spec.dropout)
-        setattr(owner, attr, layer.train(owner.training))  # a model in eval mode keeps its dropout off
+    wrap_linears(model, names, spec)
     return names
 
 
 DEFAULT_EXAMPLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def wrap_linears(model: nn.Module, names: list[str], spec: LoraSpec) -> None:
+    """Swap the named ``nn.Linear`` layers for LoRALinear ones; names that are not a Linear of ``model`` are left
+    (the adapter's tensors for them are then reported as ones the model lacks)."""
+    for n in names:
+        parent, _, attr = n.rpartition(".")
+        try:
+            owner = model.get_submodule(parent)
+        except AttributeError:
+            continue
+        if type(getattr(owner, attr, None)) is nn.Linear:
+            layer = LoRALinear(getattr(owner, attr), spec.rank, spec.alpha, spec.dropout)
+            setattr(owner, attr, layer.train(owner.training))  # a model in eval mode keeps its dropout off
 
 
 def merge_lora(model: nn.Module) -> int:
@@ -228,6 +239,8 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoraSpec, dict[str, torch.Ten
         k = k.removeprefix(PEFT_PREFIX)
         k = k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
         k = k.replace(".modules_to_save.default.", ".")
+        if k.startswith("model.vision_tower.") and not k.startswith(VISION):  # transformers 5's in-memory tower
+            k = VISION + k.removeprefix("model.vision_tower.")  # names (PEFT's keys) -> the file layout's
         tensors[k] = v
     return spec, tensors
 
@@ -242,6 +255,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoraSpec:
         check_adapter_base(Path(adapter_dir), adapter_config(Path(adapter_dir)), model.config, "the model")
     if not any(isinstance(m, LoRALinear) for m in model.modules()):
         apply_lora(model, spec)
+        outside = sorted({k.split(".lora_A.")[0] for k in tensors if ".lora_A." in k and not k.startswith(DECODER)})
+        wrap_linears(model, outside, spec)  # e.g. the vision tower's, which PEFT's target_modules may match too
     else:  # layers already there: their rank, scaling and targets must be the adapter's, or its weights mean else
         have = lora_spec_of(model)
         mine = (have.rank, have.alpha, sorted(have.target_modules))
