@@ -51,10 +51,12 @@ def split_messages(messages: Messages, videos: list[list[Any]] | None = None) ->
     would ask for an image that is not there (images go in image parts)."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
-    out, images = [], []
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or "role" not in msg:
             raise ValueError(f"message {i} must be a dict with 'role' and 'content'")
+    check_turns([m["role"] for m in messages])
+    out, images = [], []
+    for i, msg in enumerate(messages):
         content = msg.get("content")
         if isinstance(content, str) or content is None:
             out.append({"role": msg["role"], "content": check_text(content or "", f"message {i}")})
@@ -73,6 +75,11 @@ def split_messages(messages: Messages, videos: list[list[Any]] | None = None) ->
                     f"{{'type': 'image', 'image': PATH}}, not {type(part).__name__}"
                 )
             kind = part.get("type")
+            if kind in ("image", "image_url", "video", "video_url") and msg["role"] != "user":
+                raise ValueError(
+                    f"{where}: {'an image' if kind.startswith('image') else 'a video'} in a {msg['role']} message; "
+                    "images and videos go in user messages"
+                )
             if kind == "text":
                 text = part.get("text")
                 if not isinstance(text, str):
@@ -104,6 +111,22 @@ def split_messages(messages: Messages, videos: list[list[Any]] | None = None) ->
     return out, images
 
 
+def check_turns(roles: list[Any]) -> None:
+    """A conversation the model can answer: at least one user message, and the last message a user's (the one
+    the answer is for). A trailing assistant message would be rendered as a finished answer ("... ASSISTANT:
+    hello</s>") with no generation prompt after it, and the model would write on past its end-of-sequence.
+
+    Example: ["system", "user", "assistant", "user"] passes; ["user", "assistant"] and ["system"] raise.
+    """
+    if "user" not in roles:
+        raise ValueError("the conversation has no user message: the model answers the last user message")
+    if roles[-1] != "user":
+        raise ValueError(
+            f"message {len(roles) - 1} is a {roles[-1]!r} message: the last message must be the user's (the model "
+            "answers it); add the next user message, or drop the trailing one"
+        )
+
+
 RESERVED = ("<image>", "<video>")  # the placeholders the processor expands into image / video tokens
 
 
@@ -130,16 +153,18 @@ def check_text(text: str, where: str) -> str:
 
 
 def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
-    if part.get("type") == "image":
-        src = part.get("image", part.get("path", part.get("url")))
+    if part.get("type") == "image":  # the first key that is set (None counts as absent, as in transformers)
+        src = next((part[k] for k in ("image", "path", "url") if part.get(k) is not None), None)
     else:
         url = part.get("image_url")
         src = url.get("url") if isinstance(url, dict) else url
     if src is None:
         raise ValueError(f"{where}: an image part without an image: {part!r}")
+    if isinstance(src, (str, Path)) and not str(src).strip():
+        raise ValueError(f"{where}: the image path is empty; pass an image file's path, a PIL image or bytes")
     if isinstance(src, Path):
         return src
-    if isinstance(src, str) and src.startswith("data:"):
+    if isinstance(src, str) and src[:5].lower() == "data:":
         try:
             data = re.sub(r"\s+", "", src.split(",", 1)[1])  # base64 wrapped at 76 columns (MIME, `base64`)
             return base64.b64decode(data, validate=True)

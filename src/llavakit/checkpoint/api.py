@@ -48,6 +48,19 @@ def load_config(path: Path, vision_tower: str | Path | None = None) -> tuple[Lla
     )
 
 
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device, or a ValueError naming what is wrong and what to pass instead of torch's
+    errors (an AssertionError "Torch not compiled with CUDA enabled", or a list of every device type)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device name; pass 'cpu', 'cuda', 'cuda:1', 'mps', ...") from None
+    backend = getattr(torch, dev.type, None)  # torch.cuda, torch.mps, torch.xpu: each says if it is usable here
+    if dev.type != "cpu" and not (hasattr(backend, "is_available") and backend.is_available()):
+        raise ValueError(f"device {str(dev)!r} is not available in this torch build or machine; pass device='cpu'")
+    return dev
+
+
 def load_model(
     path_or_id: str | Path,
     *,
@@ -62,6 +75,7 @@ def load_model(
     from .load import CheckpointMismatchError, _mismatch_message, load_into, read_config_dict
     from .original import original_tensors
 
+    device = check_device(device)  # before reading anything
     path = resolve_model_path(path_or_id, revision=revision)
     config, fmt = load_config(path, vision_tower)
     if fmt == "hf" and vision_tower is not None:  # an HF checkpoint holds its own tower: the argument would be ignored

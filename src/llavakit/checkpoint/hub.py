@@ -29,6 +29,8 @@ def resolve_model_path(path_or_id: str | Path, revision: str | None = None) -> P
     when a repository has no ``*.safetensors``).
     """
     text = os.fspath(path_or_id)
+    if not text.strip():  # Path("") is the working directory: an unset variable would load whatever is there
+        raise ValueError("the model path is empty (an unset variable?); pass a checkpoint directory or a hub id")
     local = Path(text).expanduser()
     if local.is_dir():
         return local

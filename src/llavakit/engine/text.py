@@ -42,8 +42,12 @@ class StopMatcher:
 
 class AnswerText:
     """One answer's text as its tokens arrive (``Pipeline.stream``, each row of ``Pipeline.batch`` and of the
-    server's batches): detokenized, cut at a stop string, never mid-character; ``reason`` is "stop" once it ended
-    on an ``eos`` id or a stop string."""
+    server's batches): detokenized, without leading whitespace, cut at a stop string, never mid-character;
+    ``reason`` is "stop" once it ended on an ``eos`` id or a stop string.
+
+    The leading whitespace: after "ASSISTANT:" a byte-level tokenizer's first token is often " red". As original
+    LLaVA strips its outputs, the answer is "red", so that it reads right and, sent back as the assistant message of
+    the next turn, renders as the template trained it ("ASSISTANT: red</s>", not "ASSISTANT:  red</s>")."""
 
     def __init__(self, tokenizer: Any, stop: list[str] | tuple[str, ...] | str | None) -> None:
         self.decoder = tokenizer.decode_stream(skip_special_tokens=True)
@@ -51,6 +55,13 @@ class AnswerText:
         self.parts: list[str] = []
         self.tokens = 0  # generated tokens, the one that ended the answer included
         self.reason: str | None = None
+        self.started = False  # some text other than whitespace has come
+
+    def _lead(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        return text
 
     def push(self, token: int, eos: Collection[int] = ()) -> str:
         """Take the next token; return the text it makes final ("" when held back, or at EOS)."""
@@ -58,7 +69,7 @@ class AnswerText:
         if token in eos:
             self.reason = "stop"
             return ""
-        delta = self.stops.push(self.decoder.push(token))
+        delta = self.stops.push(self._lead(self.decoder.push(token)))
         self.parts.append(delta)
         if self.stops.stopped:
             self.reason = "stop"
@@ -66,7 +77,7 @@ class AnswerText:
 
     def finish(self) -> str:
         """The text still held back once no token comes (none after a stop string)."""
-        tail = "" if self.stops.stopped else self.stops.push(self.decoder.flush()) + self.stops.flush()
+        tail = "" if self.stops.stopped else self.stops.push(self._lead(self.decoder.flush())) + self.stops.flush()
         self.parts.append(tail)
         if self.stops.stopped:  # the decoder's last held-back text completed a stop string
             self.reason = "stop"

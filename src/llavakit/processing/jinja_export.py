@@ -89,7 +89,7 @@ def jinja_template(name: str) -> str:
     out.append(f"{{{{ {_lit(t.answer_prefix)} + {answer} + {_lit(t.answer_suffix)} }}}}")
     out.append("{%- else -%}")
     out.append(
-        "{{- raise_exception('message ' ~ (loop.index0 - ns.skip) ~ \": role must be 'user' or 'assistant' (one "
+        "{{- raise_exception('message ' ~ loop.index0 ~ \": role must be 'user' or 'assistant' (one "
         "'system' message may come first), got \" ~ message['role']) -}}"
     )
     out.append("{%- endif -%}")

@@ -265,7 +265,10 @@ class LlavaProcessor:
         if n_vid != len(vids):
             raise ValueError(f"the prompt(s) hold {n_vid} {VIDEO} placeholder(s) but {len(vids)} video(s) were given")
         if vids and self.family != "llava_onevision":
-            raise ValueError(f"videos are supported by llava_onevision models only, this is {self.family}")
+            raise ValueError(
+                f"videos are supported by llava_onevision models only, this is {self.family}; use a llava_onevision "
+                "model, or send the video's frames as images"
+            )
         # OneVision: the images of a prompt with several images skip AnyRes (one view + one newline each)
         multi = [self.family == "llava_onevision" and n > 1 for n in per_text for _ in range(n)]
         pil = [load_image(im, name=_image_name(i, len(images), im)) for i, im in enumerate(images)]

@@ -188,8 +188,9 @@ def render_with_spans(
     for i, msg in enumerate(messages):
         if not isinstance(msg, Mapping):
             raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {msg!r:.80}")
-    system, body = tpl.system, list(messages)
+    system, body, skip = tpl.system, list(messages), 0
     if body and body[0].get("role") == "system":
+        skip = 1  # message numbers in errors count it
         system = message_text(body.pop(0).get("content"))[0]
         system = system.strip() if tpl.strip else system
     out = tpl.system_fmt.format(system=system) if tpl.system_fmt and system else ""
@@ -214,7 +215,8 @@ def render_with_spans(
             spans.append((start, len(out)))
         else:
             raise ValueError(
-                f"message {i}: role must be 'user' or 'assistant' (one 'system' message may come first), got {role!r}"
+                f"message {i + skip}: role must be 'user' or 'assistant' (one 'system' message may come first), "
+                f"got {role!r}"
             )
     if add_generation_prompt and (not body or body[-1].get("role") != "assistant"):
         out += tpl.answer_prefix.rstrip(" ")
