@@ -3,10 +3,12 @@ argparse here (``llava caption``: ``llavakit.caption``)."""
 
 from __future__ import annotations
 
+import errno
 import glob
+import os
 import shlex
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -58,8 +60,10 @@ def check_images(images: list[str]) -> None:
         check_given(p, "--image", "the path of an image file")
         if Path(p).is_dir():
             raise ValueError(f"{p} is a directory, not an image file; pass the path of an image file")
-        if not Path(p).is_file():
+        if not Path(p).exists():
             raise FileNotFoundError(f"image file not found: {p}")
+        if not Path(p).is_file():  # a device, a FIFO, a socket
+            raise ValueError(f"{p} is not a regular file; pass the path of an image file")
 
 
 def check_prompt(prompt: str, images: list[str]) -> None:
@@ -138,17 +142,13 @@ def user_message(text: str, images: list[str], frames: list[Path] | list[Image.I
     }
 
 
-def _answer_text(deltas: Iterable[str]) -> Iterator[str]:
-    """The deltas of an answer without its leading whitespace: a byte-level tokenizer's first token is often
-    " red" after "ASSISTANT:"; as original LLaVA strips its outputs, the answer shown, stored and sent back in the
-    next turn is "red" (sent back with the space, the next prompt read "ASSISTANT:  red", a layout never trained)."""
-    started = False
-    for d in deltas:
-        if not started:
-            d = d.lstrip()
-            started = bool(d)
-        if d:
-            yield d
+def _chat_turn(text: str, images: list[Image.Image], frames: list[Image.Image]) -> dict[str, Any]:
+    """A chat turn with its images and video frames as decoded when attached: the conversation keeps the pixels it
+    was answered about (re-read from their files on every turn, a moved file broke every later turn, and an
+    overwritten one changed the earlier turns under their answers)."""
+    video = [{"type": "video", "video": list(frames)}] if frames else []
+    parts = [{"type": "image", "image": im} for im in images] + video + [{"type": "text", "text": text}]
+    return {"role": "user", "content": parts}
 
 
 def generate(
@@ -164,7 +164,7 @@ def generate(
     check_sampling(**sampling)
     parts = []
     message = user_message(prompt, images, frames)
-    for delta in _answer_text(pipe.stream([message], **sampling)):  # checks the images
+    for delta in pipe.stream([message], **sampling):  # checks the images; no leading whitespace (AnswerText)
         out.write(delta)
         out.flush()
         parts.append(delta)
@@ -191,12 +191,12 @@ def chat(
     check_sampling(**sampling)
     check_images(images)
     messages: list[dict[str, Any]] = []
-    pending = list(images)
-    video = list(frames or [])
+    pending = [load_image(p) for p in images]  # decoded once, when attached (see _chat_turn)
+    video = _decoded(frames or [])
 
-    def read_video(spec: str) -> list[Path] | list[Image.Image]:
+    def read_video(spec: str) -> list[Image.Image]:
         check_video_support(pipe)
-        return _read_frames(spec)
+        return _decoded(find_frames(spec))  # a frame that cannot be read is refused now
 
     out.write(f"llava chat - {CHAT_HELP}\n>>> ")
     out.flush()
@@ -212,7 +212,7 @@ def chat(
         elif command == "/image":  # a file that is not an image is refused now, not with the next message
             got = _attach(arg, "/image PATH (attaches the image to your next message)", load_image, out)
             if got is not None:
-                pending.append(got[0])
+                pending.append(got[1])
                 out.write(f"(image attached: {got[0]})\n")
         elif command == "/video":  # frames that cannot be found or read likewise
             got = _attach(arg, "/video VIDEO (a video file, folder or glob of frames; goes with your next message)",
@@ -226,9 +226,9 @@ def chat(
             stream = None
             try:
                 check_utf8(line, "your message")
-                messages.append(user_message(line, pending, video))
+                messages.append(_chat_turn(line, pending, video))
                 stream = pipe.stream(messages, **sampling)
-                answer = "".join(_echo(_answer_text(stream), out))
+                answer = "".join(_echo(stream, out))
             except (ValueError, OSError, KeyboardInterrupt) as e:  # keep the chat alive; Ctrl-C stops this answer
                 if messages and messages[-1]["role"] == "user":
                     messages.pop()
@@ -238,13 +238,9 @@ def chat(
                     note = f"\nerror: {e}"
                     if "context" in str(e) and messages:  # earlier turns fill the context: a new conversation helps
                         note += "; or type /reset to start a new conversation (earlier turns count toward the context)"
-                pending = [p for p in pending if Path(p).is_file()]  # a vanished file is dropped, the rest kept
                 if pending:
                     note += f"; {len(pending)} image(s) stay attached to your next message (/reset drops them)"
-                if video and not all(f.is_file() for f in video if isinstance(f, Path)):
-                    video = []
-                    note += "; the video's frames are gone, it is dropped (/video attaches it again)"
-                elif video:
+                if video:
                     note += "; the video stays attached to your next message (/reset drops it)"
                 out.write(note + "\n")
             else:
@@ -272,13 +268,9 @@ def _attach(arg: str, usage: str, read: Callable[[str], Any], out: TextIO) -> tu
         return None
 
 
-def _read_frames(spec: str) -> list[Path] | list[Image.Image]:
-    """``find_frames(spec)`` with every frame file opened once (a video file is decoded by it)."""
-    frames = find_frames(spec)
-    for f in frames:
-        if isinstance(f, Path):
-            load_image(f)
-    return frames
+def _decoded(frames: list[Path] | list[Image.Image]) -> list[Image.Image]:
+    """Frames as images: frame files decoded (``find_frames`` gives a video file's frames decoded already)."""
+    return [load_image(f) if isinstance(f, Path) else f for f in frames]
 
 
 def _typed_path(arg: str) -> str:
@@ -287,7 +279,7 @@ def _typed_path(arg: str) -> str:
     arg = arg.strip()
     quoted = arg[:1] in ("'", '"')
     if not quoted and "\\ " not in arg:
-        return arg
+        return os.path.expanduser(arg)  # ~/photo.png, as a shell would
     try:
         parts = shlex.split(arg)
     except ValueError:  # an unbalanced quote: take the text as it is
@@ -318,12 +310,18 @@ def new_output_dir(path: str, flag: str, what: str) -> Path:
     return target
 
 
+# errors of writing (permission, no space, read-only file system, quota) that come without a file name
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+
+
 def output_error(e: OSError, target: Path, what: str, flag: str) -> OSError:
     """``e`` itself when it is not about ``target`` (its message names its own file), else one line saying which
     output could not be written and what to do."""
     where = Path(e.filename) if isinstance(e.filename, str) else None
     if where is not None and where != target and target not in where.parents and where not in target.parents:
         return e
+    if where is None and e.errno not in WRITE_ERRNOS:  # no file named: about the output only if a write failure
+        return e  # e.g. "runs/lora has no adapter_config.json": an input's problem, said as it was raised
     detail = f" ({where})" if where is not None and where != target else ""
     reason = (e.strerror or str(e)).lower()
     return OSError(f"cannot write {what} to {target}: {reason}{detail}; pass a writable directory with {flag}")

@@ -1,5 +1,6 @@
 """``llava chat``'s loop (commands.chat) on a stand-in pipeline: what goes back into the conversation, and that a
-failed or interrupted turn keeps the chat and its attached images."""
+failed or interrupted turn keeps the chat and its attached images (decoded when attached: the conversation keeps
+the pixels its answers were about)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from llavakit.commands import chat
 
 
 class FakePipe:
-    """Answers " red" (a byte-level tokenizer's first token keeps its space); ``fail`` raises on the next turns."""
+    """Answers "red" in two deltas (the pipeline's answers start without whitespace: ``engine.text.AnswerText``);
+    ``fail`` raises on the next turns."""
 
     def __init__(self, fail: list[BaseException | None] | None = None) -> None:
         self.seen: list[list[dict]] = []
@@ -20,10 +22,10 @@ class FakePipe:
     def stream(self, messages, **sampling):  # noqa: ANN001, ANN003, ANN201
         self.seen.append([dict(m) for m in messages])
         error = self.fail.pop(0) if self.fail else None
-        yield " "
+        yield "r"
         if error is not None:
             raise error
-        yield " red"
+        yield "ed"
 
     def reset(self) -> None:
         pass
@@ -35,14 +37,19 @@ def _run(pipe: FakePipe, script: str, images: list[str] | None = None) -> str:
     return out.getvalue()
 
 
-def _images(messages: list[dict]) -> list[str]:
-    return [p["image"] for m in messages if m["role"] == "user" for p in m["content"] if p["type"] == "image"]
+def _images(messages: list[dict]) -> list[bytes]:
+    """The pixels of the messages' images (decoded when attached)."""
+    return [_px(p["image"]) for m in messages if m["role"] == "user" for p in m["content"] if p["type"] == "image"]
 
 
-def test_answers_go_back_without_their_leading_space():
+def _px(image) -> bytes:  # noqa: ANN001 - a PIL image, or a file's path
+    return (image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB").tobytes()
+
+
+def test_answers_go_back_as_they_were_streamed():
     pipe = FakePipe()
     text = _run(pipe, "colour?\nand now?\n/exit")
-    assert pipe.seen[1][1] == {"role": "assistant", "content": "red"}  # "ASSISTANT: red", as trained
+    assert pipe.seen[1][1] == {"role": "assistant", "content": "red"}
     assert ">>> red\n" in text
 
 
@@ -53,31 +60,38 @@ def test_a_failed_or_interrupted_turn_keeps_the_chat_and_its_images(tmp_path):
     text = _run(pipe, f"/image {img}\nfirst\nsecond\nthird\n/exit")
     assert "error: the model refused it; 1 image(s) stay attached" in text
     assert "(answer interrupted" in text
-    assert [_images(m) for m in pipe.seen] == [[str(img)]] * 3  # the image goes with each retry until answered
+    assert [_images(m) for m in pipe.seen] == [[_px(img)]] * 3  # the image goes with each retry until answered
     assert [len(m) for m in pipe.seen] == [1, 1, 1]  # failed turns left nothing behind
 
 
-def test_a_bad_image_is_refused_when_attached_and_a_vanished_one_keeps_the_chat(tmp_path):
+def test_a_bad_image_is_refused_when_attached_and_a_moved_or_changed_one_changes_nothing(tmp_path):
     good, bad = tmp_path / "red.png", tmp_path / "notes.png"
     Image.new("RGB", (20, 20), (200, 0, 0)).save(good)
     bad.write_text("not an image")
     pipe = FakePipe()
     text = _run(pipe, f"/image {good}\n/image {bad}\nwhat?\n/exit")
-    assert "cannot decode image" in text and _images(pipe.seen[0]) == [str(good)]
-    gone = tmp_path / "gone.png"
-    Image.new("RGB", (20, 20)).save(gone)
+    assert "cannot decode image" in text and _images(pipe.seen[0]) == [_px(good)]
+    gone, changed = tmp_path / "gone.png", tmp_path / "changed.png"
+    Image.new("RGB", (20, 20), (0, 0, 200)).save(gone)
+    Image.new("RGB", (20, 20), (0, 200, 0)).save(changed)
+    blue, green = _px(gone), _px(changed)
     pipe = FakePipe()
 
     def lines():
         yield f"/image {gone}"
         gone.unlink()  # deleted between attaching and asking
         yield "what?"
+        yield f"/image {changed}"
+        yield "and this?"
+        Image.new("RGB", (20, 20), (250, 250, 0)).save(changed)  # overwritten after its answer
         yield "still there?"
 
     out = io.StringIO()
     assert chat(pipe, [], lines(), out) == 0
-    assert f"error: image file not found: {gone}" in out.getvalue()
-    assert len(pipe.seen) == 1 and _images(pipe.seen[0]) == []  # the vanished image was dropped, the chat went on
+    assert "error" not in out.getvalue()
+    # every turn was answered, each later one with the earlier turns' images as they were when attached (re-read
+    # from their files on each turn, a deleted one broke every later turn, an overwritten one changed them)
+    assert [_images(m) for m in pipe.seen] == [[blue], [blue, green], [blue, green]]
 
 
 def test_image_paths_quoted_or_escaped_as_terminals_paste_them(tmp_path):
@@ -86,7 +100,7 @@ def test_image_paths_quoted_or_escaped_as_terminals_paste_them(tmp_path):
     spellings = [f"'{img}'", f'"{img}"', str(img).replace(" ", "\\ "), str(img)]
     pipe = FakePipe()
     _run(pipe, "\n".join(f"/image {s}\nwhat?" for s in spellings))
-    assert [_images(m[-1:]) for m in pipe.seen] == [[str(img)]] * 4
+    assert [_images(m[-1:]) for m in pipe.seen] == [[_px(img)]] * 4
 
 
 def test_unquoted_paths_keep_their_backslashes():
@@ -96,8 +110,9 @@ def test_unquoted_paths_keep_their_backslashes():
     assert _typed_path(r"/tmp/my\ photo.png") == "/tmp/my photo.png"
 
 
-def _videos(messages: list[dict]) -> list[list[str]]:
-    return [p["video"] for m in messages if m["role"] == "user" for p in m["content"] if p["type"] == "video"]
+def _videos(messages: list[dict]) -> list[list[bytes]]:
+    return [[_px(f) for f in p["video"]] for m in messages if m["role"] == "user" for p in m["content"] if
+            p["type"] == "video"]  # fmt: skip
 
 
 def test_video_attaches_to_the_next_message_and_stays_after_a_failure(tmp_path):
@@ -111,7 +126,7 @@ def test_video_attaches_to_the_next_message_and_stays_after_a_failure(tmp_path):
     assert "error: " in text and "cannot be read as a video" in text  # refused when attached, the chat goes on
     assert "(video attached: 12 frames from" in text
     assert "the video stays attached to your next message" in text
-    want = [str(frames / f"f{i}.png") for i in range(12)]  # natural order: f2 before f10
+    want = [_px(frames / f"f{i}.png") for i in range(12)]  # natural order: f2 before f10
     assert [_videos(m) for m in pipe.seen] == [[want], [want], [want]]  # failed, retried, then a follow-up
     assert [len(m[-1]["content"]) for m in pipe.seen] == [2, 2, 1]  # answered: the follow-up carries no video again
 
@@ -123,5 +138,5 @@ def test_video_given_at_start_and_dropped_by_reset(tmp_path):
     pipe = FakePipe()
     out = io.StringIO()
     assert chat(pipe, [], ["first", "/reset", "again", "/exit"], out, frames=frames) == 0
-    assert _videos(pipe.seen[0]) == [[str(f) for f in frames]]
+    assert _videos(pipe.seen[0]) == [[_px(f) for f in frames]]
     assert _videos(pipe.seen[1]) == []
