@@ -200,3 +200,12 @@ def test_merge_lora_refuses_an_out_that_holds_files(model, tmp_path, capsys):
     assert main(["merge-lora", "--base", model, "--adapter", str(tmp_path), "--out", str(other)]) == 2
     one_error(capsys, "the directory is not empty")
     assert (other / "model.safetensors").read_bytes() == b"mine"
+
+
+def test_merge_lora_says_what_is_wrong_with_its_input_not_with_its_output(model, tmp_path, capsys):
+    """An adapter directory without adapter_config.json is the input's problem: said as raised (it was "cannot write
+    the merged checkpoint to OUT: ... no adapter_config.json ...; pass a writable directory with --out")."""
+    out = tmp_path / "merged"
+    assert main(["merge-lora", "--base", model, "--adapter", str(tmp_path), "--out", str(out)]) == 2
+    err = one_error(capsys, "adapter_config.json")
+    assert "cannot write" not in err and "writable" not in err and not out.exists(), err
