@@ -141,7 +141,12 @@ CASES = {
     ),
     "stream_options without stream": (_req(stream_options={"include_usage": True}), 400, "stream: true", None),
     "image in a system message": (
-        _req(messages=[{"role": "system", "content": [{"type": "image_url", "image_url": {"url": data_url(PNG)}}]}]),
+        _req(
+            messages=[
+                {"role": "system", "content": [{"type": "image_url", "image_url": {"url": data_url(PNG)}}]},
+                {"role": "user", "content": "hi"},
+            ]
+        ),
         400,
         "only be sent in user messages",
         "messages[0].content[0].image_url",
@@ -161,7 +166,7 @@ CASES = {
         "max_completion_tokens",
     ),
     "prompt + max_tokens over the context": (
-        _req(messages=[{"role": "user", "content": "a" * 4090}], max_tokens=20),
+        _req(messages=[{"role": "user", "content": "a" * 3913}], max_tokens=20),  # 4086 prompt tokens
         400,
         "context of 4096 tokens",
         "max_tokens",
@@ -221,6 +226,32 @@ CASES = {
     ),
     "remote URL to a private network": (_req(messages=[_img("https://10.1.2.3/x.png")]), 400, "non-public", None),
     "roles out of order for the template": (_req(messages=[{"role": "assistant", "content": "x"}] * 3), None, "", None),
+    # a trailing assistant message was rendered as a finished answer with no generation prompt after it: the model
+    # wrote on past its end-of-sequence token
+    "the last message an assistant's": (
+        _req(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A small"}]),
+        400,
+        "the last message must be the user's",
+        "messages",
+    ),
+    "no user message": (
+        _req(messages=[{"role": "system", "content": "Be brief."}]),
+        400,
+        "no user message",
+        "messages",
+    ),
+    "two system messages": (
+        _req(messages=[{"role": "system", "content": "a"}, {"role": "system", "content": "b"}, _img(data_url(PNG))]),
+        400,
+        "message 1: role must be",  # the second one (it said "message 0")
+        "messages",
+    ),
+    # strict types, as OpenAI's API: no guessing what "5", 5.0, true or "yes" meant
+    "max_tokens a string": (_req(max_tokens="5"), 400, "integer", "max_tokens"),
+    "max_tokens a float": (_req(max_tokens=5.0), 400, "integer", "max_tokens"),
+    "max_tokens a boolean": (_req(max_tokens=True), 400, "integer", "max_tokens"),
+    "stream a string": (_req(stream="yes"), 400, "boolean", "stream"),
+    "stream a number": (_req(stream=1), 400, "boolean", "stream"),
 }
 
 
@@ -246,11 +277,37 @@ def test_bad_input_then_good(server, name: str) -> None:  # noqa: ANN001
     _good(server)
 
 
+def test_numbers_and_upper_case_data_urls_are_fine(server) -> None:  # noqa: ANN001
+    """Strict types still take an integer where a number is asked; URL schemes are case-insensitive."""
+    r = server.post(_req(temperature=1, top_p=1, repetition_penalty=1, max_tokens=2, seed=0))
+    assert r.status_code == 200, r.text
+    r = server.post(_req(messages=[_img("DATA" + data_url(PNG)[4:])], max_tokens=2))
+    assert r.status_code == 200, r.text
+
+
+def test_a_prompt_over_the_context_is_not_blamed_on_max_tokens(server) -> None:  # noqa: ANN001
+    r = server.post(_req(messages=[{"role": "user", "content": "b" * 5000}], max_tokens=20))
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "messages" and "leaves no room" in err["message"], err
+
+
+def test_no_body_is_read_outside_the_api(server) -> None:  # noqa: ANN001
+    """Outside /v1/ (no key needed there) a body is never read: the 405 comes before the 60 MB announced arrive
+    (before, the guard read up to 64 MiB into memory first)."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000000\r\n\r\n{"
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 405")
+    _good(server)
+
+
 def test_context_error_names_both_numbers(server) -> None:  # noqa: ANN001
-    r = server.post(_req(messages=[{"role": "user", "content": "b" * 4090}], max_tokens=20))
+    r = server.post(_req(messages=[{"role": "user", "content": "b" * 3913}], max_tokens=20))
     msg = r.json()["error"]["message"]
     prompt = int(msg.split("prompt of ")[1].split()[0])
-    assert prompt > 4090 - 20 and "max_tokens 20" in msg and "4096" in msg, msg
+    assert 4096 - 20 < prompt < 4096 and "max_tokens 20" in msg and "at most 10" in msg, msg
 
 
 def test_http_level_errors(server) -> None:  # noqa: ANN001
@@ -341,7 +398,7 @@ def test_harmless_values_of_unsupported_fields_are_accepted(server) -> None:  # 
 def test_error_codes(server) -> None:  # noqa: ANN001
     """OpenAI's error codes for a prompt over the context and an unknown model; none for the other errors."""
     too_long = [
-        _req(messages=[{"role": "user", "content": "a" * 4090}], max_tokens=20),  # prompt + max_tokens
+        _req(messages=[{"role": "user", "content": "a" * 3913}], max_tokens=20),  # 4086 prompt tokens + max_tokens
         _req(messages=[{"role": "user", "content": "a " * 4200}], max_tokens=None),  # the prompt alone
         _req(messages=[{"role": "user", "content": "red circle " * 500_000}]),  # too many characters to tokenize
     ]

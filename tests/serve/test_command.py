@@ -40,15 +40,17 @@ def test_default_max_tokens_flag(
 ) -> None:
     """``--default-max-tokens N`` is the max_tokens of a request that sets none (256 unless given, said in --help)."""
     import httpx
-    import uvicorn
     from serve_helpers import app_server
+
+    from llavakit.serve.shutdown import DrainingServer
 
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--default-max-tokens N max_tokens of a request that sets none (default 256;" in help_text
     apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))  # build the server, do not run it
+    # build the server, do not run it
+    monkeypatch.setattr(DrainingServer, "run", lambda self, **kw: apps.append(self.config.app))
     assert main(["serve", "--model", str(tiny_model), "--default-max-tokens", "7"]) == 0
     (app,) = apps
     app.state.batcher.eos = set()  # the answer runs to its max_tokens

@@ -82,14 +82,15 @@ def test_compiled_server_answers_as_eager_without_compiling_per_request(
     pipe,  # noqa: ANN001 - the eager pipeline of the same model
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import uvicorn
     from torch._dynamo.utils import counters
 
     from llavakit.serve.app import create_app
     from llavakit.serve.config import ServeConfig
+    from llavakit.serve.shutdown import DrainingServer
 
     apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))  # build the server, do not run it
+    # build the server, do not run it
+    monkeypatch.setattr(DrainingServer, "run", lambda self, **kw: apps.append(self.config.app))
     assert main(["serve", "--model", str(tiny_model), "--compile", "--max-batch-size", "4"]) == 0
     (app,) = apps
     assert app.state.batcher.step is not decode_step  # the model worker steps through the compiled function

@@ -77,7 +77,7 @@ def create_app(pipe: Any, config: ServeConfig | None = None) -> FastAPI:
     @app.api_route("/health", methods=["GET", "HEAD"], response_model=Health, responses={503: {"model": Health}})
     async def health() -> JSONResponse:
         body = {
-            "status": "ok" if batcher.alive else "error",
+            "status": "ok" if batcher.alive else "shutting_down" if batcher.closing else "error",
             "model": config.model_name,
             "queue_depth": batcher.queue_depth,
             "running": batcher.running,

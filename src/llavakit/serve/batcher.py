@@ -48,6 +48,9 @@ log = logging.getLogger("llavakit.serve")
 Event = tuple[Any, ...]
 
 
+SHUTTING_DOWN = "the server is shutting down; retry once it is back (or on another instance)"
+
+
 class QueueFull(RuntimeError):
     pass
 
@@ -103,6 +106,7 @@ class Batcher:
         self.running = 0
         self.preparing = 0  # requests being prepared by handlers: worth a short wait to batch them too
         self.stopping = False
+        self.draining = False  # shutting down: no new jobs; the running batch may finish (``drain``)
         self.thread = threading.Thread(target=self._loop, name="llava-model-worker", daemon=True)
 
     # -- the handlers' side ---------------------------------------------------------------------------------
@@ -110,7 +114,12 @@ class Batcher:
     @property
     def alive(self) -> bool:
         """False once the worker thread has ended (or before ``start``): nothing would answer a new job."""
-        return self.thread.is_alive() and not self.stopping
+        return self.thread.is_alive() and not self.closing
+
+    @property
+    def closing(self) -> bool:
+        """True from the start of a shutdown (``drain`` or ``stop``) on: new jobs are refused."""
+        return self.stopping or self.draining
 
     @property
     def queue_depth(self) -> int:
@@ -125,6 +134,9 @@ class Batcher:
 
     def submit(self, job: Job) -> None:
         with self.cond:
+            if self.closing:  # a shutdown began after the handler looked
+                job.emit(("error", 503, SHUTTING_DOWN))
+                return
             self._forget_cancelled()
             if len(self.pending) + self.running >= self.max_queue:
                 raise QueueFull(f"the server is busy ({self.max_queue} requests in flight); retry shortly")
@@ -147,14 +159,25 @@ class Batcher:
     def start(self) -> None:
         self.thread.start()
 
+    def drain(self) -> None:
+        """The first half of a shutdown: the queued jobs get a 503 now and new ones at once, while the rows being
+        generated go on; the worker ends when they are done. ``stop`` then cuts whatever still runs."""
+        with self.cond:
+            self.draining = True
+            self._refuse_pending()
+
     def stop(self) -> None:
+        """End the worker: queued jobs and the rows still being generated get a 503 (streams an error event)."""
         with self.cond:
             self.stopping = True
-            for job in self.pending:
-                job.emit(("error", 503, "the server is shutting down"))
-            self.pending.clear()
-            self.cond.notify_all()
+            self._refuse_pending()
         self.thread.join(timeout=30)
+
+    def _refuse_pending(self) -> None:
+        for job in self.pending:
+            job.emit(("error", 503, SHUTTING_DOWN))
+        self.pending.clear()
+        self.cond.notify_all()
 
     # -- the worker -----------------------------------------------------------------------------------------
 
@@ -165,7 +188,7 @@ class Batcher:
             jobs = self._take(wait=not batch.rows)
             if jobs is None:
                 for row in batch.live():
-                    row.job.emit(("error", 503, "the server is shutting down"))
+                    row.job.emit(("error", 503, SHUTTING_DOWN))
                 return
             try:
                 if jobs:
@@ -189,11 +212,12 @@ class Batcher:
                 self.running = len(batch.live())
 
     def _take(self, wait: bool) -> list[Job] | None:
-        """Jobs to admit now (up to the free rows); waits for work only when nothing runs. None when stopping."""
+        """Jobs to admit now (up to the free rows); waits for work only when nothing runs. None when stopping, or
+        when draining and nothing runs."""
         with self.cond:
-            while wait and not self.pending and not self.stopping:
+            while wait and not self.pending and not self.closing:
                 self.cond.wait()
-            if self.stopping:
+            if self.stopping or (self.draining and wait):
                 return None
             room = self.max_batch_size - self.running
             if wait:

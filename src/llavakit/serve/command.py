@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..config import QUANTIZE_MODES
 from ..processing.video_load import MAX_FRAMES
+from .config import SHUTDOWN_GRACE
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
@@ -69,6 +70,7 @@ def serve(
     quantize: str | None = None,
     threads: int | None = None,
     compile: bool = False,
+    shutdown_grace: float = SHUTDOWN_GRACE,
 ) -> int:
     _require_extra()
     import uvicorn
@@ -77,6 +79,7 @@ def serve(
     from .app import create_app
     from .config import ServeConfig
     from .images import ImageLimits
+    from .shutdown import DrainingServer
     from .videos import VideoLimits
 
     for name, v in [
@@ -94,6 +97,8 @@ def serve(
             raise ValueError(f"{name} must be >= 1, got {v}")
     if timeout <= 0:
         raise ValueError(f"--timeout must be > 0 seconds, got {timeout}")
+    if not shutdown_grace >= 0:
+        raise ValueError(f"--shutdown-grace must be >= 0 seconds, got {shutdown_grace}")
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {max_tokens}")
     if threads is not None:
@@ -134,7 +139,9 @@ def serve(
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(create_app(pipe, config), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    app = create_app(pipe, config)
+    settings = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    DrainingServer(settings, app.state.batcher, shutdown_grace).run()  # SIGTERM / Ctrl-C: see serve/shutdown.py
     return 0
 
 
@@ -208,6 +215,14 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
         "--allow-remote-images", action="store_true", help="fetch http(s) image and video URLs (public hosts only)"
     )
     s.add_argument("--timeout", type=float, default=300.0, help="seconds per request, queueing included")
+    s.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=SHUTDOWN_GRACE,
+        metavar="SECONDS",
+        help=f"on SIGTERM / Ctrl-C: seconds the answers being generated may take to finish (default "
+        f"{SHUTDOWN_GRACE:g}); queued and new requests get a 503 at once",
+    )
     s.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for (default: the context)")
     s.add_argument(
         "--default-max-tokens",
@@ -255,6 +270,7 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
             max_batch_size=a.max_batch_size,
             allow_remote_images=a.allow_remote_images,
             timeout=a.timeout,
+            shutdown_grace=a.shutdown_grace,
             max_tokens=a.max_tokens,
             default_max_tokens=a.default_max_tokens,
             max_images=a.max_images,

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..engine.sampling import SamplingParams
-from .batcher import Batcher, Job, QueueFull
+from .batcher import SHUTTING_DOWN, Batcher, Job, QueueFull
 from .config import ServeConfig
 from .errors import ApiError, error_response, model_not_found
 from .events import Mailbox
@@ -43,6 +43,8 @@ def add_chat_route(app: FastAPI, pipe: Any, batcher: Batcher, metrics: Metrics, 
         arrived = time.monotonic()
         if body.model != config.model_name:
             raise model_not_found(body.model, config.model_name)
+        if batcher.closing:
+            raise ApiError(SHUTTING_DOWN, 503)
         if not batcher.alive:
             raise ApiError("the model worker has stopped (see the server's log); restart the server", 503)
         if batcher.full():

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from .images import ImageLimits
 from .videos import VideoLimits
 
+SHUTDOWN_GRACE = 5.0  # seconds the answers being generated get to finish after SIGTERM / Ctrl-C (serve/shutdown.py)
+
 
 @dataclass
 class ServeConfig:

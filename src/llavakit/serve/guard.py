@@ -1,9 +1,10 @@
 """ASGI middleware in front of every route: request counting, the API key and the body size limit.
 
 Both refusals happen before any parsing: a client without the key cannot make the server read (or decode) a
-64 MiB body. The key guards the API (``/v1/...``) only; the chat page (which asks for the key and sends it),
-``/health`` and ``/metrics`` (for load balancers and Prometheus scrapers, which rarely carry a bearer token; they
-show counts, never request content) and the OpenAPI docs stay open.
+64 MiB body; outside ``/v1/`` (no route there takes a body) a body is never read. The key guards the API
+(``/v1/...``) only; the chat page (which asks for the key and sends it), ``/health`` and ``/metrics`` (for load
+balancers and Prometheus scrapers, which rarely carry a bearer token; they show counts, never request content)
+and the OpenAPI docs stay open.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class Guard:
 
         try:
             refusal = self._refuse(scope)
-            if refusal is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # only the API's routes take a body: elsewhere (405 / 404) none is read, let alone held in memory
+            api = scope["path"].startswith(PROTECTED_PREFIX)
+            if refusal is None and api and scope["method"] in ("POST", "PUT", "PATCH"):
                 body, refusal = await self._read_body(receive)
                 if refusal is None:
                     receive = _replay(body, receive)

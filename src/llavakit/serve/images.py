@@ -230,9 +230,9 @@ def fetch_url(
 
 def request_image_bytes(url: str, limits: ImageLimits, what: str) -> bytes:
     """The encoded bytes of one ``image_url`` part: a ``data:`` URL decoded, or (opt-in) an http(s) URL fetched."""
-    if url.startswith("data:"):
+    if url[:5].lower() == "data:":  # URL schemes are case-insensitive (RFC 3986)
         return decode_data_url(url, limits, what)
-    if url.startswith(("http://", "https://")):
+    if url[:8].lower().startswith(("http://", "https://")):
         if not limits.allow_remote:
             raise ImageError(
                 f"{what}: remote image URLs are disabled; send a data: URL "

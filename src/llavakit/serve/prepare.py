@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from ..pipeline import check_text
+from ..pipeline import check_text, check_turns
 from ..processing.anyres import num_image_tokens, num_video_tokens
 from ..processing.image import check_geometry
 from .errors import ApiError
@@ -63,6 +63,10 @@ def _messages(
             400,
             "messages",
         )
+    try:
+        check_turns(["system" if m.role == "developer" else m.role for m in body.messages])
+    except ValueError as e:
+        raise ApiError(str(e), 400, "messages") from None
     msgs, images, videos = [], [], []
     for i, m in enumerate(body.messages):
         role = "system" if m.role == "developer" else m.role
@@ -221,13 +225,13 @@ def _prepare(
     t = int(ids.shape[0])
     of_them = f" ({visual} of them {'image and video' if videos else 'image'} tokens)" if visual else ""
     if context is not None:
-        if asked is not None and t + asked > context:
+        if asked is not None and t < context and t + asked > context:
             raise too_long(
-                f"prompt of {t} tokens{of_them} + {field} {asked} = {t + asked} "
-                f"exceeds the model's context of {context} tokens; shorten the prompt or lower {field}",
+                f"prompt of {t} tokens{of_them} + {field} {asked} = {t + asked} exceeds the model's context of "
+                f"{context} tokens; lower {field} to at most {context - t} or shorten the prompt",
                 field,
             )
-        if asked is None and t >= context:
+        if t >= context:  # no max_tokens would help
             raise too_long(
                 f"prompt of {t} tokens{of_them} leaves no room in the "
                 f"model's context of {context} tokens; shorten the prompt",

@@ -78,11 +78,14 @@ class Message(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)  # as OpenAI: "true" or 1 is not a boolean
     include_usage: bool | None = False
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict, as OpenAI's API: "5" or 5.0 is not an integer and "yes" or 1 not a boolean (400, not a guess);
+    # an integer is still a number (temperature 1)
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -226,7 +229,8 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "error"] = "ok"  # "error" (with status 503): the model worker has stopped
+    # with status 503: "error" the model worker has stopped, "shutting_down" the server is stopping
+    status: Literal["ok", "error", "shutting_down"] = "ok"
     model: str
     queue_depth: int
     running: int

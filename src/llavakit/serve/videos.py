@@ -58,11 +58,11 @@ def _mime_ok(mime: str) -> bool:
 def request_video_bytes(url: str, images: ImageLimits, limits: VideoLimits, what: str) -> tuple[bytes, str]:
     """The encoded bytes of one ``video_url`` part and the suffix to decode them under; the policy of
     ``images.request_image_bytes`` (data: URLs; http(s) only with ``--allow-remote-images``)."""
-    if url.startswith("data:"):
+    if url[:5].lower() == "data:":  # URL schemes are case-insensitive (RFC 3986)
         mime = url[len("data:") :].split(",", 1)[0].split(";", 1)[0].strip().lower()
         data = data_url_bytes(url, what, max_bytes=limits.max_bytes, kind="video", mime_ok=_mime_ok, accepted=ACCEPTED)
         return data, SUFFIXES.get(mime, ".mp4")
-    if url.startswith(("http://", "https://")):
+    if url[:8].lower().startswith(("http://", "https://")):
         if not images.allow_remote:
             raise ImageError(
                 f"{what}: remote video URLs are disabled; send a data: URL "

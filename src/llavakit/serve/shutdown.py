@@ -1,0 +1,43 @@
+"""Stopping the server (SIGTERM, Ctrl-C) without breaking the requests in flight.
+
+uvicorn's own shutdown closes the listening sockets, waits up to ``timeout_graceful_shutdown`` for the open
+requests, then cancels the handlers still running, whose clients get a bare text 500 (streams just stop, with no
+error event), and only after that runs the app's lifespan shutdown, which stops the model worker; meanwhile the
+worker goes on admitting queued requests. ``DrainingServer`` does the worker's part first: queued and new
+requests get a 503 in OpenAI's error shape at once, the answers being generated get ``grace`` seconds to finish,
+and what still runs then ends with a 503 (streams: an error event), so every client hears why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import uvicorn
+from starlette.concurrency import run_in_threadpool
+
+from .batcher import Batcher
+from .config import SHUTDOWN_GRACE
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, batcher: Batcher, grace: float = SHUTDOWN_GRACE) -> None:
+        super().__init__(config)
+        self.batcher, self.grace = batcher, grace
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in getattr(self, "servers", []):
+            server.close()  # no new connections while the batch drains (uvicorn closes them again: harmless)
+        await drain(self.batcher, self.grace, lambda: self.force_exit)
+        await super().shutdown(sockets)
+
+
+async def drain(batcher: Batcher, grace: float, forced=lambda: False) -> None:  # noqa: ANN001
+    """Refuse the queued and new jobs, give the running ones ``grace`` seconds (less if ``forced()``: a second
+    Ctrl-C), then stop the worker, which ends what still runs with a 503."""
+    await run_in_threadpool(batcher.drain)
+    end = time.monotonic() + grace
+    while batcher.thread.is_alive() and time.monotonic() < end and not forced():
+        await asyncio.sleep(0.05)
+    await run_in_threadpool(batcher.stop)

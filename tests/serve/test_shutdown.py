@@ -1,0 +1,88 @@
+"""SIGTERM while requests are in flight: every client hears why (serve/shutdown.py).
+
+Before, uvicorn cancelled the handlers still waiting after its 5 s grace, so a queued request got a bare text 500
+(which OpenAI clients retry) and a stream just stopped; the worker kept admitting queued jobs meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from serve_helpers import cli_server
+
+from conftest import MODEL
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _queue_depth(url: str) -> int:
+    return int(httpx.get(f"{url}/health", timeout=10).json()["queue_depth"])
+
+
+def _stream_then_queue(url: str, max_tokens: int) -> tuple[httpx.Client, Iterator[str], dict]:
+    """Start a stream (first chunk read; its lines go on in the iterator returned: dropping it would close the
+    stream) and a second, non-streaming request queued behind it (one row only)."""
+    body = {"model": MODEL, "messages": HI, "ignore_eos": True, "max_tokens": max_tokens, "stream": True}
+    client = httpx.Client(timeout=60)
+    response = client.send(client.build_request("POST", f"{url}/v1/chat/completions", json=body), stream=True)
+    stream = response.iter_lines()
+    next(stream)
+    queued: dict = {}
+
+    def post() -> None:
+        r = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4}, timeout=60)
+        queued.update(status=r.status_code, body=r.json(), headers=dict(r.headers))
+
+    threading.Thread(target=post, daemon=True).start()
+    end = time.monotonic() + 20
+    while _queue_depth(url) < 1:
+        assert time.monotonic() < end, "the second request never queued"
+        time.sleep(0.02)
+    return client, stream, queued
+
+
+def _wait(queued: dict, proc) -> None:  # noqa: ANN001
+    end = time.monotonic() + 30
+    while "status" not in queued and time.monotonic() < end:
+        time.sleep(0.05)
+    # the server exits by itself; uvicorn re-raises the signal it caught once it has shut down: -SIGTERM
+    assert proc.wait(30) in (0, -signal.SIGTERM)
+
+
+def test_sigterm_ends_the_running_stream_and_the_queue_with_503(tiny_model: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with cli_server(tiny_model, log, "--max-batch-size", "1", "--shutdown-grace", "0") as proc:
+        url = f"http://127.0.0.1:{proc.port}"
+        client, stream, queued = _stream_then_queue(url, 3000)
+        proc.send_signal(signal.SIGTERM)
+        lines = [x for x in stream if x.startswith("data: ")]
+        client.close()
+        _wait(queued, proc)
+    assert queued["status"] == 503, queued
+    assert "shutting down" in queued["body"]["error"]["message"]
+    assert lines and lines[-1] != "data: [DONE]"
+    last = json.loads(lines[-1][len("data: ") :])
+    assert last["error"]["code"] == "503" and "shutting down" in last["error"]["message"], last
+    assert "Traceback" not in log.read_text()
+
+
+def test_sigterm_lets_the_running_answer_finish_within_the_grace(tiny_model: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with cli_server(tiny_model, log, "--max-batch-size", "1", "--shutdown-grace", "60") as proc:
+        url = f"http://127.0.0.1:{proc.port}"
+        client, stream, queued = _stream_then_queue(url, 400)
+        proc.send_signal(signal.SIGTERM)
+        lines = [x for x in stream if x.startswith("data: ")]
+        client.close()
+        _wait(queued, proc)
+    assert queued["status"] == 503, queued  # queued: refused at once, not admitted during the grace
+    assert lines[-1] == "data: [DONE]"
+    finish = [json.loads(x[6:])["choices"][0]["finish_reason"] for x in lines[:-1] if json.loads(x[6:])["choices"]]
+    assert finish[-1] == "length"
+    assert "Traceback" not in log.read_text()
