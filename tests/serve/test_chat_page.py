@@ -174,3 +174,35 @@ def test_chat_page_keeps_the_partial_answer_when_the_stream_fails(pipe, browser,
         assert "failed" in browser.find_element(By.CSS_SELECTOR, ".msg.user").get_attribute("class")
         assert browser.find_element(By.ID, "text").get_attribute("value") == question
         assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle"
+
+
+def test_chat_page_says_why_the_conversation_reached_the_image_limit(server, browser, tmp_path: Path) -> None:  # noqa: ANN001
+    """Every question re-sends the conversation's images, so past the server's limit (4 here) every later question
+    failed with "5 images in the request" and no hint; the page now says that Clear chat starts over."""
+    from selenium.webdriver.common.by import By
+
+    from conftest import MAX_IMAGES
+
+    wait = _open_with_image(browser, server.url, tmp_path, image_bytes(64, 48, seed=1), API_KEY, max_tokens=2)
+    for turn in range(MAX_IMAGES + 1):
+        if turn:
+            photo = tmp_path / f"p{turn}.png"
+            photo.write_bytes(image_bytes(64, 48, seed=turn + 1))
+            browser.find_element(By.ID, "file").send_keys(str(photo))
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-pending") == "1")
+        browser.find_element(By.ID, "text").send_keys(f"question {turn}")
+        browser.find_element(By.ID, "send").click()
+        wait.until(
+            lambda d, n=turn + 1: (
+                len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-finish]")) == n
+                or d.find_elements(By.CSS_SELECTOR, ".msg.error")
+            )
+        )
+    error = browser.find_element(By.CSS_SELECTOR, ".msg.error").text
+    assert f"{MAX_IMAGES + 1} images in the request" in error and "Clear chat starts a new one" in error, error
+    browser.find_element(By.ID, "clear").click()
+    browser.find_element(By.ID, "file").send_keys(str(tmp_path / "p1.png"))
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-pending") == "1")
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-finish]"))
+    assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error")
