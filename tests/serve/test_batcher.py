@@ -281,3 +281,15 @@ def test_a_cancelled_queued_job_leaves_the_queue_at_once(pipe) -> None:  # noqa:
     new = _job(pipe, 2, 5, done)
     worker.submit(new)  # takes the freed place
     assert list(worker.pending) == [waiting, new] and worker.metrics.cancelled == 1
+
+
+def test_a_job_that_timed_out_in_the_queue_is_not_told_to_lower_max_tokens(pipe) -> None:  # noqa: ANN001
+    """It never ran, so "retry with a smaller max_tokens" (what a row cut by its deadline is told) would not help."""
+    done: dict = {}
+    worker = Batcher(pipe.model, pipe.processor.tokenizer)
+    job = _job(pipe, 0, 4, done)
+    job.deadline = time.monotonic() - 1  # its time ran out while it waited
+    worker.submit(job)
+    assert worker._take(wait=False) == []
+    (kind, status, message) = done[0][-1]
+    assert (kind, status) == ("error", 504) and "waited in the queue" in message and "max_tokens" not in message

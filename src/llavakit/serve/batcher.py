@@ -240,9 +240,13 @@ class Batcher:
             self.running += len(chosen)
             return chosen
 
-    def _timeout(self, job: Job) -> None:
+    def _timeout(self, job: Job, queued: bool = True) -> None:
         self.metrics.add("timeouts")
-        job.emit(("error", 504, "the request ran out of time (see --timeout); retry with a smaller max_tokens"))
+        if queued:  # it never ran: a smaller max_tokens would not have helped
+            msg = "the request waited in the queue past its time limit (see --timeout): the server is busy; retry later"
+        else:
+            msg = "the request ran out of time (see --timeout); retry with a smaller max_tokens"
+        job.emit(("error", 504, msg))
 
     def _collate(self, jobs: list[Job]) -> dict[str, torch.Tensor]:
         """Left-pad the prompts into (B, T) and concatenate the images of all rows in row order."""
@@ -364,7 +368,7 @@ class Batcher:
             self.metrics.add("cancelled")
         elif now > row.job.deadline:
             row.done = True
-            self._timeout(row.job)
+            self._timeout(row.job, queued=False)
         elif t in self.eos and not row.job.ignore_eos:
             row.count(now)
             row.finish("stop")
