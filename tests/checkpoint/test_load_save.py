@@ -378,7 +378,8 @@ def test_offline_hub_id_gives_clear_error(tmp_path):
     )
     assert out.stdout.startswith("ERR"), out.stderr
     msg = out.stdout
-    assert "could not reach the Hugging Face hub" in msg and "llava-hf/llava-1.5-7b-hf" in msg
+    assert "the Hugging Face hub could not be reached" in msg and "llava-hf/llava-1.5-7b-hf" in msg
+    assert "is not a local directory (no " in msg  # a mistyped relative path reads as a hub id: said so
     assert "config.json and *.safetensors" in msg
     assert "huggingface-cli download llava-hf/llava-1.5-7b-hf --local-dir DIR" in msg
 
@@ -395,7 +396,7 @@ def test_network_failures_vs_local_errors(monkeypatch):
         monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
 
     fail(ConnectionError("Name or service not known"))
-    with pytest.raises(HubUnreachableError, match="could not reach the Hugging Face hub to fetch org/model"):
+    with pytest.raises(HubUnreachableError, match="org/model is not a local directory .* hub could not be reached"):
         resolve_model_path("org/model")
     fail(PermissionError("cache directory is read-only"))
     with pytest.raises(PermissionError, match="read-only"):  # not the hub's fault: reported as it is

@@ -457,3 +457,16 @@ def test_images_plus_max_tokens_over_the_context_names_max_tokens(pipe) -> None:
     with pytest.raises(ApiError) as e:
         prepare(body, pipe, ServeConfig(model_name="tiny-llava"))
     assert e.value.param == "max_tokens" and "lower max_tokens to at most" in str(e.value), str(e.value)
+
+
+def test_the_openapi_schema_builds_without_warnings(pipe) -> None:  # noqa: ANN001
+    """/docs logged "Duplicate Operation ID health_health_head" (one route for GET and HEAD)."""
+    import warnings
+
+    from fastapi.testclient import TestClient
+
+    from llavakit.serve.app import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TestClient(create_app(pipe)).get("/openapi.json").status_code == 200

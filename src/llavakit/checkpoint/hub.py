@@ -75,8 +75,8 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
         if not isinstance(e, (LocalEntryNotFoundError, ConnectionError, TimeoutError)) and not _is_network_error(e):
             raise  # e.g. a full disk or an unwritable cache: not the hub's fault, keep the original error
         raise HubUnreachableError(
-            f"could not reach the Hugging Face hub to fetch {repo_id} ({type(e).__name__}); "
-            + _DOWNLOAD_HINT.format(id=repo_id)
+            f"{repo_id} is not a local directory (no {Path(repo_id).resolve()}), and the Hugging Face hub could not "
+            f"be reached to fetch it ({type(e).__name__}); check the path, or " + _DOWNLOAD_HINT.format(id=repo_id)
         ) from e
     return path
 

@@ -74,7 +74,9 @@ def create_app(pipe: Any, config: ServeConfig | None = None) -> FastAPI:
 
         return HTMLResponse(page(config.model_name, needs_key=config.api_key is not None))
 
-    @app.api_route("/health", methods=["GET", "HEAD"], response_model=Health, responses={503: {"model": Health}})
+    # HEAD too (probes use it), outside the schema: one route for both methods gave /docs a duplicate operation id
+    @app.head("/health", include_in_schema=False)
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health() -> JSONResponse:
         body = {
             "status": "ok" if batcher.alive else "shutting_down" if batcher.closing else "error",
