@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -304,9 +305,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # bad input: one clear line, no traceback
         print(f"llava {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(_interrupted(args, e), file=sys.stderr)
         return 130
+
+
+def _interrupted(args: argparse.Namespace, e: KeyboardInterrupt) -> str:
+    """What Ctrl-C leaves: for ``llava train`` the checkpoint of the last completed step and how to continue."""
+    checkpoint = getattr(e, "checkpoint", None)
+    if args.command != "train" or not str(e):
+        return "interrupted"
+    if checkpoint is None:
+        return f"llava train: {e}"
+    again = shlex.join(["llava", "train", args.recipe, *args.overrides, "--resume"])
+    return f"llava train: {e}; continue with: {again}"
 
 
 if __name__ == "__main__":

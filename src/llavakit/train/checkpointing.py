@@ -13,11 +13,15 @@ Because model and optimizer states are gathered (full), a run resumes on any num
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import random
 import re
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +249,53 @@ def load_checkpoint(
     else:  # a different process count: per-process RNG streams cannot be mapped; reseed deterministically
         seed_everything(int(state.get("seed", 0)) + 1000 * int(state["step"]) + d.rank)
     return {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng")}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped ``llava train``; ``checkpoint`` holds the last completed step (None: none yet)."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        saved = f"saved {checkpoint}" if checkpoint else "no step completed, nothing saved"
+        super().__init__(f"interrupted after step {step}; {saved}")
+
+
+class InterruptGuard:
+    """SIGINT handling of the training loop (one process, main thread; elsewhere Python's default stays).
+
+    During a step's forward / backward a Ctrl-C raises KeyboardInterrupt at once (the step is abandoned: its
+    gradients are dropped, the weights are still those of the last completed step). Inside ``deferred()`` (the
+    optimizer update, the metrics line, a checkpoint being written) it is held until the block ends, so a step
+    is applied whole or not at all and no file is left half written.
+    """
+
+    def __init__(self, active: bool) -> None:
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.deferring = self.pending = False
+        self.previous: Any = None
+
+    def __enter__(self) -> InterruptGuard:
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        if self.deferring:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt

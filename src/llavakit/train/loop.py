@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,13 +33,17 @@ import torch.nn.functional as F
 from ..model.llava import IGNORE_INDEX, positions_from_mask
 from .batching import epoch_batches, process_micro_batches, steps_per_epoch, total_steps
 from .checkpointing import (
+    InterruptGuard,
+    TrainingInterrupted,
     check_output_dir,
     check_same_recipe,
     checkpoint_dirs,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     saved_counters,
     seed_everything,
+    set_rng_state,
     write_model,
 )
 from .distributed import Dist, all_sum, full_model_state, setup, teardown, unwrap, wrap
@@ -220,72 +225,98 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2, default=str))
 
-    while step < total:
-        t0 = time.perf_counter()
-        epoch, in_epoch = divmod(step, per_epoch)
-        if epoch not in order_cache:
-            group = recipe.data.group_by_modality_length
-            order_cache = {epoch: epoch_batches(dataset, epoch, t.seed, group, per_step, full_only)}
-        chunk = order_cache[epoch][in_epoch]  # global_batch_size indices (fewer in an epoch's last step)
-        mine = process_micro_batches(chunk, t.micro_batch_size, d.world, d.rank)
-        batches = [collate_fn([dataset[i] for i in idx or chunk[:1]]) for idx in mine]
-        batches = [b if idx else _unsupervised(b) for b, idx in zip(batches, mine)]
-        n_sup = all_sum(torch.tensor(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)), d)
-        n_tok = all_sum(torch.tensor(sum(int(b["attention_mask"].sum()) for b, i in zip(batches, mine) if i)), d)
-        if int(n_sup) == 0:
-            raise ValueError(f"step {step + 1}: the global batch has no supervised tokens (all labels ignored)")
-        loss_sum = torch.zeros((), device=d.device)
-        for m, batch in enumerate(batches):
-            inputs = {k: _to(batch[k], d.device) for k in FORWARD_KEYS if batch.get(k) is not None}
-            if recipe.data.background_drop is not None:
-                inputs.update(_hidden_background(batch, recipe, step, total, m * d.world + d.rank, d.device))
-            labels = batch["labels"].to(d.device)
-            sync = m == len(batches) - 1 or d.strategy != "ddp"
-            with contextlib.nullcontext() if sync else model.no_sync(), autocast:
-                ce = supervised_ce_sum(model(**inputs, logits_mask=supervised_positions(labels)).logits, labels)
-            (ce * d.world / n_sup.to(d.device)).backward()
-            loss_sum += ce.detach()
-        loss = float(all_sum(loss_sum, d)) / int(n_sup)
-        if not math.isfinite(loss):
-            _stop(f"loss is {loss} at step {step + 1}", out, bar)
-        norm = torch.nn.utils.clip_grad_norm_(trainable, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        if not math.isfinite(norm):
-            _stop(f"gradient norm is {norm} at step {step + 1}", out, bar)
-        lrs = logged_lrs(optimizer)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        dt = time.perf_counter() - t0
-        rec = {
-            "step": step,
-            "epoch": round(step / per_epoch, 4),
-            "loss": loss,
-            **lrs,
-            "grad_norm": norm,
-            "tokens_per_s": float(n_tok) / dt,
-            "samples_per_s": len(chunk) / dt,
-            "time_s": dt,
-        }
-        result.losses.append(loss)
-        result.steps.append(step)
-        if step % max(1, t.log_every) == 0 or step == total:
-            metrics.write(rec)
-        bar.update(rec)
-        for cb in callbacks:
-            cb(step, unwrap(model))
-        stopping = t.stop_after is not None and step - (result.steps[0] - 1) >= t.stop_after and step < total
-        due = t.save_every > 0 and step % t.save_every == 0
-        if (due and step < total) or stopping:  # stop_after: a checkpoint at the stop step, to resume from
-            position = in_epoch * per_step + len(chunk)
-            counters = {"step": step, "epoch": epoch, "position": position, "seed": t.seed, "total_steps": total}
-            counters |= {"full_batches_only": full_only, "data": data_now}  # how steps were counted, what data
-            save_checkpoint(out, step, model, optimizer, scheduler, processor, counters, d, t.keep_last, lora)
-        if stopping:
-            bar.close()
-            result.final_step = step
-            return result
+    guard, ran_from, saved_at = InterruptGuard(d.world == 1), step, None  # Ctrl-C: see InterruptGuard
+    at_top, rng_top, last = step, None, {}
+    try:
+        with guard:
+            while step < total:
+                rng_top = rng_state() if guard.active else None  # before at_top: a Ctrl-C between them restores
+                t0, at_top = time.perf_counter(), step  # nothing (the RNG is still the last completed step's)
+                epoch, in_epoch = divmod(step, per_epoch)
+                if epoch not in order_cache:
+                    group = recipe.data.group_by_modality_length
+                    order_cache = {epoch: epoch_batches(dataset, epoch, t.seed, group, per_step, full_only)}
+                chunk = order_cache[epoch][in_epoch]  # global_batch_size indices (fewer in an epoch's last step)
+                mine = process_micro_batches(chunk, t.micro_batch_size, d.world, d.rank)
+                batches = [collate_fn([dataset[i] for i in idx or chunk[:1]]) for idx in mine]
+                batches = [b if idx else _unsupervised(b) for b, idx in zip(batches, mine)]
+                n_sup = all_sum(torch.tensor(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)), d)
+                n_tok = all_sum(
+                    torch.tensor(sum(int(b["attention_mask"].sum()) for b, i in zip(batches, mine) if i)), d
+                )
+                if int(n_sup) == 0:
+                    raise ValueError(f"step {step + 1}: the global batch has no supervised tokens (all labels ignored)")
+                loss_sum = torch.zeros((), device=d.device)
+                for m, batch in enumerate(batches):
+                    inputs = {k: _to(batch[k], d.device) for k in FORWARD_KEYS if batch.get(k) is not None}
+                    if recipe.data.background_drop is not None:
+                        inputs.update(_hidden_background(batch, recipe, step, total, m * d.world + d.rank, d.device))
+                    labels = batch["labels"].to(d.device)
+                    sync = m == len(batches) - 1 or d.strategy != "ddp"
+                    with contextlib.nullcontext() if sync else model.no_sync(), autocast:
+                        ce = supervised_ce_sum(model(**inputs, logits_mask=supervised_positions(labels)).logits, labels)
+                    (ce * d.world / n_sup.to(d.device)).backward()
+                    loss_sum += ce.detach()
+                loss = float(all_sum(loss_sum, d)) / int(n_sup)
+                if not math.isfinite(loss):
+                    _stop(f"loss is {loss} at step {step + 1}", out, bar)
+                norm = torch.nn.utils.clip_grad_norm_(
+                    trainable, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+                )
+                norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+                if not math.isfinite(norm):
+                    _stop(f"gradient norm is {norm} at step {step + 1}", out, bar)
+                lrs = logged_lrs(optimizer)
+                with guard.deferred():  # the update, its log line and checkpoint happen whole; Ctrl-C waits
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    dt = time.perf_counter() - t0
+                    rec = {
+                        "step": step,
+                        "epoch": round(step / per_epoch, 4),
+                        "loss": loss,
+                        **lrs,
+                        "grad_norm": norm,
+                        "tokens_per_s": float(n_tok) / dt,
+                        "samples_per_s": len(chunk) / dt,
+                        "time_s": dt,
+                    }
+                    result.losses.append(loss)
+                    result.steps.append(step)
+                    if step % max(1, t.log_every) == 0 or step == total:
+                        metrics.write(rec)
+                    bar.update(rec)
+                    for cb in callbacks:
+                        cb(step, unwrap(model))
+                    stopping = (
+                        t.stop_after is not None and step - (result.steps[0] - 1) >= t.stop_after and step < total
+                    )
+                    due = t.save_every > 0 and step % t.save_every == 0
+                    position = in_epoch * per_step + len(chunk)
+                    last = {"step": step, "epoch": epoch, "position": position, "seed": t.seed, "total_steps": total}
+                    last |= {"full_batches_only": full_only, "data": data_now}  # how steps were counted, what data
+                    if (due and step < total) or stopping:  # stop_after: a checkpoint at the stop step, to resume from
+                        save_checkpoint(out, step, model, optimizer, scheduler, processor, last, d, t.keep_last, lora)
+                        saved_at = step
+                if stopping:
+                    bar.close()
+                    result.final_step = step
+                    return result
+    except KeyboardInterrupt:
+        if not guard.active:  # several processes: Python's default (save_every's checkpoints are kept)
+            raise
+        bar.close()
+        optimizer.zero_grad(set_to_none=True)  # the abandoned step's gradients
+        if step == at_top and step > ran_from:
+            set_rng_state(rng_top)  # the RNG as the last completed step left it (the abandoned one drew)
+        if step > ran_from and saved_at != step:  # the checkpoint save_every would have written at this step
+            print(f"interrupted: saving step {step} (Ctrl-C again to quit without it)", file=sys.stderr, flush=True)
+            saved_at = step
+            save_checkpoint(out, step, model, optimizer, scheduler, processor, last, d, t.keep_last, lora)
+        kept = out / "checkpoints" / f"step-{step:08d}" if step > ran_from else resumed
+        raise TrainingInterrupted(step, kept) from None
     bar.close()
     result.final_step = step
     _finish(out, model, processor, lora, d, metrics, base_model_id(recipe.model.init))
