@@ -20,7 +20,19 @@ def train_command(recipe: str, overrides: list[str], resume: bool = False) -> in
     else:
         last = f" (last loss {res.losses[-1]:.4f})" if res.losses else ""
         print(f"trained to step {res.final_step}{last}; wrote {res.output_dir}")
+    if res.skipped:
+        print(skipped_note(res.skipped))
     return 0
+
+
+def skipped_note(skipped: dict[str, int]) -> str:
+    """What ``TrainResult.skipped`` says, for people: {"too_long": 2} -> "left out 2 records (too_long 2); ..."."""
+    n = sum(skipped.values())
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+    return (
+        f"left out {n} record{'s' * (n != 1)} ({reasons}): each that failed while training was replaced by the next "
+        "one in the data; `llava data check` lists them"
+    )
 
 
 def merge_lora_cli(base: str, adapter: str, out: str, dtype: str | None = None) -> int:

@@ -68,6 +68,10 @@ class TrainResult:
     output_dir: Path | None = None
     resumed_from: Path | None = None
     finished: bool = False  # False when train.stop_after ended the run early
+    # records this process's dataset left out, by reason (``SampleError``): unreadable when read (data.on_error
+    # skip), or failing when built (too long to truncate without cutting image tokens, an image that will not
+    # load in skip mode): such a sample is replaced by the next one in the data, as LLaVA-NeXT's trainer does
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def lr_lambda(total: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
@@ -302,7 +306,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
                         saved_at = step
                 if stopping:
                     bar.close()
-                    result.final_step = step
+                    result.final_step, result.skipped = step, dict(getattr(dataset, "skipped", {}))
                     return result
     except KeyboardInterrupt:
         if not guard.active:  # several processes: Python's default (save_every's checkpoints are kept)
@@ -318,7 +322,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         kept = out / "checkpoints" / f"step-{step:08d}" if step > ran_from else resumed
         raise TrainingInterrupted(step, kept) from None
     bar.close()
-    result.final_step = step
+    result.final_step, result.skipped = step, dict(getattr(dataset, "skipped", {}))
     _finish(out, model, processor, lora, d, metrics, base_model_id(recipe.model.init))
     result.finished = True
     return result
