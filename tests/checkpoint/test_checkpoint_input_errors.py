@@ -59,3 +59,15 @@ def test_load_model_refuses_vision_tower_for_an_hf_checkpoint(tmp_path: Path):
     with pytest.raises(ValueError, match="vision_tower applies to original checkpoints .* leave vision_tower out"):
         load_model(tmp_path / "hf", vision_tower=tmp_path / "clip")
     assert load_model(tmp_path / "hf") is not None
+
+
+def test_a_lora_adapter_directory_points_to_merge_lora(tmp_path, capsys):
+    """A LoRA run's checkpoint (or OUT/adapter) has adapter files and no config.json: said, with the command."""
+    from llavakit.cli import main
+
+    (tmp_path / "step-00000010").mkdir()
+    (tmp_path / "step-00000010" / "adapter_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="holds a LoRA adapter: merge it into its base model first"):
+        LlavaModel.from_pretrained(tmp_path / "step-00000010")
+    assert main(["generate", "--model", str(tmp_path / "step-00000010"), "--prompt", "hi"]) == 2
+    assert "llava merge-lora --base BASE" in capsys.readouterr().err

@@ -44,7 +44,13 @@ def read_config_dict(path: str | Path) -> dict:
             "file itself (an unpacked archive or a copy that went wrong; re-download the checkpoint's config.json)"
         )
     if not file.is_file():
-        raise FileNotFoundError(f"{file} not found: a checkpoint directory must contain config.json")
+        hint = ""
+        if (Path(path) / "adapter_config.json").is_file():  # a LoRA adapter (a LoRA run's checkpoint, OUT/adapter)
+            hint = (
+                "; this directory holds a LoRA adapter: merge it into its base model first "
+                "(llava merge-lora --base BASE --adapter DIR --out MERGED) and load MERGED"
+            )
+        raise FileNotFoundError(f"{file} not found: a checkpoint directory must contain config.json{hint}")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
