@@ -55,34 +55,31 @@ def _wait(queued: dict, proc) -> None:  # noqa: ANN001
     assert proc.wait(30) in (0, -signal.SIGTERM)
 
 
-def test_sigterm_ends_the_running_stream_and_the_queue_with_503(tiny_model: Path, tmp_path: Path) -> None:
+def _sigterm_during_a_stream(model: Path, tmp_path: Path, grace: str, max_tokens: int) -> tuple[list[str], dict]:
+    """SIGTERM to ``llava serve --shutdown-grace GRACE`` while one stream runs and a request waits behind it: the
+    stream's data lines and what the queued request got (the server's log holds no traceback)."""
     log = tmp_path / "server.log"
-    with cli_server(tiny_model, log, "--max-batch-size", "1", "--shutdown-grace", "0") as proc:
-        url = f"http://127.0.0.1:{proc.port}"
-        client, stream, queued = _stream_then_queue(url, 3000)
+    with cli_server(model, log, "--max-batch-size", "1", "--shutdown-grace", grace) as proc:
+        client, stream, queued = _stream_then_queue(f"http://127.0.0.1:{proc.port}", max_tokens)
         proc.send_signal(signal.SIGTERM)
         lines = [x for x in stream if x.startswith("data: ")]
         client.close()
         _wait(queued, proc)
-    assert queued["status"] == 503, queued
+    assert "Traceback" not in log.read_text()
+    assert queued["status"] == 503, queued  # queued: refused at once, never admitted during the grace
     assert "shutting down" in queued["body"]["error"]["message"]
+    return lines, queued
+
+
+def test_sigterm_ends_the_running_stream_and_the_queue_with_503(tiny_model: Path, tmp_path: Path) -> None:
+    lines, _ = _sigterm_during_a_stream(tiny_model, tmp_path, "0", 3000)
     assert lines and lines[-1] != "data: [DONE]"
     last = json.loads(lines[-1][len("data: ") :])
     assert last["error"]["code"] == "503" and "shutting down" in last["error"]["message"], last
-    assert "Traceback" not in log.read_text()
 
 
 def test_sigterm_lets_the_running_answer_finish_within_the_grace(tiny_model: Path, tmp_path: Path) -> None:
-    log = tmp_path / "server.log"
-    with cli_server(tiny_model, log, "--max-batch-size", "1", "--shutdown-grace", "60") as proc:
-        url = f"http://127.0.0.1:{proc.port}"
-        client, stream, queued = _stream_then_queue(url, 400)
-        proc.send_signal(signal.SIGTERM)
-        lines = [x for x in stream if x.startswith("data: ")]
-        client.close()
-        _wait(queued, proc)
-    assert queued["status"] == 503, queued  # queued: refused at once, not admitted during the grace
+    lines, _ = _sigterm_during_a_stream(tiny_model, tmp_path, "60", 400)
     assert lines[-1] == "data: [DONE]"
     finish = [json.loads(x[6:])["choices"][0]["finish_reason"] for x in lines[:-1] if json.loads(x[6:])["choices"]]
     assert finish[-1] == "length"
-    assert "Traceback" not in log.read_text()
