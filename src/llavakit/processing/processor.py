@@ -247,8 +247,9 @@ class LlavaProcessor:
                 f"text must be a prompt string or a non-empty list of them, got {text!r:.80}; "
                 "images need a prompt with one <image> placeholder each"
             )
-        images = _flatten(images)
         per_text = [t.count(IMAGE) for t in texts]
+        _check_nesting(images, per_text)
+        images = _flatten(images)
         if sum(per_text) != len(images):
             raise ValueError(
                 f"the prompt(s) hold {sum(per_text)} {IMAGE} placeholder(s) but {len(images)} image(s) were given; "
@@ -339,6 +340,23 @@ def _hf_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _image_name(i: int, n: int, src: Any) -> str:
     """How errors name an image: "2 of 3", with its path when it has one."""
     return f"{i + 1} of {n}" + (f" ({src})" if isinstance(src, (str, Path)) else "")
+
+
+def _check_nesting(images: Any, per_text: list[int]) -> None:
+    """Images given as one list per prompt (``[[a], [b, c]]``, as transformers accepts) must match each prompt's
+    placeholders: flattened, ``[[a], [b, c]]`` for prompts of 2 and 1 placeholders would silently give prompt 0
+    the images a and b."""
+    if not isinstance(images, (list, tuple)) or not any(isinstance(im, (list, tuple)) for im in images):
+        return
+    if len(images) != len(per_text):
+        raise ValueError(
+            f"images are given as {len(images)} lists for {len(per_text)} prompt(s); pass one list per prompt "
+            "(an empty one for a prompt without images), or a flat list in the order of the placeholders"
+        )
+    for i, (im, n) in enumerate(zip(images, per_text, strict=True)):
+        got = len(im) if isinstance(im, (list, tuple)) else 1
+        if got != n:
+            raise ValueError(f"prompt {i} holds {n} {IMAGE} placeholder(s) but its list has {got} image(s)")
 
 
 def _flatten(images: Any) -> list[Any]:
