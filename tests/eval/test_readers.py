@@ -228,3 +228,17 @@ def test_gqa_question_file_of_another_split_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"no testdev_balanced_questions.json \(only GQA's testdev_all_questions.json"):
         get_task("gqa").read(data)
     assert len(get_task("gqa").read(data / "testdev_all_questions.json")) == 3  # named explicitly: read
+
+
+@pytest.mark.parametrize("task", ["vqav2", "textvqa", "gqa"])
+def test_other_json_lines_files_are_not_taken_for_the_question_file(tmp_path, task):
+    """With LLaVA's question file renamed away, llavakit's own predictions.jsonl (--out is the data folder: a
+    resumed run failed on "record lacks 'image'") or an answer file beside the data was read as the questions."""
+    data = {"vqav2": fx.vqav2, "textvqa": fx.textvqa, "gqa": fx.gqa}[task](tmp_path / task)
+    (qfile,) = data.glob("llava_*.jsonl")
+    want = get_task(task).read(data)
+    fx.jsonl(data / "predictions.jsonl", [{"question_id": "1", "prompt": "x", "text": "red"}])
+    fx.jsonl(data / "answers.jsonl", [{"question_id": 1, "text": "x"}])
+    assert [s.prompt for s in get_task(task).read(data)] == [s.prompt for s in want]
+    qfile.rename(data / "questions-renamed.jsonl")  # not LLaVA's name: found by its records
+    assert [s.prompt for s in get_task(task).read(data)] == [s.prompt for s in want]

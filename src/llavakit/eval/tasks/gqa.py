@@ -15,7 +15,7 @@ from typing import Any
 
 from ..metrics import gqa_normalize
 from .base import SHORT_ANSWER, Sample, Task, answered, resolve_image, suffixed
-from .io import find, parquet_image, read_json, read_jsonl, read_parquet, require
+from .io import find, parquet_image, question_jsonl, read_json, read_jsonl, read_parquet, require
 
 # the question files of GQA's questions1.2 download: any but testdev_balanced_questions.json is another split
 OTHER_SPLIT = r"(train|val|testdev|test|challenge|submission)_(all|balanced)_questions\.json"
@@ -84,7 +84,7 @@ def read(root: Path) -> list[Sample]:
     base = root if root.is_dir() else root.parent  # --data may name the question file itself
     dirs = [base / "images", base]
     samples = []
-    if (qfile := find(base, ["llava_gqa*.jsonl", "*.jsonl"])) is not None:
+    if (qfile := question_jsonl(base, "llava_gqa*.jsonl")) is not None:
         for r in read_jsonl(qfile):
             require(r, ("question_id", "image", "text"), qfile)
             qid = str(r["question_id"])

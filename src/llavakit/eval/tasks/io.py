@@ -188,6 +188,32 @@ def find(root: Path, patterns: Iterable[str]) -> Path | None:
     return None
 
 
+QUESTION_KEYS = ("question_id", "image", "text")  # a record of LLaVA's eval question files (JSON lines)
+
+
+def question_jsonl(base: Path, preferred: str) -> Path | None:
+    """LLaVA's question file in the directory ``base``: the first matching ``preferred`` (its own name, e.g.
+    "llava_vqav2*.jsonl"), else the first ``*.jsonl`` whose first record has ``QUESTION_KEYS``. Other JSON lines
+    files are not taken for it: llavakit's own ``predictions.jsonl`` (when ``--out`` is the data folder, a resumed
+    run read its answers as questions), an answer file kept beside the data."""
+    if not base.is_dir():
+        return None
+    hits = sorted(p for p in base.glob(preferred) if p.is_file())
+    if hits:
+        return hits[0]
+    return next((p for p in sorted(base.glob("*.jsonl")) if p.is_file() and _has_question_keys(p)), None)
+
+
+def _has_question_keys(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        record = json.loads(first)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and all(k in record for k in QUESTION_KEYS)
+
+
 def image_dir(root: Path, candidates: Iterable[str]) -> Path:
     """The first existing sub-directory of ``root`` among ``candidates`` (else ``root`` itself)."""
     base = root if root.is_dir() else root.parent

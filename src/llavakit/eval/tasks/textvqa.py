@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import SHORT_ANSWER, Sample, Task, numbered, resolve_image
-from .io import find, parquet_image, read_json, read_jsonl, read_parquet, require
+from .io import find, parquet_image, question_jsonl, read_json, read_jsonl, read_parquet, require
 from .vqa import human_answers, vqa_scorer
 
 OCR_LINE = "Reference OCR token: "
@@ -157,7 +157,7 @@ def read_textvqa(root: Path, ocr: bool = False) -> list[Sample]:
     dirs = [base / d for d in ("train_images", "images")] + [base]
     seen: dict[str, int] = {}
     samples = []
-    qfile = find(base, ["llava_textvqa*.jsonl", "*.jsonl"])
+    qfile = question_jsonl(base, "llava_textvqa*.jsonl")
     if qfile is not None:
         last = dict(zip(keys, records))  # eval_textvqa.py: the last annotation of a key answers all its lines
         for r in read_jsonl(qfile):

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..metrics import evalai_answer_processor, vizwiz_accuracy, vqa_accuracy, vqa_accuracy_official
 from .base import SHORT_ANSWER, UNANSWERABLE, Sample, Scorer, Task, answered, resolve_image, suffixed
-from .io import find, parquet_image, read_json, read_jsonl, read_parquet, require
+from .io import find, parquet_image, question_jsonl, read_json, read_jsonl, read_parquet, require
 
 
 def human_answers(raw: Any, where: str) -> list[str]:
@@ -79,9 +79,10 @@ def read_vqav2(root: Path) -> list[Sample]:
             raise ValueError(f"{ann_path}: annotation {i} lacks 'question_id' or 'answers'")
         answers[str(a["question_id"])] = human_answers(a["answers"], f"{ann_path}: annotation {i}")
     subtype = ann.get("data_subtype", "val2014")
-    dirs = [root / d for d in (subtype, "images", "test2015", "val2014")] + [root]
+    base = root if root.is_dir() else root.parent  # --data may name the annotation file itself
+    dirs = [base / d for d in (subtype, "images", "test2015", "val2014")] + [base]
     samples = []
-    if (qfile := find(root, ["llava_vqav2*.jsonl", "*.jsonl"])) is not None:
+    if (qfile := question_jsonl(base, "llava_vqav2*.jsonl")) is not None:
         for r in read_jsonl(qfile):
             require(r, ("question_id", "image", "text"), qfile)
             qid = str(r["question_id"])
@@ -89,7 +90,7 @@ def read_vqav2(root: Path) -> list[Sample]:
                 raise ValueError(f"{qfile}:{r['__line__']}: question {qid} has no answers in {ann_path}")
             samples.append(Sample(qid, r["text"], resolve_image(r["image"], dirs), {"answers": answers[qid]}))
         return samples
-    qfile = find(root, ["*val*questions*.json", "*questions*.json"])
+    qfile = find(base, ["*val*questions*.json", "*questions*.json"])
     if qfile is None:
         raise ValueError(f"{root}: no question file (llava_vqav2*.jsonl or *questions*.json)")
     questions = read_json(qfile)
