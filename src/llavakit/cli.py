@@ -134,7 +134,9 @@ def cmd_chat(
     from .processing.image_load import load_image
 
     check_model(model)
-    clip = _video_frames(video, frames)
+    if frames is not None and frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {frames}")
+    clip = _video_frames(video, frames) if video is not None else None  # --frames alone: for /video
     check_sampling(**s)
     check_images(images)
     for image in images:  # as /image does: a file that is not an image would fail every message, refused now
@@ -144,7 +146,7 @@ def cmd_chat(
     pipe = open_pipeline(model, dtype, quantize, compile)
     if clip:
         check_video_support(pipe)
-    return chat(pipe, images, sys.stdin, frames=clip, **s)
+    return chat(pipe, images, sys.stdin, frames=clip, **({"max_frames": frames} if frames else {}), **s)
 
 
 def cmd_caption(
@@ -182,7 +184,9 @@ def _video_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--video", help="a video file (needs llavakit[video]), a directory of frame images or a glob (OneVision models)"
     )
-    p.add_argument("--frames", type=int, help="--video: at most this many frames, spread evenly (default 32)")
+    p.add_argument(
+        "--frames", type=int, help="--video (and chat's /video): at most this many frames, spread evenly (default 32)"
+    )
 
 
 def _sampling_flags(p: argparse.ArgumentParser, max_new: int = 256) -> None:

@@ -184,10 +184,12 @@ def chat(
     lines: Iterable[str],
     out: TextIO = sys.stdout,
     frames: list[Path] | list[Image.Image] | None = None,
+    max_frames: int = MAX_FRAMES,
     **sampling: Any,
 ) -> int:
     """Interactive multi-turn chat over ``lines`` (stdin); earlier turns stay in the KV cache. ``frames``: a video
-    (its frames) for the first message, as ``/video`` attaches one to the next."""
+    (its frames) for the first message, as ``/video`` attaches one to the next, taking at most ``max_frames``
+    frames (``--frames``), and as many as the conversation's first video has (its videos share one frame count)."""
     check_sampling(**sampling)
     check_images(images)
     messages: list[dict[str, Any]] = []
@@ -196,7 +198,14 @@ def chat(
 
     def read_video(spec: str) -> list[Image.Image]:
         check_video_support(pipe)
-        return _decoded(find_frames(spec))  # a frame that cannot be read is refused now
+        had = next((len(p["video"]) for m in messages for p in _parts(m) if p.get("type") == "video"), None)
+        got = _decoded(find_frames(spec, had or max_frames))  # a frame that cannot be read is refused now
+        if had is not None and len(got) != had:
+            raise ValueError(
+                f"{spec} gives {len(got)} frames, and this conversation's video has {had}: a conversation's videos "
+                "must have as many frames (/reset starts a new conversation)"
+            )
+        return got
 
     out.write(f"llava chat - {CHAT_HELP}\n>>> ")
     out.flush()
@@ -266,6 +275,11 @@ def _attach(arg: str, usage: str, read: Callable[[str], Any], out: TextIO) -> tu
     except (ValueError, OSError) as e:
         out.write(f"error: {e}\n")
         return None
+
+
+def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message.get("content")
+    return content if isinstance(content, list) else []
 
 
 def _decoded(frames: list[Path] | list[Image.Image]) -> list[Image.Image]:

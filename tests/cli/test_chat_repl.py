@@ -140,3 +140,25 @@ def test_video_given_at_start_and_dropped_by_reset(tmp_path):
     assert chat(pipe, [], ["first", "/reset", "again", "/exit"], out, frames=frames) == 0
     assert _videos(pipe.seen[0]) == [[_px(f) for f in frames]]
     assert _videos(pipe.seen[1]) == []
+
+
+def test_a_second_video_takes_the_conversations_frame_count_or_is_refused(tmp_path):
+    """A conversation's videos share one frame count (they batch into one tensor): /video took up to 32 frames
+    whatever --frames said, and a second video of another length broke every later message until /reset."""
+
+    def clip(name: str, n: int):
+        d = tmp_path / name
+        d.mkdir()
+        for i in range(n):
+            Image.new("RGB", (16, 12), (20 * i, 0, 0)).save(d / f"f{i}.png")
+        return d
+
+    long, medium, short = clip("long", 12), clip("medium", 5), clip("short", 3)
+    pipe = FakePipe()
+    out = io.StringIO()
+    script = [f"/video {long}", "first", f"/video {medium}", "second", f"/video {short}", "third", "/exit"]
+    assert chat(pipe, [], script, out, max_frames=4) == 0
+    text = out.getvalue()
+    assert "(video attached: 4 frames from" in text  # --frames 4 caps /video
+    assert f"{short} gives 3 frames, and this conversation's video has 4" in text
+    assert [[len(v) for v in _videos(m)] for m in pipe.seen] == [[4], [4, 4], [4, 4]]  # third: no new video

@@ -298,7 +298,10 @@ class LlavaProcessor:
         if frames:
             if len({f.shape[0] for f in frames}) > 1:
                 got = [f.shape[0] for f in frames]
-                raise ValueError(f"videos in one batch must have the same frame count, got {got}; use sample_frames")
+                raise ValueError(
+                    f"videos in one batch (and in one conversation: its turns are one prompt) must have the same "
+                    f"frame count, got {got}; pick as many frames of each (llavakit.processing.image.sample_frames)"
+                )
             out["pixel_values_videos"] = torch.stack(frames)  # (V, F, 3, S, S)
         if return_tensors is None:
             out = {k: v.tolist() if isinstance(v, torch.Tensor) and k != "pixel_values" else v for k, v in out.items()}
