@@ -86,8 +86,8 @@ def test_bad_stage_settings(tmp_path):
         apply_stage(model, StageSpec(name="lora", lora=LoraSpec(rank=2, target_modules=["c_attn"])))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on machines without CUDA")
-def test_qlora_refuses_cleanly_without_cuda(tmp_path):
+def test_qlora_is_refused_as_not_implemented(tmp_path):
+    """Refused by name on any machine, pointing to lora (on a CPU it said "needs a CUDA GPU", as if one would do)."""
     model, _ = build_model(tiny_recipe(tmp_path, "llava").model)
-    with pytest.raises(ValueError, match="qlora needs a CUDA GPU"):
+    with pytest.raises(ValueError, match="qlora is not implemented in llavakit yet .*; use stage lora"):
         apply_stage(model, StageSpec(name="qlora"))

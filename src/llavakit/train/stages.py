@@ -89,16 +89,12 @@ def connector_params(model: nn.Module, with_newline: bool = True) -> list[tuple[
 
 
 def check_qlora_supported() -> None:
-    """QLoRA needs bitsandbytes' 4-bit kernels, which run on CUDA only; refuse cleanly anywhere else."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ValueError("stage qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on this machine use stage lora")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as e:
-        raise ValueError("stage qlora needs bitsandbytes: pip install bitsandbytes (or use stage lora)") from e
-    raise ValueError("stage qlora is not implemented in llavakit yet; use stage lora")
+    """QLoRA is not implemented: refuse it by name, pointing to LoRA (it said "needs a CUDA GPU" on a CPU, as if a
+    GPU would run it)."""
+    raise ValueError(
+        "stage qlora is not implemented in llavakit yet (it would need bitsandbytes' 4-bit kernels on a CUDA GPU); "
+        "use stage lora"
+    )
 
 
 def apply_stage(model: nn.Module, spec: StageSpec) -> list[dict]:
