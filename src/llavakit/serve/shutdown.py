@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 
 import uvicorn
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +23,8 @@ from .config import SHUTDOWN_GRACE
 
 
 class DrainingServer(uvicorn.Server):
+    """uvicorn's server with the model worker drained first on shutdown (see the module docstring)."""
+
     def __init__(self, config: uvicorn.Config, batcher: Batcher, grace: float = SHUTDOWN_GRACE) -> None:
         super().__init__(config)
         self.batcher, self.grace = batcher, grace
@@ -33,7 +36,7 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-async def drain(batcher: Batcher, grace: float, forced=lambda: False) -> None:  # noqa: ANN001
+async def drain(batcher: Batcher, grace: float, forced: Callable[[], bool] = lambda: False) -> None:
     """Refuse the queued and new jobs, give the running ones ``grace`` seconds (less if ``forced()``: a second
     Ctrl-C), then stop the worker, which ends what still runs with a 503."""
     await run_in_threadpool(batcher.drain)
