@@ -27,6 +27,8 @@ def test_lists_that_do_not_match_their_prompts_are_refused(processor: LlavaProce
         processor(text=texts, images=[[a], [b, c]])
     with pytest.raises(ValueError, match="3 lists for 2 prompt"):
         processor(text=texts, images=[[a, b], [c], []])
+    with pytest.raises(ValueError, match="prompt 3 holds 1 <image> placeholder"):  # transformers' pairing:
+        processor(text=[*texts, "no image", "<image> three"], images=[[a, b], [c], [a, b]])  # prompts with images
     nested = processor(text=texts, images=[[a, b], [c]])  # matching lists: the same as the flat order
     flat = processor(text=texts, images=[a, b, c])
     for key in ("input_ids", "pixel_values"):

@@ -346,18 +346,25 @@ def _image_name(i: int, n: int, src: Any) -> str:
 
 
 def _check_nesting(images: Any, per_text: list[int]) -> None:
-    """Images given as one list per prompt (``[[a], [b, c]]``, as transformers accepts) must match each prompt's
-    placeholders: flattened, ``[[a], [b, c]]`` for prompts of 2 and 1 placeholders would silently give prompt 0
-    the images a and b."""
+    """Images given as nested lists (as transformers accepts) must match the prompts' placeholders: one list per
+    prompt, or (transformers' own pairing) one per prompt that holds images, in order. Flattened unchecked,
+    ``[[a], [b, c]]`` for prompts of 2 and 1 placeholders silently gave prompt 0 the images a and b.
+
+    Example: prompts with 2, 1, 0 and 1 placeholders take [[a, b], [c], [], [d]] or [[a, b], [c], [d]]."""
     if not isinstance(images, (list, tuple)) or not any(isinstance(im, (list, tuple)) for im in images):
         return
-    if len(images) != len(per_text):
+    counts = [len(im) if isinstance(im, (list, tuple)) else 1 for im in images]
+    with_images = [n for n in per_text if n]
+    if len(counts) == len(per_text):
+        pairs = list(enumerate(per_text))
+    elif len(counts) == len(with_images):
+        pairs = [(i, n) for i, n in enumerate(per_text) if n]
+    else:
         raise ValueError(
-            f"images are given as {len(images)} lists for {len(per_text)} prompt(s); pass one list per prompt "
-            "(an empty one for a prompt without images), or a flat list in the order of the placeholders"
+            f"images are given as {len(counts)} lists for {len(per_text)} prompt(s), {len(with_images)} of them with "
+            "images; pass one list per prompt (or per prompt with images), or a flat list in placeholder order"
         )
-    for i, (im, n) in enumerate(zip(images, per_text, strict=True)):
-        got = len(im) if isinstance(im, (list, tuple)) else 1
+    for (i, n), got in zip(pairs, counts, strict=True):
         if got != n:
             raise ValueError(f"prompt {i} holds {n} {IMAGE} placeholder(s) but its list has {got} image(s)")
 
