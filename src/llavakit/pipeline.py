@@ -122,8 +122,8 @@ def check_turns(roles: list[Any]) -> None:
         raise ValueError("the conversation has no user message: the model answers the last user message")
     if roles[-1] != "user":
         raise ValueError(
-            f"message {len(roles) - 1} is a {roles[-1]!r} message: the last message must be the user's (the model "
-            "answers it); add the next user message, or drop the trailing one"
+            f"the last message must be the user's (the model answers it), and message {len(roles) - 1} has role "
+            f"{roles[-1]!r}; add the next user message, or drop the trailing one"
         )
 
 
