@@ -148,7 +148,10 @@ def train(
     t = recipe.train
     d = setup(t.device, t.distributed)
     try:
-        return _train(recipe, d, model, processor, dataset, collate_fn, callbacks)
+        result = _train(recipe, d, model, processor, dataset, collate_fn, callbacks)
+        if d.active and d.owns_group:  # every process's collectives done before any destroys the group (a rank
+            torch.distributed.barrier()  # that did not write the model went first; gloo aborted it now and then)
+        return result
     finally:
         teardown(d)
 
