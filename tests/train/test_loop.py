@@ -8,7 +8,8 @@ from loop_helpers import ColorDataset, collate_fn, tiny_recipe
 
 from llavakit.model.llava import LlavaModel
 from llavakit.train.build import build_model
-from llavakit.train.loop import TrainingDiverged, lr_lambda, train
+from llavakit.train.loop import TrainingDiverged, train
+from llavakit.train.schedule import lr_lambda
 
 
 def _run(recipe, **kw):
@@ -107,7 +108,7 @@ def test_cosine_schedule_with_warmup():
 
 
 def test_logits_mask_computes_exactly_the_supervised_rows(tmp_path):
-    from llavakit.train.loop import supervised_ce_sum, supervised_positions
+    from llavakit.train.loss import supervised_ce_sum, supervised_positions
 
     model, processor = build_model(tiny_recipe(tmp_path, "llava_next").model)
     batch = collate_fn([ColorDataset(processor, 3)[i] for i in (0, 2)])
@@ -181,7 +182,7 @@ def test_stop_after_saves_a_checkpoint_at_the_stop_step(tmp_path):
 def test_the_logged_lr_is_the_main_groups_and_differing_rates_are_named(tmp_path):
     import torch.nn as nn
 
-    from llavakit.train.loop import logged_lrs
+    from llavakit.train.schedule import logged_lrs
 
     p = [nn.Parameter(torch.zeros(2, 2)) for _ in range(4)]
     named = [("projector", 1e-5, p[0]), ("projector_no_decay", 1e-5, p[1]), ("lora", 2e-3, p[2])]

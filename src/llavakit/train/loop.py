@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..model.llava import IGNORE_INDEX, positions_from_mask
 from .batching import epoch_batches, process_micro_batches, steps_per_epoch, total_steps
@@ -49,8 +48,10 @@ from .checkpointing import (
 from .distributed import Dist, all_sum, full_model_state, setup, teardown, unwrap, wrap
 from .fingerprint import check_same_data, data_fingerprint
 from .foreground import drop_probability, hide_background
+from .loss import supervised_ce_sum, supervised_positions
 from .progress import MetricsLog, Progress
 from .recipe import Recipe
+from .schedule import logged_lrs, lr_lambda
 from .stages import apply_stage
 
 FORWARD_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos")
@@ -72,65 +73,6 @@ class TrainResult:
     # skip), or failing when built (too long to truncate without cutting image tokens, an image that will not
     # load in skip mode): such a sample is replaced by the next one in the data, as LLaVA-NeXT's trainer does
     skipped: dict[str, int] = field(default_factory=dict)
-
-
-def lr_lambda(total: int, warmup_ratio: float, schedule: str) -> Callable[[int], float]:
-    """Linear warmup over ceil(ratio * total) steps, then cosine to 0 (HF's get_cosine_schedule_with_warmup).
-
-    total=100, ratio=0.03: warmup 3 steps -> factors 0, 1/3, 2/3, then 1.0 at step 3 falling to ~0 at 100.
-    """
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"train.schedule must be cosine or constant, got {schedule!r}")
-    warmup = math.ceil(warmup_ratio * total)
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-    return f
-
-
-def logged_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """The learning rates a step logs: ``lr``, the main part's (decoder or LoRA; stage 1: the projector), and
-    when the parts' rates differ, each as ``lr_<part>`` (``lr_projector``, ``lr_decoder``, ``lr_vision``...)."""
-    parts: dict[str, float] = {}
-    base: dict[str, float] = {}  # the configured rates (the scheduler's initial_lr): every row has the same keys,
-    for i, g in enumerate(optimizer.param_groups):  # warm-up's all-zero first step included
-        name = str(g.get("name", i)).removesuffix("_no_decay")
-        parts.setdefault(name, g["lr"])
-        base.setdefault(name, g.get("initial_lr", g["lr"]))
-    main = next((parts[p] for p in ("decoder", "lora") if p in parts), next(iter(parts.values())))
-    if len(set(base.values())) == 1:
-        return {"lr": main}
-    return {"lr": main, **{f"lr_{p}": lr for p, lr in parts.items()}}
-
-
-def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
-    """(B, T) bool: positions whose next token is supervised (the only logits the loss needs).
-
-    labels [[-100, -100, 7, 8]] -> [[False, True, True, False]]: position 1 predicts 7, position 2 predicts 8.
-    """
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return mask
-
-
-def supervised_targets(labels: torch.Tensor) -> torch.Tensor:
-    """(N,) next-token targets in the row-major order of ``supervised_positions``."""
-    target = labels[:, 1:]
-    return target[target != IGNORE_INDEX]
-
-
-def supervised_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token CE over supervised positions; ``logits`` are (N, V) rows at ``supervised_positions``
-    (``model(..., logits_mask=...)``) or the full (B, T, V)."""
-    if logits.dim() == 3:
-        logits = logits[supervised_positions(labels)]
-    return F.cross_entropy(logits.float(), supervised_targets(labels), reduction="sum")
 
 
 def train(
