@@ -1,19 +1,31 @@
 """Foreground flags of image tokens and the background-hiding curriculum (data.background_drop)."""
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from loop_helpers import collate_fn, tiny_recipe
 from PIL import Image, ImageDraw
 from train_helpers import conv, tiny_processor
 
-from llavakit.model.llava import IGNORE_INDEX, LlavaModel
+from llavakit.data.synth_render import render_scene
+from llavakit.data.synth_scene import generate_scene
+from llavakit.model.llava import IGNORE_INDEX, LlavaModel, pack_tiles
 from llavakit.processing.anyres import num_image_tokens
+from llavakit.processing.image import preprocess
 from llavakit.tiny import tiny_config
 from llavakit.train.build import build_model
 from llavakit.train.data import SupervisedDataset
-from llavakit.train.foreground import hide_background, sample_foreground, token_foreground
+from llavakit.train.foreground import (
+    foreground_pixels,
+    hide_background,
+    mask_flags,
+    sample_foreground,
+    scene_token_owners,
+    token_foreground,
+)
 from llavakit.train.loop import train
 
 BACKGROUND = (240, 235, 220)
@@ -55,6 +67,53 @@ def test_unpadded_grid_and_single_resolution_line_up_with_the_token_count():
     f1 = token_foreground(scene(), pad)
     assert f1.shape == (16,)
     assert f1.view(4, 4).nonzero().tolist() == [[1, 0]]  # 112x112 square, image centred vertically
+
+
+def _one_mask_flags(mask: np.ndarray, p) -> torch.Tensor:
+    """The flags of one mask the direct way: drawn white on the pad colour, preprocessed to float, channel 0
+    thresholded at the foreground level, patches with any foreground, the model's packing."""
+    cfg, geom = p.image_config, p.geometry
+    h, w = mask.shape
+    img = Image.new("RGB", (w, h), cfg.pad_colour)
+    img.paste((255, 255, 255), mask=Image.fromarray(mask.astype(np.uint8) * 255))
+    fg = preprocess(img, cfg)[:, 0] > (0.75 - cfg.mean[0]) / cfg.std[0]  # (V, S, S)
+    g = fg.shape[-1] // geom.patch
+    flags = fg[:, : g * geom.patch, : g * geom.patch].reshape(-1, g, geom.patch, g, geom.patch).any(4).any(2)
+    flags = flags.reshape(fg.shape[0], g * g)
+    if geom.pinpoints is None:
+        return flags[0]
+    return pack_tiles(flags[..., None].float(), h, w, geom, torch.ones(1))[:, 0] > 0
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava"])
+def test_masks_packed_three_to_an_image_flag_as_each_alone(family):
+    # mask_flags puts three masks in the channels of one image and thresholds uint8 views with a lookup table:
+    # the same flags as preprocessing each mask alone and thresholding its normalised channel 0
+    p = tiny_processor(family)
+    rng = np.random.default_rng(0)
+    for h, w in [(56, 112), (70, 45), (130, 130), (41, 160)]:
+        masks = [rng.random((h, w)) < q for q in (0.0, 0.002, 0.01, 0.05, 0.3)]
+        masks.append(np.zeros((h, w), dtype=bool))
+        masks[-1][h // 3 : h // 3 + 9, w // 2 : w // 2 + 7] = True  # a block: edges the resize blurs
+        got = mask_flags(masks, (h, w), p)
+        assert len(got) == len(masks)
+        for m, f in zip(masks, got):
+            assert torch.equal(f, _one_mask_flags(m, p))
+
+
+def test_scene_token_owners_name_each_shape_where_its_pixels_fall():
+    p = tiny_processor("llava_next")
+    sc = generate_scene(3, min_side=112, max_side=160)
+    assert len(sc.shapes) >= 3
+    owner = scene_token_owners(sc, p)
+    newline = _one_mask_flags(np.zeros((sc.height, sc.width), dtype=bool), p)  # a blank mask flags the newlines
+    assert torch.equal(owner == -3, newline)
+    for i, s in enumerate(sc.shapes):
+        alone = render_scene(dataclasses.replace(sc, shapes=(s,), text=None))
+        f = _one_mask_flags(foreground_pixels(alone), p) & ~newline
+        assert f.any()
+        assert ((owner == i) <= f).all()  # a token owned by shape i shows shape i
+        assert (f <= ((owner == i) | (owner == -2))).all()  # every token showing shape i is i's or shared
 
 
 def test_hidden_background_is_the_same_as_leaving_those_tokens_out():

@@ -161,15 +161,38 @@ def to_array(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
     return normalize(rescale(img, cfg.rescale), cfg.mean, cfg.std)
 
 
-def to_tile(img: Image.Image, cfg: ImageConfig, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """One vision input (3, tile, tile): resize (shortest edge or squash), centre crop, rescale, normalise."""
+def tile_image(img: Image.Image, cfg: ImageConfig, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """One vision input as a uint8 image (tile x tile): resize (shortest edge or squash), centre crop."""
     if cfg.resize_shortest:
         img = resize_shortest_edge(img, cfg.tile, max_pixels=max_pixels, resample=cfg.filter)
     elif img.size != (cfg.tile, cfg.tile):
         img = img.resize((cfg.tile, cfg.tile), cfg.filter)
     if cfg.center_crop:
         img = center_crop(img, cfg.tile)
-    return to_array(img, cfg)
+    return img
+
+
+def to_tile(img: Image.Image, cfg: ImageConfig, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One vision input (3, tile, tile): ``tile_image``, then rescale, normalise."""
+    return to_array(tile_image(img, cfg, max_pixels=max_pixels), cfg)
+
+
+def preprocess_views(
+    img: Image.Image,
+    cfg: ImageConfig,
+    *,
+    multi_image: bool = False,
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> list[Image.Image]:
+    """The uint8 views (tile x tile each) that ``preprocess`` rescales and normalises, in its order."""
+    what = f"image {name}" if name else _name_of(img)
+    check_geometry(img.width, img.height, cfg, multi_image=multi_image, max_pixels=max_pixels, what=what)
+    if cfg.pinpoints is None or multi_image:
+        if cfg.pad_square or multi_image:
+            img = expand_to_square(img, cfg.pad_colour, max_pixels=max_pixels)
+        return [tile_image(img, cfg, max_pixels=max_pixels)]
+    return [tile_image(v, cfg) for v in anyres_views(img, cfg.tile, cfg.pinpoints, cfg.filter)]
 
 
 def preprocess(
@@ -189,14 +212,8 @@ def preprocess(
     Images these steps cannot take are refused first (``check_geometry``): ValueErrors naming the image
     (``name``, else the name ``load_image`` gave it) and its size.
     """
-    what = f"image {name}" if name else _name_of(img)
-    check_geometry(img.width, img.height, cfg, multi_image=multi_image, max_pixels=max_pixels, what=what)
-    if cfg.pinpoints is None or multi_image:
-        if cfg.pad_square or multi_image:
-            img = expand_to_square(img, cfg.pad_colour, max_pixels=max_pixels)
-        return torch.from_numpy(to_tile(img, cfg, max_pixels=max_pixels))[None]
-    views = anyres_views(img, cfg.tile, cfg.pinpoints, cfg.filter)
-    return torch.from_numpy(np.stack([to_tile(v, cfg) for v in views]))
+    views = preprocess_views(img, cfg, multi_image=multi_image, name=name, max_pixels=max_pixels)
+    return torch.from_numpy(np.stack([to_array(v, cfg) for v in views]))
 
 
 def check_geometry(

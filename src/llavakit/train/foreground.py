@@ -29,57 +29,86 @@ from ..data.synth_render import render_scene
 from ..data.synth_scene import Scene
 from ..model.llava import pack_tiles
 from ..processing.anyres import num_image_tokens
-from ..processing.image import ImageConfig, preprocess
+from ..processing.image import ImageConfig, preprocess_views, to_array
 from ..processing.processor import LlavaProcessor
 
 FOREGROUND_DIFF = 24  # uint8 difference from the background colour above which a pixel is foreground
 _FG_LEVEL = 0.75  # the mask's foreground is white, its background the processor's pad colour (~0.47)
 
 
-def foreground_pixels(img: Image.Image) -> np.ndarray:
-    """(H, W) bool: pixels that differ from the image's most common colour (its background)."""
+def foreground_pixels(img: Image.Image, background: tuple[int, int, int] | None = None) -> np.ndarray:
+    """(H, W) bool: pixels that differ from ``background`` (default: the image's most common colour)."""
     rgb = np.asarray(img.convert("RGB"), dtype=np.int16)  # (H, W, 3)
-    step = max(1, max(rgb.shape[:2]) // 256)  # the mode of a plain background survives a strided sample
-    sub = rgb[::step, ::step].astype(np.int32)
-    packed = (sub[..., 0] << 16) | (sub[..., 1] << 8) | sub[..., 2]
-    values, counts = np.unique(packed, return_counts=True)
-    bg = int(values[counts.argmax()])
-    colour = np.array([(bg >> 16) & 255, (bg >> 8) & 255, bg & 255], dtype=np.int16)
-    return (np.abs(rgb - colour) > FOREGROUND_DIFF).any(-1)
+    if background is None:
+        step = max(1, max(rgb.shape[:2]) // 256)  # the mode of a plain background survives a strided sample
+        sub = rgb[::step, ::step].astype(np.int32)
+        packed = (sub[..., 0] << 16) | (sub[..., 1] << 8) | sub[..., 2]
+        values, counts = np.unique(packed, return_counts=True)
+        bg = int(values[counts.argmax()])
+        background = ((bg >> 16) & 255, (bg >> 8) & 255, bg & 255)
+    return (np.abs(rgb - np.array(background, dtype=np.int16)) > FOREGROUND_DIFF).any(-1)
 
 
-def patch_flags(views: torch.Tensor, cfg: ImageConfig, patch: int) -> torch.Tensor:
-    """(V, 3, S, S) preprocessed mask views -> (V, g*g) bool: patches holding any foreground pixel."""
-    level = (_FG_LEVEL - cfg.mean[0]) / cfg.std[0]
-    fg = views[:, 0] > level  # (V, S, S)
+def foreground_levels(cfg: ImageConfig) -> np.ndarray:
+    """(256,) bool: the uint8 mask values whose preprocessed value (channel 0: rescaled, normalised, in float32
+    as ``preprocess`` computes it) lies above the foreground level; a lookup table equal to thresholding the
+    normalised views."""
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # (1, 256, 3): an image row
+    normalised = torch.from_numpy(to_array(Image.fromarray(ramp, "RGB"), cfg)[0, 0])  # (256,) channel 0
+    return (normalised > (_FG_LEVEL - cfg.mean[0]) / cfg.std[0]).numpy()
+
+
+def patch_flags(fg: np.ndarray, patch: int) -> torch.Tensor:
+    """(V, S, S) bool foreground of the preprocessed views -> (V, g*g) bool: patches holding any of it."""
     v, s, _ = fg.shape
     g = s // patch
-    return fg[:, : g * patch, : g * patch].reshape(v, g, patch, g, patch).any(4).any(2).reshape(v, g * g)
+    flags = fg[:, : g * patch, : g * patch].reshape(v, g, patch, g, patch).any(axis=(2, 4))
+    return torch.from_numpy(flags.reshape(v, g * g))
 
 
-def token_foreground(img: Image.Image, processor: LlavaProcessor, multi_image: bool = False) -> torch.Tensor:
-    """(num_image_tokens,) bool for one image: True where the image token shows foreground (newlines: True)."""
-    geom = processor.geometry
+def mask_flags(
+    masks: list[np.ndarray], size: tuple[int, int], processor: LlavaProcessor, multi_image: bool = False
+) -> list[torch.Tensor]:
+    """One (num_image_tokens,) bool per (H, W) bool pixel mask of an image of ``size`` (h, w): True where the
+    image token's patch holds a masked pixel (newlines: True).
+
+    Each mask is drawn white on the processor's pad colour and goes through its preprocessing; three masks
+    share one RGB image, one per channel (every resize, crop and paste of the preprocessing treats the channels
+    apart), and the views' uint8 values are compared with ``foreground_levels``: the flags are those of one
+    mask per image thresholded after normalisation, at a third of the resizes and none of the float work."""
+    geom, cfg = processor.geometry, processor.image_config
     if geom.extra != 0:
         raise ValueError(
             f"foreground flags need one token per patch; this geometry adds {geom.extra} token(s) per tile "
             "(vision_feature_select_strategy 'full' or SigLIP); use 'default' with a CLIP tower"
         )
-    cfg = processor.image_config
-    mask = Image.new("RGB", img.size, cfg.pad_colour)
-    mask.paste((255, 255, 255), mask=Image.fromarray(foreground_pixels(img).astype(np.uint8) * 255))
-    flags = patch_flags(preprocess(mask, cfg, multi_image=multi_image), cfg, geom.patch)  # (V, g*g)
-    h, w = img.height, img.width
-    if geom.pinpoints is None:
-        out = flags[0]
-    elif multi_image:
-        out = torch.cat([flags[0], torch.ones(1, dtype=torch.bool)])
-    else:
-        out = pack_tiles(flags[..., None].float(), h, w, geom, torch.ones(1))[:, 0] > 0
-    expected = num_image_tokens(h, w, geom, multi_image=multi_image)
-    if out.shape[0] != expected:  # an internal invariant, as in LlavaModel.image_features
-        raise RuntimeError(f"{out.shape[0]} foreground flags for a {h}x{w} image, expected {expected}")
+    h, w = size
+    levels, pad = foreground_levels(cfg), cfg.pad_colour[0]
+    out: list[torch.Tensor] = []
+    for k in range(0, len(masks), 3):
+        group = masks[k : k + 3]
+        planes = [np.where(m, np.uint8(255), np.uint8(pad)) for m in group]
+        planes += [np.full((h, w), pad, dtype=np.uint8)] * (3 - len(group))
+        rgb = Image.fromarray(np.stack(planes, axis=-1), "RGB")
+        views = np.stack([np.asarray(v) for v in preprocess_views(rgb, cfg, multi_image=multi_image)])  # (V,S,S,3)
+        for c in range(len(group)):
+            flags = patch_flags(levels[views[..., c]], geom.patch)  # (V, g*g)
+            if geom.pinpoints is None:
+                tokens = flags[0]
+            elif multi_image:
+                tokens = torch.cat([flags[0], torch.ones(1, dtype=torch.bool)])
+            else:
+                tokens = pack_tiles(flags[..., None].float(), h, w, geom, torch.ones(1))[:, 0] > 0
+            expected = num_image_tokens(h, w, geom, multi_image=multi_image)
+            if tokens.shape[0] != expected:  # an internal invariant, as in LlavaModel.image_features
+                raise RuntimeError(f"{tokens.shape[0]} foreground flags for a {h}x{w} image, expected {expected}")
+            out.append(tokens)
     return out
+
+
+def token_foreground(img: Image.Image, processor: LlavaProcessor, multi_image: bool = False) -> torch.Tensor:
+    """(num_image_tokens,) bool for one image: True where the image token shows foreground (newlines: True)."""
+    return mask_flags([foreground_pixels(img)], (img.height, img.width), processor, multi_image)[0]
 
 
 def sample_foreground(input_ids: torch.Tensor, images: list[Image.Image], processor: LlavaProcessor) -> torch.Tensor:
@@ -119,12 +148,16 @@ def scene_token_owners(scene: Scene, processor: LlavaProcessor) -> torch.Tensor:
     """(num_image_tokens,) long for a synthetic scene: the index of the shape each image token shows, -1 for
     background, -2 for a token showing two shapes, -3 for the newlines (the recipe's probes and experiments).
 
-    Each shape is rendered alone on the scene's background and flagged with ``token_foreground``.
+    Each shape is rendered alone on the scene's background; its pixels that differ from the background are its
+    mask (``mask_flags``).
     """
-    empty = token_foreground(render_scene(dataclasses.replace(scene, shapes=(), text=None)), processor)
+    alone = [render_scene(dataclasses.replace(scene, shapes=(s,), text=None)) for s in scene.shapes]
+    masks = [foreground_pixels(im, scene.background) for im in alone]
+    blank = np.zeros((scene.height, scene.width), dtype=bool)
+    empty, *shapes = mask_flags([blank, *masks], (scene.height, scene.width), processor)
     owner = torch.full(empty.shape, -1, dtype=torch.long)
-    for i, s in enumerate(scene.shapes):
-        f = token_foreground(render_scene(dataclasses.replace(scene, shapes=(s,), text=None)), processor) & ~empty
+    for i, f in enumerate(shapes):
+        f = f & ~empty
         owner[f & (owner >= 0)] = -2
         owner[f & (owner == -1)] = i
     owner[empty] = -3
