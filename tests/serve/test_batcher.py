@@ -293,3 +293,21 @@ def test_a_job_that_timed_out_in_the_queue_is_not_told_to_lower_max_tokens(pipe)
     assert worker._take(wait=False) == []
     (kind, status, message) = done[0][-1]
     assert (kind, status) == ("error", 504) and "waited in the queue" in message and "max_tokens" not in message
+
+
+def test_a_job_out_of_time_before_its_first_token_is_not_told_to_lower_max_tokens(pipe) -> None:  # noqa: ANN001
+    """Admitted just in time (the rows ahead of it, having arrived earlier, end at their deadlines first), its
+    time runs out in its prefill (seconds for a 7B model on a CPU): no token came, so "retry with a smaller
+    max_tokens" would not help (it was what such a request was told)."""
+    done: dict = {}
+    worker = Batcher(pipe.model, pipe.processor.tokenizer)
+    job = _job(pipe, 0, 4, done)
+    worker.submit(job)
+    batch = RunningBatch(pipe.model, worker.step)
+    with torch.no_grad():
+        worker._admit(batch, worker._take(wait=False))  # in time
+        job.deadline = time.monotonic() - 1  # the prefill took the rest
+        worker._step(batch)
+    (kind, status, message) = done[0][-1]
+    assert (kind, status) == ("error", 504) and "before its first token" in message, message
+    assert "max_tokens" not in message

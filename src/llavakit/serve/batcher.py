@@ -244,6 +244,11 @@ class Batcher:
         self.metrics.add("timeouts")
         if queued:  # it never ran: a smaller max_tokens would not have helped
             msg = "the request waited in the queue past its time limit (see --timeout): the server is busy; retry later"
+        elif job.first_token_at is None:  # admitted, but its time went on the queue and its prompt: no token came
+            msg = (
+                "the request ran out of time before its first token (see --timeout): its time went waiting in the "
+                "queue and reading the prompt; retry later, or with a shorter prompt"
+            )
         else:
             msg = "the request ran out of time (see --timeout); retry with a smaller max_tokens"
         job.emit(("error", 504, msg))
