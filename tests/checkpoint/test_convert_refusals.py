@@ -78,3 +78,34 @@ def test_a_failure_while_writing_leaves_no_output(tmp_path, monkeypatch):
         convert(src, tmp_path / "new" / "out", vision_tower=tmp_path / "clip")
     assert e.value.filename == str(tmp_path / "new" / "out" / "tokenizer.json")  # named as the user knows it
     assert not (tmp_path / "new").exists()  # nor the parent it created
+
+
+@pytest.mark.parametrize("how", ["working directory", "symlink"])
+def test_an_empty_existing_dst_that_cannot_be_renamed_over_is_written(tmp_path, monkeypatch, capsys, how):
+    """An empty DST is accepted, but one that cannot be replaced by a rename (`.`, a symlink to an empty directory,
+    a mount point) was refused after the whole conversion ('device or resource busy', 'not a directory')."""
+    from llavakit import LlavaModel
+    from llavakit.cli import main
+    from llavakit.tiny import write_tiny_checkpoint
+
+    src = write_tiny_checkpoint(tmp_path / "src", "llava")
+    (tmp_path / "empty").mkdir()
+    if how == "symlink":
+        (tmp_path / "link").symlink_to(tmp_path / "empty")
+        dst = str(tmp_path / "link")
+    else:
+        monkeypatch.chdir(tmp_path / "empty")
+        dst = "."
+    from llavakit.processing.processor import LlavaProcessor
+
+    def broken(self, out):  # noqa: ANN001, ANN202
+        raise OSError(28, "No space left on device", str(out) + "/tokenizer.json")
+
+    with monkeypatch.context() as m:  # a failure while writing leaves the directory empty
+        m.setattr(LlavaProcessor, "save_pretrained", broken)
+        assert main(["convert", str(src), dst]) == 2
+    assert "no space left" in capsys.readouterr().err and not any((tmp_path / "empty").iterdir())
+    assert main(["convert", str(src), dst]) == 0, capsys.readouterr().err
+    assert (tmp_path / "link").is_symlink() if how == "symlink" else True  # the link kept, its target filled
+    assert [p.name for p in (tmp_path / "empty").iterdir() if p.name.startswith(".")] == []  # no leftovers
+    assert LlavaModel.from_pretrained(tmp_path / "empty").config.model_type == "llava"

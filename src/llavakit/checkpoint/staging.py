@@ -19,6 +19,10 @@ def staged_dir(out: Path) -> Iterator[Path]:
     """Yield a new empty directory beside ``out``; on success it becomes ``out`` (which must be absent or empty),
     on any error it is removed, with the parent directories this created, and ``out`` is left as it was."""
     out = Path(out)
+    if out.is_dir():  # an existing empty directory: `.`, a symlink, a mount point cannot be renamed over
+        with _staged_inside(out) as tmp:
+            yield tmp
+        return
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
     try:
@@ -36,6 +40,27 @@ def staged_dir(out: Path) -> Iterator[Path]:
         if isinstance(e, OSError) and isinstance(e.filename, str) and Path(e.filename).is_relative_to(tmp):
             where = out / Path(e.filename).relative_to(tmp)  # name the file as the user knows it
             raise OSError(e.errno, e.strerror, str(where)) from None
+        raise
+
+
+@contextlib.contextmanager
+def _staged_inside(out: Path) -> Iterator[Path]:
+    """``staged_dir`` for an existing (empty) ``out``: a hidden directory inside it, whose files are moved up
+    into ``out`` when complete (renames within one file system); on any error it is removed, ``out`` left empty."""
+    tmp = out / f".partial-{secrets.token_hex(4)}"
+    try:
+        os.mkdir(tmp)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(out)) from None
+    try:
+        yield tmp
+        for p in sorted(tmp.iterdir()):
+            os.replace(p, out / p.name)
+        tmp.rmdir()
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and isinstance(e.filename, str) and Path(e.filename).is_relative_to(tmp):
+            raise OSError(e.errno, e.strerror, str(out / Path(e.filename).relative_to(tmp))) from None
         raise
 
 
