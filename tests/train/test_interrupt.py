@@ -74,6 +74,23 @@ def test_ctrl_c_between_steps_and_before_any_step(tmp_path):
     assert not (tmp_path / "new" / "run" / "checkpoints").exists()
 
 
+def test_ctrl_c_in_a_callback_saves_that_steps_counters_and_resume_matches(tmp_path):
+    """A KeyboardInterrupt from a callback (after step 2's update) saved step-00000002 with step 1's counters
+    (its position in the data, its step number): --resume redid step 2 on the updated weights."""
+
+    def stop_at_2(step, model):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    full = _run(tiny_recipe(tmp_path / "a", "llava"))
+    with pytest.raises(TrainingInterrupted):
+        _run(tiny_recipe(tmp_path / "b", "llava"), callbacks=[stop_at_2])
+    ckpt = tmp_path / "b" / "run" / "checkpoints" / "step-00000002"
+    assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == 2
+    rest = _run(tiny_recipe(tmp_path / "b", "llava", "train.resume=true"))
+    assert rest.steps == [3, 4, 5, 6] and rest.losses == full.losses[2:]
+
+
 def _llava_train(recipe, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "llavakit.cli", "train", str(recipe), *args]

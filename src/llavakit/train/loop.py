@@ -221,6 +221,9 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
+                    position = in_epoch * per_step + len(chunk)  # the counters of this step, before any callback
+                    last = {"step": step, "epoch": epoch, "position": position, "seed": t.seed, "total_steps": total}
+                    last |= {"full_batches_only": full_only, "data": data_now}  # how steps were counted, what data
                     dt = time.perf_counter() - t0
                     rec = {
                         "step": step,
@@ -243,9 +246,6 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
                         t.stop_after is not None and step - (result.steps[0] - 1) >= t.stop_after and step < total
                     )
                     due = t.save_every > 0 and step % t.save_every == 0
-                    position = in_epoch * per_step + len(chunk)
-                    last = {"step": step, "epoch": epoch, "position": position, "seed": t.seed, "total_steps": total}
-                    last |= {"full_batches_only": full_only, "data": data_now}  # how steps were counted, what data
                     if (due and step < total) or stopping:  # stop_after: a checkpoint at the stop step, to resume from
                         save_checkpoint(out, step, model, optimizer, scheduler, processor, last, d, t.keep_last, lora)
                         saved_at = step
