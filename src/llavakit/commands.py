@@ -298,7 +298,9 @@ def _typed_path(arg: str) -> str:
         parts = shlex.split(arg)
     except ValueError:  # an unbalanced quote: take the text as it is
         parts = []
-    return parts[0] if len(parts) == 1 else arg
+    if len(parts) != 1:
+        return arg
+    return parts[0] if quoted else os.path.expanduser(parts[0])  # ~/my\ photo.png: ~ unquoted, as a shell would
 
 
 def _echo(deltas: Iterable[str], out: TextIO) -> Iterable[str]:

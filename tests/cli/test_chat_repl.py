@@ -110,6 +110,17 @@ def test_unquoted_paths_keep_their_backslashes():
     assert _typed_path(r"/tmp/my\ photo.png") == "/tmp/my photo.png"
 
 
+def test_a_path_under_the_home_directory_as_a_shell_reads_it(tmp_path, monkeypatch):
+    """~ is the home directory unquoted, with escaped spaces too (~/my\\ photo.png gave "image file not found:
+    ~/my photo.png"); quoted, a shell keeps it as it is."""
+    from llavakit.commands import _typed_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _typed_path("~/cat.png") == str(tmp_path / "cat.png")
+    assert _typed_path(r"~/my\ photo.png") == str(tmp_path / "my photo.png")
+    assert _typed_path("'~/my photo.png'") == "~/my photo.png"
+
+
 def _videos(messages: list[dict]) -> list[list[bytes]]:
     return [[_px(f) for f in p["video"]] for m in messages if m["role"] == "user" for p in m["content"] if
             p["type"] == "video"]  # fmt: skip
