@@ -234,6 +234,12 @@ CASES = {
         "the last message must be the user's",
         "messages",
     ),
+    "the last message a developer's": (  # named as sent (it said "message 1 has role 'system'")
+        _req(messages=[{"role": "user", "content": "Hi"}, {"role": "developer", "content": "Be brief."}]),
+        400,
+        "message 1 has role 'developer'",
+        "messages",
+    ),
     "no user message": (
         _req(messages=[{"role": "system", "content": "Be brief."}]),
         400,

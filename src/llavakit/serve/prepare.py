@@ -64,7 +64,7 @@ def _messages(
             "messages",
         )
     try:
-        check_turns(["system" if m.role == "developer" else m.role for m in body.messages])
+        check_turns([m.role for m in body.messages])  # a trailing message named with the role the client sent
     except ValueError as e:
         raise ApiError(str(e), 400, "messages") from None
     msgs, images, videos = [], [], []
