@@ -91,6 +91,28 @@ def test_ctrl_c_in_a_callback_saves_that_steps_counters_and_resume_matches(tmp_p
     assert rest.steps == [3, 4, 5, 6] and rest.losses == full.losses[2:]
 
 
+def test_ctrl_c_while_the_final_model_is_written_waits_for_it(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the final model was written cut it in half (no checkpoint with save_every 0: every step lost,
+    and a rerun refused as 'already holds a trained model'); the write now completes first, as a checkpoint's does."""
+    import llavakit.train.loop as loop
+    from llavakit import LlavaModel
+
+    real = loop.write_model
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the final write starts
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "write_model", interrupted)
+    try:
+        result = _run(tiny_recipe(tmp_path, "llava"))
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C cut the final model's write")
+    assert result.finished and result.final_step == 6
+    assert LlavaModel.from_pretrained(tmp_path / "run").config.model_type == "llava"
+    assert "the final model was written whole" in capsys.readouterr().err
+
+
 def _llava_train(recipe, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "llavakit.cli", "train", str(recipe), *args]

@@ -268,7 +268,13 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         raise TrainingInterrupted(step, kept) from None
     bar.close()
     result.final_step, result.skipped = step, dict(getattr(dataset, "skipped", {}))
-    _finish(out, model, processor, lora, d, metrics, base_model_id(recipe.model.init))
+    try:
+        with guard, guard.deferred():  # Ctrl-C waits: the final model is written whole (as a checkpoint is)
+            _finish(out, model, processor, lora, d, metrics, base_model_id(recipe.model.init))
+    except KeyboardInterrupt:
+        if not guard.active:
+            raise
+        print("interrupted: the final model was written whole; the run is complete", file=sys.stderr, flush=True)
     result.finished = True
     return result
 
