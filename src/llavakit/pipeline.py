@@ -58,8 +58,9 @@ def split_messages(messages: Messages, videos: list[list[Any]] | None = None) ->
     out, images = [], []
     for i, msg in enumerate(messages):
         content = msg.get("content")
+        role = "system" if msg["role"] == "developer" else msg["role"]  # OpenAI's newer name, as the server maps it
         if isinstance(content, str) or content is None:
-            out.append({"role": msg["role"], "content": check_text(content or "", f"message {i}")})
+            out.append({"role": role, "content": check_text(content or "", f"message {i}")})
             continue
         if not isinstance(content, list):
             raise ValueError(
@@ -107,7 +108,7 @@ def split_messages(messages: Messages, videos: list[list[Any]] | None = None) ->
                 )
             else:
                 raise ValueError(f"{where}: unsupported content part type {kind!r} (use text, image, image_url)")
-        out.append({"role": msg["role"], "content": parts})
+        out.append({"role": role, "content": parts})
     return out, images
 
 
@@ -172,11 +173,12 @@ def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
             raise ValueError(
                 f"{where}: image data: URL is not valid base64 (expected data:image/...;base64,...)"
             ) from e
-    if isinstance(src, str) and src.startswith(("http://", "https://")):
+    scheme = src.split("://", 1)[0].lower() if isinstance(src, str) and "://" in src else None  # case-insensitive
+    if scheme in ("http", "https"):
         raise ValueError(
             f"{where}: remote image URLs are not fetched by the library; download the image, pass its path"
         )
-    if isinstance(src, str) and src.startswith("file://"):
+    if isinstance(src, str) and scheme == "file":
         url = urlparse(src)
         if url.netloc not in ("", "localhost"):  # file://photo.png reads "photo.png" as a host name
             raise ValueError(
@@ -185,7 +187,7 @@ def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
             )
         return Path(unquote(url.path))
     if isinstance(src, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", src):
-        scheme = src.split("://", 1)[0]
+        scheme = src.split("://", 1)[0]  # as written
         raise ValueError(
             f"{where}: {scheme}:// image URLs are not supported; pass a local path, a file:// or a data: URL"
         )

@@ -129,6 +129,7 @@ def test_generation_config_end_ids_end_every_path(tmp_path):
             "not valid base64",
         ),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}], "remote"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "HTTPS://x/y.png"}}]}], "remote"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}], "ftp://"),
         ([{"role": "user", "content": 5}], "content must be a string or a list of parts"),
         ([{"role": "user", "content": [{"type": "video", "video": "clip"}]}], "a non-empty list of frames"),
@@ -153,11 +154,11 @@ def test_file_url_and_path_objects(pipe, tmp_path):
     path = tmp_path / "a photo.png"
     Image.new("RGB", (40, 30), (10, 120, 200)).save(path)
     answers = []
-    for src in (str(path), path, "file://" + quote(str(path))):
+    for src in (str(path), path, "file://" + quote(str(path)), "FILE://" + quote(str(path))):  # schemes: any case
         pipe.reset()
         msgs = [{"role": "user", "content": [{"type": "image", "image": src}, {"type": "text", "text": "Colour?"}]}]
         answers.append(pipe.chat(msgs, max_new_tokens=4))
-    assert answers[0] == answers[1] == answers[2]
+    assert answers[0] == answers[1] == answers[2] == answers[3]
 
 
 def test_load_without_a_path_is_the_default_model():

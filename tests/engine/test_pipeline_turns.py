@@ -113,3 +113,13 @@ def test_an_empty_model_path_and_unusable_devices_are_refused(model_dir: Path, t
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="'cuda' is not available in this torch build or machine"):
             llavakit.load(model_dir, device="cuda")
+
+
+def test_a_developer_message_is_the_system_message(pipe) -> None:  # noqa: ANN001
+    """OpenAI's newer name for the system message: the server maps it, and the Python API took it for an unknown
+    role ("role must be 'user' or 'assistant'")."""
+    said = "Answer in one word."
+    for role_content in (said, [{"type": "text", "text": said}]):
+        dev = pipe.chat([{"role": "developer", "content": role_content}, USER], max_new_tokens=3)
+        sys_ = pipe.chat([{"role": "system", "content": role_content}, USER], max_new_tokens=3)
+        assert dev == sys_
