@@ -81,7 +81,8 @@ def decode(
     marks real slots (left padding = 0) or is None when no row is padded. A row that has finished (EOS) yields -1.
     The token yielded last is never fed back, so afterwards ``cache.length`` == slots fed. ``step`` runs each
     one-token step (``decode_step`` or its compiled form). prompt_ids (B, T) are the ids the repetition penalty
-    counts as seen before the first new token; negative ones are left out.
+    counts as seen before the first new token; ids outside the vocabulary (negative ones, an image token id
+    past it) are left out.
     """
     b, t, _ = embeds.shape
     device = embeds.device
@@ -100,8 +101,9 @@ def decode(
     if params.repetition_penalty != 1.0 and prompt_ids is not None:
         v = logits.shape[-1]
         ids = prompt_ids.to(device)
-        seen = torch.zeros(b, v + 1, dtype=torch.bool, device=device)  # negative ids land in the extra column
-        seen.scatter_(1, torch.where(ids >= 0, ids.clamp_max(v - 1), v), True)
+        # ids outside [0, V) (left padding marked -1, an image token past the vocabulary) land in the extra column
+        seen = torch.zeros(b, v + 1, dtype=torch.bool, device=device)
+        seen.scatter_(1, torch.where((ids >= 0) & (ids < v), ids, v), True)
         seen = seen[:, :v]
     done = torch.zeros(b, dtype=torch.bool, device=device)
     for i in range(max_new_tokens):

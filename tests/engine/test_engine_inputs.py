@@ -1,0 +1,37 @@
+"""Engine edge cases: ids past the vocabulary in the repetition penalty, and bad arguments refused with a
+ValueError that names them (not a torch traceback, not a silent misreading)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llavakit.engine.generate import generate
+from tiny_models import VOCAB, hf_model, ours_from_hf
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ours_from_hf(hf_model("llava", "llama", seed=3))
+
+
+def test_an_image_token_past_the_vocabulary_is_not_penalized_as_the_last_token(model):
+    """A checkpoint whose image token id is not a row of the vocabulary (the embedding lookup allows it): the
+    repetition penalty clamped that id to V - 1 and penalized the last vocabulary token, which the prompt never
+    held (transformers penalizes exactly the ids of the prompt)."""
+    image_token = model.config.image_token_id
+    lm_head = model.lm_head.weight.detach().clone()
+    try:
+        model.config.image_token_id = VOCAB
+        ids = torch.tensor([[1, 17, 40] + [VOCAB] * model.geometry.tokens_per_tile + [5, 6]])
+        px = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+        first = generate(model, ids, max_new_tokens=1, pixel_values=px, eos_token_id=[])[0, -1].item()
+        with torch.no_grad():  # the last vocabulary token now wins by a margin a penalty of 2 would undo
+            model.lm_head.weight[VOCAB - 1] = model.lm_head.weight[first] * 1.5
+        kw = dict(max_new_tokens=1, pixel_values=px, eos_token_id=[])
+        assert generate(model, ids, **kw)[0, -1].item() == VOCAB - 1
+        assert generate(model, ids, repetition_penalty=2.0, **kw)[0, -1].item() == VOCAB - 1
+    finally:
+        model.config.image_token_id = image_token
+        with torch.no_grad():
+            model.lm_head.weight.copy_(lm_head)
