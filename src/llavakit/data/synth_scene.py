@@ -209,16 +209,10 @@ def _place_shapes(rng: random.Random, w: int, h: int, text: Text | None, max_sha
     """Rejection sampling, 200 tries per shape; sizes scale with sqrt(area), so they survive a 336 px view."""
     unit = math.sqrt(w * h)
     cap = 0.2 * min(w, h)
-    # the largest a small shape gets here; a large one is kept 1.25 times bigger: on small canvases (long side
-    # under ~200 px) the 8 px floor made both 8 px, and captions called shapes of one radius "small" and "large"
-    # (from 200 px up this never binds: scenes there are unchanged)
-    small_max = max(8, round(min(0.05 * unit, cap / 2)))
     placed: list[Shape] = []
     for kind, color, size in _shape_specs(rng, max_shapes):
         frac = rng.uniform(0.085, 0.1) if size == "large" else rng.uniform(0.04, 0.05)
         r = max(8, round(min(frac * unit, cap if size == "large" else cap / 2)))
-        if size == "large":
-            r = max(r, math.ceil(1.25 * small_max))
         margin = math.ceil(EXTENT * r) + 2
         for _ in range(200):
             cx, cy = rng.randint(margin, w - margin), rng.randint(margin, h - margin)
