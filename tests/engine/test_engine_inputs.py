@@ -35,3 +35,34 @@ def test_an_image_token_past_the_vocabulary_is_not_penalized_as_the_last_token(m
         model.config.image_token_id = image_token
         with torch.no_grad():
             model.lm_head.weight.copy_(lm_head)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"eos_token_id": "23"}, "eos_token_id must be a token id"),  # was read as [2, 3]
+        ({"eos_token_id": 2.5}, "eos_token_id must be a token id"),
+        ({"eos_token_id": [2, None]}, "eos_token_id must be a token id"),
+        ({"eos_token_id": -5}, "eos_token_id must be a token id"),
+        ({"pad_token_id": "x"}, "pad_token_id must be a token id"),
+        ({"input_ids": torch.zeros(1, 0, dtype=torch.long)}, "the prompt is empty"),
+        ({"input_ids": torch.tensor([1, 17, 40])}, "input_ids must be integer ids of shape"),
+        ({"input_ids": torch.tensor([[1.0, 17.0]])}, "input_ids must be integer ids of shape"),
+        ({"attention_mask": torch.tensor([[1, 1, 1]])}, "attention_mask must have input_ids' shape"),  # was ignored
+        ({"attention_mask": torch.tensor([[0, 1, 1]])}, "attention_mask must have input_ids' shape"),
+    ],
+)
+def test_bad_generate_arguments_are_value_errors_naming_them(model, kw, message):
+    kw = {"input_ids": torch.tensor([[1, 17, 40, 5]]), **kw}
+    with pytest.raises(ValueError, match=message):
+        generate(model, kw.pop("input_ids"), max_new_tokens=3, **kw)
+
+
+def test_eos_ids_still_take_ints_lists_tensors_and_numpy_integers(model):
+    import numpy as np
+
+    from llavakit.engine.generate import eos_ids
+
+    assert eos_ids(model, 2) == [2] == eos_ids(model, np.int64(2)) == eos_ids(model, torch.tensor(2))
+    assert eos_ids(model, [2, np.int32(5)]) == [2, 5] == eos_ids(model, torch.tensor([2, 5])) == eos_ids(model, (2, 5))
+    assert eos_ids(model, []) == []

@@ -29,7 +29,11 @@ def eos_ids(model: LlavaModel, eos_token_id: int | list[int] | torch.Tensor | No
         return []
     if isinstance(eos, torch.Tensor):  # transformers takes tensors, 0-d included
         eos = eos.tolist()
-    return [int(eos)] if isinstance(eos, numbers.Integral) else [int(i) for i in eos]  # numpy integers too
+    ids = [eos] if isinstance(eos, numbers.Integral) or not isinstance(eos, (list, tuple)) else list(eos)
+    for i in ids:  # a string was read character by character ("23" -> [2, 3]), a float raised a TypeError
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0:
+            raise ValueError(f"eos_token_id must be a token id (an int >= 0) or a list of them, got {eos_token_id!r}")
+    return [int(i) for i in ids]  # numpy integers too
 
 
 def check_context(model: LlavaModel, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -38,6 +42,8 @@ def check_context(model: LlavaModel, prompt_tokens: int, max_new_tokens: int) ->
         raise ValueError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if prompt_tokens < 1:  # nothing to predict the first token from (a torch reshape error deep in the model)
+        raise ValueError("the prompt is empty: generation needs at least one input token")
     limit = model.config.text.context_length
     if prompt_tokens + max_new_tokens > limit:
         raise ValueError(
@@ -143,6 +149,14 @@ def stream_tokens(
     its real tokens only, as transformers' ``generate`` does (the padding id is often the EOS id).
     ``step``: see ``decode``.
     """
+    if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(
+            f"input_ids must be integer ids of shape (B, T), got {input_ids.dtype} {tuple(input_ids.shape)}"
+        )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:  # a shorter mask was ignored
+        raise ValueError(
+            f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
+        )
     b, t = input_ids.shape
     check_context(model, t, max_new_tokens)
     device = model.device
@@ -200,6 +214,8 @@ def generate(
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
+    if pad_token_id is not None and (isinstance(pad_token_id, bool) or not isinstance(pad_token_id, numbers.Integral)):
+        raise ValueError(f"pad_token_id must be a token id (an int) or None, got {pad_token_id!r}")
     pad = pad_token_id if pad_token_id is not None else model.config.text.pad_token_id
     eos = eos_ids(model, eos_token_id)
     fill = pad if pad is not None else (eos[0] if eos else 0)
