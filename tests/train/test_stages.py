@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import pytest
 import torch
 from loop_helpers import ColorDataset, collate_fn, tiny_recipe
 
 from llavakit.train.build import build_model
 from llavakit.train.loop import train
+from llavakit.train.recipe import load_recipe
 from llavakit.train.stages import LoraSpec, StageSpec, apply_stage, trainable_names
 
 
@@ -87,7 +90,10 @@ def test_bad_stage_settings(tmp_path):
 
 
 def test_qlora_is_refused_as_not_implemented(tmp_path):
-    """Refused by name on any machine, pointing to lora (on a CPU it said "needs a CUDA GPU", as if one would do)."""
-    model, _ = build_model(tiny_recipe(tmp_path, "llava").model)
-    with pytest.raises(ValueError, match="qlora is not implemented in llavakit yet .*; use stage lora"):
-        apply_stage(model, StageSpec(name="qlora"))
+    """Refused by name on any machine, pointing to lora (on a CPU it said "needs a CUDA GPU", as if one would do),
+    and with the recipe: before, the model and the data were loaded first."""
+    said = "qlora is not implemented in llavakit yet .*; use stage lora"
+    with pytest.raises(ValueError, match=said):
+        StageSpec(name="qlora")
+    with pytest.raises(ValueError, match=said):
+        load_recipe(Path(__file__).parents[2] / "recipes" / "tiny-lora.yaml", ["stage.name=qlora"])

@@ -62,6 +62,8 @@ class StageSpec:
     def check(self) -> None:
         if self.name not in STAGES:
             raise ValueError(f"unknown stage {self.name!r}; choose one of {', '.join(STAGES)}")
+        if self.name == "qlora":  # refused with the recipe, before the model and the data are loaded
+            check_qlora_supported()
         if self.vision_lr is not None and self.name != "stage2":
             raise ValueError(f"vision_lr is only used by stage2 (this recipe's stage is {self.name}); remove it")
         hint = " (a learning rate such as 2e-5)"
