@@ -21,10 +21,10 @@ def base(tmp_path_factory):
 
 
 @pytest.mark.parametrize("where, said", [(".", "is model.init"), ("sub", "is inside model.init"),
-                                         ("..", "contains model.init")])  # fmt: skip
+                                         ("../..", "writes into model.init")])  # fmt: skip
 def test_output_dir_at_model_init_is_refused_and_its_weights_kept(tmp_path, capsys, base, where, said):
     model, recipe = base
-    copy = tmp_path / "copy" / "model"
+    copy = tmp_path / "copy" / "checkpoints" / "model"  # "../..": the run's checkpoints/ would hold model.init
     shutil.copytree(model, copy)
     before = (copy / "model.safetensors").read_bytes()
     out = (copy / where).resolve()
@@ -51,3 +51,15 @@ def test_a_finished_run_with_checkpoints_still_resumes(tmp_path, capsys):
     assert main(["train", str(recipe), "--resume"]) == 0  # step 3 again from the step-2 checkpoint
     assert main(["train", str(recipe)]) == 2  # without --resume: refused (checkpoints of an earlier run)
     assert "already holds checkpoints of an earlier run (step-00000002); resume it" in capsys.readouterr().err
+
+
+def test_a_parent_of_model_init_is_a_fine_output_dir(tmp_path, base):
+    """Training writes its files beside model.init there, not into it (it was refused as 'contains model.init')."""
+    model, recipe = base
+    copy = tmp_path / "runs" / "stage1"
+    shutil.copytree(model, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    out = tmp_path / "runs"
+    assert main(["train", str(recipe), f"model.init={copy}", f"train.output_dir={out}", "train.max_steps=2"]) == 0
+    assert (out / "model.safetensors").is_file()
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before

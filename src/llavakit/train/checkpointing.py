@@ -69,15 +69,18 @@ FINISHED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.j
 
 
 def check_output_dir(out_dir: str | Path, init: str | None, resume: bool) -> None:
-    """Refuse an output directory whose contents training would overwrite: ``model.init`` itself (or a directory
-    inside it or holding it: the final model, or its checkpoints, would land among the weights the run starts
-    from), or, unless resuming, a directory already holding a finished model (``config.json``,
-    ``model.safetensors``: a run with ``save_every: 0`` leaves no ``checkpoints/``, only that)."""
+    """Refuse an output directory whose contents training would overwrite: ``model.init`` itself, a directory
+    inside it, or one whose ``checkpoints/`` or ``adapter/`` (where a run writes besides its top level) holds it:
+    the final model, or its checkpoints, would land among the weights the run starts from. Unless resuming, also
+    a directory already holding a finished model (``config.json``, ``model.safetensors``: a run with
+    ``save_every: 0`` leaves no ``checkpoints/``, only that). A parent of ``model.init`` is fine otherwise
+    (``output_dir=runs`` with ``model.init=runs/stage1`` writes beside it)."""
     out = Path(out_dir).resolve()
     if init and not init.startswith("tiny:") and Path(init).exists():
         src = Path(init).resolve()
-        if out == src or out.is_relative_to(src) or src.is_relative_to(out):
-            how = "is" if out == src else "is inside" if out.is_relative_to(src) else "contains"
+        written = [out / "checkpoints", out / "adapter"]
+        if out == src or out.is_relative_to(src) or any(src.is_relative_to(w) for w in written):
+            how = "is" if out == src else "is inside" if out.is_relative_to(src) else "writes into"
             raise ValueError(
                 f"train.output_dir {out} {how} model.init {src}: training would write over the weights it starts "
                 "from; choose a fresh train.output_dir (e.g. a sibling directory)"
