@@ -173,12 +173,12 @@ def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
             raise ValueError(
                 f"{where}: image data: URL is not valid base64 (expected data:image/...;base64,...)"
             ) from e
-    scheme = src.split("://", 1)[0].lower() if isinstance(src, str) and "://" in src else None  # case-insensitive
-    if scheme in ("http", "https"):
+    lowered = src.split("://", 1)[0].lower() if isinstance(src, str) and "://" in src else None  # URL scheme
+    if lowered in ("http", "https"):
         raise ValueError(
             f"{where}: remote image URLs are not fetched by the library; download the image, pass its path"
         )
-    if isinstance(src, str) and scheme == "file":
+    if isinstance(src, str) and lowered == "file":
         url = urlparse(src)
         if url.netloc not in ("", "localhost"):  # file://photo.png reads "photo.png" as a host name
             raise ValueError(
@@ -187,7 +187,7 @@ def _image_source(part: dict[str, Any], where: str = "image part") -> Any:
             )
         return Path(unquote(url.path))
     if isinstance(src, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", src):
-        scheme = src.split("://", 1)[0]  # as written
+        scheme = src.split("://", 1)[0]
         raise ValueError(
             f"{where}: {scheme}:// image URLs are not supported; pass a local path, a file:// or a data: URL"
         )

@@ -97,3 +97,8 @@ def test_qlora_is_refused_as_not_implemented(tmp_path):
         StageSpec(name="qlora")
     with pytest.raises(ValueError, match=said):
         load_recipe(Path(__file__).parents[2] / "recipes" / "tiny-lora.yaml", ["stage.name=qlora"])
+    spec = StageSpec(name="lora")
+    spec.name = "qlora"  # changed after it was checked: apply_stage checks it again
+    model, _ = build_model(tiny_recipe(tmp_path, "llava").model)
+    with pytest.raises(ValueError, match=said):
+        apply_stage(model, spec)

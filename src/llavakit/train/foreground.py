@@ -84,6 +84,7 @@ def mask_flags(
         )
     h, w = size
     levels, pad = foreground_levels(cfg), cfg.pad_colour[0]
+    expected = num_image_tokens(h, w, geom, multi_image=multi_image)
     out: list[torch.Tensor] = []
     for k in range(0, len(masks), 3):
         group = masks[k : k + 3]
@@ -99,7 +100,6 @@ def mask_flags(
                 tokens = torch.cat([flags[0], torch.ones(1, dtype=torch.bool)])
             else:
                 tokens = pack_tiles(flags[..., None].float(), h, w, geom, torch.ones(1))[:, 0] > 0
-            expected = num_image_tokens(h, w, geom, multi_image=multi_image)
             if tokens.shape[0] != expected:  # an internal invariant, as in LlavaModel.image_features
                 raise RuntimeError(f"{tokens.shape[0]} foreground flags for a {h}x{w} image, expected {expected}")
             out.append(tokens)

@@ -104,8 +104,7 @@ def apply_stage(model: nn.Module, spec: StageSpec) -> list[dict]:
 
     For lora/qlora the LoRA modules are inserted here (``llavakit.train.lora.apply_lora``).
     """
-    if spec.name == "qlora":
-        check_qlora_supported()
+    spec.check()  # a spec changed after it was built (qlora, say) is refused as one built so
     if spec.name == "lora":
         from .lora import apply_lora
 
