@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .kv_cache import KVCache
-from .sampling import SamplingParams, apply_repetition_penalty, sample
+from .sampling import SamplingParams, apply_repetition_penalty, is_whole, sample
 
 if TYPE_CHECKING:
     from ..model.llava import LlavaModel
@@ -31,14 +31,14 @@ def eos_ids(model: LlavaModel, eos_token_id: int | list[int] | torch.Tensor | No
         eos = eos.tolist()
     ids = [eos] if isinstance(eos, numbers.Integral) or not isinstance(eos, (list, tuple)) else list(eos)
     for i in ids:  # a string was read character by character ("23" -> [2, 3]), a float raised a TypeError
-        if isinstance(i, bool) or not isinstance(i, numbers.Integral) or i < 0:
+        if not is_whole(i) or i < 0:
             raise ValueError(f"eos_token_id must be a token id (an int >= 0) or a list of them, got {eos_token_id!r}")
     return [int(i) for i in ids]  # numpy integers too
 
 
 def check_context(model: LlavaModel, prompt_tokens: int, max_new_tokens: int) -> None:
     """Refuse requests that cannot fit the model's context, naming both numbers."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+    if not is_whole(max_new_tokens):
         raise ValueError(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -214,7 +214,7 @@ def generate(
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
-    if pad_token_id is not None and (isinstance(pad_token_id, bool) or not isinstance(pad_token_id, numbers.Integral)):
+    if pad_token_id is not None and not is_whole(pad_token_id):
         raise ValueError(f"pad_token_id must be a token id (an int) or None, got {pad_token_id!r}")
     pad = pad_token_id if pad_token_id is not None else model.config.text.pad_token_id
     eos = eos_ids(model, eos_token_id)

@@ -12,6 +12,11 @@ MIN_TEMPERATURE = 1e-5
 SEEDS = (-(2**63), 2**64)  # the range torch.Generator.manual_seed takes
 
 
+def is_whole(value: object) -> bool:
+    """An integer (numpy integers included), not a bool: what token ids, counts and seeds must be."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 @dataclass
 class SamplingParams:
     """How to pick each next token. ``temperature == 0`` (or ``do_sample=False``) means greedy, and so does any
@@ -34,12 +39,10 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral):
+        if not is_whole(self.top_k):
             raise ValueError(f"top_k must be a whole number, got {self.top_k!r}")
         seed = self.seed
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not SEEDS[0] <= seed < SEEDS[1]
-        ):
+        if seed is not None and (not is_whole(seed) or not SEEDS[0] <= seed < SEEDS[1]):
             raise ValueError(f"seed must be a whole number from -2**63 to 2**64 - 1 (or None), got {self.seed!r}")
         self.top_k, self.seed = int(self.top_k), None if seed is None else int(seed)  # numpy integers -> int
         if self.top_k < 0:
