@@ -51,13 +51,10 @@ from typing import Any
 import torch
 
 from ..config import LlavaConfig, TextConfig, VisionConfig
+from ..processing.image import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from .hub import HubUnreachableError, resolve_model_path
 from .keymaps import LM_HEAD, TEXT, detect_layout, rename_tensors, trim_vision_layers
 from .load import checkpoint_keys, iter_checkpoint_tensors, read_config_dict
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
 # config.json of the towers the released checkpoints name in mm_vision_tower (vision part only)
 KNOWN_TOWERS: dict[str, dict[str, Any]] = {

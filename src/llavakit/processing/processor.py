@@ -26,7 +26,7 @@ from .hf_files import (
     video_config_from_hf,
     video_processor_dict,
 )
-from .image import CLIP_MEAN, CLIP_STD, ImageConfig, preprocess, video_frames
+from .image import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageConfig, preprocess, video_frames
 from .image_load import ImageSource, load_image
 from .jinja_export import exported_name, jinja_template
 from .templates import CHAT_TEMPLATE, IMAGE, VIDEO, check_template_name, render, render_chat_template
@@ -92,8 +92,8 @@ class LlavaProcessor:
         if image_config is None:
             image_config = ImageConfig(
                 tile=v.image_size,
-                mean=(0.5, 0.5, 0.5) if siglip else CLIP_MEAN,
-                std=(0.5, 0.5, 0.5) if siglip else CLIP_STD,
+                mean=SIGLIP_MEAN if siglip else CLIP_MEAN,
+                std=SIGLIP_STD if siglip else CLIP_STD,
                 resize_shortest=not siglip,
                 center_crop=not siglip,
                 pad_square=config.model_type == "llava",
