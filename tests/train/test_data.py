@@ -196,3 +196,12 @@ def test_a_datasets_entry_path_that_is_no_string_is_a_value_error(entry):
     key = "image_folder" if "image_folder" in entry else "path"
     with pytest.raises(ValueError, match=rf"^data.datasets\[0\].{key} must be a file path \(a string\), got"):
         build_dataset({"datasets": [entry]}, tiny_processor("llava"), None, 512)
+
+
+def test_a_mixture_yaml_with_a_key_written_twice_is_refused(folder):
+    """YAML keeps the last of two equal keys: a second ``datasets:`` list silently dropped the first dataset."""
+    a = write_jsonl(folder / "a.jsonl", [good(i) for i in range(4)])
+    mix = folder / "mix.yaml"
+    mix.write_text(f"datasets:\n  - json_path: {a}\ndatasets:\n  - json_path: {a}\n    sampling_strategy: first:1\n")
+    with pytest.raises(ValueError, match=rf"^{mix}: datasets is given twice \(lines 1 and 3\); keep one of them"):
+        build_dataset({"path": str(mix), "image_folder": str(folder / "imgs")}, tiny_processor("llava"), None, 512)

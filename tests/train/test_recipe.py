@@ -101,3 +101,18 @@ def test_cli_trains_on_synth_data_and_resumes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "runs" / "tiny-finetune"
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("train:\n  max_steps: 3\n  seed: 1\n  max_steps: 5\n", "train.max_steps"),
+        # a second section replaced the first whole: output_dir, batch sizes ... silently back to the defaults
+        ("train:\n  output_dir: runs/mine\n  max_steps: 3\nstage:\n  lr: 1.0e-4\ntrain:\n  seed: 1\n", "train"),
+    ],
+)
+def test_a_key_written_twice_in_the_yaml_is_refused_by_name(tmp_path, text, key):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ValueError, match=rf"recipe {recipe}: {key} is given twice \(lines \d and \d\)"):
+        load_recipe(recipe)

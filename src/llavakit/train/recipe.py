@@ -205,9 +205,15 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.exists():
             raise FileNotFoundError(f"recipe {p} does not exist")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            text = p.read_text()
+            twice = _key_given_twice(yaml.compose(text, Loader=yaml.SafeLoader), "")
+            raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"recipe {p} is not valid YAML: {e}") from e
+        if twice:  # YAML keeps the last silently: a second `train:` section would drop every key of the first
+            raise ValueError(
+                f"recipe {p}: {twice[0]} is given twice (lines {twice[1]} and {twice[2]}); keep one of them"
+            )
         if not isinstance(raw, dict):
             raise ValueError(f"recipe {p} must be a mapping of sections (model, stage, data, train)")
     for item in overrides or []:
@@ -216,6 +222,32 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=10")
         _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
     return build(Recipe, raw, "")
+
+
+def _key_given_twice(node: Any, where: str, visited: set[int] | None = None) -> tuple[str, int, int] | None:
+    """The first mapping key written twice in a composed YAML document: (dotted key, first line, second line)."""
+    import yaml
+
+    visited = set() if visited is None else visited
+    if id(node) in visited:  # an alias of a node already walked (or a recursive anchor)
+        return None
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = f"{where}.{key.value}" if where else str(key.value)
+            if name in seen:
+                return name, seen[name], key.start_mark.line + 1
+            seen[name] = key.start_mark.line + 1
+            found = _key_given_twice(value, name, visited)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _key_given_twice(item, f"{where}[{i}]", visited)
+            if found:
+                return found
+    return None
 
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
