@@ -205,3 +205,15 @@ def test_a_mixture_yaml_with_a_key_written_twice_is_refused(folder):
     mix.write_text(f"datasets:\n  - json_path: {a}\ndatasets:\n  - json_path: {a}\n    sampling_strategy: first:1\n")
     with pytest.raises(ValueError, match=rf"^{mix}: datasets is given twice \(lines 1 and 3\); keep one of them"):
         build_dataset({"path": str(mix), "image_folder": str(folder / "imgs")}, tiny_processor("llava"), None, 512)
+
+
+def test_a_mixture_yaml_that_is_not_valid_yaml_is_a_value_error(folder, capsys):
+    """The YAML parser's own error is no ValueError: `llava train` / `llava data check` printed a traceback."""
+    from llavakit.cli import main
+
+    mix = folder / "mix.yaml"
+    mix.write_text("datasets:\n  - json_path: [unclosed\n")
+    with pytest.raises(ValueError, match=rf"^mixture file {mix} is not valid YAML: while parsing a flow sequence"):
+        build_dataset({"path": str(mix), "image_folder": str(folder / "imgs")}, tiny_processor("llava"), None, 512)
+    assert main(["data", "check", str(mix)]) == 2
+    assert f"error: mixture file {mix} is not valid YAML" in capsys.readouterr().err

@@ -102,10 +102,13 @@ def read_mixture(path: str | Path) -> list[dict[str, Any]]:
     from .recipe import _key_given_twice
 
     text = path.read_text(encoding="utf-8")
-    twice = _key_given_twice(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    try:
+        twice = _key_given_twice(yaml.compose(text, Loader=yaml.SafeLoader), "")
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:  # not a ValueError: the CLI would print a traceback
+        raise ValueError(f"mixture file {path} is not valid YAML: {e}") from None
     if twice:  # YAML keeps the last silently: a second `datasets:` list would drop the first
         raise ValueError(f"{path}: {twice[0]} is given twice (lines {twice[1]} and {twice[2]}); keep one of them")
-    data = yaml.safe_load(text)
     entries = data.get("datasets") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: a mixture YAML needs a non-empty 'datasets' list")
