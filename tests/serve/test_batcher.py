@@ -311,3 +311,17 @@ def test_a_job_out_of_time_before_its_first_token_is_not_told_to_lower_max_token
     (kind, status, message) = done[0][-1]
     assert (kind, status) == ("error", 504) and "before its first token" in message, message
     assert "max_tokens" not in message
+
+
+def test_the_repetition_penalty_leaves_prompt_ids_past_the_vocabulary_out(pipe) -> None:  # noqa: ANN001
+    """An image token id that is not a row of the vocabulary (a checkpoint may have one; the embedding lookup allows
+    it) was clamped to V - 1, so the server penalized the last vocabulary token, which the prompt never held, and its
+    answers differed from the engine's (``engine.generate.decode`` counts only ids in [0, V))."""
+    from llavakit.serve.rows import Row
+
+    v = 50
+    ids = torch.tensor([1, 17, 40, v, v + 70, 5])
+    job = Job(ids, {}, 4, SamplingParams(repetition_penalty=2.0), [], time.monotonic() + 60, lambda ev: None)
+    row = Row(job, pipe.processor.tokenizer)
+    row.start(v, torch.device("cpu"))
+    assert row.seen[0].nonzero().flatten().tolist() == [1, 5, 17, 40]

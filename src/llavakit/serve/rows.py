@@ -193,7 +193,8 @@ class Row:
             self.generator = torch.Generator(device=device).manual_seed(p.seed)
         if p.repetition_penalty != 1.0:
             self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
-            self.seen[0, self.job.input_ids.to(device).clamp(0, vocab - 1)] = True
+            ids = self.job.input_ids.to(device)
+            self.seen[0, ids[(ids >= 0) & (ids < vocab)]] = True  # as the engine: ids past the vocabulary left out
 
     def count(self, now: float) -> None:
         self.job.completion_tokens += 1
