@@ -164,9 +164,13 @@ def eval_task(
 
 def score_file(task_name: str, *, data: str, predictions: str, out: str | None = None) -> dict[str, Any]:
     """Score an answer file produced elsewhere (LLaVA's scripts, another engine) with the same rules."""
-    from ..commands import output_error
+    from ..commands import check_given, output_error
 
     task = get_task(task_name)
+    check_given(data, "--data", f"the benchmark's local copy ({task.data_help})")  # "" is the working directory
+    check_given(predictions, "--predictions", "the answer file (JSONL with question_id and text)")
+    if out is not None:
+        check_given(out, "--out", "the directory for scores.json and report.md")
     pred_path = Path(predictions)
     if not pred_path.is_file():
         raise FileNotFoundError(f"predictions file not found: {predictions}")
@@ -197,6 +201,10 @@ def score_file(task_name: str, *, data: str, predictions: str, out: str | None =
 
 
 def compare_runs(run_a: str, run_b: str) -> dict[str, Any]:
+    from ..commands import check_given
+
+    for path, name in ((run_a, "RUN_A"), (run_b, "RUN_B")):  # "" is the working directory
+        check_given(path, name, "an eval output directory or its scores.json")
     table, summary = compare(load_run(run_a), load_run(run_b))
     print(table)
     print(json.dumps(summary))
@@ -238,8 +246,8 @@ def add_parser(sub: Any) -> None:
     sc.add_argument("--out")
     sc.set_defaults(func=lambda a: _ok(score_file(a.task, data=a.data, predictions=a.predictions, out=a.out)))
     cp = esub.add_parser("compare", help="side-by-side table of two runs' scores")
-    cp.add_argument("run_a", help="eval output directory or scores.json")
-    cp.add_argument("run_b")
+    cp.add_argument("run_a", metavar="RUN_A", help="eval output directory or scores.json")
+    cp.add_argument("run_b", metavar="RUN_B")
     cp.set_defaults(func=lambda a: _ok(compare_runs(a.run_a, a.run_b)))
 
 

@@ -50,6 +50,11 @@ def load_run(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{file}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(result, dict) or not isinstance(result.get("scores"), dict):
         raise ValueError(f"{file}: not an eval result (no 'scores' object)")
+    if not isinstance(result.get("task"), str):
+        raise ValueError(f"{file}: not an eval result (no 'task' name)")
+    for name, value in result["scores"].items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{file}: score {name!r} is not a number (got {value!r}); not a scores.json of llava eval")
     return result
 
 
