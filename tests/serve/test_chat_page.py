@@ -206,3 +206,49 @@ def test_chat_page_says_why_the_conversation_reached_the_image_limit(server, bro
     browser.find_element(By.ID, "send").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-finish]"))
     assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error")
+
+
+def test_chat_page_defaults_fit_the_server_and_empty_fields_mean_its_defaults(server, browser) -> None:  # noqa: ANN001
+    """The page's max tokens field said 128 whatever the server's --max-tokens (64 here), so with the page as it
+    opened every question failed with "max_tokens 128 is over this server's limit of 64"; an emptied top_p or max
+    tokens field was sent as 0, a 400. The default now fits the limit, and an empty field is left out (the
+    server's default), as the seed's already was."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from conftest import MAX_TOKENS
+
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "apikey").send_keys(API_KEY)
+    field = browser.find_element(By.ID, "max_tokens")
+    assert int(field.get_attribute("value")) <= MAX_TOKENS and field.get_attribute("max") == str(MAX_TOKENS)
+    browser.find_element(By.ID, "text").send_keys("Hi")
+    browser.find_element(By.ID, "send").click()
+    wait = WebDriverWait(browser, 60)
+    done = ".msg.assistant[data-finish]"
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, done) or d.find_elements(By.CSS_SELECTOR, ".msg.error"))
+    assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error"), browser.find_element(By.ID, "log").text
+    for name in ("top_p", "max_tokens"):
+        browser.find_element(By.ID, name).clear()
+    browser.find_element(By.ID, "text").send_keys("And?")
+    browser.find_element(By.ID, "send").click()
+    wait.until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, done)) == 2 or d.find_elements(By.CSS_SELECTOR, ".msg.error")
+    )
+    assert not browser.find_elements(By.CSS_SELECTOR, ".msg.error"), browser.find_element(By.ID, "log").text
+
+
+def test_chat_page_enter_that_ends_an_ime_composition_does_not_send(server, browser) -> None:  # noqa: ANN001
+    """With an input method (Japanese, Chinese, Korean) Enter confirms the composed characters; the page took that
+    Enter as "send" and sent the half-typed question."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "apikey").send_keys(API_KEY)
+    browser.find_element(By.ID, "text").send_keys("にほん")
+    browser.execute_script(
+        'document.getElementById("text").dispatchEvent(new KeyboardEvent("keydown", '
+        '{key: "Enter", keyCode: 229, isComposing: true, bubbles: true, cancelable: true}));'
+    )
+    assert not browser.find_elements(By.CSS_SELECTOR, ".msg.user")
+    assert browser.find_element(By.ID, "text").get_attribute("value") == "にほん"

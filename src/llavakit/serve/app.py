@@ -72,7 +72,7 @@ def create_app(pipe: Any, config: ServeConfig | None = None) -> FastAPI:
     async def chat_page() -> HTMLResponse:
         from .ui import page
 
-        return HTMLResponse(page(config.model_name, needs_key=config.api_key is not None))
+        return HTMLResponse(page(config.model_name, needs_key=config.api_key is not None, max_tokens=config.max_tokens))
 
     # HEAD too (probes use it), outside the schema: one route for both methods gave /docs a duplicate operation id
     @app.head("/health", include_in_schema=False)
