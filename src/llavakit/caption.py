@@ -19,7 +19,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".ti
 def find_images(pattern: str) -> list[Path]:
     check_given(pattern, "the images argument", "a directory or a glob of images")
     p = Path(pattern)
-    files = sorted(p.rglob("*")) if p.is_dir() else sorted(Path(f) for f in glob.glob(pattern, recursive=True))
+    if p.is_dir():
+        files = sorted(p.rglob("*"))
+    elif p.is_file():  # an existing file is itself, even named like a glob ("photo [1].png")
+        files = [p]
+    else:
+        files = sorted(Path(f) for f in glob.glob(pattern, recursive=True))
     images = [f for f in files if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
         raise FileNotFoundError(f"no images found at {pattern} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
