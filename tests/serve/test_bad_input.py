@@ -225,6 +225,14 @@ CASES = {
         None,
     ),
     "remote URL to a private network": (_req(messages=[_img("https://10.1.2.3/x.png")]), 400, "non-public", None),
+    # urlsplit's ValueErrors (a port out of range, an unclosed IPv6 bracket) were 500s
+    "remote URL with a port out of range": (
+        _req(messages=[_img("http://example.com:99999/x.png")]),
+        400,
+        "not a valid URL",
+        "messages[0].content[0].image_url",
+    ),
+    "remote URL with an unclosed IPv6 bracket": (_req(messages=[_img("http://[::1/x.png")]), 400, "not a valid", None),
     "roles out of order for the template": (_req(messages=[{"role": "assistant", "content": "x"}] * 3), None, "", None),
     # a trailing assistant message was rendered as a finished answer with no generation prompt after it: the model
     # wrote on past its end-of-sequence token

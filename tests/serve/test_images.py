@@ -42,6 +42,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(301)
             self.send_header("Location", f"http://127.0.0.2:{self.server.server_port}/img.png")
             self.end_headers()
+        elif self.path.startswith("/bad-location/"):
+            self.send_response(302)
+            self.send_header(
+                "Location",
+                {"port": "http://images.test:99999/x.png", "ipv6": "http://[::1/x.png"}[self.path.rsplit("/", 1)[1]],
+            )
+            self.end_headers()
         elif self.path == "/slow":
             self.send_response(200)
             self.end_headers()
@@ -204,3 +211,10 @@ def test_decoded_once_gives_the_pixels_of_the_file(pipe) -> None:  # noqa: ANN00
         assert torch.equal(from_bytes["pixel_values"], from_image["pixel_values"]), name
         assert torch.equal(from_bytes["input_ids"], from_image["input_ids"]), name
     assert check_image(_tricky_images()["exif-rotated.jpg"], limits, "x") == (50, 30)  # upright: h, w swapped
+
+
+def test_a_redirect_to_a_malformed_url_is_an_image_error(origin: str) -> None:
+    """A Location with a port out of range or an unclosed IPv6 bracket raised urlsplit's ValueError (a 500)."""
+    for case in ("port", "ipv6"):
+        with pytest.raises(ImageError, match="(not a valid|Invalid) URL"):
+            _fetch(f"{origin}/bad-location/{case}")

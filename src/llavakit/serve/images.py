@@ -179,10 +179,13 @@ def fetch_url(
     max_bytes = limits.max_bytes if max_bytes is None else max_bytes
     deadline = time.monotonic() + limits.fetch_timeout
     for _hop in range(limits.max_redirects + 1):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:  # a port out of range or an unclosed IPv6 bracket: ValueError, from urlsplit or .port
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as e:
+            raise ImageError(f"{what}: not a valid URL ({e}): {url[:100]!r}") from None
+        if parts.scheme not in ("http", "https") or not host:
             raise ImageError(f"{what}: only http(s) {kind} URLs can be fetched, got {url[:100]!r}")
-        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
         try:
             addrs = resolver(host, port)
         except OSError as e:
