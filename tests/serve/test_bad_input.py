@@ -233,6 +233,7 @@ CASES = {
         "messages[0].content[0].image_url",
     ),
     "remote URL with an unclosed IPv6 bracket": (_req(messages=[_img("http://[::1/x.png")]), 400, "not a valid", None),
+    "remote URL with an empty host label": (_req(messages=[_img("http://a..b/x.png")]), 400, "cannot resolve", None),
     "roles out of order for the template": (_req(messages=[{"role": "assistant", "content": "x"}] * 3), None, "", None),
     # a trailing assistant message was rendered as a finished answer with no generation prompt after it: the model
     # wrote on past its end-of-sequence token

@@ -31,6 +31,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if self.path == "/img.png":
             self._send(PNG)
+        elif self.path == "/host":
+            self._send(self.headers["Host"].encode())
         elif self.path == "/big.png":
             self._send(PNG + b"\0" * 5000)
         elif self.path.startswith("/hop/"):
@@ -218,3 +220,29 @@ def test_a_redirect_to_a_malformed_url_is_an_image_error(origin: str) -> None:
     for case in ("port", "ipv6"):
         with pytest.raises(ImageError, match="(not a valid|Invalid) URL"):
             _fetch(f"{origin}/bad-location/{case}")
+
+
+def test_urls_httpx_or_idna_refuse_are_image_errors(origin: str) -> None:
+    """A host with an empty or over-long label (UnicodeError from the IDNA codec) and a URL httpx refuses (a
+    control character, over 64 kB) escaped as 500s."""
+    with pytest.raises(ImageError, match="cannot resolve"):
+        fetch_image("http://a..b/x.png", ImageLimits(allow_remote=True), "img")
+    with pytest.raises(ImageError, match="cannot resolve"):
+        fetch_image(f"http://{'a' * 64}.com/x.png", ImageLimits(allow_remote=True), "img")
+    for url in (f"{origin}/x\x00.png", f"{origin}/{'a' * 70_000}"):
+        with pytest.raises(ImageError, match="cannot fetch"):
+            _fetch(url)
+
+
+def test_an_internationalized_host_is_fetched_under_its_ascii_name(origin: str) -> None:
+    """A host name with non-ASCII letters (bücher.de; the system resolver takes it) went into the Host header as
+    written, which httpx cannot encode: a UnicodeEncodeError, a 500. The header now holds its IDNA form."""
+    port = origin.rsplit(":", 1)[1]
+    got = fetch_image(
+        f"http://bücher.test:{port}/host",
+        ImageLimits(allow_remote=True),
+        "img",
+        resolver=lambda host, port: ["127.0.0.1"] if host == "bücher.test" else [],
+        allow_address=lambda ip: ip == "127.0.0.1",
+    )
+    assert got == f"xn--bcher-kva.test:{port}".encode()

@@ -188,13 +188,15 @@ def fetch_url(
             raise ImageError(f"{what}: only http(s) {kind} URLs can be fetched, got {url[:100]!r}")
         try:
             addrs = resolver(host, port)
-        except OSError as e:
+        except (OSError, UnicodeError) as e:  # UnicodeError: the IDNA codec's "label empty or too long"
             raise ImageError(f"{what}: cannot resolve host {host!r} ({e})") from None
         if not addrs or not all(allow_address(a) for a in addrs):
             raise ImageError(f"{what}: refusing to fetch from {host!r}: it resolves to a non-public address")
         ip = addrs[0]
         netloc = f"[{ip}]" if ":" in ip else ip
         pinned = parts._replace(netloc=f"{netloc}:{port}").geturl()
+        # an internationalized host (bücher.de) goes in the Host header and TLS SNI in its ASCII (IDNA) form
+        authority, sni = parts.netloc.rsplit("@", 1)[-1].encode("idna").decode(), host.encode("idna").decode()
         left = deadline - time.monotonic()
         if left <= 0:
             raise ImageError(f"{what}: fetching the {kind} took longer than {limits.fetch_timeout} s")
@@ -203,8 +205,8 @@ def fetch_url(
                 req = client.build_request(
                     "GET",
                     pinned,
-                    headers={"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": accept},
-                    extensions={"sni_hostname": host},
+                    headers={"Host": authority, "Accept": accept},
+                    extensions={"sni_hostname": sni},
                 )
                 resp = client.send(req, stream=True)
                 try:
@@ -226,7 +228,7 @@ def fetch_url(
                     return bytes(body)
                 finally:
                     resp.close()
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL) as e:  # InvalidURL: a control character, over 64 kB, ...
             raise ImageError(f"{what}: cannot fetch the {kind} ({type(e).__name__}: {e})") from None
     raise ImageError(f"{what}: more than {limits.max_redirects} redirects")
 
