@@ -16,6 +16,7 @@ chance level on ``color_several``.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -33,15 +34,30 @@ _OPTION_LINE = re.compile(r"^([A-Z])\. (.*)$")
 COUNT_RANGES = {"count_1_to_5": lambda n: 1 <= n <= 5, "count_2_plus": lambda n: n >= 2}
 
 
+EVAL_KEYS = ("id", "image", "question", "answer", "qtype")  # a record of ``llava data synth --kind eval``
+
+
+def _is_eval_file(path: Path) -> bool:
+    """Whether the first record of a JSON lines file is an eval question (not scenes.jsonl, predictions.jsonl)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            record = json.loads(next((line for line in f if line.strip()), ""))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and all(k in record for k in EVAL_KEYS)
+
+
 def read(root: Path) -> list[Sample]:
-    path = find(root, ["eval.jsonl", "*.jsonl"])
+    path = find(root, ["eval.jsonl"])
+    if path is None and root.is_dir():  # a renamed eval file; never scenes.jsonl or a run's predictions.jsonl
+        path = next((p for p in sorted(root.glob("*.jsonl")) if p.is_file() and _is_eval_file(p)), None)
     if path is None:
         raise ValueError(f"{root}: no eval.jsonl; write one with `llava data synth --kind eval --out DIR --n N`")
     base = path.parent
     scenes = _scenes(base / "scenes.jsonl")
     samples = []
     for r in read_jsonl(path):
-        require(r, ("id", "image", "question", "answer", "qtype"), path)
+        require(r, EVAL_KEYS, path)
         ref = {k: r.get(k) for k in ("answer", "qtype", "font_bucket", "negative")}
         if (shapes := scenes.get(str(r["image"]))) is not None:
             ref["colors"] = [str(x["color"]) for x in shapes]

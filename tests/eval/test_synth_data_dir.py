@@ -1,0 +1,30 @@
+"""`llava eval synth --data DIR` finds the eval questions file, and says how to make one when DIR has none."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llavakit.data.synth import write_dataset
+from llavakit.eval.command import _read
+from llavakit.eval.tasks import get_task
+
+
+def test_a_folder_without_eval_questions_names_the_command_that_writes_them(tmp_path):
+    """An instruct set (instruct.json + scenes.jsonl) was read through its scenes.jsonl, refused with
+    "scenes.jsonl:1: record lacks 'id', 'question', ...", not with what to do."""
+    data = tmp_path / "instruct"
+    write_dataset(data, 2, seed=1_000_000, kind="instruct", min_side=112, max_side=160)
+    (data / "predictions.jsonl").write_text('{"question_id": "s1_000000_0", "text": "red"}\n')
+    with pytest.raises(ValueError, match=r"no eval\.jsonl; write one with `llava data synth --kind eval"):
+        _read(get_task("synth"), str(data))
+
+
+def test_a_renamed_eval_file_beside_scenes_is_still_found(tmp_path):
+    data = tmp_path / "eval"
+    write_dataset(data, 2, seed=1_000_000, kind="eval", min_side=112, max_side=160)
+    shutil.move(data / "eval.jsonl", data / "z_eval.jsonl")  # sorts after scenes.jsonl
+    samples = _read(get_task("synth"), str(data))
+    assert samples and all(Path(s.image).is_file() for s in samples)
