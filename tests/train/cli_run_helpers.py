@@ -22,16 +22,17 @@ def write_data(root: Path, n: int = 12, extra: list[dict] | None = None) -> Path
 
 
 def write_recipe(root: Path, out: Path, *train: str) -> Path:
-    """A recipe training tiny:llava on ``write_data(root)`` into ``out`` (batch 4, no checkpoints unless asked)."""
+    """A recipe training tiny:llava on ``write_data(root)`` into ``out`` (batch 4, no checkpoints unless asked);
+    ``train`` lines such as "save_every: 1" set keys of its train section."""
     data = write_data(root)
-    lines = [
+    defaults = [f"output_dir: {out}", "global_batch_size: 4", "micro_batch_size: 2", "max_steps: 3", "save_every: 0"]
+    settings = {t.split(":")[0]: t for t in [*defaults, "progress: false", "warmup_ratio: 0.1", *train]}
+    lines = [  # ``train`` lines replace the defaults of their key (a key given twice is refused)
         "model:\n  init: tiny:llava",
         f"data:\n  path: {data}\n  image_folder: {root / 'imgs'}\n  max_length: 200",
         "stage:\n  name: stage2\n  lr: 3.0e-3",
-        f"train:\n  output_dir: {out}\n  global_batch_size: 4\n  micro_batch_size: 2\n  max_steps: 3\n"
-        "  save_every: 0\n  progress: false\n  warmup_ratio: 0.1",
+        "train:" + "".join(f"\n  {t}" for t in settings.values()),
     ]
-    lines[-1] += "".join(f"\n  {t}" for t in train)
     path = root / "r.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
