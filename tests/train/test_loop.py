@@ -272,3 +272,32 @@ def test_a_checkpoint_is_on_disk_before_it_is_renamed_into_place(tmp_path, monke
     for f in final.iterdir():
         assert str(tmp / f.name) in synced, f.name
     assert str(tmp) in synced and str(final.parent) in synced
+
+
+@pytest.mark.parametrize(
+    "more, text_every",
+    [
+        # the vision tower's last layer and post-layernorm feed nothing (features come from layer -2): no gradient,
+        # no optimizer state, and a resume of the published llava-v1.6 / OneVision recipes was refused
+        (("stage.vision_lr=1e-3",), 0),
+        # every sample of the first steps text-only: the projector has no optimizer state yet at the checkpoint
+        ((), 1),
+    ],
+)
+def test_resume_with_parameters_that_had_no_gradient_yet(tmp_path, more, text_every):
+    def run(where, *extra):
+        recipe = tiny_recipe(tmp_path / where, "llava", "train.max_steps=4", "train.save_every=1", *more, *extra)
+        model, processor = build_model(recipe.model)
+        data = ColorDataset(processor, 8, text_every=text_every)
+        if text_every:  # 4 text-only samples first, then 4 with images, in this order (no shuffling by modality)
+            data.items = [it for it in data.items if it["pixel_values"] is None][:4] + ColorDataset(processor, 4).items
+            data.lengths, data.modalities = [it["length"] for it in data.items], [it["modality"] for it in data.items]
+        res = train(recipe, model=model, processor=processor, dataset=data, collate_fn=collate_fn)
+        return res, model
+
+    full, model_a = run("a")
+    first, _ = run("b", "train.stop_after=1")
+    second, model_b = run("b", "train.resume=true")
+    assert second.steps == [2, 3, 4] and first.losses + second.losses == full.losses
+    for (n, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), n

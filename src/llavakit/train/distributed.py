@@ -130,4 +130,17 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, m
     opts = StateDictOptions(full_state_dict=True, strict=False)
     set_model_state_dict(model, model_sd, options=opts)
     if optimizer is not None and optim_sd is not None:
-        set_optimizer_state_dict(model, optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
+        # a trained parameter that never got a gradient (the vision tower's last layer, unused with features of
+        # layer -2; the projector after text-only steps) has no AdamW state yet: not strict about those, and they
+        # stay without state (AdamW starts it at their first gradient, as in the run that was not interrupted)
+        names = {p: n for n, p in unwrap(model).named_parameters()}
+        trained = [names[p] for g in optimizer.param_groups for p in g["params"]]
+        stray = set(optim_sd.get("state", {})) - set(trained)
+        if stray:
+            raise ValueError(f"optimizer state for parameters this run does not train: {', '.join(sorted(stray)[:3])}")
+        set_optimizer_state_dict(
+            model, optimizer, optim_sd, options=StateDictOptions(full_state_dict=True, strict=False)
+        )
+        for p in [p for g in optimizer.param_groups for p in g["params"]]:
+            if names[p] not in optim_sd.get("state", {}):
+                optimizer.state.pop(p, None)
