@@ -252,6 +252,22 @@ def test_a_cut_short_trainer_state_is_named_with_the_fix(tmp_path):
     assert _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))[0].steps == [2, 3, 4]
 
 
+@pytest.mark.parametrize(
+    "stage, weights",
+    [((), "model.safetensors"), (("stage.name=lora", "stage.lora.rank=4"), "adapter_model.safetensors")],
+)
+def test_a_checkpoint_with_cut_short_weights_is_named_with_the_fix(tmp_path, stage, weights):
+    """A checkpoint whose weights were cut short: the resume said "re-download it" (the advice for a downloaded
+    model), and for LoRA's adapter it ended in a SafetensorError traceback; now the checkpoint and the fix."""
+    args = ("train.max_steps=4", "train.save_every=1", *stage)
+    _run(tiny_recipe(tmp_path, "llava", *args, "train.stop_after=2"))
+    path = tmp_path / "run" / "checkpoints" / "step-00000002" / weights
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match=f"step-00000002 is unreadable: {weights}.*; delete that directory") as e:
+        _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))
+    assert "re-download" not in str(e.value)
+
+
 def test_a_checkpoint_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
     """trainer_state.pt marks a checkpoint complete; it (and every other file) was never fsynced, so after a power
     loss the renamed directory could hold empty files and resuming failed. Every file and the directory are synced

@@ -274,3 +274,16 @@ def test_base_model_id_names_local_dirs_absolutely_and_hub_ids_as_they_are(tmp_p
     assert base_model_id("base") == str((tmp_path / "base").resolve())
     assert base_model_id("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
     assert base_model_id("tiny:llava") is None and base_model_id(None) is None
+
+
+def test_a_cut_short_adapter_weights_file_is_one_clear_line(lora_model, tmp_path, capsys):
+    """merge-lora on an adapter_model.safetensors cut short (a copy or a save interrupted) ended in a
+    SafetensorError traceback (no ValueError): now one line naming the file."""
+    model, _, spec = lora_model
+    save_adapter(model, tmp_path / "adapter", spec)
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    args = ["merge-lora", "--base", str(tmp_path / "base"), "--adapter", str(tmp_path / "adapter")]
+    assert main([*args, "--out", str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights} is not a readable safetensors file" in err and "Traceback" not in err

@@ -230,6 +230,7 @@ def load_checkpoint(
             f"trains {', '.join(now)} (differs in {', '.join(diff[:4])}); resume with the recipe that wrote it, "
             "or start a new output_dir"
         )
+    _check_weight_files(path)
     if lora:
         from .lora import read_adapter
 
@@ -252,6 +253,22 @@ def load_checkpoint(
     else:  # a different process count: per-process RNG streams cannot be mapped; reseed deterministically
         seed_everything(int(state.get("seed", 0)) + 1000 * int(state["step"]) + d.rank)
     return {k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng")}
+
+
+def _check_weight_files(path: Path) -> None:
+    """Refuse a checkpoint whose safetensors files were cut short (their headers say how long they must be) with
+    the fix for a checkpoint (the loader's own message says to download the model again)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(file, framework="pt", device="cpu"):
+                pass
+        except SafetensorError as e:
+            raise ValueError(
+                f"checkpoint {path} is unreadable: {file.name} is corrupt or cut short ({e}); delete that directory "
+                "to resume from the checkpoint before it"
+            ) from None
 
 
 class TrainingInterrupted(KeyboardInterrupt):

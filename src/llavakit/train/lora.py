@@ -206,6 +206,7 @@ def adapter_config(d: Path) -> dict:
 
 def read_adapter(adapter_dir: str | Path) -> tuple[LoraSpec, dict[str, torch.Tensor]]:
     """The LoRA spec and current-layout tensors (``base_model.model.`` stripped) of a PEFT adapter directory."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     d = Path(adapter_dir)
@@ -234,8 +235,12 @@ def read_adapter(adapter_dir: str | Path) -> tuple[LoraSpec, dict[str, torch.Ten
     path = d / ADAPTER_WEIGHTS
     if not path.exists():
         raise FileNotFoundError(f"{d} has no {ADAPTER_WEIGHTS}")
+    try:
+        loaded = load_file(str(path))
+    except SafetensorError as e:  # not a ValueError: merge-lora / a resume would end in a traceback
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); it is corrupt or cut short") from None
     tensors = {}
-    for k, v in load_file(str(path)).items():
+    for k, v in loaded.items():
         k = k.removeprefix(PEFT_PREFIX)
         k = k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
         k = k.replace(".modules_to_save.default.", ".")
