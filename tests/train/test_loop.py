@@ -317,3 +317,27 @@ def test_resume_with_parameters_that_had_no_gradient_yet(tmp_path, more, text_ev
     assert second.steps == [2, 3, 4] and first.losses + second.losses == full.losses
     for (n, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), n
+
+
+def test_a_cut_short_metrics_line_does_not_stop_the_resume(tmp_path):
+    """metrics.jsonl is appended a line per step: a kill or power loss mid-line left a broken last line, and the
+    resume ended in a bare JSONDecodeError ("Unterminated string ..."); the broken line is dropped."""
+    args = ("train.max_steps=4", "train.save_every=1")
+    _run(tiny_recipe(tmp_path, "llava", *args, "train.stop_after=2"))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes() + b'{"step": 3, "lo' + b"\0" * 8)
+    assert _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))[0].steps == [3, 4]
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_a_cut_short_recipe_json_is_named_with_the_fix(tmp_path):
+    """recipe.json was written without a sync: after a power loss it could be empty while the (synced) checkpoints
+    were whole, and the resume ended in a bare JSONDecodeError ("Expecting value: line 1 column 1")."""
+    args = ("train.max_steps=3", "train.save_every=1")
+    _run(tiny_recipe(tmp_path, "llava", *args, "train.stop_after=1"))
+    (tmp_path / "run" / "recipe.json").write_text('{"model": ')
+    said = r"train.resume: .*recipe.json is unreadable \(JSONDecodeError\); restore it from a copy, or delete it"
+    with pytest.raises(ValueError, match=said):
+        _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))
+    (tmp_path / "run" / "recipe.json").unlink()  # as the message says
+    assert _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))[0].steps == [2, 3]

@@ -188,7 +188,13 @@ def check_same_recipe(saved_path: Path, recipe: Any) -> None:
     old batch size, so new values would be ignored or skip data while the record claimed them."""
     if not saved_path.is_file():
         return  # a run from before recipe.json was written: nothing to compare
-    saved = _flat(json.loads(saved_path.read_text()))
+    try:
+        saved = _flat(json.loads(saved_path.read_text()))
+    except (ValueError, AttributeError) as e:  # cut short (a power loss), or not our file
+        raise ValueError(
+            f"train.resume: {saved_path} is unreadable ({type(e).__name__}); restore it from a copy, or delete it to "
+            "resume without comparing the recipe against the one that started the run"
+        ) from None
     now = _flat(json.loads(json.dumps(recipe.to_dict(), default=str)))
     diff = sorted(k for k in saved.keys() | now.keys() if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
     if diff:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint.save import write_text_atomic
 from ..model.llava import IGNORE_INDEX, positions_from_mask
 from .batching import epoch_batches, process_micro_batches, steps_per_epoch, total_steps
 from .checkpointing import (
@@ -172,7 +173,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
     order_cache: dict[int, list[list[int]]] = {}
     if d.main and resumed is None:  # a resumed run keeps the record of the recipe that started it
         out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2, default=str))
+        write_text_atomic(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2, default=str))  # synced
 
     guard, ran_from, saved_at = InterruptGuard(d.world == 1), step, None  # Ctrl-C: see InterruptGuard
     at_top, rng_top, last = step, None, {}

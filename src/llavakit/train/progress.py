@@ -13,8 +13,8 @@ class MetricsLog:
     def __init__(self, path: Path, active: bool, keep_until: int) -> None:
         self.path, self.active = path, active
         if active and path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if keep_until and json.loads(ln)["step"] <= keep_until]
+            lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+            kept = [ln for ln in lines if keep_until and _step(ln) <= keep_until]
             path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, rec: dict[str, Any]) -> None:
@@ -41,6 +41,14 @@ class MetricsLog:
         fig.tight_layout()
         fig.savefig(png, dpi=100)
         plt.close(fig)
+
+
+def _step(line: str) -> float:
+    """The step of a metrics line; inf for a line cut short (a kill or power loss while it was appended)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class Progress:
