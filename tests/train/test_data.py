@@ -68,6 +68,15 @@ def test_messages_from_records():
         ({"id": "m3", "image": ["a.png", "b.png"], "conversations": conv("<image>", "x")}, "placeholder_mismatch"),
         ({"id": "f1", "image": "nope.png", "conversations": conv("<image>", "x")}, "missing_image"),
         ({"id": "r1", "conversations": [{"from": "robot", "value": "x"}]}, "bad_record"),
+        # a list or object as a turn's text trained on its Python repr ("['A cat.']")
+        ({"id": "v1", "conversations": [*conv("Hi"), {"from": "gpt", "value": ["A cat."]}]}, "bad_record"),
+        (
+            {
+                "id": "v2",
+                "conversations": [{"from": "human", "value": {"text": "Hi"}}, {"from": "gpt", "value": "Hello"}],
+            },
+            "bad_record",
+        ),
     ],
 )
 def test_bad_records_raise_naming_file_line_and_id_or_are_counted(folder, record, reason):

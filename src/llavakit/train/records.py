@@ -163,7 +163,12 @@ def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str
         role = ROLES.get(str(turn["from"]).lower())
         if role is None:
             raise SampleError("bad_record", f"turn {i}: unknown speaker {turn['from']!r} (use human / gpt)", rid)
-        messages.append({"role": role, "content": str(turn.get("value") or "")})
+        value = turn.get("value")
+        if isinstance(value, (list, dict)):  # str() would train on its Python repr ("['A cat.']")
+            raise SampleError(
+                "bad_record", f"turn {i}: 'value' must be the turn's text, got a {type(value).__name__}", rid
+            )
+        messages.append({"role": role, "content": str(value or "")})
     if any(m["role"] == "system" for m in messages[1:]):
         raise SampleError("bad_record", "a system turn may only come first", rid)
     body = [m for m in messages if m["role"] != "system"]
