@@ -470,6 +470,27 @@ def test_eval_synth_generates_scenes_of_the_models_training_sizes(tmp_path: Path
     assert sizes and all(112 <= max(r["width"], r["height"]) <= 224 for r in sizes)
 
 
+def test_eval_synth_data_killed_mid_write_is_written_again_whole(tmp_path: Path, monkeypatch) -> None:
+    """A run killed after eval.jsonl but before scenes.jsonl must not leave a set the next run takes as whole."""
+    from llavakit.eval.command import synth_data
+
+    real_write_text = Path.write_text
+
+    def killed(self: Path, *args, **kwargs):  # noqa: ANN202
+        if self.name == "scenes.jsonl":
+            raise KeyboardInterrupt
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        synth_data(tmp_path / "out", 3, 1_000_000)
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    data = synth_data(tmp_path / "out", 3, 1_000_000)
+    fresh = write_dataset(tmp_path / "fresh", 3, 1_000_000, kind="eval")
+    assert (data / "scenes.jsonl").read_text() == (fresh.parent / "scenes.jsonl").read_text()
+    assert (data / "eval.jsonl").read_text() == fresh.read_text()
+
+
 def test_qtypes_restrict_the_questions_of_a_warm_up_set(tmp_path: Path) -> None:
     """A curriculum's warm-up asks only the named question types, one per image, and no caption requests."""
     path = write_dataset(tmp_path, 30, 3, "instruct", max_turns=1, max_shapes=1, qtypes=("color", "shape"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +94,14 @@ def synth_data(out: Path, n: int, seed: int, sides: tuple[int, int] | None = Non
     lo, hi = sides or (MIN_SIDE, MAX_SIDE)
     data = out / f"data-seed{seed}-n{n}-side{lo}-{hi}"
     if not (data / "eval.jsonl").is_file():
-        write_dataset(data, n, seed, kind="eval", min_side=lo, max_side=hi)
+        # written beside and renamed when whole: a run killed mid-write (eval.jsonl is written before
+        # scenes.jsonl, which the per-scene scores read) leaves a partial folder that the next run rewrites
+        partial = data.with_name(f"{data.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        write_dataset(partial, n, seed, kind="eval", min_side=lo, max_side=hi)
+        if data.exists():  # an incomplete set (no eval.jsonl): generated data, regenerated just now
+            shutil.rmtree(data)
+        partial.rename(data)
     return data
 
 
