@@ -46,6 +46,28 @@ def test_eval_out_that_is_a_file_is_refused_before_the_model_loads(tiny_model, t
     one_error(capsys, "the default output directory runs/eval/pope-tiny lies under runs/eval", "pass --out")
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--batch-size", "0", "--batch-size must be >= 1, got 0"),
+        ("--max-new-tokens", "0", "--max-new-tokens must be >= 1"),
+    ],
+)
+def test_eval_bad_batch_size_or_answer_length_is_refused_before_the_model_loads(
+    tmp_path, capsys, monkeypatch, flag, value, message
+):
+    import llavakit.commands
+
+    def no_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(llavakit.commands, "open_pipeline", no_load)
+    data = fx.pope(tmp_path / "pope")
+    args = ["eval", "pope", "--model", str(tmp_path / "model"), "--data", str(data), "--out", str(tmp_path / "o")]
+    assert main([*args, "--no-progress", flag, value]) == 2
+    one_error(capsys, message)
+
+
 def test_eval_out_with_a_directory_where_a_result_file_goes(tmp_path, capsys):
     data = fx.gqa(tmp_path / "d")
     preds = _answers(tmp_path / "p.jsonl", [{"question_id": "201", "text": "yes"}])

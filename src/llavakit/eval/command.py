@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import QUANTIZE_MODES
 from .report import compare, load_run
-from .run import finish, limit_samples, missing_images, read_predictions, result_object, run
+from .run import check_run_args, finish, limit_samples, missing_images, read_predictions, result_object, run
 from .tasks import TASKS, get_task
 from .tasks.base import Sample, Task
 
@@ -130,6 +130,7 @@ def eval_task(
         check_given(data, "--data", f"the benchmark's local copy ({task.data_help})")
     if out is not None:
         check_given(out, "--out", "the run's output directory")
+    check_run_args(task, batch_size, max_new_tokens)  # before the model loads and the data is read
     model_path = model or default_model()
     local = Path(model_path)
     # The full path tells checkpoints with the same directory name apart (resume must not mix them).

@@ -237,6 +237,14 @@ def finish(result: dict[str, Any], out_dir: Path, printer: Callable[[str], None]
     return result
 
 
+def check_run_args(task: Task, batch_size: int, max_new_tokens: int | None) -> None:
+    """Refuse a batch size or answer length ``run`` cannot use (called before the model loads, too)."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens} (left out: {task.max_new_tokens})")
+
+
 def run(
     task: Task,
     samples: list[Sample],
@@ -254,10 +262,7 @@ def run(
 
     ``settings`` (e.g. dtype and quantization) are recorded with every prediction, with the answer length, and a
     rerun with other settings is refused rather than resumed."""
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens} (left out: {task.max_new_tokens})")
+    check_run_args(task, batch_size, max_new_tokens)
     max_new_tokens = max_new_tokens or task.max_new_tokens
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = out_dir / "predictions.jsonl"
