@@ -130,8 +130,12 @@ def test_resume_with_another_stage_is_refused_clearly(tmp_path):
     _run(tiny_recipe(tmp_path, "llava", "train.max_steps=3", "train.save_every=1", "train.stop_after=1"))
     with pytest.raises(ValueError, match="stage.name 'stage2' there, 'stage1' now"):
         _run(tiny_recipe(tmp_path, "llava", "train.max_steps=3", "stage.name=stage1", "train.resume=true"))
-    (tmp_path / "run" / "recipe.json").unlink()  # a run without its recipe record: the checkpoint still tells
-    with pytest.raises(ValueError, match="does not fit this run's model or stage"):
+    (tmp_path / "run" / "recipe.json").unlink()  # a run without its recipe record: the checkpoint's recipe tells
+    with pytest.raises(ValueError, match="differs from the one that wrote .*stage.name 'stage2' there, 'stage1' now"):
+        _run(tiny_recipe(tmp_path, "llava", "train.max_steps=3", "stage.name=stage1", "train.resume=true"))
+    state = tmp_path / "run" / "checkpoints" / "step-00000001" / "trainer_state.json"
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "recipe"}))
+    with pytest.raises(ValueError, match="does not fit this run's model or stage"):  # nor that: its optimizer's
         _run(tiny_recipe(tmp_path, "llava", "train.max_steps=3", "stage.name=stage1", "train.resume=true"))
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         _run(tiny_recipe(tmp_path / "empty", "llava", "train.resume=true"))
@@ -335,9 +339,27 @@ def test_a_cut_short_recipe_json_is_named_with_the_fix(tmp_path):
     were whole, and the resume ended in a bare JSONDecodeError ("Expecting value: line 1 column 1")."""
     args = ("train.max_steps=3", "train.save_every=1")
     _run(tiny_recipe(tmp_path, "llava", *args, "train.stop_after=1"))
+    state = tmp_path / "run" / "checkpoints" / "step-00000001" / "trainer_state.json"
+    old = json.loads(state.read_text())
+    del old["recipe"]  # a checkpoint from before checkpoints recorded their recipe: recipe.json is compared
+    state.write_text(json.dumps(old))
     (tmp_path / "run" / "recipe.json").write_text('{"model": ')
     said = r"train.resume: .*recipe.json is unreadable \(JSONDecodeError\); restore it from a copy, or delete it"
     with pytest.raises(ValueError, match=said):
         _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))
     (tmp_path / "run" / "recipe.json").unlink()  # as the message says
     assert _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))[0].steps == [2, 3]
+
+
+def test_a_checkpoint_from_another_recipe_is_refused(tmp_path):
+    """Only recipe.json was compared: a checkpoint copied in from a run of another recipe (another learning rate,
+    another template) resumed silently under this one, its scheduler keeping the other run's learning rate."""
+    base = ("train.max_steps=3", "train.save_every=1", "train.stop_after=1")
+    _run(tiny_recipe(tmp_path / "a", "llava", *base, "stage.lr=0.05", "data.template=vicuna_v1"))
+    _run(tiny_recipe(tmp_path / "b", "llava", *base))
+    ours = tmp_path / "b" / "run" / "checkpoints" / "step-00000001"
+    shutil.rmtree(ours)
+    shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / "step-00000001", ours)
+    said = f"differs from the one that wrote {ours}: data.template 'vicuna_v1' there, None now; stage.lr 0.05 there"
+    with pytest.raises(ValueError, match=re.escape(said)):
+        _run(tiny_recipe(tmp_path / "b", "llava", *base, "train.resume=true"))

@@ -182,26 +182,37 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_same_recipe(saved_path: Path, recipe: Any) -> None:
-    """Refuse to resume under a recipe that computes something else than the one that started the run (its
-    ``recipe.json``): the optimizer and scheduler states carry the old learning rates and the data order the
-    old batch size, so new values would be ignored or skip data while the record claimed them."""
-    if not saved_path.is_file():
+def recipe_record(recipe: Any) -> dict[str, Any]:
+    """The recipe as recipe.json and each checkpoint's trainer_state record it (JSON values only)."""
+    return json.loads(json.dumps(recipe.to_dict(), default=str))
+
+
+def check_same_recipe(
+    saved_path: Path, recipe: Any, checkpoint_recipe: dict[str, Any] | None = None, checkpoint: Path | None = None
+) -> None:
+    """Refuse to resume under a recipe that computes something else than the one that wrote the checkpoint (the
+    recipe its trainer_state records; for checkpoints from before that, the run's ``recipe.json``): the
+    optimizer and scheduler states carry the old learning rates and the data order the old batch size, so new
+    values would be ignored or skip data while the record claimed them."""
+    if checkpoint_recipe is not None:
+        saved, source = _flat(checkpoint_recipe), f"the one that wrote {checkpoint}"
+    elif not saved_path.is_file():
         return  # a run from before recipe.json was written: nothing to compare
-    try:
-        saved = _flat(json.loads(saved_path.read_text()))
-    except (ValueError, AttributeError) as e:  # cut short (a power loss), or not our file
-        raise ValueError(
-            f"train.resume: {saved_path} is unreadable ({type(e).__name__}); restore it from a copy, or delete it to "
-            "resume without comparing the recipe against the one that started the run"
-        ) from None
-    now = _flat(json.loads(json.dumps(recipe.to_dict(), default=str)))
+    else:
+        try:
+            saved, source = _flat(json.loads(saved_path.read_text())), f"the one that started the run ({saved_path})"
+        except (ValueError, AttributeError) as e:  # cut short (a power loss), or not our file
+            raise ValueError(
+                f"train.resume: {saved_path} is unreadable ({type(e).__name__}); restore it from a copy, or delete it "
+                "to resume without comparing the recipe against the one that started the run"
+            ) from None
+    now = _flat(recipe_record(recipe))
     diff = sorted(k for k in saved.keys() | now.keys() if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
     if diff:
         said = "; ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in diff[:5])
         raise ValueError(
-            f"train.resume: this recipe differs from the one that started the run ({saved_path}): {said}; resume "
-            "with the same recipe, or start a new train.output_dir from the last checkpoint's weights (model.init)"
+            f"train.resume: this recipe differs from {source}: {said}; resume with the same recipe, or start a new "
+            "train.output_dir from the last checkpoint's weights (model.init)"
         )
 
 

@@ -39,6 +39,7 @@ from .checkpointing import (
     check_same_recipe,
     checkpoint_dirs,
     load_checkpoint,
+    recipe_record,
     rng_state,
     save_checkpoint,
     saved_counters,
@@ -134,13 +135,13 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
             f"train.global_batch_size {per_step} is not a multiple of micro_batch_size {t.micro_batch_size} x "
             f"{d.world} process(es); change one of them"
         )
-    found, saved = checkpoint_dirs(out), None
+    found, saved, recipe_json = checkpoint_dirs(out), None, recipe_record(recipe)
     data_now = data_fingerprint(recipe.data, dataset)
     if t.resume:
         if not found:
             raise FileNotFoundError(f"train.resume: no checkpoint in {out / 'checkpoints'}; start without resume")
-        check_same_recipe(out / "recipe.json", recipe)
         saved = saved_counters(found[-1])
+        check_same_recipe(out / "recipe.json", recipe, saved.get("recipe"), found[-1])
         if not t.allow_data_change:
             check_same_data(saved.get("data"), data_now, found[-1])
     elif found:
@@ -173,7 +174,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
     order_cache: dict[int, list[list[int]]] = {}
     if d.main and resumed is None:  # a resumed run keeps the record of the recipe that started it
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "recipe.json", json.dumps(recipe.to_dict(), indent=2, default=str))  # synced
+        write_text_atomic(out / "recipe.json", json.dumps(recipe_json, indent=2))  # synced
 
     guard, ran_from, saved_at = InterruptGuard(d.world == 1), step, None  # Ctrl-C: see InterruptGuard
     at_top, rng_top, last = step, None, {}
@@ -225,6 +226,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
                     position = in_epoch * per_step + len(chunk)  # the counters of this step, before any callback
                     last = {"step": step, "epoch": epoch, "position": position, "seed": t.seed, "total_steps": total}
                     last |= {"full_batches_only": full_only, "data": data_now}  # how steps were counted, what data
+                    last["recipe"] = recipe_json  # what computed it: a resume (of a copied checkpoint) checks it
                     dt = time.perf_counter() - t0
                     rec = {
                         "step": step,
