@@ -226,3 +226,13 @@ def test_a_mixture_yaml_that_is_not_valid_yaml_is_a_value_error(folder, capsys):
         build_dataset({"path": str(mix), "image_folder": str(folder / "imgs")}, tiny_processor("llava"), None, 512)
     assert main(["data", "check", str(mix)]) == 2
     assert f"error: mixture file {mix} is not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("indent", [None, 1])
+def test_a_json_array_saved_as_jsonl_is_read_as_the_array(folder, indent):
+    """A .jsonl file holding one JSON array (a common mix-up) was read line by line: "d.jsonl:1: broken JSON line
+    (Expecting value, column 2)" for a pretty-printed one, "a record must be a JSON object" for one on one line."""
+    recs = [good(0), good(1, "b.png")]
+    (folder / "d.jsonl").write_text(json.dumps(recs, indent=indent))
+    ds = SupervisedDataset(folder / "d.jsonl", folder / "imgs", tiny_processor("llava"), None, 512)
+    assert [r.data for r in ds.records] == recs

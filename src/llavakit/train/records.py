@@ -58,10 +58,10 @@ def read_records(path: str | Path, on_error: str = "raise", skipped: Counter | N
 def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
     """Each record of the file, or a ``bad_json`` SampleError naming the file and line where one is broken.
 
-    A .json file holding one array is parsed whole (a break in it ends the file); .jsonl and any file that does
-    not start with "[" are read line by line. A UTF-8 byte order mark (Windows editors write one) is ignored. A
-    file that is one JSON object other than a record (``{"data": [...]}``) is refused with a ValueError: read as
-    lines it would be one record without a conversation.
+    A file holding one array is parsed whole (a break in it ends a .json file; a .jsonl file is then read line
+    by line, as is any file that does not start with "["). A UTF-8 byte order mark (Windows editors write one) is
+    ignored. A file that is one JSON object other than a record (``{"data": [...]}``) is refused with a
+    ValueError: read as lines it would be one record without a conversation.
     """
     path = Path(path)
     if path.is_dir():
@@ -78,14 +78,17 @@ def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
     if one is not None:  # a file of one record, pretty-printed or not
         yield Record(one, f"{path}:1")
         return
-    if path.suffix != ".jsonl" and text.lstrip().startswith("["):
+    if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:
-            yield SampleError("bad_json", f"{path}:{e.lineno}: broken JSON ({e.msg}, column {e.colno})")
+            items = None
+            if path.suffix != ".jsonl":  # a .jsonl file is read line by line below: its broken lines are named
+                yield SampleError("bad_json", f"{path}:{e.lineno}: broken JSON ({e.msg}, column {e.colno})")
+                return
+        if isinstance(items, list):  # also a .jsonl file holding one JSON array (a common mix-up)
+            yield from (Record(r, f"{path}[{i}]") for i, r in enumerate(items))
             return
-        yield from (Record(r, f"{path}[{i}]") for i, r in enumerate(items))
-        return
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
