@@ -92,8 +92,13 @@ def _locate(root: Path) -> tuple[list[Path], dict[str, str] | None]:
 def _read_index(index: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{index} is not a valid index file (needs a 'weight_map'); re-download it") from e
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise ValueError(
+            f"{index} is not a valid index file (its 'weight_map' must map each tensor name to a shard file name); "
+            "re-download it"
+        )
     shards = sorted(set(weight_map.values()))
     missing = [s for s in shards if not (index.parent / s).is_file()]
     if missing:

@@ -1,0 +1,50 @@
+"""Checkpoint files that are present but not what a loader needs: one line naming the file, the problem and the fix
+(never a traceback, never the wrong fix)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llavakit import LlavaModel
+from tiny_models import hf_model
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("src") / "llava"
+    hf_model("llava").save_pretrained(path)
+    return path
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _one_line_cli_error(capsys, *argv: str) -> str:
+    from llavakit.cli import main
+
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "weight_map",
+    [["model.safetensors"], {"lm_head.weight": 5}, {"lm_head.weight": None}, "model-00001-of-00001.safetensors"],
+)
+def test_an_index_whose_weight_map_has_the_wrong_types_is_named(tmp_path, tiny_hf, capsys, weight_map):
+    """A weight_map that is a list, or maps a name to a non-string, ended in AttributeError / TypeError tracebacks."""
+    path = _copy(tiny_hf, tmp_path / "m")
+    (path / "model.safetensors").rename(path / "model-00001-of-00001.safetensors")
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ValueError, match="model.safetensors.index.json is not a valid index file"):
+        LlavaModel.from_pretrained(path)
+    err = _one_line_cli_error(capsys, "convert", str(path), str(tmp_path / "out"))
+    assert "not a valid index file" in err
