@@ -48,3 +48,20 @@ def test_an_index_whose_weight_map_has_the_wrong_types_is_named(tmp_path, tiny_h
         LlavaModel.from_pretrained(path)
     err = _one_line_cli_error(capsys, "convert", str(path), str(tmp_path / "out"))
     assert "not a valid index file" in err
+
+
+LFS_POINTER = (
+    b"version https://git-lfs.github.com/spec/v1\n"
+    b"oid sha256:4d7a214614ab2935c943f9e0ff69f22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 13567\n"
+)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_a_git_lfs_pointer_in_place_of_the_weights_says_git_lfs_pull(tmp_path, tiny_hf, name):
+    """A repository cloned without git-lfs holds pointer files: 'corrupt or truncated, re-download it' sent the user
+    to clone again, which gives the same pointers; the message names the pointer and `git lfs pull`."""
+    path = _copy(tiny_hf, tmp_path / "m")
+    (path / "model.safetensors").unlink()
+    (path / name).write_bytes(LFS_POINTER)
+    with pytest.raises(ValueError, match=f"{name} is a Git LFS pointer, not the weights: .*git lfs pull"):
+        LlavaModel.from_pretrained(path)

@@ -109,6 +109,23 @@ def _read_index(index: Path) -> dict[str, str]:
     return weight_map
 
 
+def lfs_pointer_error(file: Path) -> ValueError | None:
+    """The error for a Git LFS pointer found where weights belong (a repository cloned without git-lfs, where
+    downloading it the same way again would not help), or None when ``file`` is not one."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if not head.startswith(b"version https://git-lfs"):
+        return None
+    return ValueError(
+        f"{file} is a Git LFS pointer, not the weights: the repository was cloned without git-lfs; run "
+        f"`git lfs install && git lfs pull` in {file.parent} (or download it with `huggingface-cli download ID "
+        "--local-dir DIR`)"
+    )
+
+
 def checkpoint_keys(path: str | Path) -> list[str]:
     """All tensor names of a checkpoint, from the index or the file headers (no tensor data is read)."""
     files, weight_map = _locate(Path(path))
@@ -132,7 +149,7 @@ def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]] | None:
                 for name in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
                     shapes[name] = tuple(f.get_slice(name).get_shape())
         except SafetensorError as e:
-            raise ValueError(
+            raise lfs_pointer_error(file) or ValueError(
                 f"{file} is not a readable safetensors file ({e}); it is corrupt or truncated, re-download it"
             ) from e
     return shapes
@@ -179,7 +196,7 @@ def _iter_safetensors(file: Path, keys_only: bool) -> Iterator[tuple[str, torch.
             for name in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
                 yield name, None if keys_only else f.get_tensor(name)
     except SafetensorError as e:
-        raise ValueError(
+        raise lfs_pointer_error(file) or ValueError(
             f"{file} is not a readable safetensors file ({e}); it is corrupt or truncated, re-download it"
         ) from e
 
@@ -188,7 +205,7 @@ def _iter_bin(file: Path, keys_only: bool) -> Iterator[tuple[str, torch.Tensor |
     try:
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # pickle / zip / unsupported-legacy-format errors all mean "cannot use this file"
-        raise ValueError(
+        raise lfs_pointer_error(file) or ValueError(
             f"cannot read {file} with torch.load(weights_only=True, mmap=True): {e}. The file is corrupt, "
             "truncated, in the legacy (pre-1.6) torch format, or holds more than tensors; re-save it as "
             "safetensors"
