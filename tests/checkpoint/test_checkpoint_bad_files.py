@@ -65,3 +65,40 @@ def test_a_git_lfs_pointer_in_place_of_the_weights_says_git_lfs_pull(tmp_path, t
     (path / name).write_bytes(LFS_POINTER)
     with pytest.raises(ValueError, match=f"{name} is a Git LFS pointer, not the weights: .*git lfs pull"):
         LlavaModel.from_pretrained(path)
+
+
+def test_an_original_lora_directory_is_named_as_an_adapter_not_an_incomplete_download(tmp_path, tiny_hf, capsys):
+    """liuhaotian/*-lora repositories hold config.json (with mm_* fields), adapter_config.json, adapter_model.bin and
+    non_lora_trainables.bin: they were refused as 'the download is incomplete ... re-download the checkpoint'."""
+    path = tmp_path / "llava-v1.5-7b-lora"
+    path.mkdir()
+    cfg = {
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "model_type": "llava",
+        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+    }
+    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 128, "lora_alpha": 256}))
+    (path / "adapter_model.bin").write_bytes(b"")
+    (path / "non_lora_trainables.bin").write_bytes(b"")
+    with pytest.raises(
+        FileNotFoundError, match="holds a LoRA adapter .* not a full model: merge it into its base model"
+    ):
+        LlavaModel.from_pretrained(path)
+    err = _one_line_cli_error(capsys, "convert", str(path), str(tmp_path / "out"))
+    assert "LoRA adapter" in err and "re-download" not in err
+
+
+def test_a_stage1_projector_directory_is_named_as_such(tmp_path):
+    """A stage-1 (pretraining) output holds config.json and mm_projector.bin only: not an incomplete download."""
+    path = tmp_path / "llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5"
+    path.mkdir()
+    cfg = {
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "model_type": "llava",
+        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+    }
+    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "mm_projector.bin").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="holds only the projector of a stage-1 .*not a full model"):
+        LlavaModel.from_pretrained(path)

@@ -11,6 +11,7 @@ import torch
 
 from .api import load_config, load_model, parse_dtype
 from .hub import resolve_model_path
+from .load import checkpoint_files
 from .staging import staged_dir
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def convert(
     if out.resolve() == path.resolve():
         raise ValueError(f"convert writes a new directory; {dst} is the source itself")
     config, fmt = load_config(path, vision_tower)
+    checkpoint_files(path)  # weights there (not a LoRA adapter, a stage-1 projector) before asking for a tokenizer
     facts = None
     if fmt == "original":  # everything that can refuse the conversion, before anything is written
         facts = original_facts(path, vision_tower, template, name=str(src))

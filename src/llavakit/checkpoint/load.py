@@ -81,6 +81,19 @@ def _locate(root: Path) -> tuple[list[Path], dict[str, str] | None]:
             weight_map = _read_index(root / index)
             return [root / name for name in sorted(set(weight_map.values()))], weight_map
     stray = sorted(p.name for p in root.glob("*") if p.suffix in (".safetensors", ".bin"))
+    adapter = [n for n in stray if n.startswith("adapter_model.") or n == "non_lora_trainables.bin"]
+    if adapter or (root / "adapter_config.json").is_file():  # a PEFT / original LLaVA LoRA run's output
+        raise FileNotFoundError(
+            f"{root} holds a LoRA adapter ({', '.join(adapter or ['adapter_config.json'])}), not a full model: merge "
+            "it into its base model first and load the merged directory (a PEFT adapter of an HF checkpoint: "
+            f"llava merge-lora --base BASE --adapter {root} --out MERGED; an original LLaVA LoRA, with "
+            "non_lora_trainables.bin: the LLaVA repository's scripts/merge_lora_weights.py, then llava convert)"
+        )
+    if stray == ["mm_projector.bin"]:
+        raise FileNotFoundError(
+            f"{root} holds only the projector of a stage-1 (pretraining) run (mm_projector.bin), not a full model: "
+            "load the model finetuned from it (stage 2)"
+        )
     if stray:
         raise FileNotFoundError(
             f"{root} has weight files ({', '.join(stray[:4])}) but neither {SAFE_SINGLE} nor {SAFE_INDEX} / "
