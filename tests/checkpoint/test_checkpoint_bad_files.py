@@ -102,3 +102,10 @@ def test_a_stage1_projector_directory_is_named_as_such(tmp_path):
     (path / "mm_projector.bin").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="holds only the projector of a stage-1 .*not a full model"):
         LlavaModel.from_pretrained(path)
+
+
+def test_a_config_json_that_is_not_utf8_is_named(tmp_path, tiny_hf):
+    path = _copy(tiny_hf, tmp_path / "m")
+    (path / "config.json").write_bytes(b"\xff\xfe{\x00}\x00")  # saved as UTF-16 by an editor
+    with pytest.raises(ValueError, match=r"config.json is not UTF-8 text .*re-download or fix the file"):
+        LlavaModel.from_pretrained(path)

@@ -55,6 +55,8 @@ def read_config_dict(path: str | Path) -> dict:
         data = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{file} is not valid JSON ({e}); re-download or fix the file") from e
+    except UnicodeDecodeError as e:  # e.g. saved as UTF-16 by an editor
+        raise ValueError(f"{file} is not UTF-8 text ({e}); re-download or fix the file (save it as UTF-8)") from e
     if not isinstance(data, dict):
         raise ValueError(f"{file} must hold a JSON object, got {type(data).__name__}")
     return data
