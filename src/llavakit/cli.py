@@ -106,8 +106,16 @@ def cmd_generate(
     check_prompt(prompt, images + ["video"] * bool(clip))
     check_sampling(**s)
     check_images(images)
+    _shown_as_can_be()
     generate(open_pipeline(model, dtype, quantize, compile), prompt, images, frames=clip, **s)
     return 0
+
+
+def _shown_as_can_be() -> None:
+    """An answer on a stdout that is not UTF-8 (a Latin-1 terminal, a Windows console): a character it cannot encode
+    is shown as '?', not a UnicodeEncodeError that ends the answer (and the command) mid-way."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")
 
 
 def _video_frames(video: str | None, frames: int | None) -> list[Any] | None:
@@ -143,6 +151,7 @@ def cmd_chat(
         load_image(image)
     if isinstance(sys.stdin, io.TextIOWrapper):  # a line that is not UTF-8 is refused by itself, not the whole chat
         sys.stdin.reconfigure(errors="surrogateescape")
+    _shown_as_can_be()
     pipe = open_pipeline(model, dtype, quantize, compile)
     if clip:
         check_video_support(pipe)

@@ -209,3 +209,42 @@ def test_merge_lora_says_what_is_wrong_with_its_input_not_with_its_output(model,
     assert main(["merge-lora", "--base", model, "--adapter", str(tmp_path), "--out", str(out)]) == 2
     err = one_error(capsys, "adapter_config.json")
     assert "cannot write" not in err and "writable" not in err and not out.exists(), err
+
+
+FAKE_PIPE = """
+import sys
+import llavakit.commands
+from llavakit.cli import main
+
+
+class FakePipe:  # its answer holds characters a Latin-1 terminal cannot show
+    def stream(self, messages, **sampling):
+        yield from ["café", " ✓", " 猫", " \ufffd"]
+
+    def reset(self):
+        pass
+
+
+llavakit.commands.open_pipeline = lambda *a, **k: FakePipe()
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_answer_the_terminal_cannot_encode_is_printed_not_an_error(images):
+    """On a stdout that is not UTF-8 (a Latin-1 terminal, PYTHONIOENCODING=latin-1, a Windows console) the first
+    character it lacks (a CJK word, a check mark, the U+FFFD of an invalid byte) ended `llava generate` mid-answer as
+    "error: 'latin-1' codec can't encode character" (exit 2), and failed every `llava chat` turn that held one (the
+    answer dropped from the conversation); now such characters are shown as '?'."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "PYTHONIOENCODING": "latin-1",
+    }
+    img = str(images / "img0.png")
+    for args, stdin in ((["generate", "--image", img, "--prompt", "hi"], b""), (["chat"], b"hi\nagain\n/exit\n")):
+        r = subprocess.run(
+            [sys.executable, "-c", FAKE_PIPE, *args], input=stdin, capture_output=True, env=env, timeout=60
+        )
+        out, err = r.stdout.decode("latin-1"), r.stderr.decode("latin-1")
+        assert r.returncode == 0 and not err, err
+        assert out.count("café ? ? ?\n") == (2 if args == ["chat"] else 1) and "error" not in out, out
