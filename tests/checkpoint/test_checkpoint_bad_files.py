@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -109,3 +110,38 @@ def test_a_config_json_that_is_not_utf8_is_named(tmp_path, tiny_hf):
     (path / "config.json").write_bytes(b"\xff\xfe{\x00}\x00")  # saved as UTF-16 by an editor
     with pytest.raises(ValueError, match=r"config.json is not UTF-8 text .*re-download or fix the file"):
         LlavaModel.from_pretrained(path)
+
+
+@pytest.mark.parametrize(
+    "key,value,want",
+    [
+        ("text_config", "llama", "an object"),
+        ("vision_config", [1], "an object"),
+        ("text_config.model_type", ["llama"], "a string"),
+        ("text_config.rope_scaling", "linear", "an object"),
+        ("image_token_index", "120", "an integer"),
+        ("vision_feature_layer", "-2", "an integer or a list of integers"),
+        ("tie_word_embeddings", "false", "true or false"),
+        ("multimodal_projector_bias", "false", "true or false"),
+        ("image_grid_pinpoints", [56, 112], r"a list of \[height, width\] pairs"),
+        ("image_grid_pinpoints", "[[56, 112]]", r"a list of \[height, width\] pairs"),
+        ("vision_aspect_ratio", 9, "a string"),
+        ("video_token_index", "121", "an integer"),
+    ],
+)
+def test_config_values_of_the_wrong_json_type_are_refused_by_key(tmp_path, key, value, want):
+    """transformers refuses them (StrictDataclassFieldValidationError naming the field); llavakit ended in
+    TypeError / AttributeError tracebacks, or read "false" as true (a projector bias the weights lack)."""
+    from llavakit.checkpoint.api import load_config
+
+    family = "llava_onevision" if key in ("vision_aspect_ratio", "video_token_index") else "llava_next"
+    cfg = hf_model(family, "qwen2" if family == "llava_onevision" else "llama").config.to_dict()
+    path = tmp_path / "m"
+    path.mkdir()
+    section, _, leaf = key.rpartition(".")
+    (cfg[section] if section else cfg)[leaf] = value
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(
+        ValueError, match=rf"config.json: {re.escape(key)} must be {want}, got {re.escape(repr(value))}"
+    ):
+        load_config(path)
