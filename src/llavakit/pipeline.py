@@ -282,7 +282,13 @@ class Pipeline:
         if not conversations:
             raise ValueError("batch needs at least one conversation (a list of message lists)")
         prompts, images, videos = [], [], []
-        for messages in conversations:
+        for i, messages in enumerate([conversations] if isinstance(conversations, str) else conversations):
+            if isinstance(messages, (str, dict)):  # batch(messages) meant batch([messages])
+                what = "a single message (a dict)" if isinstance(messages, dict) else "a str"
+                raise ValueError(
+                    f"batch takes a list of conversations, each a list of messages, and conversation {i} is {what}; "
+                    "for one conversation pass batch([messages]) (or use reply / chat)"
+                )
             vids: list[list[Any]] = []
             msgs, imgs = split_messages(messages, vids)
             _check_answerable(msgs, imgs + vids)

@@ -229,6 +229,15 @@ def test_batch_counts_image_tokens_and_refuses_what_reply_refuses(pipe):
         pipe.batch([])
 
 
+def test_batch_given_one_conversation_says_it_takes_a_list_of_them(pipe):
+    """batch(messages) for batch([messages]) (one conversation, not a list of them) was refused as "messages must be
+    a non-empty list of {'role': ..., 'content': ...} dicts", which is what was given; now the error says so."""
+    with pytest.raises(ValueError, match=r"conversation 0 is a single message.*batch\(\[messages"):
+        pipe.batch(_msg())
+    with pytest.raises(ValueError, match="a list of conversations.*conversation 0 is a str"):
+        pipe.batch("What is it?")
+
+
 def test_onevision_video_parts_answer_as_processor_and_generate(pipe, tmp_path):
     """A video part (its frames) in the pipeline: the answer of the processor + generate route; a follow-up turn
     reuses the cache up to the video and equals a fresh prefill; batch equals single."""
