@@ -145,3 +145,32 @@ def test_config_values_of_the_wrong_json_type_are_refused_by_key(tmp_path, key, 
         ValueError, match=rf"config.json: {re.escape(key)} must be {want}, got {re.escape(repr(value))}"
     ):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "key,value,want",
+    [
+        ("architectures", "LlavaLlamaForCausalLM", "a list of names"),
+        ("mm_hidden_size", "1024", "an integer"),
+        ("mm_vision_select_layer", "-2", "an integer"),
+        ("mm_projector_type", 2, "a string"),
+        ("mm_vision_tower", 5, "a string"),
+        ("tie_word_embeddings", "false", "true or false"),
+        ("mm_use_im_start_end", "true", "true or false"),
+    ],
+)
+def test_original_config_values_of_the_wrong_json_type_are_refused_by_key(tmp_path, key, value, want):
+    """An original config's mm_* values were read as they are: TypeError tracebacks (mm_projector_type 2,
+    mm_vision_tower 5), misleading refusals ("unsupported architecture 'L'", "mm_hidden_size 1024 != hidden size
+    1024"), or a string taken for another value ("-2" kept as the feature layer, "true" for
+    mm_use_im_start_end read as false)."""
+    from test_original import LLAVA_V15_7B
+
+    from llavakit.checkpoint.api import load_config
+
+    path = tmp_path / "m"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({**LLAVA_V15_7B, key: value}))
+    message = rf"config.json: {re.escape(key)} must be {want}, got {re.escape(repr(value))}"
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
