@@ -100,12 +100,15 @@ def cmd_generate(
     **s: Any,
 ) -> int:
     from .commands import check_images, check_model, check_prompt, check_sampling, generate, open_pipeline
+    from .processing.image_load import load_image
 
     check_model(model)
     clip = _video_frames(video, frames)
     check_prompt(prompt, images + ["video"] * bool(clip))
     check_sampling(**s)
     check_images(images)
+    for image in images:  # a file that is not an image (or a truncated one) is refused now, not after the model loads
+        load_image(image)
     _shown_as_can_be()
     generate(open_pipeline(model, dtype, quantize, compile), prompt, images, frames=clip, **s)
     return 0

@@ -248,3 +248,18 @@ def test_an_answer_the_terminal_cannot_encode_is_printed_not_an_error(images):
         out, err = r.stdout.decode("latin-1"), r.stderr.decode("latin-1")
         assert r.returncode == 0 and not err, err
         assert out.count("café ? ? ?\n") == (2 if args == ["chat"] else 1) and "error" not in out, out
+
+
+def test_generate_refuses_an_image_that_cannot_be_decoded_before_the_model_loads(images, tmp_path, monkeypatch, capsys):
+    """A truncated or non-image --image file was found out only once the model had loaded (minutes for a 7B model),
+    as chat's --image files already were not."""
+    import llavakit.commands
+
+    def no_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the model was loaded before the images were checked")
+
+    monkeypatch.setattr(llavakit.commands, "open_pipeline", no_load)
+    bad = tmp_path / "trunc.png"
+    bad.write_bytes((images / "img0.png").read_bytes()[:40])
+    assert main(["generate", "--image", str(images / "img1.png"), "--image", str(bad), "--prompt", "hi"]) == 2
+    one_error(capsys, f"image {bad}: cannot decode image")
