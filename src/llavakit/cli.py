@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -110,8 +111,24 @@ def cmd_generate(
     for image in images:  # a file that is not an image (or a truncated one) is refused now, not after the model loads
         load_image(image)
     _shown_as_can_be()
-    generate(open_pipeline(model, dtype, quantize, compile), prompt, images, frames=clip, **s)
+    pipe = open_pipeline(model, dtype, quantize, compile)
+    try:
+        generate(pipe, prompt, images, frames=clip, **s)
+    except BrokenPipeError:
+        return _stdout_gone()
     return 0
+
+
+def _stdout_gone() -> int:
+    """stdout's reader left (``llava generate ... | head -c 100``): stop quietly, as a shell tool killed by SIGPIPE
+    does (exit 141), with stdout sent to /dev/null so that Python's last flush of it raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a file descriptor
+        pass
+    return 141
 
 
 def _shown_as_can_be() -> None:
@@ -158,7 +175,10 @@ def cmd_chat(
     pipe = open_pipeline(model, dtype, quantize, compile)
     if clip:
         check_video_support(pipe)
-    return chat(pipe, images, sys.stdin, frames=clip, **({"max_frames": frames} if frames else {}), **s)
+    try:
+        return chat(pipe, images, sys.stdin, frames=clip, **({"max_frames": frames} if frames else {}), **s)
+    except BrokenPipeError:
+        return _stdout_gone()
 
 
 def cmd_caption(

@@ -263,3 +263,16 @@ def test_generate_refuses_an_image_that_cannot_be_decoded_before_the_model_loads
     bad.write_bytes((images / "img0.png").read_bytes()[:40])
     assert main(["generate", "--image", str(images / "img1.png"), "--image", str(bad), "--prompt", "hi"]) == 2
     one_error(capsys, f"image {bad}: cannot decode image")
+
+
+def test_generate_into_a_pipe_closed_early_stops_quietly(images):
+    """`llava generate ... | head -c 20`: the reader leaving printed "llava generate: error: [Errno 32] Broken pipe"
+    (exit 2) as if the input were bad; now it stops quietly with 141, as a shell tool killed by SIGPIPE does."""
+    script = FAKE_PIPE.replace("yield from [", 'yield from ["word "] * 200_000 + [')
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-c", script, "generate", "--image", str(images / "img0.png"), "--prompt", "hi"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert p.stdout.read(20) == b"word " * 4
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and not err, err
