@@ -68,10 +68,8 @@ def test_a_git_lfs_pointer_in_place_of_the_weights_says_git_lfs_pull(tmp_path, t
         LlavaModel.from_pretrained(path)
 
 
-def test_an_original_lora_directory_is_named_as_an_adapter_not_an_incomplete_download(tmp_path, tiny_hf, capsys):
-    """liuhaotian/*-lora repositories hold config.json (with mm_* fields), adapter_config.json, adapter_model.bin and
-    non_lora_trainables.bin: they were refused as 'the download is incomplete ... re-download the checkpoint'."""
-    path = tmp_path / "llava-v1.5-7b-lora"
+def _original_config_only(path):  # noqa: ANN001, ANN202
+    """A directory with an original-format (liuhaotian/*) config.json and nothing else yet."""
     path.mkdir()
     cfg = {
         "architectures": ["LlavaLlamaForCausalLM"],
@@ -79,6 +77,13 @@ def test_an_original_lora_directory_is_named_as_an_adapter_not_an_incomplete_dow
         "mm_vision_tower": "openai/clip-vit-large-patch14-336",
     }
     (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_an_original_lora_directory_is_named_as_an_adapter_not_an_incomplete_download(tmp_path, tiny_hf, capsys):
+    """liuhaotian/*-lora repositories hold config.json (with mm_* fields), adapter_config.json, adapter_model.bin and
+    non_lora_trainables.bin: they were refused as 'the download is incomplete ... re-download the checkpoint'."""
+    path = tmp_path / "llava-v1.5-7b-lora"
+    _original_config_only(path)
     (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 128, "lora_alpha": 256}))
     (path / "adapter_model.bin").write_bytes(b"")
     (path / "non_lora_trainables.bin").write_bytes(b"")
@@ -93,13 +98,7 @@ def test_an_original_lora_directory_is_named_as_an_adapter_not_an_incomplete_dow
 def test_a_stage1_projector_directory_is_named_as_such(tmp_path):
     """A stage-1 (pretraining) output holds config.json and mm_projector.bin only: not an incomplete download."""
     path = tmp_path / "llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5"
-    path.mkdir()
-    cfg = {
-        "architectures": ["LlavaLlamaForCausalLM"],
-        "model_type": "llava",
-        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
-    }
-    (path / "config.json").write_text(json.dumps(cfg))
+    _original_config_only(path)
     (path / "mm_projector.bin").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="holds only the projector of a stage-1 .*not a full model"):
         LlavaModel.from_pretrained(path)
