@@ -173,3 +173,15 @@ def test_original_config_values_of_the_wrong_json_type_are_refused_by_key(tmp_pa
     message = rf"config.json: {re.escape(key)} must be {want}, got {re.escape(repr(value))}"
     with pytest.raises(ValueError, match=message):
         load_config(path)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float64"])
+def test_a_dtype_that_is_not_a_model_dtype_is_refused_at_load(tiny_hf, dtype):
+    """load(path, dtype=torch.int8) loaded and then failed in the first LayerNorm ('not implemented for Char');
+    torch.float64 was taken though the string 'float64' is refused."""
+    import torch
+
+    import llavakit
+
+    with pytest.raises(ValueError, match=f"dtype torch.{dtype} is not a model dtype; use one of torch.float32"):
+        llavakit.load(str(tiny_hf), dtype=getattr(torch, dtype))

@@ -21,6 +21,9 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():  # torch.int8 loaded, then failed in the first LayerNorm
+            names = ", ".join(f"torch.{n}" for n in DTYPES)
+            raise ValueError(f"dtype {dtype} is not a model dtype; use one of {names} (int8 weights: quantize='int8')")
         return dtype
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
