@@ -90,6 +90,16 @@ def test_bad_records_raise_naming_file_line_and_id_or_are_counted(folder, record
     assert [ds[i]["id"] for i in range(2)] == ["g0", "g1"]
 
 
+def test_an_image_folder_that_does_not_exist_is_named_not_its_first_image(folder):
+    """With data.image_folder misspelt every image is missing: the error named the first image file (and with
+    on_error: skip every record was skipped as a missing image); it now names the folder."""
+    proc = tiny_processor("llava")
+    path = write_jsonl(folder / "d.jsonl", [good(0), good(1)])
+    for on_error in ("raise", "skip"):
+        with pytest.raises(ValueError, match=r"image folder not found: .*imgz \(data.image_folder"):
+            SupervisedDataset(path, folder / "imgz", proc, None, 512, on_error=on_error)
+
+
 def test_broken_json_line_names_file_and_line(folder):
     proc = tiny_processor("llava")
     path = write_jsonl(folder / "d.jsonl", [good(0), good(1), '{"id": "x", "conversations": [', good(3)])

@@ -209,6 +209,11 @@ def check_record(record: Record, image_folder: str | Path | None) -> None:
     to_messages(record.data, record.id)
     for p in image_paths(record.data, image_folder):
         if not p.is_file():
+            if image_folder is not None and not Path(image_folder).is_dir():  # every image would be missing
+                raise ValueError(
+                    f"image folder not found: {image_folder} (data.image_folder, or --image-folder: the folder the "
+                    "records' image paths are relative to)"
+                )
             raise SampleError("missing_image", f"image file not found: {p}", record.id)
     v = video_path(record.data, image_folder)
     if v is not None and (not v.is_dir() or not frame_files(v)):
