@@ -51,6 +51,20 @@ def test_an_index_whose_weight_map_has_the_wrong_types_is_named(tmp_path, tiny_h
     assert "not a valid index file" in err
 
 
+def test_an_index_naming_a_shard_outside_the_checkpoint_is_refused(tmp_path, tiny_hf):
+    """An index whose shard is "../other/model.safetensors" read weights from outside the checkpoint directory."""
+    path = _copy(tiny_hf, tmp_path / "m")
+    (tmp_path / "other").mkdir()
+    (path / "model.safetensors").rename(tmp_path / "other" / "model.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "other" / "model.safetensors"), "pt") as f:
+        weight_map = dict.fromkeys(f.keys(), "../other/model.safetensors")
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(ValueError, match=r"shard '../other/model.safetensors' lies outside"):
+        LlavaModel.from_pretrained(path)
+
+
 LFS_POINTER = (
     b"version https://git-lfs.github.com/spec/v1\n"
     b"oid sha256:4d7a214614ab2935c943f9e0ff69f22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 13567\n"

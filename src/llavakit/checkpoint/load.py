@@ -115,6 +115,13 @@ def _read_index(index: Path) -> dict[str, str]:
             "re-download it"
         )
     shards = sorted(set(weight_map.values()))
+    home = index.parent.resolve()
+    outside = [s for s in shards if not (home / s).resolve().is_relative_to(home)]
+    if outside:  # "../other/model.safetensors" or an absolute path: weights from elsewhere, never the checkpoint's
+        raise ValueError(
+            f"{index} is not a valid index file: shard {outside[0]!r} lies outside {index.parent}; shard names are "
+            "file names in the checkpoint directory (re-download it)"
+        )
     missing = [s for s in shards if not (index.parent / s).is_file()]
     if missing:
         raise FileNotFoundError(
