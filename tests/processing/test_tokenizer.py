@@ -134,6 +134,24 @@ def test_missing_tokenizer_json_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 1\n",
+            "is a Git LFS pointer, not the tokenizer",
+        ),
+        (b'{"version": "1.0", "trunc', "cannot be read as a tokenizer .*re-download it"),
+    ],
+)
+def test_an_unreadable_tokenizer_json_is_named(tmp_path, content, message):
+    """tokenizers' bare Exception ("expected value at line 1 column 1") named no file and reached the CLI as a
+    traceback."""
+    (tmp_path / "tokenizer.json").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"tokenizer.json {message}"):
+        Tokenizer.from_dir(tmp_path)
+
+
+@pytest.mark.parametrize(
     "extra",
     [
         {},  # legacy defaults to False: "▁" only at the very start

@@ -179,6 +179,20 @@ def with_special_tokens_map(config: dict[str, Any], tokens_map: Any, where: str)
     return out  # tokens as plain strings: a saved config stays loadable by transformers
 
 
+def _read_tokenizer_file(file: Path) -> _Tok:
+    """``tokenizer.json`` through the tokenizers library; a file it cannot read (a Git LFS pointer, cut short, not
+    a tokenizer) is named with the fix instead of its bare ``Exception``."""
+    try:
+        return _Tok.from_file(str(file))
+    except Exception as e:  # tokenizers raises plain Exception for every parse error
+        from ..checkpoint.load import lfs_pointer_error
+
+        lfs = lfs_pointer_error(file)
+        if lfs is not None:
+            raise ValueError(str(lfs).replace("not the weights", "not the tokenizer")) from None
+        raise ValueError(f"{file} cannot be read as a tokenizer ({e}); re-download it or copy it from the model") from e
+
+
 class Tokenizer:
     """``tokenizer.json`` + the special tokens of ``tokenizer_config.json`` (with ``special_tokens_map.json``'s);
     encode / decode / stream-decode.
@@ -226,7 +240,7 @@ class Tokenizer:
         config = _read_json(path / "tokenizer_config.json")
         tokens_map = path / "special_tokens_map.json"
         config = with_special_tokens_map(config, _read_json(tokens_map), str(tokens_map))
-        tok = _Tok.from_file(str(file))
+        tok = _read_tokenizer_file(file)
         model_type = _read_json(path / "config.json").get("model_type")
         config = with_class_defaults(tok, config, model_type)
         side = as_transformers_loads(tok, config, model_type)
