@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Iterable
@@ -61,6 +62,8 @@ def check_images(images: list[str]) -> None:
         if Path(p).is_dir():
             raise ValueError(f"{p} is a directory, not an image file; pass the path of an image file")
         if not Path(p).exists():
+            if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", p) or p[:5].lower() == "data:":
+                raise ValueError(f"--image {p[:80]} is a URL; --image takes a local file: download it, pass its path")
             raise FileNotFoundError(f"image file not found: {p}")
         if not Path(p).is_file():  # a device, a FIFO, a socket
             raise ValueError(f"{p} is not a regular file; pass the path of an image file")

@@ -100,6 +100,8 @@ def test_caption_writes_jsonl_and_resumes(model, images, tmp_path):
     "args,message",
     [
         (["--image", "/nonexistent/x.png", "--prompt", "hi"], "image file not found: /nonexistent/x.png"),
+        # a URL was "image file not found: https://..." as if a local file had gone missing
+        (["--image", "https://x.org/a.png", "--prompt", "hi"], "is a URL; --image takes a local file: download it"),
         (["--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
         (["--prompt", "x" * 5000], "exceeds the model's context of 4096 tokens"),
     ],
