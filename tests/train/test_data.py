@@ -183,6 +183,11 @@ def test_non_object_records_are_bad_records(folder):
     assert len(ds) == 2 and ds.skipped == {"bad_record": 1}
     with pytest.raises(ValueError, match="no usable training records"):
         SupervisedDataset([["x"]], folder / "imgs", proc, None, 512, on_error="skip")
+    # a file without records said "no usable training records (skipped: none)"
+    for empty in ("", "[]", "\n\n"):
+        (folder / "e.jsonl").write_text(empty)
+        with pytest.raises(ValueError, match=r"e.jsonl: holds no records \(an empty file or list\)"):
+            SupervisedDataset(folder / "e.jsonl", folder / "imgs", proc, None, 512)
 
 
 def test_mixture_yaml_in_llava_next_form(folder):

@@ -83,6 +83,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
             self.records.append(rec)
         if not self.records:
             where = records_or_path if isinstance(records_or_path, (str, Path)) else "the records given"
+            if not raw and not self.skipped:  # was "no usable training records (skipped: none)"
+                raise ValueError(f"{where}: holds no records (an empty file or list); give the training data's file")
             raise ValueError(f"{where}: no usable training records (skipped: {dict(self.skipped) or 'none'})")
         per_image = processor.geometry.tokens_per_tile
         self.lengths = [_estimate_length(r.data, per_image) for r in self.records]
