@@ -225,8 +225,12 @@ def test_bad_data_fails_before_any_answer(tiny_model, tmp_path):
     data = fx.pope(tmp_path / "d3")
     for img in (data / "val2014").iterdir():
         img.unlink()
-    with pytest.raises(ValueError, match="no question was answered: 7 images missing"):
-        eval_task("pope", model=tiny_model, data=str(data), out=str(tmp_path / "o3"), progress=False)
+    # found before the model loads, naming where an image was looked for (was "no question was answered: 7 images
+    # missing", after loading, naming no path)
+    with pytest.raises(
+        FileNotFoundError, match=r"none of the 7 questions' images is there \(the first looked for: .*val2014"
+    ):
+        eval_task("pope", model=str(tmp_path / "no-model"), data=str(data), out=str(tmp_path / "o3"), progress=False)
 
 
 def test_a_record_the_reader_cannot_use_is_a_one_line_error(tiny_model, tmp_path):

@@ -153,6 +153,13 @@ def eval_task(
         extra["seed"] = seed
     samples = limit_samples(_read(task, data), limit)
     check_scorable(task, samples)
+    missing = missing_images(samples)
+    if samples and len(missing) == len(samples) and not (out_dir / "predictions.jsonl").exists():
+        first = next(s.image for s in samples if s.id == missing[0])
+        raise FileNotFoundError(  # was found only after the model loaded, naming no path
+            f"{task.name}: none of the {len(samples)} questions' images is there (the first looked for: {first}); "
+            f"pass --data the benchmark's folder with its images ({task.data_help})"
+        )
     pipe = open_pipeline(model_path, dtype, quantize, compile)  # compile: the decode step, not the answers
     try:
         result = run(
