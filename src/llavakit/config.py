@@ -126,6 +126,13 @@ class LlavaConfig:
         if self.model_type == "llava_onevision" and self.video_token_id is None:
             self.video_token_id = self.image_token_id + 1
         self.tie_word_embeddings = self.tie_word_embeddings or self.text.tie_word_embeddings
+        n_states = self.vision.num_hidden_layers + 1  # the embeddings and each encoder layer's output
+        bad = [i for i in self.feature_layers if not -n_states <= i < n_states]
+        if bad or not self.feature_layers:  # was refused only at the first image, from inside the tower
+            raise ValueError(
+                f"vision_feature_layer {self.vision_feature_layer} is out of range for a vision tower of "
+                f"{self.vision.num_hidden_layers} layers (-{n_states}..{n_states - 1}; LLaVA reads -2): fix config.json"
+            )
         for name in ("image_token_id", "video_token_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.text.vocab_size:

@@ -199,3 +199,15 @@ def test_a_dtype_that_is_not_a_model_dtype_is_refused_at_load(tiny_hf, dtype):
 
     with pytest.raises(ValueError, match=f"dtype torch.{dtype} is not a model dtype; use one of torch.float32"):
         llavakit.load(str(tiny_hf), dtype=getattr(torch, dtype))
+
+
+@pytest.mark.parametrize("layer", [-10, 7, [-2, -10]])
+def test_a_vision_feature_layer_beyond_the_tower_is_refused_at_load(tmp_path, tiny_hf, layer):
+    """A feature layer the tower does not have loaded fine and was refused only at the first image, from inside
+    the vision tower's forward."""
+    path = _copy(tiny_hf, tmp_path / "m")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["vision_feature_layer"] = layer
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"vision_feature_layer .* is out of range for a vision tower of \d+ layers"):
+        LlavaModel.from_pretrained(path)
