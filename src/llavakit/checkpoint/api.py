@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import FAMILIES, TEXT_ARCHITECTURES, LlavaConfig
+from .config_types import check_hf_config_types
 
 if TYPE_CHECKING:
     from ..model.llava import LlavaModel
@@ -50,47 +51,6 @@ def load_config(path: Path, vision_tower: str | Path | None = None) -> tuple[Lla
         f"{path / 'config.json'} has model_type {d.get('model_type')!r}, which is not a LLaVA model; llavakit loads "
         f"HF checkpoints of type {', '.join(FAMILIES)} and original LLaVA checkpoints (configs with mm_vision_tower)"
     )
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def check_hf_config_types(d: dict, file: Path) -> None:
-    """Refuse, naming the key, a family-level value of the wrong JSON type (a string "false", a token id "120", a
-    text_config that is not an object), as transformers' config classes refuse it: read as they are they ended in
-    TypeError tracebacks, or a truthy "false" asked for weights the checkpoint does not have."""
-    sections = {key: d.get(key) for key in ("text_config", "vision_config")}
-    checks: list[tuple[str, object, bool, str]] = []
-    for key, value in sections.items():
-        checks.append((key, value, value is None or isinstance(value, dict), "an object"))
-        if isinstance(value, dict) and "model_type" in value:
-            checks.append((f"{key}.model_type", value["model_type"], isinstance(value["model_type"], str), "a string"))
-    for key in ("rope_parameters", "rope_scaling"):
-        value = sections["text_config"].get(key) if isinstance(sections["text_config"], dict) else None
-        checks.append((f"text_config.{key}", value, value is None or isinstance(value, dict), "an object"))
-    for key in ("image_token_index", "image_token_id", "video_token_index", "video_token_id"):
-        checks.append((key, d.get(key), d.get(key) is None or _is_int(d.get(key)), "an integer"))
-    layer = d.get("vision_feature_layer")
-    ok = layer is None or _is_int(layer) or (isinstance(layer, list) and bool(layer) and all(map(_is_int, layer)))
-    checks.append(("vision_feature_layer", layer, ok, "an integer or a list of integers"))
-    pins = d.get("image_grid_pinpoints")
-    ok = pins is None or (
-        isinstance(pins, list) and all(isinstance(p, list) and len(p) == 2 and all(map(_is_int, p)) for p in pins)
-    )
-    checks.append(("image_grid_pinpoints", pins, ok, "a list of [height, width] pairs"))
-    for key in ("vision_aspect_ratio", "vision_feature_select_strategy", "projector_hidden_act"):
-        checks.append((key, d.get(key), d.get(key) is None or isinstance(d.get(key), str), "a string"))
-    flags = [
-        ("tie_word_embeddings", d.get("tie_word_embeddings")),
-        ("multimodal_projector_bias", d.get("multimodal_projector_bias")),
-    ]
-    if isinstance(sections["text_config"], dict):
-        flags.append(("text_config.tie_word_embeddings", sections["text_config"].get("tie_word_embeddings")))
-    checks += [(key, value, value is None or isinstance(value, bool), "true or false") for key, value in flags]
-    for key, value, ok, want in checks:
-        if not ok:
-            raise ValueError(f"{file}: {key} must be {want}, got {value!r}; fix config.json")
 
 
 def check_device(device: torch.device | str) -> torch.device:

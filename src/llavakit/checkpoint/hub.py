@@ -85,3 +85,20 @@ def _is_network_error(e: BaseException) -> bool:
     """Errors of the HTTP stacks huggingface_hub uses (transport failures, 5xx answers)."""
     stacks = ("httpx", "httpx2", "httpcore", "requests", "urllib3", "socket", "ssl")
     return any(b.__module__.split(".")[0] in stacks for b in type(e).__mro__)
+
+
+def lfs_pointer_error(file: Path, what: str = "the weights") -> ValueError | None:
+    """The error for a Git LFS pointer found where ``what`` belongs (a repository cloned without git-lfs, where
+    downloading it the same way again would not help), or None when ``file`` is not one."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if not head.startswith(b"version https://git-lfs"):
+        return None
+    return ValueError(
+        f"{file} is a Git LFS pointer, not {what}: the repository was cloned without git-lfs; run "
+        f"`git lfs install && git lfs pull` in {file.parent} (or download it with `huggingface-cli download ID "
+        "--local-dir DIR`)"
+    )

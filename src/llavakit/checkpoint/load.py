@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .hub import lfs_pointer_error
+
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
@@ -129,23 +131,6 @@ def _read_index(index: Path) -> dict[str, str]:
             f"{', '.join(missing[:5])}; the download is incomplete, re-download the checkpoint"
         )
     return weight_map
-
-
-def lfs_pointer_error(file: Path) -> ValueError | None:
-    """The error for a Git LFS pointer found where weights belong (a repository cloned without git-lfs, where
-    downloading it the same way again would not help), or None when ``file`` is not one."""
-    try:
-        with open(file, "rb") as f:
-            head = f.read(64)
-    except OSError:
-        return None
-    if not head.startswith(b"version https://git-lfs"):
-        return None
-    return ValueError(
-        f"{file} is a Git LFS pointer, not the weights: the repository was cloned without git-lfs; run "
-        f"`git lfs install && git lfs pull` in {file.parent} (or download it with `huggingface-cli download ID "
-        "--local-dir DIR`)"
-    )
 
 
 def checkpoint_keys(path: str | Path) -> list[str]:

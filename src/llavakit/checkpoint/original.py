@@ -52,6 +52,7 @@ import torch
 
 from ..config import LlavaConfig, TextConfig, VisionConfig
 from ..processing.image import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
+from .config_types import check_original_config_types
 from .hub import HubUnreachableError, resolve_model_path
 from .keymaps import LM_HEAD, TEXT, detect_layout, rename_tensors, trim_vision_layers
 from .load import checkpoint_keys, iter_checkpoint_tensors, read_config_dict
@@ -117,7 +118,7 @@ def config_from_original(
     """
     if not is_original_config(cfg):
         raise ValueError("not an original LLaVA config: no mm_vision_tower / mm_hidden_size field")
-    _check_types(cfg)
+    check_original_config_types(cfg)
     family = _family(cfg)
     _check_unsupported(cfg, family)
     vision = _vision(cfg, vision_config)
@@ -171,41 +172,6 @@ def config_from_original(
         squash=vision.model_type == "siglip_vision_model",
     )
     return OriginalConfig(config=config, processing=processing, stored_vocab_size=text.vocab_size)
-
-
-def _check_types(cfg: dict[str, Any]) -> None:
-    """Refuse, naming the key, an ``mm_*`` (or family) value of the wrong JSON type: read as it is, it ended in a
-    TypeError traceback, a misleading message ("unsupported architecture 'L'", "mm_hidden_size 1024 != 1024"), or a
-    string "false" / "-2" taken for another value."""
-
-    def is_int(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    archs = cfg.get("architectures")
-    checks = [
-        ("architectures", archs, isinstance(archs, list) and all(isinstance(a, str) for a in archs), "a list of names"),
-        ("mm_hidden_size", cfg.get("mm_hidden_size"), is_int(cfg.get("mm_hidden_size")), "an integer"),
-        (
-            "mm_vision_select_layer",
-            cfg.get("mm_vision_select_layer"),
-            is_int(cfg.get("mm_vision_select_layer")),
-            "an integer",
-        ),
-        ("image_token_index", cfg.get("image_token_index"), is_int(cfg.get("image_token_index")), "an integer"),
-    ]
-    for key in (
-        "mm_vision_tower",
-        "mm_projector_type",
-        "mm_vision_select_feature",
-        "image_aspect_ratio",
-        "mm_patch_merge_type",
-    ):
-        checks.append((key, cfg.get(key), isinstance(cfg.get(key), str), "a string"))
-    for key in ("tie_word_embeddings", "mm_use_im_start_end", "mm_use_im_patch_token", "tune_mm_mlp_adapter"):
-        checks.append((key, cfg.get(key), isinstance(cfg.get(key), bool), "true or false"))
-    for key, value, ok, want in checks:
-        if value is not None and not ok:
-            raise ValueError(f"config.json: {key} must be {want}, got {value!r}; fix config.json")
 
 
 # OneVision's video settings llavakit implements (model/llava.py video_features): anything else is refused
@@ -382,7 +348,7 @@ def read_vision_tower_config(
 ) -> dict[str, Any] | None:
     """The tower's config.json: from ``vision_tower`` (a directory or hub id) when given, else None for a
     :data:`KNOWN_TOWERS` tower, else from ``mm_vision_tower`` (local directory or hub id)."""
-    _check_types(cfg)
+    check_original_config_types(cfg)
     if vision_tower is None and _known_tower(str(cfg.get("mm_vision_tower", ""))) is not None:
         return None
     source = vision_tower if vision_tower is not None else cfg.get("mm_vision_tower")

@@ -185,11 +185,11 @@ def _read_tokenizer_file(file: Path) -> _Tok:
     try:
         return _Tok.from_file(str(file))
     except Exception as e:  # tokenizers raises plain Exception for every parse error
-        from ..checkpoint.load import lfs_pointer_error
+        from ..checkpoint.hub import lfs_pointer_error
 
-        lfs = lfs_pointer_error(file)
+        lfs = lfs_pointer_error(file, "the tokenizer")
         if lfs is not None:
-            raise ValueError(str(lfs).replace("not the weights", "not the tokenizer")) from None
+            raise lfs from None
         raise ValueError(f"{file} cannot be read as a tokenizer ({e}); re-download it or copy it from the model") from e
 
 
