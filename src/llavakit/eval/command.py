@@ -60,11 +60,12 @@ def check_out_dir(out_dir: Path, given: bool = True) -> None:
             raise ValueError(f"{said}: {out_dir / name} is a directory where the run writes a file; {fix}")
 
 
-def check_scorable(task: Task, samples: list[Sample]) -> None:
+def check_scorable(task: Task, samples: list[Sample], missing: list[str]) -> None:
     """Score empty answers once before any inference: reference data the scorer refuses (a POPE label that is
-    not yes/no, an MME image without its question pair, fewer than ten VQA answers) fails now, not after hours."""
-    missing = set(missing_images(samples))  # not asked and not scored: their references do not matter
-    present = [s for s in samples if s.id not in missing]
+    not yes/no, an MME image without its question pair, fewer than ten VQA answers) fails now, not after hours.
+    ``missing``: the ids whose image is not there (not asked and not scored: their references do not matter)."""
+    skipped = set(missing)
+    present = [s for s in samples if s.id not in skipped]
     if not present:
         return
     try:
@@ -152,8 +153,8 @@ def eval_task(
         data = str(synth_data(out_dir, n, seed, sides))
         extra["seed"] = seed
     samples = limit_samples(_read(task, data), limit)
-    check_scorable(task, samples)
     missing = missing_images(samples)
+    check_scorable(task, samples, missing)
     if samples and len(missing) == len(samples) and not (out_dir / "predictions.jsonl").exists():
         first = next(s.image for s in samples if s.id == missing[0])
         raise FileNotFoundError(  # was found only after the model loaded, naming no path
