@@ -99,12 +99,10 @@ def read_mixture(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mixture file not found: {path}")
-    from .recipe import _key_given_twice
+    from .recipe import parse_yaml
 
-    text = path.read_text(encoding="utf-8")
     try:
-        twice = _key_given_twice(yaml.compose(text, Loader=yaml.SafeLoader), "")
-        data = yaml.safe_load(text)
+        data, twice = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:  # not a ValueError: the CLI would print a traceback
         raise ValueError(f"mixture file {path} is not valid YAML: {e}") from None
     if twice:  # YAML keeps the last silently: a second `datasets:` list would drop the first

@@ -205,9 +205,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.exists():
             raise FileNotFoundError(f"recipe {p} does not exist")
         try:
-            text = p.read_text()
-            twice = _key_given_twice(yaml.compose(text, Loader=yaml.SafeLoader), "")
-            raw = yaml.safe_load(text) or {}
+            raw, twice = parse_yaml(p.read_text())
+            raw = raw or {}
         except yaml.YAMLError as e:
             raise ValueError(f"recipe {p} is not valid YAML: {e}") from e
         if twice:  # YAML keeps the last silently: a second `train:` section would drop every key of the first
@@ -222,6 +221,22 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=10")
         _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
     return build(Recipe, raw, "")
+
+
+def parse_yaml(text: str) -> tuple[Any, tuple[str, int, int] | None]:
+    """The YAML document of ``text`` (as ``yaml.safe_load`` reads it, parsed once) and the first mapping key written
+    twice in it, (dotted key, first line, second line), or None: YAML itself keeps the last silently. Raises
+    ``yaml.YAMLError``."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:  # an empty document
+            return None, None
+        return loader.construct_document(node), _key_given_twice(node, "")
+    finally:
+        loader.dispose()
 
 
 def _key_given_twice(node: Any, where: str, visited: set[int] | None = None) -> tuple[str, int, int] | None:
