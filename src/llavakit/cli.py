@@ -100,16 +100,13 @@ def cmd_generate(
     frames: int | None = None,
     **s: Any,
 ) -> int:
-    from .commands import check_images, check_model, check_prompt, check_sampling, generate, open_pipeline
-    from .processing.image_load import load_image
+    from .commands import check_model, check_prompt, check_sampling, generate, open_pipeline
 
     check_model(model)
     clip = _video_frames(video, frames)
     check_prompt(prompt, images + ["video"] * bool(clip))
     check_sampling(**s)
-    check_images(images)
-    for image in images:  # a file that is not an image (or a truncated one) is refused now, not after the model loads
-        load_image(image)
+    _decodable(images)
     _shown_as_can_be()
     pipe = open_pipeline(model, dtype, quantize, compile)
     try:
@@ -117,6 +114,17 @@ def cmd_generate(
     except BrokenPipeError:
         return _stdout_gone()
     return 0
+
+
+def _decodable(images: list[str]) -> None:
+    """--image files checked and decoded before the model loads (minutes for a 7B model): a file that is not an
+    image, or a truncated one, is refused now (in chat it would fail every message)."""
+    from .commands import check_images
+    from .processing.image_load import load_image
+
+    check_images(images)
+    for image in images:
+        load_image(image)
 
 
 def _stdout_gone() -> int:
@@ -158,17 +166,14 @@ def cmd_chat(
     frames: int | None = None,
     **s: Any,
 ) -> int:
-    from .commands import chat, check_images, check_model, check_sampling, check_video_support, open_pipeline
-    from .processing.image_load import load_image
+    from .commands import chat, check_model, check_sampling, check_video_support, open_pipeline
 
     check_model(model)
     if frames is not None and frames < 1:
         raise ValueError(f"--frames must be >= 1, got {frames}")
     clip = _video_frames(video, frames) if video is not None else None  # --frames alone: for /video
     check_sampling(**s)
-    check_images(images)
-    for image in images:  # as /image does: a file that is not an image would fail every message, refused now
-        load_image(image)
+    _decodable(images)
     if isinstance(sys.stdin, io.TextIOWrapper):  # a line that is not UTF-8 is refused by itself, not the whole chat
         sys.stdin.reconfigure(errors="surrogateescape")
     _shown_as_can_be()
