@@ -381,3 +381,40 @@ def test_text_labels_can_be_left_out(tok):
         with torch.no_grad():
             a, b = clip.loss(views, ids, mask, labels), clip.loss(views, ids, mask, blanked)
         assert (a != b) == differs
+
+
+def test_reading_pairs_show_every_scene_text_in_its_full_view_and_crops():
+    from llavakit.data.synth import caption, generate_scene, scene_seed
+    from llavakit.train.stage0.clip import reading_pairs
+
+    views, captions, labels = reading_pairs(4, 5, 2, 48, 16, PINS, 128, 256)
+    assert views.shape == (12, 3, 48, 48) and labels.shape == (12, 6, 9) and len(captions) == 12
+    for i in range(4):
+        scene = generate_scene(scene_seed(5, i), text_prob=1.0, min_side=128, max_side=256)
+        assert captions[3 * i] == caption(scene) and captions[3 * i + 1 :][:2] == [text_caption(scene)] * 2
+        if scene.text.bucket != "tiny":  # both crops name the text on some patch (tiny ink can miss every centre)
+            assert all((labels[3 * i + v, 2] != NO_TEXT).any() for v in (1, 2))
+        assert (labels[3 * i + 1 : 3 * i + 3, 4:] == -100).all()  # crops do not show where in the scene they are
+    again = reading_pairs(4, 5, 2, 48, 16, PINS, 128, 256)
+    assert torch.equal(again[0], views) and torch.equal(again[2], labels)  # seeded
+    assert not torch.equal(reading_pairs(4, 6, 2, 48, 16, PINS, 128, 256)[0], views)
+    assert reading_pairs(0, 5, 2, 48, 16, PINS, 128, 256)[0].shape == (0, 3, 48, 48)
+    with pytest.raises(ValueError, match="clip.text_seed must be a training seed"):
+        reading_pairs(1, 1_000_000, 2, 48, 16, PINS, 128, 256)
+    with pytest.raises(ValueError, match="clip.text_scenes and clip.text_crops must be >= 0"):
+        reading_pairs(-1, 5, 2, 48, 16, PINS, 128, 256)
+
+
+def test_text_scenes_add_their_views_to_stage0(tok, tmp_path):
+    from llavakit.train.stage0.run import run_stage0
+    from llavakit.train.stage0.tokenizer import save_tokenizer
+
+    small = ["scenes.n=4", "clip.steps=1", "clip.batch_size=4", "vision.hidden_size=32", "vision.intermediate_size=64"]
+    small += ["vision.num_hidden_layers=2", "parts=[vision_tower]", f"output_dir={tmp_path}"]
+    save_tokenizer(tok, tmp_path / "tokenizer")
+    (tmp_path / "decoder").mkdir()
+    views = []
+    for extra in (["clip.text_scenes=0"], ["clip.text_scenes=3", "clip.text_crops=1"]):
+        run_stage0(load_stage0_recipe("recipes/tiny-synth-stage0.yaml", small + extra), log=lambda m: None)
+        views.append(json.loads((tmp_path / "stage0.json").read_text())["clip_views"])
+    assert views[1] == views[0] + 3 * 2

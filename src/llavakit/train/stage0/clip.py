@@ -26,8 +26,9 @@ from PIL import Image
 from torch import nn
 
 from ...config import VisionConfig
-from ...data.synth import Scene, caption, render_scene
+from ...data.synth import EVAL_SEED_BASE, Scene, caption, render_scene
 from ...data.synth_questions import listing
+from ...data.synth_scene import generate_scene, scene_seed
 from ...model.vision import VisionTower
 from ...processing.anyres import select_best_resolution
 from ...processing.image import (
@@ -251,6 +252,39 @@ def build_pairs(
     return torch.stack([v.pixels for v in views]), [v.text for v in views], torch.stack(labels)
 
 
+def reading_pairs(
+    n: int, seed: int, crops: int, tile: int, patch: int, pinpoints: list[list[int]], min_side: int, max_side: int
+) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """Extra views for reading: ``n`` scenes that all carry a word or number (`generate_scene` with ``text_prob``
+    1, seeds ``scene_seed(seed, i)``), each as its full view and ``crops`` text crops (`text_view`, placed at random
+    around the text), with their texts and patch labels as `build_pairs` gives them. The recipe's own scenes put
+    text on 60% of scenes and show each once per view, too few for the tower to learn the glyphs (the per-patch
+    text probe held out: docs/default-model.md, "Reading").
+
+    Example: n = 2, crops = 2 gives 6 views: scene 0's full view, its two crops, then scene 1's three."""
+    if n < 0 or crops < 0:
+        raise ValueError(f"clip.text_scenes and clip.text_crops must be >= 0, got {n} and {crops}")
+    if not 0 <= seed < EVAL_SEED_BASE:
+        raise ValueError(f"clip.text_seed must be a training seed (0 <= seed < {EVAL_SEED_BASE}), got {seed}")
+    rng = random.Random(seed)
+    views: list[View] = []
+    labels = []
+    for i in range(n):
+        scene = generate_scene(scene_seed(seed, i), text_prob=1.0, min_side=min_side, max_side=max_side)
+        if scene.text is None:  # dropped by `generate_scene` when no shape fits beside it
+            continue
+        img = render_scene(scene)
+        mine = [full_view(img, scene, tile)] + [text_view(img, scene, tile, pinpoints, rng) for _ in range(crops)]
+        mine_labels = [patch_labels(scene, v.scale, v.offset, tile, patch) for v in mine]
+        for crop in mine_labels[1:]:
+            crop[4:] = IGNORE
+        views += mine
+        labels += mine_labels
+    if not views:
+        return torch.zeros(0, 3, tile, tile), [], torch.zeros(0, 6, (tile // patch) ** 2, dtype=torch.long)
+    return torch.stack([v.pixels for v in views]), [v.text for v in views], torch.stack(labels)
+
+
 @dataclass
 class ClipTrainConfig:
     steps: int = 300
@@ -265,6 +299,9 @@ class ClipTrainConfig:
     text_labels: bool = True  # ... and the word or digit written on it
     centre_labels: bool = False  # ... and whether a shape's centre lies in it (one mark per shape, for counting)
     position_labels: bool = False  # ... and, in the full view, which side of the scene that shape is on
+    text_scenes: int = 0  # extra scenes that all carry text, seen as their full view and text crops (`reading_pairs`)
+    text_crops: int = 2  # text crops per extra scene
+    text_seed: int = 5  # their scenes' seed (training seeds: below EVAL_SEED_BASE)
     max_seconds: float | None = None  # stop early (and say so) when the time budget is spent
     seed: int = 0
 
