@@ -291,6 +291,8 @@ def test_stage0_command_names_bad_recipes_without_a_traceback(tmp_path):
         ([str(tmp_path / "no.yaml")], "no.yaml"),
         ([recipe, "clip.bogus=1"], "unknown recipe key 'clip.bogus'"),
         ([recipe, *small, "clip.contrastive_weight=0", "clip.patch_weight=0"], "both 0"),
+        ([recipe, *small, "clip.text_seed=1000000"], "clip.text_seed must be a training seed"),
+        ([recipe, *small, "clip.text_crops=-1"], "clip.text_scenes and clip.text_crops must be >= 0"),
     ):
         r = subprocess.run(
             [sys.executable, "-m", "llavakit.train.stage0", *args], capture_output=True, text=True, timeout=300

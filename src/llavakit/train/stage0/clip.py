@@ -306,6 +306,14 @@ class ClipTrainConfig:
     seed: int = 0
 
 
+def check_clip_config(cfg: ClipTrainConfig) -> None:
+    """The errors `train_clip` and `reading_pairs` would raise, raised before any view is rendered."""
+    if cfg.contrastive_weight <= 0 and cfg.patch_weight <= 0:
+        raise ValueError("clip.contrastive_weight and clip.patch_weight are both 0: nothing would be trained")
+    if cfg.text_scenes:
+        reading_pairs(0, cfg.text_seed, cfg.text_crops, 1, 1, [], 0, 0)  # checks the arguments, renders nothing
+
+
 def _encode(tokenizer: Tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [tokenizer.encode(t)[:max_len] for t in texts]
     t = max(len(r) for r in rows)

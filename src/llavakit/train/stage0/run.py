@@ -21,7 +21,7 @@ import torch
 
 from ...config import TextConfig, VisionConfig
 from ...processing.tokenizer import Tokenizer
-from .clip import ClipTrainConfig, build_pairs, reading_pairs, save_vision_tower, train_clip
+from .clip import ClipTrainConfig, build_pairs, check_clip_config, reading_pairs, save_vision_tower, train_clip
 from .corpus import texts, training_scenes
 from .lm import LMTrainConfig, pack, save_decoder, train_lm
 from .tokenizer import save_tokenizer, train_tokenizer
@@ -132,6 +132,8 @@ def run_stage0(recipe: Stage0Recipe, log: Callable[[str], None] = print) -> dict
     unknown = [p for p in recipe.parts if p not in STEPS]
     if unknown or not recipe.parts:
         raise ValueError(f"stage 0 parts must be some of {list(STEPS)}, got {recipe.parts}")
+    if "vision_tower" in recipe.parts:
+        check_clip_config(recipe.clip)
     out = Path(recipe.output_dir)
     for part in STEPS:
         if part not in recipe.parts and not (out / part).is_dir():
