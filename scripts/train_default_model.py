@@ -39,10 +39,11 @@ SHIP_FILES = (
 )
 # Scaled-down settings for CI: same code paths, tiny sizes, a few hundred samples.
 QUICK_STAGE0 = [
-    "scenes.n=120", "vocab_size=1024", "clip.steps=6", "clip.batch_size=32", "lm.steps=12", "lm.batch_size=8",
-    "lm.seq_len=128", "vision.hidden_size=64", "vision.intermediate_size=128", "vision.num_hidden_layers=2",
-    "vision.num_attention_heads=2", "decoder.hidden_size=64", "decoder.intermediate_size=128",
-    "decoder.num_hidden_layers=2", "decoder.num_attention_heads=2", "decoder.num_key_value_heads=2",
+    "scenes.n=120", "vocab_size=1024", "clip.steps=6", "clip.batch_size=32", "clip.text_scenes=24", "lm.steps=12",
+    "lm.batch_size=8", "lm.seq_len=128", "vision.hidden_size=64", "vision.intermediate_size=128",
+    "vision.num_hidden_layers=2", "vision.num_attention_heads=2", "decoder.hidden_size=64",
+    "decoder.intermediate_size=128", "decoder.num_hidden_layers=2", "decoder.num_attention_heads=2",
+    "decoder.num_key_value_heads=2",
 ]  # fmt: skip
 QUICK_TRAIN = ["train.progress=false"]
 QUICK_GROUND = {"examples_n": 24, "batch": 4, "steps": 5}
