@@ -26,9 +26,10 @@ import torch.nn.functional as F
 
 from llavakit.data.synth import render_scene
 from llavakit.data.synth_scene import KINDS, Scene, generate_scene, scene_seed
-from llavakit.train.stage0.clip import build_pairs, load_vision_tower, tile_views
+from llavakit.train.stage0.clip import load_vision_tower
 from llavakit.train.stage0.patch_labels import NO_COLOUR, NO_KIND, NO_TEXT
 from llavakit.train.stage0.run import Stage0Recipe, load_stage0_recipe
+from llavakit.train.stage0.views import build_pairs, tile_views
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny-synth-stage0.yaml"
 

@@ -11,22 +11,13 @@ from llavakit.config import TextConfig, VisionConfig
 from llavakit.data.synth import render_scene
 from llavakit.model.text import CausalLM
 from llavakit.processing.tokenizer import Tokenizer
-from llavakit.train.stage0.clip import (
-    CLIP,
-    ClipTrainConfig,
-    build_pairs,
-    load_vision_tower,
-    save_vision_tower,
-    text_caption,
-    text_view,
-    tile_views,
-    train_clip,
-)
+from llavakit.train.stage0.clip import CLIP, ClipTrainConfig, load_vision_tower, save_vision_tower, train_clip
 from llavakit.train.stage0.corpus import texts, training_scenes
 from llavakit.train.stage0.lm import LMTrainConfig, pack, save_decoder, train_lm
 from llavakit.train.stage0.patch_labels import NO_COLOUR, NO_KIND, NO_TEXT, char_spans, patch_labels
 from llavakit.train.stage0.run import load_stage0_recipe
 from llavakit.train.stage0.tokenizer import SPECIALS, train_tokenizer
+from llavakit.train.stage0.views import build_pairs, text_caption, text_view, tile_views
 
 SCENES = list(training_scenes(40, 0, min_side=128, max_side=256))
 PINS = [[48, 96], [96, 48], [96, 96]]
@@ -387,7 +378,7 @@ def test_text_labels_can_be_left_out(tok):
 
 def test_reading_pairs_show_every_scene_text_in_its_full_view_and_crops():
     from llavakit.data.synth import caption, generate_scene, scene_seed
-    from llavakit.train.stage0.clip import reading_pairs
+    from llavakit.train.stage0.views import reading_pairs
 
     views, captions, labels = reading_pairs(4, 5, 2, 48, 16, PINS, 128, 256)
     assert views.shape == (12, 3, 48, 48) and labels.shape == (12, 6, 9) and len(captions) == 12

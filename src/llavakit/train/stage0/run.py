@@ -21,10 +21,11 @@ import torch
 
 from ...config import TextConfig, VisionConfig
 from ...processing.tokenizer import Tokenizer
-from .clip import ClipTrainConfig, build_pairs, check_clip_config, reading_pairs, save_vision_tower, train_clip
+from .clip import ClipTrainConfig, check_clip_config, save_vision_tower, train_clip
 from .corpus import texts, training_scenes
 from .lm import LMTrainConfig, pack, save_decoder, train_lm
 from .tokenizer import save_tokenizer, train_tokenizer
+from .views import build_pairs, reading_pairs
 
 STEPS = ("tokenizer", "vision_tower", "decoder")
 
@@ -160,12 +161,15 @@ def run_stage0(recipe: Stage0Recipe, log: Callable[[str], None] = print) -> dict
         views, view_texts, labels = build_pairs(scenes, v.image_size, v.patch_size, v.image_grid_pinpoints, s.seed)
         c = recipe.clip
         if c.text_scenes:
-            extra = reading_pairs(
+            more, more_texts, more_labels = reading_pairs(
                 c.text_scenes, c.text_seed, c.text_crops, v.image_size, v.patch_size, v.image_grid_pinpoints,
                 s.min_side, s.max_side,
             )  # fmt: skip
-            views, labels = torch.cat([views, extra[0]]), torch.cat([labels, extra[2]])
-            view_texts = view_texts + extra[1]
+            views, view_texts, labels = (
+                torch.cat([views, more]),
+                view_texts + more_texts,
+                torch.cat([labels, more_labels]),
+            )
         log(f"stage 0: {len(views)} CLIP views rendered ({time.perf_counter() - t1:.0f}s)")
         clip, clip_losses = train_clip(views, view_texts, vision_config(v), tok, recipe.clip, log, labels)
         save_vision_tower(clip.tower, out / "vision_tower")
