@@ -172,6 +172,40 @@ def test_compare_two_runs(tmp_path, capsys):
     assert summary["diff"]["accuracy"] == pytest.approx(1 / 3)
 
 
+def test_compare_warns_when_runs_score_other_questions(tmp_path, capsys):
+    """A run that answered 2 of 3 questions, or read another data folder, is flagged above the table."""
+    data = fx.gqa(tmp_path / "d")
+    _score("gqa", data, tmp_path, {"201": "yes", "202": "left", "203": "blue"})
+    (tmp_path / "gqa_scored").rename(tmp_path / "a")
+    _score("gqa", data, tmp_path, {"201": "yes", "202": "left"})
+    capsys.readouterr()
+    summary = compare_runs(str(tmp_path / "a"), str(tmp_path / "gqa_scored"))
+    out = capsys.readouterr().out
+    assert summary["caveats"] == [
+        "A's scores cover 3 questions, B's 2 (A: 0 unanswered, 0 without an image; B: 1 unanswered, 0 without an "
+        "image): finish both runs (run the same command again to resume) before comparing"
+    ]
+    assert "warning: A's scores cover 3 questions, B's 2" in out.splitlines()[1]
+
+    other = fx.gqa(tmp_path / "d2")  # the same questions in another folder: named, not taken as the same data
+    (tmp_path / "gqa_scored").rename(tmp_path / "b")
+    _score("gqa", other, tmp_path, {"201": "yes", "202": "left", "203": "blue"})
+    summary = compare_runs(str(tmp_path / "a"), str(tmp_path / "gqa_scored"))
+    assert summary["caveats"] == [
+        f"the runs read different data (A: {data.resolve()}, B: {other.resolve()}): the questions may differ"
+    ]
+
+
+def test_compare_same_questions_has_no_caveats(tmp_path, monkeypatch):
+    """The data path is recorded absolute, so runs given it relative and absolute are the same data."""
+    data = fx.gqa(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    preds = _answers(tmp_path / "p.jsonl", [{"question_id": "201", "text": "yes"}])
+    score_file("gqa", data="d", predictions=str(preds), out=str(tmp_path / "r1"))
+    score_file("gqa", data=str(data), predictions=str(tmp_path / "p.jsonl"), out=str(tmp_path / "r2"))
+    assert compare_runs(str(tmp_path / "r1"), str(tmp_path / "r2"))["caveats"] == []
+
+
 # ---------------------------------------------------------------- errors through the CLI
 
 

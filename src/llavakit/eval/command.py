@@ -172,7 +172,7 @@ def eval_task(
             max_new_tokens=max_new_tokens,
             model_id=model_id,
             settings={"dtype": dtype, "quantize": quantize, "weights": weights_fingerprint(local)},
-            extra={"data": str(data), **extra},
+            extra={"data": str(Path(data).resolve()), **extra},  # absolute: `eval compare` tells data apart
             progress=progress,
         )
         return finish(result, out_dir)
@@ -210,7 +210,7 @@ def score_file(task_name: str, *, data: str, predictions: str, out: str | None =
     from .run import missing_images
 
     missing = [i for i in missing_images(samples) if i not in preds]  # answered elsewhere: their image is no matter
-    extra = {"data": str(data), "predictions_file": str(pred_path), "questions": len(samples)}
+    extra = {"data": str(Path(data).resolve()), "predictions_file": str(pred_path.resolve()), "questions": len(samples)}
     result = result_object(task, samples, preds, missing=missing, extra=extra)
     try:
         return finish(result, out_dir)

@@ -74,5 +74,47 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         diff[name] = d
         rows.append(f"| {name} | {_pct(va)} | {_pct(vb)} | {'-' if d is None else f'{100 * d:+.2f}'} |")
     header = f"task: {a['task']}" + ("" if a["task"] == b["task"] else f" vs {b['task']}")
+    notes = caveats(a, b)
     summary = {"task_a": a["task"], "task_b": b["task"], "a": a["scores"], "b": b["scores"], "diff": diff}
-    return header + "\n\n" + "\n".join(rows), summary
+    summary["caveats"] = notes
+    head = "\n".join([header, *(f"warning: {n}" for n in notes)])
+    return head + "\n\n" + "\n".join(rows), summary
+
+
+def _scored(result: dict[str, Any]) -> int | None:
+    """Questions a run's scores cover: its questions less those without an image or an answer."""
+    if not isinstance(result.get("questions"), int):
+        return None
+    left_out = sum(
+        info["count"]
+        for name in ("missing_images", "unanswered")
+        if isinstance(info := result.get(name), dict) and isinstance(info.get("count"), int)
+    )
+    return result["questions"] - left_out
+
+
+def caveats(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Why two runs' scores may not be comparable: another task, another data directory, other questions scored.
+
+    Example: A scored 1438 of 1438 questions, B 900 of 1438 (a run stopped early, then scored) ->
+    ``["A's scores cover 1438 questions, B's 900 (B: 538 unanswered, 0 without an image): ..."]``.
+    """
+    out = []
+    if a["task"] != b["task"]:
+        out.append(f"the runs are of different tasks ({a['task']} and {b['task']}): their scores do not compare")
+    data_a, data_b = a.get("data"), b.get("data")
+    if data_a is not None and data_b is not None and str(data_a) != str(data_b):
+        out.append(f"the runs read different data (A: {data_a}, B: {data_b}): the questions may differ")
+    elif a.get("questions") != b.get("questions") and None not in (a.get("questions"), b.get("questions")):
+        out.append(f"the runs hold different numbers of questions (A: {a['questions']}, B: {b['questions']})")
+    sa, sb = _scored(a), _scored(b)
+    if sa is not None and sb is not None and sa != sb:
+        parts = []
+        for label, r in (("A", a), ("B", b)):
+            miss, unans = (r.get(k, {}).get("count", 0) for k in ("missing_images", "unanswered"))
+            parts.append(f"{label}: {unans} unanswered, {miss} without an image")
+        out.append(
+            f"A's scores cover {sa} questions, B's {sb} ({'; '.join(parts)}): finish both runs "
+            "(run the same command again to resume) before comparing"
+        )
+    return out
