@@ -13,15 +13,10 @@ import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import safe_open
 
+from llavakit.checkpoint.fill import CheckpointMismatchError, load_into
 from llavakit.checkpoint.hub import resolve_model_path
 from llavakit.checkpoint.keymaps import to_hf_keys
-from llavakit.checkpoint.load import (
-    CheckpointMismatchError,
-    checkpoint_keys,
-    iter_checkpoint_tensors,
-    load_into,
-    read_config_dict,
-)
+from llavakit.checkpoint.load import checkpoint_keys, iter_checkpoint_tensors, read_config_dict
 from llavakit.checkpoint.save import save_config, save_state_dict
 from llavakit.config import LlavaConfig
 from tiny_models import current, hf_model

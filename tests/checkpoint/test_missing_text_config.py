@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llavakit import LlavaModel
-from llavakit.checkpoint.load import CheckpointMismatchError
+from llavakit.checkpoint.fill import CheckpointMismatchError
 from tiny_models import hf_model
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llavakit import LlavaModel
-from llavakit.checkpoint.load import CheckpointMismatchError
+from llavakit.checkpoint.fill import CheckpointMismatchError
 from test_model_io_helpers import image_batch
 from tiny_models import hf_model, ours_from_hf
 

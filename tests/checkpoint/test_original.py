@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from llavakit.checkpoint.fill import load_into
 from llavakit.checkpoint.keymaps import detect_layout
-from llavakit.checkpoint.load import load_into, read_config_dict
+from llavakit.checkpoint.load import read_config_dict
 from llavakit.checkpoint.original import (
     add_image_tokens,
     config_from_original,

@@ -51,7 +51,7 @@ def test_a_head_missing_because_the_config_unties_it_says_so(tmp_path: Path) -> 
     head and the fix is tie_word_embeddings in config.json, not 'a truncated download'."""
     import json
 
-    from llavakit.checkpoint.load import CheckpointMismatchError
+    from llavakit.checkpoint.fill import CheckpointMismatchError
 
     tm.hf_model("llava", tie_word_embeddings=True).save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())

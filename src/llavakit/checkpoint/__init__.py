@@ -1,20 +1,15 @@
-"""Checkpoint IO: finding (hub), key layouts (keymaps), original-format configs (original), reading (load), writing
-(save).
+"""Checkpoint IO: finding (hub), key layouts (keymaps), original-format configs (original), reading (load), filling a
+model (fill), writing (save).
 
 Library code imports the submodules directly; the names below are the public surface.
 """
 
 from __future__ import annotations
 
+from .fill import CheckpointMismatchError, load_into
 from .hub import HubUnreachableError, resolve_model_path
 from .keymaps import detect_layout, rename_tensors, to_hf_keys, trim_vision_layers
-from .load import (
-    CheckpointMismatchError,
-    checkpoint_keys,
-    iter_checkpoint_tensors,
-    load_into,
-    read_config_dict,
-)
+from .load import checkpoint_keys, iter_checkpoint_tensors, read_config_dict
 from .original import (
     OriginalConfig,
     OriginalProcessing,

@@ -13,7 +13,7 @@ from .config_types import check_hf_config_types
 
 if TYPE_CHECKING:
     from ..model.llava import LlavaModel
-    from .load import LoadResult
+    from .fill import LoadResult
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,8 +76,9 @@ def load_model(
 ) -> LlavaModel:
     """Build the model on the meta device and fill it tensor by tensor (no second full copy in memory)."""
     from ..model.llava import LlavaModel
+    from .fill import CheckpointMismatchError, _mismatch_message, load_into
     from .hub import resolve_model_path
-    from .load import CheckpointMismatchError, _mismatch_message, load_into, read_config_dict
+    from .load import read_config_dict
     from .original import original_tensors
 
     device = check_device(device)  # before reading anything
@@ -116,8 +117,9 @@ def text_config_assumed(d: dict) -> bool:
 def check_assumed_text(path: Path, model: LlavaModel) -> None:
     """Compare the language model's shapes with the checkpoint's safetensors headers (no tensor data is read) and
     refuse, naming the missing text_config, when they differ. ``.bin`` checkpoints are checked while loading."""
+    from .fill import CheckpointMismatchError, LoadResult
     from .keymaps import LM_HEAD, TEXT, detect_layout, rename_tensors
-    from .load import CheckpointMismatchError, LoadResult, checkpoint_shapes
+    from .load import checkpoint_shapes
 
     stored = checkpoint_shapes(path)
     if stored is None:

@@ -107,13 +107,12 @@ def original_facts(path: Path, vision_tower: str | Path | None, template: str | 
 
 
 def stored_dtype(path: Path) -> torch.dtype:
-    """The dtype a checkpoint stores its floating tensors in: its first floating tensor's (float32 when it has none)."""
-    from .load import iter_checkpoint_tensors
+    """The dtype a checkpoint stores its floating weights in: the one holding most of their elements (float32 when
+    it has none), so float32 norms beside bfloat16 matrices keep the output bfloat16, and the reverse float32."""
+    from .load import float_elements_by_dtype
 
-    for _, t in iter_checkpoint_tensors(path):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
+    counts = float_elements_by_dtype(path)
+    return max(counts, key=counts.__getitem__) if counts else torch.float32
 
 
 def source_processor(path: Path, config, fmt: str, facts=None) -> tuple[LlavaProcessor | None, str | None]:  # noqa: ANN001

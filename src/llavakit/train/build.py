@@ -101,8 +101,9 @@ def original_style_config(
 
 def _from_parts(spec: ModelSpec) -> tuple[LlavaModel, LlavaProcessor]:
     from ..checkpoint.convert import original_tokenizer
+    from ..checkpoint.fill import load_into
     from ..checkpoint.hub import resolve_model_path
-    from ..checkpoint.load import load_into, read_config_dict
+    from ..checkpoint.load import read_config_dict
     from ..checkpoint.original import config_from_original
     from ..model.llava import LlavaModel
     from ..processing.processor import DEFAULT_TEMPLATE, LlavaProcessor
