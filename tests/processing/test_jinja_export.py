@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from llavakit.processing.hf_messages import hf_messages
 from llavakit.processing.jinja_export import exported_name, jinja_template, template_name
-from llavakit.processing.processor import _hf_messages
 from llavakit.processing.templates import TEMPLATES, render, render_chat_template
 
 IMG = {"type": "image"}
@@ -57,7 +57,7 @@ CASES = [(n, c) for n in sorted(TEMPLATES) for c in sorted(CONVERSATIONS)
 def test_exported_template_renders_as_the_named_one(name: str, case: str, gen: bool) -> None:
     messages = CONVERSATIONS[case]
     want = render(messages, name, gen)
-    assert render_chat_template(jinja_template(name), _hf_messages(messages), gen) == want
+    assert render_chat_template(jinja_template(name), hf_messages(messages, jinja_template(name)), gen) == want
 
 
 def _hf_tokenizer():  # noqa: ANN202
@@ -75,8 +75,9 @@ def test_transformers_renders_the_exported_template_as_we_do(name: str) -> None:
         messages = CONVERSATIONS[case]
         if name == "plain" and case == "multi-turn":
             continue
+        source = jinja_template(name)
         ref = tok.apply_chat_template(
-            _hf_messages(messages), chat_template=jinja_template(name), tokenize=False, add_generation_prompt=True
+            hf_messages(messages, source), chat_template=source, tokenize=False, add_generation_prompt=True
         )
         assert ref == render(messages, name, True), (name, case)
 
@@ -123,5 +124,7 @@ def test_saved_processors_chat_in_transformers_as_in_llavakit(tmp_path, family: 
     for hf in readers:
         for case in ("multi-turn", "system", "one image"):
             messages = CONVERSATIONS[case]
-            ref = hf.apply_chat_template(_hf_messages(messages), add_generation_prompt=True, tokenize=False)
+            ref = hf.apply_chat_template(
+                hf_messages(messages, jinja_template(name)), add_generation_prompt=True, tokenize=False
+            )
             assert ref == back.apply_chat_template(messages) == ours.apply_chat_template(messages), (family, case)

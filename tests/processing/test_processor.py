@@ -355,6 +355,29 @@ def test_chat_template_with_openai_parts_renders_like_transformers(tmp_path):
     assert msgs[0]["content"][0]["type"] == "image_url"  # the caller's messages are left alone
 
 
+def test_string_content_reaches_a_template_that_prints_parts(tmp_path):
+    """llava-hf templates print list content only: a string answer or question (as `llava chat` stores answers and
+    OpenAI clients send text) is handed to them as one text part instead of vanishing from the prompt."""
+    from llavakit.processing.hf_messages import takes_string_content
+    from llavakit.processing.jinja_export import jinja_template
+
+    hf = hf_processor("llava", tmp_path, chat_template=LLAVA15_HF_TEMPLATE)
+    ours = LlavaProcessor.from_pretrained(tmp_path / "llava")
+    first = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}
+    as_strings = [first, {"role": "assistant", "content": "A cat."}, {"role": "user", "content": "Color?"}]
+    as_parts = [first] + [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in as_strings[1:]]
+    want = "USER: <image>\nWhat is it? ASSISTANT: A cat. USER: Color? ASSISTANT:"
+    assert ours.apply_chat_template(as_strings) == hf.apply_chat_template(as_parts, add_generation_prompt=True) == want
+    # transformers hands the strings over as they are, and this template prints nothing for them
+    assert (
+        hf.apply_chat_template(as_strings, add_generation_prompt=True)
+        == "USER: <image>\nWhat is it? ASSISTANT: USER: ASSISTANT:"
+    )
+    assert as_strings[1]["content"] == "A cat."  # the caller's messages are left alone
+    assert not takes_string_content(LLAVA15_HF_TEMPLATE)
+    assert takes_string_content(jinja_template("vicuna_v1"))  # ours print strings (and parts): kept as given
+
+
 def test_chat_template_files_are_found_where_transformers_looks(tmp_path):
     from transformers import AutoProcessor
 

@@ -26,6 +26,7 @@ from .hf_files import (
     video_config_from_hf,
     video_processor_dict,
 )
+from .hf_messages import hf_messages
 from .image import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageConfig, preprocess, video_frames
 from .image_load import ImageSource, load_image
 from .jinja_export import exported_name, jinja_template
@@ -199,12 +200,15 @@ class LlavaProcessor:
 
         The Jinja path prepares messages as transformers' processors do: keys whose value is None are dropped
         and OpenAI ``{"type": "image_url", "image_url": {"url": u}}`` parts become ``{"type": "image", "url":
-        u}`` (llava-hf templates only place ``<image>`` for ``image`` parts). ``template_vars`` (e.g. ``tools``)
-        reach the template next to the special tokens.
+        u}`` (llava-hf templates only place ``<image>`` for ``image`` parts); string content becomes one text
+        part for templates that print list content only (llava-hf's; transformers would drop the text, see
+        ``hf_messages``). ``template_vars`` (e.g. ``tools``) reach the template next to the special tokens.
         """
         if self.chat_template:
             variables = {**self.tokenizer.special_tokens, **template_vars}
-            return render_chat_template(self.chat_template, _hf_messages(messages), add_generation_prompt, **variables)
+            return render_chat_template(
+                self.chat_template, hf_messages(messages, self.chat_template), add_generation_prompt, **variables
+            )
         return render(messages, self.template, add_generation_prompt)
 
     def _starts_with_bos(self, text: str) -> bool:
@@ -320,24 +324,6 @@ class LlavaProcessor:
             input_ids[i, sl] = torch.tensor(row, dtype=torch.long)
             mask[i, sl] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
-
-
-def _hf_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages as transformers' processors hand them to a chat template (see ``apply_chat_template``)."""
-    out = []
-    for msg in messages:
-        msg = {k: v for k, v in msg.items() if v is not None}
-        if isinstance(msg.get("content"), list):
-            parts = []
-            for part in msg["content"]:
-                if isinstance(part, dict) and part.get("type") == "image_url" and "image_url" in part:
-                    url = part["image_url"]
-                    parts.append({"type": "image", "url": url.get("url", "") if isinstance(url, dict) else url})
-                else:
-                    parts.append(part)
-            msg["content"] = parts
-        out.append(msg)
-    return out
 
 
 def _image_name(i: int, n: int, src: Any) -> str:
