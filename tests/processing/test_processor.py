@@ -378,6 +378,19 @@ def test_string_content_reaches_a_template_that_prints_parts(tmp_path):
     assert takes_string_content(jinja_template("vicuna_v1"))  # ours print strings (and parts): kept as given
 
 
+def test_a_named_template_overrides_the_checkpoints_jinja_one(tmp_path):
+    from llavakit.processing.templates import render
+
+    hf_processor("llava", tmp_path, chat_template=LLAVA15_HF_TEMPLATE)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    for name in ("llama3", "qwen_1_5"):
+        named = LlavaProcessor.from_pretrained(tmp_path / "llava", template=name)
+        assert named.template == name and named.chat_template is None
+        assert named.apply_chat_template(msgs) == render(msgs, name, True)
+    jinja = LlavaProcessor.from_pretrained(tmp_path / "llava", template="chat_template")
+    assert jinja.apply_chat_template(msgs) == "USER: <image>\nhi ASSISTANT:"
+
+
 def test_chat_template_files_are_found_where_transformers_looks(tmp_path):
     from transformers import AutoProcessor
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llavakit.processing.processor import TEMPLATE_FILE, LlavaProcessor
-from llavakit.processing.templates import TEMPLATES
+from llavakit.processing.templates import TEMPLATES, render
 from llavakit.tiny import char_tokenizer, tiny_config
 
 KNOWN = ", ".join(sorted(TEMPLATES))
@@ -57,7 +57,8 @@ def test_checkpoints_with_a_jinja_chat_template_still_load(tmp_path: Path) -> No
     proc = LlavaProcessor.from_pretrained(d)
     assert proc.chat_template == JINJA and proc.apply_chat_template(MSGS) == "user: <image>\nhi\n"
     assert LlavaProcessor.from_pretrained(d, template="chat_template").template == "chat_template"
-    assert LlavaProcessor.from_pretrained(d, template="llava_v1").apply_chat_template(MSGS) == "user: <image>\nhi\n"
+    named = LlavaProcessor.from_pretrained(d, template="llava_v1")  # a name asked for renders that template
+    assert named.chat_template is None and named.apply_chat_template(MSGS) == render(MSGS, "llava_v1", True)
 
 
 def test_chat_template_name_needs_a_jinja_template(tmp_path: Path) -> None:

@@ -149,8 +149,11 @@ class LlavaProcessor:
                 check_template_name(from_file, chat is not None)
             except ValueError as e:
                 raise ValueError(f"{path / TEMPLATE_FILE}: {e}") from None
-        template = template or from_file
         exported = exported_name(chat)  # ours as `save_pretrained` wrote it, unedited: render it by name, as before
+        if template not in (None, CHAT_TEMPLATE):  # a name asked for: its prompts, not the checkpoint's Jinja ones
+            check_template_name(template, chat is not None and exported is None)  # unknown: refused, listing names
+            chat, exported = None, None
+        template = template or from_file
         if exported is not None:  # ("chat_template", the checkpoint's Jinja one, is then that name too)
             template, chat = exported if template in (None, CHAT_TEMPLATE) else template, None
         return cls(
