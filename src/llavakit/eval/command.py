@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from ..config import QUANTIZE_MODES
+from .lock import out_dir_lock
 from .report import compare, load_run
 from .run import check_run_args, finish, limit_samples, missing_images, read_predictions, result_object, run
 from .tasks import TASKS, get_task
@@ -140,44 +142,50 @@ def eval_task(
     variant = "".join(f"-{v}" for v in (dtype if dtype != "float32" else None, quantize) if v)
     out_dir = Path(out or f"runs/eval/{task.name}-{local.name or 'model'}{variant}")
     check_out_dir(out_dir, given=out is not None)  # before hours of inference, not after
-    extra: dict[str, Any] = {}
-    if data is None:
-        if task.name != "synth":
-            raise ValueError(f"{task.name}: give --data PATH ({task.data_help})")
-        from ..data.synth import EVAL_SEED_BASE
-
-        seed = EVAL_SEED_BASE if seed is None else seed
-        from ..data.synth import trained_sides
-
-        sides = sides or trained_sides(local)
-        data = str(synth_data(out_dir, n, seed, sides))
-        extra["seed"] = seed
-    samples = limit_samples(_read(task, data), limit)
-    missing = missing_images(samples)
-    check_scorable(task, samples, missing)
-    if samples and len(missing) == len(samples) and not (out_dir / "predictions.jsonl").exists():
-        first = next(s.image for s in samples if s.id == missing[0])
-        raise FileNotFoundError(  # was found only after the model loaded, naming no path
-            f"{task.name}: none of the {len(samples)} questions' images is there (the first looked for: {first}); "
-            f"pass --data the benchmark's folder with its images ({task.data_help})"
-        )
-    pipe = open_pipeline(model_path, dtype, quantize, compile)  # compile: the decode step, not the answers
+    held = ExitStack()  # one llava eval per --out: a second is refused before it loads the model
     try:
-        result = run(
-            task,
-            samples,
-            pipe,
-            out_dir,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            model_id=model_id,
-            settings={"dtype": dtype, "quantize": quantize, "weights": weights_fingerprint(local)},
-            extra={"data": str(Path(data).resolve()), **extra},  # absolute: `eval compare` tells data apart
-            progress=progress,
-        )
-        return finish(result, out_dir)
-    except OSError as e:  # e.g. no permission to write there: say which output and what to do
+        held.enter_context(out_dir_lock(out_dir))
+    except OSError as e:  # busy (said as is), or the directory or its lock file cannot be made
         raise output_error(e, out_dir, "the run's outputs", "--out") from None
+    with held:
+        extra: dict[str, Any] = {}
+        if data is None:
+            if task.name != "synth":
+                raise ValueError(f"{task.name}: give --data PATH ({task.data_help})")
+            from ..data.synth import EVAL_SEED_BASE
+
+            seed = EVAL_SEED_BASE if seed is None else seed
+            from ..data.synth import trained_sides
+
+            sides = sides or trained_sides(local)
+            data = str(synth_data(out_dir, n, seed, sides))
+            extra["seed"] = seed
+        samples = limit_samples(_read(task, data), limit)
+        missing = missing_images(samples)
+        check_scorable(task, samples, missing)
+        if samples and len(missing) == len(samples) and not (out_dir / "predictions.jsonl").exists():
+            first = next(s.image for s in samples if s.id == missing[0])
+            raise FileNotFoundError(  # was found only after the model loaded, naming no path
+                f"{task.name}: none of the {len(samples)} questions' images is there (the first looked for: {first}); "
+                f"pass --data the benchmark's folder with its images ({task.data_help})"
+            )
+        pipe = open_pipeline(model_path, dtype, quantize, compile)  # compile: the decode step, not the answers
+        try:
+            result = run(
+                task,
+                samples,
+                pipe,
+                out_dir,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                model_id=model_id,
+                settings={"dtype": dtype, "quantize": quantize, "weights": weights_fingerprint(local)},
+                extra={"data": str(Path(data).resolve()), **extra},  # absolute: `eval compare` tells data apart
+                progress=progress,
+            )
+            return finish(result, out_dir)
+        except OSError as e:  # e.g. no permission to write there: say which output and what to do
+            raise output_error(e, out_dir, "the run's outputs", "--out") from None
 
 
 def score_file(task_name: str, *, data: str, predictions: str, out: str | None = None) -> dict[str, Any]:

@@ -11,12 +11,14 @@ Output directory layout::
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .lock import out_dir_lock
 from .report import write_report
 from .tasks.base import Sample, Task, numbered
 from .tasks.io import read_text
@@ -37,13 +39,15 @@ def read_predictions(
     tolerate_torn_tail: bool = False,
     key_of: Callable[[dict[str, Any]], str] | None = None,
     number_repeats: bool = False,
+    same_repeats: bool = False,
 ) -> dict[str, str]:
     """Predicted texts by question id from a JSONL answer file: ``{"question_id", "text"}`` (LLaVA's and ours),
     ``"id"`` / ``"prediction"`` / ``"answer"`` also accepted. MMBench answers with a ``round_id`` are keyed
     ``"<question_id>/<round_id>"``; ``key_of`` overrides the key (a task's own rule). ``number_repeats``: a key
     that ``key_of`` derives (not the record's own id) and meets again is numbered ``key#n``, as the task's reader
-    numbers such questions (TextVQA); any other key met twice is refused. A torn last line (a crash mid-write) is
-    skipped when resuming."""
+    numbers such questions (TextVQA); any other key met twice is refused, unless ``same_repeats`` and both lines
+    give the same answer (two runs that wrote one directory at once, before runs locked it): it counts once. A torn
+    last line (a crash mid-write) is skipped when resuming."""
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
     derived: dict[str, int] = {}
@@ -67,10 +71,16 @@ def read_predictions(
                 key = numbered(key, derived)
         else:
             key = f"{qid}/{record['round_id']}" if "round_id" in record else str(qid)
-        if key in first_line:  # which of the two would be scored is not for us to guess
-            raise ValueError(f"{path}:{n}: question {key!r} is answered twice (also on line {first_line[key]})")
         if text is not None and not isinstance(text, (str, int, float)):
             raise ValueError(f"{path}:{n}: the answer must be a string, got {type(text).__name__} {text!r}")
+        if key in first_line:  # which of two answers would be scored is not for us to guess
+            if same_repeats and out[key] == ("" if text is None else str(text)):
+                continue
+            differ = " with another answer" if same_repeats else ""
+            raise ValueError(
+                f"{path}:{n}: question {key!r} is answered twice (also on line {first_line[key]}){differ}; "
+                "delete one of the two lines"
+            )
         first_line[key] = n
         out[key] = "" if text is None else str(text)
     return out
@@ -114,6 +124,27 @@ def _drop_torn_tail(path: Path) -> None:
         path.write_bytes(b"".join(lines[:-1]))
     elif not data.endswith(b"\n"):
         path.write_bytes(data + b"\n")
+
+
+def _drop_repeats(path: Path, answers: int) -> None:
+    """Keep the first of lines that answer one question again alike (:func:`read_predictions` with
+    ``same_repeats`` has refused repeats that differ), so the file scores with ``llava eval score`` too.
+    ``answers``: the questions the file answers; nothing is rewritten when every line is one of them."""
+    lines = [ln for ln in _lines(path) if ln.strip()]
+    if len(lines) == answers:
+        return
+    seen: set[str] = set()
+    kept = []
+    for line in lines:
+        record = json.loads(line)
+        qid = record["question_id"] if "question_id" in record else record["id"]
+        key = f"{qid}/{record['round_id']}" if "round_id" in record else str(qid)
+        if key not in seen:
+            seen.add(key)
+            kept.append(line + "\n")
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.write_text("".join(kept), encoding="utf-8")
+    os.replace(partial, path)  # whole or not at all: a crash here leaves the old file
 
 
 def _check_same_questions(path: Path, samples: list[Sample]) -> None:
@@ -261,14 +292,33 @@ def run(
     """Predict what is not yet in ``out_dir/predictions.jsonl``, score everything answered, write outputs.
 
     ``settings`` (e.g. dtype and quantization) are recorded with every prediction, with the answer length, and a
-    rerun with other settings is refused rather than resumed."""
+    rerun with other settings is refused rather than resumed. ``out_dir`` is locked meanwhile
+    (:func:`llavakit.eval.lock.out_dir_lock`): a run into it from another process is refused at once."""
     check_run_args(task, batch_size, max_new_tokens)
+    with out_dir_lock(out_dir):  # another process appending to the same predictions.jsonl is refused
+        return _run(task, samples, pipe, out_dir, batch_size, max_new_tokens, model_id, settings, extra, progress)
+
+
+def _run(
+    task: Task,
+    samples: list[Sample],
+    pipe: Any,
+    out_dir: Path,
+    batch_size: int,
+    max_new_tokens: int | None,
+    model_id: str,
+    settings: dict[str, Any] | None,
+    extra: dict[str, Any] | None,
+    progress: bool,
+) -> dict[str, Any]:
     max_new_tokens = max_new_tokens or task.max_new_tokens
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = out_dir / "predictions.jsonl"
     if pred_path.exists():
         _drop_torn_tail(pred_path)
-    done = read_predictions(pred_path) if pred_path.exists() else {}
+    done = read_predictions(pred_path, same_repeats=True) if pred_path.exists() else {}
+    if done:
+        _drop_repeats(pred_path, len(done))
     settings = {"task": task.name, **(settings or {}), "max_new_tokens": max_new_tokens}
     if done:
         _check_same_model(pred_path, model_id, settings)
@@ -289,7 +339,8 @@ def run(
     )
     seconds = time.perf_counter() - start
     ids = {s.id for s in samples}  # answers beyond a smaller --limit stay in the file but are not scored
-    predictions = {k: v for k, v in read_predictions(pred_path, tolerate_torn_tail=True).items() if k in ids}
+    answers = read_predictions(pred_path, tolerate_torn_tail=True, same_repeats=True)
+    predictions = {k: v for k, v in answers.items() if k in ids}
     info = {
         **(extra or {}),
         "model": model_id,
