@@ -19,6 +19,7 @@ def render_report(result: dict[str, Any]) -> str:
     for key in ("model", "data", "questions", "predictions_file", "seconds"):
         if key in result:
             lines.append(f"- {key}: `{result[key]}`")
+    lines += [f"\n**warning:** {warning}" for warning in result.get("warnings", [])]
     lines += ["", "| metric | score (%) |", "|---|---:|"]
     lines += [f"| {name} | {_pct(value)} |" for name, value in result["scores"].items()]
     if result.get("points"):

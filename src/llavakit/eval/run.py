@@ -256,6 +256,8 @@ def finish(result: dict[str, Any], out_dir: Path, printer: Callable[[str], None]
     line = json.dumps(result, sort_keys=False)
     (out_dir / "scores.json").write_text(json.dumps(result, indent=1) + "\n")
     write_report(result, out_dir / "report.md")
+    for warning in result.get("warnings", []):  # the task's own (e.g. MME scored over part of its subtasks)
+        print(f"warning: {warning}", file=sys.stderr)
     for name in ("missing_images", "unanswered", "unknown_prediction_ids"):
         info = result.get(name)
         if info and info["count"]:

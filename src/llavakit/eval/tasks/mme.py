@@ -8,7 +8,9 @@ LLaVA-1.5's (as lmms-eval's ``mme_doc_to_text`` builds it): the question without
 + LLaVA's short-answer suffix.
 
 Scores are fractions: ``perception`` = points / (200 x perception subtasks present), likewise
-``cognition``; the official points (0-2000 / 0-800 with every subtask) are under ``points``.
+``cognition``; the official points (0-2000 / 0-800 with every subtask) are under ``points``, for a category only
+when some of its subtasks were scored. Subtasks of the official 14 that were not scored are listed under
+``missing_subtasks`` and said in a warning (stderr, report.md): such totals are not published MME totals.
 """
 
 from __future__ import annotations
@@ -142,17 +144,33 @@ def score(samples: list[Sample], predictions: dict[str, str]) -> dict[str, Any]:
     perception = [k for k in PERCEPTION_SUBTASKS if k in result["subtasks"]]
     cognition = [k for k in COGNITION_SUBTASKS if k in result["subtasks"]]
     scores: dict[str, float] = {}
+    points: dict[str, float] = {}  # a category none of whose subtasks was scored has none (not 0: nothing measured)
     if perception:
         scores["perception"] = result["perception"] / (200 * len(perception))
+        points["perception"] = result["perception"]
     if cognition:
         scores["cognition"] = result["cognition"] / (200 * len(cognition))
-    points: dict[str, float] = {"perception": result["perception"], "cognition": result["cognition"]}
+        points["cognition"] = result["cognition"]
     for name, sub in result["subtasks"].items():
         scores[f"{name}_acc"] = sub["acc"] / 100
         scores[f"{name}_acc_plus"] = sub["acc_plus"] / 100
         points[name] = sub["score"]
     counts = {"questions": len(records), "incomplete_pairs": len(answered_per_group) - len(complete)}
-    return {"scores": scores, "points": points, "counts": counts, "missing_subtasks": result["missing"]}
+    out: dict[str, Any] = {"scores": scores, "points": points, "counts": counts, "missing_subtasks": result["missing"]}
+    if result["missing"]:
+        out["warnings"] = [subset_warning(result["missing"])]
+    return out
+
+
+def subset_warning(missing: list[str]) -> str:
+    """Why a total over part of MME is not an MME total: which subtasks it lacks."""
+    official = len(PERCEPTION_SUBTASKS) + len(COGNITION_SUBTASKS)
+    scored = official - len(missing)
+    return (
+        f"MME: {len(missing)} of the {official} subtasks were not scored ({', '.join(missing)}; not in the data, "
+        f"left out by --limit, or unanswered): the perception / cognition points sum the other {scored} "
+        "and do not compare with published MME totals"
+    )
 
 
 TASK = Task(
