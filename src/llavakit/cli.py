@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -100,7 +99,7 @@ def cmd_generate(
     frames: int | None = None,
     **s: Any,
 ) -> int:
-    from .commands import check_model, check_prompt, check_sampling, generate, open_pipeline
+    from .commands import check_model, check_prompt, check_sampling, generate, open_pipeline, stdout_gone
 
     check_model(model)
     clip = _video_frames(video, frames)
@@ -112,7 +111,7 @@ def cmd_generate(
     try:
         generate(pipe, prompt, images, frames=clip, **s)
     except BrokenPipeError:
-        return _stdout_gone()
+        return stdout_gone()
     return 0
 
 
@@ -125,18 +124,6 @@ def _decodable(images: list[str]) -> None:
     check_images(images)
     for image in images:
         load_image(image)
-
-
-def _stdout_gone() -> int:
-    """stdout's reader left (``llava generate ... | head -c 100``): stop quietly, as a shell tool killed by SIGPIPE
-    does (exit 141), with stdout sent to /dev/null so that Python's last flush of it raises nothing."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # a stdout without a file descriptor
-        pass
-    return 141
 
 
 def _shown_as_can_be() -> None:
@@ -166,7 +153,7 @@ def cmd_chat(
     frames: int | None = None,
     **s: Any,
 ) -> int:
-    from .commands import chat, check_model, check_sampling, check_video_support, open_pipeline
+    from .commands import chat, check_model, check_sampling, check_video_support, open_pipeline, stdout_gone
 
     check_model(model)
     if frames is not None and frames < 1:
@@ -183,7 +170,7 @@ def cmd_chat(
     try:
         return chat(pipe, images, sys.stdin, frames=clip, **({"max_frames": frames} if frames else {}), **s)
     except BrokenPipeError:
-        return _stdout_gone()
+        return stdout_gone()
 
 
 def cmd_caption(

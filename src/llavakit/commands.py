@@ -145,6 +145,19 @@ def user_message(text: str, images: list[str], frames: list[Path] | list[Image.I
     }
 
 
+def stdout_gone() -> int:
+    """stdout's reader left (``llava generate ... | head -c 100``, ``llava eval compare A B | head -1``): stop
+    quietly, as a shell tool killed by SIGPIPE does (exit 141), with stdout sent to /dev/null so that Python's last
+    flush of it raises nothing. Call it where a command catches ``BrokenPipeError``; return its exit code."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a file descriptor
+        pass
+    return 141
+
+
 def _chat_turn(text: str, images: list[Image.Image], frames: list[Image.Image]) -> dict[str, Any]:
     """A chat turn with its images and video frames as decoded when attached: the conversation keeps the pixels it
     was answered about (re-read from their files on every turn, a moved file broke every later turn, and an

@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 import shutil
+import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -264,21 +266,43 @@ def add_parser(sub: Any) -> None:
                 help="long-side bounds of generated scenes, pixels (default: the model's training.json, else "
                 "the generator's 336 1008)",
             )
-        t.set_defaults(func=_run_task)
+        t.set_defaults(func=_quiet_when_stdout_closes(_run_task))
     sc = esub.add_parser("score", help="score a predictions JSONL made elsewhere (keys question_id, text)")
     sc.add_argument("task", choices=list(TASKS))
     sc.add_argument("--data", required=True)
     sc.add_argument("--predictions", required=True)
     sc.add_argument("--out")
-    sc.set_defaults(func=lambda a: _ok(score_file(a.task, data=a.data, predictions=a.predictions, out=a.out)))
+    sc.set_defaults(
+        func=_quiet_when_stdout_closes(
+            lambda a: _ok(score_file(a.task, data=a.data, predictions=a.predictions, out=a.out))
+        )
+    )
     cp = esub.add_parser("compare", help="side-by-side table of two runs' scores")
     cp.add_argument("run_a", metavar="RUN_A", help="eval output directory or scores.json")
     cp.add_argument("run_b", metavar="RUN_B")
-    cp.set_defaults(func=lambda a: _ok(compare_runs(a.run_a, a.run_b)))
+    cp.set_defaults(func=_quiet_when_stdout_closes(lambda a: _ok(compare_runs(a.run_a, a.run_b))))
 
 
 def _ok(_: Any) -> int:
     return 0
+
+
+def _quiet_when_stdout_closes(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``llava eval compare A B | head -1``: the reader leaving printed "llava eval: error: [Errno 32] Broken pipe"
+    (exit 2); now ``eval`` stops quietly with 141 as ``generate`` and ``chat`` do (:func:`llavakit.commands.
+    stdout_gone`). stdout is flushed here, so output still buffered meets the closed pipe inside the guard."""
+
+    def guarded(a: argparse.Namespace) -> int:
+        try:
+            code = func(a)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            from ..commands import stdout_gone
+
+            return stdout_gone()
+
+    return guarded
 
 
 def _run_task(a: argparse.Namespace) -> int:
