@@ -21,7 +21,7 @@ from ..processing.anyres import num_image_tokens, num_video_tokens
 from ..processing.image import check_geometry
 from .errors import ApiError
 from .images import ImageError, open_image, request_image_bytes
-from .schemas import ChatCompletionRequest
+from .schemas import ChatCompletionRequest, Message
 from .videos import decode_video, request_video_bytes
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ def _messages(
         raise ApiError(str(e), 400, "messages") from None
     msgs, images, videos = [], [], []
     for i, m in enumerate(body.messages):
+        _check_content(m, i)
         role = "system" if m.role == "developer" else m.role
         if not isinstance(m.content, list):
             msgs.append({"role": role, "content": _text(m.content or "", f"messages[{i}].content")})
@@ -101,6 +102,26 @@ def _messages(
             parts.append({"type": kind})
         msgs.append({"role": role, "content": parts})
     return msgs, images, videos
+
+
+def _check_content(m: Message, i: int) -> None:
+    """A 400 for content that is null, missing or an empty list, as OpenAI's (the model would answer an empty
+    prompt); an empty string is accepted, as OpenAI accepts it. An assistant message's content may be null at
+    OpenAI only beside tool calls, which this server refuses (``schemas.Message``)."""
+    if m.content is not None and m.content != []:
+        return
+    what = "null (or missing)" if m.content is None else "an empty list"
+    fix = (
+        "send the earlier answer as text (tool calls are not supported)"
+        if m.role == "assistant"
+        else "send a string or a list of at least one part"
+    )
+    raise ApiError(
+        f"messages[{i}].content is {what}: {'an' if m.role == 'assistant' else 'a'} {m.role} message must have "
+        f"content; {fix}",
+        400,
+        f"messages[{i}].content",
+    )
 
 
 def too_long(message: str, param: str) -> ApiError:

@@ -57,7 +57,9 @@ NO_CALLS = "it makes no tool or function calls"
 
 class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    content: str | list[ContentPart] | None = Field(
+        default=None, description="a string or a list of at least one part; null, missing or [] is a 400"
+    )
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = Field(default=None, description="not supported: null or []")
     function_call: dict[str, Any] | None = Field(default=None, description="not supported: null")
