@@ -83,3 +83,33 @@ def test_sigterm_lets_the_running_answer_finish_within_the_grace(tiny_model: Pat
     assert lines[-1] == "data: [DONE]"
     finish = [json.loads(x[6:])["choices"][0]["finish_reason"] for x in lines[:-1] if json.loads(x[6:])["choices"]]
     assert finish[-1] == "length"
+
+
+def test_during_the_grace_new_connections_are_refused_and_open_ones_get_503(tiny_model: Path, tmp_path: Path) -> None:
+    """What the README says happens while an answer finishes: the listening socket is closed at once (a new
+    connection is refused, no 503), while a client on an already-open keep-alive connection gets the 503s."""
+    body = {"model": MODEL, "messages": HI, "ignore_eos": True, "max_tokens": 3000, "stream": True}
+    with cli_server(tiny_model, tmp_path / "server.log", "--shutdown-grace", "60") as proc:
+        url = f"http://127.0.0.1:{proc.port}"
+        with httpx.Client(timeout=30) as streamer, httpx.Client(timeout=30) as kept:
+            assert kept.get(f"{url}/health").status_code == 200  # opens the keep-alive connection
+            response = streamer.send(
+                streamer.build_request("POST", f"{url}/v1/chat/completions", json=body), stream=True
+            )
+            lines = response.iter_lines()  # kept: dropping the iterator would close the stream
+            next(lines)  # generating: the grace will wait for it
+            proc.send_signal(signal.SIGTERM)
+            end = time.monotonic() + 10
+            while True:
+                try:
+                    httpx.get(f"{url}/health", timeout=5)
+                except httpx.ConnectError:
+                    break  # refused: nothing listens any more
+                assert time.monotonic() < end, "new connections were still accepted after SIGTERM"
+                time.sleep(0.02)
+            health = kept.get(f"{url}/health")
+            assert health.status_code == 503 and health.json()["status"] == "shutting_down", health.text
+            r = kept.post(f"{url}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2})
+            assert r.status_code == 503 and "shutting down" in r.json()["error"]["message"], r.text
+            response.close()  # the stream's client leaves: its generation stops and the server exits
+        assert proc.wait(30) in (0, -signal.SIGTERM)

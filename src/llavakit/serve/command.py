@@ -221,7 +221,8 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
         default=SHUTDOWN_GRACE,
         metavar="SECONDS",
         help=f"on SIGTERM / Ctrl-C: seconds the answers being generated may take to finish (default "
-        f"{SHUTDOWN_GRACE:g}); queued and new requests get a 503 at once",
+        f"{SHUTDOWN_GRACE:g}); new connections are refused at once, queued requests (and new ones on connections "
+        "already open) get a 503",
     )
     s.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for (default: the context)")
     s.add_argument(

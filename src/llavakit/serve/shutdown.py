@@ -3,9 +3,11 @@
 uvicorn's own shutdown closes the listening sockets, waits up to ``timeout_graceful_shutdown`` for the open
 requests, then cancels the handlers still running, whose clients get a bare text 500 (streams just stop, with no
 error event), and only after that runs the app's lifespan shutdown, which stops the model worker; meanwhile the
-worker goes on admitting queued requests. ``DrainingServer`` does the worker's part first: queued and new
-requests get a 503 in OpenAI's error shape at once, the answers being generated get ``grace`` seconds to finish,
-and what still runs then ends with a 503 (streams: an error event), so every client hears why.
+worker goes on admitting queued requests. ``DrainingServer`` closes the listening sockets (new connections are
+refused from then on: no 503 can reach them) and does the worker's part first: queued requests, and new ones on
+keep-alive connections opened before, get a 503 in OpenAI's error shape at once (``/health`` there:
+"shutting_down"), the answers being generated get ``grace`` seconds to finish, and what still runs then ends with
+a 503 (streams: an error event), so every client hears why. Then uvicorn closes the open connections.
 """
 
 from __future__ import annotations
