@@ -6,12 +6,10 @@ import base64
 import io
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,16 +35,6 @@ def image_bytes(w: int, h: int, seed: int = 0, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt)
     return buf.getvalue()
-
-
-def bomb_png(w: int, h: int) -> bytes:
-    """A small PNG whose header claims ``w x h`` pixels (IHDR patched, CRC fixed)."""
-    data = bytearray(image_bytes(8, 8))
-    ihdr = 8 + 8  # signature, then length + type of the first chunk
-    data[ihdr : ihdr + 8] = struct.pack(">II", w, h)
-    crc = zlib.crc32(bytes(data[12 : ihdr + 13]))
-    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
-    return bytes(data)
 
 
 def data_url(data: bytes, mime: str = "image/png") -> str:

@@ -8,55 +8,17 @@ from __future__ import annotations
 
 import io
 import re
-import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 64_000_000  # larger images are refused (decompression bombs)
 ImageSource = str | Path | bytes | Image.Image
 NAME_KEY = "llavakit.name"  # load_image records the image's name here, for preprocess's errors
 
 FORMATS_HINT = "PNG, JPEG, WebP, GIF, BMP, TIFF or another format Pillow reads"
-
-
-class ImageTooLarge(ValueError):
-    """An image over the caller's pixel limit (a ValueError, as every other refusal of ``load_image``)."""
-
-
-def open_header(data: bytes, what: str, max_pixels: int = MAX_PIXELS) -> ImageFile.ImageFile:
-    """The image in ``data`` identified and its header read (nothing decoded), its size checked against ``max_pixels``.
-
-    ``Image.open`` does the same (the same plugins, tried in the same order) but then checks the size against
-    Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` (an error at twice it, 178956970 pixels by default): that check
-    fired before ours, naming Pillow's limit instead of ``max_pixels``, and refused images a higher ``max_pixels``
-    allows. Here ``max_pixels`` alone applies; Pillow's global is neither read nor changed, so other callers keep
-    its protection. ``ImageTooLarge`` over the limit, ValueError for a zero size, ``UnidentifiedImageError`` when
-    no plugin reads the header (as ``Image.open``).
-    """
-    fp = io.BytesIO(data)
-    prefix = fp.read(16)
-    tried: set[str] = set()
-    for register in (Image.preinit, Image.init):  # the common plugins first, then all of them (as Image.open)
-        register()
-        for fmt in [f for f in Image.ID if f not in tried and f in Image.OPEN]:
-            tried.add(fmt)
-            factory, accept = Image.OPEN[fmt]
-            ok = accept(prefix) if accept else True
-            if not ok or isinstance(ok, str):  # a string: the reason the plugin declines
-                continue
-            fp.seek(0)
-            try:
-                img = factory(fp, "")
-            except (SyntaxError, IndexError, TypeError, struct.error):  # not this format: the next plugin
-                continue
-            except Image.DecompressionBombError as e:  # a plugin that checks on its own (MPO's frames)
-                raise ImageTooLarge(_bomb_message(what, str(e), max_pixels)) from None
-            _check_size(img, what, max_pixels)
-            return img
-    raise UnidentifiedImageError(f"{what}: cannot identify the image")
 
 
 def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
@@ -76,8 +38,7 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
     The EXIF orientation is applied to both (transformers applies it to files only). Errors are ValueErrors
     that name the image (``name``, else the path, else "the given image bytes" / "the given PIL image") and
     the problem: missing file or a directory, undecodable / truncated bytes, zero size, or more than
-    ``max_pixels`` pixels (``ImageTooLarge``, checked from the header before decoding, ``open_header``: this limit,
-    not Pillow's ``Image.MAX_IMAGE_PIXELS``, is the one that applies). A missing file is a FileNotFoundError.
+    ``max_pixels`` pixels (checked from the header, before decoding). A missing file is a FileNotFoundError.
     """
     if name is not None:
         what = f"image {name}"
@@ -106,13 +67,14 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
     if not data:
         raise ValueError(f"{what}: cannot decode image: empty file (no bytes)")
     try:
-        with warnings.catch_warnings():  # our own limit applies (open_header), not Pillow's warning
+        with warnings.catch_warnings():  # our own limit is checked right below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = open_header(data, what, max_pixels)  # nothing decoded yet
+            img = Image.open(io.BytesIO(data))
+        _check_size(img, what, max_pixels)  # from the header: nothing decoded yet
         img.load()
         img = _upright(img)
-    except Image.DecompressionBombError as e:  # a plugin's own check while decoding (a GIF frame past its screen)
-        raise ImageTooLarge(_bomb_message(what, str(e), max_pixels)) from None
+    except Image.DecompressionBombError as e:  # PIL's own guard (2x its MAX_IMAGE_PIXELS), before ours
+        raise ValueError(_bomb_message(what, str(e), max_pixels)) from None
     except UnidentifiedImageError:
         raise ValueError(
             f"{what}: cannot decode image: not an image file, or a format that cannot be read "
@@ -166,8 +128,8 @@ def _check_size(img: Image.Image, what: str, max_pixels: int) -> None:
     if w <= 0 or h <= 0:
         raise ValueError(f"{what}: zero-size image ({w}x{h} w x h)")
     if w * h > max_pixels:
-        raise ImageTooLarge(
-            f"{what}: {w}x{h} (w x h) = {w * h} pixels is over the limit of {max_pixels} pixels; downscale it first"
+        raise ValueError(
+            f"{what}: {w}x{h} (w x h) = {w * h} pixels is over the limit of {max_pixels}; downscale it first"
         )
 
 

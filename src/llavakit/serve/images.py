@@ -2,15 +2,16 @@
 
 Every failure is an ``ImageError`` carrying the HTTP status it deserves: 400 for what cannot be decoded or is not
 allowed, 413 for what is too large (bytes, or pixels: a decompression bomb is refused from its header, before
-its pixels are decoded, by the server's ``--max-image-pixels``, not Pillow's own limit). Remote fetches go only to
-public addresses (no loopback, private, link-local, multicast or reserved ranges, checked again on every redirect
-and pinned to the checked address against DNS rebinding), with limits on bytes, time and redirects.
+its pixels are decoded). Remote fetches go only to public addresses (no loopback, private, link-local, multicast
+or reserved ranges, checked again on every redirect and pinned to the checked address against DNS rebinding),
+with limits on bytes, time and redirects.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import ipaddress
 import socket
 import time
@@ -21,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from ..processing.image_load import FORMATS_HINT, ImageTooLarge, load_image, open_header
+from ..processing.image_load import FORMATS_HINT, load_image
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 ACCEPTED = "PNG, JPEG, WebP or GIF"  # FORMATS, as the error messages name them
@@ -88,15 +89,22 @@ def open_image(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            # the server's limit is the one that applies (not Pillow's MAX_IMAGE_PIXELS), from the header
-            img = open_header(data, what, limits.max_pixels)
-        if img.format not in FORMATS:
-            raise ImageError(f"{what}: unsupported image format {img.format}; send {ACCEPTED}")
-        rgb = load_image(data, max_pixels=limits.max_pixels, name=what)  # decodes fully: truncation shows here
+            img = Image.open(io.BytesIO(data))
+            if img.format not in FORMATS:
+                raise ImageError(f"{what}: unsupported image format {img.format}; send {ACCEPTED}")
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageError(f"{what}: zero-size image ({w}x{h})")
+            if w * h > limits.max_pixels:
+                raise ImageError(
+                    f"{what}: {w}x{h} = {w * h} pixels is over the limit of {limits.max_pixels} pixels; downscale it",
+                    413,
+                )
+            rgb = load_image(data, max_pixels=limits.max_pixels, name=what)  # decodes fully: truncation shows here
     except ImageError:
         raise
-    except ImageTooLarge as e:  # "<what>: WxH (w x h) = N pixels is over the limit of M pixels; downscale it first"
-        raise ImageError(str(e).removeprefix("image "), 413) from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{what}: {e}", 413) from None
     except UnidentifiedImageError:
         raise ImageError(f"{what}: cannot decode image: not a {ACCEPTED} file (or corrupt)") from None
     except ValueError as e:  # load_image's own message: "image <what>: cannot decode image: ... (accepted: <all>)"
