@@ -186,7 +186,7 @@ CASES = {
     "decompression bomb": (
         _req(messages=[_img(data_url(_bomb_png(30_000, 30_000)))]),
         413,
-        "900000000 pixels",
+        f"900000000 pixels is over the limit of {MAX_IMAGE_PIXELS} pixels; downscale it first",  # ours, not Pillow's
         "messages[0].content[0].image_url",
     ),
     "over the pixel limit": (

@@ -74,7 +74,7 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
         img.load()
         img = _upright(img)
     except Image.DecompressionBombError as e:  # PIL's own guard (2x its MAX_IMAGE_PIXELS), before ours
-        raise ValueError(_bomb_message(what, str(e), max_pixels)) from None
+        raise ValueError(bomb_message(what, str(e), max_pixels)) from None
     except UnidentifiedImageError:
         raise ValueError(
             f"{what}: cannot decode image: not an image file, or a format that cannot be read "
@@ -100,7 +100,7 @@ def _no_object_ids(msg: str) -> str:
     return re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the image", msg)
 
 
-def _bomb_message(what: str, pil_message: str, max_pixels: int) -> str:
+def bomb_message(what: str, pil_message: str, max_pixels: int) -> str:
     """One message for PIL's DecompressionBombError: the image's pixel count and our limit (not PIL's)."""
     m = re.search(r"\((\d+) pixels\)", pil_message)
     if m is None:  # an unknown wording: at least no second, contradictory limit

@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from ..processing.image_load import FORMATS_HINT, load_image
+from ..processing.image_load import FORMATS_HINT, bomb_message, load_image
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 ACCEPTED = "PNG, JPEG, WebP or GIF"  # FORMATS, as the error messages name them
@@ -103,8 +103,8 @@ def open_image(data: bytes, limits: ImageLimits, what: str) -> Image.Image:
             rgb = load_image(data, max_pixels=limits.max_pixels, name=what)  # decodes fully: truncation shows here
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{what}: {e}", 413) from None
+    except Image.DecompressionBombError as e:  # Pillow's guard (at 2x its MAX_IMAGE_PIXELS) fires before ours
+        raise ImageError(bomb_message(what, str(e), limits.max_pixels), 413) from None
     except UnidentifiedImageError:
         raise ImageError(f"{what}: cannot decode image: not a {ACCEPTED} file (or corrupt)") from None
     except ValueError as e:  # load_image's own message: "image <what>: cannot decode image: ... (accepted: <all>)"
