@@ -66,3 +66,12 @@ def test_eos_ids_still_take_ints_lists_tensors_and_numpy_integers(model):
     assert eos_ids(model, 2) == [2] == eos_ids(model, np.int64(2)) == eos_ids(model, torch.tensor(2))
     assert eos_ids(model, [2, np.int32(5)]) == [2, 5] == eos_ids(model, torch.tensor([2, 5])) == eos_ids(model, (2, 5))
     assert eos_ids(model, []) == []
+
+
+@pytest.mark.parametrize("kw", [{"max_length": 5}, {"num_beams": 2}, {"pixel_value": None}])
+def test_unsupported_generate_keywords_are_named(model, kw):
+    """HF keywords this generate does not implement fell into the vision inputs and failed deep inside as
+    "LlavaModel.embed() got an unexpected keyword argument"."""
+    (name,) = kw
+    with pytest.raises(TypeError, match=rf"generate\(\) got unsupported argument\(s\) {name}; it takes max_new_tokens"):
+        model.generate(torch.tensor([[1, 17, 40, 5]]), max_new_tokens=2, **kw)

@@ -222,8 +222,9 @@ def test_wrong_counts_and_unknown_family_are_clear_errors(procs, tmp_path):
         ours(text="<image><image> hi", images=[_image(10, 10, 0)])
     with pytest.raises(ValueError, match=r"hold 0 <image> placeholder\(s\) but 1 image"):
         ours(text="hi", images=[_image(10, 10, 0)])
-    with pytest.raises(ValueError, match="videos are supported by llava_onevision"):
-        ours(text="<video>", videos=[[_image(10, 10, 0)]])
+    for prompt in ("<video>", "hi"):  # "hi": a Jinja template that prints no video placeholder (llava-hf 1.5's)
+        with pytest.raises(ValueError, match="videos are supported by llava_onevision"):
+            ours(text=prompt, videos=[[_image(10, 10, 0)]])
     _, ov = procs["llava_onevision"]
     with pytest.raises(ValueError, match="video 0 is a str, not a list of frames"):  # was read letter by letter
         ov(text="<video>", videos=["clip.mp4"])

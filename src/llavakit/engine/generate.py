@@ -186,6 +186,10 @@ def stream_tokens(
     )
 
 
+# what the processor returns besides input_ids / attention_mask: LlavaModel.embed's inputs
+VISION_INPUTS = frozenset({"pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos", "multi_image"})
+
+
 def generate(
     model: LlavaModel,
     input_ids: torch.Tensor,
@@ -206,7 +210,17 @@ def generate(
 
     Sampling defaults are transformers' ``GenerationConfig`` ones (temperature 1.0, top_p 1.0, top_k 50), so
     ``do_sample=True`` samples as ``transformers``' ``generate`` does; ``top_k=0`` turns the top-k cut off.
+    ``vision_inputs`` are the processor's outputs (``VISION_INPUTS``); any other keyword (``max_length``,
+    ``num_beams``, ...) is a TypeError naming it.
     """
+    unknown = sorted(set(vision_inputs) - VISION_INPUTS)
+    if unknown:
+        raise TypeError(
+            f"generate() got unsupported argument(s) {', '.join(unknown)}; it takes max_new_tokens (for max_length: "
+            "max_length minus the prompt's length), do_sample, temperature, top_p, top_k, repetition_penalty, seed, "
+            f"eos_token_id, pad_token_id and the processor's outputs ({', '.join(sorted(VISION_INPUTS))}); "
+            "beam search is not implemented"
+        )
     params = SamplingParams(
         temperature=temperature if do_sample else 0.0,
         top_p=top_p,

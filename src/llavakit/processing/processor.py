@@ -270,13 +270,13 @@ class LlavaProcessor:
                     "(paths, bytes or PIL images; decode a video file into frames first)"
                 )
         n_vid = sum(t.count(VIDEO) for t in texts)
-        if n_vid != len(vids):
-            raise ValueError(f"the prompt(s) hold {n_vid} {VIDEO} placeholder(s) but {len(vids)} video(s) were given")
-        if vids and self.family != "llava_onevision":
+        if (vids or n_vid) and self.family != "llava_onevision":  # first: a template may leave the placeholder out
             raise ValueError(
                 f"videos are supported by llava_onevision models only, this is {self.family}; use a llava_onevision "
                 "model, or send the video's frames as images"
             )
+        if n_vid != len(vids):
+            raise ValueError(f"the prompt(s) hold {n_vid} {VIDEO} placeholder(s) but {len(vids)} video(s) were given")
         # OneVision: the images of a prompt with several images skip AnyRes (one view + one newline each)
         multi = [self.family == "llava_onevision" and n > 1 for n in per_text for _ in range(n)]
         pil = [load_image(im, name=_image_name(i, len(images), im)) for i, im in enumerate(images)]
