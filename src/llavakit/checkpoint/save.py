@@ -180,6 +180,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+GENERATION_CONFIG = "generation_config.json"
+
+
+def read_generation_config(source: str | Path | None) -> str | None:
+    """The text of ``source``'s ``generation_config.json`` (extra end-of-sequence ids such as Llama-3's
+    ``<|eot_id|>``, sampling defaults), None when ``source`` is None or has none. A model written from ``source``
+    carries it (``write_generation_config``), or its tokenizer would stop on the config's end-of-sequence id only."""
+    file = None if source is None else Path(source) / GENERATION_CONFIG
+    return file.read_text(encoding="utf-8") if file is not None and file.is_file() else None
+
+
+def write_generation_config(text: str | None, out_dir: str | Path) -> None:
+    """Write ``text`` (from ``read_generation_config``) as ``out_dir/generation_config.json``; nothing for None."""
+    if text is not None:
+        write_text_atomic(Path(out_dir) / GENERATION_CONFIG, text)
+
+
 def save_config(config: LlavaConfig, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> Path:
     """Write ``config.json`` (``LlavaConfig.to_hf()``; loadable by transformers' AutoConfig).
 

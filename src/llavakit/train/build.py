@@ -42,6 +42,19 @@ def build_model(spec: ModelSpec) -> tuple[LlavaModel, LlavaProcessor]:
     raise ValueError("model: set init (a LLaVA checkpoint directory) or both decoder and vision_tower")
 
 
+def source_generation_config(spec: ModelSpec) -> str | None:
+    """The ``generation_config.json`` text the run's outputs carry: ``model.init``'s, or for a model built from
+    parts the decoder's (its extra end-of-sequence ids, e.g. Llama-3's ``<|eot_id|>``); None for a tiny model or
+    a source without one."""
+    from ..checkpoint.hub import resolve_model_path
+    from ..checkpoint.save import read_generation_config
+
+    source = spec.decoder if spec.decoder and spec.vision_tower else spec.init
+    if not source or source.startswith("tiny:"):
+        return None
+    return read_generation_config(resolve_model_path(source))
+
+
 def _tiny(spec: ModelSpec) -> tuple[LlavaModel, LlavaProcessor]:
     from ..config import FAMILIES
     from ..model.llava import LlavaModel

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint.save import fsync_path, fsync_tree, save_config, save_state_dict
+from ..checkpoint.save import fsync_path, fsync_tree, save_config, save_state_dict, write_generation_config
 from .distributed import Dist, barrier, full_model_state, full_optimizer_state, gather_objects, load_full_state
 
 _STEP = re.compile(r"step-(\d{8})")
@@ -104,8 +104,10 @@ def save_checkpoint(
     d: Dist,
     keep_last: int,
     lora: Any = None,
+    generation: str | None = None,
 ) -> Path:
-    """Every process calls this (the state gathering is collective); the main process writes."""
+    """Every process calls this (the state gathering is collective); the main process writes. ``generation``: the
+    source's ``generation_config.json`` text, written beside the model (``write_model``)."""
     model_sd = full_model_state(model)
     optim_sd = full_optimizer_state(model, optimizer)
     rngs = gather_objects(rng_state(), d)
@@ -116,7 +118,7 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        write_model(tmp, model_sd, _config(model), processor, lora)
+        write_model(tmp, model_sd, _config(model), processor, lora, generation=generation)
         state = {
             "optimizer": optim_sd,
             "scheduler": scheduler.state_dict(),
@@ -150,10 +152,17 @@ def _config(model: nn.Module):  # noqa: ANN202
 
 
 def write_model(
-    out: Path, state: dict[str, torch.Tensor], config: Any, processor: Any, lora: Any = None, base: str | None = None
+    out: Path,
+    state: dict[str, torch.Tensor],
+    config: Any,
+    processor: Any,
+    lora: Any = None,
+    base: str | None = None,
+    generation: str | None = None,
 ) -> None:
     """HF-format model files (or, for LoRA, the PEFT adapter naming ``base`` as its base model) + processor files
-    into ``out``."""
+    into ``out``, and ``generation`` (the source's ``generation_config.json`` text: its end-of-sequence ids, which
+    the tokenizer read back from ``out`` stops on) when not None."""
     if lora is not None:
         from .lora import save_adapter
 
@@ -164,6 +173,7 @@ def write_model(
         save_config(config, out, dtype=stored)
     if processor is not None:
         processor.save_pretrained(out)
+    write_generation_config(generation, out)
 
 
 # recipe keys a resumed run may change: how it is watched and saved, not what it computes (the micro batch may

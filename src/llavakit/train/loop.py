@@ -101,7 +101,7 @@ def train(
 
 
 def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) -> TrainResult:  # noqa: ANN001, C901
-    from .build import build_model, trained_processor
+    from .build import build_model, source_generation_config, trained_processor
 
     t, out = recipe.train, Path(recipe.train.output_dir)
     check_output_dir(out, recipe.model.init, t.resume)  # before the model is read: nothing to overwrite
@@ -110,6 +110,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         model, processor = build_model(recipe.model)
     if processor is not None:  # saved with the template the run trains with
         processor = trained_processor(processor, recipe.data.template or recipe.model.template)
+    generation = source_generation_config(recipe.model)  # its end-of-sequence ids go with every model written
     if dataset is None:
         dataset, collate_fn = _dataset(recipe, processor)
     if collate_fn is None:
@@ -250,7 +251,9 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
                     )
                     due = t.save_every > 0 and step % t.save_every == 0
                     if (due and step < total) or stopping:  # stop_after: a checkpoint at the stop step, to resume from
-                        save_checkpoint(out, step, model, optimizer, scheduler, processor, last, d, t.keep_last, lora)
+                        save_checkpoint(
+                            out, step, model, optimizer, scheduler, processor, last, d, t.keep_last, lora, generation
+                        )
                         saved_at = step
                 if stopping:
                     bar.close()
@@ -266,14 +269,14 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         if step > ran_from and saved_at != step:  # the checkpoint save_every would have written at this step
             print(f"interrupted: saving step {step} (Ctrl-C again to quit without it)", file=sys.stderr, flush=True)
             saved_at = step
-            save_checkpoint(out, step, model, optimizer, scheduler, processor, last, d, t.keep_last, lora)
+            save_checkpoint(out, step, model, optimizer, scheduler, processor, last, d, t.keep_last, lora, generation)
         kept = out / "checkpoints" / f"step-{step:08d}" if step > ran_from else resumed
         raise TrainingInterrupted(step, kept) from None
     bar.close()
     result.final_step, result.skipped = step, dict(getattr(dataset, "skipped", {}))
     try:
         with guard, guard.deferred():  # Ctrl-C waits: the final model is written whole (as a checkpoint is)
-            _finish(out, model, processor, lora, d, metrics, base_model_id(recipe.model.init))
+            _finish(out, model, processor, lora, d, metrics, base_model_id(recipe.model.init), generation)
     except KeyboardInterrupt:
         if not guard.active:
             raise
@@ -361,10 +364,17 @@ def base_model_id(init: str | None) -> str | None:
 
 
 def _finish(
-    out: Path, model: torch.nn.Module, processor: Any, lora: Any, d: Dist, metrics: MetricsLog, base: str | None = None
+    out: Path,
+    model: torch.nn.Module,
+    processor: Any,
+    lora: Any,
+    d: Dist,
+    metrics: MetricsLog,
+    base: str | None = None,
+    generation: str | None = None,
 ) -> None:
     """The final output: an HF checkpoint (LoRA merged into it; the adapter, naming ``base``, and the processor also
-    in ``adapter/``)."""
+    in ``adapter/``), each with ``generation`` (the source's generation_config.json) when not None."""
     state = full_model_state(model)
     if not d.main:
         return
@@ -373,7 +383,7 @@ def _finish(
         from ..model.llava import LlavaModel
         from .lora import apply_lora, merge_lora
 
-        write_model(out / "adapter", state, config, processor, lora, base)  # the processor: merge-lora's template
+        write_model(out / "adapter", state, config, processor, lora, base, generation)  # merge-lora reads both
         with torch.device("meta"):
             plain = LlavaModel(config)
         apply_lora(plain, lora)
@@ -381,5 +391,5 @@ def _finish(
         plain.tie_weights()
         merge_lora(plain)
         state = plain.state_dict()
-    write_model(out, state, config, processor)
+    write_model(out, state, config, processor, generation=generation)
     metrics.plot(out / "loss.png")

@@ -291,12 +291,14 @@ def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = No
     """``llava merge-lora``: base checkpoint + PEFT adapter -> a plain HF checkpoint (weights, config, processor).
 
     The processor (and so the prompt template) is the adapter directory's when the run saved one there, else the
-    base checkpoint's (adapters from older llavakit versions or other tools). The merge is computed in float32 and
+    base checkpoint's (adapters from older llavakit versions or other tools); so is ``generation_config.json``
+    (extra end-of-sequence ids). The merge is computed in float32 and
     stored in ``dtype``, else in the dtype the base checkpoint is stored in (as ``llava convert`` keeps it)."""
     from ..checkpoint.adapter_base import check_adapter_base
     from ..checkpoint.api import load_config, load_model, parse_dtype
     from ..checkpoint.convert import source_processor, stored_dtype, write_processor
     from ..checkpoint.hub import resolve_model_path
+    from ..checkpoint.save import read_generation_config, write_generation_config
     from ..checkpoint.staging import staged_dir
 
     base_path = resolve_model_path(base)
@@ -320,6 +322,8 @@ def merge_lora_command(base: str, adapter: str, out: str, dtype: str | None = No
     with staged_dir(out_path) as tmp:  # out appears only when complete: a failed merge can simply be run again
         model.save_pretrained(tmp)
         write_processor(processor, base_path, tmp)
+        generation = read_generation_config(adapter) or read_generation_config(base_path)  # extra end-of-sequence ids
+        write_generation_config(generation, tmp)
     if note:
         print(f"note: {note}")
     return out_path
