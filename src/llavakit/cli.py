@@ -335,11 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         print(_interrupted(args, e), file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)  # 130 after Ctrl-C (SIGINT), 143 after SIGTERM (llava train)
 
 
 def _interrupted(args: argparse.Namespace, e: KeyboardInterrupt) -> str:
-    """What Ctrl-C leaves: for ``llava train`` the checkpoint of the last completed step and how to continue."""
+    """What Ctrl-C (or SIGTERM) leaves: for ``llava train`` the checkpoint of the last completed step and how to
+    continue."""
     checkpoint = getattr(e, "checkpoint", None)
     if args.command != "train" or not str(e):
         return "interrupted"

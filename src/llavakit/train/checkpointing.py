@@ -299,42 +299,59 @@ def _check_weight_files(path: Path) -> None:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) stopped ``llava train``; ``checkpoint`` holds the last completed step (None: none yet)."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped ``llava train``; ``checkpoint`` holds the last completed step (None: none
+    yet); ``signum`` is the signal (the CLI exits with 128 + it: 130, 143)."""
 
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
-        self.step, self.checkpoint = step, checkpoint
+    def __init__(self, step: int, checkpoint: Path | None, signum: int = signal.SIGINT) -> None:
+        self.step, self.checkpoint, self.signum = step, checkpoint, int(signum)
         saved = f"saved {checkpoint}" if checkpoint else "no step completed, nothing saved"
-        super().__init__(f"interrupted after step {step}; {saved}")
+        how = "interrupted" if self.signum == signal.SIGINT else f"stopped by {signal.Signals(self.signum).name}"
+        super().__init__(f"{how} after step {step}; {saved}")
+
+
+# the signals that stop a run after saving its last completed step: Ctrl-C, and the SIGTERM of `kill`, SLURM
+# preemption, `docker stop`, systemd and Kubernetes
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class InterruptGuard:
-    """SIGINT handling of the training loop (one process, main thread; elsewhere Python's default stays).
+    """SIGINT / SIGTERM handling of the training loop (one process, main thread; elsewhere Python's default stays,
+    and so does a SIGTERM the process ignores). The previous handlers come back on exit.
 
-    During a step's forward / backward a Ctrl-C raises KeyboardInterrupt at once (the step is abandoned: its
+    During a step's forward / backward a signal raises KeyboardInterrupt at once (the step is abandoned: its
     gradients are dropped, the weights are still those of the last completed step). Inside ``deferred()`` (the
     optimizer update, the metrics line, a checkpoint being written) it is held until the block ends, so a step
-    is applied whole or not at all and no file is left half written.
+    is applied whole or not at all and no file is left half written. ``signum``: the signal that came.
     """
 
     def __init__(self, active: bool) -> None:
         self.active = active and threading.current_thread() is threading.main_thread()
         self.deferring = self.pending = False
-        self.previous: Any = None
+        self.previous: dict[int, Any] = {}
+        self.signum: int = signal.SIGINT
 
     def __enter__(self) -> InterruptGuard:
         if self.active:
-            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+            mine = [s for s in STOP_SIGNALS if s == signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN]
+            self.previous = {s: signal.signal(s, self._on_signal) for s in mine}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.active:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():  # None: a handler installed outside Python; the default stands in
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        self.previous = {}
 
-    def _on_sigint(self, signum: int, frame: object) -> None:
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signum = signum
         if self.deferring:
             self.pending = True
         else:
             raise KeyboardInterrupt
+
+    def saving(self, step: int) -> str:
+        """The line printed while the interrupted run saves ``step``."""
+        again = "Ctrl-C again" if self.signum == signal.SIGINT else f"a second {signal.Signals(self.signum).name}"
+        return f"interrupted: saving step {step} ({again} to quit without it)"
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:

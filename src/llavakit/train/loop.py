@@ -177,7 +177,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "recipe.json", json.dumps(recipe_json, indent=2))  # synced
 
-    guard, ran_from, saved_at = InterruptGuard(d.world == 1), step, None  # Ctrl-C: see InterruptGuard
+    guard, ran_from, saved_at = InterruptGuard(d.world == 1), step, None  # Ctrl-C, SIGTERM
     at_top, rng_top, last = step, None, {}
     try:
         with guard:
@@ -267,11 +267,11 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         if step == at_top and step > ran_from:
             set_rng_state(rng_top)  # the RNG as the last completed step left it (the abandoned one drew)
         if step > ran_from and saved_at != step:  # the checkpoint save_every would have written at this step
-            print(f"interrupted: saving step {step} (Ctrl-C again to quit without it)", file=sys.stderr, flush=True)
+            print(guard.saving(step), file=sys.stderr, flush=True)
             saved_at = step
             save_checkpoint(out, step, model, optimizer, scheduler, processor, last, d, t.keep_last, lora, generation)
         kept = out / "checkpoints" / f"step-{step:08d}" if step > ran_from else resumed
-        raise TrainingInterrupted(step, kept) from None
+        raise TrainingInterrupted(step, kept, guard.signum) from None
     bar.close()
     result.final_step, result.skipped = step, dict(getattr(dataset, "skipped", {}))
     try:
