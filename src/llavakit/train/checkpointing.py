@@ -31,6 +31,7 @@ from torch import nn
 
 from ..checkpoint.save import fsync_path, fsync_tree, save_config, save_state_dict, write_generation_config
 from .distributed import Dist, barrier, full_model_state, full_optimizer_state, gather_objects, load_full_state
+from .fingerprint import same_setting
 
 _STEP = re.compile(r"step-(\d{8})")
 
@@ -198,12 +199,18 @@ def recipe_record(recipe: Any) -> dict[str, Any]:
 
 
 def check_same_recipe(
-    saved_path: Path, recipe: Any, checkpoint_recipe: dict[str, Any] | None = None, checkpoint: Path | None = None
+    saved_path: Path,
+    recipe: Any,
+    checkpoint_recipe: dict[str, Any] | None = None,
+    checkpoint: Path | None = None,
+    was_cwd: str | None = None,
 ) -> None:
     """Refuse to resume under a recipe that computes something else than the one that wrote the checkpoint (the
     recipe its trainer_state records; for checkpoints from before that, the run's ``recipe.json``): the
     optimizer and scheduler states carry the old learning rates and the data order the old batch size, so new
-    values would be ignored or skip data while the record claimed them."""
+    values would be ignored or skip data while the record claimed them. A path naming the same file as before
+    (``fingerprint.PATH_KEYS``; a relative one relative to ``was_cwd``, where that run ran, when recorded) is the
+    same value: the data's contents are checked by their fingerprint."""
     if checkpoint_recipe is not None:
         saved, source = _flat(checkpoint_recipe), f"the one that wrote {checkpoint}"
     elif not saved_path.is_file():
@@ -217,7 +224,10 @@ def check_same_recipe(
                 "to resume without comparing the recipe against the one that started the run"
             ) from None
     now = _flat(recipe_record(recipe))
-    diff = sorted(k for k in saved.keys() | now.keys() if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
+    keys = saved.keys() | now.keys()
+    diff = sorted(
+        k for k in keys if k not in RESUME_MAY_CHANGE and not same_setting(k, saved.get(k), now.get(k), was_cwd)
+    )
     if diff:
         said = "; ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in diff[:5])
         raise ValueError(

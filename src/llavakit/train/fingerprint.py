@@ -14,6 +14,7 @@ Not seen: an edit inside a file over 2 MiB that keeps its size and every sample'
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,40 @@ def data_files(data: Any) -> list[str]:
 
             paths += [str(e["path"]) for e in read_mixture(data.path) if "path" in e]
     return paths
+
+
+def same_file(was: Any, now: Any, was_cwd: str | None = None) -> bool:
+    """True when the path ``was`` (relative to ``was_cwd``, the working directory it was given in, when known) and
+    the path ``now`` name one existing file or directory: ``my data/x.jsonl`` and its absolute path, say. Anything
+    else (a missing file, a hub id, ``tiny:llava``, a non-string) is not the same unless equal as written."""
+    if was == now:
+        return True
+    if not (isinstance(was, str) and isinstance(now, str) and was and now):
+        return False
+    try:
+        return os.path.samefile(Path(was_cwd or "", was), now)
+    except (OSError, ValueError):
+        return False
+
+
+# recipe keys naming a file or directory: the same one given as another path (relative / absolute, through a
+# symlink) is the same recipe; so are such keys of ``data.datasets`` entries
+PATH_KEYS = frozenset({"model.init", "model.decoder", "model.vision_tower", "data.path", "data.image_folder"})
+ENTRY_PATH_KEYS = frozenset({"path", "json_path", "image_folder"})
+
+
+def same_setting(key: str, was: Any, now: Any, was_cwd: str | None = None) -> bool:
+    """True when recipe key ``key`` (flattened: ``data.path``) has the same value ``was`` then and ``now``; for
+    path keys, when both name the same file (``same_file``)."""
+    if key in PATH_KEYS:
+        return same_file(was, now, was_cwd)
+    if key == "data.datasets" and isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
+        return all(
+            isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys()
+            and all(a[k] == b[k] or (k in ENTRY_PATH_KEYS and same_file(a[k], b[k], was_cwd)) for k in a)
+            for a, b in zip(was, now)
+        )  # fmt: skip
+    return was == now
 
 
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
@@ -59,10 +94,14 @@ def data_fingerprint(data: Any, dataset: Any) -> dict[str, Any]:
     }
 
 
-def data_change(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
-    """What differs between two fingerprints, in words (the first difference), or None."""
-    for path, was in saved.get("files", {}).items():
-        is_ = now.get("files", {}).get(path, {"size": None})
+def data_change(saved: dict[str, Any], now: dict[str, Any], was_cwd: str | None = None) -> str | None:
+    """What differs between two fingerprints, in words (the first difference), or None. A file is matched by its
+    path as written, else by any path naming the same file (``same_file``, ``was_cwd`` the saved run's directory)."""
+    files = now.get("files", {})
+    for was_path, was in saved.get("files", {}).items():
+        same = (p for p in files if same_file(was_path, p, was_cwd))
+        path = was_path if was_path in files else next(same, was_path)
+        is_ = files.get(path, {"size": None})
         if is_ == was:
             continue
         if is_["size"] is None:
@@ -79,10 +118,13 @@ def data_change(saved: dict[str, Any], now: dict[str, Any]) -> str | None:
     return None
 
 
-def check_same_data(saved: dict[str, Any] | None, now: dict[str, Any], checkpoint: Path) -> None:
+def check_same_data(
+    saved: dict[str, Any] | None, now: dict[str, Any], checkpoint: Path, was_cwd: str | None = None
+) -> None:
     """Refuse to resume from ``checkpoint`` when the data changed since it was written (its ``data`` fingerprint;
-    a checkpoint written before fingerprints were kept has none and is not checked)."""
-    what = data_change(saved, now) if saved else None
+    a checkpoint written before fingerprints were kept has none and is not checked). ``was_cwd``: the directory
+    the run that wrote it ran in (its relative paths' base)."""
+    what = data_change(saved, now, was_cwd) if saved else None
     if what:
         raise ValueError(
             f"train.resume: the training data changed since {checkpoint} was written: {what}; restore the data, or "

@@ -142,9 +142,9 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         if not found:
             raise FileNotFoundError(f"train.resume: no checkpoint in {out / 'checkpoints'}; start without resume")
         saved = saved_counters(found[-1])
-        check_same_recipe(out / "recipe.json", recipe, saved.get("recipe"), found[-1])
-        if not t.allow_data_change:
-            check_same_data(saved.get("data"), data_now, found[-1])
+        check_same_recipe(out / "recipe.json", recipe, saved.get("recipe"), found[-1], saved.get("cwd"))
+        if not t.allow_data_change:  # "cwd": where the run that wrote it ran (its relative paths' base)
+            check_same_data(saved.get("data"), data_now, found[-1], saved.get("cwd"))
     elif found:
         raise FileExistsError(
             f"{out} already holds checkpoints of an earlier run ({found[-1].name}); resume it with "
@@ -226,7 +226,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
                     step += 1
                     position = in_epoch * per_step + len(chunk)  # the counters of this step, before any callback
                     last = {"step": step, "epoch": epoch, "position": position, "seed": t.seed, "total_steps": total}
-                    last |= {"full_batches_only": full_only, "data": data_now}  # how steps were counted, what data
+                    last |= {"full_batches_only": full_only, "data": data_now, "cwd": str(Path.cwd())}  # counting, data
                     last["recipe"] = recipe_json  # what computed it: a resume (of a copied checkpoint) checks it
                     dt = time.perf_counter() - t0
                     rec = {
