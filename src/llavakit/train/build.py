@@ -191,7 +191,3 @@ def trained_processor(processor: LlavaProcessor, template: str | None) -> LlavaP
     out = copy.copy(processor)
     out.template, out.chat_template = template, None  # None: save_pretrained writes the named template as Jinja
     return out
-
-
-def save_processor(processor: LlavaProcessor, out: str | Path) -> None:
-    processor.save_pretrained(out)
