@@ -166,6 +166,20 @@ def test_data_urls_and_checks() -> None:
         decode_data_url(data_url(PNG), ImageLimits(max_bytes=10), "x")
 
 
+def test_a_multi_picture_jpeg_from_a_phone_is_read_as_its_first_picture() -> None:
+    """MPO files are JPEGs with a second picture appended; Pillow reports them as "MPO", which was refused."""
+    import io
+
+    from PIL import Image
+
+    first, second = Image.new("RGB", (12, 8), (200, 10, 10)), Image.new("RGB", (12, 8), (10, 10, 200))
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    img = load_request_image(data_url(buf.getvalue(), "image/jpeg"), ImageLimits(), "x")
+    assert img.size == (12, 8) and img.getpixel((6, 4))[0] > 150  # the first (red) picture
+
+
 def test_undecodable_image_names_the_formats_the_server_accepts() -> None:
     """``load_image`` (``llava generate``) reads BMP, TIFF, ...; the server does not: its message lists its own."""
     for data in (image_bytes(64, 64)[:500], b"not an image at all"):  # truncated pixel data, an unknown format

@@ -24,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..processing.image_load import FORMATS_HINT, bomb_message, load_image
 
-FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+# MPO: a JPEG with more pictures after the first (phone cameras write it); Pillow names it apart, read as its first
+FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 ACCEPTED = "PNG, JPEG, WebP or GIF"  # FORMATS, as the error messages name them
 MIME_TYPES = set(FORMATS.values()) | {"image/jpg"}
 
