@@ -75,3 +75,16 @@ def test_unsupported_generate_keywords_are_named(model, kw):
     (name,) = kw
     with pytest.raises(TypeError, match=rf"generate\(\) got unsupported argument\(s\) {name}; it takes max_new_tokens"):
         model.generate(torch.tensor([[1, 17, 40, 5]]), max_new_tokens=2, **kw)
+
+
+def test_nan_weights_are_an_error_not_an_empty_answer(model):
+    """A NaN in the weights made greedy decoding pick the NaN's index and answer as if nothing were wrong."""
+    w = model.lm_head.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            model.lm_head.weight[7, 0] = float("nan")
+        with pytest.raises(ValueError, match=r"logits hold NaN or inf \(row\(s\) \[0\] of the batch\)"):
+            generate(model, torch.tensor([[1, 17, 40, 5]]), max_new_tokens=2)
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight.copy_(w)

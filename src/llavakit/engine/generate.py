@@ -112,6 +112,7 @@ def decode(
         seen.scatter_(1, torch.where((ids >= 0) & (ids < v), ids, v), True)
         seen = seen[:, :v]
     done = torch.zeros(b, dtype=torch.bool, device=device)
+    check_finite(logits)  # once, after the prefill (no host sync per token): NaN weights show here
     for i in range(max_new_tokens):
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
@@ -184,6 +185,18 @@ def stream_tokens(
         prompt_ids=seen,
         step=step,
     )
+
+
+def check_finite(logits: torch.Tensor) -> None:
+    """A ValueError when the (B, V) logits hold NaN or inf: the weights hold them, or float16 overflowed. Without
+    it greedy decoding picked a NaN's index and printed an empty or garbled answer as if nothing were wrong."""
+    bad = ~torch.isfinite(logits).all(-1)  # (B,)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"the model's logits hold NaN or inf (row(s) {rows} of the batch): its weights hold NaN/inf, or float16 "
+            "overflowed; check the checkpoint, or run it in bfloat16 or float32"
+        )
 
 
 # what the processor returns besides input_ids / attention_mask: LlavaModel.embed's inputs
