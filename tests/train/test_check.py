@@ -197,3 +197,24 @@ def test_repeated_ids_and_turn_order_are_noted_not_failed(planted, capsys):
     assert code == 0 and "all 3 records OK" in out
     assert "note: 1 ids occur more than once (a)" in out
     assert "note: 1 records whose turns do not alternate human, gpt, human, ... (b)" in out
+
+
+def test_each_kind_shows_what_is_wrong_with_its_first_record(planted, capsys):
+    """The kind and ids alone left the reason to guess (training names it): the first message of each kind is shown."""
+    argv = ["data", "check", str(planted / "d.jsonl"), "--image-folder", str(planted / "imgs")]
+    assert main(argv + ["--model-or-processor", str(planted / "proc"), "--max-length", "200"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    first = {lines[i - 1].split(":")[0].strip(): line for i, line in enumerate(lines) if line.startswith("    first: ")}
+    assert "nope.png" in first["missing_image"] and "sample 'missing'" in first["missing_image"]
+    assert "--max-length" in first["truncated"] and "2 image" in first["placeholder_mismatch"]
+    # without --image-folder a missing image says where it was looked for
+    main(["data", "check", str(planted / "d.jsonl")])
+    assert "no --image-folder given: image paths are read from the working directory" in capsys.readouterr().out
+
+
+def test_an_unknown_speaker_is_a_problem_not_a_turn_order_note(planted, capsys):
+    turns = [{"from": "Human", "value": "<image>\nWhat?"}, {"from": "bot", "value": "x"}]
+    write_jsonl(planted / "spk.jsonl", [{"id": "spk", "image": "a.png", "conversations": turns}])
+    assert main(["data", "check", str(planted / "spk.jsonl"), "--image-folder", str(planted / "imgs")]) == 1
+    out = capsys.readouterr().out
+    assert "bad_record: 1 (spk)" in out and "unknown speaker 'bot'" in out and "do not alternate" not in out

@@ -39,20 +39,27 @@ class CheckReport:
     records: int = 0
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    first: dict[str, str] = field(default_factory=dict)  # the first message of each kind: what is wrong
     notes: list[str] = field(default_factory=list)
 
-    def add(self, reason: str, ident: str) -> None:
+    def add(self, reason: str, ident: str, message: str = "") -> None:
         self.counts[reason] += 1
         shown = self.examples.setdefault(reason, [])
         if len(shown) < SHOW:
             shown.append(ident)
+        if message and reason not in self.first:
+            self.first[reason] = message
 
     @property
     def problems(self) -> int:
         return sum(self.counts.values())
 
     def lines(self) -> list[str]:
-        out = [f"  {kind}: {n} ({_shown(self.examples[kind], n)})" for kind, n in sorted(self.counts.items())]
+        out = []
+        for kind, n in sorted(self.counts.items()):
+            out.append(f"  {kind}: {n} ({_shown(self.examples[kind], n)})")
+            if kind in self.first:
+                out.append(f"    first: {self.first[kind]}")
         return out + [f"  note: {n}" for n in self.notes]
 
 
@@ -123,6 +130,8 @@ def order_notes(records: list[Record]) -> list[str]:
             continue
         roles = [ROLES.get(str(t.get("from")).lower()) for t in conv if isinstance(t, dict)]
         roles = [x for x in roles if x != "system"]
+        if None in roles:  # an unknown speaker: a problem of its own (bad_record), which does not train at all
+            continue
         if any(x != ("user", "assistant")[i % 2] for i, x in enumerate(roles)):
             unordered.append(r.id)
     if unordered:
@@ -141,10 +150,10 @@ def check_one(
     template: str | None,
     max_length: int | None,
     num_frames: int,
-) -> tuple[str, str] | None:
-    """(kind, id) of the first problem of one record (the file:line for a broken JSON line), or None."""
+) -> tuple[str, str, str] | None:
+    """(kind, id, message) of the first problem of one record (the file:line for a broken JSON line), or None."""
     if isinstance(rec, SampleError):
-        return rec.reason, str(rec).split(": broken")[0]  # "file:line"
+        return rec.reason, str(rec).split(": broken")[0], str(rec)  # "file:line"
     try:
         check_record(rec, image_folder)
         sizes, paths = [], image_paths(rec.data, image_folder)
@@ -167,8 +176,13 @@ def check_one(
             raise SampleError("bad_record", f"videos need a llava_onevision processor, not {processor.family}")
         enc = encode_sample(messages, processor, template, sizes, frames, max_length=max_length, sample_id=rec.id)
     except SampleError as e:
-        return e.reason, rec.id
-    return ("truncated", rec.id) if enc.truncated else None
+        message = str(e)
+        if e.reason == "missing_image" and image_folder is None:
+            message += " (no --image-folder given: image paths are read from the working directory)"
+        return e.reason, rec.id, message
+    if enc.truncated:
+        return "truncated", rec.id, f"sample {rec.id!r}: longer than --max-length; training cuts its text to fit"
+    return None
 
 
 def data_check_command(
