@@ -218,3 +218,19 @@ def test_an_unknown_speaker_is_a_problem_not_a_turn_order_note(planted, capsys):
     assert main(["data", "check", str(planted / "spk.jsonl"), "--image-folder", str(planted / "imgs")]) == 1
     out = capsys.readouterr().out
     assert "bad_record: 1 (spk)" in out and "unknown speaker 'bot'" in out and "do not alternate" not in out
+
+
+@pytest.mark.parametrize(
+    ("record", "said"),
+    [
+        ({"image": 5, "conversations": conv("<image>\nWhat?", "x")}, "'image' must be a path (a string) or a list"),
+        ({"image": ["a.png", 3], "conversations": conv("<image>\n<image>\nWhat?", "x")}, "'image' must be a path"),
+        ({"images": ["a.png"], "conversations": conv("<image>\nWhat?", "x")}, "the LLaVA format's key is 'image'"),
+        ({"conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "x"}]}, "'value' is missing"),
+        ({"conversations": [{"from": "human"}, {"from": "gpt", "value": "x"}]}, "turn 0: 'value' is missing or null"),
+    ],
+)
+def test_records_of_the_wrong_shape_say_what_to_write(planted, capsys, record, said):
+    write_jsonl(planted / "shape.jsonl", [{"id": "r", **record}])
+    assert main(["data", "check", str(planted / "shape.jsonl"), "--image-folder", str(planted / "imgs")]) == 1
+    assert said in capsys.readouterr().out

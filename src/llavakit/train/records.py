@@ -156,6 +156,12 @@ def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str
     (a turn of the placeholder alone stays just that); with several images, that of a turn holding only one.
     """
     rid = rid if rid is not None else str(record.get("id"))
+    for key in ("image", "video"):
+        v = record.get(key)
+        paths = v if isinstance(v, list) and key == "image" else [v]
+        if v is not None and not all(isinstance(x, str) for x in paths):  # str(5) would look for a file "5"
+            what = "a path (a string) or a list of paths" if key == "image" else "a folder path (a string)"
+            raise SampleError("bad_record", f"'{key}' must be {what}, got {v!r:.60}", rid)
     conv = record.get("conversations")
     if not isinstance(conv, list) or not conv:
         raise SampleError("empty_conversation", "no conversations", rid)
@@ -167,6 +173,8 @@ def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str
         if role is None:
             raise SampleError("bad_record", f"turn {i}: unknown speaker {turn['from']!r} (use human / gpt)", rid)
         value = turn.get("value")
+        if value is None:  # "" for a missing text would train an empty turn as if that were meant
+            raise SampleError("bad_record", f"turn {i}: 'value' is missing or null; give the turn's text", rid)
         if isinstance(value, (list, dict)):  # str() would train on its Python repr ("['A cat.']")
             raise SampleError(
                 "bad_record", f"turn {i}: 'value' must be the turn's text, got a {type(value).__name__}", rid
@@ -189,7 +197,12 @@ def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str
         raise SampleError(
             "placeholder_mismatch",
             f"{text.count(IMAGE)} {IMAGE} placeholder(s) for {n_img} image(s), {text.count(VIDEO)} {VIDEO} for "
-            f"{int(has_video)} video(s)",
+            f"{int(has_video)} video(s)"
+            + (
+                "; the record has 'images', and the LLaVA format's key is 'image' (a path or a list of paths)"
+                if "images" in record and "image" not in record
+                else ""
+            ),
             rid,
         )
     for mark, n in ((IMAGE, n_img), (VIDEO, int(has_video))):
