@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,30 @@ def test_chat_template_name_needs_a_jinja_template(tmp_path: Path) -> None:
     d = _saved(tmp_path, template="llava_v1")
     proc = LlavaProcessor.from_pretrained(d, template="chat_template")
     assert proc.template == "llava_v1" and proc.chat_template is None
+
+
+@pytest.mark.parametrize(
+    ("text_config", "want"),
+    [
+        ({"model_type": "mistral"}, "mistral_instruct"),  # llava-v1.6-mistral-7b-hf before it shipped a template
+        ({"model_type": "llama", "vocab_size": 128320}, "llama3"),
+        ({"model_type": "llama", "vocab_size": 64064}, "chatml_direct"),
+        ({"model_type": "llama", "vocab_size": 32064}, "vicuna_v1"),  # the family's default: kept, no warning
+        ({}, "vicuna_v1"),
+    ],
+)
+def test_a_checkpoint_without_any_template_gets_its_decoders(tmp_path: Path, text_config: dict, want: str) -> None:
+    out = tmp_path / "next"
+    LlavaProcessor.from_parts(char_tokenizer(), tiny_config("llava_next")).save_pretrained(out)
+    (out / "chat_template.jinja").unlink()  # as transformers wrote processors before chat templates
+    config = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    (out / "config.json").write_text(json.dumps({**config, "model_type": "llava_next", "text_config": text_config}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        proc = LlavaProcessor.from_pretrained(out)
+    assert proc.template == want and proc.chat_template is None
+    said = [str(w.message) for w in caught if "ships no chat template" in str(w.message)]
+    assert said == ([] if want == "vicuna_v1" else [f"{out} ships no chat template: prompts use {want!r}, guessed "
+                    f"from its {text_config['model_type']} decoder; pass template=NAME (from_pretrained) to choose "
+                    "another"])  # fmt: skip
+    assert LlavaProcessor.from_pretrained(out, template="vicuna_v1").template == "vicuna_v1"  # a name still wins

@@ -10,6 +10,7 @@ A processor directory holds ``processor_config.json`` (transformers >= 5 nests t
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,27 @@ def video_processor_dict(v: ImageConfig, family: str) -> dict[str, Any]:
         "image_std": list(v.std),
         "do_convert_rgb": True,
     }
+
+
+def decoder_template(model_cfg: dict[str, Any], default: str, path: Path) -> str | None:
+    """The template of a checkpoint that names none (no Jinja chat template, no conversation_template.json), from its
+    decoder, when that is not ``default`` (the family's; with a warning saying so); None keeps the default.
+
+    Example: an llava-v1.6-mistral-7b-hf download from before llava-hf added chat templates (text_config model_type
+    "mistral") -> ``mistral_instruct``, where the family's default would have written Vicuna prompts.
+    """
+    text = model_cfg.get("text_config") or {}
+    kind, vocab = text.get("model_type", "llama"), text.get("vocab_size") or 0
+    guess = {"mistral": "mistral_instruct", "qwen2": "qwen_1_5"}.get(kind)
+    if kind == "llama" and vocab >= 128256:  # Llama-3 (128256, grown by the conversion)
+        guess = "llama3"
+    elif kind == "llama" and 64000 <= vocab < 64256:  # Yi-34B
+        guess = "chatml_direct"
+    if guess is None or guess == default:
+        return None
+    warnings.warn(
+        f"{path} ships no chat template: prompts use {guess!r}, guessed from its {kind} decoder; pass "
+        "template=NAME (from_pretrained) to choose another",
+        stacklevel=3,
+    )
+    return guess

@@ -19,6 +19,7 @@ from ..config import LlavaConfig
 from .anyres import ImageGeometry, num_image_tokens, num_video_tokens
 from .hf_files import (
     chat_template_of,
+    decoder_template,
     family_of,
     image_config_from_hf,
     image_processor_dict,
@@ -154,6 +155,8 @@ class LlavaProcessor:
             check_template_name(template, chat is not None and exported is None)  # unknown: refused, listing names
             chat, exported = None, None
         template = template or from_file
+        if template is None and chat is None:  # no template at all: the decoder tells (a llava-next-mistral, ...)
+            template = decoder_template(model_cfg, DEFAULT_TEMPLATE[family], path)
         if exported is not None:  # ("chat_template", the checkpoint's Jinja one, is then that name too)
             template, chat = exported if template in (None, CHAT_TEMPLATE) else template, None
         return cls(
