@@ -325,3 +325,21 @@ def test_the_repetition_penalty_leaves_prompt_ids_past_the_vocabulary_out(pipe) 
     row = Row(job, pipe.processor.tokenizer)
     row.start(v, torch.device("cpu"))
     assert row.seen[0].nonzero().flatten().tolist() == [1, 5, 17, 40]
+
+
+def test_nan_logits_are_a_500_that_names_them(pipe) -> None:  # noqa: ANN001
+    """NaN weights made greedy rows answer with the NaN's token as if nothing were wrong."""
+    w = pipe.model.lm_head.weight.detach().clone()
+    done: dict = {}
+    worker = Batcher(pipe.model, pipe.processor.tokenizer, max_batch_size=4)
+    worker.start()
+    try:
+        with torch.no_grad():
+            pipe.model.lm_head.weight[7, 0] = float("nan")
+        _run(worker, _job(pipe, 0, 4, done), done, 0)
+    finally:
+        worker.stop()
+        with torch.no_grad():
+            pipe.model.lm_head.weight.copy_(w)
+    status, message = done[0][-1][1:]
+    assert status == 500 and "logits hold NaN or inf" in message and not any(e[0] == "delta" for e in done[0])

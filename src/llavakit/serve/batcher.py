@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ..engine.generate import StepFn, decode_step, eos_ids
+from ..engine.generate import StepFn, check_finite, decode_step, eos_ids
 from ..engine.kv_cache import KVCache
 from ..engine.sampling import SamplingParams
 from .metrics import Metrics
@@ -333,6 +333,7 @@ class Batcher:
             cache=cache,
             logits_to_keep=1,
         ).logits[:, -1]  # (B, V)
+        check_finite(logits)  # NaN weights or a float16 overflow: a 500 naming it (alone, see _prefill_or_fail)
         rows = [Row(job, self.tokenizer) for job in jobs]
         for row in rows:
             row.start(logits.shape[-1], device)
