@@ -12,6 +12,7 @@ import torch
 from .api import load_config, load_model, parse_dtype
 from .hub import resolve_model_path
 from .load import checkpoint_files
+from .save import read_generation_config, write_generation_config
 from .staging import staged_dir
 
 if TYPE_CHECKING:
@@ -75,8 +76,7 @@ def convert(
     with staged_dir(out) as tmp:
         model.save_pretrained(tmp, max_shard_bytes=max_shard_bytes)
         write_processor(processor, path, tmp)
-        if (path / "generation_config.json").is_file():  # extra end-of-sequence ids (Llama-3's <|eot_id|>, ...)
-            shutil.copy2(path / "generation_config.json", tmp / "generation_config.json")
+        write_generation_config(read_generation_config(path), tmp)  # extra end-of-sequence ids (Llama-3's <|eot_id|>)
     notes = [note]
     if config.projector_type != "mlp2x_gelu":
         notes.append(
