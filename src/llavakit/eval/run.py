@@ -33,6 +33,12 @@ def _lines(path: Path) -> list[str]:
     return read_text(path).replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
+def record_key(record: dict[str, Any]) -> str:
+    """An answer record's question key: its ``question_id`` (else ``id``), with ``/<round_id>`` for MMBench rounds."""
+    qid = record["question_id"] if "question_id" in record else record["id"]
+    return f"{qid}/{record['round_id']}" if "round_id" in record else str(qid)
+
+
 def read_predictions(
     path: Path,
     *,
@@ -70,7 +76,7 @@ def read_predictions(
             if number_repeats and key != str(qid):
                 key = numbered(key, derived)
         else:
-            key = f"{qid}/{record['round_id']}" if "round_id" in record else str(qid)
+            key = record_key(record)
         if text is not None and not isinstance(text, (str, int, float)):
             raise ValueError(f"{path}:{n}: the answer must be a string, got {type(text).__name__} {text!r}")
         if key in first_line:  # which of two answers would be scored is not for us to guess
@@ -136,9 +142,7 @@ def _drop_repeats(path: Path, answers: int) -> None:
     seen: set[str] = set()
     kept = []
     for line in lines:
-        record = json.loads(line)
-        qid = record["question_id"] if "question_id" in record else record["id"]
-        key = f"{qid}/{record['round_id']}" if "round_id" in record else str(qid)
+        key = record_key(json.loads(line))
         if key not in seen:
             seen.add(key)
             kept.append(line + "\n")
