@@ -11,16 +11,14 @@ from llavakit.checkpoint.fill import load_into
 from llavakit.checkpoint.keymaps import detect_layout
 from llavakit.checkpoint.load import read_config_dict
 from llavakit.checkpoint.original import (
-    add_image_tokens,
     config_from_original,
-    converted_vocab_size,
-    grow_rows,
     is_original_config,
     original_tensors,
     pinpoints_to_hf,
     read_vision_tower_config,
 )
 from llavakit.checkpoint.save import save_config, save_state_dict
+from llavakit.checkpoint.vocab_growth import add_image_tokens, converted_vocab_size, grow_rows
 from tiny_models import TINY_CLIP_TEXT, hf_model, vision_config
 
 # Modelled on the published config.json files of liuhaotian/llava-v1.5-7b, llava-v1.6-mistral-7b,

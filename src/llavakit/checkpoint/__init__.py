@@ -1,5 +1,5 @@
 """Checkpoint IO: finding (hub), key layouts (keymaps), original-format configs (original), reading (load), filling a
-model (fill), writing (save).
+model (fill), writing (save), a converted vocabulary's new rows (vocab_growth).
 
 Library code imports the submodules directly; the names below are the public surface.
 """
@@ -13,13 +13,13 @@ from .load import checkpoint_keys, iter_checkpoint_tensors, read_config_dict
 from .original import (
     OriginalConfig,
     OriginalProcessing,
-    add_image_tokens,
     config_from_original,
     is_original_config,
     original_tensors,
     read_vision_tower_config,
 )
 from .save import save_config, save_state_dict
+from .vocab_growth import add_image_tokens
 
 __all__ = [
     "CheckpointMismatchError",

@@ -26,7 +26,7 @@ Conventions that differ from HF and are converted here:
   patch / cls_patch becomes ``default`` / ``full``.
 - image tokens: the original splices ``-200`` into the ids. HF gives ``<image>`` a real id, the first id
   after the tokenizer's own tokens: ``vocab_size`` for Llama/Mistral/Yi (32000, 64000), 151646 for Qwen
-  (151647 for ``<video>``); the embedding matrices grow to match (:func:`converted_vocab_size`).
+  (151647 for ``<video>``); the embedding matrices grow to match (``vocab_growth.converted_vocab_size``).
 
 Converting an original checkpoint directory (the tower may be inside it or in the ``mm_vision_tower`` model)::
 
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from .config_types import check_original_config_types
 from .hub import HubUnreachableError, resolve_model_path
 from .keymaps import LM_HEAD, TEXT, detect_layout, rename_tensors, trim_vision_layers
 from .load import checkpoint_keys, iter_checkpoint_tensors, read_config_dict
+from .vocab_growth import converted_vocab_size, grow_rows
 
 # config.json of the towers the released checkpoints name in mm_vision_tower (vision part only)
 KNOWN_TOWERS: dict[str, dict[str, Any]] = {
@@ -97,7 +97,7 @@ class OriginalProcessing:
 class OriginalConfig:
     """:func:`config_from_original`'s answer: the converted model config and the processor facts."""
 
-    config: LlavaConfig  # HF conventions: image token ids set, text.vocab_size grown (see add_image_tokens)
+    config: LlavaConfig  # HF conventions: image token ids set, text.vocab_size grown (vocab_growth)
     processing: OriginalProcessing
     stored_vocab_size: int  # rows of embed_tokens / lm_head in the original checkpoint
 
@@ -298,46 +298,6 @@ def guess_template(cfg: dict[str, Any], text: TextConfig, name: str | None = Non
     if text.vocab_size == 32000:
         return "vicuna_v1"
     return None
-
-
-# -- vocabulary growth ---------------------------------------------------------------------------------------
-
-
-def converted_vocab_size(vocab: int, token_ids: list[int], extra: int = 2, multiple: int = 64) -> int:
-    """Rows of the converted embedding matrices: ``vocab + extra`` (and every token id) rounded up to 64.
-
-    The llava-hf conversion scripts grow the vocab by 2 (``<image>`` + ``<pad>`` for Llama/Mistral,
-    ``<image>`` + ``<video>`` for Qwen), padded to a multiple of 64. Vicuna 32000 -> 32002 -> 32064;
-    Yi 64000 -> 64064; Qwen2-0.5B 151936 -> 151938 -> 152000 (ids 151646/151647 fit already);
-    Qwen2-7B 152064 -> 152128.
-    """
-    return math.ceil(max(vocab + extra, max(token_ids) + 1) / multiple) * multiple
-
-
-def add_image_tokens(state_dict: dict[str, torch.Tensor], config: LlavaConfig) -> dict[str, torch.Tensor]:
-    """Grow ``embed_tokens`` / ``lm_head`` (current-layout keys) to ``config.text.vocab_size`` rows.
-
-    ``config`` is the converted config (``config_from_original(...).config``). New rows are the mean of the
-    existing rows of each matrix. The llava-hf scripts draw them from N(mean, 1e-5 * covariance), i.e. the
-    mean up to noise; we keep it deterministic. Image positions never look their row up (features replace
-    them), so the values only set the logits of tokens the model never emits. Returns a new dict sharing the
-    untouched tensors; matrices that already have the right size are left alone.
-    """
-    out = dict(state_dict)
-    for key in (TEXT + "embed_tokens.weight", LM_HEAD + "weight"):
-        if key in out:
-            out[key] = grow_rows(out[key], config.text.vocab_size, key)
-    return out
-
-
-def grow_rows(w: torch.Tensor, rows: int, name: str = "embedding") -> torch.Tensor:
-    """``w`` (V, D) with ``rows - V`` mean rows appended; (rows, D)."""
-    if w.shape[0] > rows:
-        raise ValueError(f"{name} has {w.shape[0]} rows, more than the config's vocab_size {rows}")
-    if w.shape[0] == rows:
-        return w
-    mean = w.float().mean(dim=0).to(w.dtype)  # (D,)
-    return torch.cat([w, mean.expand(rows - w.shape[0], -1)], dim=0)
 
 
 # -- reading an original checkpoint directory --------------------------------------------------------------

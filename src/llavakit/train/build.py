@@ -156,7 +156,7 @@ def _part_tensors(decoder: Path, tower: Path, config: Any):  # noqa: ANN202
     """
     from ..checkpoint.keymaps import LM_HEAD, TEXT, rename_tensors, trim_vision_layers
     from ..checkpoint.load import iter_checkpoint_tensors
-    from ..checkpoint.original import grow_rows
+    from ..checkpoint.vocab_growth import grow_rows
 
     grow = {TEXT + "embed_tokens.weight", LM_HEAD + "weight"}
     for name, t in rename_tensors(iter_checkpoint_tensors(decoder), "original"):
