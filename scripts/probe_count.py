@@ -14,7 +14,9 @@ with 1-8 objects of seven kinds, N (0-5, uniform) of them of the asked kind, the
 of a patch showing a red star offer the decoder); with ``--mark`` one of them also adds a mark row (what stage 0's
 ``clip.centre_labels`` teaches the tower: one marked patch per shape). ``--background`` positions of their own row
 are shuffled in among the objects' (most patches of a scene show no shape); ``--ramp`` grows them from none over
-that many steps, as ``probe_lookup.py --ramp`` does. AdamW, a 50-step warm-up then ``--lr``, batches of 32.
+that many steps, as ``probe_lookup.py --ramp`` does; ``--kind-noise P`` shows another kind at each object position
+with probability P (a patch whose kind the tower misreads; the mark stays on the true kind). AdamW, a 50-step
+warm-up then ``--lr``, batches of 32.
 
 It prints held-out accuracy (600 examples; chance 1/6) every ``--every`` steps and by count at the end; the last
 line is one JSON object. Worked example: ``--span 1 1`` and no background gives 0.95 after 2000 steps at 1e-3 (stage
@@ -50,6 +52,7 @@ class Layout:
     span: tuple[int, int] = (1, 1)  # positions per object, drawn uniformly in [lo, hi]
     mark: bool = False  # one position of each object adds the MARK row
     background: int = 0  # BACKGROUND positions shuffled in
+    kind_noise: float = 0.0  # each object position shows another kind with this probability (a misread patch)
 
 
 @dataclass
@@ -67,7 +70,7 @@ def make_example(rng: random.Random, layout: Layout) -> Example:
     for k in [kind] * count + others:
         colour = ID[rng.choice(list(COLORS))]
         n = rng.randint(*layout.span)
-        spots += [(ID[k], (colour,))] * n
+        spots += [(ID[misread(rng, k, layout.kind_noise)], (colour,)) for _ in range(n)]
         if layout.mark:
             spots[-1] = (ID[k], (colour, ID["MARK"]))
     spots += [(ID["BACKGROUND"], ())] * layout.background
@@ -76,6 +79,14 @@ def make_example(rng: random.Random, layout: Layout) -> Example:
     ids = head + [t for t, _ in spots] + tail
     extra = [()] * len(head) + [e for _, e in spots] + [()] * len(tail)
     return Example(ids, extra, count)
+
+
+def misread(rng: random.Random, kind: str, p: float) -> str:
+    """``kind``, or with probability ``p`` another kind drawn uniformly (no draw at all when ``p`` is 0, so the
+    examples of earlier runs stay the same)."""
+    if p and rng.random() < p:
+        return rng.choice([k for k in KINDS if k != kind])
+    return kind
 
 
 def batch(embed: torch.nn.Embedding, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -128,7 +139,8 @@ def train(
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50)
-        now = Layout(layout.span, layout.mark, layout.background if step >= ramp else layout.background * step // ramp)
+        grown = layout.background if step >= ramp else layout.background * step // ramp
+        now = Layout(layout.span, layout.mark, grown, layout.kind_noise)
         x, answers, last = batch(model.model.embed_tokens, [make_example(rng, now) for _ in range(32)])
         loss = F.cross_entropy(logits_at(model, x, last), answers)
         opt.zero_grad()
@@ -152,6 +164,7 @@ def main() -> None:
     ap.add_argument("--mark", action="store_true", help="one position of each object adds a mark row")
     ap.add_argument("--background", type=int, default=0, help="background positions shuffled in")
     ap.add_argument("--ramp", type=int, default=0, help="steps over which the background grows from none")
+    ap.add_argument("--kind-noise", type=float, default=0.0, help="chance an object's position shows another kind")
     ap.add_argument("--every", type=int, default=250, help="held-out accuracy every N steps (0: at the end only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -161,8 +174,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.span[0] < 1 or args.span[1] < args.span[0]:
         ap.error(f"--span LO HI needs 1 <= LO <= HI, got {args.span[0]} {args.span[1]}")
+    if not 0.0 <= args.kind_noise < 1.0:
+        ap.error(f"--kind-noise is a probability in [0, 1), got {args.kind_noise}")
     recipe = load_stage0_recipe(args.recipe, args.overrides)
-    layout = Layout(tuple(args.span), args.mark, args.background)
+    layout = Layout(tuple(args.span), args.mark, args.background, args.kind_noise)
     print(f"{layout}, ramp {args.ramp}, lr {args.lr}, {args.steps} steps of 32, decoder {recipe.decoder}")
     t = time.perf_counter()
     result = train(recipe, layout, args.steps, args.lr, args.ramp, args.seed, args.every)

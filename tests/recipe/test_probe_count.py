@@ -49,3 +49,18 @@ def test_a_short_run_counts_well_beyond_chance():
     trained = probe.train(recipe, probe.Layout(), 150, 1e-3, log=lambda m: None)
     untrained = probe.train(recipe, probe.Layout(), 0, 1e-3, log=lambda m: None)
     assert trained["accuracy"] > 0.4 and untrained["accuracy"] < 0.25 and min(trained["by_count"]) > 0.25
+
+
+def test_kind_noise_misreads_positions_at_its_rate_and_leaves_the_marks_true():
+    probe = load_script("probe_count")
+    rng = random.Random(0)
+    state = rng.getstate()
+    assert probe.misread(rng, "star", 0.0) == "star" and rng.getstate() == state  # no draw: old examples unchanged
+    shown = [probe.misread(rng, "star", 0.3) for _ in range(4000)]
+    assert 0.27 < sum(k != "star" for k in shown) / len(shown) < 0.33 and set(shown) <= set(probe.KINDS)
+    layout = probe.Layout(span=(3, 3), mark=True, kind_noise=0.3)
+    for i in range(100):
+        ex = probe.make_example(random.Random(i), layout)
+        asked = probe.WORDS[ex.ids[-3]]
+        marked = [t for t, e in zip(ex.ids, ex.extra) if len(e) == 2]
+        assert ex.count == sum(probe.WORDS[t] == asked for t in marked)
