@@ -250,10 +250,27 @@ def test_a_cut_short_trainer_state_is_named_with_the_fix(tmp_path):
     _run(tiny_recipe(tmp_path, "llava", *args, "train.stop_after=2"))
     state = tmp_path / "run" / "checkpoints" / "step-00000002" / "trainer_state.pt"
     state.write_bytes(state.read_bytes()[:100])
-    with pytest.raises(ValueError, match="step-00000002 is unreadable.*delete that directory"):
+    said = "step-00000002 is unreadable.*delete that directory to resume from step-00000001, the checkpoint before"
+    with pytest.raises(ValueError, match=said):
         _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))
     shutil.rmtree(state.parent)  # as the message says: the run resumes from step 1
     assert _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))[0].steps == [2, 3, 4]
+
+
+def test_an_unreadable_only_checkpoint_says_the_run_starts_over(tmp_path):
+    """With one checkpoint, and that one unreadable, the advice was still to resume "from the checkpoint before
+    it", which does not exist (and a resume with no checkpoint is refused); it now says to delete it and run
+    without resume, which starts the run over."""
+    args = ("train.max_steps=4", "train.save_every=2")
+    _run(tiny_recipe(tmp_path, "llava", *args, "train.stop_after=2"))
+    state = tmp_path / "run" / "checkpoints" / "step-00000002" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    said = r"only checkpoint: delete that directory and run again without --resume \(train.resume\) to start over"
+    with pytest.raises(ValueError, match=said) as e:
+        _run(tiny_recipe(tmp_path, "llava", *args, "train.resume=true"))
+    assert "before it" not in str(e.value)
+    shutil.rmtree(state.parent)
+    assert _run(tiny_recipe(tmp_path, "llava", *args))[0].steps == [1, 2, 3, 4]  # all of it, from the start
 
 
 @pytest.mark.parametrize(

@@ -236,6 +236,20 @@ def check_same_recipe(
         )
 
 
+def _delete_fix(path: Path) -> str:
+    """What to do about the unreadable checkpoint ``path`` (``OUT/checkpoints/step-N``): delete it, and what the
+    resume does then: continue from the complete checkpoint before it, or, when there is none, start over."""
+    if not _STEP.fullmatch(path.name):
+        return "delete that directory to resume from the checkpoint before it"
+    before = [p for p in checkpoint_dirs(path.parent.parent) if int(p.name[5:]) < int(path.name[5:])]
+    if before:
+        return f"delete that directory to resume from {before[-1].name}, the checkpoint before it"
+    return (
+        "it is the run's only checkpoint: delete that directory and run again without --resume (train.resume) to "
+        "start over"
+    )
+
+
 def saved_counters(path: Path) -> dict[str, Any]:
     """The counters of checkpoint ``path`` (its ``trainer_state.json``: step, epoch, steps, data fingerprint), read
     before the run builds its schedule from them."""
@@ -244,7 +258,7 @@ def saved_counters(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise ValueError(
             f"checkpoint {path} is unreadable: its trainer_state.json is missing or cut short ({type(e).__name__}); "
-            "delete that directory to resume from the checkpoint before it"
+            f"{_delete_fix(path)}"
         ) from e
 
 
@@ -257,7 +271,7 @@ def load_checkpoint(
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise ValueError(
             f"checkpoint {path} is unreadable: its trainer_state.pt is corrupt or cut short ({str(e).split('.')[0]}); "
-            "delete that directory to resume from the checkpoint before it"
+            f"{_delete_fix(path)}"
         ) from e
     saved, now = state.get("trainable"), _trainable(optimizer)
     if saved is not None and saved != now:
@@ -303,8 +317,7 @@ def _check_weight_files(path: Path) -> None:
                 pass
         except SafetensorError as e:
             raise ValueError(
-                f"checkpoint {path} is unreadable: {file.name} is corrupt or cut short ({e}); delete that directory "
-                "to resume from the checkpoint before it"
+                f"checkpoint {path} is unreadable: {file.name} is corrupt or cut short ({e}); {_delete_fix(path)}"
             ) from None
 
 
