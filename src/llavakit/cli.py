@@ -321,8 +321,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        parser = _parser()  # imports torch (the flags of `serve`): ~1.5 s where Ctrl-C can land
+        args, extra = parser.parse_known_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     if extra and getattr(args, "overrides", None) is not None and all("=" in x and x[0] != "-" for x in extra):
         args.overrides += extra  # `llava train R.yaml --resume key=value`: overrides after a flag
     elif extra:

@@ -276,3 +276,23 @@ def test_generate_into_a_pipe_closed_early_stops_quietly(images):
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141 and not err, err
+
+
+def test_ctrl_c_while_the_parser_is_built_is_one_line_and_130():
+    """Building the parser imports torch (~1.5 s); Ctrl-C in that window printed a 50-line traceback from inside
+    torch's import. The interrupt is raised here exactly there: when torch starts to be imported."""
+    code = (
+        "import builtins, os, signal\n"
+        "real = builtins.__import__\n"
+        "def hook(name, *a, **k):\n"
+        "    if name == 'torch':\n"
+        "        builtins.__import__ = real\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = hook\n"
+        "from llavakit.cli import main\n"
+        "raise SystemExit(main(['generate', '--help']))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert (r.returncode, r.stderr, r.stdout) == (130, "interrupted\n", "")
