@@ -1,0 +1,173 @@
+"""Can a decoder of the stage-0 shape say where a named object is? For recipe developers.
+
+    python scripts/probe_place.py                      # the place from RoPE alone: tokens in grid order
+    python scripts/probe_place.py --feat               # each token also carries its column's and row's rows
+    python scripts/probe_place.py --feat --ramp 600    # ... and the empty cells grow from none over 600 steps
+
+"Is the star on the left or the right?" asks the decoder to find the named object's token and read out its place.
+This probe trains the stage-0 recipe's decoder (from scratch, with the recipe's initialisation, as
+``probe_count.py`` does) on that alone:
+
+    <s> USER: CELL CELL CELL CELL CELL NL CELL ... NL \\n Is the KIND on the left or right ? ASSISTANT: left
+
+``--rows`` x ``--cols`` cells in row-major order with a newline token after each row, as the AnyRes grid's image
+tokens are packed; 1-8 cells hold an object (its kind's row plus its colour's), the others the background row. The
+object asked about is alone of its kind and not in the middle row or column; left/right and top/bottom questions
+come half and half. Without ``--feat`` the place is only in the token's position in the sequence (RoPE); with it
+every cell adds a row naming its column and one naming its row (the ideal of tower features that keep the place).
+``--ramp N`` leaves out each empty cell with a probability falling from 1 to 0 over the first N steps (with
+``--feat`` only: without, leaving cells out would move the others). AdamW, a 50-step warm-up then ``--lr``,
+batches of 32, 600 held-out questions scored per axis; the last line is one JSON object. See
+docs/default-model.md, "Where an object is, in isolation".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llavakit.data.synth_scene import COLORS, KINDS
+from llavakit.model.text import CausalLM
+from llavakit.train.stage0.lm import init_weights
+from llavakit.train.stage0.run import Stage0Recipe, load_stage0_recipe, text_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # probe_count.py, beside this file
+from probe_count import RECIPE, VOCAB, Example, batch, logits_at  # noqa: E402
+
+MAX_SIDE = 12  # rows and columns, up to
+WORDS = ["<pad>", "<s>", "</s>", "USER:", "ASSISTANT:", "\n", "BACKGROUND", "NL", "Is", "the", "on", "or", "?"]
+WORDS += ["left", "right", "top", "bottom", *KINDS, *COLORS]
+WORDS += [f"C{i}" for i in range(MAX_SIDE)] + [f"R{i}" for i in range(MAX_SIDE)]
+ID = {w: i for i, w in enumerate(WORDS)}
+AXES = {"lr": ("left", "right"), "tb": ("top", "bottom")}
+
+
+@dataclass
+class Grid:
+    rows: int = 5
+    cols: int = 5
+    feat: bool = False  # each cell adds its column's and its row's embedding rows
+
+
+@dataclass
+class Question:
+    example: Example  # the prompt (its ``count`` unused)
+    answer: str  # left / right / top / bottom
+    axis: str  # "lr" or "tb"
+
+
+def make_question(rng: random.Random, grid: Grid, drop: float = 0.0) -> Question:
+    """One question about a scene of 1-8 objects; each empty cell is left out with probability ``drop``."""
+    while True:
+        n = rng.randint(1, 8)
+        cells = rng.sample([(r, c) for r in range(grid.rows) for c in range(grid.cols)], n)
+        kinds = [rng.choice(KINDS) for _ in range(n)]
+        axis = rng.choice(list(AXES))
+        side, mid = (grid.cols, 1) if axis == "lr" else (grid.rows, 0)
+        fit = [i for i in range(n) if kinds.count(kinds[i]) == 1 and not (side % 2 and cells[i][mid] == side // 2)]
+        if fit:
+            break
+    i = rng.choice(fit)
+    answer = AXES[axis][0] if cells[i][mid] < side / 2 else AXES[axis][1]
+    at = {cell: j for j, cell in enumerate(cells)}
+    ids, extra = [ID["<s>"], ID["USER:"]], [(), ()]
+    for r in range(grid.rows):
+        for c in range(grid.cols):
+            place = (ID[f"C{c}"], ID[f"R{r}"]) if grid.feat else ()
+            j = at.get((r, c))
+            if j is not None:
+                ids.append(ID[kinds[j]])
+                extra.append((ID[rng.choice(list(COLORS))], *place))
+            elif not (drop and rng.random() < drop):
+                ids.append(ID["BACKGROUND"])
+                extra.append(place)
+        ids.append(ID["NL"])
+        extra.append(())
+    tail = ["\n", "Is", "the", kinds[i], "on", "the", AXES[axis][0], "or", AXES[axis][1], "?", "ASSISTANT:"]
+    ids += [ID[w] for w in tail]
+    extra += [()] * len(tail)
+    return Question(Example(ids, extra, 0), answer, axis)
+
+
+def accuracy(model: CausalLM, held_out: list[Question]) -> dict[str, float]:
+    """Held-out accuracy per axis."""
+    model.eval()
+    with torch.no_grad():
+        x, _, last = batch(model.model.embed_tokens, [q.example for q in held_out])
+        pred = logits_at(model, x, last).argmax(-1).tolist()
+    model.train()
+    out = {}
+    for axis in AXES:
+        mine = [(p, q) for p, q in zip(pred, held_out) if q.axis == axis]
+        out[axis] = sum(p == ID[q.answer] for p, q in mine) / len(mine)
+    return out
+
+
+def train(
+    recipe: Stage0Recipe, grid: Grid, steps: int, lr: float, ramp: int = 0, seed: int = 0, every: int = 250, log=print
+) -> dict:
+    """A fresh decoder of the recipe's shape trained ``steps`` batches of 32; its held-out accuracy per axis."""
+    torch.manual_seed(seed)
+    model = CausalLM(text_config(recipe.decoder, VOCAB, ID["<s>"], ID["</s>"], ID["<pad>"]))
+    init_weights(model, recipe.lm.init_std)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    held_out = [make_question(random.Random(10**6 + i), grid) for i in range(600)]
+    curve = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 50)
+        drop = max(0.0, 1 - step / ramp) if ramp else 0.0
+        qs = [make_question(rng, grid, drop) for _ in range(32)]
+        x, _, last = batch(model.model.embed_tokens, [q.example for q in qs])
+        loss = F.cross_entropy(logits_at(model, x, last), torch.tensor([ID[q.answer] for q in qs]))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if every and (step + 1) % every == 0:
+            acc = accuracy(model, held_out)
+            curve.append([step + 1, acc])
+            log(f"step {step + 1}: loss {loss.item():.3f}, held out {acc}")
+    return {"accuracy": accuracy(model, held_out), "curve": curve}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--recipe", default=str(RECIPE), help="stage-0 recipe whose decoder shape is probed")
+    ap.add_argument("--rows", type=int, default=5)
+    ap.add_argument("--cols", type=int, default=5)
+    ap.add_argument("--feat", action="store_true", help="each cell also carries its column's and row's rows")
+    ap.add_argument("--ramp", type=int, default=0, help="steps over which the empty cells grow from none (--feat)")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--every", type=int, default=250, help="held-out accuracy every N steps (0: at the end only)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. decoder.num_hidden_layers=4")
+    args = ap.parse_args()
+    if not (2 <= args.rows <= MAX_SIDE and 2 <= args.cols <= MAX_SIDE):
+        ap.error(f"--rows and --cols must be in 2..{MAX_SIDE}, got {args.rows} x {args.cols}")
+    if args.ramp and not args.feat:
+        ap.error("--ramp needs --feat: without it the place is the position in the sequence, which dropped cells move")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    grid = Grid(args.rows, args.cols, args.feat)
+    recipe = load_stage0_recipe(args.recipe, args.overrides)
+    print(f"{grid}, ramp {args.ramp}, lr {args.lr}, {args.steps} steps of 32, decoder {recipe.decoder}")
+    t = time.perf_counter()
+    result = train(recipe, grid, args.steps, args.lr, args.ramp, args.seed, args.every)
+    print(f"held out {result['accuracy']} (chance 0.5); {time.perf_counter() - t:.0f} s")
+    print(json.dumps({"grid": vars(grid), "ramp": args.ramp, "lr": args.lr, "steps": args.steps, **result}))
+
+
+if __name__ == "__main__":
+    main()
