@@ -124,29 +124,40 @@ def accuracy(model: CausalLM, examples: list[Example]) -> tuple[float, list[floa
     return sum(right) / len(right), [sum(b) / len(b) if b else float("nan") for b in by]
 
 
+def fresh_decoder(recipe: Stage0Recipe, seed: int, ids: dict[str, int]) -> tuple[CausalLM, torch.optim.AdamW]:
+    """A decoder of the recipe's shape with its initialisation (``VOCAB`` rows; ``ids`` holds the special tokens'
+    rows), seeded, and its AdamW (no weight decay)."""
+    torch.manual_seed(seed)
+    model = CausalLM(text_config(recipe.decoder, VOCAB, ids["<s>"], ids["</s>"], ids["<pad>"]))
+    init_weights(model, recipe.lm.init_std)
+    return model, torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)
+
+
+def optimise(model: CausalLM, opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, step: int) -> None:
+    """One step on ``loss``: a 50-step linear warm-up to ``lr``, gradients clipped at norm 1."""
+    for group in opt.param_groups:
+        group["lr"] = lr * min(1.0, (step + 1) / 50)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def train(
     recipe: Stage0Recipe, layout: Layout, steps: int, lr: float, ramp: int = 0, seed: int = 0, every: int = 0, log=print
 ) -> dict:
     """A fresh decoder of the recipe's shape trained ``steps`` batches of 32; returns its held-out accuracy (with
     all of ``layout.background``; during the first ``ramp`` steps training examples have a growing part of it)."""
-    torch.manual_seed(seed)
-    model = CausalLM(text_config(recipe.decoder, VOCAB, ID["<s>"], ID["</s>"], ID["<pad>"]))
-    init_weights(model, recipe.lm.init_std)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model, opt = fresh_decoder(recipe, seed, ID)
     rng = random.Random(seed)
     held_out = [make_example(random.Random(10**6 + i), layout) for i in range(600)]
     curve = []
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50)
         grown = layout.background if step >= ramp else layout.background * step // ramp
         now = Layout(layout.span, layout.mark, grown, layout.kind_noise)
         x, answers, last = batch(model.model.embed_tokens, [make_example(rng, now) for _ in range(32)])
         loss = F.cross_entropy(logits_at(model, x, last), answers)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimise(model, opt, loss, lr, step)
         if every and (step + 1) % every == 0:
             acc, _ = accuracy(model, held_out)
             curve.append([step + 1, acc])

@@ -36,11 +36,10 @@ import torch.nn.functional as F
 
 from llavakit.data.synth_scene import COLORS, KINDS
 from llavakit.model.text import CausalLM
-from llavakit.train.stage0.lm import init_weights
-from llavakit.train.stage0.run import Stage0Recipe, load_stage0_recipe, text_config
+from llavakit.train.stage0.run import Stage0Recipe, load_stage0_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # probe_count.py, beside this file
-from probe_count import RECIPE, VOCAB, Example, batch, logits_at  # noqa: E402
+from probe_count import RECIPE, Example, batch, fresh_decoder, logits_at, optimise  # noqa: E402
 
 MAX_SIDE = 12  # rows and columns, up to
 WORDS = ["<pad>", "<s>", "</s>", "USER:", "ASSISTANT:", "\n", "BACKGROUND", "NL", "Is", "the", "on", "or", "?"]
@@ -115,24 +114,16 @@ def train(
     recipe: Stage0Recipe, grid: Grid, steps: int, lr: float, ramp: int = 0, seed: int = 0, every: int = 250, log=print
 ) -> dict:
     """A fresh decoder of the recipe's shape trained ``steps`` batches of 32; its held-out accuracy per axis."""
-    torch.manual_seed(seed)
-    model = CausalLM(text_config(recipe.decoder, VOCAB, ID["<s>"], ID["</s>"], ID["<pad>"]))
-    init_weights(model, recipe.lm.init_std)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model, opt = fresh_decoder(recipe, seed, ID)
     rng = random.Random(seed)
     held_out = [make_question(random.Random(10**6 + i), grid) for i in range(600)]
     curve = []
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50)
         drop = max(0.0, 1 - step / ramp) if ramp else 0.0
         qs = [make_question(rng, grid, drop) for _ in range(32)]
         x, _, last = batch(model.model.embed_tokens, [q.example for q in qs])
         loss = F.cross_entropy(logits_at(model, x, last), torch.tensor([ID[q.answer] for q in qs]))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimise(model, opt, loss, lr, step)
         if every and (step + 1) % every == 0:
             acc = accuracy(model, held_out)
             curve.append([step + 1, acc])
