@@ -322,7 +322,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        parser = _parser()  # imports torch (the flags of `serve`): ~1.5 s where Ctrl-C can land
+        parser = _parser()  # imports torch (via `serve` and `train` flags): ~1.5 s where Ctrl-C can land
         args, extra = parser.parse_known_args(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
