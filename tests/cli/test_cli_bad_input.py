@@ -278,14 +278,23 @@ def test_generate_into_a_pipe_closed_early_stops_quietly(images):
     assert p.wait(timeout=60) == 141 and not err, err
 
 
+def test_building_the_parser_imports_no_torch():
+    """`llava --help` (and every start) built the parser by importing torch (~1 s) through `serve`'s MAX_FRAMES
+    (video_load -> image) and `llavakit.train`'s eager __init__; both imports are now deferred."""
+    code = "import sys\nfrom llavakit.cli import _parser\n_parser()\nprint('torch' in sys.modules)\n"
+    env = {**os.environ, "PYTHONPATH": SRC}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "False\n", "")
+
+
 def test_ctrl_c_while_the_parser_is_built_is_one_line_and_130():
-    """Building the parser imports torch (~1.5 s); Ctrl-C in that window printed a 50-line traceback from inside
-    torch's import. The interrupt is raised here exactly there: when torch starts to be imported."""
+    """A Ctrl-C while the parser is built (the subcommands' modules are imported) printed a traceback. The interrupt
+    is raised here exactly there: when `serve`'s command module starts to be imported."""
     code = (
         "import builtins, os, signal\n"
         "real = builtins.__import__\n"
         "def hook(name, *a, **k):\n"
-        "    if name == 'torch':\n"
+        "    if name.endswith('serve.command') or name == 'command':\n"
         "        builtins.__import__ = real\n"
         "        os.kill(os.getpid(), signal.SIGINT)\n"
         "    return real(name, *a, **k)\n"

@@ -10,8 +10,6 @@ from typing import Any
 
 from PIL import Image
 
-from .image import sample_frames
-
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 MAX_FRAMES = 32  # the max_frames_num lmms-eval's OneVision video runs are usually given
 
@@ -62,6 +60,8 @@ def read_video(path: str | Path, max_frames: int = MAX_FRAMES) -> list[Image.Ima
         raise ValueError(f"the number of frames to read (max_frames) must be an integer >= 1, got {max_frames!r}")
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
+    from .image import sample_frames  # here, not at the top: `llava serve`'s flags read MAX_FRAMES without torch
+
     av = _av()
     if av is None:
         raise ValueError(f"reading {path} needs PyAV: pip install 'llavakit[video]', {_frames_hint(path)}")
