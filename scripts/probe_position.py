@@ -3,6 +3,7 @@ of the image?", for recipe developers.
 
     python scripts/probe_position.py MODEL --train TRAIN_DATA --test TEST_DATA [--scenes 700] [--test-scenes 250]
     python scripts/probe_position.py MODEL --train TRAIN_DATA --test TEST_DATA --readout-steps 300
+    python scripts/probe_position.py MODEL --train TRAIN --test TEST --skip-probes --base-only --ridge-steps 300
 
 TRAIN_DATA / TEST_DATA are synthetic sets with their ``scenes.jsonl`` (``llava data synth``, or a recipe's data
 directory; test on scenes the model was not trained on). Every shape off-centre horizontally (``side``) is labelled
@@ -21,7 +22,11 @@ With ``--readout-steps S`` it then asks whether layer 0 can be trained to bring 
 from MODEL, the projector and all of layer 0's attention train for S steps (batch 16) on the grounding pass's
 attention loss (``train.grounding``) plus the squared error of a linear read-out of the object's centre (x, y in
 [-1, 1]) from layer 0's output at the word; printed: the attention mass on the object, the training error and the
-held-out accuracy of the read-out's signs (left/right, top/bottom).
+held-out accuracy of the read-out's signs (left/right, top/bottom). ``--frozen-projector`` keeps the projector.
+``--base-only``: the attention's target is the object's base-view tokens alone (the first 25 image tokens, where a
+token's place is the scene's). ``--ridge-steps S``: closed-form ridge read-outs instead of a trained head, along
+the path (``ridge_path``): from the mean of the projector's output over the target tokens, from layer 0's output at
+the word, and from it again after S steps training layer 0's query / key projections to look at the target tokens.
 """
 
 from __future__ import annotations
@@ -129,8 +134,10 @@ def collect(model: LlavaModel, proc: LlavaProcessor, data: list) -> dict[str, tu
     return {k: (torch.stack(v), torch.tensor(ys[k])) for k, v in xs.items()}
 
 
-def readout_examples(proc: LlavaProcessor, data: list) -> list[dict]:
-    """Grounding-pass inputs for one question per scene, with the named object's centre in [-1, 1]."""
+def readout_examples(proc: LlavaProcessor, data: list, base_only: int = 0) -> list[dict]:
+    """Grounding-pass inputs for one question per scene, with the named object's centre in [-1, 1]. ``base_only``
+    (the tokens of one view, > 0): the attention's target is the object's base-view tokens only (the first
+    ``base_only`` image tokens: the whole image squashed to one tile, where a token's place is the scene's)."""
     out = []
     for scene, img in data:
         i = named_shape(scene)
@@ -138,9 +145,12 @@ def readout_examples(proc: LlavaProcessor, data: list) -> list[dict]:
             continue
         s = scene.shapes[i]
         q = question_inputs(proc, scene, img, question(s.kind), s.kind)
-        if (q["owner"] == i).any():
+        target = q["owner"] == i
+        if base_only:
+            target[(q["owner"] != -4).nonzero()[base_only:, 0]] = False  # tile tokens (and newlines) left out
+        if target.any():
             xy = torch.tensor([s.cx / scene.width * 2 - 1, s.cy / scene.height * 2 - 1])
-            out.append({**q, "target": q["owner"] == i, "xy": xy})
+            out.append({**q, "target": target, "xy": xy})
     return out
 
 
@@ -152,13 +162,16 @@ def layer0_at_word(model: LlavaModel, ex: dict) -> torch.Tensor:
     return lm.layers[0](x, cos, sin, None, None, 0)[0, ex["pos"]]
 
 
-def readout(model: LlavaModel, train: list[dict], test: list[dict], steps: int, seed: int = 0) -> list[dict]:
-    """Train the projector + layer 0's attention (grounding loss + centre read-out); one record per 50 steps."""
+def readout(
+    model: LlavaModel, train: list[dict], test: list[dict], steps: int, seed: int = 0, projector: bool = True
+) -> list[dict]:
+    """Train the projector (unless ``projector`` is False) + layer 0's attention (grounding loss + centre
+    read-out); one record per 50 steps."""
     torch.manual_seed(seed)
     for p in model.parameters():
         p.requires_grad_(False)
     params = [
-        *model.model.multi_modal_projector.parameters(),
+        *(model.model.multi_modal_projector.parameters() if projector else []),
         *model.model.language_model.layers[0].self_attn.parameters(),
     ]
     for p in params:
@@ -187,6 +200,53 @@ def readout(model: LlavaModel, train: list[dict], test: list[dict], steps: int, 
     return log
 
 
+def ridge_signs(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor, lam: float = 1.0) -> list:
+    """Closed-form ridge regression of (x, y) centres from features (with a bias); the held-out sign accuracy per
+    axis [left/right, top/bottom]."""
+    x1 = torch.cat([xtr, torch.ones(len(xtr), 1)], 1)
+    w = torch.linalg.solve(x1.T @ x1 + lam * torch.eye(x1.shape[1]), x1.T @ ytr)  # (F + 1, 2)
+    pred = torch.cat([xte, torch.ones(len(xte), 1)], 1) @ w
+    return ((pred > 0) == (yte > 0)).float().mean(0).tolist()
+
+
+def ridge_path(model: LlavaModel, train: list[dict], test: list[dict], steps: int, seed: int = 0) -> dict:
+    """Where the place of the named object stops (targets: ``readout_examples(..., base_only)``): ridge read-outs
+    from the mean of the projector's output over the target tokens (what an attention on them would gather), from
+    layer 0's output at the name, and from that output again after ``steps`` steps training layer 0's query / key
+    projections to look at the target tokens (the grounding loss; nothing else changes)."""
+    ytr, yte = torch.stack([e["xy"] for e in train]), torch.stack([e["xy"] for e in test])
+
+    def gathered(ex: dict) -> torch.Tensor:
+        return model.embed(ex["ids"], ex["pv"], ex["sizes"])[0][ex["target"]].mean(0)
+
+    def fit(f) -> list:  # noqa: ANN001
+        with torch.no_grad():
+            return ridge_signs(torch.stack([f(e) for e in train]), ytr, torch.stack([f(e) for e in test]), yte)
+
+    out = {"gathered": fit(gathered), "layer0_word": fit(lambda e: layer0_at_word(model, e))}
+    torch.manual_seed(seed)
+    att = model.model.language_model.layers[0].self_attn
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [*att.q_proj.parameters(), *att.k_proj.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = [train[i] for i in torch.randint(len(train), (16,), generator=g).tolist()]
+        loss = -torch.stack([layer0_log_mass(model, ex).max() for ex in batch]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        out["mass"] = torch.stack([layer0_log_mass(model, ex).max().exp() for ex in test]).mean().item()
+    out["layer0_word_grounded"] = fit(lambda e: layer0_at_word(model, e))
+    for k, v in out.items():
+        print(f"{k}: {v:.2f}" if k == "mass" else f"{k}: left/right {v[0]:.2f} top/bottom {v[1]:.2f}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -196,15 +256,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test-scenes", type=int, default=250)
     ap.add_argument("--steps", type=int, default=500, help="optimizer steps of each linear probe")
     ap.add_argument("--readout-steps", type=int, default=0, help="then train layer 0 to read the place (0: no)")
+    ap.add_argument("--base-only", action="store_true", help="the read-out's attention target: base-view tokens only")
+    ap.add_argument("--frozen-projector", action="store_true", help="the read-out trains layer 0's attention only")
+    ap.add_argument("--ridge-steps", type=int, help="ridge read-outs along the path (ridge_path)")
+    ap.add_argument("--skip-probes", action="store_true", help="only the read-outs (--readout-steps, --ridge-steps)")
     a = ap.parse_args(argv)
     model = LlavaModel.from_pretrained(a.model).eval()
     proc = LlavaProcessor.from_pretrained(a.model)
     if model.geometry.pinpoints is None or model.geometry.extra != 0:
         raise SystemExit("probe_position needs a llava_next model with one token per patch (AnyRes, CLIP 'default')")
     train_data, test_data = scenes(a.train, a.scenes), scenes(a.test, a.test_scenes)
-    fit, held = collect(model, proc, train_data), collect(model, proc, test_data)
+    fit, held = ({}, {}) if a.skip_probes else (collect(model, proc, train_data), collect(model, proc, test_data))
     result: dict = {"probes": {}}
-    print("| features | shapes (train / test) | right (train) | train | held out |\n|---|---|---|---|---|")
+    if fit:
+        print("| features | shapes (train / test) | right (train) | train | held out |\n|---|---|---|---|---|")
     for name, (x, y) in fit.items():
         if name not in held or len(set(y.tolist())) < 2:
             continue
@@ -212,9 +277,13 @@ def main(argv: list[str] | None = None) -> dict:
         result["probes"][name] = {"train": acc_train, "held_out": acc_test, "n": [len(y), len(held[name][1])]}
         n_test = len(held[name][1])
         print(f"| {name} | {len(y)} / {n_test} | {y.float().mean():.2f} | {acc_train:.2f} | {acc_test:.2f} |")
+    per_view = (model.config.vision.image_size // model.config.vision.patch_size) ** 2 if a.base_only else 0
+    if a.readout_steps or a.ridge_steps is not None:
+        train_ex, test_ex = readout_examples(proc, train_data, per_view), readout_examples(proc, test_data, per_view)
     if a.readout_steps:
-        result["readout"] = readout(model, readout_examples(proc, train_data), readout_examples(proc, test_data),
-                                    a.readout_steps)  # fmt: skip
+        result["readout"] = readout(model, train_ex, test_ex, a.readout_steps, projector=not a.frozen_projector)
+    if a.ridge_steps is not None:
+        result["ridge"] = ridge_path(model, train_ex, test_ex, a.ridge_steps)
     return result
 
 

@@ -45,3 +45,47 @@ def test_rows_and_labels_on_a_tiny_model(tmp_path):
     assert log and 0 <= log[-1]["held_out_x"] <= 1 and 0 < log[-1]["mass"] <= 1
     assert not torch.equal(model.model.language_model.layers[0].self_attn.v_proj.weight, before)
     assert torch.equal(model.model.language_model.layers[-1].mlp.down_proj.weight, frozen)
+
+
+def test_base_only_targets_and_a_frozen_projector(tmp_path):
+    mod = load_script("probe_position")
+    path = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 12, 7, "caption", min_side=112, max_side=160)
+    model, proc = LlavaModel.from_pretrained(path).eval(), LlavaProcessor.from_pretrained(path)
+    data = mod.scenes(tmp_path / "d", 12)
+    per_view = (model.config.vision.image_size // model.config.vision.patch_size) ** 2
+    full, base = mod.readout_examples(proc, data), mod.readout_examples(proc, data, per_view)
+    assert base and len(base) <= len(full)
+    for ex in base:
+        slots = (ex["owner"] != -4).nonzero()[:, 0]
+        assert ex["target"].any() and not ex["target"][slots[per_view:]].any()
+        named = ex["owner"] == ex["owner"][ex["target"]][0]  # every token of the named shape
+        assert torch.equal(ex["target"][slots[:per_view]], named[slots[:per_view]])
+    projector = model.model.multi_modal_projector.linear_1.weight.clone()
+    mod.readout(model, base, base, 2, projector=False)
+    assert torch.equal(model.model.multi_modal_projector.linear_1.weight, projector)
+
+
+def test_ridge_signs_recovers_a_linear_place_and_not_noise():
+    mod = load_script("probe_position")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 8, generator=g)
+    y = x[:, :2] @ torch.tensor([[1.0, 0.5], [-0.5, 1.0]])  # a linear place
+    assert min(mod.ridge_signs(x[:300], y[:300], x[300:], y[300:])) > 0.95
+    noise = torch.randn(400, 2, generator=g)
+    assert max(mod.ridge_signs(x[:300], noise[:300], x[300:], noise[300:])) < 0.7
+
+
+def test_ridge_path_on_a_tiny_model(tmp_path):
+    mod = load_script("probe_position")
+    path = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 12, 7, "caption", min_side=112, max_side=160)
+    model, proc = LlavaModel.from_pretrained(path).eval(), LlavaProcessor.from_pretrained(path)
+    per_view = (model.config.vision.image_size // model.config.vision.patch_size) ** 2
+    exs = mod.readout_examples(proc, mod.scenes(tmp_path / "d", 12), per_view)
+    v = model.model.language_model.layers[0].self_attn.v_proj.weight.clone()
+    q = model.model.language_model.layers[0].self_attn.q_proj.weight.clone()
+    out = mod.ridge_path(model, exs, exs, 2)
+    assert set(out) == {"gathered", "layer0_word", "mass", "layer0_word_grounded"} and 0 < out["mass"] <= 1
+    assert torch.equal(model.model.language_model.layers[0].self_attn.v_proj.weight, v)  # only query / key train
+    assert not torch.equal(model.model.language_model.layers[0].self_attn.q_proj.weight, q)

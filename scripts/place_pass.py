@@ -1,0 +1,145 @@
+"""A stage-2 pass with an auxiliary place loss (scratch experiment for issue 5's position target).
+
+Why: ``scripts/probe_place.py`` found that a decoder of the tiny model's shape answers "Is the KIND on the left or
+right?" perfectly when every image token carries its column and row and the empty cells come in gradually, and at
+chance from the token order (RoPE) alone; the real model's projector output does not keep the place
+(docs/default-model.md, "A position read-out from the base view alone"). This pass trains as a stage-2 pass does
+(projector + decoder on conversations, the recipe's learning rates) with two additions:
+
+- a linear head (thrown away afterwards) regresses each base-view token's column and row, in [-1, 1], from the
+  projector's output; its mean squared error, times ``--place-weight``, is added to the language-model loss. The
+  base view is the whole image squashed to one tile, so its grid is the scene's (5 x 5 tokens for the tiny model);
+- ``--drop START END``: background image tokens hidden from the text with a probability going linearly from START
+  to END over the pass (``llavakit.train.foreground``), as ``data.background_drop`` does in the loop.
+
+Worked example of the targets: 5 x 5 base-view tokens; token 7 is row 1, column 2 -> (x, y) = (2/4 * 2 - 1,
+1/4 * 2 - 1) = (0.0, -0.5).
+
+    python scripts/place_pass.py --init MODEL --data DIR [DIR ...] --out OUT [--drop 1 0] [--place-weight 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def place_targets(grid: int) -> torch.Tensor:
+    """(grid * grid, 2) the (x, y) of each token of a row-major grid, in [-1, 1]."""
+    idx = torch.arange(grid * grid)
+    col, row = idx % grid, idx // grid
+    return torch.stack([col, row], 1).float() / max(1, grid - 1) * 2 - 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--init", required=True)
+    ap.add_argument("--data", nargs="+", required=True, help="synthetic instruct directories (mixed)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--drop", type=float, nargs=2, metavar=("START", "END"))
+    ap.add_argument("--place-weight", type=float, default=1.0, help="0: the plain pass (a control)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--projector-lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from llavakit.model.llava import LlavaModel, positions_from_mask
+    from llavakit.processing.anyres import num_tiles
+    from llavakit.processing.processor import LlavaProcessor
+    from llavakit.train.collate import collate
+    from llavakit.train.foreground import drop_probability, hide_background
+    from llavakit.train.mixture import build_dataset
+    from llavakit.train.stages import StageSpec, apply_stage
+
+    torch.manual_seed(args.seed)
+    model = LlavaModel.from_pretrained(args.init)
+    proc = LlavaProcessor.from_pretrained(args.init)
+    spec = {"datasets": [{"path": str(Path(d) / "instruct.json"), "image_folder": d} for d in args.data]}
+    if len(args.data) == 1:
+        spec = {"path": str(Path(args.data[0]) / "instruct.json"), "image_folder": args.data[0]}
+    ds = build_dataset(spec, proc, proc.template, 1024, foreground=True)
+    groups = apply_stage(model, StageSpec(name="stage2", lr=args.lr, projector_lr=args.projector_lr))
+    d = model.config.text.hidden_size
+    head = torch.nn.Linear(d, 2)
+    groups.append({"name": "place_head", "params": list(head.parameters()), "lr": args.projector_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    order = list(range(len(ds)))
+    random.Random(args.seed).shuffle(order)
+    steps = len(order) // args.batch
+    warm = max(1, int(0.05 * steps))
+    grid = model.config.vision.image_size // model.config.vision.patch_size
+    targets = place_targets(grid)  # (g*g, 2)
+    geom = model.geometry
+    pad = partial(collate, pad_id=ds.pad_id, family=proc.family)
+
+    captured: list[torch.Tensor] = []
+    tile_features = model.tile_features
+
+    def capture(tiles: torch.Tensor) -> torch.Tensor:
+        f = tile_features(tiles)  # (N tiles, g*g, D)
+        captured.append(f)
+        return f
+
+    model.tile_features = capture  # the instance's method: the base views' projector output, for the place loss
+    model.train()
+    log = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm)))
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * scale
+        batch = pad([ds[i] for i in order[step * args.batch : (step + 1) * args.batch]])
+        mask = batch["attention_mask"]
+        b, t = mask.shape
+        pos = positions_from_mask(mask, b, t, 0, mask.device)
+        if args.drop:
+            p = drop_probability(args.drop[0], args.drop[1], step, steps)
+            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+            mask = hide_background(mask, batch["foreground"], p, gen)
+        captured.clear()
+        out = model(
+            input_ids=batch["input_ids"],
+            pixel_values=batch["pixel_values"],
+            image_sizes=batch["image_sizes"],
+            attention_mask=mask,
+            position_ids=pos,
+            labels=batch["labels"],
+        )
+        counts = [num_tiles(int(h), int(w), geom) for h, w in batch["image_sizes"].tolist()]
+        starts = torch.tensor([0, *counts[:-1]]).cumsum(0)
+        base = captured[0][starts]  # (images, g*g, D)
+        place = F.mse_loss(head(base), targets.expand(base.shape[0], -1, -1))
+        loss = out.loss + args.place_weight * place
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        opt.step()
+        log.append({"step": step, "lm": round(out.loss.item(), 4), "place": round(place.item(), 4)})
+        if step % 50 == 0 or step == steps - 1:
+            el = time.perf_counter() - t0
+            print(f"step {step}/{steps} lm {out.loss.item():.3f} place {place.item():.3f} {el:.0f}s", flush=True)
+    del model.tile_features
+    model.eval()
+    out_dir = Path(args.out)
+    model.save_pretrained(out_dir)
+    proc.save_pretrained(out_dir)
+    (out_dir / "place_pass.json").write_text(json.dumps({"args": vars(args), "log": log}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
