@@ -6,11 +6,17 @@ import os
 from pathlib import Path
 
 
-def train_command(recipe: str, overrides: list[str], resume: bool = False) -> int:
+def train_command(recipe: str, overrides: list[str], resume: bool = False, threads: int | None = None) -> int:
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
     from .loop import train
     from .recipe import load_recipe
 
     r = load_recipe(recipe, list(overrides) + (["train.resume=true"] if resume else []))
+    if threads is not None:  # per process (torchrun starts several)
+        torch.set_num_threads(threads)
     res = train(r)
     if os.environ.get("RANK", "0") != "0":  # torchrun: one report, from the main process
         return 0
@@ -57,7 +63,10 @@ def add_parsers(sub) -> None:  # noqa: ANN001
     t.add_argument("recipe", help="recipe YAML (see recipes/)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100 stage.lr=1e-4")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in train.output_dir")
-    t.set_defaults(func=lambda a: train_command(a.recipe, a.overrides, a.resume))
+    t.add_argument(
+        "--threads", type=int, help="torch threads per process (default: torch's, one per core; 1 on a busy machine)"
+    )
+    t.set_defaults(func=lambda a: train_command(a.recipe, a.overrides, a.resume, a.threads))
 
     m = sub.add_parser("merge-lora", help="base checkpoint + LoRA adapter -> a plain HF checkpoint")
     m.add_argument("--base", required=True, help="the checkpoint the adapter was trained on")
