@@ -100,7 +100,7 @@ def test_bad_images_give_clear_errors(tmp_path):
         load_image(png_header(10_000, 9_000))
     with pytest.raises(ValueError, match=r"limit"):
         load_image(png_header(30_000, 30_000), max_pixels=10**12)  # PIL's own bomb guard, reworded
-    with pytest.raises(TypeError, match="path, bytes or PIL.Image"):
+    with pytest.raises(TypeError, match="path, bytes, PIL.Image or a uint8 array"):
         load_image(42)  # type: ignore[arg-type]
 
 

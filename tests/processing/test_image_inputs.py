@@ -226,3 +226,26 @@ def test_32bit_integer_images_of_8bit_values_keep_them():
     dark[0, 0] = 250
     assert Image.open(io.BytesIO(encoded(Image.fromarray(dark), "PPM"))).mode == "I"
     np.testing.assert_array_equal(np.asarray(load_image(encoded(Image.fromarray(dark), "PPM"))), _expected8(dark))
+
+
+def test_arrays_become_the_images_they_hold_or_are_refused_with_the_fix():
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    as_pil = Image.fromarray(rgb)
+    for arr in (rgb, rgb.transpose(2, 0, 1), torch.from_numpy(rgb).permute(2, 0, 1), rgb.astype(np.int64)):
+        out = load_image(arr)
+        assert out.mode == "RGB" and out.size == (60, 40) and np.array_equal(np.asarray(out), rgb)
+    grey = rgb[..., 0]
+    for arr in (grey, grey[None], grey[..., None]):
+        assert np.array_equal(np.asarray(load_image(arr)), np.asarray(as_pil.split()[0].convert("RGB")))
+    rgba = np.concatenate([rgb, np.zeros((40, 60, 1), np.uint8)], -1)  # fully transparent: white, as PIL's RGBA
+    assert np.array_equal(np.asarray(load_image(rgba)), np.asarray(load_image(Image.fromarray(rgba))))
+    with pytest.raises(ValueError, match=r"the given array holds float32 pixels.*astype\(np.uint8\)"):
+        load_image(rgb.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match=r"the given tensor has shape \(40, 60, 5\); an image array is"):
+        load_image(torch.zeros(40, 60, 5, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"int64 pixels in 0\.\.300; pass 8-bit pixels"):
+        load_image(np.array([[0, 300]]))
+    with pytest.raises(ValueError, match=r"image 2 of 2 has shape \(2, 3, 4, 5\)"):
+        load_image(np.zeros((2, 3, 4, 5), np.uint8), name="2 of 2")
+    with pytest.raises(ValueError, match="zero"):
+        load_image(np.zeros((0, 5, 3), np.uint8))

@@ -488,3 +488,20 @@ def test_image_processor_settings_we_would_ignore_are_refused(procs, tmp_path, c
     with pytest.raises(ValueError, match=message) as e:
         LlavaProcessor.from_pretrained(dst)
     assert str(e.value).startswith(f"{dst / 'processor_config.json'}: ")  # the file that holds the settings
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_numpy_and_torch_images_match_transformers(procs, family):
+    """uint8 arrays as transformers takes them: (H, W, C) numpy, (C, H, W) torch (torchvision's layout), and a
+    4-D batch; each gives transformers' pixels for the same array."""
+    hf, ours = procs[family]
+    arrays = [np.asarray(_image(h, w, i)) for i, (h, w) in enumerate([(40, 160), (300, 90), (56, 56)])]
+    texts = [f"<image>\nQ{i} what is" for i in range(3)]
+    ref = hf(text=texts, images=arrays, return_tensors="pt", padding=True)
+    _check(ours(text=texts, images=arrays), ref)
+    _check(ours(text=texts, images=[torch.from_numpy(a).permute(2, 0, 1) for a in arrays]), ref)
+    same = [np.asarray(_image(70, 90, i)) for i in range(2)]
+    batch = np.stack(same)  # (2, 70, 90, 3)
+    ref = hf(text=texts[:2], images=same, return_tensors="pt", padding=True)
+    _check(ours(text=texts[:2], images=batch), ref)
+    _check(ours(text=texts[:2], images=torch.from_numpy(batch).permute(0, 3, 1, 2)), ref)

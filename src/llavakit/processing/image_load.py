@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 64_000_000  # larger images are refused (decompression bombs)
-ImageSource = str | Path | bytes | Image.Image
+ImageSource = str | Path | bytes | Image.Image | np.ndarray  # also a torch uint8 tensor (see from_array)
 NAME_KEY = "llavakit.name"  # load_image records the image's name here, for preprocess's errors
 
 FORMATS_HINT = "PNG, JPEG, WebP, GIF, BMP, TIFF or another format Pillow reads"
@@ -44,8 +44,12 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
         what = f"image {name}"
     elif isinstance(src, (str, Path)):
         what = f"image {src}"
+    elif _is_array(src):
+        what = f"the given {'tensor' if type(src).__module__.startswith('torch') else 'array'}"
     else:
         what = "the given PIL image" if isinstance(src, Image.Image) else "the given image bytes"
+    if _is_array(src):
+        src = from_array(src, what)
     if isinstance(src, Image.Image):
         _check_size(src, what, max_pixels)
         out = to_rgb(_upright(src), what=what, from_file=src.format is not None)  # (upright copies drop .format)
@@ -63,7 +67,9 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
     elif isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
     else:
-        raise TypeError(f"image must be a path, bytes or PIL.Image, got {type(src).__name__}")
+        raise TypeError(
+            f"image must be a path, bytes, PIL.Image or a uint8 array (numpy or torch), got {type(src).__name__}"
+        )
     if not data:
         raise ValueError(f"{what}: cannot decode image: empty file (no bytes)")
     try:
@@ -87,6 +93,42 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
         ) from None
     img = to_8bit(img, what, keep_alpha=False, from_file=True)
     return _named(img if img.mode == "RGB" else img.convert("RGB"), what)
+
+
+def _is_array(src: object) -> bool:
+    return isinstance(src, np.ndarray) or (type(src).__module__.startswith("torch") and hasattr(src, "numpy"))
+
+
+def from_array(arr: object, what: str = "the given array") -> Image.Image:
+    """A numpy array or torch tensor of 8-bit pixels as a PIL image: (H, W), (H, W, C) or (C, H, W) with C 1, 3
+    or 4 (grey, RGB, RGBA); the channel axis is the first when both ends could be (as transformers infers it).
+    Integer arrays with values in 0..255 are taken as 8-bit; floats are refused (0..1 or 0..255 cannot be told
+    apart), as are other shapes and ranges, each with the fix.
+
+    Example: ``torch.zeros(3, 40, 60, dtype=torch.uint8)`` (torchvision's ``read_image`` layout) -> a 60x40 RGB
+    image; ``np.zeros((40, 60, 3), np.uint8)`` -> the same.
+    """
+    a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr)
+    shape = tuple(a.shape)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4):
+        a = a.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    elif a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3, 4)):
+        raise ValueError(
+            f"{what} has shape {shape}; an image array is (H, W), (H, W, C) or (C, H, W) with 1, 3 or 4 channels"
+        )
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.dtype.kind == "f":
+        raise ValueError(
+            f"{what} holds {a.dtype} pixels, whose range (0-1 or 0-255) cannot be told; pass 8-bit pixels, e.g. "
+            "(a * 255).round().clip(0, 255).astype(np.uint8) for values in [0, 1]"
+        )
+    if a.dtype != np.uint8:
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if a.dtype.kind not in "iu" or lo < 0 or hi > 255:
+            raise ValueError(f"{what} holds {a.dtype} pixels in {lo}..{hi}; pass 8-bit pixels (uint8, 0-255)")
+        a = a.astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(a))  # L, RGB or RGBA from the shape
 
 
 def _named(img: Image.Image, what: str) -> Image.Image:

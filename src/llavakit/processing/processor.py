@@ -362,9 +362,12 @@ def _check_nesting(images: Any, per_text: list[int]) -> None:
 
 
 def _flatten(images: Any) -> list[Any]:
-    """None, one image, a flat list or a list of lists (one per prompt, as HF accepts) -> flat list."""
+    """None, one image, a flat list or a list of lists (one per prompt, as HF accepts) -> flat list; a 4-D array or
+    tensor (N, H, W, C) / (N, C, H, W) is N images."""
     if images is None:
         return []
+    if getattr(images, "ndim", None) == 4:
+        return list(images)
     if not isinstance(images, (list, tuple)):
         return [images]
     flat: list[Any] = []
