@@ -10,7 +10,11 @@ chance from the token order (RoPE) alone; the real model's projector output does
   projector's output; its mean squared error, times ``--place-weight``, is added to the language-model loss. The
   base view is the whole image squashed to one tile, so its grid is the scene's (5 x 5 tokens for the tiny model);
 - ``--drop START END``: background image tokens hidden from the text with a probability going linearly from START
-  to END over the pass (``llavakit.train.foreground``), as ``data.background_drop`` does in the loop.
+  to END over the pass (``llavakit.train.foreground``), as ``data.background_drop`` does in the loop;
+- ``--ground-weight W``: the grounding pass's attention loss (``train.grounding``), times W, on ``--ground-batch``
+  position questions per step ("Is the KIND on the left or the right side of the image?", or top / bottom, about a
+  shape alone of its kind in the scenes of the first ``--data`` directory), its target the named shape's base-view
+  tokens only: layer 0 at the kind's name learns to look where its place is kept.
 
 Worked example of the targets: 5 x 5 base-view tokens; token 7 is row 1, column 2 -> (x, y) = (2/4 * 2 - 1,
 1/4 * 2 - 1) = (0.0, -0.5).
@@ -40,6 +44,42 @@ def place_targets(grid: int) -> torch.Tensor:
     return torch.stack([col, row], 1).float() / max(1, grid - 1) * 2 - 1
 
 
+def ground_examples(proc, data: Path, n: int, per_view: int, seed: int = 0) -> list[dict]:  # noqa: ANN001
+    """Up to ``n`` position questions (``grounding.question_inputs``) about a shape alone of its kind, their
+    ``target`` the shape's base-view tokens (the first ``per_view`` image tokens)."""
+    from PIL import Image
+
+    from llavakit.data.synth_questions import side
+    from llavakit.data.synth_scene import Scene
+    from llavakit.train.grounding import question_inputs
+
+    rng = random.Random(seed)
+    out: list[dict] = []
+    for line in (data / "scenes.jsonl").read_text().splitlines():
+        if len(out) >= n:
+            break
+        rec = json.loads(line)
+        scene = Scene.from_dict(rec["scene"])
+        kinds = [s.kind for s in scene.shapes]
+        options = [(i, axis) for i, k in enumerate(kinds) if kinds.count(k) == 1 for axis in ("x", "y")]
+        options = [(i, axis) for i, axis in options if side(scene, scene.shapes[i], axis)]
+        if not options:
+            continue
+        i, axis = rng.choice(options)
+        kind = kinds[i]
+        question = (
+            f"Is the {kind} on the left or the right side of the image?"
+            if axis == "x"
+            else f"Is the {kind} in the top or the bottom part of the image?"
+        )
+        q = question_inputs(proc, scene, Image.open(data / rec["image"]).convert("RGB"), question, kind)
+        target = q["owner"] == i
+        target[(q["owner"] != -4).nonzero()[per_view:, 0]] = False  # tile tokens and newlines left out
+        if target.any():
+            out.append({**q, "target": target})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--init", required=True)
@@ -47,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--drop", type=float, nargs=2, metavar=("START", "END"))
     ap.add_argument("--place-weight", type=float, default=1.0, help="0: the plain pass (a control)")
+    ap.add_argument("--ground-weight", type=float, default=0.0, help="the base-view grounding loss (0: none)")
+    ap.add_argument("--ground-batch", type=int, default=8)
+    ap.add_argument("--ground-examples", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--projector-lr", type=float, default=2e-3)
@@ -61,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from llavakit.processing.processor import LlavaProcessor
     from llavakit.train.collate import collate
     from llavakit.train.foreground import drop_probability, hide_background
+    from llavakit.train.grounding import layer0_log_mass
     from llavakit.train.mixture import build_dataset
     from llavakit.train.stages import StageSpec, apply_stage
 
@@ -85,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     targets = place_targets(grid)  # (g*g, 2)
     geom = model.geometry
     pad = partial(collate, pad_id=ds.pad_id, family=proc.family)
+    grounding = []
+    if args.ground_weight:
+        grounding = ground_examples(proc, Path(args.data[0]), args.ground_examples, grid * grid, args.seed)
+        if not grounding:
+            raise SystemExit(f"{args.data[0]}: no shape alone of its kind off-centre to ask about")
+    g_rng = torch.Generator().manual_seed(args.seed)
 
     captured: list[torch.Tensor] = []
     tile_features = model.tile_features
@@ -124,14 +174,23 @@ def main(argv: list[str] | None = None) -> int:
         base = captured[0][starts]  # (images, g*g, D)
         place = F.mse_loss(head(base), targets.expand(base.shape[0], -1, -1))
         loss = out.loss + args.place_weight * place
+        mass = torch.zeros(())
+        if grounding:
+            pick = torch.randint(len(grounding), (args.ground_batch,), generator=g_rng).tolist()
+            logm = torch.stack([layer0_log_mass(model, grounding[i]).max() for i in pick])
+            loss = loss - args.ground_weight * logm.mean()
+            mass = logm.exp().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
         log.append({"step": step, "lm": round(out.loss.item(), 4), "place": round(place.item(), 4)})
+        if grounding:
+            log[-1]["mass"] = round(mass.item(), 4)
         if step % 50 == 0 or step == steps - 1:
             el = time.perf_counter() - t0
-            print(f"step {step}/{steps} lm {out.loss.item():.3f} place {place.item():.3f} {el:.0f}s", flush=True)
+            print(f"step {step}/{steps} lm {out.loss.item():.3f} place {place.item():.3f} mass {mass.item():.3f} "
+                  f"{el:.0f}s", flush=True)  # fmt: skip
     del model.tile_features
     model.eval()
     out_dir = Path(args.out)

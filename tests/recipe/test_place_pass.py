@@ -33,3 +33,25 @@ def test_a_short_pass_saves_the_model_and_the_place_loss_changes_it(tmp_path):
     assert weights["0"].keys() == load_file(init / "model.safetensors").keys()
     name = "model.multi_modal_projector.linear_1.weight"
     assert not torch.equal(weights["0"][name], weights["1"][name])
+
+
+def test_grounding_examples_target_the_named_shapes_base_view_and_the_pass_uses_them(tmp_path):
+    mod = load_script("place_pass")
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 8, 3, "instruct", min_side=112, max_side=160)
+    from llavakit.model.llava import LlavaModel
+    from llavakit.processing.processor import LlavaProcessor
+
+    model, proc = LlavaModel.from_pretrained(init), LlavaProcessor.from_pretrained(init)
+    per_view = (model.config.vision.image_size // model.config.vision.patch_size) ** 2
+    exs = mod.ground_examples(proc, tmp_path / "d", 8, per_view)
+    assert exs
+    for ex in exs:
+        slots = (ex["owner"] != -4).nonzero()[:, 0]
+        assert ex["target"].any() and not ex["target"][slots[per_view:]].any()
+        assert len(set(ex["owner"][ex["target"]].tolist())) == 1  # one shape's tokens
+    out = tmp_path / "out"
+    args = ["--init", str(init), "--data", str(tmp_path / "d"), "--out", str(out), "--batch", "4"]
+    assert mod.main([*args, "--ground-weight", "1", "--ground-batch", "2"]) == 0
+    log = json.loads((out / "place_pass.json").read_text())["log"]
+    assert all(0 < r["mass"] <= 1 for r in log)
