@@ -11,6 +11,13 @@ from llavakit.tiny import write_tiny_checkpoint
 from script_module import load_script
 
 
+def _tiny(tmp_path):  # noqa: ANN202
+    """The script, a tiny llava_next model and its processor; 12 synthetic scenes in tmp_path / "d"."""
+    path = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 12, 7, "caption", min_side=112, max_side=160)
+    return load_script("probe_position"), LlavaModel.from_pretrained(path).eval(), LlavaProcessor.from_pretrained(path)
+
+
 def test_named_shape_is_the_first_of_a_unique_kind():
     mod = load_script("probe_position")
     shapes = (Shape("star", "red", "small", 10, 10, 5), Shape("star", "blue", "small", 30, 10, 5),
@@ -20,10 +27,7 @@ def test_named_shape_is_the_first_of_a_unique_kind():
 
 
 def test_rows_and_labels_on_a_tiny_model(tmp_path):
-    mod = load_script("probe_position")
-    path = write_tiny_checkpoint(tmp_path / "m", "llava_next")
-    write_dataset(tmp_path / "d", 12, 7, "caption", min_side=112, max_side=160)
-    model, proc = LlavaModel.from_pretrained(path).eval(), LlavaProcessor.from_pretrained(path)
+    mod, model, proc = _tiny(tmp_path)
     data = mod.scenes(tmp_path / "d", 12)
     for scene, img in data:
         rows, labels = mod.features(model, proc, scene, img)
@@ -48,10 +52,7 @@ def test_rows_and_labels_on_a_tiny_model(tmp_path):
 
 
 def test_base_only_targets_and_a_frozen_projector(tmp_path):
-    mod = load_script("probe_position")
-    path = write_tiny_checkpoint(tmp_path / "m", "llava_next")
-    write_dataset(tmp_path / "d", 12, 7, "caption", min_side=112, max_side=160)
-    model, proc = LlavaModel.from_pretrained(path).eval(), LlavaProcessor.from_pretrained(path)
+    mod, model, proc = _tiny(tmp_path)
     data = mod.scenes(tmp_path / "d", 12)
     per_view = (model.config.vision.image_size // model.config.vision.patch_size) ** 2
     full, base = mod.readout_examples(proc, data), mod.readout_examples(proc, data, per_view)
@@ -77,10 +78,7 @@ def test_ridge_signs_recovers_a_linear_place_and_not_noise():
 
 
 def test_ridge_path_on_a_tiny_model(tmp_path):
-    mod = load_script("probe_position")
-    path = write_tiny_checkpoint(tmp_path / "m", "llava_next")
-    write_dataset(tmp_path / "d", 12, 7, "caption", min_side=112, max_side=160)
-    model, proc = LlavaModel.from_pretrained(path).eval(), LlavaProcessor.from_pretrained(path)
+    mod, model, proc = _tiny(tmp_path)
     per_view = (model.config.vision.image_size // model.config.vision.patch_size) ** 2
     exs = mod.readout_examples(proc, mod.scenes(tmp_path / "d", 12), per_view)
     v = model.model.language_model.layers[0].self_attn.v_proj.weight.clone()
