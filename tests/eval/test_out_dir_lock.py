@@ -96,3 +96,23 @@ def test_score_still_refuses_a_question_answered_twice_alike(tmp_path):
     preds.write_text('{"question_id": 1, "text": "yes"}\n{"question_id": 2, "text": "no"}\n' * 2)
     with pytest.raises(ValueError, match=r"answers.jsonl:3: question '1' is answered twice \(also on line 1\); delete"):
         score_file("pope", data=str(data), predictions=str(preds), out=str(tmp_path / "o"))
+
+
+def test_score_into_a_directory_a_run_writes_is_refused(tmp_path, capsys):
+    """`llava eval score --out DIR` wrote scores.json and report.md into a directory a running llava eval was
+    writing, which its own scores.json then replaced (or the other way round). It now takes the same lock."""
+    data = fx.pope(tmp_path / "pope")
+    preds = tmp_path / "answers.jsonl"
+    preds.write_text('{"question_id": 1, "text": "yes"}\n{"question_id": 2, "text": "no"}\n')
+    out = tmp_path / "out"
+    args = ["eval", "score", "pope", "--data", str(data), "--predictions", str(preds), "--out", str(out)]
+    holder = _holder(out)
+    try:
+        assert main(args) == 2
+        one_error(capsys, f"{out} is being written by another llava eval (pid {holder.pid})", "pass another --out")
+        assert not (out / "scores.json").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert main(args) == 0
+    assert (out / "scores.json").exists()

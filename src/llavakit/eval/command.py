@@ -223,8 +223,9 @@ def score_file(task_name: str, *, data: str, predictions: str, out: str | None =
     extra = {"data": str(Path(data).resolve()), "predictions_file": str(pred_path.resolve()), "questions": len(samples)}
     result = result_object(task, samples, preds, missing=missing, extra=extra)
     try:
-        return finish(result, out_dir)
-    except OSError as e:
+        with out_dir_lock(out_dir):  # not into a directory a running llava eval writes (its scores.json)
+            return finish(result, out_dir)
+    except OSError as e:  # busy (said as is), or the directory cannot be written
         raise output_error(e, out_dir, "the scores", "--out") from None
 
 
