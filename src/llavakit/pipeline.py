@@ -5,8 +5,8 @@
                                             {"type": "text", "text": "What is this?"}]}])
     for delta in pipe.stream(messages, temperature=0.7, seed=0): print(delta, end="")
 
-Images in content parts may be paths, PIL images, raw bytes, or ``image_url`` parts with a path or a
-``data:`` URL (remote URLs are the server's business, with its own limits).
+Images in content parts may be paths, PIL images, raw bytes, uint8 arrays (numpy (H, W, C), torch (C, H, W)), or
+``image_url`` parts with a path or a ``data:`` URL (remote URLs are the server's business, with its own limits).
 """
 
 from __future__ import annotations

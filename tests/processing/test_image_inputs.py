@@ -249,3 +249,21 @@ def test_arrays_become_the_images_they_hold_or_are_refused_with_the_fix():
         load_image(np.zeros((2, 3, 4, 5), np.uint8), name="2 of 2")
     with pytest.raises(ValueError, match="zero"):
         load_image(np.zeros((0, 5, 3), np.uint8))
+
+
+def test_array_dtypes_16_bit_and_non_pixels():
+    """uint16 arrays are 16-bit pixels, scaled as a 16-bit PIL image is; dtypes that are not pixels (bool, strings,
+    complex, torch floats without a numpy twin, meta tensors) are refused as ValueErrors naming the image."""
+    for v in (0, 200, 257 * 3 + 100, 65535):
+        arr = np.full((10, 20), v, np.uint16)
+        assert np.array_equal(np.asarray(load_image(arr)), np.asarray(load_image(Image.fromarray(arr))))
+    refused = {
+        "bfloat16 pixels": torch.zeros(3, 4, 4, dtype=torch.bfloat16),
+        "bool values, not pixels": np.zeros((4, 4), bool),
+        "<U1 values, not pixels": np.array([["a", "b"]]),
+        "complex128 pixels": np.zeros((4, 4), complex),
+        "a meta tensor": torch.zeros(3, 4, 4, dtype=torch.uint8, device="meta"),
+    }
+    for words, arr in refused.items():
+        with pytest.raises(ValueError, match=f"^image x (holds|is) {words}"):
+            load_image(arr, name="x")

@@ -228,6 +228,10 @@ def test_wrong_counts_and_unknown_family_are_clear_errors(procs, tmp_path):
     _, ov = procs["llava_onevision"]
     with pytest.raises(ValueError, match="video 0 is a str, not a list of frames"):  # was read letter by letter
         ov(text="<video>", videos=["clip.mp4"])
+    frames = [np.asarray(_image(30, 40, i)) for i in range(4)]
+    want = ov(text="<video>", videos=[[Image.fromarray(f) for f in frames]])["pixel_values_videos"]
+    for given in (np.stack(frames), [np.stack(frames)], torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)):
+        assert torch.equal(ov(text="<video>", videos=given)["pixel_values_videos"], want)  # a 4-D array: one video
     with pytest.raises(ValueError, match=r"image 2 of 2 \(.*bad.png\): cannot decode image"):
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -505,3 +509,8 @@ def test_numpy_and_torch_images_match_transformers(procs, family):
     ref = hf(text=texts[:2], images=same, return_tensors="pt", padding=True)
     _check(ours(text=texts[:2], images=batch), ref)
     _check(ours(text=texts[:2], images=torch.from_numpy(batch).permute(0, 3, 1, 2)), ref)
+    two = ["<image><image>\nQ0 what is", "<image><image>\nQ1 what is"]  # a list of 4-D batches: flattened
+    ref = hf(text=two, images=[same, same], return_tensors="pt", padding=True)  # per prompt: OneVision's multi-image
+    _check(ours(text=two, images=[batch, batch]), ref)
+    with pytest.raises(ValueError, match="prompt 1 holds 2 <image> placeholder.* its list has 1 image"):
+        ours(text=two, images=[batch, batch[:1]])

@@ -1,4 +1,4 @@
-"""Reading images: files, bytes or PIL images to upright 8-bit RGB, with errors that name the image.
+"""Reading images: files, bytes, PIL images or arrays to upright 8-bit RGB, with errors that name the image.
 
 ``load_image`` follows transformers' ``load_image`` + ``convert_to_rgb`` except where those are silently
 wrong (16-bit and float pixels, see ``to_8bit``); sizes are checked from the header before decoding.
@@ -22,7 +22,8 @@ FORMATS_HINT = "PNG, JPEG, WebP, GIF, BMP, TIFF or another format Pillow reads"
 
 
 def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
-    """Open a path, bytes or PIL image as RGB with the EXIF orientation applied.
+    """Open a path, bytes, PIL image or uint8 array (numpy or torch, see ``from_array``) as RGB with the EXIF
+    orientation applied.
 
     RGB conversion follows transformers, which treats the two kinds of input differently:
 
@@ -99,16 +100,29 @@ def _is_array(src: object) -> bool:
     return isinstance(src, np.ndarray) or (type(src).__module__.startswith("torch") and hasattr(src, "numpy"))
 
 
+_FLOAT_FIX = (
+    "whose range (0-1 or 0-255) cannot be told; pass 8-bit pixels, e.g. (a * 255).round().clip(0, 255)"
+    ".astype(np.uint8) for values in [0, 1]"
+)
+
+
 def from_array(arr: object, what: str = "the given array") -> Image.Image:
-    """A numpy array or torch tensor of 8-bit pixels as a PIL image: (H, W), (H, W, C) or (C, H, W) with C 1, 3
-    or 4 (grey, RGB, RGBA); the channel axis is the first when both ends could be (as transformers infers it).
-    Integer arrays with values in 0..255 are taken as 8-bit; floats are refused (0..1 or 0..255 cannot be told
-    apart), as are other shapes and ranges, each with the fix.
+    """A numpy array or torch tensor of pixels as a PIL image: (H, W), (H, W, C) or (C, H, W) with C 1, 3 or 4
+    (grey, RGB, RGBA); the channel axis is the first when both ends could be (as transformers infers it).
+    uint8 is taken as it is, uint16 as 16-bit (``round(v / 257)``, as ``to_8bit`` scales a 16-bit PIL image;
+    transformers would take 0..65535 as 0..255), other integers when their values are within 0..255. Floats are
+    refused (0..1 or 0..255 cannot be told apart), as are other dtypes, shapes and ranges, each with the fix.
 
     Example: ``torch.zeros(3, 40, 60, dtype=torch.uint8)`` (torchvision's ``read_image`` layout) -> a 60x40 RGB
     image; ``np.zeros((40, 60, 3), np.uint8)`` -> the same.
     """
-    a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr)
+    if hasattr(arr, "detach"):  # torch: its float types (bfloat16 has no numpy twin) refused before .numpy()
+        if arr.is_floating_point() or arr.is_complex():
+            raise ValueError(f"{what} holds {str(arr.dtype).removeprefix('torch.')} pixels, {_FLOAT_FIX}")
+        if arr.device.type == "meta":
+            raise ValueError(f"{what} is a meta tensor (no data); pass a tensor with pixels")
+        arr = arr.detach().cpu().numpy()
+    a = np.asarray(arr)
     shape = tuple(a.shape)
     if a.ndim == 3 and a.shape[0] in (1, 3, 4):
         a = a.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
@@ -118,14 +132,15 @@ def from_array(arr: object, what: str = "the given array") -> Image.Image:
         )
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
-    if a.dtype.kind == "f":
-        raise ValueError(
-            f"{what} holds {a.dtype} pixels, whose range (0-1 or 0-255) cannot be told; pass 8-bit pixels, e.g. "
-            "(a * 255).round().clip(0, 255).astype(np.uint8) for values in [0, 1]"
-        )
-    if a.dtype != np.uint8:
+    if a.dtype.kind in "fc":
+        raise ValueError(f"{what} holds {a.dtype} pixels, {_FLOAT_FIX}")
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{what} holds {a.dtype} values, not pixels; pass 8-bit pixels (uint8, 0-255)")
+    if a.dtype == np.uint16:  # 16-bit pixels, scaled as a 16-bit PIL image is (to_8bit)
+        a = ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif a.dtype != np.uint8:
         lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-        if a.dtype.kind not in "iu" or lo < 0 or hi > 255:
+        if lo < 0 or hi > 255:
             raise ValueError(f"{what} holds {a.dtype} pixels in {lo}..{hi}; pass 8-bit pixels (uint8, 0-255)")
         a = a.astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(a))  # L, RGB or RGBA from the shape

@@ -242,7 +242,8 @@ class LlavaProcessor:
     ) -> dict[str, Any]:
         """Model inputs for a batch of prompts holding ``<image>`` / ``<video>`` placeholders.
 
-        ``images``: one image, a flat list in prompt order, or one list per prompt (paths, bytes or PIL).
+        ``images``: one image, a flat list in prompt order, or one list per prompt (paths, bytes, PIL images or
+        uint8 arrays, see ``load_image``; a 4-D array is a list of images).
         ``videos``: one list of frames per ``<video>``. Returns ``input_ids`` / ``attention_mask`` (B, T),
         ``pixel_values`` (N, 3, S, S) for llava or (N, max_views, 3, S, S) zero padded for AnyRes families,
         ``image_sizes`` (N, 2) (h, w), ``batch_num_images`` (B',) for onevision (prompts with images) and
@@ -265,12 +266,14 @@ class LlavaProcessor:
                 f"the prompt(s) hold {sum(per_text)} {IMAGE} placeholder(s) but {len(images)} image(s) were given; "
                 "put one placeholder per image (apply_chat_template does this for image content parts)"
             )
-        vids = list(videos or [])
+        # a video may be a 4-D array (frames, H, W, C) or (frames, C, H, W), as transformers takes it
+        given = [] if videos is None else [videos] if _is_array4(videos) else videos
+        vids = [list(v) if _is_array4(v) else v for v in given]
         for i, v in enumerate(vids):
             if not isinstance(v, (list, tuple)):
                 raise ValueError(
                     f"video {i} is a {type(v).__name__}, not a list of frames; pass each video as its frames "
-                    "(paths, bytes or PIL images; decode a video file into frames first)"
+                    "(paths, bytes, PIL images or arrays, or a 4-D array; decode a video file into frames first)"
                 )
         n_vid = sum(t.count(VIDEO) for t in texts)
         if (vids or n_vid) and self.family != "llava_onevision":  # first: a template may leave the placeholder out
@@ -343,9 +346,9 @@ def _check_nesting(images: Any, per_text: list[int]) -> None:
     ``[[a], [b, c]]`` for prompts of 2 and 1 placeholders silently gave prompt 0 the images a and b.
 
     Example: prompts with 2, 1, 0 and 1 placeholders take [[a, b], [c], [], [d]] or [[a, b], [c], [d]]."""
-    if not isinstance(images, (list, tuple)) or not any(isinstance(im, (list, tuple)) for im in images):
+    if not isinstance(images, (list, tuple)) or not any(_is_group(im) for im in images):
         return
-    counts = [len(im) if isinstance(im, (list, tuple)) else 1 for im in images]
+    counts = [len(im) if _is_group(im) else 1 for im in images]
     with_images = [n for n in per_text if n]
     if len(counts) == len(per_text):
         pairs = list(enumerate(per_text))
@@ -363,17 +366,23 @@ def _check_nesting(images: Any, per_text: list[int]) -> None:
 
 def _flatten(images: Any) -> list[Any]:
     """None, one image, a flat list or a list of lists (one per prompt, as HF accepts) -> flat list; a 4-D array or
-    tensor (N, H, W, C) / (N, C, H, W) is N images."""
+    tensor (N, H, W, C) / (N, C, H, W) is N images, also as an item of the list (as transformers flattens it)."""
     if images is None:
         return []
-    if getattr(images, "ndim", None) == 4:
-        return list(images)
-    if not isinstance(images, (list, tuple)):
+    if not _is_group(images):
         return [images]
-    flat: list[Any] = []
-    for im in images:
-        flat.extend(im if isinstance(im, (list, tuple)) else [im])
-    return flat
+    if not isinstance(images, (list, tuple)):  # a 4-D array
+        return list(images)
+    return [im for group in images for im in (group if _is_group(group) else [group])]
+
+
+def _is_array4(x: Any) -> bool:
+    return not isinstance(x, (list, tuple)) and getattr(x, "ndim", None) == 4
+
+
+def _is_group(images: Any) -> bool:
+    """A list or tuple of images, or a 4-D array / tensor: several images."""
+    return isinstance(images, (list, tuple)) or getattr(images, "ndim", None) == 4
 
 
 def _unpadded(ids: list[list[int]], return_tensors: str | None) -> dict[str, Any]:
