@@ -4,7 +4,8 @@ Why: ``scripts/probe_place.py`` found that a decoder of the tiny model's shape a
 right?" perfectly when every image token carries its column and row and the empty cells come in gradually, and at
 chance from the token order (RoPE) alone; the real model's projector output does not keep the place
 (docs/default-model.md, "A position read-out from the base view alone"). This pass trains as a stage-2 pass does
-(projector + decoder on conversations, the recipe's learning rates) with two additions:
+(projector + decoder on conversations, the recipe's learning rates; 5% linear warm-up from 1/warm-up-steps, then
+cosine, close to ``llava train``'s schedule) with these additions:
 
 - a linear head (thrown away afterwards) regresses each base-view token's column and row, in [-1, 1], from the
   projector's output; its mean squared error, times ``--place-weight``, is added to the language-model loss. The
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int)
     args = ap.parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
 
     from llavakit.model.llava import LlavaModel, positions_from_mask

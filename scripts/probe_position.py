@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ridge-steps", type=int, help="ridge read-outs along the path (ridge_path)")
     ap.add_argument("--skip-probes", action="store_true", help="only the read-outs (--readout-steps, --ridge-steps)")
     a = ap.parse_args(argv)
+    if a.readout_steps and a.ridge_steps is not None:
+        ap.error("--readout-steps trains the model in place: run --ridge-steps separately, on the model as saved")
     model = LlavaModel.from_pretrained(a.model).eval()
     proc = LlavaProcessor.from_pretrained(a.model)
     if model.geometry.pinpoints is None or model.geometry.extra != 0:
