@@ -66,7 +66,14 @@ CASES = {
     # name: (body or raw bytes, status, text the message must hold, param)
     "malformed JSON": (b'{"model": "tiny-llava", "messages": [', 400, "malformed JSON", "body"),
     "not UTF-8": (b"\xff\xfe{\x00", 400, "", None),
-    "deeply nested JSON": (b"[" * 100_000 + b"]" * 100_000, 400, "", None),
+    "deeply nested JSON": (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply", "body"),
+    "a 5000-digit number": (  # was "There was an error parsing the body"
+        b'{"model": "tiny-llava", "messages": [], "max_tokens": ' + b"9" * 5000 + b"}",
+        400,
+        "a number in the JSON body has 5000 digits, over the 4300 a number may have",
+        "body",
+    ),
+    "not UTF-8 inside a string": (b'{"model": "tiny-\xff"}', 400, "not UTF-8 text", "body"),
     "JSON array body": (b"[1, 2]", 400, "", None),
     "missing messages": ({"model": "tiny-llava"}, 400, "messages", "messages"),
     "missing model": ({"messages": [{"role": "user", "content": "Hi"}]}, 400, "model", "model"),

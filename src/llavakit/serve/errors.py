@@ -9,6 +9,7 @@ A 500 (the same request would fail the same way) and a 504 (it would run out of 
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -95,6 +96,28 @@ def validation_message(errors: list[dict]) -> tuple[str, str]:
     return "invalid request: " + "; ".join(f"{f}: {m}" for f, m in items[:4]), items[0][0]
 
 
+UNPARSED = "There was an error parsing the body"  # FastAPI's words for a body json.loads raised on, not as JSON
+
+
+def unparsed_body(cause: BaseException) -> str:
+    """What FastAPI's "There was an error parsing the body" was: the error json.loads raised, said for a client.
+
+    Example: a 5000-digit number (Python refuses to convert integers of more than 4300 digits) -> "a number in the
+    JSON body has 5000 digits, over the 4300 a number may have; no field takes such a number"."""
+    text = str(cause)
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not UTF-8 text: {text}; send JSON encoded as UTF-8"
+    if isinstance(cause, RecursionError):
+        return "the JSON body is nested too deeply to be read; no request needs that depth"
+    if isinstance(cause, ValueError) and "digits" in text:
+        digits = re.search(r"value has (\d+) digits", text)
+        limit = re.search(r"limit \((\d+) digits\)", text)
+        has = f"has {digits.group(1)} digits" if digits else "is too long"
+        over = f", over the {limit.group(1)} a number may have" if limit else ""
+        return f"a number in the JSON body {has}{over}; no field takes such a number"
+    return f"the body could not be read as JSON: {type(cause).__name__}: {text}"
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Every exception a handler can raise answered in OpenAI's error shape."""
 
@@ -117,6 +140,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None and exc.detail == UNPARSED:
+            return error_response(400, unparsed_body(exc.__cause__), param="body")
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(ApiError)
