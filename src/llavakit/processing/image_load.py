@@ -41,15 +41,16 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
     the problem: missing file or a directory, undecodable / truncated bytes, zero size, or more than
     ``max_pixels`` pixels (checked from the header, before decoding). A missing file is a FileNotFoundError.
     """
+    array = _is_array(src)
     if name is not None:
         what = f"image {name}"
     elif isinstance(src, (str, Path)):
         what = f"image {src}"
-    elif _is_array(src):
+    elif array:
         what = f"the given {'tensor' if type(src).__module__.startswith('torch') else 'array'}"
     else:
         what = "the given PIL image" if isinstance(src, Image.Image) else "the given image bytes"
-    if _is_array(src):
+    if array:
         src = from_array(src, what)
     if isinstance(src, Image.Image):
         _check_size(src, what, max_pixels)
@@ -137,7 +138,7 @@ def from_array(arr: object, what: str = "the given array") -> Image.Image:
     if a.dtype.kind not in "iu":
         raise ValueError(f"{what} holds {a.dtype} values, not pixels; pass 8-bit pixels (uint8, 0-255)")
     if a.dtype == np.uint16:  # 16-bit pixels, scaled as a 16-bit PIL image is (to_8bit)
-        a = ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        a = _from_16_bit(a)
     elif a.dtype != np.uint8:
         lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
         if lo < 0 or hi > 255:
@@ -229,16 +230,20 @@ def to_8bit(
     if mode == "I" and hi <= 255 and not from_file:  # 8-bit values held in 32-bit integers (made in memory)
         grey = Image.fromarray(arr.astype(np.uint8), "L")
     else:
-        x = arr.astype(np.uint32)
-        x += 128
-        x //= 257  # round(v / 257): 0..65535 -> 0..255
-        grey = Image.fromarray(x.astype(np.uint8), "L")
-        del x
+        grey = Image.fromarray(_from_16_bit(arr), "L")
     t = img.info.get("transparency")
     if keep_alpha and isinstance(t, int) and not isinstance(t, bool):
         alpha = Image.fromarray(np.where(arr == t, 0, 255).astype(np.uint8), "L")
         grey = Image.merge("LA", (grey, alpha))
     return grey
+
+
+def _from_16_bit(arr: np.ndarray) -> np.ndarray:
+    """uint8 ``round(v / 257)`` of 16-bit values (0..65535 -> 0..255), in one uint32 temporary."""
+    x = arr.astype(np.uint32)
+    x += 128
+    x //= 257
+    return x.astype(np.uint8)
 
 
 def to_rgb(img: Image.Image, *, what: str = "the given PIL image", from_file: bool | None = None) -> Image.Image:

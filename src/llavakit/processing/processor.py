@@ -369,20 +369,21 @@ def _flatten(images: Any) -> list[Any]:
     tensor (N, H, W, C) / (N, C, H, W) is N images, also as an item of the list (as transformers flattens it)."""
     if images is None:
         return []
-    if not _is_group(images):
-        return [images]
-    if not isinstance(images, (list, tuple)):  # a 4-D array
+    if _is_array4(images):
         return list(images)
+    if not isinstance(images, (list, tuple)):
+        return [images]
     return [im for group in images for im in (group if _is_group(group) else [group])]
 
 
 def _is_array4(x: Any) -> bool:
+    """A 4-D array or tensor: (N, H, W, C) / (N, C, H, W) images, or a video's frames."""
     return not isinstance(x, (list, tuple)) and getattr(x, "ndim", None) == 4
 
 
 def _is_group(images: Any) -> bool:
     """A list or tuple of images, or a 4-D array / tensor: several images."""
-    return isinstance(images, (list, tuple)) or getattr(images, "ndim", None) == 4
+    return isinstance(images, (list, tuple)) or _is_array4(images)
 
 
 def _unpadded(ids: list[list[int]], return_tensors: str | None) -> dict[str, Any]:
