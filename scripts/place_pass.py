@@ -52,7 +52,7 @@ def ground_examples(proc, data: Path, n: int, per_view: int, seed: int = 0) -> l
 
     from llavakit.data.synth_questions import side
     from llavakit.data.synth_scene import Scene
-    from llavakit.train.grounding import question_inputs
+    from llavakit.train.grounding import TEXT, question_inputs
 
     rng = random.Random(seed)
     out: list[dict] = []
@@ -75,7 +75,7 @@ def ground_examples(proc, data: Path, n: int, per_view: int, seed: int = 0) -> l
         )
         q = question_inputs(proc, scene, Image.open(data / rec["image"]).convert("RGB"), question, kind)
         target = q["owner"] == i
-        target[(q["owner"] != -4).nonzero()[per_view:, 0]] = False  # tile tokens and newlines left out
+        target[(q["owner"] != TEXT).nonzero()[per_view:, 0]] = False  # tile tokens and newlines left out
         if target.any():
             out.append({**q, "target": target})
     return out

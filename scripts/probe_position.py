@@ -43,7 +43,7 @@ from llavakit.data.synth_questions import side
 from llavakit.data.synth_scene import Scene
 from llavakit.model.llava import LlavaModel, pack_tiles
 from llavakit.processing.processor import LlavaProcessor
-from llavakit.train.grounding import layer0_log_mass, question_inputs
+from llavakit.train.grounding import TEXT, layer0_log_mass, question_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_tower import probe  # noqa: E402
@@ -95,7 +95,7 @@ def features(model: LlavaModel, proc: LlavaProcessor, scene: Scene, img: Image.I
         for h in hooks:
             h.remove()
     embeds = inputs[0]  # (T, D)
-    slots = (q["owner"] != -4).nonzero()[:, 0]  # the image tokens' positions
+    slots = (q["owner"] != TEXT).nonzero()[:, 0]  # the image tokens' positions
     owner = q["owner"][slots]  # (N,) what each image token shows
     per_view = tower[0].shape[1]  # patches of one view: the base view's tokens come first
     h, w = (int(v) for v in q["sizes"][0])
@@ -147,7 +147,7 @@ def readout_examples(proc: LlavaProcessor, data: list, base_only: int = 0) -> li
         q = question_inputs(proc, scene, img, question(s.kind), s.kind)
         target = q["owner"] == i
         if base_only:
-            target[(q["owner"] != -4).nonzero()[base_only:, 0]] = False  # tile tokens (and newlines) left out
+            target[(q["owner"] != TEXT).nonzero()[base_only:, 0]] = False  # tile tokens (and newlines) left out
         if target.any():
             xy = torch.tensor([s.cx / scene.width * 2 - 1, s.cy / scene.height * 2 - 1])
             out.append({**q, "target": target, "xy": xy})
