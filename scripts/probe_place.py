@@ -3,6 +3,7 @@
     python scripts/probe_place.py                      # the place from RoPE alone: tokens in grid order
     python scripts/probe_place.py --feat               # each token also carries its column's and row's rows
     python scripts/probe_place.py --feat --ramp 600    # ... and the empty cells grow from none over 600 steps
+    python scripts/probe_place.py --feat --ramp 600 --tiles 2 [--tile-ramp 1200]   # the AnyRes layout
 
 "Is the star on the left or the right?" asks the decoder to find the named object's token and read out its place.
 This probe trains the stage-0 recipe's decoder (from scratch, with the recipe's initialisation, as
@@ -15,7 +16,10 @@ tokens are packed; 1-8 cells hold an object (its kind's row plus its colour's), 
 object asked about is alone of its kind and not in the middle row or column; left/right and top/bottom questions
 come half and half. Without ``--feat`` the place is only in the token's position in the sequence (RoPE); with it
 every cell adds a row naming its column and one naming its row (the ideal of tower features that keep the place).
-``--ramp N`` leaves out each empty cell with a probability falling from 1 to 0 over the first N steps (with
+``--tiles 2`` lays the scene out as AnyRes does: the base view (the place in the scene), then 2 x 2 tiles (the
+place within a tile), see ``make_question``; ``--tile-ramp N`` leaves out each tile cell with a probability
+falling from 1 to 0 over the first N steps (the base view alone at first). ``--ramp N`` leaves out each empty cell
+with a probability falling from 1 to 0 over the first N steps (with
 ``--feat`` only: without, leaving cells out would move the others). AdamW, a 50-step warm-up then ``--lr``,
 batches of 32, 600 held-out questions scored per axis; the last line is one JSON object. See
 docs/default-model.md, "Where an object is, in isolation".
@@ -54,6 +58,7 @@ class Grid:
     rows: int = 5
     cols: int = 5
     feat: bool = False  # each cell adds its column's and its row's embedding rows
+    tiles: int = 1  # 2: a base view, then 2 x 2 tiles of rows x cols cells (the AnyRes layout)
 
 
 @dataclass
@@ -63,31 +68,57 @@ class Question:
     axis: str  # "lr" or "tb"
 
 
-def make_question(rng: random.Random, grid: Grid, drop: float = 0.0) -> Question:
-    """One question about a scene of 1-8 objects; each empty cell is left out with probability ``drop``."""
+def make_question(rng: random.Random, grid: Grid, drop: float = 0.0, tile_drop: float = 0.0) -> Question:
+    """One question about a scene of 1-8 objects; each empty cell is left out with probability ``drop``.
+
+    With ``grid.tiles`` = 2 the objects lie on a grid of 2 x 2 tiles of ``rows`` x ``cols`` cells (rows of
+    2 * ``cols`` cells, a newline after each), preceded by the base view: ``rows`` x ``cols`` cells, no newlines,
+    cell (r // 2, c // 2) showing an object of its block of 2 x 2 (the last drawn). With ``grid.feat`` a base cell
+    names its place in the scene and a tile cell its place within its tile (the same C/R rows, as the tower's
+    position embeddings are shared by the base view and the tiles). The object asked about is not in the base
+    view's middle column (row), as the synthetic questions skip shapes within 10% of the centre. Each tile cell,
+    object or not, is left out with probability ``tile_drop``. Worked example, ``Grid(5, 5, feat=True,
+    tiles=2)``: an object at row 7, column 3 of the 10 x 10 grid is on the left, shows in base cell (3, 1) with
+    rows C1 R3, and in its tile with C3 R2.
+    """
+    t = grid.tiles
     while True:
         n = rng.randint(1, 8)
-        cells = rng.sample([(r, c) for r in range(grid.rows) for c in range(grid.cols)], n)
+        cells = rng.sample([(r, c) for r in range(grid.rows * t) for c in range(grid.cols * t)], n)
         kinds = [rng.choice(KINDS) for _ in range(n)]
         axis = rng.choice(list(AXES))
-        side, mid = (grid.cols, 1) if axis == "lr" else (grid.rows, 0)
-        fit = [i for i in range(n) if kinds.count(kinds[i]) == 1 and not (side % 2 and cells[i][mid] == side // 2)]
+        side, mid = (grid.cols, 1) if axis == "lr" else (grid.rows, 0)  # in base cells (= tiles' cells)
+        fit = [i for i in range(n) if kinds.count(kinds[i]) == 1 and not (side % 2 and cells[i][mid] // t == side // 2)]
         if fit:
             break
     i = rng.choice(fit)
-    answer = AXES[axis][0] if cells[i][mid] < side / 2 else AXES[axis][1]
-    at = {cell: j for j, cell in enumerate(cells)}
+    answer = AXES[axis][0] if cells[i][mid] < side * t / 2 else AXES[axis][1]
+    colours: dict[int, str] = {}  # drawn when an object is first shown (the draws of tiles = 1 stay as they were)
     ids, extra = [ID["<s>"], ID["USER:"]], [(), ()]
-    for r in range(grid.rows):
-        for c in range(grid.cols):
-            place = (ID[f"C{c}"], ID[f"R{r}"]) if grid.feat else ()
+
+    def cell(j: int | None, place: tuple[int, ...], p: float) -> None:
+        if j is not None:
+            ids.append(ID[kinds[j]])
+            extra.append((ID[colours.setdefault(j, rng.choice(list(COLORS)))], *place))
+        elif not (drop and rng.random() < drop) and not (p and rng.random() < p):
+            ids.append(ID["BACKGROUND"])
+            extra.append(place)
+
+    def named(r: int, c: int) -> tuple[int, ...]:
+        return (ID[f"C{c}"], ID[f"R{r}"]) if grid.feat else ()
+
+    if t > 1:  # the base view: the whole scene at one tile's resolution
+        base = {(r // t, c // t): j for j, (r, c) in enumerate(cells)}
+        for r in range(grid.rows):
+            for c in range(grid.cols):
+                cell(base.get((r, c)), named(r, c), 0.0)
+    at = {where: j for j, where in enumerate(cells)}
+    for r in range(grid.rows * t):
+        for c in range(grid.cols * t):
             j = at.get((r, c))
-            if j is not None:
-                ids.append(ID[kinds[j]])
-                extra.append((ID[rng.choice(list(COLORS))], *place))
-            elif not (drop and rng.random() < drop):
-                ids.append(ID["BACKGROUND"])
-                extra.append(place)
+            if j is not None and tile_drop and rng.random() < tile_drop:
+                continue
+            cell(j, named(r % grid.rows, c % grid.cols), tile_drop)
         ids.append(ID["NL"])
         extra.append(())
     tail = ["\n", "Is", "the", kinds[i], "on", "the", AXES[axis][0], "or", AXES[axis][1], "?", "ASSISTANT:"]
@@ -111,7 +142,15 @@ def accuracy(model: CausalLM, held_out: list[Question]) -> dict[str, float]:
 
 
 def train(
-    recipe: Stage0Recipe, grid: Grid, steps: int, lr: float, ramp: int = 0, seed: int = 0, every: int = 250, log=print
+    recipe: Stage0Recipe,
+    grid: Grid,
+    steps: int,
+    lr: float,
+    ramp: int = 0,
+    seed: int = 0,
+    every: int = 250,
+    log=print,
+    tile_ramp: int = 0,
 ) -> dict:
     """A fresh decoder of the recipe's shape trained ``steps`` batches of 32; its held-out accuracy per axis."""
     model, opt = fresh_decoder(recipe, seed, ID)
@@ -120,7 +159,8 @@ def train(
     curve = []
     for step in range(steps):
         drop = max(0.0, 1 - step / ramp) if ramp else 0.0
-        qs = [make_question(rng, grid, drop) for _ in range(32)]
+        tile_drop = max(0.0, 1 - step / tile_ramp) if tile_ramp else 0.0
+        qs = [make_question(rng, grid, drop, tile_drop) for _ in range(32)]
         x, _, last = batch(model.model.embed_tokens, [q.example for q in qs])
         loss = F.cross_entropy(logits_at(model, x, last), torch.tensor([ID[q.answer] for q in qs]))
         optimise(model, opt, loss, lr, step)
@@ -138,6 +178,8 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=5)
     ap.add_argument("--feat", action="store_true", help="each cell also carries its column's and row's rows")
     ap.add_argument("--ramp", type=int, default=0, help="steps over which the empty cells grow from none (--feat)")
+    ap.add_argument("--tiles", type=int, choices=(1, 2), default=1, help="2: a base view, then 2 x 2 tiles")
+    ap.add_argument("--tile-ramp", type=int, default=0, help="steps over which the tile cells grow from none")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--every", type=int, default=250, help="held-out accuracy every N steps (0: at the end only)")
@@ -149,15 +191,19 @@ def main() -> None:
         ap.error(f"--rows and --cols must be in 2..{MAX_SIDE}, got {args.rows} x {args.cols}")
     if args.ramp and not args.feat:
         ap.error("--ramp needs --feat: without it the place is the position in the sequence, which dropped cells move")
+    if args.tile_ramp and (args.tiles == 1 or not args.feat):
+        ap.error("--tile-ramp needs --tiles 2 and --feat: the base view alone must carry the place")
     if args.threads:
         torch.set_num_threads(args.threads)
-    grid = Grid(args.rows, args.cols, args.feat)
+    grid = Grid(args.rows, args.cols, args.feat, args.tiles)
     recipe = load_stage0_recipe(args.recipe, args.overrides)
-    print(f"{grid}, ramp {args.ramp}, lr {args.lr}, {args.steps} steps of 32, decoder {recipe.decoder}")
+    print(f"{grid}, ramp {args.ramp}, tile ramp {args.tile_ramp}, lr {args.lr}, {args.steps} steps of 32")
+    print(f"decoder {recipe.decoder}")
     t = time.perf_counter()
-    result = train(recipe, grid, args.steps, args.lr, args.ramp, args.seed, args.every)
+    result = train(recipe, grid, args.steps, args.lr, args.ramp, args.seed, args.every, tile_ramp=args.tile_ramp)
     print(f"held out {result['accuracy']} (chance 0.5); {time.perf_counter() - t:.0f} s")
-    print(json.dumps({"grid": vars(grid), "ramp": args.ramp, "lr": args.lr, "steps": args.steps, **result}))
+    setup = {"grid": vars(grid), "ramp": args.ramp, "tile_ramp": args.tile_ramp, "lr": args.lr, "steps": args.steps}
+    print(json.dumps({**setup, **result}))
 
 
 if __name__ == "__main__":

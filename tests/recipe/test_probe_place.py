@@ -49,3 +49,44 @@ def test_without_feat_no_place_rows_and_drop_leaves_out_only_empty_cells():
         assert probe.ID["BACKGROUND"] not in bare.example.ids
         assert [t for t in bare.example.ids if probe.WORDS[t] in probe.KINDS] == objects
         assert bare.answer == full.answer
+
+
+def test_tiles_lay_out_a_base_view_then_the_tiles_with_their_own_places():
+    load_script("probe_count")
+    probe = load_script("probe_place")
+    words, kinds = probe.WORDS, set(probe.KINDS)
+    grid = probe.Grid(5, 5, feat=True, tiles=2)
+    for i in range(200):
+        q = probe.make_question(random.Random(i), grid)
+        ids, extra = q.example.ids, q.example.extra
+        body = ids[2 : ids.index(probe.ID["\n"])]
+        base, tiles = body[:25], body[25:]
+        assert "NL" not in {words[t] for t in base}
+        assert len(tiles) == 10 * 11 and sum(words[t] == "NL" for t in tiles) == 10
+        cells = [(k, t) for k, t in enumerate(tiles) if words[t] != "NL"]  # k: index among tiles, NLs included
+        asked = words[ids[-8]]
+        where = [k for k, t in cells if words[t] == asked]
+        assert len(where) == 1
+        r, c = divmod(where[0], 11)
+        named = {words[e] for e in extra[2 + 25 + where[0]]}
+        assert {f"C{c % 5}", f"R{r % 5}"} <= named  # the place within its tile
+        for k, t in enumerate(base):  # each base cell names its place in the scene, and shows an object of its block
+            br, bc = divmod(k, 5)
+            assert {f"C{bc}", f"R{br}"} <= {words[e] for e in extra[2 + k]}
+            block = {words[tiles[rr * 11 + cc]] for rr in (2 * br, 2 * br + 1) for cc in (2 * bc, 2 * bc + 1)}
+            assert (words[t] in kinds) == bool(block & kinds) and (words[t] not in kinds or words[t] in block)
+        side, at = (c, "lr") if q.axis == "lr" else (r, "tb")
+        assert side // 2 != 2  # not in the base view's middle column / row
+        assert q.answer == probe.AXES[at][0 if side < 5 else 1]
+
+
+def test_tile_drop_leaves_out_tile_cells_only():
+    load_script("probe_count")
+    probe = load_script("probe_place")
+    grid = probe.Grid(5, 5, feat=True, tiles=2)
+    for i in range(20):
+        full = probe.make_question(random.Random(i), grid)
+        bare = probe.make_question(random.Random(i), grid, tile_drop=1.0)
+        assert bare.example.ids[:27] == full.example.ids[:27]  # "<s> USER:" and the base view
+        assert [probe.WORDS[t] for t in bare.example.ids[27:-11]] == ["NL"] * 10
+        assert bare.answer == full.answer
