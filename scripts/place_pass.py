@@ -12,6 +12,9 @@ cosine, close to ``llava train``'s schedule) with these additions:
   base view is the whole image squashed to one tile, so its grid is the scene's (5 x 5 tokens for the tiny model);
 - ``--drop START END``: background image tokens hidden from the text with a probability going linearly from START
   to END over the pass (``llavakit.train.foreground``), as ``data.background_drop`` does in the loop;
+- ``--tile-drop START END``: the tile tokens (every image token after the base view's, newlines included) hidden
+  from the text with a probability going linearly from START to END over the pass: the base view alone at first,
+  where each token's place is the scene's (``scripts/probe_place.py --tiles 2 --tile-ramp``);
 - ``--ground-weight W``: the grounding pass's attention loss (``train.grounding``), times W, on ``--ground-batch``
   position questions per step ("Is the KIND on the left or the right side of the image?", or top / bottom, about a
   shape alone of its kind in the scenes of the first ``--data`` directory), its target the named shape's base-view
@@ -20,7 +23,8 @@ cosine, close to ``llava train``'s schedule) with these additions:
 Worked example of the targets: 5 x 5 base-view tokens; token 7 is row 1, column 2 -> (x, y) = (2/4 * 2 - 1,
 1/4 * 2 - 1) = (0.0, -0.5).
 
-    python scripts/place_pass.py --init MODEL --data DIR [DIR ...] --out OUT [--drop 1 0] [--place-weight 1]
+    python scripts/place_pass.py --init MODEL --data DIR [DIR ...] --out OUT [--drop 1 0] [--tile-drop 1 0]
+        [--place-weight 1]
 """
 
 from __future__ import annotations
@@ -43,6 +47,20 @@ def place_targets(grid: int) -> torch.Tensor:
     idx = torch.arange(grid * grid)
     col, row = idx % grid, idx // grid
     return torch.stack([col, row], 1).float() / max(1, grid - 1) * 2 - 1
+
+
+def tile_flags(input_ids: torch.Tensor, image_token_id: int, per_view: int) -> torch.Tensor:
+    """(B, T) bool: the image tokens of each row after its first ``per_view`` (one image per row: the tiles and
+    newlines after the base view). Worked example, per_view 2: ids [t, I, I, I, I, t] -> [F, F, F, T, T, F]."""
+    image = input_ids == image_token_id
+    return image & (image.long().cumsum(1) > per_view)
+
+
+def hide_tiles(mask: torch.Tensor, tiles: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, T) attention mask with each tile token hidden with probability ``p``."""
+    if p <= 0:
+        return mask
+    return mask * ~(tiles & (torch.rand(tiles.shape, generator=generator) < p))
 
 
 def ground_examples(proc, data: Path, n: int, per_view: int, seed: int = 0) -> list[dict]:  # noqa: ANN001
@@ -87,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", nargs="+", required=True, help="synthetic instruct directories (mixed)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--drop", type=float, nargs=2, metavar=("START", "END"))
+    ap.add_argument("--tile-drop", type=float, nargs=2, metavar=("START", "END"))
     ap.add_argument("--place-weight", type=float, default=1.0, help="0: the plain pass (a control)")
     ap.add_argument("--ground-weight", type=float, default=0.0, help="the base-view grounding loss (0: none)")
     ap.add_argument("--ground-batch", type=int, default=8)
@@ -163,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             p = drop_probability(args.drop[0], args.drop[1], step, steps)
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
             mask = hide_background(mask, batch["foreground"], p, gen)
+        if args.tile_drop:
+            p = drop_probability(args.tile_drop[0], args.tile_drop[1], step, steps)
+            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step + 500_000)
+            mask = hide_tiles(mask, tile_flags(batch["input_ids"], model.config.image_token_id, grid * grid), p, gen)
         captured.clear()
         out = model(
             input_ids=batch["input_ids"],

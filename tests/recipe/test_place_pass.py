@@ -55,3 +55,28 @@ def test_grounding_examples_target_the_named_shapes_base_view_and_the_pass_uses_
     assert mod.main([*args, "--ground-weight", "1", "--ground-batch", "2"]) == 0
     log = json.loads((out / "place_pass.json").read_text())["log"]
     assert all(0 < r["mass"] <= 1 for r in log)
+
+
+def test_tile_flags_mark_the_image_tokens_after_the_base_view_and_hide_tiles_hides_only_them():
+    mod = load_script("place_pass")
+    ids = torch.tensor([[5, 9, 9, 9, 9, 5], [9, 9, 9, 5, 5, 5]])
+    flags = mod.tile_flags(ids, 9, 2)
+    assert flags.tolist() == [[False, False, False, True, True, False], [False, False, True, False, False, False]]
+    mask = torch.ones(2, 6, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(mod.hide_tiles(mask, flags, 1.0, g), mask * ~flags)
+    assert torch.equal(mod.hide_tiles(mask, flags, 0.0, g), mask)
+
+
+def test_a_pass_with_the_tiles_hidden_trains_differently(tmp_path):
+    mod = load_script("place_pass")
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 8, 3, "instruct", min_side=112, max_side=160)
+    weights = {}
+    for name, extra in (("plain", []), ("hidden", ["--tile-drop", "1", "1"])):
+        out = tmp_path / name
+        args = ["--init", str(init), "--data", str(tmp_path / "d"), "--out", str(out), "--batch", "4"]
+        assert mod.main([*args, "--place-weight", "0", *extra]) == 0
+        weights[name] = load_file(out / "model.safetensors")
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert key in weights["plain"] and not torch.equal(weights["plain"][key], weights["hidden"][key])
