@@ -12,7 +12,8 @@ from.
 
 With ``--per-patch`` it also probes single patches of scenes with 1-8 shapes and text (whole views, AnyRes tiles,
 text crops, labelled by ``patch_labels``): the kind, the colour and the text (word or digit) of each patch that
-shows one, which is what a question naming one object among several needs.
+shows one, which is what a question naming one object among several needs. ``--full-view`` probes the whole
+views alone (scenes without text): the only view in which a patch's place is the object's place in the scene.
 """
 
 from __future__ import annotations
@@ -79,15 +80,20 @@ def probe(
 
 
 def patch_probes(
-    tower: torch.nn.Module, n: int, recipe: Stage0Recipe, steps: int
+    tower: torch.nn.Module, n: int, recipe: Stage0Recipe, steps: int, full_only: bool = False
 ) -> dict[str, tuple[float, float, int]]:
     """Per-patch linear probes on scenes of 1-8 shapes: for "kind", "colour" and "text", the train / held-out
-    accuracy on the patches that show one (``patch_labels``) and how many held-out patches that was."""
+    accuracy on the patches that show one (``patch_labels``) and how many held-out patches that was. With
+    ``full_only`` the scenes carry no text and only their whole view is probed (the one view that places an object
+    in the scene; the text probe then has no patches)."""
     s, v = recipe.scenes, recipe.vision
     sets = []
+    text = {"text_prob": 0.0} if full_only else {}
     for seed, count in ((1, n), (2, max(1, n // 4))):
-        scenes = [generate_scene(scene_seed(seed, i), min_side=s.min_side, max_side=s.max_side) for i in range(count)]
-        views, _, labels = build_pairs(scenes, v.image_size, v.patch_size, v.image_grid_pinpoints, seed)
+        scenes = [
+            generate_scene(scene_seed(seed, i), min_side=s.min_side, max_side=s.max_side, **text) for i in range(count)
+        ]
+        views, _, labels = build_pairs(scenes, v.image_size, v.patch_size, v.image_grid_pinpoints, seed, not full_only)
         with torch.no_grad():
             feats = torch.cat([tower(x, [-2])[:, 1:] for x in views.split(256)])  # (N, g*g, D)
         sets.append((feats.flatten(0, 1), labels.transpose(1, 2).flatten(0, 1)))  # (N*g*g, D), (N*g*g, 3)
@@ -95,6 +101,8 @@ def patch_probes(
     out = {}
     for row, (name, none) in enumerate((("kind", NO_KIND), ("colour", NO_COLOUR), ("text", NO_TEXT))):
         on_train, on_test = l_train[:, row] != none, l_test[:, row] != none
+        if not on_test.any() or not on_train.any():
+            continue
         y_train, y_test = l_train[on_train, row], l_test[on_test, row]
         acc = probe(f_train[on_train], y_train, f_test[on_test], y_test, steps, classes=none)
         out[name] = (*acc, int(on_test.sum()))
@@ -108,6 +116,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500, help="probe optimisation steps")
     ap.add_argument("--recipe", default=str(RECIPE), help="stage-0 recipe: scene sizes and AnyRes pinpoints")
     ap.add_argument("--per-patch", action="store_true", help="also probe single patches of multi-shape scenes")
+    ap.add_argument("--full-view", action="store_true", help="with --per-patch: the whole views only, no text")
     a = ap.parse_args()
     torch.manual_seed(0)
     if not (Path(a.tower) / "config.json").is_file():
@@ -134,7 +143,7 @@ def main() -> None:
         acc_train, acc_test = probe(tr, y_train, te, y_test, a.steps)
         print(f"{name:22s} train {acc_train:.2f}  held out {acc_test:.2f}")
     if a.per_patch:
-        for name, (acc_train, acc_test, n) in patch_probes(tower, a.scenes // 3, recipe, a.steps).items():
+        for name, (acc_train, acc_test, n) in patch_probes(tower, a.scenes // 3, recipe, a.steps, a.full_view).items():
             print(f"per patch, {name:11s} train {acc_train:.2f}  held out {acc_test:.2f}  ({n} held-out patches)")
     print(f"({time.perf_counter() - t0:.0f}s)")
 

@@ -82,3 +82,6 @@ def test_per_patch_probes_cover_kind_colour_and_text():
     assert list(got) == ["kind", "colour", "text"]
     for acc_train, acc_test, n in got.values():
         assert 0.0 <= acc_test <= 1.0 and 0.0 <= acc_train <= 1.0 and n > 0
+    full = probe_tower.patch_probes(tower, 12, recipe, 20, full_only=True)
+    assert list(full) == ["kind", "colour"]  # no text in the scenes
+    assert 0 < full["kind"][2] < got["kind"][2]  # the whole views' patches only: fewer than with the tiles'
