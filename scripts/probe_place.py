@@ -59,6 +59,7 @@ class Grid:
     cols: int = 5
     feat: bool = False  # each cell adds its column's and its row's embedding rows
     tiles: int = 1  # 2: a base view, then 2 x 2 tiles of rows x cols cells (the AnyRes layout)
+    base_noise: float = 0.0  # with tiles = 2: each base cell with an object shows another kind with this probability
 
 
 @dataclass
@@ -77,9 +78,10 @@ def make_question(rng: random.Random, grid: Grid, drop: float = 0.0, tile_drop: 
     names its place in the scene and a tile cell its place within its tile (the same C/R rows, as the tower's
     position embeddings are shared by the base view and the tiles). The object asked about is not in the base
     view's middle column (row), as the synthetic questions skip shapes within 10% of the centre. Each tile cell,
-    object or not, is left out with probability ``tile_drop``. Worked example, ``Grid(5, 5, feat=True,
-    tiles=2)``: an object at row 7, column 3 of the 10 x 10 grid is on the left, shows in base cell (3, 1) with
-    rows C1 R3, and in its tile with C3 R2.
+    object or not, is left out with probability ``tile_drop``; a base cell with an object shows another kind with
+    probability ``grid.base_noise`` (the tower names a kind less well in the squashed whole view). Worked example,
+    ``Grid(5, 5, feat=True, tiles=2)``: an object at row 7, column 3 of the 10 x 10 grid is on the left, shows in
+    base cell (3, 1) with rows C1 R3, and in its tile with C3 R2.
     """
     t = grid.tiles
     while True:
@@ -96,9 +98,10 @@ def make_question(rng: random.Random, grid: Grid, drop: float = 0.0, tile_drop: 
     colours: dict[int, str] = {}  # drawn when an object is first shown (the draws of tiles = 1 stay as they were)
     ids, extra = [ID["<s>"], ID["USER:"]], [(), ()]
 
-    def cell(j: int | None, place: tuple[int, ...], p: float) -> None:
+    def cell(j: int | None, place: tuple[int, ...], p: float, noise: float = 0.0) -> None:
         if j is not None:
-            ids.append(ID[kinds[j]])
+            misread = noise and rng.random() < noise
+            ids.append(ID[rng.choice([k for k in KINDS if k != kinds[j]]) if misread else kinds[j]])
             extra.append((ID[colours.setdefault(j, rng.choice(list(COLORS)))], *place))
         elif not (drop and rng.random() < drop) and not (p and rng.random() < p):
             ids.append(ID["BACKGROUND"])
@@ -111,7 +114,7 @@ def make_question(rng: random.Random, grid: Grid, drop: float = 0.0, tile_drop: 
         base = {(r // t, c // t): j for j, (r, c) in enumerate(cells)}
         for r in range(grid.rows):
             for c in range(grid.cols):
-                cell(base.get((r, c)), named(r, c), 0.0)
+                cell(base.get((r, c)), named(r, c), 0.0, grid.base_noise)
     at = {where: j for j, where in enumerate(cells)}
     for r in range(grid.rows * t):
         for c in range(grid.cols * t):
@@ -179,6 +182,7 @@ def main() -> None:
     ap.add_argument("--feat", action="store_true", help="each cell also carries its column's and row's rows")
     ap.add_argument("--ramp", type=int, default=0, help="steps over which the empty cells grow from none (--feat)")
     ap.add_argument("--tiles", type=int, choices=(1, 2), default=1, help="2: a base view, then 2 x 2 tiles")
+    ap.add_argument("--base-noise", type=float, default=0.0, help="--tiles 2: base cells misread their kind")
     ap.add_argument("--tile-ramp", type=int, default=0, help="steps over which the tile cells grow from none")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=6e-4)
@@ -191,11 +195,13 @@ def main() -> None:
         ap.error(f"--rows and --cols must be in 2..{MAX_SIDE}, got {args.rows} x {args.cols}")
     if args.ramp and not args.feat:
         ap.error("--ramp needs --feat: without it the place is the position in the sequence, which dropped cells move")
+    if args.base_noise and args.tiles == 1:
+        ap.error("--base-noise needs --tiles 2: it misreads the base view's cells")
     if args.tile_ramp and (args.tiles == 1 or not args.feat):
         ap.error("--tile-ramp needs --tiles 2 and --feat: the base view alone must carry the place")
     if args.threads:
         torch.set_num_threads(args.threads)
-    grid = Grid(args.rows, args.cols, args.feat, args.tiles)
+    grid = Grid(args.rows, args.cols, args.feat, args.tiles, args.base_noise)
     recipe = load_stage0_recipe(args.recipe, args.overrides)
     print(f"{grid}, ramp {args.ramp}, tile ramp {args.tile_ramp}, lr {args.lr}, {args.steps} steps of 32")
     print(f"decoder {recipe.decoder}")

@@ -90,3 +90,18 @@ def test_tile_drop_leaves_out_tile_cells_only():
         assert bare.example.ids[:27] == full.example.ids[:27]  # "<s> USER:" and the base view
         assert [probe.WORDS[t] for t in bare.example.ids[27:-11]] == ["NL"] * 10
         assert bare.answer == full.answer
+
+
+def test_base_noise_misreads_the_base_views_objects_only():
+    load_script("probe_count")
+    probe = load_script("probe_place")
+    kinds = set(probe.KINDS)
+    for i in range(20):
+        clean = probe.make_question(random.Random(i), probe.Grid(5, 5, feat=True, tiles=2))
+        noisy = probe.make_question(random.Random(i), probe.Grid(5, 5, feat=True, tiles=2, base_noise=1.0))
+        base = zip(clean.example.ids[2:27], noisy.example.ids[2:27])
+        shown = [(probe.WORDS[a], probe.WORDS[b]) for a, b in base if probe.WORDS[a] in kinds]
+        assert shown and all(b in kinds and b != a for a, b in shown)
+        tiles = [t for t in noisy.example.ids[27:] if probe.WORDS[t] in kinds]
+        assert tiles == [t for t in clean.example.ids[27:] if probe.WORDS[t] in kinds]
+        assert noisy.answer == clean.answer
