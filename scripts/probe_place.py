@@ -79,9 +79,10 @@ def make_question(rng: random.Random, grid: Grid, drop: float = 0.0, tile_drop: 
     position embeddings are shared by the base view and the tiles). The object asked about is not in the base
     view's middle column (row), as the synthetic questions skip shapes within 10% of the centre. Each tile cell,
     object or not, is left out with probability ``tile_drop``; a base cell with an object shows another kind with
-    probability ``grid.base_noise`` (the tower names a kind less well in the squashed whole view). Worked example,
-    ``Grid(5, 5, feat=True, tiles=2)``: an object at row 7, column 3 of the 10 x 10 grid is on the left, shows in
-    base cell (3, 1) with rows C1 R3, and in its tile with C3 R2.
+    probability ``grid.base_noise`` (the tower names a kind less well in the squashed whole view). When two
+    objects share a block, the one asked about may be missing from the base view (~5% of questions on 5 x 5).
+    Worked example, ``Grid(5, 5, feat=True, tiles=2)``: an object at row 7, column 3 of the 10 x 10 grid is on the
+    left, shows in base cell (3, 1) with rows C1 R3, and in its tile with C3 R2.
     """
     t = grid.tiles
     while True:
@@ -95,7 +96,7 @@ def make_question(rng: random.Random, grid: Grid, drop: float = 0.0, tile_drop: 
             break
     i = rng.choice(fit)
     answer = AXES[axis][0] if cells[i][mid] < side * t / 2 else AXES[axis][1]
-    colours: dict[int, str] = {}  # drawn when an object is first shown (the draws of tiles = 1 stay as they were)
+    colours: dict[int, str] = {}  # drawn at each showing, the first kept (tiles = 1: the draws as they were)
     ids, extra = [ID["<s>"], ID["USER:"]], [(), ()]
 
     def cell(j: int | None, place: tuple[int, ...], p: float, noise: float = 0.0) -> None:
@@ -191,14 +192,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. decoder.num_hidden_layers=4")
     args = ap.parse_args()
-    if not (2 <= args.rows <= MAX_SIDE and 2 <= args.cols <= MAX_SIDE):
-        ap.error(f"--rows and --cols must be in 2..{MAX_SIDE}, got {args.rows} x {args.cols}")
+    if not (2 <= args.rows <= MAX_SIDE and 2 <= args.cols <= MAX_SIDE and args.rows * args.cols >= 8):
+        ap.error(f"--rows and --cols must be in 2..{MAX_SIDE} with room for 8 objects, got {args.rows} x {args.cols}")
     if args.ramp and not args.feat:
         ap.error("--ramp needs --feat: without it the place is the position in the sequence, which dropped cells move")
     if args.base_noise and args.tiles == 1:
         ap.error("--base-noise needs --tiles 2: it misreads the base view's cells")
     if args.tile_ramp and (args.tiles == 1 or not args.feat):
-        ap.error("--tile-ramp needs --tiles 2 and --feat: the base view alone must carry the place")
+        ap.error("--tile-ramp needs --tiles 2 and --feat: the place must be in the base view's cells")
     if args.threads:
         torch.set_num_threads(args.threads)
     grid = Grid(args.rows, args.cols, args.feat, args.tiles, args.base_noise)

@@ -13,7 +13,8 @@ from.
 With ``--per-patch`` it also probes single patches of scenes with 1-8 shapes and text (whole views, AnyRes tiles,
 text crops, labelled by ``patch_labels``): the kind, the colour and the text (word or digit) of each patch that
 shows one, which is what a question naming one object among several needs. ``--full-view`` probes the whole
-views alone (scenes without text): the only view in which a patch's place is the object's place in the scene.
+views alone: the only view in which a patch's place is the object's place in the scene. Its scenes carry no
+text (a text crop would be a view of its own), so they are drawn otherwise than the default run's.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--per-patch", action="store_true", help="also probe single patches of multi-shape scenes")
     ap.add_argument("--full-view", action="store_true", help="with --per-patch: the whole views only, no text")
     a = ap.parse_args()
+    if a.full_view and not a.per_patch:
+        ap.error("--full-view selects the views of the --per-patch probes: pass --per-patch too")
     torch.manual_seed(0)
     if not (Path(a.tower) / "config.json").is_file():
         ap.exit(2, f"error: {a.tower} is not a vision tower directory (no config.json); pass OUTPUT_DIR/vision_tower\n")

@@ -65,6 +65,7 @@ def test_script_names_a_missing_tower_or_recipe(tmp_path):
     for args, named in (
         ([str(tmp_path)], "not a vision tower directory"),
         ([str(tmp_path / "tower"), "--recipe", str(tmp_path / "no.yaml")], "no.yaml"),
+        ([str(tmp_path / "tower"), "--full-view"], "pass --per-patch too"),
     ):
         r = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and named in r.stderr and "Traceback" not in r.stderr
