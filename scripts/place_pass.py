@@ -56,13 +56,6 @@ def tile_flags(input_ids: torch.Tensor, image_token_id: int, per_view: int) -> t
     return image & (image.long().cumsum(1) > per_view)
 
 
-def hide_tiles(mask: torch.Tensor, tiles: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """(B, T) attention mask with each tile token hidden with probability ``p``."""
-    if p <= 0:
-        return mask
-    return mask * ~(tiles & (torch.rand(tiles.shape, generator=generator) < p))
-
-
 def ground_examples(proc, data: Path, n: int, per_view: int, seed: int = 0) -> list[dict]:  # noqa: ANN001
     """Up to ``n`` position questions (``grounding.question_inputs``) about a shape alone of its kind, their
     ``target`` the shape's base-view tokens (the first ``per_view`` image tokens)."""
@@ -185,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.tile_drop:
             p = drop_probability(args.tile_drop[0], args.tile_drop[1], step, steps)
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step + 500_000)
-            mask = hide_tiles(mask, tile_flags(batch["input_ids"], model.config.image_token_id, grid * grid), p, gen)
+            tiles = tile_flags(batch["input_ids"], model.config.image_token_id, grid * grid)
+            mask = hide_background(mask, ~tiles, p, gen)  # all but the tiles kept, as foreground is
         captured.clear()
         out = model(
             input_ids=batch["input_ids"],

@@ -57,15 +57,17 @@ def test_grounding_examples_target_the_named_shapes_base_view_and_the_pass_uses_
     assert all(0 < r["mass"] <= 1 for r in log)
 
 
-def test_tile_flags_mark_the_image_tokens_after_the_base_view_and_hide_tiles_hides_only_them():
+def test_tile_flags_mark_the_image_tokens_after_the_base_view_and_hiding_them_hides_only_them():
+    from llavakit.train.foreground import hide_background
+
     mod = load_script("place_pass")
     ids = torch.tensor([[5, 9, 9, 9, 9, 5], [9, 9, 9, 5, 5, 5]])
     flags = mod.tile_flags(ids, 9, 2)
     assert flags.tolist() == [[False, False, False, True, True, False], [False, False, True, False, False, False]]
     mask = torch.ones(2, 6, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
-    assert torch.equal(mod.hide_tiles(mask, flags, 1.0, g), mask * ~flags)
-    assert torch.equal(mod.hide_tiles(mask, flags, 0.0, g), mask)
+    assert torch.equal(hide_background(mask, ~flags, 1.0, g), mask * ~flags)  # as place_pass hides the tiles
+    assert torch.equal(hide_background(mask, ~flags, 0.0, g), mask)
 
 
 def test_a_pass_with_the_tiles_hidden_trains_differently(tmp_path):
