@@ -29,6 +29,7 @@ from .hf_files import (
 )
 from .hf_messages import hf_messages
 from .image import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ImageConfig, preprocess, video_frames
+from .image_args import check_nesting, flatten_images, image_name, is_array4
 from .image_load import ImageSource, load_image
 from .jinja_export import exported_name, jinja_template
 from .templates import CHAT_TEMPLATE, IMAGE, VIDEO, check_template_name, render, render_chat_template
@@ -259,16 +260,16 @@ class LlavaProcessor:
                 "images need a prompt with one <image> placeholder each"
             )
         per_text = [t.count(IMAGE) for t in texts]
-        _check_nesting(images, per_text)
-        images = _flatten(images)
+        check_nesting(images, per_text)
+        images = flatten_images(images)
         if sum(per_text) != len(images):
             raise ValueError(
                 f"the prompt(s) hold {sum(per_text)} {IMAGE} placeholder(s) but {len(images)} image(s) were given; "
                 "put one placeholder per image (apply_chat_template does this for image content parts)"
             )
         # a video may be a 4-D array (frames, H, W, C) or (frames, C, H, W), as transformers takes it
-        given = [] if videos is None else [videos] if _is_array4(videos) else videos
-        vids = [list(v) if _is_array4(v) else v for v in given]
+        given = [] if videos is None else [videos] if is_array4(videos) else videos
+        vids = [list(v) if is_array4(v) else v for v in given]
         for i, v in enumerate(vids):
             if not isinstance(v, (list, tuple)):
                 raise ValueError(
@@ -285,7 +286,7 @@ class LlavaProcessor:
             raise ValueError(f"the prompt(s) hold {n_vid} {VIDEO} placeholder(s) but {len(vids)} video(s) were given")
         # OneVision: the images of a prompt with several images skip AnyRes (one view + one newline each)
         multi = [self.family == "llava_onevision" and n > 1 for n in per_text for _ in range(n)]
-        pil = [load_image(im, name=_image_name(i, len(images), im)) for i, im in enumerate(images)]
+        pil = [load_image(im, name=image_name(i, len(images), im)) for i, im in enumerate(images)]
         counts = [num_image_tokens(im.height, im.width, self.geometry, multi_image=m) for im, m in zip(pil, multi)]
         frames = [video_frames(v, self.video_config) for v in vids]  # each (F, 3, S, S)
         vcounts = [num_video_tokens(f.shape[0], self.geometry) for f in frames]
@@ -333,57 +334,6 @@ class LlavaProcessor:
             input_ids[i, sl] = torch.tensor(row, dtype=torch.long)
             mask[i, sl] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
-
-
-def _image_name(i: int, n: int, src: Any) -> str:
-    """How errors name an image: "2 of 3", with its path when it has one."""
-    return f"{i + 1} of {n}" + (f" ({src})" if isinstance(src, (str, Path)) else "")
-
-
-def _check_nesting(images: Any, per_text: list[int]) -> None:
-    """Images given as nested lists (as transformers accepts) must match the prompts' placeholders: one list per
-    prompt, or (transformers' own pairing) one per prompt that holds images, in order. Flattened unchecked,
-    ``[[a], [b, c]]`` for prompts of 2 and 1 placeholders silently gave prompt 0 the images a and b.
-
-    Example: prompts with 2, 1, 0 and 1 placeholders take [[a, b], [c], [], [d]] or [[a, b], [c], [d]]."""
-    if not isinstance(images, (list, tuple)) or not any(_is_group(im) for im in images):
-        return
-    counts = [len(im) if _is_group(im) else 1 for im in images]
-    with_images = [n for n in per_text if n]
-    if len(counts) == len(per_text):
-        pairs = list(enumerate(per_text))
-    elif len(counts) == len(with_images):
-        pairs = [(i, n) for i, n in enumerate(per_text) if n]
-    else:
-        raise ValueError(
-            f"images are given as {len(counts)} lists for {len(per_text)} prompt(s), {len(with_images)} of them with "
-            "images; pass one list per prompt (or per prompt with images), or a flat list in placeholder order"
-        )
-    for (i, n), got in zip(pairs, counts, strict=True):
-        if got != n:
-            raise ValueError(f"prompt {i} holds {n} {IMAGE} placeholder(s) but its list has {got} image(s)")
-
-
-def _flatten(images: Any) -> list[Any]:
-    """None, one image, a flat list or a list of lists (one per prompt, as HF accepts) -> flat list; a 4-D array or
-    tensor (N, H, W, C) / (N, C, H, W) is N images, also as an item of the list (as transformers flattens it)."""
-    if images is None:
-        return []
-    if _is_array4(images):
-        return list(images)
-    if not isinstance(images, (list, tuple)):
-        return [images]
-    return [im for group in images for im in (group if _is_group(group) else [group])]
-
-
-def _is_array4(x: Any) -> bool:
-    """A 4-D array or tensor: (N, H, W, C) / (N, C, H, W) images, or a video's frames."""
-    return not isinstance(x, (list, tuple)) and getattr(x, "ndim", None) == 4
-
-
-def _is_group(images: Any) -> bool:
-    """A list or tuple of images, or a 4-D array / tensor: several images."""
-    return isinstance(images, (list, tuple)) or _is_array4(images)
 
 
 def _unpadded(ids: list[list[int]], return_tensors: str | None) -> dict[str, Any]:
