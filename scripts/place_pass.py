@@ -15,6 +15,9 @@ cosine, close to ``llava train``'s schedule) with these additions:
 - ``--tile-drop START END``: the tile tokens (every image token after the base view's, newlines included) hidden
   from the text with a probability going linearly from START to END over the pass: the base view alone at first,
   where each token's place is the scene's (``scripts/probe_place.py --tiles 2 --tile-ramp``);
+- ``--shuffle-positions base|image``: the position ids of each row's base-view (or all its) image tokens permuted
+  among themselves at every step, so that the token order no longer says where a token lies and the place can
+  only come from the features (``scripts/place_eval.py --flip-rows`` shows the row is otherwise read from the order);
 - ``--ground-weight W``: the grounding pass's attention loss (``train.grounding``), times W, on ``--ground-batch``
   position questions per step ("Is the KIND on the left or the right side of the image?", or top / bottom, about a
   shape alone of its kind in the scenes of the first ``--data`` directory), its target the named shape's base-view
@@ -54,6 +57,21 @@ def tile_flags(input_ids: torch.Tensor, image_token_id: int, per_view: int) -> t
     newlines after the base view). Worked example, per_view 2: ids [t, I, I, I, I, t] -> [F, F, F, T, T, F]."""
     image = input_ids == image_token_id
     return image & (image.long().cumsum(1) > per_view)
+
+
+def shuffle_positions(
+    pos: torch.Tensor, input_ids: torch.Tensor, image_token_id: int, first: int | None, gen: torch.Generator
+) -> torch.Tensor:
+    """(B, T) position ids with those of each row's first ``first`` image tokens (None: all of them) permuted
+    at random among themselves: the token order no longer says where a token lies in the image. Worked example,
+    first 2: ids [t, I, I, I], pos [0, 1, 2, 3] -> [0, 2, 1, 3] or unchanged."""
+    pos = pos.clone()
+    for j in range(pos.shape[0]):
+        idx = (input_ids[j] == image_token_id).nonzero()[:, 0]
+        if first is not None:
+            idx = idx[:first]
+        pos[j, idx] = pos[j, idx[torch.randperm(len(idx), generator=gen)]]
+    return pos
 
 
 def ground_examples(proc, data: Path, n: int, per_view: int, seed: int = 0) -> list[dict]:  # noqa: ANN001
@@ -99,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--drop", type=float, nargs=2, metavar=("START", "END"))
     ap.add_argument("--tile-drop", type=float, nargs=2, metavar=("START", "END"))
+    ap.add_argument(
+        "--shuffle-positions",
+        choices=("base", "image"),
+        help="permute the position ids of each row's base-view (or all) image tokens every step",
+    )
     ap.add_argument("--place-weight", type=float, default=1.0, help="0: the plain pass (a control)")
     ap.add_argument("--ground-weight", type=float, default=0.0, help="the base-view grounding loss (0: none)")
     ap.add_argument("--ground-batch", type=int, default=8)
@@ -150,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if not grounding:
             raise SystemExit(f"{args.data[0]}: no shape alone of its kind off-centre to ask about")
     g_rng = torch.Generator().manual_seed(args.seed)
+    s_rng = torch.Generator().manual_seed(args.seed + 1_000_000)  # position shuffles
 
     captured: list[torch.Tensor] = []
     tile_features = model.tile_features
@@ -180,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step + 500_000)
             tiles = tile_flags(batch["input_ids"], model.config.image_token_id, grid * grid)
             mask = hide_background(mask, ~tiles, p, gen)  # all but the tiles kept, as foreground is
+        if args.shuffle_positions:
+            pos = shuffle_positions(
+                pos,
+                batch["input_ids"],
+                model.config.image_token_id,
+                grid * grid if args.shuffle_positions == "base" else None,
+                s_rng,
+            )
         captured.clear()
         out = model(
             input_ids=batch["input_ids"],

@@ -82,3 +82,25 @@ def test_a_pass_with_the_tiles_hidden_trains_differently(tmp_path):
         weights[name] = load_file(out / "model.safetensors")
     key = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert key in weights["plain"] and not torch.equal(weights["plain"][key], weights["hidden"][key])
+
+
+def test_shuffle_positions_permutes_only_the_chosen_image_tokens_and_changes_the_pass(tmp_path):
+    mod = load_script("place_pass")
+    ids = torch.tensor([[5, 9, 9, 9, 9, 5]] * 40)
+    pos = torch.arange(6).expand(40, 6)
+    g = torch.Generator().manual_seed(0)
+    base = mod.shuffle_positions(pos, ids, 9, 2, g)
+    assert torch.equal(base[:, [0, 3, 4, 5]], pos[:, [0, 3, 4, 5]])  # text and tokens after the first 2 kept
+    assert {tuple(r) for r in base[:, 1:3].tolist()} == {(1, 2), (2, 1)}  # both orders drawn over 40 rows
+    every = mod.shuffle_positions(pos, ids, 9, None, g)
+    assert sorted(every[0, 1:5].tolist()) == [1, 2, 3, 4] and any(r != [1, 2, 3, 4] for r in every[:, 1:5].tolist())
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 8, 3, "instruct", min_side=112, max_side=160)
+    weights = {}
+    for name, extra in (("plain", []), ("shuffled", ["--shuffle-positions", "base"])):
+        out = tmp_path / name
+        args = ["--init", str(init), "--data", str(tmp_path / "d"), "--out", str(out), "--batch", "4"]
+        assert mod.main([*args, "--place-weight", "0", *extra]) == 0
+        weights[name] = load_file(out / "model.safetensors")
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(weights["plain"][key], weights["shuffled"][key])

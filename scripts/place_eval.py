@@ -1,0 +1,107 @@
+"""Position accuracy with only the objects' base-view tokens visible (scratch tool for issue 5's position target).
+
+``scripts/place_pass.py --drop 1 1 --tile-drop 1 1`` trains with every image token hidden from the text but the
+base-view tokens of the objects; this scores a checkpoint the same way on synthetic position questions, split by
+the number of shapes in the scene and by axis (left/right, top/bottom). A question counts as right when the first
+answer token is the model's top choice after the prompt (teacher forcing, one pass per batch).
+
+``--flip-rows`` also reverses the order of the base view's rows in the position ids (row r gets the ids of row
+g - 1 - r; the features stay where they are). A model that reads the row from the token order answers top/bottom
+backwards then; one that reads it from the features does not notice. Worked example, a 2 x 2 base view at ids
+10-13: positions [10, 11, 12, 13] -> [12, 13, 10, 11].
+
+    python scripts/place_eval.py MODEL DATA [--flip-rows] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from place_pass import tile_flags  # noqa: E402
+
+
+def flip_rows(pos: torch.Tensor, input_ids: torch.Tensor, image_token_id: int, grid: int) -> torch.Tensor:
+    """(B, T) position ids with the rows of each row's first ``grid * grid`` image tokens (its base view) in
+    reverse order."""
+    pos = pos.clone()
+    perm = torch.arange(grid * grid).view(grid, grid).flip(0).reshape(-1)
+    for j in range(pos.shape[0]):
+        idx = (input_ids[j] == image_token_id).nonzero()[: grid * grid, 0]
+        pos[j, idx] = pos[j, idx[perm]]
+    return pos
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("data", help="a synthetic instruct directory of position questions (instruct.json, scenes.jsonl)")
+    ap.add_argument("--flip-rows", action="store_true")
+    ap.add_argument("--limit", type=int, help="score the first N records only")
+    ap.add_argument("--threads", type=int)
+    args = ap.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    for name in ("instruct.json", "scenes.jsonl"):
+        if not (data / name).is_file():
+            ap.error(f"{data / name} not found: give a directory written by llava data synth (instruct)")
+
+    from llavakit.model.llava import LlavaModel, positions_from_mask
+    from llavakit.processing.processor import LlavaProcessor
+    from llavakit.train.collate import collate
+    from llavakit.train.foreground import hide_background
+    from llavakit.train.mixture import build_dataset
+
+    model = LlavaModel.from_pretrained(args.model).eval()
+    proc = LlavaProcessor.from_pretrained(args.model)
+    ds = build_dataset({"path": str(data / "instruct.json"), "image_folder": str(data)}, proc, proc.template, 1024,
+                       foreground=True)  # fmt: skip
+    recs = json.loads((data / "instruct.json").read_text())
+    scenes = {}
+    for line in (data / "scenes.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        scenes[rec["image"]] = rec["scene"]
+    grid = model.config.vision.image_size // model.config.vision.patch_size
+    image_id = model.config.image_token_id
+    pad = partial(collate, pad_id=ds.pad_id, family=proc.family)
+    n = len(ds) if args.limit is None else min(args.limit, len(ds))
+    right: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    with torch.no_grad():
+        for s in range(0, n, 16):
+            idx = list(range(s, min(n, s + 16)))
+            batch = pad([ds[i] for i in idx])
+            mask = batch["attention_mask"]
+            b, t = mask.shape
+            pos = positions_from_mask(mask, b, t, 0, mask.device)
+            if args.flip_rows:
+                pos = flip_rows(pos, batch["input_ids"], image_id, grid)
+            mask = hide_background(mask, batch["foreground"], 1.0, torch.Generator())
+            mask = hide_background(mask, ~tile_flags(batch["input_ids"], image_id, grid * grid), 1.0, torch.Generator())
+            out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                        image_sizes=batch["image_sizes"], attention_mask=mask, position_ids=pos)  # fmt: skip
+            for j, i in enumerate(idx):
+                labels = batch["labels"][j]
+                first = int((labels != -100).nonzero()[0, 0])
+                ok = int(out.logits[j, first - 1].argmax() == labels[first])
+                answer = recs[i]["conversations"][1]["value"]
+                axis = "left/right" if answer in ("left", "right") else "top/bottom"
+                shapes = len(scenes[recs[i]["image"]]["shapes"])
+                for key in ("all", axis, f"{shapes} shapes {axis}"):
+                    right[key][0] += ok
+                    right[key][1] += 1
+    scores = {k: round(a / c, 4) for k, (a, c) in sorted(right.items())}
+    counts = {k: c for k, (_, c) in sorted(right.items())}
+    print(json.dumps({"accuracy": scores, "questions": counts}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
