@@ -7,10 +7,11 @@ answer token is the model's top choice after the prompt (teacher forcing, one pa
 
 ``--flip-rows`` also reverses the order of the base view's rows in the position ids (row r gets the ids of row
 g - 1 - r; the features stay where they are). A model that reads the row from the token order answers top/bottom
-backwards then; one that reads it from the features does not notice. Worked example, a 2 x 2 base view at ids
-10-13: positions [10, 11, 12, 13] -> [12, 13, 10, 11].
+backwards then; one that reads it from the features does not notice. ``--flip-cols`` does the same to the
+columns within each row, for left/right. Worked example, a 2 x 2 base view at ids 10-13: positions [10, 11, 12, 13]
+-> [12, 13, 10, 11] with the rows flipped, [11, 10, 13, 12] with the columns.
 
-    python scripts/place_eval.py MODEL DATA [--flip-rows] [--limit N]
+    python scripts/place_eval.py MODEL DATA [--flip-rows] [--flip-cols] [--limit N]
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from place_pass import tile_flags  # noqa: E402
 
 
-def flip_rows(pos: torch.Tensor, input_ids: torch.Tensor, image_token_id: int, grid: int) -> torch.Tensor:
-    """(B, T) position ids with the rows of each row's first ``grid * grid`` image tokens (its base view) in
-    reverse order."""
+def flip_view(pos: torch.Tensor, input_ids: torch.Tensor, image_token_id: int, grid: int, axis: int) -> torch.Tensor:
+    """(B, T) position ids with the rows (``axis`` 0) or the columns (1) of each row's first ``grid * grid`` image
+    tokens (its base view) in reverse order."""
     pos = pos.clone()
-    perm = torch.arange(grid * grid).view(grid, grid).flip(0).reshape(-1)
+    perm = torch.arange(grid * grid).view(grid, grid).flip(axis).reshape(-1)
     for j in range(pos.shape[0]):
         idx = (input_ids[j] == image_token_id).nonzero()[: grid * grid, 0]
         pos[j, idx] = pos[j, idx[perm]]
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model")
     ap.add_argument("data", help="a synthetic instruct directory of position questions (instruct.json, scenes.jsonl)")
     ap.add_argument("--flip-rows", action="store_true")
+    ap.add_argument("--flip-cols", action="store_true")
     ap.add_argument("--limit", type=int, help="score the first N records only")
     ap.add_argument("--threads", type=int)
     args = ap.parse_args(argv)
@@ -82,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             b, t = mask.shape
             pos = positions_from_mask(mask, b, t, 0, mask.device)
             if args.flip_rows:
-                pos = flip_rows(pos, batch["input_ids"], image_id, grid)
+                pos = flip_view(pos, batch["input_ids"], image_id, grid, 0)
+            if args.flip_cols:
+                pos = flip_view(pos, batch["input_ids"], image_id, grid, 1)
             mask = hide_background(mask, batch["foreground"], 1.0, torch.Generator())
             mask = hide_background(mask, ~tile_flags(batch["input_ids"], image_id, grid * grid), 1.0, torch.Generator())
             out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],

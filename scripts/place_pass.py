@@ -18,6 +18,9 @@ cosine, close to ``llava train``'s schedule) with these additions:
 - ``--shuffle-positions base|image``: the position ids of each row's base-view (or all its) image tokens permuted
   among themselves at every step, so that the token order no longer says where a token lies and the place can
   only come from the features (``scripts/place_eval.py --flip-rows`` shows the row is otherwise read from the order);
+- ``--answer-ground W``: a loss, times W, on every layer's attention at the query just before each row's first
+  answer: minus the log of the largest mass a head puts on the image tokens left visible (with ``--drop 1 1
+  --tile-drop 1 1`` and one shape per scene: that shape's base-view tokens), averaged over layers and rows;
 - ``--ground-weight W``: the grounding pass's attention loss (``train.grounding``), times W, on ``--ground-batch``
   position questions per step ("Is the KIND on the left or the right side of the image?", or top / bottom, about a
   shape alone of its kind in the scenes of the first ``--data`` directory), its target the named shape's base-view
@@ -74,6 +77,83 @@ def shuffle_positions(
     return pos
 
 
+def answer_log_mass(
+    captured: list[tuple], labels: torch.Tensor, visible: torch.Tensor, rows: list[int] | None = None
+) -> torch.Tensor:
+    """(R, L) log of the largest attention mass a head of each layer puts on ``visible`` (B, T) tokens from the
+    query just before the first label token, for each of ``rows`` (default: all B; each needs a visible token);
+    ``captured``: per layer (attention module, its normed input (B, T, D), cos, sin, mask (B, 1, T, T) or None),
+    in layer order."""
+    from llavakit.model.rope import apply_rotary
+
+    out = []
+    for j in range(labels.shape[0]) if rows is None else rows:
+        q_at = int((labels[j] != -100).nonzero()[0, 0]) - 1
+        per_layer = []
+        for att, x, cos, sin, mask in captured:
+            xs = x[j : j + 1, : q_at + 1]  # (1, S, D)
+            n = xs.shape[1]
+            q = att.q_proj(xs[:, -1:]).view(1, 1, att.heads, att.head_dim).transpose(1, 2)  # (1, H, 1, d)
+            k = att.k_proj(xs).view(1, n, att.kv_heads, att.head_dim).transpose(1, 2)  # (1, KV, S, d)
+            q = apply_rotary(q, cos[j : j + 1, :, q_at : q_at + 1], sin[j : j + 1, :, q_at : q_at + 1])
+            k = apply_rotary(k, cos[j : j + 1, :, :n], sin[j : j + 1, :, :n])
+            k = k.repeat_interleave(att.heads // att.kv_heads, dim=1)
+            logits = (q @ k.transpose(-1, -2))[0, :, 0] / att.head_dim**0.5  # (H, S)
+            if mask is not None:
+                logits = logits.masked_fill(~mask[j, 0, q_at, :n], float("-inf"))
+            logp = logits.log_softmax(-1)[:, visible[j, :n]]  # (H, targets)
+            per_layer.append(logp.logsumexp(-1).max())
+        out.append(torch.stack(per_layer))
+    return torch.stack(out)
+
+
+def named_shape(scene, question: str) -> int | None:  # noqa: ANN001
+    """Index of the shape a position question names ("Is the red circle on the left or ...", "Is the star in the
+    top or ..."), None when the question is not one or names no single shape."""
+    import re
+
+    m = re.search(r"Is the (.+?) (?:on the left|in the top)", question)
+    if m is None:
+        return None
+    *color, kind = m.group(1).split()
+    hits = [i for i, sh in enumerate(scene.shapes) if sh.kind == kind and (not color or sh.color == color[0])]
+    return hits[0] if len(hits) == 1 else None
+
+
+class NamedTargets:
+    """Per dataset item, the base-view tokens (a bool over its image tokens) of the shape its first question
+    names, or None; computed on first use (``foreground.scene_token_owners`` renders each shape alone)."""
+
+    def __init__(self, proc, data: list[str], ds, per_view: int) -> None:  # noqa: ANN001
+        from llavakit.data.synth_scene import Scene
+
+        self.proc, self.ds, self.per_view, self.cache = proc, ds, per_view, {}
+        self.records = []
+        for d in data:
+            scenes = {}
+            for line in (Path(d) / "scenes.jsonl").read_text().splitlines():
+                rec = json.loads(line)
+                scenes[rec["image"]] = Scene.from_dict(rec["scene"])
+            recs = json.loads((Path(d) / "instruct.json").read_text())
+            self.records.append([(scenes[r["image"]], r["conversations"][0]["value"]) for r in recs])
+
+    def __call__(self, i: int) -> torch.Tensor | None:
+        if i not in self.cache:
+            from llavakit.train.foreground import scene_token_owners
+
+            d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
+            scene, question = self.records[d][j]
+            k = named_shape(scene, question)
+            target = None
+            if k is not None:
+                owner = scene_token_owners(scene, self.proc)
+                target = torch.zeros(len(owner), dtype=torch.bool)
+                target[: self.per_view] = owner[: self.per_view] == k
+                target = target if target.any() else None
+            self.cache[i] = target
+        return self.cache[i]
+
+
 def ground_examples(proc, data: Path, n: int, per_view: int, seed: int = 0) -> list[dict]:  # noqa: ANN001
     """Up to ``n`` position questions (``grounding.question_inputs``) about a shape alone of its kind, their
     ``target`` the shape's base-view tokens (the first ``per_view`` image tokens)."""
@@ -124,6 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--place-weight", type=float, default=1.0, help="0: the plain pass (a control)")
     ap.add_argument("--ground-weight", type=float, default=0.0, help="the base-view grounding loss (0: none)")
+    ap.add_argument(
+        "--answer-ground",
+        type=float,
+        default=0.0,
+        help="weight of a loss on each layer's attention at the first answer's query: its mass on the image tokens "
+        "left visible (with --drop 1 1 --tile-drop 1 1: the objects' base-view tokens); 0: none",
+    )
+    ap.add_argument(
+        "--answer-target",
+        choices=("visible", "named"),
+        default="visible",
+        help="what --answer-ground pulls the attention to: the image tokens left visible, or the base-view tokens "
+        "of the shape each row's first question names (position data)",
+    )
     ap.add_argument("--ground-batch", type=int, default=8)
     ap.add_argument("--ground-examples", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=16)
@@ -184,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         return f
 
     model.tile_features = capture  # the instance's method: the base views' projector output, for the place loss
+    attn_inputs: list[tuple] = []
+    named = NamedTargets(proc, args.data, ds, grid * grid) if args.answer_target == "named" else None
+    if args.answer_ground:
+        for layer in model.model.language_model.layers:
+            layer.self_attn.register_forward_pre_hook(
+                lambda m, a: attn_inputs.append((m, a[0], a[1], a[2], a[3]))  # x, cos, sin, mask
+            )
     model.train()
     log = []
     t0 = time.perf_counter()
@@ -191,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm)))
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
-        batch = pad([ds[i] for i in order[step * args.batch : (step + 1) * args.batch]])
+        rows = order[step * args.batch : (step + 1) * args.batch]
+        batch = pad([ds[i] for i in rows])
         mask = batch["attention_mask"]
         b, t = mask.shape
         pos = positions_from_mask(mask, b, t, 0, mask.device)
@@ -213,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                 s_rng,
             )
         captured.clear()
+        attn_inputs.clear()
         out = model(
             input_ids=batch["input_ids"],
             pixel_values=batch["pixel_values"],
@@ -227,6 +330,20 @@ def main(argv: list[str] | None = None) -> int:
         place = F.mse_loss(head(base), targets.expand(base.shape[0], -1, -1))
         loss = out.loss + args.place_weight * place
         mass = torch.zeros(())
+        if args.answer_ground:
+            visible = (batch["input_ids"] == model.config.image_token_id) & mask.bool()
+            if named is not None:
+                visible = torch.zeros_like(visible)
+                for j, i in enumerate(rows):
+                    target = named(i)
+                    if target is not None:
+                        slots = (batch["input_ids"][j] == model.config.image_token_id).nonzero()[:, 0]
+                        visible[j, slots[target]] = True
+            has = visible.any(1).nonzero()[:, 0].tolist()  # rows with a target
+            if has:
+                logm = answer_log_mass(attn_inputs, batch["labels"], visible, has)  # (rows, layers)
+                loss = loss - args.answer_ground * logm.mean()
+                mass = logm.exp().mean()
         if grounding:
             pick = torch.randint(len(grounding), (args.ground_batch,), generator=g_rng).tolist()
             logm = torch.stack([layer0_log_mass(model, grounding[i]).max() for i in pick])
@@ -237,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
         log.append({"step": step, "lm": round(out.loss.item(), 4), "place": round(place.item(), 4)})
-        if grounding:
+        if grounding or args.answer_ground:
             log[-1]["mass"] = round(mass.item(), 4)
         if step % 50 == 0 or step == steps - 1:
             el = time.perf_counter() - t0

@@ -10,11 +10,12 @@ from llavakit.tiny import write_tiny_checkpoint
 from script_module import load_script
 
 
-def test_flip_rows_worked_example_and_only_the_base_view_moves():
+def test_flip_view_worked_example_and_only_the_base_view_moves():
     mod = load_script("place_eval")
     ids = torch.tensor([[5, 9, 9, 9, 9, 9, 5]])
     pos = torch.arange(7)[None]
-    assert mod.flip_rows(pos, ids, 9, 2).tolist() == [[0, 3, 4, 1, 2, 5, 6]]  # rows [1 2] [3 4] swapped
+    assert mod.flip_view(pos, ids, 9, 2, 0).tolist() == [[0, 3, 4, 1, 2, 5, 6]]  # rows [1 2] [3 4] swapped
+    assert mod.flip_view(pos, ids, 9, 2, 1).tolist() == [[0, 2, 1, 4, 3, 5, 6]]  # within each row
 
 
 def test_scores_by_axis_and_shape_count(tmp_path, capsys):
@@ -22,7 +23,7 @@ def test_scores_by_axis_and_shape_count(tmp_path, capsys):
     init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
     write_dataset(tmp_path / "d", 12, 3, "instruct", min_side=112, max_side=160, qtypes=("position",), max_turns=1)
     records = json.loads((tmp_path / "d" / "instruct.json").read_text())
-    for flip in ([], ["--flip-rows"]):
+    for flip in ([], ["--flip-rows"], ["--flip-cols"]):
         assert mod.main([str(init), str(tmp_path / "d"), *flip]) == 0
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert out["questions"]["all"] == len(records)

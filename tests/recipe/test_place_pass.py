@@ -104,3 +104,94 @@ def test_shuffle_positions_permutes_only_the_chosen_image_tokens_and_changes_the
         weights[name] = load_file(out / "model.safetensors")
     key = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(weights["plain"][key], weights["shuffled"][key])
+
+
+def test_answer_log_mass_equals_the_attention_the_model_computes(tmp_path, monkeypatch):
+    """The mass recomputed from each layer's captured input equals the softmax SDPA applies at that query."""
+    import torch.nn.functional as F
+
+    from llavakit.model.llava import LlavaModel
+
+    mod = load_script("place_pass")
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    model = LlavaModel.from_pretrained(init).eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 50, (2, 12), generator=gen)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, 2:5] = 0  # hidden tokens, as place_pass hides them
+    labels = torch.full((2, 12), -100)
+    labels[0, 9:] = ids[0, 9:]
+    labels[1, 7:] = ids[1, 7:]
+    visible = torch.zeros(2, 12, dtype=torch.bool)
+    visible[:, 1:6] = True
+    visible &= mask.bool()
+    captured, probs = [], []
+    for layer in model.model.language_model.layers:
+        layer.self_attn.register_forward_pre_hook(lambda m, a: captured.append((m, a[0], a[1], a[2], a[3])))
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False):
+        k2 = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+        s = (q @ k2.transpose(-1, -2)) / q.shape[-1] ** 0.5
+        probs.append(s.masked_fill(~attn_mask, float("-inf")).softmax(-1))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=enable_gqa)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(12).expand(2, 12))
+        got = mod.answer_log_mass(captured, labels, visible)  # (B, layers)
+    assert got.shape == (2, len(probs))
+    for j, q_at in ((0, 8), (1, 6)):
+        want = torch.stack([p[j, :, q_at][:, visible[j]].sum(-1).max() for p in probs])
+        torch.testing.assert_close(got[j].exp(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_named_targets_are_the_named_shapes_base_view_tokens(tmp_path):
+    from llavakit.data.synth_scene import Scene
+    from llavakit.processing.processor import LlavaProcessor
+    from llavakit.train.foreground import scene_token_owners
+    from llavakit.train.mixture import build_dataset
+
+    mod = load_script("place_pass")
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 12, 3, "instruct", min_side=112, max_side=160, qtypes=("position",), max_turns=1)
+    proc = LlavaProcessor.from_pretrained(init)
+    ds = build_dataset({"path": str(tmp_path / "d" / "instruct.json"), "image_folder": str(tmp_path / "d")}, proc,
+                       proc.template, 1024)  # fmt: skip
+    records = json.loads((tmp_path / "d" / "instruct.json").read_text())
+    scenes = {}
+    for line in (tmp_path / "d" / "scenes.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        scenes[rec["image"]] = Scene.from_dict(rec["scene"])
+    from llavakit.model.llava import LlavaModel
+
+    cfg = LlavaModel.from_pretrained(init).config.vision
+    per_view = (cfg.image_size // cfg.patch_size) ** 2
+    named = mod.NamedTargets(proc, [str(tmp_path / "d")], ds, per_view)
+    found = 0
+    for i, r in enumerate(records):
+        scene, question = scenes[r["image"]], r["conversations"][0]["value"]
+        k = mod.named_shape(scene, question)
+        assert k is not None  # every position question names one shape
+        sh = scene.shapes[k]
+        assert sh.kind in question and (f"the {sh.kind}" in question or f"the {sh.color} {sh.kind}" in question)
+        target = named(i)
+        if target is None:
+            continue
+        found += 1
+        owner = scene_token_owners(scene, proc)
+        assert target.shape == owner.shape and not target[per_view:].any()
+        assert (owner[target] == k).all()
+    assert found > len(records) // 2
+    assert mod.named_shape(scenes[records[0]["image"]], "What color is the star?") is None
+
+
+def test_a_pass_pulling_the_answer_to_the_named_shape_logs_its_mass(tmp_path):
+    mod = load_script("place_pass")
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 8, 3, "instruct", min_side=112, max_side=160, qtypes=("position",))
+    out = tmp_path / "out"
+    args = ["--init", str(init), "--data", str(tmp_path / "d"), "--out", str(out), "--batch", "4"]
+    assert mod.main([*args, "--answer-ground", "1", "--answer-target", "named"]) == 0
+    log = json.loads((out / "place_pass.json").read_text())["log"]
+    assert len(log) == 2 and all(0 < r["mass"] <= 1 for r in log)
