@@ -11,7 +11,9 @@ backwards then; one that reads it from the features does not notice. ``--flip-co
 columns within each row, for left/right. Worked example, a 2 x 2 base view at ids 10-13: positions [10, 11, 12, 13]
 -> [12, 13, 10, 11] with the rows flipped, [11, 10, 13, 12] with the columns.
 
-    python scripts/place_eval.py MODEL DATA [--flip-rows] [--flip-cols] [--limit N]
+``--all-tokens`` hides nothing (the model as it is used).
+
+    python scripts/place_eval.py MODEL DATA [--flip-rows] [--flip-cols] [--all-tokens] [--limit N]
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data", help="a synthetic instruct directory of position questions (instruct.json, scenes.jsonl)")
     ap.add_argument("--flip-rows", action="store_true")
     ap.add_argument("--flip-cols", action="store_true")
+    ap.add_argument("--all-tokens", action="store_true", help="hide nothing: every image token visible, as in use")
     ap.add_argument("--limit", type=int, help="score the first N records only")
     ap.add_argument("--threads", type=int)
     args = ap.parse_args(argv)
@@ -87,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 pos = flip_view(pos, batch["input_ids"], image_id, grid, 0)
             if args.flip_cols:
                 pos = flip_view(pos, batch["input_ids"], image_id, grid, 1)
-            mask = hide_background(mask, batch["foreground"], 1.0, torch.Generator())
-            mask = hide_background(mask, ~tile_flags(batch["input_ids"], image_id, grid * grid), 1.0, torch.Generator())
+            if not args.all_tokens:
+                mask = hide_background(mask, batch["foreground"], 1.0, torch.Generator())
+                tiles = tile_flags(batch["input_ids"], image_id, grid * grid)
+                mask = hide_background(mask, ~tiles, 1.0, torch.Generator())
             out = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
                         image_sizes=batch["image_sizes"], attention_mask=mask, position_ids=pos)  # fmt: skip
             for j, i in enumerate(idx):

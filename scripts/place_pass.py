@@ -121,13 +121,14 @@ def named_shape(scene, question: str) -> int | None:  # noqa: ANN001
 
 
 class NamedTargets:
-    """Per dataset item, the base-view tokens (a bool over its image tokens) of the shape its first question
-    names, or None; computed on first use (``foreground.scene_token_owners`` renders each shape alone)."""
+    """Per dataset item, the image tokens (a bool over them) of the shape its first question names in ``views``
+    ("base": the base view's, "tiles": the tiles', "all"), or None; computed on first use
+    (``foreground.scene_token_owners`` renders each shape alone)."""
 
-    def __init__(self, proc, data: list[str], ds, per_view: int) -> None:  # noqa: ANN001
+    def __init__(self, proc, data: list[str], ds, per_view: int, views: str = "base") -> None:  # noqa: ANN001
         from llavakit.data.synth_scene import Scene
 
-        self.proc, self.ds, self.per_view, self.cache = proc, ds, per_view, {}
+        self.proc, self.ds, self.per_view, self.views, self.cache = proc, ds, per_view, views, {}
         self.records = []
         for d in data:
             scenes = {}
@@ -147,8 +148,11 @@ class NamedTargets:
             target = None
             if k is not None:
                 owner = scene_token_owners(scene, self.proc)
-                target = torch.zeros(len(owner), dtype=torch.bool)
-                target[: self.per_view] = owner[: self.per_view] == k
+                target = owner == k
+                if self.views == "base":
+                    target[self.per_view :] = False
+                elif self.views == "tiles":
+                    target[: self.per_view] = False
                 target = target if target.any() else None
             self.cache[i] = target
         return self.cache[i]
@@ -213,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--answer-target",
-        choices=("visible", "named"),
+        choices=("visible", "named", "named-tiles", "named-all"),
         default="visible",
-        help="what --answer-ground pulls the attention to: the image tokens left visible, or the base-view tokens "
-        "of the shape each row's first question names (position data)",
+        help="what --answer-ground pulls the attention to: the image tokens left visible, or the tokens of the "
+        "shape each row's first question names (position data) in the base view, the tiles or all views",
     )
     ap.add_argument("--ground-batch", type=int, default=8)
     ap.add_argument("--ground-examples", type=int, default=3000)
@@ -279,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model.tile_features = capture  # the instance's method: the base views' projector output, for the place loss
     attn_inputs: list[tuple] = []
-    named = NamedTargets(proc, args.data, ds, grid * grid) if args.answer_target == "named" else None
+    views = {"named": "base", "named-tiles": "tiles", "named-all": "all"}.get(args.answer_target)
+    named = NamedTargets(proc, args.data, ds, grid * grid, views) if views else None
     if args.answer_ground:
         for layer in model.model.language_model.layers:
             layer.self_attn.register_forward_pre_hook(

@@ -23,7 +23,7 @@ def test_scores_by_axis_and_shape_count(tmp_path, capsys):
     init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
     write_dataset(tmp_path / "d", 12, 3, "instruct", min_side=112, max_side=160, qtypes=("position",), max_turns=1)
     records = json.loads((tmp_path / "d" / "instruct.json").read_text())
-    for flip in ([], ["--flip-rows"], ["--flip-cols"]):
+    for flip in ([], ["--flip-rows"], ["--flip-cols"], ["--all-tokens"]):
         assert mod.main([str(init), str(tmp_path / "d"), *flip]) == 0
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert out["questions"]["all"] == len(records)

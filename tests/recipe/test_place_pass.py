@@ -168,6 +168,8 @@ def test_named_targets_are_the_named_shapes_base_view_tokens(tmp_path):
     cfg = LlavaModel.from_pretrained(init).config.vision
     per_view = (cfg.image_size // cfg.patch_size) ** 2
     named = mod.NamedTargets(proc, [str(tmp_path / "d")], ds, per_view)
+    tiles = mod.NamedTargets(proc, [str(tmp_path / "d")], ds, per_view, "tiles")
+    every = mod.NamedTargets(proc, [str(tmp_path / "d")], ds, per_view, "all")
     found = 0
     for i, r in enumerate(records):
         scene, question = scenes[r["image"]], r["conversations"][0]["value"]
@@ -182,6 +184,8 @@ def test_named_targets_are_the_named_shapes_base_view_tokens(tmp_path):
         owner = scene_token_owners(scene, proc)
         assert target.shape == owner.shape and not target[per_view:].any()
         assert (owner[target] == k).all()
+        assert torch.equal(every(i), owner == k)
+        assert tiles(i) is not None and not tiles(i)[:per_view].any() and torch.equal(tiles(i) | target, owner == k)
     assert found > len(records) // 2
     assert mod.named_shape(scenes[records[0]["image"]], "What color is the star?") is None
 
