@@ -2,8 +2,9 @@
 
 ``scripts/place_pass.py --drop 1 1 --tile-drop 1 1`` trains with every image token hidden from the text but the
 base-view tokens of the objects; this scores a checkpoint the same way on synthetic position questions, split by
-the number of shapes in the scene and by axis (left/right, top/bottom). A question counts as right when the first
-answer token is the model's top choice after the prompt (teacher forcing, one pass per batch).
+the number of shapes in the scene and by axis (left/right, top/bottom). A question counts as right when every
+token of the answer word is the model's top choice after the tokens before it (teacher forcing, one pass per
+batch; with the default model's tokenizer the word is one token).
 
 ``--flip-rows`` also reverses the order of the base view's rows in the position ids (row r gets the ids of row
 g - 1 - r; the features stay where they are). A model that reads the row from the token order answers top/bottom
@@ -29,6 +30,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from place_pass import tile_flags  # noqa: E402
+
+ANSWERS = ("left", "right", "top", "bottom")
+
+
+def answer_right(logits: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Whether the model's top choice, fed the right tokens before it, is each token of the first answer but its
+    last (the end of the turn): logits (T, V), labels (T,) with -100 outside the answers. Worked example: labels
+    [-100, -100, 7, 8, 2, -100] -> the argmax of logits[1] must be 7 and that of logits[2] 8."""
+    first = int((labels != -100).nonzero()[0, 0])
+    end = first
+    while end < len(labels) and labels[end] != -100:
+        end += 1
+    span = range(first, max(first + 1, end - 1))
+    return all(int(logits[p - 1].argmax()) == int(labels[p]) for p in span)
 
 
 def flip_view(pos: torch.Tensor, input_ids: torch.Tensor, image_token_id: int, grid: int, axis: int) -> torch.Tensor:
@@ -98,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                         image_sizes=batch["image_sizes"], attention_mask=mask, position_ids=pos)  # fmt: skip
             for j, i in enumerate(idx):
                 labels = batch["labels"][j]
-                first = int((labels != -100).nonzero()[0, 0])
-                ok = int(out.logits[j, first - 1].argmax() == labels[first])
                 answer = recs[i]["conversations"][1]["value"]
+                if answer not in ANSWERS:
+                    raise SystemExit(f"{data / 'instruct.json'}: record {i} answers {answer!r}, not a position "
+                                     f"({', '.join(ANSWERS)}): give position questions only")  # fmt: skip
+                ok = int(answer_right(out.logits[j], labels))
                 axis = "left/right" if answer in ("left", "right") else "top/bottom"
                 shapes = len(scenes[recs[i]["image"]]["shapes"])
                 for key in ("all", axis, f"{shapes} shapes {axis}"):

@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int)
     args = ap.parse_args(argv)
+    if args.answer_target != "visible" and not args.answer_ground:
+        ap.error(f"--answer-target {args.answer_target} needs --answer-ground W (W > 0)")
     if args.threads is not None:
         if args.threads < 1:
             ap.error(f"--threads must be >= 1, got {args.threads}")
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                     if target is not None:
                         slots = (batch["input_ids"][j] == model.config.image_token_id).nonzero()[:, 0]
                         visible[j, slots[target]] = True
+                visible &= mask.bool()  # a target hidden this step (--tile-drop with named-tiles) is no target
             has = visible.any(1).nonzero()[:, 0].tolist()  # rows with a target
             if has:
                 logm = answer_log_mass(attn_inputs, batch["labels"], visible, has)  # (rows, layers)

@@ -29,10 +29,35 @@ def test_scores_by_axis_and_shape_count(tmp_path, capsys):
         assert out["questions"]["all"] == len(records)
         axes = [k for k in ("left/right", "top/bottom") if k in out["questions"]]
         assert sum(out["questions"][k] for k in axes) == len(records)
+        by_shapes = {k: v for k, v in out["questions"].items() if " shapes " in k}
+        assert sum(by_shapes.values()) == len(records)
         assert all(0 <= v <= 1 for v in out["accuracy"].values())
 
 
-def test_a_directory_without_scenes_is_refused(tmp_path):
+def test_a_directory_without_scenes_is_refused(tmp_path, capsys):
     mod = load_script("place_eval")
-    with pytest.raises(SystemExit):
+    (tmp_path / "instruct.json").write_text("[]")
+    with pytest.raises(SystemExit) as err:
         mod.main([str(tmp_path), str(tmp_path)])
+    assert err.value.code == 2 and "scenes.jsonl not found" in capsys.readouterr().err
+
+
+def test_other_questions_are_refused(tmp_path):
+    mod = load_script("place_eval")
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 6, 3, "instruct", min_side=112, max_side=160, qtypes=("color",), max_turns=1)
+    with pytest.raises(SystemExit, match="not a position"):
+        mod.main([str(init), str(tmp_path / "d")])
+
+
+def test_answer_right_needs_every_token_of_the_word_but_the_last():
+    mod = load_script("place_eval")
+    labels = torch.tensor([-100, -100, 7, 8, 2, -100])
+    logits = torch.zeros(6, 10)
+    logits[1, 7] = logits[2, 8] = 1
+    assert mod.answer_right(logits, labels)  # the end of the turn (2) is not asked for
+    logits[2, 8] = 0
+    logits[2, 3] = 1
+    assert not mod.answer_right(logits, labels)
+    one = torch.tensor([-100, 5, -100])  # a one-token answer is still scored
+    assert not mod.answer_right(torch.zeros(3, 10), one)

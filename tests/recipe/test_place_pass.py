@@ -3,6 +3,7 @@ of the same layout (the place head is not in it) and trains differently with the
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -199,3 +200,16 @@ def test_a_pass_pulling_the_answer_to_the_named_shape_logs_its_mass(tmp_path):
     assert mod.main([*args, "--answer-ground", "1", "--answer-target", "named"]) == 0
     log = json.loads((out / "place_pass.json").read_text())["log"]
     assert len(log) == 2 and all(0 < r["mass"] <= 1 for r in log)
+
+
+def test_named_tiles_hidden_by_tile_drop_leave_finite_weights(tmp_path):
+    """A row whose named tokens are all hidden this step has no target (it would make the loss infinite)."""
+    mod = load_script("place_pass")
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 8, 3, "instruct", min_side=112, max_side=160, qtypes=("position",))
+    out = tmp_path / "out"
+    args = ["--init", str(init), "--data", str(tmp_path / "d"), "--out", str(out), "--batch", "4"]
+    assert mod.main([*args, "--tile-drop", "1", "1", "--answer-ground", "1", "--answer-target", "named-tiles"]) == 0
+    assert all(torch.isfinite(w).all() for w in load_file(out / "model.safetensors").values())
+    with pytest.raises(SystemExit):
+        mod.main([*args, "--answer-target", "named"])  # without --answer-ground
