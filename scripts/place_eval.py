@@ -2,7 +2,9 @@
 
 ``scripts/place_pass.py --drop 1 1 --tile-drop 1 1`` trains with every image token hidden from the text but the
 base-view tokens of the objects; this scores a checkpoint the same way on synthetic position questions, split by
-the number of shapes in the scene and by axis (left/right, top/bottom). A question counts as right when every
+the number of shapes in the scene and by axis (left/right, top/bottom), and, on scenes of several shapes, by
+whether another shape lies on the other side of the named one (where the places of all shapes together do not
+give the answer: "another shape across") or none does. A question counts as right when every
 token of the answer word is the model's top choice after the tokens before it (teacher forcing, one pass per
 batch; with the default model's tokenizer the word is one token).
 
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from place_pass import tile_flags  # noqa: E402
+from place_pass import named_shape, tile_flags  # noqa: E402
 
 ANSWERS = ("left", "right", "top", "bottom")
 
@@ -85,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     ds = build_dataset({"path": str(data / "instruct.json"), "image_folder": str(data)}, proc, proc.template, 1024,
                        foreground=True)  # fmt: skip
     recs = json.loads((data / "instruct.json").read_text())
+    from llavakit.data.synth_questions import side
+    from llavakit.data.synth_scene import Scene
+
     scenes = {}
     for line in (data / "scenes.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        scenes[rec["image"]] = rec["scene"]
+        scenes[rec["image"]] = Scene.from_dict(rec["scene"])
     grid = model.config.vision.image_size // model.config.vision.patch_size
     image_id = model.config.image_token_id
     pad = partial(collate, pad_id=ds.pad_id, family=proc.family)
@@ -119,8 +124,15 @@ def main(argv: list[str] | None = None) -> int:
                                      f"({', '.join(ANSWERS)}): give position questions only")  # fmt: skip
                 ok = int(answer_right(out.logits[j], labels))
                 axis = "left/right" if answer in ("left", "right") else "top/bottom"
-                shapes = len(scenes[recs[i]["image"]]["shapes"])
-                for key in ("all", axis, f"{shapes} shapes {axis}"):
+                scene = scenes[recs[i]["image"]]
+                shapes = len(scene.shapes)
+                keys = ["all", axis, f"{shapes} shapes {axis}"]
+                k = named_shape(scene, recs[i]["conversations"][0]["value"])
+                if shapes > 1 and k is not None:
+                    ax = "x" if axis == "left/right" else "y"
+                    across = any(side(scene, sh, ax) not in (None, answer) for sh in scene.shapes)
+                    keys.append(f"{axis} {'another shape across' if across else 'none across'}")
+                for key in keys:
                     right[key][0] += ok
                     right[key][1] += 1
     scores = {k: round(a / c, 4) for k, (a, c) in sorted(right.items())}

@@ -78,10 +78,15 @@ def shuffle_positions(
 
 
 def answer_log_mass(
-    captured: list[tuple], labels: torch.Tensor, visible: torch.Tensor, rows: list[int] | None = None
+    captured: list[tuple],
+    labels: torch.Tensor,
+    visible: torch.Tensor,
+    rows: list[int] | None = None,
+    every_head: bool = False,
 ) -> torch.Tensor:
     """(R, L) log of the largest attention mass a head of each layer puts on ``visible`` (B, T) tokens from the
-    query just before the first label token, for each of ``rows`` (default: all B; each needs a visible token);
+    query just before the first label token (``every_head``: the mean over the heads of the log mass), for each of
+    ``rows`` (default: all B; each needs a visible token);
     ``captured``: per layer (attention module, its normed input (B, T, D), cos, sin, mask (B, 1, T, T) or None),
     in layer order."""
     from llavakit.model.rope import apply_rotary
@@ -102,7 +107,8 @@ def answer_log_mass(
             if mask is not None:
                 logits = logits.masked_fill(~mask[j, 0, q_at, :n], float("-inf"))
             logp = logits.log_softmax(-1)[:, visible[j, :n]]  # (H, targets)
-            per_layer.append(logp.logsumexp(-1).max())
+            per_head = logp.logsumexp(-1)  # (H,)
+            per_layer.append(per_head.mean() if every_head else per_head.max())
         out.append(torch.stack(per_layer))
     return torch.stack(out)
 
@@ -221,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         default="visible",
         help="what --answer-ground pulls the attention to: the image tokens left visible, or the tokens of the "
         "shape each row's first question names (position data) in the base view, the tiles or all views",
+    )
+    ap.add_argument(
+        "--answer-heads",
+        choices=("max", "all"),
+        default="max",
+        help="--answer-ground pulls the head of each layer that looks most at the target (max) or every head (all)",
     )
     ap.add_argument("--ground-batch", type=int, default=8)
     ap.add_argument("--ground-examples", type=int, default=3000)
@@ -349,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 visible &= mask.bool()  # a target hidden this step (--tile-drop with named-tiles) is no target
             has = visible.any(1).nonzero()[:, 0].tolist()  # rows with a target
             if has:
-                logm = answer_log_mass(attn_inputs, batch["labels"], visible, has)  # (rows, layers)
+                logm = answer_log_mass(attn_inputs, batch["labels"], visible, has, args.answer_heads == "all")
                 loss = loss - args.answer_ground * logm.mean()
                 mass = logm.exp().mean()
         if grounding:

@@ -31,6 +31,9 @@ def test_scores_by_axis_and_shape_count(tmp_path, capsys):
         assert sum(out["questions"][k] for k in axes) == len(records)
         by_shapes = {k: v for k, v in out["questions"].items() if " shapes " in k}
         assert sum(by_shapes.values()) == len(records)
+        several = sum(v for k, v in by_shapes.items() if not k.startswith("1 shapes"))
+        across = sum(v for k, v in out["questions"].items() if k.endswith("across"))
+        assert several > 0 and across == several  # each question about one of several shapes: split by what is across
         assert all(0 <= v <= 1 for v in out["accuracy"].values())
 
 

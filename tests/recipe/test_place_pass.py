@@ -141,10 +141,13 @@ def test_answer_log_mass_equals_the_attention_the_model_computes(tmp_path, monke
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(12).expand(2, 12))
         got = mod.answer_log_mass(captured, labels, visible)  # (B, layers)
-    assert got.shape == (2, len(probs))
+        every = mod.answer_log_mass(captured, labels, visible, [1], every_head=True)  # (1, layers)
+    assert got.shape == (2, len(probs)) and every.shape == (1, len(probs))
     for j, q_at in ((0, 8), (1, 6)):
         want = torch.stack([p[j, :, q_at][:, visible[j]].sum(-1).max() for p in probs])
         torch.testing.assert_close(got[j].exp(), want, rtol=1e-4, atol=1e-6)
+    want = torch.stack([p[1, :, 6][:, visible[1]].sum(-1).log().mean() for p in probs])
+    torch.testing.assert_close(every[0], want, rtol=1e-4, atol=1e-5)
 
 
 def test_named_targets_are_the_named_shapes_base_view_tokens(tmp_path):
