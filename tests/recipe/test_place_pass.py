@@ -194,12 +194,17 @@ def test_named_targets_are_the_named_shapes_base_view_tokens(tmp_path):
     assert mod.named_shape(scenes[records[0]["image"]], "What color is the star?") is None
 
 
-def test_a_pass_pulling_the_answer_to_the_named_shape_logs_its_mass(tmp_path):
-    mod = load_script("place_pass")
+def _position_pass(tmp_path):  # noqa: ANN001, ANN202
+    """place_pass, its arguments for a 2-step pass of a tiny model on 8 position conversations, the output dir."""
     init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
     write_dataset(tmp_path / "d", 8, 3, "instruct", min_side=112, max_side=160, qtypes=("position",))
     out = tmp_path / "out"
-    args = ["--init", str(init), "--data", str(tmp_path / "d"), "--out", str(out), "--batch", "4"]
+    return load_script("place_pass"), ["--init", str(init), "--data", str(tmp_path / "d"), "--out", str(out),
+                                       "--batch", "4"], out  # fmt: skip
+
+
+def test_a_pass_pulling_the_answer_to_the_named_shape_logs_its_mass(tmp_path):
+    mod, args, out = _position_pass(tmp_path)
     assert mod.main([*args, "--answer-ground", "1", "--answer-target", "named"]) == 0
     log = json.loads((out / "place_pass.json").read_text())["log"]
     assert len(log) == 2 and all(0 < r["mass"] <= 1 for r in log)
@@ -207,11 +212,7 @@ def test_a_pass_pulling_the_answer_to_the_named_shape_logs_its_mass(tmp_path):
 
 def test_named_tiles_hidden_by_tile_drop_leave_finite_weights(tmp_path):
     """A row whose named tokens are all hidden this step has no target (it would make the loss infinite)."""
-    mod = load_script("place_pass")
-    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
-    write_dataset(tmp_path / "d", 8, 3, "instruct", min_side=112, max_side=160, qtypes=("position",))
-    out = tmp_path / "out"
-    args = ["--init", str(init), "--data", str(tmp_path / "d"), "--out", str(out), "--batch", "4"]
+    mod, args, out = _position_pass(tmp_path)
     assert mod.main([*args, "--tile-drop", "1", "1", "--answer-ground", "1", "--answer-target", "named-tiles"]) == 0
     assert all(torch.isfinite(w).all() for w in load_file(out / "model.safetensors").values())
     with pytest.raises(SystemExit):
