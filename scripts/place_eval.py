@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flip-cols", action="store_true")
     ap.add_argument("--all-tokens", action="store_true", help="hide nothing: every image token visible, as in use")
     ap.add_argument("--limit", type=int, help="score the first N records only")
+    ap.add_argument("--max-length", type=int, default=1024, help="tokens per sample (longer ones are refused)")
     ap.add_argument("--threads", type=int)
     args = ap.parse_args(argv)
     if args.threads is not None:
@@ -84,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = LlavaModel.from_pretrained(args.model).eval()
     proc = LlavaProcessor.from_pretrained(args.model)
-    ds = build_dataset({"path": str(data / "instruct.json"), "image_folder": str(data)}, proc, proc.template, 1024,
-                       foreground=True)  # fmt: skip
+    ds = build_dataset({"path": str(data / "instruct.json"), "image_folder": str(data)}, proc, proc.template,
+                       args.max_length, foreground=True)  # fmt: skip
     recs = json.loads((data / "instruct.json").read_text())
     from llavakit.data.synth_questions import side
     from llavakit.data.synth_scene import Scene
@@ -102,7 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for s in range(0, n, 16):
             idx = list(range(s, min(n, s + 16)))
-            batch = pad([ds[i] for i in idx])
+            try:
+                items = [ds[i] for i in idx]
+            except ValueError as e:  # every sample failing (DataExhausted) says why
+                raise SystemExit(f"{data / 'instruct.json'}: {e}") from None
+            if sum(ds.skipped.values()):  # a failing sample is replaced by the next: records and scores misalign
+                raise SystemExit(
+                    f"{data / 'instruct.json'}: samples skipped ({dict(ds.skipped)}), so scores would go to the "
+                    f"wrong records: raise --max-length (now {args.max_length}) or fix the data"
+                )
+            batch = pad(items)
             mask = batch["attention_mask"]
             b, t = mask.shape
             pos = positions_from_mask(mask, b, t, 0, mask.device)

@@ -64,3 +64,21 @@ def test_answer_right_needs_every_token_of_the_word_but_the_last():
     assert not mod.answer_right(logits, labels)
     one = torch.tensor([-100, 5, -100])  # a one-token answer is still scored
     assert not mod.answer_right(torch.zeros(3, 10), one)
+
+
+def test_samples_too_long_are_refused_not_misattributed(tmp_path):
+    mod = load_script("place_eval")
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 6, 3, "instruct", min_side=112, max_side=160, qtypes=("position",), max_turns=1)
+    from llavakit.processing.processor import LlavaProcessor
+    from llavakit.train.mixture import build_dataset
+
+    proc = LlavaProcessor.from_pretrained(init)
+    spec = {"path": str(tmp_path / "d" / "instruct.json"), "image_folder": str(tmp_path / "d")}
+    ds = build_dataset(spec, proc, proc.template, 4096)
+    starts = sorted(int((ds[i]["labels"] != -100).nonzero().min()) for i in range(6))  # each answer's first token
+    assert starts[0] < starts[-1]  # images of several sizes: a length that leaves some answers and not others
+    with pytest.raises(SystemExit, match="wrong records: raise --max-length"):
+        mod.main([str(init), str(tmp_path / "d"), "--max-length", str(starts[-1])])
+    with pytest.raises(SystemExit, match="instruct.json: .*too"):  # all too long
+        mod.main([str(init), str(tmp_path / "d"), "--max-length", "40"])
