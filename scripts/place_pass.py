@@ -21,6 +21,11 @@ cosine, close to ``llava train``'s schedule) with these additions:
 - ``--answer-ground W``: a loss, times W, on every layer's attention at the query just before each row's first
   answer: minus the log of the largest mass a head puts on the image tokens left visible (with ``--drop 1 1
   --tile-drop 1 1`` and one shape per scene: that shape's base-view tokens), averaged over layers and rows;
+- ``--answer-target named|named-tiles|named-all``: pull onto the tokens of the shape each row's first question
+  names (in the base view, the tiles or all views) instead; ``--answer-heads all``: every head, not the one of
+  each layer that looks most;
+- ``--others-drop START END``: the tokens of the shapes the question does not name hidden with a probability going
+  from START to END over the pass (the named shape alone at first, as for a lone object);
 - ``--ground-weight W``: the grounding pass's attention loss (``train.grounding``), times W, on ``--ground-batch``
   position questions per step ("Is the KIND on the left or the right side of the image?", or top / bottom, about a
   shape alone of its kind in the scenes of the first ``--data`` directory), its target the named shape's base-view
@@ -145,22 +150,30 @@ class NamedTargets:
             self.records.append([(scenes[r["image"]], r["conversations"][0]["value"]) for r in recs])
 
     def __call__(self, i: int) -> torch.Tensor | None:
+        return self._get(i)[0]
+
+    def others(self, i: int) -> torch.Tensor | None:
+        """The image tokens that show another shape than the named one (or two shapes), in every view."""
+        return self._get(i)[1]
+
+    def _get(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if i not in self.cache:
             from llavakit.train.foreground import scene_token_owners
 
             d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
             scene, question = self.records[d][j]
             k = named_shape(scene, question)
-            target = None
+            target = others = None
             if k is not None:
                 owner = scene_token_owners(scene, self.proc)
                 target = owner == k
+                others = ((owner >= 0) & (owner != k)) | (owner == -2)
                 if self.views == "base":
                     target[self.per_view :] = False
                 elif self.views == "tiles":
                     target[: self.per_view] = False
                 target = target if target.any() else None
-            self.cache[i] = target
+            self.cache[i] = (target, others)
         return self.cache[i]
 
 
@@ -211,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         "--shuffle-positions",
         choices=("base", "image"),
         help="permute the position ids of each row's base-view (or all) image tokens every step",
+    )
+    ap.add_argument(
+        "--others-drop",
+        type=float,
+        nargs=2,
+        metavar=("START", "END"),
+        help="the image tokens of the shapes the first question does not name hidden with a probability going "
+        "from START to END over the pass (position data)",
     )
     ap.add_argument("--place-weight", type=float, default=1.0, help="0: the plain pass (a control)")
     ap.add_argument("--ground-weight", type=float, default=0.0, help="the base-view grounding loss (0: none)")
@@ -298,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     model.tile_features = capture  # the instance's method: the base views' projector output, for the place loss
     attn_inputs: list[tuple] = []
     views = {"named": "base", "named-tiles": "tiles", "named-all": "all"}.get(args.answer_target)
-    named = NamedTargets(proc, args.data, ds, grid * grid, views) if views else None
+    named = NamedTargets(proc, args.data, ds, grid * grid, views or "base") if views or args.others_drop else None
     if args.answer_ground:
         for layer in model.model.language_model.layers:
             layer.self_attn.register_forward_pre_hook(
@@ -333,6 +354,15 @@ def main(argv: list[str] | None = None) -> int:
                 grid * grid if args.shuffle_positions == "base" else None,
                 s_rng,
             )
+        if args.others_drop:
+            p = drop_probability(args.others_drop[0], args.others_drop[1], step, steps)
+            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step + 900_000)
+            others = torch.zeros_like(mask, dtype=torch.bool)
+            for j, i in enumerate(rows):
+                flags = named.others(i)
+                if flags is not None:
+                    others[j, (batch["input_ids"][j] == model.config.image_token_id).nonzero()[:, 0][flags]] = True
+            mask = hide_background(mask, ~others, p, gen)  # all but the other shapes kept
         captured.clear()
         attn_inputs.clear()
         out = model(
@@ -351,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         mass = torch.zeros(())
         if args.answer_ground:
             visible = (batch["input_ids"] == model.config.image_token_id) & mask.bool()
-            if named is not None:
+            if views is not None:
                 visible = torch.zeros_like(visible)
                 for j, i in enumerate(rows):
                     target = named(i)

@@ -189,6 +189,7 @@ def test_named_targets_are_the_named_shapes_base_view_tokens(tmp_path):
         assert target.shape == owner.shape and not target[per_view:].any()
         assert (owner[target] == k).all()
         assert torch.equal(every(i), owner == k)
+        assert torch.equal(named.others(i), ((owner >= 0) & (owner != k)) | (owner == -2))
         assert tiles(i) is not None and not tiles(i)[:per_view].any() and torch.equal(tiles(i) | target, owner == k)
     assert found > len(records) // 2
     assert mod.named_shape(scenes[records[0]["image"]], "What color is the star?") is None
@@ -217,3 +218,13 @@ def test_named_tiles_hidden_by_tile_drop_leave_finite_weights(tmp_path):
     assert all(torch.isfinite(w).all() for w in load_file(out / "model.safetensors").values())
     with pytest.raises(SystemExit):
         mod.main([*args, "--answer-target", "named"])  # without --answer-ground
+
+
+def test_a_pass_hiding_the_other_shapes_trains_differently(tmp_path):
+    mod, args, out = _position_pass(tmp_path)
+    assert mod.main([*args, "--place-weight", "0"]) == 0
+    plain = load_file(out / "model.safetensors")
+    assert mod.main([*args, "--place-weight", "0", "--others-drop", "1", "1"]) == 0
+    hidden = load_file(out / "model.safetensors")
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(plain[key], hidden[key])
