@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from llavakit.model.llava import LlavaModel, positions_from_mask
     from llavakit.processing.processor import LlavaProcessor
     from llavakit.train.collate import collate
+    from llavakit.train.data import DataExhausted
     from llavakit.train.foreground import hide_background
     from llavakit.train.mixture import build_dataset
 
@@ -105,13 +106,19 @@ def main(argv: list[str] | None = None) -> int:
             idx = list(range(s, min(n, s + 16)))
             try:
                 items = [ds[i] for i in idx]
-            except ValueError as e:  # every sample failing (DataExhausted) says why
-                raise SystemExit(f"{data / 'instruct.json'}: {e}") from None
-            if sum(ds.skipped.values()):  # a failing sample is replaced by the next: records and scores misalign
-                raise SystemExit(
-                    f"{data / 'instruct.json'}: samples skipped ({dict(ds.skipped)}), so scores would go to the "
-                    f"wrong records: raise --max-length (now {args.max_length}) or fix the data"
-                )
+            except DataExhausted as e:  # every sample failing says why
+                raise SystemExit(f"{data / 'instruct.json'}: {e} (here: --max-length)") from None
+            for i, item in zip(idx, items):
+                if item["id"] != recs[i].get("id", item["id"]):  # a failing sample is replaced by the next one
+                    raise SystemExit(
+                        f"{data / 'instruct.json'}: samples skipped ({dict(ds.skipped)}), so scores would go to the "
+                        f"wrong records: raise --max-length (now {args.max_length}) or fix the data"
+                    )
+                if item["length"] >= args.max_length:  # cut to fit: its answer may be cut too
+                    raise SystemExit(
+                        f"{data / 'instruct.json'}: record {item['id']} was cut at --max-length {args.max_length}; "
+                        "raise --max-length"
+                    )
             batch = pad(items)
             mask = batch["attention_mask"]
             b, t = mask.shape

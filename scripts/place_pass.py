@@ -24,8 +24,9 @@ cosine, close to ``llava train``'s schedule) with these additions:
 - ``--answer-target named|named-tiles|named-all``: pull onto the tokens of the shape each row's first question
   names (in the base view, the tiles or all views) instead; ``--answer-heads all``: every head, not the one of
   each layer that looks most;
-- ``--others-drop START END``: the tokens of the shapes the question does not name hidden with a probability going
-  from START to END over the pass (the named shape alone at first, as for a lone object);
+- ``--others-drop START END``: the tokens of the shapes the first question does not name hidden with a probability
+  going from START to END over the pass (the named shape alone at first, as for a lone object); only the first
+  answer of each conversation is trained then (later ones may ask about the hidden shapes);
 - ``--ground-weight W``: the grounding pass's attention loss (``train.grounding``), times W, on ``--ground-batch``
   position questions per step ("Is the KIND on the left or the right side of the image?", or top / bottom, about a
   shape alone of its kind in the scenes of the first ``--data`` directory), its target the named shape's base-view
@@ -118,6 +119,18 @@ def answer_log_mass(
     return torch.stack(out)
 
 
+def first_answer_only(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels, in place: every label after each row's first answer (its first run of labels) ignored.
+    Worked example: [-100, 5, 2, -100, 7, 2] -> [-100, 5, 2, -100, -100, -100]."""
+    for j in range(labels.shape[0]):
+        sup = (labels[j] != -100).nonzero()[:, 0]
+        if len(sup):
+            gaps = (sup[1:] - sup[:-1] > 1).nonzero()[:, 0]
+            if len(gaps):
+                labels[j, sup[int(gaps[0]) + 1] :] = -100
+    return labels
+
+
 def named_shape(scene, question: str) -> int | None:  # noqa: ANN001
     """Index of the shape a position question names ("Is the red circle on the left or ...", "Is the star in the
     top or ..."), None when the question is not one or names no single shape."""
@@ -147,13 +160,18 @@ class NamedTargets:
                 rec = json.loads(line)
                 scenes[rec["image"]] = Scene.from_dict(rec["scene"])
             recs = json.loads((Path(d) / "instruct.json").read_text())
-            self.records.append([(scenes[r["image"]], r["conversations"][0]["value"]) for r in recs])
+            self.records.append([(scenes[r["image"]], r["conversations"][0]["value"], r.get("id")) for r in recs])
 
     def __call__(self, i: int) -> torch.Tensor | None:
         return self._get(i)[0]
 
+    def record_id(self, i: int) -> str | None:
+        d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
+        return self.records[d][j][2]
+
     def others(self, i: int) -> torch.Tensor | None:
-        """The image tokens that show another shape than the named one (or two shapes), in every view."""
+        """The image tokens that show one shape, not the named one, in every view (tokens showing two shapes,
+        which may include the named one, are left out)."""
         return self._get(i)[1]
 
     def _get(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -161,13 +179,13 @@ class NamedTargets:
             from llavakit.train.foreground import scene_token_owners
 
             d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
-            scene, question = self.records[d][j]
+            scene, question, _ = self.records[d][j]
             k = named_shape(scene, question)
             target = others = None
             if k is not None:
                 owner = scene_token_owners(scene, self.proc)
                 target = owner == k
-                others = ((owner >= 0) & (owner != k)) | (owner == -2)
+                others = (owner >= 0) & (owner != k)  # tokens of two shapes (-2) may show the named one: kept
                 if self.views == "base":
                     target[self.per_view :] = False
                 elif self.views == "tiles":
@@ -333,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
         rows = order[step * args.batch : (step + 1) * args.batch]
-        batch = pad([ds[i] for i in rows])
+        items = [ds[i] for i in rows]
+        if named is not None and any(it["id"] != named.record_id(i) for i, it in zip(rows, items)):
+            raise SystemExit(f"samples skipped ({dict(ds.skipped)}): the named shapes would be another record's")
+        batch = pad(items)
         mask = batch["attention_mask"]
         b, t = mask.shape
         pos = positions_from_mask(mask, b, t, 0, mask.device)
@@ -363,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 if flags is not None:
                     others[j, (batch["input_ids"][j] == model.config.image_token_id).nonzero()[:, 0][flags]] = True
             mask = hide_background(mask, ~others, p, gen)  # all but the other shapes kept
+            first_answer_only(batch["labels"])  # later turns may ask about the shapes hidden here
         captured.clear()
         attn_inputs.clear()
         out = model(

@@ -82,3 +82,5 @@ def test_samples_too_long_are_refused_not_misattributed(tmp_path):
         mod.main([str(init), str(tmp_path / "d"), "--max-length", str(starts[-1])])
     with pytest.raises(SystemExit, match="instruct.json: .*too"):  # all too long
         mod.main([str(init), str(tmp_path / "d"), "--max-length", "40"])
+    with pytest.raises(SystemExit, match="was cut at --max-length"):  # kept, but cut inside the answer
+        mod.main([str(init), str(tmp_path / "d"), "--max-length", str(starts[-1] + 1)])

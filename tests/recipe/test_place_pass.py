@@ -189,7 +189,9 @@ def test_named_targets_are_the_named_shapes_base_view_tokens(tmp_path):
         assert target.shape == owner.shape and not target[per_view:].any()
         assert (owner[target] == k).all()
         assert torch.equal(every(i), owner == k)
-        assert torch.equal(named.others(i), ((owner >= 0) & (owner != k)) | (owner == -2))
+        others = named.others(i)
+        assert not others[owner == k].any() and not others[owner < 0].any()  # never the named shape, two, none
+        assert others[(owner >= 0) & (owner != k)].all() and named.record_id(i) == r["id"]
         assert tiles(i) is not None and not tiles(i)[:per_view].any() and torch.equal(tiles(i) | target, owner == k)
     assert found > len(records) // 2
     assert mod.named_shape(scenes[records[0]["image"]], "What color is the star?") is None
@@ -228,3 +230,13 @@ def test_a_pass_hiding_the_other_shapes_trains_differently(tmp_path):
     hidden = load_file(out / "model.safetensors")
     key = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(plain[key], hidden[key])
+
+
+def test_first_answer_only_worked_example():
+    mod = load_script("place_pass")
+    labels = torch.tensor([[-100, 5, 2, -100, 7, 2], [-100, -100, 4, 2, -100, -100], [-100] * 6])
+    assert mod.first_answer_only(labels.clone()).tolist() == [
+        [-100, 5, 2, -100, -100, -100],
+        [-100, -100, 4, 2, -100, -100],
+        [-100] * 6,
+    ]
