@@ -243,14 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=("base", "image"),
         help="permute the position ids of each row's base-view (or all) image tokens every step",
     )
-    ap.add_argument(
-        "--others-drop",
-        type=float,
-        nargs=2,
-        metavar=("START", "END"),
-        help="the image tokens of the shapes the first question does not name hidden with a probability going "
-        "from START to END over the pass (position data)",
-    )
+    others_help = "hide the shapes the first question does not name, probability START -> END (position data)"
+    ap.add_argument("--others-drop", type=float, nargs=2, metavar=("START", "END"), help=others_help)
     ap.add_argument("--place-weight", type=float, default=1.0, help="0: the plain pass (a control)")
     ap.add_argument("--ground-weight", type=float, default=0.0, help="the base-view grounding loss (0: none)")
     ap.add_argument(
