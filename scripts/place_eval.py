@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from place_pass import named_shape, tile_flags  # noqa: E402
+from place_pass import first_answer_only, load_scenes, named_shape, tile_flags  # noqa: E402
 
 ANSWERS = ("left", "right", "top", "bottom")
 
@@ -40,12 +40,9 @@ def answer_right(logits: torch.Tensor, labels: torch.Tensor) -> bool:
     """Whether the model's top choice, fed the right tokens before it, is each token of the first answer but its
     last (the end of the turn): logits (T, V), labels (T,) with -100 outside the answers. Worked example: labels
     [-100, -100, 7, 8, 2, -100] -> the argmax of logits[1] must be 7 and that of logits[2] 8."""
-    first = int((labels != -100).nonzero()[0, 0])
-    end = first
-    while end < len(labels) and labels[end] != -100:
-        end += 1
-    span = range(first, max(first + 1, end - 1))
-    return all(int(logits[p - 1].argmax()) == int(labels[p]) for p in span)
+    answer = (first_answer_only(labels[None].clone())[0] != -100).nonzero()[:, 0]
+    span = answer[:-1] if len(answer) > 1 else answer
+    return all(int(logits[p - 1].argmax()) == int(labels[p]) for p in span.tolist())
 
 
 def flip_view(pos: torch.Tensor, input_ids: torch.Tensor, image_token_id: int, grid: int, axis: int) -> torch.Tensor:
@@ -77,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / name).is_file():
             ap.error(f"{data / name} not found: give a directory written by llava data synth (instruct)")
 
+    from llavakit.data.synth_questions import side
     from llavakit.model.llava import LlavaModel, positions_from_mask
     from llavakit.processing.processor import LlavaProcessor
     from llavakit.train.collate import collate
@@ -89,13 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = build_dataset({"path": str(data / "instruct.json"), "image_folder": str(data)}, proc, proc.template,
                        args.max_length, foreground=True)  # fmt: skip
     recs = json.loads((data / "instruct.json").read_text())
-    from llavakit.data.synth_questions import side
-    from llavakit.data.synth_scene import Scene
-
-    scenes = {}
-    for line in (data / "scenes.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        scenes[rec["image"]] = Scene.from_dict(rec["scene"])
+    scenes = load_scenes(data)
     grid = model.config.vision.image_size // model.config.vision.patch_size
     image_id = model.config.image_token_id
     pad = partial(collate, pad_id=ds.pad_id, family=proc.family)

@@ -131,6 +131,27 @@ def first_answer_only(labels: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+def load_scenes(data: str | Path):  # noqa: ANN201
+    """image path -> ``Scene``, from a synthetic directory's ``scenes.jsonl``."""
+    from llavakit.data.synth_scene import Scene
+
+    scenes = {}
+    for line in (Path(data) / "scenes.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        scenes[rec["image"]] = Scene.from_dict(rec["scene"])
+    return scenes
+
+
+def image_flags(input_ids: torch.Tensor, image_token_id: int, flags: list[torch.Tensor | None]) -> torch.Tensor:
+    """(B, T) bool: row j's image tokens marked by ``flags[j]`` (a bool over that row's image tokens, in order;
+    None: none). Worked example: ids [[t, I, I, t, I]], flags [[F, T, T]] -> [[F, F, T, F, T]]."""
+    out = torch.zeros(input_ids.shape, dtype=torch.bool)
+    for j, f in enumerate(flags):
+        if f is not None:
+            out[j, (input_ids[j] == image_token_id).nonzero()[:, 0][f]] = True
+    return out
+
+
 def named_shape(scene, question: str) -> int | None:  # noqa: ANN001
     """Index of the shape a position question names ("Is the red circle on the left or ...", "Is the star in the
     top or ..."), None when the question is not one or names no single shape."""
@@ -150,24 +171,23 @@ class NamedTargets:
     (``foreground.scene_token_owners`` renders each shape alone)."""
 
     def __init__(self, proc, data: list[str], ds, per_view: int, views: str = "base") -> None:  # noqa: ANN001
-        from llavakit.data.synth_scene import Scene
-
         self.proc, self.ds, self.per_view, self.views, self.cache = proc, ds, per_view, views, {}
         self.records = []
         for d in data:
-            scenes = {}
-            for line in (Path(d) / "scenes.jsonl").read_text().splitlines():
-                rec = json.loads(line)
-                scenes[rec["image"]] = Scene.from_dict(rec["scene"])
+            scenes = load_scenes(d)
             recs = json.loads((Path(d) / "instruct.json").read_text())
             self.records.append([(scenes[r["image"]], r["conversations"][0]["value"], r.get("id")) for r in recs])
+
+    def _record(self, i: int) -> tuple:
+        """(scene, first question, id) of dataset item ``i`` (a mixture maps items to (dataset, record))."""
+        d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
+        return self.records[d][j]
 
     def __call__(self, i: int) -> torch.Tensor | None:
         return self._get(i)[0]
 
     def record_id(self, i: int) -> str | None:
-        d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
-        return self.records[d][j][2]
+        return self._record(i)[2]
 
     def others(self, i: int) -> torch.Tensor | None:
         """The image tokens that show one shape, not the named one, in every view (tokens showing two shapes,
@@ -178,8 +198,7 @@ class NamedTargets:
         if i not in self.cache:
             from llavakit.train.foreground import scene_token_owners
 
-            d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
-            scene, question, _ = self.records[d][j]
+            scene, question, _ = self._record(i)
             k = named_shape(scene, question)
             target = others = None
             if k is not None:
@@ -372,11 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.others_drop:
             p = drop_probability(args.others_drop[0], args.others_drop[1], step, steps)
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step + 900_000)
-            others = torch.zeros_like(mask, dtype=torch.bool)
-            for j, i in enumerate(rows):
-                flags = named.others(i)
-                if flags is not None:
-                    others[j, (batch["input_ids"][j] == model.config.image_token_id).nonzero()[:, 0][flags]] = True
+            others = image_flags(batch["input_ids"], model.config.image_token_id, [named.others(i) for i in rows])
             mask = hide_background(mask, ~others, p, gen)  # all but the other shapes kept
             first_answer_only(batch["labels"])  # later turns may ask about the shapes hidden here
         captured.clear()
@@ -398,12 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.answer_ground:
             visible = (batch["input_ids"] == model.config.image_token_id) & mask.bool()
             if views is not None:
-                visible = torch.zeros_like(visible)
-                for j, i in enumerate(rows):
-                    target = named(i)
-                    if target is not None:
-                        slots = (batch["input_ids"][j] == model.config.image_token_id).nonzero()[:, 0]
-                        visible[j, slots[target]] = True
+                visible = image_flags(batch["input_ids"], model.config.image_token_id, [named(i) for i in rows])
                 visible &= mask.bool()  # a target hidden this step (--tile-drop with named-tiles) is no target
             has = visible.any(1).nonzero()[:, 0].tolist()  # rows with a target
             if has:

@@ -240,3 +240,10 @@ def test_first_answer_only_worked_example():
         [-100, -100, 4, 2, -100, -100],
         [-100] * 6,
     ]
+
+
+def test_image_flags_worked_example():
+    mod = load_script("place_pass")
+    ids = torch.tensor([[5, 9, 9, 5, 9], [9, 9, 9, 5, 5]])
+    flags = [torch.tensor([False, True, True]), None]
+    assert mod.image_flags(ids, 9, flags).tolist() == [[False, False, True, False, True], [False] * 5]
