@@ -27,6 +27,11 @@ cosine, close to ``llava train``'s schedule) with these additions:
 - ``--others-drop START END``: the tokens of the shapes the first question does not name hidden with a probability
   going from START to END over the pass (the named shape alone at first, as for a lone object); only the first
   answer of each conversation is trained then (later ones may ask about the hidden shapes);
+- ``--decoder-place W``: a second linear head (thrown away) regresses, from the decoder's hidden state after layer
+  ``--decoder-place-layer``, the scene's (x, y) under every image token (``token_places``; base view and tiles
+  alike, newlines left out); its mean squared error times W is added. A tile token's features place it within its
+  tile only, so the decoder has to find its place in the scene from the token order (or from the base view);
+  ``scripts/probe_place.py --feat`` found answers need the scene's place in every token of an object;
 - ``--ground-weight W``: the grounding pass's attention loss (``train.grounding``), times W, on ``--ground-batch``
   position questions per step ("Is the KIND on the left or the right side of the image?", or top / bottom, about a
   shape alone of its kind in the scenes of the first ``--data`` directory), its target the named shape's base-view
@@ -59,6 +64,42 @@ def place_targets(grid: int) -> torch.Tensor:
     idx = torch.arange(grid * grid)
     col, row = idx % grid, idx // grid
     return torch.stack([col, row], 1).float() / max(1, grid - 1) * 2 - 1
+
+
+def token_places(h: int, w: int, proc) -> torch.Tensor:  # noqa: ANN001
+    """(num_image_tokens, 2) the scene's (x, y) in [-1, 1] at each image token of an h x w image: the mean over its
+    patch of the scene point each pixel shows, padding left out; NaN for the newlines (and a patch of padding only).
+
+    A map of each pixel's column and row (0-255, channels 0 and 1) and of the image's extent (channel 2: 255 in the
+    image, the pad colour outside) goes through the processor's own views and ``pack_tiles``, as ``mask_flags``
+    does for foreground. Worked example: a 100 x 300 (h x w) image; its base view squashes it to 80 x 80, so base
+    token 0 (the top-left 16 px patch) shows columns 0-60 and rows 0-20 of the scene: x = 30/300 * 2 - 1 = -0.8,
+    y = 10/100 * 2 - 1 = -0.8, up to the 1/255 steps of the map and the resize's blur."""
+    import numpy as np
+    from PIL import Image
+
+    from llavakit.model.llava import pack_tiles
+    from llavakit.processing.image import preprocess_views
+
+    cfg, geom = proc.image_config, proc.geometry
+    xs = np.broadcast_to(np.round((np.arange(w) + 0.5) / w * 255), (h, w))
+    ys = np.broadcast_to(np.round((np.arange(h) + 0.5) / h * 255)[:, None], (h, w))
+    rgb = np.stack([xs, ys, np.full((h, w), 255.0)], -1).astype(np.uint8)
+    views = np.stack([np.asarray(v) for v in preprocess_views(Image.fromarray(rgb, "RGB"), cfg)]).astype(np.float64)
+    pad = float(cfg.pad_colour[2])
+    weight = np.clip((views[..., 2] - pad) / (255.0 - pad), 0.0, 1.0)  # (V, S, S): 1 in the image
+    p, g = geom.patch, geom.grid
+    v = views.shape[0]
+    sums = np.stack([views[..., 0] * weight, views[..., 1] * weight, weight], -1)[:, : g * p, : g * p]
+    sums = sums.reshape(v, g, p, g, p, 3).sum(axis=(2, 4)).reshape(v, g * g, 3)
+    feats = torch.from_numpy(sums).float()
+    if geom.pinpoints is None:
+        tokens = feats[0]
+    else:
+        tokens = pack_tiles(feats, h, w, geom, torch.tensor([float("nan"), float("nan"), 0.0]))
+    xy = tokens[:, :2] / tokens[:, 2:] / 255 * 2 - 1
+    xy[tokens[:, 2] < 1e-3 * p * p] = float("nan")
+    return xy
 
 
 def tile_flags(input_ids: torch.Tensor, image_token_id: int, per_view: int) -> torch.Tensor:
@@ -286,6 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         default="max",
         help="--answer-ground pulls the head of each layer that looks most at the target (max) or every head (all)",
     )
+    ap.add_argument(
+        "--decoder-place",
+        type=float,
+        default=0.0,
+        help="weight of a loss regressing every image token's place in the scene from the decoder's hidden state "
+        "after --decoder-place-layer (0: none)",
+    )
+    ap.add_argument("--decoder-place-layer", type=int, default=0, help="the layer whose output --decoder-place reads")
     ap.add_argument("--ground-batch", type=int, default=8)
     ap.add_argument("--ground-examples", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=16)
@@ -356,6 +405,16 @@ def main(argv: list[str] | None = None) -> int:
             layer.self_attn.register_forward_pre_hook(
                 lambda m, a: attn_inputs.append((m, a[0], a[1], a[2], a[3]))  # x, cos, sin, mask
             )
+    hidden: list[torch.Tensor] = []
+    places: dict[int, torch.Tensor] = {}  # image size -> token_places
+    dec_head = torch.nn.Linear(d, 2)
+    if args.decoder_place:
+        layers = model.model.language_model.layers
+        if not 0 <= args.decoder_place_layer < len(layers):
+            ap.error(f"--decoder-place-layer must be in 0..{len(layers) - 1}, got {args.decoder_place_layer}")
+        layers[args.decoder_place_layer].register_forward_hook(lambda m, a, out: hidden.append(out))
+        opt.add_param_group({"name": "decoder_place_head", "params": list(dec_head.parameters()), "lr": args.lr})
+        base_lrs.append(args.lr)
     model.train()
     log = []
     t0 = time.perf_counter()
@@ -396,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             first_answer_only(batch["labels"])  # later turns may ask about the shapes hidden here
         captured.clear()
         attn_inputs.clear()
+        hidden.clear()
         out = model(
             input_ids=batch["input_ids"],
             pixel_values=batch["pixel_values"],
@@ -409,6 +469,23 @@ def main(argv: list[str] | None = None) -> int:
         base = captured[0][starts]  # (images, g*g, D)
         place = F.mse_loss(head(base), targets.expand(base.shape[0], -1, -1))
         loss = out.loss + args.place_weight * place
+        dec_place = dec_base = torch.zeros(())
+        if args.decoder_place:
+            image = batch["input_ids"] == model.config.image_token_id  # (B, T)
+            want = torch.full((b, t, 2), float("nan"))
+            base_tok = torch.zeros(b, t, dtype=torch.bool)
+            for j, (h, w) in enumerate(batch["image_sizes"].tolist()):
+                key = (int(h), int(w))
+                if key not in places:
+                    places[key] = token_places(*key, proc)
+                idx = image[j].nonzero()[:, 0]
+                want[j, idx] = places[key]
+                base_tok[j, idx[: grid * grid]] = True
+            ok = ~want[..., 0].isnan()
+            err = (dec_head(hidden[0][ok]) - want[ok]).pow(2).mean(-1)  # (tokens,)
+            dec_place = err.mean()
+            dec_base = err[base_tok[ok]].mean()
+            loss = loss + args.decoder_place * dec_place
         mass = torch.zeros(())
         if args.answer_ground:
             visible = (batch["input_ids"] == model.config.image_token_id) & mask.bool()
@@ -432,10 +509,14 @@ def main(argv: list[str] | None = None) -> int:
         log.append({"step": step, "lm": round(out.loss.item(), 4), "place": round(place.item(), 4)})
         if grounding or args.answer_ground:
             log[-1]["mass"] = round(mass.item(), 4)
+        if args.decoder_place:
+            log[-1]["decoder_place"] = round(dec_place.item(), 4)
+            log[-1]["decoder_place_base"] = round(dec_base.item(), 4)
         if step % 50 == 0 or step == steps - 1:
             el = time.perf_counter() - t0
             print(f"step {step}/{steps} lm {out.loss.item():.3f} place {place.item():.3f} mass {mass.item():.3f} "
-                  f"{el:.0f}s", flush=True)  # fmt: skip
+                  f"decoder place {dec_place.item():.3f} (base {dec_base.item():.3f}) {el:.0f}s",
+                  flush=True)  # fmt: skip
     del model.tile_features
     model.eval()
     out_dir = Path(args.out)
