@@ -32,6 +32,9 @@ cosine, close to ``llava train``'s schedule) with these additions:
   alike, newlines left out); its mean squared error times W is added. A tile token's features place it within its
   tile only, so the decoder has to find its place in the scene from the token order (or from the base view);
   ``scripts/probe_place.py --feat`` found answers need the scene's place in every token of an object;
+- ``--answer-place W``: a third linear head (thrown away) regresses the centre of the shape each row's first
+  question names, in [-1, 1], from the hidden state after layer ``--answer-place-layer`` at the query just before
+  the first answer (the place the answer has to gather there); its mean squared error times W is added;
 - ``--ground-weight W``: the grounding pass's attention loss (``train.grounding``), times W, on ``--ground-batch``
   position questions per step ("Is the KIND on the left or the right side of the image?", or top / bottom, about a
   shape alone of its kind in the scenes of the first ``--data`` directory), its target the named shape's base-view
@@ -230,6 +233,15 @@ class NamedTargets:
     def record_id(self, i: int) -> str | None:
         return self._record(i)[2]
 
+    def centre(self, i: int) -> tuple[float, float] | None:
+        """The centre (x, y) in [-1, 1] of the shape item ``i``'s first question names, None when none."""
+        scene, question, _ = self._record(i)
+        k = named_shape(scene, question)
+        if k is None:
+            return None
+        sh = scene.shapes[k]
+        return (sh.cx / scene.width * 2 - 1, sh.cy / scene.height * 2 - 1)
+
     def others(self, i: int) -> torch.Tensor | None:
         """The image tokens that show one shape, not the named one, in every view (tokens showing two shapes,
         which may include the named one, are left out)."""
@@ -335,6 +347,14 @@ def main(argv: list[str] | None = None) -> int:
         "after --decoder-place-layer (0: none)",
     )
     ap.add_argument("--decoder-place-layer", type=int, default=0, help="the layer whose output --decoder-place reads")
+    ap.add_argument(
+        "--answer-place",
+        type=float,
+        default=0.0,
+        help="weight of a loss regressing the named shape's centre from the hidden state at the first answer's "
+        "query after --answer-place-layer (position data; 0: none)",
+    )
+    ap.add_argument("--answer-place-layer", type=int, default=1, help="the layer whose output --answer-place reads")
     ap.add_argument("--ground-batch", type=int, default=8)
     ap.add_argument("--ground-examples", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=16)
@@ -405,16 +425,25 @@ def main(argv: list[str] | None = None) -> int:
             layer.self_attn.register_forward_pre_hook(
                 lambda m, a: attn_inputs.append((m, a[0], a[1], a[2], a[3]))  # x, cos, sin, mask
             )
-    hidden: list[torch.Tensor] = []
-    places: dict[int, torch.Tensor] = {}  # image size -> token_places
-    dec_head = torch.nn.Linear(d, 2)
-    if args.decoder_place:
-        layers = model.model.language_model.layers
-        if not 0 <= args.decoder_place_layer < len(layers):
-            ap.error(f"--decoder-place-layer must be in 0..{len(layers) - 1}, got {args.decoder_place_layer}")
-        layers[args.decoder_place_layer].register_forward_hook(lambda m, a, out: hidden.append(out))
-        opt.add_param_group({"name": "decoder_place_head", "params": list(dec_head.parameters()), "lr": args.lr})
+    hidden: dict[int, torch.Tensor] = {}  # layer -> its output (B, T, D), this step
+    places: dict[tuple[int, int], torch.Tensor] = {}  # image size -> token_places
+    dec_head, ans_head = torch.nn.Linear(d, 2), torch.nn.Linear(d, 2)
+    layers = model.model.language_model.layers
+    for on, layer_arg, name, h in (
+        (args.decoder_place, args.decoder_place_layer, "decoder_place", dec_head),
+        (args.answer_place, args.answer_place_layer, "answer_place", ans_head),
+    ):
+        if not on:
+            continue
+        if not 0 <= layer_arg < len(layers):
+            ap.error(f"--{name.replace('_', '-')}-layer must be in 0..{len(layers) - 1}, got {layer_arg}")
+        if layer_arg not in hidden:
+            hidden[layer_arg] = None
+            layers[layer_arg].register_forward_hook(partial(lambda k, m, a, out: hidden.__setitem__(k, out), layer_arg))
+        opt.add_param_group({"name": f"{name}_head", "params": list(h.parameters()), "lr": args.lr})
         base_lrs.append(args.lr)
+    if args.answer_place and named is None:
+        named = NamedTargets(proc, args.data, ds, grid * grid, "base")
     model.train()
     log = []
     t0 = time.perf_counter()
@@ -455,7 +484,6 @@ def main(argv: list[str] | None = None) -> int:
             first_answer_only(batch["labels"])  # later turns may ask about the shapes hidden here
         captured.clear()
         attn_inputs.clear()
-        hidden.clear()
         out = model(
             input_ids=batch["input_ids"],
             pixel_values=batch["pixel_values"],
@@ -482,10 +510,19 @@ def main(argv: list[str] | None = None) -> int:
                 want[j, idx] = places[key]
                 base_tok[j, idx[: grid * grid]] = True
             ok = ~want[..., 0].isnan()
-            err = (dec_head(hidden[0][ok]) - want[ok]).pow(2).mean(-1)  # (tokens,)
+            err = (dec_head(hidden[args.decoder_place_layer][ok]) - want[ok]).pow(2).mean(-1)  # (tokens,)
             dec_place = err.mean()
             dec_base = err[base_tok[ok]].mean()
             loss = loss + args.decoder_place * dec_place
+        ans_place = torch.zeros(())
+        if args.answer_place:
+            centres = [named.centre(i) for i in rows]
+            has = [j for j, c in enumerate(centres) if c is not None]
+            if has:
+                at = [int((batch["labels"][j] != -100).nonzero()[0, 0]) - 1 for j in has]
+                got = ans_head(hidden[args.answer_place_layer][has, at])  # (rows, 2)
+                ans_place = F.mse_loss(got, torch.tensor([centres[j] for j in has]))
+                loss = loss + args.answer_place * ans_place
         mass = torch.zeros(())
         if args.answer_ground:
             visible = (batch["input_ids"] == model.config.image_token_id) & mask.bool()
@@ -509,13 +546,16 @@ def main(argv: list[str] | None = None) -> int:
         log.append({"step": step, "lm": round(out.loss.item(), 4), "place": round(place.item(), 4)})
         if grounding or args.answer_ground:
             log[-1]["mass"] = round(mass.item(), 4)
+        if args.answer_place:
+            log[-1]["answer_place"] = round(ans_place.item(), 4)
         if args.decoder_place:
             log[-1]["decoder_place"] = round(dec_place.item(), 4)
             log[-1]["decoder_place_base"] = round(dec_base.item(), 4)
         if step % 50 == 0 or step == steps - 1:
             el = time.perf_counter() - t0
             print(f"step {step}/{steps} lm {out.loss.item():.3f} place {place.item():.3f} mass {mass.item():.3f} "
-                  f"decoder place {dec_place.item():.3f} (base {dec_base.item():.3f}) {el:.0f}s",
+                  f"decoder place {dec_place.item():.3f} (base {dec_base.item():.3f}) answer place "
+                  f"{ans_place.item():.3f} {el:.0f}s",
                   flush=True)  # fmt: skip
     del model.tile_features
     model.eval()

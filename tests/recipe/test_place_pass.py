@@ -289,3 +289,14 @@ def test_a_pass_with_the_decoder_place_loss_logs_it_and_trains_differently(tmp_p
     assert not torch.equal(plain[key], load_file(out / "model.safetensors")[key])
     with pytest.raises(SystemExit):
         mod.main([*args, "--decoder-place", "1", "--decoder-place-layer", "9"])
+
+
+def test_a_pass_with_the_answer_place_loss_logs_it_and_trains_differently(tmp_path):
+    mod, args, out = _position_pass(tmp_path)
+    assert mod.main(args) == 0
+    plain = load_file(out / "model.safetensors")
+    assert mod.main([*args, "--answer-place", "1", "--answer-place-layer", "0"]) == 0
+    log = json.loads((out / "place_pass.json").read_text())["log"]
+    assert len(log) == 2 and any(r["answer_place"] > 0 for r in log)
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(plain[key], load_file(out / "model.safetensors")[key])
