@@ -133,17 +133,18 @@ def answer_log_mass(
     visible: torch.Tensor,
     rows: list[int] | None = None,
     every_head: bool = False,
+    queries: list[int] | None = None,
 ) -> torch.Tensor:
     """(R, L) log of the largest attention mass a head of each layer puts on ``visible`` (B, T) tokens from the
-    query just before the first label token (``every_head``: the mean over the heads of the log mass), for each of
-    ``rows`` (default: all B; each needs a visible token);
+    query just before the first label token, or from ``queries[j]`` in row j (``every_head``: the mean over the
+    heads of the log mass), for each of ``rows`` (default: all B; each needs a visible token);
     ``captured``: per layer (attention module, its normed input (B, T, D), cos, sin, mask (B, 1, T, T) or None),
     in layer order."""
     from llavakit.model.rope import apply_rotary
 
     out = []
     for j in range(labels.shape[0]) if rows is None else rows:
-        q_at = int((labels[j] != -100).nonzero()[0, 0]) - 1
+        q_at = int((labels[j] != -100).nonzero()[0, 0]) - 1 if queries is None else queries[j]
         per_layer = []
         for att, x, cos, sin, mask in captured:
             xs = x[j : j + 1, : q_at + 1]  # (1, S, D)
@@ -161,6 +162,18 @@ def answer_log_mass(
             per_layer.append(per_head.mean() if every_head else per_head.max())
         out.append(torch.stack(per_layer))
     return torch.stack(out)
+
+
+def kind_positions(input_ids: torch.Tensor, labels: torch.Tensor, kind_ids: list[int | None]) -> list[int | None]:
+    """Per row, the last position of token ``kind_ids[j]`` before the row's first label (the named kind's word in
+    the first question), None when the row has no kind or the word is not there. Worked example: ids [[7, 9, 5, 9,
+    3, 4]], labels [[-100, -100, -100, -100, -100, 4]], kind_ids [9] -> [3]."""
+    out: list[int | None] = []
+    for j, kid in enumerate(kind_ids):
+        first = int((labels[j] != -100).nonzero()[0, 0]) if (labels[j] != -100).any() else 0
+        hits = (input_ids[j, :first] == kid).nonzero()[:, 0] if kid is not None else torch.zeros(0)
+        out.append(int(hits[-1]) if len(hits) else None)
+    return out
 
 
 def first_answer_only(labels: torch.Tensor) -> torch.Tensor:
@@ -232,6 +245,12 @@ class NamedTargets:
 
     def record_id(self, i: int) -> str | None:
         return self._record(i)[2]
+
+    def kind(self, i: int) -> str | None:
+        """The kind of the shape item ``i``'s first question names, None when none."""
+        scene, question, _ = self._record(i)
+        k = named_shape(scene, question)
+        return None if k is None else scene.shapes[k].kind
 
     def centre(self, i: int) -> tuple[float, float] | None:
         """The centre (x, y) in [-1, 1] of the shape item ``i``'s first question names, None when none."""
@@ -348,6 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--decoder-place-layer", type=int, default=0, help="the layer whose output --decoder-place reads")
     ap.add_argument(
+        "--answer-query",
+        choices=("answer", "kind"),
+        default="answer",
+        help="where --answer-ground and --answer-place look from: the query just before the first answer, or the "
+        "named kind's word in the first question",
+    )
+    ap.add_argument(
+        "--answer-layers", type=int, nargs="+", help="the layers --answer-ground pulls (default: all of them)"
+    )
+    ap.add_argument(
         "--answer-place",
         type=float,
         default=0.0,
@@ -370,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
 
+    from llavakit.data.synth_scene import KINDS
     from llavakit.model.llava import LlavaModel, positions_from_mask
     from llavakit.processing.anyres import num_tiles
     from llavakit.processing.processor import LlavaProcessor
@@ -442,8 +472,11 @@ def main(argv: list[str] | None = None) -> int:
             layers[layer_arg].register_forward_hook(partial(lambda k, m, a, out: hidden.__setitem__(k, out), layer_arg))
         opt.add_param_group({"name": f"{name}_head", "params": list(h.parameters()), "lr": args.lr})
         base_lrs.append(args.lr)
-    if args.answer_place and named is None:
+    if (args.answer_place or args.answer_query == "kind") and named is None:
         named = NamedTargets(proc, args.data, ds, grid * grid, "base")
+    kind_token = {k: proc.tokenizer.encode(" " + k, add_special_tokens=False)[-1] for k in KINDS}  # a word's last
+    if any(not 0 <= n < len(layers) for n in args.answer_layers or []):
+        ap.error(f"--answer-layers must be in 0..{len(layers) - 1}, got {args.answer_layers}")
     model.train()
     log = []
     t0 = time.perf_counter()
@@ -514,12 +547,19 @@ def main(argv: list[str] | None = None) -> int:
             dec_place = err.mean()
             dec_base = err[base_tok[ok]].mean()
             loss = loss + args.decoder_place * dec_place
+        queries = None
+        if args.answer_query == "kind":
+            kinds = [named.kind(i) for i in rows]
+            queries = kind_positions(batch["input_ids"], batch["labels"], [kind_token.get(k) for k in kinds])
         ans_place = torch.zeros(())
         if args.answer_place:
             centres = [named.centre(i) for i in rows]
-            has = [j for j, c in enumerate(centres) if c is not None]
+            has = [j for j, c in enumerate(centres) if c is not None and (queries is None or queries[j] is not None)]
             if has:
-                at = [int((batch["labels"][j] != -100).nonzero()[0, 0]) - 1 for j in has]
+                at = [
+                    int((batch["labels"][j] != -100).nonzero()[0, 0]) - 1 if queries is None else queries[j]
+                    for j in has
+                ]
                 got = ans_head(hidden[args.answer_place_layer][has, at])  # (rows, 2)
                 ans_place = F.mse_loss(got, torch.tensor([centres[j] for j in has]))
                 loss = loss + args.answer_place * ans_place
@@ -530,8 +570,12 @@ def main(argv: list[str] | None = None) -> int:
                 visible = image_flags(batch["input_ids"], model.config.image_token_id, [named(i) for i in rows])
                 visible &= mask.bool()  # a target hidden this step (--tile-drop with named-tiles) is no target
             has = visible.any(1).nonzero()[:, 0].tolist()  # rows with a target
+            if queries is not None:
+                has = [j for j in has if queries[j] is not None]
             if has:
-                logm = answer_log_mass(attn_inputs, batch["labels"], visible, has, args.answer_heads == "all")
+                logm = answer_log_mass(attn_inputs, batch["labels"], visible, has, args.answer_heads == "all", queries)
+                if args.answer_layers:
+                    logm = logm[:, args.answer_layers]
                 loss = loss - args.answer_ground * logm.mean()
                 mass = logm.exp().mean()
         if grounding:

@@ -142,10 +142,14 @@ def test_answer_log_mass_equals_the_attention_the_model_computes(tmp_path, monke
         model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(12).expand(2, 12))
         got = mod.answer_log_mass(captured, labels, visible)  # (B, layers)
         every = mod.answer_log_mass(captured, labels, visible, [1], every_head=True)  # (1, layers)
+        at = mod.answer_log_mass(captured, labels, visible, [0, 1], queries=[6, 10])  # other queries
     assert got.shape == (2, len(probs)) and every.shape == (1, len(probs))
     for j, q_at in ((0, 8), (1, 6)):
         want = torch.stack([p[j, :, q_at][:, visible[j]].sum(-1).max() for p in probs])
         torch.testing.assert_close(got[j].exp(), want, rtol=1e-4, atol=1e-6)
+    for j, q_at in ((0, 6), (1, 10)):
+        want = torch.stack([p[j, :, q_at][:, visible[j]].sum(-1).max() for p in probs])
+        torch.testing.assert_close(at[j].exp(), want, rtol=1e-4, atol=1e-6)
     want = torch.stack([p[1, :, 6][:, visible[1]].sum(-1).log().mean() for p in probs])
     torch.testing.assert_close(every[0], want, rtol=1e-4, atol=1e-5)
 
@@ -300,3 +304,18 @@ def test_a_pass_with_the_answer_place_loss_logs_it_and_trains_differently(tmp_pa
     assert len(log) == 2 and any(r["answer_place"] > 0 for r in log)
     key = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(plain[key], load_file(out / "model.safetensors")[key])
+
+
+def test_kind_positions_worked_example_and_a_pass_looking_from_the_kind_word(tmp_path):
+    mod, args, out = _position_pass(tmp_path)
+    ids = torch.tensor([[7, 9, 5, 9, 3, 4], [7, 8, 5, 9, 3, 4]])
+    labels = torch.full((2, 6), -100)
+    labels[:, 5] = 4
+    assert mod.kind_positions(ids, labels, [9, 6]) == [3, None]
+    assert mod.kind_positions(ids, labels, [None, 9]) == [None, 3]
+    extra = ["--answer-query", "kind", "--answer-ground", "1", "--answer-target", "named-all", "--answer-layers", "1"]
+    assert mod.main([*args, *extra, "--answer-place", "1"]) == 0
+    log = json.loads((out / "place_pass.json").read_text())["log"]
+    assert len(log) == 2 and all(0 < r["mass"] <= 1 for r in log) and any(r["answer_place"] > 0 for r in log)
+    with pytest.raises(SystemExit):
+        mod.main([*args, *extra[:-1], "7"])
