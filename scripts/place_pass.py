@@ -35,6 +35,10 @@ cosine, close to ``llava train``'s schedule) with these additions:
 - ``--answer-place W``: a third linear head (thrown away) regresses the centre of the shape each row's first
   question names, in [-1, 1], from the hidden state after layer ``--answer-place-layer`` at the query just before
   the first answer (the place the answer has to gather there); its mean squared error times W is added;
+- ``--answer-query kind``: ``--answer-ground`` and ``--answer-place`` look from the named kind's word in the first
+  question instead (``--answer-layers``: the layers pulled); ``--final-place W`` then reads the centre at the
+  answer's query after ``--final-place-layer`` too, and ``--final-ground W`` pulls that layer's attention at the
+  answer's query onto the kind's word (where ``--answer-place`` gathered the place);
 - ``--ground-weight W``: the grounding pass's attention loss (``train.grounding``), times W, on ``--ground-batch``
   position questions per step ("Is the KIND on the left or the right side of the image?", or top / bottom, about a
   shape alone of its kind in the scenes of the first ``--data`` directory), its target the named shape's base-view
@@ -384,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         "query after --answer-place-layer (position data; 0: none)",
     )
     ap.add_argument("--answer-place-layer", type=int, default=1, help="the layer whose output --answer-place reads")
+    ap.add_argument("--final-place", type=float, default=0.0, help="with --answer-query kind: the centre read out at "
+                    "the answer's query after --final-place-layer too (weight; 0: none)")  # fmt: skip
+    ap.add_argument("--final-place-layer", type=int, default=-1, help="default: the last layer")
+    ap.add_argument("--final-ground", type=float, default=0.0, help="with --answer-query kind: pull the attention of "
+                    "--final-place-layer at the answer's query onto the kind's word (weight; 0: none)")  # fmt: skip
     ap.add_argument("--ground-batch", type=int, default=8)
     ap.add_argument("--ground-examples", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=16)
@@ -450,22 +459,25 @@ def main(argv: list[str] | None = None) -> int:
     attn_inputs: list[tuple] = []
     views = {"named": "base", "named-tiles": "tiles", "named-all": "all"}.get(args.answer_target)
     named = NamedTargets(proc, args.data, ds, grid * grid, views or "base") if views or args.others_drop else None
-    if args.answer_ground:
+    if args.answer_ground or args.final_ground:
         for layer in model.model.language_model.layers:
             layer.self_attn.register_forward_pre_hook(
                 lambda m, a: attn_inputs.append((m, a[0], a[1], a[2], a[3]))  # x, cos, sin, mask
             )
     hidden: dict[int, torch.Tensor] = {}  # layer -> its output (B, T, D), this step
     places: dict[tuple[int, int], torch.Tensor] = {}  # image size -> token_places
-    dec_head, ans_head = torch.nn.Linear(d, 2), torch.nn.Linear(d, 2)
+    dec_head, ans_head, fin_head = torch.nn.Linear(d, 2), torch.nn.Linear(d, 2), torch.nn.Linear(d, 2)
+    if (args.final_place or args.final_ground) and args.answer_query != "kind":
+        ap.error("--final-place and --final-ground need --answer-query kind")
     layers = model.model.language_model.layers
     for on, layer_arg, name, h in (
         (args.decoder_place, args.decoder_place_layer, "decoder_place", dec_head),
         (args.answer_place, args.answer_place_layer, "answer_place", ans_head),
+        (args.final_place, args.final_place_layer % len(layers), "final_place", fin_head),
     ):
         if not on:
             continue
-        if not 0 <= layer_arg < len(layers):
+        if not -len(layers) <= layer_arg < len(layers):
             ap.error(f"--{name.replace('_', '-')}-layer must be in 0..{len(layers) - 1}, got {layer_arg}")
         if layer_arg not in hidden:
             hidden[layer_arg] = None
@@ -563,6 +575,21 @@ def main(argv: list[str] | None = None) -> int:
                 got = ans_head(hidden[args.answer_place_layer][has, at])  # (rows, 2)
                 ans_place = F.mse_loss(got, torch.tensor([centres[j] for j in has]))
                 loss = loss + args.answer_place * ans_place
+        fin_place = fin_mass = torch.zeros(())
+        if args.final_place or args.final_ground:
+            has = [j for j in range(b) if queries[j] is not None and named.centre(rows[j]) is not None]
+            if has and args.final_place:
+                at = [int((batch["labels"][j] != -100).nonzero()[0, 0]) - 1 for j in has]
+                got = fin_head(hidden[args.final_place_layer % len(layers)][has, at])
+                fin_place = F.mse_loss(got, torch.tensor([named.centre(rows[j]) for j in has]))
+                loss = loss + args.final_place * fin_place
+            if has and args.final_ground:
+                word = torch.zeros(b, t, dtype=torch.bool)
+                for j in has:
+                    word[j, queries[j]] = True
+                logm = answer_log_mass(attn_inputs, batch["labels"], word, has)[:, args.final_place_layer]
+                loss = loss - args.final_ground * logm.mean()
+                fin_mass = logm.exp().mean()
         mass = torch.zeros(())
         if args.answer_ground:
             visible = (batch["input_ids"] == model.config.image_token_id) & mask.bool()
@@ -592,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
             log[-1]["mass"] = round(mass.item(), 4)
         if args.answer_place:
             log[-1]["answer_place"] = round(ans_place.item(), 4)
+        if args.final_place or args.final_ground:
+            log[-1]["final_place"] = round(fin_place.item(), 4)
+            log[-1]["final_mass"] = round(fin_mass.item(), 4)
         if args.decoder_place:
             log[-1]["decoder_place"] = round(dec_place.item(), 4)
             log[-1]["decoder_place_base"] = round(dec_base.item(), 4)
@@ -599,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
             el = time.perf_counter() - t0
             print(f"step {step}/{steps} lm {out.loss.item():.3f} place {place.item():.3f} mass {mass.item():.3f} "
                   f"decoder place {dec_place.item():.3f} (base {dec_base.item():.3f}) answer place "
-                  f"{ans_place.item():.3f} {el:.0f}s",
+                  f"{ans_place.item():.3f} final {fin_place.item():.3f} / {fin_mass.item():.3f} {el:.0f}s",
                   flush=True)  # fmt: skip
     del model.tile_features
     model.eval()

@@ -319,3 +319,13 @@ def test_kind_positions_worked_example_and_a_pass_looking_from_the_kind_word(tmp
     assert len(log) == 2 and all(0 < r["mass"] <= 1 for r in log) and any(r["answer_place"] > 0 for r in log)
     with pytest.raises(SystemExit):
         mod.main([*args, *extra[:-1], "7"])
+
+
+def test_a_pass_reading_the_place_at_the_answer_too_logs_it(tmp_path):
+    mod, args, out = _position_pass(tmp_path)
+    kind = ["--answer-query", "kind", "--answer-place", "1"]
+    assert mod.main([*args, *kind, "--final-place", "1", "--final-ground", "1"]) == 0
+    log = json.loads((out / "place_pass.json").read_text())["log"]
+    assert len(log) == 2 and any(r["final_place"] > 0 for r in log) and any(0 < r["final_mass"] <= 1 for r in log)
+    with pytest.raises(SystemExit):
+        mod.main([*args, "--final-place", "1"])  # without --answer-query kind
