@@ -65,48 +65,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from llavakit.train.place import grid_places, kind_positions, load_scenes, named_shape, token_places
 
-def place_targets(grid: int) -> torch.Tensor:
-    """(grid * grid, 2) the (x, y) of each token of a row-major grid, in [-1, 1]."""
-    idx = torch.arange(grid * grid)
-    col, row = idx % grid, idx // grid
-    return torch.stack([col, row], 1).float() / max(1, grid - 1) * 2 - 1
-
-
-def token_places(h: int, w: int, proc) -> torch.Tensor:  # noqa: ANN001
-    """(num_image_tokens, 2) the scene's (x, y) in [-1, 1] at each image token of an h x w image: the mean over its
-    patch of the scene point each pixel shows, padding left out; NaN for the newlines (and a patch of padding only).
-
-    A map of each pixel's column and row (0-255, channels 0 and 1) and of the image's extent (channel 2: 255 in the
-    image, the pad colour outside) goes through the processor's own views and ``pack_tiles``, as ``mask_flags``
-    does for foreground. Worked example: a 100 x 300 (h x w) image; its base view squashes it to 80 x 80, so base
-    token 0 (the top-left 16 px patch) shows columns 0-60 and rows 0-20 of the scene: x = 30/300 * 2 - 1 = -0.8,
-    y = 10/100 * 2 - 1 = -0.8, up to the 1/255 steps of the map and the resize's blur."""
-    import numpy as np
-    from PIL import Image
-
-    from llavakit.model.llava import pack_tiles
-    from llavakit.processing.image import preprocess_views
-
-    cfg, geom = proc.image_config, proc.geometry
-    xs = np.broadcast_to(np.round((np.arange(w) + 0.5) / w * 255), (h, w))
-    ys = np.broadcast_to(np.round((np.arange(h) + 0.5) / h * 255)[:, None], (h, w))
-    rgb = np.stack([xs, ys, np.full((h, w), 255.0)], -1).astype(np.uint8)
-    views = np.stack([np.asarray(v) for v in preprocess_views(Image.fromarray(rgb, "RGB"), cfg)]).astype(np.float64)
-    pad = float(cfg.pad_colour[2])
-    weight = np.clip((views[..., 2] - pad) / (255.0 - pad), 0.0, 1.0)  # (V, S, S): 1 in the image
-    p, g = geom.patch, geom.grid
-    v = views.shape[0]
-    sums = np.stack([views[..., 0] * weight, views[..., 1] * weight, weight], -1)[:, : g * p, : g * p]
-    sums = sums.reshape(v, g, p, g, p, 3).sum(axis=(2, 4)).reshape(v, g * g, 3)
-    feats = torch.from_numpy(sums).float()
-    if geom.pinpoints is None:
-        tokens = feats[0]
-    else:
-        tokens = pack_tiles(feats, h, w, geom, torch.tensor([float("nan"), float("nan"), 0.0]))
-    xy = tokens[:, :2] / tokens[:, 2:] / 255 * 2 - 1
-    xy[tokens[:, 2] < 1e-3 * p * p] = float("nan")
-    return xy
+place_targets = grid_places  # the scratch tests' name
+__all__ = ["kind_positions", "load_scenes", "named_shape", "place_targets", "token_places"]
 
 
 def tile_flags(input_ids: torch.Tensor, image_token_id: int, per_view: int) -> torch.Tensor:
@@ -139,45 +101,13 @@ def answer_log_mass(
     every_head: bool = False,
     queries: list[int] | None = None,
 ) -> torch.Tensor:
-    """(R, L) log of the largest attention mass a head of each layer puts on ``visible`` (B, T) tokens from the
-    query just before the first label token, or from ``queries[j]`` in row j (``every_head``: the mean over the
-    heads of the log mass), for each of ``rows`` (default: all B; each needs a visible token);
-    ``captured``: per layer (attention module, its normed input (B, T, D), cos, sin, mask (B, 1, T, T) or None),
-    in layer order."""
-    from llavakit.model.rope import apply_rotary
+    """(R, L) ``place.attention_log_mass`` from the query just before each row's first label, or from
+    ``queries[j]`` in row j, for each of ``rows`` (default: all B; each needs a visible token)."""
+    from llavakit.train.place import answer_queries, attention_log_mass
 
-    out = []
-    for j in range(labels.shape[0]) if rows is None else rows:
-        q_at = int((labels[j] != -100).nonzero()[0, 0]) - 1 if queries is None else queries[j]
-        per_layer = []
-        for att, x, cos, sin, mask in captured:
-            xs = x[j : j + 1, : q_at + 1]  # (1, S, D)
-            n = xs.shape[1]
-            q = att.q_proj(xs[:, -1:]).view(1, 1, att.heads, att.head_dim).transpose(1, 2)  # (1, H, 1, d)
-            k = att.k_proj(xs).view(1, n, att.kv_heads, att.head_dim).transpose(1, 2)  # (1, KV, S, d)
-            q = apply_rotary(q, cos[j : j + 1, :, q_at : q_at + 1], sin[j : j + 1, :, q_at : q_at + 1])
-            k = apply_rotary(k, cos[j : j + 1, :, :n], sin[j : j + 1, :, :n])
-            k = k.repeat_interleave(att.heads // att.kv_heads, dim=1)
-            logits = (q @ k.transpose(-1, -2))[0, :, 0] / att.head_dim**0.5  # (H, S)
-            if mask is not None:
-                logits = logits.masked_fill(~mask[j, 0, q_at, :n], float("-inf"))
-            logp = logits.log_softmax(-1)[:, visible[j, :n]]  # (H, targets)
-            per_head = logp.logsumexp(-1)  # (H,)
-            per_layer.append(per_head.mean() if every_head else per_head.max())
-        out.append(torch.stack(per_layer))
-    return torch.stack(out)
-
-
-def kind_positions(input_ids: torch.Tensor, labels: torch.Tensor, kind_ids: list[int | None]) -> list[int | None]:
-    """Per row, the last position of token ``kind_ids[j]`` before the row's first label (the named kind's word in
-    the first question), None when the row has no kind or the word is not there. Worked example: ids [[7, 9, 5, 9,
-    3, 4]], labels [[-100, -100, -100, -100, -100, 4]], kind_ids [9] -> [3]."""
-    out: list[int | None] = []
-    for j, kid in enumerate(kind_ids):
-        first = int((labels[j] != -100).nonzero()[0, 0]) if (labels[j] != -100).any() else 0
-        hits = (input_ids[j, :first] == kid).nonzero()[:, 0] if kid is not None else torch.zeros(0)
-        out.append(int(hits[-1]) if len(hits) else None)
-    return out
+    rows = list(range(labels.shape[0])) if rows is None else rows
+    at = answer_queries(labels, rows) if queries is None else [queries[j] for j in rows]
+    return attention_log_mass(captured, dict(zip(rows, at)), visible, every_head)
 
 
 def first_answer_only(labels: torch.Tensor) -> torch.Tensor:
@@ -192,17 +122,6 @@ def first_answer_only(labels: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def load_scenes(data: str | Path):  # noqa: ANN201
-    """image path -> ``Scene``, from a synthetic directory's ``scenes.jsonl``."""
-    from llavakit.data.synth_scene import Scene
-
-    scenes = {}
-    for line in (Path(data) / "scenes.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        scenes[rec["image"]] = Scene.from_dict(rec["scene"])
-    return scenes
-
-
 def image_flags(input_ids: torch.Tensor, image_token_id: int, flags: list[torch.Tensor | None]) -> torch.Tensor:
     """(B, T) bool: row j's image tokens marked by ``flags[j]`` (a bool over that row's image tokens, in order;
     None: none). Worked example: ids [[t, I, I, t, I]], flags [[F, T, T]] -> [[F, F, T, F, T]]."""
@@ -211,19 +130,6 @@ def image_flags(input_ids: torch.Tensor, image_token_id: int, flags: list[torch.
         if f is not None:
             out[j, (input_ids[j] == image_token_id).nonzero()[:, 0][f]] = True
     return out
-
-
-def named_shape(scene, question: str) -> int | None:  # noqa: ANN001
-    """Index of the shape a position question names ("Is the red circle on the left or ...", "Is the star in the
-    top or ..."), None when the question is not one or names no single shape."""
-    import re
-
-    m = re.search(r"Is the (.+?) (?:on the left|in the top)", question)
-    if m is None:
-        return None
-    *color, kind = m.group(1).split()
-    hits = [i for i, sh in enumerate(scene.shapes) if sh.kind == kind and (not color or sh.color == color[0])]
-    return hits[0] if len(hits) == 1 else None
 
 
 class NamedTargets:

@@ -1,0 +1,339 @@
+"""The place passes of the tiny synthetic recipe: where a named object lies, gathered at the word that names it.
+
+Why (docs/default-model.md, "The place gathered at the kind's word"): the tiny decoder reads a lone object's place
+from the order of its tokens, but among several objects its answer to "Is the KIND on the left or the right side of
+the image?" follows where all the shapes are: the answer's query does not pick the named one out. The word that
+names the kind does (the grounding pass taught layer 0 to look from it). These passes train, beside the language
+loss on position conversations, five auxiliary losses (linear heads thrown away afterwards):
+
+- each base-view token's place in the scene, from the projector's output (``place``);
+- every image token's place in the scene, from layer 0's output (``decoder``): a tile token's features place it
+  within its tile only, so layer 0 has to find its place in the scene from the token order or the base view;
+- layer 1's attention at the named kind's word onto the named shape's tokens (``kind_mass``), and the shape's
+  centre read from layer 1's output there (``kind_place``);
+- with ``final``: the last layer's attention at the answer's query onto the kind's word (``final_mass``), and the
+  centre read from the last layer's output at that query (``final_place``).
+
+The first pass (``final`` off, the background image tokens hidden at first and brought back over the pass) builds
+the gathering at the word; the second (``final`` on) makes the answer read it.
+
+Worked example of a place target: a 100 x 300 (h x w) image; the base view squashes it to 80 x 80, so base token 0
+(the top-left 16 px patch) shows columns 0-60 and rows 0-20 of the scene: (x, y) = (30/300 * 2 - 1, 10/100 * 2 - 1)
+= (-0.8, -0.8).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..data.synth_scene import KINDS, Scene
+from ..model.llava import LlavaModel, pack_tiles, positions_from_mask
+from ..model.rope import apply_rotary
+from ..processing.anyres import num_tiles
+from ..processing.image import preprocess_views
+from ..processing.processor import LlavaProcessor
+from .collate import collate
+from .foreground import drop_probability, hide_background, scene_token_owners
+from .mixture import build_dataset
+from .stages import StageSpec, apply_stage
+
+
+def token_places(h: int, w: int, proc: LlavaProcessor) -> torch.Tensor:
+    """(num_image_tokens, 2) the scene's (x, y) in [-1, 1] at each image token of an h x w image: the mean over its
+    patch of the scene point each pixel shows, padding left out; NaN for the newlines (and a patch of padding only).
+
+    A map of each pixel's column and row (0-255, channels 0 and 1) and of the image's extent (channel 2: 255 in the
+    image, the pad colour outside) goes through the processor's own views and ``pack_tiles``, as
+    ``foreground.mask_flags`` does for foreground (worked example: the module's docstring)."""
+    cfg, geom = proc.image_config, proc.geometry
+    xs = np.broadcast_to(np.round((np.arange(w) + 0.5) / w * 255), (h, w))
+    ys = np.broadcast_to(np.round((np.arange(h) + 0.5) / h * 255)[:, None], (h, w))
+    rgb = np.stack([xs, ys, np.full((h, w), 255.0)], -1).astype(np.uint8)
+    views = np.stack([np.asarray(v) for v in preprocess_views(Image.fromarray(rgb, "RGB"), cfg)]).astype(np.float64)
+    pad = float(cfg.pad_colour[2])
+    weight = np.clip((views[..., 2] - pad) / (255.0 - pad), 0.0, 1.0)  # (V, S, S): 1 in the image
+    p, g = geom.patch, geom.grid
+    v = views.shape[0]
+    sums = np.stack([views[..., 0] * weight, views[..., 1] * weight, weight], -1)[:, : g * p, : g * p]
+    sums = sums.reshape(v, g, p, g, p, 3).sum(axis=(2, 4)).reshape(v, g * g, 3)
+    feats = torch.from_numpy(sums).float()
+    if geom.pinpoints is None:
+        tokens = feats[0]
+    else:
+        tokens = pack_tiles(feats, h, w, geom, torch.tensor([float("nan"), float("nan"), 0.0]))
+    xy = tokens[:, :2] / tokens[:, 2:] / 255 * 2 - 1
+    xy[tokens[:, 2] < 1e-3 * p * p] = float("nan")
+    return xy
+
+
+def grid_places(grid: int) -> torch.Tensor:
+    """(grid * grid, 2) the (x, y) of each token of a row-major grid, in [-1, 1]: token 7 of a 5 x 5 grid is row 1,
+    column 2 -> (0.0, -0.5)."""
+    idx = torch.arange(grid * grid)
+    return torch.stack([idx % grid, idx // grid], 1).float() / max(1, grid - 1) * 2 - 1
+
+
+def kind_positions(input_ids: torch.Tensor, labels: torch.Tensor, kind_ids: list[int | None]) -> list[int | None]:
+    """Per row, the last position of token ``kind_ids[j]`` before the row's first label (the named kind's word in
+    the first question), None when the row has no kind or the word is not there. Worked example: ids [[7, 9, 5, 9,
+    3, 4]], labels [[-100, -100, -100, -100, -100, 4]], kind_ids [9] -> [3]."""
+    out: list[int | None] = []
+    for j, kid in enumerate(kind_ids):
+        first = int((labels[j] != -100).nonzero()[0, 0]) if (labels[j] != -100).any() else 0
+        hits = (input_ids[j, :first] == kid).nonzero()[:, 0] if kid is not None else torch.zeros(0)
+        out.append(int(hits[-1]) if len(hits) else None)
+    return out
+
+
+def answer_queries(labels: torch.Tensor, rows: list[int]) -> list[int]:
+    """The position just before each row's first label (where the first answer is predicted from)."""
+    return [int((labels[j] != -100).nonzero()[0, 0]) - 1 for j in rows]
+
+
+def attention_log_mass(
+    captured: list[tuple], queries: dict[int, int], targets: torch.Tensor, every_head: bool = False
+) -> torch.Tensor:
+    """(R, L) log of the largest attention mass a head of each layer puts on ``targets`` (B, T) from position
+    ``queries[j]`` of each row j (in the dict's order; ``every_head``: the mean over the heads of the log mass);
+    ``captured``: per layer (attention module, its normed input (B, T, D), cos, sin, mask (B, 1, T, T) or None)."""
+    out = []
+    for j, q_at in queries.items():
+        per_layer = []
+        for att, x, cos, sin, mask in captured:
+            xs = x[j : j + 1, : q_at + 1]  # (1, S, D)
+            n = xs.shape[1]
+            q = att.q_proj(xs[:, -1:]).view(1, 1, att.heads, att.head_dim).transpose(1, 2)  # (1, H, 1, d)
+            k = att.k_proj(xs).view(1, n, att.kv_heads, att.head_dim).transpose(1, 2)  # (1, KV, S, d)
+            q = apply_rotary(q, cos[j : j + 1, :, q_at : q_at + 1], sin[j : j + 1, :, q_at : q_at + 1])
+            k = apply_rotary(k, cos[j : j + 1, :, :n], sin[j : j + 1, :, :n])
+            k = k.repeat_interleave(att.heads // att.kv_heads, dim=1)
+            logits = (q @ k.transpose(-1, -2))[0, :, 0] / att.head_dim**0.5  # (H, S)
+            if mask is not None:
+                logits = logits.masked_fill(~mask[j if mask.shape[0] > 1 else 0, 0, q_at, :n], float("-inf"))
+            per_head = logits.log_softmax(-1)[:, targets[j, :n]].logsumexp(-1)  # (H,)
+            per_layer.append(per_head.mean() if every_head else per_head.max())
+        out.append(torch.stack(per_layer))
+    return torch.stack(out)
+
+
+def named_shape(scene: Scene, question: str) -> int | None:
+    """Index of the shape a position question names ("Is the red circle on the left or ...", "Is the star in the
+    top or ..."), None when the question is not one or names no single shape."""
+    import re
+
+    m = re.search(r"Is the (.+?) (?:on the left|in the top)", question)
+    if m is None:
+        return None
+    *color, kind = m.group(1).split()
+    hits = [i for i, sh in enumerate(scene.shapes) if sh.kind == kind and (not color or sh.color == color[0])]
+    return hits[0] if len(hits) == 1 else None
+
+
+def load_scenes(data: str | Path) -> dict[str, Scene]:
+    """image path -> ``Scene``, from a synthetic directory's ``scenes.jsonl``."""
+    path = Path(data) / "scenes.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: the place passes need the scenes of synthetic data (llava data synth and "
+            "write_dataset write them beside the images)"
+        )
+    scenes = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        scenes[rec["image"]] = Scene.from_dict(rec["scene"])
+    return scenes
+
+
+class Named:
+    """Per dataset item (of ``build_dataset`` over ``data``): the shape its first question names, as its image
+    tokens (a bool over them, all views), its kind and its centre (x, y) in [-1, 1]; None when it names none."""
+
+    def __init__(self, proc: LlavaProcessor, data: list[str], ds, scenes: dict | None = None) -> None:  # noqa: ANN001
+        self.proc, self.ds, self.cache = proc, ds, {}
+        self.records = []
+        for d in data:
+            scenes_d = scenes[d] if scenes and d in scenes else load_scenes(d)
+            recs = json.loads((Path(d) / "instruct.json").read_text())
+            self.records.append([(scenes_d[r["image"]], r["conversations"][0]["value"], r.get("id")) for r in recs])
+
+    def record(self, i: int) -> tuple:
+        """(scene, first question, id) of item ``i`` (a mixture maps items to (dataset, record))."""
+        d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
+        return self.records[d][j]
+
+    def __call__(self, i: int) -> tuple[torch.Tensor, str, tuple[float, float]] | None:
+        if i not in self.cache:
+            scene, question, _ = self.record(i)
+            k = named_shape(scene, question)
+            out = None
+            if k is not None:
+                tokens = scene_token_owners(scene, self.proc) == k
+                sh = scene.shapes[k]
+                centre = (sh.cx / scene.width * 2 - 1, sh.cy / scene.height * 2 - 1)
+                out = (tokens, sh.kind, centre) if tokens.any() else None
+            self.cache[i] = out
+        return self.cache[i]
+
+
+def place_pass(
+    init: str | Path,
+    data: list[str | Path],
+    out: str | Path,
+    *,
+    final: bool,
+    drop: tuple[float, float] | None = None,
+    batch: int = 16,
+    lr: float = 1e-3,
+    projector_lr: float = 2e-3,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[float]:
+    """One place pass from checkpoint ``init`` over the position conversations of ``data`` (several directories:
+    their mixture; one given twice is seen twice), projector and decoder trained at stage 2's rates (5% linear
+    warm-up, then cosine); writes a checkpoint to ``out`` and returns the language loss of every step.
+    ``final``: the answer's losses too (the second pass); ``drop``: background image tokens hidden with a
+    probability going from drop[0] to drop[1] over the pass."""
+    dirs = [str(d) for d in data]
+    scenes = {d: load_scenes(d) for d in dict.fromkeys(dirs)}  # refuses data without scenes first
+    torch.manual_seed(seed)
+    model = LlavaModel.from_pretrained(init)
+    proc = LlavaProcessor.from_pretrained(init)
+    spec = {"datasets": [{"path": str(Path(d) / "instruct.json"), "image_folder": d} for d in dirs]}
+    if len(dirs) == 1:
+        spec = {"path": str(Path(dirs[0]) / "instruct.json"), "image_folder": dirs[0]}
+    ds = build_dataset(spec, proc, proc.template, 1024, foreground=True)
+    named = Named(proc, dirs, ds, scenes)
+    layers = model.model.language_model.layers
+    if len(layers) < 2:
+        raise ValueError(f"the place passes read layer 1 of the decoder; {init} has {len(layers)} layer(s)")
+    groups = apply_stage(model, StageSpec(name="stage2", lr=lr, projector_lr=projector_lr))
+    d = model.config.text.hidden_size
+    heads = {k: torch.nn.Linear(d, 2) for k in ("place", "decoder", "kind_place", "final_place")}
+    groups.append({"name": "place_head", "params": list(heads["place"].parameters()), "lr": projector_lr})
+    for k in ("decoder", "kind_place", "final_place"):
+        groups.append({"name": f"{k}_head", "params": list(heads[k].parameters()), "lr": lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    order = list(range(len(ds)))
+    random.Random(seed).shuffle(order)
+    steps = len(order) // batch
+    if steps < 1:
+        raise ValueError(f"{len(ds)} conversations in {dirs}: fewer than one batch of {batch}")
+    warm = max(1, int(0.05 * steps))
+    grid = model.config.vision.image_size // model.config.vision.patch_size
+    base_targets = grid_places(grid)  # (g*g, 2)
+    image_id = model.config.image_token_id
+    kind_token = {k: proc.tokenizer.encode(" " + k, add_special_tokens=False)[-1] for k in KINDS}
+    pad = partial(collate, pad_id=ds.pad_id, family=proc.family)
+    places: dict[tuple[int, int], torch.Tensor] = {}  # image size -> token_places
+
+    projected: list[torch.Tensor] = []
+    tile_features = model.tile_features
+
+    def capture(tiles: torch.Tensor) -> torch.Tensor:
+        f = tile_features(tiles)  # (N tiles, g*g, D)
+        projected.append(f)
+        return f
+
+    model.tile_features = capture  # the instance's method: the base views' projector output
+    attn_inputs: list[tuple] = []
+    hidden: dict[int, torch.Tensor] = {}
+    hooks = [
+        layer.self_attn.register_forward_pre_hook(lambda m, a: attn_inputs.append((m, *a[:4])))  # x, cos, sin, mask
+        for layer in layers
+    ]
+    last = len(layers) - 1
+    for k in sorted({0, 1, last}):
+        hooks.append(layers[k].register_forward_hook(partial(lambda k, m, a, o: hidden.__setitem__(k, o), k)))
+    model.train()
+    history = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm)))
+        for g, base_lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = base_lr * scale
+        rows = order[step * batch : (step + 1) * batch]
+        items = [ds[i] for i in rows]
+        if any(it["id"] != named.record(i)[2] for i, it in zip(rows, items)):
+            raise ValueError(f"samples skipped ({dict(ds.skipped)}): the named shapes would be another record's")
+        b_ = pad(items)
+        mask = b_["attention_mask"]
+        b, t = mask.shape
+        pos = positions_from_mask(mask, b, t, 0, mask.device)
+        if drop:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            mask = hide_background(mask, b_["foreground"], drop_probability(drop[0], drop[1], step, steps), gen)
+        projected.clear()
+        attn_inputs.clear()
+        res = model(
+            input_ids=b_["input_ids"],
+            pixel_values=b_["pixel_values"],
+            image_sizes=b_["image_sizes"],
+            attention_mask=mask,
+            position_ids=pos,
+            labels=b_["labels"],
+        )
+        losses = {"lm": res.loss}
+        # each base view's place, from the projector's output
+        counts = [num_tiles(int(h), int(w), model.geometry) for h, w in b_["image_sizes"].tolist()]
+        starts = torch.tensor([0, *counts[:-1]]).cumsum(0)
+        base = projected[0][starts]  # (images, g*g, D)
+        losses["place"] = F.mse_loss(heads["place"](base), base_targets.expand(base.shape[0], -1, -1))
+        # every image token's place in the scene, from layer 0's output
+        image = b_["input_ids"] == image_id  # (B, T)
+        want = torch.full((b, t, 2), float("nan"))
+        for j, (h, w) in enumerate(b_["image_sizes"].tolist()):
+            key = (int(h), int(w))
+            if key not in places:
+                places[key] = token_places(*key, proc)
+            want[j, image[j].nonzero()[:, 0]] = places[key]
+        ok = ~want[..., 0].isnan()
+        losses["decoder"] = (heads["decoder"](hidden[0][ok]) - want[ok]).pow(2).mean()
+        # the named shape, gathered at its kind's word (layer 1) and read at the answer (last layer)
+        info = [named(i) for i in rows]
+        words = kind_positions(b_["input_ids"], b_["labels"], [kind_token[x[1]] if x else None for x in info])
+        has = [j for j in range(b) if info[j] is not None and words[j] is not None]
+        if has:
+            targets = torch.zeros(b, t, dtype=torch.bool)
+            for j in has:
+                targets[j, image[j].nonzero()[:, 0][info[j][0]]] = True
+            targets &= mask.bool()
+            kind_rows = {j: words[j] for j in has if targets[j].any()}
+            if kind_rows:
+                losses["kind_mass"] = -attention_log_mass(attn_inputs, kind_rows, targets, every_head=True)[:, 1].mean()
+            centres = torch.tensor([info[j][2] for j in has])
+            losses["kind_place"] = F.mse_loss(heads["kind_place"](hidden[1][has, [words[j] for j in has]]), centres)
+            if final:
+                at = answer_queries(b_["labels"], has)
+                losses["final_place"] = F.mse_loss(heads["final_place"](hidden[last][has, at]), centres)
+                word = torch.zeros(b, t, dtype=torch.bool)
+                word[has, [words[j] for j in has]] = True
+                queries = dict(zip(has, at))
+                losses["final_mass"] = -attention_log_mass(attn_inputs, queries, word)[:, last].mean()
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        opt.step()
+        history.append(res.loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            parts = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
+            log(f"place pass step {step + 1}/{steps}: {parts} ({time.perf_counter() - t0:.0f}s)")
+    for hook in hooks:
+        hook.remove()
+    del model.tile_features
+    model.eval()
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return history

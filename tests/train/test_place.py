@@ -1,0 +1,105 @@
+"""llavakit.train.place: the place targets (checked against the shapes' own tokens), the word and query positions,
+and the place passes on a tiny model: they train, save a checkpoint of the same layout, reproduce the scratch
+script's passes (scripts/place_pass.py, where they were found) and refuse data they cannot use."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llavakit.data.synth import write_dataset
+from llavakit.data.synth_scene import generate_scene
+from llavakit.processing.anyres import num_image_tokens
+from llavakit.processing.processor import LlavaProcessor
+from llavakit.tiny import write_tiny_checkpoint
+from llavakit.train.foreground import scene_token_owners
+from llavakit.train.place import grid_places, kind_positions, place_pass, token_places
+from script_module import load_script
+
+DEFAULT = "src/llavakit/assets/default-model"
+
+
+def test_token_places_worked_example_and_the_shapes_tokens_lie_around_their_centres():
+    proc = LlavaProcessor.from_pretrained(DEFAULT)
+    xy = token_places(100, 300, proc)  # the module docstring's example
+    assert xy.shape == (num_image_tokens(100, 300, proc.geometry), 2)
+    assert torch.allclose(xy[0], torch.tensor([-0.8, -0.8]), atol=0.01)
+    assert torch.allclose(xy[24], torch.tensor([0.8, 0.8]), atol=0.01)  # the base view's last token
+    ok = ~xy[:, 0].isnan()
+    assert int((~ok).sum()) == 5 and xy[ok].abs().max() <= 1  # one newline per row of the tile grid (5 rows)
+    checked = 0  # another route to the same places: each shape's tokens (rendered alone) lie around its centre
+    for seed in range(6):
+        scene = generate_scene(seed, min_side=112, max_side=224)
+        owner = scene_token_owners(scene, proc)
+        places = token_places(scene.height, scene.width, proc)
+        for i, sh in enumerate(scene.shapes):
+            mine = places[owner == i]
+            if len(mine) >= 4:
+                want = torch.tensor([sh.cx / scene.width * 2 - 1, sh.cy / scene.height * 2 - 1])
+                assert (mine.mean(0) - want).abs().max() < 0.25, (seed, i)
+                checked += 1
+    assert checked >= 6
+
+
+def test_grid_places_and_kind_positions_worked_examples():
+    t = grid_places(5)
+    assert t.shape == (25, 2) and t[7].tolist() == [0.0, -0.5]  # row 1, column 2
+    ids = torch.tensor([[7, 9, 5, 9, 3, 4], [7, 8, 5, 9, 3, 4]])
+    labels = torch.full((2, 6), -100)
+    labels[:, 5] = 4
+    assert kind_positions(ids, labels, [9, 6]) == [3, None]
+    assert kind_positions(ids, labels, [None, 9]) == [None, 3]
+
+
+@pytest.fixture(scope="module")
+def position_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("place")
+    init = write_tiny_checkpoint(root / "m", "llava_next")
+    write_dataset(root / "d", 8, 3, "instruct", min_side=112, max_side=160, qtypes=("position",))
+    return init, root / "d"
+
+
+def test_the_passes_train_log_and_keep_the_layout(position_data, tmp_path):
+    init, data = position_data
+    logs: list[str] = []
+    first = place_pass(init, [data], tmp_path / "a", final=False, drop=(1.0, 0.0), batch=4, log=logs.append)
+    assert len(first) == 2 and all(loss > 0 for loss in first)
+    assert "kind_mass" in logs[0] and "final_mass" not in logs[0]
+    place_pass(tmp_path / "a", [data], tmp_path / "b", final=True, batch=4, log=logs.append)
+    assert "final_mass" in logs[-1]
+    start, a, b = (load_file(p / "model.safetensors") for p in (init, tmp_path / "a", tmp_path / "b"))
+    assert start.keys() == a.keys() == b.keys()  # the heads are not saved
+    key = "model.language_model.layers.1.self_attn.q_proj.weight"
+    assert not torch.equal(start[key], a[key]) and not torch.equal(a[key], b[key])
+
+
+def test_the_passes_reproduce_the_scratch_scripts(position_data, tmp_path):
+    """The recipe's passes are scripts/place_pass.py's options of the runs KP2 and KP4 (docs/default-model.md)."""
+    init, data = position_data
+    script = load_script("place_pass")
+    common = ["--data", str(data), "--batch", "4", "--place-weight", "1", "--decoder-place", "1", "--answer-query",
+              "kind", "--answer-ground", "1", "--answer-target", "named-all", "--answer-heads", "all",
+              "--answer-layers", "1", "--answer-place", "1"]  # fmt: skip
+    assert script.main(["--init", str(init), "--out", str(tmp_path / "s1"), *common, "--drop", "1", "0"]) == 0
+    place_pass(init, [data], tmp_path / "l1", final=False, drop=(1.0, 0.0), batch=4, log=lambda _: None)
+    final = ["--final-place", "1", "--final-ground", "1"]
+    assert script.main(["--init", str(tmp_path / "s1"), "--out", str(tmp_path / "s2"), *common, *final]) == 0
+    place_pass(tmp_path / "l1", [data], tmp_path / "l2", final=True, batch=4, log=lambda _: None)
+    for s, lib in (("s1", "l1"), ("s2", "l2")):
+        want, got = load_file(tmp_path / s / "model.safetensors"), load_file(tmp_path / lib / "model.safetensors")
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=k)
+    moved = load_file(init / "model.safetensors")["model.language_model.layers.1.self_attn.q_proj.weight"]
+    assert not torch.equal(moved, got["model.language_model.layers.1.self_attn.q_proj.weight"])
+
+
+def test_the_passes_refuse_data_they_cannot_use(position_data, tmp_path):
+    init, data = position_data
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "instruct.json").write_text(json.dumps([]))
+    with pytest.raises(FileNotFoundError, match="scenes.jsonl"):
+        place_pass(init, [bare], tmp_path / "x", final=False)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        place_pass(init, [data], tmp_path / "x", final=False, batch=64)
