@@ -76,6 +76,15 @@ EARLY_QTYPES = ("position", "existence")
 EARLY_SEED = 72
 
 
+# --place-passes 1: after the first pass on 1-8 shapes, the two place passes of ``llavakit.train.place`` on position
+# questions about scenes of one or two shapes (the first builds the gathering of the named shape's place at its kind's
+# word, the data seen three times, the background coming in; the second makes the answer read it, the data seen
+# twice); the later passes start from there (docs/default-model.md, "The place gathered at the kind's word").
+PLACE_SEED = 92
+PLACE_DATA = {"qtypes": ("position",), "repeats": 3, "max_turns": 4, "max_shapes": 2}
+PLACE_PASSES = (("stage2_place", 3, {"final": False, "drop": (1.0, 0.0)}), ("stage2_place2", 2, {"final": True}))
+
+
 def lone_share(k: int) -> tuple[str, int]:
     """--position-early: the data directory and seed of the lone-object share mixed into conversation pass ``k``
     (0 the first pass on 1-3 shapes, 1.. the passes on 1-8 shapes): ("lone0", 72), ("lone1", 73), ..."""
@@ -204,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a pass of lone-object position questions after the warm-up, and lone-object position and existence "
         "conversations (an eighth) mixed into every later pass (off: the shipped recipe)",
     )
+    ap.add_argument(
+        "--place-passes",
+        type=int,
+        default=0,
+        choices=[0, 1],
+        help="1: the two place passes (llavakit.train.place) after the first pass on 1-8 shapes (0: none)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="stage 2: questions of one type per conversation, up to")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
@@ -231,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--ground-steps must be >= 0 (0: no grounding pass), got {args.ground_steps}")
     if args.position_early and args.position_passes:
         ap.error("--position-early and --position-passes 1 are two placements of the same pass: choose one")
+    if args.place_passes and (args.more_passes < 1 or not args.more_instruct):
+        ap.error("--place-passes 1 follows the first pass on 1-8 shapes: it needs --more-passes >= 1")
     if args.mix_existence and not args.position_passes:
         ap.error("--mix-existence changes the mixed pass of --position-passes 1: pass both")
 
@@ -309,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                 qtypes = EARLY_QTYPES if data == "data_pos2" and args.mix_existence else ("position",)
                 kw = {**LONE, "qtypes": qtypes} if data != "data_mix" else conversation_args(args.repeats)
                 write_dataset(out / data, sizes.get(data, args.more_instruct), seed, "instruct", **sides2, **kw)
+    if args.place_passes and not (args.cont and (out / "data_place" / "instruct.json").exists()):
+        write_dataset(out / "data_place", args.more_instruct // 2, PLACE_SEED, "instruct", **sides2, **PLACE_DATA)
     early = args.position_early and args.more_instruct
     if early:
         shares = [args.instruct // 8] + [args.more_instruct // 8] * len(passes)
@@ -378,6 +398,17 @@ def main(argv: list[str] | None = None) -> int:
     for k, (data, name, _) in enumerate(passes):  # passes on fresh scenes of 1-8 shapes, each from the one before
         s2 += stage2_pass(final.name, mixed(data, k + 1), name)
         final = out / name
+        if args.place_passes and k == 0:
+            from llavakit.train.place import place_pass
+
+            for pname, times_seen, kw in PLACE_PASSES:
+                t = time.perf_counter()
+                if not (args.cont and (out / pname / "model.safetensors").exists()):
+                    quick = {"batch": 4} if args.quick else {}
+                    sp = place_pass(final, [out / "data_place"] * times_seen, out / pname, **kw, **quick, log=_log)
+                    _log(f"{pname}: {len(sp)} steps, loss {sp[0]:.3f} -> {sp[-1]:.3f}")
+                times[pname] = time.perf_counter() - t
+                final = out / pname
     if position:
         s2 += stage2_pass(final.name, "data_pos", "stage2_pos")
         s2 += stage2_pass("stage2_pos", ["data_mix", "data_pos2"], "stage2_mix")
@@ -397,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             "more_instruct": args.more_instruct,
             "more_passes": len(passes),
             "position_passes": 2 if position else 0,
+            "place_passes": 2 if args.place_passes else 0,
             "position_early": bool(early),
             "mix_existence": args.mix_existence,
             "repeats": args.repeats,

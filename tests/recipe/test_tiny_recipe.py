@@ -13,7 +13,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--position-passes", "1"]
-    args += ["--mix-existence"]
+    args += ["--mix-existence", "--place-passes", "1"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
@@ -28,9 +28,17 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     assert recipe["model"]["init"] == str(out / "stage1_ground")
     # the passes on 1-8 shapes: each from the one before, on its own fresh scenes
     assert summary["samples"]["more_passes"] == 2
-    for data, name, init in (("data2", "stage2b", "stage2"), ("data3", "stage2c", "stage2b")):
+    for data, name, init in (("data2", "stage2b", "stage2"), ("data3", "stage2c", "stage2_place2")):
         recipe = json.loads((out / name / "recipe.json").read_text())
         assert recipe["model"]["init"] == str(out / init) and recipe["data"]["image_folder"] == str(out / data)
+    # (--place-passes 1) the two place passes between the first two, on position questions about 1-2 shapes
+    assert summary["samples"]["place_passes"] == 2 and {"stage2_place", "stage2_place2"} <= set(summary["seconds"])
+    assert all((out / name / "model.safetensors").exists() for name in ("stage2_place", "stage2_place2"))
+    placed = [json.loads(line) for line in (out / "data_place" / "scenes.jsonl").read_text().splitlines()]
+    assert placed and all(1 <= len(sc["scene"]["shapes"]) <= 2 for sc in placed)
+    records = json.loads((out / "data_place" / "instruct.json").read_text())
+    place_asked = [t["value"] for r in records for t in r["conversations"] if t["from"] == "human"]
+    assert place_asked and all(" or the " in q for q in place_asked), place_asked[:3]
     first = lambda d: json.loads((out / d / "instruct.json").read_text())[0]["conversations"]  # noqa: E731
     assert first("data2") != first("data3")
     assert not (out / "stage2d").exists()
@@ -99,3 +107,6 @@ def test_position_early_and_late_are_not_combined(capsys):
     with pytest.raises(SystemExit):
         load_script("train_default_model").main(["--mix-existence"])
     assert "pass both" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_script("train_default_model").main(["--place-passes", "1", "--more-passes", "0"])
+    assert "--more-passes >= 1" in capsys.readouterr().err
