@@ -1,4 +1,5 @@
-"""Train the bundled default model end to end: data -> stage 0 -> stage 1 -> grounding -> stage 2 -> eval [-> ship].
+"""Train the bundled default model end to end: data -> stage 0 -> stage 1 -> grounding -> stage 2 (with the place
+passes) -> eval [-> ship].
 
     python scripts/train_default_model.py                       # the full recipe into runs/tiny-synth
     python scripts/train_default_model.py --ship                # ... and copy the result to the package assets
@@ -8,7 +9,8 @@
 
 Stages 1 and 2 are the YAML recipes recipes/tiny-synth-stage{1,2}.yaml run by llavakit's training loop (the code
 behind `llava train`); stage 0 is recipes/tiny-synth-stage0.yaml; the grounding pass between them is
-llavakit.train.grounding (the first decoder layer learns to find the object a question names). Paths inside the
+llavakit.train.grounding (the first decoder layer learns to find the object a question names); the place passes
+after stage 2's first pass on 1-8 shapes are llavakit.train.place (where a named shape lies). Paths inside the
 recipes are overridden to live under --out. Prints one JSON summary (wall time per phase, losses, eval scores) as
 the last line.
 """
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2400, help="stage 2 warm-up: one-shape colour/shape questions")
     ap.add_argument("--instruct", type=int, default=4000, help="stage 2 conversations, first pass (1-3 shapes)")
     ap.add_argument("--more-instruct", type=int, default=9600, help="conversations per pass on 1-8 shapes (0: none)")
-    ap.add_argument("--more-passes", type=int, default=3, help="stage-2 passes on fresh scenes of 1-8 shapes (0: none)")
+    ap.add_argument("--more-passes", type=int, default=2, help="stage-2 passes on fresh scenes of 1-8 shapes (0: none)")
     ap.add_argument(
         "--position-passes",
         type=int,
@@ -216,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--place-passes",
         type=int,
-        default=0,
+        default=1,
         choices=[0, 1],
-        help="1: the two place passes (llavakit.train.place) after the first pass on 1-8 shapes (0: none)",
+        help="1: the two place passes (llavakit.train.place) after the first pass on 1-8 shapes (0: none, the recipe "
+        "before 2026-12-06, which had three passes on 1-8 shapes)",
     )
     ap.add_argument("--repeats", type=int, default=2, help="stage 2: questions of one type per conversation, up to")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
@@ -248,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.position_early and args.position_passes:
         ap.error("--position-early and --position-passes 1 are two placements of the same pass: choose one")
     if args.place_passes and (args.more_passes < 1 or not args.more_instruct):
-        ap.error("--place-passes 1 follows the first pass on 1-8 shapes: it needs --more-passes >= 1")
+        ap.error(
+            "--place-passes 1 (the default) follows the first pass on 1-8 shapes: it needs --more-passes >= 1 and "
+            "--more-instruct > 0; or give --place-passes 0"
+        )
     if args.mix_existence and not args.position_passes:
         ap.error("--mix-existence changes the mixed pass of --position-passes 1: pass both")
 

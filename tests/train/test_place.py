@@ -103,3 +103,14 @@ def test_the_passes_refuse_data_they_cannot_use(position_data, tmp_path):
         place_pass(init, [bare], tmp_path / "x", final=False)
     with pytest.raises(ValueError, match="fewer than one batch"):
         place_pass(init, [data], tmp_path / "x", final=False, batch=64)
+
+
+def test_the_passes_run_on_the_single_resolution_family(tmp_path):
+    """The ablation arm (`--family llava`, one padded view, no newlines) goes through the same passes."""
+    init = write_tiny_checkpoint(tmp_path / "m", "llava")
+    write_dataset(tmp_path / "d", 8, 3, "instruct", min_side=112, max_side=160, qtypes=("position",))
+    proc = LlavaProcessor.from_pretrained(init)
+    xy = token_places(100, 150, proc)
+    assert xy.shape == (num_image_tokens(100, 150, proc.geometry), 2) and not xy.isnan().all()
+    losses = place_pass(init, [tmp_path / "d"], tmp_path / "out", final=True, batch=4, log=lambda _: None)
+    assert len(losses) == 2 and (tmp_path / "out" / "model.safetensors").exists()
