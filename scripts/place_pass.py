@@ -375,11 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     dec_head, ans_head, fin_head = torch.nn.Linear(d, 2), torch.nn.Linear(d, 2), torch.nn.Linear(d, 2)
     if (args.final_place or args.final_ground) and args.answer_query != "kind":
         ap.error("--final-place and --final-ground need --answer-query kind")
+    n_layers = len(model.model.language_model.layers)
+    if (args.final_place or args.final_ground) and not -n_layers <= args.final_place_layer < n_layers:
+        ap.error(f"--final-place-layer must be in {-n_layers}..{n_layers - 1}, got {args.final_place_layer}")
+    args.final_place_layer %= n_layers
     layers = model.model.language_model.layers
     for on, layer_arg, name, h in (
         (args.decoder_place, args.decoder_place_layer, "decoder_place", dec_head),
         (args.answer_place, args.answer_place_layer, "answer_place", ans_head),
-        (args.final_place, args.final_place_layer % len(layers), "final_place", fin_head),
+        (args.final_place, args.final_place_layer, "final_place", fin_head),
     ):
         if not on:
             continue

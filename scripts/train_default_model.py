@@ -137,10 +137,20 @@ def run_stage(recipe: str, overrides: list[str]) -> list[float]:
     return train(load_recipe(RECIPES / recipe, overrides)).losses
 
 
-def finished(stage_dir: Path) -> list[float] | None:
-    """The losses of a stage whose final checkpoint is already in ``stage_dir`` (from its metrics.jsonl)."""
+def finished(stage_dir: Path, init: Path | None = None) -> list[float] | None:
+    """The losses of a stage whose final checkpoint is already in ``stage_dir`` (from its metrics.jsonl); with
+    ``init``, a stage that started from another checkpoint (a run directory of another chain of passes) is refused."""
     if not (stage_dir / "model.safetensors").exists() or not (stage_dir / "metrics.jsonl").exists():
         return None
+    recipe = stage_dir / "recipe.json"
+    if init is not None and recipe.exists():
+        began = json.loads(recipe.read_text()).get("model", {}).get("init")
+        if began is not None and Path(began).resolve() != init.resolve():
+            raise SystemExit(
+                f"--continue: {stage_dir} was trained from {began}, but this recipe trains it from {init} (a run "
+                "directory of another chain of passes, e.g. before the place passes); use a new --out or delete "
+                f"{stage_dir} and what follows it"
+            )
     lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
     _log(f"{stage_dir.name}: already trained, kept")
     return [json.loads(line)["loss"] for line in lines if line.strip()]
@@ -250,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--ground-steps must be >= 0 (0: no grounding pass), got {args.ground_steps}")
     if args.position_early and args.position_passes:
         ap.error("--position-early and --position-passes 1 are two placements of the same pass: choose one")
+    if args.place_passes and args.more_instruct and args.more_instruct // 2 < (8 if args.quick else 32):
+        ap.error(
+            f"--place-passes 1 trains on --more-instruct // 2 scenes of position questions: {args.more_instruct} "
+            f"gives too few for its batches; give --more-instruct >= {16 if args.quick else 64} or --place-passes 0"
+        )
     if args.place_passes and (args.more_passes < 1 or not args.more_instruct):
         ap.error(
             "--place-passes 1 (the default) follows the first pass on 1-8 shapes: it needs --more-passes >= 1 and "
@@ -371,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sets = ", ".join(f"{{path: {out / d / 'instruct.json'}, image_folder: {out / d}}}" for d in data)
             where = ["data.path=null", "data.image_folder=null", f"data.datasets=[{sets}]"]
-        losses = (finished(out / name) if args.cont else None) or run_stage(
+        losses = (finished(out / name, out / init) if args.cont else None) or run_stage(
             "tiny-synth-stage2.yaml",
             [
                 f"model.init={out / init}",
@@ -409,7 +424,14 @@ def main(argv: list[str] | None = None) -> int:
 
             for pname, times_seen, kw in PLACE_PASSES:
                 t = time.perf_counter()
-                if not (args.cont and (out / pname / "model.safetensors").exists()):
+                marker = out / pname / "place.json"  # written last by place_pass: the pass finished
+                done = args.cont and marker.exists()
+                if done and Path(json.loads(marker.read_text())["init"]).resolve() != final.resolve():
+                    raise SystemExit(
+                        f"--continue: {out / pname} was trained from {json.loads(marker.read_text())['init']}, not "
+                        f"{final}; use a new --out or delete {out / pname} and what follows it"
+                    )
+                if not done:
                     quick = {"batch": 4} if args.quick else {}
                     sp = place_pass(final, [out / "data_place"] * times_seen, out / pname, **kw, **quick, log=_log)
                     _log(f"{pname}: {len(sp)} steps, loss {sp[0]:.3f} -> {sp[-1]:.3f}")

@@ -253,7 +253,7 @@ def test_image_flags_worked_example():
     assert mod.image_flags(ids, 9, flags).tolist() == [[False, False, True, False, True], [False] * 5]
 
 
-def test_a_pass_with_the_decoder_place_loss_logs_it_and_trains_differently(tmp_path):
+def test_a_pass_with_the_decoder_place_loss_logs_it_and_trains_differently(tmp_path, capsys):
     mod, args, out = _position_pass(tmp_path)
     assert mod.main(args) == 0
     plain = load_file(out / "model.safetensors")
@@ -264,6 +264,7 @@ def test_a_pass_with_the_decoder_place_loss_logs_it_and_trains_differently(tmp_p
     assert not torch.equal(plain[key], load_file(out / "model.safetensors")[key])
     with pytest.raises(SystemExit):
         mod.main([*args, "--decoder-place", "1", "--decoder-place-layer", "9"])
+    assert "--decoder-place-layer must be in" in capsys.readouterr().err
 
 
 def test_a_pass_with_the_answer_place_loss_logs_it_and_trains_differently(tmp_path):
@@ -277,7 +278,7 @@ def test_a_pass_with_the_answer_place_loss_logs_it_and_trains_differently(tmp_pa
     assert not torch.equal(plain[key], load_file(out / "model.safetensors")[key])
 
 
-def test_kind_positions_worked_example_and_a_pass_looking_from_the_kind_word(tmp_path):
+def test_kind_positions_worked_example_and_a_pass_looking_from_the_kind_word(tmp_path, capsys):
     mod, args, out = _position_pass(tmp_path)
     ids = torch.tensor([[7, 9, 5, 9, 3, 4], [7, 8, 5, 9, 3, 4]])
     labels = torch.full((2, 6), -100)
@@ -290,9 +291,10 @@ def test_kind_positions_worked_example_and_a_pass_looking_from_the_kind_word(tmp
     assert len(log) == 2 and all(0 < r["mass"] <= 1 for r in log) and any(r["answer_place"] > 0 for r in log)
     with pytest.raises(SystemExit):
         mod.main([*args, *extra[:-1], "7"])
+    assert "--answer-layers must be in" in capsys.readouterr().err
 
 
-def test_a_pass_reading_the_place_at_the_answer_too_logs_it(tmp_path):
+def test_a_pass_reading_the_place_at_the_answer_too_logs_it(tmp_path, capsys):
     mod, args, out = _position_pass(tmp_path)
     kind = ["--answer-query", "kind", "--answer-place", "1"]
     assert mod.main([*args, *kind, "--final-place", "1", "--final-ground", "1"]) == 0
@@ -300,3 +302,8 @@ def test_a_pass_reading_the_place_at_the_answer_too_logs_it(tmp_path):
     assert len(log) == 2 and any(r["final_place"] > 0 for r in log) and any(0 < r["final_mass"] <= 1 for r in log)
     with pytest.raises(SystemExit):
         mod.main([*args, "--final-place", "1"])  # without --answer-query kind
+    assert "need --answer-query kind" in capsys.readouterr().err
+    for bad in (["--final-place", "1"], ["--final-ground", "1"]):
+        with pytest.raises(SystemExit):
+            mod.main([*args, *kind, *bad, "--final-place-layer", "9"])
+        assert "--final-place-layer must be in" in capsys.readouterr().err

@@ -70,13 +70,18 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     key = "model.language_model.layers.0.mlp.up_proj.weight"
     s1 = LlavaModel.from_pretrained(out / "stage1").state_dict()[key]
     assert torch.equal(s1, base) and not torch.equal(s1, model.state_dict()[key])
+    # --continue refuses a later pass trained in another chain (here stage2c from the place passes, asked without them)
+    import pytest
+
+    with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_place2"):
+        load_script("train_default_model").main([*args, "--continue", "--place-passes", "0"])
 
 
 def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--ground-steps", "0", "--more-instruct", "32", "--more-passes", "1", "--eval-scenes", "0"]
-    args += ["--position-early"]
+    args += ["--position-early", "--place-passes", "0"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["samples"]["position_early"] is True and summary["samples"]["position_passes"] == 0
@@ -110,3 +115,6 @@ def test_position_early_and_late_are_not_combined(capsys):
     with pytest.raises(SystemExit):
         load_script("train_default_model").main(["--place-passes", "1", "--more-passes", "0"])
     assert "--more-passes >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_script("train_default_model").main(["--more-instruct", "20"])
+    assert "--more-instruct >= 64 or --place-passes 0" in capsys.readouterr().err

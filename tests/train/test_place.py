@@ -3,6 +3,7 @@ and the place passes on a tiny model: they train, save a checkpoint of the same 
 script's passes (scripts/place_pass.py, where they were found) and refuse data they cannot use."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +18,11 @@ from llavakit.train.foreground import scene_token_owners
 from llavakit.train.place import grid_places, kind_positions, place_pass, token_places
 from script_module import load_script
 
-DEFAULT = "src/llavakit/assets/default-model"
+DEFAULT = Path(__file__).resolve().parents[2] / "src" / "llavakit" / "assets" / "default-model"
+needs_default = pytest.mark.skipif(not (DEFAULT / "config.json").exists(), reason="no bundled default model")
 
 
+@needs_default
 def test_token_places_worked_example_and_the_shapes_tokens_lie_around_their_centres():
     proc = LlavaProcessor.from_pretrained(DEFAULT)
     xy = token_places(100, 300, proc)  # the module docstring's example
@@ -70,6 +73,8 @@ def test_the_passes_train_log_and_keep_the_layout(position_data, tmp_path):
     assert "final_mass" in logs[-1]
     start, a, b = (load_file(p / "model.safetensors") for p in (init, tmp_path / "a", tmp_path / "b"))
     assert start.keys() == a.keys() == b.keys()  # the heads are not saved
+    marker = json.loads((tmp_path / "b" / "place.json").read_text())
+    assert marker["init"] == str(tmp_path / "a") and marker["final"] is True and len(marker["loss"]) == 2
     key = "model.language_model.layers.1.self_attn.q_proj.weight"
     assert not torch.equal(start[key], a[key]) and not torch.equal(a[key], b[key])
 
@@ -99,10 +104,15 @@ def test_the_passes_refuse_data_they_cannot_use(position_data, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "instruct.json").write_text(json.dumps([]))
-    with pytest.raises(FileNotFoundError, match="scenes.jsonl"):
+    with pytest.raises(FileNotFoundError, match="llava data synth"):
         place_pass(init, [bare], tmp_path / "x", final=False)
     with pytest.raises(ValueError, match="fewer than one batch"):
         place_pass(init, [data], tmp_path / "x", final=False, batch=64)
+    other = tmp_path / "colours"  # no position questions: the named-shape losses would never train
+    write_dataset(other, 8, 3, "instruct", min_side=112, max_side=160, qtypes=("color",))
+    with pytest.raises(ValueError, match="qtypes=\\('position',\\)"):
+        place_pass(init, [other], tmp_path / "x", final=False, batch=4)
+    assert not (tmp_path / "x").exists()
 
 
 def test_the_passes_run_on_the_single_resolution_family(tmp_path):
@@ -110,7 +120,11 @@ def test_the_passes_run_on_the_single_resolution_family(tmp_path):
     init = write_tiny_checkpoint(tmp_path / "m", "llava")
     write_dataset(tmp_path / "d", 8, 3, "instruct", min_side=112, max_side=160, qtypes=("position",))
     proc = LlavaProcessor.from_pretrained(init)
-    xy = token_places(100, 150, proc)
-    assert xy.shape == (num_image_tokens(100, 150, proc.geometry), 2) and not xy.isnan().all()
+    xy = token_places(100, 150, proc)  # one view: the scene padded to a square, 100 rows of 150 in the middle
+    assert xy.shape == (num_image_tokens(100, 150, proc.geometry), 2)
+    g = proc.geometry.grid
+    assert xy[:g].isnan().all() or xy[0, 1] < -0.5  # the top row: padding, or the scene's top
+    middle = xy[(g // 2) * g : (g // 2) * g + g]  # the middle row spans the scene's width from left to right
+    assert middle[0, 0] < -0.5 and middle[-1, 0] > 0.5 and (middle[1:, 0] > middle[:-1, 0]).all()
     losses = place_pass(init, [tmp_path / "d"], tmp_path / "out", final=True, batch=4, log=lambda _: None)
     assert len(losses) == 2 and (tmp_path / "out" / "model.safetensors").exists()

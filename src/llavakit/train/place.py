@@ -6,7 +6,9 @@ the image?" follows where all the shapes are: the answer's query does not pick t
 names the kind does (the grounding pass taught layer 0 to look from it). These passes train, beside the language
 loss on position conversations, five auxiliary losses (linear heads thrown away afterwards):
 
-- each base-view token's place in the scene, from the projector's output (``place``);
+- each base-view token's place in its view, from the projector's output (``place``; for AnyRes the base view is the
+  whole scene squashed to one tile, so this is the place in the scene; for single-resolution ``pad`` it is the
+  place in the padded square);
 - every image token's place in the scene, from layer 0's output (``decoder``): a tile token's features place it
   within its tile only, so layer 0 has to find its place in the scene from the token order or the base view;
 - layer 1's attention at the named kind's word onto the named shape's tokens (``kind_mass``), and the shape's
@@ -165,7 +167,9 @@ class Named:
         for d in data:
             scenes_d = scenes[d] if scenes and d in scenes else load_scenes(d)
             recs = json.loads((Path(d) / "instruct.json").read_text())
-            self.records.append([(scenes_d[r["image"]], r["conversations"][0]["value"], r.get("id")) for r in recs])
+            self.records.append(
+                [(scenes_d[r["image"]], r["conversations"][0]["value"], str(r.get("id"))) for r in recs]
+            )
 
     def record(self, i: int) -> tuple:
         """(scene, first question, id) of item ``i`` (a mixture maps items to (dataset, record))."""
@@ -173,7 +177,8 @@ class Named:
         return self.records[d][j]
 
     def __call__(self, i: int) -> tuple[torch.Tensor, str, tuple[float, float]] | None:
-        if i not in self.cache:
+        key = self.ds.index[i] if hasattr(self.ds, "index") else i  # one record given twice: computed once
+        if key not in self.cache:
             scene, question, _ = self.record(i)
             k = named_shape(scene, question)
             out = None
@@ -182,8 +187,12 @@ class Named:
                 sh = scene.shapes[k]
                 centre = (sh.cx / scene.width * 2 - 1, sh.cy / scene.height * 2 - 1)
                 out = (tokens, sh.kind, centre) if tokens.any() else None
-            self.cache[i] = out
-        return self.cache[i]
+            self.cache[key] = out
+        return self.cache[key]
+
+    def count(self) -> int:
+        """How many records' first question names a single shape."""
+        return sum(named_shape(scene, q) is not None for recs in self.records for scene, q, _ in recs)
 
 
 def place_pass(
@@ -212,11 +221,19 @@ def place_pass(
     spec = {"datasets": [{"path": str(Path(d) / "instruct.json"), "image_folder": d} for d in dirs]}
     if len(dirs) == 1:
         spec = {"path": str(Path(dirs[0]) / "instruct.json"), "image_folder": dirs[0]}
-    ds = build_dataset(spec, proc, proc.template, 1024, foreground=True)
-    named = Named(proc, dirs, ds, scenes)
     layers = model.model.language_model.layers
     if len(layers) < 2:
-        raise ValueError(f"the place passes read layer 1 of the decoder; {init} has {len(layers)} layer(s)")
+        raise ValueError(
+            f"the place passes read layer 1 of the decoder; {init} has {len(layers)} layer(s): use a decoder of two "
+            "layers or more, or leave the place passes out (train_default_model.py --place-passes 0)"
+        )
+    ds = build_dataset(spec, proc, proc.template, 1024, foreground=True)
+    named = Named(proc, dirs, ds, scenes)
+    if not named.count():
+        raise ValueError(
+            f"no conversation in {dirs} starts with a position question about a single shape; the place passes need "
+            "position data (write_dataset(..., qtypes=('position',)))"
+        )
     groups = apply_stage(model, StageSpec(name="stage2", lr=lr, projector_lr=projector_lr))
     d = model.config.text.hidden_size
     heads = {k: torch.nn.Linear(d, 2) for k in ("place", "decoder", "kind_place", "final_place")}
@@ -258,6 +275,7 @@ def place_pass(
         hooks.append(layers[k].register_forward_hook(partial(lambda k, m, a, o: hidden.__setitem__(k, o), k)))
     model.train()
     history = []
+    named_rows = 0
     t0 = time.perf_counter()
     for step in range(steps):
         scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm)))
@@ -266,7 +284,10 @@ def place_pass(
         rows = order[step * batch : (step + 1) * batch]
         items = [ds[i] for i in rows]
         if any(it["id"] != named.record(i)[2] for i, it in zip(rows, items)):
-            raise ValueError(f"samples skipped ({dict(ds.skipped)}): the named shapes would be another record's")
+            raise ValueError(
+                f"samples skipped ({dict(ds.skipped)}): the named shapes would be another record's; the place passes "
+                "need every record usable (ids, images, at most 1024 tokens)"
+            )
         b_ = pad(items)
         mask = b_["attention_mask"]
         b, t = mask.shape
@@ -304,14 +325,16 @@ def place_pass(
         info = [named(i) for i in rows]
         words = kind_positions(b_["input_ids"], b_["labels"], [kind_token[x[1]] if x else None for x in info])
         has = [j for j in range(b) if info[j] is not None and words[j] is not None]
+        named_rows += len(has)
         if has:
             targets = torch.zeros(b, t, dtype=torch.bool)
             for j in has:
                 targets[j, image[j].nonzero()[:, 0][info[j][0]]] = True
             targets &= mask.bool()
-            kind_rows = {j: words[j] for j in has if targets[j].any()}
+            kind_rows = {j: words[j] for j in has if targets[j, : words[j] + 1].any()}  # the shape before its word
             if kind_rows:
-                losses["kind_mass"] = -attention_log_mass(attn_inputs, kind_rows, targets, every_head=True)[:, 1].mean()
+                logm = attention_log_mass(attn_inputs[1:2], kind_rows, targets, every_head=True)  # (rows, 1)
+                losses["kind_mass"] = -logm[:, 0].mean()
             centres = torch.tensor([info[j][2] for j in has])
             losses["kind_place"] = F.mse_loss(heads["kind_place"](hidden[1][has, [words[j] for j in has]]), centres)
             if final:
@@ -320,7 +343,7 @@ def place_pass(
                 word = torch.zeros(b, t, dtype=torch.bool)
                 word[has, [words[j] for j in has]] = True
                 queries = dict(zip(has, at))
-                losses["final_mass"] = -attention_log_mass(attn_inputs, queries, word)[:, last].mean()
+                losses["final_mass"] = -attention_log_mass(attn_inputs[last : last + 1], queries, word)[:, 0].mean()
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -332,8 +355,15 @@ def place_pass(
             log(f"place pass step {step + 1}/{steps}: {parts} ({time.perf_counter() - t0:.0f}s)")
     for hook in hooks:
         hook.remove()
+    if not named_rows:
+        raise ValueError(
+            f"the named kinds' words were never found in the questions of {dirs} (tokenizer of {init}: "
+            f"{sorted(kind_token.items())}); nothing but the language and place losses trained, so nothing is saved"
+        )
     del model.tile_features
     model.eval()
     model.save_pretrained(out)
     proc.save_pretrained(out)
+    marker = {"init": str(init), "data": dirs, "final": final, "drop": drop, "steps": steps, "loss": history}
+    (Path(out) / "place.json").write_text(json.dumps(marker) + "\n")  # written last: the pass finished
     return history
