@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from place_pass import first_answer_only, load_scenes, named_shape, tile_flags  # noqa: E402
+from place_pass import first_answer_only, tile_flags  # noqa: E402
 
 ANSWERS = ("left", "right", "top", "bottom")
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / name).is_file():
             ap.error(f"{data / name} not found: give a directory written by llava data synth (instruct)")
 
+    from llavakit.data.synth import read_scenes
     from llavakit.data.synth_questions import side
     from llavakit.model.llava import LlavaModel, positions_from_mask
     from llavakit.processing.processor import LlavaProcessor
@@ -81,13 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     from llavakit.train.data import DataExhausted
     from llavakit.train.foreground import hide_background
     from llavakit.train.mixture import build_dataset
+    from llavakit.train.place import named_shape
 
     model = LlavaModel.from_pretrained(args.model).eval()
     proc = LlavaProcessor.from_pretrained(args.model)
     ds = build_dataset({"path": str(data / "instruct.json"), "image_folder": str(data)}, proc, proc.template,
                        args.max_length, foreground=True)  # fmt: skip
     recs = json.loads((data / "instruct.json").read_text())
-    scenes = load_scenes(data)
+    scenes = read_scenes(data)
     grid = model.config.vision.image_size // model.config.vision.patch_size
     image_id = model.config.image_token_id
     pad = partial(collate, pad_id=ds.pad_id, family=proc.family)

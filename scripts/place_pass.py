@@ -65,10 +65,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llavakit.train.place import grid_places, kind_positions, load_scenes, named_shape, token_places
-
-place_targets = grid_places  # the scratch tests' name
-__all__ = ["kind_positions", "load_scenes", "named_shape", "place_targets", "token_places"]
+from llavakit.data.synth import read_scenes
+from llavakit.train.place import grid_places, kind_positions, named_shape, token_places
 
 
 def tile_flags(input_ids: torch.Tensor, image_token_id: int, per_view: int) -> torch.Tensor:
@@ -141,7 +139,7 @@ class NamedTargets:
         self.proc, self.ds, self.per_view, self.views, self.cache = proc, ds, per_view, views, {}
         self.records = []
         for d in data:
-            scenes = load_scenes(d)
+            scenes = read_scenes(d)
             recs = json.loads((Path(d) / "instruct.json").read_text())
             self.records.append([(scenes[r["image"]], r["conversations"][0]["value"], r.get("id")) for r in recs])
 
@@ -342,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = len(order) // args.batch
     warm = max(1, int(0.05 * steps))
     grid = model.config.vision.image_size // model.config.vision.patch_size
-    targets = place_targets(grid)  # (g*g, 2)
+    targets = grid_places(grid)  # (g*g, 2)
     geom = model.geometry
     pad = partial(collate, pad_id=ds.pad_id, family=proc.family)
     grounding = []

@@ -137,6 +137,16 @@ def run_stage(recipe: str, overrides: list[str]) -> list[float]:
     return train(load_recipe(RECIPES / recipe, overrides)).losses
 
 
+def refuse_other_chain(stage_dir: Path, began: str | None, init: Path) -> None:
+    """--continue keeps a finished stage only if it started from ``init``; ``began``: the init it recorded."""
+    if began is not None and Path(began).resolve() != init.resolve():
+        raise SystemExit(
+            f"--continue: {stage_dir} was trained from {began}, but this recipe trains it from {init} (a run "
+            "directory of another chain of passes, e.g. before the place passes); use a new --out or delete "
+            f"{stage_dir} and what follows it"
+        )
+
+
 def finished(stage_dir: Path, init: Path | None = None) -> list[float] | None:
     """The losses of a stage whose final checkpoint is already in ``stage_dir`` (from its metrics.jsonl); with
     ``init``, a stage that started from another checkpoint (a run directory of another chain of passes) is refused."""
@@ -144,13 +154,7 @@ def finished(stage_dir: Path, init: Path | None = None) -> list[float] | None:
         return None
     recipe = stage_dir / "recipe.json"
     if init is not None and recipe.exists():
-        began = json.loads(recipe.read_text()).get("model", {}).get("init")
-        if began is not None and Path(began).resolve() != init.resolve():
-            raise SystemExit(
-                f"--continue: {stage_dir} was trained from {began}, but this recipe trains it from {init} (a run "
-                "directory of another chain of passes, e.g. before the place passes); use a new --out or delete "
-                f"{stage_dir} and what follows it"
-            )
+        refuse_other_chain(stage_dir, json.loads(recipe.read_text()).get("model", {}).get("init"), init)
     lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
     _log(f"{stage_dir.name}: already trained, kept")
     return [json.loads(line)["loss"] for line in lines if line.strip()]
@@ -426,12 +430,9 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 marker = out / pname / "place.json"  # written last by place_pass: the pass finished
                 done = args.cont and marker.exists()
-                if done and Path(json.loads(marker.read_text())["init"]).resolve() != final.resolve():
-                    raise SystemExit(
-                        f"--continue: {out / pname} was trained from {json.loads(marker.read_text())['init']}, not "
-                        f"{final}; use a new --out or delete {out / pname} and what follows it"
-                    )
-                if not done:
+                if done:
+                    refuse_other_chain(out / pname, json.loads(marker.read_text())["init"], final)
+                else:
                     quick = {"batch": 4} if args.quick else {}
                     sp = place_pass(final, [out / "data_place"] * times_seen, out / pname, **kw, **quick, log=_log)
                     _log(f"{pname}: {len(sp)} steps, loss {sp[0]:.3f} -> {sp[-1]:.3f}")

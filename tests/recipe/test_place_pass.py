@@ -12,13 +12,6 @@ from llavakit.tiny import write_tiny_checkpoint
 from script_module import load_script
 
 
-def test_place_targets_worked_example():
-    t = load_script("place_pass").place_targets(5)
-    assert t.shape == (25, 2)
-    assert t[7].tolist() == [0.0, -0.5]  # row 1, column 2
-    assert t[0].tolist() == [-1.0, -1.0] and t[24].tolist() == [1.0, 1.0]
-
-
 def test_a_short_pass_saves_the_model_and_the_place_loss_changes_it(tmp_path):
     mod = load_script("place_pass")
     init = write_tiny_checkpoint(tmp_path / "m", "llava_next")

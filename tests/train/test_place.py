@@ -48,6 +48,7 @@ def test_token_places_worked_example_and_the_shapes_tokens_lie_around_their_cent
 def test_grid_places_and_kind_positions_worked_examples():
     t = grid_places(5)
     assert t.shape == (25, 2) and t[7].tolist() == [0.0, -0.5]  # row 1, column 2
+    assert t[0].tolist() == [-1.0, -1.0] and t[24].tolist() == [1.0, 1.0]
     ids = torch.tensor([[7, 9, 5, 9, 3, 4], [7, 8, 5, 9, 3, 4]])
     labels = torch.full((2, 6), -100)
     labels[:, 5] = 4

@@ -141,6 +141,21 @@ def write_dataset(
     return path
 
 
+def read_scenes(data: str | Path) -> dict[str, Scene]:
+    """image path -> ``Scene``, in file order, from the ``scenes.jsonl`` that ``write_dataset`` writes in ``data``."""
+    path = Path(data) / "scenes.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: this needs the scenes of synthetic data (llava data synth and write_dataset write "
+            "them beside the images)"
+        )
+    scenes = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        scenes[rec["image"]] = Scene.from_dict(rec["scene"])
+    return scenes
+
+
 def trained_sides(model_dir: str | Path) -> tuple[int, int] | None:
     """The scene long-side bounds a synthetic-recipe model was trained on (``scene_long_side`` in its
     ``training.json``), or None when the directory does not say."""

@@ -17,7 +17,6 @@ the 80) get mass m_h in head h; the loss is -max_h log m_h (0 when one head look
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..data.synth import read_scenes
 from ..data.synth_scene import Scene
 from ..model.llava import LlavaModel
 from ..model.rope import apply_rotary
@@ -60,11 +60,9 @@ def examples(proc: LlavaProcessor, data: Path, n: int, seed: int = 0) -> list[di
     """Up to ``n`` (ids, pixels, naming-word position, target token mask) from the scenes of several objects."""
     rng = random.Random(seed)
     out = []
-    for line in (data / "scenes.jsonl").read_text().splitlines():
+    for image, scene in read_scenes(data).items():
         if len(out) >= n:
             break
-        rec = json.loads(line)
-        scene = Scene.from_dict(rec["scene"])
         if len(scene.shapes) < 2:
             continue
         kinds = [s.kind for s in scene.shapes]
@@ -76,7 +74,7 @@ def examples(proc: LlavaProcessor, data: Path, n: int, seed: int = 0) -> list[di
         qtype, word = rng.choice(sorted(options))
         target = kinds.index(word) if qtype == "color" else colors.index(word)
         question = f"What color is the {word}?" if qtype == "color" else f"What shape is the {word} object?"
-        q = question_inputs(proc, scene, Image.open(data / rec["image"]).convert("RGB"), question, word)
+        q = question_inputs(proc, scene, Image.open(data / image).convert("RGB"), question, word)
         if not (q["owner"] == target).any():
             continue
         out.append({**q, "target": q["owner"] == target, "qtype": qtype})

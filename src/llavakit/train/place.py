@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.synth import read_scenes
 from ..data.synth_scene import KINDS, Scene
 from ..model.llava import LlavaModel, pack_tiles, positions_from_mask
 from ..model.rope import apply_rotary
@@ -142,21 +143,6 @@ def named_shape(scene: Scene, question: str) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def load_scenes(data: str | Path) -> dict[str, Scene]:
-    """image path -> ``Scene``, from a synthetic directory's ``scenes.jsonl``."""
-    path = Path(data) / "scenes.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: the place passes need the scenes of synthetic data (llava data synth and "
-            "write_dataset write them beside the images)"
-        )
-    scenes = {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        scenes[rec["image"]] = Scene.from_dict(rec["scene"])
-    return scenes
-
-
 class Named:
     """Per dataset item (of ``build_dataset`` over ``data``): the shape its first question names, as its image
     tokens (a bool over them, all views), its kind and its centre (x, y) in [-1, 1]; None when it names none."""
@@ -165,7 +151,7 @@ class Named:
         self.proc, self.ds, self.cache = proc, ds, {}
         self.records = []
         for d in data:
-            scenes_d = scenes[d] if scenes and d in scenes else load_scenes(d)
+            scenes_d = scenes[d] if scenes and d in scenes else read_scenes(d)
             recs = json.loads((Path(d) / "instruct.json").read_text())
             self.records.append(
                 [(scenes_d[r["image"]], r["conversations"][0]["value"], str(r.get("id"))) for r in recs]
@@ -214,7 +200,7 @@ def place_pass(
     ``final``: the answer's losses too (the second pass); ``drop``: background image tokens hidden with a
     probability going from drop[0] to drop[1] over the pass."""
     dirs = [str(d) for d in data]
-    scenes = {d: load_scenes(d) for d in dict.fromkeys(dirs)}  # refuses data without scenes first
+    scenes = {d: read_scenes(d) for d in dict.fromkeys(dirs)}  # refuses data without scenes first
     torch.manual_seed(seed)
     model = LlavaModel.from_pretrained(init)
     proc = LlavaProcessor.from_pretrained(init)
