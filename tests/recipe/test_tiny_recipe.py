@@ -13,7 +13,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--position-passes", "1"]
-    args += ["--mix-existence", "--place-passes", "1"]
+    args += ["--mix-existence", "--place-passes", "1", "--count-in-place", "1"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
@@ -39,6 +39,14 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     records = json.loads((out / "data_place" / "instruct.json").read_text())
     place_asked = [t["value"] for r in records for t in r["conversations"] if t["from"] == "human"]
     assert place_asked and all(" or the " in q for q in place_asked), place_asked[:3]
+    # (--count-in-place 1) count conversations mixed into both, position seen twice then once
+    counts = json.loads((out / "data_count" / "instruct.json").read_text())
+    count_asked = [t["value"] for r in counts for t in r["conversations"] if t["from"] == "human"]
+    assert count_asked and all(q.startswith(("<image>\nHow many", "How many")) for q in count_asked), count_asked[:3]
+    assert summary["samples"]["count_in_place"] is True
+    for name, seen in (("stage2_place", (2, 2)), ("stage2_place2", (1, 1))):
+        data = json.loads((out / name / "place.json").read_text())["data"]
+        assert data == [str(out / "data_place")] * seen[0] + [str(out / "data_count")] * seen[1], data
     first = lambda d: json.loads((out / d / "instruct.json").read_text())[0]["conversations"]  # noqa: E731
     assert first("data2") != first("data3")
     assert not (out / "stage2d").exists()
@@ -75,6 +83,9 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_place2"):
         load_script("train_default_model").main([*args, "--continue", "--place-passes", "0"])
+    # ... and place passes trained on other data (here with counting, asked without)
+    with pytest.raises(SystemExit, match="stage2_place was trained on .*--count-in-place"):
+        load_script("train_default_model").main([*args, "--continue", "--count-in-place", "0"])
 
 
 def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, capsys):

@@ -44,7 +44,8 @@ def _short(question: str, answer: str, qtype: str, fact: tuple[str, str] | None 
     return QA(f"{question}\n{SHORT_ANSWER}", answer, qtype, fact=fact)
 
 
-def _plural(kind: str) -> str:
+def plural(kind: str) -> str:
+    """The plural the questions use: "circles", "crosses"."""
     return PLURALS.get(kind, kind + "s")
 
 
@@ -92,7 +93,7 @@ def count_question(scene: Scene, rng: random.Random) -> QA | None:
     absent = [k for k in KINDS if k not in present]
     kind = rng.choice(present if rng.random() < 0.8 or not absent else absent)
     n = sum(s.kind == kind for s in scene.shapes)
-    return None if n > MAX_COUNT else _short(f"How many {_plural(kind)} are there?", str(n), "count")
+    return None if n > MAX_COUNT else _short(f"How many {plural(kind)} are there?", str(n), "count")
 
 
 def side(scene: Scene, shape: Shape, axis: str) -> str | None:
@@ -228,7 +229,7 @@ def listing(shapes: list[Shape], text: Text | None) -> str:
     groups = Counter((s.size, s.color, s.kind) for s in order)
     parts = []
     for (size, color, kind), n in groups.items():  # Counter keeps first-seen order
-        noun = kind if n == 1 else _plural(kind)
+        noun = kind if n == 1 else plural(kind)
         parts.append(f"{'a' if n == 1 else NUMBER_WORDS[n]} {size} {color} {noun}")
     if text is not None:
         what = "number" if text.is_number else "word"

@@ -16,6 +16,11 @@ loss on position conversations, five auxiliary losses (linear heads thrown away 
 - with ``final``: the last layer's attention at the answer's query onto the kind's word (``final_mass``), and the
   centre read from the last layer's output at that query (``final_place``).
 
+Conversations that start with a count question ("How many circles are there?") train the same way at the plural
+word (``llavakit.train.count``): layer 1's attention there pulled towards the counted shapes (``count_mass``), the
+count read from its output (``count_word``) and, with ``final``, at the answer's query (``final_count``), whose
+attention is pulled onto the plural word as it is onto the kind's (``final_mass``).
+
 The first pass (``final`` off, the background image tokens hidden at first and brought back over the pass) builds
 the gathering at the word; the second (``final`` on) makes the answer read it.
 
@@ -47,6 +52,7 @@ from ..processing.anyres import num_tiles
 from ..processing.image import preprocess_views
 from ..processing.processor import LlavaProcessor
 from .collate import collate
+from .count import KIND_OF_PLURAL, MAX_COUNTED, count_attention, counted, shape_tokens
 from .foreground import drop_probability, hide_background, scene_token_owners
 from .mixture import build_dataset
 from .stages import StageSpec, apply_stage
@@ -104,30 +110,50 @@ def answer_queries(labels: torch.Tensor, rows: list[int]) -> list[int]:
     return [int((labels[j] != -100).nonzero()[0, 0]) - 1 for j in rows]
 
 
+def attention_log_probs(captured: tuple, j: int, q_at: int) -> torch.Tensor:
+    """(H, S) log of the attention each head of one layer puts from position ``q_at`` of row ``j`` on positions
+    0..q_at (S = q_at + 1), recomputed from what the layer's attention was given: ``captured`` = (attention module,
+    its normed input (B, T, D), cos, sin, mask (B, 1, T, T) or None)."""
+    att, x, cos, sin, mask = captured
+    xs = x[j : j + 1, : q_at + 1]  # (1, S, D)
+    n = xs.shape[1]
+    q = att.q_proj(xs[:, -1:]).view(1, 1, att.heads, att.head_dim).transpose(1, 2)  # (1, H, 1, d)
+    k = att.k_proj(xs).view(1, n, att.kv_heads, att.head_dim).transpose(1, 2)  # (1, KV, S, d)
+    q = apply_rotary(q, cos[j : j + 1, :, q_at : q_at + 1], sin[j : j + 1, :, q_at : q_at + 1])
+    k = apply_rotary(k, cos[j : j + 1, :, :n], sin[j : j + 1, :, :n])
+    k = k.repeat_interleave(att.heads // att.kv_heads, dim=1)
+    logits = (q @ k.transpose(-1, -2))[0, :, 0] / att.head_dim**0.5  # (H, S)
+    if mask is not None:
+        logits = logits.masked_fill(~mask[j if mask.shape[0] > 1 else 0, 0, q_at, :n], float("-inf"))
+    return logits.log_softmax(-1)
+
+
 def attention_log_mass(
     captured: list[tuple], queries: dict[int, int], targets: torch.Tensor, every_head: bool = False
 ) -> torch.Tensor:
     """(R, L) log of the largest attention mass a head of each layer puts on ``targets`` (B, T) from position
     ``queries[j]`` of each row j (in the dict's order; ``every_head``: the mean over the heads of the log mass);
-    ``captured``: per layer (attention module, its normed input (B, T, D), cos, sin, mask (B, 1, T, T) or None)."""
+    ``captured``: per layer, what ``attention_log_probs`` takes."""
     out = []
     for j, q_at in queries.items():
         per_layer = []
-        for att, x, cos, sin, mask in captured:
-            xs = x[j : j + 1, : q_at + 1]  # (1, S, D)
-            n = xs.shape[1]
-            q = att.q_proj(xs[:, -1:]).view(1, 1, att.heads, att.head_dim).transpose(1, 2)  # (1, H, 1, d)
-            k = att.k_proj(xs).view(1, n, att.kv_heads, att.head_dim).transpose(1, 2)  # (1, KV, S, d)
-            q = apply_rotary(q, cos[j : j + 1, :, q_at : q_at + 1], sin[j : j + 1, :, q_at : q_at + 1])
-            k = apply_rotary(k, cos[j : j + 1, :, :n], sin[j : j + 1, :, :n])
-            k = k.repeat_interleave(att.heads // att.kv_heads, dim=1)
-            logits = (q @ k.transpose(-1, -2))[0, :, 0] / att.head_dim**0.5  # (H, S)
-            if mask is not None:
-                logits = logits.masked_fill(~mask[j if mask.shape[0] > 1 else 0, 0, q_at, :n], float("-inf"))
-            per_head = logits.log_softmax(-1)[:, targets[j, :n]].logsumexp(-1)  # (H,)
+        for layer in captured:
+            logp = attention_log_probs(layer, j, q_at)  # (H, S)
+            per_head = logp[:, targets[j, : q_at + 1]].logsumexp(-1)  # (H,)
             per_layer.append(per_head.mean() if every_head else per_head.max())
         out.append(torch.stack(per_layer))
     return torch.stack(out)
+
+
+def attention_cross_entropy(captured: tuple, queries: dict[int, int], want: torch.Tensor) -> torch.Tensor:
+    """The mean over rows and heads of one layer of the cross-entropy between the attention from ``queries[j]`` and
+    the distribution ``want`` (B, T) over positions (each row sums to 1 before its query). Its least value is
+    ``want``'s entropy, reached when every head attends as ``want`` says."""
+    out = []
+    for j, q_at in queries.items():
+        logp = attention_log_probs(captured, j, q_at).clamp(min=-1e4)  # (H, S): -inf where masked
+        out.append(-(logp * want[j, : q_at + 1]).sum(-1).mean())
+    return torch.stack(out).mean()
 
 
 def named_shape(scene: Scene, question: str) -> int | None:
@@ -176,9 +202,29 @@ class Named:
             self.cache[key] = out
         return self.cache[key]
 
+    def counting(self, i: int) -> tuple[list[torch.Tensor], str, int] | None:
+        """The shapes item ``i``'s first question counts ("How many circles are there?"): per shape a bool over the
+        image tokens (``count.shape_tokens``), the plural word and how many; None when it is no count question."""
+        scene, question, rid = self.record(i)
+        key = ("count", rid)  # one record given twice: computed once
+        if key not in self.cache:
+            c = counted(scene, question)
+            out = None
+            if c is not None:
+                word, idx = c
+                places = token_places(scene.height, scene.width, self.proc)
+                tokens = shape_tokens(scene, places, self.proc.geometry.grid**2)
+                out = ([tokens[k] for k in idx], word, min(len(idx), MAX_COUNTED))
+            self.cache[key] = out
+        return self.cache[key]
+
     def count(self) -> int:
-        """How many records' first question names a single shape."""
-        return sum(named_shape(scene, q) is not None for recs in self.records for scene, q, _ in recs)
+        """How many records' first question names a single shape or is a count question."""
+        return sum(
+            named_shape(scene, q) is not None or counted(scene, q) is not None
+            for recs in self.records
+            for scene, q, _ in recs
+        )
 
 
 def place_pass(
@@ -194,9 +240,9 @@ def place_pass(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> list[float]:
-    """One place pass from checkpoint ``init`` over the position conversations of ``data`` (several directories:
-    their mixture; one given twice is seen twice), projector and decoder trained at stage 2's rates (5% linear
-    warm-up, then cosine); writes a checkpoint to ``out`` and returns the language loss of every step.
+    """One place pass from checkpoint ``init`` over the position and count conversations of ``data`` (several
+    directories: their mixture; one given twice is seen twice), projector and decoder trained at stage 2's rates
+    (5% linear warm-up, then cosine); writes a checkpoint to ``out`` and returns the language loss of every step.
     ``final``: the answer's losses too (the second pass); ``drop``: background image tokens hidden with a
     probability going from drop[0] to drop[1] over the pass."""
     dirs = [str(d) for d in data]
@@ -217,14 +263,16 @@ def place_pass(
     named = Named(proc, dirs, ds, scenes)
     if not named.count():
         raise ValueError(
-            f"no conversation in {dirs} starts with a position question about a single shape; the place passes need "
-            "position data (write_dataset(..., qtypes=('position',)))"
+            f"no conversation in {dirs} starts with a position question about a single shape or a count question; "
+            "the place passes need position or count data (write_dataset(..., qtypes=('position',)) or "
+            "qtypes=('count',))"
         )
     groups = apply_stage(model, StageSpec(name="stage2", lr=lr, projector_lr=projector_lr))
     d = model.config.text.hidden_size
     heads = {k: torch.nn.Linear(d, 2) for k in ("place", "decoder", "kind_place", "final_place")}
     groups.append({"name": "place_head", "params": list(heads["place"].parameters()), "lr": projector_lr})
-    for k in ("decoder", "kind_place", "final_place"):
+    heads |= {k: torch.nn.Linear(d, MAX_COUNTED + 1) for k in ("count_word", "final_count")}  # classes 0..8
+    for k in ("decoder", "kind_place", "final_place", "count_word", "final_count"):
         groups.append({"name": f"{k}_head", "params": list(heads[k].parameters()), "lr": lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -238,6 +286,7 @@ def place_pass(
     base_targets = grid_places(grid)  # (g*g, 2)
     image_id = model.config.image_token_id
     kind_token = {k: proc.tokenizer.encode(" " + k, add_special_tokens=False)[-1] for k in KINDS}
+    word_token = {w: proc.tokenizer.encode(" " + w, add_special_tokens=False)[-1] for w in (*KIND_OF_PLURAL, "objects")}
     pad = partial(collate, pad_id=ds.pad_id, family=proc.family)
     places: dict[tuple[int, int], torch.Tensor] = {}  # image size -> token_places
 
@@ -326,10 +375,36 @@ def place_pass(
             if final:
                 at = answer_queries(b_["labels"], has)
                 losses["final_place"] = F.mse_loss(heads["final_place"](hidden[last][has, at]), centres)
-                word = torch.zeros(b, t, dtype=torch.bool)
-                word[has, [words[j] for j in has]] = True
-                queries = dict(zip(has, at))
-                losses["final_mass"] = -attention_log_mass(attn_inputs[last : last + 1], queries, word)[:, 0].mean()
+        # the counted shapes, gathered at the plural word (layer 1) and their number read there and at the answer
+        cinfo = [named.counting(i) for i in rows]
+        cwords = kind_positions(b_["input_ids"], b_["labels"], [word_token[x[1]] if x else None for x in cinfo])
+        crows = [j for j in range(b) if cinfo[j] is not None and cwords[j] is not None]
+        named_rows += len(crows)
+        if crows:
+            wanted = torch.zeros(b, t)
+            before = torch.arange(t)
+            for j in crows:
+                at_image = image[j].nonzero()[:, 0]
+                shapes = []
+                for tokens in cinfo[j][0]:
+                    m = torch.zeros(t, dtype=torch.bool)
+                    m[at_image[tokens]] = True
+                    shapes.append(m)
+                wanted[j] = count_attention(shapes, mask[j].bool() & (before < cwords[j]), cwords[j])
+            cq = {j: cwords[j] for j in crows}
+            losses["count_mass"] = attention_cross_entropy(attn_inputs[1], cq, wanted)
+            n = torch.tensor([cinfo[j][2] for j in crows])
+            losses["count_word"] = F.cross_entropy(heads["count_word"](hidden[1][crows, list(cq.values())]), n)
+            if final:
+                losses["final_count"] = F.cross_entropy(
+                    heads["final_count"](hidden[last][crows, answer_queries(b_["labels"], crows)]), n
+                )
+        if final and (has or crows):  # the answer looks at the word (the kind's, or the plural's)
+            at_word = {j: words[j] for j in has} | {j: cwords[j] for j in crows}
+            queries = dict(zip(at_word, answer_queries(b_["labels"], list(at_word))))
+            word = torch.zeros(b, t, dtype=torch.bool)
+            word[list(at_word), list(at_word.values())] = True
+            losses["final_mass"] = -attention_log_mass(attn_inputs[last : last + 1], queries, word)[:, 0].mean()
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -343,8 +418,9 @@ def place_pass(
         hook.remove()
     if not named_rows:
         raise ValueError(
-            f"the named kinds' words were never found in the questions of {dirs} (tokenizer of {init}: "
-            f"{sorted(kind_token.items())}); nothing but the language and place losses trained, so nothing is saved"
+            f"the named kinds' and counted plurals' words were never found in the questions of {dirs} (tokenizer of "
+            f"{init}: {sorted((kind_token | word_token).items())}); nothing but the language and place losses "
+            "trained, so nothing is saved"
         )
     del model.tile_features
     model.eval()
