@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             "--place-passes 1 (the default) follows the first pass on 1-8 shapes: it needs --more-passes >= 1 and "
             "--more-instruct > 0; or give --place-passes 0"
         )
+    if args.count_in_place and not args.place_passes:
+        ap.error("--count-in-place 1 mixes count data into the place passes: it needs --place-passes 1")
     if args.mix_existence and not args.position_passes:
         ap.error("--mix-existence changes the mixed pass of --position-passes 1: pass both")
 
@@ -463,8 +465,9 @@ def main(argv: list[str] | None = None) -> int:
                     if record.get("data") != [str(out / d) for d in pdata]:
                         raise SystemExit(
                             f"--continue: {out / pname} was trained on {record.get('data')}, but this recipe trains "
-                            f"it on {pdata} (--count-in-place); use a new --out or delete {out / pname} and what "
-                            "follows it"
+                            f"it on {pdata}; rerun with --count-in-place "
+                            f"{int(any('data_count' in d for d in record.get('data', [])))}, use a new --out or "
+                            f"delete {out / pname} and what follows it"
                         )
                 else:
                     quick = {"batch": 4} if args.quick else {}

@@ -14,7 +14,8 @@ from llavakit.processing.processor import LlavaProcessor
 from llavakit.tiny import write_tiny_checkpoint
 from llavakit.train.count import count_attention, counted, shape_tokens
 from llavakit.train.foreground import scene_token_owners
-from llavakit.train.place import place_pass, token_places
+from llavakit.train.mixture import build_dataset
+from llavakit.train.place import Named, place_pass, token_places
 
 DEFAULT = Path(__file__).resolve().parents[2] / "src" / "llavakit" / "assets" / "default-model"
 needs_default = pytest.mark.skipif(not (DEFAULT / "config.json").exists(), reason="no bundled default model")
@@ -117,3 +118,59 @@ def test_the_passes_refuse_data_with_neither_position_nor_count_questions(count_
     with pytest.raises(ValueError, match="qtypes=\\('count',\\)"):
         place_pass(init, [data], tmp_path / "x", final=False, batch=4, log=lambda _: None)
     assert not (tmp_path / "x").exists()
+
+
+def test_attention_cross_entropy_equals_the_attention_the_model_computes(tmp_path, monkeypatch):
+    """Recomputed from layer 1's captured input, against the softmax SDPA applies, hidden positions included (a
+    zero share on a hidden position adds nothing, not NaN)."""
+    import torch.nn.functional as F
+
+    from llavakit.model.llava import LlavaModel
+    from llavakit.train.place import attention_cross_entropy
+
+    model = LlavaModel.from_pretrained(write_tiny_checkpoint(tmp_path / "m", "llava_next")).eval()
+    ids = torch.randint(3, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, 2:5] = 0  # hidden, as the passes hide the background
+    captured, probs = [], []
+    for layer in model.model.language_model.layers:
+        layer.self_attn.register_forward_pre_hook(lambda m, a: captured.append((m, a[0], a[1], a[2], a[3])))
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False):
+        k2 = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+        s = (q @ k2.transpose(-1, -2)) / q.shape[-1] ** 0.5
+        probs.append(s.masked_fill(~attn_mask, float("-inf")).softmax(-1))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=enable_gqa)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    want = torch.zeros(2, 12)
+    want[0, [1, 5, 8]] = torch.tensor([0.25, 0.25, 0.5])
+    want[1, [0, 3, 6]] = torch.tensor([0.5, 0.25, 0.25])
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(12).expand(2, 12))
+        got = attention_cross_entropy(captured[1], {0: 8, 1: 6}, want)
+    p = probs[1]  # (B, H, T, T)
+    expect = torch.stack([-(p[j, :, q].clamp_min(1e-30).log() * want[j]).sum(-1).mean() for j, q in ((0, 8), (1, 6))])
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, expect.mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_one_pass_trains_position_and_count_rows_together(count_data, tmp_path):
+    """The recipe's --count-in-place mixture: position and count conversations in one pass, the answer pulled onto
+    the kind's word or the plural word."""
+    init, counts = count_data
+    position = tmp_path / "position"
+    write_dataset(position, 8, 5, "instruct", min_side=112, max_side=160, qtypes=("position",))  # ids as counts'
+    proc = LlavaProcessor.from_pretrained(init)
+    dirs = [str(position), str(counts)]
+    spec = {"datasets": [{"path": f"{d}/instruct.json", "image_folder": d} for d in dirs]}
+    named = Named(proc, dirs, build_dataset(spec, proc, proc.template, 1024, foreground=True))
+    items = list(range(len(named.ds)))
+    asks = [named.record(i)[1].startswith("<image>\nHow many") for i in items]
+    assert any(asks) and not all(asks)
+    assert [named.counting(i) is not None for i in items] == asks  # same ids in both: no record takes another's
+    logs: list[str] = []
+    place_pass(init, [position, counts], tmp_path / "out", final=True, batch=8, log=logs.append)
+    text = " ".join(logs)
+    assert all(k in text for k in ("kind_mass", "final_place", "count_mass", "final_count", "final_mass")), logs

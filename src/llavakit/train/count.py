@@ -19,10 +19,10 @@ import re
 import torch
 
 from ..data.synth_questions import plural
-from ..data.synth_scene import KINDS, Scene
+from ..data.synth_scene import KINDS, MAX_SHAPES, Scene
 
 KIND_OF_PLURAL = {plural(k): k for k in KINDS}
-MAX_COUNTED = 8  # count classes 0..8 ("How many objects": up to MAX_SHAPES)
+MAX_COUNTED = MAX_SHAPES  # count classes 0..8 ("How many objects": up to MAX_SHAPES)
 
 
 def counted(scene: Scene, question: str) -> tuple[str, list[int]] | None:
@@ -45,7 +45,7 @@ def shape_tokens(scene: Scene, places: torch.Tensor, base_tokens: int) -> list[t
     and always the token nearest its centre in the base view (the first ``base_tokens``) and in the tiles.
 
     Rendering each shape alone (``foreground.scene_token_owners``) is exact but costs ~0.1 s a scene of 1-8 shapes;
-    this costs nothing beyond the places the passes compute anyway."""
+    this needs only the places, which the passes compute once per image size anyway."""
     px = (places[:, 0] + 1) / 2 * scene.width  # (N,) pixels, NaN for newlines
     py = (places[:, 1] + 1) / 2 * scene.height
     out = []

@@ -4,7 +4,7 @@ Why (docs/default-model.md, "The place gathered at the kind's word"): the tiny d
 from the order of its tokens, but among several objects its answer to "Is the KIND on the left or the right side of
 the image?" follows where all the shapes are: the answer's query does not pick the named one out. The word that
 names the kind does (the grounding pass taught layer 0 to look from it). These passes train, beside the language
-loss on position conversations, five auxiliary losses (linear heads thrown away afterwards):
+loss on position conversations, six auxiliary losses (linear heads thrown away afterwards):
 
 - each base-view token's place in its view, from the projector's output (``place``; for AnyRes the base view is the
   whole scene squashed to one tile, so this is the place in the scene; for single-resolution ``pad`` it is the
@@ -171,10 +171,12 @@ def named_shape(scene: Scene, question: str) -> int | None:
 
 class Named:
     """Per dataset item (of ``build_dataset`` over ``data``): the shape its first question names, as its image
-    tokens (a bool over them, all views), its kind and its centre (x, y) in [-1, 1]; None when it names none."""
+    tokens (a bool over them, all views), its kind and its centre (x, y) in [-1, 1], None when it names none
+    (``named(i)``); or the shapes a count question counts (``named.counting(i)``)."""
 
     def __init__(self, proc: LlavaProcessor, data: list[str], ds, scenes: dict | None = None) -> None:  # noqa: ANN001
-        self.proc, self.ds, self.cache = proc, ds, {}
+        self.proc, self.ds, self.dirs, self.cache = proc, ds, list(data), {}
+        self.sizes: dict[tuple[int, int], torch.Tensor] = {}  # image size -> token_places
         self.records = []
         for d in data:
             scenes_d = scenes[d] if scenes and d in scenes else read_scenes(d)
@@ -188,8 +190,20 @@ class Named:
         d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
         return self.records[d][j]
 
+    def key(self, i: int) -> tuple[str, int]:
+        """(data directory, record index) of item ``i``: a directory given twice is one key per record, two
+        directories never share one (their record ids may: ids repeat across directories of the same seed)."""
+        d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
+        return self.dirs[d], j
+
+    def places(self, h: int, w: int) -> torch.Tensor:
+        """``token_places`` of an h x w image, computed once per size."""
+        if (h, w) not in self.sizes:
+            self.sizes[h, w] = token_places(h, w, self.proc)
+        return self.sizes[h, w]
+
     def __call__(self, i: int) -> tuple[torch.Tensor, str, tuple[float, float]] | None:
-        key = self.ds.index[i] if hasattr(self.ds, "index") else i  # one record given twice: computed once
+        key = ("named", *self.key(i))
         if key not in self.cache:
             scene, question, _ = self.record(i)
             k = named_shape(scene, question)
@@ -205,16 +219,20 @@ class Named:
     def counting(self, i: int) -> tuple[list[torch.Tensor], str, int] | None:
         """The shapes item ``i``'s first question counts ("How many circles are there?"): per shape a bool over the
         image tokens (``count.shape_tokens``), the plural word and how many; None when it is no count question."""
-        scene, question, rid = self.record(i)
-        key = ("count", rid)  # one record given twice: computed once
+        scene, question, _ = self.record(i)
+        key = ("count", *self.key(i))
         if key not in self.cache:
             c = counted(scene, question)
             out = None
             if c is not None:
                 word, idx = c
-                places = token_places(scene.height, scene.width, self.proc)
-                tokens = shape_tokens(scene, places, self.proc.geometry.grid**2)
-                out = ([tokens[k] for k in idx], word, min(len(idx), MAX_COUNTED))
+                if len(idx) > MAX_COUNTED:
+                    raise ValueError(
+                        f"record {self.record(i)[2]} counts {len(idx)} shapes; the count heads know 0-{MAX_COUNTED} "
+                        f"(synth_scene.MAX_SHAPES): write the data with max_shapes <= {MAX_COUNTED}"
+                    )
+                tokens = shape_tokens(scene, self.places(scene.height, scene.width), self.proc.geometry.grid**2)
+                out = ([tokens[k] for k in idx], word, len(idx))
             self.cache[key] = out
         return self.cache[key]
 
@@ -288,7 +306,6 @@ def place_pass(
     kind_token = {k: proc.tokenizer.encode(" " + k, add_special_tokens=False)[-1] for k in KINDS}
     word_token = {w: proc.tokenizer.encode(" " + w, add_special_tokens=False)[-1] for w in (*KIND_OF_PLURAL, "objects")}
     pad = partial(collate, pad_id=ds.pad_id, family=proc.family)
-    places: dict[tuple[int, int], torch.Tensor] = {}  # image size -> token_places
 
     projected: list[torch.Tensor] = []
     tile_features = model.tile_features
@@ -350,10 +367,7 @@ def place_pass(
         image = b_["input_ids"] == image_id  # (B, T)
         want = torch.full((b, t, 2), float("nan"))
         for j, (h, w) in enumerate(b_["image_sizes"].tolist()):
-            key = (int(h), int(w))
-            if key not in places:
-                places[key] = token_places(*key, proc)
-            want[j, image[j].nonzero()[:, 0]] = places[key]
+            want[j, image[j].nonzero()[:, 0]] = named.places(int(h), int(w))
         ok = ~want[..., 0].isnan()
         losses["decoder"] = (heads["decoder"](hidden[0][ok]) - want[ok]).pow(2).mean()
         # the named shape, gathered at its kind's word (layer 1) and read at the answer (last layer)
