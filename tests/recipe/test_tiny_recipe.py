@@ -82,7 +82,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     import pytest
 
     with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_place2"):
-        load_script("train_default_model").main([*args, "--continue", "--place-passes", "0"])
+        load_script("train_default_model").main([*args, "--continue", "--place-passes", "0", "--count-in-place", "0"])
     # ... and place passes trained on other data (here with counting, asked without)
     with pytest.raises(SystemExit, match="stage2_place was trained on .*--count-in-place 1"):
         load_script("train_default_model").main([*args, "--continue", "--count-in-place", "0"])
@@ -129,3 +129,6 @@ def test_position_early_and_late_are_not_combined(capsys):
     with pytest.raises(SystemExit):
         load_script("train_default_model").main(["--more-instruct", "20"])
     assert "--more-instruct >= 64 or --place-passes 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_script("train_default_model").main(["--count-in-place", "1", "--place-passes", "0"])
+    assert "needs --place-passes 1" in capsys.readouterr().err
