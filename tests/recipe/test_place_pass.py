@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from attention_spy import spy_attention
 from llavakit.data.synth import write_dataset
 from llavakit.tiny import write_tiny_checkpoint
 from script_module import load_script
@@ -102,8 +103,6 @@ def test_shuffle_positions_permutes_only_the_chosen_image_tokens_and_changes_the
 
 def test_answer_log_mass_equals_the_attention_the_model_computes(tmp_path, monkeypatch):
     """The mass recomputed from each layer's captured input equals the softmax SDPA applies at that query."""
-    import torch.nn.functional as F
-
     from llavakit.model.llava import LlavaModel
 
     mod = load_script("place_pass")
@@ -119,18 +118,7 @@ def test_answer_log_mass_equals_the_attention_the_model_computes(tmp_path, monke
     visible = torch.zeros(2, 12, dtype=torch.bool)
     visible[:, 1:6] = True
     visible &= mask.bool()
-    captured, probs = [], []
-    for layer in model.model.language_model.layers:
-        layer.self_attn.register_forward_pre_hook(lambda m, a: captured.append((m, a[0], a[1], a[2], a[3])))
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False):
-        k2 = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
-        s = (q @ k2.transpose(-1, -2)) / q.shape[-1] ** 0.5
-        probs.append(s.masked_fill(~attn_mask, float("-inf")).softmax(-1))
-        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=enable_gqa)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    captured, probs = spy_attention(model, monkeypatch)
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(12).expand(2, 12))
         got = mod.answer_log_mass(captured, labels, visible)  # (B, layers)

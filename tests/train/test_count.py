@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from attention_spy import spy_attention
 from llavakit.data.synth import write_dataset
 from llavakit.data.synth_scene import Scene, Shape, generate_scene
 from llavakit.processing.processor import LlavaProcessor
@@ -123,8 +124,6 @@ def test_the_passes_refuse_data_with_neither_position_nor_count_questions(count_
 def test_attention_cross_entropy_equals_the_attention_the_model_computes(tmp_path, monkeypatch):
     """Recomputed from layer 1's captured input, against the softmax SDPA applies, hidden positions included (a
     zero share on a hidden position adds nothing, not NaN)."""
-    import torch.nn.functional as F
-
     from llavakit.model.llava import LlavaModel
     from llavakit.train.place import attention_cross_entropy
 
@@ -132,18 +131,7 @@ def test_attention_cross_entropy_equals_the_attention_the_model_computes(tmp_pat
     ids = torch.randint(3, 50, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[0, 2:5] = 0  # hidden, as the passes hide the background
-    captured, probs = [], []
-    for layer in model.model.language_model.layers:
-        layer.self_attn.register_forward_pre_hook(lambda m, a: captured.append((m, a[0], a[1], a[2], a[3])))
-    sdpa = F.scaled_dot_product_attention
-
-    def spy(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False):
-        k2 = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
-        s = (q @ k2.transpose(-1, -2)) / q.shape[-1] ** 0.5
-        probs.append(s.masked_fill(~attn_mask, float("-inf")).softmax(-1))
-        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=enable_gqa)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    captured, probs = spy_attention(model, monkeypatch)
     want = torch.zeros(2, 12)
     want[0, [1, 5, 8]] = torch.tensor([0.25, 0.25, 0.5])
     want[1, [0, 3, 6]] = torch.tensor([0.5, 0.25, 0.25])
