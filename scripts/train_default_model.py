@@ -84,22 +84,28 @@ EARLY_SEED = 72
 # twice); the later passes start from there (docs/default-model.md, "The place gathered at the kind's word").
 PLACE_SEED = 92
 PLACE_DATA = {"qtypes": ("position",), "repeats": 3, "max_turns": 4, "max_shapes": 2}
-# --count-in-place 1 (not in the shipped recipe): count conversations mixed into the same two passes (3/8 as many scenes
-# of 1-8 shapes, up to three count questions each, seed 94): the counted shapes are gathered at the plural word as the
-# named shape at its kind's word (llavakit.train.count; docs/default-model.md, "Counting gathered at the plural
-# word"). To stay within the budget the position data is then seen twice and once instead of three times and twice:
-# held out, counting 0.475 -> 0.655 but position 0.980 -> 0.848, so it stays off.
+# --count-passes 1: after the place passes, two more of the same kind on count conversations alone (3/8 as many scenes
+# of 1-8 shapes, up to three count questions each, seed 94, seen once each): the counted shapes are gathered at the
+# plural word as the named shape at its kind's word, then the answer reads the count there (llavakit.train.count;
+# docs/default-model.md, "Counting gathered at the plural word"). To stay within the budget the place passes then
+# see their data twice and twice instead of three times and twice. Mixed into the place passes instead, the count
+# data cost position (held out 0.65-0.87).
 COUNT_SEED = 94
 COUNT_DATA = {"qtypes": ("count",), "repeats": 3, "max_turns": 4}
-PASS_KW = ({"final": False, "drop": (1.0, 0.0)}, {"final": True})
+GATHER = {"final": False, "drop": (1.0, 0.0)}
+READ = {"final": True}
 
 
 def place_passes(count: bool) -> list[tuple[str, list[str], dict]]:
-    """The place passes: (output directory, data directories (one given twice is seen twice), place_pass options)."""
-    seen = ((2, 2), (1, 1)) if count else ((3, 0), (2, 0))
+    """The place (and count) passes: (output directory, data directories (one given twice is seen twice),
+    place_pass options), each from the one before."""
+    if not count:
+        return [("stage2_place", ["data_place"] * 3, GATHER), ("stage2_place2", ["data_place"] * 2, READ)]
     return [
-        (name, ["data_place"] * p + ["data_count"] * c, kw)
-        for name, (p, c), kw in zip(("stage2_place", "stage2_place2"), seen, PASS_KW)
+        ("stage2_place", ["data_place"] * 2, GATHER),
+        ("stage2_place2", ["data_place"] * 2, READ),
+        ("stage2_count", ["data_count"], GATHER),
+        ("stage2_count2", ["data_count"], READ),
     ]
 
 
@@ -254,12 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         "before 2026-12-06, which had three passes on 1-8 shapes)",
     )
     ap.add_argument(
-        "--count-in-place",
+        "--count-passes",
         type=int,
-        default=0,
         choices=[0, 1],
-        help="1: count conversations mixed into the place passes (llavakit.train.count; counting up, position down: "
-        "off in the shipped recipe); 0: position only",
+        help="1 (the default with the place passes): two count passes (llavakit.train.count) after the place passes; "
+        "0: none (the recipe of the first 2026-12-06 model)",
     )
     ap.add_argument("--repeats", type=int, default=2, help="stage 2: questions of one type per conversation, up to")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
@@ -298,8 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             "--place-passes 1 (the default) follows the first pass on 1-8 shapes: it needs --more-passes >= 1 and "
             "--more-instruct > 0; or give --place-passes 0"
         )
-    if args.count_in_place and not args.place_passes:
-        ap.error("--count-in-place 1 mixes count data into the place passes: it needs --place-passes 1")
+    if args.count_passes is None:
+        args.count_passes = args.place_passes
+    if args.count_passes and not args.place_passes:
+        ap.error("--count-passes 1 follows the place passes: it needs --place-passes 1, or give --count-passes 0")
     if args.mix_existence and not args.position_passes:
         ap.error("--mix-existence changes the mixed pass of --position-passes 1: pass both")
 
@@ -371,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.cont and (out / data / "instruct.json").exists()):
             write_dataset(out / data, args.more_instruct, seed, "instruct", **sides2, **conversation_args(args.repeats))
     position = args.position_passes and args.more_instruct
-    counting = args.place_passes and args.count_in_place
+    counting = args.place_passes and args.count_passes
     if position:
         sizes = {"data_pos": args.more_instruct // 2, "data_pos2": args.more_instruct // 4}
         for data, seed in POSITION_SEEDS.items():
@@ -463,11 +470,13 @@ def main(argv: list[str] | None = None) -> int:
                     record = json.loads(marker.read_text())
                     refuse_other_chain(out / pname, record["init"], final)
                     if record.get("data") != [str(out / d) for d in pdata]:
+                        was = [Path(d).name for d in record.get("data", [])]
+                        plans = {v: {n: d for n, d, _ in place_passes(bool(v))} for v in (0, 1)}
+                        match = [v for v, plan in plans.items() if plan.get(pname) == was]
+                        rerun = f"rerun with --count-passes {match[0]}, " if match else ""
                         raise SystemExit(
                             f"--continue: {out / pname} was trained on {record.get('data')}, but this recipe trains "
-                            f"it on {pdata}; rerun with --count-in-place "
-                            f"{int(any('data_count' in d for d in record.get('data', [])))}, use a new --out or "
-                            f"delete {out / pname} and what follows it"
+                            f"it on {pdata}; {rerun}use a new --out or delete {out / pname} and what follows it"
                         )
                 else:
                     quick = {"batch": 4} if args.quick else {}
@@ -495,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             "more_passes": len(passes),
             "position_passes": 2 if position else 0,
             "place_passes": 2 if args.place_passes else 0,
-            "count_in_place": bool(counting),
+            "count_passes": 2 if counting else 0,
             "position_early": bool(early),
             "mix_existence": args.mix_existence,
             "repeats": args.repeats,

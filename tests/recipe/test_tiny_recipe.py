@@ -13,7 +13,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--position-passes", "1"]
-    args += ["--mix-existence", "--place-passes", "1", "--count-in-place", "1"]
+    args += ["--mix-existence", "--place-passes", "1"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
@@ -28,7 +28,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     assert recipe["model"]["init"] == str(out / "stage1_ground")
     # the passes on 1-8 shapes: each from the one before, on its own fresh scenes
     assert summary["samples"]["more_passes"] == 2
-    for data, name, init in (("data2", "stage2b", "stage2"), ("data3", "stage2c", "stage2_place2")):
+    for data, name, init in (("data2", "stage2b", "stage2"), ("data3", "stage2c", "stage2_count2")):
         recipe = json.loads((out / name / "recipe.json").read_text())
         assert recipe["model"]["init"] == str(out / init) and recipe["data"]["image_folder"] == str(out / data)
     # (--place-passes 1) the two place passes between the first two, on position questions about 1-2 shapes
@@ -39,14 +39,16 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     records = json.loads((out / "data_place" / "instruct.json").read_text())
     place_asked = [t["value"] for r in records for t in r["conversations"] if t["from"] == "human"]
     assert place_asked and all(" or the " in q for q in place_asked), place_asked[:3]
-    # (--count-in-place 1) count conversations mixed into both, position seen twice then once
+    # (--count-passes 1, the default) then two count passes on count conversations alone, from the place passes
     counts = json.loads((out / "data_count" / "instruct.json").read_text())
     count_asked = [t["value"] for r in counts for t in r["conversations"] if t["from"] == "human"]
     assert count_asked and all(q.startswith(("<image>\nHow many", "How many")) for q in count_asked), count_asked[:3]
-    assert summary["samples"]["count_in_place"] is True
-    for name, seen in (("stage2_place", (2, 2)), ("stage2_place2", (1, 1))):
-        data = json.loads((out / name / "place.json").read_text())["data"]
-        assert data == [str(out / "data_place")] * seen[0] + [str(out / "data_count")] * seen[1], data
+    assert summary["samples"]["count_passes"] == 2
+    chain = (("stage2_place", "stage2b", "data_place", 2), ("stage2_place2", "stage2_place", "data_place", 2))
+    chain += (("stage2_count", "stage2_place2", "data_count", 1), ("stage2_count2", "stage2_count", "data_count", 1))
+    for name, init, data, seen in chain:
+        record = json.loads((out / name / "place.json").read_text())
+        assert record["init"] == str(out / init) and record["data"] == [str(out / data)] * seen, record
     first = lambda d: json.loads((out / d / "instruct.json").read_text())[0]["conversations"]  # noqa: E731
     assert first("data2") != first("data3")
     assert not (out / "stage2d").exists()
@@ -81,11 +83,11 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     # --continue refuses a later pass trained in another chain (here stage2c from the place passes, asked without them)
     import pytest
 
-    with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_place2"):
-        load_script("train_default_model").main([*args, "--continue", "--place-passes", "0", "--count-in-place", "0"])
-    # ... and place passes trained on other data (here with counting, asked without)
-    with pytest.raises(SystemExit, match="stage2_place was trained on .*--count-in-place 1"):
-        load_script("train_default_model").main([*args, "--continue", "--count-in-place", "0"])
+    with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_count2"):
+        load_script("train_default_model").main([*args, "--continue", "--place-passes", "0", "--count-passes", "0"])
+    # ... and place passes trained on other data (here seen twice for the count passes, asked without them)
+    with pytest.raises(SystemExit, match="stage2_place was trained on .*--count-passes 1"):
+        load_script("train_default_model").main([*args, "--continue", "--count-passes", "0"])
 
 
 def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, capsys):
@@ -130,5 +132,5 @@ def test_position_early_and_late_are_not_combined(capsys):
         load_script("train_default_model").main(["--more-instruct", "20"])
     assert "--more-instruct >= 64 or --place-passes 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        load_script("train_default_model").main(["--count-in-place", "1", "--place-passes", "0"])
+        load_script("train_default_model").main(["--count-passes", "1", "--place-passes", "0"])
     assert "needs --place-passes 1" in capsys.readouterr().err
