@@ -1,5 +1,5 @@
 """Train the bundled default model end to end: data -> stage 0 -> stage 1 -> grounding -> stage 2 (with the place
-passes) -> eval [-> ship].
+and count passes) -> eval [-> ship].
 
     python scripts/train_default_model.py                       # the full recipe into runs/tiny-synth
     python scripts/train_default_model.py --ship                # ... and copy the result to the package assets
@@ -10,7 +10,8 @@ passes) -> eval [-> ship].
 Stages 1 and 2 are the YAML recipes recipes/tiny-synth-stage{1,2}.yaml run by llavakit's training loop (the code
 behind `llava train`); stage 0 is recipes/tiny-synth-stage0.yaml; the grounding pass between them is
 llavakit.train.grounding (the first decoder layer learns to find the object a question names); the place passes
-after stage 2's first pass on 1-8 shapes are llavakit.train.place (where a named shape lies). Paths inside the
+after stage 2's first pass on 1-8 shapes are llavakit.train.place (where a named shape lies), the count passes after
+them llavakit.train.count through the same code (how many of a kind there are). Paths inside the
 recipes are overridden to live under --out. Prints one JSON summary (wall time per phase, losses, eval scores) as
 the last line.
 """
