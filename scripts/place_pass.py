@@ -66,7 +66,8 @@ import torch
 import torch.nn.functional as F
 
 from llavakit.data.synth import read_scenes
-from llavakit.train.place import grid_places, kind_positions, named_shape, token_places
+from llavakit.train.attention_pull import kind_positions
+from llavakit.train.place import grid_places, named_shape, token_places
 
 
 def tile_flags(input_ids: torch.Tensor, image_token_id: int, per_view: int) -> torch.Tensor:
@@ -99,9 +100,9 @@ def answer_log_mass(
     every_head: bool = False,
     queries: list[int] | None = None,
 ) -> torch.Tensor:
-    """(R, L) ``place.attention_log_mass`` from the query just before each row's first label, or from
+    """(R, L) ``attention_pull.attention_log_mass`` from the query just before each row's first label, or from
     ``queries[j]`` in row j, for each of ``rows`` (default: all B; each needs a visible token)."""
-    from llavakit.train.place import answer_queries, attention_log_mass
+    from llavakit.train.attention_pull import answer_queries, attention_log_mass
 
     rows = list(range(labels.shape[0])) if rows is None else rows
     at = answer_queries(labels, rows) if queries is None else [queries[j] for j in rows]

@@ -125,7 +125,7 @@ def test_attention_cross_entropy_equals_the_attention_the_model_computes(tmp_pat
     """Recomputed from layer 1's captured input, against the softmax SDPA applies, hidden positions included (a
     zero share on a hidden position adds nothing, not NaN)."""
     from llavakit.model.llava import LlavaModel
-    from llavakit.train.place import attention_cross_entropy
+    from llavakit.train.attention_pull import attention_cross_entropy
 
     model = LlavaModel.from_pretrained(write_tiny_checkpoint(tmp_path / "m", "llava_next")).eval()
     ids = torch.randint(3, 50, (2, 12), generator=torch.Generator().manual_seed(0))

@@ -14,8 +14,9 @@ from llavakit.data.synth_scene import generate_scene
 from llavakit.processing.anyres import num_image_tokens
 from llavakit.processing.processor import LlavaProcessor
 from llavakit.tiny import write_tiny_checkpoint
+from llavakit.train.attention_pull import kind_positions
 from llavakit.train.foreground import scene_token_owners
-from llavakit.train.place import grid_places, kind_positions, place_pass, token_places
+from llavakit.train.place import grid_places, place_pass, token_places
 from script_module import load_script
 
 DEFAULT = Path(__file__).resolve().parents[2] / "src" / "llavakit" / "assets" / "default-model"

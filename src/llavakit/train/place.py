@@ -47,10 +47,10 @@ from PIL import Image
 from ..data.synth import read_scenes
 from ..data.synth_scene import KINDS, Scene
 from ..model.llava import LlavaModel, pack_tiles, positions_from_mask
-from ..model.rope import apply_rotary
 from ..processing.anyres import num_tiles
 from ..processing.image import preprocess_views
 from ..processing.processor import LlavaProcessor
+from .attention_pull import answer_queries, attention_cross_entropy, attention_log_mass, kind_positions
 from .collate import collate
 from .count import KIND_OF_PLURAL, MAX_COUNTED, count_attention, counted, shape_tokens
 from .foreground import drop_probability, hide_background, scene_token_owners
@@ -93,69 +93,6 @@ def grid_places(grid: int) -> torch.Tensor:
     return torch.stack([idx % grid, idx // grid], 1).float() / max(1, grid - 1) * 2 - 1
 
 
-def kind_positions(input_ids: torch.Tensor, labels: torch.Tensor, kind_ids: list[int | None]) -> list[int | None]:
-    """Per row, the last position of token ``kind_ids[j]`` before the row's first label (the named kind's word in
-    the first question), None when the row has no kind or the word is not there. Worked example: ids [[7, 9, 5, 9,
-    3, 4]], labels [[-100, -100, -100, -100, -100, 4]], kind_ids [9] -> [3]."""
-    out: list[int | None] = []
-    for j, kid in enumerate(kind_ids):
-        first = int((labels[j] != -100).nonzero()[0, 0]) if (labels[j] != -100).any() else 0
-        hits = (input_ids[j, :first] == kid).nonzero()[:, 0] if kid is not None else torch.zeros(0)
-        out.append(int(hits[-1]) if len(hits) else None)
-    return out
-
-
-def answer_queries(labels: torch.Tensor, rows: list[int]) -> list[int]:
-    """The position just before each row's first label (where the first answer is predicted from)."""
-    return [int((labels[j] != -100).nonzero()[0, 0]) - 1 for j in rows]
-
-
-def attention_log_probs(captured: tuple, j: int, q_at: int) -> torch.Tensor:
-    """(H, S) log of the attention each head of one layer puts from position ``q_at`` of row ``j`` on positions
-    0..q_at (S = q_at + 1), recomputed from what the layer's attention was given: ``captured`` = (attention module,
-    its normed input (B, T, D), cos, sin, mask (B, 1, T, T) or None)."""
-    att, x, cos, sin, mask = captured
-    xs = x[j : j + 1, : q_at + 1]  # (1, S, D)
-    n = xs.shape[1]
-    q = att.q_proj(xs[:, -1:]).view(1, 1, att.heads, att.head_dim).transpose(1, 2)  # (1, H, 1, d)
-    k = att.k_proj(xs).view(1, n, att.kv_heads, att.head_dim).transpose(1, 2)  # (1, KV, S, d)
-    q = apply_rotary(q, cos[j : j + 1, :, q_at : q_at + 1], sin[j : j + 1, :, q_at : q_at + 1])
-    k = apply_rotary(k, cos[j : j + 1, :, :n], sin[j : j + 1, :, :n])
-    k = k.repeat_interleave(att.heads // att.kv_heads, dim=1)
-    logits = (q @ k.transpose(-1, -2))[0, :, 0] / att.head_dim**0.5  # (H, S)
-    if mask is not None:
-        logits = logits.masked_fill(~mask[j if mask.shape[0] > 1 else 0, 0, q_at, :n], float("-inf"))
-    return logits.log_softmax(-1)
-
-
-def attention_log_mass(
-    captured: list[tuple], queries: dict[int, int], targets: torch.Tensor, every_head: bool = False
-) -> torch.Tensor:
-    """(R, L) log of the largest attention mass a head of each layer puts on ``targets`` (B, T) from position
-    ``queries[j]`` of each row j (in the dict's order; ``every_head``: the mean over the heads of the log mass);
-    ``captured``: per layer, what ``attention_log_probs`` takes."""
-    out = []
-    for j, q_at in queries.items():
-        per_layer = []
-        for layer in captured:
-            logp = attention_log_probs(layer, j, q_at)  # (H, S)
-            per_head = logp[:, targets[j, : q_at + 1]].logsumexp(-1)  # (H,)
-            per_layer.append(per_head.mean() if every_head else per_head.max())
-        out.append(torch.stack(per_layer))
-    return torch.stack(out)
-
-
-def attention_cross_entropy(captured: tuple, queries: dict[int, int], want: torch.Tensor) -> torch.Tensor:
-    """The mean over rows and heads of one layer of the cross-entropy between the attention from ``queries[j]`` and
-    the distribution ``want`` (B, T) over positions (each row sums to 1 before its query). Its least value is
-    ``want``'s entropy, reached when every head attends as ``want`` says."""
-    out = []
-    for j, q_at in queries.items():
-        logp = attention_log_probs(captured, j, q_at).clamp(min=-1e4)  # (H, S): -inf where masked
-        out.append(-(logp * want[j, : q_at + 1]).sum(-1).mean())
-    return torch.stack(out).mean()
-
-
 def named_shape(scene: Scene, question: str) -> int | None:
     """Index of the shape a position question names ("Is the red circle on the left or ...", "Is the star in the
     top or ..."), None when the question is not one or names no single shape."""
@@ -185,15 +122,19 @@ class Named:
                 [(scenes_d[r["image"]], r["conversations"][0]["value"], str(r.get("id"))) for r in recs]
             )
 
+    def locate(self, i: int) -> tuple[int, int]:
+        """(dataset, record) of item ``i``: a mixture maps items to them, a single dataset's item is its record."""
+        return self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
+
     def record(self, i: int) -> tuple:
-        """(scene, first question, id) of item ``i`` (a mixture maps items to (dataset, record))."""
-        d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
+        """(scene, first question, id) of item ``i``."""
+        d, j = self.locate(i)
         return self.records[d][j]
 
     def key(self, i: int) -> tuple[str, int]:
         """(data directory, record index) of item ``i``: a directory given twice is one key per record, two
         directories never share one (their record ids may: ids repeat across directories of the same seed)."""
-        d, j = self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
+        d, j = self.locate(i)
         return self.dirs[d], j
 
     def places(self, h: int, w: int) -> torch.Tensor:
