@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from llavakit.train.data import DataExhausted
     from llavakit.train.foreground import hide_background
     from llavakit.train.mixture import build_dataset
-    from llavakit.train.place import named_shape
+    from llavakit.train.named import named_shape
 
     model = LlavaModel.from_pretrained(args.model).eval()
     proc = LlavaProcessor.from_pretrained(args.model)

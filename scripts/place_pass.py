@@ -67,7 +67,8 @@ import torch.nn.functional as F
 
 from llavakit.data.synth import read_scenes
 from llavakit.train.attention_pull import kind_positions
-from llavakit.train.place import grid_places, named_shape, token_places
+from llavakit.train.named import named_shape, token_places
+from llavakit.train.place import grid_places
 
 
 def tile_flags(input_ids: torch.Tensor, image_token_id: int, per_view: int) -> torch.Tensor:

@@ -16,7 +16,8 @@ from llavakit.tiny import write_tiny_checkpoint
 from llavakit.train.count import count_attention, counted, shape_tokens
 from llavakit.train.foreground import scene_token_owners
 from llavakit.train.mixture import build_dataset
-from llavakit.train.place import Named, place_pass, token_places
+from llavakit.train.named import Named, token_places
+from llavakit.train.place import place_pass
 
 DEFAULT = Path(__file__).resolve().parents[2] / "src" / "llavakit" / "assets" / "default-model"
 needs_default = pytest.mark.skipif(not (DEFAULT / "config.json").exists(), reason="no bundled default model")
@@ -113,9 +114,9 @@ def test_the_wanted_attention_is_what_the_pass_pulls_towards(count_data, tmp_pat
 
 def test_the_passes_refuse_data_with_neither_position_nor_count_questions(count_data, tmp_path, monkeypatch):
     init, data = count_data
-    import llavakit.train.place as place
+    import llavakit.train.named as named
 
-    monkeypatch.setattr(place, "counted", lambda scene, question: None)
+    monkeypatch.setattr(named, "counted", lambda scene, question: None)
     with pytest.raises(ValueError, match="qtypes=\\('count',\\)"):
         place_pass(init, [data], tmp_path / "x", final=False, batch=4, log=lambda _: None)
     assert not (tmp_path / "x").exists()

@@ -10,13 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 from llavakit.data.synth import write_dataset
-from llavakit.data.synth_scene import generate_scene
+from llavakit.data.synth_scene import Scene, Shape, generate_scene
 from llavakit.processing.anyres import num_image_tokens
 from llavakit.processing.processor import LlavaProcessor
 from llavakit.tiny import write_tiny_checkpoint
 from llavakit.train.attention_pull import kind_positions
 from llavakit.train.foreground import scene_token_owners
-from llavakit.train.place import grid_places, place_pass, token_places
+from llavakit.train.named import attribute_shape, token_places
+from llavakit.train.place import by_length, grid_places, place_pass
 from script_module import load_script
 
 DEFAULT = Path(__file__).resolve().parents[2] / "src" / "llavakit" / "assets" / "default-model"
@@ -110,8 +111,8 @@ def test_the_passes_refuse_data_they_cannot_use(position_data, tmp_path):
         place_pass(init, [bare], tmp_path / "x", final=False)
     with pytest.raises(ValueError, match="fewer than one batch"):
         place_pass(init, [data], tmp_path / "x", final=False, batch=64)
-    other = tmp_path / "colours"  # no position questions: the named-shape losses would never train
-    write_dataset(other, 8, 3, "instruct", min_side=112, max_side=160, qtypes=("color",))
+    other = tmp_path / "existence"  # no question names, counts or reads: the pass's own losses would never train
+    write_dataset(other, 8, 3, "instruct", min_side=112, max_side=160, qtypes=("existence",))
     with pytest.raises(ValueError, match="qtypes=\\('position',\\)"):
         place_pass(init, [other], tmp_path / "x", final=False, batch=4)
     assert not (tmp_path / "x").exists()
@@ -130,3 +131,63 @@ def test_the_passes_run_on_the_single_resolution_family(tmp_path):
     assert middle[0, 0] < -0.5 and middle[-1, 0] > 0.5 and (middle[1:, 0] > middle[:-1, 0]).all()
     losses = place_pass(init, [tmp_path / "d"], tmp_path / "out", final=True, batch=4, log=lambda _: None)
     assert len(losses) == 2 and (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_attribute_shape_names_the_one_shape_a_colour_or_shape_question_asks_about():
+    shapes = (
+        Shape("circle", "red", "large", 40, 40, 30),
+        Shape("star", "blue", "small", 150, 60, 15),
+        Shape("circle", "green", "small", 250, 120, 15),
+    )
+    scene = Scene(width=300, height=160, background=(255, 255, 255), shapes=shapes, text=None)
+    assert attribute_shape(scene, "<image>\nWhat color is the star?\nAnswer the question using a single word.") == (
+        1,
+        "star",
+    )
+    assert attribute_shape(scene, "What shape is the green object?") == (2, "green")
+    assert attribute_shape(scene, "What color is the circle?") is None  # two circles: no one shape
+    assert attribute_shape(scene, "What shape is the pink object?") is None
+    assert attribute_shape(scene, "Is the star on the left or the right side of the image?") is None
+
+
+def test_the_attribute_pass_reads_colour_and_kind_at_the_naming_word(tmp_path):
+    """``attributes``: colour and shape conversations train the gathering at the naming word and the named shape's
+    colour and kind read there (and, with ``final``, at the answer); the marker records it."""
+    init = write_tiny_checkpoint(tmp_path / "m", "llava_next")
+    write_dataset(tmp_path / "d", 12, 3, "instruct", min_side=112, max_side=160, qtypes=("color", "shape"))
+    logs: list[str] = []
+    place_pass(init, [tmp_path / "d"], tmp_path / "a", final=True, attributes=True, batch=4, log=logs.append)
+    assert all(k in logs[0] for k in ("kind_mass", "kind_attr", "final_attr", "final_mass")), logs[0]
+    assert json.loads((tmp_path / "a" / "place.json").read_text())["attributes"] is True
+    place_pass(init, [tmp_path / "d"], tmp_path / "b", final=True, batch=4, log=logs.append)
+    assert "kind_attr" not in logs[-1] and "kind_mass" in logs[-1]
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("a", "b"))
+    key = "model.language_model.layers.1.mlp.down_proj.weight"  # the layer whose output the heads read
+    assert not torch.equal(a[key], b[key])
+
+
+def test_by_length_worked_example_and_its_batches_pad_less():
+    import random
+
+    got = by_length([0, 1, 2, 3], [5, 90, 7, 80], 2, 2, random.Random(0))
+    assert sorted([sorted(got[:2]), sorted(got[2:])]) == [[0, 2], [1, 3]]
+    rng = random.Random(1)
+    lengths = [rng.randint(50, 400) for _ in range(100)]
+    order = list(range(100))
+    rng.shuffle(order)
+    grouped = by_length(order, lengths, 8, 4, random.Random(2))
+    assert sorted(grouped) == list(range(100))  # every item once
+    assert all(set(grouped[k : k + 32]) == set(order[k : k + 32]) for k in range(0, 100, 32))  # runs stay apart
+
+    def padded(o: list[int]) -> int:
+        return sum(max(lengths[i] for i in o[k : k + 8]) * 8 for k in range(0, 96, 8))
+
+    assert padded(grouped) < 0.85 * padded(order)
+
+
+def test_length_groups_keep_the_steps_and_change_only_the_order(position_data, tmp_path):
+    init, data = position_data
+    plain = place_pass(init, [data], tmp_path / "a", final=False, batch=2, log=lambda _: None)
+    grouped = place_pass(init, [data], tmp_path / "b", final=False, batch=2, length_groups=2, log=lambda _: None)
+    assert len(plain) == len(grouped) and plain != grouped
+    assert json.loads((tmp_path / "b" / "place.json").read_text())["length_groups"] == 2

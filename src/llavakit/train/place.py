@@ -21,6 +21,14 @@ word (``llavakit.train.count``): layer 1's attention there pulled towards the co
 count read from its output (``count_word``) and, with ``final``, at the answer's query (``final_count``), whose
 attention is pulled onto the plural word as it is onto the kind's (``final_mass``).
 
+Conversations that start with a reading question ("What number is written in the image?") pull the query of each
+answer token onto the glyphs it writes (``llavakit.train.reading``, ``read_mass``, layer 1). With ``attributes``,
+conversations that start with a colour or shape question ("What color is the star?", "What shape is the red
+object?") gather the named shape at its naming word as position questions do, and its colour and kind are read
+there (``kind_attr``) and, with ``final``, at the answer (``final_attr``). The recipe's ``--bind-pass 1`` runs its
+first pass on 1-8 shapes this way: on a stage 0 where the plain pass left colour unbound, colour then bound to the
+named shape of several (docs/default-model.md, "Binding the named shape's colour on any stage 0").
+
 The first pass (``final`` off, the background image tokens hidden at first and brought back over the pass) builds
 the gathering at the word; the second (``final`` on) makes the answer read it.
 
@@ -39,51 +47,22 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..data.synth import read_scenes
-from ..data.synth_scene import KINDS, Scene
-from ..model.llava import LlavaModel, pack_tiles, positions_from_mask
+from ..data.synth_scene import COLORS, KINDS
+from ..model.llava import LlavaModel, positions_from_mask
 from ..processing.anyres import num_tiles
-from ..processing.image import preprocess_views
 from ..processing.processor import LlavaProcessor
 from .attention_pull import answer_queries, attention_cross_entropy, attention_log_mass, kind_positions
 from .collate import collate
-from .count import KIND_OF_PLURAL, MAX_COUNTED, count_attention, counted, shape_tokens
-from .foreground import drop_probability, hide_background, scene_token_owners
+from .count import KIND_OF_PLURAL, MAX_COUNTED, count_attention
+from .foreground import drop_probability, hide_background
 from .mixture import build_dataset
+from .named import Named
+from .reading import answer_spans, box_tokens, glyph_box
 from .stages import StageSpec, apply_stage
-
-
-def token_places(h: int, w: int, proc: LlavaProcessor) -> torch.Tensor:
-    """(num_image_tokens, 2) the scene's (x, y) in [-1, 1] at each image token of an h x w image: the mean over its
-    patch of the scene point each pixel shows, padding left out; NaN for the newlines (and a patch of padding only).
-
-    A map of each pixel's column and row (0-255, channels 0 and 1) and of the image's extent (channel 2: 255 in the
-    image, the pad colour outside) goes through the processor's own views and ``pack_tiles``, as
-    ``foreground.mask_flags`` does for foreground (worked example: the module's docstring)."""
-    cfg, geom = proc.image_config, proc.geometry
-    xs = np.broadcast_to(np.round((np.arange(w) + 0.5) / w * 255), (h, w))
-    ys = np.broadcast_to(np.round((np.arange(h) + 0.5) / h * 255)[:, None], (h, w))
-    rgb = np.stack([xs, ys, np.full((h, w), 255.0)], -1).astype(np.uint8)
-    views = np.stack([np.asarray(v) for v in preprocess_views(Image.fromarray(rgb, "RGB"), cfg)]).astype(np.float64)
-    pad = float(cfg.pad_colour[2])
-    weight = np.clip((views[..., 2] - pad) / (255.0 - pad), 0.0, 1.0)  # (V, S, S): 1 in the image
-    p, g = geom.patch, geom.grid
-    v = views.shape[0]
-    sums = np.stack([views[..., 0] * weight, views[..., 1] * weight, weight], -1)[:, : g * p, : g * p]
-    sums = sums.reshape(v, g, p, g, p, 3).sum(axis=(2, 4)).reshape(v, g * g, 3)
-    feats = torch.from_numpy(sums).float()
-    if geom.pinpoints is None:
-        tokens = feats[0]
-    else:
-        tokens = pack_tiles(feats, h, w, geom, torch.tensor([float("nan"), float("nan"), 0.0]))
-    xy = tokens[:, :2] / tokens[:, 2:] / 255 * 2 - 1
-    xy[tokens[:, 2] < 1e-3 * p * p] = float("nan")
-    return xy
 
 
 def grid_places(grid: int) -> torch.Tensor:
@@ -93,97 +72,19 @@ def grid_places(grid: int) -> torch.Tensor:
     return torch.stack([idx % grid, idx // grid], 1).float() / max(1, grid - 1) * 2 - 1
 
 
-def named_shape(scene: Scene, question: str) -> int | None:
-    """Index of the shape a position question names ("Is the red circle on the left or ...", "Is the star in the
-    top or ..."), None when the question is not one or names no single shape."""
-    import re
-
-    m = re.search(r"Is the (.+?) (?:on the left|in the top)", question)
-    if m is None:
-        return None
-    *color, kind = m.group(1).split()
-    hits = [i for i, sh in enumerate(scene.shapes) if sh.kind == kind and (not color or sh.color == color[0])]
-    return hits[0] if len(hits) == 1 else None
-
-
-class Named:
-    """Per dataset item (of ``build_dataset`` over ``data``): the shape its first question names, as its image
-    tokens (a bool over them, all views), its kind and its centre (x, y) in [-1, 1], None when it names none
-    (``named(i)``); or the shapes a count question counts (``named.counting(i)``)."""
-
-    def __init__(self, proc: LlavaProcessor, data: list[str], ds, scenes: dict | None = None) -> None:  # noqa: ANN001
-        self.proc, self.ds, self.dirs, self.cache = proc, ds, list(data), {}
-        self.sizes: dict[tuple[int, int], torch.Tensor] = {}  # image size -> token_places
-        self.records = []
-        for d in data:
-            scenes_d = scenes[d] if scenes and d in scenes else read_scenes(d)
-            recs = json.loads((Path(d) / "instruct.json").read_text())
-            self.records.append(
-                [(scenes_d[r["image"]], r["conversations"][0]["value"], str(r.get("id"))) for r in recs]
-            )
-
-    def locate(self, i: int) -> tuple[int, int]:
-        """(dataset, record) of item ``i``: a mixture maps items to them, a single dataset's item is its record."""
-        return self.ds.index[i] if hasattr(self.ds, "index") else (0, i)
-
-    def record(self, i: int) -> tuple:
-        """(scene, first question, id) of item ``i``."""
-        d, j = self.locate(i)
-        return self.records[d][j]
-
-    def key(self, i: int) -> tuple[str, int]:
-        """(data directory, record index) of item ``i``: a directory given twice is one key per record, two
-        directories never share one (their record ids may: ids repeat across directories of the same seed)."""
-        d, j = self.locate(i)
-        return self.dirs[d], j
-
-    def places(self, h: int, w: int) -> torch.Tensor:
-        """``token_places`` of an h x w image, computed once per size."""
-        if (h, w) not in self.sizes:
-            self.sizes[h, w] = token_places(h, w, self.proc)
-        return self.sizes[h, w]
-
-    def __call__(self, i: int) -> tuple[torch.Tensor, str, tuple[float, float]] | None:
-        key = ("named", *self.key(i))
-        if key not in self.cache:
-            scene, question, _ = self.record(i)
-            k = named_shape(scene, question)
-            out = None
-            if k is not None:
-                tokens = scene_token_owners(scene, self.proc) == k
-                sh = scene.shapes[k]
-                centre = (sh.cx / scene.width * 2 - 1, sh.cy / scene.height * 2 - 1)
-                out = (tokens, sh.kind, centre) if tokens.any() else None
-            self.cache[key] = out
-        return self.cache[key]
-
-    def counting(self, i: int) -> tuple[list[torch.Tensor], str, int] | None:
-        """The shapes item ``i``'s first question counts ("How many circles are there?"): per shape a bool over the
-        image tokens (``count.shape_tokens``), the plural word and how many; None when it is no count question."""
-        scene, question, _ = self.record(i)
-        key = ("count", *self.key(i))
-        if key not in self.cache:
-            c = counted(scene, question)
-            out = None
-            if c is not None:
-                word, idx = c
-                if len(idx) > MAX_COUNTED:
-                    raise ValueError(
-                        f"record {self.record(i)[2]} counts {len(idx)} shapes; the count heads know 0-{MAX_COUNTED} "
-                        f"(synth_scene.MAX_SHAPES): write the data with max_shapes <= {MAX_COUNTED}"
-                    )
-                tokens = shape_tokens(scene, self.places(scene.height, scene.width), self.proc.geometry.grid**2)
-                out = ([tokens[k] for k in idx], word, len(idx))
-            self.cache[key] = out
-        return self.cache[key]
-
-    def count(self) -> int:
-        """How many records' first question names a single shape or is a count question."""
-        return sum(
-            named_shape(scene, q) is not None or counted(scene, q) is not None
-            for recs in self.records
-            for scene, q, _ in recs
-        )
+def by_length(order: list[int], lengths: list[int], batch: int, groups: int, rng: random.Random) -> list[int]:
+    """``order`` cut into runs of ``groups`` batches; within each run the items sorted by ``lengths``, cut into
+    batches again and the batches shuffled: each batch pads to a length near its own. Worked example: order [0, 1,
+    2, 3], lengths [5, 90, 7, 80], batch 2, groups 2 -> batches {0, 2} and {3, 1} in some order."""
+    out: list[int] = []
+    run = batch * groups
+    for k in range(0, len(order), run):
+        items = sorted(order[k : k + run], key=lengths.__getitem__)
+        batches = [items[b : b + batch] for b in range(0, len(items), batch)]
+        full = [x for x in batches if len(x) == batch]
+        rng.shuffle(full)
+        out += [i for x in full + [x for x in batches if len(x) < batch] for i in x]
+    return out
 
 
 def place_pass(
@@ -192,18 +93,25 @@ def place_pass(
     out: str | Path,
     *,
     final: bool,
+    attributes: bool = False,
+    read_head: bool = False,
     drop: tuple[float, float] | None = None,
     batch: int = 16,
     lr: float = 1e-3,
     projector_lr: float = 2e-3,
     seed: int = 0,
+    length_groups: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[float]:
-    """One place pass from checkpoint ``init`` over the position and count conversations of ``data`` (several
+    """One place pass from checkpoint ``init`` over the conversations of ``data`` (several
     directories: their mixture; one given twice is seen twice), projector and decoder trained at stage 2's rates
     (5% linear warm-up, then cosine); writes a checkpoint to ``out`` and returns the language loss of every step.
-    ``final``: the answer's losses too (the second pass); ``drop``: background image tokens hidden with a
-    probability going from drop[0] to drop[1] over the pass."""
+    ``final``: the answer's losses too (the second pass); ``attributes``: colour and shape conversations train the
+    named shape's colour and kind at its naming word (and with ``final`` at the answer); ``read_head``: reading
+    conversations read each answer token from layer 1's output at its query too; ``drop``: background image
+    tokens hidden with a probability going from drop[0] to drop[1] over the pass; ``length_groups`` > 1: the
+    shuffled order is cut into runs of that many batches and each run regrouped by length (``by_length``), which
+    pads less (1: the shuffled order as it is)."""
     dirs = [str(d) for d in data]
     scenes = {d: read_scenes(d) for d in dict.fromkeys(dirs)}  # refuses data without scenes first
     torch.manual_seed(seed)
@@ -222,21 +130,27 @@ def place_pass(
     named = Named(proc, dirs, ds, scenes)
     if not named.count():
         raise ValueError(
-            f"no conversation in {dirs} starts with a position question about a single shape or a count question; "
-            "the place passes need position or count data (write_dataset(..., qtypes=('position',)) or "
-            "qtypes=('count',))"
+            f"no conversation in {dirs} starts with a position question about a single shape, a count question or "
+            "a reading question; the place passes need such data (write_dataset(..., qtypes=('position',)), "
+            "qtypes=('count',) or qtypes=('reading',))"
         )
     groups = apply_stage(model, StageSpec(name="stage2", lr=lr, projector_lr=projector_lr))
     d = model.config.text.hidden_size
     heads = {k: torch.nn.Linear(d, 2) for k in ("place", "decoder", "kind_place", "final_place")}
     groups.append({"name": "place_head", "params": list(heads["place"].parameters()), "lr": projector_lr})
     heads |= {k: torch.nn.Linear(d, MAX_COUNTED + 1) for k in ("count_word", "final_count")}  # classes 0..8
-    for k in ("decoder", "kind_place", "final_place", "count_word", "final_count"):
+    heads |= {k: torch.nn.Linear(d, len(COLORS)) for k in ("color", "final_color")}  # the named shape's colour
+    heads |= {k: torch.nn.Linear(d, len(KINDS)) for k in ("kind", "final_kind")}  # and its kind
+    heads["read_token"] = torch.nn.Linear(d, model.config.text.vocab_size)  # the answer token, at its query
+    for k in [k for k in heads if k != "place"]:
         groups.append({"name": f"{k}_head", "params": list(heads[k].parameters()), "lr": lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     base_lrs = [g["lr"] for g in opt.param_groups]
     order = list(range(len(ds)))
-    random.Random(seed).shuffle(order)
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    if length_groups > 1:  # runs of batches cut from the shuffled order, each run's batches of similar lengths
+        order = by_length(order, named.lengths(), batch, length_groups, rng)
     steps = len(order) // batch
     if steps < 1:
         raise ValueError(f"{len(ds)} conversations in {dirs}: fewer than one batch of {batch}")
@@ -244,7 +158,7 @@ def place_pass(
     grid = model.config.vision.image_size // model.config.vision.patch_size
     base_targets = grid_places(grid)  # (g*g, 2)
     image_id = model.config.image_token_id
-    kind_token = {k: proc.tokenizer.encode(" " + k, add_special_tokens=False)[-1] for k in KINDS}
+    kind_token = {k: proc.tokenizer.encode(" " + k, add_special_tokens=False)[-1] for k in (*KINDS, *COLORS)}
     word_token = {w: proc.tokenizer.encode(" " + w, add_special_tokens=False)[-1] for w in (*KIND_OF_PLURAL, "objects")}
     pad = partial(collate, pad_id=ds.pad_id, family=proc.family)
 
@@ -327,6 +241,16 @@ def place_pass(
                 losses["kind_mass"] = -logm[:, 0].mean()
             centres = torch.tensor([info[j][2] for j in has])
             losses["kind_place"] = F.mse_loss(heads["kind_place"](hidden[1][has, [words[j] for j in has]]), centres)
+            if attributes:  # the named shape's colour and kind read at the word (and with final, at the answer)
+                col = torch.tensor([list(COLORS).index(info[j][3].color) for j in has])
+                kin = torch.tensor([KINDS.index(info[j][3].kind) for j in has])
+                hw = hidden[1][has, [words[j] for j in has]]
+                losses["kind_attr"] = F.cross_entropy(heads["color"](hw), col) + F.cross_entropy(heads["kind"](hw), kin)
+                if final:
+                    ha = hidden[last][has, answer_queries(b_["labels"], has)]
+                    losses["final_attr"] = F.cross_entropy(heads["final_color"](ha), col) + F.cross_entropy(
+                        heads["final_kind"](ha), kin
+                    )
             if final:
                 at = answer_queries(b_["labels"], has)
                 losses["final_place"] = F.mse_loss(heads["final_place"](hidden[last][has, at]), centres)
@@ -354,6 +278,35 @@ def place_pass(
                 losses["final_count"] = F.cross_entropy(
                     heads["final_count"](hidden[last][crows, answer_queries(b_["labels"], crows)]), n
                 )
+        # the text a reading question asks for: the query of each answer token pulled onto the glyphs it writes
+        rinfo = [named.reading(i) for i in rows]
+        rrows = [j for j in range(b) if rinfo[j] is not None]
+        named_rows += len(rrows)
+        pulls, read_at = [], []
+        for j in rrows:
+            scene, text = rinfo[j]
+            at = (b_["labels"][j] != -100).nonzero()[:, 0]
+            breaks = (at.diff() != 1).nonzero()[:, 0]
+            answer = at[: int(breaks[0]) + 1] if len(breaks) else at  # the first answer's positions
+            pieces = [proc.tokenizer.decode([int(x)]) for x in b_["input_ids"][j, answer]]
+            places = named.places(scene.height, scene.width)
+            at_image = image[j].nonzero()[:, 0]
+            for pos, span in zip(answer.tolist(), answer_spans(pieces, text.value)):
+                if span is None:
+                    continue
+                box = glyph_box(text, *span)
+                target = torch.zeros(b, t, dtype=torch.bool)
+                target[j, at_image[box_tokens(box, scene.width, scene.height, places, grid * grid)]] = True
+                target &= mask.bool()
+                if target[j].any():
+                    pulls.append(attention_log_mass(attn_inputs[1:2], {j: pos - 1}, target, every_head=True)[0, 0])
+                    read_at.append((j, pos))
+        if pulls:
+            losses["read_mass"] = -torch.stack(pulls).mean()
+            if read_head:  # each answer token read from layer 1's output at its query
+                rj, rp = zip(*read_at)
+                hq = hidden[1][list(rj), [p_ - 1 for p_ in rp]]
+                losses["read_token"] = F.cross_entropy(heads["read_token"](hq), b_["input_ids"][list(rj), list(rp)])
         if final and (has or crows):  # the answer looks at the word (the kind's, or the plural's)
             at_word = {j: words[j] for j in has} | {j: cwords[j] for j in crows}
             queries = dict(zip(at_word, answer_queries(b_["labels"], list(at_word))))
@@ -381,6 +334,8 @@ def place_pass(
     model.eval()
     model.save_pretrained(out)
     proc.save_pretrained(out)
-    marker = {"init": str(init), "data": dirs, "final": final, "drop": drop, "steps": steps, "loss": history}
+    marker = {"init": str(init), "data": dirs, "final": final, "attributes": attributes, "drop": drop}
+    marker |= {"read_head": read_head, "length_groups": length_groups}
+    marker |= {"steps": steps, "loss": history}
     (Path(out) / "place.json").write_text(json.dumps(marker) + "\n")  # written last: the pass finished
     return history
