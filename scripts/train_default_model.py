@@ -11,9 +11,11 @@ Stages 1 and 2 are the YAML recipes recipes/tiny-synth-stage{1,2}.yaml run by ll
 behind `llava train`); stage 0 is recipes/tiny-synth-stage0.yaml; the grounding pass between them is
 llavakit.train.grounding (the first decoder layer learns to find the object a question names); the place passes
 after stage 2's first pass on 1-8 shapes are llavakit.train.place (where a named shape lies), the count passes after
-them llavakit.train.count through the same code (how many of a kind there are). Paths inside the
-recipes are overridden to live under --out. Prints one JSON summary (wall time per phase, losses, eval scores) as
-the last line.
+them llavakit.train.count through the same code (how many of a kind there are). Two more passes of that code are
+options, off in the shipped recipe: --bind-pass 1 trains the first pass on 1-8 shapes with the colour and kind of
+the shape a question names read at its naming word, and --read-pass 1 adds a reading pass after the count passes
+(llavakit.train.reading). Paths inside the recipes are overridden to live under --out. Prints one JSON summary
+(wall time per phase, losses, eval scores) as the last line.
 """
 
 from __future__ import annotations
@@ -93,20 +95,38 @@ PLACE_DATA = {"qtypes": ("position",), "repeats": 3, "max_turns": 4, "max_shapes
 # data cost position (held out 0.65-0.87).
 COUNT_SEED = 94
 COUNT_DATA = {"qtypes": ("count",), "repeats": 3, "max_turns": 4}
+# --read-pass 1 (not in the shipped recipe): after the count passes, one pass on reading questions alone (scenes that
+# all carry a word or number, 9/16 as many as --more-instruct, one question each, seed 95, seen three times): the
+# query of each answer token is pulled onto the glyphs it writes and the token read from layer 1 there
+# (llavakit.train.reading; docs/default-model.md, "Reading gathered at the glyph").
+READ_SEED = 95
+READ_DATA = {"qtypes": ("reading",), "text_prob": 1.0, "max_turns": 1}
+# --bind-pass 1: the first pass on 1-8 shapes (``stage2b``) runs as a pass of ``llavakit.train.place`` on the same
+# data: the shape a colour or shape question names is gathered at its naming word ("star" in "What color is the
+# star?", "red" in "What shape is the red object?") and its colour and kind are read there and at the answer, beside
+# the position, count and reading pulls of the conversations that start with those. On a stage 0 whose tower plain
+# passes did not bind colour to the named object of several (held out 0.49), it did (0.99) (docs/default-model.md,
+# "Binding the named shape's colour").
+BIND_PASS = "stage2b"
+BIND = {"final": True, "attributes": True}
 GATHER = {"final": False, "drop": (1.0, 0.0)}
 READ = {"final": True}
+# What a place.json written before these options existed was trained with.
+OLD_MARKER = {"attributes": False, "read_head": False, "length_groups": 1}
 
 
-def place_passes(count: bool) -> list[tuple[str, list[str], dict]]:
-    """The place (and count) passes: (output directory, data directories (one given twice is seen twice),
-    place_pass options), each from the one before."""
+def place_passes(count: bool, read: bool = False) -> list[tuple[str, list[str], dict]]:
+    """The place (and count, and reading) passes: (output directory, data directories (one given twice is seen
+    twice), place_pass options), each from the one before."""
+    reading = [("stage2_read", ["data_read"] * 3, {"final": False, "read_head": True})] if read else []
     if not count:
-        return [("stage2_place", ["data_place"] * 3, GATHER), ("stage2_place2", ["data_place"] * 2, READ)]
+        return [("stage2_place", ["data_place"] * 3, GATHER), ("stage2_place2", ["data_place"] * 2, READ), *reading]
     return [
         ("stage2_place", ["data_place"] * 2, GATHER),
         ("stage2_place2", ["data_place"] * 2, READ),
         ("stage2_count", ["data_count"], GATHER),
         ("stage2_count2", ["data_count"], READ),
+        *reading,
     ]
 
 
@@ -267,6 +287,22 @@ def main(argv: list[str] | None = None) -> int:
         help="1 (the default with the place passes): two count passes (llavakit.train.count) after the place passes; "
         "0: none (the recipe of the first 2026-12-06 model)",
     )
+    ap.add_argument(
+        "--bind-pass",
+        type=int,
+        choices=[0, 1],
+        help="1 (the default with the place passes): the first pass on 1-8 shapes trains the named shape's colour "
+        "and kind at its naming word (llavakit.train.place, attributes); 0: a plain pass (the recipe until "
+        "2026-12-06)",
+    )
+    ap.add_argument(
+        "--read-pass",
+        type=int,
+        default=0,
+        choices=[0, 1],
+        help="1: a reading pass (llavakit.train.reading) after the place and count passes (0: none, the shipped "
+        "recipe; about 5 min more on two threads)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="stage 2: questions of one type per conversation, up to")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes for tests")
@@ -304,10 +340,19 @@ def main(argv: list[str] | None = None) -> int:
             "--place-passes 1 (the default) follows the first pass on 1-8 shapes: it needs --more-passes >= 1 and "
             "--more-instruct > 0; or give --place-passes 0"
         )
+    if args.bind_pass is None:
+        args.bind_pass = args.place_passes
+    if args.bind_pass and (args.more_passes < 1 or not args.more_instruct or args.position_early):
+        ap.error(
+            "--bind-pass 1 trains the first pass on 1-8 shapes alone: it needs --more-passes >= 1 and --more-instruct "
+            "> 0, and no --position-early (which mixes lone-object conversations into it); or give --bind-pass 0"
+        )
     if args.count_passes is None:
         args.count_passes = args.place_passes
     if args.count_passes and not args.place_passes:
         ap.error("--count-passes 1 follows the place passes: it needs --place-passes 1, or give --count-passes 0")
+    if args.read_pass and not args.place_passes:
+        ap.error("--read-pass 1 follows the place passes: it needs --place-passes 1, or give --read-pass 0")
     if args.mix_existence and not args.position_passes:
         ap.error("--mix-existence changes the mixed pass of --position-passes 1: pass both")
 
@@ -391,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         write_dataset(out / "data_place", args.more_instruct // 2, PLACE_SEED, "instruct", **sides2, **PLACE_DATA)
     if counting and not (args.cont and (out / "data_count" / "instruct.json").exists()):
         write_dataset(out / "data_count", args.more_instruct * 3 // 8, COUNT_SEED, "instruct", **sides2, **COUNT_DATA)
+    if args.read_pass and not (args.cont and (out / "data_read" / "instruct.json").exists()):
+        write_dataset(out / "data_read", args.more_instruct * 9 // 16, READ_SEED, "instruct", **sides2, **READ_DATA)
     early = args.position_early and args.more_instruct
     if early:
         shares = [args.instruct // 8] + [args.more_instruct // 8] * len(passes)
@@ -455,35 +502,59 @@ def main(argv: list[str] | None = None) -> int:
     def mixed(data: str, k: int) -> str | list[str]:
         return [data, lone_share(k)[0]] if early else data
 
+    def run_place(init: Path, pname: str, pdata: list[str], kw: dict) -> list[float]:
+        """One pass of ``llavakit.train.place`` from ``init`` on ``out/pdata`` into ``out/pname`` (kept with
+        --continue when finished on the same data); its time goes into the summary under ``pname``."""
+        from llavakit.train.place import place_pass
+
+        t = time.perf_counter()
+        marker = out / pname / "place.json"  # written last by place_pass: the pass finished
+        sp: list[float] = []
+        if args.cont and marker.exists():
+            record = json.loads(marker.read_text())
+            refuse_other_chain(out / pname, record["init"], init)
+            wanted = {**OLD_MARKER, **kw}  # markers written before these options existed: their defaults
+            differs = [k for k in OLD_MARKER if record.get(k, OLD_MARKER[k]) != wanted[k]]
+            if record.get("data") != [str(out / d) for d in pdata] or differs:
+                was = [Path(d).name for d in record.get("data", [])]
+                plans = {v: {n: d for n, d, _ in place_passes(bool(v))} for v in (0, 1)}
+                match = [v for v, plan in plans.items() if plan.get(pname) == was]
+                rerun = f"rerun with --count-passes {match[0]}, " if match else ""
+                if pname == BIND_PASS:
+                    rerun = f"rerun with --bind-pass {int(record.get('attributes', False))}, "
+                was_options = {k: record.get(k, OLD_MARKER[k]) for k in OLD_MARKER}
+                raise SystemExit(
+                    f"--continue: {out / pname} was trained on {record.get('data')} ({was_options}), but this recipe "
+                    f"trains it on {pdata} ({ {k: wanted[k] for k in OLD_MARKER} }); {rerun}use a new --out or delete "
+                    f"{out / pname} and what follows it"
+                )
+            sp = record["loss"]
+        else:
+            quick = {"batch": 4} if args.quick else {}
+            sp = place_pass(init, [out / d for d in pdata], out / pname, **kw, **quick, log=_log)
+            _log(f"{pname}: {len(sp)} steps, loss {sp[0]:.3f} -> {sp[-1]:.3f}")
+        times[pname] = time.perf_counter() - t
+        return sp
+
     s2 = stage2_pass(first, mixed("data_easy", 0), "stage2", (1.0, 0.0) if hide else None)
     final = out / "stage2"
     for k, (data, name, _) in enumerate(passes):  # passes on fresh scenes of 1-8 shapes, each from the one before
-        s2 += stage2_pass(final.name, mixed(data, k + 1), name)
+        trained = out / name / "model.safetensors"
+        if k == 0 and args.cont and trained.exists() and (out / name / "place.json").exists() != bool(args.bind_pass):
+            was = int((out / name / "place.json").exists())
+            raise SystemExit(
+                f"--continue: {out / name} was trained with --bind-pass {was}, but this run has --bind-pass "
+                f"{args.bind_pass}; rerun with --bind-pass {was}, use a new --out or delete {out / name} and what "
+                "follows it"
+            )
+        if k == 0 and args.bind_pass:
+            s2 += run_place(final, name, [data], BIND)
+        else:
+            s2 += stage2_pass(final.name, mixed(data, k + 1), name)
         final = out / name
         if args.place_passes and k == 0:
-            from llavakit.train.place import place_pass
-
-            for pname, pdata, kw in place_passes(counting):
-                t = time.perf_counter()
-                marker = out / pname / "place.json"  # written last by place_pass: the pass finished
-                done = args.cont and marker.exists()
-                if done:
-                    record = json.loads(marker.read_text())
-                    refuse_other_chain(out / pname, record["init"], final)
-                    if record.get("data") != [str(out / d) for d in pdata]:
-                        was = [Path(d).name for d in record.get("data", [])]
-                        plans = {v: {n: d for n, d, _ in place_passes(bool(v))} for v in (0, 1)}
-                        match = [v for v, plan in plans.items() if plan.get(pname) == was]
-                        rerun = f"rerun with --count-passes {match[0]}, " if match else ""
-                        raise SystemExit(
-                            f"--continue: {out / pname} was trained on {record.get('data')}, but this recipe trains "
-                            f"it on {pdata}; {rerun}use a new --out or delete {out / pname} and what follows it"
-                        )
-                else:
-                    quick = {"batch": 4} if args.quick else {}
-                    sp = place_pass(final, [out / d for d in pdata], out / pname, **kw, **quick, log=_log)
-                    _log(f"{pname}: {len(sp)} steps, loss {sp[0]:.3f} -> {sp[-1]:.3f}")
-                times[pname] = time.perf_counter() - t
+            for pname, pdata, kw in place_passes(counting, bool(args.read_pass)):
+                run_place(final, pname, pdata, kw)
                 final = out / pname
     if position:
         s2 += stage2_pass(final.name, "data_pos", "stage2_pos")
@@ -506,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             "position_passes": 2 if position else 0,
             "place_passes": 2 if args.place_passes else 0,
             "count_passes": 2 if counting else 0,
+            "bind_pass": args.bind_pass,
+            "read_pass": args.read_pass,
             "position_early": bool(early),
             "mix_existence": args.mix_existence,
             "repeats": args.repeats,

@@ -13,7 +13,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--position-passes", "1"]
-    args += ["--mix-existence", "--place-passes", "1"]
+    args += ["--mix-existence", "--place-passes", "1", "--read-pass", "1"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
@@ -28,9 +28,13 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     assert recipe["model"]["init"] == str(out / "stage1_ground")
     # the passes on 1-8 shapes: each from the one before, on its own fresh scenes
     assert summary["samples"]["more_passes"] == 2
-    for data, name, init in (("data2", "stage2b", "stage2"), ("data3", "stage2c", "stage2_count2")):
-        recipe = json.loads((out / name / "recipe.json").read_text())
-        assert recipe["model"]["init"] == str(out / init) and recipe["data"]["image_folder"] == str(out / data)
+    recipe = json.loads((out / "stage2c" / "recipe.json").read_text())
+    assert recipe["model"]["init"] == str(out / "stage2_read")
+    assert recipe["data"]["image_folder"] == str(out / "data3")
+    # (--bind-pass 1, the default with the place passes) the first of them a place pass with the attribute heads
+    bind = json.loads((out / "stage2b" / "place.json").read_text())
+    assert bind["init"] == str(out / "stage2") and bind["data"] == [str(out / "data2")] and bind["attributes"]
+    assert summary["samples"]["bind_pass"] == 1 and bind["final"] and not bind["read_head"]
     # (--place-passes 1) the two place passes between the first two, on position questions about 1-2 shapes
     assert summary["samples"]["place_passes"] == 2 and {"stage2_place", "stage2_place2"} <= set(summary["seconds"])
     assert all((out / name / "model.safetensors").exists() for name in ("stage2_place", "stage2_place2"))
@@ -46,9 +50,16 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     assert summary["samples"]["count_passes"] == 2
     chain = (("stage2_place", "stage2b", "data_place", 2), ("stage2_place2", "stage2_place", "data_place", 2))
     chain += (("stage2_count", "stage2_place2", "data_count", 1), ("stage2_count2", "stage2_count", "data_count", 1))
+    chain += (("stage2_read", "stage2_count2", "data_read", 3),)  # --read-pass 1: reading questions alone
     for name, init, data, seen in chain:
         record = json.loads((out / name / "place.json").read_text())
         assert record["init"] == str(out / init) and record["data"] == [str(out / data)] * seen, record
+    read = json.loads((out / "stage2_read" / "place.json").read_text())
+    assert read["read_head"] and not read["final"] and summary["samples"]["read_pass"] == 1
+    lines = (out / "data_read" / "scenes.jsonl").read_text().splitlines()
+    texts = [json.loads(line)["scene"]["text"] for line in lines]
+    asked = [r["conversations"][0]["value"] for r in json.loads((out / "data_read" / "instruct.json").read_text())]
+    assert asked and sum(t is not None for t in texts) == len(asked) and all(" is written in" in q for q in asked)
     first = lambda d: json.loads((out / d / "instruct.json").read_text())[0]["conversations"]  # noqa: E731
     assert first("data2") != first("data3")
     assert not (out / "stage2d").exists()
@@ -83,8 +94,12 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     # --continue refuses a later pass trained in another chain (here stage2c from the place passes, asked without them)
     import pytest
 
-    with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_count2"):
-        load_script("train_default_model").main([*args, "--continue", "--place-passes", "0", "--count-passes", "0"])
+    with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_read"):
+        without = ["--place-passes", "0", "--count-passes", "0", "--bind-pass", "1", "--read-pass", "0"]
+        load_script("train_default_model").main([*args, "--continue", *without])
+    # ... a first pass on 1-8 shapes trained as the bind pass, asked as a plain pass
+    with pytest.raises(SystemExit, match="stage2b was trained with --bind-pass 1"):
+        load_script("train_default_model").main([*args, "--continue", "--bind-pass", "0"])
     # ... and place passes trained on other data (here seen twice for the count passes, asked without them)
     with pytest.raises(SystemExit, match="stage2_place was trained on .*--count-passes 1"):
         load_script("train_default_model").main([*args, "--continue", "--count-passes", "0"])
@@ -134,3 +149,6 @@ def test_position_early_and_late_are_not_combined(capsys):
     with pytest.raises(SystemExit):
         load_script("train_default_model").main(["--count-passes", "1", "--place-passes", "0"])
     assert "needs --place-passes 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_script("train_default_model").main(["--bind-pass", "1", "--position-early", "--place-passes", "0"])
+    assert "no --position-early" in capsys.readouterr().err
