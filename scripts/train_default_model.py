@@ -105,9 +105,9 @@ READ_DATA = {"qtypes": ("reading",), "text_prob": 1.0, "max_turns": 1}
 # data: the shape a colour or shape question names is gathered at its naming word ("star" in "What color is the
 # star?", "red" in "What shape is the red object?") and its colour and kind are read there and at the answer, beside
 # the position, count and reading pulls of the conversations that start with those. On a stage 0 whose tower plain
-# passes did not bind colour to the named object of several (held out 0.49), it did (0.99) (docs/default-model.md,
-# "Binding the named shape's colour").
-BIND_PASS = "stage2b"
+# passes did not bind colour to the named object of several (held out 0.49), it did (0.99); on the shipped model's
+# stage 0 it cost position and existence, so it is off by default (docs/default-model.md, "Binding the named shape's
+# colour on any stage 0").
 BIND = {"final": True, "attributes": True}
 GATHER = {"final": False, "drop": (1.0, 0.0)}
 READ = {"final": True}
@@ -290,10 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--bind-pass",
         type=int,
+        default=0,
         choices=[0, 1],
-        help="1 (the default with the place passes): the first pass on 1-8 shapes trains the named shape's colour "
-        "and kind at its naming word (llavakit.train.place, attributes); 0: a plain pass (the recipe until "
-        "2026-12-06)",
+        help="1: the first pass on 1-8 shapes trains the named shape's colour and kind at its naming word "
+        "(llavakit.train.place, attributes), for a stage 0 on which the plain pass leaves colour unbound; 0: a "
+        "plain pass (the shipped recipe)",
     )
     ap.add_argument(
         "--read-pass",
@@ -340,8 +341,6 @@ def main(argv: list[str] | None = None) -> int:
             "--place-passes 1 (the default) follows the first pass on 1-8 shapes: it needs --more-passes >= 1 and "
             "--more-instruct > 0; or give --place-passes 0"
         )
-    if args.bind_pass is None:
-        args.bind_pass = args.place_passes
     if args.bind_pass and (args.more_passes < 1 or not args.more_instruct or args.position_early):
         ap.error(
             "--bind-pass 1 trains the first pass on 1-8 shapes alone: it needs --more-passes >= 1 and --more-instruct "
@@ -519,9 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                 was = [Path(d).name for d in record.get("data", [])]
                 plans = {v: {n: d for n, d, _ in place_passes(bool(v))} for v in (0, 1)}
                 match = [v for v, plan in plans.items() if plan.get(pname) == was]
-                rerun = f"rerun with --count-passes {match[0]}, " if match else ""
-                if pname == BIND_PASS:
-                    rerun = f"rerun with --bind-pass {int(record.get('attributes', False))}, "
+                rerun = f"rerun with --count-passes {match[0]}, " if match and match[0] != args.count_passes else ""
                 was_options = {k: record.get(k, OLD_MARKER[k]) for k in OLD_MARKER}
                 raise SystemExit(
                     f"--continue: {out / pname} was trained on {record.get('data')} ({was_options}), but this recipe "
@@ -540,8 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     final = out / "stage2"
     for k, (data, name, _) in enumerate(passes):  # passes on fresh scenes of 1-8 shapes, each from the one before
         trained = out / name / "model.safetensors"
-        if k == 0 and args.cont and trained.exists() and (out / name / "place.json").exists() != bool(args.bind_pass):
-            was = int((out / name / "place.json").exists())
+        # a finished bind pass leaves place.json, a finished plain pass metrics.jsonl; neither: not finished
+        was = 1 if (out / name / "place.json").exists() else 0 if (out / name / "metrics.jsonl").exists() else None
+        if k == 0 and args.cont and trained.exists() and was is not None and was != args.bind_pass:
             raise SystemExit(
                 f"--continue: {out / name} was trained with --bind-pass {was}, but this run has --bind-pass "
                 f"{args.bind_pass}; rerun with --bind-pass {was}, use a new --out or delete {out / name} and what "

@@ -13,7 +13,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--position-passes", "1"]
-    args += ["--mix-existence", "--place-passes", "1", "--read-pass", "1"]
+    args += ["--mix-existence", "--place-passes", "1", "--read-pass", "1", "--bind-pass", "1"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
@@ -31,7 +31,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     recipe = json.loads((out / "stage2c" / "recipe.json").read_text())
     assert recipe["model"]["init"] == str(out / "stage2_read")
     assert recipe["data"]["image_folder"] == str(out / "data3")
-    # (--bind-pass 1, the default with the place passes) the first of them a place pass with the attribute heads
+    # (--bind-pass 1) the first of them a place pass with the attribute heads
     bind = json.loads((out / "stage2b" / "place.json").read_text())
     assert bind["init"] == str(out / "stage2") and bind["data"] == [str(out / "data2")] and bind["attributes"]
     assert summary["samples"]["bind_pass"] == 1 and bind["final"] and not bind["read_head"]

@@ -159,11 +159,17 @@ def test_the_attribute_pass_reads_colour_and_kind_at_the_naming_word(tmp_path):
     place_pass(init, [tmp_path / "d"], tmp_path / "a", final=True, attributes=True, batch=4, log=logs.append)
     assert all(k in logs[0] for k in ("kind_mass", "kind_attr", "final_attr", "final_mass")), logs[0]
     assert json.loads((tmp_path / "a" / "place.json").read_text())["attributes"] is True
-    place_pass(init, [tmp_path / "d"], tmp_path / "b", final=True, batch=4, log=logs.append)
-    assert "kind_attr" not in logs[-1] and "kind_mass" in logs[-1]
-    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("a", "b"))
+    with pytest.raises(ValueError, match="qtypes=\\('position',\\)"):  # without: colour questions name nothing
+        place_pass(init, [tmp_path / "d"], tmp_path / "b", final=True, batch=4, log=logs.append)
+    mixed = tmp_path / "mixed"  # position questions name shapes either way; the attribute heads read them too
+    write_dataset(mixed, 12, 3, "instruct", min_side=112, max_side=160, qtypes=("position", "color"))
+    place_pass(init, [mixed], tmp_path / "c", final=False, batch=4, log=logs.append)
+    assert "kind_mass" in logs[-1] and "kind_attr" not in logs[-1]
+    place_pass(init, [mixed], tmp_path / "e", final=False, attributes=True, batch=4, log=logs.append)
+    assert "kind_attr" in logs[-1]
+    c, e = (load_file(tmp_path / d / "model.safetensors") for d in ("c", "e"))
     key = "model.language_model.layers.1.mlp.down_proj.weight"  # the layer whose output the heads read
-    assert not torch.equal(a[key], b[key])
+    assert not torch.equal(c[key], e[key])
 
 
 def test_by_length_worked_example_and_its_batches_pad_less():

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..data.synth import read_scenes
-from ..data.synth_scene import Scene, Text
+from ..data.synth_scene import Scene, Shape, Text
 from ..model.llava import pack_tiles
 from ..processing.anyres import num_image_tokens
 from ..processing.image import preprocess_views
@@ -83,11 +83,21 @@ def attribute_shape(scene: Scene, question: str) -> tuple[int, str] | None:
 
 class Named:
     """Per dataset item (of ``build_dataset`` over ``data``): the shape its first question names, as its image
-    tokens (a bool over them, all views), its kind and its centre (x, y) in [-1, 1], None when it names none
-    (``named(i)``); or the shapes a count question counts (``named.counting(i)``)."""
+    tokens (a bool over them, all views), the word that names it, its centre (x, y) in [-1, 1] and the shape, None
+    when it names none (``named(i)``; position questions, and with ``attributes`` colour and shape questions); the
+    shapes a count question counts (``named.counting(i)``); the text a reading question asks for
+    (``named.reading(i)``); and the items' lengths (``named.lengths()``)."""
 
-    def __init__(self, proc: LlavaProcessor, data: list[str], ds, scenes: dict | None = None) -> None:  # noqa: ANN001
+    def __init__(
+        self,
+        proc: LlavaProcessor,
+        data: list[str],
+        ds,  # noqa: ANN001
+        scenes: dict | None = None,
+        attributes: bool = False,
+    ) -> None:
         self.proc, self.ds, self.dirs, self.cache = proc, ds, list(data), {}
+        self.attributes = attributes
         self.sizes: dict[tuple[int, int], torch.Tensor] = {}  # image size -> token_places
         self.records = []
         for d in data:
@@ -118,7 +128,7 @@ class Named:
             self.sizes[h, w] = token_places(h, w, self.proc)
         return self.sizes[h, w]
 
-    def __call__(self, i: int) -> tuple[torch.Tensor, str, tuple[float, float]] | None:
+    def __call__(self, i: int) -> tuple[torch.Tensor, str, tuple[float, float], Shape] | None:
         key = ("named", *self.key(i))
         if key not in self.cache:
             scene, question, _ = self.record(i)
@@ -129,7 +139,7 @@ class Named:
                 sh = scene.shapes[k]
                 centre = (sh.cx / scene.width * 2 - 1, sh.cy / scene.height * 2 - 1)
                 out = (tokens, sh.kind, centre, sh) if tokens.any() else None
-            elif (a := attribute_shape(scene, question)) is not None:
+            elif self.attributes and (a := attribute_shape(scene, question)) is not None:
                 k, word = a
                 tokens = shape_tokens(scene, self.places(scene.height, scene.width), self.proc.geometry.grid**2)[k]
                 sh = scene.shapes[k]
@@ -177,7 +187,7 @@ class Named:
         """How many records' first question names a single shape, is a count question or asks for the text."""
         return sum(
             named_shape(scene, q) is not None
-            or attribute_shape(scene, q) is not None
+            or (self.attributes and attribute_shape(scene, q) is not None)
             or counted(scene, q) is not None
             or read_text(scene, q) is not None
             for recs in self.records

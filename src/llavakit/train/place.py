@@ -103,15 +103,16 @@ def place_pass(
     length_groups: int = 1,
     log: Callable[[str], None] = print,
 ) -> list[float]:
-    """One place pass from checkpoint ``init`` over the conversations of ``data`` (several
-    directories: their mixture; one given twice is seen twice), projector and decoder trained at stage 2's rates
-    (5% linear warm-up, then cosine); writes a checkpoint to ``out`` and returns the language loss of every step.
-    ``final``: the answer's losses too (the second pass); ``attributes``: colour and shape conversations train the
-    named shape's colour and kind at its naming word (and with ``final`` at the answer); ``read_head``: reading
-    conversations read each answer token from layer 1's output at its query too; ``drop``: background image
-    tokens hidden with a probability going from drop[0] to drop[1] over the pass; ``length_groups`` > 1: the
-    shuffled order is cut into runs of that many batches and each run regrouped by length (``by_length``), which
-    pads less (1: the shuffled order as it is)."""
+    """One place pass from checkpoint ``init`` over the conversations of ``data`` (several directories: their
+    mixture; one given twice is seen twice), projector and decoder trained at stage 2's rates (5% linear warm-up,
+    then cosine); writes a checkpoint to ``out`` and returns the language loss of every step.
+
+    ``final``: the answer's losses too (the second pass). ``attributes``: colour and shape questions name a shape
+    too, and every named shape's colour and kind are read at its naming word (with ``final``, at the answer).
+    ``read_head``: reading conversations read each answer token from layer 1's output at its query too. ``drop``:
+    background image tokens hidden with a probability going from drop[0] to drop[1] over the pass.
+    ``length_groups`` > 1: the shuffled order is cut into runs of that many batches and each run regrouped by length
+    (``by_length``), which pads less (1: the shuffled order as it is)."""
     dirs = [str(d) for d in data]
     scenes = {d: read_scenes(d) for d in dict.fromkeys(dirs)}  # refuses data without scenes first
     torch.manual_seed(seed)
@@ -127,7 +128,7 @@ def place_pass(
             "layers or more, or leave the place passes out (train_default_model.py --place-passes 0)"
         )
     ds = build_dataset(spec, proc, proc.template, 1024, foreground=True)
-    named = Named(proc, dirs, ds, scenes)
+    named = Named(proc, dirs, ds, scenes, attributes=attributes)
     if not named.count():
         raise ValueError(
             f"no conversation in {dirs} starts with a position question about a single shape, a count question or "
@@ -281,7 +282,6 @@ def place_pass(
         # the text a reading question asks for: the query of each answer token pulled onto the glyphs it writes
         rinfo = [named.reading(i) for i in rows]
         rrows = [j for j in range(b) if rinfo[j] is not None]
-        named_rows += len(rrows)
         pulls, read_at = [], []
         for j in rrows:
             scene, text = rinfo[j]
@@ -301,6 +301,7 @@ def place_pass(
                 if target[j].any():
                     pulls.append(attention_log_mass(attn_inputs[1:2], {j: pos - 1}, target, every_head=True)[0, 0])
                     read_at.append((j, pos))
+        named_rows += len({j for j, _ in read_at})
         if pulls:
             losses["read_mass"] = -torch.stack(pulls).mean()
             if read_head:  # each answer token read from layer 1's output at its query
@@ -326,9 +327,9 @@ def place_pass(
         hook.remove()
     if not named_rows:
         raise ValueError(
-            f"the named kinds' and counted plurals' words were never found in the questions of {dirs} (tokenizer of "
-            f"{init}: {sorted((kind_token | word_token).items())}); nothing but the language and place losses "
-            "trained, so nothing is saved"
+            f"the named kinds' and counted plurals' words, and the reading answers' glyphs, were never found in {dirs} "
+            f"(tokenizer of {init}: {sorted((kind_token | word_token).items())}); nothing but the language and place "
+            "losses trained, so nothing is saved"
         )
     del model.tile_features
     model.eval()
