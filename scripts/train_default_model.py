@@ -536,15 +536,15 @@ def main(argv: list[str] | None = None) -> int:
     s2 = stage2_pass(first, mixed("data_easy", 0), "stage2", (1.0, 0.0) if hide else None)
     final = out / "stage2"
     for k, (data, name, _) in enumerate(passes):  # passes on fresh scenes of 1-8 shapes, each from the one before
-        trained = out / name / "model.safetensors"
-        # a finished bind pass leaves place.json, a finished plain pass metrics.jsonl; neither: not finished
-        was = 1 if (out / name / "place.json").exists() else 0 if (out / name / "metrics.jsonl").exists() else None
-        if k == 0 and args.cont and trained.exists() and was is not None and was != args.bind_pass:
-            raise SystemExit(
-                f"--continue: {out / name} was trained with --bind-pass {was}, but this run has --bind-pass "
-                f"{args.bind_pass}; rerun with --bind-pass {was}, use a new --out or delete {out / name} and what "
-                "follows it"
-            )
+        if k == 0 and args.cont and (out / name / "model.safetensors").exists():
+            # a finished bind pass leaves place.json, a finished plain pass metrics.jsonl; neither: not finished
+            was = 1 if (out / name / "place.json").exists() else 0 if (out / name / "metrics.jsonl").exists() else None
+            if was is not None and was != args.bind_pass:
+                raise SystemExit(
+                    f"--continue: {out / name} was trained with --bind-pass {was}, but this run has --bind-pass "
+                    f"{args.bind_pass}; rerun with --bind-pass {was}, use a new --out or delete {out / name} and what "
+                    "follows it"
+                )
         if k == 0 and args.bind_pass:
             s2 += run_place(final, name, [data], BIND)
         else:

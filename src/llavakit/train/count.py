@@ -41,22 +41,31 @@ def counted(scene: Scene, question: str) -> tuple[str, list[int]] | None:
 
 def shape_tokens(scene: Scene, places: torch.Tensor, base_tokens: int) -> list[torch.Tensor]:
     """Per shape, a bool (num_image_tokens,) of the image tokens that show it, from geometry: the tokens whose scene
-    place (``place.token_places``: (x, y) in [-1, 1], NaN for newlines) lies within the shape's radius of its centre,
+    place (``named.token_places``: (x, y) in [-1, 1], NaN for newlines) lies within the shape's radius of its centre,
     and always the token nearest its centre in the base view (the first ``base_tokens``) and in the tiles.
 
     Rendering each shape alone (``foreground.scene_token_owners``) is exact but costs ~0.1 s a scene of 1-8 shapes;
     this needs only the places, which the passes compute once per image size anyway."""
-    px = (places[:, 0] + 1) / 2 * scene.width  # (N,) pixels, NaN for newlines
-    py = (places[:, 1] + 1) / 2 * scene.height
+    px, py = scene_pixels(places, scene.width, scene.height)
     out = []
     for sh in scene.shapes:
         dist = ((px - sh.cx) ** 2 + (py - sh.cy) ** 2).sqrt().nan_to_num(float("inf"))  # (N,)
-        mine = dist <= sh.radius
-        for lo, hi in ((0, base_tokens), (base_tokens, len(dist))):
-            if hi > lo and torch.isfinite(dist[lo:hi]).any():
-                mine[lo + int(dist[lo:hi].argmin())] = True
-        out.append(mine)
+        out.append(with_nearest(dist <= sh.radius, dist, base_tokens))
     return out
+
+
+def scene_pixels(places: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y), each (N,), the scene pixel of each token's place (``named.token_places``: [-1, 1]; NaN stays NaN)."""
+    return (places[:, 0] + 1) / 2 * width, (places[:, 1] + 1) / 2 * height
+
+
+def with_nearest(mine: torch.Tensor, dist: torch.Tensor, base_tokens: int) -> torch.Tensor:
+    """``mine`` (a bool over the N image tokens) with the token of least ``dist`` (inf for newlines) set in the base
+    view (the first ``base_tokens``) and in the tiles, so that a small object has a token in each view."""
+    for lo, hi in ((0, base_tokens), (base_tokens, len(dist))):
+        if hi > lo and torch.isfinite(dist[lo:hi]).any():
+            mine[lo + int(dist[lo:hi].argmin())] = True
+    return mine
 
 
 def count_attention(shapes: list[torch.Tensor], visible: torch.Tensor, word: int) -> torch.Tensor:

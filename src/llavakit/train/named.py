@@ -10,6 +10,7 @@ top-left 16 px patch) shows columns 0-60 and rows 0-20 of the scene: (x, y) = (3
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,6 @@ def token_places(h: int, w: int, proc: LlavaProcessor) -> torch.Tensor:
 def named_shape(scene: Scene, question: str) -> int | None:
     """Index of the shape a position question names ("Is the red circle on the left or ...", "Is the star in the
     top or ..."), None when the question is not one or names no single shape."""
-    import re
-
     m = re.search(r"Is the (.+?) (?:on the left|in the top)", question)
     if m is None:
         return None
@@ -71,8 +70,6 @@ def named_shape(scene: Scene, question: str) -> int | None:
 def attribute_shape(scene: Scene, question: str) -> tuple[int, str] | None:
     """(index, naming word) of the shape a colour or shape question names: "What color is the star?" names the
     one star by "star", "What shape is the red object?" the one red shape by "red"; None otherwise."""
-    import re
-
     m = re.search(r"What color is the (\w+)\?", question) or re.search(r"What shape is the (\w+) object\?", question)
     if m is None:
         return None
@@ -133,15 +130,13 @@ class Named:
         if key not in self.cache:
             scene, question, _ = self.record(i)
             k = named_shape(scene, question)
-            out = None
-            if k is not None:
-                tokens = scene_token_owners(scene, self.proc) == k
-                sh = scene.shapes[k]
-                centre = (sh.cx / scene.width * 2 - 1, sh.cy / scene.height * 2 - 1)
-                out = (tokens, sh.kind, centre, sh) if tokens.any() else None
+            if k is not None:  # exact: the tokens the shape covers rendered alone
+                tokens, word = scene_token_owners(scene, self.proc) == k, scene.shapes[k].kind
             elif self.attributes and (a := attribute_shape(scene, question)) is not None:
-                k, word = a
+                k, word = a  # geometric (``count.shape_tokens``): never empty
                 tokens = shape_tokens(scene, self.places(scene.height, scene.width), self.proc.geometry.grid**2)[k]
+            out = None
+            if k is not None and tokens.any():
                 sh = scene.shapes[k]
                 out = (tokens, word, (sh.cx / scene.width * 2 - 1, sh.cy / scene.height * 2 - 1), sh)
             self.cache[key] = out

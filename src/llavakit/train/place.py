@@ -159,7 +159,7 @@ def place_pass(
     grid = model.config.vision.image_size // model.config.vision.patch_size
     base_targets = grid_places(grid)  # (g*g, 2)
     image_id = model.config.image_token_id
-    kind_token = {k: proc.tokenizer.encode(" " + k, add_special_tokens=False)[-1] for k in (*KINDS, *COLORS)}
+    name_token = {k: proc.tokenizer.encode(" " + k, add_special_tokens=False)[-1] for k in (*KINDS, *COLORS)}
     word_token = {w: proc.tokenizer.encode(" " + w, add_special_tokens=False)[-1] for w in (*KIND_OF_PLURAL, "objects")}
     pad = partial(collate, pad_id=ds.pad_id, family=proc.family)
 
@@ -228,7 +228,7 @@ def place_pass(
         losses["decoder"] = (heads["decoder"](hidden[0][ok]) - want[ok]).pow(2).mean()
         # the named shape, gathered at its kind's word (layer 1) and read at the answer (last layer)
         info = [named(i) for i in rows]
-        words = kind_positions(b_["input_ids"], b_["labels"], [kind_token[x[1]] if x else None for x in info])
+        words = kind_positions(b_["input_ids"], b_["labels"], [name_token[x[1]] if x else None for x in info])
         has = [j for j in range(b) if info[j] is not None and words[j] is not None]
         named_rows += len(has)
         if has:
@@ -328,7 +328,7 @@ def place_pass(
     if not named_rows:
         raise ValueError(
             f"the named kinds' and counted plurals' words, and the reading answers' glyphs, were never found in {dirs} "
-            f"(tokenizer of {init}: {sorted((kind_token | word_token).items())}); nothing but the language and place "
+            f"(tokenizer of {init}: {sorted((name_token | word_token).items())}); nothing but the language and place "
             "losses trained, so nothing is saved"
         )
     del model.tile_features

@@ -19,6 +19,7 @@ import re
 import torch
 
 from ..data.synth_scene import Scene, Text, font
+from .count import scene_pixels, with_nearest
 
 Box = tuple[float, float, float, float]
 
@@ -61,15 +62,11 @@ def glyph_box(text: Text, start: int, end: int) -> Box:
 
 
 def box_tokens(box: Box, width: int, height: int, places: torch.Tensor, base_tokens: int) -> torch.Tensor:
-    """A bool (num_image_tokens,) of the image tokens whose scene place (``place.token_places``: (x, y) in [-1, 1],
+    """A bool (num_image_tokens,) of the image tokens whose scene place (``named.token_places``: (x, y) in [-1, 1],
     NaN for newlines) lies in ``box`` (scene pixels), and always the token nearest its centre in the base view (the
     first ``base_tokens``) and in the tiles (a small glyph may hold no token's place)."""
-    px = (places[:, 0] + 1) / 2 * width  # (N,) pixels, NaN for newlines
-    py = (places[:, 1] + 1) / 2 * height
+    px, py = scene_pixels(places, width, height)  # (N,) each, NaN for newlines
     x0, y0, x1, y1 = box
     mine = (px >= x0) & (px < x1) & (py >= y0) & (py < y1)
     dist = ((px - (x0 + x1) / 2) ** 2 + (py - (y0 + y1) / 2) ** 2).sqrt().nan_to_num(float("inf"))
-    for lo, hi in ((0, base_tokens), (base_tokens, len(dist))):
-        if hi > lo and torch.isfinite(dist[lo:hi]).any():
-            mine[lo + int(dist[lo:hi].argmin())] = True
-    return mine
+    return with_nearest(mine, dist, base_tokens)
