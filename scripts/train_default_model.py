@@ -95,12 +95,16 @@ PLACE_DATA = {"qtypes": ("position",), "repeats": 3, "max_turns": 4, "max_shapes
 # data cost position (held out 0.65-0.87).
 COUNT_SEED = 94
 COUNT_DATA = {"qtypes": ("count",), "repeats": 3, "max_turns": 4}
-# --read-pass 1 (not in the shipped recipe): after the count passes, one pass on reading questions alone (scenes that
-# all carry a word or number, 9/16 as many as --more-instruct, one question each, seed 95, seen three times): the
-# query of each answer token is pulled onto the glyphs it writes and the token read from layer 1 there
-# (llavakit.train.reading; docs/default-model.md, "Reading gathered at the glyph").
+# --read-pass 1 (not in the shipped recipe): after the count passes, one pass on reading questions (scenes that all
+# carry a word or number, 9/16 as many as --more-instruct, one question each, seed 95, seen three times) with the
+# place data mixed in once: the query of each answer token is pulled onto the glyphs it writes and the token read from
+# layer 1 there (llavakit.train.reading), while the named shape's place is still gathered at its kind's word and read
+# at the answer. The reading questions alone undid position (held out 0.95 -> 0.53; with the place data 0.995). With
+# the place passes on their data once and once to save time, position fell to 0.83 (docs/default-model.md, "Reading
+# gathered at the glyph" and "Reading beside the place").
 READ_SEED = 95
 READ_DATA = {"qtypes": ("reading",), "text_prob": 1.0, "max_turns": 1}
+READ_MIX = ["data_read"] * 3 + ["data_place"]
 # --bind-pass 1: the first pass on 1-8 shapes (``stage2b``) runs as a pass of ``llavakit.train.place`` on the same
 # data: the shape a colour or shape question names is gathered at its naming word ("star" in "What color is the
 # star?", "red" in "What shape is the red object?") and its colour and kind are read there and at the answer, beside
@@ -118,7 +122,7 @@ OLD_MARKER = {"attributes": False, "read_head": False, "length_groups": 1}
 def place_passes(count: bool, read: bool = False) -> list[tuple[str, list[str], dict]]:
     """The place (and count, and reading) passes: (output directory, data directories (one given twice is seen
     twice), place_pass options), each from the one before."""
-    reading = [("stage2_read", ["data_read"] * 3, {"final": False, "read_head": True})] if read else []
+    reading = [("stage2_read", READ_MIX, {"final": True, "read_head": True})] if read else []
     if not count:
         return [("stage2_place", ["data_place"] * 3, GATHER), ("stage2_place2", ["data_place"] * 2, READ), *reading]
     return [
@@ -301,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         choices=[0, 1],
-        help="1: a reading pass (llavakit.train.reading) after the place and count passes (0: none, the shipped "
-        "recipe; about 5 min more on two threads)",
+        help="1: a reading pass (llavakit.train.reading, the place data mixed in) after the place and count passes "
+        "(0: none, the shipped recipe; 6.7 min more on two threads)",
     )
     ap.add_argument("--repeats", type=int, default=2, help="stage 2: questions of one type per conversation, up to")
     ap.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes (0: skip the evaluation)")
@@ -513,16 +517,17 @@ def main(argv: list[str] | None = None) -> int:
             record = json.loads(marker.read_text())
             refuse_other_chain(out / pname, record["init"], init)
             wanted = {**OLD_MARKER, **kw}  # markers written before these options existed: their defaults
-            differs = [k for k in OLD_MARKER if record.get(k, OLD_MARKER[k]) != wanted[k]]
+            keys = [*OLD_MARKER, "final"]  # every marker has "final"
+            differs = [k for k in keys if record.get(k, OLD_MARKER.get(k)) != wanted[k]]
             if record.get("data") != [str(out / d) for d in pdata] or differs:
                 was = [Path(d).name for d in record.get("data", [])]
                 plans = {v: {n: d for n, d, _ in place_passes(bool(v))} for v in (0, 1)}
                 match = [v for v, plan in plans.items() if plan.get(pname) == was]
-                rerun = f"rerun with --count-passes {match[0]}, " if match and match[0] != args.count_passes else ""
-                was_options = {k: record.get(k, OLD_MARKER[k]) for k in OLD_MARKER}
+                rerun = f"rerun with --count-passes {match[0]}, " if match and args.count_passes not in match else ""
+                was_options = {k: record.get(k, OLD_MARKER.get(k)) for k in keys}
                 raise SystemExit(
                     f"--continue: {out / pname} was trained on {record.get('data')} ({was_options}), but this recipe "
-                    f"trains it on {pdata} ({ {k: wanted[k] for k in OLD_MARKER} }); {rerun}use a new --out or delete "
+                    f"trains it on {pdata} ({ {k: wanted[k] for k in keys} }); {rerun}use a new --out or delete "
                     f"{out / pname} and what follows it"
                 )
             sp = record["loss"]

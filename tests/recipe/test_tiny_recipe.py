@@ -48,14 +48,15 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     count_asked = [t["value"] for r in counts for t in r["conversations"] if t["from"] == "human"]
     assert count_asked and all(q.startswith(("<image>\nHow many", "How many")) for q in count_asked), count_asked[:3]
     assert summary["samples"]["count_passes"] == 2
-    chain = (("stage2_place", "stage2b", "data_place", 2), ("stage2_place2", "stage2_place", "data_place", 2))
-    chain += (("stage2_count", "stage2_place2", "data_count", 1), ("stage2_count2", "stage2_count", "data_count", 1))
-    chain += (("stage2_read", "stage2_count2", "data_read", 3),)  # --read-pass 1: reading questions alone
-    for name, init, data, seen in chain:
+    chain = (("stage2_place", "stage2b", ["data_place"] * 2), ("stage2_place2", "stage2_place", ["data_place"] * 2))
+    chain += (("stage2_count", "stage2_place2", ["data_count"]), ("stage2_count2", "stage2_count", ["data_count"]))
+    # (--read-pass 1) reading questions three times, the place data once more
+    chain += (("stage2_read", "stage2_count2", ["data_read"] * 3 + ["data_place"]),)
+    for name, init, data in chain:
         record = json.loads((out / name / "place.json").read_text())
-        assert record["init"] == str(out / init) and record["data"] == [str(out / data)] * seen, record
+        assert record["init"] == str(out / init) and record["data"] == [str(out / d) for d in data], record
     read = json.loads((out / "stage2_read" / "place.json").read_text())
-    assert read["read_head"] and not read["final"] and summary["samples"]["read_pass"] == 1
+    assert read["read_head"] and read["final"] and summary["samples"]["read_pass"] == 1
     lines = (out / "data_read" / "scenes.jsonl").read_text().splitlines()
     texts = [json.loads(line)["scene"]["text"] for line in lines]
     asked = [r["conversations"][0]["value"] for r in json.loads((out / "data_read" / "instruct.json").read_text())]
@@ -112,6 +113,16 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     marker.write_text(json.dumps({**record, "read_head": True}))
     with pytest.raises(SystemExit, match="stage2_place was trained on .*'read_head': True"):
         load_script("train_default_model").main([*args, "--continue"])
+    marker.write_text(json.dumps({**record, "final": True}))  # final: how the second place pass is trained
+    with pytest.raises(SystemExit, match="stage2_place was trained on .*'final': True"):
+        load_script("train_default_model").main([*args, "--continue"])
+    marker.write_text(json.dumps(record))
+    # stage2_place2's data are the same with and without the count passes: no --count-passes hint for other options
+    marker2 = out / "stage2_place2" / "place.json"
+    marker2.write_text(json.dumps({**json.loads(marker2.read_text()), "final": False}))
+    with pytest.raises(SystemExit, match="stage2_place2 was trained on .*'final': False") as refused:
+        load_script("train_default_model").main([*args, "--continue"])
+    assert "--count-passes" not in str(refused.value)
 
 
 def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, capsys):
