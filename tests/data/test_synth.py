@@ -520,3 +520,27 @@ def test_eval_synth_names_a_bad_training_json(tmp_path):
     assert trained_sides(model) == (112, 224)
     (model / "training.json").write_text("{}")
     assert trained_sides(model) is None
+
+
+def test_a_directory_of_other_scenes_is_refused(tmp_path: Path) -> None:
+    """Every annotation file of a directory shares its images: writing other scenes there (another seed, sides or
+    fewer of them) is refused before anything is written; another kind over the same scenes, or more of them, is
+    not."""
+    path = write_dataset(tmp_path, 4, 0, "instruct")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "images").iterdir()} | {
+        "s": (tmp_path / "scenes.jsonl").read_bytes()
+    }
+    for kwargs, match in [
+        ({"n": 4, "seed": 1_000_000, "kind": "eval"}, "scene 0 differs"),
+        ({"n": 4, "seed": 0, "kind": "caption", "min_side": 150, "max_side": 200}, "scene 0 differs"),
+        ({"n": 4, "seed": 0, "kind": "caption", "max_shapes": 1}, "scene 0 differs"),
+        ({"n": 2, "seed": 0, "kind": "caption"}, "already holds 4 scenes; writing 2"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            write_dataset(tmp_path, **kwargs)
+        after = {p.name: p.read_bytes() for p in (tmp_path / "images").iterdir()}
+        assert after | {"s": (tmp_path / "scenes.jsonl").read_bytes()} == before
+    write_dataset(tmp_path, 4, 0, "eval")  # the same scenes asked another way
+    write_dataset(tmp_path, 6, 0, "caption")  # and two more of them
+    assert len((tmp_path / "scenes.jsonl").read_text().splitlines()) == 6
+    assert json.loads(path.read_text())[0]["image"] == "images/000000.png"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,8 +110,9 @@ def write_dataset(
     many questions of one type a record may ask (about different objects); a scene that supports none of
     ``qtypes`` gets no instruct record (its image is still written).
     Record ids are ``s{seed}_{index:06d}`` (eval: ``..._{question}``).
-    Deterministic in all arguments; the images depend only on (seed, index, min_side, max_side, text_prob),
-    so caption, instruct and eval sets with the same seed show the same scenes."""
+    Deterministic in all arguments; the images depend only on (seed, index, min_side, max_side, text_prob,
+    max_shapes), so caption, instruct and eval sets with the same seed show the same scenes. A directory that
+    already holds other scenes is refused (``check_same_scenes``)."""
     if kind not in FILENAMES:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(FILENAMES)}")
     if n < 0:
@@ -119,8 +121,17 @@ def write_dataset(
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if qtypes is not None and (unknown := set(qtypes) - set(QTYPES)):
+        raise ValueError(f"unknown question types {sorted(unknown)}; choose from {', '.join(QTYPES)}")
     check_sides(min_side, max_side)  # before anything is written: no empty images/ left behind
     out = Path(out_dir)
+    check_same_scenes(
+        out,
+        n,
+        lambda i: generate_scene(
+            scene_seed(seed, i), text_prob, min_side=min_side, max_side=max_side, max_shapes=max_shapes
+        ),
+    )
     (out / "images").mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     scene_lines: list[str] = []
@@ -139,6 +150,35 @@ def write_dataset(
         path.write_text(json.dumps(records, indent=1) + "\n")
     (out / "scenes.jsonl").write_text("".join(scene_lines))
     return path
+
+
+def check_same_scenes(out: Path, n: int, scene: Callable[[int], Scene], compared: int = 16) -> None:
+    """Refuse to write ``n`` scenes into ``out`` when it already holds other ones: the images are shared by every
+    annotation file there, so new images would silently change what the old files ask about. ``scene(i)``: the
+    scene ``i`` to be written; the first ``compared`` scenes of ``out/scenes.jsonl`` must equal them (same seed,
+    sides, text_prob and max_shapes), and there must be no more of them than ``n``. Worked example: a directory
+    written with seed 0 and 100 scenes takes seed 0 again with 100 or 200 scenes (another kind of annotation over
+    the same images), and refuses seed 1, other sides, or 50 scenes."""
+    path = out / "scenes.jsonl"
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    fix = f"write to another directory (llava data synth --out) or delete {out} first"
+    if len(lines) > n:
+        raise ValueError(
+            f"{out} already holds {len(lines)} scenes; writing {n} would drop the ground truth of the rest, which its "
+            f"annotation files may use: pass n >= {len(lines)} with the same seed and sides, or {fix}"
+        )
+    for i, line in enumerate(lines[:compared]):
+        try:
+            same = json.loads(line).get("scene") == json.loads(json.dumps(scene(i).to_dict()))  # tuples as lists
+        except (json.JSONDecodeError, AttributeError):
+            same = False
+        if not same:
+            raise ValueError(
+                f"{out} already holds another dataset's scenes (scene {i} differs: another seed, sides, text_prob or "
+                f"max_shapes); writing here would put new images under its annotation files: {fix}"
+            )
 
 
 def read_scenes(data: str | Path) -> dict[str, Scene]:
