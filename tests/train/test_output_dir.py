@@ -63,3 +63,41 @@ def test_a_parent_of_model_init_is_a_fine_output_dir(tmp_path, base):
     assert main(["train", str(recipe), f"model.init={copy}", f"train.output_dir={out}", "train.max_steps=2"]) == 0
     assert (out / "model.safetensors").is_file()
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+def test_an_output_dir_that_cannot_be_a_directory_is_named_before_loading(tmp_path, capsys, base, monkeypatch):
+    """A file, a path inside a file, or a directory the system will not create: one line naming
+    train.output_dir, before the model or data are read (a bare '[Errno 17] File exists' after loading before)."""
+    _, recipe = base
+    file = tmp_path / "good.png"
+    file.write_bytes(b"not a directory")
+    monkeypatch.setattr("llavakit.train.build.build_model", lambda *a, **k: pytest.fail("the model was read"))
+    cases = [(file, "is a file, not a directory"), (file / "sub", f"lies inside {file}, which is a file")]
+    cases += [(tmp_path / "ro" / "new" / "run", "cannot be created")]
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    monkeypatch.setattr("os.mkdir", _refuse_in(tmp_path / "ro"))  # root ignores the mode: refuse as a read-only fs
+    for out, said in cases:
+        assert main(["train", str(recipe), f"train.output_dir={out}"]) == 2
+        err = capsys.readouterr().err
+        assert f"train.output_dir {out} {said}" in err and "choose a directory you can write" in err
+        assert "Traceback" not in err
+    assert not (tmp_path / "ro" / "new").exists()
+    made = tmp_path / "a" / "b" / "run"
+    from llavakit.train.checkpointing import check_can_create
+
+    check_can_create(made)  # fine, and nothing left behind
+    assert not (tmp_path / "a").exists()
+
+
+def _refuse_in(root):
+    import os
+
+    real = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(root)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    return mkdir

@@ -69,6 +69,28 @@ def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
 FINISHED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter")  # a model's files
 
 
+def check_can_create(out: Path) -> None:
+    """Refuse, before the model and data load, a ``train.output_dir`` that is a file, lies inside a file, or cannot
+    be created (a read-only or virtual file system): the directories it needs are made and the new ones removed
+    again (the run makes them for good when it starts writing)."""
+    fix = "choose a directory you can write, e.g. train.output_dir=runs/my-run"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"train.output_dir {out} is a file, not a directory; {fix}")
+    missing, parent = [], out
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"train.output_dir {out} lies inside {parent}, which is a file; {fix}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"train.output_dir {out} cannot be created ({e.strerror}); {fix}") from None
+    for d in missing:  # deepest first
+        with contextlib.suppress(OSError):  # another process of the run may have made it its own already
+            d.rmdir()
+
+
 def check_output_dir(out_dir: str | Path, init: str | None, resume: bool) -> None:
     """Refuse an output directory whose contents training would overwrite: ``model.init`` itself, a directory
     inside it, or one whose ``checkpoints/`` or ``adapter/`` (where a run writes besides its top level) holds it:
@@ -77,6 +99,7 @@ def check_output_dir(out_dir: str | Path, init: str | None, resume: bool) -> Non
     ``save_every: 0`` leaves no ``checkpoints/``, only that). A parent of ``model.init`` is fine otherwise
     (``output_dir=runs`` with ``model.init=runs/stage1`` writes beside it)."""
     out = Path(out_dir).resolve()
+    check_can_create(out)
     if init and not init.startswith("tiny:") and Path(init).exists():
         src = Path(init).resolve()
         written = [out / "checkpoints", out / "adapter"]
