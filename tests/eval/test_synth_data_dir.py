@@ -28,3 +28,20 @@ def test_a_renamed_eval_file_beside_scenes_is_still_found(tmp_path):
     shutil.move(data / "eval.jsonl", data / "z_eval.jsonl")  # sorts after scenes.jsonl
     samples = _read(get_task("synth"), str(data))
     assert samples and all(Path(s.image).is_file() for s in samples)
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [(["--n", "1"], "--n says"), (["--seed", "5", "--sides", "100", "200"], "--seed/--sides say")],
+)
+def test_generation_flags_beside_data_are_refused(tmp_path, capsys, flags, said):
+    """--n, --seed and --sides describe a set to generate; beside --data they were ignored without a word (the whole
+    set scored for --n 1)."""
+    from llavakit.cli import main
+
+    data = tmp_path / "eval"
+    write_dataset(data, 2, seed=1_000_000, kind="eval", min_side=112, max_side=160)
+    assert main(["eval", "synth", "--data", str(data), "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"{said} what scenes to generate, but --data {data} is scored as it is" in err and "--limit N" in err
+    assert not (tmp_path / "o").exists()

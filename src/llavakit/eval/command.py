@@ -257,7 +257,7 @@ def add_parser(sub: Any) -> None:
         t.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first batch)")
         t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
         if name == "synth":
-            t.add_argument("--n", type=int, default=200, help="scenes to generate when --data is not given")
+            t.add_argument("--n", type=int, help="scenes to generate when --data is not given (default 200)")
             t.add_argument("--seed", type=int, help="held-out seed (default llavakit.data.synth.EVAL_SEED_BASE)")
             t.add_argument(
                 "--sides",
@@ -307,6 +307,13 @@ def _quiet_when_stdout_closes(func: Callable[[argparse.Namespace], int]) -> Call
 
 
 def _run_task(a: argparse.Namespace) -> int:
+    generate = {"--n": getattr(a, "n", None), "--seed": getattr(a, "seed", None), "--sides": getattr(a, "sides", None)}
+    if a.data is not None and (given := [k for k, v in generate.items() if v is not None]):
+        raise ValueError(
+            f"{'/'.join(given)} {'say' if len(given) > 1 else 'says'} what scenes to generate, but --data {a.data} "
+            f"is scored as it is; drop {'/'.join(given)} (or --data, to generate a set), or pass --limit N to score "
+            "only the first N questions"
+        )
     eval_task(
         a.eval_command,
         model=a.model,
@@ -318,7 +325,7 @@ def _run_task(a: argparse.Namespace) -> int:
         dtype=a.dtype,
         quantize=a.quantize,
         compile=a.compile,
-        n=getattr(a, "n", 200),
+        n=200 if generate["--n"] is None else generate["--n"],
         seed=getattr(a, "seed", None),
         sides=tuple(a.sides) if getattr(a, "sides", None) else None,
         progress=not a.no_progress,
