@@ -51,7 +51,7 @@ def test_default_max_tokens_flag(
     apps = []
     # build the server, do not run it
     monkeypatch.setattr(DrainingServer, "run", lambda self, **kw: apps.append(self.config.app))
-    assert main(["serve", "--model", str(tiny_model), "--default-max-tokens", "7"]) == 0
+    assert main(["serve", "--model", str(tiny_model), "--port", "0", "--default-max-tokens", "7"]) == 0
     (app,) = apps
     app.state.batcher.eos = set()  # the answer runs to its max_tokens
     with app_server(app) as url:
@@ -59,3 +59,110 @@ def test_default_max_tokens_flag(
         r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == 7 and r.json()["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list:
+    """``llava serve`` builds its server but does not run it: the uvicorn configs it would have run, in order."""
+    from llavakit.serve.shutdown import DrainingServer
+
+    configs: list = []
+    monkeypatch.setattr(DrainingServer, "run", lambda self, **kw: configs.append(self.config))
+    monkeypatch.delenv("LLAVA_API_KEY", raising=False)
+    return configs
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Exit code 2 and one ``llava serve: error:`` line, before any model is loaded and before "serving ..."."""
+    import llavakit.pipeline
+
+    def no_load(*a, **kw) -> None:  # noqa: ANN002, ANN003
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(llavakit.pipeline, "load", no_load)
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llava serve: error:"), err
+    return err[0]
+
+
+@pytest.mark.parametrize("key", ["", "  "])
+def test_empty_api_key_is_refused(
+    tiny_model: Path, built: list, key: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--api-key "$KEY"`` with KEY unset would otherwise serve with no authentication at all."""
+    line = _refused(["--model", str(tiny_model), "--api-key", key], capsys, monkeypatch)
+    assert "--api-key is empty (an unset variable?)" in line and "leave the flag out" in line
+    assert built == []
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_empty_api_key_env_is_refused(
+    tiny_model: Path, built: list, value: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLAVA_API_KEY", value)
+    line = _refused(["--model", str(tiny_model)], capsys, monkeypatch)
+    assert "LLAVA_API_KEY is set but empty" in line and "unset it" in line
+    assert built == []
+
+
+def test_api_key_sources(tiny_model: Path, built: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No flag and no LLAVA_API_KEY: no key (as before); the variable is the default; the flag wins over it."""
+    args = ["serve", "--model", str(tiny_model), "--port", "0"]
+    assert main(args) == 0
+    monkeypatch.setenv("LLAVA_API_KEY", "from-env")
+    assert main(args) == 0
+    assert main([*args, "--api-key", "from-flag"]) == 0
+    assert [c.app.state.config.api_key for c in built] == [None, "from-env", "from-flag"]
+
+
+def test_empty_host_is_refused(
+    tiny_model: Path, built: list, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty host would listen on every interface."""
+    line = _refused(["--model", str(tiny_model), "--host", ""], capsys, monkeypatch)
+    assert "--host is empty (an unset variable?)" in line and "127.0.0.1" in line and "0.0.0.0" in line
+    assert built == []
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
+def test_port_out_of_range_is_refused(
+    tiny_model: Path, built: list, port: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = _refused(["--model", str(tiny_model), "--port", port], capsys, monkeypatch)
+    assert f"--port must be 0-65535, got {port}" in line
+    assert built == []
+
+
+def test_port_in_use_is_refused(
+    tiny_model: Path, built: list, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as other:  # another server, listening
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        line = _refused(["--model", str(tiny_model), "--port", str(port)], capsys, monkeypatch)
+    assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in line
+    assert "another --port" in line and "stop the server" in line
+    assert built == []
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "no-such-host.invalid"])
+def test_host_that_does_not_resolve_is_refused(
+    tiny_model: Path, built: list, host: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = _refused(["--model", str(tiny_model), "--host", host], capsys, monkeypatch)
+    assert f"--host {host} does not resolve" in line and "--host 127.0.0.1" in line
+    assert "Errno" not in line
+    assert built == []
+
+
+def test_port_0_is_a_free_port_named_in_the_serving_line(
+    tiny_model: Path, built: list, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["serve", "--model", str(tiny_model), "--port", "0"]) == 0
+    (config,) = built
+    assert 0 < config.port <= 65535 and config.host == "127.0.0.1"
+    assert f"on http://127.0.0.1:{config.port} " in capsys.readouterr().err

@@ -28,7 +28,7 @@ def test_serve_takes_compile_flag_and_refuses_it_without_a_compiler(
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     engine_compile.inductor_unavailable.cache_clear()
     try:
-        assert main(["serve", "--model", str(tiny_model), "--compile"]) == 2
+        assert main(["serve", "--model", str(tiny_model), "--compile", "--port", "0"]) == 2
     finally:
         monkeypatch.delenv("CXX")
         engine_compile.inductor_unavailable.cache_clear()
@@ -91,7 +91,7 @@ def test_compiled_server_answers_as_eager_without_compiling_per_request(
     apps = []
     # build the server, do not run it
     monkeypatch.setattr(DrainingServer, "run", lambda self, **kw: apps.append(self.config.app))
-    assert main(["serve", "--model", str(tiny_model), "--compile", "--max-batch-size", "4"]) == 0
+    assert main(["serve", "--model", str(tiny_model), "--compile", "--max-batch-size", "4", "--port", "0"]) == 0
     (app,) = apps
     assert app.state.batcher.step is not decode_step  # the model worker steps through the compiled function
     graphs = counters["stats"]["unique_graphs"]

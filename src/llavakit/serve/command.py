@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -45,6 +47,62 @@ def resolve_model(model: str | None) -> tuple[str, str]:
             file=sys.stderr,
         )
         return str(path), "tiny-random"
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """The key /v1 requires: --api-key, else $LLAVA_API_KEY, else none. An empty one (``--api-key "$KEY"`` with KEY
+    unset) is refused, not taken as "no key": that would serve with no authentication at all."""
+    if api_key is not None:
+        if not api_key.strip():
+            raise ValueError(
+                "--api-key is empty (an unset variable?); pass the key, or leave the flag out to serve without one"
+            )
+        return api_key
+    env = os.environ.get("LLAVA_API_KEY")
+    if env is not None and not env.strip():
+        raise ValueError(
+            "LLAVA_API_KEY is set but empty (an unset variable?); set it to the key, or unset it to serve without one"
+        )
+    return env
+
+
+def check_address(host: str, port: int) -> int:
+    """Refuse a host and port the server could not listen on, before the model loads and before "serving ..." is
+    said; the port to serve on (port 0: a free one, chosen here). Binds each address the host resolves to with
+    SO_REUSEADDR, as asyncio does for uvicorn, then lets go: a port taken in between still fails later (rare)."""
+    if not host.strip():  # asyncio takes "" as every interface
+        raise ValueError(
+            "--host is empty (an unset variable?); pass 127.0.0.1 to serve this machine only, "
+            "or 0.0.0.0 to listen on every interface on purpose"
+        )
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be 0-65535, got {port} (0: a free port chosen at startup)")
+    fix_host = "pass --host 127.0.0.1 for this machine only, or 0.0.0.0 for every interface"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:  # socket.gaierror: "Name or service not known"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(f"--host {host} does not resolve ({reason}); {fix_host}") from None
+    for family, kind, proto, _, addr in dict.fromkeys(infos):
+        where = f"[{addr[0]}]:{port}" if family == socket.AF_INET6 else f"{addr[0]}:{port}"
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((addr[0], port, *addr[2:]))
+                port = port or sock.getsockname()[1]  # port 0: every address on the port the first one got
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                fix = "the port is already in use; pass another --port (0: a free one), or stop the server on it"
+            elif e.errno == errno.EADDRNOTAVAIL:
+                fix = f"not an address of this machine; {fix_host}"
+            elif e.errno == errno.EACCES:
+                fix = "permission denied (ports below 1024 need root); pass a --port of 1024 or more"
+            else:
+                fix = f"{e.strerror or e}; pass another --host or --port"
+            raise ValueError(f"cannot listen on {where}: {fix}") from None
+    return port
 
 
 def serve(
@@ -101,13 +159,14 @@ def serve(
         raise ValueError(f"--shutdown-grace must be >= 0 seconds, got {shutdown_grace}")
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {max_tokens}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    api_key = resolve_api_key(api_key)
+    port = check_address(host, port)  # before the model loads: a bad address is said at once
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
         import torch
 
         torch.set_num_threads(threads)
-    api_key = api_key or os.environ.get("LLAVA_API_KEY") or None
     path, name = resolve_model(model)
     pipe = load(path, dtype=dtype, quantize=quantize, compile=compile)  # no C++ compiler: CompileUnavailable
     if compile:
@@ -206,8 +265,8 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's subparsers action
     """Register ``llava serve`` on the CLI's subcommands."""
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP API + web chat page (needs the [serve] extra)")
     s.add_argument("--model", help="model directory or hub id (default: the bundled model)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: a free one, printed)")
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $LLAVA_API_KEY, or none)")
     s.add_argument("--max-concurrency", type=int, default=64, help="requests in flight before 429 (default 64)")
     s.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (default 8)")
