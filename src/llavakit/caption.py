@@ -109,9 +109,50 @@ def _json_line(rec: dict[str, Any]) -> str:
     return line + "\n"
 
 
-def read_done(out: Path, prompt: str | None = None) -> set[str]:
+def made_by(model: str | None, sampling: dict[str, Any]) -> dict[str, Any]:
+    """What each caption record says of how it was made: the model (``--model``: its resolved path, or the hub id;
+    None: the bundled default), its weight files' fingerprint as ``llava eval`` records it (a checkpoint retrained
+    in place is another model) and the sampling settings."""
+    from .commands import default_model
+    from .eval.command import weights_fingerprint
+
+    name = model or default_model()
+    path = Path(name)
+    return {
+        "model": str(path.resolve()) if path.exists() else name,
+        "weights": weights_fingerprint(path),
+        "sampling": json.loads(json.dumps(sampling)),  # as read back (a tuple of --stop strings is a list)
+    }
+
+
+def _check_made_alike(where: str, rec: dict[str, Any], made: dict[str, Any]) -> None:
+    """Refuse to resume into records of another model or other sampling: one file would mix two kinds of captions.
+    What a record does not say (records written before these fields) is not compared."""
+    fix = "or write to another --out"
+    theirs = rec.get("model")
+    if isinstance(theirs, str) and theirs != made["model"]:
+        raise ValueError(
+            f"{where} was captioned by model {theirs!r}, not {made['model']!r}; pass --model {theirs} to resume, {fix}"
+        )
+    if "weights" in rec and rec["weights"] != made["weights"]:
+        raise ValueError(
+            f"{where} was captioned by other weights of model {made['model']!r} (changed since: {rec['weights']!r} "
+            f"there, {made['weights']!r} now); write to another --out, or delete the file to caption every image again"
+        )
+    sampling = rec.get("sampling")
+    if isinstance(sampling, dict):
+        diff = {k: (sampling[k], v) for k, v in made["sampling"].items() if k in sampling and sampling[k] != v}
+        if diff:
+            said = "; ".join(f"--{k.replace('_', '-')} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"{where} was captioned with other sampling settings ({said}); pass the same flags to resume, {fix}"
+            )
+
+
+def read_done(out: Path, prompt: str | None = None, made: dict[str, Any] | None = None) -> set[str]:
     """Resume keys of the images already captioned in ``out`` (read once). With ``prompt``, records made with
-    another prompt are refused: resuming would mix two kinds of captions in one file.
+    another prompt are refused, and with ``made`` (:func:`made_by`) records of another model or other sampling
+    settings: resuming would mix two kinds of captions in one file.
 
     A last line without its newline was being written when the run died: it is cut off (its image is captioned
     again) - unless it is a whole record, which only gets its newline back. Any other line that is not a
@@ -142,6 +183,8 @@ def read_done(out: Path, prompt: str | None = None) -> set[str]:
                 f"{out}:{n} was captioned with another prompt ({rec['prompt']!r}); pass that --prompt to resume, "
                 "or write to another --out"
             )
+        if made is not None:
+            _check_made_alike(f"{out}:{n}", rec, made)
         done.add(_image_key(rec["image"]))
     if tail:
         try:
@@ -167,16 +210,20 @@ def caption(
     prompt: str = "Describe the image briefly.",
     batch_size: int = 4,
     progress: bool = True,
+    model: str | None,
     **sampling: Any,
 ) -> dict[str, int]:
-    """One JSON line per image in ``out_path``; images already there are skipped (resumable)."""
+    """One JSON line per image in ``out_path``; images already there are skipped (resumable). ``model``: the
+    ``--model`` ``pipe`` was loaded from (None: the bundled default), recorded with the sampling settings in every
+    record; a file captioned by another model or with other settings is refused rather than resumed."""
     from tqdm import tqdm
 
     images, out = check_caption(pattern, out_path, prompt, batch_size, sampling)
     # what is wrong with the request itself (a reserved placeholder in the prompt, no room in the context for
     # --max-new-tokens) fails the run once, before any image, rather than skipping every image with it
     pipe.check_request([user_message(prompt, [])], sampling.get("max_new_tokens", 256))
-    done = read_done(out, prompt)
+    made = made_by(model, sampling)
+    done = read_done(out, prompt, made)
     todo, seen = [], set(done)
     for p in images:  # once per image: already captioned, or met before under another name (a symlink)
         if (key := _image_key(p)) not in seen:
@@ -215,6 +262,7 @@ def caption(
                     "caption": a.text.strip(),
                     "finish_reason": a.finish_reason,
                     "seconds": round(dt, 3),
+                    **made,
                 }
                 lines.append(_json_line(rec))
             try:

@@ -190,7 +190,7 @@ def cmd_caption(
     check_model(model)
     check_caption(pattern, out, prompt, batch_size, s)  # before the model loads; no output file is created
     pipe = open_pipeline(model, dtype, quantize, compile)
-    counts = caption(pipe, pattern, out, prompt=prompt, batch_size=batch_size, **s)
+    counts = caption(pipe, pattern, out, prompt=prompt, batch_size=batch_size, model=model, **s)
     print(json.dumps(counts))
     return 1 if counts["failed"] else 0
 
