@@ -523,24 +523,38 @@ def test_eval_synth_names_a_bad_training_json(tmp_path):
 
 
 def test_a_directory_of_other_scenes_is_refused(tmp_path: Path) -> None:
-    """Every annotation file of a directory shares its images: writing other scenes there (another seed, sides or
-    fewer of them) is refused before anything is written; another kind over the same scenes, or more of them, is
-    not."""
-    path = write_dataset(tmp_path, 4, 0, "instruct")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "images").iterdir()} | {
-        "s": (tmp_path / "scenes.jsonl").read_bytes()
-    }
+    """Every annotation file of a directory shares its images: writing other scenes there (another seed, sides,
+    a late scene that differs, or fewer of them) beside another kind's file is refused before anything is
+    written; the same scenes asked another way, or more of them, are not, nor is replacing a directory's only file."""
+    write_dataset(tmp_path, 40, 0, "caption")
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    before = files()
     for kwargs, match in [
-        ({"n": 4, "seed": 1_000_000, "kind": "eval"}, "scene 0 differs"),
-        ({"n": 4, "seed": 0, "kind": "caption", "min_side": 150, "max_side": 200}, "scene 0 differs"),
-        ({"n": 4, "seed": 0, "kind": "caption", "max_shapes": 1}, "scene 0 differs"),
-        ({"n": 2, "seed": 0, "kind": "caption"}, "already holds 4 scenes; writing 2"),
+        ({"n": 40, "seed": 1_000_000, "kind": "eval"}, "scene 0 differs"),
+        ({"n": 40, "seed": 0, "kind": "instruct", "min_side": 150, "max_side": 200}, "scene 0 differs"),
+        ({"n": 40, "seed": 0, "kind": "instruct", "max_shapes": 1}, "scene 0 differs"),
+        ({"n": 20, "seed": 0, "kind": "eval"}, "holds captions.json over 40 scenes; writing 20"),
     ]:
         with pytest.raises(ValueError, match=match):
             write_dataset(tmp_path, **kwargs)
-        after = {p.name: p.read_bytes() for p in (tmp_path / "images").iterdir()}
-        assert after | {"s": (tmp_path / "scenes.jsonl").read_bytes()} == before
-    write_dataset(tmp_path, 4, 0, "eval")  # the same scenes asked another way
-    write_dataset(tmp_path, 6, 0, "caption")  # and two more of them
-    assert len((tmp_path / "scenes.jsonl").read_text().splitlines()) == 6
-    assert json.loads(path.read_text())[0]["image"] == "images/000000.png"
+        assert files() == before
+    scenes = (tmp_path / "scenes.jsonl").read_text().splitlines()
+    late = json.loads(scenes[30])
+    late["scene"]["shapes"][0]["cx"] += 1  # a dataset that differs only late on
+    (tmp_path / "scenes.jsonl").write_text("\n".join([*scenes[:30], json.dumps(late), *scenes[31:]]) + "\n")
+    with pytest.raises(ValueError, match="scene 30 differs"):
+        write_dataset(tmp_path, 40, 0, "eval")
+    (tmp_path / "scenes.jsonl").write_text("\n".join(scenes) + "\n")
+    write_dataset(tmp_path, 40, 0, "eval")  # the same scenes asked another way
+    write_dataset(tmp_path, 50, 0, "instruct")  # and ten more of them
+    assert len((tmp_path / "scenes.jsonl").read_text().splitlines()) == 50
+    alone = tmp_path / "alone"
+    write_dataset(alone, 10, 0, "instruct")
+    write_dataset(alone, 5, 1, "instruct")  # its only file, replaced
+    assert json.loads((alone / "instruct.json").read_text())[0]["id"] == "s1_000000"
+    for bad in ("color", ()):
+        with pytest.raises(ValueError, match="non-empty tuple of question types"):
+            write_dataset(tmp_path / "q", 1, 0, "instruct", qtypes=bad)

@@ -121,6 +121,8 @@ def write_dataset(
         raise ValueError(f"max_turns must be >= 1, got {max_turns}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if isinstance(qtypes, str) or (qtypes is not None and not qtypes):
+        raise ValueError(f"qtypes must be a non-empty tuple of question types such as ('color',), got {qtypes!r}")
     if qtypes is not None and (unknown := set(qtypes) - set(QTYPES)):
         raise ValueError(f"unknown question types {sorted(unknown)}; choose from {', '.join(QTYPES)}")
     check_sides(min_side, max_side)  # before anything is written: no empty images/ left behind
@@ -128,6 +130,7 @@ def write_dataset(
     check_same_scenes(
         out,
         n,
+        kind,
         lambda i: generate_scene(
             scene_seed(seed, i), text_prob, min_side=min_side, max_side=max_side, max_shapes=max_shapes
         ),
@@ -152,32 +155,36 @@ def write_dataset(
     return path
 
 
-def check_same_scenes(out: Path, n: int, scene: Callable[[int], Scene], compared: int = 16) -> None:
-    """Refuse to write ``n`` scenes into ``out`` when it already holds other ones: the images are shared by every
-    annotation file there, so new images would silently change what the old files ask about. ``scene(i)``: the
-    scene ``i`` to be written; the first ``compared`` scenes of ``out/scenes.jsonl`` must equal them (same seed,
-    sides, text_prob and max_shapes), and there must be no more of them than ``n``. Worked example: a directory
-    written with seed 0 and 100 scenes takes seed 0 again with 100 or 200 scenes (another kind of annotation over
-    the same images), and refuses seed 1, other sides, or 50 scenes."""
+def check_same_scenes(out: Path, n: int, kind: str, scene: Callable[[int], Scene]) -> None:
+    """Refuse to write ``n`` scenes of annotation ``kind`` into ``out`` when another kind's annotation file there
+    asks about other scenes: the images are shared by every annotation file of a directory, so new images would
+    silently change what the other files ask about. ``scene(i)``: the scene ``i`` to be written; each scene of
+    ``out/scenes.jsonl`` must equal it (same seed, sides, text_prob and max_shapes), and there must be no more of them
+    than ``n``. Rewriting the only annotation file of a directory is fine. Worked example: a directory holding
+    ``captions.json`` over 100 scenes of seed 0 takes an instruct set of seed 0 with 100 or 200 scenes (the same
+    images asked another way), and refuses seed 1, other sides, or 50 scenes; holding only ``instruct.json``, it
+    takes any of them (that file is replaced)."""
     path = out / "scenes.jsonl"
-    if not path.is_file():
+    others = [name for k, name in FILENAMES.items() if k != kind and (out / name).exists()]
+    if not others or not path.is_file():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    fix = f"write to another directory (llava data synth --out) or delete {out} first"
+    fix = f"write to another directory (llava data synth --out), or delete {out} first"
+    held = f"{out} holds {', '.join(others)} over {len(lines)} scenes"
     if len(lines) > n:
         raise ValueError(
-            f"{out} already holds {len(lines)} scenes; writing {n} would drop the ground truth of the rest, which its "
-            f"annotation files may use: pass n >= {len(lines)} with the same seed and sides, or {fix}"
+            f"{held}; writing {n} would drop the ground truth of the rest: pass n >= {len(lines)} with the same seed "
+            f"and sides, or {fix}"
         )
-    for i, line in enumerate(lines[:compared]):
+    for i, line in enumerate(lines):
         try:
             same = json.loads(line).get("scene") == json.loads(json.dumps(scene(i).to_dict()))  # tuples as lists
         except (json.JSONDecodeError, AttributeError):
             same = False
         if not same:
             raise ValueError(
-                f"{out} already holds another dataset's scenes (scene {i} differs: another seed, sides, text_prob or "
-                f"max_shapes); writing here would put new images under its annotation files: {fix}"
+                f"{held}, and scene {i} differs from the one asked for (another seed, sides, text_prob or max_shapes): "
+                f"new images would change what {', '.join(others)} asks about; {fix}"
             )
 
 
