@@ -4,6 +4,7 @@ finished run's directory when not resuming. Before, both were silently replaced 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from cli_run_helpers import write_recipe
@@ -88,6 +89,15 @@ def test_an_output_dir_that_cannot_be_a_directory_is_named_before_loading(tmp_pa
 
     check_can_create(made)  # fine, and nothing left behind
     assert not (tmp_path / "a").exists()
+    hidden = tmp_path / "hidden"  # a parent this user may not read: exists() itself raises
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda p: _denied(p) if hidden in (p, *p.parents) else real_exists(p))
+    with pytest.raises(ValueError, match=f"train.output_dir {hidden / 'run'} cannot be created .*Permission denied"):
+        check_can_create(hidden / "run")
+
+
+def _denied(path):
+    raise PermissionError(13, "Permission denied", str(path))
 
 
 def _refuse_in(root):

@@ -71,21 +71,28 @@ FINISHED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.j
 
 def check_can_create(out: Path) -> None:
     """Refuse, before the model and data load, a ``train.output_dir`` that is a file, lies inside a file, or cannot
-    be created (a read-only or virtual file system): the directories it needs are made and the new ones removed
-    again (the run makes them for good when it starts writing)."""
+    be created (no permission, a read-only or virtual file system): the directories it needs are made and the new
+    ones removed again (the run makes them for good when it starts writing). Under torchrun every process checks at
+    once: a parent another process removes in between is made again (a few tries)."""
     fix = "choose a directory you can write, e.g. train.output_dir=runs/my-run"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"train.output_dir {out} is a file, not a directory; {fix}")
-    missing, parent = [], out
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"train.output_dir {out} lies inside {parent}, which is a file; {fix}")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"train.output_dir {out} cannot be created ({e.strerror}); {fix}") from None
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"train.output_dir {out} is a file, not a directory; {fix}")
+        missing, parent = [], out
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ValueError(f"train.output_dir {out} lies inside {parent}, which is a file; {fix}")
+        for attempt in range(5):
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                break
+            except FileNotFoundError:  # a parent removed by another process's check between two mkdirs
+                if attempt == 4:
+                    raise
+    except OSError as e:  # e.g. a parent this user may not read (exists() raises), or one it may not write
+        raise ValueError(f"train.output_dir {out} cannot be created ({e.strerror or e}); {fix}") from None
     for d in missing:  # deepest first
         with contextlib.suppress(OSError):  # another process of the run may have made it its own already
             d.rmdir()
