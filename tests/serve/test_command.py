@@ -166,3 +166,29 @@ def test_port_0_is_a_free_port_named_in_the_serving_line(
     (config,) = built
     assert 0 < config.port <= 65535 and config.host == "127.0.0.1"
     assert f"on http://127.0.0.1:{config.port} " in capsys.readouterr().err
+
+
+def test_an_address_family_the_kernel_lacks_is_skipped_as_asyncio_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'localhost' resolving to ::1 and 127.0.0.1 on a kernel without IPv6: asyncio serves on 127.0.0.1, so the
+    check does too; with no usable address at all it says so."""
+    import socket
+
+    from llavakit.serve import command
+
+    real_socket = socket.socket
+    both = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
+    ]
+
+    def no_ipv6(family: int = socket.AF_INET, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if family == socket.AF_INET6:
+            raise OSError(97, "Address family not supported by protocol")
+        return real_socket(family, *args, **kwargs)
+
+    monkeypatch.setattr(command.socket, "getaddrinfo", lambda *a, **k: both)
+    monkeypatch.setattr(command.socket, "socket", no_ipv6)
+    assert command.check_address("localhost", 0) > 0
+    monkeypatch.setattr(command.socket, "getaddrinfo", lambda *a, **k: both[:1])
+    with pytest.raises(ValueError, match=r"--host localhost: no address it resolves to can be used \(::1 \(Address"):
+        command.check_address("localhost", 0)

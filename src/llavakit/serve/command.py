@@ -69,7 +69,8 @@ def resolve_api_key(api_key: str | None) -> str | None:
 def check_address(host: str, port: int) -> int:
     """Refuse a host and port the server could not listen on, before the model loads and before "serving ..." is
     said; the port to serve on (port 0: a free one, chosen here). Binds each address the host resolves to with
-    SO_REUSEADDR, as asyncio does for uvicorn, then lets go: a port taken in between still fails later (rare)."""
+    SO_REUSEADDR, as asyncio's create_server does for uvicorn (which also skips an address whose socket cannot be
+    made), then lets go: a port taken in between still fails later (rare)."""
     if not host.strip():  # asyncio takes "" as every interface
         raise ValueError(
             "--host is empty (an unset variable?); pass 127.0.0.1 to serve this machine only, "
@@ -83,17 +84,26 @@ def check_address(host: str, port: int) -> int:
     except (OSError, UnicodeError) as e:  # socket.gaierror: "Name or service not known"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ValueError(f"--host {host} does not resolve ({reason}); {fix_host}") from None
+    bound, unusable = 0, []
     for family, kind, proto, _, addr in dict.fromkeys(infos):
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as e:  # asyncio skips an address family this kernel lacks (IPv6 turned off): so do we
+            unusable.append(f"{addr[0]} ({e.strerror or e})")
+            continue
         where = f"[{addr[0]}]:{port}" if family == socket.AF_INET6 else f"{addr[0]}:{port}"
         try:
-            with socket.socket(family, kind, proto) as sock:
+            with sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((addr[0], port, *addr[2:]))
                 port = port or sock.getsockname()[1]  # port 0: every address on the port the first one got
+                bound += 1
         except OSError as e:
-            if e.errno == errno.EADDRINUSE:
+            if e.errno == errno.EADDRINUSE and bound:  # port 0: the free port of the first address is taken here
+                fix = "the free port chosen on another address of this host is in use here; run it again"
+            elif e.errno == errno.EADDRINUSE:
                 fix = "the port is already in use; pass another --port (0: a free one), or stop the server on it"
             elif e.errno == errno.EADDRNOTAVAIL:
                 fix = f"not an address of this machine; {fix_host}"
@@ -102,6 +112,8 @@ def check_address(host: str, port: int) -> int:
             else:
                 fix = f"{e.strerror or e}; pass another --host or --port"
             raise ValueError(f"cannot listen on {where}: {fix}") from None
+    if not bound:
+        raise ValueError(f"--host {host}: no address it resolves to can be used ({', '.join(unusable)}); {fix_host}")
     return port
 
 
