@@ -311,8 +311,8 @@ def _run_task(a: argparse.Namespace) -> int:
     if a.data is not None and (given := [k for k, v in generate.items() if v is not None]):
         raise ValueError(
             f"{'/'.join(given)} {'say' if len(given) > 1 else 'says'} what scenes to generate, but --data {a.data} "
-            f"is scored as it is; drop {'/'.join(given)} (or --data, to generate a set), or pass --limit N to score "
-            "only the first N questions"
+            f"is scored as it is; drop {'/'.join(given)} (or --data, to generate a set)"
+            + (", or pass --limit N to score only the first N questions" if "--n" in given else "")
         )
     eval_task(
         a.eval_command,
