@@ -110,19 +110,16 @@ def _json_line(rec: dict[str, Any]) -> str:
 
 
 def made_by(model: str | None, sampling: dict[str, Any]) -> dict[str, Any]:
-    """What each caption record says of how it was made: the model (``--model``: its resolved path, or the hub id;
-    None: the bundled default), its weight files' fingerprint as ``llava eval`` records it (a checkpoint retrained
-    in place is another model) and the sampling settings."""
-    from .commands import default_model
+    """What each caption record says of how it was made: the model (its resolved path, or the hub id), its weight
+    files' fingerprint as ``llava eval`` records it (a checkpoint retrained in place is another model) and the
+    sampling settings. ``model`` None (a pipeline made elsewhere): the sampling settings only."""
     from .eval.command import weights_fingerprint
 
-    name = model or default_model()
-    path = Path(name)
-    return {
-        "model": str(path.resolve()) if path.exists() else name,
-        "weights": weights_fingerprint(path),
-        "sampling": json.loads(json.dumps(sampling)),  # as read back (a tuple of --stop strings is a list)
-    }
+    made: dict[str, Any] = {"sampling": json.loads(json.dumps(sampling))}  # as read back (a tuple of stops: a list)
+    if model is None:
+        return made
+    path = Path(model)
+    return {"model": str(path.resolve()) if path.exists() else model, "weights": weights_fingerprint(path)} | made
 
 
 def _check_made_alike(where: str, rec: dict[str, Any], made: dict[str, Any]) -> None:
@@ -130,14 +127,16 @@ def _check_made_alike(where: str, rec: dict[str, Any], made: dict[str, Any]) -> 
     What a record does not say (records written before these fields) is not compared."""
     fix = "or write to another --out"
     theirs = rec.get("model")
-    if isinstance(theirs, str) and theirs != made["model"]:
+    known = "model" in made  # not for a pipeline made elsewhere: which model wrote the file cannot be compared
+    if known and isinstance(theirs, str) and theirs != made["model"]:
         raise ValueError(
             f"{where} was captioned by model {theirs!r}, not {made['model']!r}; pass --model {theirs} to resume, {fix}"
         )
-    if "weights" in rec and rec["weights"] != made["weights"]:
+    if known and "weights" in rec and rec["weights"] != made["weights"]:
         raise ValueError(
-            f"{where} was captioned by other weights of model {made['model']!r} (changed since: {rec['weights']!r} "
-            f"there, {made['weights']!r} now); write to another --out, or delete the file to caption every image again"
+            f"{where} was captioned by other weights of model {made['model']!r} (its files changed, or were copied, "
+            f"since: {rec['weights']!r} there, {made['weights']!r} now); write to another --out, or delete the file "
+            "to caption every image again"
         )
     sampling = rec.get("sampling")
     if isinstance(sampling, dict):
@@ -210,12 +209,12 @@ def caption(
     prompt: str = "Describe the image briefly.",
     batch_size: int = 4,
     progress: bool = True,
-    model: str | None,
+    model: str | None = None,
     **sampling: Any,
 ) -> dict[str, int]:
     """One JSON line per image in ``out_path``; images already there are skipped (resumable). ``model``: the
-    ``--model`` ``pipe`` was loaded from (None: the bundled default), recorded with the sampling settings in every
-    record; a file captioned by another model or with other settings is refused rather than resumed."""
+    directory or hub id ``pipe`` was loaded from (None: not known, not recorded), recorded with the sampling settings
+    in every record; a file captioned by another model or with other settings is refused rather than resumed."""
     from tqdm import tqdm
 
     images, out = check_caption(pattern, out_path, prompt, batch_size, sampling)

@@ -185,12 +185,12 @@ def cmd_caption(
     **s: Any,
 ) -> int:
     from .caption import caption, check_caption
-    from .commands import check_model, open_pipeline
+    from .commands import check_model, default_model, open_pipeline
 
     check_model(model)
     check_caption(pattern, out, prompt, batch_size, s)  # before the model loads; no output file is created
     pipe = open_pipeline(model, dtype, quantize, compile)
-    counts = caption(pipe, pattern, out, prompt=prompt, batch_size=batch_size, model=model, **s)
+    counts = caption(pipe, pattern, out, prompt=prompt, batch_size=batch_size, model=model or default_model(), **s)
     print(json.dumps(counts))
     return 1 if counts["failed"] else 0
 

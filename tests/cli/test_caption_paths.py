@@ -102,3 +102,21 @@ def test_caption_resumes_records_written_before_they_named_the_model(model, tmp_
     assert counts == {"images": 3, "skipped": 1, "captioned": 2, "failed": 0}
     recs = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     assert recs[0] == old and [r["sampling"]["max_new_tokens"] for r in recs[1:]] == [9, 9]
+
+
+def test_caption_from_python_without_a_model_name_records_the_sampling_only(model, tmp_path):
+    """``caption(pipe, ...)`` from the Python API, the pipeline made elsewhere: no model to name or compare (a
+    required keyword before, a TypeError for every caller); other sampling is still refused on resume."""
+    import pytest
+
+    import llavakit
+    from llavakit.caption import caption
+
+    images, out = _images(tmp_path / "imgs"), tmp_path / "caps.jsonl"
+    pipe = llavakit.load(model)
+    assert caption(pipe, str(images / "img0.png"), str(out), progress=False, max_new_tokens=3)["captioned"] == 1
+    (rec,) = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert "model" not in rec and "weights" not in rec and rec["sampling"]["max_new_tokens"] == 3
+    assert caption(pipe, str(images), str(out), progress=False, max_new_tokens=3)["skipped"] == 1
+    with pytest.raises(ValueError, match="other sampling settings"):
+        caption(pipe, str(images), str(out), progress=False, max_new_tokens=4)
