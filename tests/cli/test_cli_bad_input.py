@@ -209,6 +209,9 @@ def test_merge_lora_says_what_is_wrong_with_its_input_not_with_its_output(model,
     assert main(["merge-lora", "--base", model, "--adapter", str(tmp_path), "--out", str(out)]) == 2
     err = one_error(capsys, "adapter_config.json")
     assert "cannot write" not in err and "writable" not in err and not out.exists(), err
+    missing = tmp_path / "nosuch"  # said to have "no adapter_config.json" before: it does not exist at all
+    assert main(["merge-lora", "--base", model, "--adapter", str(missing), "--out", str(out)]) == 2
+    one_error(capsys, f"adapter directory {missing} does not exist; pass the adapter a LoRA run wrote")
 
 
 FAKE_PIPE = """

@@ -193,6 +193,10 @@ def save_adapter(
 
 def adapter_config(d: Path) -> dict:
     """The adapter directory's adapter_config.json (refused when missing or not a JSON object)."""
+    if not d.exists():
+        raise FileNotFoundError(
+            f"adapter directory {d} does not exist; pass the adapter a LoRA run wrote (OUT/adapter)"
+        )
     if not (d / ADAPTER_CONFIG).exists():
         raise FileNotFoundError(f"{d} has no {ADAPTER_CONFIG}: not a LoRA adapter directory")
     try:
