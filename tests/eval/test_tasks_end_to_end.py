@@ -193,13 +193,15 @@ def test_missing_images_are_reported_not_fatal(tiny_model, tmp_path):
     assert "missing images: 1" in (tmp_path / "o" / "report.md").read_text()
 
 
-def test_undecodable_image_fails_alone(tiny_model, tmp_path):
+def test_undecodable_image_fails_alone(tiny_model, tmp_path, capsys):
     data = fx.vqav2(tmp_path / "d")
     (data / "val2014" / "COCO_val2014_000000000002.jpg").write_bytes(b"not an image")
     result, preds = _run("vqav2", data, tiny_model, tmp_path / "o")
     assert set(preds) == {"1", "3"}  # the batch was retried one by one: only question 2 is lost
     assert result["failed"]["count"] == 1 and result["failed"]["ids"] == ["2"]
     assert result["unanswered"]["count"] == 1
+    err = capsys.readouterr().err  # why, on stderr too (it was only in the JSON's first_error)
+    assert f"warning: 1 failed; the first: {result['failed']['first_error']}" in err
 
 
 def test_bad_data_fails_before_any_answer(tiny_model, tmp_path):

@@ -269,6 +269,8 @@ def finish(result: dict[str, Any], out_dir: Path, printer: Callable[[str], None]
                 f"warning: {info['count']} {name.replace('_', ' ')} (e.g. {', '.join(info['ids'][:5])})",
                 file=sys.stderr,
             )
+    if failed := result.get("failed"):  # why they went unanswered, not only in the JSON
+        print(f"warning: {failed['count']} failed; the first: {failed['first_error']}", file=sys.stderr)
     printer(f"wrote {out_dir / 'scores.json'} and {out_dir / 'report.md'}")
     printer(line)
     return result
