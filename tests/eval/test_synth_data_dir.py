@@ -46,3 +46,14 @@ def test_generation_flags_beside_data_are_refused(tmp_path, capsys, flags, said)
     assert f"{said} what scenes to generate, but --data {data} is scored as it is" in err
     assert ("--limit N" in err) == ("--n" in flags)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_limit_is_refused_before_a_set_is_generated(tmp_path, capsys, monkeypatch):
+    """``llava eval synth --limit 0`` wrote the 200-scene set (under runs/eval/...) before refusing the limit."""
+    from llavakit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("llavakit.data.synth.write_dataset", lambda *a, **k: pytest.fail("a set was generated"))
+    assert main(["eval", "synth", "--limit", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--limit must be >= 1, got 0" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -136,6 +136,8 @@ def eval_task(
     if out is not None:
         check_given(out, "--out", "the run's output directory")
     check_run_args(task, batch_size, max_new_tokens)  # before the model loads and the data is read
+    if limit is not None and limit < 1:  # before a synthetic set is generated, too
+        raise ValueError(f"--limit must be >= 1, got {limit}")
     model_path = model or default_model()
     local = Path(model_path)
     # The full path tells checkpoints with the same directory name apart (resume must not mix them).
