@@ -317,7 +317,18 @@ def _parser() -> argparse.ArgumentParser:
             a.model, a.images, a.out, a.prompt, a.batch_size, a.dtype, a.quantize, a.compile, **_sampling(a)
         )
     )
+    _no_abbreviations(p)
     return p
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Turn off argparse's prefix matching in every (sub)command: ``llava eval pope --n 3`` read ``--n`` as
+    ``--no-progress`` and then refused "3"; a flag must now be spelled whole, or it is refused as unknown."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _no_abbreviations(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -422,3 +422,21 @@ def test_generate_video_file_answers_as_the_pipeline(ov_model, tmp_path):
     content = [{"type": "video", "video": clip, "max_frames": 3}, {"type": "text", "text": "What?"}]
     answer = load(ov_model).chat([{"role": "user", "content": content}], max_new_tokens=6)
     assert r.stdout.rstrip("\n") == answer.lstrip()
+
+
+@pytest.mark.parametrize(
+    "argv, unknown",
+    [
+        (["eval", "pope", "--data", "X", "--n", "3"], "--n 3"),  # was read as --no-progress, then "3" refused
+        (["generate", "--prompt", "hi", "--max-new", "4"], "--max-new 4"),  # was --max-new-tokens
+        (["data", "synth", "--out", "d", "--n", "1", "--se", "2"], "--se 2"),  # was --seed
+    ],
+)
+def test_flags_are_spelled_whole(argv: list[str], unknown: str, capsys: pytest.CaptureFixture) -> None:
+    """argparse's prefix matching is off in every subcommand: a shortened flag is unknown, not another flag."""
+    from llavakit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert f"unrecognized arguments: {unknown}" in capsys.readouterr().err
