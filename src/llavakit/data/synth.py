@@ -111,8 +111,8 @@ def write_dataset(
     ``qtypes`` gets no instruct record (its image is still written).
     Record ids are ``s{seed}_{index:06d}`` (eval: ``..._{question}``).
     Deterministic in all arguments; the images depend only on (seed, index, min_side, max_side, text_prob,
-    max_shapes), so caption, instruct and eval sets with the same seed show the same scenes. A directory that
-    already holds other scenes is refused (``check_same_scenes``)."""
+    max_shapes), so caption, instruct and eval sets with the same seed show the same scenes. Other scenes beside
+    another kind's annotation file are refused (``check_same_scenes``)."""
     if kind not in FILENAMES:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(FILENAMES)}")
     if n < 0:
