@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .commands import check_given, check_sampling, check_utf8, user_message
+from .filekinds import not_text
 from .pipeline import Pipeline
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -164,6 +165,8 @@ def read_done(out: Path, prompt: str | None = None, made: dict[str, Any] | None 
         return set()
     except OSError as e:
         raise _out_error(out, e, "read") from None
+    if (wrong := not_text(out, data[:16], "a caption JSONL file (--out: where the captions go)")) is not None:
+        raise wrong
     keep = data.rfind(b"\n") + 1 if data and not data.endswith(b"\n") else len(data)
     lines = data[:keep].split(b"\n")[:-1]  # the whole lines (data[:keep] is empty or ends with its newline)
     tail = data[keep:]

@@ -65,10 +65,10 @@ def test_caption_leaves_a_file_that_is_not_its_own_untouched(model, images, tmp_
     notes.write_bytes(b"my notes\nthe last line, without its newline")
     png = tmp_path / "photo.png"
     Image.new("RGB", (8, 8)).save(png)
-    for f in (notes, png):
+    for f, said in ((notes, "is not a caption record"), (png, "is a PNG image, not a caption JSONL file")):
         before = f.read_bytes()
         assert main(["caption", "--model", model, str(images), "--out", str(f), "--max-new-tokens", "2"]) == 2
-        one_error(capsys, "is not a caption record")
+        one_error(capsys, said)
         assert f.read_bytes() == before
 
 
@@ -308,3 +308,29 @@ def test_ctrl_c_while_the_parser_is_built_is_one_line_and_130():
     env = {**os.environ, "PYTHONPATH": SRC}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert (r.returncode, r.stderr, r.stdout) == (130, "interrupted\n", "")
+
+
+@pytest.mark.parametrize(
+    "argv, wanted",
+    [
+        (["eval", "score", "synth", "--data", "{data}", "--predictions", "{png}"], "not a text file (JSON, JSONL"),
+        (["data", "check", "{png}"], "not a JSON / JSON lines data file"),
+        (["caption", "{png}", "--out", "{png2}", "--model", "{model}"], "not a caption JSONL file (--out"),
+    ],
+)
+def test_an_image_given_for_a_text_file_is_named_as_an_image(model, tmp_path, capsys, argv, wanted):
+    """A PNG where a JSON / JSONL file belongs was "not UTF-8 text ...; re-save the file as UTF-8" (or, for caption's
+    --out, "is not a caption record"): advice that sends the user the wrong way."""
+    from llavakit.data.synth import write_dataset
+    from llavakit.filekinds import binary_kind
+
+    png, png2 = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (8, 8)).save(png)
+    Image.new("RGB", (8, 8)).save(png2)
+    data = tmp_path / "eval"
+    write_dataset(data, 1, seed=1_000_000, kind="eval", min_side=112, max_side=160)
+    fill = {"{png}": str(png), "{png2}": str(png2), "{data}": str(data), "{model}": model}
+    assert main([fill.get(a, a) for a in argv]) == 2
+    said = png2 if "caption" in argv else png
+    one_error(capsys, f"{said} is a PNG image, {wanted}", "give the path of that file instead")
+    assert binary_kind(b'{"image": "a.png"}') is None and binary_kind(b"\xff\xd8\xff\xe0") == "a JPEG image"
