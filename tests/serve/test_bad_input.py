@@ -147,6 +147,12 @@ CASES = {
         "messages[1].role",
     ),
     "stream_options without stream": (_req(stream_options={"include_usage": True}), 400, "stream: true", None),
+    "max_tokens and max_completion_tokens differ": (
+        _req(max_tokens=3, max_completion_tokens=5),
+        400,
+        "max_tokens (3) and max_completion_tokens (5) differ",
+        None,
+    ),
     "image in a system message": (
         _req(
             messages=[

@@ -170,6 +170,12 @@ class ChatCompletionRequest(BaseModel):
             self.ignore_eos = False
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream: true")
+        both = (self.max_tokens, self.max_completion_tokens)
+        if None not in both and both[0] != both[1]:  # which one the caller meant is not ours to guess
+            raise ValueError(
+                f"max_tokens ({both[0]}) and max_completion_tokens ({both[1]}) differ; send one of them "
+                "(max_completion_tokens is OpenAI's current name)"
+            )
         return self
 
     def stop_list(self) -> list[str]:
