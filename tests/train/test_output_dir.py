@@ -85,7 +85,7 @@ def test_an_output_dir_that_cannot_be_a_directory_is_named_before_loading(tmp_pa
         assert "Traceback" not in err
     assert not (tmp_path / "ro" / "new").exists()
     made = tmp_path / "a" / "b" / "run"
-    from llavakit.train.checkpointing import check_can_create
+    from llavakit.train.output_dir import check_can_create
 
     check_can_create(made)  # fine, and nothing left behind
     assert not (tmp_path / "a").exists()

@@ -35,7 +35,6 @@ from .batching import epoch_batches, process_micro_batches, steps_per_epoch, tot
 from .checkpointing import (
     InterruptGuard,
     TrainingInterrupted,
-    check_output_dir,
     check_same_recipe,
     checkpoint_dirs,
     load_checkpoint,
@@ -51,6 +50,7 @@ from .distributed import Dist, all_sum, full_model_state, setup, teardown, unwra
 from .fingerprint import check_same_data, data_fingerprint
 from .foreground import drop_probability, hide_background
 from .loss import supervised_ce_sum, supervised_positions
+from .output_dir import check_output_dir
 from .progress import MetricsLog, Progress
 from .recipe import Recipe
 from .schedule import logged_lrs, lr_lambda
