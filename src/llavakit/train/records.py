@@ -72,7 +72,9 @@ def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: drops a leading byte order mark, if any
     except UnicodeDecodeError as e:
-        if (wrong := not_text(path, path.read_bytes()[:16], "a JSON / JSON lines data file")) is not None:
+        with path.open("rb") as f:  # the first bytes only: the file may be gigabytes
+            head = f.read(16)
+        if (wrong := not_text(path, head, "a JSON / JSON lines data file")) is not None:
             raise wrong from None
         raise ValueError(
             f"{path} is not UTF-8 text (byte {e.start}); training data is JSON / JSON lines in UTF-8: re-save it so"
