@@ -236,7 +236,7 @@ def _sampling(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="llava", description="LLaVA models: run, convert, train, serve, evaluate.")
+    p = WholeFlags(prog="llava", description="LLaVA models: run, convert, train, serve, evaluate.")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="original / old-layout checkpoint -> current HF layout")
@@ -317,18 +317,17 @@ def _parser() -> argparse.ArgumentParser:
             a.model, a.images, a.out, a.prompt, a.batch_size, a.dtype, a.quantize, a.compile, **_sampling(a)
         )
     )
-    _no_abbreviations(p)
     return p
 
 
-def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
-    """Turn off argparse's prefix matching in every (sub)command: ``llava eval pope --n 3`` read ``--n`` as
-    ``--no-progress`` and then refused "3"; a flag must now be spelled whole, or it is refused as unknown."""
-    parser.allow_abbrev = False
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                _no_abbreviations(child)
+class WholeFlags(argparse.ArgumentParser):
+    """An argument parser without prefix matching (``llava eval pope --n 3`` read ``--n`` as ``--no-progress``, then
+    refused "3"): a flag is spelled whole or refused as unknown. Subcommands' parsers are of their parent's class
+    (argparse's default ``parser_class``), so every ``llava`` subcommand is one of these."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
