@@ -327,7 +327,7 @@ def _run_task(a: argparse.Namespace) -> int:
         dtype=a.dtype,
         quantize=a.quantize,
         compile=a.compile,
-        n=200 if generate["--n"] is None else generate["--n"],
+        **({} if generate["--n"] is None else {"n": generate["--n"]}),  # left out: eval_task's default
         seed=getattr(a, "seed", None),
         sides=tuple(a.sides) if getattr(a, "sides", None) else None,
         progress=not a.no_progress,
