@@ -113,3 +113,41 @@ def test_during_the_grace_new_connections_are_refused_and_open_ones_get_503(tiny
             assert r.status_code == 503 and "shutting down" in r.json()["error"]["message"], r.text
             response.close()  # the stream's client leaves: its generation stops and the server exits
         assert proc.wait(30) in (0, -signal.SIGTERM)
+
+
+def test_the_worker_is_draining_before_the_listening_sockets_close(monkeypatch) -> None:  # noqa: ANN001
+    """The order behind the test above, without its timing: when a listening socket closes, ``/health`` already
+    says "shutting_down" (closing first left a gap in which a keep-alive client got a 200 after new connections
+    were refused, seen once in CI)."""
+    import asyncio
+
+    import uvicorn
+
+    from llavakit.serve.shutdown import DrainingServer
+
+    class Worker:  # a Batcher's shutdown side
+        def __init__(self) -> None:
+            self.closing, self.thread = False, threading.Thread(target=lambda: None)
+
+        def drain(self) -> None:
+            self.closing = True
+
+        def stop(self) -> None:
+            self.closing = True
+
+    class Listener:
+        def __init__(self, worker: Worker) -> None:
+            self.worker, self.seen = worker, []
+
+        def close(self) -> None:
+            self.seen.append(self.worker.closing)
+
+    async def uvicorn_part(self, sockets=None) -> None:  # noqa: ANN001
+        return None
+
+    monkeypatch.setattr(uvicorn.Server, "shutdown", uvicorn_part)
+    worker = Worker()
+    server = DrainingServer(uvicorn.Config(app=lambda *a: None), worker, grace=0)  # type: ignore[arg-type]
+    server.servers = [Listener(worker), Listener(worker)]
+    asyncio.run(server.shutdown())
+    assert [listener.seen for listener in server.servers] == [[True], [True]]

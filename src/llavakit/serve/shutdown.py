@@ -3,10 +3,10 @@
 uvicorn's own shutdown closes the listening sockets, waits up to ``timeout_graceful_shutdown`` for the open
 requests, then cancels the handlers still running, whose clients get a bare text 500 (streams just stop, with no
 error event), and only after that runs the app's lifespan shutdown, which stops the model worker; meanwhile the
-worker goes on admitting queued requests. ``DrainingServer`` closes the listening sockets (new connections are
-refused from then on: no 503 can reach them) and does the worker's part first: queued requests, and new ones on
-keep-alive connections opened before, get a 503 in OpenAI's error shape at once (``/health`` there:
-"shutting_down"), the answers being generated get ``grace`` seconds to finish, and what still runs then ends with
+worker goes on admitting queued requests. ``DrainingServer`` does the worker's part first: queued requests, and new
+ones on keep-alive connections opened before, get a 503 in OpenAI's error shape at once (``/health`` there:
+"shutting_down"); then it closes the listening sockets (new connections are refused from then on: no 503 can
+reach them); the answers being generated get ``grace`` seconds to finish, and what still runs then ends with
 a 503 (streams: an error event), so every client hears why. Then uvicorn closes the open connections.
 """
 
@@ -32,16 +32,18 @@ class DrainingServer(uvicorn.Server):
         self.batcher, self.grace = batcher, grace
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # draining first: a client on an open keep-alive connection who finds new connections refused must
+        # already hear "shutting_down", never a 200 from the gap between the two steps
+        await run_in_threadpool(self.batcher.drain)
         for server in getattr(self, "servers", []):
             server.close()  # no new connections while the batch drains (uvicorn closes them again: harmless)
-        await drain(self.batcher, self.grace, lambda: self.force_exit)
+        await finish(self.batcher, self.grace, lambda: self.force_exit)
         await super().shutdown(sockets)
 
 
-async def drain(batcher: Batcher, grace: float, forced: Callable[[], bool] = lambda: False) -> None:
-    """Refuse the queued and new jobs, give the running ones ``grace`` seconds (less if ``forced()``: a second
-    Ctrl-C), then stop the worker, which ends what still runs with a 503."""
-    await run_in_threadpool(batcher.drain)
+async def finish(batcher: Batcher, grace: float, forced: Callable[[], bool] = lambda: False) -> None:
+    """After ``batcher.drain`` (queued and new jobs refused): give the running ones ``grace`` seconds (less if
+    ``forced()``: a second Ctrl-C), then stop the worker, which ends what still runs with a 503."""
     end = time.monotonic() + grace
     while batcher.thread.is_alive() and time.monotonic() < end and not forced():
         await asyncio.sleep(0.05)
