@@ -110,13 +110,17 @@ def _json_line(rec: dict[str, Any]) -> str:
     return line + "\n"
 
 
-def made_by(model: str | None, sampling: dict[str, Any]) -> dict[str, Any]:
+def made_by(model: str | None, sampling: dict[str, Any], precision: dict[str, Any] | None = None) -> dict[str, Any]:
     """What each caption record says of how it was made: the model (its resolved path, or the hub id), its weight
-    files' fingerprint as ``llava eval`` records it (a checkpoint retrained in place is another model) and the
-    sampling settings. ``model`` None (a pipeline made elsewhere): the sampling settings only."""
+    files' fingerprint as ``llava eval`` records it (a checkpoint retrained in place is another model), how its
+    weights were loaded (``precision``: {"dtype": "float32", "quantize": None}, as ``llava caption``'s flags say;
+    None: not known, not recorded) and the sampling settings. ``model`` None (a pipeline made elsewhere): the
+    sampling settings and the precision only."""
     from .eval.command import weights_fingerprint
 
     made: dict[str, Any] = {"sampling": json.loads(json.dumps(sampling))}  # as read back (a tuple of stops: a list)
+    if precision is not None:
+        made["precision"] = dict(precision)
     if model is None:
         return made
     path = Path(model)
@@ -138,6 +142,14 @@ def _check_made_alike(where: str, rec: dict[str, Any], made: dict[str, Any]) -> 
             f"{where} was captioned by other weights of model {made['model']!r} (its files changed, or were copied, "
             f"since: {rec['weights']!r} there, {made['weights']!r} now); write to another --out, or delete the file "
             "to caption every image again"
+        )
+    theirs = rec.get("precision")
+    if "precision" in made and isinstance(theirs, dict) and theirs != made["precision"]:
+        said = "; ".join(
+            f"--{k} {theirs.get(k)} there, {v} now" for k, v in made["precision"].items() if theirs.get(k) != v
+        )
+        raise ValueError(
+            f"{where} was captioned from weights loaded another way ({said}); pass the same flags to resume, {fix}"
         )
     sampling = rec.get("sampling")
     if isinstance(sampling, dict):
@@ -213,18 +225,20 @@ def caption(
     batch_size: int = 4,
     progress: bool = True,
     model: str | None = None,
+    precision: dict[str, Any] | None = None,
     **sampling: Any,
 ) -> dict[str, int]:
     """One JSON line per image in ``out_path``; images already there are skipped (resumable). ``model``: the
-    directory or hub id ``pipe`` was loaded from (None: not known, not recorded), recorded with the sampling settings
-    in every record; a file captioned by another model or with other settings is refused rather than resumed."""
+    directory or hub id ``pipe`` was loaded from (None: not known, not recorded), recorded with ``precision`` (how
+    its weights were loaded, see :func:`made_by`) and the sampling settings in every record; a file captioned by
+    another model or with other settings is refused rather than resumed."""
     from tqdm import tqdm
 
     images, out = check_caption(pattern, out_path, prompt, batch_size, sampling)
     # what is wrong with the request itself (a reserved placeholder in the prompt, no room in the context for
     # --max-new-tokens) fails the run once, before any image, rather than skipping every image with it
     pipe.check_request([user_message(prompt, [])], sampling.get("max_new_tokens", 256))
-    made = made_by(model, sampling)
+    made = made_by(model, sampling, precision)
     done = read_done(out, prompt, made)
     todo, seen = [], set(done)
     for p in images:  # once per image: already captioned, or met before under another name (a symlink)

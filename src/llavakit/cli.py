@@ -184,13 +184,15 @@ def cmd_caption(
     compile: bool = False,
     **s: Any,
 ) -> int:
-    from .caption import caption, check_caption
+    from .caption import caption, check_caption, made_by, read_done
     from .commands import check_model, default_model, open_pipeline
 
     check_model(model)
-    check_caption(pattern, out, prompt, batch_size, s)  # before the model loads; no output file is created
+    _, path = check_caption(pattern, out, prompt, batch_size, s)  # before the model loads; no output file is created
+    model, precision = model or default_model(), {"dtype": dtype, "quantize": quantize}
+    read_done(path, prompt, made_by(model, s, precision))  # a resume into another run's file: refused before loading
     pipe = open_pipeline(model, dtype, quantize, compile)
-    counts = caption(pipe, pattern, out, prompt=prompt, batch_size=batch_size, model=model or default_model(), **s)
+    counts = caption(pipe, pattern, out, prompt=prompt, batch_size=batch_size, model=model, precision=precision, **s)
     print(json.dumps(counts))
     return 1 if counts["failed"] else 0
 
@@ -337,9 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if extra and getattr(args, "overrides", None) is not None and all("=" in x and x[0] != "-" for x in extra):
-        args.overrides += extra  # `llava train R.yaml --resume key=value`: overrides after a flag
-    elif extra:
+    if getattr(args, "overrides", None) is not None:  # `llava train R.yaml --resume key=value`: overrides after a flag
+        args.overrides += [x for x in extra if "=" in x and x[0] != "-"]
+        extra = [x for x in extra if x not in args.overrides]
+    if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] = args.func
     try:

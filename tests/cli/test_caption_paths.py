@@ -80,6 +80,36 @@ def test_caption_resume_refuses_other_sampling(model, tmp_path, capsys):
     assert out.read_bytes() == before
 
 
+def test_caption_resume_refuses_another_dtype_or_quantization_before_the_model_loads(
+    model, tmp_path, capsys, monkeypatch
+):
+    """Float and int8 captions of one model shared a file: ``--dtype`` / ``--quantize`` were not recorded. The
+    refusal comes before the model loads (a 7B model takes minutes), as the other resume refusals do."""
+    import llavakit.commands
+
+    images, out = _images(tmp_path / "imgs"), tmp_path / "caps.jsonl"
+    assert _caption(capsys, model, images / "img0.png", out, "--max-new-tokens", "3") == 0
+    (rec,) = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert rec["precision"] == {"dtype": "float32", "quantize": None}
+    before = out.read_bytes()
+
+    def no_loading(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the model was loaded before the file was checked")
+
+    monkeypatch.setattr(llavakit.commands, "open_pipeline", no_loading)
+    for flags, said in (
+        (("--quantize", "int8"), "--quantize None there, int8 now"),
+        (("--dtype", "bfloat16"), "--dtype float32 there, bfloat16 now"),
+    ):
+        assert _caption(capsys, model, images, out, "--max-new-tokens", "3", *flags) == 2
+        one_error(
+            capsys, f"{out}:1 was captioned from weights loaded another way ({said})", "pass the same flags to resume"
+        )
+    assert _caption(capsys, model, images, out, "--max-new-tokens", "3", "--temperature", "1.5") == 2
+    one_error(capsys, "other sampling settings")
+    assert out.read_bytes() == before
+
+
 def test_caption_resume_with_the_same_settings_skips_and_records_them(model, tmp_path, capsys):
     images, out = _images(tmp_path / "imgs"), tmp_path / "caps.jsonl"
     flags = ("--max-new-tokens", "3", "--temperature", "0.7", "--seed", "1", "--stop", "x")

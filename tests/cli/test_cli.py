@@ -440,3 +440,20 @@ def test_flags_are_spelled_whole(argv: list[str], unknown: str, capsys: pytest.C
         main(argv)
     assert e.value.code == 2
     assert f"unrecognized arguments: {unknown}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, unknown",
+    [
+        (["train", "R.yaml", "train.max_steps=3", "--bogus"], "--bogus"),  # named the override too
+        (["train", "R.yaml", "--resume", "train.max_steps=3", "--bogus"], "--bogus"),
+        (["train", "R.yaml", "--bogus", "stage.lr=1e-4", "plain"], "--bogus plain"),
+    ],
+)
+def test_train_names_only_what_is_not_an_override(argv: list[str], unknown: str, capsys: pytest.CaptureFixture) -> None:
+    from llavakit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"unrecognized arguments: {unknown}")

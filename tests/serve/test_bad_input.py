@@ -96,7 +96,8 @@ CASES = {
     "top_p zero": (_req(top_p=0), 400, "top_p", "top_p"),
     "max_tokens zero": (_req(max_tokens=0), 400, "max_tokens", "max_tokens"),
     "n = 2": (_req(n=2), 400, "n", "n"),
-    "seed negative": (_req(seed=-1), 400, "seed", "seed"),
+    "seed over int64": (_req(seed=2**63), 400, "seed", "seed"),
+    "seed under int64": (_req(seed=-(2**63) - 1), 400, "seed", "seed"),
     "stop not a string": (_req(stop=5), 400, "stop", "stop"),
     "too many stop strings": (_req(stop=["a", "b", "c", "d", "e"]), 400, "at most 4", "stop"),
     "stop string too long": (_req(stop="z" * 300), 400, "256", "stop"),
@@ -421,6 +422,8 @@ def test_harmless_values_of_unsupported_fields_are_accepted(server) -> None:  # 
     assert server.post(_req(messages=[*turns, {"role": "user", "content": "Bye"}])).status_code == 200
     # top_k -1 means no top-k filtering (vLLM's convention), as 0 does
     assert _answer(server, temperature=1.0, seed=3, top_k=-1) == _answer(server, temperature=1.0, seed=3, top_k=0)
+    # a negative seed is a seed (int64, as vLLM and the CLI take it; it was refused): the same draw each time
+    assert _answer(server, temperature=1.0, seed=-1) == _answer(server, temperature=1.0, seed=-1)
 
 
 def test_error_codes(server) -> None:  # noqa: ANN001

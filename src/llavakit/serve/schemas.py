@@ -97,7 +97,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=1.0, ge=0.0, le=2.0, description="below 1e-5: greedy, as 0")
     top_p: float | None = Field(default=1.0, gt=0.0, le=1.0)
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # int64, as vLLM; the CLI takes these too
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=1, ge=1, le=1, description="only 1 is supported")
