@@ -143,11 +143,14 @@ def _check_made_alike(where: str, rec: dict[str, Any], made: dict[str, Any]) -> 
             f"since: {rec['weights']!r} there, {made['weights']!r} now); write to another --out, or delete the file "
             "to caption every image again"
         )
-    theirs = rec.get("precision")
-    if "precision" in made and isinstance(theirs, dict) and theirs != made["precision"]:
-        said = "; ".join(
-            f"--{k} {theirs.get(k)} there, {v} now" for k, v in made["precision"].items() if theirs.get(k) != v
+    theirs = rec.get("precision") if "precision" in made else None
+    if isinstance(theirs, dict) and (
+        said := "; ".join(
+            f"--{k} {theirs[k] or 'none'} there, {v or 'none'} now"
+            for k, v in made["precision"].items()
+            if k in theirs and theirs[k] != v
         )
+    ):
         raise ValueError(
             f"{where} was captioned from weights loaded another way ({said}); pass the same flags to resume, {fix}"
         )

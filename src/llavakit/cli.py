@@ -332,6 +332,11 @@ class WholeFlags(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _override(arg: str) -> bool:
+    """``key=value``: a dotted recipe override of ``llava train`` (a flag's spelling ``--x=y`` is not one)."""
+    return "=" in arg and not arg.startswith("-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _parser()  # imports every subcommand's flags module (no torch): Ctrl-C can land here
@@ -340,8 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     if getattr(args, "overrides", None) is not None:  # `llava train R.yaml --resume key=value`: overrides after a flag
-        args.overrides += [x for x in extra if "=" in x and x[0] != "-"]
-        extra = [x for x in extra if x not in args.overrides]
+        args.overrides += [x for x in extra if _override(x)]
+        extra = [x for x in extra if not _override(x)]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] = args.func

@@ -98,7 +98,7 @@ def test_caption_resume_refuses_another_dtype_or_quantization_before_the_model_l
 
     monkeypatch.setattr(llavakit.commands, "open_pipeline", no_loading)
     for flags, said in (
-        (("--quantize", "int8"), "--quantize None there, int8 now"),
+        (("--quantize", "int8"), "--quantize none there, int8 now"),
         (("--dtype", "bfloat16"), "--dtype float32 there, bfloat16 now"),
     ):
         assert _caption(capsys, model, images, out, "--max-new-tokens", "3", *flags) == 2

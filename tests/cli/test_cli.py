@@ -457,3 +457,13 @@ def test_train_names_only_what_is_not_an_override(argv: list[str], unknown: str,
         main(argv)
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"unrecognized arguments: {unknown}")
+
+
+def test_a_flag_equal_to_an_override_given_before_is_still_named(capsys: pytest.CaptureFixture) -> None:
+    """``llava train R.yaml foo --resume foo``: the second ``foo`` is no override (no ``=``) and was dropped unnamed
+    because a positional of that spelling came first."""
+    from llavakit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "R.yaml", "foo", "--resume", "foo"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("unrecognized arguments: foo")

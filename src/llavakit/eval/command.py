@@ -85,7 +85,7 @@ def weights_fingerprint(model: Path) -> str | None:
 
     if not model.is_dir():
         return None
-    files = checkpoint_files(model)  # the files the loader reads (the model is loaded before this)
+    files = checkpoint_files(model)  # the files the loader reads (none there: its error, naming the fix)
     return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files) or None
 
 
