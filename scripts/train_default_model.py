@@ -93,6 +93,10 @@ PLACE_DATA = {"qtypes": ("position",), "repeats": 3, "max_turns": 4, "max_shapes
 # docs/default-model.md, "Counting gathered at the plural word"). To stay within the budget the place passes then
 # see their data twice and twice instead of three times and twice. Mixed into the place passes instead, the count
 # data cost position (held out 0.65-0.87).
+# --count-repeats N (1 in the shipped recipe): each count pass sees the count data N times, and the second the place
+# data once more. Counting grows with the steps (held out 0.655 -> 0.78 with N = 3), but without the place data
+# position fell (0.954 -> 0.60); with it, N = 3 gave count 0.74, position 0.99, overall 0.853 (docs/default-model.md,
+# "Counting with more steps"). About 8 min more on two threads: over the budget.
 COUNT_SEED = 94
 COUNT_DATA = {"qtypes": ("count",), "repeats": 3, "max_turns": 4}
 # --read-pass 1 (not in the shipped recipe): after the count passes, one pass on reading questions (scenes that all
@@ -119,17 +123,19 @@ READ = {"final": True}
 OLD_MARKER = {"attributes": False, "read_head": False, "length_groups": 1}
 
 
-def place_passes(count: bool, read: bool = False) -> list[tuple[str, list[str], dict]]:
+def place_passes(count: bool, read: bool = False, count_repeats: int = 1) -> list[tuple[str, list[str], dict]]:
     """The place (and count, and reading) passes: (output directory, data directories (one given twice is seen
-    twice), place_pass options), each from the one before."""
+    twice), place_pass options), each from the one before. ``count_repeats`` > 1: each count pass sees the count data
+    that many times, and the second the place data once more (``--count-repeats``)."""
     reading = [("stage2_read", READ_MIX, {"final": True, "read_head": True})] if read else []
+    counted = ["data_count"] * count_repeats
     if not count:
         return [("stage2_place", ["data_place"] * 3, GATHER), ("stage2_place2", ["data_place"] * 2, READ), *reading]
     return [
         ("stage2_place", ["data_place"] * 2, GATHER),
         ("stage2_place2", ["data_place"] * 2, READ),
-        ("stage2_count", ["data_count"], GATHER),
-        ("stage2_count2", ["data_count"], READ),
+        ("stage2_count", counted, GATHER),
+        ("stage2_count2", counted + (["data_place"] if count_repeats > 1 else []), READ),
         *reading,
     ]
 
@@ -292,6 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         "0: none (the recipe of the first 2026-12-06 model)",
     )
     ap.add_argument(
+        "--count-repeats",
+        type=int,
+        default=1,
+        help="the count passes see their data this many times (1: the shipped recipe); above 1 the second also sees "
+        "the place data once, which keeps position (3: counting 0.655 -> 0.74 held out, about 8 min more on two "
+        "threads)",
+    )
+    ap.add_argument(
         "--bind-pass",
         type=int,
         default=0,
@@ -354,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         args.count_passes = args.place_passes
     if args.count_passes and not args.place_passes:
         ap.error("--count-passes 1 follows the place passes: it needs --place-passes 1, or give --count-passes 0")
+    if args.count_repeats < 1:
+        ap.error(f"--count-repeats must be >= 1 (1: the count data once in each count pass), got {args.count_repeats}")
+    if args.count_repeats > 1 and not (args.place_passes and args.count_passes):
+        ap.error("--count-repeats repeats the count passes' data: it needs the count passes (--count-passes 1)")
     if args.read_pass and not args.place_passes:
         ap.error("--read-pass 1 follows the place passes: it needs --place-passes 1, or give --read-pass 0")
     if args.mix_existence and not args.position_passes:
@@ -556,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
             s2 += stage2_pass(final.name, mixed(data, k + 1), name)
         final = out / name
         if args.place_passes and k == 0:
-            for pname, pdata, kw in place_passes(counting, bool(args.read_pass)):
+            for pname, pdata, kw in place_passes(counting, bool(args.read_pass), args.count_repeats):
                 run_place(final, pname, pdata, kw)
                 final = out / pname
     if position:
@@ -580,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             "position_passes": 2 if position else 0,
             "place_passes": 2 if args.place_passes else 0,
             "count_passes": 2 if counting else 0,
+            "count_repeats": args.count_repeats if counting else 0,
             "bind_pass": args.bind_pass,
             "read_pass": args.read_pass,
             "position_early": bool(early),

@@ -13,7 +13,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--position-passes", "1"]
-    args += ["--mix-existence", "--place-passes", "1", "--read-pass", "1", "--bind-pass", "1"]
+    args += ["--mix-existence", "--place-passes", "1", "--read-pass", "1", "--bind-pass", "1", "--count-repeats", "2"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
@@ -47,9 +47,11 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     counts = json.loads((out / "data_count" / "instruct.json").read_text())
     count_asked = [t["value"] for r in counts for t in r["conversations"] if t["from"] == "human"]
     assert count_asked and all(q.startswith(("<image>\nHow many", "How many")) for q in count_asked), count_asked[:3]
-    assert summary["samples"]["count_passes"] == 2
+    assert summary["samples"]["count_passes"] == 2 and summary["samples"]["count_repeats"] == 2
     chain = (("stage2_place", "stage2b", ["data_place"] * 2), ("stage2_place2", "stage2_place", ["data_place"] * 2))
-    chain += (("stage2_count", "stage2_place2", ["data_count"]), ("stage2_count2", "stage2_count", ["data_count"]))
+    # (--count-repeats 2) the count data twice in each, the place data once more in the second
+    chain += (("stage2_count", "stage2_place2", ["data_count"] * 2),)
+    chain += (("stage2_count2", "stage2_count", ["data_count"] * 2 + ["data_place"]),)
     # (--read-pass 1) reading questions three times, the place data once more
     chain += (("stage2_read", "stage2_count2", ["data_read"] * 3 + ["data_place"]),)
     for name, init, data in chain:
@@ -96,14 +98,15 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     import pytest
 
     with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_read"):
-        without = ["--place-passes", "0", "--count-passes", "0", "--bind-pass", "1", "--read-pass", "0"]
+        without = ["--place-passes", "0", "--count-passes", "0", "--count-repeats", "1", "--bind-pass", "1"]
+        without += ["--read-pass", "0"]
         load_script("train_default_model").main([*args, "--continue", *without])
     # ... a first pass on 1-8 shapes trained as the bind pass, asked as a plain pass
     with pytest.raises(SystemExit, match="stage2b was trained with --bind-pass 1"):
         load_script("train_default_model").main([*args, "--continue", "--bind-pass", "0"])
     # ... and place passes trained on other data (here seen twice for the count passes, asked without them)
     with pytest.raises(SystemExit, match="stage2_place was trained on .*--count-passes 1"):
-        load_script("train_default_model").main([*args, "--continue", "--count-passes", "0"])
+        load_script("train_default_model").main([*args, "--continue", "--count-passes", "0", "--count-repeats", "1"])
     # a marker written before the pass options existed counts as their old defaults: kept as it is ...
     marker = out / "stage2_place" / "place.json"
     record = json.loads(marker.read_text())
@@ -169,6 +172,12 @@ def test_position_early_and_late_are_not_combined(capsys):
     with pytest.raises(SystemExit):
         load_script("train_default_model").main(["--count-passes", "1", "--place-passes", "0"])
     assert "needs --place-passes 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_script("train_default_model").main(["--count-repeats", "0"])
+    assert "--count-repeats must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_script("train_default_model").main(["--count-repeats", "3", "--count-passes", "0"])
+    assert "it needs the count passes" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         load_script("train_default_model").main(["--bind-pass", "1", "--position-early", "--place-passes", "0"])
     assert "no --position-early" in capsys.readouterr().err
