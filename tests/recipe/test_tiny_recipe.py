@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from llavakit.model.llava import LlavaModel
@@ -154,30 +155,20 @@ def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, 
     assert (out / "lone0" / "instruct.json").read_text() != (out / "lone1" / "instruct.json").read_text()
 
 
-def test_position_early_and_late_are_not_combined(capsys):
-    import pytest
-
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["--position-early", "--position-passes", "1"], "choose one"),
+        (["--mix-existence"], "pass both"),
+        (["--place-passes", "1", "--more-passes", "0"], "--more-passes >= 1"),
+        (["--more-instruct", "20"], "--more-instruct >= 64 or --place-passes 0"),
+        (["--count-passes", "1", "--place-passes", "0"], "needs --place-passes 1"),
+        (["--count-repeats", "0"], "--count-repeats must be >= 1"),
+        (["--count-repeats", "3", "--count-passes", "0"], "it needs the count passes"),
+        (["--bind-pass", "1", "--position-early", "--place-passes", "0"], "no --position-early"),
+    ],
+)
+def test_options_that_do_not_go_together_are_refused(argv, said, capsys):
     with pytest.raises(SystemExit):
-        load_script("train_default_model").main(["--position-early", "--position-passes", "1"])
-    assert "choose one" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        load_script("train_default_model").main(["--mix-existence"])
-    assert "pass both" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        load_script("train_default_model").main(["--place-passes", "1", "--more-passes", "0"])
-    assert "--more-passes >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        load_script("train_default_model").main(["--more-instruct", "20"])
-    assert "--more-instruct >= 64 or --place-passes 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        load_script("train_default_model").main(["--count-passes", "1", "--place-passes", "0"])
-    assert "needs --place-passes 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        load_script("train_default_model").main(["--count-repeats", "0"])
-    assert "--count-repeats must be >= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        load_script("train_default_model").main(["--count-repeats", "3", "--count-passes", "0"])
-    assert "it needs the count passes" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        load_script("train_default_model").main(["--bind-pass", "1", "--position-early", "--place-passes", "0"])
-    assert "no --position-early" in capsys.readouterr().err
+        load_script("train_default_model").main(argv)
+    assert said in capsys.readouterr().err
