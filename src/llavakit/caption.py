@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .commands import check_given, check_sampling, check_utf8, user_message
-from .filekinds import not_text
+from .filekinds import refuse_binary
 from .pipeline import Pipeline
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -143,25 +143,24 @@ def _check_made_alike(where: str, rec: dict[str, Any], made: dict[str, Any]) -> 
             f"since: {rec['weights']!r} there, {made['weights']!r} now); write to another --out, or delete the file "
             "to caption every image again"
         )
-    theirs = rec.get("precision") if "precision" in made else None
-    if isinstance(theirs, dict) and (
-        said := "; ".join(
-            f"--{k} {theirs[k] or 'none'} there, {v or 'none'} now"
-            for k, v in made["precision"].items()
-            if k in theirs and theirs[k] != v
-        )
-    ):
-        raise ValueError(
-            f"{where} was captioned from weights loaded another way ({said}); pass the same flags to resume, {fix}"
-        )
-    sampling = rec.get("sampling")
-    if isinstance(sampling, dict):
-        diff = {k: (sampling[k], v) for k, v in made["sampling"].items() if k in sampling and sampling[k] != v}
-        if diff:
+    if isinstance(theirs := rec.get("precision"), dict) and "precision" in made:
+        if diff := _differing(theirs, made["precision"]):
+            said = "; ".join(f"--{k} {a or 'none'} there, {b or 'none'} now" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"{where} was captioned from weights loaded another way ({said}); pass the same flags to resume, {fix}"
+            )
+    if isinstance(sampling := rec.get("sampling"), dict):
+        if diff := _differing(sampling, made["sampling"]):
             said = "; ".join(f"--{k.replace('_', '-')} {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise ValueError(
                 f"{where} was captioned with other sampling settings ({said}); pass the same flags to resume, {fix}"
             )
+
+
+def _differing(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings a record says (``theirs``) that differ from this run's: key -> (theirs, ours). What the record
+    does not say is not compared."""
+    return {k: (theirs[k], v) for k, v in ours.items() if k in theirs and theirs[k] != v}
 
 
 def read_done(out: Path, prompt: str | None = None, made: dict[str, Any] | None = None) -> set[str]:
@@ -180,8 +179,7 @@ def read_done(out: Path, prompt: str | None = None, made: dict[str, Any] | None 
         return set()
     except OSError as e:
         raise _out_error(out, e, "read") from None
-    if (wrong := not_text(out, data[:16], "a caption JSONL file (--out: where the captions go)")) is not None:
-        raise wrong
+    refuse_binary(out, data[:16], "a caption JSONL file (--out: where the captions go)")
     keep = data.rfind(b"\n") + 1 if data and not data.endswith(b"\n") else len(data)
     lines = data[:keep].split(b"\n")[:-1]  # the whole lines (data[:keep] is empty or ends with its newline)
     tail = data[keep:]

@@ -22,8 +22,8 @@ def binary_kind(head: bytes) -> str | None:
     return next((kind for magic, kind in MAGIC.items() if head.startswith(magic)), None)
 
 
-def not_text(path: object, head: bytes, wanted: str) -> ValueError | None:
-    """The error for a file of ``head`` bytes given where ``wanted`` (e.g. "a JSON / JSONL data file") was meant,
-    or None when it does not look like a known binary kind."""
-    kind = binary_kind(head)
-    return ValueError(f"{path} is {kind}, not {wanted}; give the path of that file instead") if kind else None
+def refuse_binary(path: object, head: bytes, wanted: str) -> None:
+    """Raise the error for a file of ``head`` bytes given where ``wanted`` (e.g. "a JSON / JSONL data file") was
+    meant, when it starts like a known binary kind; return otherwise."""
+    if kind := binary_kind(head):
+        raise ValueError(f"{path} is {kind}, not {wanted}; give the path of that file instead") from None

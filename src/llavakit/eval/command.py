@@ -328,8 +328,8 @@ def _run_task(a: argparse.Namespace) -> int:
         quantize=a.quantize,
         compile=a.compile,
         **({} if generate["--n"] is None else {"n": generate["--n"]}),  # left out: eval_task's default
-        seed=getattr(a, "seed", None),
-        sides=tuple(a.sides) if getattr(a, "sides", None) else None,
+        seed=generate["--seed"],
+        sides=tuple(generate["--sides"]) if generate["--sides"] else None,
         progress=not a.no_progress,
     )
     return 0

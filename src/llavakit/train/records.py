@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..filekinds import not_text
+from ..filekinds import refuse_binary
 from ..processing.templates import IMAGE, VIDEO
 from .labels import SampleError
 
@@ -74,8 +74,7 @@ def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
     except UnicodeDecodeError as e:
         with path.open("rb") as f:  # the first bytes only: the file may be gigabytes
             head = f.read(16)
-        if (wrong := not_text(path, head, "a JSON / JSON lines data file")) is not None:
-            raise wrong from None
+        refuse_binary(path, head, "a JSON / JSON lines data file")
         raise ValueError(
             f"{path} is not UTF-8 text (byte {e.start}); training data is JSON / JSON lines in UTF-8: re-save it so"
         ) from None

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ...filekinds import not_text
+from ...filekinds import refuse_binary
 
 
 def read_text(path: Path) -> str:
@@ -27,8 +27,7 @@ def read_text(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        if (wrong := not_text(path, data[:16], "a text file (JSON, JSONL, CSV or TSV)")) is not None:
-            raise wrong from None
+        refuse_binary(path, data[:16], "a text file (JSON, JSONL, CSV or TSV)")
         line = data.count(b"\n", 0, e.start) + 1
         raise ValueError(
             f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); re-save the file as UTF-8"
