@@ -197,3 +197,31 @@ def test_length_groups_keep_the_steps_and_change_only_the_order(position_data, t
     grouped = place_pass(init, [data], tmp_path / "b", final=False, batch=2, length_groups=2, log=lambda _: None)
     assert len(plain) == len(grouped) and plain != grouped
     assert json.loads((tmp_path / "b" / "place.json").read_text())["length_groups"] == 2
+
+
+def test_only_a_pass_that_hides_the_background_computes_foreground_flags(position_data, tmp_path, monkeypatch):
+    """The flags cost ~6.6 ms a sample (a third of loading it) and serve only ``drop``."""
+    import llavakit.train.data as data_module
+
+    init, data = position_data
+    real, calls = data_module.sample_foreground, []
+    monkeypatch.setattr(data_module, "sample_foreground", lambda *a: calls.append(1) or real(*a))
+    place_pass(init, [data], tmp_path / "a", final=False, batch=4, log=lambda _: None)
+    assert calls == []
+    place_pass(init, [data], tmp_path / "b", final=False, drop=(1.0, 0.0), batch=4, log=lambda _: None)
+    assert len(calls) >= 8  # every sample of the pass, at least once
+
+
+def test_the_language_loss_from_the_supervised_logits_equals_the_full_logits_loss(tmp_path):
+    """The passes compute logits only where a label is supervised; their mean CE equals the model's own ``loss``."""
+    from llavakit.model.llava import LlavaModel
+    from llavakit.train.loss import supervised_ce_sum, supervised_positions, supervised_targets
+
+    torch.manual_seed(0)
+    model = LlavaModel.from_pretrained(write_tiny_checkpoint(tmp_path / "m", "llava"))
+    ids = torch.randint(5, model.config.text.vocab_size, (2, 9))
+    labels = torch.full_like(ids, -100)
+    labels[0, 4:7], labels[1, 2:9] = ids[0, 4:7], ids[1, 2:9]
+    full = model(input_ids=ids, labels=labels).loss
+    part = model(input_ids=ids, logits_mask=supervised_positions(labels)).logits
+    torch.testing.assert_close(supervised_ce_sum(part, labels) / supervised_targets(labels).numel(), full)
