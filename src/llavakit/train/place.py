@@ -59,7 +59,6 @@ from .attention_pull import answer_queries, attention_cross_entropy, attention_l
 from .collate import collate
 from .count import KIND_OF_PLURAL, MAX_COUNTED, count_attention
 from .foreground import drop_probability, hide_background
-from .loss import supervised_ce_sum, supervised_positions, supervised_targets
 from .mixture import build_dataset
 from .named import Named
 from .reading import answer_spans, box_tokens, glyph_box
@@ -206,15 +205,15 @@ def place_pass(
             mask = hide_background(mask, b_["foreground"], drop_probability(drop[0], drop[1], step, steps), gen)
         projected.clear()
         attn_inputs.clear()
-        res = model(  # logits at the supervised positions only (N, V): the LM head on every position cost ~7%
+        res = model(
             input_ids=b_["input_ids"],
             pixel_values=b_["pixel_values"],
             image_sizes=b_["image_sizes"],
             attention_mask=mask,
             position_ids=pos,
-            logits_mask=supervised_positions(b_["labels"]),
+            labels=b_["labels"],
         )
-        losses = {"lm": supervised_ce_sum(res.logits, b_["labels"]) / supervised_targets(b_["labels"]).numel()}
+        losses = {"lm": res.loss}
         # each base view's place, from the projector's output
         counts = [num_tiles(int(h), int(w), model.geometry) for h, w in b_["image_sizes"].tolist()]
         starts = torch.tensor([0, *counts[:-1]]).cumsum(0)
@@ -320,7 +319,7 @@ def place_pass(
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
-        history.append(losses["lm"].item())
+        history.append(res.loss.item())
         if step % 50 == 0 or step == steps - 1:
             parts = " ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
             log(f"place pass step {step + 1}/{steps}: {parts} ({time.perf_counter() - t0:.0f}s)")
