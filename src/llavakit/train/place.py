@@ -127,7 +127,7 @@ def place_pass(
             f"the place passes read layer 1 of the decoder; {init} has {len(layers)} layer(s): use a decoder of two "
             "layers or more, or leave the place passes out (train_default_model.py --place-passes 0)"
         )
-    ds = build_dataset(spec, proc, proc.template, 1024, foreground=drop is not None)  # flags only to hide by
+    ds = build_dataset(spec, proc, proc.template, 1024, foreground=drop is not None)  # the flags serve only drop
     named = Named(proc, dirs, ds, scenes, attributes=attributes)
     if not named.count():
         raise ValueError(
