@@ -57,7 +57,8 @@ def test_compiled_step_calls_fbgemm_through_the_registered_op():
     if not fp16_decode_available():
         pytest.skip("this torch build has no fbgemm fp16 kernels")
     model = ours_from_hf(hf_model("llava", "qwen2", seed=7)).to(torch.bfloat16)
-    counts = optimize_model(model, min_fp16_weight=0, max_small_weight=0)
+    # fp16_decode=True: the default takes this path only where bf16 GEMMs are native (not on an AVX2-only CPU)
+    counts = optimize_model(model, min_fp16_weight=0, max_small_weight=0, fp16_decode=True)
     n = model.config.text.num_hidden_layers  # o, down and the head alone; q/k/v and gate/up stacked
     assert counts == {"FusedDecodeAttention": 3 * n, "FusedDecodeMLP": 2 * n, "BF16DecodeLinear": 2 * n + 1} | {
         k: v for k, v in counts.items() if k not in ("FusedDecodeAttention", "FusedDecodeMLP", "BF16DecodeLinear")
