@@ -96,8 +96,6 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     s1 = LlavaModel.from_pretrained(out / "stage1").state_dict()[key]
     assert torch.equal(s1, base) and not torch.equal(s1, model.state_dict()[key])
     # --continue refuses a later pass trained in another chain (here stage2c from the place passes, asked without them)
-    import pytest
-
     with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_read"):
         without = ["--place-passes", "0", "--count-passes", "0", "--count-repeats", "1", "--bind-pass", "1"]
         without += ["--read-pass", "0"]

@@ -201,7 +201,7 @@ def test_length_groups_keep_the_steps_and_change_only_the_order(position_data, t
 
 def test_only_a_pass_that_hides_the_background_computes_foreground_flags(position_data, tmp_path, monkeypatch):
     """The flags cost ~6.6 ms a sample (two thirds of loading it) and serve only ``drop``; leaving them out changes
-    no weight, so the recipe still trains the shipped model bit for bit."""
+    no weight (the passes' results stay what they were)."""
     import llavakit.train.data as data_module
     import llavakit.train.place as place_module
 
