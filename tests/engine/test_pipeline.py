@@ -51,6 +51,12 @@ def test_stop_matcher_holds_back_partial_matches():
     assert m.stopped and m.flush() == ""
 
 
+@pytest.mark.parametrize("stops", [[""], ["END", ""]])
+def test_an_empty_stop_string_is_refused_by_name(stops):
+    with pytest.raises(ValueError, match="stop strings must not be empty"):
+        StopMatcher(stops)
+
+
 def test_seeded_sampling_reproducible(pipe):
     a = pipe.chat(_msg(), max_new_tokens=12, temperature=1.0, seed=7)
     b = pipe.chat(_msg(), max_new_tokens=12, temperature=1.0, seed=7)

@@ -101,6 +101,8 @@ CASES = {
     "stop not a string": (_req(stop=5), 400, "stop", "stop"),
     "too many stop strings": (_req(stop=["a", "b", "c", "d", "e"]), 400, "at most 4", "stop"),
     "stop string too long": (_req(stop="z" * 300), 400, "256", "stop"),
+    "empty stop string": (_req(stop=""), 400, "empty stop string", "stop"),
+    "empty stop string in a list": (_req(stop=["done", ""]), 400, "empty stop string", "stop[1]"),
     "<image> in the text": (
         _req(messages=[{"role": "user", "content": "what does <image> mean in HTML?"}]),
         400,

@@ -19,7 +19,9 @@ class StopMatcher:
             isinstance(stops, str) or not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) for s in stops)
         ):
             raise ValueError(f"stop must be a string or a list of strings, got {stops!r}")
-        self.stops = [s for s in (stops or []) if s]
+        if stops is not None and "" in stops:
+            raise ValueError(f"stop strings must not be empty (one would end every answer at once), got {stops!r}")
+        self.stops = list(stops or [])
         self.pending = ""
         self.stopped = False
 

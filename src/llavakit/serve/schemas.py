@@ -11,10 +11,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_STOP = 4  # OpenAI's limit on stop strings
-StopString = Annotated[str, Field(max_length=256)]  # matched against the text after every token: kept short
+
+
+def _non_empty_stop(s: str) -> str:
+    if not s:  # it would match at once (vLLM refuses it too)
+        raise ValueError("an empty stop string would end every answer before its first token; leave it out")
+    return s
+
+
+StopString = Annotated[str, Field(max_length=256), AfterValidator(_non_empty_stop)]  # matched after every token
 MAX_MESSAGES = 256
 
 
@@ -179,8 +187,7 @@ class ChatCompletionRequest(BaseModel):
         return self
 
     def stop_list(self) -> list[str]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return [s for s in stops if s]
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
