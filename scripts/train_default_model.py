@@ -53,6 +53,7 @@ QUICK_STAGE0 = [
 QUICK_TRAIN = ["train.progress=false"]
 QUICK_GROUND = {"examples_n": 24, "batch": 4, "steps": 5}
 SIDE_KEYS = ("min_side", "max_side")
+SIDES_FROM_FILE = "every data set of the run takes its sides from recipes/tiny-synth-stage0.yaml: edit them there"
 
 
 def _log(msg: str) -> None:
@@ -224,6 +225,48 @@ def evaluate(model: Path, data: Path, out: Path, threads: int | None = None) -> 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def check_stage0_sets(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, object]:
+    """The --stage0-set overrides as {dotted key: value}, checked against the stage-0 recipe before anything runs."""
+    import yaml
+
+    from llavakit.train.stage0 import load_stage0_recipe
+
+    if args.stage0_set and args.stage0:
+        ap.error("--stage0-set configures the stage 0 this run trains; with --stage0 DIR none is trained: drop one")
+    wanted: dict[str, object] = {}
+    for item in args.stage0_set:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        why = {
+            "output_dir": "it is OUT/stage0 (give --out)",
+            "threads": "give --threads",
+            "scenes.min_side": SIDES_FROM_FILE,
+            "scenes.max_side": SIDES_FROM_FILE,
+        }.get(key)
+        if why:
+            ap.error(f"--stage0-set {item}: this script sets {key}: {why}")
+        try:
+            load_stage0_recipe(RECIPES / "tiny-synth-stage0.yaml", [item])
+        except (ValueError, TypeError, KeyError) as e:
+            ap.error(f"--stage0-set {item}: {e}")
+        wanted[key] = yaml.safe_load(value)
+    return wanted
+
+
+def refuse_other_stage0(stage0: Path, wanted: dict[str, object]) -> None:
+    """--continue keeps a trained stage 0 only if its recorded recipe has the --stage0-set values asked for."""
+    recipe = json.loads((stage0 / "stage0.json").read_text()).get("recipe", {})
+    for key, value in wanted.items():
+        got: object = recipe
+        for part in key.split("."):
+            got = got.get(part) if isinstance(got, dict) else None
+        if got != value:
+            raise SystemExit(
+                f"--continue: {stage0} was trained with {key}={got!r}, but --stage0-set asks for {value!r}; use a new "
+                f"--out or delete {stage0} and what follows it"
+            )
+
+
 def stage0_record(stage0: Path) -> dict:
     """Where stage 0 came from and, from its ``stage0.json``, its wall time and first / last losses (also when
     it was trained by an earlier run and reused with --stage0)."""
@@ -338,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="stage 2: background image tokens hidden in the warm-up, brought back over the first conversation pass",
     )
+    ap.add_argument(
+        "--stage0-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override of recipes/tiny-synth-stage0.yaml for the stage 0 this run trains (repeatable), e.g. "
+        "clip.centre_labels=true",
+    )
     ap.add_argument("--threads", type=int, help="torch threads (1 is faster on a machine busy with other jobs)")
     ap.add_argument("--continue", dest="cont", action="store_true", help="keep finished phases found in --out")
     args = ap.parse_args(argv)
@@ -376,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--read-pass 1 follows the place passes: it needs --place-passes 1, or give --read-pass 0")
     if args.mix_existence and not args.position_passes:
         ap.error("--mix-existence changes the mixed pass of --position-passes 1: pass both")
+    stage0_sets = check_stage0_sets(ap, args)
 
     import torch
     import yaml
@@ -408,11 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         stage0 = Path(args.stage0).resolve()
     elif args.cont and (out / "stage0" / "stage0.json").exists():
         stage0 = out / "stage0"
+        refuse_other_stage0(stage0, stage0_sets)
     else:
         from llavakit.train.stage0 import load_stage0_recipe, run_stage0
 
         stage0 = out / "stage0"
-        overrides = [f"output_dir={stage0}"] + (QUICK_STAGE0 if args.quick else [])
+        overrides = [f"output_dir={stage0}"] + (QUICK_STAGE0 if args.quick else []) + args.stage0_set
         run_stage0(load_stage0_recipe(RECIPES / "tiny-synth-stage0.yaml", overrides), log=_log)
     times["stage0"] = time.perf_counter() - t
 

@@ -15,12 +15,14 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--position-passes", "1"]
     args += ["--mix-existence", "--place-passes", "1", "--read-pass", "1", "--bind-pass", "1", "--count-repeats", "2"]
+    args += ["--stage0-set", "clip.centre_labels=true"]
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
     _, s2_end = summary["stage2_loss"]
     assert s2_end < s1_start, summary
     s0 = json.loads((out / "stage0" / "stage0.json").read_text())
+    assert s0["recipe"]["clip"]["centre_labels"] is True  # --stage0-set reached the stage-0 recipe
     assert summary["stage0"]["clip_loss"] == s0["clip_loss"] and summary["stage0"]["lm_loss"] == s0["lm_loss"]
     assert all((out / "stage0" / part / "config.json").exists() for part in ("vision_tower", "decoder"))
     # the grounding pass ran between stages 1 and 2 (its own tests: test_ground_attention.py) and stage 2 began there
@@ -95,6 +97,9 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     key = "model.language_model.layers.0.mlp.up_proj.weight"
     s1 = LlavaModel.from_pretrained(out / "stage1").state_dict()[key]
     assert torch.equal(s1, base) and not torch.equal(s1, model.state_dict()[key])
+    # --continue refuses a stage 0 trained with other --stage0-set values
+    with pytest.raises(SystemExit, match="trained with clip.centre_labels=True, but --stage0-set asks for False"):
+        load_script("train_default_model").main([*args, "--continue", "--stage0-set", "clip.centre_labels=false"])
     # --continue refuses a later pass trained in another chain (here stage2c from the place passes, asked without them)
     with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_read"):
         without = ["--place-passes", "0", "--count-passes", "0", "--count-repeats", "1", "--bind-pass", "1"]
@@ -164,6 +169,10 @@ def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, 
         (["--count-repeats", "0"], "--count-repeats must be >= 1"),
         (["--count-repeats", "3", "--count-passes", "0"], "it needs the count passes"),
         (["--bind-pass", "1", "--position-early", "--place-passes", "0"], "no --position-early"),
+        (["--stage0-set", "clip.nonsense=1"], "unknown recipe key 'clip.nonsense'"),
+        (["--stage0-set", "clip.steps"], "must look like key=value"),
+        (["--stage0-set", "scenes.max_side=300"], "edit them there"),
+        (["--stage0-set", "clip.steps=10", "--stage0", "runs/x/stage0"], "drop one"),
     ],
 )
 def test_options_that_do_not_go_together_are_refused(argv, said, capsys):
