@@ -226,44 +226,61 @@ def evaluate(model: Path, data: Path, out: Path, threads: int | None = None) -> 
 
 
 def check_stage0_sets(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, object]:
-    """The --stage0-set overrides as {dotted key: value}, checked against the stage-0 recipe before anything runs."""
-    import yaml
+    """The --stage0-set overrides as {dotted key: the value the recipe builds from it}, checked against the stage-0
+    recipe before anything runs. Each must name one setting (``clip.centre_labels``), not a whole section."""
+    import dataclasses
 
     from llavakit.train.stage0 import load_stage0_recipe
 
     if args.stage0_set and args.stage0:
         ap.error("--stage0-set configures the stage 0 this run trains; with --stage0 DIR none is trained: drop one")
-    wanted: dict[str, object] = {}
+    keys = []
     for item in args.stage0_set:
-        key, sep, value = item.partition("=")
-        key = key.strip()
+        key = item.partition("=")[0].strip()
         why = {
             "output_dir": "it is OUT/stage0 (give --out)",
             "threads": "give --threads",
+            "parts": "the script trains every part",
             "scenes.min_side": SIDES_FROM_FILE,
             "scenes.max_side": SIDES_FROM_FILE,
         }.get(key)
         if why:
             ap.error(f"--stage0-set {item}: this script sets {key}: {why}")
-        try:
-            load_stage0_recipe(RECIPES / "tiny-synth-stage0.yaml", [item])
-        except (ValueError, TypeError, KeyError) as e:
-            ap.error(f"--stage0-set {item}: {e}")
-        wanted[key] = yaml.safe_load(value)
+        keys.append(key)
+    try:
+        built = dataclasses.asdict(load_stage0_recipe(RECIPES / "tiny-synth-stage0.yaml", args.stage0_set))
+    except (ValueError, TypeError, KeyError) as e:
+        ap.error(f"--stage0-set {' '.join(args.stage0_set)}: {e}")
+    wanted: dict[str, object] = {}
+    for item, key in zip(args.stage0_set, keys):
+        value = dotted(built, key)
+        if isinstance(value, dict):
+            ap.error(f"--stage0-set {item}: {key} is a section; set one of its keys ({key}.{next(iter(value))}=...)")
+        wanted[key] = value
     return wanted
 
 
+MISSING = object()
+
+
+def dotted(d: object, key: str) -> object:
+    """The value at a dotted key of nested dicts (``MISSING`` where there is none)."""
+    for part in key.split("."):
+        d = d.get(part, MISSING) if isinstance(d, dict) else MISSING
+    return d
+
+
 def refuse_other_stage0(stage0: Path, wanted: dict[str, object]) -> None:
-    """--continue keeps a trained stage 0 only if its recorded recipe has the --stage0-set values asked for."""
+    """--continue keeps a trained stage 0 only if its recorded recipe has the --stage0-set values asked for (only those
+    keys are compared)."""
     recipe = json.loads((stage0 / "stage0.json").read_text()).get("recipe", {})
     for key, value in wanted.items():
-        got: object = recipe
-        for part in key.split("."):
-            got = got.get(part) if isinstance(got, dict) else None
+        got = dotted(recipe, key)
         if got != value:
+            was = f"without {key} in its stage0.json" if got is MISSING else f"with {key}={got!r}"
             raise SystemExit(
-                f"--continue: {stage0} was trained with {key}={got!r}, but --stage0-set asks for {value!r}; use a new "
-                f"--out or delete {stage0} and what follows it"
+                f"--continue: {stage0} was trained {was}, but --stage0-set asks for {value!r}; use a new --out or "
+                f"delete {stage0} and what follows it"
             )
 
 

@@ -53,6 +53,8 @@ def check_sampling(max_new_tokens: int = 256, stop: list[str] | str | None = Non
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}; pass --max-new-tokens 1 or more")
+    if stop == "" or (isinstance(stop, (list, tuple)) and "" in stop):
+        raise ValueError('--stop "" is empty: it would end every answer at once; leave it out or give a string')
     SamplingParams(**params)
 
 

@@ -103,6 +103,7 @@ def test_caption_writes_jsonl_and_resumes(model, images, tmp_path):
         # a URL was "image file not found: https://..." as if a local file had gone missing
         (["--image", "https://x.org/a.png", "--prompt", "hi"], "is a URL; --image takes a local file: download it"),
         (["--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+        (["--prompt", "hi", "--stop", "END", "--stop", ""], '--stop "" is empty'),
         (["--prompt", "x" * 5000], "exceeds the model's context of 4096 tokens"),
     ],
 )
@@ -240,6 +241,7 @@ def test_generate_names_a_directory_given_as_image(model, tmp_path):
         (["--prompt", "   "], "--prompt is empty"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--model", ""], "--model is empty"),
+        (["--stop", ""], '--stop "" is empty'),  # was one "skipped" line per image
     ],
 )
 def test_caption_bad_flags_fail_before_any_work(model, images, tmp_path, args, message):
@@ -257,6 +259,7 @@ def test_caption_bad_flags_fail_before_any_work(model, images, tmp_path, args, m
         (["--temperature", "-1"], "temperature must be >= 0"),
         (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
         (["--repetition-penalty", "0"], "repetition_penalty must be > 0"),
+        (["--stop", ""], '--stop "" is empty'),
         (["--image", "/nonexistent/x.png"], "image file not found: /nonexistent/x.png"),
         (["--model", ""], "--model is empty"),
     ],

@@ -15,7 +15,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
     args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--position-passes", "1"]
     args += ["--mix-existence", "--place-passes", "1", "--read-pass", "1", "--bind-pass", "1", "--count-repeats", "2"]
-    args += ["--stage0-set", "clip.centre_labels=true"]
+    args += ["--stage0-set", "clip.centre_labels=true", "--stage0-set", "clip.lr=2e-3"]  # YAML reads 2e-3 as a str
     assert load_script("train_default_model").main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     s1_start, _ = summary["stage1_loss"]
@@ -97,9 +97,17 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     key = "model.language_model.layers.0.mlp.up_proj.weight"
     s1 = LlavaModel.from_pretrained(out / "stage1").state_dict()[key]
     assert torch.equal(s1, base) and not torch.equal(s1, model.state_dict()[key])
-    # --continue refuses a stage 0 trained with other --stage0-set values
+    # --continue refuses a stage 0 trained with other --stage0-set values (compared as the recipe builds them: the
+    # run's own clip.lr=2e-3 is kept, as the --continue calls below show)
     with pytest.raises(SystemExit, match="trained with clip.centre_labels=True, but --stage0-set asks for False"):
         load_script("train_default_model").main([*args, "--continue", "--stage0-set", "clip.centre_labels=false"])
+    with pytest.raises(SystemExit, match="trained with clip.max_seconds=None, but --stage0-set asks for 60"):
+        load_script("train_default_model").main([*args, "--continue", "--stage0-set", "clip.max_seconds=60"])
+    record = json.loads((out / "stage0" / "stage0.json").read_text())  # a stage 0 that recorded no recipe
+    (out / "stage0" / "stage0.json").write_text(json.dumps({k: v for k, v in record.items() if k != "recipe"}))
+    with pytest.raises(SystemExit, match="trained without clip.centre_labels in its stage0.json"):
+        load_script("train_default_model").main([*args, "--continue"])
+    (out / "stage0" / "stage0.json").write_text(json.dumps(record))
     # --continue refuses a later pass trained in another chain (here stage2c from the place passes, asked without them)
     with pytest.raises(SystemExit, match="stage2c was trained from .*stage2_read"):
         without = ["--place-passes", "0", "--count-passes", "0", "--count-repeats", "1", "--bind-pass", "1"]
@@ -172,6 +180,8 @@ def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, 
         (["--stage0-set", "clip.nonsense=1"], "unknown recipe key 'clip.nonsense'"),
         (["--stage0-set", "clip.steps"], "must look like key=value"),
         (["--stage0-set", "scenes.max_side=300"], "edit them there"),
+        (["--stage0-set", "clip={centre_labels: true}"], "clip is a section; set one of its keys"),
+        (["--stage0-set", "parts=[decoder]"], "the script trains every part"),
         (["--stage0-set", "clip.steps=10", "--stage0", "runs/x/stage0"], "drop one"),
     ],
 )
