@@ -53,7 +53,14 @@ QUICK_STAGE0 = [
 QUICK_TRAIN = ["train.progress=false"]
 QUICK_GROUND = {"examples_n": 24, "batch": 4, "steps": 5}
 SIDE_KEYS = ("min_side", "max_side")
-SIDES_FROM_FILE = "every data set of the run takes its sides from recipes/tiny-synth-stage0.yaml: edit them there"
+_SIDES = "every data set of the run takes its sides from recipes/tiny-synth-stage0.yaml: edit them there"
+SCRIPT_SETS = {  # stage-0 keys this script sets itself: --stage0-set refuses them, saying why
+    "output_dir": "it is OUT/stage0 (give --out)",
+    "threads": "give --threads",
+    "parts": "the script trains every part",
+    "scenes.min_side": _SIDES,
+    "scenes.max_side": _SIDES,
+}
 
 
 def _log(msg: str) -> None:
@@ -234,19 +241,10 @@ def check_stage0_sets(ap: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
     if args.stage0_set and args.stage0:
         ap.error("--stage0-set configures the stage 0 this run trains; with --stage0 DIR none is trained: drop one")
-    keys = []
-    for item in args.stage0_set:
-        key = item.partition("=")[0].strip()
-        why = {
-            "output_dir": "it is OUT/stage0 (give --out)",
-            "threads": "give --threads",
-            "parts": "the script trains every part",
-            "scenes.min_side": SIDES_FROM_FILE,
-            "scenes.max_side": SIDES_FROM_FILE,
-        }.get(key)
-        if why:
-            ap.error(f"--stage0-set {item}: this script sets {key}: {why}")
-        keys.append(key)
+    keys = [item.partition("=")[0].strip() for item in args.stage0_set]
+    for item, key in zip(args.stage0_set, keys):
+        if key in SCRIPT_SETS:
+            ap.error(f"--stage0-set {item}: this script sets {key}: {SCRIPT_SETS[key]}")
     try:
         built = dataclasses.asdict(load_stage0_recipe(RECIPES / "tiny-synth-stage0.yaml", args.stage0_set))
     except (ValueError, TypeError, KeyError) as e:
