@@ -140,6 +140,38 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     assert "--count-passes" not in str(refused.value)
 
 
+def test_bind_pass_auto_checks_the_plain_pass_and_binds_only_below_the_threshold(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
+    args += ["--ground-steps", "0", "--more-instruct", "32", "--more-passes", "1", "--eval-scenes", "0"]
+    args += ["--place-passes", "0", "--count-passes", "0"]  # --bind-pass auto is the default
+    script = load_script("train_default_model")
+    script.BIND_CHECK["below"] = 1.01  # any score is below: the bind pass runs
+    assert script.main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    check = json.loads((out / "bind_check.json").read_text())
+    assert summary["bind_check"] == check and check["bind"] and check["model"] == str(out / "stage2b")
+    assert summary["samples"]["bind_pass"] == "auto" and "bind_check" in summary["seconds"]
+    # asked on validation scenes (the notebook's validation seed), colour questions only
+    asked = [json.loads(line) for line in (out / "data_check" / "eval.jsonl").read_text().splitlines()]
+    assert asked and all(r["qtype"] == "color" and r["id"].startswith("s1500000_") for r in asked)
+    assert 0 < check["questions"] <= len(asked) and 0.0 <= check["value"] <= 1.0
+    # the plain pass stays; the bind pass starts from the same checkpoint, on the same data
+    assert (out / "stage2b" / "metrics.jsonl").exists() and not (out / "stage2b" / "place.json").exists()
+    bind = json.loads((out / "stage2b_bind" / "place.json").read_text())
+    assert bind["init"] == str(out / "stage2") and bind["data"] == [str(out / "data2")] and bind["attributes"]
+    # --continue asks the same checkpoint again (the evaluation resumes): kept, and the later passes would start there
+    script.BIND_CHECK["below"] = 0.0  # no score is below: the plain pass is kept
+    (out / "stage2b_bind").rename(out / "bound")  # so a pass trained again would show
+    assert script.main([*args, "--continue"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not summary["bind_check"]["bind"] and summary["bind_check"]["value"] == check["value"]
+    assert not (out / "stage2b_bind").exists()
+    # a plain first pass asked as the bind pass is refused, naming the options it was trained with
+    with pytest.raises(SystemExit, match="stage2b was trained with --bind-pass 0.*rerun with --bind-pass 0 or auto"):
+        script.main([*args, "--continue", "--bind-pass", "1"])
+
+
 def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
