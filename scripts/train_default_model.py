@@ -11,11 +11,12 @@ Stages 1 and 2 are the YAML recipes recipes/tiny-synth-stage{1,2}.yaml run by ll
 behind `llava train`); stage 0 is recipes/tiny-synth-stage0.yaml; the grounding pass between them is
 llavakit.train.grounding (the first decoder layer learns to find the object a question names); the place passes
 after stage 2's first pass on 1-8 shapes are llavakit.train.place (where a named shape lies), the count passes after
-them llavakit.train.count through the same code (how many of a kind there are). Two more passes of that code are
-options, off in the shipped recipe: --bind-pass 1 trains the first pass on 1-8 shapes with the colour and kind of
-the shape a question names read at its naming word, and --read-pass 1 adds a reading pass after the count passes
-(llavakit.train.reading). Paths inside the recipes are overridden to live under --out. Prints one JSON summary
-(wall time per phase, losses, eval scores) as the last line.
+them llavakit.train.count through the same code (how many of a kind there are). The bind pass trains the first pass
+on 1-8 shapes with the colour and kind of the shape a question names read at its naming word: by default
+(--bind-pass auto) only when the plain pass left colour unbound on validation scenes, always with --bind-pass 1.
+--read-pass 1 (off in the shipped recipe) adds a reading pass after the count passes (llavakit.train.reading).
+Paths inside the recipes are overridden to live under --out. Prints one JSON summary (wall time per phase, losses,
+eval scores) as the last line.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ READ_MIX = ["data_read"] * 3 + ["data_place"]
 # star?", "red" in "What shape is the red object?") and its colour and kind are read there and at the answer, beside
 # the position, count and reading pulls of the conversations that start with those. On a stage 0 whose tower plain
 # passes did not bind colour to the named object of several (held out 0.49), it did (0.99); on the shipped model's
-# stage 0 it cost position and existence, so it is off by default (docs/default-model.md, "Binding the named shape's
-# colour on any stage 0").
+# stage 0 it cost position and existence, so it does not run in place of the plain pass by default
+# (docs/default-model.md, "Binding the named shape's colour on any stage 0").
 BIND = {"final": True, "attributes": True}
 # --bind-pass auto (the default): the first pass on 1-8 shapes runs plain, then its colour answers about one shape among
 # several are scored on validation scenes (the notebook's validation seed, not the held-out one). Below ``below`` the
@@ -248,16 +249,20 @@ def colour_check(model: Path, out: Path, scenes: int, sides: dict, threads: int 
     from llavakit.data.synth import EVAL_SEED_BASE, write_dataset
 
     data = out / "data_check"
-    if not (data / "scenes.jsonl").exists():  # written last by write_dataset
+    done = data / "scenes.jsonl"  # written last by write_dataset
+    if not done.exists() or len(done.read_text().splitlines()) != scenes:  # (another size: rewritten)
         write_dataset(data, scenes, EVAL_SEED_BASE + BIND_CHECK["seed_offset"], "eval", **sides)
     path = data / "eval.jsonl"
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     colour = [line for line in lines if json.loads(line)["qtype"] == "color"]
     if not colour:
         raise SystemExit(f"--bind-pass auto: {path} asks no colour question; give --bind-pass 0 or 1")
-    if colour != lines:  # idempotent: a run stopped between the two writes filters on --continue
-        path.write_text("".join(line + "\n" for line in colour))
-    scores = evaluate(model, data, out / f"check_{model.name}", threads)
+    if colour != lines:  # a run stopped before this filter filters on --continue
+        path.with_suffix(".tmp").write_text("".join(line + "\n" for line in colour))
+        os.replace(path.with_suffix(".tmp"), path)
+    answers = out / f"check_{model.name}"
+    shutil.rmtree(answers, ignore_errors=True)  # asked afresh: ``model`` may have been trained again since
+    scores = evaluate(model, data, answers, threads)
     key = "color_several" if "color_several" in scores["scores"] else "color"  # a tiny set may hold no several
     got = scores["scores"][key]
     record = {
@@ -270,6 +275,32 @@ def colour_check(model: Path, out: Path, scenes: int, sides: dict, threads: int 
     }
     (out / "bind_check.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def trained_from(stage_dir: Path) -> str | None:
+    """The checkpoint a finished pass started from: ``init`` of a place pass's place.json, ``model.init`` of a plain
+    pass's recipe.json (None: no such pass in ``stage_dir``)."""
+    for name, key in (("place.json", ("init",)), ("recipe.json", ("model", "init"))):
+        if (stage_dir / name).exists():
+            value = json.loads((stage_dir / name).read_text())
+            for k in key:
+                value = value.get(k) if isinstance(value, dict) else None
+            return value
+    return None
+
+
+def refuse_unbound_chain(out: Path, plain: Path, place: bool) -> None:
+    """--bind-pass auto with --continue: the check asks for the bind pass, but the pass after ``plain`` was already
+    trained from it (a run of --bind-pass 0, or of the recipe before --bind-pass auto): refused before the bind pass
+    trains, since the later passes would be refused after it."""
+    after = out / ("stage2_place" if place else more_pass(1)[1])
+    began = trained_from(after)
+    if began is not None and Path(began).resolve() == plain.resolve():
+        raise SystemExit(
+            f"--continue: {after} was trained from the plain {plain.name}, but the colour check asks for the bind pass "
+            f"(bind_check.json); rerun with --bind-pass 0 to keep that chain, use a new --out or delete {after} and "
+            "what follows it"
+        )
 
 
 def check_stage0_sets(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, object]:
@@ -699,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{verdict} {check['below']}" + (f": the bind pass into {BIND_DIR}" if check["bind"] else ": kept")
             )
             if check["bind"]:
+                refuse_unbound_chain(out, final, bool(args.place_passes))
                 s2 += run_place(before, BIND_DIR, [data], BIND)
                 final = out / BIND_DIR
         if args.place_passes and k == 0:

@@ -143,7 +143,7 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
 def test_bind_pass_auto_checks_the_plain_pass_and_binds_only_below_the_threshold(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
-    args += ["--ground-steps", "0", "--more-instruct", "32", "--more-passes", "1", "--eval-scenes", "0"]
+    args += ["--ground-steps", "0", "--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0"]
     args += ["--place-passes", "0", "--count-passes", "0"]  # --bind-pass auto is the default
     script = load_script("train_default_model")
     script.BIND_CHECK["below"] = 1.01  # any score is below: the bind pass runs
@@ -156,16 +156,32 @@ def test_bind_pass_auto_checks_the_plain_pass_and_binds_only_below_the_threshold
     asked = [json.loads(line) for line in (out / "data_check" / "eval.jsonl").read_text().splitlines()]
     assert asked and all(r["qtype"] == "color" and r["id"].startswith("s1500000_") for r in asked)
     assert 0 < check["questions"] <= len(asked) and 0.0 <= check["value"] <= 1.0
-    # the plain pass stays; the bind pass starts from the same checkpoint, on the same data
+    # the plain pass stays; the bind pass starts from the same checkpoint, on the same data; the next pass from it
     assert (out / "stage2b" / "metrics.jsonl").exists() and not (out / "stage2b" / "place.json").exists()
     bind = json.loads((out / "stage2b_bind" / "place.json").read_text())
     assert bind["init"] == str(out / "stage2") and bind["data"] == [str(out / "data2")] and bind["attributes"]
-    # --continue asks the same checkpoint again (the evaluation resumes): kept, and the later passes would start there
-    script.BIND_CHECK["below"] = 0.0  # no score is below: the plain pass is kept
-    (out / "stage2b_bind").rename(out / "bound")  # so a pass trained again would show
+    assert json.loads((out / "stage2c" / "recipe.json").read_text())["model"]["init"] == str(out / "stage2b_bind")
+    # --continue asks again (afresh: the same answers) and keeps every pass
+    stamps = lambda: [(out / d / "model.safetensors").stat().st_mtime_ns for d in ("stage2b_bind", "stage2c")]  # noqa: E731
+    before = stamps()
     assert script.main([*args, "--continue"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert not summary["bind_check"]["bind"] and summary["bind_check"]["value"] == check["value"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bind_check"] == check
+    assert stamps() == before
+    # a check that keeps the plain pass refuses the later pass trained from the bind pass ...
+    script.BIND_CHECK["below"] = 0.0  # no score is below
+    with pytest.raises(SystemExit, match="stage2c was trained from .*stage2b_bind"):
+        script.main([*args, "--continue"])
+    # ... and trains it from the plain pass once it is gone, without the bind pass
+    for name in ("stage2b_bind", "stage2c"):
+        (out / name).rename(out / f"old_{name}")
+    assert script.main([*args, "--continue"]) == 0
+    assert not json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bind_check"]["bind"]
+    assert json.loads((out / "stage2c" / "recipe.json").read_text())["model"]["init"] == str(out / "stage2b")
+    assert not (out / "stage2b_bind").exists()
+    # a check asking for the bind pass on that chain refuses before it trains
+    script.BIND_CHECK["below"] = 1.01
+    with pytest.raises(SystemExit, match="stage2c was trained from the plain stage2b, but the colour check asks"):
+        script.main([*args, "--continue"])
     assert not (out / "stage2b_bind").exists()
     # a plain first pass asked as the bind pass is refused, naming the options it was trained with
     with pytest.raises(SystemExit, match="stage2b was trained with --bind-pass 0.*rerun with --bind-pass 0 or auto"):
