@@ -130,9 +130,9 @@ BIND = {"final": True, "attributes": True}
 # several are scored on validation scenes (the notebook's validation seed, not the held-out one). Below ``below`` the
 # pass is trained again as the bind pass from the same checkpoint, into stage2b_bind, and the later passes start there;
 # the plain pass stays on disk. Whether the plain pass binds colour depends on the stage-0 draw: held out 0.90 on the
-# shipped model's chain, 0.49 and 0.50 on the two two-thread draws measured (Intel and AMD VMs), where the bind pass
-# gave 0.99 and the chains 0.740 and 0.745 overall against 0.656 and 0.697 (docs/default-model.md, "The bind pass when
-# the plain pass leaves colour unbound").
+# shipped model's chain, 0.47-0.50 on the three two-thread draws measured (Intel; AMD with two tower seeds), where the
+# bind pass gave 0.98-0.99 and the chains 0.74-0.76 overall (0.656 and 0.697 without it on the first two;
+# docs/default-model.md, "The bind pass when the plain pass leaves colour unbound").
 BIND_CHECK = {"seed_offset": 500_000, "scenes": 150, "quick_scenes": 6, "below": 0.7}
 BIND_DIR = "stage2b_bind"
 GATHER = {"final": False, "drop": (1.0, 0.0)}
@@ -289,13 +289,15 @@ def trained_from(stage_dir: Path) -> str | None:
     return None
 
 
-def refuse_unbound_chain(out: Path, plain: Path, place: bool) -> None:
+def refuse_unbound_chain(out: Path, plain: Path) -> None:
     """--bind-pass auto with --continue: the check asks for the bind pass, but the pass after ``plain`` was already
     trained from it (a run of --bind-pass 0, or of the recipe before --bind-pass auto): refused before the bind pass
-    trains, since the later passes would be refused after it."""
-    after = out / ("stage2_place" if place else more_pass(1)[1])
-    began = trained_from(after)
-    if began is not None and Path(began).resolve() == plain.resolve():
+    trains, since the later passes would be refused after it. The pass after it is the first place pass, the next
+    pass on 1-8 shapes or, with neither, the lone-object position pass."""
+    for after in (out / "stage2_place", out / more_pass(1)[1], out / "stage2_pos"):
+        began = trained_from(after)
+        if began is None or Path(began).resolve() != plain.resolve():
+            continue
         raise SystemExit(
             f"--continue: {after} was trained from the plain {plain.name}, but the colour check asks for the bind pass "
             f"(bind_check.json); rerun with --bind-pass 0 to keep that chain, use a new --out or delete {after} and "
@@ -730,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{verdict} {check['below']}" + (f": the bind pass into {BIND_DIR}" if check["bind"] else ": kept")
             )
             if check["bind"]:
-                refuse_unbound_chain(out, final, bool(args.place_passes))
+                refuse_unbound_chain(out, final)
                 s2 += run_place(before, BIND_DIR, [data], BIND)
                 final = out / BIND_DIR
         if args.place_passes and k == 0:
