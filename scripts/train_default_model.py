@@ -223,9 +223,8 @@ def finished(stage_dir: Path, init: Path | None = None) -> list[float] | None:
     ``init``, a stage that started from another checkpoint (a run directory of another chain of passes) is refused."""
     if not (stage_dir / "model.safetensors").exists() or not (stage_dir / "metrics.jsonl").exists():
         return None
-    recipe = stage_dir / "recipe.json"
-    if init is not None and recipe.exists():
-        refuse_other_chain(stage_dir, json.loads(recipe.read_text()).get("model", {}).get("init"), init)
+    if init is not None:
+        refuse_other_chain(stage_dir, trained_from(stage_dir), init)
     lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
     _log(f"{stage_dir.name}: already trained, kept")
     return [json.loads(line)["loss"] for line in lines if line.strip()]
@@ -280,12 +279,10 @@ def colour_check(model: Path, out: Path, scenes: int, sides: dict, threads: int 
 def trained_from(stage_dir: Path) -> str | None:
     """The checkpoint a finished pass started from: ``init`` of a place pass's place.json, ``model.init`` of a plain
     pass's recipe.json (None: no such pass in ``stage_dir``)."""
-    for name, key in (("place.json", ("init",)), ("recipe.json", ("model", "init"))):
+    for name, key in (("place.json", "init"), ("recipe.json", "model.init")):
         if (stage_dir / name).exists():
-            value = json.loads((stage_dir / name).read_text())
-            for k in key:
-                value = value.get(k) if isinstance(value, dict) else None
-            return value
+            value = dotted(json.loads((stage_dir / name).read_text()), key)
+            return None if value is MISSING else value
     return None
 
 
