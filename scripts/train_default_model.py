@@ -11,9 +11,10 @@ Stages 1 and 2 are the YAML recipes recipes/tiny-synth-stage{1,2}.yaml run by ll
 behind `llava train`); stage 0 is recipes/tiny-synth-stage0.yaml; the grounding pass between them is
 llavakit.train.grounding (the first decoder layer learns to find the object a question names); the place passes
 after stage 2's first pass on 1-8 shapes are llavakit.train.place (where a named shape lies), the count passes after
-them llavakit.train.count through the same code (how many of a kind there are). The bind pass trains the first pass
-on 1-8 shapes with the colour and kind of the shape a question names read at its naming word: by default
-(--bind-pass auto) only when the plain pass left colour unbound on validation scenes, always with --bind-pass 1.
+them llavakit.train.count through the same code (how many of a kind there are). The bind pass trains on the first
+pass's data with the colour and kind of the shape a question names read at its naming word: by default (--bind-pass
+auto) after the plain pass, only when that pass left colour unbound on validation scenes; with --bind-pass 1 always, in
+place of the plain pass.
 --read-pass 1 (off in the shipped recipe) adds a reading pass after the count passes (llavakit.train.reading).
 Paths inside the recipes are overridden to live under --out. Prints one JSON summary (wall time per phase, losses,
 eval scores) as the last line.
@@ -128,11 +129,13 @@ READ_MIX = ["data_read"] * 3 + ["data_place"]
 BIND = {"final": True, "attributes": True}
 # --bind-pass auto (the default): the first pass on 1-8 shapes runs plain, then its colour answers about one shape among
 # several are scored on validation scenes (the notebook's validation seed, not the held-out one). Below ``below`` the
-# pass is trained again as the bind pass from the same checkpoint, into stage2b_bind, and the later passes start there;
-# the plain pass stays on disk. Whether the plain pass binds colour depends on the stage-0 draw: held out 0.90 on the
-# shipped model's chain, 0.47-0.50 on the three two-thread draws measured (Intel; AMD with two tower seeds), where the
-# bind pass gave 0.98-0.99 and the chains 0.74-0.76 overall (0.656 and 0.697 without it on the first two;
-# docs/default-model.md, "The bind pass when the plain pass leaves colour unbound").
+# bind pass runs on the same data from the plain pass, into stage2b_bind, and the later passes start there. Whether the
+# plain pass binds colour depends on the stage-0 draw: held out 0.90 on the shipped model's chain, 0.47-0.50 on the
+# three two-thread draws measured (Intel; AMD with two tower seeds). Started from the plain pass's checkpoint (as
+# --bind-pass 1 does, in its place) the bind pass gave those chains colour 0.98-0.99 but left existence and the
+# lettered choices low (0.78-0.83, 0.50-0.54); started from the plain pass it keeps what that pass learned of them
+# (docs/default-model.md, "The bind pass when the plain pass leaves colour unbound" and "The bind pass after the plain
+# pass").
 BIND_CHECK = {"seed_offset": 500_000, "scenes": 150, "quick_scenes": 6, "below": 0.7}
 BIND_DIR = "stage2b_bind"
 GATHER = {"final": False, "drop": (1.0, 0.0)}
@@ -440,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         help="1: the first pass on 1-8 shapes trains the named shape's colour and kind at its naming word "
         "(llavakit.train.place, attributes), for a stage 0 on which the plain pass leaves colour unbound; 0: a "
         "plain pass; auto (the default): a plain pass, then, if its colour answers about one shape among several "
-        f"score below {BIND_CHECK['below']} on validation scenes, the bind pass from the same checkpoint "
+        f"score below {BIND_CHECK['below']} on validation scenes, the bind pass on from the plain pass "
         f"({BIND_DIR}), the later passes from there",
     )
     ap.add_argument(
@@ -717,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
             s2 += run_place(final, name, [data], BIND)
         else:
             s2 += stage2_pass(final.name, mixed(data, k + 1), name)
-        before, final = final, out / name
+        final = out / name
         if k == 0 and args.bind_pass == "auto":  # the plain pass checked; the bind pass if colour stayed unbound
             t = time.perf_counter()
             n = BIND_CHECK["quick_scenes" if args.quick else "scenes"]
@@ -730,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if check["bind"]:
                 refuse_unbound_chain(out, final)
-                s2 += run_place(before, BIND_DIR, [data], BIND)
+                s2 += run_place(final, BIND_DIR, [data], BIND)  # on from the plain pass
                 final = out / BIND_DIR
         if args.place_passes and k == 0:
             for pname, pdata, kw in place_passes(counting, bool(args.read_pass), args.count_repeats):

@@ -156,10 +156,10 @@ def test_bind_pass_auto_checks_the_plain_pass_and_binds_only_below_the_threshold
     asked = [json.loads(line) for line in (out / "data_check" / "eval.jsonl").read_text().splitlines()]
     assert asked and all(r["qtype"] == "color" and r["id"].startswith("s1500000_") for r in asked)
     assert 0 < check["questions"] <= len(asked) and 0.0 <= check["value"] <= 1.0
-    # the plain pass stays; the bind pass starts from the same checkpoint, on the same data; the next pass from it
+    # the plain pass stays; the bind pass starts from it, on the same data; the next pass from the bind pass
     assert (out / "stage2b" / "metrics.jsonl").exists() and not (out / "stage2b" / "place.json").exists()
     bind = json.loads((out / "stage2b_bind" / "place.json").read_text())
-    assert bind["init"] == str(out / "stage2") and bind["data"] == [str(out / "data2")] and bind["attributes"]
+    assert bind["init"] == str(out / "stage2b") and bind["data"] == [str(out / "data2")] and bind["attributes"]
     assert json.loads((out / "stage2c" / "recipe.json").read_text())["model"]["init"] == str(out / "stage2b_bind")
     # --continue asks again (afresh: the same answers) and keeps every pass
     stamps = lambda: [(out / d / "model.safetensors").stat().st_mtime_ns for d in ("stage2b_bind", "stage2c")]  # noqa: E731
@@ -167,6 +167,14 @@ def test_bind_pass_auto_checks_the_plain_pass_and_binds_only_below_the_threshold
     assert script.main([*args, "--continue"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bind_check"] == check
     assert stamps() == before
+    # a bind pass of the recipe before 2026-12-07 evening (from the checkpoint before the plain pass) is refused
+    marker = out / "stage2b_bind" / "place.json"
+    kept = marker.read_text()
+    marker.write_text(json.dumps({**json.loads(kept), "init": str(out / "stage2")}) + "\n")
+    older = r"stage2b_bind was trained from .*stage2, but this recipe trains it from .*stage2b"
+    with pytest.raises(SystemExit, match=older):
+        script.main([*args, "--continue"])
+    marker.write_text(kept)
     # a check that keeps the plain pass refuses the later pass trained from the bind pass ...
     script.BIND_CHECK["below"] = 0.0  # no score is below
     with pytest.raises(SystemExit, match="stage2c was trained from .*stage2b_bind"):
