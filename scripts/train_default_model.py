@@ -131,11 +131,11 @@ BIND = {"final": True, "attributes": True}
 # several are scored on validation scenes (the notebook's validation seed, not the held-out one). Below ``below`` the
 # bind pass runs on the same data from the plain pass, into stage2b_bind, and the later passes start there. Whether the
 # plain pass binds colour depends on the stage-0 draw: held out 0.90 on the shipped model's chain, 0.47-0.50 on the
-# three two-thread draws measured (Intel; AMD with two tower seeds). Started from the plain pass's checkpoint (as
-# --bind-pass 1 does, in its place) the bind pass gave those chains colour 0.98-0.99 but left existence and the
-# lettered choices low (0.78-0.83, 0.50-0.54); started from the plain pass it keeps what that pass learned of them
-# (docs/default-model.md, "The bind pass when the plain pass leaves colour unbound" and "The bind pass after the plain
-# pass").
+# three two-thread draws measured (Intel; AMD with two tower seeds). Started from stage2, where the plain pass starts
+# (as --bind-pass 1 does, in its place), the bind pass gave those chains colour 0.98-0.99 but left existence F1 and the
+# lettered choices low (0.78-0.83 and 0.50-0.54, 0.74-0.76 overall on the AMD draws); started from the plain pass it
+# keeps what that pass learned of them (0.79 and 0.83 overall; docs/default-model.md, "The bind pass when the plain
+# pass leaves colour unbound" and "The bind pass after the plain pass").
 BIND_CHECK = {"seed_offset": 500_000, "scenes": 150, "quick_scenes": 6, "below": 0.7}
 BIND_DIR = "stage2b_bind"
 GATHER = {"final": False, "drop": (1.0, 0.0)}
