@@ -167,7 +167,7 @@ def test_bind_pass_auto_checks_the_plain_pass_and_binds_only_below_the_threshold
     assert script.main([*args, "--continue"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bind_check"] == check
     assert stamps() == before
-    # a bind pass of the recipe before 2026-12-07 evening (from the checkpoint before the plain pass) is refused
+    # a bind pass of the recipe of session 41 (from the checkpoint before the plain pass) is refused
     marker = out / "stage2b_bind" / "place.json"
     kept = marker.read_text()
     marker.write_text(json.dumps({**json.loads(kept), "init": str(out / "stage2")}) + "\n")
