@@ -111,3 +111,24 @@ def _refuse_in(root):
         return real(path, *args, **kwargs)
 
     return mkdir
+
+
+def test_a_directory_another_rank_makes_and_removes_is_made_again(tmp_path, monkeypatch):
+    """Under torchrun every rank checks at once: one rank's mkdir can meet EEXIST for the directory another rank's
+    check just made, which that rank removes before pathlib's exist_ok re-check (is_dir) runs. CI saw that once as
+    'cannot be created (File exists)' in a two-process run; the check makes the directory again instead."""
+    import os
+
+    from llavakit.train.output_dir import check_can_create
+
+    out, real_mkdir, raced = tmp_path / "a" / "run", os.mkdir, []
+
+    def racing_mkdir(path, *args, **kwargs):
+        if Path(path) == out and not raced:  # as if made and removed by another rank between EEXIST and is_dir()
+            raced.append(path)
+            raise FileExistsError(17, "File exists", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr("os.mkdir", racing_mkdir)
+    check_can_create(out)
+    assert raced and not (tmp_path / "a").exists()

@@ -16,7 +16,7 @@ def check_can_create(out: Path) -> None:
     """Refuse, before the model and data load, a ``train.output_dir`` that is a file, lies inside a file, or cannot
     be created (no permission, a read-only or virtual file system): the directories it needs are made and the new
     ones removed again (the run makes them for good when it starts writing). Under torchrun every process checks at
-    once: a parent another process removes in between is made again (a few tries)."""
+    once: a directory another process made and removes again in between is made again (a few tries)."""
     fix = "choose a directory you can write, e.g. train.output_dir=runs/my-run"
     try:
         if out.exists() and not out.is_dir():
@@ -33,6 +33,9 @@ def check_can_create(out: Path) -> None:
                 break
             except FileNotFoundError:  # a parent removed by another process's check between two mkdirs
                 if attempt == 4:
+                    raise
+            except FileExistsError:  # made by another process's check, then removed by it before ours saw it:
+                if attempt == 4 or out.is_file():  # pathlib's exist_ok re-checks is_dir() after EEXIST
                     raise
     except OSError as e:  # e.g. a parent this user may not read (exists() raises), or one it may not write
         raise ValueError(f"train.output_dir {out} cannot be created ({e.strerror or e}); {fix}") from None
