@@ -89,9 +89,9 @@ def test_an_output_dir_that_cannot_be_a_directory_is_named_before_loading(tmp_pa
 
     check_can_create(made)  # fine, and nothing left behind
     assert not (tmp_path / "a").exists()
-    hidden = tmp_path / "hidden"  # a parent this user may not read: exists() itself raises
-    real_exists = Path.exists
-    monkeypatch.setattr(Path, "exists", lambda p: _denied(p) if hidden in (p, *p.parents) else real_exists(p))
+    hidden = tmp_path / "hidden"  # a parent this user may not read: stat() itself raises
+    real_stat = Path.stat
+    monkeypatch.setattr(Path, "stat", lambda p, **kw: _denied(p) if hidden in (p, *p.parents) else real_stat(p, **kw))
     with pytest.raises(ValueError, match=f"train.output_dir {hidden / 'run'} cannot be created .*Permission denied"):
         check_can_create(hidden / "run")
 
@@ -113,10 +113,11 @@ def _refuse_in(root):
     return mkdir
 
 
-def test_a_directory_another_rank_makes_and_removes_is_made_again(tmp_path, monkeypatch):
+def test_a_directory_another_rank_makes_and_removes_is_taken_as_made(tmp_path, monkeypatch):
     """Under torchrun every rank checks at once: one rank's mkdir can meet EEXIST for the directory another rank's
-    check just made, which that rank removes before pathlib's exist_ok re-check (is_dir) runs. CI saw that once as
-    'cannot be created (File exists)' in a two-process run; the check makes the directory again instead."""
+    check just made, which that rank removes before anyone looks again. CI saw that once as 'cannot be created
+    (File exists)' in a two-process run (pathlib's exist_ok re-checks is_dir() after EEXIST). The check takes it as
+    made, and removes only the directories it made itself."""
     import os
 
     from llavakit.train.output_dir import check_can_create
@@ -124,7 +125,7 @@ def test_a_directory_another_rank_makes_and_removes_is_made_again(tmp_path, monk
     out, real_mkdir, raced = tmp_path / "a" / "run", os.mkdir, []
 
     def racing_mkdir(path, *args, **kwargs):
-        if Path(path) == out and not raced:  # as if made and removed by another rank between EEXIST and is_dir()
+        if Path(path) == out and not raced:  # as if made and removed again by another rank
             raced.append(path)
             raise FileExistsError(17, "File exists", str(path))
         return real_mkdir(path, *args, **kwargs)
@@ -132,3 +133,57 @@ def test_a_directory_another_rank_makes_and_removes_is_made_again(tmp_path, monk
     monkeypatch.setattr("os.mkdir", racing_mkdir)
     check_can_create(out)
     assert raced and not (tmp_path / "a").exists()
+
+
+def test_a_parent_another_rank_removes_is_looked_for_again(tmp_path, monkeypatch):
+    """The other interleaving: another rank removes the parent this rank found (or took as made) before this rank's
+    mkdir inside it, which meets ENOENT: the check looks again and makes both."""
+    import os
+
+    from llavakit.train.output_dir import check_can_create
+
+    out, real_mkdir, raced = tmp_path / "a" / "run", os.mkdir, []
+
+    def racing_mkdir(path, *args, **kwargs):
+        if Path(path) == out and not raced:
+            raced.append(path)
+            os.rmdir(out.parent)  # the other rank's clean-up
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr("os.mkdir", racing_mkdir)
+    check_can_create(out)
+    assert raced and not (tmp_path / "a").exists()
+
+
+def _check_many(base: str, n: int, barrier, errors) -> None:
+    from llavakit.train.output_dir import check_can_create
+
+    for i in range(n):
+        barrier.wait()  # every process checks the same new directory at the same moment
+        try:
+            check_can_create(Path(base) / f"r{i}" / "run")
+        except ValueError as e:
+            errors.put(str(e))
+
+
+def test_ranks_checking_at_once_never_refuse_a_directory_they_can_make(tmp_path):
+    """Three processes check the same 400 new two-level directories in lockstep (what torchrun's ranks do once):
+    none is refused, and at most empty directories stay behind (none is removed while another's is inside it). The
+    check before session 44's looked with exists() then is_dir()
+    and refused 22-92 of 3000 such checks (two processes) as 'is a file', 'lies inside ... a file' or 'cannot be
+    created (File exists)'."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, errors = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_check_many, args=(str(tmp_path), 400, barrier, errors)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    refused = []
+    while not errors.empty():
+        refused.append(errors.get())
+    assert refused == []
+    assert all(p.is_dir() for p in tmp_path.rglob("*"))

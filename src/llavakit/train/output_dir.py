@@ -5,43 +5,88 @@ directory that cannot be created)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import random
+import stat
+import time
 from pathlib import Path
 
 from .checkpointing import checkpoint_dirs
 
+TRIES = 20  # looks at the directories an output_dir needs, while other processes' checks remove theirs
 FINISHED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter")  # a model's files
+
+
+def _kind(path: Path) -> str:
+    """What is at ``path``, from one ``stat`` (two calls, exists() then is_dir(), can straddle another process's
+    rmdir and see a directory as a file): "dir", "missing" (nothing, or a path inside a file) or "other"."""
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    return "dir" if stat.S_ISDIR(st.st_mode) else "other"
+
+
+def _make_missing(out: Path, fix: str) -> list[Path] | None:
+    """Make the directories ``out`` needs, top down; return them (None: a parent vanished while they were made,
+    removed by another process's check: look again). One that another process's check made meanwhile counts as
+    made: the directory can be created, which is all the check asks."""
+    if _kind(out) == "other":
+        raise ValueError(f"train.output_dir {out} is a file, not a directory; {fix}")
+    missing, parent = [], out
+    while (kind := _kind(parent)) != "dir":
+        if kind == "other":
+            raise ValueError(f"train.output_dir {out} lies inside {parent}, which is a file; {fix}")
+        missing.append(parent)
+        parent = parent.parent
+    made: list[Path] = []
+    for d in reversed(missing):  # top down
+        try:
+            os.mkdir(d)
+        except FileExistsError:  # another process's, or a file put there since
+            if _kind(d) == "other":
+                _remove(made)
+                where = "is a file, not a directory" if d == out else f"lies inside {d}, which is a file"
+                raise ValueError(f"train.output_dir {out} {where}; {fix}") from None
+        except FileNotFoundError:  # its parent, another process's, removed since
+            _remove(made)
+            return None
+        made.append(d)  # made here, or by another process that may be done with it: removed again either way
+    return made
+
+
+def _remove(made: list[Path]) -> None:
+    for d in reversed(made):  # deepest first
+        with contextlib.suppress(OSError):  # another process may have made something inside it meanwhile
+            d.rmdir()
 
 
 def check_can_create(out: Path) -> None:
     """Refuse, before the model and data load, a ``train.output_dir`` that is a file, lies inside a file, or cannot
-    be created (no permission, a read-only or virtual file system): the directories it needs are made and the new
-    ones removed again (the run makes them for good when it starts writing). Under torchrun every process checks at
-    once: a directory another process made and removes again in between is made again (a few tries)."""
+    be created (no permission, a read-only or virtual file system): the directories it needs are made and removed
+    again (the run makes them for good when it starts writing). Under torchrun every process
+    checks at once: each looks with one ``stat`` per path, takes a directory another process made as made, and
+    looks again (a few tries, at random short intervals) when a parent vanishes under it. Then an empty directory
+    on the way to ``out`` may stay behind (removed by none of them while another's was inside it); the run makes
+    ``out`` there anyway.
+
+    Worked example, two ranks, ``out`` = runs/new/run, runs/ present: rank A makes runs/new and runs/new/run; rank B's
+    mkdir of runs/new meets EEXIST (A's: fine), then A removes both and B's mkdir of runs/new/run meets ENOENT, so B
+    looks again, makes both and removes them."""
     fix = "choose a directory you can write, e.g. train.output_dir=runs/my-run"
     try:
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"train.output_dir {out} is a file, not a directory; {fix}")
-        missing, parent = [], out
-        while not parent.exists():
-            missing.append(parent)
-            parent = parent.parent
-        if not parent.is_dir():
-            raise ValueError(f"train.output_dir {out} lies inside {parent}, which is a file; {fix}")
-        for attempt in range(5):
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-                break
-            except FileNotFoundError:  # a parent removed by another process's check between two mkdirs
-                if attempt == 4:
-                    raise
-            except FileExistsError:  # made by another process's check, then removed by it before ours saw it:
-                if attempt == 4 or out.is_file():  # pathlib's exist_ok re-checks is_dir() after EEXIST
-                    raise
-    except OSError as e:  # e.g. a parent this user may not read (exists() raises), or one it may not write
+        for attempt in range(TRIES):
+            made = _make_missing(out, fix)
+            if made is not None:
+                _remove(made)
+                return
+            time.sleep(random.uniform(0, 0.002) * (attempt + 1))  # out of step with the others' checks
+        raise ValueError(
+            f"train.output_dir {out} cannot be created (its parent directories were removed while it was made, "
+            f"{TRIES} times); {fix}"
+        )
+    except OSError as e:  # e.g. a parent this user may not read (stat raises), or one it may not write
         raise ValueError(f"train.output_dir {out} cannot be created ({e.strerror or e}); {fix}") from None
-    for d in missing:  # deepest first
-        with contextlib.suppress(OSError):  # another process of the run may have made it its own already
-            d.rmdir()
 
 
 def check_output_dir(out_dir: str | Path, init: str | None, resume: bool) -> None:
