@@ -117,7 +117,7 @@ def test_a_directory_another_rank_makes_and_removes_is_taken_as_made(tmp_path, m
     """Under torchrun every rank checks at once: one rank's mkdir can meet EEXIST for the directory another rank's
     check just made, which that rank removes before anyone looks again. CI saw that once as 'cannot be created
     (File exists)' in a two-process run (pathlib's exist_ok re-checks is_dir() after EEXIST). The check takes it as
-    made, and removes only the directories it made itself."""
+    made."""
     import os
 
     from llavakit.train.output_dir import check_can_create
@@ -155,6 +155,27 @@ def test_a_parent_another_rank_removes_is_looked_for_again(tmp_path, monkeypatch
     assert raced and not (tmp_path / "a").exists()
 
 
+def test_a_deeper_directory_refused_by_the_system_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A disk that fills (or a quota met) between two of the directories an output_dir needs: refused with the
+    system's reason, and the directories already made are removed again."""
+    import errno
+    import os
+
+    from llavakit.train.output_dir import check_can_create
+
+    out, real_mkdir = tmp_path / "a" / "run", os.mkdir
+
+    def full_mkdir(path, *args, **kwargs):
+        if Path(path) == out and out.parent.is_dir():  # the parent made, the disk full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr("os.mkdir", full_mkdir)
+    with pytest.raises(ValueError, match=f"train.output_dir {out} cannot be created .No space left on device."):
+        check_can_create(out)
+    assert not (tmp_path / "a").exists()
+
+
 def _check_many(base: str, n: int, barrier, errors) -> None:
     from llavakit.train.output_dir import check_can_create
 
@@ -175,12 +196,17 @@ def test_ranks_checking_at_once_never_refuse_a_directory_they_can_make(tmp_path)
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
-    barrier, errors = ctx.Barrier(3), ctx.Queue()
+    barrier, errors = ctx.Barrier(3, timeout=30), ctx.Queue()  # a process that died breaks it: no hang
     procs = [ctx.Process(target=_check_many, args=(str(tmp_path), 400, barrier, errors)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
     assert [p.exitcode for p in procs] == [0, 0, 0]
     refused = []
     while not errors.empty():

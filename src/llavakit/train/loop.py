@@ -105,6 +105,8 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
 
     t, out = recipe.train, Path(recipe.train.output_dir)
     check_output_dir(out, recipe.model.init, t.resume)  # before the model is read: nothing to overwrite
+    if d.active:  # every rank's check (which makes and removes out) done before rank 0 makes it for good (FSDP
+        torch.distributed.barrier()  # sets up without a collective, so nothing else holds rank 0 back)
     seed_everything(t.seed)  # identical model init on every process
     if model is None:
         model, processor = build_model(recipe.model)

@@ -31,12 +31,10 @@ def _make_missing(out: Path, fix: str) -> list[Path] | None:
     """Make the directories ``out`` needs, top down; return them (None: a parent vanished while they were made,
     removed by another process's check: look again). One that another process's check made meanwhile counts as
     made: the directory can be created, which is all the check asks."""
-    if _kind(out) == "other":
-        raise ValueError(f"train.output_dir {out} is a file, not a directory; {fix}")
     missing, parent = [], out
     while (kind := _kind(parent)) != "dir":
         if kind == "other":
-            raise ValueError(f"train.output_dir {out} lies inside {parent}, which is a file; {fix}")
+            raise ValueError(f"train.output_dir {out} {_in_file(out, parent)}; {fix}")
         missing.append(parent)
         parent = parent.parent
     made: list[Path] = []
@@ -46,13 +44,19 @@ def _make_missing(out: Path, fix: str) -> list[Path] | None:
         except FileExistsError:  # another process's, or a file put there since
             if _kind(d) == "other":
                 _remove(made)
-                where = "is a file, not a directory" if d == out else f"lies inside {d}, which is a file"
-                raise ValueError(f"train.output_dir {out} {where}; {fix}") from None
+                raise ValueError(f"train.output_dir {out} {_in_file(out, d)}; {fix}") from None
         except FileNotFoundError:  # its parent, another process's, removed since
             _remove(made)
             return None
+        except OSError:  # no room, no permission, a read-only file system: what was made goes again
+            _remove(made)
+            raise
         made.append(d)  # made here, or by another process that may be done with it: removed again either way
     return made
+
+
+def _in_file(out: Path, file: Path) -> str:
+    return "is a file, not a directory" if file == out else f"lies inside {file}, which is a file"
 
 
 def _remove(made: list[Path]) -> None:
@@ -82,8 +86,8 @@ def check_can_create(out: Path) -> None:
                 return
             time.sleep(random.uniform(0, 0.002) * (attempt + 1))  # out of step with the others' checks
         raise ValueError(
-            f"train.output_dir {out} cannot be created (its parent directories were removed while it was made, "
-            f"{TRIES} times); {fix}"
+            f"train.output_dir {out} cannot be created: its parent directories were removed while it was made, "
+            f"{TRIES} times (another program removing them?); run again, or make it first (mkdir -p {out})"
         )
     except OSError as e:  # e.g. a parent this user may not read (stat raises), or one it may not write
         raise ValueError(f"train.output_dir {out} cannot be created ({e.strerror or e}); {fix}") from None
