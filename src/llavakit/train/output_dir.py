@@ -14,6 +14,7 @@ from pathlib import Path
 from .checkpointing import checkpoint_dirs
 
 TRIES = 20  # looks at the directories an output_dir needs, while other processes' checks remove theirs
+_JITTER = random.Random()  # its own generator: the global one, which seeds training, is left alone
 FINISHED_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "adapter")  # a model's files
 
 
@@ -68,11 +69,10 @@ def _remove(made: list[Path]) -> None:
 def check_can_create(out: Path) -> None:
     """Refuse, before the model and data load, a ``train.output_dir`` that is a file, lies inside a file, or cannot
     be created (no permission, a read-only or virtual file system): the directories it needs are made and removed
-    again (the run makes them for good when it starts writing). Under torchrun every process
-    checks at once: each looks with one ``stat`` per path, takes a directory another process made as made, and
-    looks again (a few tries, at random short intervals) when a parent vanishes under it. Then an empty directory
-    on the way to ``out`` may stay behind (removed by none of them while another's was inside it); the run makes
-    ``out`` there anyway.
+    again (the run makes them for good when it starts writing). Under torchrun every process checks at once: each
+    looks with one ``stat`` per path, takes a directory another process made as made, and looks again (a few tries,
+    at random short intervals) when a parent vanishes under it. Then an empty directory on the way to ``out`` may
+    stay behind (removed by none of them while another's was inside it); the run makes ``out`` there anyway.
 
     Worked example, two ranks, ``out`` = runs/new/run, runs/ present: rank A makes runs/new and runs/new/run; rank B's
     mkdir of runs/new meets EEXIST (A's: fine), then A removes both and B's mkdir of runs/new/run meets ENOENT, so B
@@ -84,7 +84,7 @@ def check_can_create(out: Path) -> None:
             if made is not None:
                 _remove(made)
                 return
-            time.sleep(random.uniform(0, 0.002) * (attempt + 1))  # out of step with the others' checks
+            time.sleep(_JITTER.uniform(0, 0.002) * (attempt + 1))  # out of step with the others' checks
         raise ValueError(
             f"train.output_dir {out} cannot be created: its parent directories were removed while it was made, "
             f"{TRIES} times (another program removing them?); run again, or make it first (mkdir -p {out})"
