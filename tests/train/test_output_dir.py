@@ -113,24 +113,36 @@ def _refuse_in(root):
     return mkdir
 
 
+def _hooked_mkdir(target, hook):
+    """os.mkdir that first calls ``hook(path)`` when asked for ``target`` (the hook may raise: another rank's doing,
+    or the system's), then makes it."""
+    import os
+
+    real = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if Path(path) == target:
+            hook(path)
+        return real(path, *args, **kwargs)
+
+    return mkdir
+
+
 def test_a_directory_another_rank_makes_and_removes_is_taken_as_made(tmp_path, monkeypatch):
     """Under torchrun every rank checks at once: one rank's mkdir can meet EEXIST for the directory another rank's
     check just made, which that rank removes before anyone looks again. CI saw that once as 'cannot be created
     (File exists)' in a two-process run (pathlib's exist_ok re-checks is_dir() after EEXIST). The check takes it as
     made."""
-    import os
-
     from llavakit.train.output_dir import check_can_create
 
-    out, real_mkdir, raced = tmp_path / "a" / "run", os.mkdir, []
+    out, raced = tmp_path / "a" / "run", []
 
-    def racing_mkdir(path, *args, **kwargs):
-        if Path(path) == out and not raced:  # as if made and removed again by another rank
+    def made_and_removed_by_another_rank(path):
+        if not raced:
             raced.append(path)
             raise FileExistsError(17, "File exists", str(path))
-        return real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr("os.mkdir", racing_mkdir)
+    monkeypatch.setattr("os.mkdir", _hooked_mkdir(out, made_and_removed_by_another_rank))
     check_can_create(out)
     assert raced and not (tmp_path / "a").exists()
 
@@ -142,15 +154,14 @@ def test_a_parent_another_rank_removes_is_looked_for_again(tmp_path, monkeypatch
 
     from llavakit.train.output_dir import check_can_create
 
-    out, real_mkdir, raced = tmp_path / "a" / "run", os.mkdir, []
+    out, raced = tmp_path / "a" / "run", []
 
-    def racing_mkdir(path, *args, **kwargs):
-        if Path(path) == out and not raced:
+    def parent_removed_by_another_rank(path):
+        if not raced:
             raced.append(path)
             os.rmdir(out.parent)  # the other rank's clean-up
-        return real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr("os.mkdir", racing_mkdir)
+    monkeypatch.setattr("os.mkdir", _hooked_mkdir(out, parent_removed_by_another_rank))
     check_can_create(out)
     assert raced and not (tmp_path / "a").exists()
 
@@ -159,18 +170,16 @@ def test_a_deeper_directory_refused_by_the_system_leaves_nothing_behind(tmp_path
     """A disk that fills (or a quota met) between two of the directories an output_dir needs: refused with the
     system's reason, and the directories already made are removed again."""
     import errno
-    import os
 
     from llavakit.train.output_dir import check_can_create
 
-    out, real_mkdir = tmp_path / "a" / "run", os.mkdir
+    out = tmp_path / "a" / "run"
 
-    def full_mkdir(path, *args, **kwargs):
-        if Path(path) == out and out.parent.is_dir():  # the parent made, the disk full
+    def disk_full_once_the_parent_is_made(path):
+        if out.parent.is_dir():
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr("os.mkdir", full_mkdir)
+    monkeypatch.setattr("os.mkdir", _hooked_mkdir(out, disk_full_once_the_parent_is_made))
     with pytest.raises(ValueError, match=f"train.output_dir {out} cannot be created .No space left on device."):
         check_can_create(out)
     assert not (tmp_path / "a").exists()
@@ -190,9 +199,8 @@ def _check_many(base: str, n: int, barrier, errors) -> None:
 def test_ranks_checking_at_once_never_refuse_a_directory_they_can_make(tmp_path):
     """Three processes check the same 400 new two-level directories in lockstep (what torchrun's ranks do once):
     none is refused, and at most empty directories stay behind (none is removed while another's is inside it). The
-    check before session 44's looked with exists() then is_dir()
-    and refused 22-92 of 3000 such checks (two processes) as 'is a file', 'lies inside ... a file' or 'cannot be
-    created (File exists)'."""
+    check before session 44's looked with exists() then is_dir() and refused 22-92 of 3000 such checks (two
+    processes) as 'is a file', 'lies inside ... a file' or 'cannot be created (File exists)'."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
