@@ -166,6 +166,21 @@ def test_a_parent_another_rank_removes_is_looked_for_again(tmp_path, monkeypatch
     assert raced and not (tmp_path / "a").exists()
 
 
+def test_a_parent_that_keeps_vanishing_is_named_with_its_fix(tmp_path, monkeypatch):
+    """Something removing the parent on every try (no rank's check does that forever): after the tries, one line
+    naming train.output_dir, what happened and the fix, and nothing left behind."""
+    import os
+
+    from llavakit.train.output_dir import TRIES, check_can_create
+
+    out = tmp_path / "a" / "run"
+    monkeypatch.setattr("os.mkdir", _hooked_mkdir(out, lambda path: os.rmdir(out.parent)))
+    said = f"train.output_dir {out} cannot be created: its parent directories were removed while it was made, {TRIES}"
+    with pytest.raises(ValueError, match=f"{said} times .*run again, or make it first .mkdir -p {out}."):
+        check_can_create(out)
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_deeper_directory_refused_by_the_system_leaves_nothing_behind(tmp_path, monkeypatch):
     """A disk that fills (or a quota met) between two of the directories an output_dir needs: refused with the
     system's reason, and the directories already made are removed again."""
