@@ -443,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         help="1: the first pass on 1-8 shapes trains the named shape's colour and kind at its naming word "
         "(llavakit.train.place, attributes), for a stage 0 on which the plain pass leaves colour unbound; 0: a "
         "plain pass; auto (the default): a plain pass, then, if its colour answers about one shape among several "
-        f"score below {BIND_CHECK['below']} on validation scenes, the bind pass on from the plain pass "
-        f"({BIND_DIR}), the later passes from there",
+        f"score below {BIND_CHECK['below']} on validation scenes, the bind pass, starting from the plain "
+        f"pass's weights ({BIND_DIR}), and the later passes from the bind pass's",
     )
     ap.add_argument(
         "--read-pass",
@@ -733,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if check["bind"]:
                 refuse_unbound_chain(out, final)
-                s2 += run_place(final, BIND_DIR, [data], BIND)  # on from the plain pass
+                s2 += run_place(final, BIND_DIR, [data], BIND)  # starting from the plain pass's weights
                 final = out / BIND_DIR
         if args.place_passes and k == 0:
             for pname, pdata, kw in place_passes(counting, bool(args.read_pass), args.count_repeats):
