@@ -77,7 +77,8 @@ def test_an_output_dir_that_cannot_be_a_directory_is_named_before_loading(tmp_pa
     cases += [(tmp_path / "ro" / "new" / "run", "cannot be created")]
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro").chmod(0o500)
-    monkeypatch.setattr("os.mkdir", _refuse_in(tmp_path / "ro"))  # root ignores the mode: refuse as a read-only fs
+    # root ignores the mode: refuse as a read-only file system does
+    monkeypatch.setattr("os.mkdir", _hooked_mkdir(tmp_path / "ro", _denied))
     for out, said in cases:
         assert main(["train", str(recipe), f"train.output_dir={out}"]) == 2
         err = capsys.readouterr().err
@@ -100,28 +101,15 @@ def _denied(path):
     raise PermissionError(13, "Permission denied", str(path))
 
 
-def _refuse_in(root):
-    import os
-
-    real = os.mkdir
-
-    def mkdir(path, *args, **kwargs):
-        if str(path).startswith(str(root)):
-            raise PermissionError(13, "Permission denied", str(path))
-        return real(path, *args, **kwargs)
-
-    return mkdir
-
-
 def _hooked_mkdir(target, hook):
-    """os.mkdir that first calls ``hook(path)`` when asked for ``target`` (the hook may raise: another rank's doing,
-    or the system's), then makes it."""
+    """os.mkdir that first calls ``hook(path)`` when asked for ``target`` or a directory inside it (the hook may
+    raise: another rank's doing, or the system's), then makes it."""
     import os
 
     real = os.mkdir
 
     def mkdir(path, *args, **kwargs):
-        if Path(path) == target:
+        if target in (Path(path), *Path(path).parents):
             hook(path)
         return real(path, *args, **kwargs)
 
