@@ -35,10 +35,28 @@ class DrainingServer(uvicorn.Server):
         # draining first: a client on an open keep-alive connection who finds new connections refused must
         # already hear "shutting_down", never a 200 from the gap between the two steps
         await run_in_threadpool(self.batcher.drain)
-        for server in getattr(self, "servers", []):
-            server.close()  # no new connections while the batch drains (uvicorn closes them again: harmless)
+        await stop_accepting(getattr(self, "servers", []))  # uvicorn closes them again: harmless
         await finish(self.batcher, self.grace, lambda: self.force_exit)
         await super().shutdown(sockets)
+
+
+async def stop_accepting(servers: list[asyncio.Server]) -> None:
+    """Close the listening sockets without stranding a connection accepted just before.
+
+    On asyncio's selector loop, ``Server.close()`` between a connection's ``accept()`` and the task that makes its
+    transport (one loop turn later) makes that task fail silently, and the accepted socket is left open with no one
+    to answer it until garbage collection: its client hangs (CPython gh-109564; seen here as a timed-out request
+    after SIGTERM). So accepting stops first, the transports of what was accepted are made in the next turn (their
+    requests get the draining answers), and only then do the sockets close.
+    """
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        for server in servers:
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)  # the accept tasks were scheduled before this coroutine's wake-up
+    for server in servers:
+        server.close()
 
 
 async def finish(batcher: Batcher, grace: float, forced: Callable[[], bool] = lambda: False) -> None:
