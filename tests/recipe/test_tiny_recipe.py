@@ -222,6 +222,53 @@ def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, 
     assert (out / "lone0" / "instruct.json").read_text() != (out / "lone1" / "instruct.json").read_text()
 
 
+def test_fresh_count_passes_then_a_pass_distilling_the_third(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--quick", "--out", str(out), "--captions", "48", "--warmup", "32", "--instruct", "64"]
+    args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--bind-pass", "0"]
+    assert load_script("train_default_model").main([*args, "--fresh-count", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["samples"]["fresh_count"] == 1 and summary["samples"]["count_passes"] == 2
+    # three count passes, each on fresh count scenes three times data_count's 12 (32 * 3 // 8), the third with the
+    # place data once; no data_count of its own
+    chain = (("stage2_count", "stage2_place2", ["data_count1"]), ("stage2_count2", "stage2_count", ["data_count2"]))
+    chain += (("stage2_count3", "stage2_count2", ["data_count3", "data_place"]),)
+    for name, init, data in chain:
+        record = json.loads((out / name / "place.json").read_text())
+        assert record["init"] == str(out / init) and record["data"] == [str(out / d) for d in data], record
+    assert not (out / "data_count").exists()
+    scenes = {d: (out / d / "scenes.jsonl").read_text().splitlines() for d in ("data_count1", "data_count2")}
+    assert [len(v) for v in scenes.values()] == [36, 36] and scenes["data_count1"] != scenes["data_count2"]
+    from llavakit.data.synth import write_dataset
+
+    script = load_script("train_default_model")
+    write_dataset(
+        tmp_path / "data_count", 12, script.COUNT_SEED, "instruct", min_side=112, max_side=224, **script.COUNT_DATA
+    )
+    assert (tmp_path / "data_count" / "scenes.jsonl").read_text().splitlines() == scenes["data_count1"][:12]
+    asked = [
+        t["value"]
+        for r in json.loads((out / "data_count_mix" / "instruct.json").read_text())
+        for t in r["conversations"]
+    ]
+    assert asked[::2] and all("How many" in q for q in asked[::2]), asked[:3]
+    # the last plain pass from the third count pass, then the distilled pass from it: its data and a half of the mix,
+    # each decoder layer pulled at the count turns to the third count pass's outputs
+    assert json.loads((out / "stage2c" / "recipe.json").read_text())["model"]["init"] == str(out / "stage2_count3")
+    recipe = json.loads((out / "stage2_distill" / "recipe.json").read_text())
+    assert recipe["model"]["init"] == str(out / "stage2c")
+    assert recipe["distill"] == {"teacher": str(out / "stage2_count3"), "weight": 2.0, "turns_with": " many"}
+    sets = [(d["image_folder"], d["weight"]) for d in recipe["data"]["datasets"]]
+    assert sets == [(str(out / "data3"), 1.0), (str(out / "data_count_mix"), 0.5)]
+    logged = [json.loads(x) for x in (out / "stage2_distill" / "metrics.jsonl").read_text().splitlines()]
+    assert logged and all(r["distill"] >= 0 for r in logged) and any(r["distill"] > 0 for r in logged)
+    assert (out / "stage2_distill" / "model.safetensors").exists() and "stage2_distill" in summary["seconds"]
+    # --continue keeps the chain, and refuses it under the shipped recipe's count passes
+    assert load_script("train_default_model").main([*args, "--continue", "--fresh-count", "1"]) == 0
+    with pytest.raises(SystemExit, match="stage2_count was trained on .*data_count1"):
+        load_script("train_default_model").main([*args, "--continue"])
+
+
 @pytest.mark.parametrize(
     "argv, said",
     [
@@ -232,6 +279,10 @@ def test_position_early_places_the_lone_object_pass_after_the_warm_up(tmp_path, 
         (["--count-passes", "1", "--place-passes", "0"], "needs --place-passes 1"),
         (["--count-repeats", "0"], "--count-repeats must be >= 1"),
         (["--count-repeats", "3", "--count-passes", "0"], "it needs the count passes"),
+        (["--fresh-count", "1", "--count-passes", "0"], "needs --place-passes 1 and --count-passes 1"),
+        (["--fresh-count", "1", "--count-repeats", "3"], "choose one"),
+        (["--fresh-count", "1", "--more-passes", "1"], "--more-passes >= 2 and no --position-passes"),
+        (["--fresh-count", "1", "--position-passes", "1"], "--more-passes >= 2 and no --position-passes"),
         (["--bind-pass", "1", "--position-early", "--place-passes", "0"], "no --position-early"),
         (["--stage0-set", "clip.nonsense=1"], "unknown recipe key 'clip.nonsense'"),
         (["--stage0-set", "clip.steps"], "must look like key=value"),

@@ -14,6 +14,7 @@ Because model and optimizer states are gathered (full), a run resumes on any num
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import pickle
 import random
@@ -196,6 +197,8 @@ def check_same_recipe(
                 "to resume without comparing the recipe against the one that started the run"
             ) from None
     now = _flat(recipe_record(recipe))
+    if dataclasses.is_dataclass(recipe):  # a key added to recipes since that run was its default there
+        saved = {**_flat(recipe_record(type(recipe)())), **saved}
     keys = saved.keys() | now.keys()
     diff = sorted(
         k for k in keys if k not in RESUME_MAY_CHANGE and not same_setting(k, saved.get(k), now.get(k), was_cwd)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..checkpoint.save import write_text_atomic
-from ..model.llava import IGNORE_INDEX, positions_from_mask
+from ..model.llava import IGNORE_INDEX, LlavaModel, positions_from_mask
 from .batching import epoch_batches, process_micro_batches, steps_per_epoch, total_steps
 from .checkpointing import (
     InterruptGuard,
@@ -46,6 +46,7 @@ from .checkpointing import (
     set_rng_state,
     write_model,
 )
+from .distill import Distiller, marker_id
 from .distributed import Dist, all_sum, full_model_state, setup, teardown, unwrap, wrap
 from .fingerprint import check_same_data, data_fingerprint
 from .foreground import drop_probability, hide_background
@@ -91,16 +92,19 @@ def train(
     recipe.check()  # a recipe changed after load_recipe (recipe.train.max_steps = 0) is refused like a bad YAML
     t = recipe.train
     d = setup(t.device, t.distributed)
+    closers: list[Callable[[], None]] = []  # hooks _train puts on the caller's model come off again
     try:
-        result = _train(recipe, d, model, processor, dataset, collate_fn, callbacks)
+        result = _train(recipe, d, model, processor, dataset, collate_fn, callbacks, closers)
         if d.active and d.owns_group:  # every process's collectives done before any destroys the group (a rank
             torch.distributed.barrier()  # that did not write the model went first; gloo aborted it now and then)
         return result
     finally:
+        for close in closers:
+            close()
         teardown(d)
 
 
-def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) -> TrainResult:  # noqa: ANN001, C901
+def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks, closers) -> TrainResult:  # noqa: ANN001, C901
     from .build import build_model, source_generation_config, trained_processor
 
     t, out = recipe.train, Path(recipe.train.output_dir)
@@ -124,6 +128,9 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
 
         enable_gradient_checkpointing(model, vision=recipe.stage.vision_lr is not None)
     model.to(d.device).train()
+    distiller = _distiller(recipe, model, processor, d.device)  # hooks on the student before any wrapping
+    if distiller is not None:
+        closers.append(distiller.close)
     model = wrap(model, d)
     params = dict(model.named_parameters()) if d.strategy == "fsdp" else dict(unwrap(model).named_parameters())
     opt_groups = [
@@ -200,7 +207,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
                 )
                 if int(n_sup) == 0:
                     raise ValueError(f"step {step + 1}: the global batch has no supervised tokens (all labels ignored)")
-                loss_sum = torch.zeros((), device=d.device)
+                loss_sum, distill_sum = torch.zeros((), device=d.device), torch.zeros((), device=d.device)
                 for m, batch in enumerate(batches):
                     inputs = {k: _to(batch[k], d.device) for k in FORWARD_KEYS if batch.get(k) is not None}
                     if recipe.data.background_drop is not None:
@@ -209,8 +216,11 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
                     sync = m == len(batches) - 1 or d.strategy != "ddp"
                     with contextlib.nullcontext() if sync else model.no_sync(), autocast:
                         ce = supervised_ce_sum(model(**inputs, logits_mask=supervised_positions(labels)).logits, labels)
-                    (ce * d.world / n_sup.to(d.device)).backward()
+                        kd = None if distiller is None else distiller.loss(inputs, labels)
+                    ((ce if kd is None else ce + kd) * d.world / n_sup.to(d.device)).backward()
                     loss_sum += ce.detach()
+                    if kd is not None:
+                        distill_sum += kd.detach()
                 loss = float(all_sum(loss_sum, d)) / int(n_sup)
                 if not math.isfinite(loss):
                     _stop(f"loss is {loss} at step {step + 1}", out, bar)
@@ -241,6 +251,8 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
                         "samples_per_s": len(chunk) / dt,
                         "time_s": dt,
                     }
+                    if distiller is not None:  # the distillation term per supervised token, beside the CE's
+                        rec["distill"] = float(all_sum(distill_sum, d)) / int(n_sup)
                     result.losses.append(loss)
                     result.steps.append(step)
                     if step % max(1, t.log_every) == 0 or step == total:
@@ -285,6 +297,16 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks) ->
         print("interrupted: the final model was written whole; the run is complete", file=sys.stderr, flush=True)
     result.finished = True
     return result
+
+
+def _distiller(recipe: Recipe, model: torch.nn.Module, processor: Any, device: torch.device) -> Distiller | None:
+    """The recipe's ``distill:`` teacher, loaded frozen on ``device`` and hooked with the student (None: off)."""
+    spec = recipe.distill
+    if not spec.teacher:
+        return None
+    marker = marker_id(processor, spec.turns_with)  # before the teacher loads: a bad token fails fast
+    teacher = LlavaModel.from_pretrained(spec.teacher).to(device)
+    return Distiller(teacher, model, spec.weight, marker)
 
 
 def _hidden_background(

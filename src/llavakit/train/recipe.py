@@ -1,10 +1,12 @@
-"""Training recipes: a YAML file of four sections, dotted ``key=value`` overrides, every field type-checked.
+"""Training recipes: a YAML file of four sections (and an optional fifth), dotted ``key=value`` overrides, every
+field type-checked.
 
     model:  where the weights come from (a full LLaVA checkpoint, or a base decoder + a vision tower + a fresh
             projector as in the original stage 1) and the processor's conversation template
     stage:  what trains at which learning rate (llavakit.train.stages.StageSpec)
     data:   datasets (the data helper's build_dataset spec), template, max_length
     train:  batch sizes, schedule, precision, checkpointing, output directory
+    distill: (optional) a frozen teacher whose hidden states the model is pulled to (llavakit.train.distill)
 
     recipe = load_recipe("recipes/tiny-finetune.yaml", ["train.max_steps=5", "stage.lr=1e-4"])
 
@@ -167,23 +169,51 @@ class TrainSpec:
 
 
 @dataclass
+class DistillSpec:
+    """Hidden-state distillation from a frozen teacher of the student's shape (llavakit.train.distill); off unless
+    ``teacher`` is given."""
+
+    teacher: str | None = None  # a LLaVA checkpoint (directory or hub id) with the student's layers and width
+    weight: float = 1.0  # the term's weight against the CE sum
+    turns_with: str | None = None  # only the turns whose prompt holds this token (e.g. " many"); None: every turn
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        ranges.above("distill.weight", self.weight, 0)
+        if self.teacher is not None and not str(self.teacher).strip():
+            raise RecipeError("distill.teacher must not be empty; give a checkpoint, or null for no distillation")
+
+
+@dataclass
 class Recipe:
     model: ModelSpec = field(default_factory=ModelSpec)
     stage: StageSpec = field(default_factory=StageSpec)
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def __post_init__(self) -> None:
         self.check_templates()
+        self.check_distill()
 
     def check(self) -> None:
         """Run every section's range checks again (a recipe changed after it was built); RecipeError if bad."""
-        for section in (self.model, self.stage, self.data, self.train):
+        for section in (self.model, self.stage, self.data, self.train, self.distill):
             section.check()
         self.check_templates()
+        self.check_distill()
+
+    def check_distill(self) -> None:
+        if self.distill.teacher and self.train.distributed == "fsdp":
+            raise RecipeError(
+                "distill.teacher with train.distributed=fsdp: the teacher would be a whole copy beside each shard, "
+                "and this pairing is untested; use train.distributed=ddp (or no distillation)"
+            )
 
     def check_templates(self) -> None:
         """The run trains with data.template and saves its processor with it; model.template may only agree."""
@@ -214,7 +244,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
                 f"recipe {p}: {twice[0]} is given twice (lines {twice[1]} and {twice[2]}); keep one of them"
             )
         if not isinstance(raw, dict):
-            raise ValueError(f"recipe {p} must be a mapping of sections (model, stage, data, train)")
+            raise ValueError(f"recipe {p} must be a mapping of sections (model, stage, data, train, distill)")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -1,0 +1,123 @@
+"""Hidden-state distillation: a frozen teacher of the student's shape, whose decoder layers' outputs the student's
+are pulled to at the text positions of chosen turns (the recipe's ``distill:`` section).
+
+Why (docs/default-model.md, "Distilling the count passes' hidden states into the last pass"): the tiny recipe's
+count passes build a counting the last plain pass then loses; matching that pass's hidden states to the count
+passes' at the count turns keeps most of it. The term added to a micro-batch's CE sum is
+
+    weight * mean over layers l of  sum_{p in P} |h_l(p) - t_l(p)|^2 / mean_{p in P} |t_l(p)|^2
+
+with ``h`` the student's and ``t`` the teacher's layer outputs and ``P`` the positions of ``turn_positions``; the
+loop divides it by the global batch's supervised tokens as it does the CE sum. Each position's squared distance is
+thus measured against the teacher's mean squared norm there, so the term is free of the hidden states' scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..model.llava import IGNORE_INDEX, LlavaModel
+
+
+def turn_positions(ids: torch.Tensor, labels: torch.Tensor, marker: int | None, skip: tuple[int, ...]) -> torch.Tensor:
+    """(B, T) bool: the positions of the turns whose prompt holds token ``marker`` (every turn when None), from
+    the end of the answer before (a first turn: from the start) through the turn's own answer, tokens in ``skip``
+    (image and video placeholders) left out.
+
+    Worked example: ids [s, Q1, Q2, A1, A2, Q3, M, A3] with the answers A1 A2 and A3 supervised (labels other than
+    -100 there) and marker M: the second turn's prompt [Q3, M] holds it, so positions 5-7 ([Q3, M, A3]) are
+    chosen; with marker None every position 0-7 is. Positions after the last answer (the end of the text, padding)
+    are never chosen.
+    """
+    chosen = torch.zeros_like(ids, dtype=torch.bool)
+    supervised = (labels != IGNORE_INDEX).tolist()
+    for i, row in enumerate(supervised):
+        start = a = 0  # start: where the current turn's prompt begins; a: scans for its answer
+        while a < len(row):
+            if not row[a]:
+                a += 1
+                continue
+            b = a
+            while b < len(row) and row[b]:
+                b += 1  # [a, b): the answer
+            if marker is None or bool((ids[i, start:a] == marker).any()):
+                chosen[i, start:b] = True
+            start = a = b
+    for token in skip:
+        chosen &= ids != token
+    return chosen
+
+
+class Distiller:
+    """The teacher, the hooks that capture both models' decoder-layer outputs, and the term of the module docstring.
+
+    distiller = Distiller(teacher, student, weight=2.0, marker=486)  # the student before any DDP wrapping
+    loss = ce_sum + distiller.loss(inputs, labels)  # right after the student's forward on ``inputs``
+    """
+
+    def __init__(self, teacher: LlavaModel, student: LlavaModel, weight: float, marker: int | None) -> None:
+        t_layers, s_layers = teacher.model.language_model.layers, student.model.language_model.layers
+        t_width, s_width = teacher.config.text.hidden_size, student.config.text.hidden_size
+        if len(t_layers) != len(s_layers) or t_width != s_width:
+            raise ValueError(
+                f"distill.teacher has {len(t_layers)} decoder layers of width {t_width}, the student "
+                f"{len(s_layers)} of width {s_width}; distillation matches them layer by layer: give a teacher "
+                "of the student's shape (a checkpoint of the same model, trained otherwise)"
+            )
+        self.teacher, self.weight, self.marker = teacher.eval().requires_grad_(False), weight, marker
+        config = student.config
+        self.skip = tuple(t for t in (config.image_token_id, getattr(config, "video_token_id", None)) if t is not None)
+        self.n = len(s_layers)
+        self.student_out: list[torch.Tensor] = []
+        self.teacher_out: list[torch.Tensor] = []
+        self.handles = [layer.register_forward_hook(self._keep(self.student_out)) for layer in s_layers]
+        self.handles += [layer.register_forward_hook(self._keep(self.teacher_out)) for layer in t_layers]
+
+    @staticmethod
+    def _keep(into: list[torch.Tensor]) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            into.append(output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    def loss(self, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+        """The weighted term for the micro-batch the student has just run on (``inputs``: its forward's keyword
+        arguments, ``labels``: (B, T)); a zero when no position of it is chosen."""
+        student, self.student_out[:] = self.student_out[-self.n :], []  # (B, T, D) each; older ones: recomputes
+        chosen = turn_positions(inputs["input_ids"], labels, self.marker, self.skip)  # (B, T)
+        if len(student) != self.n:
+            raise RuntimeError(f"distill: captured {len(student)} student layer outputs, expected {self.n}")
+        if not chosen.any():
+            return torch.zeros((), device=labels.device)
+        self.teacher_out.clear()
+        with torch.no_grad():
+            self.teacher(**inputs, logits_mask=chosen)
+        total = 0.0
+        for h, t in zip(student, self.teacher_out):
+            s, tt = h[chosen], t[chosen]  # (P, D)
+            total = total + ((s - tt) ** 2).sum(-1).sum() / (tt**2).sum(-1).mean()
+        self.teacher_out.clear()
+        return self.weight * (total / self.n)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def marker_id(processor: Any, text: str | None) -> int | None:
+    """The one token id of ``distill.turns_with`` (None: every turn), or ValueError naming the fix."""
+    if text is None:
+        return None
+    if processor is None:
+        raise ValueError("distill.turns_with needs the run's processor (its tokenizer) to find the token")
+    ids = processor.tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(
+            f"distill.turns_with {text!r} is {len(ids)} tokens {ids} for this tokenizer; give text that is one token "
+            "(with its leading space as it appears mid-sentence, e.g. ' many'), or null to match every turn"
+        )
+    return int(ids[0])

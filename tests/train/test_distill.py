@@ -1,0 +1,154 @@
+"""Hidden-state distillation (llavakit.train.distill and the recipe's ``distill:`` section)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from loop_helpers import ColorDataset, collate_fn, tiny_recipe
+
+from llavakit.model.llava import IGNORE_INDEX
+from llavakit.train.build import build_model
+from llavakit.train.checkpointing import check_same_recipe, recipe_record
+from llavakit.train.distill import Distiller, marker_id, turn_positions
+from llavakit.train.loop import train
+from llavakit.train.recipe import ModelSpec, RecipeError
+
+F, T = False, True
+
+
+def _labelled(ids: list[int], answers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids_t = torch.tensor([ids])
+    labels = torch.full_like(ids_t, IGNORE_INDEX)
+    labels[0, answers] = ids_t[0, answers]
+    return ids_t, labels
+
+
+def test_turn_positions_worked_example() -> None:
+    # [s, Q1, Q2, A1, A2, Q3, M, A3, end]: answers at 3, 4 and 7; the marker M (99) in the second turn's prompt
+    ids, labels = _labelled([1, 10, 11, 20, 21, 12, 99, 22, 2], [3, 4, 7])
+    assert turn_positions(ids, labels, 99, ()).tolist() == [[F, F, F, F, F, T, T, T, F]]
+    assert turn_positions(ids, labels, None, ()).tolist() == [[T, T, T, T, T, T, T, T, F]]  # never the end
+    assert turn_positions(ids, labels, 12, (99,)).tolist() == [[F, F, F, F, F, T, F, T, F]]  # skipped tokens out
+    assert not turn_positions(ids, labels, 22, ()).any()  # the marker in an answer does not choose its turn
+    assert not turn_positions(ids, labels, 7, ()).any()  # a marker nowhere chooses nothing
+
+
+def test_turn_positions_row_by_row() -> None:
+    ids = torch.tensor([[5, 99, 30, 0, 0], [5, 6, 30, 31, 0]])  # padded batch; only the first row has the marker
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 2], labels[1, 2:4] = 30, ids[1, 2:4]
+    assert turn_positions(ids, labels, 99, ()).tolist() == [[T, T, T, F, F], [F, F, F, F, F]]
+
+
+def _batch(processor, n: int = 4) -> tuple[dict, torch.Tensor]:
+    items = [ColorDataset(processor, n)[i] for i in range(n)]
+    batch = collate_fn(items)
+    keys = ("input_ids", "attention_mask", "pixel_values", "image_sizes")
+    return {k: batch[k] for k in keys if batch.get(k) is not None}, batch["labels"]
+
+
+def _hidden(model, inputs) -> list[torch.Tensor]:
+    """Each decoder layer's output, by hooks of this test's own."""
+    out: list[torch.Tensor] = []
+    handles = [
+        layer.register_forward_hook(lambda m, a, o: out.append(o[0] if isinstance(o, tuple) else o))
+        for layer in model.model.language_model.layers
+    ]
+    with torch.no_grad():
+        model(**inputs)
+    for h in handles:
+        h.remove()
+    return out
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def test_the_term_matches_a_reference_and_trains_the_student_only(family: str) -> None:
+    student, processor = build_model(ModelSpec(init=f"tiny:{family}"))
+    teacher, _ = build_model(ModelSpec(init=f"tiny:{family}", seed=1))
+    inputs, labels = _batch(processor)
+    distiller = Distiller(teacher, student, weight=3.0, marker=None)
+    student(**inputs)
+    term = distiller.loss(inputs, labels)
+    # the reference: every text position up to each row's last answer, image tokens out, layer by layer
+    chosen = turn_positions(inputs["input_ids"], labels, None, (student.config.image_token_id,))
+    assert chosen.sum() > 0 and not chosen[inputs["input_ids"] == student.config.image_token_id].any()
+    ref = 0.0
+    for h, t in zip(_hidden(student, inputs), _hidden(teacher, inputs)):
+        ref += float(((h[chosen] - t[chosen]) ** 2).sum() / (t[chosen] ** 2).sum(-1).mean())
+    assert term.item() == pytest.approx(3.0 * ref / len(student.model.language_model.layers), rel=1e-5)
+    term.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.model.language_model.parameters())
+    # against itself the term is zero
+    twin = Distiller(copy.deepcopy(student), student, weight=3.0, marker=None)
+    distiller.close()
+    student(**inputs)
+    assert twin.loss(inputs, labels).item() == 0.0
+    twin.close()
+    assert all(not layer._forward_hooks for layer in student.model.language_model.layers)
+
+
+def test_a_teacher_of_another_shape_is_refused_by_name() -> None:
+    student, _ = build_model(ModelSpec(init="tiny:llava"))
+    teacher = copy.deepcopy(student)
+    del teacher.model.language_model.layers[1]
+    with pytest.raises(ValueError, match=r"1 decoder layers of width 48, the student 2 of width 48.*student's shape"):
+        Distiller(teacher, student, weight=1.0, marker=None)
+
+
+def test_turns_with_must_be_one_token() -> None:
+    _, processor = build_model(ModelSpec(init="tiny:llava"))  # a character tokenizer
+    assert marker_id(processor, None) is None
+    assert marker_id(processor, "C") == processor.tokenizer.encode("C", add_special_tokens=False)[0]
+    with pytest.raises(ValueError, match=r"distill.turns_with 'Co' is 2 tokens.*one token"):
+        marker_id(processor, "Co")
+
+
+def test_recipe_section_checks(tmp_path) -> None:
+    with pytest.raises(RecipeError, match="distill.weight"):
+        tiny_recipe(tmp_path, "llava", "distill.weight=0")
+    with pytest.raises(RecipeError, match="train.distributed=fsdp"):
+        tiny_recipe(tmp_path, "llava", "distill.teacher=/t", "train.distributed=fsdp")
+    with pytest.raises(ValueError, match="did you mean distill.teacher"):
+        tiny_recipe(tmp_path, "llava", "distill.teachr=/t")
+    assert tiny_recipe(tmp_path, "llava").distill.teacher is None  # off by default
+
+
+def test_a_run_recorded_before_the_distill_section_still_resumes(tmp_path) -> None:
+    """recipe.json of runs from before the section lacks it: its keys count as their defaults there."""
+    old = recipe_record(tiny_recipe(tmp_path, "llava"))
+    del old["distill"]
+    check_same_recipe(tmp_path / "recipe.json", tiny_recipe(tmp_path, "llava"), old, tmp_path / "step")
+    with pytest.raises(ValueError, match="distill.teacher None there, '/t' now"):
+        check_same_recipe(tmp_path / "recipe.json", tiny_recipe(tmp_path, "llava", "distill.teacher=/t"), old)
+
+
+def _distance(model, teacher, processor) -> float:
+    inputs, labels = _batch(processor, 8)
+    d = Distiller(teacher, model, weight=1.0, marker=None)
+    with torch.no_grad():
+        model(**inputs)
+        value = d.loss(inputs, labels).item()
+    d.close()
+    return value
+
+
+def test_training_with_a_teacher_pulls_the_student_to_it(tmp_path) -> None:
+    teacher, processor = build_model(ModelSpec(init="tiny:llava", seed=1))
+    teacher.save_pretrained(tmp_path / "teacher")
+    processor.save_pretrained(tmp_path / "teacher")
+    runs = {}
+    for name, extra in (("plain", ()), ("pulled", (f"distill.teacher={tmp_path / 'teacher'}", "distill.weight=5"))):
+        recipe = tiny_recipe(tmp_path / name, "llava", "train.max_steps=12", *extra)
+        model, proc = build_model(recipe.model)
+        before = _distance(model, teacher, proc)
+        train(recipe, model=model, processor=proc, dataset=ColorDataset(proc, 12), collate_fn=collate_fn)
+        assert all(not layer._forward_hooks for layer in model.model.language_model.layers)  # hooks came off
+        runs[name] = _distance(model, teacher, proc)
+        logged = [json.loads(x) for x in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert ("distill" in logged[0]) == (name == "pulled")
+    assert runs["pulled"] < 0.5 * before and runs["pulled"] < 0.5 * runs["plain"], (before, runs)
+    assert logged[-1]["distill"] < logged[0]["distill"]
