@@ -86,10 +86,10 @@ class Distiller:
     def loss(self, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
         """The weighted term for the micro-batch the student has just run on (``inputs``: its forward's keyword
         arguments, ``labels``: (B, T)); a zero when no position of it is chosen."""
-        student, self.student_out[:] = self.student_out[-self.n :], []  # (B, T, D) each; older ones: recomputes
-        chosen = turn_positions(inputs["input_ids"], labels, self.marker, self.skip)  # (B, T)
-        if len(student) != self.n:
+        student, self.student_out[:] = list(self.student_out), []  # (B, T, D) each
+        if len(student) != self.n:  # one forward since the last call, each layer called once
             raise RuntimeError(f"distill: captured {len(student)} student layer outputs, expected {self.n}")
+        chosen = turn_positions(inputs["input_ids"], labels, self.marker, self.skip)  # (B, T)
         if not chosen.any():
             return torch.zeros((), device=labels.device)
         self.teacher_out.clear()
