@@ -828,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
             "more_passes": len(passes),
             "position_passes": 2 if position else 0,
             "place_passes": 2 if args.place_passes else 0,
-            "count_passes": 2 if counting else 0,
+            "count_passes": (3 if fresh else 2) if counting else 0,
             "count_repeats": args.count_repeats if counting else 0,
             "fresh_count": args.fresh_count,
             "bind_pass": args.bind_pass if args.bind_pass == "auto" else int(args.bind_pass),

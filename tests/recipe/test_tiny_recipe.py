@@ -228,7 +228,7 @@ def test_fresh_count_passes_then_a_pass_distilling_the_third(tmp_path, capsys):
     args += ["--more-instruct", "32", "--more-passes", "2", "--eval-scenes", "0", "--bind-pass", "0"]
     assert load_script("train_default_model").main([*args, "--fresh-count", "1"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["samples"]["fresh_count"] == 1 and summary["samples"]["count_passes"] == 2
+    assert summary["samples"]["fresh_count"] == 1 and summary["samples"]["count_passes"] == 3
     # three count passes, each on fresh count scenes three times data_count's 12 (32 * 3 // 8), the third with the
     # place data once; no data_count of its own
     chain = (("stage2_count", "stage2_place2", ["data_count1"]), ("stage2_count2", "stage2_count", ["data_count2"]))

@@ -95,21 +95,82 @@ def test_a_teacher_of_another_shape_is_refused_by_name() -> None:
     student, _ = build_model(ModelSpec(init="tiny:llava"))
     teacher = copy.deepcopy(student)
     del teacher.model.language_model.layers[1]
-    with pytest.raises(ValueError, match=r"1 decoder layers of width 48, the student 2 of width 48.*student's shape"):
+    with pytest.raises(ValueError, match=r"decoder layers 1 \(the student: 2\).*student's shape"):
+        Distiller(teacher, student, weight=1.0, marker=None)
+    teacher = copy.deepcopy(student)
+    teacher.config.image_token_id += 1
+    with pytest.raises(ValueError, match=r"differs from the model it teaches: image token id"):
         Distiller(teacher, student, weight=1.0, marker=None)
 
 
 def test_turns_with_must_be_one_token() -> None:
-    _, processor = build_model(ModelSpec(init="tiny:llava"))  # a character tokenizer
+    _, processor = build_model(ModelSpec(init="tiny:llava"))  # a character tokenizer: " C" is two tokens
     assert marker_id(processor, None) is None
     assert marker_id(processor, "C") == processor.tokenizer.encode("C", add_special_tokens=False)[0]
-    with pytest.raises(ValueError, match=r"distill.turns_with 'Co' is 2 tokens.*one token"):
+    with pytest.raises(ValueError, match=r"distill.turns_with 'Co' is 3 tokens .*one token after another word"):
         marker_id(processor, "Co")
+
+
+class _Table:
+    """A tokenizer given by its encodings of the strings the lookup asks for."""
+
+    def __init__(self, table: dict[str, list[int]]) -> None:
+        self.table = table
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.table[text]
+
+
+# SentencePiece adds the space itself ("▁many"; " many" alone is "▁", "▁many"); a byte-level BPE keeps the space
+# with the word after it (" many" one token, "many" two)
+SENTENCEPIECE = _Table({"a": [1], "a many": [1, 5], "many": [5], " many": [9, 5]})
+BYTE_BPE = _Table({"a": [1], "a many": [1, 2], "many": [3, 4], " many": [2]})
+
+
+@pytest.mark.parametrize("tokenizer, want", [(SENTENCEPIECE, 5), (BYTE_BPE, 2)])
+def test_turns_with_finds_the_word_as_written_mid_sentence(tokenizer, want) -> None:
+    processor = type("P", (), {"tokenizer": tokenizer})()
+    assert marker_id(processor, "many") == marker_id(processor, " many") == want
+
+
+def test_the_term_of_the_worked_example() -> None:
+    """The module docstring's example, by hand: one layer, three positions; 6 / (5 / 3) = 3.6, times the weight."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    class Fixed(nn.Module):
+        def __init__(self, out: list[list[float]]) -> None:
+            super().__init__()
+            self.out = torch.tensor([out], dtype=torch.float32)  # (1, 3, 2)
+
+        def forward(self) -> torch.Tensor:
+            return self.out
+
+    class Fake(nn.Module):
+        def __init__(self, out: list[list[float]]) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList([Fixed(out)])
+            self.model = SimpleNamespace(language_model=SimpleNamespace(layers=self.layers))
+            self.config = SimpleNamespace(text=SimpleNamespace(hidden_size=2, vocab_size=10), image_token_id=9)
+
+        def forward(self, **kw) -> None:  # noqa: ANN003
+            for layer in self.layers:
+                layer()
+
+    student, teacher = Fake([[1, 0], [0, 0], [2, 2]]), Fake([[0, 0], [0, 1], [2, 0]])
+    ids, labels = _labelled([1, 5, 6], [2])
+    distiller = Distiller(teacher, student, weight=2.0, marker=None)
+    student(input_ids=ids)
+    assert distiller.loss({"input_ids": ids}, labels).item() == pytest.approx(7.2)
 
 
 def test_recipe_section_checks(tmp_path) -> None:
     with pytest.raises(RecipeError, match="distill.weight"):
-        tiny_recipe(tmp_path, "llava", "distill.weight=0")
+        tiny_recipe(tmp_path, "llava", "distill.teacher=/t", "distill.weight=0")
+    for alone in ("distill.weight=2", "distill.turns_with=many"):
+        with pytest.raises(RecipeError, match="apply only with distill.teacher"):
+            tiny_recipe(tmp_path, "llava", alone)
     with pytest.raises(RecipeError, match="train.distributed=fsdp"):
         tiny_recipe(tmp_path, "llava", "distill.teacher=/t", "train.distributed=fsdp")
     with pytest.raises(ValueError, match="did you mean distill.teacher"):
@@ -118,12 +179,27 @@ def test_recipe_section_checks(tmp_path) -> None:
 
 
 def test_a_run_recorded_before_the_distill_section_still_resumes(tmp_path) -> None:
-    """recipe.json of runs from before the section lacks it: its keys count as their defaults there."""
+    """recipe.json of runs from before the section lacks it: its keys count as their defaults there (and only
+    its: another key missing from a record is still a difference)."""
     old = recipe_record(tiny_recipe(tmp_path, "llava"))
     del old["distill"]
     check_same_recipe(tmp_path / "recipe.json", tiny_recipe(tmp_path, "llava"), old, tmp_path / "step")
     with pytest.raises(ValueError, match="distill.teacher None there, '/t' now"):
         check_same_recipe(tmp_path / "recipe.json", tiny_recipe(tmp_path, "llava", "distill.teacher=/t"), old)
+    del old["train"]["schedule"]
+    with pytest.raises(ValueError, match="train.schedule None there, 'cosine' now"):
+        check_same_recipe(tmp_path / "recipe.json", tiny_recipe(tmp_path, "llava"), old)
+
+
+def test_a_distilled_run_resumes_only_with_its_micro_batch(tmp_path) -> None:
+    """The term's normaliser is the micro-batch's: the split that a plain run may change is part of the result."""
+    teacher = {"distill.teacher": str(tmp_path / "t")}
+    was = recipe_record(tiny_recipe(tmp_path, "llava", *(f"{k}={v}" for k, v in teacher.items())))
+    now = tiny_recipe(tmp_path, "llava", "train.micro_batch_size=4", f"distill.teacher={tmp_path / 't'}")
+    with pytest.raises(ValueError, match="train.micro_batch_size 2 there, 4 now"):
+        check_same_recipe(tmp_path / "recipe.json", now, was)
+    plain = recipe_record(tiny_recipe(tmp_path, "llava"))
+    check_same_recipe(tmp_path / "recipe.json", tiny_recipe(tmp_path, "llava", "train.micro_batch_size=4"), plain)
 
 
 def _distance(model, teacher, processor) -> float:
@@ -169,3 +245,40 @@ def test_with_gradient_checkpointing_the_distilled_run_is_the_same(tmp_path) -> 
         logged = [json.loads(x) for x in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
         losses.append([(r["loss"], r["distill"]) for r in logged])
     assert losses[0] == losses[1] and losses[0][-1][1] > 0
+
+
+def test_a_callback_running_the_model_between_steps_does_not_disturb_the_term(tmp_path) -> None:
+    """Only the training forward's layer outputs enter the term: a forward in a step callback (an evaluation, say)
+    is dropped at the next forward, and the run is the same as without it."""
+    teacher, processor = build_model(ModelSpec(init="tiny:llava", seed=1))
+    teacher.save_pretrained(tmp_path / "teacher")
+    processor.save_pretrained(tmp_path / "teacher")
+    losses = []
+    for name in ("quiet", "evaluating"):
+        recipe = tiny_recipe(tmp_path / name, "llava", "train.max_steps=3", f"distill.teacher={tmp_path / 'teacher'}")
+        model, proc = build_model(recipe.model)
+        inputs, _ = _batch(proc, 2)
+
+        def evaluate(step: int, m, inputs: dict = inputs) -> None:  # noqa: ANN001
+            with torch.no_grad():
+                m(**inputs)
+
+        callbacks = [evaluate] if name == "evaluating" else []
+        res = train(recipe, model=model, processor=proc, dataset=ColorDataset(proc, 8), collate_fn=collate_fn,
+                    callbacks=callbacks)  # fmt: skip
+        losses.append(res.losses)
+    assert losses[0] == losses[1]
+
+
+def test_the_hooks_come_off_when_the_run_fails(tmp_path) -> None:
+    teacher, processor = build_model(ModelSpec(init="tiny:llava", seed=1))
+    teacher.save_pretrained(tmp_path / "teacher")
+    processor.save_pretrained(tmp_path / "teacher")
+    recipe = tiny_recipe(tmp_path, "llava", f"distill.teacher={tmp_path / 'teacher'}")
+    model, proc = build_model(recipe.model)
+    data = ColorDataset(proc, 8)
+    for item in data.items:
+        item["labels"][:] = IGNORE_INDEX
+    with pytest.raises(ValueError, match="no supervised tokens"):
+        train(recipe, model=model, processor=proc, dataset=data, collate_fn=collate_fn)
+    assert not model._forward_pre_hooks and all(not la._forward_hooks for la in model.model.language_model.layers)

@@ -152,6 +152,8 @@ def write_model(
 
 # recipe keys a resumed run may change: how it is watched and saved, not what it computes (the micro batch may
 # change with the global batch kept: the same samples per step, the same sums)
+# recipe sections added after runs were recorded without them, whose defaults compute what those runs did
+ADDED_SECTIONS = ("distill.",)
 RESUME_MAY_CHANGE = frozenset(
     {"train.resume", "train.progress", "train.stop_after", "train.log_every", "train.save_every", "train.keep_last",
      "train.micro_batch_size", "train.output_dir", "train.device", "train.distributed", "train.allow_data_change"}
@@ -197,12 +199,13 @@ def check_same_recipe(
                 "to resume without comparing the recipe against the one that started the run"
             ) from None
     now = _flat(recipe_record(recipe))
-    if dataclasses.is_dataclass(recipe):  # a key added to recipes since that run was its default there
-        saved = {**_flat(recipe_record(type(recipe)())), **saved}
+    if dataclasses.is_dataclass(recipe):  # a section added since that run was recorded: its defaults there
+        added = _flat(recipe_record(type(recipe)()))
+        saved = {**{k: v for k, v in added.items() if k.startswith(ADDED_SECTIONS)}, **saved}
+    # a distilled run's term is normalised per micro-batch (llavakit.train.distill): its split may not change
+    may_change = RESUME_MAY_CHANGE - ({"train.micro_batch_size"} if now.get("distill.teacher") else set())
     keys = saved.keys() | now.keys()
-    diff = sorted(
-        k for k in keys if k not in RESUME_MAY_CHANGE and not same_setting(k, saved.get(k), now.get(k), was_cwd)
-    )
+    diff = sorted(k for k in keys if k not in may_change and not same_setting(k, saved.get(k), now.get(k), was_cwd))
     if diff:
         said = "; ".join(f"{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in diff[:5])
         raise ValueError(

@@ -7,9 +7,14 @@ passes' at the count turns keeps most of it. The term added to a micro-batch's C
 
     weight * mean over layers l of  sum_{p in P} |h_l(p) - t_l(p)|^2 / mean_{p in P} |t_l(p)|^2
 
-with ``h`` the student's and ``t`` the teacher's layer outputs and ``P`` the positions of ``turn_positions``; the
-loop divides it by the global batch's supervised tokens as it does the CE sum. Each position's squared distance is
-thus measured against the teacher's mean squared norm there, so the term is free of the hidden states' scale.
+with ``h`` the student's and ``t`` the teacher's layer outputs and ``P`` the positions of ``turn_positions`` in the
+micro-batch; the loop divides it by the global batch's supervised tokens as it does the CE sum. Each position's
+squared distance is thus measured against the teacher's mean squared norm there, so the term is free of the hidden
+states' scale. That mean is the micro-batch's, so unlike the CE the term depends on how the global batch is split:
+a distilled run resumes only with the micro-batch size and process count it ran with (``check_same_recipe``).
+
+Worked example: one layer, three chosen positions, h = [1, 0], [0, 0], [2, 2] and t = [0, 0], [0, 1], [2, 0]: the
+squared distances 1, 1, 4 sum to 6, the teacher's squared norms 0, 1, 4 average 5/3, so the term is weight * 3.6.
 """
 
 from __future__ import annotations
@@ -60,13 +65,7 @@ class Distiller:
 
     def __init__(self, teacher: LlavaModel, student: LlavaModel, weight: float, marker: int | None) -> None:
         t_layers, s_layers = teacher.model.language_model.layers, student.model.language_model.layers
-        t_width, s_width = teacher.config.text.hidden_size, student.config.text.hidden_size
-        if len(t_layers) != len(s_layers) or t_width != s_width:
-            raise ValueError(
-                f"distill.teacher has {len(t_layers)} decoder layers of width {t_width}, the student "
-                f"{len(s_layers)} of width {s_width}; distillation matches them layer by layer: give a teacher "
-                "of the student's shape (a checkpoint of the same model, trained otherwise)"
-            )
+        check_teacher(teacher, student)
         self.teacher, self.weight, self.marker = teacher.eval().requires_grad_(False), weight, marker
         config = student.config
         self.skip = tuple(t for t in (config.image_token_id, getattr(config, "video_token_id", None)) if t is not None)
@@ -75,6 +74,7 @@ class Distiller:
         self.teacher_out: list[torch.Tensor] = []
         self.handles = [layer.register_forward_hook(self._keep(self.student_out)) for layer in s_layers]
         self.handles += [layer.register_forward_hook(self._keep(self.teacher_out)) for layer in t_layers]
+        self.handles.append(student.register_forward_pre_hook(lambda module, args: self.student_out.clear()))
 
     @staticmethod
     def _keep(into: list[torch.Tensor]) -> Any:
@@ -86,8 +86,8 @@ class Distiller:
     def loss(self, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
         """The weighted term for the micro-batch the student has just run on (``inputs``: its forward's keyword
         arguments, ``labels``: (B, T)); a zero when no position of it is chosen."""
-        student, self.student_out[:] = list(self.student_out), []  # (B, T, D) each
-        if len(student) != self.n:  # one forward since the last call, each layer called once
+        student, self.student_out[:] = list(self.student_out), []  # (B, T, D) each, of the last forward only
+        if len(student) != self.n:  # each layer called once in it
             raise RuntimeError(f"distill: captured {len(student)} student layer outputs, expected {self.n}")
         chosen = turn_positions(inputs["input_ids"], labels, self.marker, self.skip)  # (B, T)
         if not chosen.any():
@@ -108,16 +108,43 @@ class Distiller:
         self.handles = []
 
 
+def check_teacher(teacher: LlavaModel, student: LlavaModel) -> None:
+    """ValueError naming the difference when ``teacher`` cannot be matched to ``student`` layer by layer on the same
+    inputs: decoder layers, width, vocabulary, image token."""
+    t, s = teacher.config, student.config
+    shape = {
+        "decoder layers": (len(teacher.model.language_model.layers), len(student.model.language_model.layers)),
+        "width": (t.text.hidden_size, s.text.hidden_size),
+        "vocabulary": (t.text.vocab_size, s.text.vocab_size),
+        "image token id": (t.image_token_id, s.image_token_id),
+    }
+    differ = [f"{name} {a} (the student: {b})" for name, (a, b) in shape.items() if a != b]
+    if differ:
+        raise ValueError(
+            f"distill.teacher differs from the model it teaches: {', '.join(differ)}; distillation runs it on the "
+            "same inputs and matches its decoder layers one by one: give a teacher of the student's shape (a "
+            "checkpoint of the same model, trained otherwise)"
+        )
+
+
 def marker_id(processor: Any, text: str | None) -> int | None:
-    """The one token id of ``distill.turns_with`` (None: every turn), or ValueError naming the fix."""
+    """The token id of ``distill.turns_with`` (None: every turn) as the tokenizer writes the word after another
+    word, else as given, whichever is one token; or ValueError naming the fix. Mid-sentence is what counts: a
+    byte-level BPE writes " many" as one token, a SentencePiece tokenizer "▁many" for "many" (it adds the space
+    itself), so either spelling of the word finds it with both."""
     if text is None:
         return None
     if processor is None:
         raise ValueError("distill.turns_with needs the run's processor (its tokenizer) to find the token")
-    ids = processor.tokenizer.encode(text, add_special_tokens=False)
+    encode = processor.tokenizer.encode
+    before = encode("a", add_special_tokens=False)
+    after = encode("a " + text.lstrip(" "), add_special_tokens=False)
+    mid = after[len(before) :] if after[: len(before)] == before else []
+    alone = encode(text, add_special_tokens=False)
+    ids = mid if len(mid) == 1 else alone
     if len(ids) != 1:
         raise ValueError(
-            f"distill.turns_with {text!r} is {len(ids)} tokens {ids} for this tokenizer; give text that is one token "
-            "(with its leading space as it appears mid-sentence, e.g. ' many'), or null to match every turn"
+            f"distill.turns_with {text!r} is {len(mid) or len(alone)} tokens for this tokenizer ({mid or alone}); "
+            "give a word that is one token after another word (e.g. 'many'), or null to match every turn"
         )
     return int(ids[0])

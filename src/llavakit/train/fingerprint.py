@@ -49,7 +49,9 @@ def same_file(was: Any, now: Any, was_cwd: str | None = None) -> bool:
 
 # recipe keys naming a file or directory: the same one given as another path (relative / absolute, through a
 # symlink) is the same recipe; so are such keys of ``data.datasets`` entries
-PATH_KEYS = frozenset({"model.init", "model.decoder", "model.vision_tower", "data.path", "data.image_folder"})
+PATH_KEYS = frozenset(
+    {"model.init", "model.decoder", "model.vision_tower", "data.path", "data.image_folder", "distill.teacher"}
+)
 ENTRY_PATH_KEYS = frozenset({"path", "json_path", "image_folder"})
 
 

@@ -7,7 +7,8 @@ over every supervised token of the global batch:
     loss = sum over the batch's supervised tokens of -log p(token) / (number of supervised tokens in the batch)
 
 Each process back-propagates ``its sum * processes / global token count``; DDP / FSDP average gradients over
-processes, so the update equals the one-process update on the same global batch, whatever the split.
+processes, so the update equals the one-process update on the same global batch, whatever the split (a recipe's
+``distill`` term, normalised per micro-batch, is the exception: llavakit.train.distill).
 Worked example: 2 processes, 30 + 10 supervised tokens with CE sums 60 and 10 -> each scales by 2 / 40;
 the averaged gradient is that of (60 + 10) / 40 = 1.75, the loss one process gets on all 40 tokens.
 
@@ -152,6 +153,12 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks, cl
             raise FileNotFoundError(f"train.resume: no checkpoint in {out / 'checkpoints'}; start without resume")
         saved = saved_counters(found[-1])
         check_same_recipe(out / "recipe.json", recipe, saved.get("recipe"), found[-1], saved.get("cwd"))
+        if recipe.distill.teacher and saved.get("world", d.world) != d.world:
+            raise ValueError(
+                f"train.resume: {found[-1].name} was written by a distilled run on {saved['world']} process(es), and "
+                f"this one has {d.world}; the distillation term is normalised per micro-batch, so resume on "
+                f"{saved['world']} (or start a new train.output_dir from that checkpoint's weights)"
+            )
         if not t.allow_data_change:  # "cwd": where the run that wrote it ran (its relative paths' base)
             check_same_data(saved.get("data"), data_now, found[-1], saved.get("cwd"))
     elif found:
@@ -305,7 +312,7 @@ def _distiller(recipe: Recipe, model: torch.nn.Module, processor: Any, device: t
     if not spec.teacher:
         return None
     marker = marker_id(processor, spec.turns_with)  # before the teacher loads: a bad token fails fast
-    teacher = LlavaModel.from_pretrained(spec.teacher).to(device)
+    teacher = LlavaModel.from_pretrained(spec.teacher, dtype=torch.float32, device=device)  # filled there directly
     return Distiller(teacher, model, spec.weight, marker)
 
 

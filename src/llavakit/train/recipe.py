@@ -184,6 +184,11 @@ class DistillSpec:
         ranges.above("distill.weight", self.weight, 0)
         if self.teacher is not None and not str(self.teacher).strip():
             raise RecipeError("distill.teacher must not be empty; give a checkpoint, or null for no distillation")
+        if not self.teacher and (self.weight != 1.0 or self.turns_with is not None):
+            raise RecipeError(
+                "distill.weight and distill.turns_with apply only with distill.teacher: give the teacher, or "
+                "remove them"
+            )
 
 
 @dataclass
