@@ -410,6 +410,11 @@ def ship(model: Path, summary: dict) -> Path:
     return ASSET
 
 
+def add_switch(ap: argparse.ArgumentParser, flag: str, help: str, default: int | None = 0) -> None:
+    """A 0 / 1 option of the recipe (1: the part it names runs)."""
+    ap.add_argument(flag, type=int, default=default, choices=[0, 1], help=help)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/tiny-synth", help="work directory (data, stage outputs, eval)")
@@ -420,12 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instruct", type=int, default=4000, help="stage 2 conversations, first pass (1-3 shapes)")
     ap.add_argument("--more-instruct", type=int, default=9600, help="conversations per pass on 1-8 shapes (0: none)")
     ap.add_argument("--more-passes", type=int, default=2, help="stage-2 passes on fresh scenes of 1-8 shapes (0: none)")
-    ap.add_argument(
+    add_switch(
+        ap,
         "--position-passes",
-        type=int,
-        default=0,
-        choices=[0, 1],
-        help="1: a pass of lone-object position questions and a mixed pass after the others (0: none, the shipped "
+        "1: a pass of lone-object position questions and a mixed pass after the others (0: none, the shipped "
         "recipe; see docs/default-model.md, 'Position, one object first')",
     )
     ap.add_argument(
@@ -439,20 +442,20 @@ def main(argv: list[str] | None = None) -> int:
         help="a pass of lone-object position questions after the warm-up, and lone-object position and existence "
         "conversations (an eighth) mixed into every later pass (off: the shipped recipe)",
     )
-    ap.add_argument(
+    add_switch(
+        ap,
         "--place-passes",
-        type=int,
-        default=1,
-        choices=[0, 1],
-        help="1: the two place passes (llavakit.train.place) after the first pass on 1-8 shapes (0: none, the recipe "
+        "1: the two place passes (llavakit.train.place) after the first pass on 1-8 shapes (0: none, the recipe "
         "before 2026-12-06, which had three passes on 1-8 shapes)",
+        default=1,
     )
-    ap.add_argument(
+    add_switch(
+        ap,
         "--count-passes",
-        type=int,
-        choices=[0, 1],
-        help="1 (the default with the place passes): two count passes (llavakit.train.count) after the place passes; "
+        "1 (the default with the place passes): two count passes (llavakit.train.count; three with --fresh-count 1) "
+        "after the place passes; "
         "0: none (the recipe of the first 2026-12-06 model)",
+        default=None,
     )
     ap.add_argument(
         "--count-repeats",
@@ -472,20 +475,16 @@ def main(argv: list[str] | None = None) -> int:
         f"score below {BIND_CHECK['below']} on validation scenes, the bind pass, starting from the plain "
         f"pass's weights ({BIND_DIR}), and the later passes from the bind pass's",
     )
-    ap.add_argument(
+    add_switch(
+        ap,
         "--read-pass",
-        type=int,
-        default=0,
-        choices=[0, 1],
-        help="1: a reading pass (llavakit.train.reading, the place data mixed in) after the place and count passes "
+        "1: a reading pass (llavakit.train.reading, the place data mixed in) after the place and count passes "
         "(0: none, the shipped recipe; 6.7 min more on two threads)",
     )
-    ap.add_argument(
+    add_switch(
+        ap,
         "--fresh-count",
-        type=int,
-        default=0,
-        choices=[0, 1],
-        help="1: three count passes on fresh scenes each (three times data_count's), then after the last pass on 1-8 "
+        "1: three count passes on fresh scenes each (three times data_count's), then after the last pass on 1-8 "
         "shapes a pass distilling the third count pass's hidden states at the count turns (0: the shipped recipe; "
         "counting 0.68 -> 0.81 on a large count set, about 31-32 min more on two threads)",
     )
