@@ -108,6 +108,16 @@ class Distiller:
         self.handles = []
 
 
+def from_recipe(spec: Any, student: LlavaModel, processor: Any, device: torch.device) -> Distiller | None:
+    """The recipe's ``distill:`` section (``DistillSpec``) for the loop: its teacher loaded frozen on ``device`` and
+    hooked with ``student`` (the model before any wrapping); None without a teacher."""
+    if not spec.teacher:
+        return None
+    marker = marker_id(processor, spec.turns_with)  # before the teacher loads: a bad token fails fast
+    teacher = LlavaModel.from_pretrained(spec.teacher, dtype=torch.float32, device=device)  # filled there directly
+    return Distiller(teacher, student, spec.weight, marker)
+
+
 def check_teacher(teacher: LlavaModel, student: LlavaModel) -> None:
     """ValueError naming the difference when ``teacher`` cannot be matched to ``student`` layer by layer on the same
     inputs: decoder layers, width, vocabulary, image token."""

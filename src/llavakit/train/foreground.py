@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..data.synth_render import render_scene
 from ..data.synth_scene import Scene
-from ..model.llava import pack_tiles
+from ..model.llava import pack_tiles, positions_from_mask
 from ..processing.anyres import num_image_tokens
 from ..processing.image import ImageConfig, preprocess_views, to_array
 from ..processing.processor import LlavaProcessor
@@ -162,3 +162,24 @@ def scene_token_owners(scene: Scene, processor: LlavaProcessor) -> torch.Tensor:
         owner[f & (owner == -1)] = i
     owner[empty] = -3
     return owner
+
+
+def hidden_background(
+    batch: dict, drop: list[float], seed: int, step: int, total: int, micro: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """``data.background_drop`` = ``drop`` ([start, end]) in the training loop: the micro-batch's attention mask
+    with background image tokens hidden (seeded by the run's ``seed``, the step and the micro-batch, so a resumed
+    run hides the same tokens) and the position ids of the full mask."""
+    if batch.get("foreground") is None:
+        raise ValueError(
+            "data.background_drop needs items with foreground flags; build the dataset with foreground=True"
+        )
+    start, end = drop
+    p = drop_probability(start, end, step, total)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 1_009 + micro)
+    mask = batch["attention_mask"]
+    b, t = mask.shape
+    return {
+        "attention_mask": hide_background(mask, batch["foreground"], p, g).to(device),
+        "position_ids": positions_from_mask(mask, b, t, 0, device).to(device),
+    }

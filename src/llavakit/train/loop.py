@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..checkpoint.save import write_text_atomic
-from ..model.llava import IGNORE_INDEX, LlavaModel, positions_from_mask
+from ..model.llava import IGNORE_INDEX
 from .batching import epoch_batches, process_micro_batches, steps_per_epoch, total_steps
 from .checkpointing import (
     InterruptGuard,
@@ -47,10 +47,10 @@ from .checkpointing import (
     set_rng_state,
     write_model,
 )
-from .distill import Distiller, marker_id
+from .distill import from_recipe as distiller_for
 from .distributed import Dist, all_sum, full_model_state, setup, teardown, unwrap, wrap
 from .fingerprint import check_same_data, data_fingerprint
-from .foreground import drop_probability, hide_background
+from .foreground import hidden_background
 from .loss import supervised_ce_sum, supervised_positions
 from .output_dir import check_output_dir
 from .progress import MetricsLog, Progress
@@ -129,7 +129,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks, cl
 
         enable_gradient_checkpointing(model, vision=recipe.stage.vision_lr is not None)
     model.to(d.device).train()
-    distiller = _distiller(recipe, model, processor, d.device)  # hooks on the student before any wrapping
+    distiller = distiller_for(recipe.distill, model, processor, d.device)  # hooks on the student before wrapping
     if distiller is not None:
         closers.append(distiller.close)
     model = wrap(model, d)
@@ -217,8 +217,9 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks, cl
                 loss_sum, distill_sum = torch.zeros((), device=d.device), torch.zeros((), device=d.device)
                 for m, batch in enumerate(batches):
                     inputs = {k: _to(batch[k], d.device) for k in FORWARD_KEYS if batch.get(k) is not None}
-                    if recipe.data.background_drop is not None:
-                        inputs.update(_hidden_background(batch, recipe, step, total, m * d.world + d.rank, d.device))
+                    if (drop := recipe.data.background_drop) is not None:
+                        micro = m * d.world + d.rank
+                        inputs.update(hidden_background(batch, drop, t.seed, step, total, micro, d.device))
                     labels = batch["labels"].to(d.device)
                     sync = m == len(batches) - 1 or d.strategy != "ddp"
                     with contextlib.nullcontext() if sync else model.no_sync(), autocast:
@@ -304,36 +305,6 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks, cl
         print("interrupted: the final model was written whole; the run is complete", file=sys.stderr, flush=True)
     result.finished = True
     return result
-
-
-def _distiller(recipe: Recipe, model: torch.nn.Module, processor: Any, device: torch.device) -> Distiller | None:
-    """The recipe's ``distill:`` teacher, loaded frozen on ``device`` and hooked with the student (None: off)."""
-    spec = recipe.distill
-    if not spec.teacher:
-        return None
-    marker = marker_id(processor, spec.turns_with)  # before the teacher loads: a bad token fails fast
-    teacher = LlavaModel.from_pretrained(spec.teacher, dtype=torch.float32, device=device)  # filled there directly
-    return Distiller(teacher, model, spec.weight, marker)
-
-
-def _hidden_background(
-    batch: dict[str, Any], recipe: Recipe, step: int, total: int, micro: int, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """``data.background_drop``: the micro-batch's attention mask with background image tokens hidden (seeded
-    by step and micro-batch, so a resumed run hides the same tokens) and the position ids of the full mask."""
-    if batch.get("foreground") is None:
-        raise ValueError(
-            "data.background_drop needs items with foreground flags; build the dataset with foreground=True"
-        )
-    start, end = recipe.data.background_drop  # type: ignore[misc]
-    p = drop_probability(start, end, step, total)
-    g = torch.Generator().manual_seed(recipe.train.seed * 1_000_003 + step * 1_009 + micro)
-    mask = batch["attention_mask"]
-    b, t = mask.shape
-    return {
-        "attention_mask": hide_background(mask, batch["foreground"], p, g).to(device),
-        "position_ids": positions_from_mask(mask, b, t, 0, device).to(device),
-    }
 
 
 def _unsupervised(batch: dict[str, Any]) -> dict[str, Any]:
