@@ -646,11 +646,11 @@ def main(argv: list[str] | None = None) -> int:
     n_count = args.more_instruct * 3 // 8
     if counting and not args.fresh_count and not (args.cont and (out / "data_count" / "instruct.json").exists()):
         write_dataset(out / "data_count", n_count, COUNT_SEED, "instruct", **sides2, **COUNT_DATA)
-    fresh_sets = [(f"data_count{k + 1}", 3 * n_count, seed) for k, seed in enumerate(FRESH_COUNT_SEEDS)]
-    fresh_sets.append(("data_count_mix", n_count, FRESH_COUNT_MIX["seed"]))
-    for data, n, seed in fresh_sets if args.fresh_count else []:
-        if not (args.cont and (out / data / "instruct.json").exists()):
-            write_dataset(out / data, n, seed, "instruct", **sides2, **COUNT_DATA)
+    if args.fresh_count:  # three sets for the count passes, three times data_count's size, and the distilled pass's
+        fresh_sets = [(f"data_count{k + 1}", 3 * n_count, seed) for k, seed in enumerate(FRESH_COUNT_SEEDS)]
+        for data, n, seed in [*fresh_sets, ("data_count_mix", n_count, FRESH_COUNT_MIX["seed"])]:
+            if not (args.cont and (out / data / "instruct.json").exists()):
+                write_dataset(out / data, n, seed, "instruct", **sides2, **COUNT_DATA)
     if args.read_pass and not (args.cont and (out / "data_read" / "instruct.json").exists()):
         write_dataset(out / "data_read", args.more_instruct * 9 // 16, READ_SEED, "instruct", **sides2, **READ_DATA)
     early = args.position_early and args.more_instruct
@@ -693,11 +693,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(data, str):
             where = [f"data.path={out / data / 'instruct.json'}", f"data.image_folder={out / data}"]
         else:
-            shares = weights or [1.0] * len(data)
+            shares = [f", weight: {w}" for w in weights] if weights else [""] * len(data)
             sets = ", ".join(
-                f"{{path: {out / d / 'instruct.json'}, image_folder: {out / d}"
-                + (f", weight: {w}}}" if weights else "}")
-                for d, w in zip(data, shares)
+                f"{{path: {out / d / 'instruct.json'}, image_folder: {out / d}{share}}}"
+                for d, share in zip(data, shares)
             )
             where = ["data.path=null", "data.image_folder=null", f"data.datasets=[{sets}]"]
         losses = (finished(out / name, out / init) if args.cont else None) or run_stage(
