@@ -9,7 +9,8 @@ import pytest
 import torch
 from loop_helpers import ColorDataset, collate_fn, tiny_recipe
 
-from llavakit.model.llava import IGNORE_INDEX
+from llavakit.model.llava import IGNORE_INDEX, LlavaModel
+from llavakit.tiny import write_tiny_checkpoint
 from llavakit.train.build import build_model
 from llavakit.train.checkpointing import check_same_recipe, recipe_record
 from llavakit.train.distill import Distiller, marker_id, turn_positions
@@ -213,9 +214,7 @@ def _distance(model, teacher, processor) -> float:
 
 
 def test_training_with_a_teacher_pulls_the_student_to_it(tmp_path) -> None:
-    teacher, processor = build_model(ModelSpec(init="tiny:llava", seed=1))
-    teacher.save_pretrained(tmp_path / "teacher")
-    processor.save_pretrained(tmp_path / "teacher")
+    teacher = LlavaModel.from_pretrained(write_tiny_checkpoint(tmp_path / "teacher", "llava", seed=1))
     runs = {}
     for name, extra in (("plain", ()), ("pulled", (f"distill.teacher={tmp_path / 'teacher'}", "distill.weight=5"))):
         recipe = tiny_recipe(tmp_path / name, "llava", "train.max_steps=12", *extra)
@@ -233,9 +232,7 @@ def test_training_with_a_teacher_pulls_the_student_to_it(tmp_path) -> None:
 def test_with_gradient_checkpointing_the_distilled_run_is_the_same(tmp_path) -> None:
     """Checkpointed layers run again in the backward pass (their forward called directly: the hooks see only the
     forward's outputs, the term's inputs): the distilled run is the plain one, loss for loss."""
-    teacher, processor = build_model(ModelSpec(init="tiny:llava_next", seed=1))
-    teacher.save_pretrained(tmp_path / "teacher")
-    processor.save_pretrained(tmp_path / "teacher")
+    write_tiny_checkpoint(tmp_path / "teacher", "llava_next", seed=1)  # the weights of tiny:llava_next seed 1
     losses = []
     for name, extra in (("plain", ()), ("checkpointed", ("train.gradient_checkpointing=true",))):
         pulled = (f"distill.teacher={tmp_path / 'teacher'}", "distill.weight=5", *extra)
@@ -250,9 +247,7 @@ def test_with_gradient_checkpointing_the_distilled_run_is_the_same(tmp_path) -> 
 def test_a_callback_running_the_model_between_steps_does_not_disturb_the_term(tmp_path) -> None:
     """Only the training forward's layer outputs enter the term: a forward in a step callback (an evaluation, say)
     is dropped at the next forward, and the run is the same as without it."""
-    teacher, processor = build_model(ModelSpec(init="tiny:llava", seed=1))
-    teacher.save_pretrained(tmp_path / "teacher")
-    processor.save_pretrained(tmp_path / "teacher")
+    write_tiny_checkpoint(tmp_path / "teacher", "llava", seed=1)  # the weights of tiny:llava seed 1
     losses = []
     for name in ("quiet", "evaluating"):
         recipe = tiny_recipe(tmp_path / name, "llava", "train.max_steps=3", f"distill.teacher={tmp_path / 'teacher'}")
@@ -271,9 +266,7 @@ def test_a_callback_running_the_model_between_steps_does_not_disturb_the_term(tm
 
 
 def test_the_hooks_come_off_when_the_run_fails(tmp_path) -> None:
-    teacher, processor = build_model(ModelSpec(init="tiny:llava", seed=1))
-    teacher.save_pretrained(tmp_path / "teacher")
-    processor.save_pretrained(tmp_path / "teacher")
+    write_tiny_checkpoint(tmp_path / "teacher", "llava", seed=1)  # the weights of tiny:llava seed 1
     recipe = tiny_recipe(tmp_path, "llava", f"distill.teacher={tmp_path / 'teacher'}")
     model, proc = build_model(recipe.model)
     data = ColorDataset(proc, 8)
