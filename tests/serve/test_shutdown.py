@@ -6,6 +6,7 @@ Before, uvicorn cancelled the handlers still waiting after its 5 s grace, so a q
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
@@ -119,7 +120,6 @@ def test_the_worker_is_draining_before_the_listening_sockets_close(monkeypatch) 
     """The order behind the test above, without its timing: when a listening socket closes, ``/health`` already
     says "shutting_down" (closing first left a gap in which a keep-alive client got a 200 after new connections
     were refused, seen once in CI)."""
-    import asyncio
 
     import uvicorn
 
@@ -160,7 +160,6 @@ def test_a_connection_accepted_as_the_sockets_close_is_answered_not_stranded() -
     transport's making left the accepted socket open with no one to answer it (a client timed out after SIGTERM in
     CI). ``stop_accepting`` closes at every such turn without stranding one: the client is either answered (here:
     closed by the protocol once connected) or refused."""
-    import asyncio
     import gc
     import socket
 
@@ -191,11 +190,8 @@ def test_a_connection_accepted_as_the_sockets_close_is_answered_not_stranded() -
         gc.enable()
 
 
-class _CloseAtOnce:
-    """A protocol that closes its connection as soon as it is made (asyncio.Protocol's shape, minimally)."""
+class _CloseAtOnce(asyncio.Protocol):
+    """A protocol that closes its connection as soon as it is made."""
 
-    def connection_made(self, transport) -> None:  # noqa: ANN001
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.close()
-
-    def connection_lost(self, exc) -> None:  # noqa: ANN001
-        pass
