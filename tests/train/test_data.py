@@ -77,6 +77,9 @@ def test_messages_from_records():
             },
             "bad_record",
         ),
+        # a number as the answer: `str(value or "")` trained a 0 as an empty answer (the model learnt to stop)
+        ({"id": "n1", "conversations": [*conv("How many?"), {"from": "gpt", "value": 0}]}, "bad_record"),
+        ({"id": "n2", "conversations": [*conv("Is it red?"), {"from": "gpt", "value": False}]}, "bad_record"),
     ],
 )
 def test_bad_records_raise_naming_file_line_and_id_or_are_counted(folder, record, reason):
@@ -85,6 +88,8 @@ def test_bad_records_raise_naming_file_line_and_id_or_are_counted(folder, record
     with pytest.raises(SampleError, match=rf"d.jsonl:2: sample '{record['id']}'") as e:
         SupervisedDataset(path, folder / "imgs", proc, None, 512)
     assert e.value.reason == reason
+    if record["id"].startswith("n"):  # the fix is named: the answer written as text
+        assert "as a JSON string" in str(e.value) and 'a number as "2"' in str(e.value)
     ds = SupervisedDataset(path, folder / "imgs", proc, None, 512, on_error="skip")
     assert len(ds) == 2 and ds.skipped == {reason: 1}
     assert [ds[i]["id"] for i in range(2)] == ["g0", "g1"]

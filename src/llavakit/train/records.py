@@ -179,11 +179,15 @@ def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str
         value = turn.get("value")
         if value is None:  # "" for a missing text would train an empty turn as if that were meant
             raise SampleError("bad_record", f"turn {i}: 'value' is missing or null; give the turn's text", rid)
-        if isinstance(value, (list, dict)):  # str() would train on its Python repr ("['A cat.']")
+        if not isinstance(value, str):  # str() would train a list's repr ("['A cat.']"); a 0 must not become ""
+            shown = json.dumps(value)
             raise SampleError(
-                "bad_record", f"turn {i}: 'value' must be the turn's text, got a {type(value).__name__}", rid
+                "bad_record",
+                f"turn {i}: 'value' must be the turn's text as a JSON string, got a {type(value).__name__} "
+                f'({shown[:40]}{"..." if len(shown) > 40 else ""}); write it as text, e.g. a number as "2"',
+                rid,
             )
-        messages.append({"role": role, "content": str(value or "")})
+        messages.append({"role": role, "content": value})
     if any(m["role"] == "system" for m in messages[1:]):
         raise SampleError("bad_record", "a system turn may only come first", rid)
     body = [m for m in messages if m["role"] != "system"]
