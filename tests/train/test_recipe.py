@@ -60,11 +60,31 @@ def test_overrides_are_typed_and_nested():
         ("stage.name=stage3", r"unknown stage 'stage3'"),
         ("train.max_steps", r"must look like section.key=value"),
         ("train.adam_betas=0.9", r"train.adam_betas must be a list"),
+        # a value that is not YAML ended in PyYAML's traceback
+        ("stage.lr=[1e-4", r"override 'stage.lr=\[1e-4': the value is not valid YAML \(.*\); quote it whole"),
+        ("data.path=@x.json", r"override 'data.path=@x.json': the value is not valid YAML"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ValueError, match=message):
         load_recipe(None, [override])
+
+
+def test_the_stage0_recipe_is_read_with_the_same_checks(tmp_path):
+    """The stage-0 loader had none: broken YAML, a section given twice and a value that is not YAML each ended in a
+    traceback or (twice) silently kept the last."""
+    from llavakit.train.stage0.run import load_stage0_recipe
+
+    bad = tmp_path / "s0.yaml"
+    bad.write_text("clip:\n  steps: [1\n")
+    with pytest.raises(ValueError, match=r"stage 0 recipe .*s0.yaml is not valid YAML"):
+        load_stage0_recipe(bad)
+    bad.write_text("clip:\n  steps: 10\nclip:\n  lr: 0.1\n")
+    with pytest.raises(ValueError, match=r"s0.yaml: clip is given twice \(lines 1 and 3\)"):
+        load_stage0_recipe(bad)
+    with pytest.raises(ValueError, match=r"override 'clip.steps=\[1': the value is not valid YAML"):
+        load_stage0_recipe(None, ["clip.steps=[1"])
+    assert load_stage0_recipe(None, ["clip.steps=7"]).clip.steps == 7
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -74,6 +94,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "train.max_step" in err and "max_steps" in err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    capsys.readouterr()
+    assert main(["train", str(recipe), "data.path='runs/a.json"]) == 2  # not YAML: one line, not a traceback
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not valid YAML" in err and "quote it whole" in err
 
 
 def test_cli_trains_on_synth_data_and_resumes(tmp_path, monkeypatch, capsys):

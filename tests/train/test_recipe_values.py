@@ -57,6 +57,12 @@ from llavakit.train.stages import LoraSpec, StageSpec
         ("stage.lora.target_modules=[]", r"^stage.lora.target_modules must name at least one module"),
         ("model.seed=-3", r"^model.seed must be in \[0, "),
         ("model.image_grid_pinpoints=[[80, 0]]", r"^model.image_grid_pinpoints\[0\] must be >= 1"),
+        # the original LLaVA's spelling built a model that kept the CLS token ("full") without a word
+        ("model.vision_feature_select_strategy=patch", r"^model.vision_feature_select_strategy must be one of default"),
+        # a template name was checked only at the first step, after the model loaded and the data were scanned
+        ("data.template=vicuna", r"^data.template: unknown conversation template 'vicuna'; choose one of"),
+        ("model.template=chatml2", r"^model.template: unknown conversation template 'chatml2'"),
+        ("data.datasets=[{path: a.json, template: vicunna}]", r"^data.datasets\[0\].template: unknown conversation"),
     ],
 )
 def test_out_of_range_values_are_refused_naming_the_key(override, message):

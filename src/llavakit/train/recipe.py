@@ -51,6 +51,8 @@ class ModelSpec:
 
     def check(self) -> None:
         ranges.seed("model.seed", self.seed)
+        # anything else built a "full" model (CLS token kept) silently, e.g. the original LLaVA's "patch"
+        ranges.one_of("model.vision_feature_select_strategy", self.vision_feature_select_strategy, ("default", "full"))
         if self.init and not (self.decoder or self.vision_tower):  # both: build_model refuses that first
             built = [k for k in PARTS_ONLY if getattr(self, k) != PARTS_ONLY_DEFAULTS[k]]
             if built:
@@ -221,8 +223,21 @@ class Recipe:
             )
 
     def check_templates(self) -> None:
-        """The run trains with data.template and saves its processor with it; model.template may only agree."""
+        """The run trains with data.template and saves its processor with it; model.template may only agree. Each
+        template named (also a mixture entry's) must exist: found before the model loads, not at the first step."""
+        from ..processing.templates import check_template_name
+
         m, d = self.model.template, self.data.template
+        entries = [(f"data.datasets[{k}].template", e) for k, e in enumerate(self.data.datasets or [])]
+        named = [("model.template", m), ("data.template", d)]
+        named += [(key, e.get("template")) for key, e in entries if isinstance(e, dict)]
+        for key, name in named:
+            if name is None:
+                continue
+            try:  # "chat_template": the checkpoint's Jinja template, which only the processor can tell is there
+                check_template_name(name, has_chat_template=True)
+            except ValueError as e:
+                raise RecipeError(f"{key}: {e}") from None
         if m and d and m != d:
             raise RecipeError(
                 f"model.template {m!r} and data.template {d!r} disagree; the run trains and saves one template: "
@@ -232,30 +247,48 @@ class Recipe:
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe (or start from defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    raw = read_recipe_file(path, "recipe", "model, stage, data, train, distill") if path is not None else {}
+    apply_overrides(raw, overrides, "section.key=value, e.g. train.max_steps=10")
+    return build(Recipe, raw, "")
+
+
+def read_recipe_file(path: str | Path, what: str, sections: str) -> dict[str, Any]:
+    """The mapping of a recipe YAML file; a missing file, broken YAML, a key given twice or a document that is not
+    a mapping of ``sections`` is one clear error naming the file (``what``: "recipe", "stage 0 recipe")."""
     import yaml
 
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"recipe {p} does not exist")
-        try:
-            raw, twice = parse_yaml(p.read_text())
-            raw = raw or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"recipe {p} is not valid YAML: {e}") from e
-        if twice:  # YAML keeps the last silently: a second `train:` section would drop every key of the first
-            raise ValueError(
-                f"recipe {p}: {twice[0]} is given twice (lines {twice[1]} and {twice[2]}); keep one of them"
-            )
-        if not isinstance(raw, dict):
-            raise ValueError(f"recipe {p} must be a mapping of sections (model, stage, data, train, distill)")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    try:
+        raw, twice = parse_yaml(p.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {p} is not valid YAML: {e}") from e
+    if twice:  # YAML keeps the last silently: a second `train:` section would drop every key of the first
+        raise ValueError(f"{what} {p}: {twice[0]} is given twice (lines {twice[1]} and {twice[2]}); keep one of them")
+    if not isinstance(raw or {}, dict):
+        raise ValueError(f"{what} {p} must be a mapping of sections ({sections})")
+    return raw or {}
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, form: str) -> None:
+    """Set each ``key=value`` of ``overrides`` in ``raw``, the value read as YAML (empty: null). A malformed item
+    or a value that is not YAML is one clear error naming it (``form``: what an item must look like)."""
+    import yaml
+
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=10")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
-    return build(Recipe, raw, "")
+            raise ValueError(f"override {item!r} must look like {form}")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:  # not a ValueError: the CLI would print PyYAML's traceback
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(
+                f"override {item!r}: the value is not valid YAML ({problem}); quote it whole, e.g. "
+                f"{key.strip()}='\"...\"' in the shell"
+            ) from None
+        _set_dotted(raw, key.strip(), parsed)
 
 
 def parse_yaml(text: str) -> tuple[Any, tuple[str, int, int] | None]:

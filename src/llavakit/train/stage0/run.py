@@ -77,21 +77,11 @@ class Stage0Recipe:
 
 def load_stage0_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Stage0Recipe:
     """Read the YAML (or defaults when ``path`` is None) and apply dotted ``key=value`` overrides."""
-    import yaml
+    from ..recipe import apply_overrides, build, read_recipe_file
 
-    from ..recipe import _set_dotted, build
-
-    raw = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"stage 0 recipe {p} does not exist")
-        raw = yaml.safe_load(p.read_text()) or {}
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} must look like key=value, e.g. clip.steps=10")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    sections = "output_dir, scenes, vision, clip, decoder, lm"
+    raw = read_recipe_file(path, "stage 0 recipe", sections) if path is not None else {}
+    apply_overrides(raw, overrides, "key=value, e.g. clip.steps=10")
     return build(Stage0Recipe, raw, "")
 
 
