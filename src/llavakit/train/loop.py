@@ -110,6 +110,10 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks, cl
 
     t, out = recipe.train, Path(recipe.train.output_dir)
     check_output_dir(out, recipe.model.init, t.resume)  # before the model is read: nothing to overwrite
+    if dataset is None:  # a misspelt data file or image folder, before minutes of loading weights
+        from .mixture import check_data_files
+
+        check_data_files(vars(recipe.data))
     if d.active:  # every rank's check (which makes and removes out) done before rank 0 makes it for good (FSDP
         torch.distributed.barrier()  # sets up without a collective, so nothing else holds rank 0 back)
     seed_everything(t.seed)  # identical model init on every process
