@@ -191,6 +191,30 @@ def test_decode_errors_name_the_image_not_a_python_object(tmp_path):
         assert "PNG, JPEG, WebP, GIF" in msg and "0x" not in msg and "BytesIO" not in msg, msg
 
 
+def test_a_file_is_not_read_whole_and_a_video_given_as_an_image_is_named(tmp_path, monkeypatch):
+    """A path was read into memory before PIL saw its header: a multi-GB video passed as an image cost its size in
+    memory (or a MemoryError traceback), then said only "not an image file"."""
+    from pathlib import Path
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(4096))
+    big = tmp_path / "big.png"
+    big.write_bytes(encoded(noise(64, 64)))
+    (tmp_path / "empty.png").write_bytes(b"")
+
+    def whole(self):
+        raise AssertionError(f"{self} was read whole")
+
+    monkeypatch.setattr(Path, "read_bytes", whole)
+    with pytest.raises(ValueError, match=r"not an image file.*; it is a video: pass it as one \(--video"):
+        load_image(clip)
+    assert load_image(big).size == (64, 64)
+    with pytest.raises(ValueError, match=r"empty.png: cannot decode image: empty file \(no bytes\)"):
+        load_image(tmp_path / "empty.png")
+    with pytest.raises(ValueError, match=r"^the given image bytes: cannot decode image: empty file"):
+        load_image(b"")
+
+
 def test_decompression_bomb_gives_one_message_with_our_limit():
     with pytest.raises(ValueError) as e:
         load_image(png_header(30_000, 30_000))  # PIL's own guard fires first (over 2 x 89478485 pixels)

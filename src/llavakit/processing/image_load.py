@@ -9,10 +9,14 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .video_load import is_video_file
 
 MAX_PIXELS = 64_000_000  # larger images are refused (decompression bombs)
 ImageSource = str | Path | bytes | Image.Image | np.ndarray  # also a torch uint8 tensor (see from_array)
@@ -65,29 +69,37 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
             if path.exists():
                 raise ValueError(f"{where} is not a regular file; pass the path of an image file")
             raise FileNotFoundError(f"image file not found: {path}")
-        data = path.read_bytes()
+        if path.stat().st_size == 0:
+            raise ValueError(f"{what}: cannot decode image: empty file (no bytes)")
+        # opened, not read whole: PIL reads the header first, so a multi-GB file (a video) costs no memory
+        opener: Callable[[], BinaryIO] = lambda: path.open("rb")  # noqa: E731
+        video = is_video_file(path)
     elif isinstance(src, (bytes, bytearray, memoryview)):
+        if not src:
+            raise ValueError(f"{what}: cannot decode image: empty file (no bytes)")
         data = bytes(src)
+        opener, video = (lambda: io.BytesIO(data)), False
     else:
         raise TypeError(
             f"image must be a path, bytes, PIL.Image or a uint8 array (numpy or torch), got {type(src).__name__}"
         )
-    if not data:
-        raise ValueError(f"{what}: cannot decode image: empty file (no bytes)")
     try:
-        with warnings.catch_warnings():  # our own limit is checked right below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-        _check_size(img, what, max_pixels)  # from the header: nothing decoded yet
-        img.load()
+        with warnings.catch_warnings(), opener() as f:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked right below
+            img = Image.open(f)
+            _check_size(img, what, max_pixels)  # from the header: nothing decoded yet
+            img.load()
         img = _upright(img)
     except Image.DecompressionBombError as e:  # PIL's own guard (2x its MAX_IMAGE_PIXELS), before ours
         raise ValueError(bomb_message(what, str(e), max_pixels)) from None
     except UnidentifiedImageError:
+        hint = "; it is a video: pass it as one (--video, or a video part)" if video else ""
         raise ValueError(
             f"{what}: cannot decode image: not an image file, or a format that cannot be read "
-            f"(accepted: {FORMATS_HINT})"
+            f"(accepted: {FORMATS_HINT}){hint}"
         ) from None
+    except PermissionError:  # (opening a path, now inside the try)
+        raise ValueError(f"{what}: cannot read the file: permission denied; check its permissions") from None
     except (OSError, SyntaxError) as e:
         raise ValueError(
             f"{what}: cannot decode image: {_no_object_ids(str(e))} (truncated or unsupported format? "
