@@ -850,6 +850,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["eval"] = evaluate(final, out / "eval", out / f"eval_{final.name}", args.threads)
         summary["seconds"]["eval"] = round(time.perf_counter() - t, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for model in sorted(out.glob("*/model.safetensors")):  # what `llava demo / eval synth --model` read the sizes from
+        record = summary if model.parent == final else {"scene_long_side": summary["scene_long_side"]}
+        (model.parent / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     if args.ship:
         ship(final, summary)
     print(json.dumps(summary))

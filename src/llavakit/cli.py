@@ -31,13 +31,16 @@ def cmd_convert(
     return 0
 
 
-def cmd_demo(model: str | None = None, seed: int = 0) -> int:
+def cmd_demo(model: str | None = None, seed: int = 0, sides: list[int] | None = None) -> int:
     """Run the main job on the default model (until it ships: on a tiny random-weight model, said plainly)."""
     from .commands import check_model
+    from .data.synth import check_sides
     from .demo import run_demo
 
     check_model(model)
-    return run_demo(model=model, seed=seed)
+    if sides:
+        check_sides(*sides)
+    return run_demo(model=model, seed=seed, sides=tuple(sides) if sides else None)
 
 
 def cmd_data_synth(out: str, n: int, seed: int, kind: str, sides: list[int] | None) -> int:
@@ -252,7 +255,14 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="answer questions about a few fresh images")
     d.add_argument("--model", help="model directory or hub id (default: the bundled model)")
     d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=lambda a: cmd_demo(a.model, a.seed))
+    d.add_argument(
+        "--sides",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="long-side bounds of the scenes, pixels (default: the model's training.json, else 128 256)",
+    )
+    d.set_defaults(func=lambda a: cmd_demo(a.model, a.seed, a.sides))
 
     from .eval.command import add_parser as add_eval_parser
 

@@ -17,7 +17,13 @@ DEMO_SEED_BASE = 2_000_000  # above EVAL_SEED_BASE (held out) and away from the 
 DEFAULT_SIDES = (128, 256)  # long side of the scenes when the model does not say what it was trained on
 
 
-def run_demo(model: str | None = None, seed: int = 0, n_scenes: int = 3, out: str | None = None) -> int:
+def run_demo(
+    model: str | None = None,
+    seed: int = 0,
+    n_scenes: int = 3,
+    out: str | None = None,
+    sides: tuple[int, int] | None = None,
+) -> int:
     from .commands import default_model
     from .data.synth import eval_questions, generate_scene, render_scene, scene_seed
     from .data.synth_scene import sub_rng
@@ -38,7 +44,7 @@ def run_demo(model: str | None = None, seed: int = 0, n_scenes: int = 3, out: st
                 "NOTE: the bundled default model is not installed, so this demo runs the whole pipeline on a "
                 "TINY RANDOM-WEIGHT model: its answers are noise. Pass --model DIR to use a real checkpoint.\n"
             )
-    lo, hi = scene_sides(model)  # before the model loads: a bad training.json fails at once
+    lo, hi = sides or scene_sides(model, note=not random_model)  # before the model loads: a bad training.json fails
     t0 = time.perf_counter()
     pipe = load(model)
     n_params = sum(p.numel() for p in pipe.model.parameters())
@@ -76,12 +82,21 @@ def run_demo(model: str | None = None, seed: int = 0, n_scenes: int = 3, out: st
     return 0
 
 
-def scene_sides(model: str) -> tuple[int, int]:
+def scene_sides(model: str, note: bool = True) -> tuple[int, int]:
     """The long-side bounds of the demo's scenes: the model's training.json ``scene_long_side``, else
-    ``DEFAULT_SIDES``; a training.json that cannot say is one clear error naming the file (``trained_sides``)."""
+    ``DEFAULT_SIDES`` with a note saying so (a model trained on other sizes would be asked about scenes it never
+    saw); a training.json that cannot say is one clear error naming the file (``trained_sides``)."""
     from .data.synth import trained_sides
 
-    return trained_sides(model) or DEFAULT_SIDES
+    sides = trained_sides(model)
+    if sides is None and note:
+        lo, hi = DEFAULT_SIDES
+        print(
+            f"NOTE: {model} does not say which scene sizes it was trained on (no training.json with "
+            f"scene_long_side), so the scenes are {lo}-{hi} px on their long side; pass --sides MIN MAX to match "
+            "its training (the default model's recipe: 112 224)\n"
+        )
+    return sides or DEFAULT_SIDES
 
 
 QTYPE_ORDER = ("color", "shape", "count", "position", "existence", "reading", "mc")

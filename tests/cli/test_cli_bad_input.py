@@ -153,7 +153,7 @@ def test_demo_names_a_bad_training_json(tmp_path, capsys):
     for text, words in [
         ("[1]", ["AttributeError"]),  # was a traceback
         ("{bad", ["JSONDecodeError"]),  # was the bare JSON error, no file named
-        ('{"scene_long_side": [5, 10]}', ["got 5, 10"]),  # was "pass --sides", a flag demo does not have
+        ('{"scene_long_side": [5, 10]}', ["got 5, 10"]),  # the fix is the file, not --sides
     ]:
         (model / "training.json").write_text(text)
         assert main(["demo", "--model", str(model)]) == 2

@@ -110,10 +110,12 @@ def test_synth_score_file_with_known_answers(synth_data, tmp_path):
     assert buckets and all(result["scores"][k] == 1.0 for k in buckets)
 
 
-def test_synth_generates_held_out_set_and_resumes(tiny_model, tmp_path):
+def test_synth_generates_held_out_set_and_resumes(tiny_model, tmp_path, capsys):
     out = tmp_path / "run"
     kwargs = dict(model=tiny_model, data=None, out=str(out), n=1, max_new_tokens=2, progress=False)
     result = eval_task("synth", limit=3, **kwargs)
+    # the model names no training sizes: the scenes are the generator's default sizes, and that is said
+    assert "does not say which scene sizes it was trained on" in capsys.readouterr().err
     assert result["seed"] >= 1_000_000 and result["predicted_now"] == 3  # a held-out seed
     assert all(0.0 <= v <= 1.0 for v in result["scores"].values())
     again = eval_task("synth", limit=5, **kwargs)  # the first 3 are resumed, 2 more predicted

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from llavakit.data.synth import trained_sides
 from llavakit.model.llava import LlavaModel
 from llavakit.processing.processor import LlavaProcessor
 from script_module import load_script
@@ -21,6 +22,11 @@ def test_scaled_down_recipe_runs_all_stages(tmp_path, capsys):
     s1_start, _ = summary["stage1_loss"]
     _, s2_end = summary["stage2_loss"]
     assert s2_end < s1_start, summary
+    # each model of the run says the scene sizes it was trained on, which `llava demo / eval synth --model` read (they
+    # asked a run's model about scenes of other sizes); the last one carries the run's whole summary, as shipped
+    sides = tuple(summary["scene_long_side"])
+    assert trained_sides(out / "stage2_mix") == sides and trained_sides(out / "stage1") == sides
+    assert json.loads((out / "stage2_mix" / "training.json").read_text())["samples"] == summary["samples"]
     s0 = json.loads((out / "stage0" / "stage0.json").read_text())
     assert s0["recipe"]["clip"]["centre_labels"] is True  # --stage0-set reached the stage-0 recipe
     assert summary["stage0"]["clip_loss"] == s0["clip_loss"] and summary["stage0"]["lm_loss"] == s0["lm_loss"]
