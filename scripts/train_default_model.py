@@ -315,6 +315,18 @@ def trained_from(stage_dir: Path) -> str | None:
     return None
 
 
+def run_chain(final: Path, out: Path) -> list[Path]:
+    """The model directories in ``out`` that ``final`` was trained through, ``final`` first: each pass's starting
+    checkpoint in turn, back to one that records none (the grounding pass's output, or stage 1)."""
+    chain: list[Path] = []
+    model: Path | None = final
+    while model is not None and model.parent == out and model not in chain and (model / "model.safetensors").exists():
+        chain.append(model)
+        began = trained_from(model)
+        model = Path(began).resolve() if began else None
+    return chain
+
+
 def refuse_unbound_chain(out: Path, plain: Path) -> None:
     """--bind-pass auto with --continue: the check asks for the bind pass, but the pass after ``plain`` was already
     trained from it (a run of --bind-pass 0, or of the recipe before --bind-pass auto): refused before the bind pass
@@ -845,14 +857,15 @@ def main(argv: list[str] | None = None) -> int:
         "continued": args.cont,  # earlier phases came from a previous run in --out (their times are not here)
         "stage0": stage0_record(stage0),
     }
+    sides_record = json.dumps({"scene_long_side": summary["scene_long_side"]}, indent=2) + "\n"
+    for model in [out / "stage1", *run_chain(final, out)]:  # the sizes `llava demo / eval synth --model` read
+        (model / "training.json").write_text(sides_record)
     if args.eval_scenes:
         t = time.perf_counter()
         summary["eval"] = evaluate(final, out / "eval", out / f"eval_{final.name}", args.threads)
         summary["seconds"]["eval"] = round(time.perf_counter() - t, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for model in sorted(out.glob("*/model.safetensors")):  # what `llava demo / eval synth --model` read the sizes from
-        record = summary if model.parent == final else {"scene_long_side": summary["scene_long_side"]}
-        (model.parent / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    (final / "training.json").write_text(json.dumps(summary, indent=2) + "\n")  # the run's model: as shipped
     if args.ship:
         ship(final, summary)
     print(json.dumps(summary))

@@ -35,11 +35,11 @@ def cmd_demo(model: str | None = None, seed: int = 0, sides: list[int] | None = 
     """Run the main job on the default model (until it ships: on a tiny random-weight model, said plainly)."""
     from .commands import check_model
     from .data.synth import check_sides
-    from .demo import run_demo
+    from .demo import DEFAULT_SIDES, run_demo
 
     check_model(model)
     if sides:
-        check_sides(*sides)
+        check_sides(*sides, default="the model's training.json, else {} {}".format(*DEFAULT_SIDES))
     return run_demo(model=model, seed=seed, sides=tuple(sides) if sides else None)
 
 

@@ -206,7 +206,7 @@ def test_a_file_is_not_read_whole_and_a_video_given_as_an_image_is_named(tmp_pat
         raise AssertionError(f"{self} was read whole")
 
     monkeypatch.setattr(Path, "read_bytes", whole)
-    with pytest.raises(ValueError, match=r"not an image file.*; it is a video: pass it as one \(--video"):
+    with pytest.raises(ValueError, match=r"not an image file.*; it is a video file: pass it as a video \(--video"):
         load_image(clip)
     assert load_image(big).size == (64, 64)
     with pytest.raises(ValueError, match=r"empty.png: cannot decode image: empty file \(no bytes\)"):

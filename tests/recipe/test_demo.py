@@ -32,4 +32,6 @@ def test_demo_says_when_the_model_does_not_name_its_scene_sizes_and_takes_sides(
     sizes = [tuple(map(int, m)) for m in re.findall(r"\((\d+)x(\d+)\)", out)]
     assert "scene sizes" not in out and len(sizes) == 2 and all(112 <= max(s) <= 130 for s in sizes), sizes
     assert main(["demo", "--model", model, "--sides", "300", "200"]) == 2
-    assert "pass --sides MIN MAX within those bounds" in capsys.readouterr().err
+    assert "pass --sides MIN MAX within those bounds (default the model's training.json, else 128 256)" in (
+        capsys.readouterr().err
+    )

@@ -57,6 +57,16 @@ def test_messages_from_records():
     assert to_messages(video)[0]["content"] == "<video>\nWhat happens?"
 
 
+def test_a_python_record_with_a_non_text_answer_is_a_bad_record_not_a_crash():
+    """Records built in Python (from pandas, say) may hold numpy numbers or bytes, which JSON cannot show."""
+    import numpy as np
+
+    for value in (np.int64(0), b"two"):
+        with pytest.raises(SampleError, match=r"'value' must be the turn's text as a JSON string") as e:
+            to_messages({"conversations": [*conv("How many?"), {"from": "gpt", "value": value}]}, "r1")
+        assert e.value.reason == "bad_record"
+
+
 @pytest.mark.parametrize(
     "record,reason",
     [

@@ -61,7 +61,7 @@ def test_overrides_are_typed_and_nested():
         ("train.max_steps", r"must look like section.key=value"),
         ("train.adam_betas=0.9", r"train.adam_betas must be a list"),
         # a value that is not YAML ended in PyYAML's traceback
-        ("stage.lr=[1e-4", r"override 'stage.lr=\[1e-4': the value is not valid YAML \(.*\); quote it whole"),
+        ("stage.lr=[1e-4", r"override 'stage.lr=\[1e-4': the value is not valid YAML \(.*\); close what is left"),
         ("data.path=@x.json", r"override 'data.path=@x.json': the value is not valid YAML"),
     ],
 )
@@ -97,7 +97,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", str(recipe), "data.path='runs/a.json"]) == 2  # not YAML: one line, not a traceback
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "is not valid YAML" in err and "quote it whole" in err
+    assert err.count("\n") == 0 and "is not valid YAML" in err and "quote a text value whole" in err
 
 
 def test_cli_trains_on_synth_data_and_resumes(tmp_path, monkeypatch, capsys):

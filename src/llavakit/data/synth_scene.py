@@ -57,12 +57,13 @@ MIN_SIDE, MAX_SIDE = 336, 1008  # default bounds of the long side of a scene, pi
 LOWEST_SIDE, HIGHEST_SIDE = 112, 4096  # what the bounds may be: 4096 px scenes are 48 MiB of pixels each
 
 
-def check_sides(min_side: int, max_side: int) -> None:
-    """Refuse long-side bounds outside [LOWEST_SIDE, HIGHEST_SIDE] or the wrong way round, naming --sides."""
+def check_sides(min_side: int, max_side: int, default: str = f"{MIN_SIDE} {MAX_SIDE}") -> None:
+    """Refuse long-side bounds outside [LOWEST_SIDE, HIGHEST_SIDE] or the wrong way round, naming --sides and the
+    command's ``default``."""
     if not LOWEST_SIDE <= min_side <= max_side <= HIGHEST_SIDE:
         raise ValueError(
             f"scene sizes need {LOWEST_SIDE} <= min_side <= max_side <= {HIGHEST_SIDE} (long side, pixels), got "
-            f"{min_side}, {max_side}; pass --sides MIN MAX within those bounds (default {MIN_SIDE} {MAX_SIDE})"
+            f"{min_side}, {max_side}; pass --sides MIN MAX within those bounds (default {default})"
         )
 
 

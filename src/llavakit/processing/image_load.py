@@ -93,7 +93,12 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
     except Image.DecompressionBombError as e:  # PIL's own guard (2x its MAX_IMAGE_PIXELS), before ours
         raise ValueError(bomb_message(what, str(e), max_pixels)) from None
     except UnidentifiedImageError:
-        hint = "; it is a video: pass it as one (--video, or a video part)" if video else ""
+        hint = (
+            "; it is a video file: pass it as a video (--video or a video part; in training records a 'video' folder "
+            "of its frames)"
+            if video
+            else ""
+        )
         raise ValueError(
             f"{what}: cannot decode image: not an image file, or a format that cannot be read "
             f"(accepted: {FORMATS_HINT}){hint}"

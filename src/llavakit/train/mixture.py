@@ -145,28 +145,26 @@ def check_entry(entry: Any, k: int, single: bool = False) -> None:
 
 
 def check_data_files(spec: dict[str, Any]) -> None:
-    """Refuse a ``data:`` section whose data files or image folders are not there, before the model loads (a
-    typo in ``data.path`` was found only after minutes of loading weights). Each file must be a file and each
-    ``image_folder`` given a folder; a mixture YAML is read for its entries. Everything else ``build_dataset``
-    checks as it reads."""
+    """Refuse a ``data:`` section whose data files are not there, before the model loads (a typo in ``data.path``
+    was found only after minutes of loading weights). A mixture YAML is read for its entries. The image folder is
+    left to ``build_dataset``: a missing one is an error only when a record's image is missing (text-only records
+    and absolute image paths need none)."""
     entries = spec.get("datasets")
     path = spec.get("path")
-    if not entries and isinstance(path, (str, Path)) and str(path).endswith((".yaml", ".yml")):
-        entries = read_mixture(path)  # (a missing mixture file: its own error)
-    named = [(f"data.datasets[{k}]", e) for k, e in enumerate(entries)] if entries else [("data", spec)]
+    if entries:
+        named = [(f"data.datasets[{k}].path", e) for k, e in enumerate(entries)]
+    elif isinstance(path, (str, Path)) and str(path).endswith((".yaml", ".yml")):
+        named = [(f"{path}: datasets[{k}]", e) for k, e in enumerate(read_mixture(path))]  # (missing: its own error)
+    else:
+        named = [("data.path", spec)]
     for name, e in named:
         if not isinstance(e, dict) or not isinstance(e.get("path"), (str, Path)):
             continue  # build_dataset says what is wrong with it
-        file, folder = Path(e["path"]), e.get("image_folder", spec.get("image_folder"))
+        file = Path(e["path"])
         if file.is_dir():
-            raise ValueError(f"{name}.path {file} is a directory; pass the data file (.json array or .jsonl) inside it")
+            raise ValueError(f"{name} {file} is a directory; pass the data file (.json array or .jsonl) inside it")
         if not file.is_file():
-            raise FileNotFoundError(f"data file not found: {file} ({name}.path)")
-        if isinstance(folder, (str, Path)) and not Path(folder).is_dir():
-            raise FileNotFoundError(
-                f"image folder not found: {folder} ({name}.image_folder: the folder the records' image paths are "
-                "relative to)"
-            )
+            raise FileNotFoundError(f"data file not found: {file} ({name})")
 
 
 def build_dataset(

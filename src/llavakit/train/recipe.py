@@ -247,7 +247,7 @@ class Recipe:
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe (or start from defaults when ``path`` is None) and apply ``key=value`` overrides."""
-    raw = read_recipe_file(path, "recipe", "model, stage, data, train, distill") if path is not None else {}
+    raw = read_recipe_file(path, "recipe", "sections (model, stage, data, train, distill)") if path is not None else {}
     apply_overrides(raw, overrides, "section.key=value, e.g. train.max_steps=10")
     return build(Recipe, raw, "")
 
@@ -267,7 +267,7 @@ def read_recipe_file(path: str | Path, what: str, sections: str) -> dict[str, An
     if twice:  # YAML keeps the last silently: a second `train:` section would drop every key of the first
         raise ValueError(f"{what} {p}: {twice[0]} is given twice (lines {twice[1]} and {twice[2]}); keep one of them")
     if not isinstance(raw or {}, dict):
-        raise ValueError(f"{what} {p} must be a mapping of sections ({sections})")
+        raise ValueError(f"{what} {p} must be a mapping of {sections}")
     return raw or {}
 
 
@@ -285,8 +285,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None, form: str)
         except yaml.YAMLError as e:  # not a ValueError: the CLI would print PyYAML's traceback
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise ValueError(
-                f"override {item!r}: the value is not valid YAML ({problem}); quote it whole, e.g. "
-                f"{key.strip()}='\"...\"' in the shell"
+                f"override {item!r}: the value is not valid YAML ({problem}); close what is left open, or quote a "
+                f"text value whole, e.g. {key.strip()}='\"...\"' in the shell"
             ) from None
         _set_dotted(raw, key.strip(), parsed)
 

@@ -180,7 +180,7 @@ def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str
         if value is None:  # "" for a missing text would train an empty turn as if that were meant
             raise SampleError("bad_record", f"turn {i}: 'value' is missing or null; give the turn's text", rid)
         if not isinstance(value, str):  # str() would train a list's repr ("['A cat.']"); a 0 must not become ""
-            shown = json.dumps(value)
+            shown = json.dumps(value, default=repr)  # (Python records may hold numpy numbers, bytes, ...)
             raise SampleError(
                 "bad_record",
                 f"turn {i}: 'value' must be the turn's text as a JSON string, got a {type(value).__name__} "

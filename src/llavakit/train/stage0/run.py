@@ -79,7 +79,7 @@ def load_stage0_recipe(path: str | Path | None, overrides: list[str] | None = No
     """Read the YAML (or defaults when ``path`` is None) and apply dotted ``key=value`` overrides."""
     from ..recipe import apply_overrides, build, read_recipe_file
 
-    sections = "output_dir, scenes, vision, clip, decoder, lm"
+    sections = "keys (output_dir, template, vocab_size, threads, parts, scenes, vision, clip, decoder, lm)"
     raw = read_recipe_file(path, "stage 0 recipe", sections) if path is not None else {}
     apply_overrides(raw, overrides, "key=value, e.g. clip.steps=10")
     return build(Stage0Recipe, raw, "")
