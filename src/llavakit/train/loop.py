@@ -110,7 +110,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks, cl
 
     t, out = recipe.train, Path(recipe.train.output_dir)
     check_output_dir(out, recipe.model.init, t.resume)  # before the model is read: nothing to overwrite
-    if dataset is None:  # a misspelt data file or image folder, before minutes of loading weights
+    if dataset is None:  # a misspelt data file, before minutes of loading weights
         from .mixture import check_data_files
 
         check_data_files(vars(recipe.data))
