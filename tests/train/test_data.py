@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +104,34 @@ def test_bad_records_raise_naming_file_line_and_id_or_are_counted(folder, record
     ds = SupervisedDataset(path, folder / "imgs", proc, None, 512, on_error="skip")
     assert len(ds) == 2 and ds.skipped == {reason: 1}
     assert [ds[i]["id"] for i in range(2)] == ["g0", "g1"]
+
+
+def test_a_huge_frame_is_an_unreadable_image_not_a_traceback(folder, capsys):
+    """A header over Pillow's decompression-bomb limit raised DecompressionBombError (not an OSError) from
+    ``image_size``, so `llava data check` on a video's frames ended in a traceback; one over our own limit passed."""
+    import importlib.util
+
+    from llavakit.cli import main
+    from llavakit.train.data import image_size
+
+    helper = Path(__file__).parents[1] / "processing" / "image_bytes.py"
+    spec = importlib.util.spec_from_file_location("image_bytes", helper)
+    image_bytes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(image_bytes)
+    clip = folder / "clip"
+    clip.mkdir()
+    (clip / "000.png").write_bytes(image_bytes.png_header(30_000, 30_000))
+    (clip / "001.png").write_bytes(image_bytes.png_header(9_000, 8_000))  # 72M pixels: under Pillow's, over ours
+    for name, said in (("000.png", "900000000 pixels is over the limit"), ("001.png", "72000000 pixels is over")):
+        with pytest.raises(SampleError, match=rf"image .*{name}: {said} .*; downscale it first") as e:
+            image_size(clip / name, "v1")
+        assert e.value.reason == "unreadable_image"
+    assert image_size(folder / "imgs" / "a.png", "g0") == (30, 40)  # (height, width) of the fixture's image
+    path = write_jsonl(
+        folder / "v.jsonl", [{"id": "v1", "video": "clip", "conversations": conv("<video>\nWhat?", "A.")}]
+    )
+    assert main(["data", "check", str(path), "--image-folder", str(folder)]) == 1
+    assert "unreadable_image" in capsys.readouterr().out
 
 
 def test_an_image_folder_that_does_not_exist_is_named_not_its_first_image(folder):

@@ -206,13 +206,25 @@ def image_size(path: Path, rid: str) -> tuple[int, int]:
     """(height, width) from the file header, EXIF rotation applied as load_image does (no pixel decoding)."""
     from PIL import Image
 
+    from ..processing.image_load import MAX_PIXELS, bomb_message
+
     if not path.is_file():
         raise SampleError("missing_image", f"image file not found: {path}", rid)
     try:
         with Image.open(path) as im:
             w, h = im.size
+            if w * h > MAX_PIXELS:  # load_image refuses it at its step; said here first (before EXIF is read)
+                raise SampleError(
+                    "unreadable_image",
+                    f"image {path}: {w * h} pixels is over the limit of {MAX_PIXELS} pixels; downscale it first",
+                    rid,
+                )
             if im.getexif().get(0x0112) in (5, 6, 7, 8):  # orientations that swap the sides
                 w, h = h, w
+    except SampleError:  # (a ValueError: not to be wrapped below)
+        raise
+    except Image.DecompressionBombError as e:  # not an OSError: it ended `llava data check` with a traceback
+        raise SampleError("unreadable_image", bomb_message(f"image {path}", str(e), MAX_PIXELS), rid) from None
     except (OSError, ValueError, SyntaxError) as e:
         raise SampleError("unreadable_image", f"image {path}: cannot read the header: {e}", rid) from e
     return h, w
