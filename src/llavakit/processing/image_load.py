@@ -57,7 +57,7 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
     if array:
         src = from_array(src, what)
     if isinstance(src, Image.Image):
-        _check_size(src, what, max_pixels)
+        check_size(src, what, max_pixels)
         out = to_rgb(_upright(src), what=what, from_file=src.format is not None)  # (upright copies drop .format)
         return _named(out.copy() if out is src else out, what)
     if isinstance(src, (str, Path)):
@@ -87,7 +87,7 @@ def load_image(src: ImageSource, *, max_pixels: int = MAX_PIXELS, name: str | No
         with warnings.catch_warnings(), opener() as f:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked right below
             img = Image.open(f)
-            _check_size(img, what, max_pixels)  # from the header: nothing decoded yet
+            check_size(img, what, max_pixels)  # from the header: nothing decoded yet
             img.load()
         img = _upright(img)
     except Image.DecompressionBombError as e:  # PIL's own guard (2x its MAX_IMAGE_PIXELS), before ours
@@ -198,7 +198,8 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
 
 
-def _check_size(img: Image.Image, what: str, max_pixels: int) -> None:
+def check_size(img: Image.Image, what: str, max_pixels: int) -> None:
+    """Refuse an image of zero size or over ``max_pixels`` pixels (from its header: nothing decoded)."""
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ValueError(f"{what}: zero-size image ({w}x{h} w x h)")

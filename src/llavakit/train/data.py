@@ -206,19 +206,17 @@ def image_size(path: Path, rid: str) -> tuple[int, int]:
     """(height, width) from the file header, EXIF rotation applied as load_image does (no pixel decoding)."""
     from PIL import Image
 
-    from ..processing.image_load import MAX_PIXELS, bomb_message
+    from ..processing.image_load import MAX_PIXELS, bomb_message, check_size
 
     if not path.is_file():
         raise SampleError("missing_image", f"image file not found: {path}", rid)
     try:
         with Image.open(path) as im:
             w, h = im.size
-            if w * h > MAX_PIXELS:  # load_image refuses it at its step; said here first (before EXIF is read)
-                raise SampleError(
-                    "unreadable_image",
-                    f"image {path}: {w * h} pixels is over the limit of {MAX_PIXELS} pixels; downscale it first",
-                    rid,
-                )
+            try:  # load_image refuses it at its step; said here first (before EXIF is read)
+                check_size(im, f"image {path}", MAX_PIXELS)
+            except ValueError as e:
+                raise SampleError("unreadable_image", str(e), rid) from None
             if im.getexif().get(0x0112) in (5, 6, 7, 8):  # orientations that swap the sides
                 w, h = h, w
     except SampleError:  # (a ValueError: not to be wrapped below)

@@ -12,6 +12,7 @@ import torch
 
 from ..processing.processor import LlavaProcessor
 from .data import SupervisedDataset
+from .records import check_data_file
 
 
 class MixedDataset(torch.utils.data.Dataset):
@@ -144,27 +145,35 @@ def check_entry(entry: Any, k: int, single: bool = False) -> None:
     select(0, weight, entry.get("sampling_strategy"), random.Random(), name)
 
 
+def data_entries(spec: dict[str, Any]) -> tuple[list[Any], bool]:
+    """The datasets of a ``data:`` section (its ``datasets`` list, a mixture YAML's entries, or the section itself)
+    and whether it is one dataset; a section that names both or neither is one clear error."""
+    entries = spec.get("datasets")
+    if entries and spec.get("path"):
+        raise ValueError("data: give either path (one dataset) or datasets (a mixture), not both")
+    if not entries and str(spec.get("path", "")).endswith((".yaml", ".yml")):
+        entries = read_mixture(spec["path"])
+    if not entries:
+        if "path" not in spec:
+            raise ValueError("the data section needs 'path' (and 'image_folder') or a 'datasets' list")
+        return [spec], True
+    if not isinstance(entries, list):
+        raise ValueError("data.datasets must be a non-empty list of {path, image_folder, weight}")
+    return entries, False
+
+
 def check_data_files(spec: dict[str, Any]) -> None:
     """Refuse a ``data:`` section whose data files are not there, before the model loads (a typo in ``data.path``
     was found only after minutes of loading weights). A mixture YAML is read for its entries. The image folder is
     left to ``build_dataset``: a missing one is an error only when a record's image is missing (text-only records
     and absolute image paths need none)."""
-    entries = spec.get("datasets")
-    path = spec.get("path")
-    if entries:
-        named = [(f"data.datasets[{k}].path", e) for k, e in enumerate(entries)]
-    elif isinstance(path, (str, Path)) and str(path).endswith((".yaml", ".yml")):
-        named = [(f"{path}: datasets[{k}]", e) for k, e in enumerate(read_mixture(path))]  # (missing: its own error)
-    else:
-        named = [("data.path", spec)]
-    for name, e in named:
+    entries, single = data_entries(spec)
+    from_file = not single and not spec.get("datasets")
+    for k, e in enumerate(entries):
         if not isinstance(e, dict) or not isinstance(e.get("path"), (str, Path)):
             continue  # build_dataset says what is wrong with it
-        file = Path(e["path"])
-        if file.is_dir():
-            raise ValueError(f"{name} {file} is a directory; pass the data file (.json array or .jsonl) inside it")
-        if not file.is_file():
-            raise FileNotFoundError(f"data file not found: {file} ({name})")
+        key = "data.path" if single else f"{spec['path']}: datasets[{k}]" if from_file else f"data.datasets[{k}].path"
+        check_data_file(e["path"], key)
 
 
 def build_dataset(
@@ -183,19 +192,7 @@ def build_dataset(
         raise ValueError(f"the data section must be a mapping, got {type(spec).__name__}")
     on_error = spec.get("on_error", "raise")
     frames = int(spec.get("num_frames", 32))
-    entries = spec.get("datasets")
-    if entries and spec.get("path"):
-        raise ValueError("data: give either path (one dataset) or datasets (a mixture), not both")
-    if not entries and str(spec.get("path", "")).endswith((".yaml", ".yml")):
-        entries = read_mixture(spec["path"])
-    if not entries:
-        if "path" not in spec:
-            raise ValueError("the data section needs 'path' (and 'image_folder') or a 'datasets' list")
-        entries, single = [spec], True
-    else:
-        single = False
-        if not isinstance(entries, list):
-            raise ValueError("data.datasets must be a non-empty list of {path, image_folder, weight}")
+    entries, single = data_entries(spec)
     parts, weights, strategies = [], [], []
     for k, e in enumerate(entries):
         check_entry(e, k, single)

@@ -56,6 +56,18 @@ def read_records(path: str | Path, on_error: str = "raise", skipped: Counter | N
     return out
 
 
+def check_data_file(path: str | Path, key: str | None = None) -> Path:
+    """``path`` as a Path if it is a file; a directory or a missing file is one clear error naming it (and the
+    recipe ``key`` that gave it, if any)."""
+    path = Path(path)
+    if path.is_dir():
+        where = f"{key} {path}" if key else str(path)
+        raise ValueError(f"{where} is a directory; pass the data file (.json array or .jsonl) inside it")
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}" + (f" ({key})" if key else ""))
+    return path
+
+
 def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
     """Each record of the file, or a ``bad_json`` SampleError naming the file and line where one is broken.
 
@@ -64,11 +76,7 @@ def iter_records(path: str | Path) -> Iterator[Record | SampleError]:
     ignored. A file that is one JSON object other than a record (``{"data": [...]}``) is refused with a
     ValueError: read as lines it would be one record without a conversation.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory; pass the data file (.json array or .jsonl) inside it")
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
+    path = check_data_file(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: drops a leading byte order mark, if any
     except UnicodeDecodeError as e:
