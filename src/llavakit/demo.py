@@ -86,16 +86,11 @@ def scene_sides(model: str, note: bool = True) -> tuple[int, int]:
     """The long-side bounds of the demo's scenes: the model's training.json ``scene_long_side``, else
     ``DEFAULT_SIDES`` with a note saying so (a model trained on other sizes would be asked about scenes it never
     saw); a training.json that cannot say is one clear error naming the file (``trained_sides``)."""
-    from .data.synth import trained_sides
+    from .data.synth import trained_sides, untold_sides_note
 
     sides = trained_sides(model)
     if sides is None and note:
-        lo, hi = DEFAULT_SIDES
-        print(
-            f"NOTE: {model} does not say which scene sizes it was trained on (no training.json with "
-            f"scene_long_side), so the scenes are {lo}-{hi} px on their long side; pass --sides MIN MAX to match "
-            "its training (the default model's recipe: 112 224)\n"
-        )
+        print(untold_sides_note(model, *DEFAULT_SIDES) + "\n")
     return sides or DEFAULT_SIDES
 
 

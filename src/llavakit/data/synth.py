@@ -223,6 +223,17 @@ def trained_sides(model_dir: str | Path) -> tuple[int, int] | None:
     return low, high
 
 
+def untold_sides_note(model: str | Path, low: int, high: int) -> str:
+    """What ``llava demo`` and ``llava eval synth`` say when ``model`` names no training sizes (``trained_sides``
+    None) and they draw scenes of ``low``-``high`` px instead: a model trained on other sizes is asked about scenes
+    it never saw."""
+    return (
+        f"NOTE: {model} does not say which scene sizes it was trained on (no training.json with scene_long_side), so "
+        f"the scenes are {low}-{high} px on their long side; pass --sides MIN MAX to match its training (the default "
+        "model's recipe: 112 224)"
+    )
+
+
 def synth_command(
     out: str, n: int, seed: int, kind: str = "instruct", sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)
 ) -> int:

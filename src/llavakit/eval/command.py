@@ -162,15 +162,10 @@ def eval_task(
             from ..data.synth import trained_sides
 
             sides = sides or trained_sides(local)
-            if sides is None:  # a model trained on other sizes would be scored on scenes it never saw
-                from ..data.synth import MAX_SIDE, MIN_SIDE
+            if sides is None:  # the generator's default sizes, said
+                from ..data.synth import MAX_SIDE, MIN_SIDE, untold_sides_note
 
-                print(
-                    f"NOTE: {model_path} does not say which scene sizes it was trained on (no training.json with "
-                    f"scene_long_side); generating scenes of {MIN_SIDE}-{MAX_SIDE} px, the generator's default; pass "
-                    "--sides MIN MAX to match its training (the default model's recipe: 112 224)",
-                    file=sys.stderr,
-                )
+                print(untold_sides_note(model_path, MIN_SIDE, MAX_SIDE), file=sys.stderr)
             data = str(synth_data(out_dir, n, seed, sides))
             extra["seed"] = seed
         samples = limit_samples(_read(task, data), limit)
