@@ -118,6 +118,18 @@ def from_recipe(spec: Any, student: LlavaModel, processor: Any, device: torch.de
     return Distiller(teacher, student, spec.weight, marker)
 
 
+def check_same_split(spec: Any, saved_world: int, world: int, checkpoint: str) -> None:
+    """Resuming a distilled run (``spec``: the recipe's ``distill`` section) on another number of processes is
+    refused: the term is normalised per micro-batch, so the split decides it. The micro-batch size is
+    ``checkpointing.check_same_recipe``'s to compare; the process count only the checkpoint's counters know."""
+    if spec.teacher and saved_world != world:
+        raise ValueError(
+            f"train.resume: {checkpoint} was written by a distilled run on {saved_world} process(es), and this one "
+            f"has {world}; the distillation term is normalised per micro-batch, so resume on {saved_world} (or start "
+            "a new train.output_dir from that checkpoint's weights)"
+        )
+
+
 def check_teacher(teacher: LlavaModel, student: LlavaModel) -> None:
     """ValueError naming the difference when ``teacher`` cannot be matched to ``student`` layer by layer on the same
     inputs: decoder layers, width, vocabulary, image token."""

@@ -47,6 +47,7 @@ from .checkpointing import (
     set_rng_state,
     write_model,
 )
+from .distill import check_same_split
 from .distill import from_recipe as distiller_for
 from .distributed import Dist, all_sum, full_model_state, setup, teardown, unwrap, wrap
 from .fingerprint import check_same_data, data_fingerprint
@@ -157,12 +158,7 @@ def _train(recipe, d: Dist, model, processor, dataset, collate_fn, callbacks, cl
             raise FileNotFoundError(f"train.resume: no checkpoint in {out / 'checkpoints'}; start without resume")
         saved = saved_counters(found[-1])
         check_same_recipe(out / "recipe.json", recipe, saved.get("recipe"), found[-1], saved.get("cwd"))
-        if recipe.distill.teacher and saved.get("world", d.world) != d.world:
-            raise ValueError(
-                f"train.resume: {found[-1].name} was written by a distilled run on {saved['world']} process(es), and "
-                f"this one has {d.world}; the distillation term is normalised per micro-batch, so resume on "
-                f"{saved['world']} (or start a new train.output_dir from that checkpoint's weights)"
-            )
+        check_same_split(recipe.distill, saved.get("world", d.world), d.world, found[-1].name)
         if not t.allow_data_change:  # "cwd": where the run that wrote it ran (its relative paths' base)
             check_same_data(saved.get("data"), data_now, found[-1], saved.get("cwd"))
     elif found:

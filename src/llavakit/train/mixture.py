@@ -100,7 +100,7 @@ def read_mixture(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mixture file not found: {path}")
-    from .recipe import parse_yaml
+    from .recipe_yaml import parse_yaml
 
     try:
         data, twice = parse_yaml(path.read_text(encoding="utf-8"))

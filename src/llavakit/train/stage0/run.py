@@ -3,7 +3,7 @@
     python -m llavakit.train.stage0 recipes/tiny-synth-stage0.yaml [key=value ...]
 
 The YAML has the sections below (every key type-checked by the training recipes' own builder,
-``llavakit.train.recipe.build``); outputs go to ``output_dir``/{tokenizer,vision_tower,decoder}. The stage 1
+``llavakit.train.recipe_yaml.build``); outputs go to ``output_dir``/{tokenizer,vision_tower,decoder}. The stage 1
 recipe then starts from ``decoder:`` + ``vision_tower:`` exactly as the published LLaVA stage 1 does.
 ``parts=[decoder]`` trains the decoder alone, reading the tokenizer (and keeping the tower) already in
 ``output_dir``: a new decoder for a tower that took minutes to train.
@@ -77,7 +77,7 @@ class Stage0Recipe:
 
 def load_stage0_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Stage0Recipe:
     """Read the YAML (or defaults when ``path`` is None) and apply dotted ``key=value`` overrides."""
-    from ..recipe import apply_overrides, build, read_recipe_file
+    from ..recipe_yaml import apply_overrides, build, read_recipe_file
 
     sections = "keys (output_dir, template, vocab_size, threads, parts, scenes, vision, clip, decoder, lm)"
     raw = read_recipe_file(path, "stage 0 recipe", sections) if path is not None else {}
