@@ -191,7 +191,7 @@ def to_messages(record: dict[str, Any], rid: str | None = None) -> list[dict[str
             shown = json.dumps(value, default=repr)  # (Python records may hold numpy numbers, bytes, ...)
             raise SampleError(
                 "bad_record",
-                f"turn {i}: 'value' must be the turn's text as a JSON string, got a {type(value).__name__} "
+                f"turn {i}: 'value' must be the turn's text as a JSON string, got {type(value).__name__} "
                 f'({shown[:40]}{"..." if len(shown) > 40 else ""}); write it as text, e.g. a number as "2"',
                 rid,
             )
